@@ -1,0 +1,26 @@
+//! The Grand Challenge platform client.
+//!
+//! Everything that crosses the wire to the platform goes through here, so that retries, the token and the
+//! protocol's quirks (gc-protocol.md) are handled in exactly one place. The rest of the program speaks in
+//! terms of targets, sockets, uploads and values; it never builds a URL or parses an error body itself.
+//!
+//! - [`auth`]    the API token: loading, gcapi's parsing rules, and redaction everywhere it could leak.
+//! - [`retry`]   the pure retry policy: which failures are retried, how long to wait (no I/O, no timers).
+//! - [`error`]   [`GcError`]: every failure classified for the caller (fatal auth, quota, rejected, transient).
+//! - [`models`]  the JSON shapes the client reads and writes.
+//! - [`client`]  [`Client`]: HTTP, TLS, lookups by slug with caching, pagination, items and values.
+//! - [`uploads`] S3 multipart uploads streamed from disk, bounded concurrency, resume via list-parts.
+//! - [`verify`]  polling until every socket shows its new value, or an import session reports `Failed`.
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod models;
+pub mod retry;
+pub mod uploads;
+pub mod verify;
+
+pub use auth::Token;
+pub use client::{Client, ClientConfig};
+pub use error::GcError;
+pub use models::{Archive, Item, ReaderStudy, Socket, SuperKind, Target, TargetKind, UserUpload, ValueEntry};

@@ -1,0 +1,29 @@
+//! gc-hotfolder turns drop folders into Grand Challenge uploads.
+//!
+//! Read this file first: it is the map. A case folder travels through the modules in this order:
+//!
+//! ```text
+//!  watch ──"case may have changed"──► settle ──Ready(snapshot)──► rules (plan)
+//!                                                                    │
+//!  receipt + post-action ◄── deliver (create → upload → PATCH → verify) ◄── journal
+//! ```
+//!
+//! - [`config`]   the TOML configuration: schema, loading, validation with file:line errors.
+//! - [`rules`]    which files of a case go to which socket, the title and the manifest hash (pure).
+//! - [`deliver`]  one planned case against the platform, step by step.
+//! - [`receipt`]  the JSON receipt per case and the append-only audit log, written atomically.
+//! - [`gc`]       the Grand Challenge client: auth, retries, S3 multipart uploads, items, verification.
+//! - [`sandbox`]  a Grand Challenge–compatible server for tests, the demo and benchmarks.
+//! - [`samples`]  tiny but real medical images (MetaImage, NIfTI, DICOM, TIFF) for tests and the demo.
+//! - [`fsutil`]   atomic file writes (temp file, fsync, rename) shared by receipts and state files.
+//! - [`cli`]      the command-line interface; `main.rs` only parses and dispatches.
+
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod fsutil;
+pub mod gc;
+pub mod receipt;
+pub mod rules;
+pub mod samples;
+pub mod sandbox;
