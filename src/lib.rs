@@ -9,6 +9,7 @@
 //! ```
 //!
 //! - [`config`]   the TOML configuration: schema, loading, validation with file:line errors.
+//! - [`settle`]   stat snapshots of a case, and the decision that it has stopped changing.
 //! - [`rules`]    which files of a case go to which socket, the title and the manifest hash (pure).
 //! - [`deliver`]  one planned case against the platform, step by step.
 //! - [`receipt`]  the JSON receipt per case and the append-only audit log, written atomically.
@@ -27,3 +28,4 @@ pub mod receipt;
 pub mod rules;
 pub mod samples;
 pub mod sandbox;
+pub mod settle;
