@@ -41,18 +41,29 @@ impl Token {
     ) -> Result<Token, GcError> {
         if let Some(path) = token_file {
             let raw = std::fs::read_to_string(path).map_err(|e| {
-                GcError::Config(format!("cannot read the token file {}: {e}", path.display()))
+                GcError::Config(format!(
+                    "cannot read the token file {}: {e}",
+                    path.display()
+                ))
             })?;
-            return Token::checked(&raw)
-                .ok_or_else(|| GcError::Config(format!("the token file {} holds no usable token", path.display())));
+            return Token::checked(&raw).ok_or_else(|| {
+                GcError::Config(format!(
+                    "the token file {} holds no usable token",
+                    path.display()
+                ))
+            });
         }
         if let Some(raw) = env.filter(|v| !v.trim().is_empty()) {
-            return Token::checked(&raw)
-                .ok_or_else(|| GcError::Config(format!("the environment variable {TOKEN_ENV} holds no usable token")));
+            return Token::checked(&raw).ok_or_else(|| {
+                GcError::Config(format!(
+                    "the environment variable {TOKEN_ENV} holds no usable token"
+                ))
+            });
         }
         if let Some(raw) = inline.filter(|v| !v.trim().is_empty()) {
-            return Token::checked(&raw)
-                .ok_or_else(|| GcError::Config("the token in the configuration is not usable".into()));
+            return Token::checked(&raw).ok_or_else(|| {
+                GcError::Config("the token in the configuration is not usable".into())
+            });
         }
         Err(GcError::Config(format!(
             "no API token: set server.token_file, the environment variable {TOKEN_ENV}, or server.token \
@@ -73,8 +84,9 @@ impl Token {
 
     /// The `Authorization` header, marked sensitive so that HTTP-level logging redacts it.
     pub(crate) fn header(&self) -> Result<HeaderValue, GcError> {
-        let mut value = HeaderValue::from_str(&self.header_value())
-            .map_err(|_| GcError::Config("the API token contains characters that cannot be sent".into()))?;
+        let mut value = HeaderValue::from_str(&self.header_value()).map_err(|_| {
+            GcError::Config("the API token contains characters that cannot be sent".into())
+        })?;
         value.set_sensitive(true);
         Ok(value)
     }
@@ -88,9 +100,18 @@ mod tests {
 
     #[test]
     fn parse_follows_gcapi() {
-        assert_eq!(Token::parse(SECRET).unwrap().header_value(), format!("Bearer {SECRET}"));
-        assert_eq!(Token::parse(&format!("Bearer   {SECRET}\n")).unwrap(), Token::parse(SECRET).unwrap());
-        assert_eq!(Token::parse(&format!("anything at all {SECRET}")).unwrap(), Token::parse(SECRET).unwrap());
+        assert_eq!(
+            Token::parse(SECRET).unwrap().header_value(),
+            format!("Bearer {SECRET}")
+        );
+        assert_eq!(
+            Token::parse(&format!("Bearer   {SECRET}\n")).unwrap(),
+            Token::parse(SECRET).unwrap()
+        );
+        assert_eq!(
+            Token::parse(&format!("anything at all {SECRET}")).unwrap(),
+            Token::parse(SECRET).unwrap()
+        );
         assert!(Token::parse("   ").is_none());
         assert!(Token::parse("").is_none());
     }
@@ -100,32 +121,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
         std::fs::write(&file, format!("  {SECRET}\n")).unwrap();
-        let from_file = Token::from_sources(Some(&file), Some("Bearer env".into()), Some("inline".into())).unwrap();
+        let from_file = Token::from_sources(
+            Some(&file),
+            Some("Bearer env".into()),
+            Some("inline".into()),
+        )
+        .unwrap();
         assert_eq!(from_file.header_value(), format!("Bearer {SECRET}"));
 
-        let from_env = Token::from_sources(None, Some("Bearer env".into()), Some("inline".into())).unwrap();
+        let from_env =
+            Token::from_sources(None, Some("Bearer env".into()), Some("inline".into())).unwrap();
         assert_eq!(from_env.header_value(), "Bearer env");
 
-        let blank_env = Token::from_sources(None, Some("  ".into()), Some("inline".into())).unwrap();
+        let blank_env =
+            Token::from_sources(None, Some("  ".into()), Some("inline".into())).unwrap();
         assert_eq!(blank_env.header_value(), "Bearer inline");
     }
 
     #[test]
     fn missing_or_unreadable_sources_give_clear_errors_without_the_secret() {
-        let none = Token::from_sources(None, None, None).unwrap_err().to_string();
-        assert!(none.contains(TOKEN_ENV) && none.contains("token_file"), "{none}");
+        let none = Token::from_sources(None, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            none.contains(TOKEN_ENV) && none.contains("token_file"),
+            "{none}"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        let err = Token::from_sources(Some(&missing), Some(SECRET.into()), None).unwrap_err().to_string();
+        let err = Token::from_sources(Some(&missing), Some(SECRET.into()), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot read the token file"), "{err}");
 
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
-        let err = Token::from_sources(Some(&empty), None, None).unwrap_err().to_string();
+        let err = Token::from_sources(Some(&empty), None, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no usable token"), "{err}");
 
-        let bad = Token::from_sources(None, Some(format!("{SECRET}\u{e9}")), None).unwrap_err().to_string();
+        let bad = Token::from_sources(None, Some(format!("{SECRET}\u{e9}")), None)
+            .unwrap_err()
+            .to_string();
         assert!(!bad.contains(SECRET), "{bad}");
     }
 

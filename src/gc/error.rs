@@ -23,17 +23,32 @@ pub enum GcError {
     UploadLimit(String),
     /// Any other 4xx: the request is wrong and repeating it will not help. `message` is the server's own words.
     #[error("{context}: the platform rejected it ({status}): {message}")]
-    Rejected { status: u16, context: String, message: String, body: serde_json::Value },
+    Rejected {
+        status: u16,
+        context: String,
+        message: String,
+        body: serde_json::Value,
+    },
     /// Something looked up by slug or pk does not exist or is not visible to this token.
     #[error("{0}")]
     NotFound(String),
     /// 5xx (HTML or not), or a transport failure, still failing after the retry budget.
     #[error("{context}: {message}")]
-    Unavailable { context: String, message: String, retry_after: Option<Duration> },
+    Unavailable {
+        context: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// The platform refused to complete a multipart upload (an HTML 500 on complete, gc-protocol.md §2.5):
     /// that upload can never be completed and the file has to be uploaded again as a new upload.
-    #[error("{context}: the upload can no longer be completed ({message}); it has to be uploaded again")]
+    #[error(
+        "{context}: the upload can no longer be completed ({message}); it has to be uploaded again"
+    )]
     UploadDead { context: String, message: String },
+    /// A 2xx answer that does not have the documented shape: the platform changed, or this is not the
+    /// platform's API at all (e.g. a proxy's login page). Repeating will not help.
+    #[error("{context}: unexpected answer from the platform: {message}")]
+    Protocol { context: String, message: String },
     /// The server accepted the value but its background import failed.
     #[error("socket {socket}: the import failed: {message}")]
     ImportFailed { socket: String, message: String },
@@ -42,7 +57,10 @@ pub enum GcError {
     VerifyTimeout { socket: String, waited: Duration },
     /// Reading a local file failed.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// The client was configured wrongly (bad URL, unreadable CA file …).
     #[error("{0}")]
     Config(String),
@@ -53,7 +71,11 @@ impl GcError {
     /// it up with `find_item_by_title` and reuse it instead of creating another.
     pub fn is_duplicate_title(&self) -> bool {
         match self {
-            GcError::Rejected { status: 400, message, .. } => message.contains(DUPLICATE_TITLE),
+            GcError::Rejected {
+                status: 400,
+                message,
+                ..
+            } => message.contains(DUPLICATE_TITLE),
             _ => false,
         }
     }
@@ -61,7 +83,10 @@ impl GcError {
     /// The same request is expected to succeed later without anyone changing anything: the platform is
     /// unavailable, or a quota (upload records, bytes in flight) is full until uploads are consumed or expire.
     pub fn is_retryable_later(&self) -> bool {
-        matches!(self, GcError::TooManyUploads(_) | GcError::UploadLimit(_) | GcError::Unavailable { .. })
+        matches!(
+            self,
+            GcError::TooManyUploads(_) | GcError::UploadLimit(_) | GcError::Unavailable { .. }
+        )
     }
 
     /// How long the server asked us to wait, when it said so.
@@ -73,7 +98,10 @@ impl GcError {
     }
 
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> GcError {
-        GcError::Io { path: path.display().to_string(), source }
+        GcError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }
 
@@ -92,9 +120,27 @@ mod tests {
 
     #[test]
     fn duplicate_title_is_recognised_for_archives_and_reader_studies() {
-        assert!(rejected(400, "non_field_errors: The fields title, archive must make a unique set.").is_duplicate_title());
-        assert!(rejected(400, "non_field_errors: The fields title, reader_study must make a unique set.").is_duplicate_title());
-        assert!(!rejected(400, "title: Ensure this field has no more than 255 characters.").is_duplicate_title());
+        assert!(
+            rejected(
+                400,
+                "non_field_errors: The fields title, archive must make a unique set."
+            )
+            .is_duplicate_title()
+        );
+        assert!(
+            rejected(
+                400,
+                "non_field_errors: The fields title, reader_study must make a unique set."
+            )
+            .is_duplicate_title()
+        );
+        assert!(
+            !rejected(
+                400,
+                "title: Ensure this field has no more than 255 characters."
+            )
+            .is_duplicate_title()
+        );
         assert!(!GcError::NotFound("must make a unique set".into()).is_duplicate_title());
     }
 
@@ -110,7 +156,19 @@ mod tests {
         assert!(unavailable.is_retryable_later());
         assert_eq!(unavailable.retry_after(), Some(Duration::from_secs(3)));
         assert!(!rejected(400, "x").is_retryable_later());
-        assert!(!GcError::Auth { status: 401, detail: "Invalid token.".into() }.is_retryable_later());
-        assert!(!GcError::ImportFailed { socket: "s".into(), message: "m".into() }.is_retryable_later());
+        assert!(
+            !GcError::Auth {
+                status: 401,
+                detail: "Invalid token.".into()
+            }
+            .is_retryable_later()
+        );
+        assert!(
+            !GcError::ImportFailed {
+                socket: "s".into(),
+                message: "m".into()
+            }
+            .is_retryable_later()
+        );
     }
 }

@@ -95,7 +95,10 @@ pub struct Reply<'a> {
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome<'a> {
     Reply(Reply<'a>),
-    Transport { failure: TransportFailure, message: &'a str },
+    Transport {
+        failure: TransportFailure,
+        message: &'a str,
+    },
 }
 
 /// What to do after an attempt.
@@ -112,12 +115,22 @@ pub enum Decision {
 /// A failure classified by what the caller should do about it; [`Failure::into_error`] adds the context.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Failure {
-    Auth { status: u16, detail: String },
+    Auth {
+        status: u16,
+        detail: String,
+    },
     TooManyUploads(String),
     UploadLimit(String),
-    Rejected { status: u16, message: String, body: serde_json::Value },
+    Rejected {
+        status: u16,
+        message: String,
+        body: serde_json::Value,
+    },
     NotFound(String),
-    Unavailable { message: String, retry_after: Option<Duration> },
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     UploadDead(String),
 }
 
@@ -125,17 +138,35 @@ impl Failure {
     /// `context` says what we were doing, e.g. `"creating an archive item"`.
     pub fn into_error(self, context: &str) -> GcError {
         match self {
-            Failure::Auth { status, detail } => GcError::Auth { status, detail: format!("{context}: {detail}") },
+            Failure::Auth { status, detail } => GcError::Auth {
+                status,
+                detail: format!("{context}: {detail}"),
+            },
             Failure::TooManyUploads(m) => GcError::TooManyUploads(m),
             Failure::UploadLimit(m) => GcError::UploadLimit(m),
-            Failure::Rejected { status, message, body } => {
-                GcError::Rejected { status, context: context.to_owned(), message, body }
-            }
+            Failure::Rejected {
+                status,
+                message,
+                body,
+            } => GcError::Rejected {
+                status,
+                context: context.to_owned(),
+                message,
+                body,
+            },
             Failure::NotFound(m) => GcError::NotFound(format!("{context}: {m}")),
-            Failure::Unavailable { message, retry_after } => {
-                GcError::Unavailable { context: context.to_owned(), message, retry_after }
-            }
-            Failure::UploadDead(message) => GcError::UploadDead { context: context.to_owned(), message },
+            Failure::Unavailable {
+                message,
+                retry_after,
+            } => GcError::Unavailable {
+                context: context.to_owned(),
+                message,
+                retry_after,
+            },
+            Failure::UploadDead(message) => GcError::UploadDead {
+                context: context.to_owned(),
+                message,
+            },
         }
     }
 }
@@ -149,18 +180,30 @@ const MAX_MESSAGE: usize = 2000;
 impl RetryPolicy {
     /// Decide after attempt number `attempt` (1 for the first). `jitter` is a number in `[0, 1)` from the
     /// caller's random source; `now` is used to turn an HTTP-date `Retry-After` into a delay.
-    pub fn decide(&self, kind: RequestKind, attempt: u32, outcome: &Outcome<'_>, jitter: f64, now: SystemTime) -> Decision {
+    pub fn decide(
+        &self,
+        kind: RequestKind,
+        attempt: u32,
+        outcome: &Outcome<'_>,
+        jitter: f64,
+        now: SystemTime,
+    ) -> Decision {
         let exhausted = attempt >= self.max_attempts;
         match outcome {
             Outcome::Transport { failure, message } => {
                 let message = format!("{} ({message})", transport_words(*failure));
                 if exhausted {
-                    Decision::Fail(Failure::Unavailable { message: after_attempts(&message, attempt), retry_after: None })
+                    Decision::Fail(Failure::Unavailable {
+                        message: after_attempts(&message, attempt),
+                        retry_after: None,
+                    })
                 } else {
                     Decision::Retry(self.backoff(attempt, jitter))
                 }
             }
-            Outcome::Reply(reply) => self.decide_reply(kind, attempt, exhausted, reply, jitter, now),
+            Outcome::Reply(reply) => {
+                self.decide_reply(kind, attempt, exhausted, reply, jitter, now)
+            }
         }
     }
 
@@ -186,8 +229,15 @@ impl RetryPolicy {
             if exhausted {
                 let message = after_attempts(&message, attempt);
                 return Decision::Fail(match status {
-                    403 => Failure::Rejected { status, message, body },
-                    _ => Failure::Unavailable { message, retry_after },
+                    403 => Failure::Rejected {
+                        status,
+                        message,
+                        body,
+                    },
+                    _ => Failure::Unavailable {
+                        message,
+                        retry_after,
+                    },
                 });
             }
             let delay = match retry_after {
@@ -206,28 +256,51 @@ impl RetryPolicy {
                 ),
                 body,
             },
-            (500, RequestKind::UploadAction) | (404, RequestKind::UploadAction | RequestKind::PartPut) => {
+            (500, RequestKind::UploadAction)
+            | (404, RequestKind::UploadAction | RequestKind::PartPut) => {
                 Failure::UploadDead(message)
             }
             (500, _) => Failure::Unavailable {
-                message: format!("{message}; not repeated automatically because the request may have taken effect"),
+                message: format!(
+                    "{message}; not repeated automatically because the request may have taken effect"
+                ),
                 retry_after,
             },
-            (401, _) => Failure::Auth { status, detail: message },
+            (401, _) => Failure::Auth {
+                status,
+                detail: message,
+            },
             (403, _) if message.contains(UPLOAD_LIMIT) => Failure::UploadLimit(message),
-            (403, _) => Failure::Auth { status, detail: message },
+            (403, _) => Failure::Auth {
+                status,
+                detail: message,
+            },
             (404, _) => Failure::NotFound(message),
             (400, _) if message.contains(TOO_MANY_UPLOADS) => Failure::TooManyUploads(message),
-            (400..=499, _) => Failure::Rejected { status, message, body },
-            _ => Failure::Unavailable { message, retry_after },
+            (400..=499, _) => Failure::Rejected {
+                status,
+                message,
+                body,
+            },
+            _ => Failure::Unavailable {
+                message,
+                retry_after,
+            },
         })
     }
 
     /// The exponential back-off before retry number `attempt` (1 for the first retry), with jitter.
     pub fn backoff(&self, attempt: u32, jitter: f64) -> Duration {
         let exponent = attempt.saturating_sub(1).min(30);
-        let ceiling = self.base.saturating_mul(1u32 << exponent).min(self.max_delay);
-        let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << exponent)
+            .min(self.max_delay);
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         match self.jitter {
             Jitter::Full => ceiling.mul_f64(jitter),
             Jitter::Equal => ceiling / 2 + (ceiling / 2).mul_f64(jitter),
@@ -245,7 +318,11 @@ fn transport_words(f: TransportFailure) -> &'static str {
 }
 
 fn after_attempts(message: &str, attempts: u32) -> String {
-    if attempts > 1 { format!("{message} (after {attempts} attempts)") } else { message.to_owned() }
+    if attempts > 1 {
+        format!("{message} (after {attempts} attempts)")
+    } else {
+        message.to_owned()
+    }
 }
 
 /// `Retry-After` is either delay seconds or an HTTP-date (RFC 9110 §10.2.3). Unparseable → `None`, and the
@@ -267,8 +344,12 @@ pub fn summarise(reply: &Reply<'_>) -> (String, serde_json::Value) {
     let text = String::from_utf8_lossy(reply.body);
     let trimmed = text.trim_start();
     let looks_html = content_type.contains("html")
-        || trimmed.get(..15).is_some_and(|s| s.eq_ignore_ascii_case("<!doctype html>"))
-        || trimmed.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("<html"));
+        || trimmed
+            .get(..15)
+            .is_some_and(|s| s.eq_ignore_ascii_case("<!doctype html>"))
+        || trimmed
+            .get(..5)
+            .is_some_and(|s| s.eq_ignore_ascii_case("<html"));
     if looks_html {
         let message = match html_title(&text) {
             Some(title) => format!("{status_line} (HTML page \"{title}\")"),
@@ -279,10 +360,15 @@ pub fn summarise(reply: &Reply<'_>) -> (String, serde_json::Value) {
     let json_allowed = content_type.is_empty() || content_type.contains("json");
     if json_allowed && let Ok(json) = serde_json::from_slice::<serde_json::Value>(reply.body) {
         let flat = flatten_errors(&json);
-        let message = if flat.is_empty() { status_line } else { truncate(flat) };
+        let message = if flat.is_empty() {
+            status_line
+        } else {
+            truncate(flat)
+        };
         return (message, json);
     }
-    if content_type.contains("xml") || trimmed.starts_with("<?xml") || trimmed.starts_with("<Error") {
+    if content_type.contains("xml") || trimmed.starts_with("<?xml") || trimmed.starts_with("<Error")
+    {
         let code = xml_element(&text, "Code");
         let msg = xml_element(&text, "Message");
         let message = match (code, msg) {
@@ -293,7 +379,11 @@ pub fn summarise(reply: &Reply<'_>) -> (String, serde_json::Value) {
         };
         return (truncate(message), serde_json::Value::Null);
     }
-    let first_line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let first_line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     let message = if first_line.is_empty() {
         status_line
     } else {
@@ -304,7 +394,9 @@ pub fn summarise(reply: &Reply<'_>) -> (String, serde_json::Value) {
 }
 
 fn status_line(status: u16) -> String {
-    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason());
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason());
     match reason {
         Some(r) => format!("HTTP {status} {r}"),
         None => format!("HTTP {status}"),
@@ -328,7 +420,10 @@ fn html_title(html: &str) -> Option<String> {
     let start = lower.find("<title")?;
     let open_end = start + lower[start..].find('>')? + 1;
     let close = open_end + lower[open_end..].find("</title")?;
-    let title = html[open_end..close].split_whitespace().collect::<Vec<_>>().join(" ");
+    let title = html[open_end..close]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     (!title.is_empty()).then(|| title.chars().take(200).collect())
 }
 
@@ -352,7 +447,11 @@ pub fn flatten_errors(json: &serde_json::Value) -> String {
 fn flatten_into(path: &str, json: &serde_json::Value, out: &mut Vec<String>) {
     use serde_json::Value;
     let leaf = |text: String, out: &mut Vec<String>| {
-        if path.is_empty() { out.push(text) } else { out.push(format!("{path}: {text}")) }
+        if path.is_empty() {
+            out.push(text)
+        } else {
+            out.push(format!("{path}: {text}"))
+        }
     };
     match json {
         Value::Null => {}
@@ -399,7 +498,13 @@ mod tests {
     }
 
     fn json_reply(status: u16, body: &'static str) -> Reply<'static> {
-        Reply { status, content_type: Some("application/json"), retry_after: None, location: None, body: body.as_bytes() }
+        Reply {
+            status,
+            content_type: Some("application/json"),
+            retry_after: None,
+            location: None,
+            body: body.as_bytes(),
+        }
     }
 
     fn html_reply(status: u16) -> Reply<'static> {
@@ -420,8 +525,12 @@ mod tests {
         policy().decide(kind, attempt, &Outcome::Reply(reply), 0.5, now())
     }
 
-    const ALL_KINDS: [RequestKind; 4] =
-        [RequestKind::Idempotent, RequestKind::NonIdempotent, RequestKind::UploadAction, RequestKind::PartPut];
+    const ALL_KINDS: [RequestKind; 4] = [
+        RequestKind::Idempotent,
+        RequestKind::NonIdempotent,
+        RequestKind::UploadAction,
+        RequestKind::PartPut,
+    ];
 
     #[test]
     fn success_is_accepted_for_every_kind() {
@@ -438,7 +547,11 @@ mod tests {
             for status in [408, 429, 502, 503, 504, 507] {
                 for attempt in 1..4 {
                     let expected = policy().backoff(attempt, 0.5);
-                    assert_eq!(decide(kind, attempt, json_reply(status, "")), Decision::Retry(expected), "{status} {kind:?}");
+                    assert_eq!(
+                        decide(kind, attempt, json_reply(status, "")),
+                        Decision::Retry(expected),
+                        "{status} {kind:?}"
+                    );
                 }
             }
         }
@@ -447,19 +560,34 @@ mod tests {
     #[test]
     fn retries_stop_after_max_attempts_with_unavailable() {
         let d = decide(RequestKind::Idempotent, 4, json_reply(503, ""));
-        let Decision::Fail(Failure::Unavailable { message, retry_after: None }) = d else { panic!("{d:?}") };
+        let Decision::Fail(Failure::Unavailable {
+            message,
+            retry_after: None,
+        }) = d
+        else {
+            panic!("{d:?}")
+        };
         assert_eq!(message, "HTTP 503 Service Unavailable (after 4 attempts)");
     }
 
     #[test]
     fn exponential_backoff_doubles_and_is_capped() {
-        let p = RetryPolicy { jitter: Jitter::Full, ..policy() };
-        assert_eq!(p.backoff(1, 0.999_999_999), Duration::from_millis(100).mul_f64(0.999_999_999));
+        let p = RetryPolicy {
+            jitter: Jitter::Full,
+            ..policy()
+        };
+        assert_eq!(
+            p.backoff(1, 0.999_999_999),
+            Duration::from_millis(100).mul_f64(0.999_999_999)
+        );
         assert_eq!(p.backoff(1, 0.0), Duration::ZERO);
         assert_eq!(p.backoff(3, 0.5), Duration::from_millis(200));
         assert_eq!(p.backoff(30, 1.0), Duration::from_secs(10));
         assert_eq!(p.backoff(u32::MAX, 1.0), Duration::from_secs(10));
-        let e = RetryPolicy { jitter: Jitter::Equal, ..policy() };
+        let e = RetryPolicy {
+            jitter: Jitter::Equal,
+            ..policy()
+        };
         assert_eq!(e.backoff(2, 0.0), Duration::from_millis(100));
         assert_eq!(e.backoff(2, 1.0), Duration::from_millis(200));
         assert_eq!(e.backoff(2, 0.5), Duration::from_millis(150));
@@ -471,24 +599,47 @@ mod tests {
     fn retry_after_seconds_and_http_dates_are_honoured_and_capped() {
         let mut r = json_reply(429, "");
         r.retry_after = Some("3");
-        assert_eq!(decide(RequestKind::NonIdempotent, 1, r), Decision::Retry(Duration::from_secs(3)));
+        assert_eq!(
+            decide(RequestKind::NonIdempotent, 1, r),
+            Decision::Retry(Duration::from_secs(3))
+        );
         r.retry_after = Some(" 0.25 ");
-        assert_eq!(decide(RequestKind::NonIdempotent, 1, r), Decision::Retry(Duration::from_millis(250)));
+        assert_eq!(
+            decide(RequestKind::NonIdempotent, 1, r),
+            Decision::Retry(Duration::from_millis(250))
+        );
         r.retry_after = Some("3600");
-        assert_eq!(decide(RequestKind::NonIdempotent, 1, r), Decision::Retry(Duration::from_secs(10)));
+        assert_eq!(
+            decide(RequestKind::NonIdempotent, 1, r),
+            Decision::Retry(Duration::from_secs(10))
+        );
         let in_five = httpdate::fmt_http_date(now() + Duration::from_secs(5));
         r.retry_after = Some(&in_five);
-        assert_eq!(decide(RequestKind::Idempotent, 2, r), Decision::Retry(Duration::from_secs(5)));
+        assert_eq!(
+            decide(RequestKind::Idempotent, 2, r),
+            Decision::Retry(Duration::from_secs(5))
+        );
         let past = httpdate::fmt_http_date(now() - Duration::from_secs(5));
         r.retry_after = Some(&past);
-        assert_eq!(decide(RequestKind::Idempotent, 2, r), Decision::Retry(Duration::ZERO));
+        assert_eq!(
+            decide(RequestKind::Idempotent, 2, r),
+            Decision::Retry(Duration::ZERO)
+        );
         r.retry_after = Some("soon");
-        assert_eq!(decide(RequestKind::Idempotent, 2, r), Decision::Retry(policy().backoff(2, 0.5)));
+        assert_eq!(
+            decide(RequestKind::Idempotent, 2, r),
+            Decision::Retry(policy().backoff(2, 0.5))
+        );
         r.retry_after = Some("-1");
-        assert_eq!(decide(RequestKind::Idempotent, 2, r), Decision::Retry(policy().backoff(2, 0.5)));
+        assert_eq!(
+            decide(RequestKind::Idempotent, 2, r),
+            Decision::Retry(policy().backoff(2, 0.5))
+        );
         // The uncapped value is kept for the caller when the budget is spent.
         r.retry_after = Some("120");
-        let Decision::Fail(Failure::Unavailable { retry_after, .. }) = decide(RequestKind::Idempotent, 4, r) else {
+        let Decision::Fail(Failure::Unavailable { retry_after, .. }) =
+            decide(RequestKind::Idempotent, 4, r)
+        else {
             panic!()
         };
         assert_eq!(retry_after, Some(Duration::from_secs(120)));
@@ -496,8 +647,14 @@ mod tests {
 
     #[test]
     fn parse_retry_after_forms() {
-        assert_eq!(parse_retry_after("120", now()), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Tue, 14 Nov 2023 22:13:25 GMT", now()), Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse_retry_after("120", now()),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:13:25 GMT", now()),
+            Some(Duration::from_secs(5))
+        );
         assert_eq!(parse_retry_after("NaN", now()), None);
         assert_eq!(parse_retry_after("", now()), None);
     }
@@ -505,11 +662,20 @@ mod tests {
     #[test]
     fn html_500_is_retried_only_where_repeating_is_harmless() {
         for kind in [RequestKind::Idempotent, RequestKind::PartPut] {
-            assert_eq!(decide(kind, 1, html_reply(500)), Decision::Retry(policy().backoff(1, 0.5)));
+            assert_eq!(
+                decide(kind, 1, html_reply(500)),
+                Decision::Retry(policy().backoff(1, 0.5))
+            );
         }
         let d = decide(RequestKind::NonIdempotent, 1, html_reply(500));
-        let Decision::Fail(Failure::Unavailable { message, .. }) = d else { panic!("{d:?}") };
-        assert!(message.starts_with("HTTP 500 Internal Server Error (HTML page \"Server Error (500)\")"), "{message}");
+        let Decision::Fail(Failure::Unavailable { message, .. }) = d else {
+            panic!("{d:?}")
+        };
+        assert!(
+            message
+                .starts_with("HTTP 500 Internal Server Error (HTML page \"Server Error (500)\")"),
+            "{message}"
+        );
         assert!(message.contains("may have taken effect"));
         assert!(!message.contains("secret stack") && !message.contains("<html"));
     }
@@ -517,9 +683,21 @@ mod tests {
     #[test]
     fn complete_multipart_500_means_the_upload_is_dead() {
         let d = decide(RequestKind::UploadAction, 1, html_reply(500));
-        assert_eq!(d, Decision::Fail(Failure::UploadDead("HTTP 500 Internal Server Error (HTML page \"Server Error (500)\")".into())));
-        let gone = decide(RequestKind::UploadAction, 1, json_reply(404, r#"{"detail": "Not found."}"#));
-        assert_eq!(gone, Decision::Fail(Failure::UploadDead("Not found.".into())));
+        assert_eq!(
+            d,
+            Decision::Fail(Failure::UploadDead(
+                "HTTP 500 Internal Server Error (HTML page \"Server Error (500)\")".into()
+            ))
+        );
+        let gone = decide(
+            RequestKind::UploadAction,
+            1,
+            json_reply(404, r#"{"detail": "Not found."}"#),
+        );
+        assert_eq!(
+            gone,
+            Decision::Fail(Failure::UploadDead("Not found.".into()))
+        );
         let err = Failure::UploadDead("x".into()).into_error("completing upload a.mha");
         assert!(matches!(err, GcError::UploadDead { .. }));
     }
@@ -533,28 +711,71 @@ mod tests {
             location: None,
             body: b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
         };
-        assert_eq!(decide(RequestKind::PartPut, 1, s3_403), Decision::Retry(policy().backoff(1, 0.5)));
-        let Decision::Fail(Failure::Rejected { status: 403, message, .. }) = decide(RequestKind::PartPut, 4, s3_403) else {
+        assert_eq!(
+            decide(RequestKind::PartPut, 1, s3_403),
+            Decision::Retry(policy().backoff(1, 0.5))
+        );
+        let Decision::Fail(Failure::Rejected {
+            status: 403,
+            message,
+            ..
+        }) = decide(RequestKind::PartPut, 4, s3_403)
+        else {
             panic!()
         };
-        assert_eq!(message, "HTTP 403 Forbidden: AccessDenied: Request has expired (after 4 attempts)");
-        let no_such = Reply { status: 404, body: b"<Error><Code>NoSuchUpload</Code></Error>", ..s3_403 };
-        assert_eq!(decide(RequestKind::PartPut, 1, no_such), Decision::Fail(Failure::UploadDead("HTTP 404 Not Found: NoSuchUpload".into())));
-        let too_big = Reply { status: 400, body: b"<Error><Code>EntityTooLarge</Code></Error>", ..s3_403 };
-        assert!(matches!(decide(RequestKind::PartPut, 1, too_big), Decision::Fail(Failure::Rejected { status: 400, .. })));
+        assert_eq!(
+            message,
+            "HTTP 403 Forbidden: AccessDenied: Request has expired (after 4 attempts)"
+        );
+        let no_such = Reply {
+            status: 404,
+            body: b"<Error><Code>NoSuchUpload</Code></Error>",
+            ..s3_403
+        };
+        assert_eq!(
+            decide(RequestKind::PartPut, 1, no_such),
+            Decision::Fail(Failure::UploadDead(
+                "HTTP 404 Not Found: NoSuchUpload".into()
+            ))
+        );
+        let too_big = Reply {
+            status: 400,
+            body: b"<Error><Code>EntityTooLarge</Code></Error>",
+            ..s3_403
+        };
+        assert!(matches!(
+            decide(RequestKind::PartPut, 1, too_big),
+            Decision::Fail(Failure::Rejected { status: 400, .. })
+        ));
     }
 
     #[test]
     fn transport_failures_are_retried_for_every_kind_then_unavailable() {
         for kind in ALL_KINDS {
-            for failure in [TransportFailure::Connect, TransportFailure::Timeout, TransportFailure::Reset, TransportFailure::Other] {
-                let outcome = Outcome::Transport { failure, message: "connection reset by peer" };
-                assert_eq!(policy().decide(kind, 1, &outcome, 0.25, now()), Decision::Retry(policy().backoff(1, 0.25)));
-                let Decision::Fail(Failure::Unavailable { message, .. }) = policy().decide(kind, 4, &outcome, 0.25, now())
+            for failure in [
+                TransportFailure::Connect,
+                TransportFailure::Timeout,
+                TransportFailure::Reset,
+                TransportFailure::Other,
+            ] {
+                let outcome = Outcome::Transport {
+                    failure,
+                    message: "connection reset by peer",
+                };
+                assert_eq!(
+                    policy().decide(kind, 1, &outcome, 0.25, now()),
+                    Decision::Retry(policy().backoff(1, 0.25))
+                );
+                let Decision::Fail(Failure::Unavailable { message, .. }) =
+                    policy().decide(kind, 4, &outcome, 0.25, now())
                 else {
                     panic!()
                 };
-                assert!(message.contains("connection reset by peer") && message.contains("after 4 attempts"), "{message}");
+                assert!(
+                    message.contains("connection reset by peer")
+                        && message.contains("after 4 attempts"),
+                    "{message}"
+                );
             }
         }
     }
@@ -564,51 +785,125 @@ mod tests {
         let k = RequestKind::NonIdempotent;
         assert_eq!(
             decide(k, 1, json_reply(401, r#"{"detail": "Invalid token."}"#)),
-            Decision::Fail(Failure::Auth { status: 401, detail: "Invalid token.".into() })
+            Decision::Fail(Failure::Auth {
+                status: 401,
+                detail: "Invalid token.".into()
+            })
         );
         assert_eq!(
-            decide(k, 1, json_reply(403, r#"{"detail": "You do not have permission to perform this action."}"#)),
-            Decision::Fail(Failure::Auth { status: 403, detail: "You do not have permission to perform this action.".into() })
+            decide(
+                k,
+                1,
+                json_reply(
+                    403,
+                    r#"{"detail": "You do not have permission to perform this action."}"#
+                )
+            ),
+            Decision::Fail(Failure::Auth {
+                status: 403,
+                detail: "You do not have permission to perform this action.".into()
+            })
         );
         assert_eq!(
-            decide(RequestKind::Idempotent, 1, json_reply(403, r#"{"detail": "Upload limit reached"}"#)),
+            decide(
+                RequestKind::Idempotent,
+                1,
+                json_reply(403, r#"{"detail": "Upload limit reached"}"#)
+            ),
             Decision::Fail(Failure::UploadLimit("Upload limit reached".into()))
         );
         assert_eq!(
-            decide(k, 1, json_reply(400, r#"{"non_field_errors": ["You have created too many uploads. Please try again later."]}"#)),
+            decide(
+                k,
+                1,
+                json_reply(
+                    400,
+                    r#"{"non_field_errors": ["You have created too many uploads. Please try again later."]}"#
+                )
+            ),
             Decision::Fail(Failure::TooManyUploads(
-                "non_field_errors: You have created too many uploads. Please try again later.".into()
+                "non_field_errors: You have created too many uploads. Please try again later."
+                    .into()
             ))
         );
         assert_eq!(
-            decide(RequestKind::Idempotent, 1, json_reply(404, r#"{"detail": "No ArchiveItem matches the given query."}"#)),
-            Decision::Fail(Failure::NotFound("No ArchiveItem matches the given query.".into()))
+            decide(
+                RequestKind::Idempotent,
+                1,
+                json_reply(
+                    404,
+                    r#"{"detail": "No ArchiveItem matches the given query."}"#
+                )
+            ),
+            Decision::Fail(Failure::NotFound(
+                "No ArchiveItem matches the given query.".into()
+            ))
         );
-        let html_404 = Reply { status: 404, ..html_reply(404) };
-        let Decision::Fail(Failure::NotFound(m)) = decide(RequestKind::Idempotent, 1, html_404) else { panic!() };
+        let html_404 = Reply {
+            status: 404,
+            ..html_reply(404)
+        };
+        let Decision::Fail(Failure::NotFound(m)) = decide(RequestKind::Idempotent, 1, html_404)
+        else {
+            panic!()
+        };
         assert!(m.starts_with("HTTP 404 Not Found (HTML page"), "{m}");
     }
 
     #[test]
     fn redirects_are_errors_that_explain_the_likely_mistake() {
-        let r = Reply { status: 301, content_type: None, retry_after: None, location: Some("https://x/api/v1/archives/"), body: b"" };
-        let Decision::Fail(Failure::Rejected { status: 301, message, .. }) = decide(RequestKind::Idempotent, 1, r) else {
+        let r = Reply {
+            status: 301,
+            content_type: None,
+            retry_after: None,
+            location: Some("https://x/api/v1/archives/"),
+            body: b"",
+        };
+        let Decision::Fail(Failure::Rejected {
+            status: 301,
+            message,
+            ..
+        }) = decide(RequestKind::Idempotent, 1, r)
+        else {
             panic!()
         };
-        assert!(message.contains("https://x/api/v1/archives/") && message.contains("end in '/'"), "{message}");
+        assert!(
+            message.contains("https://x/api/v1/archives/") && message.contains("end in '/'"),
+            "{message}"
+        );
     }
 
     #[test]
     fn other_4xx_are_rejected_with_the_flattened_message_and_the_raw_body() {
         let body = r#"{"values": [{}, {}, {"__all__": ["JSON does not fulfill schema: instance 'x' is not of type 'integer'"]}]}"#;
-        let Decision::Fail(Failure::Rejected { status: 400, message, body: raw }) = decide(RequestKind::NonIdempotent, 1, json_reply(400, body))
+        let Decision::Fail(Failure::Rejected {
+            status: 400,
+            message,
+            body: raw,
+        }) = decide(RequestKind::NonIdempotent, 1, json_reply(400, body))
         else {
             panic!()
         };
-        assert_eq!(message, "values[2].__all__: JSON does not fulfill schema: instance 'x' is not of type 'integer'");
-        assert_eq!(raw["values"][2]["__all__"][0], "JSON does not fulfill schema: instance 'x' is not of type 'integer'");
-        let Decision::Fail(Failure::Rejected { status: 415, message, .. }) =
-            decide(RequestKind::NonIdempotent, 1, json_reply(415, r#"{"detail": "Unsupported media type \"text/plain\" in request."}"#))
+        assert_eq!(
+            message,
+            "values[2].__all__: JSON does not fulfill schema: instance 'x' is not of type 'integer'"
+        );
+        assert_eq!(
+            raw["values"][2]["__all__"][0],
+            "JSON does not fulfill schema: instance 'x' is not of type 'integer'"
+        );
+        let Decision::Fail(Failure::Rejected {
+            status: 415,
+            message,
+            ..
+        }) = decide(
+            RequestKind::NonIdempotent,
+            1,
+            json_reply(
+                415,
+                r#"{"detail": "Unsupported media type \"text/plain\" in request."}"#,
+            ),
+        )
         else {
             panic!()
         };
@@ -617,26 +912,44 @@ mod tests {
 
     #[test]
     fn flatten_handles_every_drf_shape() {
-        assert_eq!(flatten_errors(&json!({"detail": "Not found."})), "Not found.");
         assert_eq!(
-            flatten_errors(&json!({"non_field_errors": ["The fields title, archive must make a unique set."]})),
+            flatten_errors(&json!({"detail": "Not found."})),
+            "Not found."
+        );
+        assert_eq!(
+            flatten_errors(
+                &json!({"non_field_errors": ["The fields title, archive must make a unique set."]})
+            ),
             "non_field_errors: The fields title, archive must make a unique set."
         );
-        assert_eq!(flatten_errors(&json!(["This display set cannot be changed, as answers for it already exist."])),
-            "This display set cannot be changed, as answers for it already exist.");
         assert_eq!(
-            flatten_errors(&json!({"filename": ["a is not a valid filename", "too long"], "title": ["bad"]})),
+            flatten_errors(&json!([
+                "This display set cannot be changed, as answers for it already exist."
+            ])),
+            "This display set cannot be changed, as answers for it already exist."
+        );
+        assert_eq!(
+            flatten_errors(
+                &json!({"filename": ["a is not a valid filename", "too long"], "title": ["bad"]})
+            ),
             "filename: a is not a valid filename; filename: too long; title: bad"
         );
         assert_eq!(
-            flatten_errors(&json!({"values": [{}, {"interface": ["Object with slug=x does not exist."]}, {"user_uploads": ["Invalid hyperlink - Object does not exist."]}]})),
+            flatten_errors(
+                &json!({"values": [{}, {"interface": ["Object with slug=x does not exist."]}, {"user_uploads": ["Invalid hyperlink - Object does not exist."]}]})
+            ),
             "values[1].interface: Object with slug=x does not exist.; values[2].user_uploads: Invalid hyperlink - Object does not exist."
         );
         assert_eq!(
-            flatten_errors(&json!({"part_numbers": {"0": ["Ensure this value is greater than or equal to 1."]}})),
+            flatten_errors(
+                &json!({"part_numbers": {"0": ["Ensure this value is greater than or equal to 1."]}})
+            ),
             "part_numbers.0: Ensure this value is greater than or equal to 1."
         );
-        assert_eq!(flatten_errors(&json!({"count": 3, "ok": false})), "count: 3; ok: false");
+        assert_eq!(
+            flatten_errors(&json!({"count": 3, "ok": false})),
+            "count: 3; ok: false"
+        );
         assert_eq!(flatten_errors(&json!({})), "");
     }
 
@@ -646,12 +959,29 @@ mod tests {
         assert_eq!(m, "HTTP 502 Bad Gateway");
         let (m, _) = summarise(&json_reply(400, "{}"));
         assert_eq!(m, "HTTP 400 Bad Request");
-        let plain = Reply { content_type: Some("text/plain"), body: b"\n upstream connect error or disconnect\nmore", ..json_reply(503, "") };
-        assert_eq!(summarise(&plain).0, "HTTP 503 Service Unavailable: upstream connect error or disconnect");
-        let sniffed = Reply { content_type: None, body: b"  <html><head><title>Bad</title>", ..json_reply(502, "") };
-        assert_eq!(summarise(&sniffed).0, "HTTP 502 Bad Gateway (HTML page \"Bad\")");
+        let plain = Reply {
+            content_type: Some("text/plain"),
+            body: b"\n upstream connect error or disconnect\nmore",
+            ..json_reply(503, "")
+        };
+        assert_eq!(
+            summarise(&plain).0,
+            "HTTP 503 Service Unavailable: upstream connect error or disconnect"
+        );
+        let sniffed = Reply {
+            content_type: None,
+            body: b"  <html><head><title>Bad</title>",
+            ..json_reply(502, "")
+        };
+        assert_eq!(
+            summarise(&sniffed).0,
+            "HTTP 502 Bad Gateway (HTML page \"Bad\")"
+        );
         let huge = format!("[\"{}\"]", "x".repeat(5000));
-        let huge = Reply { body: huge.as_bytes(), ..json_reply(400, "") };
+        let huge = Reply {
+            body: huge.as_bytes(),
+            ..json_reply(400, "")
+        };
         assert!(summarise(&huge).0.chars().count() <= MAX_MESSAGE + 1);
     }
 }
