@@ -9,6 +9,7 @@
 //! ```
 //!
 //! - [`config`]   the TOML configuration: schema, loading, validation with file:line errors.
+//! - [`watch`]    which cases may have changed: filesystem events, polling and scans, all mere hints.
 //! - [`settle`]   stat snapshots of a case, and the decision that it has stopped changing.
 //! - [`rules`]    which files of a case go to which socket, the title and the manifest hash (pure).
 //! - [`journal`]  SQLite record of every case and every delivery step: the truth after a restart.
@@ -31,3 +32,4 @@ pub mod rules;
 pub mod samples;
 pub mod sandbox;
 pub mod settle;
+pub mod watch;
