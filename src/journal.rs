@@ -112,6 +112,8 @@ pub struct CaseRecord {
     pub manifest_hash: Option<String>,
     /// The manifest that was last verified on the server.
     pub delivered_hash: Option<String>,
+    /// Stat fingerprint of the case folder when it was last planned: tells cheaply whether anything changed.
+    pub fingerprint: Option<String>,
     pub item_pk: Option<String>,
     /// Verified deliveries of this case into its item (1 after the first, +1 per update).
     pub revision: i64,
@@ -132,6 +134,16 @@ pub struct UploadRecord {
     pub parts: Vec<(u32, String)>,
 }
 
+/// What planning a ready case decided, as the journal keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct Planned<'a> {
+    pub manifest_hash: &'a str,
+    pub fingerprint: &'a str,
+    pub title: &'a str,
+    pub target_kind: TargetKind,
+    pub target_slug: &'a str,
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cases (
     id INTEGER PRIMARY KEY,
@@ -144,6 +156,7 @@ CREATE TABLE IF NOT EXISTS cases (
     title TEXT,
     manifest_hash TEXT,
     delivered_hash TEXT,
+    fingerprint TEXT,
     item_pk TEXT,
     revision INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -309,22 +322,59 @@ impl Journal {
     }
 
     /// The case is stable and planned with this manifest.
-    pub fn ready(
-        &self,
-        id: i64,
-        manifest_hash: &str,
-        title: &str,
-        kind: TargetKind,
-        slug: &str,
-    ) -> Result<(), JournalError> {
+    pub fn ready(&self, id: i64, planned: &Planned<'_>) -> Result<(), JournalError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
             "UPDATE cases SET state = 'ready', step = NULL, manifest_hash = ?2, title = ?3, target_kind = ?4,
-             target_slug = ?5, reason = NULL, updated = ?6 WHERE id = ?1",
-            params![id, manifest_hash, title, kind_to_db(kind), slug, now()],
+             target_slug = ?5, fingerprint = ?6, reason = NULL, updated = ?7 WHERE id = ?1",
+            params![
+                id,
+                planned.manifest_hash,
+                planned.title,
+                kind_to_db(planned.target_kind),
+                planned.target_slug,
+                planned.fingerprint,
+                now()
+            ],
         )?;
+        let manifest_hash = planned.manifest_hash;
         Journal::event(&tx, id, "ready", Some(manifest_hash))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Remember the folder's current stat fingerprint (its content is known to be unchanged or ignored).
+    pub fn set_fingerprint(&self, id: i64, fingerprint: &str) -> Result<(), JournalError> {
+        self.conn().execute(
+            "UPDATE cases SET fingerprint = ?2 WHERE id = ?1",
+            params![id, fingerprint],
+        )?;
+        Ok(())
+    }
+
+    /// A note on a case that is not ready (e.g. still changing after max_wait), shown by `status`.
+    pub fn note(&self, id: i64, note: &str) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET reason = ?2, updated = ?3 WHERE id = ?1",
+            params![id, note, now()],
+        )?;
+        Journal::event(&tx, id, "note", Some(note))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Back to `Ready` after an attempt that can be repeated later (platform unavailable, target paused).
+    pub fn postpone(&self, id: i64, why: &str) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET state = 'ready', step = NULL, reason = ?2, updated = ?3 WHERE id = ?1",
+            params![id, why, now()],
+        )?;
+        Journal::event(&tx, id, "postponed", Some(why))?;
         tx.commit()?;
         Ok(())
     }
@@ -509,7 +559,7 @@ impl Journal {
 
 const SELECT: &str =
     "SELECT id, folder, case_path, state, step, target_kind, target_slug, title, manifest_hash,
-    delivered_hash, item_pk, revision, attempts, reason, updated FROM cases";
+    delivered_hash, fingerprint, item_pk, revision, attempts, reason, updated FROM cases";
 
 struct RawRow {
     id: i64,
@@ -522,6 +572,7 @@ struct RawRow {
     title: Option<String>,
     manifest_hash: Option<String>,
     delivered_hash: Option<String>,
+    fingerprint: Option<String>,
     item_pk: Option<String>,
     revision: i64,
     attempts: i64,
@@ -541,11 +592,12 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         title: r.get(7)?,
         manifest_hash: r.get(8)?,
         delivered_hash: r.get(9)?,
-        item_pk: r.get(10)?,
-        revision: r.get(11)?,
-        attempts: r.get(12)?,
-        reason: r.get(13)?,
-        updated: r.get(14)?,
+        fingerprint: r.get(10)?,
+        item_pk: r.get(11)?,
+        revision: r.get(12)?,
+        attempts: r.get(13)?,
+        reason: r.get(14)?,
+        updated: r.get(15)?,
     })
 }
 
@@ -571,6 +623,7 @@ impl RawRow {
             title: self.title,
             manifest_hash: self.manifest_hash,
             delivered_hash: self.delivered_hash,
+            fingerprint: self.fingerprint,
             item_pk: self.item_pk,
             revision: self.revision,
             attempts: self.attempts,
@@ -597,7 +650,14 @@ mod tests {
                 c.id,
                 "discovering twice is one case"
             );
-            j.ready(c.id, "m1", "p1", TargetKind::Archive, "a").unwrap();
+            let planned = Planned {
+                manifest_hash: "m1",
+                fingerprint: "f1",
+                title: "p1",
+                target_kind: TargetKind::Archive,
+                target_slug: "a",
+            };
+            j.ready(c.id, &planned).unwrap();
             j.begin_attempt(c.id).unwrap();
             j.item_created(c.id, "item-1").unwrap();
             j.upload_created(c.id, "m1", "ct/a.dcm", "u1", "s3-1", "http://x/uploads/u1/")

@@ -35,6 +35,21 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A digest of every file's (path, size, mtime, ctime, inode): equal fingerprints mean nothing changed
+    /// that a writer could have changed, without reading a byte of content.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for f in &self.files {
+            h.update(f.rel.as_os_str().as_encoded_bytes());
+            h.update(format!(
+                "\0{}\0{}\0{}\0{}\n",
+                f.size, f.mtime_ns, f.ctime_ns, f.ino
+            ));
+        }
+        hex::encode(h.finalize())
+    }
+
     pub fn case_files(&self) -> Vec<CaseFile> {
         self.files
             .iter()
