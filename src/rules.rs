@@ -313,6 +313,157 @@ fn planned_files(matched: &[&CaseFile]) -> Result<Vec<PlannedFile>, PlanError> {
     Ok(out)
 }
 
+/// What `explain` says about a path: which folder, case, rule and socket it maps to, or why none.
+pub fn explain(
+    config: &crate::config::Config,
+    path: &Path,
+    case_files: Option<&[CaseFile]>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(folder) = config.folder_for(path) else {
+        out.push(format!(
+            "{} is not inside any drop folder. The folders are:",
+            path.display()
+        ));
+        out.extend(
+            config
+                .folders
+                .iter()
+                .map(|f| format!("  folder[{}] {}", f.index, f.path.display())),
+        );
+        return out;
+    };
+    let target = match folder.target {
+        TargetKind::Archive => format!("archive {}", folder.target_slug),
+        TargetKind::ReaderStudy => format!("reader study {}", folder.target_slug),
+    };
+    out.push(format!(
+        "folder[{}] {} → {target}",
+        folder.index,
+        folder.path.display()
+    ));
+    if path == folder.path {
+        out.push(format!(
+            "this is the drop folder; its cases are the folders {} level(s) down whose name matches `{}`",
+            folder.depth, folder.case_pattern
+        ));
+        return out;
+    }
+    let Some(case_dir) = case_of(folder, path) else {
+        let rel = path.strip_prefix(&folder.path).unwrap_or(path);
+        let first: PathBuf = rel.components().take(folder.depth).collect();
+        out.push(format!(
+            "not part of a case: `{}` does not match the case pattern `{}` at depth {}",
+            first.display(),
+            folder.case_pattern,
+            folder.depth
+        ));
+        return out;
+    };
+    let case_name = case_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let case_rel = lossy(case_dir.strip_prefix(&folder.path).unwrap_or(&case_dir));
+    out.push(format!(
+        "case {case_rel}, title \"{}\"",
+        render(&folder.title, &case_name, &case_rel)
+    ));
+    if path != case_dir {
+        let rel = path.strip_prefix(&case_dir).unwrap_or(path);
+        out.push(explain_file(folder, rel));
+        return out;
+    }
+    let Some(files) = case_files else {
+        return out;
+    };
+    let temp: Vec<String> = files
+        .iter()
+        .filter(|f| is_ignored(folder, &f.rel))
+        .map(|f| lossy(&f.rel))
+        .collect();
+    if !temp.is_empty() {
+        out.push(format!(
+            "not ready: temporary files remain: {}",
+            temp.join(", ")
+        ));
+    }
+    if let Some(m) = &folder.marker
+        && !files.iter().any(|f| f.rel == Path::new(m))
+    {
+        out.push(format!("not ready: the marker file {m} is missing"));
+    }
+    match plan(folder, &case_dir, files) {
+        Err(e) => out.push(format!("cannot be planned: {e}")),
+        Ok(p) => {
+            for s in &p.sockets {
+                match &s.source {
+                    Source::Value(v) => out.push(format!(
+                        "  socket {} ← the value {v} from the config",
+                        s.slug
+                    )),
+                    Source::DicomImageSet { files, image_name } => out.push(format!(
+                        "  socket {} ← DICOM image set \"{image_name}\" from {} file(s)",
+                        s.slug,
+                        files.len()
+                    )),
+                    src => {
+                        let names: Vec<&str> =
+                            src.files().iter().map(|f| f.path.as_str()).collect();
+                        out.push(format!("  socket {} ← {}", s.slug, names.join(", ")));
+                    }
+                }
+            }
+            if !p.unmatched.is_empty() {
+                out.push(format!(
+                    "  not uploaded (no rule takes them): {}",
+                    p.unmatched.join(", ")
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn explain_file(folder: &Folder, rel: &Path) -> String {
+    if folder.marker.as_deref().map(Path::new) == Some(rel) {
+        return format!(
+            "{} is the completion marker; it is not uploaded",
+            rel.display()
+        );
+    }
+    if is_ignored(folder, rel) {
+        return format!(
+            "{} is a temporary file (ignore patterns); while it exists the case is not ready",
+            rel.display()
+        );
+    }
+    let hits: Vec<&str> = folder
+        .sockets
+        .iter()
+        .filter(|r| match &r.source {
+            RuleSource::Files { matcher, .. } | RuleSource::DicomImageSet { matcher, .. } => {
+                matcher.is_match(rel)
+            }
+            RuleSource::ValueFile(name) => Path::new(name) == rel,
+            RuleSource::Value(_) => false,
+        })
+        .map(|r| r.slug.as_str())
+        .collect();
+    match hits.as_slice() {
+        [] => format!(
+            "{} matches no socket rule; it is not uploaded",
+            rel.display()
+        ),
+        [one] => format!("{} → socket {one}", rel.display()),
+        many => format!(
+            "{} matches several socket rules ({}): the case cannot be planned",
+            rel.display(),
+            many.join(", ")
+        ),
+    }
+}
+
 /// One file of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ManifestEntry {
@@ -526,6 +677,39 @@ mod tests {
             Manifest::new(&p2, &h).hash,
             Manifest::new(&p, &h).hash,
             "the title is part of the identity"
+        );
+    }
+    #[test]
+    fn explain_names_folder_case_and_socket_or_why_not() {
+        let text = format!(
+            "[server]\nurl = \"http://localhost/api/v1/\"\n[[folder]]\npath = \"/drop\"\narchive = \"a\"\ncase = \"p*\"\nmarker = \"DONE\"\n{RULES}"
+        );
+        let c = Config::parse(Path::new("/c.toml"), &text).unwrap();
+        let e = explain(&c, Path::new("/elsewhere/x"), None);
+        assert!(e[0].contains("not inside any drop folder"), "{e:?}");
+        let e = explain(&c, Path::new("/drop/q1/a.dcm"), None);
+        assert!(
+            e[1].contains("does not match the case pattern `p*`"),
+            "{e:?}"
+        );
+        let e = explain(&c, Path::new("/drop/p1/ct/a.dcm"), None);
+        assert_eq!(e[2], "ct/a.dcm → socket ct");
+        let e = explain(&c, Path::new("/drop/p1/x.part"), None);
+        assert!(e[2].contains("temporary file"), "{e:?}");
+        let e = explain(
+            &c,
+            Path::new("/drop/p1"),
+            Some(&files(&[("ct/a.dcm", 1), ("score.json", 1)])),
+        );
+        assert!(
+            e.iter().any(|l| l.contains("marker file DONE is missing")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|l| l == "  socket ct ← ct/a.dcm"), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|l| l == "  socket site ← the value 3 from the config"),
+            "{e:?}"
         );
     }
 }
