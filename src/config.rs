@@ -888,4 +888,14 @@ quiet = "2s"
         assert_eq!(parse_size("7"), Ok(7));
         assert!(parse_size("lots").is_err());
     }
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.folders[0].sockets.len(), 5);
+        assert_eq!(
+            c.folders[0].after,
+            After::Move(PathBuf::from("/srv/drop/done"))
+        );
+    }
 }
