@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "gc-hotfolder", version, about = "Turn drop folders into Grand Challenge uploads")]
+#[command(
+    name = "gc-hotfolder",
+    version,
+    about = "Turn drop folders into Grand Challenge uploads"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -133,9 +133,16 @@ pub struct SocketRule {
 #[derive(Debug, Clone)]
 pub enum RuleSource {
     /// Files matched by globs relative to the case folder: one image (from one or many files), or one file.
-    Files { patterns: Vec<String>, matcher: globset::GlobSet },
+    Files {
+        patterns: Vec<String>,
+        matcher: globset::GlobSet,
+    },
     /// The files of one DICOM series, sent as a DICOM image set with this name (template).
-    DicomImageSet { patterns: Vec<String>, matcher: globset::GlobSet, image_name: String },
+    DicomImageSet {
+        patterns: Vec<String>,
+        matcher: globset::GlobSet,
+        image_name: String,
+    },
     /// A JSON file whose content is the value.
     ValueFile(String),
     /// A constant value from the config.
@@ -143,8 +150,19 @@ pub enum RuleSource {
 }
 
 /// Temp files of copy tools, browsers and editors: a case with any of these is still being written.
-pub const DEFAULT_IGNORE: &[&str] =
-    &["*.part", "*.partial", "*.tmp", "*.temp", "*.filepart", "*.crdownload", "*.swp", "*~", ".~*", "~$*", ".*"];
+pub const DEFAULT_IGNORE: &[&str] = &[
+    "*.part",
+    "*.partial",
+    "*.tmp",
+    "*.temp",
+    "*.filepart",
+    "*.crdownload",
+    "*.swp",
+    "*~",
+    ".~*",
+    "~$*",
+    ".*",
+];
 
 // ---- the raw, spanned shape of the file ----
 
@@ -228,11 +246,19 @@ impl Locator<'_> {
     fn line_col(&self, offset: usize) -> (usize, usize) {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+        let col = before
+            .rfind('\n')
+            .map_or(before.len(), |nl| before.len() - nl - 1)
+            + 1;
         (line, col)
     }
 
-    fn err(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.file.to_owned(),
             line: Some(self.line_col(span.start)),
@@ -259,7 +285,10 @@ impl Config {
         let loc = Locator { file: path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let key = text.get(span.clone()).filter(|k| !k.contains('\n') && !k.is_empty()).map(str::to_owned);
+            let key = text
+                .get(span.clone())
+                .filter(|k| !k.contains('\n') && !k.is_empty())
+                .map(str::to_owned);
             ConfigError {
                 file: path.to_owned(),
                 line: e.span().map(|s| loc.line_col(s.start)),
@@ -280,12 +309,21 @@ impl Config {
                     return Err(loc.err(
                         raw.folder[b.index].get_ref().path.span(),
                         format!("folder[{}].path", b.index),
-                        format!("overlaps folder[{}] ({}); a case must belong to one folder", a.index, a.path.display()),
+                        format!(
+                            "overlaps folder[{}] ({}); a case must belong to one folder",
+                            a.index,
+                            a.path.display()
+                        ),
                     ));
                 }
             }
         }
-        Ok(Config { file: path.to_owned(), server, limits, folders })
+        Ok(Config {
+            file: path.to_owned(),
+            server,
+            limits,
+            folders,
+        })
     }
 
     /// The folder a path belongs to, if any.
@@ -296,7 +334,11 @@ impl Config {
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() { p.to_owned() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
 }
 
 fn validate_server(loc: &Locator, base: &Path, s: &RawServer) -> Result<Server, ConfigError> {
@@ -315,7 +357,11 @@ fn validate_server(loc: &Locator, base: &Path, s: &RawServer) -> Result<Server, 
     }
     if s.token_file.is_some() && s.token.is_some() {
         let t = s.token.as_ref().map_or(0..0, |t| t.span());
-        return Err(loc.err(t, "server.token", "give either token_file or token, not both"));
+        return Err(loc.err(
+            t,
+            "server.token",
+            "give either token_file or token, not both",
+        ));
     }
     Ok(Server {
         url,
@@ -340,7 +386,12 @@ pub fn is_loopback_host(url: &url::Url) -> bool {
     }
 }
 
-fn positive(loc: &Locator, v: &Option<Spanned<i64>>, key: &str, default: usize) -> Result<usize, ConfigError> {
+fn positive(
+    loc: &Locator,
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    default: usize,
+) -> Result<usize, ConfigError> {
     match v {
         None => Ok(default),
         Some(n) if (1..=1024).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
@@ -350,14 +401,24 @@ fn positive(loc: &Locator, v: &Option<Spanned<i64>>, key: &str, default: usize) 
 
 fn validate_limits(loc: &Locator, l: Option<&RawLimits>) -> Result<Limits, ConfigError> {
     let Some(l) = l else {
-        return Ok(Limits { parallel_cases: 2, parallel_files: 4, parallel_parts: 8, part_size: 32 << 20 });
+        return Ok(Limits {
+            parallel_cases: 2,
+            parallel_files: 4,
+            parallel_parts: 8,
+            part_size: 32 << 20,
+        });
     };
     let part_size = match &l.part_size {
         None => 32 << 20,
         Some(s) => {
-            let n = parse_size(s.get_ref()).map_err(|m| loc.err(s.span(), "limits.part_size", m))?;
+            let n =
+                parse_size(s.get_ref()).map_err(|m| loc.err(s.span(), "limits.part_size", m))?;
             if !(5 << 20..=5 << 30).contains(&n) {
-                return Err(loc.err(s.span(), "limits.part_size", "must be between 5MiB and 5GiB (S3's part limits)"));
+                return Err(loc.err(
+                    s.span(),
+                    "limits.part_size",
+                    "must be between 5MiB and 5GiB (S3's part limits)",
+                ));
             }
             n
         }
@@ -375,7 +436,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size such as \"32MiB\""))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as \"32MiB\""))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kib" => 1 << 10,
@@ -384,56 +447,118 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        _ => return Err(format!("`{s}`: unknown unit (use B, KiB, MiB, GiB, KB, MB or GB)")),
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-fn duration(loc: &Locator, v: &Option<Spanned<String>>, key: String, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    loc: &Locator,
+    v: &Option<Spanned<String>>,
+    key: String,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
-        Some(s) => humantime::parse_duration(s.get_ref())
-            .map_err(|e| loc.err(s.span(), key, format!("`{}` is not a duration such as \"30s\" or \"6h\": {e}", s.get_ref()))),
+        Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
+            loc.err(
+                s.span(),
+                key,
+                format!(
+                    "`{}` is not a duration such as \"30s\" or \"6h\": {e}",
+                    s.get_ref()
+                ),
+            )
+        }),
     }
 }
 
-fn globset(loc: &Locator, span: Range<usize>, key: &str, patterns: &[String]) -> Result<globset::GlobSet, ConfigError> {
+fn globset(
+    loc: &Locator,
+    span: Range<usize>,
+    key: &str,
+    patterns: &[String],
+) -> Result<globset::GlobSet, ConfigError> {
     let mut b = globset::GlobSetBuilder::new();
     for p in patterns {
         let g = globset::GlobBuilder::new(p)
             .literal_separator(true)
             .build()
-            .map_err(|e| loc.err(span.clone(), key, format!("bad pattern `{p}`: {}", e.kind())))?;
+            .map_err(|e| {
+                loc.err(
+                    span.clone(),
+                    key,
+                    format!("bad pattern `{p}`: {}", e.kind()),
+                )
+            })?;
         b.add(g);
     }
     b.build().map_err(|e| loc.err(span, key, e.to_string()))
 }
 
-fn validate_folder(loc: &Locator, base: &Path, index: usize, sf: &Spanned<RawFolder>) -> Result<Folder, ConfigError> {
+fn validate_folder(
+    loc: &Locator,
+    base: &Path,
+    index: usize,
+    sf: &Spanned<RawFolder>,
+) -> Result<Folder, ConfigError> {
     let f = sf.get_ref();
     let k = |name: &str| format!("folder[{index}].{name}");
     let path = resolve(base, f.path.get_ref());
     let (target, target_slug) = match (&f.archive, &f.reader_study) {
         (Some(a), None) => (TargetKind::Archive, a),
         (None, Some(r)) => (TargetKind::ReaderStudy, r),
-        (Some(_), Some(r)) => return Err(loc.err(r.span(), k("reader_study"), "give either archive or reader_study, not both")),
-        (None, None) => return Err(loc.err(sf.span(), format!("folder[{index}]"), "needs a target: archive = \"slug\" or reader_study = \"slug\"")),
+        (Some(_), Some(r)) => {
+            return Err(loc.err(
+                r.span(),
+                k("reader_study"),
+                "give either archive or reader_study, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(loc.err(
+                sf.span(),
+                format!("folder[{index}]"),
+                "needs a target: archive = \"slug\" or reader_study = \"slug\"",
+            ));
+        }
     };
     if target_slug.get_ref().trim().is_empty() {
-        return Err(loc.err(target_slug.span(), k("archive"), "the slug may not be empty"));
+        return Err(loc.err(
+            target_slug.span(),
+            k("archive"),
+            "the slug may not be empty",
+        ));
     }
-    let case_pattern = f.case.as_ref().map_or("*".to_owned(), |c| c.get_ref().clone());
+    let case_pattern = f
+        .case
+        .as_ref()
+        .map_or("*".to_owned(), |c| c.get_ref().clone());
     let case = globset::GlobBuilder::new(&case_pattern)
         .literal_separator(true)
         .build()
-        .map_err(|e| loc.err(f.case.as_ref().map_or(0..0, |c| c.span()), k("case"), format!("bad pattern: {}", e.kind())))?
+        .map_err(|e| {
+            loc.err(
+                f.case.as_ref().map_or(0..0, |c| c.span()),
+                k("case"),
+                format!("bad pattern: {}", e.kind()),
+            )
+        })?
         .compile_matcher();
     let depth = match &f.depth {
         None => 1,
         Some(d) if (1..=8).contains(d.get_ref()) => *d.get_ref() as usize,
         Some(d) => return Err(loc.err(d.span(), k("depth"), "must be from 1 to 8")),
     };
-    let title = f.title.as_ref().map_or("{case}".to_owned(), |t| t.get_ref().clone());
+    let title = f
+        .title
+        .as_ref()
+        .map_or("{case}".to_owned(), |t| t.get_ref().clone());
     if let Some(t) = &f.title {
         check_template(t.get_ref()).map_err(|m| loc.err(t.span(), k("title"), m))?;
     }
@@ -449,11 +574,22 @@ fn validate_folder(loc: &Locator, base: &Path, index: usize, sf: &Spanned<RawFol
             "leave" => After::Leave,
             "delete" => After::Delete,
             s if s.starts_with("move:") && s.len() > 5 => After::Move(resolve(base, &s[5..])),
-            _ => return Err(loc.err(a.span(), k("after"), "must be \"leave\", \"delete\" or \"move:/some/folder\"")),
+            _ => {
+                return Err(loc.err(
+                    a.span(),
+                    k("after"),
+                    "must be \"leave\", \"delete\" or \"move:/some/folder\"",
+                ));
+            }
         },
     };
     let quiet = duration(loc, &f.quiet, k("quiet"), Duration::from_secs(30))?;
-    let max_wait = duration(loc, &f.max_wait, k("max_wait"), Duration::from_secs(6 * 3600))?;
+    let max_wait = duration(
+        loc,
+        &f.max_wait,
+        k("max_wait"),
+        Duration::from_secs(6 * 3600),
+    )?;
     if max_wait <= quiet {
         let span = f.max_wait.as_ref().map_or(sf.span(), |m| m.span());
         return Err(loc.err(span, k("max_wait"), "must be longer than quiet"));
@@ -462,12 +598,20 @@ fn validate_folder(loc: &Locator, base: &Path, index: usize, sf: &Spanned<RawFol
     for (j, ss) in f.socket.iter().enumerate() {
         let rule = validate_socket(loc, index, j, ss)?;
         if sockets.iter().any(|r| r.slug == rule.slug) {
-            return Err(loc.err(ss.get_ref().slug.span(), format!("folder[{index}].socket[{j}].slug"), format!("socket `{}` is listed twice", rule.slug)));
+            return Err(loc.err(
+                ss.get_ref().slug.span(),
+                format!("folder[{index}].socket[{j}].slug"),
+                format!("socket `{}` is listed twice", rule.slug),
+            ));
         }
         sockets.push(rule);
     }
     if sockets.is_empty() {
-        return Err(loc.err(sf.span(), format!("folder[{index}]"), "needs at least one [[folder.socket]]"));
+        return Err(loc.err(
+            sf.span(),
+            format!("folder[{index}]"),
+            "needs at least one [[folder.socket]]",
+        ));
     }
     Ok(Folder {
         index,
@@ -487,7 +631,12 @@ fn validate_folder(loc: &Locator, base: &Path, index: usize, sf: &Spanned<RawFol
         quarantine: f.quarantine.as_ref().map(|q| resolve(base, q.get_ref())),
         on_change: f.on_change.unwrap_or(OnChange::Update),
         poll: f.poll.unwrap_or(Poll::Auto),
-        poll_interval: duration(loc, &f.poll_interval, k("poll_interval"), Duration::from_secs(5))?,
+        poll_interval: duration(
+            loc,
+            &f.poll_interval,
+            k("poll_interval"),
+            Duration::from_secs(5),
+        )?,
         sockets,
     })
 }
@@ -496,30 +645,53 @@ fn validate_folder(loc: &Locator, base: &Path, index: usize, sf: &Spanned<RawFol
 pub fn check_template(t: &str) -> Result<(), String> {
     let mut rest = t;
     while let Some(open) = rest.find('{') {
-        let close = rest[open..].find('}').ok_or("an opening `{` has no closing `}`")? + open;
+        let close = rest[open..]
+            .find('}')
+            .ok_or("an opening `{` has no closing `}`")?
+            + open;
         match &rest[open + 1..close] {
             "case" | "path" => {}
-            other => return Err(format!("unknown placeholder `{{{other}}}`; use {{case}} or {{path}}")),
+            other => {
+                return Err(format!(
+                    "unknown placeholder `{{{other}}}`; use {{case}} or {{path}}"
+                ));
+            }
         }
         rest = &rest[close + 1..];
     }
     Ok(())
 }
 
-fn validate_socket(loc: &Locator, fi: usize, si: usize, ss: &Spanned<RawSocket>) -> Result<SocketRule, ConfigError> {
+fn validate_socket(
+    loc: &Locator,
+    fi: usize,
+    si: usize,
+    ss: &Spanned<RawSocket>,
+) -> Result<SocketRule, ConfigError> {
     let s = ss.get_ref();
     let key = |name: &str| format!("folder[{fi}].socket[{si}].{name}");
     let slug = s.slug.get_ref().trim().to_owned();
     if slug.is_empty() {
         return Err(loc.err(s.slug.span(), key("slug"), "may not be empty"));
     }
-    let sources = [s.files.is_some(), s.value_file.is_some(), s.value.is_some()].iter().filter(|b| **b).count();
+    let sources = [s.files.is_some(), s.value_file.is_some(), s.value.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if sources != 1 {
-        return Err(loc.err(ss.span(), format!("folder[{fi}].socket[{si}]"), "give exactly one of files, value_file or value"));
+        return Err(loc.err(
+            ss.span(),
+            format!("folder[{fi}].socket[{si}]"),
+            "give exactly one of files, value_file or value",
+        ));
     }
     if s.image_name.is_some() && s.files.is_none() {
         let span = s.image_name.as_ref().map_or(0..0, |n| n.span());
-        return Err(loc.err(span, key("image_name"), "only goes with files (a DICOM image set)"));
+        return Err(loc.err(
+            span,
+            key("image_name"),
+            "only goes with files (a DICOM image set)",
+        ));
     }
     let source = if let Some(files) = &s.files {
         let patterns = match files.get_ref().clone() {
@@ -527,33 +699,62 @@ fn validate_socket(loc: &Locator, fi: usize, si: usize, ss: &Spanned<RawSocket>)
             OneOrMany::Many(ps) => ps,
         };
         if patterns.is_empty() || patterns.iter().any(|p| p.trim().is_empty()) {
-            return Err(loc.err(files.span(), key("files"), "needs at least one non-empty pattern"));
+            return Err(loc.err(
+                files.span(),
+                key("files"),
+                "needs at least one non-empty pattern",
+            ));
         }
-        if let Some(p) = patterns.iter().find(|p| p.starts_with('/') || p.split('/').any(|c| c == "..")) {
-            return Err(loc.err(files.span(), key("files"), format!("`{p}` must be relative to the case folder and stay inside it")));
+        if let Some(p) = patterns
+            .iter()
+            .find(|p| p.starts_with('/') || p.split('/').any(|c| c == ".."))
+        {
+            return Err(loc.err(
+                files.span(),
+                key("files"),
+                format!("`{p}` must be relative to the case folder and stay inside it"),
+            ));
         }
         let matcher = globset(loc, files.span(), &key("files"), &patterns)?;
         match &s.image_name {
             Some(name) => {
-                check_template(name.get_ref()).map_err(|m| loc.err(name.span(), key("image_name"), m))?;
+                check_template(name.get_ref())
+                    .map_err(|m| loc.err(name.span(), key("image_name"), m))?;
                 if name.get_ref().trim().is_empty() {
                     return Err(loc.err(name.span(), key("image_name"), "may not be blank"));
                 }
-                RuleSource::DicomImageSet { patterns, matcher, image_name: name.get_ref().clone() }
+                RuleSource::DicomImageSet {
+                    patterns,
+                    matcher,
+                    image_name: name.get_ref().clone(),
+                }
             }
             None => RuleSource::Files { patterns, matcher },
         }
     } else if let Some(vf) = &s.value_file {
         if vf.get_ref().starts_with('/') || vf.get_ref().split('/').any(|c| c == "..") {
-            return Err(loc.err(vf.span(), key("value_file"), "must be relative to the case folder and stay inside it"));
+            return Err(loc.err(
+                vf.span(),
+                key("value_file"),
+                "must be relative to the case folder and stay inside it",
+            ));
         }
         RuleSource::ValueFile(vf.get_ref().clone())
     } else {
-        let v = s.value.as_ref().map(|v| v.get_ref().clone()).unwrap_or(toml::Value::Boolean(false));
-        let json = serde_json::to_value(v).map_err(|e| loc.err(ss.span(), key("value"), e.to_string()))?;
+        let v = s
+            .value
+            .as_ref()
+            .map(|v| v.get_ref().clone())
+            .unwrap_or(toml::Value::Boolean(false));
+        let json =
+            serde_json::to_value(v).map_err(|e| loc.err(ss.span(), key("value"), e.to_string()))?;
         RuleSource::Value(json)
     };
-    Ok(SocketRule { slug, source, optional: s.optional })
+    Ok(SocketRule {
+        slug,
+        source,
+        optional: s.optional,
+    })
 }
 
 #[cfg(test)]
@@ -594,7 +795,10 @@ quiet = "2s"
     #[test]
     fn a_good_config_loads_with_defaults() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.server.token_file.as_deref(), Some(Path::new("/etc/gc/token")));
+        assert_eq!(
+            c.server.token_file.as_deref(),
+            Some(Path::new("/etc/gc/token"))
+        );
         assert_eq!(c.server.state_dir, Path::new("/etc/gc/state"));
         let f = &c.folders[0];
         assert_eq!(f.target, TargetKind::Archive);
@@ -603,7 +807,11 @@ quiet = "2s"
         assert_eq!(f.after, After::Leave);
         assert_eq!(f.on_change, OnChange::Update);
         assert!(f.case.is_match("patient7") && !f.case.is_match("other"));
-        assert!(f.ignore.is_match("x.part") && f.ignore.is_match(".hidden") && !f.ignore.is_match("ct.dcm"));
+        assert!(
+            f.ignore.is_match("x.part")
+                && f.ignore.is_match(".hidden")
+                && !f.ignore.is_match("ct.dcm")
+        );
         assert_eq!(f.sockets.len(), 4);
         assert!(matches!(&f.sockets[3].source, RuleSource::Value(v) if v == "Nijmegen"));
         assert!(f.sockets[1].optional);
@@ -616,7 +824,11 @@ quiet = "2s"
         let e = parse(&text).unwrap_err();
         assert_eq!(e.line.map(|l| l.0), Some(12), "{e}");
         assert_eq!(e.key.as_deref(), Some("quite"), "{e}");
-        assert!(e.to_string().starts_with("/etc/gc/hot.toml:12:1: quite: unknown field `quite`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/etc/gc/hot.toml:12:1: quite: unknown field `quite`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -626,23 +838,39 @@ quiet = "2s"
         assert_eq!(e.key.as_deref(), Some("folder[0].quiet"));
         assert_eq!(e.line.map(|l| l.0), Some(11));
 
-        let text = GOOD.replace("archive = \"lung-archive\"", "archive = \"a\"\nreader_study = \"b\"");
+        let text = GOOD.replace(
+            "archive = \"lung-archive\"",
+            "archive = \"a\"\nreader_study = \"b\"",
+        );
         let e = parse(&text).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("folder[0].reader_study"), "{e}");
 
-        let text = GOOD.replace("value = \"Nijmegen\"", "value = \"x\"\n  value_file = \"y.json\"");
+        let text = GOOD.replace(
+            "value = \"Nijmegen\"",
+            "value = \"x\"\n  value_file = \"y.json\"",
+        );
         let e = parse(&text).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("folder[0].socket[3]"), "{e}");
         assert!(e.message.contains("exactly one"), "{e}");
 
         let text = GOOD.replace("files = \"report.pdf\"", "files = \"../report.pdf\"");
-        assert_eq!(parse(&text).unwrap_err().key.as_deref(), Some("folder[0].socket[1].files"));
+        assert_eq!(
+            parse(&text).unwrap_err().key.as_deref(),
+            Some("folder[0].socket[1].files")
+        );
 
         let text = GOOD.replace("127.0.0.1:8000", "example.org");
         let e = parse(&text).unwrap_err();
-        assert_eq!((e.key.as_deref(), e.line.map(|l| l.0)), (Some("server.url"), Some(3)), "{e}");
+        assert_eq!(
+            (e.key.as_deref(), e.line.map(|l| l.0)),
+            (Some("server.url"), Some(3)),
+            "{e}"
+        );
 
-        let text = GOOD.replace("case = \"patient*\"", "case = \"patient*\"\ntitle = \"{patient}\"");
+        let text = GOOD.replace(
+            "case = \"patient*\"",
+            "case = \"patient*\"\ntitle = \"{patient}\"",
+        );
         assert!(parse(&text).unwrap_err().message.contains("{patient}"));
     }
 
@@ -659,5 +887,15 @@ quiet = "2s"
         assert_eq!(parse_size("5 MB"), Ok(5_000_000));
         assert_eq!(parse_size("7"), Ok(7));
         assert!(parse_size("lots").is_err());
+    }
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.folders[0].sockets.len(), 5);
+        assert_eq!(
+            c.folders[0].after,
+            After::Move(PathBuf::from("/srv/drop/done"))
+        );
     }
 }

@@ -9,8 +9,10 @@
 //! ```
 //!
 //! - [`config`]   the TOML configuration: schema, loading, validation with file:line errors.
+//! - [`watch`]    which cases may have changed: filesystem events, polling and scans, all mere hints.
 //! - [`settle`]   stat snapshots of a case, and the decision that it has stopped changing.
 //! - [`rules`]    which files of a case go to which socket, the title and the manifest hash (pure).
+//! - [`journal`]  SQLite record of every case and every delivery step: the truth after a restart.
 //! - [`deliver`]  one planned case against the platform, step by step.
 //! - [`receipt`]  the JSON receipt per case and the append-only audit log, written atomically.
 //! - [`gc`]       the Grand Challenge client: auth, retries, S3 multipart uploads, items, verification.
@@ -24,8 +26,10 @@ pub mod config;
 pub mod deliver;
 pub mod fsutil;
 pub mod gc;
+pub mod journal;
 pub mod receipt;
 pub mod rules;
 pub mod samples;
 pub mod sandbox;
 pub mod settle;
+pub mod watch;

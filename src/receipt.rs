@@ -88,7 +88,8 @@ pub struct FileReceipt {
 /// Where receipts of one target's cases live: `<dir>/<target slug>/<case path with / as __>.json`.
 pub fn receipt_path(dir: &Path, target_slug: &str, case_path: &str) -> PathBuf {
     let safe = |s: &str| s.replace('/', "__").replace('\0', "");
-    dir.join(safe(target_slug)).join(format!("{}.json", safe(case_path)))
+    dir.join(safe(target_slug))
+        .join(format!("{}.json", safe(case_path)))
 }
 
 /// Write the receipt atomically, then append it as one line to `<dir>/audit.jsonl`.
@@ -99,7 +100,10 @@ pub fn write(dir: &Path, receipt: &Receipt) -> std::io::Result<PathBuf> {
     write_atomic(&path, &json)?;
     let mut line = serde_json::to_vec(receipt).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    let mut audit = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("audit.jsonl"))?;
+    let mut audit = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("audit.jsonl"))?;
     // One write call per line: appends of a single write are not interleaved with other writers.
     audit.write_all(&line)?;
     audit.sync_data()?;
@@ -109,7 +113,8 @@ pub fn write(dir: &Path, receipt: &Receipt) -> std::io::Result<PathBuf> {
 /// Read a receipt back.
 pub fn read(path: &Path) -> std::io::Result<Receipt> {
     let bytes = std::fs::read(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// RFC 3339 UTC timestamp for receipts.
@@ -130,8 +135,16 @@ mod tests {
             case_path: "/drop/p1".into(),
             case: "p1".into(),
             title: "p1".into(),
-            target: TargetRef { kind: TargetKind::Archive, slug: "a".into(), pk: Some("pk".into()), url: None },
-            item: Some(ItemRef { pk: "i".into(), api_url: "http://x/api/v1/archives/items/i/".into() }),
+            target: TargetRef {
+                kind: TargetKind::Archive,
+                slug: "a".into(),
+                pk: Some("pk".into()),
+                url: None,
+            },
+            item: Some(ItemRef {
+                pk: "i".into(),
+                api_url: "http://x/api/v1/archives/items/i/".into(),
+            }),
             manifest_hash: "h".into(),
             sockets: vec![],
             unmatched: vec![],
@@ -156,7 +169,14 @@ mod tests {
         write(dir.path(), &r).unwrap();
         let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
         assert_eq!(audit.lines().count(), 2);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(leftovers.len(), 1, "no temp files left behind: {leftovers:?}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            leftovers.len(),
+            1,
+            "no temp files left behind: {leftovers:?}"
+        );
     }
 }
