@@ -8,6 +8,7 @@
 //!  receipt + post-action ◄── deliver (create → upload → PATCH → verify) ◄── journal
 //! ```
 //!
+//! - [`agent`]    the daemon's loop: hints → readiness → plan → journal → delivery tasks → receipts.
 //! - [`config`]   the TOML configuration: schema, loading, validation with file:line errors.
 //! - [`watch`]    which cases may have changed: filesystem events, polling and scans, all mere hints.
 //! - [`settle`]   stat snapshots of a case, and the decision that it has stopped changing.
@@ -19,9 +20,13 @@
 //! - [`sandbox`]  a Grand Challenge–compatible server for tests, the demo and benchmarks.
 //! - [`samples`]  tiny but real medical images (MetaImage, NIfTI, DICOM, TIFF) for tests and the demo.
 //! - [`fsutil`]   atomic file writes (temp file, fsync, rename) shared by receipts and state files.
+//! - [`upload`]   the one-shot `upload` command: cases given on the command line, with progress bars.
+//! - [`commands`] `run`, `check`, `explain`, `retry`: operating the agent.
 //! - [`cli`]      the command-line interface; `main.rs` only parses and dispatches.
 
+pub mod agent;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod deliver;
 pub mod fsutil;
@@ -32,4 +37,5 @@ pub mod rules;
 pub mod samples;
 pub mod sandbox;
 pub mod settle;
+pub mod upload;
 pub mod watch;

@@ -117,6 +117,104 @@ pub fn read(path: &Path) -> std::io::Result<Receipt> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// The facts every receipt of a case carries, delivered or not.
+pub struct CaseFacts<'a> {
+    pub case_dir: &'a Path,
+    pub plan: Option<&'a crate::rules::Plan>,
+    pub manifest: Option<&'a crate::rules::Manifest>,
+    pub target: TargetRef,
+    /// The case's path inside its drop folder.
+    pub case: String,
+    pub skipped: Vec<String>,
+    pub readiness: String,
+    pub attempts: u32,
+    pub revision: u32,
+    pub started: (String, std::time::Instant),
+}
+
+impl Receipt {
+    fn from_facts(f: CaseFacts<'_>, outcome: Outcome) -> Receipt {
+        let manifest = f.manifest;
+        let sockets = f
+            .plan
+            .map(|p| {
+                p.sockets
+                    .iter()
+                    .map(|s| SocketReceipt {
+                        slug: s.slug.clone(),
+                        files: s
+                            .source
+                            .files()
+                            .into_iter()
+                            .map(|pf| FileReceipt {
+                                path: pf.path.clone(),
+                                upload_name: pf.upload_name.clone(),
+                                size: pf.size,
+                                sha256: manifest
+                                    .and_then(|m| m.entries.iter().find(|e| e.path == pf.path))
+                                    .map(|e| e.sha256.clone())
+                                    .unwrap_or_default(),
+                            })
+                            .collect(),
+                        value_pk: None,
+                        value: None,
+                        image: None,
+                        file: None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Receipt {
+            receipt_version: RECEIPT_VERSION,
+            outcome,
+            case_path: f.case_dir.to_string_lossy().into_owned(),
+            case: f.case,
+            title: f.plan.map(|p| p.title.clone()).unwrap_or_default(),
+            target: f.target,
+            item: None,
+            manifest_hash: manifest.map(|m| m.hash.clone()).unwrap_or_default(),
+            sockets,
+            unmatched: f.plan.map(|p| p.unmatched.clone()).unwrap_or_default(),
+            skipped: f.skipped,
+            reason: None,
+            readiness: f.readiness,
+            revision: f.revision,
+            attempts: f.attempts,
+            started: f.started.0,
+            finished: now_rfc3339(),
+            seconds: f.started.1.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// The receipt of a verified delivery.
+    pub fn delivered(facts: CaseFacts<'_>, d: &crate::deliver::Delivered) -> Receipt {
+        let mut r = Receipt::from_facts(facts, Outcome::Delivered);
+        r.target.pk = Some(d.target.pk.clone());
+        r.target.url = Some(d.target.url.clone());
+        r.item = Some(ItemRef {
+            pk: d.item_pk.clone(),
+            api_url: d.item_api_url.clone(),
+        });
+        for s in &mut r.sockets {
+            if let Some(v) = d.sockets.iter().find(|v| v.slug == s.slug) {
+                s.value_pk = Some(v.value_pk);
+                s.value = v.value.clone();
+                s.image = v.image.clone();
+                s.file = v.file.clone();
+            }
+        }
+        r
+    }
+
+    /// The receipt of a case that could not be delivered, with the reason.
+    pub fn quarantined(facts: CaseFacts<'_>, reason: String, item: Option<ItemRef>) -> Receipt {
+        let mut r = Receipt::from_facts(facts, Outcome::Quarantined);
+        r.reason = Some(reason);
+        r.item = item;
+        r
+    }
+}
+
 /// RFC 3339 UTC timestamp for receipts.
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
