@@ -27,7 +27,7 @@ use crate::rules::{self, Manifest};
 use crate::settle::{Decision, SettleRules, Snapshot, Tracker, Waiting};
 use crate::watch::{self, Hint};
 
-/// Tuning that is not part of the operator's config (tests shorten it).
+/// How the agent paces itself (from the config's `[agent]` section).
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     /// Full scans of every folder, catching whatever events missed.
@@ -43,14 +43,15 @@ pub struct AgentOptions {
     pub verify: VerifyTiming,
 }
 
-impl Default for AgentOptions {
-    fn default() -> Self {
+impl AgentOptions {
+    pub fn from_config(config: &Config) -> AgentOptions {
+        let a = &config.agent;
         AgentOptions {
-            reconcile_every: Duration::from_secs(600),
-            shutdown_grace: Duration::from_secs(30),
-            retry_first: Duration::from_secs(30),
-            retry_max: Duration::from_secs(1800),
-            auth_pause: Duration::from_secs(300),
+            reconcile_every: a.reconcile,
+            shutdown_grace: a.shutdown_grace,
+            retry_first: a.retry_first,
+            retry_max: a.retry_max,
+            auth_pause: a.auth_pause,
             verify: VerifyTiming::default(),
         }
     }

@@ -55,7 +55,7 @@ pub fn run(args: RunArgs) -> u8 {
                 tracing::error!(folder = %f.path.display(), "the drop folder does not exist (yet); it is polled until it appears");
             }
         }
-        match agent::run(config, client, AgentOptions::default(), shutdown_signal()).await {
+        match agent::run(config.clone(), client, AgentOptions::from_config(&config), shutdown_signal()).await {
             Ok(()) => exit::OK,
             Err(e) => {
                 eprintln!("error: {e}");

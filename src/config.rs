@@ -46,7 +46,22 @@ pub struct Config {
     pub file: PathBuf,
     pub server: Server,
     pub limits: Limits,
+    pub agent: AgentTiming,
     pub folders: Vec<Folder>,
+}
+
+/// How the agent paces itself: scans, retries and shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTiming {
+    /// Full scans of every folder, catching whatever events missed.
+    pub reconcile: Duration,
+    /// First wait after a failure that may pass; doubles per attempt up to `retry_max`.
+    pub retry_first: Duration,
+    pub retry_max: Duration,
+    /// How long a target stays paused after the platform refused the token.
+    pub auth_pause: Duration,
+    /// How long deliveries may run on after SIGTERM before they are cut off (they resume at next start).
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +188,8 @@ struct RawConfig {
     #[serde(default)]
     limits: Option<Spanned<RawLimits>>,
     #[serde(default)]
+    agent: Option<RawAgent>,
+    #[serde(default)]
     folder: Vec<Spanned<RawFolder>>,
 }
 
@@ -193,6 +210,16 @@ struct RawLimits {
     parallel_files: Option<Spanned<i64>>,
     parallel_parts: Option<Spanned<i64>>,
     part_size: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    reconcile: Option<Spanned<String>>,
+    retry_first: Option<Spanned<String>>,
+    retry_max: Option<Spanned<String>>,
+    auth_pause: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -299,6 +326,7 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let server = validate_server(&loc, base, raw.server.get_ref())?;
         let limits = validate_limits(&loc, raw.limits.as_ref().map(|l| l.get_ref()))?;
+        let agent = validate_agent(&loc, raw.agent.as_ref())?;
         let mut folders = Vec::new();
         for (i, f) in raw.folder.iter().enumerate() {
             folders.push(validate_folder(&loc, base, i, f)?);
@@ -322,6 +350,7 @@ impl Config {
             file: path.to_owned(),
             server,
             limits,
+            agent,
             folders,
         })
     }
@@ -428,6 +457,27 @@ fn validate_limits(loc: &Locator, l: Option<&RawLimits>) -> Result<Limits, Confi
         parallel_files: positive(loc, &l.parallel_files, "limits.parallel_files", 4)?,
         parallel_parts: positive(loc, &l.parallel_parts, "limits.parallel_parts", 8)?,
         part_size,
+    })
+}
+
+fn validate_agent(loc: &Locator, a: Option<&RawAgent>) -> Result<AgentTiming, ConfigError> {
+    let none = RawAgent {
+        reconcile: None,
+        retry_first: None,
+        retry_max: None,
+        auth_pause: None,
+        shutdown_grace: None,
+    };
+    let a = a.unwrap_or(&none);
+    let d = |v: &Option<Spanned<String>>, key: &str, default: u64| {
+        duration(loc, v, format!("agent.{key}"), Duration::from_secs(default))
+    };
+    Ok(AgentTiming {
+        reconcile: d(&a.reconcile, "reconcile", 600)?,
+        retry_first: d(&a.retry_first, "retry_first", 30)?,
+        retry_max: d(&a.retry_max, "retry_max", 1800)?,
+        auth_pause: d(&a.auth_pause, "auth_pause", 300)?,
+        shutdown_grace: d(&a.shutdown_grace, "shutdown_grace", 30)?,
     })
 }
 
