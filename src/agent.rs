@@ -129,6 +129,9 @@ pub async fn run(
         tasks: JoinSet::new(),
         paused: HashMap::new(),
     };
+    crate::service::ready(&status_line(&shared.journal));
+    let mut heartbeat = tokio::time::interval(crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)));
+    let mut last_status = String::new();
     tokio::pin!(stop);
     loop {
         let next_timer = loop_
@@ -143,8 +146,17 @@ pub async fn run(
                 Err(e) => tracing::error!("a delivery task failed: {e}"),
             },
             _ = sleep_until(next_timer) => loop_.on_timers()?,
+            _ = heartbeat.tick() => {
+                crate::service::watchdog();
+                let status = status_line(&shared.journal);
+                if status != last_status {
+                    crate::service::status(&status);
+                    last_status = status;
+                }
+            }
         }
     }
+    crate::service::stopping();
     tracing::info!(
         in_flight = loop_.tasks.len(),
         "stopping: no new cases are taken"
@@ -162,6 +174,23 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The one-line summary for systemd: cases by state.
+fn status_line(journal: &Journal) -> String {
+    match journal.counts() {
+        Ok(c) => {
+            let n = |k: &str| c.get(k).copied().unwrap_or(0);
+            format!(
+                "{} waiting, {} uploading, {} quarantined, {} delivered",
+                n("settling") + n("ready"),
+                n("uploading"),
+                n("quarantined"),
+                n("delivered")
+            )
+        }
+        Err(e) => format!("journal unreadable: {e}"),
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

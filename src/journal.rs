@@ -546,6 +546,14 @@ impl Journal {
         Ok(uploads)
     }
 
+    /// How many cases are in each state, by [`CaseState::name`].
+    pub fn counts(&self) -> Result<std::collections::BTreeMap<String, i64>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM cases GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The events of a case, oldest first: (time, event, detail).
     pub fn events(&self, id: i64) -> Result<Vec<(String, String, Option<String>)>, JournalError> {
         let conn = self.conn();

@@ -22,6 +22,8 @@
 //! - [`fsutil`]   atomic file writes (temp file, fsync, rename) shared by receipts and state files.
 //! - [`upload`]   the one-shot `upload` command: cases given on the command line, with progress bars.
 //! - [`commands`] `run`, `check`, `explain`, `retry`: operating the agent.
+//! - [`demo`]     the sandbox and the agent together on loopback, for trying it without an account.
+//! - [`service`]  systemd notifications: ready, status line, watchdog, stopping, reloading.
 //! - [`cli`]      the command-line interface; `main.rs` only parses and dispatches.
 
 pub mod agent;
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod deliver;
+
 pub mod fsutil;
 pub mod gc;
 pub mod journal;
@@ -36,6 +39,7 @@ pub mod receipt;
 pub mod rules;
 pub mod samples;
 pub mod sandbox;
+pub mod service;
 pub mod settle;
 pub mod upload;
 pub mod watch;
