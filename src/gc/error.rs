@@ -16,13 +16,22 @@ pub enum GcError {
     UploadLimit(String),
     /// Any other 4xx: the request is wrong and repeating it will not help. `message` is the server's own words.
     #[error("{context}: the platform rejected it ({status}): {message}")]
-    Rejected { status: u16, context: String, message: String, body: serde_json::Value },
+    Rejected {
+        status: u16,
+        context: String,
+        message: String,
+        body: serde_json::Value,
+    },
     /// Something looked up by slug or pk does not exist or is not visible to this token.
     #[error("{0}")]
     NotFound(String),
     /// 5xx (HTML or not), or a transport failure, still failing after the retry budget.
     #[error("{context}: {message}")]
-    Unavailable { context: String, message: String, retry_after: Option<Duration> },
+    Unavailable {
+        context: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// The server accepted the value but its background import failed.
     #[error("socket {socket}: the import failed: {message}")]
     ImportFailed { socket: String, message: String },
@@ -31,7 +40,10 @@ pub enum GcError {
     VerifyTimeout { socket: String, waited: Duration },
     /// Reading a local file failed.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// The client was configured wrongly (bad URL, unreadable CA file …).
     #[error("{0}")]
     Config(String),

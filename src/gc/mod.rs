@@ -23,4 +23,6 @@ pub mod verify;
 pub use auth::Token;
 pub use client::{Client, ClientConfig};
 pub use error::GcError;
-pub use models::{Archive, Item, ReaderStudy, Socket, SuperKind, Target, TargetKind, UserUpload, ValueEntry};
+pub use models::{
+    Archive, Item, ReaderStudy, Socket, SuperKind, Target, TargetKind, UserUpload, ValueEntry,
+};

@@ -82,7 +82,9 @@ pub struct Item {
 
 impl Item {
     pub fn value_for(&self, socket_slug: &str) -> Option<&ItemValue> {
-        self.values.iter().find(|v| v.interface.slug() == socket_slug)
+        self.values
+            .iter()
+            .find(|v| v.interface.slug() == socket_slug)
     }
 }
 
@@ -149,7 +151,10 @@ pub enum ValueSource {
     /// Upload API URLs of one image (one or many files) for a panimg Image socket.
     UserUploads(Vec<String>),
     /// Upload API URLs plus the image name for a DICOM image set socket.
-    DicomImageSet { uploads: Vec<String>, image_name: String },
+    DicomImageSet {
+        uploads: Vec<String>,
+        image_name: String,
+    },
     /// An existing image's API URL.
     Image(String),
 }
@@ -165,13 +170,21 @@ impl Serialize for ValueEntry {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let none = serde_json::Value::Null;
-        let (mut value, mut image, mut user_upload, mut user_uploads, mut image_name) =
-            (none.clone(), none.clone(), none.clone(), none.clone(), none.clone());
+        let (mut value, mut image, mut user_upload, mut user_uploads, mut image_name) = (
+            none.clone(),
+            none.clone(),
+            none.clone(),
+            none.clone(),
+            none.clone(),
+        );
         match &self.source {
             ValueSource::Value(v) => value = v.clone(),
             ValueSource::UserUpload(u) => user_upload = u.clone().into(),
             ValueSource::UserUploads(us) => user_uploads = us.clone().into(),
-            ValueSource::DicomImageSet { uploads, image_name: name } => {
+            ValueSource::DicomImageSet {
+                uploads,
+                image_name: name,
+            } => {
                 user_uploads = uploads.clone().into();
                 image_name = name.clone().into();
             }
@@ -204,10 +217,25 @@ mod tests {
 
     #[test]
     fn value_entry_serialises_all_eight_keys_like_gcapi() {
-        let e = ValueEntry { socket: "report".into(), source: ValueSource::UserUpload("https://x/api/v1/uploads/1/".into()) };
+        let e = ValueEntry {
+            socket: "report".into(),
+            source: ValueSource::UserUpload("https://x/api/v1/uploads/1/".into()),
+        };
         let v = serde_json::to_value(&e).unwrap();
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["interface", "value", "file", "image", "upload_session", "user_upload", "user_uploads", "image_name"]);
+        assert_eq!(
+            keys,
+            [
+                "interface",
+                "value",
+                "file",
+                "image",
+                "upload_session",
+                "user_upload",
+                "user_uploads",
+                "image_name"
+            ]
+        );
         assert_eq!(v["user_upload"], "https://x/api/v1/uploads/1/");
         assert!(v["value"].is_null() && v["user_uploads"].is_null());
     }
