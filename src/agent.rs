@@ -60,7 +60,7 @@ impl AgentOptions {
 /// What the agent shares with its delivery tasks.
 struct Shared {
     config: Config,
-    journal: Journal,
+    journal: Arc<Journal>,
     client: Client,
     receipts: PathBuf,
     options: AgentOptions,
@@ -103,7 +103,7 @@ pub async fn run(
     options: AgentOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), JournalError> {
-    let journal = Journal::open(&config.server.state_dir)?;
+    let journal = Arc::new(Journal::open(&config.server.state_dir)?);
     let receipts = config.server.state_dir.join("receipts");
     let settle_rules: Vec<SettleRules> = config.folders.iter().map(SettleRules::of).collect();
     let shared = Arc::new(Shared {
@@ -115,11 +115,14 @@ pub async fn run(
         options,
     });
     let (hint_tx, mut hints) = mpsc::unbounded_channel();
-    let _watches = watch::start(
+    let mut watches = watch::start(
         &shared.config.folders,
         shared.options.reconcile_every,
-        hint_tx,
+        hint_tx.clone(),
     );
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!("cannot listen for SIGHUP, reloading is off: {e}"))
+        .ok();
     let mut loop_ = Loop {
         shared: shared.clone(),
         settle_rules,
@@ -129,8 +132,10 @@ pub async fn run(
         tasks: JoinSet::new(),
         paused: HashMap::new(),
     };
-    crate::service::ready(&status_line(&shared.journal));
-    let mut heartbeat = tokio::time::interval(crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)));
+    crate::service::ready(&status_line(&loop_.shared.journal));
+    let mut heartbeat = tokio::time::interval(
+        crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)),
+    );
     let mut last_status = String::new();
     tokio::pin!(stop);
     loop {
@@ -146,9 +151,17 @@ pub async fn run(
                 Err(e) => tracing::error!("a delivery task failed: {e}"),
             },
             _ = sleep_until(next_timer) => loop_.on_timers()?,
+            Some(()) = hangup(&mut hangups) => {
+                crate::service::reloading();
+                if let Some(w) = loop_.reload(&hint_tx) {
+                    watches = w;
+                }
+                tracing::debug!(folders = watches.modes.len(), "watching");
+                crate::service::ready(&status_line(&loop_.shared.journal));
+            }
             _ = heartbeat.tick() => {
                 crate::service::watchdog();
-                let status = status_line(&shared.journal);
+                let status = status_line(&loop_.shared.journal);
                 if status != last_status {
                     crate::service::status(&status);
                     last_status = status;
@@ -161,7 +174,8 @@ pub async fn run(
         in_flight = loop_.tasks.len(),
         "stopping: no new cases are taken"
     );
-    let grace = tokio::time::sleep(shared.options.shutdown_grace);
+    drop(watches);
+    let grace = tokio::time::sleep(loop_.shared.options.shutdown_grace);
     tokio::pin!(grace);
     while !loop_.tasks.is_empty() {
         tokio::select! {
@@ -193,6 +207,13 @@ fn status_line(journal: &Journal) -> String {
     }
 }
 
+async fn hangup(signals: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signals {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -221,14 +242,37 @@ impl Loop {
         self.timers.push(Reverse((at, case_dir.to_owned())));
     }
 
+    /// The current config's index of the drop folder a path is in.
+    fn folder_of(&self, path: &Path) -> Option<usize> {
+        self.shared
+            .config
+            .folders
+            .iter()
+            .position(|f| path.starts_with(&f.path))
+    }
+
     fn on_hint(&mut self, hint: Hint) -> Result<(), JournalError> {
         match hint {
-            Hint::Case { folder, case_dir } => self.check(folder, &case_dir),
-            Hint::Scan { folder, why } => {
-                let f = &self.shared.config.folders[folder];
+            Hint::Case { case_dir } => match self.folder_of(&case_dir) {
+                Some(folder) => self.check(folder, &case_dir),
+                None => Ok(()), // from a folder a reload removed
+            },
+            Hint::Scan { folder: path, why } => {
+                let Some(folder) = self
+                    .shared
+                    .config
+                    .folders
+                    .iter()
+                    .position(|f| f.path == path)
+                else {
+                    return Ok(());
+                };
+                let shared = self.shared.clone();
+                let f = &shared.config.folders[folder];
+                let t0 = Instant::now();
                 match watch::list_cases(f) {
                     Ok(cases) => {
-                        tracing::debug!(folder = %f.path.display(), ?why, cases = cases.len(), "scan");
+                        let n = cases.len();
                         let present: HashSet<PathBuf> = cases.iter().cloned().collect();
                         for case_dir in cases {
                             self.check(folder, &case_dir)?;
@@ -245,12 +289,92 @@ impl Loop {
                         for case_dir in gone {
                             self.check(folder, &case_dir)?;
                         }
+                        let ms = t0.elapsed().as_millis() as u64;
+                        if why == watch::ScanReason::Startup {
+                            tracing::info!(folder = %f.path.display(), cases = n, ms, "startup scan done");
+                        } else {
+                            tracing::debug!(folder = %f.path.display(), ?why, cases = n, ms, "scan done");
+                        }
                         Ok(())
                     }
                     Err(e) => {
                         tracing::error!(folder = %f.path.display(), "cannot list the drop folder: {e}");
                         Ok(())
                     }
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: read the config file again. An invalid config is rejected with its errors and the running
+    /// one stays; a valid one replaces it, with new watches (returned).
+    fn reload(&mut self, hint_tx: &mpsc::UnboundedSender<Hint>) -> Option<watch::Watches> {
+        let file = self.shared.config.file.clone();
+        let new = match Config::load(&file) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload rejected, the running config stays: {e}");
+                return None;
+            }
+        };
+        let old = &self.shared.config.server;
+        if new.server.state_dir != old.state_dir {
+            tracing::error!(
+                "reload rejected: state_dir cannot change while running; restart the service"
+            );
+            return None;
+        }
+        let client = if new.server == *old {
+            self.shared.client.clone()
+        } else {
+            match new.client() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("reload rejected, the running config stays: {e}");
+                    return None;
+                }
+            }
+        };
+        let watches = watch::start(&new.folders, new.agent.reconcile, hint_tx.clone());
+        tracing::info!(file = %file.display(), folders = new.folders.len(), "config reloaded");
+        self.reconfigure(new, client);
+        Some(watches)
+    }
+
+    /// Take a new config: folders added or removed take effect now; in-flight deliveries finish under
+    /// the config they started with.
+    fn reconfigure(&mut self, config: Config, client: Client) {
+        let shared = Arc::new(Shared {
+            slots: Semaphore::new(config.limits.parallel_cases),
+            journal: self.shared.journal.clone(),
+            receipts: config.server.state_dir.join("receipts"),
+            options: AgentOptions::from_config(&config),
+            client,
+            config,
+        });
+        self.settle_rules = shared.config.folders.iter().map(SettleRules::of).collect();
+        self.shared = shared;
+        let folder_of = |p: &Path| {
+            self.shared
+                .config
+                .folders
+                .iter()
+                .position(|f| p.starts_with(&f.path))
+        };
+        let remap: Vec<(PathBuf, Option<usize>)> = self
+            .slots
+            .keys()
+            .map(|p| (p.clone(), folder_of(p)))
+            .collect();
+        for (path, folder) in remap {
+            match folder {
+                Some(i) => {
+                    if let Some(slot) = self.slots.get_mut(&path) {
+                        slot.folder = i;
+                    }
+                }
+                None => {
+                    self.slots.remove(&path);
                 }
             }
         }
@@ -362,6 +486,7 @@ impl Loop {
                     self.schedule(until, case_dir);
                     return Ok(());
                 }
+                tracing::info!(case = %case, "ready");
                 slot.in_flight = true;
                 slot.dirty = false;
                 let task = Delivery {
@@ -390,7 +515,7 @@ impl Loop {
                     tracing::warn!(case = %case, "{note}");
                     shared.journal.note(rec.id, &note)?;
                 }
-                self.schedule(now + folder.quiet, case_dir);
+                // From here on events and scans bring the news; no timer polls a stuck case.
             }
         }
         Ok(())

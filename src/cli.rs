@@ -47,8 +47,12 @@ pub enum Command {
     ///
     /// Exit status: 0 valid, 2 invalid config, 3 the platform disagrees (token, target or socket).
     Check(CheckArgs),
+    /// Per folder: cases by state, the oldest waiting, the last delivery, quarantined cases with reasons.
+    Status(StatusArgs),
     /// Say which folder, case, rule and socket a path maps to, or why none.
     Explain(ExplainArgs),
+    /// Try it: a sandbox on loopback plus the agent on ./demo-drop, with example cases. Ctrl-C stops.
+    Demo(DemoArgs),
     /// Put quarantined cases back in line (the agent picks them up at its next look at the case).
     Retry(RetryArgs),
     /// Upload case folders once: plan each with its folder's socket rules, upload, verify, write receipts.
@@ -56,6 +60,10 @@ pub enum Command {
     /// Exit status: 0 all delivered, 1 some case failed (see its receipt), 2 usage or config error,
     /// 3 the platform refused the token or was unreachable.
     Upload(UploadArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout, e.g. `gc-hotfolder man > gc-hotfolder.1`.
+    Man,
     /// Run a Grand Challenge-compatible sandbox server on loopback.
     Sandbox(SandboxArgs),
 }
@@ -89,11 +97,30 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
+    pub config: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
     #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
     pub config: PathBuf,
     /// A drop folder, a case folder or a file inside a case.
     pub path: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the drop folder, config, journal and receipts of the demo go.
+    #[arg(long, default_value = "demo-drop")]
+    pub dir: PathBuf,
+    /// The sandbox's port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
 }
 
 #[derive(Debug, clap::Args)]
@@ -151,7 +178,6 @@ pub struct SandboxArgs {
     pub faults: Vec<crate::sandbox::FaultRule>,
 }
 
-
 pub fn run(cli: Cli) -> std::process::ExitCode {
     init_logging(cli.log_format);
     let code = match cli.command {
@@ -159,7 +185,24 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
         Command::Run(args) => crate::commands::run(args),
         Command::Check(args) => crate::commands::check(args),
         Command::Explain(args) => crate::commands::explain(args),
+        Command::Status(args) => crate::commands::status(args),
         Command::Retry(args) => crate::commands::retry(args),
+        Command::Demo(args) => crate::demo::main(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "gc-hotfolder", &mut std::io::stdout());
+            exit::OK
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::USAGE
+                }
+            }
+        }
         Command::Sandbox(args) => crate::sandbox::command::main(args),
     };
     std::process::ExitCode::from(code)

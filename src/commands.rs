@@ -34,7 +34,7 @@ pub fn run(args: RunArgs) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let client = match crate::upload::client_for(&config) {
+        let client = match config.client() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -114,7 +114,7 @@ pub fn check(args: CheckArgs) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let client = match crate::upload::client_for(&config) {
+        let client = match config.client() {
             Ok(c) => c,
             Err(e) => {
                 println!("  token: {e}");
@@ -245,4 +245,113 @@ pub fn retry(args: RetryArgs) -> u8 {
         }
     }
     code
+}
+
+/// What `status` reports for one drop folder.
+#[derive(Debug, serde::Serialize)]
+pub struct FolderStatus {
+    pub folder: String,
+    pub target: String,
+    pub counts: std::collections::BTreeMap<String, i64>,
+    /// The case waiting longest (not delivered, not quarantined), with the time of its last change.
+    pub oldest_waiting: Option<(String, String)>,
+    pub last_delivery: Option<(String, String)>,
+    pub quarantined: Vec<(String, String)>,
+    /// Notes on cases that are not ready (e.g. still changing after max_wait).
+    pub notes: Vec<(String, String)>,
+}
+
+/// Per folder: cases by state, the oldest waiting, the last delivery, quarantined cases with reasons.
+pub fn folder_status(
+    config: &Config,
+    journal: &Journal,
+) -> Result<Vec<FolderStatus>, crate::journal::JournalError> {
+    let all = journal.all()?;
+    Ok(config
+        .folders
+        .iter()
+        .map(|f| {
+            let cases: Vec<_> = all.iter().filter(|c| c.folder == f.path).collect();
+            let mut counts = std::collections::BTreeMap::new();
+            for c in &cases {
+                *counts.entry(c.state.name().to_owned()).or_insert(0) += 1;
+            }
+            let waiting = cases
+                .iter()
+                .filter(|c| !matches!(c.state, CaseState::Delivered | CaseState::Quarantined));
+            FolderStatus {
+                folder: f.path.display().to_string(),
+                target: format!("{:?} {}", f.target, f.target_slug),
+                counts,
+                oldest_waiting: waiting
+                    .clone()
+                    .min_by(|a, b| a.updated.cmp(&b.updated))
+                    .map(|c| (c.case.clone(), c.updated.clone())),
+                last_delivery: cases
+                    .iter()
+                    .filter(|c| c.state == CaseState::Delivered)
+                    .max_by(|a, b| a.updated.cmp(&b.updated))
+                    .map(|c| (c.case.clone(), c.updated.clone())),
+                quarantined: cases
+                    .iter()
+                    .filter(|c| c.state == CaseState::Quarantined)
+                    .map(|c| (c.case.clone(), c.reason.clone().unwrap_or_default()))
+                    .collect(),
+                notes: waiting
+                    .filter_map(|c| c.reason.clone().map(|r| (c.case.clone(), r)))
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+/// `gc-hotfolder status`
+pub fn status(args: crate::cli::StatusArgs) -> u8 {
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let report = Journal::open(&config.server.state_dir).and_then(|j| folder_status(&config, &j));
+    let folders = match report {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&folders) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        }
+        return exit::OK;
+    }
+    for f in &folders {
+        println!("{} → {}", f.folder, f.target);
+        let counts: Vec<String> = f.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        println!(
+            "  cases: {}",
+            if counts.is_empty() {
+                "none yet".into()
+            } else {
+                counts.join(", ")
+            }
+        );
+        if let Some((case, since)) = &f.oldest_waiting {
+            println!("  oldest waiting: {case} (last change {since})");
+        }
+        if let Some((case, at)) = &f.last_delivery {
+            println!("  last delivery: {case} at {at}");
+        }
+        for (case, note) in &f.notes {
+            println!("  note: {case}: {note}");
+        }
+        for (case, reason) in &f.quarantined {
+            println!("  quarantined: {case}: {reason}");
+        }
+    }
+    exit::OK
 }

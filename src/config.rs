@@ -64,7 +64,7 @@ pub struct AgentTiming {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {
     pub url: url::Url,
     /// Where the token comes from; resolved only when talking to the platform, never stored in the config.
@@ -352,6 +352,35 @@ impl Config {
             limits,
             agent,
             folders,
+        })
+    }
+
+    /// The platform client this config describes. The token comes from, in order: `token_file`, the
+    /// environment variable `GRAND_CHALLENGE_AUTHORIZATION`, the systemd credential `gc-token`
+    /// (`$CREDENTIALS_DIRECTORY/gc-token`, from `LoadCredential=`), `token`.
+    pub fn client(&self) -> Result<crate::gc::Client, crate::gc::GcError> {
+        let s = &self.server;
+        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| PathBuf::from(d).join("gc-token"))
+            .filter(|p| p.is_file());
+        let env = std::env::var("GRAND_CHALLENGE_AUTHORIZATION")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        let token_file = match (&s.token_file, &env) {
+            (Some(f), _) => Some(f.clone()),
+            (None, Some(_)) => None,
+            (None, None) => credential,
+        };
+        let token = crate::gc::Token::from_sources(token_file.as_deref(), env, s.token.clone())?;
+        crate::gc::Client::new(crate::gc::ClientConfig {
+            base_url: s.url.clone(),
+            token,
+            ca_cert: s.ca_cert.clone(),
+            part_size: self.limits.part_size,
+            parallel_parts: self.limits.parallel_parts,
+            parallel_files: self.limits.parallel_files,
+            retry: Default::default(),
+            timeout: Duration::from_secs(60),
         })
     }
 

@@ -31,7 +31,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod deliver;
-
+pub mod demo;
 pub mod fsutil;
 pub mod gc;
 pub mod journal;

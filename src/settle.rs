@@ -158,7 +158,7 @@ pub enum Waiting {
 pub enum Decision {
     /// Stable for the quiet window, complete, no temp files: deliver this snapshot.
     Ready,
-    /// Look again at `recheck_at` (agent clock).
+    /// Look again at `recheck_at` (agent clock), or sooner if an event or scan says something changed.
     Wait { why: Waiting, recheck_at: Duration },
     /// Still not ready after `max_wait`: keep watching, and say so loudly (once).
     Stuck {
@@ -234,12 +234,13 @@ impl Tracker {
                 first_report,
             };
         }
-        // A quiet window still running is the only wait with a known end; otherwise the next event or
-        // poll brings the news, and a quiet window's worth later is a safe fallback.
+        // A running quiet window is the only wait with a known end. Anything else (a marker, temp files)
+        // changes through a filesystem event or shows in a scan, so no timer polls it, except one to
+        // report it stuck when max_wait is up.
         let recheck_at = if why == Waiting::Changing {
             quiet_until
         } else {
-            now + rules.quiet
+            self.first_seen + rules.max_wait
         };
         Decision::Wait { why, recheck_at }
     }

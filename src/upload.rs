@@ -12,30 +12,10 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::cli::{UploadArgs, exit};
 use crate::config::Config;
 use crate::deliver::{Checkpoints, DeliverError, ItemStart, deliver};
+use crate::gc::Client;
 use crate::gc::verify::VerifyTiming;
-use crate::gc::{Client, ClientConfig, GcError, Token};
 use crate::receipt::{CaseFacts, Receipt, TargetRef};
 use crate::rules::{self, Manifest};
-
-/// Build the platform client a config describes, resolving the token from its sources.
-pub fn client_for(config: &Config) -> Result<Client, GcError> {
-    let s = &config.server;
-    let token = Token::from_sources(
-        s.token_file.as_deref(),
-        std::env::var("GRAND_CHALLENGE_AUTHORIZATION").ok(),
-        s.token.clone(),
-    )?;
-    Client::new(ClientConfig {
-        base_url: s.url.clone(),
-        token,
-        ca_cert: s.ca_cert.clone(),
-        part_size: config.limits.part_size,
-        parallel_parts: config.limits.parallel_parts,
-        parallel_files: config.limits.parallel_files,
-        retry: Default::default(),
-        timeout: std::time::Duration::from_secs(60),
-    })
-}
 
 /// One case's result, as the command prints it.
 pub struct CaseOutcome {
@@ -65,7 +45,7 @@ pub fn main(args: UploadArgs) -> u8 {
 }
 
 async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u8 {
-    let client = match client_for(config) {
+    let client = match config.client() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -18,9 +18,9 @@ use crate::rules::case_of;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hint {
     /// Something below this case folder changed.
-    Case { folder: usize, case_dir: PathBuf },
-    /// Look at every case of the folder (start, timer, polling, or events may have been lost).
-    Scan { folder: usize, why: ScanReason },
+    Case { case_dir: PathBuf },
+    /// Look at every case of the drop folder (start, timer, polling, or events may have been lost).
+    Scan { folder: PathBuf, why: ScanReason },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,10 +101,19 @@ pub fn list_cases(folder: &Folder) -> std::io::Result<Vec<PathBuf>> {
     Ok(cases)
 }
 
-/// Keeps the watches alive; dropping it stops events (timers stop with their runtime).
+/// Keeps the watches and timers alive; dropping it stops them all (e.g. on a config reload).
 pub struct Watches {
     _watchers: Vec<notify::RecommendedWatcher>,
+    timers: Vec<tokio::task::JoinHandle<()>>,
     pub modes: Vec<Mode>,
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for t in &self.timers {
+            t.abort();
+        }
+    }
 }
 
 /// The remedy printed when the kernel refuses more watches.
@@ -115,10 +124,11 @@ pub const WATCH_LIMIT_HELP: &str = "the kernel's inotify watch limit is reached;
 /// Start watching every folder; hints go to `tx`. Also sends the startup scans and starts the timers.
 pub fn start(folders: &[Folder], reconcile_every: Duration, tx: UnboundedSender<Hint>) -> Watches {
     let mut watchers = Vec::new();
+    let mut timers = Vec::new();
     let mut modes = Vec::new();
-    for (i, folder) in folders.iter().enumerate() {
+    for folder in folders {
         let _ = tx.send(Hint::Scan {
-            folder: i,
+            folder: folder.path.clone(),
             why: ScanReason::Startup,
         });
         let mode = match (folder.poll, network_fs_name(&folder.path)) {
@@ -126,7 +136,7 @@ pub fn start(folders: &[Folder], reconcile_every: Duration, tx: UnboundedSender<
             (Poll::Auto, Some(fs)) => {
                 Mode::Polling(format!("{fs} filesystems send no change events"))
             }
-            (Poll::Auto, None) => match watch_folder(i, folder, tx.clone()) {
+            (Poll::Auto, None) => match watch_folder(folder, tx.clone()) {
                 Ok(w) => {
                     watchers.push(w);
                     Mode::Events
@@ -138,33 +148,55 @@ pub fn start(folders: &[Folder], reconcile_every: Duration, tx: UnboundedSender<
             Mode::Events => tracing::info!(folder = %folder.path.display(), "watching for changes"),
             Mode::Polling(why) => {
                 tracing::warn!(folder = %folder.path.display(), every = ?folder.poll_interval, "polling: {why}");
-                spawn_timer(tx.clone(), i, folder.poll_interval, ScanReason::Poll);
+                timers.push(spawn_timer(
+                    tx.clone(),
+                    &folder.path,
+                    folder.poll_interval,
+                    ScanReason::Poll,
+                ));
             }
         }
-        spawn_timer(tx.clone(), i, reconcile_every, ScanReason::Reconcile);
+        timers.push(spawn_timer(
+            tx.clone(),
+            &folder.path,
+            reconcile_every,
+            ScanReason::Reconcile,
+        ));
         modes.push(mode);
     }
     Watches {
         _watchers: watchers,
+        timers,
         modes,
     }
 }
 
-fn spawn_timer(tx: UnboundedSender<Hint>, folder: usize, every: Duration, why: ScanReason) {
+fn spawn_timer(
+    tx: UnboundedSender<Hint>,
+    folder: &Path,
+    every: Duration,
+    why: ScanReason,
+) -> tokio::task::JoinHandle<()> {
+    let folder = folder.to_owned();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if tx.send(Hint::Scan { folder, why }).is_err() {
+            if tx
+                .send(Hint::Scan {
+                    folder: folder.clone(),
+                    why,
+                })
+                .is_err()
+            {
                 return;
             }
         }
-    });
+    })
 }
 
 fn watch_folder(
-    index: usize,
     folder: &Folder,
     tx: UnboundedSender<Hint>,
 ) -> Result<notify::RecommendedWatcher, String> {
@@ -173,17 +205,14 @@ fn watch_folder(
         Ok(event) if event.need_rescan() => {
             tracing::warn!(folder = %f.path.display(), "the event queue overflowed; rescanning the folder");
             let _ = tx.send(Hint::Scan {
-                folder: index,
+                folder: f.path.clone(),
                 why: ScanReason::Overflow,
             });
         }
         Ok(event) => {
             for path in &event.paths {
                 if let Some(case_dir) = case_of(&f, path) {
-                    let _ = tx.send(Hint::Case {
-                        folder: index,
-                        case_dir,
-                    });
+                    let _ = tx.send(Hint::Case { case_dir });
                 }
             }
         }
@@ -194,7 +223,7 @@ fn watch_folder(
                 tracing::warn!(folder = %f.path.display(), "watch error, rescanning: {e}");
             }
             let _ = tx.send(Hint::Scan {
-                folder: index,
+                folder: f.path.clone(),
                 why: ScanReason::WatchFailed,
             });
         }
@@ -259,14 +288,13 @@ mod tests {
         assert_eq!(
             rx.recv().await,
             Some(Hint::Scan {
-                folder: 0,
+                folder: d.path().to_owned(),
                 why: ScanReason::Startup
             })
         );
         std::fs::create_dir_all(d.path().join("p9/deep/er")).unwrap();
         std::fs::write(d.path().join("p9/deep/er/a.dcm"), b"x").unwrap();
         let want = Hint::Case {
-            folder: 0,
             case_dir: d.path().join("p9"),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -283,7 +311,6 @@ mod tests {
         std::fs::write(staging.path().join("a.dcm"), b"x").unwrap();
         std::fs::rename(staging.path(), d.path().join("p10")).unwrap();
         let want = Hint::Case {
-            folder: 0,
             case_dir: d.path().join("p10"),
         };
         loop {
