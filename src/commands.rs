@@ -34,6 +34,7 @@ pub fn run(args: RunArgs) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
+        let stop = shutdown_signal();
         let client = match config.client() {
             Ok(c) => c,
             Err(e) => {
@@ -55,7 +56,7 @@ pub fn run(args: RunArgs) -> u8 {
                 tracing::error!(folder = %f.path.display(), "the drop folder does not exist (yet); it is polled until it appears");
             }
         }
-        match agent::run(config.clone(), client, AgentOptions::from_config(&config), shutdown_signal()).await {
+        match agent::run(config.clone(), client, AgentOptions::from_config(&config), stop).await {
             Ok(()) => exit::OK,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -65,19 +66,25 @@ pub fn run(args: RunArgs) -> u8 {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is
+/// first polled, so a stop request that arrives during startup is not lost (nor fatal).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            return std::future::pending().await;
+    let term = signal(SignalKind::terminate()).map_err(|e| tracing::error!("cannot listen for SIGTERM: {e}")).ok();
+    let int = signal(SignalKind::interrupt()).map_err(|e| tracing::error!("cannot listen for SIGINT: {e}")).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(term) => tracing::info!("SIGTERM received"),
+            _ = wait(int) => tracing::info!("interrupt received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
     }
 }
 

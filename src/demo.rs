@@ -116,6 +116,7 @@ fn write_examples(dir: &Path, cases: &Path) -> std::io::Result<()> {
         std::fs::write(d.join("notes.json"), "\"no findings\"")
     })?;
     make("case-003-dicom", &|d| {
+        std::fs::create_dir_all(d.join("dicom"))?;
         samples::write_dicom_series(
             &d.join("dicom"),
             6,

@@ -40,6 +40,10 @@ impl Snapshot {
     pub fn fingerprint(&self) -> String {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
+        for s in &self.skipped {
+            h.update(s.rel.as_os_str().as_encoded_bytes());
+            h.update(b"\0skipped\n");
+        }
         for f in &self.files {
             h.update(f.rel.as_os_str().as_encoded_bytes());
             h.update(format!(
@@ -174,7 +178,7 @@ pub enum Decision {
 pub struct Tracker {
     first_seen: Duration,
     last_change: Duration,
-    last: Option<Vec<FileStat>>,
+    last: Option<Snapshot>,
     reported_stuck: bool,
 }
 
@@ -195,8 +199,8 @@ impl Tracker {
 
     /// Record a snapshot taken at `now` and decide.
     pub fn observe(&mut self, now: Duration, snap: &Snapshot, rules: &SettleRules) -> Decision {
-        if self.last.as_ref() != Some(&snap.files) {
-            self.last = Some(snap.files.clone());
+        if self.last.as_ref() != Some(snap) {
+            self.last = Some(snap.clone());
             self.last_change = now;
         }
         let temp: Vec<PathBuf> = snap
@@ -206,7 +210,9 @@ impl Tracker {
             .map(|f| f.rel.clone())
             .collect();
         let quiet_until = self.last_change + rules.quiet;
-        let why = if snap.files.is_empty() {
+        // Entries that are not taken (links, sockets) still make a case non-empty: it gets planned, and
+        // quarantined with a reason, instead of waiting forever.
+        let why = if snap.files.is_empty() && snap.skipped.is_empty() {
             Some(Waiting::Empty)
         } else if !temp.is_empty() {
             Some(Waiting::TempFiles(temp))

@@ -41,8 +41,13 @@ impl Agent {
         }
     }
 
-    /// SIGTERM, and the agent must exit 0 after reaching a checkpoint.
+    /// SIGTERM once it is up (its first scan is done), and it must exit 0 after reaching a checkpoint.
     fn stop(mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&self.log).unwrap_or_default().contains("startup scan done") {
+            assert!(std::time::Instant::now() < deadline, "the agent did not start within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
         assert!(
@@ -62,14 +67,24 @@ fn sha256(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
 
-/// Wait until `n` receipts say delivered (or quarantined when `quarantined` is set), return them.
+/// Wait until there are `n` receipts; on timeout, say which exist and show the end of the agent's log.
 async fn wait_receipts(state_dir: &Path, n: usize, limit: Duration) -> Vec<Receipt> {
     let dir = state_dir.join("receipts");
-    eventually(limit, &format!("{n} receipts"), async || {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
         let r = receipts(&dir);
-        (r.len() >= n).then_some(r)
-    })
-    .await
+        if r.len() >= n {
+            return r;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(state_dir.parent().unwrap().join("agent.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+            let tail = tail[tail.len().saturating_sub(40)..].join("\n");
+            let seen: Vec<(&str, Outcome)> = r.iter().map(|r| (r.case.as_str(), r.outcome)).collect();
+            panic!("timed out after {limit:?} waiting for {n} receipts; have {seen:?}\nlog:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn titles_once(items: &[&serde_json::Value]) -> BTreeMap<String, usize> {
@@ -255,6 +270,7 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
     });
     case("two-series", &|d| {
         let s = &d.join("dicom");
+        std::fs::create_dir_all(s).unwrap();
         gc_hotfolder::samples::write_dicom_series(
             s,
             2,
@@ -376,7 +392,7 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
     // The token appears nowhere the agent writes.
     let mut haystack = std::fs::read(tmp.path().join("agent.log")).unwrap();
     for entry in walk(&tmp.path().join("state")) {
-        haystack.extend(std::fs::read(entry).unwrap());
+        haystack.extend(std::fs::read(entry).unwrap_or_default());
     }
     let needle = DEMO_TOKEN.as_bytes();
     assert!(

@@ -171,6 +171,7 @@ pub fn archive_case(dir: &Path, n: u64) {
         }
         3 => {
             let ids = samples::DicomSeriesIds::new(n);
+            std::fs::create_dir_all(dir.join("dicom")).unwrap();
             samples::write_dicom_series(&dir.join("dicom"), 4, 8, 8, &ids, n).unwrap();
         }
         _ => {
@@ -218,9 +219,14 @@ pub fn receipts(dir: &Path) -> Vec<gc_hotfolder::receipt::Receipt> {
         return out;
     };
     for t in targets.flatten().filter(|e| e.path().is_dir()) {
-        for r in std::fs::read_dir(t.path()).unwrap().flatten() {
-            if r.path().extension().is_some_and(|e| e == "json") {
-                out.push(gc_hotfolder::receipt::read(&r.path()).unwrap());
+        let Ok(entries) = std::fs::read_dir(t.path()) else { continue };
+        for r in entries.flatten() {
+            let name = r.file_name();
+            // Receipts are written as hidden temp files, then renamed: only finished ones count.
+            if r.path().extension().is_some_and(|e| e == "json") && !name.to_string_lossy().starts_with('.') {
+                if let Ok(receipt) = gc_hotfolder::receipt::read(&r.path()) {
+                    out.push(receipt);
+                }
             }
         }
     }
