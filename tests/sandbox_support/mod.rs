@@ -44,7 +44,15 @@ pub async fn start_with(options: SandboxOptions) -> Env {
     let sandbox = Sandbox::start(options).await.unwrap();
     let base = sandbox.base_url().to_string();
     let origin = sandbox.base_url().origin().ascii_serialization();
-    Env { sandbox, http: client(), base, origin }
+    let http = match sandbox.ca_cert_path() {
+        Some(ca) => {
+            let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).tls_certs_merge([ca]).build().unwrap()
+        }
+        None => client(),
+    };
+    Env { sandbox, http, base, origin }
 }
 
 pub async fn start() -> Env {
