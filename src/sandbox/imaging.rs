@@ -37,6 +37,10 @@ pub enum PixelType {
     I64,
     F32,
     F64,
+    /// Complex float32 pairs (NIfTI).
+    C64,
+    /// Complex float64 pairs (NIfTI).
+    C128,
 }
 
 impl PixelType {
@@ -45,12 +49,16 @@ impl PixelType {
             PixelType::U8 | PixelType::I8 => 1,
             PixelType::U16 | PixelType::I16 => 2,
             PixelType::U32 | PixelType::I32 | PixelType::F32 => 4,
-            PixelType::U64 | PixelType::I64 | PixelType::F64 => 8,
+            PixelType::U64 | PixelType::I64 | PixelType::F64 | PixelType::C64 => 8,
+            PixelType::C128 => 16,
         }
     }
 
     fn is_integer(self) -> bool {
-        !matches!(self, PixelType::F32 | PixelType::F64)
+        !matches!(
+            self,
+            PixelType::F32 | PixelType::F64 | PixelType::C64 | PixelType::C128
+        )
     }
 
     fn is_8bit(self) -> bool {
@@ -159,6 +167,49 @@ struct Upload<'a> {
     path: &'a Path,
 }
 
+/// Why a builder made no image from a file.
+#[derive(Debug)]
+enum Reject {
+    /// The file is unusable: it counts as a file that could not be imported.
+    File(String),
+    /// The platform's importer fails as a whole on this input (it raises where it does not expect
+    /// to), so the session ends with "An unexpected error occurred".
+    Unexpected,
+}
+
+impl From<&str> for Reject {
+    fn from(s: &str) -> Self {
+        Reject::File(s.to_string())
+    }
+}
+
+impl From<String> for Reject {
+    fn from(s: String) -> Self {
+        Reject::File(s)
+    }
+}
+
+/// A builder's verdict on all its files: the images, or the whole import fails.
+type BuilderResult = Result<Vec<Built>, Unexpected>;
+
+#[derive(Debug)]
+struct Unexpected;
+
+pub const UNEXPECTED_ERROR_MESSAGE: &str = "An unexpected error occurred";
+
+/// Collect per-file outcomes: images kept, unusable files skipped, a crash ends everything.
+fn collect_built(outcomes: impl Iterator<Item = Result<Built, Reject>>) -> BuilderResult {
+    let mut out = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(b) => out.push(b),
+            Err(Reject::File(reason)) => tracing::debug!(%reason, "a file was not imported"),
+            Err(Reject::Unexpected) => return Err(Unexpected),
+        }
+    }
+    Ok(out)
+}
+
 /// One image a builder made, with the indices of the uploads it consumed.
 struct Built {
     image: ImportedImage,
@@ -175,7 +226,7 @@ pub fn import_image(files: &[(String, PathBuf)]) -> Result<ImportedImage, Import
     // The builders run in the platform's order; each sees only what earlier ones left.
     let mut consumed = vec![false; uploads.len()];
     let mut images: Vec<Built> = Vec::new();
-    type Builder = fn(&[Upload], &[usize]) -> Vec<Built>;
+    type Builder = fn(&[Upload], &[usize]) -> BuilderResult;
     let builders: [Builder; 5] = [
         build_metaimage,
         build_nifti,
@@ -188,7 +239,10 @@ pub fn import_image(files: &[(String, PathBuf)]) -> Result<ImportedImage, Import
         if remaining.is_empty() {
             break;
         }
-        for built in builder(&uploads, &remaining) {
+        let Ok(built_images) = builder(&uploads, &remaining) else {
+            return Err(ImportError::Session(UNEXPECTED_ERROR_MESSAGE.into()));
+        };
+        for built in built_images {
             for &i in &built.consumed {
                 consumed[i] = true;
             }
@@ -493,13 +547,23 @@ impl Distinct {
     }
 }
 
+/// How a reader treats voxel data that ends early.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ShortData {
+    /// The values are unknown.
+    Unknown,
+    /// The missing voxels are zero (the NIfTI reader zero-fills).
+    Zero,
+}
+
 /// Stream `n_elements` values of `pt` from `reader` and collect the distinct ones. `None` when the
-/// stream ends early or holds too many distinct values to list.
+/// values cannot be known (see [`ShortData`]) or are too many to list.
 fn scan_voxels(
     reader: &mut dyn Read,
     pt: PixelType,
     big_endian: bool,
     n_elements: u64,
+    short: ShortData,
 ) -> io::Result<Option<Vec<i64>>> {
     const BUF: usize = 1 << 20;
     let size = pt.size() as usize;
@@ -516,7 +580,11 @@ fn scan_voxels(
                 seen[usize::from(b)] = true;
             }
             if got < want {
-                return Ok(None);
+                if short == ShortData::Unknown {
+                    return Ok(None);
+                }
+                seen[0] = true;
+                break;
             }
             remaining -= got as u64;
         }
@@ -525,11 +593,15 @@ fn scan_voxels(
     while remaining > 0 {
         let want = remaining.min(BUF as u64) as usize;
         let got = fill(reader, &mut buf[..want])?;
-        if got < want {
-            return Ok(None);
-        }
         for chunk in buf[..got].chunks_exact(size) {
             distinct.insert(decode_int(chunk, pt, big_endian));
+        }
+        if got < want {
+            if short == ShortData::Unknown {
+                return Ok(None);
+            }
+            distinct.insert(0);
+            break;
         }
         if matches!(distinct, Distinct::Overflow) {
             return Ok(None);
@@ -561,7 +633,7 @@ fn decode_int(b: &[u8], pt: PixelType, be: bool) -> i64 {
         // u64 beyond i64::MAX wraps; such images are not segmentations anyway.
         PixelType::U64 => int!(u64, 8),
         PixelType::I64 => int!(i64, 8),
-        PixelType::F32 | PixelType::F64 => 0,
+        PixelType::F32 | PixelType::F64 | PixelType::C64 | PixelType::C128 => 0,
     }
 }
 
@@ -795,23 +867,15 @@ fn metaio_element_type(name: &str) -> Option<PixelType> {
     })
 }
 
-fn build_metaimage(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
-    let mut out = Vec::new();
-    for &i in remaining {
-        let Ok(prefix) = read_prefix(uploads[i].path, HEADER_CAP) else {
-            continue;
-        };
-        let Some(header) = parse_meta_header(&prefix) else {
-            continue;
-        };
-        if let Ok(built) = metaimage_image(uploads, i, &header) {
-            out.push(built);
-        }
-    }
-    out
+fn build_metaimage(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
+    collect_built(remaining.iter().map(|&i| {
+        let prefix = read_prefix(uploads[i].path, HEADER_CAP).map_err(|e| e.to_string())?;
+        let header = parse_meta_header(&prefix).ok_or("Not an ITK file")?;
+        metaimage_image(uploads, i, &header)
+    }))
 }
 
-fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built, String> {
+fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built, Reject> {
     let data_file = h.get("ElementDataFile").unwrap_or_default();
     let (data_index, data_offset) = if data_file == "LOCAL" {
         (i, h.data_offset)
@@ -873,7 +937,8 @@ fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built
     if components > 4 {
         return Err("Images with more than 4 channels not supported".into());
     }
-    let color_space = ColorSpace::from_components(components).ok_or("unknown color space")?;
+    // Two channels pass the reader but not the platform's colour space model, which raises.
+    let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
     for key in &h.order {
         validate_metadata_value(key, h.get(key).unwrap_or_default())?;
     }
@@ -921,8 +986,8 @@ fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built
             let mut f = File::open(data_path).map_err(|e| e.to_string())?;
             f.seek(SeekFrom::Start(data_offset))
                 .map_err(|e| e.to_string())?;
-            voxel_values =
-                scan_voxels(&mut f, pt, big_endian, n_elements).map_err(|e| e.to_string())?;
+            voxel_values = scan_voxels(&mut f, pt, big_endian, n_elements, ShortData::Unknown)
+                .map_err(|e| e.to_string())?;
         }
     } else {
         // The reader tolerates a damaged compressed stream, so only a missing stream is fatal.
@@ -944,9 +1009,15 @@ fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built
                 Box::new(flate2::bufread::ZlibDecoder::new(raw))
             };
             // A corrupt stream leaves the values unknown rather than failing the import.
-            voxel_values = scan_voxels(&mut *decoder, pt, big_endian, n_elements)
-                .ok()
-                .flatten();
+            voxel_values = scan_voxels(
+                &mut *decoder,
+                pt,
+                big_endian,
+                n_elements,
+                ShortData::Unknown,
+            )
+            .ok()
+            .flatten();
         }
     }
 
@@ -1108,6 +1179,8 @@ fn nifti_datatype(code: i16) -> Option<(PixelType, u64)> {
         512 => (PixelType::U16, 1),
         768 => (PixelType::U32, 1),
         1024 => (PixelType::I64, 1),
+        32 => (PixelType::C64, 1),
+        1792 => (PixelType::C128, 1),
         1280 => (PixelType::U64, 1),
         2304 => (PixelType::U8, 4),
         _ => return None,
@@ -1129,15 +1202,16 @@ fn open_nifti(upload: &Upload) -> io::Result<Box<dyn Read>> {
     }
 }
 
-fn build_nifti(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
-    remaining
-        .iter()
-        .filter(|&&i| uploads[i].name.ends_with(".nii") || uploads[i].name.ends_with(".nii.gz"))
-        .filter_map(|&i| nifti_image(uploads, i).ok())
-        .collect()
+fn build_nifti(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
+    collect_built(
+        remaining
+            .iter()
+            .filter(|&&i| uploads[i].name.ends_with(".nii") || uploads[i].name.ends_with(".nii.gz"))
+            .map(|&i| nifti_image(uploads, i)),
+    )
 }
 
-fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, String> {
+fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
     let upload = uploads[i];
     let mut reader = open_nifti(&upload).map_err(|e| e.to_string())?;
     let mut head = [0u8; 540];
@@ -1176,7 +1250,8 @@ fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, String> {
     if components > 4 {
         return Err("Images with more than 4 channels not supported".into());
     }
-    let color_space = ColorSpace::from_components(components).ok_or("unknown color space")?;
+    // Two channels pass the reader but not the platform's colour space model, which raises.
+    let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
     let rescaled =
         h.scl_slope.is_finite() && h.scl_slope != 0.0 && (h.scl_slope != 1.0 || h.scl_inter != 0.0);
     if rescaled {
@@ -1208,9 +1283,10 @@ fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, String> {
             let gap = offset - start as u64;
             let skipped = io::copy(&mut (&mut data).take(gap), &mut io::sink())?;
             if skipped != gap {
-                return Ok(None);
+                // No voxel data at all: the reader zero-fills the whole image.
+                return Ok(Some(vec![0]));
             }
-            scan_voxels(&mut data, pt, h.big_endian, n_elements)
+            scan_voxels(&mut data, pt, h.big_endian, n_elements, ShortData::Zero)
         })();
         voxel_values = scanned.ok().flatten();
     }
@@ -1344,6 +1420,8 @@ struct DicomHeader {
     pixel_data_len: Option<Option<u64>>,
     /// Bytes left in the file after the pixel data element header (`None`: unknown, deflated).
     bytes_after_pixel_header: Option<u64>,
+    /// Where the pixel data value starts in the file (`None`: deflated).
+    pixel_data_offset: Option<u64>,
     native: bool,
 }
 
@@ -1628,6 +1706,7 @@ fn read_dicom_header(path: &Path) -> Result<DicomHeader, String> {
                 header.pixel_data_len = Some((len != UNDEFINED).then_some(u64::from(len)));
                 header.bytes_after_pixel_header =
                     (!deflated).then(|| file_len.saturating_sub(rd.pos));
+                header.pixel_data_offset = (!deflated).then_some(rd.pos);
             }
             break;
         }
@@ -1645,6 +1724,64 @@ fn read_dicom_header(path: &Path) -> Result<DicomHeader, String> {
         }
     }
     Ok(header)
+}
+
+/// The distinct values of an uncompressed single-channel 8-bit series, as the platform loads it
+/// (MONOCHROME1 inverted), read from the pixel data of each file.
+fn dicom_segments(
+    uploads: &[Upload],
+    members: &[(usize, DicomHeader)],
+    pt: Option<PixelType>,
+    samples: u64,
+) -> Option<Vec<i64>> {
+    let pt = pt.filter(|p| p.is_8bit())?;
+    if samples != 1 {
+        return None;
+    }
+    let mut total = 0u64;
+    for (_, h) in members {
+        if !h.native || h.u16(TAG_BITS_ALLOCATED) != Some(8) {
+            return None;
+        }
+        total = total.checked_add(pixel_count(h)?)?;
+    }
+    if total > MAX_VOXEL_SCAN_BYTES {
+        return None;
+    }
+    let mut values = BTreeSet::new();
+    for (i, h) in members {
+        let mut f = File::open(uploads[*i].path).ok()?;
+        f.seek(SeekFrom::Start(h.pixel_data_offset?)).ok()?;
+        values.extend(
+            scan_voxels(
+                &mut BufReader::new(f),
+                pt,
+                false,
+                pixel_count(h)?,
+                ShortData::Unknown,
+            )
+            .ok()??,
+        );
+    }
+    let inverted = members[0].1.text(TAG_PHOTOMETRIC).as_deref() == Some("MONOCHROME1");
+    if inverted && let (Some(&min), Some(&max)) = (values.first(), values.last()) {
+        // The platform flips the values around min + max in the 8-bit type, wrapping like it.
+        let flip = |v: i64| -> i64 {
+            if pt == PixelType::U8 {
+                i64::from((min as u8).wrapping_add(max as u8).wrapping_sub(v as u8))
+            } else {
+                i64::from((min as i8).wrapping_add(max as i8).wrapping_sub(v as i8))
+            }
+        };
+        values = values.into_iter().map(flip).collect();
+    }
+    Some(values.into_iter().collect())
+}
+
+fn pixel_count(h: &DicomHeader) -> Option<u64> {
+    u64::from(h.u16(TAG_ROWS)?)
+        .checked_mul(u64::from(h.u16(TAG_COLUMNS)?))?
+        .checked_mul(h.frames())
 }
 
 fn dicom_color_space(h: &DicomHeader) -> ColorSpace {
@@ -1701,7 +1838,7 @@ fn dicom_metadata(h: &DicomHeader) -> ImageMetadata {
     m
 }
 
-fn build_dicom(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
+fn build_dicom(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
     // Group like panimg: (study, stack or series, SOP class); a group's name counts per study in
     // order of first appearance.
     type Key = (String, String, String);
@@ -1729,22 +1866,19 @@ fn build_dicom(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
             }
         }
     }
-    groups
-        .into_iter()
-        .filter_map(|(key, name, members)| {
-            if key.2 == WSI_SOP_CLASS {
-                return None;
-            }
-            dicom_series_image(uploads, name, members).ok()
-        })
-        .collect()
+    collect_built(groups.into_iter().map(|(key, name, members)| {
+        if key.2 == WSI_SOP_CLASS {
+            return Err("WSI-DICOM not supported by DICOM builder".into());
+        }
+        dicom_series_image(uploads, name, members)
+    }))
 }
 
 fn dicom_series_image(
     uploads: &[Upload],
     name: String,
     mut members: Vec<(usize, DicomHeader)>,
-) -> Result<Built, String> {
+) -> Result<Built, Reject> {
     if members.len() > 1 {
         let mut keyed = Vec::with_capacity(members.len());
         for (i, h) in members {
@@ -1852,6 +1986,8 @@ fn dicom_series_image(
     image.set_spacing(Some(x), Some(y), Some(z));
     image.modality = reference.text(TAG_MODALITY).filter(|m| !m.is_empty());
     image.pixel_type = dicom_pixel_type(&members.iter().map(|(_, h)| h).collect::<Vec<_>>());
+    image.segments = dicom_segments(uploads, &members, image.pixel_type, samples)
+        .and_then(|values| panimg_segments(image.pixel_type, 1, 3, None, Some(&values)));
     image.metadata = dicom_metadata(reference);
     image.files = members
         .iter()
@@ -1993,14 +2129,11 @@ impl Tiff {
     }
 }
 
-fn build_tiff(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
-    remaining
-        .iter()
-        .filter_map(|&i| tiff_image(uploads, i).ok())
-        .collect()
+fn build_tiff(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
+    collect_built(remaining.iter().map(|&i| tiff_image(uploads, i)))
 }
 
-fn tiff_image(uploads: &[Upload], i: usize) -> Result<Built, String> {
+fn tiff_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
     let file = File::open(uploads[i].path).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     let mut t = Tiff {
@@ -2114,49 +2247,50 @@ fn tiff_image(uploads: &[Upload], i: usize) -> Result<Built, String> {
 // ---------------------------------------------------------------------------------------------
 // PNG / JPEG fallback
 
-fn build_fallback(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
-    remaining
-        .iter()
-        .filter_map(|&i| {
-            let prefix = read_prefix(uploads[i].path, HEADER_CAP).ok()?;
-            let (width, height, color_space) =
-                png_header(&prefix).or_else(|| jpeg_header(&prefix))?;
-            if width == 0 || height == 0 {
-                return None;
-            }
-            let mut image = new_image(
-                uploads[i].name.to_string(),
-                width,
-                height,
-                None,
-                None,
-                color_space,
-                ImageType::Mhd,
-            );
-            image.files = vec![uploads[i].name.to_string()];
-            Some(Built {
-                image,
-                consumed: vec![i],
-            })
+fn build_fallback(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
+    collect_built(remaining.iter().map(|&i| {
+        let prefix = read_prefix(uploads[i].path, HEADER_CAP).map_err(|e| e.to_string())?;
+        let (width, height, color_space) = match png_header(&prefix) {
+            Some(png) => png?,
+            None => jpeg_header(&prefix).ok_or("Not a valid image file")?,
+        };
+        if width == 0 || height == 0 {
+            return Err("Not a valid image file".into());
+        }
+        let mut image = new_image(
+            uploads[i].name.to_string(),
+            width,
+            height,
+            None,
+            None,
+            color_space,
+            ImageType::Mhd,
+        );
+        image.files = vec![uploads[i].name.to_string()];
+        Ok(Built {
+            image,
+            consumed: vec![i],
         })
-        .collect()
+    }))
 }
 
-fn png_header(b: &[u8]) -> Option<(u64, u64, ColorSpace)> {
+/// `None`: not a PNG; `Some(Err)`: a PNG the platform cannot take.
+fn png_header(b: &[u8]) -> Option<Result<(u64, u64, ColorSpace), Reject>> {
     if b.len() < 29 || &b[0..8] != b"\x89PNG\r\n\x1a\n" || &b[12..16] != b"IHDR" {
         return None;
     }
     let width = u64::from(u32::from_be_bytes([b[16], b[17], b[18], b[19]]));
     let height = u64::from(u32::from_be_bytes([b[20], b[21], b[22], b[23]]));
     let (bit_depth, color_type) = (b[24], b[25]);
-    // What the platform's loader makes of each PNG kind: grey (not 1- or 16-bit), RGB, RGBA.
-    let cs = match (color_type, bit_depth) {
-        (0, 2 | 4 | 8) => ColorSpace::Gray,
-        (2, 8 | 16) => ColorSpace::Rgb,
-        (6, 8 | 16) => ColorSpace::Rgba,
-        _ => return None,
-    };
-    Some((width, height, cs))
+    // What the platform's loader makes of each PNG kind: palette indices and grey load as one
+    // channel, but 1-bit (boolean) and grey+alpha (two channels) make it raise.
+    Some(match (color_type, bit_depth) {
+        (0, 1) | (4, _) => Err(Reject::Unexpected),
+        (0, _) | (3, _) => Ok((width, height, ColorSpace::Gray)),
+        (2, _) => Ok((width, height, ColorSpace::Rgb)),
+        (6, _) => Ok((width, height, ColorSpace::Rgba)),
+        _ => Err("Not a valid image file".into()),
+    })
 }
 
 fn jpeg_header(b: &[u8]) -> Option<(u64, u64, ColorSpace)> {
