@@ -668,3 +668,453 @@ fn py_float(f: f64) -> String {
         format!("{sign}{first}{frac}e{esign}{:02}", exp.abs())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (kind label, value, expected error). The expected messages were produced by
+    /// python-jsonschema (Draft7Validator, first error) on the same schemas with the platform's
+    /// message formula, so they pin both the schemas and the wording.
+    const TABLE: &[(&str, &str, Option<&str>)] = &[
+        ("String", r#""abc""#, None),
+        (
+            "String",
+            r#"5"#,
+            Some("JSON does not fulfill schema: instance is not of type 'string'"),
+        ),
+        (
+            "String",
+            r#"null"#,
+            Some("JSON does not fulfill schema: instance is not of type 'string'"),
+        ),
+        ("Integer", r#"3"#, None),
+        ("Integer", r#"1.0"#, None),
+        (
+            "Integer",
+            r#""abc""#,
+            Some("JSON does not fulfill schema: instance 'abc' is not of type 'integer'"),
+        ),
+        (
+            "Integer",
+            r#"1.5"#,
+            Some("JSON does not fulfill schema: instance is not of type 'integer'"),
+        ),
+        (
+            "Integer",
+            r#"true"#,
+            Some("JSON does not fulfill schema: instance is not of type 'integer'"),
+        ),
+        ("Float", r#"2.5"#, None),
+        ("Float", r#"7"#, None),
+        (
+            "Float",
+            r#""2.5""#,
+            Some("JSON does not fulfill schema: instance '2.5' is not of type 'number'"),
+        ),
+        (
+            "Float",
+            r#"false"#,
+            Some("JSON does not fulfill schema: instance is not of type 'number'"),
+        ),
+        ("Bool", r#"true"#, None),
+        (
+            "Bool",
+            r#"0"#,
+            Some("JSON does not fulfill schema: instance is not of type 'boolean'"),
+        ),
+        (
+            "Bool",
+            r#""true""#,
+            Some("JSON does not fulfill schema: instance 'true' is not of type 'boolean'"),
+        ),
+        ("Anything", r#"{"a": [1, null]}"#, None),
+        ("Anything", r#""x""#, None),
+        (
+            "Anything",
+            r#"null"#,
+            Some(
+                "JSON does not fulfill schema: instance should not be valid under {'type': 'null'}",
+            ),
+        ),
+        ("Chart", r#"{"mark": "bar"}"#, None),
+        (
+            "Chart",
+            r#"[1]"#,
+            Some("JSON does not fulfill schema: instance is not of type 'object'"),
+        ),
+        ("Choice", r#""yes""#, None),
+        (
+            "Choice",
+            r#"1"#,
+            Some("JSON does not fulfill schema: instance is not of type 'string'"),
+        ),
+        ("Multiple choice", r#"["a", "b"]"#, None),
+        ("Multiple choice", r#"[]"#, None),
+        (
+            "Multiple choice",
+            r#"["a", 2]"#,
+            Some("JSON does not fulfill schema: instance is not of type 'string'"),
+        ),
+        (
+            "Multiple choice",
+            r#""a""#,
+            Some("JSON does not fulfill schema: instance 'a' is not of type 'array'"),
+        ),
+        (
+            "Affine transform registration",
+            r#"{"3d_affine_transform": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}"#,
+            None,
+        ),
+        (
+            "Affine transform registration",
+            r#"{"3d_affine_transform": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]}"#,
+            Some("JSON does not fulfill schema: instance is too short"),
+        ),
+        (
+            "Affine transform registration",
+            r#"{"3d_affine_transform": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, "1"]]}"#,
+            Some("JSON does not fulfill schema: instance '1' is not of type 'number'"),
+        ),
+        (
+            "Affine transform registration",
+            r#"{}"#,
+            Some(
+                "JSON does not fulfill schema: instance '3d_affine_transform' is a required property",
+            ),
+        ),
+        (
+            "2D bounding box",
+            r#"{"type": "2D bounding box", "corners": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3]], "name": "b", "probability": 0.5, "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "2D bounding box",
+            r#"{"type": "2D bounding box", "corners": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3]], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is too short"),
+        ),
+        (
+            "2D bounding box",
+            r#"{"type": "2D bounding box", "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance 'corners' is a required property"),
+        ),
+        (
+            "2D bounding box",
+            r#"{"type": "Box", "corners": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3]], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance 'Box' is not one of ['2D bounding box']"),
+        ),
+        (
+            "2D bounding box",
+            r#"{"type": "2D bounding box", "corners": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3], [1, 2]], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is too short"),
+        ),
+        (
+            "2D bounding box",
+            r#"{"type": "2D bounding box", "corners": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3]], "probability": 1.5, "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is greater than the maximum of 1"),
+        ),
+        (
+            "2D bounding box",
+            r#"{"type": "2D bounding box", "corners": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3]], "version": {"major": 1, "minor": 0, "patch": 2}}"#,
+            Some(
+                "JSON does not fulfill schema: instance Additional properties are not allowed ('patch' was unexpected)",
+            ),
+        ),
+        (
+            "2D bounding box",
+            r#"{"type": "2D bounding box", "corners": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3]], "version": {"major": 1.5, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is not a multiple of 1.0"),
+        ),
+        (
+            "Multiple 2D bounding boxes",
+            r#"{"type": "Multiple 2D bounding boxes", "boxes": [{"corners": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3]]}], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Multiple 2D bounding boxes",
+            r#"{"type": "Multiple 2D bounding boxes", "boxes": [{"name": "x"}], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance 'corners' is a required property"),
+        ),
+        (
+            "Point",
+            r#"{"type": "Point", "point": [1, 2.5, 3], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Point",
+            r#"{"type": "Point", "point": [1, 2], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is too short"),
+        ),
+        (
+            "Point",
+            r#"{"type": "Point", "point": [1, 2.5, 3]}"#,
+            Some("JSON does not fulfill schema: instance 'version' is a required property"),
+        ),
+        (
+            "Multiple points",
+            r#"{"type": "Multiple points", "points": [{"point": [1, 2.5, 3]}], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Multiple points",
+            r#"{"type": "Multiple points", "points": [{"point": [1, 2, 3, 4]}], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is too long"),
+        ),
+        (
+            "Distance measurement",
+            r#"{"type": "Distance measurement", "start": [1, 2.5, 3], "end": [1, 2.5, 3], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Distance measurement",
+            r#"{"type": "Distance measurement", "start": [1, 2.5, 3], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance 'end' is a required property"),
+        ),
+        (
+            "Multiple distance measurements",
+            r#"{"type": "Multiple distance measurements", "lines": [{"start": [1, 2.5, 3], "end": [1, 2.5, 3]}], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Multiple distance measurements",
+            r#"{"type": "Multiple distance measurements", "lines": {}, "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is not of type 'array'"),
+        ),
+        (
+            "Line",
+            r#"{"type": "Line", "seed_points": [[1, 2.5, 3]], "path_point_lists": [[[1, 2.5, 3], [1, 2.5, 3]]], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Line",
+            r#"{"type": "Line", "seed_points": [[1, 2.5, 3]], "version": {"major": 1, "minor": 0}}"#,
+            Some(
+                "JSON does not fulfill schema: instance 'path_point_lists' is a required property",
+            ),
+        ),
+        (
+            "Multiple lines",
+            r#"{"type": "Multiple lines", "lines": [{"seed_points": [[1, 2.5, 3]], "path_point_lists": [[[1, 2.5, 3]]]}], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Multiple lines",
+            r#"{"type": "Multiple lines", "lines": [{"seed_points": [[1, 2.5, 3]], "path_point_lists": [[1, 2.5, 3]]}], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is not of type 'array'"),
+        ),
+        (
+            "Polygon",
+            r#"{"name": "p", "seed_point": [1, 2.5, 3], "path_points": [[1, 2.5, 3], [1, 2.5, 3]], "sub_type": "poly", "groups": [], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Polygon",
+            r#"{"name": "p", "seed_point": [1, 2.5, 3], "path_points": [[1, 2.5, 3], [1, 2.5, 3]], "sub_type": "poly", "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance 'groups' is a required property"),
+        ),
+        (
+            "Multiple polygons",
+            r#"{"type": "Multiple polygons", "polygons": [{"name": "p", "seed_point": [1, 2.5, 3], "path_points": [[1, 2.5, 3]], "sub_type": "poly", "groups": ["g"]}], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Multiple polygons",
+            r#"{"type": "Multiple polygons", "polygons": [{"name": "p", "seed_point": [1, 2.5, 3], "path_points": [[1, 2.5, 3]], "sub_type": "poly", "groups": [1]}], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is not of type 'string'"),
+        ),
+        (
+            "Angle",
+            r#"{"type": "Angle", "lines": [[[1, 2.5, 3], [1, 2.5, 3]], [[1, 2.5, 3], [1, 2.5, 3]]], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Angle",
+            r#"{"type": "Angle", "lines": [[[1, 2.5, 3], [1, 2.5, 3]]], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is too short"),
+        ),
+        (
+            "Multiple angles",
+            r#"{"type": "Multiple angles", "angles": [{"lines": [[[1, 2.5, 3], [1, 2.5, 3]], [[1, 2.5, 3], [1, 2.5, 3]]]}], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Multiple angles",
+            r#"{"type": "Multiple angles", "angles": [{"lines": [[[1, 2.5, 3], [1, 2.5, 3]], [[1, 2.5, 3]]]}], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is too short"),
+        ),
+        (
+            "Ellipse",
+            r#"{"type": "Ellipse", "major_axis": [[1, 2.5, 3], [1, 2.5, 3]], "minor_axis": [[1, 2.5, 3], [1, 2.5, 3]], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Ellipse",
+            r#"{"type": "Ellipse", "major_axis": [[1, 2.5, 3], [1, 2.5, 3]], "minor_axis": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3]], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance is too long"),
+        ),
+        (
+            "Multiple ellipses",
+            r#"{"type": "Multiple ellipses", "ellipses": [{"major_axis": [[1, 2.5, 3], [1, 2.5, 3]], "minor_axis": [[1, 2.5, 3], [1, 2.5, 3]]}], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Multiple ellipses",
+            r#"{"type": "Multiple ellipses", "ellipses": [{"major_axis": [[1, 2.5, 3], [1, 2.5, 3]]}], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance 'minor_axis' is a required property"),
+        ),
+        (
+            "Three-point angle",
+            r#"{"type": "Three-point angle", "angle": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3]], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Three-point angle",
+            r#"{"type": "Three-point angle", "angle": [[1, 2.5, 3], [1, 2.5, 3], "x"], "version": {"major": 1, "minor": 0}}"#,
+            Some("JSON does not fulfill schema: instance 'x' is not of type 'array'"),
+        ),
+        (
+            "Multiple three-point angles",
+            r#"{"type": "Multiple three-point angles", "angles": [{"angle": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3]]}], "version": {"major": 1, "minor": 0}}"#,
+            None,
+        ),
+        (
+            "Multiple three-point angles",
+            r#"{"type": "Multiple three-point angles", "angles": [{"angle": [[1, 2.5, 3], [1, 2.5, 3], [1, 2.5, 3]]}], "version": {"major": 1}}"#,
+            Some("JSON does not fulfill schema: instance 'minor' is a required property"),
+        ),
+    ];
+
+    #[test]
+    fn every_kind_accepts_and_rejects_as_the_platform_does() {
+        let mut kinds = std::collections::BTreeSet::new();
+        for (kind, json, expected) in TABLE {
+            let value: Value = serde_json::from_str(json).unwrap();
+            let got = validate_value(kind, &value);
+            assert_eq!(
+                got.as_ref().err().map(String::as_str),
+                *expected,
+                "{kind}: {json}"
+            );
+            kinds.insert(*kind);
+        }
+        // Every JSON kind of the protocol table is covered, valid and invalid.
+        assert_eq!(kinds.len(), 25);
+        for kind in &kinds {
+            let outcomes: Vec<bool> = TABLE
+                .iter()
+                .filter(|r| r.0 == *kind)
+                .map(|r| r.2.is_none())
+                .collect();
+            assert!(
+                outcomes.contains(&true) && outcomes.contains(&false),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn kinds_are_found_by_label_in_any_case_and_by_code() {
+        let three = serde_json::json!(3);
+        let text = serde_json::json!("x");
+        for kind in ["Integer", "integer", "INTEGER", "INT", " Integer "] {
+            assert!(validate_value(kind, &three).is_ok());
+            assert!(validate_value(kind, &text).is_err(), "{kind}");
+        }
+        assert_eq!(
+            builtin_schema("M2DB"),
+            builtin_schema("Multiple 2D bounding boxes")
+        );
+        assert!(builtin_schema("Image").is_none());
+        assert!(builtin_schema("PDF file").is_none());
+    }
+
+    #[test]
+    fn unknown_kinds_accept_anything_but_null() {
+        assert_eq!(
+            validate_value("Some future kind", &serde_json::json!({"a": 1})),
+            Ok(())
+        );
+        assert_eq!(validate_value("Image", &serde_json::json!([1, 2])), Ok(()));
+        assert_eq!(
+            validate_value("Some future kind", &Value::Null),
+            Err(
+                "JSON does not fulfill schema: instance should not be valid under {'type': 'null'}"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn messages_start_with_the_platform_prefix() {
+        for (kind, json, expected) in TABLE {
+            if expected.is_some() {
+                let err = validate_value(kind, &serde_json::from_str(json).unwrap()).unwrap_err();
+                assert!(
+                    err.starts_with("JSON does not fulfill schema: instance "),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn custom_schemas_use_the_same_evaluator() {
+        let schema =
+            serde_json::json!({"allOf": [{"type": "number"}, {"minimum": 0, "maximum": 10}]});
+        assert_eq!(validate_against(&schema, &serde_json::json!(5)), Ok(()));
+        assert_eq!(
+            validate_against(&schema, &serde_json::json!(11)),
+            Err("JSON does not fulfill schema: instance is greater than the maximum of 10".into())
+        );
+        let tuple =
+            serde_json::json!({"type": "array", "items": [{"type": "string"}], "maxItems": 0});
+        assert_eq!(
+            validate_against(&tuple, &serde_json::json!([1])),
+            Err("JSON does not fulfill schema: instance is not of type 'string'".into())
+        );
+        assert_eq!(
+            validate_against(
+                &serde_json::json!({"type": ["string", "null"]}),
+                &serde_json::json!(1)
+            ),
+            Err("JSON does not fulfill schema: instance is not of type 'string', 'null'".into())
+        );
+    }
+
+    #[test]
+    fn python_reprs() {
+        let cases: &[(&str, &str)] = &[
+            ("null", "None"),
+            ("true", "True"),
+            ("-12", "-12"),
+            ("18446744073709551615", "18446744073709551615"),
+            ("1.0", "1.0"),
+            ("-0.0", "-0.0"),
+            ("0.1", "0.1"),
+            ("1e20", "1e+20"),
+            ("1.5e-7", "1.5e-07"),
+            ("0.0001", "0.0001"),
+            ("0.00001", "1e-05"),
+            ("1234567890123456.0", "1234567890123456.0"),
+            ("123.456", "123.456"),
+            (r#""it's""#, r#""it's""#),
+            (r#""say \"x\" it's""#, r#"'say "x" it\'s'"#),
+            (r#""a\nb\\c\u00e9\u0001""#, r"'a\nb\\cé\x01'"),
+            (
+                r#"[1, "a", null, {"k": [true]}]"#,
+                "[1, 'a', None, {'k': [True]}]",
+            ),
+            ("{}", "{}"),
+        ];
+        for (json, repr) in cases {
+            let v: Value = serde_json::from_str(json).unwrap();
+            assert_eq!(py_repr(&v), *repr, "{json}");
+        }
+        assert_eq!(py_str(&serde_json::json!("abc")), "abc");
+        // (Built directly: serde_json's default parser may round this literal differently.)
+        assert_eq!(
+            py_repr(&serde_json::json!(12345678901234567.0f64)),
+            "1.2345678901234568e+16"
+        );
+    }
+}
