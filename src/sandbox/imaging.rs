@@ -37,6 +37,10 @@ pub enum PixelType {
     I64,
     F32,
     F64,
+    /// Complex float32 pairs (NIfTI).
+    C64,
+    /// Complex float64 pairs (NIfTI).
+    C128,
 }
 
 impl PixelType {
@@ -45,12 +49,16 @@ impl PixelType {
             PixelType::U8 | PixelType::I8 => 1,
             PixelType::U16 | PixelType::I16 => 2,
             PixelType::U32 | PixelType::I32 | PixelType::F32 => 4,
-            PixelType::U64 | PixelType::I64 | PixelType::F64 => 8,
+            PixelType::U64 | PixelType::I64 | PixelType::F64 | PixelType::C64 => 8,
+            PixelType::C128 => 16,
         }
     }
 
     fn is_integer(self) -> bool {
-        !matches!(self, PixelType::F32 | PixelType::F64)
+        !matches!(
+            self,
+            PixelType::F32 | PixelType::F64 | PixelType::C64 | PixelType::C128
+        )
     }
 
     fn is_8bit(self) -> bool {
@@ -159,6 +167,49 @@ struct Upload<'a> {
     path: &'a Path,
 }
 
+/// Why a builder made no image from a file.
+#[derive(Debug)]
+enum Reject {
+    /// The file is unusable: it counts as a file that could not be imported.
+    File(String),
+    /// The platform's importer fails as a whole on this input (it raises where it does not expect
+    /// to), so the session ends with "An unexpected error occurred".
+    Unexpected,
+}
+
+impl From<&str> for Reject {
+    fn from(s: &str) -> Self {
+        Reject::File(s.to_string())
+    }
+}
+
+impl From<String> for Reject {
+    fn from(s: String) -> Self {
+        Reject::File(s)
+    }
+}
+
+/// A builder's verdict on all its files: the images, or the whole import fails.
+type BuilderResult = Result<Vec<Built>, Unexpected>;
+
+#[derive(Debug)]
+struct Unexpected;
+
+pub const UNEXPECTED_ERROR_MESSAGE: &str = "An unexpected error occurred";
+
+/// Collect per-file outcomes: images kept, unusable files skipped, a crash ends everything.
+fn collect_built(outcomes: impl Iterator<Item = Result<Built, Reject>>) -> BuilderResult {
+    let mut out = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(b) => out.push(b),
+            Err(Reject::File(reason)) => tracing::debug!(%reason, "a file was not imported"),
+            Err(Reject::Unexpected) => return Err(Unexpected),
+        }
+    }
+    Ok(out)
+}
+
 /// One image a builder made, with the indices of the uploads it consumed.
 struct Built {
     image: ImportedImage,
@@ -175,7 +226,7 @@ pub fn import_image(files: &[(String, PathBuf)]) -> Result<ImportedImage, Import
     // The builders run in the platform's order; each sees only what earlier ones left.
     let mut consumed = vec![false; uploads.len()];
     let mut images: Vec<Built> = Vec::new();
-    type Builder = fn(&[Upload], &[usize]) -> Vec<Built>;
+    type Builder = fn(&[Upload], &[usize]) -> BuilderResult;
     let builders: [Builder; 5] = [
         build_metaimage,
         build_nifti,
@@ -188,7 +239,10 @@ pub fn import_image(files: &[(String, PathBuf)]) -> Result<ImportedImage, Import
         if remaining.is_empty() {
             break;
         }
-        for built in builder(&uploads, &remaining) {
+        let Ok(built_images) = builder(&uploads, &remaining) else {
+            return Err(ImportError::Session(UNEXPECTED_ERROR_MESSAGE.into()));
+        };
+        for built in built_images {
             for &i in &built.consumed {
                 consumed[i] = true;
             }
@@ -493,13 +547,23 @@ impl Distinct {
     }
 }
 
+/// How a reader treats voxel data that ends early.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ShortData {
+    /// The values are unknown.
+    Unknown,
+    /// The missing voxels are zero (the NIfTI reader zero-fills).
+    Zero,
+}
+
 /// Stream `n_elements` values of `pt` from `reader` and collect the distinct ones. `None` when the
-/// stream ends early or holds too many distinct values to list.
+/// values cannot be known (see [`ShortData`]) or are too many to list.
 fn scan_voxels(
     reader: &mut dyn Read,
     pt: PixelType,
     big_endian: bool,
     n_elements: u64,
+    short: ShortData,
 ) -> io::Result<Option<Vec<i64>>> {
     const BUF: usize = 1 << 20;
     let size = pt.size() as usize;
@@ -516,7 +580,11 @@ fn scan_voxels(
                 seen[usize::from(b)] = true;
             }
             if got < want {
-                return Ok(None);
+                if short == ShortData::Unknown {
+                    return Ok(None);
+                }
+                seen[0] = true;
+                break;
             }
             remaining -= got as u64;
         }
@@ -525,11 +593,15 @@ fn scan_voxels(
     while remaining > 0 {
         let want = remaining.min(BUF as u64) as usize;
         let got = fill(reader, &mut buf[..want])?;
-        if got < want {
-            return Ok(None);
-        }
         for chunk in buf[..got].chunks_exact(size) {
             distinct.insert(decode_int(chunk, pt, big_endian));
+        }
+        if got < want {
+            if short == ShortData::Unknown {
+                return Ok(None);
+            }
+            distinct.insert(0);
+            break;
         }
         if matches!(distinct, Distinct::Overflow) {
             return Ok(None);
@@ -561,7 +633,7 @@ fn decode_int(b: &[u8], pt: PixelType, be: bool) -> i64 {
         // u64 beyond i64::MAX wraps; such images are not segmentations anyway.
         PixelType::U64 => int!(u64, 8),
         PixelType::I64 => int!(i64, 8),
-        PixelType::F32 | PixelType::F64 => 0,
+        PixelType::F32 | PixelType::F64 | PixelType::C64 | PixelType::C128 => 0,
     }
 }
 
@@ -795,23 +867,15 @@ fn metaio_element_type(name: &str) -> Option<PixelType> {
     })
 }
 
-fn build_metaimage(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
-    let mut out = Vec::new();
-    for &i in remaining {
-        let Ok(prefix) = read_prefix(uploads[i].path, HEADER_CAP) else {
-            continue;
-        };
-        let Some(header) = parse_meta_header(&prefix) else {
-            continue;
-        };
-        if let Ok(built) = metaimage_image(uploads, i, &header) {
-            out.push(built);
-        }
-    }
-    out
+fn build_metaimage(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
+    collect_built(remaining.iter().map(|&i| {
+        let prefix = read_prefix(uploads[i].path, HEADER_CAP).map_err(|e| e.to_string())?;
+        let header = parse_meta_header(&prefix).ok_or("Not an ITK file")?;
+        metaimage_image(uploads, i, &header)
+    }))
 }
 
-fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built, String> {
+fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built, Reject> {
     let data_file = h.get("ElementDataFile").unwrap_or_default();
     let (data_index, data_offset) = if data_file == "LOCAL" {
         (i, h.data_offset)
@@ -873,7 +937,8 @@ fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built
     if components > 4 {
         return Err("Images with more than 4 channels not supported".into());
     }
-    let color_space = ColorSpace::from_components(components).ok_or("unknown color space")?;
+    // Two channels pass the reader but not the platform's colour space model, which raises.
+    let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
     for key in &h.order {
         validate_metadata_value(key, h.get(key).unwrap_or_default())?;
     }
@@ -921,8 +986,8 @@ fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built
             let mut f = File::open(data_path).map_err(|e| e.to_string())?;
             f.seek(SeekFrom::Start(data_offset))
                 .map_err(|e| e.to_string())?;
-            voxel_values =
-                scan_voxels(&mut f, pt, big_endian, n_elements).map_err(|e| e.to_string())?;
+            voxel_values = scan_voxels(&mut f, pt, big_endian, n_elements, ShortData::Unknown)
+                .map_err(|e| e.to_string())?;
         }
     } else {
         // The reader tolerates a damaged compressed stream, so only a missing stream is fatal.
@@ -944,9 +1009,15 @@ fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built
                 Box::new(flate2::bufread::ZlibDecoder::new(raw))
             };
             // A corrupt stream leaves the values unknown rather than failing the import.
-            voxel_values = scan_voxels(&mut *decoder, pt, big_endian, n_elements)
-                .ok()
-                .flatten();
+            voxel_values = scan_voxels(
+                &mut *decoder,
+                pt,
+                big_endian,
+                n_elements,
+                ShortData::Unknown,
+            )
+            .ok()
+            .flatten();
         }
     }
 
@@ -1108,6 +1179,8 @@ fn nifti_datatype(code: i16) -> Option<(PixelType, u64)> {
         512 => (PixelType::U16, 1),
         768 => (PixelType::U32, 1),
         1024 => (PixelType::I64, 1),
+        32 => (PixelType::C64, 1),
+        1792 => (PixelType::C128, 1),
         1280 => (PixelType::U64, 1),
         2304 => (PixelType::U8, 4),
         _ => return None,
@@ -1129,15 +1202,16 @@ fn open_nifti(upload: &Upload) -> io::Result<Box<dyn Read>> {
     }
 }
 
-fn build_nifti(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
-    remaining
-        .iter()
-        .filter(|&&i| uploads[i].name.ends_with(".nii") || uploads[i].name.ends_with(".nii.gz"))
-        .filter_map(|&i| nifti_image(uploads, i).ok())
-        .collect()
+fn build_nifti(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
+    collect_built(
+        remaining
+            .iter()
+            .filter(|&&i| uploads[i].name.ends_with(".nii") || uploads[i].name.ends_with(".nii.gz"))
+            .map(|&i| nifti_image(uploads, i)),
+    )
 }
 
-fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, String> {
+fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
     let upload = uploads[i];
     let mut reader = open_nifti(&upload).map_err(|e| e.to_string())?;
     let mut head = [0u8; 540];
@@ -1176,7 +1250,8 @@ fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, String> {
     if components > 4 {
         return Err("Images with more than 4 channels not supported".into());
     }
-    let color_space = ColorSpace::from_components(components).ok_or("unknown color space")?;
+    // Two channels pass the reader but not the platform's colour space model, which raises.
+    let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
     let rescaled =
         h.scl_slope.is_finite() && h.scl_slope != 0.0 && (h.scl_slope != 1.0 || h.scl_inter != 0.0);
     if rescaled {
@@ -1208,9 +1283,10 @@ fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, String> {
             let gap = offset - start as u64;
             let skipped = io::copy(&mut (&mut data).take(gap), &mut io::sink())?;
             if skipped != gap {
-                return Ok(None);
+                // No voxel data at all: the reader zero-fills the whole image.
+                return Ok(Some(vec![0]));
             }
-            scan_voxels(&mut data, pt, h.big_endian, n_elements)
+            scan_voxels(&mut data, pt, h.big_endian, n_elements, ShortData::Zero)
         })();
         voxel_values = scanned.ok().flatten();
     }
@@ -1344,6 +1420,8 @@ struct DicomHeader {
     pixel_data_len: Option<Option<u64>>,
     /// Bytes left in the file after the pixel data element header (`None`: unknown, deflated).
     bytes_after_pixel_header: Option<u64>,
+    /// Where the pixel data value starts in the file (`None`: deflated).
+    pixel_data_offset: Option<u64>,
     native: bool,
 }
 
@@ -1628,6 +1706,7 @@ fn read_dicom_header(path: &Path) -> Result<DicomHeader, String> {
                 header.pixel_data_len = Some((len != UNDEFINED).then_some(u64::from(len)));
                 header.bytes_after_pixel_header =
                     (!deflated).then(|| file_len.saturating_sub(rd.pos));
+                header.pixel_data_offset = (!deflated).then_some(rd.pos);
             }
             break;
         }
@@ -1645,6 +1724,64 @@ fn read_dicom_header(path: &Path) -> Result<DicomHeader, String> {
         }
     }
     Ok(header)
+}
+
+/// The distinct values of an uncompressed single-channel 8-bit series, as the platform loads it
+/// (MONOCHROME1 inverted), read from the pixel data of each file.
+fn dicom_segments(
+    uploads: &[Upload],
+    members: &[(usize, DicomHeader)],
+    pt: Option<PixelType>,
+    samples: u64,
+) -> Option<Vec<i64>> {
+    let pt = pt.filter(|p| p.is_8bit())?;
+    if samples != 1 {
+        return None;
+    }
+    let mut total = 0u64;
+    for (_, h) in members {
+        if !h.native || h.u16(TAG_BITS_ALLOCATED) != Some(8) {
+            return None;
+        }
+        total = total.checked_add(pixel_count(h)?)?;
+    }
+    if total > MAX_VOXEL_SCAN_BYTES {
+        return None;
+    }
+    let mut values = BTreeSet::new();
+    for (i, h) in members {
+        let mut f = File::open(uploads[*i].path).ok()?;
+        f.seek(SeekFrom::Start(h.pixel_data_offset?)).ok()?;
+        values.extend(
+            scan_voxels(
+                &mut BufReader::new(f),
+                pt,
+                false,
+                pixel_count(h)?,
+                ShortData::Unknown,
+            )
+            .ok()??,
+        );
+    }
+    let inverted = members[0].1.text(TAG_PHOTOMETRIC).as_deref() == Some("MONOCHROME1");
+    if inverted && let (Some(&min), Some(&max)) = (values.first(), values.last()) {
+        // The platform flips the values around min + max in the 8-bit type, wrapping like it.
+        let flip = |v: i64| -> i64 {
+            if pt == PixelType::U8 {
+                i64::from((min as u8).wrapping_add(max as u8).wrapping_sub(v as u8))
+            } else {
+                i64::from((min as i8).wrapping_add(max as i8).wrapping_sub(v as i8))
+            }
+        };
+        values = values.into_iter().map(flip).collect();
+    }
+    Some(values.into_iter().collect())
+}
+
+fn pixel_count(h: &DicomHeader) -> Option<u64> {
+    u64::from(h.u16(TAG_ROWS)?)
+        .checked_mul(u64::from(h.u16(TAG_COLUMNS)?))?
+        .checked_mul(h.frames())
 }
 
 fn dicom_color_space(h: &DicomHeader) -> ColorSpace {
@@ -1701,7 +1838,7 @@ fn dicom_metadata(h: &DicomHeader) -> ImageMetadata {
     m
 }
 
-fn build_dicom(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
+fn build_dicom(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
     // Group like panimg: (study, stack or series, SOP class); a group's name counts per study in
     // order of first appearance.
     type Key = (String, String, String);
@@ -1729,22 +1866,19 @@ fn build_dicom(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
             }
         }
     }
-    groups
-        .into_iter()
-        .filter_map(|(key, name, members)| {
-            if key.2 == WSI_SOP_CLASS {
-                return None;
-            }
-            dicom_series_image(uploads, name, members).ok()
-        })
-        .collect()
+    collect_built(groups.into_iter().map(|(key, name, members)| {
+        if key.2 == WSI_SOP_CLASS {
+            return Err("WSI-DICOM not supported by DICOM builder".into());
+        }
+        dicom_series_image(uploads, name, members)
+    }))
 }
 
 fn dicom_series_image(
     uploads: &[Upload],
     name: String,
     mut members: Vec<(usize, DicomHeader)>,
-) -> Result<Built, String> {
+) -> Result<Built, Reject> {
     if members.len() > 1 {
         let mut keyed = Vec::with_capacity(members.len());
         for (i, h) in members {
@@ -1852,6 +1986,8 @@ fn dicom_series_image(
     image.set_spacing(Some(x), Some(y), Some(z));
     image.modality = reference.text(TAG_MODALITY).filter(|m| !m.is_empty());
     image.pixel_type = dicom_pixel_type(&members.iter().map(|(_, h)| h).collect::<Vec<_>>());
+    image.segments = dicom_segments(uploads, &members, image.pixel_type, samples)
+        .and_then(|values| panimg_segments(image.pixel_type, 1, 3, None, Some(&values)));
     image.metadata = dicom_metadata(reference);
     image.files = members
         .iter()
@@ -1993,14 +2129,11 @@ impl Tiff {
     }
 }
 
-fn build_tiff(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
-    remaining
-        .iter()
-        .filter_map(|&i| tiff_image(uploads, i).ok())
-        .collect()
+fn build_tiff(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
+    collect_built(remaining.iter().map(|&i| tiff_image(uploads, i)))
 }
 
-fn tiff_image(uploads: &[Upload], i: usize) -> Result<Built, String> {
+fn tiff_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
     let file = File::open(uploads[i].path).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     let mut t = Tiff {
@@ -2114,49 +2247,50 @@ fn tiff_image(uploads: &[Upload], i: usize) -> Result<Built, String> {
 // ---------------------------------------------------------------------------------------------
 // PNG / JPEG fallback
 
-fn build_fallback(uploads: &[Upload], remaining: &[usize]) -> Vec<Built> {
-    remaining
-        .iter()
-        .filter_map(|&i| {
-            let prefix = read_prefix(uploads[i].path, HEADER_CAP).ok()?;
-            let (width, height, color_space) =
-                png_header(&prefix).or_else(|| jpeg_header(&prefix))?;
-            if width == 0 || height == 0 {
-                return None;
-            }
-            let mut image = new_image(
-                uploads[i].name.to_string(),
-                width,
-                height,
-                None,
-                None,
-                color_space,
-                ImageType::Mhd,
-            );
-            image.files = vec![uploads[i].name.to_string()];
-            Some(Built {
-                image,
-                consumed: vec![i],
-            })
+fn build_fallback(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
+    collect_built(remaining.iter().map(|&i| {
+        let prefix = read_prefix(uploads[i].path, HEADER_CAP).map_err(|e| e.to_string())?;
+        let (width, height, color_space) = match png_header(&prefix) {
+            Some(png) => png?,
+            None => jpeg_header(&prefix).ok_or("Not a valid image file")?,
+        };
+        if width == 0 || height == 0 {
+            return Err("Not a valid image file".into());
+        }
+        let mut image = new_image(
+            uploads[i].name.to_string(),
+            width,
+            height,
+            None,
+            None,
+            color_space,
+            ImageType::Mhd,
+        );
+        image.files = vec![uploads[i].name.to_string()];
+        Ok(Built {
+            image,
+            consumed: vec![i],
         })
-        .collect()
+    }))
 }
 
-fn png_header(b: &[u8]) -> Option<(u64, u64, ColorSpace)> {
+/// `None`: not a PNG; `Some(Err)`: a PNG the platform cannot take.
+fn png_header(b: &[u8]) -> Option<Result<(u64, u64, ColorSpace), Reject>> {
     if b.len() < 29 || &b[0..8] != b"\x89PNG\r\n\x1a\n" || &b[12..16] != b"IHDR" {
         return None;
     }
     let width = u64::from(u32::from_be_bytes([b[16], b[17], b[18], b[19]]));
     let height = u64::from(u32::from_be_bytes([b[20], b[21], b[22], b[23]]));
     let (bit_depth, color_type) = (b[24], b[25]);
-    // What the platform's loader makes of each PNG kind: grey (not 1- or 16-bit), RGB, RGBA.
-    let cs = match (color_type, bit_depth) {
-        (0, 2 | 4 | 8) => ColorSpace::Gray,
-        (2, 8 | 16) => ColorSpace::Rgb,
-        (6, 8 | 16) => ColorSpace::Rgba,
-        _ => return None,
-    };
-    Some((width, height, cs))
+    // What the platform's loader makes of each PNG kind: palette indices and grey load as one
+    // channel, but 1-bit (boolean) and grey+alpha (two channels) make it raise.
+    Some(match (color_type, bit_depth) {
+        (0, 1) | (4, _) => Err(Reject::Unexpected),
+        (0, _) | (3, _) => Ok((width, height, ColorSpace::Gray)),
+        (2, _) => Ok((width, height, ColorSpace::Rgb)),
+        (6, _) => Ok((width, height, ColorSpace::Rgba)),
+        _ => Err("Not a valid image file".into()),
+    })
 }
 
 fn jpeg_header(b: &[u8]) -> Option<(u64, u64, ColorSpace)> {
@@ -2197,4 +2331,921 @@ fn jpeg_header(b: &[u8]) -> Option<(u64, u64, ColorSpace)> {
         pos += 2 + len;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::samples::{self, DicomSeriesIds};
+    use proptest::prelude::*;
+    use std::io::Write;
+
+    /// Upload list for files in a directory, named by their file names.
+    fn uploads(paths: &[PathBuf]) -> Vec<(String, PathBuf)> {
+        paths
+            .iter()
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    p.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn session(msg: &str) -> Result<ImportedImage, ImportError> {
+        Err(ImportError::Session(msg.into()))
+    }
+
+    fn single_image_error() -> Result<ImportedImage, ImportError> {
+        Err(ImportError::Socket(SINGLE_IMAGE_MESSAGE.into()))
+    }
+
+    /// A MetaImage header with the given extra lines, ending with `ElementDataFile = LOCAL`.
+    fn mha_bytes(extra: &str, dims: &str, element_type: &str, data: &[u8]) -> Vec<u8> {
+        let ndims = dims.split_whitespace().count();
+        let mut v = format!(
+            "ObjectType = Image\nNDims = {ndims}\nBinaryData = True\n{extra}DimSize = {dims}\n\
+             ElementType = {element_type}\nElementDataFile = LOCAL\n"
+        )
+        .into_bytes();
+        v.extend_from_slice(data);
+        v
+    }
+
+    #[test]
+    fn could_not_import_message_pluralises() {
+        assert_eq!(could_not_import_message(1), "1 file could not be imported");
+        assert_eq!(could_not_import_message(2), "2 files could not be imported");
+        assert_eq!(could_not_import_message(0), "0 files could not be imported");
+    }
+
+    #[test]
+    fn mha_sample_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ct.mha");
+        samples::write_mha(&p, [5, 6, 7], 1).unwrap();
+        let img = import_image(&uploads(&[p])).unwrap();
+        assert_eq!(img.name, "ct.mha");
+        assert_eq!((img.width, img.height, img.depth), (5, 6, Some(7)));
+        assert_eq!(img.shape, vec![7, 6, 5]);
+        assert_eq!(img.color_space, "GRAY");
+        assert_eq!(img.image_type, ImageType::Mhd);
+        assert_eq!(img.voxel_spacing_mm, Some(samples::SAMPLE_SPACING_MM));
+        assert_eq!(img.files, vec!["ct.mha"]);
+        assert_eq!(img.pixel_type, Some(PixelType::U8));
+        assert!(img.unimported_files.is_empty());
+        let values = img.voxel_values.unwrap();
+        assert!(
+            values.windows(2).all(|w| w[0] < w[1]),
+            "sorted and distinct"
+        );
+        assert!(values.iter().all(|v| (40..220).contains(v)));
+    }
+
+    #[test]
+    fn mhd_pair_round_trip_consumes_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mhd, raw) = samples::write_mhd_pair(dir.path(), "scan", [4, 3, 2], 9).unwrap();
+        // The data file first: detection is by header content, not by order or extension.
+        let img = import_image(&uploads(&[raw, mhd])).unwrap();
+        assert_eq!(img.name, "scan.mhd");
+        assert_eq!(img.shape, vec![2, 3, 4]);
+        assert_eq!(img.files, vec!["scan.mhd", "scan.raw"]);
+    }
+
+    #[test]
+    fn mhd_without_its_data_file_is_one_unimported_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mhd, _raw) = samples::write_mhd_pair(dir.path(), "scan", [4, 3, 2], 9).unwrap();
+        assert_eq!(
+            import_image(&uploads(&[mhd])),
+            session("1 file could not be imported")
+        );
+    }
+
+    #[test]
+    fn mhd_data_file_must_not_escape_the_upload_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = write(dir.path(), "x.raw", &[0u8; 8]);
+        let hdr = String::from_utf8(mha_bytes("", "2 2 2", "MET_UCHAR", b""))
+            .unwrap()
+            .replace("LOCAL", "../x.raw");
+        let mhd = write(dir.path(), "x.mhd", hdr.as_bytes());
+        assert_eq!(
+            import_image(&uploads(&[mhd, raw])),
+            session("2 files could not be imported")
+        );
+    }
+
+    #[test]
+    fn mhd_plus_unrelated_mha_is_not_a_single_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mhd, raw) = samples::write_mhd_pair(dir.path(), "a", [2, 2, 2], 1).unwrap();
+        let mha = dir.path().join("b.mha");
+        samples::write_mha(&mha, [2, 2, 2], 2).unwrap();
+        assert_eq!(
+            import_image(&uploads(&[mhd, raw, mha])),
+            single_image_error()
+        );
+    }
+
+    #[test]
+    fn nifti_samples_round_trip_plain_and_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, gz) in [("brain.nii", false), ("brain.nii.gz", true)] {
+            let p = dir.path().join(name);
+            samples::write_nifti(&p, [5, 6, 7], gz, 3).unwrap();
+            let img = import_image(&uploads(&[p])).unwrap();
+            assert_eq!(img.name, name);
+            assert_eq!(img.shape, vec![7, 6, 5]);
+            assert_eq!(img.voxel_spacing_mm, Some(samples::SAMPLE_SPACING_MM));
+            assert_eq!(img.files, vec![name]);
+            assert!(img.voxel_values.is_some_and(|v| !v.is_empty()));
+        }
+    }
+
+    #[test]
+    fn nifti_is_recognised_by_extension_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("brain.img");
+        samples::write_nifti(&p, [2, 2, 2], false, 3).unwrap();
+        assert_eq!(
+            import_image(&uploads(&[p])),
+            session("1 file could not be imported")
+        );
+    }
+
+    #[test]
+    fn segmentation_voxel_values_are_the_labels_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("seg.mha");
+        samples::write_segmentation_mha(&p, [8, 8, 4], &[7, 0, 3, 1, 3], 5).unwrap();
+        let img = import_image(&uploads(&[p])).unwrap();
+        assert_eq!(img.voxel_values, Some(vec![0, 1, 3, 7]));
+        assert_eq!(img.segments, Some(vec![0, 1, 3, 7]));
+    }
+
+    #[test]
+    fn compressed_metaimage_values_are_read_through_zlib() {
+        let dir = tempfile::tempdir().unwrap();
+        let voxels: Vec<u8> = (0..60u8).map(|i| i % 4 * 2).collect();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&voxels).unwrap();
+        let data = z.finish().unwrap();
+        let extra = format!(
+            "CompressedData = True\nCompressedDataSize = {}\n",
+            data.len()
+        );
+        let p = write(
+            dir.path(),
+            "z.mha",
+            &mha_bytes(&extra, "5 4 3", "MET_UCHAR", &data),
+        );
+        let img = import_image(&uploads(&[p])).unwrap();
+        assert_eq!(img.voxel_values, Some(vec![0, 2, 4, 6]));
+    }
+
+    #[test]
+    fn truncated_mha_is_rejected_and_trailing_bytes_are_tolerated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ct.mha");
+        samples::write_mha(&p, [5, 6, 7], 1).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let cut = write(dir.path(), "cut.mha", &bytes[..bytes.len() - 1]);
+        assert_eq!(
+            import_image(&uploads(&[cut])),
+            session("1 file could not be imported")
+        );
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(b"extra");
+        let long = write(dir.path(), "long.mha", &longer);
+        assert!(import_image(&uploads(&[long])).is_ok());
+    }
+
+    #[test]
+    fn metaimage_header_problems_reject_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, Vec<u8>); 6] = [
+            ("no-ndims.mha", {
+                let s = String::from_utf8(mha_bytes("", "2 2", "MET_UCHAR", &[0; 4])).unwrap();
+                s.replace("NDims = 2\n", "").into_bytes()
+            }),
+            ("dims-mismatch.mha", {
+                let s = String::from_utf8(mha_bytes("", "2 2", "MET_UCHAR", &[0; 4])).unwrap();
+                s.replace("NDims = 2", "NDims = 3").into_bytes()
+            }),
+            (
+                "bad-type.mha",
+                mha_bytes("", "2 2", "MET_WHATEVER", &[0; 4]),
+            ),
+            ("one-d.mha", mha_bytes("", "4", "MET_UCHAR", &[0; 4])),
+            (
+                "bad-date.mha",
+                mha_bytes("StudyDate = 20231131\n", "2 2", "MET_UCHAR", &[0; 4]),
+            ),
+            (
+                "six-channels.mha",
+                mha_bytes("ElementNumberOfChannels = 6\n", "1 1", "MET_UCHAR", &[0; 6]),
+            ),
+        ];
+        for (name, bytes) in cases {
+            let p = write(dir.path(), name, &bytes);
+            assert_eq!(
+                import_image(&uploads(&[p])),
+                session("1 file could not be imported"),
+                "{name}"
+            );
+        }
+        let ok = write(
+            dir.path(),
+            "meta.mha",
+            &mha_bytes(
+                "StudyDate = 20240229\nPatientID = P1\n",
+                "2 2",
+                "MET_UCHAR",
+                &[0; 4],
+            ),
+        );
+        let img = import_image(&uploads(&[ok])).unwrap();
+        assert_eq!(img.metadata.patient_id.as_deref(), Some("P1"));
+        assert_eq!(img.metadata.study_date.as_deref(), Some("20240229"));
+        assert_eq!(img.depth, None);
+        assert_eq!(img.shape, vec![2, 2]);
+        assert_eq!(
+            img.voxel_spacing_mm, None,
+            "2-D images have no depth spacing"
+        );
+        assert_eq!(img.voxel_width_mm, Some(1.0));
+    }
+
+    #[test]
+    fn two_channel_images_fail_the_whole_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "two.mha",
+            &mha_bytes("ElementNumberOfChannels = 2\n", "2 2", "MET_UCHAR", &[0; 8]),
+        );
+        assert_eq!(
+            import_image(&uploads(&[p])),
+            session(UNEXPECTED_ERROR_MESSAGE)
+        );
+    }
+
+    #[test]
+    fn colour_and_4d_metaimages() {
+        let dir = tempfile::tempdir().unwrap();
+        let rgb = write(
+            dir.path(),
+            "rgb.mha",
+            &mha_bytes(
+                "ElementNumberOfChannels = 3\n",
+                "4 3 2",
+                "MET_UCHAR",
+                &[9; 72],
+            ),
+        );
+        let img = import_image(&uploads(&[rgb])).unwrap();
+        assert_eq!(
+            (img.color_space.as_str(), img.shape.clone()),
+            ("RGB", vec![2, 3, 4, 3])
+        );
+        assert_eq!(img.segments, None, "colour images are not segmentations");
+
+        // 4-D 8-bit with only 0 and 1: a segmentation with one segment per volume.
+        let masks: Vec<u8> = (0..48).map(|i| (i % 2) as u8).collect();
+        let seg4 = write(
+            dir.path(),
+            "seg4.mha",
+            &mha_bytes("", "2 2 4 3", "MET_UCHAR", &masks),
+        );
+        let img = import_image(&uploads(&[seg4])).unwrap();
+        assert_eq!(img.segments, Some(vec![1, 2, 3]));
+        assert_eq!(img.timepoints, None);
+        assert_eq!(img.shape, vec![4, 2, 2]);
+
+        let series: Vec<u8> = (0..96).map(|i| i as u8).collect();
+        let t4 = write(
+            dir.path(),
+            "t4.mha",
+            &mha_bytes("", "2 2 4 3", "MET_SHORT", &series),
+        );
+        let img = import_image(&uploads(&[t4])).unwrap();
+        assert_eq!(img.timepoints, Some(3));
+        assert_eq!(img.shape, vec![3, 4, 2, 2]);
+        assert_eq!(img.segments, None, "16-bit images are not segmentations");
+        assert_eq!(img.voxel_values.map(|v| v.len()), Some(48));
+    }
+
+    #[test]
+    fn big_endian_16bit_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = [1000i16, -5, 1000, 7]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        let p = write(
+            dir.path(),
+            "be.mha",
+            &mha_bytes("BinaryDataByteOrderMSB = True\n", "2 2", "MET_SHORT", &data),
+        );
+        let img = import_image(&uploads(&[p])).unwrap();
+        assert_eq!(img.voxel_values, Some(vec![-5, 7, 1000]));
+    }
+
+    #[test]
+    fn huge_claimed_sizes_are_rejected_without_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "huge.mha",
+            &mha_bytes("", "100000 100000 100000", "MET_DOUBLE", &[0; 16]),
+        );
+        assert_eq!(
+            import_image(&uploads(&[p])),
+            session("1 file could not be imported")
+        );
+        let q = write(
+            dir.path(),
+            "overflow.mha",
+            &mha_bytes(
+                "",
+                "18446744073709551615 18446744073709551615",
+                "MET_UCHAR",
+                &[0; 16],
+            ),
+        );
+        assert_eq!(
+            import_image(&uploads(&[q])),
+            session("1 file could not be imported")
+        );
+    }
+
+    #[test]
+    fn voxel_values_are_not_read_beyond_the_scan_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        // 300 MiB of (sparse, zero) voxels: the image is valid, its values are not read.
+        let header = mha_bytes("", "1024 1024 300", "MET_UCHAR", b"");
+        let p = write(dir.path(), "big.mha", &header);
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(header.len() as u64 + 1024 * 1024 * 300).unwrap();
+        let img = import_image(&uploads(&[p])).unwrap();
+        assert_eq!(img.voxel_values, None);
+        assert_eq!(img.segments, None);
+        assert_eq!(img.shape, vec![300, 1024, 1024]);
+    }
+
+    #[test]
+    fn header_without_element_data_file_within_the_cap_is_not_metaimage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = b"NDims = 2\nComment = ".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', HEADER_CAP));
+        bytes.extend_from_slice(b"\nElementDataFile = LOCAL\n");
+        let p = write(dir.path(), "long.mha", &bytes);
+        assert_eq!(
+            import_image(&uploads(&[p])),
+            session("1 file could not be imported")
+        );
+    }
+
+    /// A NIfTI-1 header (348 bytes + 4 extension bytes) for `dims` with datatype `dt`.
+    fn nifti_bytes(
+        dims: &[i16],
+        dt: i16,
+        bitpix: i16,
+        slope: f32,
+        big_endian: bool,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let mut h = vec![0u8; 352];
+        let i16b = |v: i16| {
+            if big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let i32b = |v: i32| {
+            if big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let f32b = |v: f32| {
+            if big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        h[0..4].copy_from_slice(&i32b(348));
+        let mut all = [1i16; 8];
+        all[0] = dims.len() as i16;
+        all[1..=dims.len()].copy_from_slice(dims);
+        for (k, d) in all.iter().enumerate() {
+            h[40 + 2 * k..42 + 2 * k].copy_from_slice(&i16b(*d));
+            h[76 + 4 * k..80 + 4 * k].copy_from_slice(&f32b(if k == 0 { 1.0 } else { 0.5 }));
+        }
+        h[70..72].copy_from_slice(&i16b(dt));
+        h[72..74].copy_from_slice(&i16b(bitpix));
+        h[108..112].copy_from_slice(&f32b(352.0));
+        h[112..116].copy_from_slice(&f32b(slope));
+        h[344..348].copy_from_slice(b"n+1\0");
+        h.extend_from_slice(data);
+        h
+    }
+
+    #[test]
+    fn nifti_dimensions_types_and_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let d2 = write(
+            dir.path(),
+            "a.nii",
+            &nifti_bytes(&[3, 2], 2, 8, 1.0, false, &[1, 2, 3, 4, 5, 6]),
+        );
+        let img = import_image(&uploads(&[d2])).unwrap();
+        assert_eq!((img.shape.clone(), img.depth), (vec![2, 3], None));
+        assert_eq!(img.voxel_values, Some(vec![1, 2, 3, 4, 5, 6]));
+
+        let be = write(
+            dir.path(),
+            "b.nii",
+            &nifti_bytes(
+                &[2, 2, 2],
+                4,
+                16,
+                1.0,
+                true,
+                &[0, 9, 0, 9, 1, 0, 0, 9, 0, 9, 0, 9, 0, 9, 0, 9],
+            ),
+        );
+        let img = import_image(&uploads(&[be])).unwrap();
+        assert_eq!(img.voxel_values, Some(vec![9, 256]));
+        assert_eq!(img.pixel_type, Some(PixelType::I16));
+        assert_eq!(img.voxel_spacing_mm, Some([0.5, 0.5, 0.5]));
+
+        // A trailing singleton time axis is dropped; a real one makes timepoints.
+        let t1 = write(
+            dir.path(),
+            "c.nii",
+            &nifti_bytes(&[2, 2, 2, 1], 2, 8, 1.0, false, &[3; 8]),
+        );
+        assert_eq!(import_image(&uploads(&[t1])).unwrap().shape, vec![2, 2, 2]);
+        let t3 = write(
+            dir.path(),
+            "d.nii",
+            &nifti_bytes(&[2, 2, 2, 3], 4, 16, 1.0, false, &[3; 48]),
+        );
+        let img = import_image(&uploads(&[t3])).unwrap();
+        assert_eq!(
+            (img.timepoints, img.shape.clone()),
+            (Some(3), vec![3, 2, 2, 2])
+        );
+
+        // Missing voxels read as zero; a rescaled image loads as float.
+        let short = write(
+            dir.path(),
+            "e.nii",
+            &nifti_bytes(&[2, 2, 2], 2, 8, 1.0, false, &[5, 5]),
+        );
+        assert_eq!(
+            import_image(&uploads(&[short])).unwrap().voxel_values,
+            Some(vec![0, 5])
+        );
+        let scaled = write(
+            dir.path(),
+            "f.nii",
+            &nifti_bytes(&[2, 2, 2], 2, 8, 2.0, false, &[5; 8]),
+        );
+        let img = import_image(&uploads(&[scaled])).unwrap();
+        assert_eq!(
+            (img.pixel_type, img.voxel_values),
+            (Some(PixelType::F32), None)
+        );
+
+        let rgb = write(
+            dir.path(),
+            "g.nii",
+            &nifti_bytes(&[2, 2, 2], 128, 24, 1.0, false, &[0; 24]),
+        );
+        assert_eq!(
+            import_image(&uploads(&[rgb])).unwrap().shape,
+            vec![2, 2, 2, 3]
+        );
+
+        for (name, bytes) in [
+            ("h.nii", nifti_bytes(&[4], 2, 8, 1.0, false, &[0; 4])),
+            (
+                "i.nii",
+                nifti_bytes(&[2, 2, 2], 9999, 8, 1.0, false, &[0; 8]),
+            ),
+            ("j.nii", nifti_bytes(&[2, 0, 2], 2, 8, 1.0, false, &[0; 8])),
+            ("k.nii", b"not a nifti header at all".to_vec()),
+        ] {
+            let p = write(dir.path(), name, &bytes);
+            assert_eq!(
+                import_image(&uploads(&[p])),
+                session("1 file could not be imported"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn dicom_series_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = DicomSeriesIds::new(42);
+        let mut paths = samples::write_dicom_series(dir.path(), 5, 16, 12, &ids, 1).unwrap();
+        let expected_files: Vec<String> = uploads(&paths).into_iter().map(|(n, _)| n).collect();
+        paths.reverse();
+        let img = import_image(&uploads(&paths)).unwrap();
+        assert_eq!(img.name, format!("{}-0", ids.study_instance_uid));
+        assert_eq!((img.width, img.height, img.depth), (12, 16, Some(5)));
+        assert_eq!(img.shape, vec![5, 16, 12]);
+        assert_eq!(img.modality.as_deref(), Some("CT"));
+        assert_eq!(img.files, expected_files, "sorted by InstanceNumber");
+        assert_eq!(img.voxel_spacing_mm, Some([0.75, 0.75, 1.5]));
+        assert_eq!(
+            img.pixel_type,
+            Some(PixelType::F32),
+            "rescaled CT loads as float"
+        );
+        assert_eq!(
+            img.metadata.patient_id.as_deref(),
+            Some(ids.patient_id.as_str())
+        );
+        assert_eq!(
+            img.metadata.series_instance_uid.as_deref(),
+            Some(ids.series_instance_uid.as_str())
+        );
+        assert_eq!(
+            img.metadata.study_date.as_deref(),
+            Some(ids.study_date.as_str())
+        );
+    }
+
+    #[test]
+    fn two_dicom_series_are_not_a_single_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DicomSeriesIds::new(1);
+        let b = a.other_series(2);
+        let mut paths = samples::write_dicom_series(dir.path(), 2, 8, 8, &a, 1).unwrap();
+        paths.extend(samples::write_dicom_series(dir.path(), 3, 8, 8, &b, 2).unwrap());
+        assert_eq!(import_image(&uploads(&paths)), single_image_error());
+    }
+
+    #[test]
+    fn one_broken_slice_fails_its_whole_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = DicomSeriesIds::new(3);
+        let paths = samples::write_dicom_series(dir.path(), 3, 8, 8, &ids, 1).unwrap();
+        let bytes = std::fs::read(&paths[1]).unwrap();
+        std::fs::write(&paths[1], &bytes[..bytes.len() - 4]).unwrap();
+        assert_eq!(
+            import_image(&uploads(&paths)),
+            session("3 files could not be imported")
+        );
+    }
+
+    /// A Part 10 file whose data set is implicit VR little endian, with an undefined-length
+    /// sequence (holding decoy identifiers) before the identifiers that count.
+    fn implicit_vr_dicom(instance: u32, study: &str, series: &str, pixels: &[u8]) -> Vec<u8> {
+        fn el(buf: &mut Vec<u8>, group: u16, element: u16, value: &[u8]) {
+            let mut v = value.to_vec();
+            if v.len() % 2 == 1 {
+                v.push(0);
+            }
+            buf.extend_from_slice(&group.to_le_bytes());
+            buf.extend_from_slice(&element.to_le_bytes());
+            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&v);
+        }
+        let ts = b"1.2.840.10008.1.2\0";
+        let mut out = vec![0u8; 128];
+        out.extend_from_slice(b"DICM");
+        // Meta group without a group length element: read until the group changes.
+        out.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+        out.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+        out.extend_from_slice(ts);
+        el(&mut out, 0x0008, 0x0016, b"1.2.840.10008.5.1.4.1.1.7");
+        el(&mut out, 0x0008, 0x0060, b"OT");
+        // (0008,1140) sequence of undefined length: one undefined-length item, one defined.
+        out.extend_from_slice(&[0x08, 0x00, 0x40, 0x11, 0xFF, 0xFF, 0xFF, 0xFF]);
+        out.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        el(&mut out, 0x0020, 0x000E, b"9.9.9");
+        el(&mut out, 0x0028, 0x0010, &99u16.to_le_bytes());
+        out.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        let mut inner = Vec::new();
+        el(&mut inner, 0x0020, 0x000D, b"8.8.8");
+        out.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        out.extend_from_slice(&(inner.len() as u32).to_le_bytes());
+        out.extend_from_slice(&inner);
+        out.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        el(&mut out, 0x0010, 0x0020, b"PID");
+        el(&mut out, 0x0020, 0x000D, study.as_bytes());
+        el(&mut out, 0x0020, 0x000E, series.as_bytes());
+        el(&mut out, 0x0020, 0x0013, instance.to_string().as_bytes());
+        el(&mut out, 0x0028, 0x0002, &1u16.to_le_bytes());
+        el(&mut out, 0x0028, 0x0004, b"MONOCHROME2");
+        el(&mut out, 0x0028, 0x0010, &2u16.to_le_bytes());
+        el(&mut out, 0x0028, 0x0011, &3u16.to_le_bytes());
+        el(&mut out, 0x0028, 0x0100, &8u16.to_le_bytes());
+        el(&mut out, 0x0028, 0x0103, &0u16.to_le_bytes());
+        el(&mut out, 0x7FE0, 0x0010, pixels);
+        out
+    }
+
+    #[test]
+    fn implicit_vr_dicom_with_sequences_and_8bit_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(
+            dir.path(),
+            "a",
+            &implicit_vr_dicom(2, "1.2.3", "1.2.3.4", &[0, 1, 1, 0, 2, 2]),
+        );
+        let b = write(
+            dir.path(),
+            "b",
+            &implicit_vr_dicom(1, "1.2.3", "1.2.3.4", &[0, 0, 0, 0, 0, 5]),
+        );
+        let img = import_image(&uploads(&[a, b])).unwrap();
+        assert_eq!(img.name, "1.2.3-0");
+        assert_eq!(img.files, vec!["b", "a"]);
+        assert_eq!((img.width, img.height, img.depth), (3, 2, Some(2)));
+        assert_eq!(
+            img.metadata.series_instance_uid.as_deref(),
+            Some("1.2.3.4"),
+            "not the decoy in the sequence"
+        );
+        assert_eq!(img.segments, Some(vec![0, 1, 2, 5]));
+        assert_eq!(img.modality.as_deref(), Some("OT"));
+    }
+
+    #[test]
+    fn dicom_without_instance_numbers_or_pixels_is_not_imported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut no_instance = implicit_vr_dicom(1, "1.2.3", "1.2.3.4", &[0; 6]);
+        // Rename (0020,0013) to a private tag so the series cannot be ordered.
+        let at = no_instance
+            .windows(4)
+            .position(|w| w == [0x20, 0x00, 0x13, 0x00])
+            .unwrap();
+        no_instance[at + 2] = 0x15;
+        let a = write(dir.path(), "a", &no_instance);
+        let b = write(
+            dir.path(),
+            "b",
+            &implicit_vr_dicom(2, "1.2.3", "1.2.3.4", &[0; 6]),
+        );
+        assert_eq!(
+            import_image(&uploads(&[a.clone(), b])),
+            session("2 files could not be imported")
+        );
+        // A single file needs no order.
+        assert!(import_image(&uploads(&[a])).is_ok());
+        let short = write(
+            dir.path(),
+            "c",
+            &implicit_vr_dicom(1, "1.2.3", "1.2.3.4", &[0; 2]),
+        );
+        assert_eq!(
+            import_image(&uploads(&[short])),
+            session("1 file could not be imported")
+        );
+        let mut no_dicm = implicit_vr_dicom(1, "1.2.3", "1.2.3.4", &[0; 6]);
+        no_dicm[128] = b'X';
+        let d = write(dir.path(), "d", &no_dicm);
+        assert_eq!(
+            import_image(&uploads(&[d])),
+            session("1 file could not be imported")
+        );
+    }
+
+    #[test]
+    fn dicom_image_set_requires_shared_identifiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = DicomSeriesIds::new(5);
+        let paths = samples::write_dicom_series(dir.path(), 3, 8, 6, &ids, 1).unwrap();
+        let img = import_dicom_image_set(&uploads(&paths)).unwrap();
+        assert_eq!((img.width, img.height, img.depth), (6, 8, Some(3)));
+        assert_eq!(img.files.len(), 3);
+        assert_eq!(
+            img.metadata.accession_number.as_deref(),
+            Some(ids.accession_number.as_str())
+        );
+        assert_eq!(
+            img.metadata.series_number,
+            Some(ids.series_number.to_string())
+        );
+
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = DicomSeriesIds {
+            patient_id: "SOMEONE-ELSE".into(),
+            ..ids.clone()
+        };
+        let mut mixed = paths.clone();
+        mixed.extend(
+            samples::write_dicom_series(
+                other_dir.path(),
+                1,
+                8,
+                6,
+                &DicomSeriesIds {
+                    series_instance_uid: "1.2.99".into(),
+                    ..other.clone()
+                },
+                7,
+            )
+            .unwrap(),
+        );
+        let err = import_dicom_image_set(&uploads(&mixed)).unwrap_err();
+        let ImportError::Session(msg) = err else {
+            panic!("{err:?}")
+        };
+        assert!(msg.contains("SeriesInstanceUID"), "{msg}");
+
+        let extra = samples::write_dicom_series(other_dir.path(), 1, 8, 6, &other, 8).unwrap();
+        let mut same_series = uploads(&paths);
+        same_series.push(("extra.dcm".to_string(), extra[0].clone()));
+        let ImportError::Session(msg) = import_dicom_image_set(&same_series).unwrap_err() else {
+            panic!()
+        };
+        assert!(msg.contains("PatientID"), "{msg}");
+
+        let text = write(dir.path(), "notes.txt", b"hello");
+        let mut with_text = paths.clone();
+        with_text.push(text);
+        assert_eq!(
+            import_dicom_image_set(&uploads(&with_text)),
+            session("notes.txt is not a valid DICOM file")
+        );
+        assert!(matches!(
+            import_dicom_image_set(&[]),
+            Err(ImportError::Session(_))
+        ));
+    }
+
+    #[test]
+    fn tiff_sample_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        for (w, h) in [(30, 40), (300, 400)] {
+            let p = dir.path().join(format!("slide{w}.tif"));
+            samples::write_tiff(&p, w, h, 4).unwrap();
+            let img = import_image(&uploads(&[p])).unwrap();
+            assert_eq!(img.image_type, ImageType::Tiff);
+            assert_eq!(
+                (img.width, img.height, img.depth),
+                (u64::from(w), u64::from(h), Some(1))
+            );
+            assert_eq!(img.shape, vec![1, u64::from(h), u64::from(w)]);
+            assert_eq!(img.color_space, "GRAY");
+            let mm = 25.4 / 72.0;
+            assert_eq!(
+                (img.voxel_width_mm, img.voxel_height_mm, img.voxel_depth_mm),
+                (Some(mm), Some(mm), None)
+            );
+        }
+    }
+
+    #[test]
+    fn tiff_without_resolution_is_not_imported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.tif");
+        samples::write_tiff(&p, 8, 8, 4).unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        // Turn ResolutionUnit (296 = 0x0128) into an unknown tag.
+        let at = bytes.windows(2).position(|w| w == [0x28, 0x01]).unwrap();
+        bytes[at] = 0x29;
+        std::fs::write(&p, bytes).unwrap();
+        assert_eq!(
+            import_image(&uploads(&[p])),
+            session("1 file could not be imported")
+        );
+    }
+
+    #[test]
+    fn png_and_jpeg_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = |color_type: u8, bit_depth: u8| {
+            let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+            b.extend_from_slice(&7u32.to_be_bytes());
+            b.extend_from_slice(&5u32.to_be_bytes());
+            b.extend_from_slice(&[bit_depth, color_type, 0, 0, 0, 0, 0, 0, 0]);
+            b
+        };
+        let rgb = write(dir.path(), "rgb.png", &png(2, 8));
+        let img = import_image(&uploads(&[rgb])).unwrap();
+        assert_eq!(
+            (img.shape.clone(), img.color_space.as_str(), img.depth),
+            (vec![5, 7, 3], "RGB", None)
+        );
+        let la = write(dir.path(), "la.png", &png(4, 8));
+        assert_eq!(
+            import_image(&uploads(&[la])),
+            session(UNEXPECTED_ERROR_MESSAGE)
+        );
+
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0, 0];
+        jpeg.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 8, 0x00, 0x20, 0x00, 0x30, 3]);
+        jpeg.extend_from_slice(&[0; 9]);
+        let j = write(dir.path(), "photo.jpg", &jpeg);
+        let img = import_image(&uploads(&[j])).unwrap();
+        assert_eq!(
+            (img.width, img.height, img.color_space.as_str()),
+            (48, 32, "RGB")
+        );
+    }
+
+    #[test]
+    fn files_no_builder_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = write(dir.path(), "notes.txt", b"hello = world\nthis is text\n");
+        assert_eq!(
+            import_image(&uploads(std::slice::from_ref(&text))),
+            session("1 file could not be imported")
+        );
+        let pdf = dir.path().join("report.pdf");
+        samples::write_pdf(&pdf, "report").unwrap();
+        let empty = write(dir.path(), "empty.mha", b"");
+        assert_eq!(
+            import_image(&uploads(&[text.clone(), pdf, empty])),
+            session("3 files could not be imported")
+        );
+        // One image plus junk still succeeds; the junk is reported.
+        let mha = dir.path().join("ct.mha");
+        samples::write_mha(&mha, [2, 2, 2], 1).unwrap();
+        let img = import_image(&uploads(&[text, mha])).unwrap();
+        assert_eq!(img.unimported_files, vec!["notes.txt"]);
+    }
+
+    #[test]
+    fn duplicate_and_missing_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.mha");
+        samples::write_mha(&a, [2, 2, 2], 1).unwrap();
+        let dup = vec![("x.mha".to_string(), a.clone()), ("x.mha".to_string(), a)];
+        assert_eq!(import_image(&dup), session(DUPLICATE_FILES_MESSAGE));
+        assert_eq!(
+            import_dicom_image_set(&dup),
+            session(DUPLICATE_FILES_MESSAGE)
+        );
+        assert!(matches!(import_image(&[]), Err(ImportError::Session(_))));
+        let gone = vec![("gone.mha".to_string(), dir.path().join("does-not-exist"))];
+        assert_eq!(import_image(&gone), session("1 file could not be imported"));
+    }
+
+    fn fuzz_names() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "x.mha", "x.mhd", "x.nii", "x.nii.gz", "x.dcm", "x.tif", "x.png", "x",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048), name in fuzz_names()) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = write(dir.path(), name, &bytes);
+            let _ = import_image(&uploads(&[p.clone()]));
+            let _ = import_dicom_image_set(&uploads(&[p]));
+        }
+
+        #[test]
+        fn damaged_samples_never_panic(
+            kind in 0usize..6,
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = match kind {
+                0 => { let p = dir.path().join("x.mha"); samples::write_mha(&p, [3, 4, 5], 1).unwrap(); p }
+                1 => { let p = dir.path().join("x.nii"); samples::write_nifti(&p, [3, 4, 5], false, 1).unwrap(); p }
+                2 => { let p = dir.path().join("x.nii.gz"); samples::write_nifti(&p, [3, 4, 5], true, 1).unwrap(); p }
+                3 => samples::write_dicom_series(dir.path(), 1, 4, 4, &DicomSeriesIds::new(1), 1).unwrap().remove(0),
+                4 => { let p = dir.path().join("x.tif"); samples::write_tiff(&p, 9, 7, 1).unwrap(); p }
+                _ => { let p = dir.path().join("x.png"); std::fs::write(&p, b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\0\x07\0\0\0\x05\x08\x02\0\0\0").unwrap(); p }
+            };
+            let mut bytes = std::fs::read(&p).unwrap();
+            for (at, v) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = v;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            std::fs::write(&p, &bytes).unwrap();
+            let _ = import_image(&uploads(&[p.clone()]));
+            let _ = import_dicom_image_set(&uploads(&[p]));
+        }
+    }
 }
