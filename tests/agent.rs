@@ -97,6 +97,26 @@ async fn wait_receipts(state_dir: &Path, n: usize, limit: Duration) -> Vec<Recei
     }
 }
 
+/// Wait until `n` receipts say delivered; on timeout show what there is and the end of the agent's log.
+async fn wait_delivered(state_dir: &Path, n: usize, limit: Duration) -> Vec<Receipt> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let r = receipts(&state_dir.join("receipts"));
+        if r.iter().filter(|r| r.outcome == Outcome::Delivered).count() >= n {
+            return r;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(state_dir.parent().unwrap().join("agent.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+            let tail = tail[tail.len().saturating_sub(40)..].join("\n");
+            let seen: Vec<(&str, Outcome, Option<&str>)> =
+                r.iter().map(|r| (r.case.as_str(), r.outcome, r.reason.as_deref())).collect();
+            panic!("timed out after {limit:?} waiting for {n} deliveries; have {seen:?}\nlog:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn titles_once(items: &[&serde_json::Value]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for i in items {
@@ -422,4 +442,47 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ten_percent_faults_on_every_endpoint_every_case_is_delivered_once() {
+    let rules = [
+        "/api/* 503 retry-after=1 p=0.02",
+        "/api/* 502 p=0.02",
+        "/api/* 429 p=0.01",
+        "/api/* drop p=0.02",
+        "/api/* 502 after p=0.02",
+        "/s3/* 503 p=0.04",
+        "/s3/* drop p=0.03",
+        "/s3/* 500 after p=0.03",
+    ];
+    let faults = rules.iter().map(|r| r.parse().expect("a fault rule")).collect();
+    let sb = sandbox_with(|o| {
+        o.faults = faults;
+        o.seed = Some(1);
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let n = 10u64;
+    for i in 0..n {
+        archive_case(&drop.join(format!("f{i:02}")), i);
+    }
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let rs = wait_delivered(&tmp.path().join("state"), n as usize, Duration::from_secs(180)).await;
+    agent.stop();
+    let st = state(&sb).await;
+    let items = items_of(&st, "demo-archive");
+    let counts = titles_once(&items);
+    for r in &rs {
+        assert_eq!(counts.get(&r.title), Some(&1), "{} exactly once: {counts:?}", r.title);
+        let item = items.iter().find(|i| i["pk"] == r.item.as_ref().unwrap().pk.as_str()).unwrap();
+        assert_eq!(item["values"].as_array().unwrap().len(), r.sockets.len(), "{}: {item}", r.case);
+    }
+    let faulted: u64 = st["requests"]
+        .as_object()
+        .map(|m| m.iter().filter(|(k, _)| k.ends_with(" 502") || k.ends_with(" 503") || k.ends_with(" 429")).filter_map(|(_, v)| v.as_u64()).sum())
+        .unwrap_or(0);
+    assert!(faulted > 0, "the faults fired: {}", st["requests"]);
 }
