@@ -374,7 +374,15 @@ pub async fn deliver(
         return Err(DeliverError::Changed);
     }
     cp.step(Step::Patching).map_err(DeliverError::Checkpoint)?;
-    client.patch_values(&target, &item.pk, &entries).await?;
+    if let Err(e) = client.patch_values(&target, &item.pk, &entries).await {
+        // A PATCH whose answer was lost may have been applied: its retry is then refused because the
+        // uploads it names were already consumed by the first one. Only if every upload is gone is that
+        // the explanation; verification below then decides.
+        if !matches!(e, GcError::Rejected { .. }) || uploads.is_empty() || !all_consumed(client, &uploads).await {
+            return Err(e.into());
+        }
+        tracing::info!(item = %item.pk, "the values were already set by an earlier attempt whose answer was lost");
+    }
     cp.step(Step::Verifying).map_err(DeliverError::Checkpoint)?;
     let done = client
         .await_values(&target, &item.pk, &expectations, timing)
@@ -431,6 +439,17 @@ async fn upload_one(
         .await?;
     observer.keep(cp.upload_completed(&f.path, &upload));
     Ok(upload)
+}
+
+/// Are all these uploads gone from the platform (consumed by an import, or expired)?
+async fn all_consumed(client: &Client, uploads: &[UserUpload]) -> bool {
+    for u in uploads {
+        match client.get_upload(&u.pk).await {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Create the item; if its title is taken, adopt that item only if it holds no values.
