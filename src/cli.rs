@@ -1,6 +1,20 @@
 //! The command-line interface. Each subcommand has `--help`; exit codes are documented in [`exit`].
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
+
+/// Exit codes, stable for scripts.
+pub mod exit {
+    /// Everything asked for was done.
+    pub const OK: u8 = 0;
+    /// At least one case was not delivered (its receipt says why).
+    pub const CASE_FAILED: u8 = 1;
+    /// Bad usage or an invalid config file.
+    pub const USAGE: u8 = 2;
+    /// The platform refused the token or could not be reached: nothing could be delivered.
+    pub const PLATFORM: u8 = 3;
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -9,14 +23,119 @@ use clap::{Parser, Subcommand};
     about = "Turn drop folders into Grand Challenge uploads"
 )]
 pub struct Cli {
+    /// Log format: human (default on a terminal), json.
+    #[arg(long, global = true, default_value = "human")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Watch every configured drop folder and deliver each case once it has stopped changing.
+    ///
+    /// Runs until SIGTERM or Ctrl-C; in-flight deliveries reach a checkpoint first. Exit status: 0 after a
+    /// clean stop, 2 config error, 3 the platform refused the token.
+    Run(RunArgs),
+    /// Validate a config file; with --online also the token, the targets and every socket.
+    ///
+    /// Exit status: 0 valid, 2 invalid config, 3 the platform disagrees (token, target or socket).
+    Check(CheckArgs),
+    /// Per folder: cases by state, the oldest waiting, the last delivery, quarantined cases with reasons.
+    Status(StatusArgs),
+    /// Say which folder, case, rule and socket a path maps to, or why none.
+    Explain(ExplainArgs),
+    /// Try it: a sandbox on loopback plus the agent on ./demo-drop, with example cases. Ctrl-C stops.
+    Demo(DemoArgs),
+    /// Put quarantined cases back in line (the agent picks them up at its next look at the case).
+    Retry(RetryArgs),
+    /// Upload case folders once: plan each with its folder's socket rules, upload, verify, write receipts.
+    ///
+    /// Exit status: 0 all delivered, 1 some case failed (see its receipt), 2 usage or config error,
+    /// 3 the platform refused the token or was unreachable.
+    Upload(UploadArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout, e.g. `gc-hotfolder man > gc-hotfolder.1`.
+    Man,
     /// Run a Grand Challenge-compatible sandbox server on loopback.
     Sandbox(SandboxArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UploadArgs {
+    /// The configuration file (its [[folder]] rules decide how each case maps to sockets).
+    #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
+    pub config: PathBuf,
+    /// Where to write receipts (default: <state_dir>/receipts).
+    #[arg(long)]
+    pub receipts: Option<PathBuf>,
+    /// Case folders, each inside one of the configured drop folders.
+    #[arg(required = true)]
+    pub cases: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
+    pub config: PathBuf,
+    /// Also check the token, that each target exists and is writable, and every socket and its kind.
+    #[arg(long)]
+    pub online: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
+    pub config: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
+    pub config: PathBuf,
+    /// A drop folder, a case folder or a file inside a case.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the drop folder, config, journal and receipts of the demo go.
+    #[arg(long, default_value = "demo-drop")]
+    pub dir: PathBuf,
+    /// The sandbox's port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RetryArgs {
+    #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
+    pub config: PathBuf,
+    /// Case folders to retry.
+    #[arg(
+        required_unless_present = "quarantined",
+        conflicts_with = "quarantined"
+    )]
+    pub cases: Vec<PathBuf>,
+    /// Retry every quarantined case.
+    #[arg(long)]
+    pub quarantined: bool,
 }
 
 /// Run a Grand Challenge-compatible server: the REST API of gc-protocol.md plus an S3-like part endpoint,
@@ -60,7 +179,44 @@ pub struct SandboxArgs {
 }
 
 pub fn run(cli: Cli) -> std::process::ExitCode {
-    match cli.command {
-        Command::Sandbox(args) => std::process::ExitCode::from(crate::sandbox::command::main(args)),
-    }
+    init_logging(cli.log_format);
+    let code = match cli.command {
+        Command::Upload(args) => crate::upload::main(args),
+        Command::Run(args) => crate::commands::run(args),
+        Command::Check(args) => crate::commands::check(args),
+        Command::Explain(args) => crate::commands::explain(args),
+        Command::Status(args) => crate::commands::status(args),
+        Command::Retry(args) => crate::commands::retry(args),
+        Command::Demo(args) => crate::demo::main(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "gc-hotfolder", &mut std::io::stdout());
+            exit::OK
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::USAGE
+                }
+            }
+        }
+        Command::Sandbox(args) => crate::sandbox::command::main(args),
+    };
+    std::process::ExitCode::from(code)
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("GC_HOTFOLDER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

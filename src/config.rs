@@ -1,1 +1,980 @@
-//! TODO
+//! The TOML configuration: what the operator writes, checked before anything runs.
+//!
+//! Every error names the file, the line and the key, because the person reading it is an operator with an
+//! editor open, not a developer with a debugger. Unknown keys are errors: a typo must never silently turn
+//! into a default.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use crate::gc::TargetKind;
+
+/// A configuration error located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the error has a place in the file.
+    pub line: Option<(usize, usize)>,
+    /// The key (dotted path) the error is about, when known.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.line {
+            write!(f, ":{line}:{col}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub server: Server,
+    pub limits: Limits,
+    pub agent: AgentTiming,
+    pub folders: Vec<Folder>,
+}
+
+/// How the agent paces itself: scans, retries and shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTiming {
+    /// Full scans of every folder, catching whatever events missed.
+    pub reconcile: Duration,
+    /// First wait after a failure that may pass; doubles per attempt up to `retry_max`.
+    pub retry_first: Duration,
+    pub retry_max: Duration,
+    /// How long a target stays paused after the platform refused the token.
+    pub auth_pause: Duration,
+    /// How long deliveries may run on after SIGTERM before they are cut off (they resume at next start).
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub url: url::Url,
+    /// Where the token comes from; resolved only when talking to the platform, never stored in the config.
+    pub token_file: Option<PathBuf>,
+    pub token: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub state_dir: PathBuf,
+}
+
+/// How hard to push the platform and the disks.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub parallel_cases: usize,
+    pub parallel_files: usize,
+    pub parallel_parts: usize,
+    pub part_size: u64,
+}
+
+/// One drop folder.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    /// The folder's position in the config, used in messages (`folder[2]`).
+    pub index: usize,
+    pub path: PathBuf,
+    pub target: TargetKind,
+    pub target_slug: String,
+    /// Which folders at `depth` below `path` are cases.
+    pub case: globset::GlobMatcher,
+    pub case_pattern: String,
+    pub depth: usize,
+    pub title: String,
+    pub quiet: Duration,
+    pub max_wait: Duration,
+    pub marker: Option<String>,
+    /// Temp-file patterns: while any matches, the case is not ready.
+    pub ignore: globset::GlobSet,
+    pub ignore_patterns: Vec<String>,
+    pub after: After,
+    pub quarantine: Option<PathBuf>,
+    pub on_change: OnChange,
+    pub poll: Poll,
+    pub poll_interval: Duration,
+    pub sockets: Vec<SocketRule>,
+}
+
+/// What happens to a case folder once it is verifiably delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum After {
+    Leave,
+    Delete,
+    Move(PathBuf),
+}
+
+/// What happens when files of an already delivered case change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnChange {
+    Update,
+    Ignore,
+    Quarantine,
+}
+
+/// Whether to rely on filesystem events or to poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Poll {
+    /// Events, and polling where the filesystem gives none (network filesystems).
+    Auto,
+    Always,
+}
+
+/// One socket of the target and where its value comes from inside a case.
+#[derive(Debug, Clone)]
+pub struct SocketRule {
+    pub slug: String,
+    pub source: RuleSource,
+    /// A missing source is fine (the socket is left out) instead of an error.
+    pub optional: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum RuleSource {
+    /// Files matched by globs relative to the case folder: one image (from one or many files), or one file.
+    Files {
+        patterns: Vec<String>,
+        matcher: globset::GlobSet,
+    },
+    /// The files of one DICOM series, sent as a DICOM image set with this name (template).
+    DicomImageSet {
+        patterns: Vec<String>,
+        matcher: globset::GlobSet,
+        image_name: String,
+    },
+    /// A JSON file whose content is the value.
+    ValueFile(String),
+    /// A constant value from the config.
+    Value(serde_json::Value),
+}
+
+/// Temp files of copy tools, browsers and editors: a case with any of these is still being written.
+pub const DEFAULT_IGNORE: &[&str] = &[
+    "*.part",
+    "*.partial",
+    "*.tmp",
+    "*.temp",
+    "*.filepart",
+    "*.crdownload",
+    "*.swp",
+    "*~",
+    ".~*",
+    "~$*",
+    ".*",
+];
+
+// ---- the raw, spanned shape of the file ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Spanned<RawServer>,
+    #[serde(default)]
+    limits: Option<Spanned<RawLimits>>,
+    #[serde(default)]
+    agent: Option<RawAgent>,
+    #[serde(default)]
+    folder: Vec<Spanned<RawFolder>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    url: Spanned<String>,
+    token_file: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    ca_cert: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    parallel_cases: Option<Spanned<i64>>,
+    parallel_files: Option<Spanned<i64>>,
+    parallel_parts: Option<Spanned<i64>>,
+    part_size: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    reconcile: Option<Spanned<String>>,
+    retry_first: Option<Spanned<String>>,
+    retry_max: Option<Spanned<String>>,
+    auth_pause: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFolder {
+    path: Spanned<String>,
+    archive: Option<Spanned<String>>,
+    reader_study: Option<Spanned<String>>,
+    case: Option<Spanned<String>>,
+    depth: Option<Spanned<i64>>,
+    title: Option<Spanned<String>>,
+    quiet: Option<Spanned<String>>,
+    max_wait: Option<Spanned<String>>,
+    marker: Option<Spanned<String>>,
+    ignore: Option<Spanned<Vec<String>>>,
+    after: Option<Spanned<String>>,
+    quarantine: Option<Spanned<String>>,
+    on_change: Option<OnChange>,
+    poll: Option<Poll>,
+    poll_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    socket: Vec<Spanned<RawSocket>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSocket {
+    slug: Spanned<String>,
+    files: Option<Spanned<OneOrMany>>,
+    image_name: Option<Spanned<String>>,
+    value_file: Option<Spanned<String>>,
+    value: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    optional: bool,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Locates errors in one file's text.
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before
+            .rfind('\n')
+            .map_or(before.len(), |nl| before.len() - nl - 1)
+            + 1;
+        (line, col)
+    }
+
+    fn err(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: Some(self.line_col(span.start)),
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validate config text; `path` is used in messages and to resolve relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let loc = Locator { file: path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let key = text
+                .get(span.clone())
+                .filter(|k| !k.contains('\n') && !k.is_empty())
+                .map(str::to_owned);
+            ConfigError {
+                file: path.to_owned(),
+                line: e.span().map(|s| loc.line_col(s.start)),
+                key,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let server = validate_server(&loc, base, raw.server.get_ref())?;
+        let limits = validate_limits(&loc, raw.limits.as_ref().map(|l| l.get_ref()))?;
+        let agent = validate_agent(&loc, raw.agent.as_ref())?;
+        let mut folders = Vec::new();
+        for (i, f) in raw.folder.iter().enumerate() {
+            folders.push(validate_folder(&loc, base, i, f)?);
+        }
+        for (i, a) in folders.iter().enumerate() {
+            for b in &folders[i + 1..] {
+                if a.path.starts_with(&b.path) || b.path.starts_with(&a.path) {
+                    return Err(loc.err(
+                        raw.folder[b.index].get_ref().path.span(),
+                        format!("folder[{}].path", b.index),
+                        format!(
+                            "overlaps folder[{}] ({}); a case must belong to one folder",
+                            a.index,
+                            a.path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Config {
+            file: path.to_owned(),
+            server,
+            limits,
+            agent,
+            folders,
+        })
+    }
+
+    /// The platform client this config describes. The token comes from, in order: `token_file`, the
+    /// environment variable `GRAND_CHALLENGE_AUTHORIZATION`, the systemd credential `gc-token`
+    /// (`$CREDENTIALS_DIRECTORY/gc-token`, from `LoadCredential=`), `token`.
+    pub fn client(&self) -> Result<crate::gc::Client, crate::gc::GcError> {
+        let s = &self.server;
+        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| PathBuf::from(d).join("gc-token"))
+            .filter(|p| p.is_file());
+        let env = std::env::var("GRAND_CHALLENGE_AUTHORIZATION")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        let token_file = match (&s.token_file, &env) {
+            (Some(f), _) => Some(f.clone()),
+            (None, Some(_)) => None,
+            (None, None) => credential,
+        };
+        let token = crate::gc::Token::from_sources(token_file.as_deref(), env, s.token.clone())?;
+        crate::gc::Client::new(crate::gc::ClientConfig {
+            base_url: s.url.clone(),
+            token,
+            ca_cert: s.ca_cert.clone(),
+            part_size: self.limits.part_size,
+            parallel_parts: self.limits.parallel_parts,
+            parallel_files: self.limits.parallel_files,
+            retry: Default::default(),
+            timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// The folder a path belongs to, if any.
+    pub fn folder_for(&self, path: &Path) -> Option<&Folder> {
+        self.folders.iter().find(|f| path.starts_with(&f.path))
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+fn validate_server(loc: &Locator, base: &Path, s: &RawServer) -> Result<Server, ConfigError> {
+    let mut url = url::Url::parse(s.url.get_ref())
+        .map_err(|e| loc.err(s.url.span(), "server.url", format!("not a URL: {e}")))?;
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    let loopback = is_loopback_host(&url);
+    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        return Err(loc.err(
+            s.url.span(),
+            "server.url",
+            "must be https:// (plain http is allowed only for loopback hosts such as the local sandbox)",
+        ));
+    }
+    if s.token_file.is_some() && s.token.is_some() {
+        let t = s.token.as_ref().map_or(0..0, |t| t.span());
+        return Err(loc.err(
+            t,
+            "server.token",
+            "give either token_file or token, not both",
+        ));
+    }
+    Ok(Server {
+        url,
+        token_file: s.token_file.as_ref().map(|t| resolve(base, t.get_ref())),
+        token: s.token.as_ref().map(|t| t.get_ref().clone()),
+        ca_cert: s.ca_cert.as_ref().map(|c| resolve(base, c.get_ref())),
+        state_dir: s
+            .state_dir
+            .as_ref()
+            .map(|d| resolve(base, d.get_ref()))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/gc-hotfolder")),
+    })
+}
+
+/// Loopback hosts may use plain http: the traffic never leaves the machine.
+pub fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn positive(
+    loc: &Locator,
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) if (1..=1024).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
+        Some(n) => Err(loc.err(n.span(), key, "must be a whole number from 1 to 1024")),
+    }
+}
+
+fn validate_limits(loc: &Locator, l: Option<&RawLimits>) -> Result<Limits, ConfigError> {
+    let Some(l) = l else {
+        return Ok(Limits {
+            parallel_cases: 2,
+            parallel_files: 4,
+            parallel_parts: 8,
+            part_size: 32 << 20,
+        });
+    };
+    let part_size = match &l.part_size {
+        None => 32 << 20,
+        Some(s) => {
+            let n =
+                parse_size(s.get_ref()).map_err(|m| loc.err(s.span(), "limits.part_size", m))?;
+            if !(5 << 20..=5 << 30).contains(&n) {
+                return Err(loc.err(
+                    s.span(),
+                    "limits.part_size",
+                    "must be between 5MiB and 5GiB (S3's part limits)",
+                ));
+            }
+            n
+        }
+    };
+    Ok(Limits {
+        parallel_cases: positive(loc, &l.parallel_cases, "limits.parallel_cases", 2)?,
+        parallel_files: positive(loc, &l.parallel_files, "limits.parallel_files", 4)?,
+        parallel_parts: positive(loc, &l.parallel_parts, "limits.parallel_parts", 8)?,
+        part_size,
+    })
+}
+
+fn validate_agent(loc: &Locator, a: Option<&RawAgent>) -> Result<AgentTiming, ConfigError> {
+    let none = RawAgent {
+        reconcile: None,
+        retry_first: None,
+        retry_max: None,
+        auth_pause: None,
+        shutdown_grace: None,
+    };
+    let a = a.unwrap_or(&none);
+    let d = |v: &Option<Spanned<String>>, key: &str, default: u64| {
+        duration(loc, v, format!("agent.{key}"), Duration::from_secs(default))
+    };
+    Ok(AgentTiming {
+        reconcile: d(&a.reconcile, "reconcile", 600)?,
+        retry_first: d(&a.retry_first, "retry_first", 30)?,
+        retry_max: d(&a.retry_max, "retry_max", 1800)?,
+        auth_pause: d(&a.auth_pause, "auth_pause", 300)?,
+        shutdown_grace: d(&a.shutdown_grace, "shutdown_grace", 30)?,
+    })
+}
+
+/// `"32MiB"`, `"5 MB"`, `"1048576"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as \"32MiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn duration(
+    loc: &Locator,
+    v: &Option<Spanned<String>>,
+    key: String,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
+            loc.err(
+                s.span(),
+                key,
+                format!(
+                    "`{}` is not a duration such as \"30s\" or \"6h\": {e}",
+                    s.get_ref()
+                ),
+            )
+        }),
+    }
+}
+
+fn globset(
+    loc: &Locator,
+    span: Range<usize>,
+    key: &str,
+    patterns: &[String],
+) -> Result<globset::GlobSet, ConfigError> {
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let g = globset::GlobBuilder::new(p)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| {
+                loc.err(
+                    span.clone(),
+                    key,
+                    format!("bad pattern `{p}`: {}", e.kind()),
+                )
+            })?;
+        b.add(g);
+    }
+    b.build().map_err(|e| loc.err(span, key, e.to_string()))
+}
+
+fn validate_folder(
+    loc: &Locator,
+    base: &Path,
+    index: usize,
+    sf: &Spanned<RawFolder>,
+) -> Result<Folder, ConfigError> {
+    let f = sf.get_ref();
+    let k = |name: &str| format!("folder[{index}].{name}");
+    let path = resolve(base, f.path.get_ref());
+    let (target, target_slug) = match (&f.archive, &f.reader_study) {
+        (Some(a), None) => (TargetKind::Archive, a),
+        (None, Some(r)) => (TargetKind::ReaderStudy, r),
+        (Some(_), Some(r)) => {
+            return Err(loc.err(
+                r.span(),
+                k("reader_study"),
+                "give either archive or reader_study, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(loc.err(
+                sf.span(),
+                format!("folder[{index}]"),
+                "needs a target: archive = \"slug\" or reader_study = \"slug\"",
+            ));
+        }
+    };
+    if target_slug.get_ref().trim().is_empty() {
+        return Err(loc.err(
+            target_slug.span(),
+            k("archive"),
+            "the slug may not be empty",
+        ));
+    }
+    let case_pattern = f
+        .case
+        .as_ref()
+        .map_or("*".to_owned(), |c| c.get_ref().clone());
+    let case = globset::GlobBuilder::new(&case_pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| {
+            loc.err(
+                f.case.as_ref().map_or(0..0, |c| c.span()),
+                k("case"),
+                format!("bad pattern: {}", e.kind()),
+            )
+        })?
+        .compile_matcher();
+    let depth = match &f.depth {
+        None => 1,
+        Some(d) if (1..=8).contains(d.get_ref()) => *d.get_ref() as usize,
+        Some(d) => return Err(loc.err(d.span(), k("depth"), "must be from 1 to 8")),
+    };
+    let title = f
+        .title
+        .as_ref()
+        .map_or("{case}".to_owned(), |t| t.get_ref().clone());
+    if let Some(t) = &f.title {
+        check_template(t.get_ref()).map_err(|m| loc.err(t.span(), k("title"), m))?;
+    }
+    let mut ignore_patterns: Vec<String> = DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect();
+    let ignore_span = f.ignore.as_ref().map_or(0..0, |i| i.span());
+    if let Some(extra) = &f.ignore {
+        ignore_patterns.extend(extra.get_ref().iter().cloned());
+    }
+    let ignore = globset(loc, ignore_span, &k("ignore"), &ignore_patterns)?;
+    let after = match &f.after {
+        None => After::Leave,
+        Some(a) => match a.get_ref().as_str() {
+            "leave" => After::Leave,
+            "delete" => After::Delete,
+            s if s.starts_with("move:") && s.len() > 5 => After::Move(resolve(base, &s[5..])),
+            _ => {
+                return Err(loc.err(
+                    a.span(),
+                    k("after"),
+                    "must be \"leave\", \"delete\" or \"move:/some/folder\"",
+                ));
+            }
+        },
+    };
+    let quiet = duration(loc, &f.quiet, k("quiet"), Duration::from_secs(30))?;
+    let max_wait = duration(
+        loc,
+        &f.max_wait,
+        k("max_wait"),
+        Duration::from_secs(6 * 3600),
+    )?;
+    if max_wait <= quiet {
+        let span = f.max_wait.as_ref().map_or(sf.span(), |m| m.span());
+        return Err(loc.err(span, k("max_wait"), "must be longer than quiet"));
+    }
+    let mut sockets: Vec<SocketRule> = Vec::new();
+    for (j, ss) in f.socket.iter().enumerate() {
+        let rule = validate_socket(loc, index, j, ss)?;
+        if sockets.iter().any(|r| r.slug == rule.slug) {
+            return Err(loc.err(
+                ss.get_ref().slug.span(),
+                format!("folder[{index}].socket[{j}].slug"),
+                format!("socket `{}` is listed twice", rule.slug),
+            ));
+        }
+        sockets.push(rule);
+    }
+    if sockets.is_empty() {
+        return Err(loc.err(
+            sf.span(),
+            format!("folder[{index}]"),
+            "needs at least one [[folder.socket]]",
+        ));
+    }
+    Ok(Folder {
+        index,
+        path,
+        target,
+        target_slug: target_slug.get_ref().clone(),
+        case,
+        case_pattern,
+        depth,
+        title,
+        quiet,
+        max_wait,
+        marker: f.marker.as_ref().map(|m| m.get_ref().clone()),
+        ignore,
+        ignore_patterns,
+        after,
+        quarantine: f.quarantine.as_ref().map(|q| resolve(base, q.get_ref())),
+        on_change: f.on_change.unwrap_or(OnChange::Update),
+        poll: f.poll.unwrap_or(Poll::Auto),
+        poll_interval: duration(
+            loc,
+            &f.poll_interval,
+            k("poll_interval"),
+            Duration::from_secs(5),
+        )?,
+        sockets,
+    })
+}
+
+/// Templates know `{case}` (the case folder's name) and `{path}` (its path below the drop folder).
+pub fn check_template(t: &str) -> Result<(), String> {
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .ok_or("an opening `{` has no closing `}`")?
+            + open;
+        match &rest[open + 1..close] {
+            "case" | "path" => {}
+            other => {
+                return Err(format!(
+                    "unknown placeholder `{{{other}}}`; use {{case}} or {{path}}"
+                ));
+            }
+        }
+        rest = &rest[close + 1..];
+    }
+    Ok(())
+}
+
+fn validate_socket(
+    loc: &Locator,
+    fi: usize,
+    si: usize,
+    ss: &Spanned<RawSocket>,
+) -> Result<SocketRule, ConfigError> {
+    let s = ss.get_ref();
+    let key = |name: &str| format!("folder[{fi}].socket[{si}].{name}");
+    let slug = s.slug.get_ref().trim().to_owned();
+    if slug.is_empty() {
+        return Err(loc.err(s.slug.span(), key("slug"), "may not be empty"));
+    }
+    let sources = [s.files.is_some(), s.value_file.is_some(), s.value.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if sources != 1 {
+        return Err(loc.err(
+            ss.span(),
+            format!("folder[{fi}].socket[{si}]"),
+            "give exactly one of files, value_file or value",
+        ));
+    }
+    if s.image_name.is_some() && s.files.is_none() {
+        let span = s.image_name.as_ref().map_or(0..0, |n| n.span());
+        return Err(loc.err(
+            span,
+            key("image_name"),
+            "only goes with files (a DICOM image set)",
+        ));
+    }
+    let source = if let Some(files) = &s.files {
+        let patterns = match files.get_ref().clone() {
+            OneOrMany::One(p) => vec![p],
+            OneOrMany::Many(ps) => ps,
+        };
+        if patterns.is_empty() || patterns.iter().any(|p| p.trim().is_empty()) {
+            return Err(loc.err(
+                files.span(),
+                key("files"),
+                "needs at least one non-empty pattern",
+            ));
+        }
+        if let Some(p) = patterns
+            .iter()
+            .find(|p| p.starts_with('/') || p.split('/').any(|c| c == ".."))
+        {
+            return Err(loc.err(
+                files.span(),
+                key("files"),
+                format!("`{p}` must be relative to the case folder and stay inside it"),
+            ));
+        }
+        let matcher = globset(loc, files.span(), &key("files"), &patterns)?;
+        match &s.image_name {
+            Some(name) => {
+                check_template(name.get_ref())
+                    .map_err(|m| loc.err(name.span(), key("image_name"), m))?;
+                if name.get_ref().trim().is_empty() {
+                    return Err(loc.err(name.span(), key("image_name"), "may not be blank"));
+                }
+                RuleSource::DicomImageSet {
+                    patterns,
+                    matcher,
+                    image_name: name.get_ref().clone(),
+                }
+            }
+            None => RuleSource::Files { patterns, matcher },
+        }
+    } else if let Some(vf) = &s.value_file {
+        if vf.get_ref().starts_with('/') || vf.get_ref().split('/').any(|c| c == "..") {
+            return Err(loc.err(
+                vf.span(),
+                key("value_file"),
+                "must be relative to the case folder and stay inside it",
+            ));
+        }
+        RuleSource::ValueFile(vf.get_ref().clone())
+    } else {
+        let v = s
+            .value
+            .as_ref()
+            .map(|v| v.get_ref().clone())
+            .unwrap_or(toml::Value::Boolean(false));
+        let json =
+            serde_json::to_value(v).map_err(|e| loc.err(ss.span(), key("value"), e.to_string()))?;
+        RuleSource::Value(json)
+    };
+    Ok(SocketRule {
+        slug,
+        source,
+        optional: s.optional,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+url = "http://127.0.0.1:8000/api/v1/"
+token_file = "token"
+state_dir = "state"
+
+[[folder]]
+path = "/srv/drop/lung"
+archive = "lung-archive"
+case = "patient*"
+quiet = "2s"
+
+  [[folder.socket]]
+  slug = "ct-image"
+  files = ["ct/*.dcm"]
+  [[folder.socket]]
+  slug = "report"
+  files = "report.pdf"
+  optional = true
+  [[folder.socket]]
+  slug = "lung-volume"
+  value_file = "volume.json"
+  [[folder.socket]]
+  slug = "site"
+  value = "Nijmegen"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/gc/hot.toml"), text)
+    }
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.server.token_file.as_deref(),
+            Some(Path::new("/etc/gc/token"))
+        );
+        assert_eq!(c.server.state_dir, Path::new("/etc/gc/state"));
+        let f = &c.folders[0];
+        assert_eq!(f.target, TargetKind::Archive);
+        assert_eq!(f.quiet, Duration::from_secs(2));
+        assert_eq!(f.title, "{case}");
+        assert_eq!(f.after, After::Leave);
+        assert_eq!(f.on_change, OnChange::Update);
+        assert!(f.case.is_match("patient7") && !f.case.is_match("other"));
+        assert!(
+            f.ignore.is_match("x.part")
+                && f.ignore.is_match(".hidden")
+                && !f.ignore.is_match("ct.dcm")
+        );
+        assert_eq!(f.sockets.len(), 4);
+        assert!(matches!(&f.sockets[3].source, RuleSource::Value(v) if v == "Nijmegen"));
+        assert!(f.sockets[1].optional);
+        assert_eq!(c.limits.part_size, 32 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let text = GOOD.replace("quiet = \"2s\"", "quiet = \"2s\"\nquite = \"3s\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line.map(|l| l.0), Some(12), "{e}");
+        assert_eq!(e.key.as_deref(), Some("quite"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/etc/gc/hot.toml:12:1: quite: unknown field `quite`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_file_line_and_key() {
+        let text = GOOD.replace("quiet = \"2s\"", "quiet = \"soon\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("folder[0].quiet"));
+        assert_eq!(e.line.map(|l| l.0), Some(11));
+
+        let text = GOOD.replace(
+            "archive = \"lung-archive\"",
+            "archive = \"a\"\nreader_study = \"b\"",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("folder[0].reader_study"), "{e}");
+
+        let text = GOOD.replace(
+            "value = \"Nijmegen\"",
+            "value = \"x\"\n  value_file = \"y.json\"",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("folder[0].socket[3]"), "{e}");
+        assert!(e.message.contains("exactly one"), "{e}");
+
+        let text = GOOD.replace("files = \"report.pdf\"", "files = \"../report.pdf\"");
+        assert_eq!(
+            parse(&text).unwrap_err().key.as_deref(),
+            Some("folder[0].socket[1].files")
+        );
+
+        let text = GOOD.replace("127.0.0.1:8000", "example.org");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line.map(|l| l.0)),
+            (Some("server.url"), Some(3)),
+            "{e}"
+        );
+
+        let text = GOOD.replace(
+            "case = \"patient*\"",
+            "case = \"patient*\"\ntitle = \"{patient}\"",
+        );
+        assert!(parse(&text).unwrap_err().message.contains("{patient}"));
+    }
+
+    #[test]
+    fn overlapping_folders_are_rejected() {
+        let extra = "\n[[folder]]\npath = \"/srv/drop/lung/sub\"\narchive = \"x\"\n  [[folder.socket]]\n  slug = \"s\"\n  value = 1\n";
+        let e = parse(&format!("{GOOD}{extra}")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("folder[1].path"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_size("5 MB"), Ok(5_000_000));
+        assert_eq!(parse_size("7"), Ok(7));
+        assert!(parse_size("lots").is_err());
+    }
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.folders[0].sockets.len(), 5);
+        assert_eq!(
+            c.folders[0].after,
+            After::Move(PathBuf::from("/srv/drop/done"))
+        );
+    }
+}

@@ -1,1 +1,454 @@
-//! TODO
+//! Delivery of one planned case: check → item → uploads → one PATCH → verify on the server.
+//!
+//! Everything that can be checked before anything is created on the platform is checked first (sockets
+//! exist and fit their rules, value files are valid JSON), so a bad case leaves nothing half-made. The
+//! outcome is classified for the caller: quarantine the case, pause the target, or try again later.
+
+use std::path::Path;
+
+use futures_util::future::try_join_all;
+
+use std::sync::Mutex;
+
+use crate::gc::models::UserUpload;
+use crate::gc::uploads::{LocalFile, ResumeFrom, UploadObserver};
+use crate::gc::verify::{Awaiting, Expectation, VerifyTiming};
+use crate::gc::{
+    Client, GcError, Item, Socket, SuperKind, Target, ValueEntry, models::ValueSource,
+};
+use crate::journal::Step;
+use crate::rules::{Plan, PlannedFile, Source};
+
+/// Value files larger than this are refused: large structured values belong in file sockets.
+pub const MAX_VALUE_FILE: u64 = 16 << 20;
+
+/// Where a delivery reports its progress, so that it can be resumed after a crash at any instant.
+/// Every hook is called after the platform confirmed the step and before the next step starts.
+pub trait Checkpoints: Send + Sync {
+    /// The item exists (created or adopted): record its pk before anything is uploaded into it.
+    fn item(&self, _pk: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// The delivery moves on to `step`.
+    fn step(&self, _step: Step) -> Result<(), String> {
+        Ok(())
+    }
+    /// An upload was created for the file at `path` (relative to the case); no part is sent yet.
+    fn upload_created(&self, _path: &str, _upload: &UserUpload) -> Result<(), String> {
+        Ok(())
+    }
+    fn part_done(&self, _upload_pk: &str, _part: u32, _etag: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn upload_completed(&self, _path: &str, _upload: &UserUpload) -> Result<(), String> {
+        Ok(())
+    }
+    /// Bytes just sent, for progress bars and metrics.
+    fn progress(&self, _bytes: u64) {}
+    /// An upload an earlier, interrupted attempt made for this file.
+    fn earlier_upload(&self, _path: &str) -> Option<EarlierUpload> {
+        None
+    }
+    /// Asked after the uploads, before the PATCH: is the case still exactly what was planned? A file
+    /// rewritten during the upload must not end up on the platform half old, half new.
+    fn unchanged(&self) -> bool {
+        true
+    }
+}
+
+/// No journal: the one-shot upload without progress output.
+pub struct NoCheckpoints;
+impl Checkpoints for NoCheckpoints {}
+
+/// What an interrupted attempt left for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EarlierUpload {
+    /// Completed: reusable as long as the platform still has it (not consumed, not expired).
+    Completed { upload_pk: String, api_url: String },
+    /// Still open: resume it via list-parts.
+    Open(ResumeFrom),
+}
+
+/// Forwards one file's upload events to the case's checkpoints, keeping the first failure to record.
+struct FileObserver<'a> {
+    path: &'a str,
+    cp: &'a dyn Checkpoints,
+    failed: &'a Mutex<Option<String>>,
+}
+
+impl FileObserver<'_> {
+    fn keep(&self, r: Result<(), String>) {
+        if let Err(e) = r {
+            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            f.get_or_insert(e);
+        }
+    }
+}
+
+impl UploadObserver for FileObserver<'_> {
+    fn created(&self, upload: &UserUpload) {
+        self.keep(self.cp.upload_created(self.path, upload));
+    }
+    fn part_done(&self, upload_pk: &str, part: u32, etag: &str) {
+        self.keep(self.cp.part_done(upload_pk, part, etag));
+    }
+    fn progress(&self, bytes: u64) {
+        self.cp.progress(bytes);
+    }
+}
+
+/// Which item the case goes into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemStart {
+    /// Create an item titled after the case. If the title is taken by an item without values (our own
+    /// creation whose response was lost, or an empty leftover), that item is adopted instead.
+    New,
+    /// Update this existing item (a resumed delivery, or late files in a delivered case).
+    Existing(String),
+}
+
+/// What the platform holds after a verified delivery.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub target: Target,
+    pub item_pk: String,
+    pub item_api_url: String,
+    pub sockets: Vec<SocketResult>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SocketResult {
+    pub slug: String,
+    pub value_pk: i64,
+    pub value: Option<serde_json::Value>,
+    pub image: Option<String>,
+    pub file: Option<String>,
+}
+
+/// Why a delivery did not complete, sorted by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// The case cannot be delivered as it is; the reason is for the receipt, in the platform's words where
+    /// it gave any.
+    #[error("{0}")]
+    Quarantine(String),
+    /// The token may not do this: pause the target and alert, rather than failing case after case.
+    #[error("{0}")]
+    Auth(Box<GcError>),
+    /// The platform is unavailable or over a quota: the same delivery can succeed later.
+    #[error("{0}")]
+    Later(Box<GcError>),
+    /// The case changed while it was being uploaded: settle it again and deliver the new content.
+    #[error("the case changed while it was being uploaded")]
+    Changed,
+    /// A checkpoint could not be recorded: continuing would risk a duplicate after a crash.
+    #[error("cannot record progress: {0}")]
+    Checkpoint(String),
+}
+
+impl From<GcError> for DeliverError {
+    fn from(e: GcError) -> Self {
+        match e {
+            GcError::Auth { .. } => DeliverError::Auth(Box::new(e)),
+            // Not the case's fault; a dead upload is simply made again by the next attempt.
+            GcError::TooManyUploads(_)
+            | GcError::UploadLimit(_)
+            | GcError::Unavailable { .. }
+            | GcError::UploadDead { .. }
+            | GcError::Protocol { .. }
+            | GcError::Config(_) => DeliverError::Later(Box::new(e)),
+            GcError::Rejected { .. }
+            | GcError::NotFound(_)
+            | GcError::ImportFailed { .. }
+            | GcError::VerifyTimeout { .. }
+            | GcError::Io { .. } => DeliverError::Quarantine(e.to_string()),
+        }
+    }
+}
+
+/// How one socket's value travels, decided from the rule and the socket's super kind.
+enum Route<'a> {
+    Image(&'a [PlannedFile]),
+    DicomImageSet(&'a [PlannedFile], &'a str),
+    File(&'a PlannedFile),
+    Value(serde_json::Value),
+}
+
+fn quarantine(msg: String) -> DeliverError {
+    DeliverError::Quarantine(msg)
+}
+
+/// Decide the route of one socket, refusing combinations the platform would reject.
+fn route<'a>(
+    case_dir: &Path,
+    socket: &Socket,
+    source: &'a Source,
+) -> Result<Route<'a>, DeliverError> {
+    let slug = &socket.slug;
+    let kind = &socket.kind;
+    Ok(match (source, socket.super_kind) {
+        (Source::Files(_), SuperKind::Image) if socket.is_dicom_image_set() => {
+            return Err(quarantine(format!(
+                "socket {slug} is a DICOM image set: its rule needs an image_name"
+            )));
+        }
+        (Source::Files(files), SuperKind::Image) => Route::Image(files),
+        (Source::Files(files), SuperKind::File) => match files.as_slice() {
+            [one] => Route::File(one),
+            many => {
+                let names: Vec<&str> = many.iter().map(|f| f.path.as_str()).collect();
+                return Err(quarantine(format!(
+                    "socket {slug} ({kind}) takes exactly one file, but {} match: {}",
+                    many.len(),
+                    names.join(", ")
+                )));
+            }
+        },
+        (Source::DicomImageSet { files, image_name }, SuperKind::Image)
+            if socket.is_dicom_image_set() =>
+        {
+            Route::DicomImageSet(files, image_name)
+        }
+        (Source::DicomImageSet { .. }, _) => {
+            return Err(quarantine(format!(
+                "socket {slug} is a {kind} socket, not a DICOM image set: remove image_name"
+            )));
+        }
+        (Source::ValueFile(f), SuperKind::Value) => Route::Value(read_value_file(case_dir, f)?),
+        (Source::ValueFile(f), SuperKind::File) => Route::File(f),
+        (Source::Value(v), SuperKind::Value) => Route::Value(v.clone()),
+        (Source::Files(_), SuperKind::Value) => {
+            return Err(quarantine(format!(
+                "socket {slug} takes a {kind} value, not files: use value_file or value"
+            )));
+        }
+        (Source::ValueFile(_) | Source::Value(_), SuperKind::Image) => {
+            return Err(quarantine(format!(
+                "socket {slug} is an image socket ({kind}): give files"
+            )));
+        }
+        (Source::Value(_), SuperKind::File) => {
+            return Err(quarantine(format!(
+                "socket {slug} stores its {kind} value as a file: use value_file"
+            )));
+        }
+    })
+}
+
+fn read_value_file(case_dir: &Path, f: &PlannedFile) -> Result<serde_json::Value, DeliverError> {
+    if f.size > MAX_VALUE_FILE {
+        return Err(quarantine(format!(
+            "{}: {} bytes is too large for a value (at most {MAX_VALUE_FILE})",
+            f.path, f.size
+        )));
+    }
+    let bytes = std::fs::read(case_dir.join(&f.rel))
+        .map_err(|e| quarantine(format!("{}: cannot read: {e}", f.path)))?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| quarantine(format!("{} is not valid JSON: {e}", f.path)))?;
+    if value.is_null() {
+        return Err(quarantine(format!(
+            "{}: null is never accepted as a value",
+            f.path
+        )));
+    }
+    Ok(value)
+}
+
+/// Deliver `plan` (files read from `case_dir`) and verify it on the server.
+pub async fn deliver(
+    client: &Client,
+    case_dir: &Path,
+    plan: &Plan,
+    start: ItemStart,
+    timing: &VerifyTiming,
+    cp: &dyn Checkpoints,
+) -> Result<Delivered, DeliverError> {
+    let target = client
+        .resolve_target(plan.target, &plan.target_slug)
+        .await
+        .map_err(|e| match e {
+            GcError::NotFound(m) => quarantine(m),
+            e => e.into(),
+        })?;
+
+    // Everything checkable is checked before the item exists.
+    let mut routes = Vec::with_capacity(plan.sockets.len());
+    for sp in &plan.sockets {
+        let socket = client.socket(&sp.slug).await.map_err(|e| match e {
+            GcError::NotFound(_) => {
+                quarantine(format!("socket {} does not exist on the platform", sp.slug))
+            }
+            e => e.into(),
+        })?;
+        routes.push((sp.slug.as_str(), route(case_dir, &socket, &sp.source)?));
+    }
+
+    cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
+    let item = match start {
+        ItemStart::New => create_or_adopt(client, &target, &plan.title).await?,
+        ItemStart::Existing(pk) => client.get_item(&target, &pk).await?,
+    };
+    cp.item(&item.pk).map_err(DeliverError::Checkpoint)?;
+    cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
+
+    // All files of all sockets at once; the client bounds files and parts in flight.
+    let files: Vec<&PlannedFile> = routes
+        .iter()
+        .flat_map(|(_, r)| match r {
+            Route::Image(fs) | Route::DicomImageSet(fs, _) => fs.iter().collect::<Vec<_>>(),
+            Route::File(f) => vec![*f],
+            Route::Value(_) => vec![],
+        })
+        .collect();
+    let failed = Mutex::new(None);
+    let uploads = try_join_all(
+        files
+            .iter()
+            .map(|f| upload_one(client, case_dir, f, cp, &failed)),
+    )
+    .await?;
+    if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(DeliverError::Checkpoint(e));
+    }
+    let url_of = |f: &PlannedFile| -> String {
+        files
+            .iter()
+            .position(|g| g.rel == f.rel)
+            .map(|i| uploads[i].api_url.clone())
+            .unwrap_or_default()
+    };
+
+    let mut entries = Vec::with_capacity(routes.len());
+    let mut expectations = Vec::with_capacity(routes.len());
+    for (slug, r) in &routes {
+        let previous_pk = item.value_for(slug).map(|v| v.pk);
+        let (source, awaiting, previous_pk) = match r {
+            Route::Image(fs) => {
+                let urls: Vec<String> = fs.iter().map(&url_of).collect();
+                (
+                    ValueSource::UserUploads(urls.clone()),
+                    Awaiting::Image { uploads: urls },
+                    previous_pk,
+                )
+            }
+            Route::DicomImageSet(fs, name) => {
+                let urls: Vec<String> = fs.iter().map(&url_of).collect();
+                let source = ValueSource::DicomImageSet {
+                    uploads: urls.clone(),
+                    image_name: name.to_string(),
+                };
+                (
+                    source,
+                    Awaiting::DicomImageSet { uploads: urls },
+                    previous_pk,
+                )
+            }
+            Route::File(f) => {
+                let url = url_of(f);
+                (
+                    ValueSource::UserUpload(url.clone()),
+                    Awaiting::File { upload: url },
+                    previous_pk,
+                )
+            }
+            // Values are deduplicated platform-wide: the pk may legitimately stay the same.
+            Route::Value(v) => (
+                ValueSource::Value(v.clone()),
+                Awaiting::Value(v.clone()),
+                None,
+            ),
+        };
+        entries.push(ValueEntry {
+            socket: slug.to_string(),
+            source,
+        });
+        expectations.push(Expectation {
+            socket: slug.to_string(),
+            previous_pk,
+            awaiting,
+        });
+    }
+
+    if !cp.unchanged() {
+        return Err(DeliverError::Changed);
+    }
+    cp.step(Step::Patching).map_err(DeliverError::Checkpoint)?;
+    client.patch_values(&target, &item.pk, &entries).await?;
+    cp.step(Step::Verifying).map_err(DeliverError::Checkpoint)?;
+    let done = client
+        .await_values(&target, &item.pk, &expectations, timing)
+        .await?;
+    let sockets = plan
+        .sockets
+        .iter()
+        .filter_map(|sp| done.value_for(&sp.slug))
+        .map(|v| SocketResult {
+            slug: v.interface.slug().to_owned(),
+            value_pk: v.pk,
+            value: v.value.clone(),
+            image: v.image.clone(),
+            file: v.file.clone(),
+        })
+        .collect();
+    Ok(Delivered {
+        item_api_url: client.item_api_url(&target, &item.pk),
+        item_pk: item.pk,
+        target,
+        sockets,
+    })
+}
+
+/// Upload one file, reusing or resuming what an interrupted attempt left where the platform still has it.
+async fn upload_one(
+    client: &Client,
+    case_dir: &Path,
+    f: &PlannedFile,
+    cp: &dyn Checkpoints,
+    failed: &Mutex<Option<String>>,
+) -> Result<UserUpload, GcError> {
+    let local = LocalFile {
+        path: case_dir.join(&f.rel),
+        filename: f.upload_name.clone(),
+    };
+    let observer = FileObserver {
+        path: &f.path,
+        cp,
+        failed,
+    };
+    let resume = match cp.earlier_upload(&f.path) {
+        Some(EarlierUpload::Completed { upload_pk, api_url }) => {
+            match client.get_upload(&upload_pk).await? {
+                Some(u) if u.status == "Completed" && u.api_url == api_url => return Ok(u),
+                _ => None,
+            }
+        }
+        Some(EarlierUpload::Open(r)) => Some(r),
+        None => None,
+    };
+    let upload = client
+        .upload_file(&local, resume.as_ref(), &observer)
+        .await?;
+    observer.keep(cp.upload_completed(&f.path, &upload));
+    Ok(upload)
+}
+
+/// Create the item; if its title is taken, adopt that item only if it holds no values.
+async fn create_or_adopt(
+    client: &Client,
+    target: &Target,
+    title: &str,
+) -> Result<Item, DeliverError> {
+    match client.create_item(target, title).await {
+        Ok(item) => Ok(item),
+        Err(e) if e.is_duplicate_title() => match client.find_item_by_title(target, title).await? {
+            Some(existing) if existing.values.is_empty() => Ok(existing),
+            Some(existing) => Err(quarantine(format!(
+                "an item titled \"{title}\" already exists in {} with values (pk {}); not overwriting it",
+                target.slug, existing.pk
+            ))),
+            None => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}

@@ -8,22 +8,38 @@
 //!  receipt + post-action ◄── deliver (create → upload → PATCH → verify) ◄── journal
 //! ```
 //!
+//! - [`agent`]    the daemon's loop: hints → readiness → plan → journal → delivery tasks → receipts.
 //! - [`config`]   the TOML configuration: schema, loading, validation with file:line errors.
+//! - [`watch`]    which cases may have changed: filesystem events, polling and scans, all mere hints.
+//! - [`settle`]   stat snapshots of a case, and the decision that it has stopped changing.
 //! - [`rules`]    which files of a case go to which socket, the title and the manifest hash (pure).
+//! - [`journal`]  SQLite record of every case and every delivery step: the truth after a restart.
 //! - [`deliver`]  one planned case against the platform, step by step.
 //! - [`receipt`]  the JSON receipt per case and the append-only audit log, written atomically.
 //! - [`gc`]       the Grand Challenge client: auth, retries, S3 multipart uploads, items, verification.
 //! - [`sandbox`]  a Grand Challenge–compatible server for tests, the demo and benchmarks.
 //! - [`samples`]  tiny but real medical images (MetaImage, NIfTI, DICOM, TIFF) for tests and the demo.
 //! - [`fsutil`]   atomic file writes (temp file, fsync, rename) shared by receipts and state files.
+//! - [`upload`]   the one-shot `upload` command: cases given on the command line, with progress bars.
+//! - [`commands`] `run`, `check`, `explain`, `retry`: operating the agent.
+//! - [`demo`]     the sandbox and the agent together on loopback, for trying it without an account.
+//! - [`service`]  systemd notifications: ready, status line, watchdog, stopping, reloading.
 //! - [`cli`]      the command-line interface; `main.rs` only parses and dispatches.
 
+pub mod agent;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod deliver;
+pub mod demo;
 pub mod fsutil;
 pub mod gc;
+pub mod journal;
 pub mod receipt;
 pub mod rules;
 pub mod samples;
 pub mod sandbox;
+pub mod service;
+pub mod settle;
+pub mod upload;
+pub mod watch;

@@ -1,1 +1,280 @@
-//! TODO
+//! Receipts: the proof, per case, of what was delivered where — or why it was not.
+//!
+//! A receipt is a JSON file per case, replaced atomically, plus one line in an append-only JSONL audit log.
+//! It is what an operator or a script reads to find the created item; it never contains the token.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::write_atomic;
+use crate::gc::TargetKind;
+
+/// Bump when the receipt's shape changes incompatibly.
+pub const RECEIPT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Delivered,
+    Quarantined,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub receipt_version: u32,
+    pub outcome: Outcome,
+    /// Absolute path of the case folder when it was delivered.
+    pub case_path: String,
+    /// The case folder relative to its drop folder (its name, for cases directly inside it).
+    pub case: String,
+    pub title: String,
+    pub target: TargetRef,
+    pub item: Option<ItemRef>,
+    pub manifest_hash: String,
+    pub sockets: Vec<SocketReceipt>,
+    /// Files in the case that no rule took.
+    #[serde(default)]
+    pub unmatched: Vec<String>,
+    /// Entries that are not regular files (symbolic links are never followed).
+    #[serde(default)]
+    pub skipped: Vec<String>,
+    /// Why the case was quarantined, in the platform's own words where it gave any.
+    pub reason: Option<String>,
+    /// How readiness was decided (e.g. "quiet for 30s", "marker DONE present", "one-shot upload").
+    pub readiness: String,
+    /// 1 for the first delivery of a case, then one more for every update of the same item.
+    pub revision: u32,
+    pub attempts: u32,
+    pub started: String,
+    pub finished: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRef {
+    pub kind: TargetKind,
+    pub slug: String,
+    pub pk: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRef {
+    pub pk: String,
+    pub api_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SocketReceipt {
+    pub slug: String,
+    pub files: Vec<FileReceipt>,
+    /// The socket value's pk on the platform once verified.
+    pub value_pk: Option<i64>,
+    pub value: Option<serde_json::Value>,
+    pub image: Option<String>,
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileReceipt {
+    pub path: String,
+    pub upload_name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Where receipts of one target's cases live: `<dir>/<target slug>/<case path with / as __>.json`.
+pub fn receipt_path(dir: &Path, target_slug: &str, case_path: &str) -> PathBuf {
+    let safe = |s: &str| s.replace('/', "__").replace('\0', "");
+    dir.join(safe(target_slug))
+        .join(format!("{}.json", safe(case_path)))
+}
+
+/// Write the receipt atomically, then append it as one line to `<dir>/audit.jsonl`.
+pub fn write(dir: &Path, receipt: &Receipt) -> std::io::Result<PathBuf> {
+    let path = receipt_path(dir, &receipt.target.slug, &receipt.case);
+    let mut json = serde_json::to_vec_pretty(receipt).map_err(std::io::Error::other)?;
+    json.push(b'\n');
+    write_atomic(&path, &json)?;
+    let mut line = serde_json::to_vec(receipt).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut audit = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("audit.jsonl"))?;
+    // One write call per line: appends of a single write are not interleaved with other writers.
+    audit.write_all(&line)?;
+    audit.sync_data()?;
+    Ok(path)
+}
+
+/// Read a receipt back.
+pub fn read(path: &Path) -> std::io::Result<Receipt> {
+    let bytes = std::fs::read(path)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The facts every receipt of a case carries, delivered or not.
+pub struct CaseFacts<'a> {
+    pub case_dir: &'a Path,
+    pub plan: Option<&'a crate::rules::Plan>,
+    pub manifest: Option<&'a crate::rules::Manifest>,
+    pub target: TargetRef,
+    /// The case's path inside its drop folder.
+    pub case: String,
+    pub skipped: Vec<String>,
+    pub readiness: String,
+    pub attempts: u32,
+    pub revision: u32,
+    pub started: (String, std::time::Instant),
+}
+
+impl Receipt {
+    fn from_facts(f: CaseFacts<'_>, outcome: Outcome) -> Receipt {
+        let manifest = f.manifest;
+        let sockets = f
+            .plan
+            .map(|p| {
+                p.sockets
+                    .iter()
+                    .map(|s| SocketReceipt {
+                        slug: s.slug.clone(),
+                        files: s
+                            .source
+                            .files()
+                            .into_iter()
+                            .map(|pf| FileReceipt {
+                                path: pf.path.clone(),
+                                upload_name: pf.upload_name.clone(),
+                                size: pf.size,
+                                sha256: manifest
+                                    .and_then(|m| m.entries.iter().find(|e| e.path == pf.path))
+                                    .map(|e| e.sha256.clone())
+                                    .unwrap_or_default(),
+                            })
+                            .collect(),
+                        value_pk: None,
+                        value: None,
+                        image: None,
+                        file: None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Receipt {
+            receipt_version: RECEIPT_VERSION,
+            outcome,
+            case_path: f.case_dir.to_string_lossy().into_owned(),
+            case: f.case,
+            title: f.plan.map(|p| p.title.clone()).unwrap_or_default(),
+            target: f.target,
+            item: None,
+            manifest_hash: manifest.map(|m| m.hash.clone()).unwrap_or_default(),
+            sockets,
+            unmatched: f.plan.map(|p| p.unmatched.clone()).unwrap_or_default(),
+            skipped: f.skipped,
+            reason: None,
+            readiness: f.readiness,
+            revision: f.revision,
+            attempts: f.attempts,
+            started: f.started.0,
+            finished: now_rfc3339(),
+            seconds: f.started.1.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// The receipt of a verified delivery.
+    pub fn delivered(facts: CaseFacts<'_>, d: &crate::deliver::Delivered) -> Receipt {
+        let mut r = Receipt::from_facts(facts, Outcome::Delivered);
+        r.target.pk = Some(d.target.pk.clone());
+        r.target.url = Some(d.target.url.clone());
+        r.item = Some(ItemRef {
+            pk: d.item_pk.clone(),
+            api_url: d.item_api_url.clone(),
+        });
+        for s in &mut r.sockets {
+            if let Some(v) = d.sockets.iter().find(|v| v.slug == s.slug) {
+                s.value_pk = Some(v.value_pk);
+                s.value = v.value.clone();
+                s.image = v.image.clone();
+                s.file = v.file.clone();
+            }
+        }
+        r
+    }
+
+    /// The receipt of a case that could not be delivered, with the reason.
+    pub fn quarantined(facts: CaseFacts<'_>, reason: String, item: Option<ItemRef>) -> Receipt {
+        let mut r = Receipt::from_facts(facts, Outcome::Quarantined);
+        r.reason = Some(reason);
+        r.item = item;
+        r
+    }
+}
+
+/// RFC 3339 UTC timestamp for receipts.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Receipt {
+        Receipt {
+            receipt_version: RECEIPT_VERSION,
+            outcome: Outcome::Delivered,
+            case_path: "/drop/p1".into(),
+            case: "p1".into(),
+            title: "p1".into(),
+            target: TargetRef {
+                kind: TargetKind::Archive,
+                slug: "a".into(),
+                pk: Some("pk".into()),
+                url: None,
+            },
+            item: Some(ItemRef {
+                pk: "i".into(),
+                api_url: "http://x/api/v1/archives/items/i/".into(),
+            }),
+            manifest_hash: "h".into(),
+            sockets: vec![],
+            unmatched: vec![],
+            skipped: vec![],
+            reason: None,
+            readiness: "one-shot upload".into(),
+            revision: 1,
+            attempts: 1,
+            started: now_rfc3339(),
+            finished: now_rfc3339(),
+            seconds: 0.5,
+        }
+    }
+
+    #[test]
+    fn writes_atomically_and_appends_to_the_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = sample();
+        let p = write(dir.path(), &r).unwrap();
+        assert_eq!(p, dir.path().join("a/p1.json"));
+        assert_eq!(read(&p).unwrap(), r);
+        write(dir.path(), &r).unwrap();
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert_eq!(audit.lines().count(), 2);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            leftovers.len(),
+            1,
+            "no temp files left behind: {leftovers:?}"
+        );
+    }
+}

@@ -1,1 +1,715 @@
-//! TODO
+//! Which files of a case go to which socket, the item's title, and the manifest that identifies the case.
+//!
+//! Everything here is a pure function of the folder's rules and a list of files, so the mapping can be
+//! explained (`explain`) and tested without a server, a clock or a disk. The one I/O helper,
+//! [`hash_files`], is kept apart and only reads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{Folder, RuleSource};
+use crate::gc::TargetKind;
+
+/// The platform refuses longer upload file names (gc-protocol.md §2.2).
+pub const MAX_UPLOAD_NAME: usize = 128;
+
+/// A regular file inside a case, relative to the case folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseFile {
+    pub rel: PathBuf,
+    pub size: u64,
+}
+
+/// A file as it will be uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlannedFile {
+    /// Path relative to the case folder (lossy UTF-8 for display; the real path is `rel`).
+    pub path: String,
+    #[serde(skip)]
+    pub rel: PathBuf,
+    /// The name the platform stores it under: the base name, unless two files of one socket share it.
+    pub upload_name: String,
+    pub size: u64,
+}
+
+/// Where one socket's value comes from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// One image from one or many files, or one file for a file socket (decided by the socket's super kind).
+    Files(Vec<PlannedFile>),
+    /// The files of one DICOM series as a DICOM image set.
+    DicomImageSet {
+        files: Vec<PlannedFile>,
+        image_name: String,
+    },
+    /// A JSON file holding the value.
+    ValueFile(PlannedFile),
+    /// A constant from the config.
+    Value(serde_json::Value),
+}
+
+impl Source {
+    pub fn files(&self) -> Vec<&PlannedFile> {
+        match self {
+            Source::Files(f) | Source::DicomImageSet { files: f, .. } => f.iter().collect(),
+            Source::ValueFile(f) => vec![f],
+            Source::Value(_) => vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SocketPlan {
+    pub slug: String,
+    pub source: Source,
+}
+
+/// What a ready case becomes: a title in a target and a value per socket.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Plan {
+    /// The case folder's name.
+    pub case: String,
+    /// The case folder relative to its drop folder.
+    pub case_path: String,
+    pub title: String,
+    pub target: TargetKind,
+    pub target_slug: String,
+    pub sockets: Vec<SocketPlan>,
+    /// Files no rule took (reported in the receipt, not uploaded).
+    pub unmatched: Vec<String>,
+}
+
+/// Why a case cannot be planned. Each says what to fix in the case folder or the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanError {
+    NoFiles {
+        socket: String,
+        patterns: Vec<String>,
+    },
+    ValueFileMissing {
+        socket: String,
+        file: String,
+    },
+    EmptyFile {
+        path: String,
+    },
+    Ambiguous {
+        path: String,
+        first: String,
+        second: String,
+    },
+    NameTooLong {
+        path: String,
+    },
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::NoFiles { socket, patterns } => {
+                write!(
+                    f,
+                    "socket {socket}: no file matches {}",
+                    patterns.join(", ")
+                )
+            }
+            PlanError::ValueFileMissing { socket, file } => {
+                write!(f, "socket {socket}: value file {file} is missing")
+            }
+            PlanError::EmptyFile { path } => write!(
+                f,
+                "{path} is empty (0 bytes); an empty file is never a valid value"
+            ),
+            PlanError::Ambiguous {
+                path,
+                first,
+                second,
+            } => {
+                write!(
+                    f,
+                    "{path} matches the rules of both socket {first} and socket {second}"
+                )
+            }
+            PlanError::NameTooLong { path } => {
+                write!(
+                    f,
+                    "{path}: the platform accepts file names of at most {MAX_UPLOAD_NAME} characters"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// Fill a title or image-name template.
+pub fn render(template: &str, case: &str, case_path: &str) -> String {
+    template
+        .replace("{case}", case)
+        .replace("{path}", case_path)
+}
+
+fn lossy(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The case a path inside a drop folder belongs to: its first `depth` components, if they name a case.
+pub fn case_of(folder: &Folder, path: &Path) -> Option<PathBuf> {
+    let rel = path.strip_prefix(&folder.path).ok()?;
+    let comps: Vec<Component> = rel.components().take(folder.depth).collect();
+    if comps.len() < folder.depth || comps.iter().any(|c| !matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    let case_rel: PathBuf = comps.iter().collect();
+    let name = case_rel.file_name()?;
+    folder
+        .case
+        .is_match(Path::new(name))
+        .then(|| folder.path.join(case_rel))
+}
+
+/// Is this file one the folder's rules treat as "still being written" (temp files of copy tools, editors)?
+pub fn is_ignored(folder: &Folder, rel: &Path) -> bool {
+    rel.components()
+        .any(|c| folder.ignore.is_match(Path::new(c.as_os_str())))
+}
+
+/// Map the files of a ready case to sockets.
+pub fn plan(folder: &Folder, case_path: &Path, files: &[CaseFile]) -> Result<Plan, PlanError> {
+    let case = case_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let case_rel = lossy(case_path.strip_prefix(&folder.path).unwrap_or(case_path));
+    let candidates: Vec<&CaseFile> = files
+        .iter()
+        .filter(|f| {
+            !is_ignored(folder, &f.rel)
+                && folder.marker.as_deref().map(Path::new) != Some(f.rel.as_path())
+        })
+        .collect();
+
+    let mut taken: BTreeMap<&Path, &str> = BTreeMap::new();
+    let mut sockets = Vec::new();
+    for rule in &folder.sockets {
+        let matched: Vec<&CaseFile> = match &rule.source {
+            RuleSource::Files { matcher, .. } | RuleSource::DicomImageSet { matcher, .. } => {
+                candidates
+                    .iter()
+                    .copied()
+                    .filter(|f| matcher.is_match(&f.rel))
+                    .collect()
+            }
+            RuleSource::ValueFile(name) => candidates
+                .iter()
+                .copied()
+                .filter(|f| f.rel == Path::new(name))
+                .collect(),
+            RuleSource::Value(_) => vec![],
+        };
+        for f in &matched {
+            if let Some(first) = taken.insert(&f.rel, &rule.slug) {
+                return Err(PlanError::Ambiguous {
+                    path: lossy(&f.rel),
+                    first: first.into(),
+                    second: rule.slug.clone(),
+                });
+            }
+            if f.size == 0 {
+                return Err(PlanError::EmptyFile {
+                    path: lossy(&f.rel),
+                });
+            }
+        }
+        let planned = planned_files(&matched)?;
+        let source = match &rule.source {
+            RuleSource::Value(v) => Some(Source::Value(v.clone())),
+            _ if planned.is_empty() && rule.optional => None,
+            RuleSource::Files { patterns, .. } | RuleSource::DicomImageSet { patterns, .. }
+                if planned.is_empty() =>
+            {
+                return Err(PlanError::NoFiles {
+                    socket: rule.slug.clone(),
+                    patterns: patterns.clone(),
+                });
+            }
+            RuleSource::ValueFile(name) if planned.is_empty() => {
+                return Err(PlanError::ValueFileMissing {
+                    socket: rule.slug.clone(),
+                    file: name.clone(),
+                });
+            }
+            RuleSource::Files { .. } => Some(Source::Files(planned)),
+            RuleSource::DicomImageSet { image_name, .. } => Some(Source::DicomImageSet {
+                files: planned,
+                image_name: render(image_name, &case, &case_rel),
+            }),
+            RuleSource::ValueFile(_) => planned.into_iter().next().map(Source::ValueFile),
+        };
+        if let Some(source) = source {
+            sockets.push(SocketPlan {
+                slug: rule.slug.clone(),
+                source,
+            });
+        }
+    }
+    let unmatched = candidates
+        .iter()
+        .filter(|f| !taken.contains_key(f.rel.as_path()))
+        .map(|f| lossy(&f.rel))
+        .collect();
+    Ok(Plan {
+        title: render(&folder.title, &case, &case_rel),
+        case,
+        case_path: case_rel,
+        target: folder.target,
+        target_slug: folder.target_slug.clone(),
+        sockets,
+        unmatched,
+    })
+}
+
+/// Upload names are base names; where two files of one socket share a base name, their relative paths
+/// (with `/` turned into `__`) keep them apart, because the platform's importer needs unique names.
+fn planned_files(matched: &[&CaseFile]) -> Result<Vec<PlannedFile>, PlanError> {
+    let base = |f: &CaseFile| {
+        f.rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for f in matched {
+        *counts.entry(base(f)).or_default() += 1;
+    }
+    let mut out: Vec<PlannedFile> = matched
+        .iter()
+        .map(|f| {
+            let b = base(f);
+            let upload_name = if counts[&b] > 1 {
+                lossy(&f.rel).replace('/', "__")
+            } else {
+                b
+            };
+            if upload_name.chars().count() > MAX_UPLOAD_NAME {
+                return Err(PlanError::NameTooLong {
+                    path: lossy(&f.rel),
+                });
+            }
+            Ok(PlannedFile {
+                path: lossy(&f.rel),
+                rel: f.rel.clone(),
+                upload_name,
+                size: f.size,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+/// What `explain` says about a path: which folder, case, rule and socket it maps to, or why none.
+pub fn explain(
+    config: &crate::config::Config,
+    path: &Path,
+    case_files: Option<&[CaseFile]>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(folder) = config.folder_for(path) else {
+        out.push(format!(
+            "{} is not inside any drop folder. The folders are:",
+            path.display()
+        ));
+        out.extend(
+            config
+                .folders
+                .iter()
+                .map(|f| format!("  folder[{}] {}", f.index, f.path.display())),
+        );
+        return out;
+    };
+    let target = match folder.target {
+        TargetKind::Archive => format!("archive {}", folder.target_slug),
+        TargetKind::ReaderStudy => format!("reader study {}", folder.target_slug),
+    };
+    out.push(format!(
+        "folder[{}] {} → {target}",
+        folder.index,
+        folder.path.display()
+    ));
+    if path == folder.path {
+        out.push(format!(
+            "this is the drop folder; its cases are the folders {} level(s) down whose name matches `{}`",
+            folder.depth, folder.case_pattern
+        ));
+        return out;
+    }
+    let Some(case_dir) = case_of(folder, path) else {
+        let rel = path.strip_prefix(&folder.path).unwrap_or(path);
+        let first: PathBuf = rel.components().take(folder.depth).collect();
+        out.push(format!(
+            "not part of a case: `{}` does not match the case pattern `{}` at depth {}",
+            first.display(),
+            folder.case_pattern,
+            folder.depth
+        ));
+        return out;
+    };
+    let case_name = case_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let case_rel = lossy(case_dir.strip_prefix(&folder.path).unwrap_or(&case_dir));
+    out.push(format!(
+        "case {case_rel}, title \"{}\"",
+        render(&folder.title, &case_name, &case_rel)
+    ));
+    if path != case_dir {
+        let rel = path.strip_prefix(&case_dir).unwrap_or(path);
+        out.push(explain_file(folder, rel));
+        return out;
+    }
+    let Some(files) = case_files else {
+        return out;
+    };
+    let temp: Vec<String> = files
+        .iter()
+        .filter(|f| is_ignored(folder, &f.rel))
+        .map(|f| lossy(&f.rel))
+        .collect();
+    if !temp.is_empty() {
+        out.push(format!(
+            "not ready: temporary files remain: {}",
+            temp.join(", ")
+        ));
+    }
+    if let Some(m) = &folder.marker
+        && !files.iter().any(|f| f.rel == Path::new(m))
+    {
+        out.push(format!("not ready: the marker file {m} is missing"));
+    }
+    match plan(folder, &case_dir, files) {
+        Err(e) => out.push(format!("cannot be planned: {e}")),
+        Ok(p) => {
+            for s in &p.sockets {
+                match &s.source {
+                    Source::Value(v) => out.push(format!(
+                        "  socket {} ← the value {v} from the config",
+                        s.slug
+                    )),
+                    Source::DicomImageSet { files, image_name } => out.push(format!(
+                        "  socket {} ← DICOM image set \"{image_name}\" from {} file(s)",
+                        s.slug,
+                        files.len()
+                    )),
+                    src => {
+                        let names: Vec<&str> =
+                            src.files().iter().map(|f| f.path.as_str()).collect();
+                        out.push(format!("  socket {} ← {}", s.slug, names.join(", ")));
+                    }
+                }
+            }
+            if !p.unmatched.is_empty() {
+                out.push(format!(
+                    "  not uploaded (no rule takes them): {}",
+                    p.unmatched.join(", ")
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn explain_file(folder: &Folder, rel: &Path) -> String {
+    if folder.marker.as_deref().map(Path::new) == Some(rel) {
+        return format!(
+            "{} is the completion marker; it is not uploaded",
+            rel.display()
+        );
+    }
+    if is_ignored(folder, rel) {
+        return format!(
+            "{} is a temporary file (ignore patterns); while it exists the case is not ready",
+            rel.display()
+        );
+    }
+    let hits: Vec<&str> = folder
+        .sockets
+        .iter()
+        .filter(|r| match &r.source {
+            RuleSource::Files { matcher, .. } | RuleSource::DicomImageSet { matcher, .. } => {
+                matcher.is_match(rel)
+            }
+            RuleSource::ValueFile(name) => Path::new(name) == rel,
+            RuleSource::Value(_) => false,
+        })
+        .map(|r| r.slug.as_str())
+        .collect();
+    match hits.as_slice() {
+        [] => format!(
+            "{} matches no socket rule; it is not uploaded",
+            rel.display()
+        ),
+        [one] => format!("{} → socket {one}", rel.display()),
+        many => format!(
+            "{} matches several socket rules ({}): the case cannot be planned",
+            rel.display(),
+            many.join(", ")
+        ),
+    }
+}
+
+/// One file of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ManifestEntry {
+    pub socket: String,
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What exactly was (or will be) delivered: the identity of a case's content.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub entries: Vec<ManifestEntry>,
+    /// SHA-256 over the sorted entries, the target and constant values: the idempotency key of a delivery.
+    pub hash: String,
+}
+
+impl Manifest {
+    /// Combine a plan with the files' digests (`sha256` by relative path).
+    pub fn new(plan: &Plan, sha256: &BTreeMap<String, String>) -> Manifest {
+        let mut entries: Vec<ManifestEntry> = plan
+            .sockets
+            .iter()
+            .flat_map(|s| {
+                s.source.files().into_iter().map(move |f| ManifestEntry {
+                    socket: s.slug.clone(),
+                    path: f.path.clone(),
+                    size: f.size,
+                    sha256: sha256.get(&f.path).cloned().unwrap_or_default(),
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| (&a.socket, &a.path).cmp(&(&b.socket, &b.path)));
+        let mut h = Sha256::new();
+        h.update(format!(
+            "{:?}\0{}\0{}\n",
+            plan.target, plan.target_slug, plan.title
+        ));
+        for e in &entries {
+            h.update(format!(
+                "{}\0{}\0{}\0{}\n",
+                e.socket, e.path, e.size, e.sha256
+            ));
+        }
+        for s in &plan.sockets {
+            if let Source::Value(v) = &s.source {
+                h.update(format!("{}\0={v}\n", s.slug));
+            }
+            if let Source::DicomImageSet { image_name, .. } = &s.source {
+                h.update(format!("{}\0name={image_name}\n", s.slug));
+            }
+        }
+        Manifest {
+            entries,
+            hash: hex::encode(h.finalize()),
+        }
+    }
+}
+
+/// SHA-256 of every planned file, streamed (memory stays flat whatever the size).
+pub fn hash_files(case_dir: &Path, plan: &Plan) -> std::io::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for s in &plan.sockets {
+        for f in s.source.files() {
+            let mut file = std::fs::File::open(case_dir.join(&f.rel))?;
+            let mut h = Sha256::new();
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            out.insert(f.path.clone(), hex::encode(h.finalize()));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn folder(sockets: &str) -> Folder {
+        let text = format!(
+            "[server]\nurl = \"http://localhost/api/v1/\"\n[[folder]]\npath = \"/drop\"\narchive = \"a\"\ncase = \"p*\"\nmarker = \"DONE\"\n{sockets}"
+        );
+        Config::parse(Path::new("/c.toml"), &text)
+            .unwrap()
+            .folders
+            .remove(0)
+    }
+
+    fn files(list: &[(&str, u64)]) -> Vec<CaseFile> {
+        list.iter()
+            .map(|(p, s)| CaseFile {
+                rel: PathBuf::from(p),
+                size: *s,
+            })
+            .collect()
+    }
+
+    const RULES: &str = "[[folder.socket]]\nslug = \"ct\"\nfiles = \"ct/**/*.dcm\"\n[[folder.socket]]\nslug = \"report\"\nfiles = \"report.pdf\"\noptional = true\n[[folder.socket]]\nslug = \"score\"\nvalue_file = \"score.json\"\n[[folder.socket]]\nslug = \"site\"\nvalue = 3\n";
+
+    #[test]
+    fn maps_files_to_sockets_and_renders_the_title() {
+        let f = folder(RULES);
+        let p = plan(
+            &f,
+            Path::new("/drop/p1"),
+            &files(&[
+                ("ct/a.dcm", 10),
+                ("ct/b.dcm", 11),
+                ("score.json", 3),
+                ("notes.txt", 5),
+                ("DONE", 0),
+                ("x.part", 9),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.title, "p1");
+        let slugs: Vec<&str> = p.sockets.iter().map(|s| s.slug.as_str()).collect();
+        assert_eq!(
+            slugs,
+            ["ct", "score", "site"],
+            "the optional report is left out"
+        );
+        assert_eq!(p.sockets[0].source.files().len(), 2);
+        assert_eq!(
+            p.unmatched,
+            ["notes.txt"],
+            "marker and temp files are neither uploaded nor unmatched"
+        );
+        assert_eq!(p.sockets[2].source, Source::Value(serde_json::json!(3)));
+    }
+
+    #[test]
+    fn missing_sources_and_empty_files_are_errors_that_name_the_socket() {
+        let f = folder(RULES);
+        let e = plan(&f, Path::new("/drop/p1"), &files(&[("score.json", 3)])).unwrap_err();
+        assert_eq!(e.to_string(), "socket ct: no file matches ct/**/*.dcm");
+        let e = plan(&f, Path::new("/drop/p1"), &files(&[("ct/a.dcm", 10)])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "socket score: value file score.json is missing"
+        );
+        let e = plan(
+            &f,
+            Path::new("/drop/p1"),
+            &files(&[("ct/a.dcm", 0), ("score.json", 1)]),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PlanError::EmptyFile { .. }));
+    }
+
+    #[test]
+    fn a_file_claimed_by_two_rules_is_ambiguous() {
+        let f = folder(
+            "[[folder.socket]]\nslug = \"a\"\nfiles = \"*.mha\"\n[[folder.socket]]\nslug = \"b\"\nfiles = \"x*\"\n",
+        );
+        let e = plan(&f, Path::new("/drop/p1"), &files(&[("x.mha", 1)])).unwrap_err();
+        assert!(matches!(e, PlanError::Ambiguous { .. }), "{e}");
+    }
+
+    #[test]
+    fn duplicate_base_names_get_unique_upload_names() {
+        let f = folder("[[folder.socket]]\nslug = \"ct\"\nfiles = \"**/*.dcm\"\n");
+        let p = plan(
+            &f,
+            Path::new("/drop/p1"),
+            &files(&[("s1/1.dcm", 1), ("s2/1.dcm", 1), ("2.dcm", 1)]),
+        )
+        .unwrap();
+        let names: Vec<String> = p.sockets[0]
+            .source
+            .files()
+            .iter()
+            .map(|f| f.upload_name.clone())
+            .collect();
+        assert_eq!(names, ["2.dcm", "s1__1.dcm", "s2__1.dcm"]);
+    }
+
+    #[test]
+    fn case_of_respects_depth_and_pattern() {
+        let f = folder(RULES);
+        assert_eq!(
+            case_of(&f, Path::new("/drop/p1/ct/a.dcm")),
+            Some(PathBuf::from("/drop/p1"))
+        );
+        assert_eq!(case_of(&f, Path::new("/drop/q1/a.dcm")), None);
+        assert_eq!(case_of(&f, Path::new("/elsewhere/p1")), None);
+    }
+
+    #[test]
+    fn manifest_hash_changes_with_content_and_mapping() {
+        let f = folder(RULES);
+        let fs = files(&[("ct/a.dcm", 10), ("score.json", 3)]);
+        let p = plan(&f, Path::new("/drop/p1"), &fs).unwrap();
+        let mut h: BTreeMap<String, String> = [("ct/a.dcm", "aa"), ("score.json", "bb")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let m1 = Manifest::new(&p, &h);
+        assert_eq!(m1, Manifest::new(&p, &h), "deterministic");
+        h.insert("ct/a.dcm".into(), "cc".into());
+        assert_ne!(m1.hash, Manifest::new(&p, &h).hash);
+        let p2 = plan(&f, Path::new("/drop/p2"), &fs).unwrap();
+        assert_ne!(
+            Manifest::new(&p2, &h).hash,
+            Manifest::new(&p, &h).hash,
+            "the title is part of the identity"
+        );
+    }
+    #[test]
+    fn explain_names_folder_case_and_socket_or_why_not() {
+        let text = format!(
+            "[server]\nurl = \"http://localhost/api/v1/\"\n[[folder]]\npath = \"/drop\"\narchive = \"a\"\ncase = \"p*\"\nmarker = \"DONE\"\n{RULES}"
+        );
+        let c = Config::parse(Path::new("/c.toml"), &text).unwrap();
+        let e = explain(&c, Path::new("/elsewhere/x"), None);
+        assert!(e[0].contains("not inside any drop folder"), "{e:?}");
+        let e = explain(&c, Path::new("/drop/q1/a.dcm"), None);
+        assert!(
+            e[1].contains("does not match the case pattern `p*`"),
+            "{e:?}"
+        );
+        let e = explain(&c, Path::new("/drop/p1/ct/a.dcm"), None);
+        assert_eq!(e[2], "ct/a.dcm → socket ct");
+        let e = explain(&c, Path::new("/drop/p1/x.part"), None);
+        assert!(e[2].contains("temporary file"), "{e:?}");
+        let e = explain(
+            &c,
+            Path::new("/drop/p1"),
+            Some(&files(&[("ct/a.dcm", 1), ("score.json", 1)])),
+        );
+        assert!(
+            e.iter().any(|l| l.contains("marker file DONE is missing")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|l| l == "  socket ct ← ct/a.dcm"), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|l| l == "  socket site ← the value 3 from the config"),
+            "{e:?}"
+        );
+    }
+}

@@ -1,9 +1,32 @@
 //! The HTTP client: TLS, the token, retries, lookups by slug, pagination, items and values.
+//!
+//! Every API request goes through [`Client::send`], so the token handling (only ever to the platform's own
+//! origin), the retry loop and the error classification exist once. Uploads ([`super::uploads`]) and
+//! verification ([`super::verify`]) build on the crate-internal helpers defined here.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use super::retry::RetryPolicy;
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER,
+};
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+use url::Url;
+
+use super::models::{
+    Archive, Item, Page, ReaderStudy, Socket, Target, TargetKind, UploadSession, UserUpload,
+    ValueEntry,
+};
+use super::retry::{Decision, Outcome, Reply, RequestKind, RetryPolicy, TransportFailure};
 use super::{GcError, Token};
 
 /// How to reach the platform and how hard to push it.
@@ -21,16 +44,976 @@ pub struct ClientConfig {
     /// Files being uploaded at once, across all cases of this client.
     pub parallel_files: usize,
     pub retry: RetryPolicy,
-    /// Per connect/read phase, like gcapi's 60 s.
+    /// Per connect/read phase, like gcapi's 60 s. For part uploads: the longest time without progress.
     pub timeout: Duration,
 }
 
-/// A client for one platform and one token. Cheap to clone; clones share connections and caches.
+/// The platform's default part size, gcapi's 32 MiB.
+pub const DEFAULT_PART_SIZE: u64 = 32 << 20;
+/// S3 refuses larger parts.
+const MAX_PART_SIZE: u64 = 5 << 30;
+/// API answers are small JSON documents; anything bigger is not the platform talking.
+const MAX_API_BODY: usize = 64 << 20;
+/// Page size for list walks (the platform's default and gcapi's).
+const PAGE_LIMIT: u64 = 100;
+/// Redirect hops a download may take (the media URL redirects to signed storage once).
+const MAX_REDIRECTS: usize = 10;
+
+impl ClientConfig {
+    /// The defaults: 32 MiB parts, 8 parts and 4 files in flight, the default retry policy, 60 s timeouts.
+    pub fn new(base_url: Url, token: Token) -> ClientConfig {
+        ClientConfig {
+            base_url,
+            token,
+            ca_cert: None,
+            part_size: DEFAULT_PART_SIZE,
+            parallel_parts: 8,
+            parallel_files: 4,
+            retry: RetryPolicy::default(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A client for one platform and one token. Cheap to clone; clones share connections, caches and the
+/// client-wide upload concurrency limits.
 #[derive(Clone)]
-pub struct Client {}
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) base: Url,
+    auth: HeaderValue,
+    /// API calls and downloads: no redirects followed, read timeout.
+    api: reqwest::Client,
+    /// Part PUTs to presigned URLs: no token ever, no redirects, and no read timeout (a part can take longer
+    /// than any fixed timeout on a slow link; an idle watchdog bounds it instead).
+    pub(crate) s3: reqwest::Client,
+    pub(crate) part_size: u64,
+    pub(crate) parallel_parts: usize,
+    pub(crate) timeout: Duration,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) part_slots: Semaphore,
+    pub(crate) file_slots: Semaphore,
+    sockets: Mutex<HashMap<String, Socket>>,
+    /// Keyed by `"<kind>/<slug>"`.
+    targets: Mutex<HashMap<String, Target>>,
+    rng: Mutex<StdRng>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.inner.base.as_str())
+            .field("part_size", &self.inner.part_size)
+            .field("retry", &self.inner.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Plain http is acceptable only when it cannot leave the machine.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// A primary key goes into a URL path: refuse anything that could change the path.
+pub(crate) fn check_pk(what: &str, pk: &str) -> Result<(), GcError> {
+    if !pk.is_empty()
+        && pk
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '~')
+    {
+        Ok(())
+    } else {
+        Err(GcError::Config(format!(
+            "{what} '{pk}' is not a valid primary key"
+        )))
+    }
+}
 
 impl Client {
-    pub fn new(_config: ClientConfig) -> Result<Client, GcError> {
-        Err(GcError::Config("not implemented yet".into()))
+    pub fn new(config: ClientConfig) -> Result<Client, GcError> {
+        let mut base = config.base_url;
+        match base.scheme() {
+            "https" => {}
+            "http" if is_loopback(&base) => {}
+            "http" => {
+                return Err(GcError::Config(format!(
+                    "the server URL {base} uses plain http; the platform must be reached over https \
+                     (http is only allowed for a loopback address)"
+                )));
+            }
+            other => {
+                return Err(GcError::Config(format!(
+                    "the server URL {base} has the unsupported scheme '{other}'"
+                )));
+            }
+        }
+        if base.host().is_none() || base.cannot_be_a_base() {
+            return Err(GcError::Config(format!(
+                "the server URL {base} has no host"
+            )));
+        }
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(GcError::Config(
+                "the server URL must not contain credentials".into(),
+            ));
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        if config.part_size == 0 || config.part_size > MAX_PART_SIZE {
+            return Err(GcError::Config(format!(
+                "the part size {} is outside 1 byte … 5 GiB",
+                config.part_size
+            )));
+        }
+        if config.parallel_parts == 0 || config.parallel_files == 0 {
+            return Err(GcError::Config(
+                "parallel_parts and parallel_files must be at least 1".into(),
+            ));
+        }
+        if config.retry.max_attempts == 0 {
+            return Err(GcError::Config(
+                "the retry policy must allow at least one attempt".into(),
+            ));
+        }
+        let auth = config.token.header()?;
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = match &config.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    GcError::Config(format!(
+                        "cannot read the CA certificate {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    GcError::Config(format!("{} is not a PEM certificate: {e}", path.display()))
+                })?;
+                if certs.is_empty() {
+                    return Err(GcError::Config(format!(
+                        "{} holds no PEM certificate",
+                        path.display()
+                    )));
+                }
+                certs
+            }
+            None => Vec::new(),
+        };
+        let builder = || {
+            let mut b = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(config.timeout)
+                .user_agent(concat!("gc-hotfolder/", env!("CARGO_PKG_VERSION")))
+                .https_only(base.scheme() == "https")
+                .tls_certs_merge(certs.clone());
+            if is_loopback(&base) {
+                b = b.no_proxy();
+            }
+            b
+        };
+        let build_err =
+            |e: reqwest::Error| GcError::Config(format!("cannot set up the HTTP client: {e}"));
+        let api = builder()
+            .read_timeout(config.timeout)
+            .build()
+            .map_err(build_err)?;
+        let s3 = builder().build().map_err(build_err)?;
+
+        Ok(Client {
+            inner: Arc::new(Inner {
+                base,
+                auth,
+                api,
+                s3,
+                part_size: config.part_size,
+                parallel_parts: config.parallel_parts,
+                timeout: config.timeout,
+                retry: config.retry,
+                part_slots: Semaphore::new(config.parallel_parts),
+                file_slots: Semaphore::new(config.parallel_files),
+                sockets: Mutex::new(HashMap::new()),
+                targets: Mutex::new(HashMap::new()),
+                rng: Mutex::new(StdRng::from_os_rng()),
+            }),
+        })
+    }
+
+    pub fn base_url(&self) -> &url::Url {
+        &self.inner.base
+    }
+
+    /// The owner of the token. Use it to check the token up front: list endpoints answer an anonymous
+    /// caller with empty results instead of an error (gc-protocol.md §1.3, §9.1).
+    pub async fn whoami(&self) -> Result<String, GcError> {
+        let context = "checking the API token";
+        let me: serde_json::Value = self
+            .get_json(self.api_url("profiles/users/self/")?, context)
+            .await?;
+        me.pointer("/user/username")
+            .and_then(|u| u.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| GcError::Protocol {
+                context: context.into(),
+                message: "no user.username in the profile".into(),
+            })
+    }
+
+    /// A socket by slug, cached for the life of the client (sockets do not change kind).
+    pub async fn socket(&self, slug: &str) -> Result<Socket, GcError> {
+        if let Some(s) = lock(&self.inner.sockets).get(slug) {
+            return Ok(s.clone());
+        }
+        let context = format!("looking up socket '{slug}'");
+        let page: Page<Socket> = self
+            .page("components/interfaces/", &[("slug", slug)], 0, &context)
+            .await?;
+        let socket = page.results.into_iter().find(|s| s.slug == slug).ok_or_else(|| {
+            GcError::NotFound(format!(
+                "'{slug}' is not an existing socket; see https://grand-challenge.org/components/interfaces/inputs/"
+            ))
+        })?;
+        lock(&self.inner.sockets).insert(slug.to_owned(), socket.clone());
+        Ok(socket)
+    }
+
+    /// An archive or reader study by slug, cached. Not found means "does not exist or this token cannot
+    /// see it": the platform does not distinguish the two (gc-protocol.md §4.1).
+    pub async fn resolve_target(&self, kind: TargetKind, slug: &str) -> Result<Target, GcError> {
+        if let Some(t) = lock(&self.inner.targets).get(&target_key(kind, slug)) {
+            return Ok(t.clone());
+        }
+        let target = match kind {
+            TargetKind::Archive => {
+                let context = format!("looking up archive '{slug}'");
+                let page: Page<Archive> = self
+                    .page("archives/", &[("slug", slug)], 0, &context)
+                    .await?;
+                let found = only_one(page.results, || not_visible("archive", slug))?;
+                Target {
+                    kind,
+                    slug: slug.to_owned(),
+                    pk: found.pk,
+                    api_url: found.api_url,
+                    url: found.url,
+                }
+            }
+            TargetKind::ReaderStudy => {
+                let context = format!("looking up reader study '{slug}'");
+                let page: Page<ReaderStudy> = self
+                    .page("reader-studies/", &[("slug", slug)], 0, &context)
+                    .await?;
+                let found = only_one(
+                    page.results
+                        .into_iter()
+                        .filter(|r| r.slug == slug)
+                        .collect(),
+                    || not_visible("reader study", slug),
+                )?;
+                Target {
+                    kind,
+                    slug: slug.to_owned(),
+                    pk: found.pk,
+                    api_url: found.api_url,
+                    url: found.url,
+                }
+            }
+        };
+        check_pk("the target's pk", &target.pk)?;
+        lock(&self.inner.targets).insert(target_key(kind, slug), target.clone());
+        Ok(target)
+    }
+
+    /// Create an empty archive item or display set. A display set gets the automatic order (0 = next).
+    /// With a title that already exists the error answers `is_duplicate_title()`.
+    pub async fn create_item(&self, target: &Target, title: &str) -> Result<Item, GcError> {
+        let (body, context) = match target.kind {
+            TargetKind::Archive => (
+                serde_json::json!({"archive": target.api_url, "title": title}),
+                format!(
+                    "creating an item titled '{title}' in archive '{}'",
+                    target.slug
+                ),
+            ),
+            TargetKind::ReaderStudy => (
+                serde_json::json!({"reader_study": target.slug, "title": title}),
+                format!(
+                    "creating a display set titled '{title}' in reader study '{}'",
+                    target.slug
+                ),
+            ),
+        };
+        let url = self.api_url(items_path(target.kind))?;
+        self.call(
+            Method::POST,
+            url,
+            Some(&body),
+            RequestKind::NonIdempotent,
+            &context,
+        )
+        .await
+    }
+
+    /// Page through the container's items for one with exactly this title (there is no title filter,
+    /// gc-protocol.md §4.7). Used after a duplicate-title error, or after a crash between create and journal.
+    pub async fn find_item_by_title(
+        &self,
+        target: &Target,
+        title: &str,
+    ) -> Result<Option<Item>, GcError> {
+        let filter = match target.kind {
+            TargetKind::Archive => "archive",
+            TargetKind::ReaderStudy => "reader_study",
+        };
+        let context = format!("searching {} for '{title}'", target.slug);
+        let mut offset = 0;
+        loop {
+            let page: Page<Item> = self
+                .page(
+                    items_path(target.kind),
+                    &[(filter, &target.pk)],
+                    offset,
+                    &context,
+                )
+                .await?;
+            let n = page.results.len() as u64;
+            if let Some(item) = page.results.into_iter().find(|i| i.title == title) {
+                return Ok(Some(item));
+            }
+            offset += n;
+            if n == 0 || page.next.is_none() || offset >= page.count {
+                return Ok(None);
+            }
+        }
+    }
+
+    pub async fn get_item(&self, target: &Target, pk: &str) -> Result<Item, GcError> {
+        let url = self.item_url(target, pk)?;
+        self.get_json(url, &format!("reading item {pk} of {}", target.slug))
+            .await
+    }
+
+    /// Set socket values. Values are applied inside the request; uploads and images are attached later by
+    /// background tasks, see [`Client::await_values`].
+    pub async fn patch_values(
+        &self,
+        target: &Target,
+        pk: &str,
+        entries: &[ValueEntry],
+    ) -> Result<Item, GcError> {
+        let url = self.item_url(target, pk)?;
+        let body = serde_json::json!({ "values": entries });
+        let context = format!("setting values of item {pk} in {}", target.slug);
+        self.call(
+            Method::PATCH,
+            url,
+            Some(&body),
+            RequestKind::NonIdempotent,
+            &context,
+        )
+        .await
+    }
+
+    /// The item's API URL, which the archive item representation does not contain (gc-protocol.md §4.2).
+    pub fn item_api_url(&self, target: &Target, pk: &str) -> String {
+        format!("{}{}{pk}/", self.inner.base, items_path(target.kind))
+    }
+
+    /// An upload of this token's user; `None` once it has been consumed (or expired, or never existed).
+    pub async fn get_upload(&self, pk: &str) -> Result<Option<UserUpload>, GcError> {
+        check_pk("upload", pk)?;
+        let url = self.api_url(&format!("uploads/{pk}/"))?;
+        match self.get_json(url, &format!("reading upload {pk}")).await {
+            Ok(u) => Ok(Some(u)),
+            Err(GcError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// All of this user's raw image upload sessions (unordered and unfilterable on the platform).
+    pub async fn upload_sessions(&self) -> Result<Vec<UploadSession>, GcError> {
+        let context = "listing upload sessions";
+        let mut all = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page: Page<UploadSession> = self
+                .page("cases/upload-sessions/", &[], offset, context)
+                .await?;
+            let n = page.results.len() as u64;
+            all.extend(page.results);
+            offset += n;
+            if n == 0 || page.next.is_none() || offset >= page.count {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Stream a file (an image file or a file value) to `dest`, replacing it only when complete. Redirects
+    /// are followed, and the token is sent only while the URL is on the platform's own origin: signed
+    /// storage URLs elsewhere never see it.
+    pub async fn download(&self, url: &str, dest: &Path) -> Result<u64, GcError> {
+        let start = Url::parse(url)
+            .map_err(|e| GcError::Config(format!("cannot download '{url}': {e}")))?;
+        let context = format!("downloading {}", start.path());
+        let policy = &self.inner.retry;
+        let tmp = temp_beside(dest)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.download_once(&start, &tmp, &context).await;
+            let decision = match &result {
+                Ok(DownloadStep::Done(_)) => Decision::Accept,
+                Ok(DownloadStep::Reply {
+                    status,
+                    headers,
+                    body,
+                }) => {
+                    let reply = reply_of(*status, headers, body);
+                    policy.decide(
+                        RequestKind::Idempotent,
+                        attempt,
+                        &Outcome::Reply(reply),
+                        self.jitter(),
+                        SystemTime::now(),
+                    )
+                }
+                Err(DownloadError::Local(_)) => Decision::Accept,
+                Err(DownloadError::Transport(e)) => {
+                    let message = transport_message(e);
+                    let outcome = Outcome::Transport {
+                        failure: classify_transport(e),
+                        message: &message,
+                    };
+                    policy.decide(
+                        RequestKind::Idempotent,
+                        attempt,
+                        &outcome,
+                        self.jitter(),
+                        SystemTime::now(),
+                    )
+                }
+            };
+            match (decision, result) {
+                (_, Err(DownloadError::Local(e))) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(e);
+                }
+                (Decision::Accept, Ok(DownloadStep::Done(n))) => {
+                    tokio::fs::rename(&tmp, dest)
+                        .await
+                        .map_err(|e| GcError::io(dest, e))?;
+                    return Ok(n);
+                }
+                (Decision::Retry(delay), _) => {
+                    tracing::warn!(%context, attempt, ?delay, "download failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                (Decision::Fail(f), _) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(f.into_error(&context));
+                }
+                (Decision::Accept, _) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(GcError::Protocol {
+                        context,
+                        message: "the download ended without the file".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn download_once(
+        &self,
+        start: &Url,
+        tmp: &Path,
+        context: &str,
+    ) -> Result<DownloadStep, DownloadError> {
+        let mut url = start.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self.inner.api.get(url.clone());
+            if same_origin(&url, &self.inner.base) {
+                req = req.header(AUTHORIZATION, self.inner.auth.clone());
+            } else if url.scheme() != "https" && !is_loopback(&url) {
+                return Err(DownloadError::Local(GcError::Config(format!(
+                    "{context}: refusing to download over plain http from {}",
+                    url.host_str().unwrap_or("?")
+                ))));
+            }
+            let mut resp = req.send().await.map_err(DownloadError::Transport)?;
+            let status = resp.status();
+            if status.is_redirection()
+                && let Some(next) = resp
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| url.join(l).ok())
+            {
+                url = next;
+                continue;
+            }
+            if !status.is_success() {
+                let headers = resp.headers().clone();
+                let body = read_limited(resp).await.map_err(DownloadError::Transport)?;
+                return Ok(DownloadStep::Reply {
+                    status: status.as_u16(),
+                    headers,
+                    body,
+                });
+            }
+            let mut file = tokio::fs::File::create(tmp)
+                .await
+                .map_err(|e| DownloadError::Local(GcError::io(tmp, e)))?;
+            let mut written = 0u64;
+            while let Some(chunk) = resp.chunk().await.map_err(DownloadError::Transport)? {
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| DownloadError::Local(GcError::io(tmp, e)))?;
+                written += chunk.len() as u64;
+            }
+            file.flush()
+                .await
+                .map_err(|e| DownloadError::Local(GcError::io(tmp, e)))?;
+            file.sync_all()
+                .await
+                .map_err(|e| DownloadError::Local(GcError::io(tmp, e)))?;
+            return Ok(DownloadStep::Done(written));
+        }
+        Err(DownloadError::Local(GcError::Protocol {
+            context: context.to_owned(),
+            message: format!("more than {MAX_REDIRECTS} redirects"),
+        }))
+    }
+
+    // ---- crate-internal plumbing shared with uploads and verify ----
+
+    /// An API URL below the base. `path` is relative and ends in `/`.
+    pub(crate) fn api_url(&self, path: &str) -> Result<Url, GcError> {
+        self.inner
+            .base
+            .join(path)
+            .map_err(|e| GcError::Config(format!("cannot build the URL for {path}: {e}")))
+    }
+
+    fn item_url(&self, target: &Target, pk: &str) -> Result<Url, GcError> {
+        check_pk("item", pk)?;
+        self.api_url(&format!("{}{pk}/", items_path(target.kind)))
+    }
+
+    /// A number in `[0, 1)` for back-off jitter, from this client's own RNG.
+    pub(crate) fn jitter(&self) -> f64 {
+        lock(&self.inner.rng).random::<f64>()
+    }
+
+    pub(crate) async fn get_json<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        context: &str,
+    ) -> Result<T, GcError> {
+        self.call(Method::GET, url, None, RequestKind::Idempotent, context)
+            .await
+    }
+
+    /// One API request with retries, its JSON answer decoded.
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&serde_json::Value>,
+        kind: RequestKind,
+        context: &str,
+    ) -> Result<T, GcError> {
+        let bytes = self.send(method, url, body, kind, context).await?;
+        serde_json::from_slice(&bytes).map_err(|e| GcError::Protocol {
+            context: context.to_owned(),
+            message: format!("the answer is not the documented JSON ({e})"),
+        })
+    }
+
+    /// One API request with retries: the body of the 2xx answer, or the classified failure.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&serde_json::Value>,
+        kind: RequestKind,
+        context: &str,
+    ) -> Result<Bytes, GcError> {
+        if !same_origin(&url, &self.inner.base) {
+            // The token goes to the platform's own origin only (gcapi refuses such URLs as well).
+            return Err(GcError::Config(format!(
+                "{context}: refusing to send the token to {}, which is not the platform's address",
+                url.host_str().unwrap_or("?")
+            )));
+        }
+        let body = match body {
+            Some(b) => Some(Bytes::from(
+                serde_json::to_vec(b).map_err(|e| GcError::Config(format!("{context}: {e}")))?,
+            )),
+            None => None,
+        };
+        let policy = &self.inner.retry;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self
+                .inner
+                .api
+                .request(method.clone(), url.clone())
+                .header(AUTHORIZATION, self.inner.auth.clone())
+                .header(ACCEPT, "application/json");
+            if let Some(b) = &body {
+                req = req.header(CONTENT_TYPE, "application/json").body(b.clone());
+            }
+            let result = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let headers = resp.headers().clone();
+                    read_limited(resp)
+                        .await
+                        .map(|bytes| (status, headers, bytes))
+                }
+                Err(e) => Err(e),
+            };
+            let decision = match &result {
+                Ok((status, headers, bytes)) => {
+                    let reply = reply_of(*status, headers, bytes);
+                    policy.decide(
+                        kind,
+                        attempt,
+                        &Outcome::Reply(reply),
+                        self.jitter(),
+                        SystemTime::now(),
+                    )
+                }
+                Err(e) => {
+                    let message = transport_message(e);
+                    let outcome = Outcome::Transport {
+                        failure: classify_transport(e),
+                        message: &message,
+                    };
+                    policy.decide(kind, attempt, &outcome, self.jitter(), SystemTime::now())
+                }
+            };
+            match decision {
+                Decision::Accept => match result {
+                    Ok((_, _, bytes)) => return Ok(bytes),
+                    Err(e) => {
+                        return Err(GcError::Protocol {
+                            context: context.into(),
+                            message: transport_message(&e),
+                        });
+                    }
+                },
+                Decision::Retry(delay) => {
+                    let status = result.as_ref().ok().map(|r| r.0);
+                    tracing::warn!(%context, attempt, ?status, ?delay, "request failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Decision::Fail(failure) => return Err(failure.into_error(context)),
+            }
+        }
+    }
+
+    /// One page of a list endpoint (gc-protocol.md §1.7).
+    pub(crate) async fn page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        filters: &[(&str, &str)],
+        offset: u64,
+        context: &str,
+    ) -> Result<Page<T>, GcError> {
+        let mut url = self.api_url(path)?;
+        url.query_pairs_mut()
+            .extend_pairs(filters)
+            .append_pair("limit", &PAGE_LIMIT.to_string())
+            .append_pair("offset", &offset.to_string());
+        self.get_json(url, context).await
+    }
+}
+
+enum DownloadStep {
+    Done(u64),
+    Reply {
+        status: u16,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+enum DownloadError {
+    Transport(reqwest::Error),
+    Local(GcError),
+}
+
+fn temp_beside(dest: &Path) -> Result<PathBuf, GcError> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| GcError::Config(format!("{} is not a file path", dest.display())))?;
+    Ok(dest.with_file_name(format!(
+        ".{}.download-{}",
+        name.to_string_lossy(),
+        uuid::Uuid::new_v4()
+    )))
+}
+
+fn target_key(kind: TargetKind, slug: &str) -> String {
+    format!("{kind:?}/{slug}")
+}
+
+pub(crate) fn items_path(kind: TargetKind) -> &'static str {
+    match kind {
+        TargetKind::Archive => "archives/items/",
+        TargetKind::ReaderStudy => "reader-studies/display-sets/",
+    }
+}
+
+fn only_one<T>(mut results: Vec<T>, none: impl FnOnce() -> GcError) -> Result<T, GcError> {
+    match results.len() {
+        1 => Ok(results.remove(0)),
+        0 => Err(none()),
+        n => Err(GcError::Protocol {
+            context: "looking up by slug".into(),
+            message: format!("{n} results for one slug"),
+        }),
+    }
+}
+
+fn not_visible(what: &str, slug: &str) -> GcError {
+    GcError::NotFound(format!(
+        "{what} '{slug}' does not exist or this token has no access to it"
+    ))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave a cache half-written; keep going.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(crate) fn reply_of<'a>(status: u16, headers: &'a HeaderMap, body: &'a [u8]) -> Reply<'a> {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    Reply {
+        status,
+        content_type: header(CONTENT_TYPE),
+        retry_after: header(RETRY_AFTER),
+        location: header(LOCATION),
+        body,
+    }
+}
+
+/// Read a response body, refusing absurd sizes.
+pub(crate) async fn read_limited(mut resp: reqwest::Response) -> Result<Bytes, reqwest::Error> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if buf.len() + chunk.len() > MAX_API_BODY {
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+pub(crate) fn classify_transport(e: &reqwest::Error) -> TransportFailure {
+    if e.is_timeout() {
+        TransportFailure::Timeout
+    } else if e.is_connect() {
+        TransportFailure::Connect
+    } else if e.is_body() || e.is_decode() || e.is_request() {
+        TransportFailure::Reset
+    } else {
+        TransportFailure::Other
+    }
+}
+
+/// The causes of a transport error, without the URL (presigned URLs carry signatures).
+pub(crate) fn transport_message(e: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    if parts.is_empty() {
+        if e.is_timeout() {
+            "operation timed out".into()
+        } else {
+            "no further detail".into()
+        }
+    } else {
+        parts.join(": ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn config(url: &str) -> ClientConfig {
+        ClientConfig::new(Url::parse(url).unwrap(), Token::parse(SECRET).unwrap())
+    }
+
+    /// The pipeline runs these on spawned tasks: they must stay `Send` (a compile-time check).
+    #[allow(dead_code)]
+    fn futures_are_send(c: &Client, t: &Target, f: &crate::gc::LocalFile, p: &Path) {
+        fn send<T: Send>(_: T) {}
+        send(c.whoami());
+        send(c.socket("s"));
+        send(c.resolve_target(TargetKind::Archive, "a"));
+        send(c.create_item(t, "x"));
+        send(c.find_item_by_title(t, "x"));
+        send(c.get_item(t, "x"));
+        send(c.patch_values(t, "x", &[]));
+        send(c.get_upload("x"));
+        send(c.upload_sessions());
+        send(c.download("https://x/", p));
+        send(c.upload_file(f, None, &crate::gc::NoObserver));
+        send(c.await_values(t, "x", &[], &crate::gc::VerifyTiming::default()));
+        fn sync<T: Send + Sync + Clone>(_: &T) {}
+        sync(c);
+    }
+
+    #[test]
+    fn https_is_required_except_on_loopback() {
+        for ok in [
+            "https://grand-challenge.org/api/v1/",
+            "http://127.0.0.1:8000/api/v1/",
+            "http://127.3.2.1/api/v1/",
+            "http://[::1]:9000/api/v1/",
+            "http://LocalHost:9000/api/v1/",
+        ] {
+            Client::new(config(ok)).unwrap();
+        }
+        for bad in [
+            "http://grand-challenge.org/api/v1/",
+            "http://10.0.0.1/api/v1/",
+            "http://localhost.evil.com/api/v1/",
+            "ftp://127.0.0.1/",
+        ] {
+            let err = Client::new(config(bad)).unwrap_err();
+            assert!(matches!(err, GcError::Config(_)), "{bad}: {err}");
+        }
+        let err = Client::new(config("http://grand-challenge.org/api/v1/"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https"), "{err}");
+    }
+
+    #[test]
+    fn base_url_gets_its_trailing_slash() {
+        let c = Client::new(config("https://example.org/api/v1?x=1")).unwrap();
+        assert_eq!(c.base_url().as_str(), "https://example.org/api/v1/");
+        let target = Target {
+            kind: TargetKind::ReaderStudy,
+            slug: "rs".into(),
+            pk: "p".into(),
+            api_url: String::new(),
+            url: String::new(),
+        };
+        assert_eq!(
+            c.item_api_url(&target, "abc"),
+            "https://example.org/api/v1/reader-studies/display-sets/abc/"
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() {
+        let mut c = config("https://example.org/api/v1/");
+        c.part_size = 0;
+        assert!(matches!(Client::new(c), Err(GcError::Config(_))));
+        let mut c = config("https://example.org/api/v1/");
+        c.parallel_parts = 0;
+        assert!(matches!(Client::new(c), Err(GcError::Config(_))));
+        let mut c = config("https://example.org/api/v1/");
+        c.ca_cert = Some("/nonexistent/ca.pem".into());
+        assert!(
+            Client::new(c)
+                .unwrap_err()
+                .to_string()
+                .contains("/nonexistent/ca.pem")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let mut c = config("https://example.org/api/v1/");
+        c.ca_cert = Some(not_pem);
+        assert!(matches!(Client::new(c), Err(GcError::Config(_))));
+    }
+
+    #[test]
+    fn pks_that_could_change_a_path_are_refused() {
+        check_pk("item", "0f3c-uuid-like").unwrap();
+        for bad in ["", "../x", "a/b", "a?b", "a b", "%2e%2e"] {
+            assert!(check_pk("item", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let a = Url::parse("https://h.org/api/v1/").unwrap();
+        assert!(same_origin(
+            &a,
+            &Url::parse("https://h.org:443/media/x").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("http://h.org/api/v1/").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("https://h.org:8443/api/v1/").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("https://s3.amazonaws.com/api/v1/").unwrap()
+        ));
+    }
+
+    #[test]
+    fn nothing_printable_contains_the_token() {
+        let cfg = config("https://example.org/api/v1/");
+        assert!(!format!("{cfg:?}").contains(SECRET));
+        let client = Client::new(cfg).unwrap();
+        assert!(!format!("{client:?}").contains(SECRET));
+        let errors = [
+            GcError::Auth {
+                status: 401,
+                detail: "Invalid token.".into(),
+            },
+            GcError::Config(
+                Token::from_sources(None, None, None)
+                    .unwrap_err()
+                    .to_string(),
+            ),
+            Token::from_sources(None, Some(format!("{SECRET}\u{1}")), None).unwrap_err(),
+        ];
+        for e in errors {
+            assert!(!e.to_string().contains(SECRET) && !format!("{e:?}").contains(SECRET));
+        }
     }
 }

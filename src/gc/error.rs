@@ -1,6 +1,13 @@
 //! Every failure the platform can cause, classified so that callers decide by kind, never by string.
+//!
+//! The delivery pipeline maps these kinds onto its own reactions (stop the target, wait long, back off,
+//! quarantine the case), so the classification lives here, next to the protocol knowledge, and the
+//! `Display` texts are written for the operator who reads the alert.
 
 use std::time::Duration;
+
+/// The platform's text for a duplicate title (gc-protocol.md §4.3, §5.3).
+const DUPLICATE_TITLE: &str = "must make a unique set";
 
 /// What went wrong talking to the platform. `Display` is written for an operator and never contains the token.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +39,16 @@ pub enum GcError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// The platform refused to complete a multipart upload (an HTML 500 on complete, gc-protocol.md §2.5):
+    /// that upload can never be completed and the file has to be uploaded again as a new upload.
+    #[error(
+        "{context}: the upload can no longer be completed ({message}); it has to be uploaded again"
+    )]
+    UploadDead { context: String, message: String },
+    /// A 2xx answer that does not have the documented shape: the platform changed, or this is not the
+    /// platform's API at all (e.g. a proxy's login page). Repeating will not help.
+    #[error("{context}: unexpected answer from the platform: {message}")]
+    Protocol { context: String, message: String },
     /// The server accepted the value but its background import failed.
     #[error("socket {socket}: the import failed: {message}")]
     ImportFailed { socket: String, message: String },
@@ -47,4 +64,111 @@ pub enum GcError {
     /// The client was configured wrongly (bad URL, unreadable CA file …).
     #[error("{0}")]
     Config(String),
+}
+
+impl GcError {
+    /// The item or display set already exists with this title (gc-protocol.md §9.9): the caller should look
+    /// it up with `find_item_by_title` and reuse it instead of creating another.
+    pub fn is_duplicate_title(&self) -> bool {
+        match self {
+            GcError::Rejected {
+                status: 400,
+                message,
+                ..
+            } => message.contains(DUPLICATE_TITLE),
+            _ => false,
+        }
+    }
+
+    /// The same request is expected to succeed later without anyone changing anything: the platform is
+    /// unavailable, or a quota (upload records, bytes in flight) is full until uploads are consumed or expire.
+    pub fn is_retryable_later(&self) -> bool {
+        matches!(
+            self,
+            GcError::TooManyUploads(_) | GcError::UploadLimit(_) | GcError::Unavailable { .. }
+        )
+    }
+
+    /// How long the server asked us to wait, when it said so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GcError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> GcError {
+        GcError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(status: u16, message: &str) -> GcError {
+        GcError::Rejected {
+            status,
+            context: "creating item".into(),
+            message: message.into(),
+            body: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn duplicate_title_is_recognised_for_archives_and_reader_studies() {
+        assert!(
+            rejected(
+                400,
+                "non_field_errors: The fields title, archive must make a unique set."
+            )
+            .is_duplicate_title()
+        );
+        assert!(
+            rejected(
+                400,
+                "non_field_errors: The fields title, reader_study must make a unique set."
+            )
+            .is_duplicate_title()
+        );
+        assert!(
+            !rejected(
+                400,
+                "title: Ensure this field has no more than 255 characters."
+            )
+            .is_duplicate_title()
+        );
+        assert!(!GcError::NotFound("must make a unique set".into()).is_duplicate_title());
+    }
+
+    #[test]
+    fn quota_and_unavailability_are_retryable_later_but_rejections_are_not() {
+        assert!(GcError::TooManyUploads("x".into()).is_retryable_later());
+        assert!(GcError::UploadLimit("x".into()).is_retryable_later());
+        let unavailable = GcError::Unavailable {
+            context: "c".into(),
+            message: "m".into(),
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        assert!(unavailable.is_retryable_later());
+        assert_eq!(unavailable.retry_after(), Some(Duration::from_secs(3)));
+        assert!(!rejected(400, "x").is_retryable_later());
+        assert!(
+            !GcError::Auth {
+                status: 401,
+                detail: "Invalid token.".into()
+            }
+            .is_retryable_later()
+        );
+        assert!(
+            !GcError::ImportFailed {
+                socket: "s".into(),
+                message: "m".into()
+            }
+            .is_retryable_later()
+        );
+    }
 }

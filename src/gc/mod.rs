@@ -20,9 +20,13 @@ pub mod retry;
 pub mod uploads;
 pub mod verify;
 
-pub use auth::Token;
-pub use client::{Client, ClientConfig};
+pub use auth::{TOKEN_ENV, Token};
+pub use client::{Client, ClientConfig, DEFAULT_PART_SIZE};
 pub use error::GcError;
 pub use models::{
-    Archive, Item, ReaderStudy, Socket, SuperKind, Target, TargetKind, UserUpload, ValueEntry,
+    Archive, InterfaceRef, Item, ItemValue, ReaderStudy, Socket, SuperKind, Target, TargetKind,
+    UploadSession, UserUpload, ValueEntry, ValueSource,
 };
+pub use retry::{Jitter, RetryPolicy};
+pub use uploads::{LocalFile, NoObserver, ResumeFrom, UploadObserver};
+pub use verify::{Awaiting, Expectation, VerifyTiming};

@@ -33,7 +33,7 @@ impl Socket {
 }
 
 /// Archive or reader study: the two kinds of container a case can become part of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetKind {
     Archive,

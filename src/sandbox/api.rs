@@ -607,16 +607,17 @@ fn images(w: &World, ctx: &Ctx) -> Result<Resp, Resp> {
     let archive = uuid_filter("archive", &|pk| w.archive(pk).is_some())?;
     let reader_study = uuid_filter("reader_study", &|pk| w.reader_study(pk).is_some())?;
     let name = ctx.param("name");
-    let in_container =
-        |image: Uuid, kind: ContainerKind, container: Uuid| {
-            w.items.values().any(|i| {
-                i.kind == kind && i.container == container && i.values.values().any(|c| {
+    let in_container = |image: Uuid, kind: ContainerKind, container: Uuid| {
+        w.items.values().any(|i| {
+            i.kind == kind
+                && i.container == container
+                && i.values.values().any(|c| {
                     w.civs.get(c).is_some_and(
                         |c| matches!(c.content, super::store::CivContent::Image(x) if x == image),
                     )
                 })
-            })
-        };
+        })
+    };
     let mut found: Vec<&super::store::Image> = w
         .images
         .values()

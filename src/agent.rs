@@ -1,0 +1,947 @@
+//! The daemon: hints from [`watch`](crate::watch) → readiness from [`settle`](crate::settle) → a plan from
+//! [`rules`](crate::rules) → the [`journal`](crate::journal) → [`deliver`](crate::deliver) → a
+//! [`receipt`](crate::receipt) and the post-action.
+//!
+//! One task owns the per-case settle state and decides; deliveries run as separate tasks, bounded, and
+//! report back. Every decision that must survive a crash is in the journal before it takes effect, so the
+//! loop can be killed at any instant and restarted with nothing lost and nothing delivered twice.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::config::{After, Config, Folder, OnChange};
+use crate::deliver::{Checkpoints, DeliverError, EarlierUpload, ItemStart, deliver};
+use crate::gc::models::UserUpload;
+use crate::gc::uploads::ResumeFrom;
+use crate::gc::verify::VerifyTiming;
+use crate::gc::{Client, TargetKind};
+use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, Step};
+use crate::receipt::{CaseFacts, ItemRef, Receipt, TargetRef};
+use crate::rules::{self, Manifest};
+use crate::settle::{Decision, SettleRules, Snapshot, Tracker, Waiting};
+use crate::watch::{self, Hint};
+
+/// How the agent paces itself (from the config's `[agent]` section).
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Full scans of every folder, catching whatever events missed.
+    pub reconcile_every: Duration,
+    /// How long in-flight deliveries may run on after a stop request before they are cut off (they resume
+    /// from the journal on the next start).
+    pub shutdown_grace: Duration,
+    /// First wait after a failure that may pass (platform unavailable); doubles up to `retry_max`.
+    pub retry_first: Duration,
+    pub retry_max: Duration,
+    /// How long a target stays paused after the platform refused the token.
+    pub auth_pause: Duration,
+    pub verify: VerifyTiming,
+}
+
+impl AgentOptions {
+    pub fn from_config(config: &Config) -> AgentOptions {
+        let a = &config.agent;
+        AgentOptions {
+            reconcile_every: a.reconcile,
+            shutdown_grace: a.shutdown_grace,
+            retry_first: a.retry_first,
+            retry_max: a.retry_max,
+            auth_pause: a.auth_pause,
+            verify: VerifyTiming::default(),
+        }
+    }
+}
+
+/// What the agent shares with its delivery tasks.
+struct Shared {
+    config: Config,
+    journal: Arc<Journal>,
+    client: Client,
+    receipts: PathBuf,
+    options: AgentOptions,
+    slots: Semaphore,
+}
+
+/// The in-memory side of one case: only what is needed to decide readiness. Everything durable is in
+/// the journal.
+struct Slot {
+    folder: usize,
+    tracker: Tracker,
+    /// A delivery task owns the case right now.
+    in_flight: bool,
+    /// Something happened while in flight: look again when it returns.
+    dirty: bool,
+    /// Do not try before this (agent clock), after a failure that may pass.
+    not_before: Option<Duration>,
+    failures: u32,
+}
+
+/// How a delivery task ended.
+enum Done {
+    Delivered,
+    /// Nothing to upload: the content is what was delivered already.
+    Unchanged,
+    Quarantined,
+    /// Try again after this long.
+    Later(Duration),
+    /// The target refused the token: pause it.
+    AuthPaused(TargetKind, String),
+    /// The case changed while it was being delivered: settle again.
+    Changed,
+}
+
+/// Run until `stop` resolves. Returns after in-flight deliveries reached a checkpoint (or the grace
+/// period ran out, in which case they resume from the journal at the next start).
+pub async fn run(
+    config: Config,
+    client: Client,
+    options: AgentOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), JournalError> {
+    let journal = Arc::new(Journal::open(&config.server.state_dir)?);
+    let receipts = config.server.state_dir.join("receipts");
+    let settle_rules: Vec<SettleRules> = config.folders.iter().map(SettleRules::of).collect();
+    let shared = Arc::new(Shared {
+        slots: Semaphore::new(config.limits.parallel_cases),
+        config,
+        journal,
+        client,
+        receipts,
+        options,
+    });
+    let (hint_tx, mut hints) = mpsc::unbounded_channel();
+    let mut watches = watch::start(
+        &shared.config.folders,
+        shared.options.reconcile_every,
+        hint_tx.clone(),
+    );
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!("cannot listen for SIGHUP, reloading is off: {e}"))
+        .ok();
+    let mut loop_ = Loop {
+        shared: shared.clone(),
+        settle_rules,
+        started: Instant::now(),
+        slots: HashMap::new(),
+        timers: BinaryHeap::new(),
+        tasks: JoinSet::new(),
+        paused: HashMap::new(),
+    };
+    crate::service::ready(&status_line(&loop_.shared.journal));
+    let mut heartbeat = tokio::time::interval(
+        crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)),
+    );
+    let mut last_status = String::new();
+    tokio::pin!(stop);
+    loop {
+        let next_timer = loop_
+            .timers
+            .peek()
+            .map(|Reverse((at, _))| loop_.started + *at);
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(hint) = hints.recv() => loop_.on_hint(hint)?,
+            Some(done) = loop_.tasks.join_next(), if !loop_.tasks.is_empty() => match done {
+                Ok((case_dir, done)) => loop_.on_done(case_dir, done)?,
+                Err(e) => tracing::error!("a delivery task failed: {e}"),
+            },
+            _ = sleep_until(next_timer) => loop_.on_timers()?,
+            Some(()) = hangup(&mut hangups) => {
+                crate::service::reloading();
+                if let Some(w) = loop_.reload(&hint_tx) {
+                    watches = w;
+                }
+                tracing::debug!(folders = watches.modes.len(), "watching");
+                crate::service::ready(&status_line(&loop_.shared.journal));
+            }
+            _ = heartbeat.tick() => {
+                crate::service::watchdog();
+                let status = status_line(&loop_.shared.journal);
+                if status != last_status {
+                    crate::service::status(&status);
+                    last_status = status;
+                }
+            }
+        }
+    }
+    crate::service::stopping();
+    tracing::info!(
+        in_flight = loop_.tasks.len(),
+        "stopping: no new cases are taken"
+    );
+    drop(watches);
+    let grace = tokio::time::sleep(loop_.shared.options.shutdown_grace);
+    tokio::pin!(grace);
+    while !loop_.tasks.is_empty() {
+        tokio::select! {
+            _ = &mut grace => {
+                tracing::warn!(in_flight = loop_.tasks.len(), "grace period over: cutting off deliveries; they resume at the next start");
+                loop_.tasks.abort_all();
+                break;
+            }
+            _ = loop_.tasks.join_next() => {}
+        }
+    }
+    Ok(())
+}
+
+/// The one-line summary for systemd: cases by state.
+fn status_line(journal: &Journal) -> String {
+    match journal.counts() {
+        Ok(c) => {
+            let n = |k: &str| c.get(k).copied().unwrap_or(0);
+            format!(
+                "{} waiting, {} uploading, {} quarantined, {} delivered",
+                n("settling") + n("ready"),
+                n("uploading"),
+                n("quarantined"),
+                n("delivered")
+            )
+        }
+        Err(e) => format!("journal unreadable: {e}"),
+    }
+}
+
+async fn hangup(signals: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signals {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Loop {
+    shared: Arc<Shared>,
+    settle_rules: Vec<SettleRules>,
+    started: Instant,
+    slots: HashMap<PathBuf, Slot>,
+    /// Rechecks due at an agent-clock time; stale entries are harmless (a check is idempotent).
+    timers: BinaryHeap<Reverse<(Duration, PathBuf)>>,
+    tasks: JoinSet<(PathBuf, Done)>,
+    /// Targets whose token was refused, until an agent-clock time.
+    paused: HashMap<(TargetKind, String), Duration>,
+}
+
+impl Loop {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn schedule(&mut self, at: Duration, case_dir: &Path) {
+        self.timers.push(Reverse((at, case_dir.to_owned())));
+    }
+
+    /// The current config's index of the drop folder a path is in.
+    fn folder_of(&self, path: &Path) -> Option<usize> {
+        self.shared
+            .config
+            .folders
+            .iter()
+            .position(|f| path.starts_with(&f.path))
+    }
+
+    fn on_hint(&mut self, hint: Hint) -> Result<(), JournalError> {
+        match hint {
+            Hint::Case { case_dir } => match self.folder_of(&case_dir) {
+                Some(folder) => self.check(folder, &case_dir),
+                None => Ok(()), // from a folder a reload removed
+            },
+            Hint::Scan { folder: path, why } => {
+                let Some(folder) = self
+                    .shared
+                    .config
+                    .folders
+                    .iter()
+                    .position(|f| f.path == path)
+                else {
+                    return Ok(());
+                };
+                let shared = self.shared.clone();
+                let f = &shared.config.folders[folder];
+                let t0 = Instant::now();
+                match watch::list_cases(f) {
+                    Ok(cases) => {
+                        let n = cases.len();
+                        let present: HashSet<PathBuf> = cases.iter().cloned().collect();
+                        for case_dir in cases {
+                            self.check(folder, &case_dir)?;
+                        }
+                        // Cases whose folder vanished without an event.
+                        let gone: Vec<PathBuf> = self
+                            .slots
+                            .iter()
+                            .filter(|(p, s)| {
+                                s.folder == folder && !s.in_flight && !present.contains(*p)
+                            })
+                            .map(|(p, _)| p.clone())
+                            .collect();
+                        for case_dir in gone {
+                            self.check(folder, &case_dir)?;
+                        }
+                        let ms = t0.elapsed().as_millis() as u64;
+                        if why == watch::ScanReason::Startup {
+                            tracing::info!(folder = %f.path.display(), cases = n, ms, "startup scan done");
+                        } else {
+                            tracing::debug!(folder = %f.path.display(), ?why, cases = n, ms, "scan done");
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::error!(folder = %f.path.display(), "cannot list the drop folder: {e}");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: read the config file again. An invalid config is rejected with its errors and the running
+    /// one stays; a valid one replaces it, with new watches (returned).
+    fn reload(&mut self, hint_tx: &mpsc::UnboundedSender<Hint>) -> Option<watch::Watches> {
+        let file = self.shared.config.file.clone();
+        let new = match Config::load(&file) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload rejected, the running config stays: {e}");
+                return None;
+            }
+        };
+        let old = &self.shared.config.server;
+        if new.server.state_dir != old.state_dir {
+            tracing::error!(
+                "reload rejected: state_dir cannot change while running; restart the service"
+            );
+            return None;
+        }
+        let client = if new.server == *old {
+            self.shared.client.clone()
+        } else {
+            match new.client() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("reload rejected, the running config stays: {e}");
+                    return None;
+                }
+            }
+        };
+        let watches = watch::start(&new.folders, new.agent.reconcile, hint_tx.clone());
+        tracing::info!(file = %file.display(), folders = new.folders.len(), "config reloaded");
+        self.reconfigure(new, client);
+        Some(watches)
+    }
+
+    /// Take a new config: folders added or removed take effect now; in-flight deliveries finish under
+    /// the config they started with.
+    fn reconfigure(&mut self, config: Config, client: Client) {
+        let shared = Arc::new(Shared {
+            slots: Semaphore::new(config.limits.parallel_cases),
+            journal: self.shared.journal.clone(),
+            receipts: config.server.state_dir.join("receipts"),
+            options: AgentOptions::from_config(&config),
+            client,
+            config,
+        });
+        self.settle_rules = shared.config.folders.iter().map(SettleRules::of).collect();
+        self.shared = shared;
+        let folder_of = |p: &Path| {
+            self.shared
+                .config
+                .folders
+                .iter()
+                .position(|f| p.starts_with(&f.path))
+        };
+        let remap: Vec<(PathBuf, Option<usize>)> = self
+            .slots
+            .keys()
+            .map(|p| (p.clone(), folder_of(p)))
+            .collect();
+        for (path, folder) in remap {
+            match folder {
+                Some(i) => {
+                    if let Some(slot) = self.slots.get_mut(&path) {
+                        slot.folder = i;
+                    }
+                }
+                None => {
+                    self.slots.remove(&path);
+                }
+            }
+        }
+    }
+
+    fn on_timers(&mut self) -> Result<(), JournalError> {
+        let now = self.now();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, case_dir))) = self.timers.pop() else {
+                break;
+            };
+            if let Some(folder) = self.slots.get(&case_dir).map(|s| s.folder) {
+                self.check(folder, &case_dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Look at one case and decide what to do now.
+    fn check(&mut self, folder_idx: usize, case_dir: &Path) -> Result<(), JournalError> {
+        let now = self.now();
+        let shared = self.shared.clone();
+        let folder = &shared.config.folders[folder_idx];
+        let case = case_rel(folder, case_dir);
+        let slot = self
+            .slots
+            .entry(case_dir.to_owned())
+            .or_insert_with(|| Slot {
+                folder: folder_idx,
+                tracker: Tracker::new(now),
+                in_flight: false,
+                dirty: false,
+                not_before: None,
+                failures: 0,
+            });
+        if slot.in_flight {
+            slot.dirty = true;
+            return Ok(());
+        }
+        if let Some(nb) = slot.not_before.filter(|nb| *nb > now) {
+            self.schedule(nb, case_dir);
+            return Ok(());
+        }
+        let snapshot = match crate::settle::snapshot(case_dir) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.slots.remove(case_dir);
+                if let Some(rec) = shared.journal.get(&folder.path, &case)?
+                    && matches!(rec.state, CaseState::Settling | CaseState::Ready)
+                {
+                    tracing::info!(case = %case, "the case folder disappeared before it was delivered");
+                    shared.journal.forget(rec.id)?;
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(case = %case, "cannot read the case folder: {e}");
+                self.schedule(now + folder.quiet, case_dir);
+                return Ok(());
+            }
+        };
+        let rec = shared.journal.discover(&folder.path, &case)?;
+        let fp = snapshot.fingerprint();
+        match rec.state {
+            CaseState::Quarantined
+                if rec.fingerprint.as_deref() == Some(&fp) || rec.fingerprint.is_none() =>
+            {
+                return Ok(());
+            }
+            CaseState::Quarantined => {
+                tracing::info!(case = %case, "a quarantined case changed: trying it again");
+                shared.journal.requeue(rec.id)?;
+            }
+            CaseState::Delivered if rec.fingerprint.as_deref() == Some(&fp) => {
+                apply_after(folder, case_dir, &case);
+                return Ok(());
+            }
+            CaseState::Delivered => match folder.on_change {
+                OnChange::Ignore => {
+                    tracing::info!(case = %case, "files changed after delivery; ignored (on_change = \"ignore\")");
+                    shared.journal.set_fingerprint(rec.id, &fp)?;
+                    return Ok(());
+                }
+                OnChange::Quarantine => {
+                    let reason =
+                        "files changed after the case was delivered (on_change = \"quarantine\")";
+                    shared.journal.set_fingerprint(rec.id, &fp)?;
+                    shared.journal.quarantined(rec.id, reason)?;
+                    tracing::warn!(case = %case, "{reason}");
+                    return Ok(());
+                }
+                OnChange::Update => {}
+            },
+            _ => {}
+        }
+        let Some(slot) = self.slots.get_mut(case_dir) else {
+            return Ok(());
+        };
+        match slot
+            .tracker
+            .observe(now, &snapshot, &self.settle_rules[folder_idx])
+        {
+            Decision::Ready => {
+                let key = (folder.target, folder.target_slug.clone());
+                if let Some(until) = self.paused.get(&key).copied().filter(|u| *u > now) {
+                    self.schedule(until, case_dir);
+                    return Ok(());
+                }
+                tracing::info!(case = %case, "ready");
+                slot.in_flight = true;
+                slot.dirty = false;
+                let task = Delivery {
+                    shared,
+                    folder: folder_idx,
+                    case_dir: case_dir.to_owned(),
+                    case,
+                    rec,
+                    snapshot,
+                    fp,
+                };
+                self.tasks.spawn(task.run());
+            }
+            Decision::Wait { recheck_at, .. } => self.schedule(recheck_at, case_dir),
+            Decision::Stuck {
+                why,
+                waited,
+                first_report,
+            } => {
+                if first_report {
+                    let note = format!(
+                        "still not ready after {}: {}",
+                        humantime::format_duration(waited),
+                        describe(&why)
+                    );
+                    tracing::warn!(case = %case, "{note}");
+                    shared.journal.note(rec.id, &note)?;
+                }
+                // From here on events and scans bring the news; no timer polls a stuck case.
+            }
+        }
+        Ok(())
+    }
+
+    fn on_done(&mut self, case_dir: PathBuf, done: Done) -> Result<(), JournalError> {
+        let now = self.now();
+        let Some(slot) = self.slots.get_mut(&case_dir) else {
+            return Ok(());
+        };
+        slot.in_flight = false;
+        let folder = slot.folder;
+        let dirty = std::mem::take(&mut slot.dirty);
+        match done {
+            Done::Delivered | Done::Unchanged | Done::Quarantined => {
+                slot.failures = 0;
+                slot.not_before = None;
+            }
+            Done::Later(wait) => {
+                slot.failures += 1;
+                slot.not_before = Some(now + wait);
+                self.schedule(now + wait, &case_dir);
+            }
+            Done::AuthPaused(kind, slug) => {
+                let until = now + self.shared.options.auth_pause;
+                self.paused.insert((kind, slug), until);
+                slot.not_before = Some(until);
+                self.schedule(until, &case_dir);
+            }
+            Done::Changed => {
+                slot.tracker = Tracker::new(now);
+                self.schedule(now, &case_dir);
+            }
+        }
+        if dirty {
+            self.check(folder, &case_dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn describe(why: &Waiting) -> String {
+    match why {
+        Waiting::Changing => "its files keep changing".into(),
+        Waiting::TempFiles(files) => format!(
+            "temporary files remain: {}",
+            files
+                .iter()
+                .take(5)
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Waiting::NoMarker => "its completion marker is missing".into(),
+        Waiting::Empty => "it holds no files".into(),
+    }
+}
+
+fn case_rel(folder: &Folder, case_dir: &Path) -> String {
+    case_dir
+        .strip_prefix(&folder.path)
+        .unwrap_or(case_dir)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The post-action of a delivered case. Idempotent: a case already moved or deleted is simply gone.
+fn apply_after(folder: &Folder, case_dir: &Path, case: &str) {
+    let result = match &folder.after {
+        After::Leave => return,
+        After::Delete => std::fs::remove_dir_all(case_dir),
+        After::Move(dest) => move_case(case_dir, &dest.join(case)),
+    };
+    match result {
+        Ok(()) => tracing::info!(case, "post-action done: {:?}", folder.after),
+        Err(e) => tracing::error!(
+            case,
+            "post-action {:?} failed (the case stays where it is): {e}",
+            folder.after
+        ),
+    }
+}
+
+/// Move a case folder, never over an existing one: a name taken in the destination gets a numbered suffix.
+fn move_case(from: &Path, to: &Path) -> std::io::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut dest = to.to_owned();
+    let mut n = 1;
+    while dest.exists() {
+        n += 1;
+        dest = PathBuf::from(format!("{}.{n}", to.display()));
+    }
+    std::fs::rename(from, dest)
+}
+
+/// One delivery attempt of one case, as a task.
+struct Delivery {
+    shared: Arc<Shared>,
+    folder: usize,
+    case_dir: PathBuf,
+    case: String,
+    rec: CaseRecord,
+    snapshot: Snapshot,
+    fp: String,
+}
+
+impl Delivery {
+    async fn run(self) -> (PathBuf, Done) {
+        let case_dir = self.case_dir.clone();
+        let done = match self.attempt().await {
+            Ok(done) => done,
+            Err(e) => {
+                // The journal could not record a step: stop this attempt; it resumes later from what
+                // was recorded.
+                tracing::error!(case = %case_dir.display(), "{e}");
+                Done::Later(Duration::from_secs(60))
+            }
+        };
+        (case_dir, done)
+    }
+
+    async fn attempt(self) -> Result<Done, JournalError> {
+        let _permit = self.shared.slots.acquire().await;
+        let sh = &self.shared;
+        let folder = &sh.config.folders[self.folder];
+        let started = (crate::receipt::now_rfc3339(), Instant::now());
+        let facts = |plan, manifest, attempts: i64, revision: i64| CaseFacts {
+            case_dir: &self.case_dir,
+            plan,
+            manifest,
+            target: TargetRef {
+                kind: folder.target,
+                slug: folder.target_slug.clone(),
+                pk: None,
+                url: None,
+            },
+            case: self.case.clone(),
+            skipped: self
+                .snapshot
+                .skipped
+                .iter()
+                .map(|s| format!("{}: {}", s.rel.display(), s.why))
+                .collect(),
+            readiness: readiness(folder),
+            attempts: attempts as u32,
+            revision: revision as u32,
+            started: started.clone(),
+        };
+
+        let plan = match rules::plan(folder, &self.case_dir, &self.snapshot.case_files()) {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = e.to_string();
+                return self.quarantine(
+                    facts(None, None, self.rec.attempts, self.rec.revision),
+                    reason,
+                    None,
+                );
+            }
+        };
+        let hashed = {
+            let (dir, plan) = (self.case_dir.clone(), plan.clone());
+            tokio::task::spawn_blocking(move || rules::hash_files(&dir, &plan)).await
+        };
+        let manifest = match hashed {
+            Ok(Ok(h)) => Manifest::new(&plan, &h),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Done::Changed),
+            Ok(Err(e)) => {
+                let reason = format!("cannot read a file of the case: {e}");
+                return self.quarantine(
+                    facts(Some(&plan), None, self.rec.attempts, self.rec.revision),
+                    reason,
+                    None,
+                );
+            }
+            Err(e) => {
+                tracing::error!("hashing failed: {e}");
+                return Ok(Done::Later(sh.options.retry_first));
+            }
+        };
+        // Hashing took time: the case must not have changed meanwhile.
+        if crate::settle::snapshot(&self.case_dir)
+            .map(|s| s.fingerprint())
+            .ok()
+            .as_deref()
+            != Some(&self.fp)
+        {
+            return Ok(Done::Changed);
+        }
+        if self.rec.delivered_hash.as_deref() == Some(&manifest.hash) {
+            // Same content as delivered (e.g. touched, or copied again): never upload it twice.
+            sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
+            if self.rec.state != CaseState::Delivered {
+                sh.journal.delivered(self.rec.id, &manifest.hash)?;
+            }
+            tracing::info!(case = %self.case, "unchanged content: already delivered");
+            return Ok(Done::Unchanged);
+        }
+        let resuming = self.rec.manifest_hash.as_deref() == Some(&manifest.hash);
+        sh.journal.ready(
+            self.rec.id,
+            &Planned {
+                manifest_hash: &manifest.hash,
+                fingerprint: &self.fp,
+                title: &plan.title,
+                target_kind: plan.target,
+                target_slug: &plan.target_slug,
+            },
+        )?;
+        sh.journal.begin_attempt(self.rec.id)?;
+        let attempts = self.rec.attempts + 1;
+        let earlier = if resuming {
+            sh.journal.uploads(self.rec.id, &manifest.hash)?
+        } else {
+            vec![]
+        };
+        let cp = JournalCheckpoints {
+            journal: &sh.journal,
+            id: self.rec.id,
+            manifest: &manifest.hash,
+            earlier,
+            case_dir: &self.case_dir,
+            fingerprint: &self.fp,
+        };
+        let start = match &self.rec.item_pk {
+            Some(pk) => ItemStart::Existing(pk.clone()),
+            None => ItemStart::New,
+        };
+        tracing::info!(case = %self.case, files = manifest.entries.len(), resuming, "delivering");
+        match deliver(
+            &sh.client,
+            &self.case_dir,
+            &plan,
+            start,
+            &sh.options.verify,
+            &cp,
+        )
+        .await
+        {
+            Ok(d) => {
+                let receipt = Receipt::delivered(
+                    facts(
+                        Some(&plan),
+                        Some(&manifest),
+                        attempts,
+                        self.rec.revision + 1,
+                    ),
+                    &d,
+                );
+                // The receipt first: a crash before the journal says "delivered" only repeats the
+                // delivery into the same item, while the other order could lose the receipt.
+                if let Err(e) = crate::receipt::write(&sh.receipts, &receipt) {
+                    tracing::error!(case = %self.case, "cannot write the receipt: {e}");
+                    return Ok(Done::Later(sh.options.retry_first));
+                }
+                sh.journal.delivered(self.rec.id, &manifest.hash)?;
+                tracing::info!(case = %self.case, item = %d.item_pk, "delivered and verified");
+                apply_after(folder, &self.case_dir, &self.case);
+                Ok(Done::Delivered)
+            }
+            Err(DeliverError::Quarantine(reason)) => {
+                let item = sh
+                    .journal
+                    .by_id(self.rec.id)?
+                    .and_then(|r| r.item_pk)
+                    .map(|pk| ItemRef {
+                        api_url: plan_item_url(&sh.client, folder, &pk),
+                        pk,
+                    });
+                self.quarantine(
+                    facts(Some(&plan), Some(&manifest), attempts, self.rec.revision),
+                    reason,
+                    item,
+                )
+            }
+            Err(DeliverError::Changed) => {
+                sh.journal
+                    .postpone(self.rec.id, "the case changed during upload")?;
+                Ok(Done::Changed)
+            }
+            Err(DeliverError::Auth(e)) => {
+                let why = format!(
+                    "the platform refused the token for {} {}: {e}",
+                    kind_name(folder.target),
+                    folder.target_slug
+                );
+                tracing::error!(case = %self.case, "{why}; pausing this target");
+                sh.journal.postpone(self.rec.id, &why)?;
+                Ok(Done::AuthPaused(folder.target, folder.target_slug.clone()))
+            }
+            Err(DeliverError::Later(e)) => {
+                let wait = backoff(&sh.options, attempts);
+                tracing::warn!(case = %self.case, retry_in = ?wait, "{e}");
+                sh.journal.postpone(self.rec.id, &e.to_string())?;
+                Ok(Done::Later(wait))
+            }
+            Err(DeliverError::Checkpoint(e)) => {
+                tracing::error!(case = %self.case, "{e}");
+                Ok(Done::Later(sh.options.retry_first))
+            }
+        }
+    }
+
+    fn quarantine(
+        &self,
+        facts: CaseFacts<'_>,
+        reason: String,
+        item: Option<ItemRef>,
+    ) -> Result<Done, JournalError> {
+        let sh = &self.shared;
+        let folder = &sh.config.folders[self.folder];
+        tracing::warn!(case = %self.case, "quarantined: {reason}");
+        let receipt = Receipt::quarantined(facts, reason.clone(), item);
+        if let Err(e) = crate::receipt::write(&sh.receipts, &receipt) {
+            tracing::error!(case = %self.case, "cannot write the receipt: {e}");
+        }
+        sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
+        sh.journal.quarantined(self.rec.id, &reason)?;
+        if let Some(q) = &folder.quarantine
+            && let Err(e) = move_case(&self.case_dir, &q.join(&self.case))
+        {
+            tracing::error!(case = %self.case, "cannot move the case to quarantine: {e}");
+        }
+        Ok(Done::Quarantined)
+    }
+}
+
+fn plan_item_url(client: &Client, folder: &Folder, pk: &str) -> String {
+    let target = crate::gc::Target {
+        kind: folder.target,
+        slug: folder.target_slug.clone(),
+        pk: String::new(),
+        api_url: String::new(),
+        url: String::new(),
+    };
+    client.item_api_url(&target, pk)
+}
+
+fn kind_name(kind: TargetKind) -> &'static str {
+    match kind {
+        TargetKind::Archive => "archive",
+        TargetKind::ReaderStudy => "reader study",
+    }
+}
+
+fn readiness(folder: &Folder) -> String {
+    let mut s = format!("unchanged for {}", humantime::format_duration(folder.quiet));
+    if let Some(m) = &folder.marker {
+        s.push_str(&format!(", marker {m} present"));
+    }
+    s.push_str(", no temporary files");
+    s
+}
+
+/// Exponential backoff with jitter, for failures that may pass.
+fn backoff(o: &AgentOptions, attempts: i64) -> Duration {
+    let exp = o
+        .retry_first
+        .saturating_mul(1u32 << attempts.clamp(0, 16) as u32)
+        .min(o.retry_max);
+    let jitter = rand::random::<f64>() * 0.25 + 0.875;
+    exp.mul_f64(jitter)
+}
+
+/// The journal as a delivery's checkpoints.
+struct JournalCheckpoints<'a> {
+    journal: &'a Journal,
+    id: i64,
+    manifest: &'a str,
+    earlier: Vec<crate::journal::UploadRecord>,
+    case_dir: &'a Path,
+    fingerprint: &'a str,
+}
+
+impl Checkpoints for JournalCheckpoints<'_> {
+    fn item(&self, pk: &str) -> Result<(), String> {
+        self.journal
+            .item_created(self.id, pk)
+            .map_err(|e| e.to_string())
+    }
+    fn step(&self, step: Step) -> Result<(), String> {
+        self.journal.step(self.id, step).map_err(|e| e.to_string())
+    }
+    fn upload_created(&self, path: &str, u: &UserUpload) -> Result<(), String> {
+        self.journal
+            .upload_created(
+                self.id,
+                self.manifest,
+                path,
+                &u.pk,
+                &u.s3_upload_id,
+                &u.api_url,
+            )
+            .map_err(|e| e.to_string())
+    }
+    fn part_done(&self, upload_pk: &str, part: u32, etag: &str) -> Result<(), String> {
+        self.journal
+            .part_done(upload_pk, part, etag)
+            .map_err(|e| e.to_string())
+    }
+    fn upload_completed(&self, _path: &str, u: &UserUpload) -> Result<(), String> {
+        self.journal
+            .upload_completed(&u.pk)
+            .map_err(|e| e.to_string())
+    }
+    fn earlier_upload(&self, path: &str) -> Option<EarlierUpload> {
+        let u = self.earlier.iter().find(|u| u.path == path)?;
+        Some(if u.completed {
+            EarlierUpload::Completed {
+                upload_pk: u.upload_pk.clone(),
+                api_url: u.api_url.clone(),
+            }
+        } else {
+            EarlierUpload::Open(ResumeFrom {
+                upload_pk: u.upload_pk.clone(),
+                s3_upload_id: u.s3_upload_id.clone(),
+            })
+        })
+    }
+    fn unchanged(&self) -> bool {
+        crate::settle::snapshot(self.case_dir)
+            .map(|s| s.fingerprint())
+            .ok()
+            .as_deref()
+            == Some(self.fingerprint)
+    }
+}

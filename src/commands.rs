@@ -1,0 +1,364 @@
+//! The subcommands that operate the agent: `run`, `check`, `explain`, `retry`. Each loads the config,
+//! does one thing and maps the outcome to an exit code an operator or a script can rely on.
+
+use std::path::Path;
+
+use crate::agent::{self, AgentOptions};
+use crate::cli::{CheckArgs, ExplainArgs, RetryArgs, RunArgs, exit};
+use crate::config::{Config, RuleSource};
+use crate::gc::{GcError, SuperKind};
+use crate::journal::{CaseState, Journal};
+
+fn load(path: &Path) -> Result<Config, u8> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Runtime::new().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        exit::PLATFORM
+    })
+}
+
+/// `gc-hotfolder run`
+pub fn run(args: RunArgs) -> u8 {
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let stop = shutdown_signal();
+        let client = match config.client() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::PLATFORM;
+            }
+        };
+        match client.whoami().await {
+            Ok(user) => tracing::info!(user, url = %config.server.url, "token accepted"),
+            Err(e @ GcError::Auth { .. }) => {
+                eprintln!("error: {}: {e}", config.server.url);
+                return exit::PLATFORM;
+            }
+            // Unreachable now is not fatal: the platform may come back, and deliveries retry.
+            Err(e) => tracing::warn!(url = %config.server.url, "cannot check the token yet: {e}"),
+        }
+        for f in &config.folders {
+            if !f.path.is_dir() {
+                tracing::error!(folder = %f.path.display(), "the drop folder does not exist (yet); it is polled until it appears");
+            }
+        }
+        match agent::run(config.clone(), client, AgentOptions::from_config(&config), stop).await {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::PLATFORM
+            }
+        }
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is
+/// first polled, so a stop request that arrives during startup is not lost (nor fatal).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate()).map_err(|e| tracing::error!("cannot listen for SIGTERM: {e}")).ok();
+    let int = signal(SignalKind::interrupt()).map_err(|e| tracing::error!("cannot listen for SIGINT: {e}")).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(term) => tracing::info!("SIGTERM received"),
+            _ = wait(int) => tracing::info!("interrupt received"),
+        }
+    }
+}
+
+/// `gc-hotfolder check`
+pub fn check(args: CheckArgs) -> u8 {
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!(
+        "{}: valid, {} folder(s)",
+        args.config.display(),
+        config.folders.len()
+    );
+    for f in &config.folders {
+        let exists = if f.path.is_dir() {
+            ""
+        } else {
+            " (does not exist yet)"
+        };
+        println!(
+            "  folder[{}] {}{exists} → {:?} {}",
+            f.index,
+            f.path.display(),
+            f.target,
+            f.target_slug
+        );
+    }
+    if !args.online {
+        return exit::OK;
+    }
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let client = match config.client() {
+            Ok(c) => c,
+            Err(e) => {
+                println!("  token: {e}");
+                return exit::PLATFORM;
+            }
+        };
+        match client.whoami().await {
+            Ok(user) => println!("  token: accepted for user {user}"),
+            Err(e) => {
+                println!("  token: {e}");
+                return exit::PLATFORM;
+            }
+        }
+        let mut code = exit::OK;
+        for f in &config.folders {
+            match client.resolve_target(f.target, &f.target_slug).await {
+                Ok(t) => println!("  folder[{}] target {} found ({})", f.index, t.slug, t.url),
+                Err(e) => {
+                    println!("  folder[{}] target {}: {e}", f.index, f.target_slug);
+                    code = exit::PLATFORM;
+                }
+            }
+            for rule in &f.sockets {
+                match client.socket(&rule.slug).await {
+                    Ok(s) => match fits(&rule.source, s.super_kind, s.is_dicom_image_set()) {
+                        Ok(()) => println!(
+                            "  folder[{}] socket {}: {} ({:?}) fits",
+                            f.index, s.slug, s.kind, s.super_kind
+                        ),
+                        Err(why) => {
+                            println!("  folder[{}] socket {}: {why}", f.index, s.slug);
+                            code = exit::PLATFORM;
+                        }
+                    },
+                    Err(e) => {
+                        println!("  folder[{}] socket {}: {e}", f.index, rule.slug);
+                        code = exit::PLATFORM;
+                    }
+                }
+            }
+        }
+        code
+    })
+}
+
+/// Does a rule's kind of source fit a socket's super kind?
+fn fits(source: &RuleSource, kind: SuperKind, dicom_set: bool) -> Result<(), String> {
+    match (source, kind) {
+        (RuleSource::Files { .. }, SuperKind::Image) if dicom_set => {
+            Err("a DICOM image set needs image_name".into())
+        }
+        (RuleSource::DicomImageSet { .. }, SuperKind::Image) if !dicom_set => {
+            Err("image_name is only for DICOM image set sockets".into())
+        }
+        (RuleSource::Files { .. } | RuleSource::DicomImageSet { .. }, SuperKind::Image) => Ok(()),
+        (RuleSource::Files { .. }, SuperKind::File) => Ok(()),
+        (RuleSource::ValueFile(_), SuperKind::Value | SuperKind::File) => Ok(()),
+        (RuleSource::Value(_), SuperKind::Value) => Ok(()),
+        (_, k) => Err(format!(
+            "a {k:?} socket cannot take this rule's kind of source"
+        )),
+    }
+}
+
+/// `gc-hotfolder explain`
+pub fn explain(args: ExplainArgs) -> u8 {
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let path = std::path::absolute(&args.path).unwrap_or(args.path.clone());
+    let files = path
+        .is_dir()
+        .then(|| crate::settle::snapshot(&path).map(|s| s.case_files()).ok())
+        .flatten();
+    for line in crate::rules::explain(&config, &path, files.as_deref()) {
+        println!("{line}");
+    }
+    exit::OK
+}
+
+/// `gc-hotfolder retry`
+pub fn retry(args: RetryArgs) -> u8 {
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let journal = match Journal::open(&config.server.state_dir) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let all = match journal.all() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let mut code = exit::OK;
+    let wanted: Vec<_> = if args.quarantined {
+        all.iter()
+            .filter(|c| c.state == CaseState::Quarantined)
+            .collect()
+    } else {
+        let mut v = Vec::new();
+        for case in &args.cases {
+            let abs = std::path::absolute(case).unwrap_or(case.clone());
+            match all.iter().find(|c| c.folder.join(&c.case) == abs) {
+                Some(c) => v.push(c),
+                None => {
+                    eprintln!("{}: the journal does not know this case", case.display());
+                    code = exit::CASE_FAILED;
+                }
+            }
+        }
+        v
+    };
+    for c in wanted {
+        match journal.requeue(c.id) {
+            Ok(()) => println!("requeued {}", c.folder.join(&c.case).display()),
+            Err(e) => {
+                eprintln!("{}: {e}", c.case);
+                code = exit::CASE_FAILED;
+            }
+        }
+    }
+    code
+}
+
+/// What `status` reports for one drop folder.
+#[derive(Debug, serde::Serialize)]
+pub struct FolderStatus {
+    pub folder: String,
+    pub target: String,
+    pub counts: std::collections::BTreeMap<String, i64>,
+    /// The case waiting longest (not delivered, not quarantined), with the time of its last change.
+    pub oldest_waiting: Option<(String, String)>,
+    pub last_delivery: Option<(String, String)>,
+    pub quarantined: Vec<(String, String)>,
+    /// Notes on cases that are not ready (e.g. still changing after max_wait).
+    pub notes: Vec<(String, String)>,
+}
+
+/// Per folder: cases by state, the oldest waiting, the last delivery, quarantined cases with reasons.
+pub fn folder_status(
+    config: &Config,
+    journal: &Journal,
+) -> Result<Vec<FolderStatus>, crate::journal::JournalError> {
+    let all = journal.all()?;
+    Ok(config
+        .folders
+        .iter()
+        .map(|f| {
+            let cases: Vec<_> = all.iter().filter(|c| c.folder == f.path).collect();
+            let mut counts = std::collections::BTreeMap::new();
+            for c in &cases {
+                *counts.entry(c.state.name().to_owned()).or_insert(0) += 1;
+            }
+            let waiting = cases
+                .iter()
+                .filter(|c| !matches!(c.state, CaseState::Delivered | CaseState::Quarantined));
+            FolderStatus {
+                folder: f.path.display().to_string(),
+                target: format!("{:?} {}", f.target, f.target_slug),
+                counts,
+                oldest_waiting: waiting
+                    .clone()
+                    .min_by(|a, b| a.updated.cmp(&b.updated))
+                    .map(|c| (c.case.clone(), c.updated.clone())),
+                last_delivery: cases
+                    .iter()
+                    .filter(|c| c.state == CaseState::Delivered)
+                    .max_by(|a, b| a.updated.cmp(&b.updated))
+                    .map(|c| (c.case.clone(), c.updated.clone())),
+                quarantined: cases
+                    .iter()
+                    .filter(|c| c.state == CaseState::Quarantined)
+                    .map(|c| (c.case.clone(), c.reason.clone().unwrap_or_default()))
+                    .collect(),
+                notes: waiting
+                    .filter_map(|c| c.reason.clone().map(|r| (c.case.clone(), r)))
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+/// `gc-hotfolder status`
+pub fn status(args: crate::cli::StatusArgs) -> u8 {
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let report = Journal::open(&config.server.state_dir).and_then(|j| folder_status(&config, &j));
+    let folders = match report {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&folders) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        }
+        return exit::OK;
+    }
+    for f in &folders {
+        println!("{} → {}", f.folder, f.target);
+        let counts: Vec<String> = f.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        println!(
+            "  cases: {}",
+            if counts.is_empty() {
+                "none yet".into()
+            } else {
+                counts.join(", ")
+            }
+        );
+        if let Some((case, since)) = &f.oldest_waiting {
+            println!("  oldest waiting: {case} (last change {since})");
+        }
+        if let Some((case, at)) = &f.last_delivery {
+            println!("  last delivery: {case} at {at}");
+        }
+        for (case, note) in &f.notes {
+            println!("  note: {case}: {note}");
+        }
+        for (case, reason) in &f.quarantined {
+            println!("  quarantined: {case}: {reason}");
+        }
+    }
+    exit::OK
+}

@@ -1,0 +1,752 @@
+//! The journal: the only source of truth about cases after a restart.
+//!
+//! Every step of a delivery is written here (SQLite, WAL, synchronous commits) before it starts and after it
+//! ends, so a `kill -9` at any instant leaves enough behind to finish the case exactly once: which item
+//! was (maybe) created, which uploads exist and which of their parts are done, whether the PATCH went out.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::gc::TargetKind;
+
+/// Where a case is in its life. Each state carries only what is meaningful in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaseState {
+    /// Seen, still changing (or waiting for its marker).
+    Settling,
+    /// Stable and planned; waiting for a delivery slot.
+    Ready,
+    /// Being delivered; `step` says how far it got.
+    Uploading { step: Step },
+    /// Verified on the server.
+    Delivered,
+    /// Could not be delivered; the reason is in the receipt and in [`CaseRecord::reason`].
+    Quarantined,
+}
+
+/// The steps of one delivery, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// About to create (or adopt) the item. A crash here may have left an item without a recorded pk.
+    Creating,
+    /// The item exists (pk recorded); files are being uploaded.
+    Uploading,
+    /// The PATCH may have been sent.
+    Patching,
+    /// The PATCH was answered; waiting for the server to attach every value.
+    Verifying,
+}
+
+impl CaseState {
+    fn to_db(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            CaseState::Settling => ("settling", None),
+            CaseState::Ready => ("ready", None),
+            CaseState::Uploading { step } => (
+                "uploading",
+                Some(match step {
+                    Step::Creating => "creating",
+                    Step::Uploading => "uploading",
+                    Step::Patching => "patching",
+                    Step::Verifying => "verifying",
+                }),
+            ),
+            CaseState::Delivered => ("delivered", None),
+            CaseState::Quarantined => ("quarantined", None),
+        }
+    }
+
+    fn from_db(state: &str, step: Option<&str>) -> Result<CaseState, JournalError> {
+        Ok(match (state, step) {
+            ("settling", _) => CaseState::Settling,
+            ("ready", _) => CaseState::Ready,
+            ("uploading", Some(s)) => CaseState::Uploading {
+                step: match s {
+                    "creating" => Step::Creating,
+                    "uploading" => Step::Uploading,
+                    "patching" => Step::Patching,
+                    "verifying" => Step::Verifying,
+                    other => return Err(JournalError::Corrupt(format!("unknown step {other:?}"))),
+                },
+            },
+            ("delivered", _) => CaseState::Delivered,
+            ("quarantined", _) => CaseState::Quarantined,
+            (other, _) => return Err(JournalError::Corrupt(format!("unknown state {other:?}"))),
+        })
+    }
+
+    /// The short name used in status output and metrics.
+    pub fn name(&self) -> &'static str {
+        self.to_db().0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("journal: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("journal is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// One case as the journal knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseRecord {
+    pub id: i64,
+    /// The drop folder.
+    pub folder: PathBuf,
+    /// The case folder relative to the drop folder.
+    pub case: String,
+    pub state: CaseState,
+    pub target_kind: Option<TargetKind>,
+    pub target_slug: Option<String>,
+    pub title: Option<String>,
+    /// The manifest of the delivery in progress (or of the last attempt).
+    pub manifest_hash: Option<String>,
+    /// The manifest that was last verified on the server.
+    pub delivered_hash: Option<String>,
+    /// Stat fingerprint of the case folder when it was last planned: tells cheaply whether anything changed.
+    pub fingerprint: Option<String>,
+    pub item_pk: Option<String>,
+    /// Verified deliveries of this case into its item (1 after the first, +1 per update).
+    pub revision: i64,
+    pub attempts: i64,
+    pub reason: Option<String>,
+    pub updated: String,
+}
+
+/// An upload the journal remembers for a file of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRecord {
+    pub path: String,
+    pub upload_pk: String,
+    pub s3_upload_id: String,
+    pub api_url: String,
+    pub completed: bool,
+    /// Parts already PUT: (part number, ETag verbatim).
+    pub parts: Vec<(u32, String)>,
+}
+
+/// What planning a ready case decided, as the journal keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct Planned<'a> {
+    pub manifest_hash: &'a str,
+    pub fingerprint: &'a str,
+    pub title: &'a str,
+    pub target_kind: TargetKind,
+    pub target_slug: &'a str,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS cases (
+    id INTEGER PRIMARY KEY,
+    folder TEXT NOT NULL,
+    case_path TEXT NOT NULL,
+    state TEXT NOT NULL,
+    step TEXT,
+    target_kind TEXT,
+    target_slug TEXT,
+    title TEXT,
+    manifest_hash TEXT,
+    delivered_hash TEXT,
+    fingerprint TEXT,
+    item_pk TEXT,
+    revision INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    updated TEXT NOT NULL,
+    UNIQUE (folder, case_path)
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    manifest_hash TEXT NOT NULL,
+    path TEXT NOT NULL,
+    upload_pk TEXT NOT NULL,
+    s3_upload_id TEXT NOT NULL,
+    api_url TEXT NOT NULL,
+    completed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (case_id, manifest_hash, path)
+);
+CREATE TABLE IF NOT EXISTS parts (
+    upload_pk TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    PRIMARY KEY (upload_pk, part)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    case_id INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_case ON events (case_id);
+";
+
+/// The journal of one agent. Cheap to share behind an `Arc`; every call is one short transaction.
+pub struct Journal {
+    conn: Mutex<Connection>,
+}
+
+fn now() -> String {
+    crate::receipt::now_rfc3339()
+}
+
+fn kind_to_db(k: TargetKind) -> &'static str {
+    match k {
+        TargetKind::Archive => "archive",
+        TargetKind::ReaderStudy => "reader_study",
+    }
+}
+
+impl Journal {
+    /// Open (or create) `<state_dir>/journal.sqlite3`.
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        let path = state_dir.join("journal.sqlite3");
+        let err = |source| JournalError::Open {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        let conn = Connection::open(&path).map_err(err)?;
+        // WAL with synchronous=FULL: a commit is on disk when it returns, and readers never block writers.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Journal {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (each call is one transaction),
+        // so a poisoned lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn event(
+        conn: &Connection,
+        case_id: i64,
+        event: &str,
+        detail: Option<&str>,
+    ) -> Result<(), JournalError> {
+        conn.execute(
+            "INSERT INTO events (case_id, at, event, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![case_id, now(), event, detail],
+        )?;
+        Ok(())
+    }
+
+    /// The case's record, created in `Settling` if the journal has never seen it.
+    pub fn discover(&self, folder: &Path, case: &str) -> Result<CaseRecord, JournalError> {
+        let folder_s = folder.to_string_lossy();
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO cases (folder, case_path, state, updated) VALUES (?1, ?2, 'settling', ?3)",
+                params![folder_s, case, now()],
+            )?;
+            if inserted == 1 {
+                let id = tx.last_insert_rowid();
+                Journal::event(&tx, id, "discovered", None)?;
+            }
+            tx.commit()?;
+        }
+        self.get(folder, case)?
+            .ok_or_else(|| JournalError::Corrupt("a case vanished right after insert".into()))
+    }
+
+    pub fn get(&self, folder: &Path, case: &str) -> Result<Option<CaseRecord>, JournalError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached(&format!("{SELECT} WHERE folder = ?1 AND case_path = ?2"))?;
+        let row = stmt
+            .query_row(params![folder.to_string_lossy(), case], raw_row)
+            .optional()?;
+        row.map(RawRow::into_record).transpose()
+    }
+
+    pub fn by_id(&self, id: i64) -> Result<Option<CaseRecord>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!("{SELECT} WHERE id = ?1"))?;
+        let row = stmt.query_row(params![id], raw_row).optional()?;
+        row.map(RawRow::into_record).transpose()
+    }
+
+    /// All cases, oldest first.
+    pub fn all(&self) -> Result<Vec<CaseRecord>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!("{SELECT} ORDER BY id"))?;
+        let rows = stmt
+            .query_map([], raw_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(RawRow::into_record).collect()
+    }
+
+    fn set(
+        &self,
+        id: i64,
+        state: CaseState,
+        event: &str,
+        detail: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let (s, step) = state.to_db();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET state = ?2, step = ?3, updated = ?4 WHERE id = ?1",
+            params![id, s, step, now()],
+        )?;
+        Journal::event(&tx, id, event, detail)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn settling(&self, id: i64) -> Result<(), JournalError> {
+        self.set(id, CaseState::Settling, "settling", None)
+    }
+
+    /// The case is stable and planned with this manifest.
+    pub fn ready(&self, id: i64, planned: &Planned<'_>) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET state = 'ready', step = NULL, manifest_hash = ?2, title = ?3, target_kind = ?4,
+             target_slug = ?5, fingerprint = ?6, reason = NULL, updated = ?7 WHERE id = ?1",
+            params![
+                id,
+                planned.manifest_hash,
+                planned.title,
+                kind_to_db(planned.target_kind),
+                planned.target_slug,
+                planned.fingerprint,
+                now()
+            ],
+        )?;
+        let manifest_hash = planned.manifest_hash;
+        Journal::event(&tx, id, "ready", Some(manifest_hash))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Remember the folder's current stat fingerprint (its content is known to be unchanged or ignored).
+    pub fn set_fingerprint(&self, id: i64, fingerprint: &str) -> Result<(), JournalError> {
+        self.conn().execute(
+            "UPDATE cases SET fingerprint = ?2 WHERE id = ?1",
+            params![id, fingerprint],
+        )?;
+        Ok(())
+    }
+
+    /// A note on a case that is not ready (e.g. still changing after max_wait), shown by `status`.
+    pub fn note(&self, id: i64, note: &str) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET reason = ?2, updated = ?3 WHERE id = ?1",
+            params![id, note, now()],
+        )?;
+        Journal::event(&tx, id, "note", Some(note))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Back to `Ready` after an attempt that can be repeated later (platform unavailable, target paused).
+    pub fn postpone(&self, id: i64, why: &str) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET state = 'ready', step = NULL, reason = ?2, updated = ?3 WHERE id = ?1",
+            params![id, why, now()],
+        )?;
+        Journal::event(&tx, id, "postponed", Some(why))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Before the first platform call of an attempt.
+    pub fn begin_attempt(&self, id: i64) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET state = 'uploading', step = 'creating', attempts = attempts + 1, updated = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        Journal::event(&tx, id, "creating", None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The item exists (created or adopted); from here on every attempt updates this item.
+    pub fn item_created(&self, id: i64, item_pk: &str) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET item_pk = ?2, step = 'uploading', updated = ?3 WHERE id = ?1",
+            params![id, item_pk, now()],
+        )?;
+        Journal::event(&tx, id, "item", Some(item_pk))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn step(&self, id: i64, step: Step) -> Result<(), JournalError> {
+        let state = CaseState::Uploading { step };
+        let name = state.to_db().1.unwrap_or("uploading");
+        self.set(id, state, name, None)
+    }
+
+    /// Verified on the server: this manifest is delivered and is never uploaded again.
+    pub fn delivered(&self, id: i64, manifest_hash: &str) -> Result<i64, JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET state = 'delivered', step = NULL, delivered_hash = ?2, revision = revision + 1,
+             reason = NULL, updated = ?3 WHERE id = ?1",
+            params![id, manifest_hash, now()],
+        )?;
+        // Parts of finished uploads are no longer needed to resume anything.
+        tx.execute(
+            "DELETE FROM parts WHERE upload_pk IN (SELECT upload_pk FROM uploads WHERE case_id = ?1)",
+            params![id],
+        )?;
+        tx.execute("DELETE FROM uploads WHERE case_id = ?1", params![id])?;
+        Journal::event(&tx, id, "delivered", Some(manifest_hash))?;
+        let revision = tx.query_row(
+            "SELECT revision FROM cases WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
+        tx.commit()?;
+        Ok(revision)
+    }
+
+    pub fn quarantined(&self, id: i64, reason: &str) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET state = 'quarantined', step = NULL, reason = ?2, updated = ?3 WHERE id = ?1",
+            params![id, reason, now()],
+        )?;
+        Journal::event(&tx, id, "quarantined", Some(reason))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Put a quarantined case back in line (the `retry` command).
+    pub fn requeue(&self, id: i64) -> Result<(), JournalError> {
+        self.set(id, CaseState::Settling, "requeued", None)
+    }
+
+    /// Forget a case entirely (its folder is gone and it was never delivered).
+    pub fn forget(&self, id: i64) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM parts WHERE upload_pk IN (SELECT upload_pk FROM uploads WHERE case_id = ?1)",
+            params![id],
+        )?;
+        tx.execute("DELETE FROM uploads WHERE case_id = ?1", params![id])?;
+        tx.execute("DELETE FROM cases WHERE id = ?1", params![id])?;
+        Journal::event(&tx, id, "forgotten", None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Record an upload right after the platform created it, before any part is sent.
+    pub fn upload_created(
+        &self,
+        id: i64,
+        manifest_hash: &str,
+        path: &str,
+        upload_pk: &str,
+        s3_upload_id: &str,
+        api_url: &str,
+    ) -> Result<(), JournalError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO uploads (case_id, manifest_hash, path, upload_pk, s3_upload_id, api_url, completed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+            params![id, manifest_hash, path, upload_pk, s3_upload_id, api_url],
+        )?;
+        Ok(())
+    }
+
+    pub fn part_done(&self, upload_pk: &str, part: u32, etag: &str) -> Result<(), JournalError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO parts (upload_pk, part, etag) VALUES (?1, ?2, ?3)",
+            params![upload_pk, part, etag],
+        )?;
+        Ok(())
+    }
+
+    pub fn upload_completed(&self, upload_pk: &str) -> Result<(), JournalError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE uploads SET completed = 1 WHERE upload_pk = ?1",
+            params![upload_pk],
+        )?;
+        conn.execute("DELETE FROM parts WHERE upload_pk = ?1", params![upload_pk])?;
+        Ok(())
+    }
+
+    /// Forget an upload that turned out to be dead (expired, aborted, consumed).
+    pub fn upload_dropped(&self, upload_pk: &str) -> Result<(), JournalError> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM parts WHERE upload_pk = ?1", params![upload_pk])?;
+        conn.execute(
+            "DELETE FROM uploads WHERE upload_pk = ?1",
+            params![upload_pk],
+        )?;
+        Ok(())
+    }
+
+    /// The uploads recorded for a case's delivery of this manifest, with their parts.
+    pub fn uploads(&self, id: i64, manifest_hash: &str) -> Result<Vec<UploadRecord>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT path, upload_pk, s3_upload_id, api_url, completed FROM uploads
+             WHERE case_id = ?1 AND manifest_hash = ?2 ORDER BY path",
+        )?;
+        let mut uploads = stmt
+            .query_map(params![id, manifest_hash], |r| {
+                Ok(UploadRecord {
+                    path: r.get(0)?,
+                    upload_pk: r.get(1)?,
+                    s3_upload_id: r.get(2)?,
+                    api_url: r.get(3)?,
+                    completed: r.get::<_, i64>(4)? != 0,
+                    parts: vec![],
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut parts =
+            conn.prepare_cached("SELECT part, etag FROM parts WHERE upload_pk = ?1 ORDER BY part")?;
+        for u in &mut uploads {
+            u.parts = parts
+                .query_map(params![u.upload_pk], |r| {
+                    Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+        }
+        Ok(uploads)
+    }
+
+    /// How many cases are in each state, by [`CaseState::name`].
+    pub fn counts(&self) -> Result<std::collections::BTreeMap<String, i64>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM cases GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The events of a case, oldest first: (time, event, detail).
+    pub fn events(&self, id: i64) -> Result<Vec<(String, String, Option<String>)>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT at, event, detail FROM events WHERE case_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+const SELECT: &str =
+    "SELECT id, folder, case_path, state, step, target_kind, target_slug, title, manifest_hash,
+    delivered_hash, fingerprint, item_pk, revision, attempts, reason, updated FROM cases";
+
+struct RawRow {
+    id: i64,
+    folder: String,
+    case: String,
+    state: String,
+    step: Option<String>,
+    target_kind: Option<String>,
+    target_slug: Option<String>,
+    title: Option<String>,
+    manifest_hash: Option<String>,
+    delivered_hash: Option<String>,
+    fingerprint: Option<String>,
+    item_pk: Option<String>,
+    revision: i64,
+    attempts: i64,
+    reason: Option<String>,
+    updated: String,
+}
+
+fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        id: r.get(0)?,
+        folder: r.get(1)?,
+        case: r.get(2)?,
+        state: r.get(3)?,
+        step: r.get(4)?,
+        target_kind: r.get(5)?,
+        target_slug: r.get(6)?,
+        title: r.get(7)?,
+        manifest_hash: r.get(8)?,
+        delivered_hash: r.get(9)?,
+        fingerprint: r.get(10)?,
+        item_pk: r.get(11)?,
+        revision: r.get(12)?,
+        attempts: r.get(13)?,
+        reason: r.get(14)?,
+        updated: r.get(15)?,
+    })
+}
+
+impl RawRow {
+    fn into_record(self) -> Result<CaseRecord, JournalError> {
+        let target_kind = match self.target_kind.as_deref() {
+            None => None,
+            Some("archive") => Some(TargetKind::Archive),
+            Some("reader_study") => Some(TargetKind::ReaderStudy),
+            Some(other) => {
+                return Err(JournalError::Corrupt(format!(
+                    "unknown target kind {other:?}"
+                )));
+            }
+        };
+        Ok(CaseRecord {
+            id: self.id,
+            folder: PathBuf::from(self.folder),
+            case: self.case,
+            state: CaseState::from_db(&self.state, self.step.as_deref())?,
+            target_kind,
+            target_slug: self.target_slug,
+            title: self.title,
+            manifest_hash: self.manifest_hash,
+            delivered_hash: self.delivered_hash,
+            fingerprint: self.fingerprint,
+            item_pk: self.item_pk,
+            revision: self.revision,
+            attempts: self.attempts,
+            reason: self.reason,
+            updated: self.updated,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_walks_the_states_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Path::new("/drop");
+        let id = {
+            let j = Journal::open(dir.path()).unwrap();
+            let c = j.discover(folder, "p1").unwrap();
+            assert_eq!(c.state, CaseState::Settling);
+            assert_eq!(
+                j.discover(folder, "p1").unwrap().id,
+                c.id,
+                "discovering twice is one case"
+            );
+            let planned = Planned {
+                manifest_hash: "m1",
+                fingerprint: "f1",
+                title: "p1",
+                target_kind: TargetKind::Archive,
+                target_slug: "a",
+            };
+            j.ready(c.id, &planned).unwrap();
+            j.begin_attempt(c.id).unwrap();
+            j.item_created(c.id, "item-1").unwrap();
+            j.upload_created(c.id, "m1", "ct/a.dcm", "u1", "s3-1", "http://x/uploads/u1/")
+                .unwrap();
+            j.part_done("u1", 1, "\"etag-1\"").unwrap();
+            j.part_done("u1", 2, "\"etag-2\"").unwrap();
+            c.id
+        };
+        // As after a kill -9: a fresh connection sees every committed step.
+        let j = Journal::open(dir.path()).unwrap();
+        let c = j.by_id(id).unwrap().unwrap();
+        assert_eq!(
+            c.state,
+            CaseState::Uploading {
+                step: Step::Uploading
+            }
+        );
+        assert_eq!(c.item_pk.as_deref(), Some("item-1"));
+        assert_eq!(c.attempts, 1);
+        let ups = j.uploads(id, "m1").unwrap();
+        assert_eq!(ups.len(), 1);
+        assert_eq!(
+            ups[0].parts,
+            vec![(1, "\"etag-1\"".to_owned()), (2, "\"etag-2\"".to_owned())]
+        );
+        assert!(j.uploads(id, "other-manifest").unwrap().is_empty());
+
+        j.upload_completed("u1").unwrap();
+        assert!(j.uploads(id, "m1").unwrap()[0].completed);
+        j.step(id, Step::Patching).unwrap();
+        j.step(id, Step::Verifying).unwrap();
+        assert_eq!(j.delivered(id, "m1").unwrap(), 1);
+        let c = j.by_id(id).unwrap().unwrap();
+        assert_eq!(
+            (c.state, c.delivered_hash.as_deref(), c.revision),
+            (CaseState::Delivered, Some("m1"), 1)
+        );
+        assert!(
+            j.uploads(id, "m1").unwrap().is_empty(),
+            "nothing to resume after delivery"
+        );
+        let events: Vec<String> = j.events(id).unwrap().into_iter().map(|e| e.1).collect();
+        assert_eq!(
+            events,
+            [
+                "discovered",
+                "ready",
+                "creating",
+                "item",
+                "patching",
+                "verifying",
+                "delivered"
+            ]
+        );
+    }
+
+    #[test]
+    fn quarantine_keeps_the_reason_and_retry_requeues() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let c = j.discover(Path::new("/drop"), "p2").unwrap();
+        j.quarantined(c.id, "score.json is not valid JSON").unwrap();
+        let q = j.by_id(c.id).unwrap().unwrap();
+        assert_eq!(
+            (q.state, q.reason.as_deref()),
+            (CaseState::Quarantined, Some("score.json is not valid JSON"))
+        );
+        j.requeue(c.id).unwrap();
+        assert_eq!(j.by_id(c.id).unwrap().unwrap().state, CaseState::Settling);
+        j.forget(c.id).unwrap();
+        assert!(j.by_id(c.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_database_is_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let mode: String = j
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

@@ -1,0 +1,415 @@
+//! The agent as a real subprocess against the sandbox over loopback: cases dropped in every way a user or
+//! an exporter drops them are delivered exactly once and never partially, including across restarts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+use gc_hotfolder::receipt::{Outcome, Receipt};
+use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use sha2::Digest;
+
+/// A running agent whose log goes to a file (read by the token test).
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(config: &Path, log: &Path) -> Agent {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = bin()
+            .args(["run", "--config"])
+            .arg(config)
+            .env("GC_HOTFOLDER_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// SIGTERM once it is up (its first scan is done), and it must exit 0 after reaching a checkpoint.
+    fn stop(mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&self.log).unwrap_or_default().contains("startup scan done") {
+            assert!(std::time::Instant::now() < deadline, "the agent did not start within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "agent exited with {status}; log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn sha256(path: &Path) -> String {
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Wait until there are `n` receipts; on timeout, say which exist and show the end of the agent's log.
+async fn wait_receipts(state_dir: &Path, n: usize, limit: Duration) -> Vec<Receipt> {
+    let dir = state_dir.join("receipts");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let r = receipts(&dir);
+        if r.len() >= n {
+            return r;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(state_dir.parent().unwrap().join("agent.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+            let tail = tail[tail.len().saturating_sub(40)..].join("\n");
+            let seen: Vec<(&str, Outcome)> = r.iter().map(|r| (r.case.as_str(), r.outcome)).collect();
+            panic!("timed out after {limit:?} waiting for {n} receipts; have {seen:?}\nlog:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn titles_once(items: &[&serde_json::Value]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for i in items {
+        *m.entry(i["title"].as_str().unwrap_or_default().to_owned())
+            .or_insert(0) += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_rename_and_slow_writers_are_each_delivered_once_and_whole() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+
+    // By copy: files appear one after the other in place.
+    archive_case(&drop.join("copied"), 0);
+    // By atomic rename of a finished folder.
+    drop_atomically(&drop, "renamed", |d| archive_case(d, 2));
+    // A slow writer: an image written in chunks with pauses shorter than the quiet window.
+    let slow = drop.join("slow");
+    std::fs::create_dir_all(&slow).unwrap();
+    let full = tmp.path().join("full.mha");
+    gc_hotfolder::samples::write_mha(&full, [64, 64, 16], 9).unwrap();
+    let bytes = std::fs::read(&full).unwrap();
+    {
+        let mut f = std::fs::File::create(slow.join("image.mha")).unwrap();
+        for chunk in bytes.chunks(bytes.len() / 6 + 1) {
+            f.write_all(chunk).unwrap();
+            f.flush().unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    }
+
+    let rs = wait_receipts(
+        tmp.path().join("state").as_path(),
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    for r in &rs {
+        assert_eq!(r.outcome, Outcome::Delivered, "{r:?}");
+    }
+    let slow_r = rs.iter().find(|r| r.case == "slow").unwrap();
+    let img = slow_r
+        .sockets
+        .iter()
+        .find(|s| s.slug == "generic-medical-image")
+        .unwrap();
+    assert_eq!(
+        img.files[0].sha256,
+        sha256(&full),
+        "the whole file, not a prefix, was delivered"
+    );
+
+    let st = state(&sb).await;
+    let items = items_of(&st, "demo-archive");
+    let counts = titles_once(&items);
+    for t in ["copied", "renamed", "slow"] {
+        assert_eq!(counts.get(t), Some(&1), "{t} exactly once: {counts:?}");
+    }
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cases_dropped_while_the_agent_is_down_are_delivered_at_start() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    for i in 0..4 {
+        archive_case(&drop.join(format!("p{i}")), i);
+    }
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let rs = wait_receipts(&tmp.path().join("state"), 4, Duration::from_secs(60)).await;
+    assert!(rs.iter().all(|r| r.outcome == Outcome::Delivered), "{rs:?}");
+    agent.stop();
+
+    // A restart delivers nothing again.
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    archive_case(&drop.join("p9"), 9);
+    wait_receipts(&tmp.path().join("state"), 5, Duration::from_secs(60)).await;
+    agent.stop();
+    let st = state(&sb).await;
+    let counts = titles_once(&items_of(&st, "demo-archive"));
+    for t in ["p0", "p1", "p2", "p3", "p9"] {
+        assert_eq!(counts.get(t), Some(&1), "{t}: {counts:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_instants_still_delivers_every_case_exactly_once() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let n = 12u64;
+    for i in 0..n {
+        archive_case(&drop.join(format!("k{i:02}")), i);
+    }
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let log = tmp.path().join("agent.log");
+    let state_dir = tmp.path().join("state");
+    let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+    let mut kills = 0;
+    for _ in 0..40 {
+        let done = receipts(&state_dir.join("receipts"))
+            .iter()
+            .filter(|r| r.outcome == Outcome::Delivered)
+            .count();
+        if done as u64 == n {
+            break;
+        }
+        let agent = Agent::start(&cfg, &log);
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        let wait = 300 + rng_state % 1700;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        agent.kill9();
+        kills += 1;
+    }
+    // Then let it finish in peace.
+    let agent = Agent::start(&cfg, &log);
+    let rs = wait_receipts(&state_dir, n as usize, Duration::from_secs(120)).await;
+    agent.stop();
+    assert!(kills >= 3, "the test killed the agent only {kills} times");
+    assert!(rs.iter().all(|r| r.outcome == Outcome::Delivered), "{rs:?}");
+
+    let st = state(&sb).await;
+    let items = items_of(&st, "demo-archive");
+    let counts = titles_once(&items);
+    for i in 0..n {
+        assert_eq!(
+            counts.get(&format!("k{i:02}")),
+            Some(&1),
+            "k{i:02}: {counts:?}"
+        );
+    }
+    for r in &rs {
+        let item = items
+            .iter()
+            .find(|i| i["pk"] == r.item.as_ref().unwrap().pk.as_str())
+            .expect("the receipt's item exists");
+        let values = item["values"].as_array().unwrap();
+        assert_eq!(
+            values.len(),
+            r.sockets.len(),
+            "every socket of {} has its value: {item}",
+            r.case
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.mha"), b"not yours").unwrap();
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+
+    let case = |name: &str, f: &dyn Fn(&Path)| {
+        drop_atomically(&drop, name, |d| {
+            std::fs::create_dir_all(d).unwrap();
+            f(d)
+        })
+    };
+    case("bad-json", &|d| {
+        gc_hotfolder::samples::write_mha(&d.join("image.mha"), [4, 4, 1], 1).unwrap();
+        std::fs::write(d.join("count.json"), "{not json").unwrap();
+    });
+    case("not-an-image", &|d| {
+        std::fs::write(d.join("image.mha"), b"hello, I am text").unwrap()
+    });
+    case("two-series", &|d| {
+        let s = &d.join("dicom");
+        std::fs::create_dir_all(s).unwrap();
+        gc_hotfolder::samples::write_dicom_series(
+            s,
+            2,
+            4,
+            4,
+            &gc_hotfolder::samples::DicomSeriesIds::new(1),
+            1,
+        )
+        .unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let files = gc_hotfolder::samples::write_dicom_series(
+            other.path(),
+            2,
+            4,
+            4,
+            &gc_hotfolder::samples::DicomSeriesIds::new(2),
+            2,
+        )
+        .unwrap();
+        for (i, f) in files.iter().enumerate() {
+            std::fs::copy(f, s.join(format!("other-{i}.dcm"))).unwrap();
+        }
+    });
+    case("empty-file", &|d| {
+        std::fs::write(d.join("image.mha"), b"").unwrap()
+    });
+    case("wrong-kind", &|d| {
+        gc_hotfolder::samples::write_mha(&d.join("image.mha"), [4, 4, 1], 3).unwrap();
+        std::fs::write(d.join("count.json"), "\"three\"").unwrap();
+    });
+    case("symlink-out", &|d| {
+        std::os::unix::fs::symlink(outside.join("secret.mha"), d.join("image.mha")).unwrap()
+    });
+    case("spaces and ü \u{2603}", &|d| archive_case(d, 4));
+    // A good case after all the bad ones: the daemon is still working.
+    case("good", &|d| archive_case(d, 0));
+
+    let rs = wait_receipts(&tmp.path().join("state"), 8, Duration::from_secs(90)).await;
+    let by: BTreeMap<&str, &Receipt> = rs.iter().map(|r| (r.case.as_str(), r)).collect();
+    let reason = |c: &str| by[c].reason.clone().unwrap_or_default();
+    assert_eq!(by["good"].outcome, Outcome::Delivered);
+    assert_eq!(by["spaces and ü \u{2603}"].outcome, Outcome::Delivered);
+    assert!(
+        reason("bad-json").contains("count.json is not valid JSON"),
+        "{}",
+        reason("bad-json")
+    );
+    assert!(
+        reason("not-an-image").contains("1 file could not be imported"),
+        "{}",
+        reason("not-an-image")
+    );
+    assert!(
+        reason("two-series").contains("Image imports should result in a single image"),
+        "{}",
+        reason("two-series")
+    );
+    assert!(
+        reason("empty-file").contains("is empty"),
+        "{}",
+        reason("empty-file")
+    );
+    assert!(
+        reason("wrong-kind").contains("JSON does not fulfill schema"),
+        "{}",
+        reason("wrong-kind")
+    );
+    assert!(
+        reason("symlink-out").contains("no file matches"),
+        "{}",
+        reason("symlink-out")
+    );
+    assert!(
+        by["symlink-out"]
+            .skipped
+            .iter()
+            .any(|s| s.contains("symbolic link")),
+        "{:?}",
+        by["symlink-out"].skipped
+    );
+    for c in [
+        "bad-json",
+        "not-an-image",
+        "two-series",
+        "empty-file",
+        "wrong-kind",
+        "symlink-out",
+    ] {
+        assert_eq!(by[c].outcome, Outcome::Quarantined, "{c}");
+    }
+    agent.stop();
+
+    // `retry` requeues quarantined cases; fixed ones are then delivered.
+    std::fs::write(drop.join("bad-json/count.json"), "5").unwrap();
+    let out = bin()
+        .args(["retry", "--quarantined", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let dir = tmp.path().join("state/receipts");
+    eventually(
+        Duration::from_secs(60),
+        "bad-json delivered after the fix",
+        async || {
+            receipts(&dir)
+                .into_iter()
+                .find(|r| r.case == "bad-json" && r.outcome == Outcome::Delivered)
+        },
+    )
+    .await;
+    agent.stop();
+
+    // The token appears nowhere the agent writes.
+    let mut haystack = std::fs::read(tmp.path().join("agent.log")).unwrap();
+    for entry in walk(&tmp.path().join("state")) {
+        haystack.extend(std::fs::read(entry).unwrap_or_default());
+    }
+    let needle = DEMO_TOKEN.as_bytes();
+    assert!(
+        !haystack.windows(needle.len()).any(|w| w == needle),
+        "the token leaked into the log, the journal or a receipt"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}

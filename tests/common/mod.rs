@@ -1,0 +1,235 @@
+//! Shared by the end-to-end tests: a sandbox on loopback, example cases made of real (tiny) images, a
+//! config pointing at both, and queries of the sandbox's state.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gc_hotfolder::samples;
+use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use gc_hotfolder::sandbox::{Fixture, Sandbox, SandboxOptions};
+use serde_json::Value;
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gc-hotfolder"))
+}
+
+pub async fn sandbox() -> Sandbox {
+    sandbox_with(|_| {}).await
+}
+
+pub async fn sandbox_with(tweak: impl FnOnce(&mut SandboxOptions)) -> Sandbox {
+    let mut o = SandboxOptions::new(Fixture::demo());
+    o.import_delay = Duration::from_millis(50);
+    tweak(&mut o);
+    Sandbox::start(o).await.expect("the sandbox starts")
+}
+
+/// The origin (scheme, host, port) of the sandbox, for its `/_sandbox/` endpoints.
+pub fn origin(sb: &Sandbox) -> String {
+    let u = sb.base_url();
+    format!("{}://{}", u.scheme(), u.authority())
+}
+
+pub async fn state(sb: &Sandbox) -> Value {
+    reqwest::get(format!("{}/_sandbox/state", origin(sb)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Every archive item of an archive in the sandbox's state.
+pub fn items_of<'a>(state: &'a Value, archive_slug: &str) -> Vec<&'a Value> {
+    let archives = state["archives"].as_array().expect("archives in state");
+    archives
+        .iter()
+        .filter(|a| a["slug"] == archive_slug)
+        .flat_map(|a| a["items"].as_array().into_iter().flatten())
+        .collect()
+}
+
+/// Every display set of a reader study in the sandbox's state.
+pub fn display_sets_of<'a>(state: &'a Value, slug: &str) -> Vec<&'a Value> {
+    let studies = state["reader_studies"]
+        .as_array()
+        .expect("reader_studies in state");
+    studies
+        .iter()
+        .filter(|a| a["slug"] == slug)
+        .flat_map(|a| a["display_sets"].as_array().into_iter().flatten())
+        .collect()
+}
+
+/// Poll `f` until it returns Some, or panic after `limit` with `what`.
+pub async fn eventually<T>(
+    limit: Duration,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sockets used by the example cases, and the rules that find their files.
+pub const ARCHIVE_RULES: &str = r#"
+  [[folder.socket]]
+  slug = "generic-medical-image"
+  files = ["image.mha", "image.mhd", "image.raw", "image.nii.gz", "dicom/*.dcm"]
+  [[folder.socket]]
+  slug = "report"
+  files = "report.pdf"
+  optional = true
+  [[folder.socket]]
+  slug = "lesion-count"
+  value_file = "count.json"
+  optional = true
+  [[folder.socket]]
+  slug = "results-json"
+  value_file = "results.json"
+  optional = true
+  [[folder.socket]]
+  slug = "notes"
+  value = "delivered by gc-hotfolder"
+"#;
+
+pub const READER_STUDY_RULES: &str = r#"
+  [[folder.socket]]
+  slug = "generic-medical-image"
+  files = ["image.mha", "image.nii.gz"]
+  [[folder.socket]]
+  slug = "segmentation"
+  files = "seg.mha"
+  optional = true
+  [[folder.socket]]
+  slug = "is-abnormal"
+  value_file = "abnormal.json"
+  [[folder.socket]]
+  slug = "nodule-box"
+  value_file = "box.json"
+  optional = true
+"#;
+
+/// A config file for one archive drop folder (and optionally a reader-study one) against `sb`.
+pub fn write_config(
+    dir: &Path,
+    sb: &Sandbox,
+    archive_drop: &Path,
+    reader_drop: Option<&Path>,
+    extra: &str,
+) -> PathBuf {
+    let mut text = format!(
+        "[server]\nurl = \"{}\"\ntoken = \"{DEMO_TOKEN}\"\nstate_dir = \"{}\"\n\n[limits]\npart_size = \"5MiB\"\n\n\
+         [agent]\nretry_first = \"300ms\"\nretry_max = \"3s\"\nauth_pause = \"2s\"\nshutdown_grace = \"5s\"\n\n\
+         [[folder]]\npath = \"{}\"\narchive = \"demo-archive\"\nquiet = \"1s\"\n{extra}\n{ARCHIVE_RULES}\n",
+        sb.base_url(),
+        dir.join("state").display(),
+        archive_drop.display()
+    );
+    if let Some(r) = reader_drop {
+        text.push_str(&format!(
+            "\n[[folder]]\npath = \"{}\"\nreader_study = \"demo-reader-study\"\nquiet = \"1s\"\n{extra}\n{READER_STUDY_RULES}\n",
+            r.display()
+        ));
+    }
+    let path = dir.join("gc-hotfolder.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An archive case of one of five shapes (chosen by `n`), written into `dir` (created).
+pub fn archive_case(dir: &Path, n: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    match n % 5 {
+        0 => {
+            samples::write_mha(&dir.join("image.mha"), [8, 8, 4], n).unwrap();
+            samples::write_pdf(&dir.join("report.pdf"), &format!("report {n}")).unwrap();
+            std::fs::write(dir.join("count.json"), n.to_string()).unwrap();
+        }
+        1 => {
+            samples::write_mhd_pair(dir, "image", [6, 6, 3], n).unwrap();
+            std::fs::write(
+                dir.join("results.json"),
+                format!("{{\"case\": {n}, \"score\": 0.5}}"),
+            )
+            .unwrap();
+        }
+        2 => {
+            samples::write_nifti(&dir.join("image.nii.gz"), [5, 5, 5], true, n).unwrap();
+            std::fs::write(dir.join("count.json"), "3").unwrap();
+        }
+        3 => {
+            let ids = samples::DicomSeriesIds::new(n);
+            std::fs::create_dir_all(dir.join("dicom")).unwrap();
+            samples::write_dicom_series(&dir.join("dicom"), 4, 8, 8, &ids, n).unwrap();
+        }
+        _ => {
+            samples::write_mha(&dir.join("image.mha"), [16, 16, 2], n).unwrap();
+            samples::write_pdf(&dir.join("report.pdf"), "a longer report").unwrap();
+            std::fs::write(dir.join("results.json"), "[1, 2, 3]").unwrap();
+            std::fs::write(dir.join("count.json"), "7").unwrap();
+        }
+    }
+}
+
+/// A reader-study case, written into `dir` (created).
+pub fn reader_case(dir: &Path, n: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    samples::write_mha(&dir.join("image.mha"), [8, 8, 1], n).unwrap();
+    if n % 2 == 0 {
+        samples::write_segmentation_mha(&dir.join("seg.mha"), [8, 8, 1], &[0, 1], n).unwrap();
+    }
+    std::fs::write(
+        dir.join("abnormal.json"),
+        if n % 3 == 0 { "true" } else { "false" },
+    )
+    .unwrap();
+    if n % 3 == 1 {
+        let bx = serde_json::json!({
+            "type": "2D bounding box", "name": format!("nodule {n}"),
+            "corners": [[0, 0, 0], [4, 0, 0], [4, 4, 0], [0, 4, 0]],
+            "version": {"major": 1, "minor": 0}
+        });
+        std::fs::write(dir.join("box.json"), bx.to_string()).unwrap();
+    }
+}
+
+/// Write a case elsewhere, then rename it into place: how careful exporters deliver.
+pub fn drop_atomically(drop: &Path, name: &str, write: impl FnOnce(&Path)) {
+    let staging = drop.parent().unwrap().join(format!(".staging-{name}"));
+    write(&staging);
+    std::fs::rename(&staging, drop.join(name)).unwrap();
+}
+
+/// All receipts below a receipts folder, by case.
+pub fn receipts(dir: &Path) -> Vec<gc_hotfolder::receipt::Receipt> {
+    let mut out = Vec::new();
+    let Ok(targets) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for t in targets.flatten().filter(|e| e.path().is_dir()) {
+        let Ok(entries) = std::fs::read_dir(t.path()) else { continue };
+        for r in entries.flatten() {
+            let name = r.file_name();
+            // Receipts are written as hidden temp files, then renamed: only finished ones count.
+            if r.path().extension().is_some_and(|e| e == "json") && !name.to_string_lossy().starts_with('.') {
+                if let Ok(receipt) = gc_hotfolder::receipt::read(&r.path()) {
+                    out.push(receipt);
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.case.cmp(&b.case));
+    out
+}
