@@ -16,19 +16,53 @@ fn rule(spec: &str) -> FaultRule {
 #[tokio::test]
 async fn status_faults_happen_before_handling() {
     let env = start().await;
-    env.sandbox.set_faults(vec![rule("POST /api/v1/archives/items/ 503 retry-after=3 times=1")]).unwrap();
+    env.sandbox
+        .set_faults(vec![rule(
+            "POST /api/v1/archives/items/ 503 retry-after=3 times=1",
+        )])
+        .unwrap();
     let archive = env.url(&format!("archives/{ARCHIVE_PK}/"));
-    let r = env.post("archives/items/", DEMO, json!({"archive": archive, "title": "a"})).await;
+    let r = env
+        .post(
+            "archives/items/",
+            DEMO,
+            json!({"archive": archive, "title": "a"}),
+        )
+        .await;
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("3"));
-    assert!(!r.content_type().starts_with("application/json"), "proxies do not answer JSON");
-    assert_eq!(env.state().await["archives"][0]["items"], json!([]), "nothing happened");
+    assert!(
+        !r.content_type().starts_with("application/json"),
+        "proxies do not answer JSON"
+    );
+    assert_eq!(
+        env.state().await["archives"][0]["items"],
+        json!([]),
+        "nothing happened"
+    );
     // times=1: the next one goes through.
-    assert_eq!(env.post("archives/items/", DEMO, json!({"archive": archive, "title": "a"})).await.status, 201);
+    assert_eq!(
+        env.post(
+            "archives/items/",
+            DEMO,
+            json!({"archive": archive, "title": "a"})
+        )
+        .await
+        .status,
+        201
+    );
 
-    env.sandbox.set_faults(vec![rule("GET /api/v1/archives/* 500"), rule("GET /api/v1/gcapi/ 429 retry-after=1")]).unwrap();
+    env.sandbox
+        .set_faults(vec![
+            rule("GET /api/v1/archives/* 500"),
+            rule("GET /api/v1/gcapi/ 429 retry-after=1"),
+        ])
+        .unwrap();
     let r = env.get("archives/", DEMO).await;
-    assert_eq!((r.status, r.content_type()), (500, "text/html; charset=utf-8"));
+    assert_eq!(
+        (r.status, r.content_type()),
+        (500, "text/html; charset=utf-8")
+    );
     let r = env.get("gcapi/", None).await;
     assert_eq!((r.status, r.header("retry-after")), (429, Some("1")));
     let counts = env.state().await["requests"].clone();
@@ -42,17 +76,36 @@ async fn status_faults_happen_before_handling() {
 async fn after_faults_commit_but_lose_the_answer() {
     let env = start().await;
     let archive = env.url(&format!("archives/{ARCHIVE_PK}/"));
-    env.sandbox.set_faults(vec![rule("POST /api/v1/archives/items/ 502 after times=1")]).unwrap();
-    let r = env.post("archives/items/", DEMO, json!({"archive": archive, "title": "dup"})).await;
+    env.sandbox
+        .set_faults(vec![rule("POST /api/v1/archives/items/ 502 after times=1")])
+        .unwrap();
+    let r = env
+        .post(
+            "archives/items/",
+            DEMO,
+            json!({"archive": archive, "title": "dup"}),
+        )
+        .await;
     assert_eq!(r.status, 502);
     let items = env.state().await["archives"][0]["items"].clone();
     assert_eq!(items.as_array().unwrap().len(), 1, "the server committed");
     // The retry of a non-idempotent POST is what makes duplicates; unique titles catch it.
-    let r = env.post("archives/items/", DEMO, json!({"archive": archive, "title": "dup"})).await;
-    assert_eq!(r.json(), json!({"non_field_errors": ["The fields title, archive must make a unique set."]}));
+    let r = env
+        .post(
+            "archives/items/",
+            DEMO,
+            json!({"archive": archive, "title": "dup"}),
+        )
+        .await;
+    assert_eq!(
+        r.json(),
+        json!({"non_field_errors": ["The fields title, archive must make a unique set."]})
+    );
 
     // Dropped mid-body: the client sees a broken response, the server committed.
-    env.sandbox.set_faults(vec![rule("POST /api/v1/archives/items/ drop after")]).unwrap();
+    env.sandbox
+        .set_faults(vec![rule("POST /api/v1/archives/items/ drop after")])
+        .unwrap();
     let resp = env
         .http
         .post(env.url("archives/items/"))
@@ -73,39 +126,101 @@ async fn after_faults_commit_but_lose_the_answer() {
         .map(|i| i["title"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(titles, ["dup", "cut"]);
-    assert_eq!(env.state().await["requests"]["POST /api/v1/archives/items/ dropped"], 1);
+    assert_eq!(
+        env.state().await["requests"]["POST /api/v1/archives/items/ dropped"],
+        1
+    );
 }
 
 #[tokio::test]
 async fn drops_latency_and_upload_quota_faults() {
     let env = start().await;
     // Dropped before handling: no answer at all, nothing created, even for an S3 part body.
-    let up = env.post("uploads/", DEMO, json!({"filename": "x.bin"})).await.json();
-    let (pk, id) = (up["pk"].as_str().unwrap(), up["s3_upload_id"].as_str().unwrap());
-    let url = env.patch(&format!("uploads/{pk}/{id}/generate-presigned-urls/"), DEMO, json!({"part_numbers": [1]})).await.json()
-        ["presigned_urls"]["1"]
+    let up = env
+        .post("uploads/", DEMO, json!({"filename": "x.bin"}))
+        .await
+        .json();
+    let (pk, id) = (
+        up["pk"].as_str().unwrap(),
+        up["s3_upload_id"].as_str().unwrap(),
+    );
+    let url = env
+        .patch(
+            &format!("uploads/{pk}/{id}/generate-presigned-urls/"),
+            DEMO,
+            json!({"part_numbers": [1]}),
+        )
+        .await
+        .json()["presigned_urls"]["1"]
         .as_str()
         .unwrap()
         .to_string();
-    env.sandbox.set_faults(vec![rule("PUT /s3/* drop")]).unwrap();
-    assert!(env.http.put(&url).body(vec![1u8; 4096]).send().await.is_err(), "connection closed without an answer");
-    let listed = env.get(&format!("uploads/{pk}/{id}/list-parts/"), DEMO).await.json();
+    env.sandbox
+        .set_faults(vec![rule("PUT /s3/* drop")])
+        .unwrap();
+    assert!(
+        env.http
+            .put(&url)
+            .body(vec![1u8; 4096])
+            .send()
+            .await
+            .is_err(),
+        "connection closed without an answer"
+    );
+    let listed = env
+        .get(&format!("uploads/{pk}/{id}/list-parts/"), DEMO)
+        .await
+        .json();
     assert_eq!(listed["parts"], json!([]));
-    env.sandbox.set_faults(vec![rule("PUT /s3/* 503 retry-after=2")]).unwrap();
+    env.sandbox
+        .set_faults(vec![rule("PUT /s3/* 503 retry-after=2")])
+        .unwrap();
     let r = env.http.put(&url).body("x").send().await.unwrap();
-    assert_eq!((r.status().as_u16(), r.headers()["retry-after"].to_str().unwrap()), (503, "2"));
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["retry-after"].to_str().unwrap()
+        ),
+        (503, "2")
+    );
     assert!(r.text().await.unwrap().contains("<Code>SlowDown</Code>"));
 
-    env.sandbox.set_faults(vec![rule("GET /api/v1/gcapi/ latency=300")]).unwrap();
+    env.sandbox
+        .set_faults(vec![rule("GET /api/v1/gcapi/ latency=300")])
+        .unwrap();
     let t = Instant::now();
     assert_eq!(env.get("gcapi/", None).await.status, 200);
-    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
 
-    env.sandbox.set_faults(vec![rule("POST /api/v1/uploads/ too-many-uploads=2")]).unwrap();
-    assert_eq!(env.post("uploads/", DEMO, json!({"filename": "b"})).await.status, 201, "one owned so far");
+    env.sandbox
+        .set_faults(vec![rule("POST /api/v1/uploads/ too-many-uploads=2")])
+        .unwrap();
+    assert_eq!(
+        env.post("uploads/", DEMO, json!({"filename": "b"}))
+            .await
+            .status,
+        201,
+        "one owned so far"
+    );
     let r = env.post("uploads/", DEMO, json!({"filename": "c"})).await;
-    assert_eq!((r.status, r.json()), (400, json!({"non_field_errors": ["You have created too many uploads. Please try again later."]})));
-    assert_eq!(env.post("uploads/", READER, json!({"filename": "c"})).await.status, 201, "per user");
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            400,
+            json!({"non_field_errors": ["You have created too many uploads. Please try again later."]})
+        )
+    );
+    assert_eq!(
+        env.post("uploads/", READER, json!({"filename": "c"}))
+            .await
+            .status,
+        201,
+        "per user"
+    );
 
     // Probability 0 never fires; the rules can be replaced over HTTP as JSON.
     let r = env
@@ -128,9 +243,23 @@ async fn drops_latency_and_upload_quota_faults() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(env.get("archives/", DEMO).await.status, 504);
-    let listed: serde_json::Value = env.http.get(format!("{}/_sandbox/faults", env.origin)).send().await.unwrap().json().await.unwrap();
+    let listed: serde_json::Value = env
+        .http
+        .get(format!("{}/_sandbox/faults", env.origin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed[0]["status"], 504);
-    let r = env.http.put(format!("{}/_sandbox/faults", env.origin)).json(&json!([{"action": "explode"}])).send().await.unwrap();
+    let r = env
+        .http
+        .put(format!("{}/_sandbox/faults", env.origin))
+        .json(&json!([{"action": "explode"}]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 }
 
@@ -166,7 +295,10 @@ action = "status"
 status = 502
 times = 1
 "#;
-    let env = start_with(SandboxOptions::new(Fixture::from_toml_str(fixture, std::path::Path::new(".")).unwrap())).await;
+    let env = start_with(SandboxOptions::new(
+        Fixture::from_toml_str(fixture, std::path::Path::new(".")).unwrap(),
+    ))
+    .await;
     assert_eq!(env.get("gcapi/", None).await.status, 502);
     assert_eq!(env.get("gcapi/", None).await.status, 200);
 }
@@ -175,22 +307,61 @@ times = 1
 async fn state_lists_items_uploads_sessions_and_counts() {
     let env = start().await;
     let item = env.new_item("stateful").await;
-    env.patch(&format!("archives/items/{item}/"), DEMO, json!({"values": [{"interface": "lesion-count", "value": 4}]})).await;
+    env.patch(
+        &format!("archives/items/{item}/"),
+        DEMO,
+        json!({"values": [{"interface": "lesion-count", "value": 4}]}),
+    )
+    .await;
     let up = env.upload(DEMO, "kept.bin", b"12345").await;
     let s = env.state().await;
-    has_keys(&s, &["archives", "reader_studies", "uploads", "upload_sessions", "requests"]);
+    has_keys(
+        &s,
+        &[
+            "archives",
+            "reader_studies",
+            "uploads",
+            "upload_sessions",
+            "requests",
+        ],
+    );
     let it = &s["archives"][0]["items"][0];
-    assert_eq!((it["pk"].as_str(), it["title"].as_str()), (Some(item.as_str()), Some("stateful")));
+    assert_eq!(
+        (it["pk"].as_str(), it["title"].as_str()),
+        (Some(item.as_str()), Some("stateful"))
+    );
     assert_eq!(it["values"][0]["socket"], "lesion-count");
     assert_eq!(it["values"][0]["value"], 4);
     assert!(it["values"][0]["pk"].is_i64());
     let ds = &s["reader_studies"][0]["display_sets"][0];
-    assert_eq!((ds["order"].clone(), ds["has_answers"].clone()), (json!(10), json!(true)));
+    assert_eq!(
+        (ds["order"].clone(), ds["has_answers"].clone()),
+        (json!(10), json!(true))
+    );
     let u = &s["uploads"][0];
-    assert_eq!((u["pk"].clone(), u["status"].clone(), u["owner"].clone(), u["size"].clone()), (up["pk"].clone(), json!("Completed"), json!("demo"), json!(5)));
+    assert_eq!(
+        (
+            u["pk"].clone(),
+            u["status"].clone(),
+            u["owner"].clone(),
+            u["size"].clone()
+        ),
+        (
+            up["pk"].clone(),
+            json!("Completed"),
+            json!("demo"),
+            json!(5)
+        )
+    );
     assert_eq!(s["requests"]["POST /api/v1/archives/items/ 201"], 1);
-    assert_eq!(s["requests"]["PUT /s3/grand-challenge-uploads/uploads/{user}/{upload} 200"], 1);
-    assert_eq!(s["requests"]["PATCH /api/v1/uploads/{pk}/{s3_upload_id}/complete-multipart-upload/ 200"], 1);
+    assert_eq!(
+        s["requests"]["PUT /s3/grand-challenge-uploads/uploads/{user}/{upload} 200"],
+        1
+    );
+    assert_eq!(
+        s["requests"]["PATCH /api/v1/uploads/{pk}/{s3_upload_id}/complete-multipart-upload/ 200"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -203,7 +374,11 @@ async fn https_with_a_trusted_ca_and_graceful_stop() {
     let ca_path = env.sandbox.ca_cert_path().unwrap().to_path_buf();
     assert_eq!(ca_path, dir.path().join("ca.pem"));
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_path).unwrap()).unwrap();
-    let strict = reqwest::Client::builder().tls_certs_only([ca]).https_only(true).build().unwrap();
+    let strict = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .https_only(true)
+        .build()
+        .unwrap();
     let r = strict.get(env.url("gcapi/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let localhost = env.url("gcapi/").replace("127.0.0.1", "localhost");
@@ -218,12 +393,28 @@ async fn https_with_a_trusted_ca_and_graceful_stop() {
 #[test]
 fn the_sandbox_command_serves_until_sigterm() {
     let bin = assert_cmd::cargo::cargo_bin!("gc-hotfolder");
-    let help = std::process::Command::new(bin).args(["sandbox", "--help"]).output().unwrap();
+    let help = std::process::Command::new(bin)
+        .args(["sandbox", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&help.stdout).to_string();
-    assert!(help.contains("--fault") && help.contains("retry-after=SECONDS") && help.contains("--import-delay"), "{help}");
+    assert!(
+        help.contains("--fault")
+            && help.contains("retry-after=SECONDS")
+            && help.contains("--import-delay"),
+        "{help}"
+    );
 
     let mut child = std::process::Command::new(bin)
-        .args(["sandbox", "--listen", "127.0.0.1:0", "--import-delay", "10ms", "--fault", "GET /api/v1/gcapi/ 503 times=1"])
+        .args([
+            "sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--import-delay",
+            "10ms",
+            "--fault",
+            "GET /api/v1/gcapi/ 503 times=1",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -243,12 +434,30 @@ fn the_sandbox_command_serves_until_sigterm() {
         }
     }
     let base = base.expect("the base URL is printed");
-    assert!(saw_token, "the demo tokens are printed for the demo fixture");
+    assert!(
+        saw_token,
+        "the demo tokens are printed for the demo fixture"
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let http = client();
-        assert_eq!(http.get(format!("{base}gcapi/")).send().await.unwrap().status(), 503, "--fault applies");
-        assert_eq!(http.get(format!("{base}gcapi/")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            http.get(format!("{base}gcapi/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            503,
+            "--fault applies"
+        );
+        assert_eq!(
+            http.get(format!("{base}gcapi/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     });
     // SIGTERM → graceful stop, exit 0.
     let pid = child.id() as libc::pid_t;

@@ -18,18 +18,29 @@ const GCAPI: &str = "gcapi==0.16.1";
 
 fn python_with_gcapi(scratch: &Path) -> PathBuf {
     if let Ok(python) = std::env::var("GC_HOTFOLDER_GCAPI_PYTHON") {
-        let ok = Command::new(&python).args(["-c", "import gcapi"]).status().is_ok_and(|s| s.success());
-        assert!(ok, "GC_HOTFOLDER_GCAPI_PYTHON={python} cannot import gcapi; install it with `{python} -m pip install {GCAPI}`");
+        let ok = Command::new(&python)
+            .args(["-c", "import gcapi"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "GC_HOTFOLDER_GCAPI_PYTHON={python} cannot import gcapi; install it with `{python} -m pip install {GCAPI}`"
+        );
         return PathBuf::from(python);
     }
     let venv = scratch.join("venv");
-    let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status();
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status();
     assert!(
         made.is_ok_and(|s| s.success()),
         "cannot create a Python venv (python3 -m venv); install python3-venv or set GC_HOTFOLDER_GCAPI_PYTHON to a python with {GCAPI}"
     );
     let python = venv.join("bin/python");
-    let installed = Command::new(&python).args(["-m", "pip", "install", "--quiet", GCAPI]).status();
+    let installed = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", GCAPI])
+        .status();
     assert!(
         installed.is_ok_and(|s| s.success()),
         "`pip install {GCAPI}` failed (no access to PyPI?); set GC_HOTFOLDER_GCAPI_PYTHON to a python that has it"
@@ -64,33 +75,69 @@ async fn gcapi_round_trip() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "gcapi script failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    assert!(
+        output.status.success(),
+        "gcapi script failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
 
     let state = env.state().await;
     let items = state["archives"][0]["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "exactly one item; the unknown-socket call created nothing: {items:?}");
+    assert_eq!(
+        items.len(),
+        1,
+        "exactly one item; the unknown-socket call created nothing: {items:?}"
+    );
     let item = &items[0];
     assert_eq!(item["pk"], summary["archive_item"]);
     assert_eq!(item["title"], "gcapi-case-1-updated");
-    let value = |slug: &str| item["values"].as_array().unwrap().iter().find(|v| v["socket"] == slug).cloned().unwrap_or_default();
+    let value = |slug: &str| {
+        item["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["socket"] == slug)
+            .cloned()
+            .unwrap_or_default()
+    };
     assert_eq!(value("lung-volume")["value"], 1.9);
     assert_eq!(value("lesion-count")["value"], 3);
     assert_eq!(value("notes")["value"], "first read");
     let report = std::fs::read(work.join("report.pdf")).unwrap();
     assert_eq!(value("report")["file"]["size"], report.len());
-    assert_eq!(value("report")["file"]["sha256"], hex::encode(sha2::Sha256::digest(&report)));
+    assert_eq!(
+        value("report")["file"]["sha256"],
+        hex::encode(sha2::Sha256::digest(&report))
+    );
     assert_eq!(value("results-json")["file"]["name"], "results.json");
 
-    let sets = state["reader_studies"][0]["display_sets"].as_array().unwrap();
-    let ds = sets.iter().find(|d| d["pk"] == summary["display_set"]).unwrap();
-    assert_eq!((ds["title"].clone(), ds["order"].clone()), (serde_json::json!("gcapi-ds-1-updated"), serde_json::json!(55)));
-    assert_eq!(summary["display_set_order"], 20, "auto order after the answered display set at 10");
+    let sets = state["reader_studies"][0]["display_sets"]
+        .as_array()
+        .unwrap();
+    let ds = sets
+        .iter()
+        .find(|d| d["pk"] == summary["display_set"])
+        .unwrap();
+    assert_eq!(
+        (ds["title"].clone(), ds["order"].clone()),
+        (
+            serde_json::json!("gcapi-ds-1-updated"),
+            serde_json::json!(55)
+        )
+    );
+    assert_eq!(
+        summary["display_set_order"], 20,
+        "auto order after the answered display set at 10"
+    );
     // Every upload was consumed; gcapi called the endpoints the protocol describes.
     assert_eq!(state["uploads"], serde_json::json!([]));
     let requests = &state["requests"];
     assert_eq!(requests["GET /api/v1/gcapi/ 200"], 1);
     assert_eq!(requests["POST /api/v1/archives/items/ 201"], 1);
     assert_eq!(requests["POST /api/v1/reader-studies/display-sets/ 201"], 1);
-    assert_eq!(requests["PUT /s3/grand-challenge-uploads/uploads/{user}/{upload} 200"], 3);
+    assert_eq!(
+        requests["PUT /s3/grand-challenge-uploads/uploads/{user}/{upload} 200"],
+        3
+    );
 }

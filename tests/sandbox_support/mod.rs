@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use gc_hotfolder::sandbox::{DEMO_ADMIN_TOKEN, DEMO_READER_TOKEN, DEMO_TOKEN, Fixture, Sandbox, SandboxOptions};
+use gc_hotfolder::sandbox::{
+    DEMO_ADMIN_TOKEN, DEMO_READER_TOKEN, DEMO_TOKEN, Fixture, Sandbox, SandboxOptions,
+};
 use serde_json::{Value, json};
 
 pub const ARCHIVE_PK: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
@@ -28,7 +30,10 @@ impl Reply {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
     pub fn content_type(&self) -> &str {
-        self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -37,7 +42,10 @@ impl Reply {
 
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 pub async fn start_with(options: SandboxOptions) -> Env {
@@ -48,11 +56,20 @@ pub async fn start_with(options: SandboxOptions) -> Env {
         Some(ca) => {
             let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
             let _ = rustls::crypto::ring::default_provider().install_default();
-            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).tls_certs_merge([ca]).build().unwrap()
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .tls_certs_merge([ca])
+                .build()
+                .unwrap()
         }
         None => client(),
     };
-    Env { sandbox, http, base, origin }
+    Env {
+        sandbox,
+        http,
+        base,
+        origin,
+    }
 }
 
 pub async fn start() -> Env {
@@ -67,19 +84,35 @@ pub const ADMIN: Option<&str> = Some(DEMO_ADMIN_TOKEN);
 
 impl Env {
     pub fn url(&self, path: &str) -> String {
-        if path.starts_with("http") { path.to_string() } else { format!("{}{}", self.base, path) }
+        if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{}", self.base, path)
+        }
     }
 
-    pub async fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self.http.request(method.parse().unwrap(), self.url(path));
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
         if let Some(b) = body {
-            req = req.header("Content-Type", "application/json").body(b.to_string());
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
         }
         let resp = req.send().await.unwrap();
-        Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), text: resp.text().await.unwrap() }
+        Reply {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            text: resp.text().await.unwrap(),
+        }
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
@@ -93,12 +126,25 @@ impl Env {
     }
 
     pub async fn state(&self) -> Value {
-        self.http.get(format!("{}/_sandbox/state", self.origin)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/_sandbox/state", self.origin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Create an archive item in the demo archive; returns its pk.
     pub async fn new_item(&self, title: &str) -> String {
-        let r = self.post("archives/items/", DEMO, json!({"archive": self.url(&format!("archives/{ARCHIVE_PK}/")), "title": title})).await;
+        let r = self
+            .post(
+                "archives/items/",
+                DEMO,
+                json!({"archive": self.url(&format!("archives/{ARCHIVE_PK}/")), "title": title}),
+            )
+            .await;
         assert_eq!(r.status, 201, "{}", r.text);
         r.json()["pk"].as_str().unwrap().to_string()
     }
@@ -112,18 +158,42 @@ impl Env {
 
     /// A completed upload of `bytes` (one part), owned by `token`'s user; returns the upload JSON.
     pub async fn upload(&self, token: Option<&str>, filename: &str, bytes: &[u8]) -> Value {
-        let up = self.post("uploads/", token, json!({"filename": filename})).await;
+        let up = self
+            .post("uploads/", token, json!({"filename": filename}))
+            .await;
         assert_eq!(up.status, 201, "{}", up.text);
         let up = up.json();
-        let (pk, id) = (up["pk"].as_str().unwrap(), up["s3_upload_id"].as_str().unwrap());
-        let urls = self.patch(&format!("uploads/{pk}/{id}/generate-presigned-urls/"), token, json!({"part_numbers": [1]})).await;
+        let (pk, id) = (
+            up["pk"].as_str().unwrap(),
+            up["s3_upload_id"].as_str().unwrap(),
+        );
+        let urls = self
+            .patch(
+                &format!("uploads/{pk}/{id}/generate-presigned-urls/"),
+                token,
+                json!({"part_numbers": [1]}),
+            )
+            .await;
         assert_eq!(urls.status, 200, "{}", urls.text);
-        let url = urls.json()["presigned_urls"]["1"].as_str().unwrap().to_string();
-        let put = self.http.put(url).body(bytes.to_vec()).send().await.unwrap();
+        let url = urls.json()["presigned_urls"]["1"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let put = self
+            .http
+            .put(url)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(put.status(), 200);
         let etag = put.headers()["etag"].to_str().unwrap().to_string();
         let done = self
-            .patch(&format!("uploads/{pk}/{id}/complete-multipart-upload/"), token, json!({"parts": [{"ETag": etag, "PartNumber": 1}]}))
+            .patch(
+                &format!("uploads/{pk}/{id}/complete-multipart-upload/"),
+                token,
+                json!({"parts": [{"ETag": etag, "PartNumber": 1}]}),
+            )
             .await;
         assert_eq!(done.status, 200, "{}", done.text);
         done.json()
@@ -148,7 +218,11 @@ where
 
 /// Keys of a JSON object, in order.
 pub fn keys(v: &Value) -> Vec<&str> {
-    v.as_object().unwrap_or_else(|| panic!("not an object: {v}")).keys().map(|k| k.as_str()).collect()
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(|k| k.as_str())
+        .collect()
 }
 
 pub fn has_keys(v: &Value, expected: &[&str]) {
