@@ -70,12 +70,8 @@ pub fn run(args: RunArgs) -> u8 {
 /// first polled, so a stop request that arrives during startup is not lost (nor fatal).
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate())
-        .map_err(|e| tracing::error!("cannot listen for SIGTERM: {e}"))
-        .ok();
-    let int = signal(SignalKind::interrupt())
-        .map_err(|e| tracing::error!("cannot listen for SIGINT: {e}"))
-        .ok();
+    let term = signal(SignalKind::terminate()).map_err(|e| tracing::error!("cannot listen for SIGTERM: {e}")).ok();
+    let int = signal(SignalKind::interrupt()).map_err(|e| tracing::error!("cannot listen for SIGINT: {e}")).ok();
     async move {
         let wait = |s: Option<tokio::signal::unix::Signal>| async move {
             match s {

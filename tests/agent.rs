@@ -44,14 +44,8 @@ impl Agent {
     /// SIGTERM once it is up (its first scan is done), and it must exit 0 after reaching a checkpoint.
     fn stop(mut self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .contains("startup scan done")
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the agent did not start within 30 s"
-            );
+        while !std::fs::read_to_string(&self.log).unwrap_or_default().contains("startup scan done") {
+            assert!(std::time::Instant::now() < deadline, "the agent did not start within 30 s");
             std::thread::sleep(Duration::from_millis(50));
         }
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -83,15 +77,11 @@ async fn wait_receipts(state_dir: &Path, n: usize, limit: Duration) -> Vec<Recei
             return r;
         }
         if std::time::Instant::now() > deadline {
-            let log = std::fs::read_to_string(state_dir.parent().unwrap().join("agent.log"))
-                .unwrap_or_default();
+            let log = std::fs::read_to_string(state_dir.parent().unwrap().join("agent.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
             let tail = tail[tail.len().saturating_sub(40)..].join("\n");
-            let seen: Vec<(&str, Outcome)> =
-                r.iter().map(|r| (r.case.as_str(), r.outcome)).collect();
-            panic!(
-                "timed out after {limit:?} waiting for {n} receipts; have {seen:?}\nlog:\n{tail}"
-            );
+            let seen: Vec<(&str, Outcome)> = r.iter().map(|r| (r.case.as_str(), r.outcome)).collect();
+            panic!("timed out after {limit:?} waiting for {n} receipts; have {seen:?}\nlog:\n{tail}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -219,15 +219,11 @@ pub fn receipts(dir: &Path) -> Vec<gc_hotfolder::receipt::Receipt> {
         return out;
     };
     for t in targets.flatten().filter(|e| e.path().is_dir()) {
-        let Ok(entries) = std::fs::read_dir(t.path()) else {
-            continue;
-        };
+        let Ok(entries) = std::fs::read_dir(t.path()) else { continue };
         for r in entries.flatten() {
             let name = r.file_name();
             // Receipts are written as hidden temp files, then renamed: only finished ones count.
-            if r.path().extension().is_some_and(|e| e == "json")
-                && !name.to_string_lossy().starts_with('.')
-            {
+            if r.path().extension().is_some_and(|e| e == "json") && !name.to_string_lossy().starts_with('.') {
                 if let Ok(receipt) = gc_hotfolder::receipt::read(&r.path()) {
                     out.push(receipt);
                 }
