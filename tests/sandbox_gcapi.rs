@@ -64,11 +64,14 @@ async fn gcapi_round_trip() {
     let env = start_with(options).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/gcapi_roundtrip.py");
     let work = scratch.path().join("work");
+    let image = scratch.path().join("ct.mha");
+    gc_hotfolder::samples::write_mha(&image, [12, 10, 3], 9).unwrap();
     let output = tokio::process::Command::new(&python)
         .arg(&script)
         .env("GC_BASE_URL", &env.base)
         .env("GC_TOKEN", DEMO_TOKEN)
         .env("GC_WORKDIR", &work)
+        .env("GC_IMAGE_FILES", &image)
         .env_remove("GRAND_CHALLENGE_AUTHORIZATION")
         .output()
         .await
@@ -111,6 +114,16 @@ async fn gcapi_round_trip() {
         hex::encode(sha2::Sha256::digest(&report))
     );
     assert_eq!(value("results-json")["file"]["name"], "results.json");
+    let ct = value("ct-image");
+    assert_eq!(
+        ct["image"]["pk"], summary["image"],
+        "the image gcapi saw is the one attached"
+    );
+    let stored = &ct["image"]["files"][0];
+    assert_eq!(
+        stored["sha256"],
+        hex::encode(sha2::Sha256::digest(std::fs::read(&image).unwrap()))
+    );
 
     let sets = state["reader_studies"][0]["display_sets"]
         .as_array()
@@ -138,6 +151,9 @@ async fn gcapi_round_trip() {
     assert_eq!(requests["POST /api/v1/reader-studies/display-sets/ 201"], 1);
     assert_eq!(
         requests["PUT /s3/grand-challenge-uploads/uploads/{user}/{upload} 200"],
-        3
+        4
     );
+    let sessions = state["upload_sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0]["status"], "Succeeded");
 }

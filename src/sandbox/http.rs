@@ -16,6 +16,14 @@ pub struct Resp {
     pub body: RespBody,
 }
 
+impl std::fmt::Debug for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resp")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
 pub enum RespBody {
     Empty,
     Json(Json),
