@@ -622,21 +622,40 @@ pub fn write_pdf(path: &Path, text: &str) -> io::Result<()> {
     std::fs::write(path, pdf)
 }
 
-/// Write `size_bytes` pseudo-random bytes in 1 MiB chunks (memory stays at one buffer whatever the
-/// size). The content is incompressible and reproducible from `seed`.
+/// Write `size_bytes` pseudo-random bytes in 1 MiB chunks (memory stays at a few MiB whatever the
+/// size). The content is reproducible from `seed` and incompressible in practice.
+///
+/// Generating every word is the slow part in unoptimised builds, so a 4 MiB random pool is made
+/// once and each chunk is the pool read from a random offset, with every 4 KiB page stamped with
+/// its position so that no two pages of the file repeat.
 pub fn write_large_file(path: &Path, size_bytes: u64, seed: u64) -> io::Result<()> {
     const CHUNK: usize = 1 << 20;
+    const POOL: usize = 4 << 20;
+    const PAGE: usize = 4096;
     let mut rng = SampleRng::new(seed);
+    let mut pool = vec![0u8; POOL];
+    for word in pool.chunks_exact_mut(8) {
+        word.copy_from_slice(&rng.next_u64().to_le_bytes());
+    }
     let mut buf = vec![0u8; CHUNK];
     let mut file = File::create(path)?;
     let mut remaining = size_bytes;
+    let mut chunk_index: u64 = 0;
     while remaining > 0 {
         let n = remaining.min(CHUNK as u64) as usize;
-        for word in buf[..n.div_ceil(8) * 8].chunks_exact_mut(8) {
-            word.copy_from_slice(&rng.next_u64().to_le_bytes());
+        let offset = rng.below(POOL as u64) as usize;
+        let first = n.min(POOL - offset);
+        buf[..first].copy_from_slice(&pool[offset..offset + first]);
+        buf[first..n].copy_from_slice(&pool[..n - first]);
+        for (page_index, page) in buf[..n].chunks_mut(PAGE).enumerate() {
+            let stamp = splitmix64(seed ^ (chunk_index << 8 | page_index as u64)).to_le_bytes();
+            for (b, s) in page.iter_mut().zip(stamp) {
+                *b ^= s;
+            }
         }
         file.write_all(&buf[..n])?;
         remaining -= n as u64;
+        chunk_index += 1;
     }
     file.sync_all()
 }
@@ -864,5 +883,7 @@ mod tests {
         let mut counts = [0usize; 256];
         ba.iter().for_each(|x| counts[*x as usize] += 1);
         assert!(counts.iter().all(|n| *n < ba.len() / 128));
+        let pages: std::collections::HashSet<&[u8]> = ba.chunks(4096).collect();
+        assert_eq!(pages.len(), ba.len().div_ceil(4096), "no page repeats");
     }
 }
