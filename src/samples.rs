@@ -622,21 +622,268 @@ pub fn write_pdf(path: &Path, text: &str) -> io::Result<()> {
     std::fs::write(path, pdf)
 }
 
-/// Write `size_bytes` pseudo-random bytes in 1 MiB chunks (memory stays at one buffer whatever the
-/// size). The content is incompressible and reproducible from `seed`.
+/// Write `size_bytes` pseudo-random bytes in 1 MiB chunks (memory stays at a few MiB whatever the
+/// size). The content is reproducible from `seed` and incompressible in practice.
+///
+/// Generating every word is the slow part in unoptimised builds, so a 4 MiB random pool is made
+/// once and each chunk is the pool read from a random offset, with every 4 KiB page stamped with
+/// its position so that no two pages of the file repeat.
 pub fn write_large_file(path: &Path, size_bytes: u64, seed: u64) -> io::Result<()> {
     const CHUNK: usize = 1 << 20;
+    const POOL: usize = 4 << 20;
+    const PAGE: usize = 4096;
     let mut rng = SampleRng::new(seed);
+    let mut pool = vec![0u8; POOL];
+    for word in pool.chunks_exact_mut(8) {
+        word.copy_from_slice(&rng.next_u64().to_le_bytes());
+    }
     let mut buf = vec![0u8; CHUNK];
     let mut file = File::create(path)?;
     let mut remaining = size_bytes;
+    let mut chunk_index: u64 = 0;
     while remaining > 0 {
         let n = remaining.min(CHUNK as u64) as usize;
-        for word in buf[..n.div_ceil(8) * 8].chunks_exact_mut(8) {
-            word.copy_from_slice(&rng.next_u64().to_le_bytes());
+        let offset = rng.below(POOL as u64) as usize;
+        let first = n.min(POOL - offset);
+        buf[..first].copy_from_slice(&pool[offset..offset + first]);
+        buf[first..n].copy_from_slice(&pool[..n - first]);
+        for (page_index, page) in buf[..n].chunks_mut(PAGE).enumerate() {
+            let stamp = splitmix64(seed ^ (chunk_index << 8 | page_index as u64)).to_le_bytes();
+            for (b, s) in page.iter_mut().zip(stamp) {
+                *b ^= s;
+            }
         }
         file.write_all(&buf[..n])?;
         remaining -= n as u64;
+        chunk_index += 1;
     }
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn read(p: &Path) -> Vec<u8> {
+        std::fs::read(p).unwrap()
+    }
+
+    #[test]
+    fn content_is_determined_by_the_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a.mha"),
+            dir.path().join("b.mha"),
+            dir.path().join("c.mha"),
+        );
+        write_mha(&a, [6, 5, 4], 7).unwrap();
+        write_mha(&b, [6, 5, 4], 7).unwrap();
+        write_mha(&c, [6, 5, 4], 8).unwrap();
+        assert_eq!(read(&a), read(&b));
+        assert_ne!(read(&a), read(&c));
+    }
+
+    #[test]
+    fn metaimage_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.mha");
+        write_mha(&p, [6, 5, 4], 1).unwrap();
+        let bytes = read(&p);
+        let marker = b"ElementDataFile = LOCAL\n";
+        let at = bytes
+            .windows(marker.len())
+            .position(|w| w == marker)
+            .unwrap()
+            + marker.len();
+        assert_eq!(bytes.len() - at, 6 * 5 * 4);
+        let header = std::str::from_utf8(&bytes[..at]).unwrap();
+        assert!(
+            header.contains("DimSize = 6 5 4\n") && header.contains("ElementType = MET_UCHAR\n")
+        );
+
+        let (mhd, raw) = write_mhd_pair(dir.path(), "pair", [3, 2, 2], 1).unwrap();
+        assert!(
+            std::fs::read_to_string(&mhd)
+                .unwrap()
+                .ends_with("ElementDataFile = pair.raw\n")
+        );
+        assert_eq!(read(&raw).len(), 12);
+        assert!(write_mhd_pair(dir.path(), "../escape", [1, 1, 1], 1).is_err());
+    }
+
+    #[test]
+    fn segmentation_uses_exactly_the_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("seg.mha");
+        write_segmentation_mha(&p, [4, 4, 4], &[9, 2, 5], 3).unwrap();
+        let bytes = read(&p);
+        let voxels = &bytes[bytes.len() - 64..];
+        let used: std::collections::BTreeSet<u8> = voxels.iter().copied().collect();
+        assert_eq!(used.into_iter().collect::<Vec<_>>(), vec![2, 5, 9]);
+        assert!(write_segmentation_mha(&p, [4, 4, 4], &[], 3).is_err());
+    }
+
+    #[test]
+    fn nifti_header_and_gzip_variant_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, gz) = (dir.path().join("a.nii"), dir.path().join("a.nii.gz"));
+        write_nifti(&plain, [5, 4, 3], false, 2).unwrap();
+        write_nifti(&gz, [5, 4, 3], true, 2).unwrap();
+        let bytes = read(&plain);
+        assert_eq!(bytes.len(), 352 + 60);
+        assert_eq!(i32::from_le_bytes(bytes[0..4].try_into().unwrap()), 348);
+        assert_eq!(&bytes[344..348], b"n+1\0");
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(File::open(&gz).unwrap())
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, bytes);
+        assert!(write_nifti(&plain, [40000, 1, 1], false, 1).is_err());
+    }
+
+    #[test]
+    fn dicom_files_are_part_10_with_the_series_identifiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = DicomSeriesIds::new(11);
+        let paths = write_dicom_series(dir.path(), 3, 6, 5, &ids, 1).unwrap();
+        assert_eq!(paths.len(), 3);
+        for (i, p) in paths.iter().enumerate() {
+            let b = read(p);
+            assert!(b[..128].iter().all(|x| *x == 0));
+            assert_eq!(&b[128..132], b"DICM");
+            // (0002,0000) UL group length, then exactly that many bytes of group 0002.
+            assert_eq!(&b[132..138], &[0x02, 0x00, 0x00, 0x00, b'U', b'L']);
+            let meta_len = u32::from_le_bytes(b[140..144].try_into().unwrap()) as usize;
+            assert_eq!(
+                &b[144 + meta_len..146 + meta_len],
+                &[0x08, 0x00],
+                "data set follows the meta group"
+            );
+            assert!(
+                b[144..144 + meta_len]
+                    .windows(EXPLICIT_VR_LITTLE_ENDIAN.len())
+                    .any(|w| w == EXPLICIT_VR_LITTLE_ENDIAN.as_bytes())
+            );
+            let text = String::from_utf8_lossy(&b);
+            assert!(
+                text.contains(&ids.study_instance_uid) && text.contains(&ids.series_instance_uid)
+            );
+            assert!(text.contains(&ids.patient_id) && text.contains(&ids.accession_number));
+            assert!(
+                text.contains(&format!("\\0\\{}", i as f64 * SAMPLE_SPACING_MM[2])),
+                "slice position"
+            );
+            // Pixel data: OW with 6 × 5 × 2 bytes, the last element of the file.
+            let tail = &b[b.len() - 60 - 12..b.len() - 60];
+            assert_eq!(
+                tail,
+                &[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 60, 0, 0, 0]
+            );
+        }
+        let other = ids.other_series(12);
+        assert_eq!(other.study_instance_uid, ids.study_instance_uid);
+        assert_eq!(other.patient_id, ids.patient_id);
+        assert_ne!(other.series_instance_uid, ids.series_instance_uid);
+        let more = write_dicom_series(dir.path(), 1, 6, 5, &other, 1).unwrap();
+        assert!(
+            !paths.contains(&more[0]),
+            "another series gets other file names"
+        );
+    }
+
+    #[test]
+    fn dicom_uids_are_valid() {
+        for seed in 0..50 {
+            let ids = DicomSeriesIds::new(seed);
+            for uid in [
+                &ids.study_instance_uid,
+                &ids.series_instance_uid,
+                &ids.frame_of_reference_uid,
+            ] {
+                assert!(uid.len() <= 64, "{uid}");
+                assert!(
+                    uid.split('.').all(|c| !c.is_empty()
+                        && c.bytes().all(|b| b.is_ascii_digit())
+                        && (c == "0" || !c.starts_with('0'))),
+                    "{uid}"
+                );
+            }
+            assert_eq!(ids.study_date.len(), 8);
+            assert_eq!(ids, DicomSeriesIds::new(seed));
+        }
+        assert_ne!(DicomSeriesIds::new(1), DicomSeriesIds::new(2));
+    }
+
+    #[test]
+    fn tiff_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.tif");
+        write_tiff(&p, 300, 500, 1).unwrap();
+        let b = read(&p);
+        assert_eq!(&b[0..4], b"II*\0");
+        assert_eq!(u16::from_le_bytes([b[8], b[9]]), 12);
+        // Three strips (218 rows of 300 bytes fit in 64 KiB): offsets and counts out of line.
+        let strips = 500u32.div_ceil(65536 / 300);
+        assert_eq!(strips, 3);
+        assert_eq!(
+            b.len() as u32,
+            8 + 2 + 12 * 12 + 4 + 16 + 8 * strips + 300 * 500
+        );
+        assert!(write_tiff(&p, 0, 5, 1).is_err());
+    }
+
+    #[test]
+    fn pdf_cross_reference_offsets_point_at_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.pdf");
+        write_pdf(&p, "Report (draft) \\ é").unwrap();
+        let b = read(&p);
+        // Byte-exact view (the binary comment line is not UTF-8): one char per byte.
+        let text: String = b
+            .iter()
+            .map(|&c| if c.is_ascii() { c as char } else { '#' })
+            .collect();
+        assert!(text.starts_with("%PDF-1.4\n") && text.ends_with("%%EOF\n"));
+        assert!(text.contains("(Report \\(draft\\) \\\\ ?) Tj"));
+        let startxref: usize = text
+            .rsplit("startxref\n")
+            .next()
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(text[startxref..].starts_with("xref\n0 6\n"));
+        for (n, line) in text[startxref..].lines().skip(3).take(5).enumerate() {
+            let off: usize = line[..10].parse().unwrap();
+            assert_eq!(line.len(), 19, "20-byte entries with the newline");
+            assert!(text[off..].starts_with(&format!("{} 0 obj", n + 1)));
+        }
+    }
+
+    #[test]
+    fn large_files_are_exact_reproducible_and_prefix_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        let size = 3 * (1 << 20) + 12345;
+        write_large_file(&a, size, 5).unwrap();
+        write_large_file(&b, 1 << 20, 5).unwrap();
+        write_large_file(&c, 0, 5).unwrap();
+        let (ba, bb) = (read(&a), read(&b));
+        assert_eq!(ba.len() as u64, size);
+        assert_eq!(&ba[..bb.len()], &bb[..]);
+        assert_eq!(read(&c).len(), 0);
+        // Incompressible: no byte value dominates.
+        let mut counts = [0usize; 256];
+        ba.iter().for_each(|x| counts[*x as usize] += 1);
+        assert!(counts.iter().all(|n| *n < ba.len() / 128));
+        let pages: std::collections::HashSet<&[u8]> = ba.chunks(4096).collect();
+        assert_eq!(pages.len(), ba.len().div_ceil(4096), "no page repeats");
+    }
 }

@@ -672,7 +672,7 @@ fn is_valid_date(s: &str) -> bool {
     let y: u32 = s[0..4].parse().unwrap_or(0);
     let m: u32 = s[4..6].parse().unwrap_or(0);
     let d: u32 = s[6..8].parse().unwrap_or(0);
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leap = (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
     let days = match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
@@ -1694,12 +1694,8 @@ fn read_dicom_header(path: &Path) -> Result<DicomHeader, String> {
         explicit,
         big_endian,
     };
-    loop {
-        let tag = match rd.tag() {
-            Ok(t) => t,
-            // The data set may end without pixel data.
-            Err(_) => break,
-        };
+    // The data set may end without pixel data.
+    while let Ok(tag) = rd.tag() {
         let (vr, len) = rd.vr_and_length(tag)?;
         if tag >= TAG_PIXEL_DATA && tag >> 16 != 0xFFFE {
             if tag == TAG_PIXEL_DATA {
@@ -1841,8 +1837,12 @@ fn dicom_metadata(h: &DicomHeader) -> ImageMetadata {
 fn build_dicom(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
     // Group like panimg: (study, stack or series, SOP class); a group's name counts per study in
     // order of first appearance.
-    type Key = (String, String, String);
-    let mut groups: Vec<(Key, String, Vec<(usize, DicomHeader)>)> = Vec::new();
+    struct Group {
+        key: (String, String, String),
+        name: String,
+        members: Vec<(usize, DicomHeader)>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
     let mut per_study: HashMap<String, usize> = HashMap::new();
     for &i in remaining {
         let Ok(h) = read_dicom_header(uploads[i].path) else {
@@ -1856,17 +1856,21 @@ fn build_dicom(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
             continue;
         };
         let key = (study.clone(), series, sop);
-        match groups.iter_mut().find(|g| g.0 == key) {
-            Some(g) => g.2.push((i, h)),
+        match groups.iter_mut().find(|g| g.key == key) {
+            Some(g) => g.members.push((i, h)),
             None => {
                 let n = per_study.entry(study.clone()).or_insert(0);
                 let name = format!("{study}-{n}");
                 *n += 1;
-                groups.push((key, name, vec![(i, h)]));
+                groups.push(Group {
+                    key,
+                    name,
+                    members: vec![(i, h)],
+                });
             }
         }
     }
-    collect_built(groups.into_iter().map(|(key, name, members)| {
+    collect_built(groups.into_iter().map(|Group { key, name, members }| {
         if key.2 == WSI_SOP_CLASS {
             return Err("WSI-DICOM not supported by DICOM builder".into());
         }
@@ -3215,7 +3219,7 @@ mod tests {
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048), name in fuzz_names()) {
             let dir = tempfile::tempdir().unwrap();
             let p = write(dir.path(), name, &bytes);
-            let _ = import_image(&uploads(&[p.clone()]));
+            let _ = import_image(&uploads(std::slice::from_ref(&p)));
             let _ = import_dicom_image_set(&uploads(&[p]));
         }
 
@@ -3244,7 +3248,7 @@ mod tests {
                 bytes.truncate(cut.index(bytes.len() + 1));
             }
             std::fs::write(&p, &bytes).unwrap();
-            let _ = import_image(&uploads(&[p.clone()]));
+            let _ = import_image(&uploads(std::slice::from_ref(&p)));
             let _ = import_dicom_image_set(&uploads(&[p]));
         }
     }
