@@ -532,6 +532,7 @@ async fn every_error_class_carries_the_platforms_words() {
                 entry("notes", ValueSource::Value(json!("fine"))),
                 entry("report", ValueSource::Value(json!("not a file"))),
                 entry("no-such-socket", ValueSource::Value(json!(1))),
+                entry("lesion-count", ValueSource::Value(json!("abc"))),
             ],
         )
         .await
@@ -553,6 +554,12 @@ async fn every_error_class_carries_the_platforms_words() {
     );
     assert!(
         message.contains("values[2].interface: Object with slug=no-such-socket does not exist."),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "values[3].__all__: JSON does not fulfill schema: instance 'abc' is not of type 'integer'"
+        ),
         "{message}"
     );
     assert_eq!(body["values"][0], json!({}));
