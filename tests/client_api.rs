@@ -828,3 +828,26 @@ async fn plain_http_is_refused_unless_on_loopback() {
     assert_eq!(client(&sb).whoami().await.unwrap(), "demo");
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalled_answer_times_out_and_is_retried() {
+    let sb = sandbox().await;
+    sb.set_faults(vec![rule(
+        "GET",
+        "/api/v1/profiles/users/self/",
+        FaultAction::Latency { ms: 3000 },
+        Some(1),
+    )])
+    .unwrap();
+    let mut cfg = config(&sb, DEMO_TOKEN);
+    cfg.timeout = Duration::from_millis(400);
+    let c = Client::new(cfg).unwrap();
+    let started = Instant::now();
+    assert_eq!(c.whoami().await.unwrap(), "demo");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    sb.stop().await;
+}

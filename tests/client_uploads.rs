@@ -589,3 +589,37 @@ async fn files_in_flight_are_bounded_client_wide() {
     assert!(started.elapsed() < Duration::from_secs(20));
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalled_part_times_out_and_is_sent_again() {
+    let sb = sandbox().await;
+    sb.set_faults(vec![rule(
+        "PUT",
+        "/s3/*",
+        FaultAction::Latency { ms: 3000 },
+        Some(1),
+    )])
+    .unwrap();
+    let mut cfg = config(&sb, gc_hotfolder::sandbox::fixture::DEMO_TOKEN);
+    cfg.timeout = Duration::from_millis(400);
+    let c = Client::new(cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = data_file(dir.path(), "slow.bin", PART as usize, 1);
+    let started = std::time::Instant::now();
+    let upload = c
+        .upload_file(&local(&path), None, &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(upload.status, "Completed");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "gave up on the stalled PUT instead of waiting it out: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        count(&sb, &format!("{PRESIGN} 200")),
+        2,
+        "the retry used a fresh URL"
+    );
+    sb.stop().await;
+}
