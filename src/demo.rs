@@ -56,6 +56,12 @@ async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     let dir = std::path::absolute(dir)?;
     let cases = dir.join("cases");
     std::fs::create_dir_all(&cases)?;
+    // The sandbox forgets everything when it stops, so the journal of an earlier demo run would describe
+    // a server that no longer exists: start from a clean state, and deliver the cases again.
+    let state = dir.join("state");
+    if state.exists() {
+        std::fs::remove_dir_all(&state)?;
+    }
     let mut options = SandboxOptions::new(Fixture::demo());
     options.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     options.import_delay = Duration::from_millis(500);
