@@ -532,6 +532,7 @@ async fn every_error_class_carries_the_platforms_words() {
                 entry("notes", ValueSource::Value(json!("fine"))),
                 entry("report", ValueSource::Value(json!("not a file"))),
                 entry("no-such-socket", ValueSource::Value(json!(1))),
+                entry("lesion-count", ValueSource::Value(json!("abc"))),
             ],
         )
         .await
@@ -553,6 +554,12 @@ async fn every_error_class_carries_the_platforms_words() {
     );
     assert!(
         message.contains("values[2].interface: Object with slug=no-such-socket does not exist."),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "values[3].__all__: JSON does not fulfill schema: instance 'abc' is not of type 'integer'"
+        ),
         "{message}"
     );
     assert_eq!(body["values"][0], json!({}));
@@ -819,5 +826,28 @@ async fn plain_http_is_refused_unless_on_loopback() {
     let sb = sandbox().await;
     assert_eq!(sb.base_url().scheme(), "http");
     assert_eq!(client(&sb).whoami().await.unwrap(), "demo");
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_answer_times_out_and_is_retried() {
+    let sb = sandbox().await;
+    sb.set_faults(vec![rule(
+        "GET",
+        "/api/v1/profiles/users/self/",
+        FaultAction::Latency { ms: 3000 },
+        Some(1),
+    )])
+    .unwrap();
+    let mut cfg = config(&sb, DEMO_TOKEN);
+    cfg.timeout = Duration::from_millis(400);
+    let c = Client::new(cfg).unwrap();
+    let started = Instant::now();
+    assert_eq!(c.whoami().await.unwrap(), "demo");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
     sb.stop().await;
 }

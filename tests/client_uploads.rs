@@ -227,6 +227,52 @@ async fn an_interrupted_upload_resumes_with_only_the_missing_parts() {
 }
 
 #[tokio::test]
+async fn a_part_rewritten_since_the_interruption_is_sent_again() {
+    let sb = sandbox().await;
+    let mut cfg = config(&sb, gc_hotfolder::sandbox::fixture::DEMO_TOKEN);
+    cfg.parallel_parts = 1;
+    let c = Client::new(cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = data_file(dir.path(), "edited.bin", 3 * PART as usize, 6);
+    let file = local(&path);
+    let crash = CrashAfter {
+        parts: AtomicUsize::new(0),
+        after: 2,
+        crash: tokio::sync::Notify::new(),
+        created: Mutex::new(None),
+    };
+    tokio::select! {
+        biased;
+        _ = crash.crash.notified() => {}
+        r = c.upload_file(&file, None, &crash) => panic!("the upload should have been cut short: {r:?}"),
+    }
+    let first = crash.created.lock().unwrap().clone().unwrap();
+
+    // Same size, different bytes in part 1.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let rec = Recorder::default();
+    let resume = ResumeFrom {
+        upload_pk: first.pk.clone(),
+        s3_upload_id: first.s3_upload_id.clone(),
+    };
+    let done = c.upload_file(&file, Some(&resume), &rec).await.unwrap();
+    assert_eq!(done.pk, first.pk);
+    let mut sent: Vec<u32> = rec.parts.lock().unwrap().iter().map(|p| p.1).collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [1, 3],
+        "part 1 changed, part 2 did not, part 3 was missing"
+    );
+    let (size, sha) = attach_as_report(&sb, &c, &done, "edited").await;
+    assert_eq!((size, sha), (bytes.len() as u64, sha256_hex(&path)));
+    sb.stop().await;
+}
+
+#[tokio::test]
 async fn resuming_a_completed_upload_returns_it_and_a_vanished_one_starts_over() {
     let sb = sandbox().await;
     let c = client(&sb);
@@ -541,5 +587,39 @@ async fn files_in_flight_are_bounded_client_wide() {
     );
     assert_eq!(count(&sb, &format!("{S3_PUT} 200")), 18);
     assert!(started.elapsed() < Duration::from_secs(20));
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_part_times_out_and_is_sent_again() {
+    let sb = sandbox().await;
+    sb.set_faults(vec![rule(
+        "PUT",
+        "/s3/*",
+        FaultAction::Latency { ms: 3000 },
+        Some(1),
+    )])
+    .unwrap();
+    let mut cfg = config(&sb, gc_hotfolder::sandbox::fixture::DEMO_TOKEN);
+    cfg.timeout = Duration::from_millis(400);
+    let c = Client::new(cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = data_file(dir.path(), "slow.bin", PART as usize, 1);
+    let started = std::time::Instant::now();
+    let upload = c
+        .upload_file(&local(&path), None, &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(upload.status, "Completed");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "gave up on the stalled PUT instead of waiting it out: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        count(&sb, &format!("{PRESIGN} 200")),
+        2,
+        "the retry used a fresh URL"
+    );
     sb.stop().await;
 }

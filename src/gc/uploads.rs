@@ -10,7 +10,8 @@
 //! - an empty file is sent as one empty part 1, which S3 accepts (gcapi sends no part and fails);
 //! - a 500 on complete means the upload is dead: it is aborted and the file uploaded again once;
 //! - the observer learns the upload's pk and S3 upload id before any part is sent, so a journal can resume
-//!   after a crash with list-parts, skipping the parts already there.
+//!   after a crash with list-parts, skipping the parts already there with the right size and, where the
+//!   ETag is the part's MD5, the same content as the file on disk now.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::SeekFrom;
@@ -128,6 +129,55 @@ pub(crate) fn reusable_parts(layout: &PartLayout, listed: &[ListedPart]) -> BTre
         .collect()
 }
 
+/// The MD5 an ETag states, when it is a plain part ETag (`"<32 hex>"`). S3 gives other forms for
+/// KMS-encrypted objects; those say nothing about the content.
+pub(crate) fn etag_md5(etag: &str) -> Option<String> {
+    let inner = etag.trim().trim_matches('"');
+    (inner.len() == 32 && inner.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| inner.to_ascii_lowercase())
+}
+
+/// Keep only the parts whose stated MD5 matches the local bytes: a file rewritten with the same size
+/// since the interrupted attempt must not be completed from stale parts. Parts without a plain MD5
+/// ETag are kept on their size alone.
+fn parts_matching_disk(
+    path: &Path,
+    layout: &PartLayout,
+    parts: BTreeMap<u32, String>,
+) -> std::io::Result<BTreeMap<u32, String>> {
+    use md5::{Digest, Md5};
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut kept = BTreeMap::new();
+    for (n, etag) in parts {
+        let Some(expected) = etag_md5(&etag) else {
+            kept.insert(n, etag);
+            continue;
+        };
+        let (offset, len) = layout.range(n);
+        file.seek(SeekFrom::Start(offset))?;
+        let mut part = (&mut file).take(len);
+        let mut md5 = Md5::new();
+        loop {
+            let read = part.read(&mut buf)?;
+            if read == 0 {
+                break;
+            }
+            md5.update(&buf[..read]);
+        }
+        if hex::encode(md5.finalize()) == expected {
+            kept.insert(n, etag);
+        } else {
+            tracing::info!(
+                part = n,
+                "a stored part differs from the file on disk; sending it again"
+            );
+        }
+    }
+    Ok(kept)
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct ListedPart {
     #[serde(rename = "ETag")]
@@ -200,7 +250,7 @@ impl Client {
             .map_err(|m| GcError::io(&file.path, std::io::Error::other(m)))?;
 
         let mut start = match resume {
-            Some(r) => self.resume_point(r, &layout).await?,
+            Some(r) => self.resume_point(r, &file.path, &layout).await?,
             None => Start::New,
         };
         let mut restarted = false;
@@ -236,6 +286,7 @@ impl Client {
     async fn resume_point(
         &self,
         resume: &ResumeFrom,
+        path: &Path,
         layout: &PartLayout,
     ) -> Result<Start, GcError> {
         let Some(upload) = self.get_upload(&resume.upload_pk).await? else {
@@ -254,7 +305,14 @@ impl Client {
             .await
         {
             Ok(list) => {
-                let parts = reusable_parts(layout, &list.parts);
+                let sized = reusable_parts(layout, &list.parts);
+                let (owned_path, owned_layout) = (path.to_path_buf(), *layout);
+                let parts = tokio::task::spawn_blocking(move || {
+                    parts_matching_disk(&owned_path, &owned_layout, sized)
+                })
+                .await
+                .map_err(|e| GcError::io(path, std::io::Error::other(e)))?
+                .map_err(|e| GcError::io(path, e))?;
                 tracing::info!(upload = %upload.pk, kept = parts.len(), of = layout.count(), "resuming upload");
                 Ok(Start::Existing { upload, parts })
             }
@@ -751,6 +809,37 @@ mod tests {
             vec![(1, "\"e1\"".to_string()), (3, "\"e3\"".to_string())]
         );
         assert!(reusable_parts(&layout, &[part(1, None)]).is_empty());
+    }
+
+    #[test]
+    fn etags_state_an_md5_only_in_their_plain_form() {
+        assert_eq!(
+            etag_md5("\"5D41402ABC4B2A76B9719D911017C592\"").as_deref(),
+            Some("5d41402abc4b2a76b9719d911017c592")
+        );
+        assert_eq!(
+            etag_md5("5d41402abc4b2a76b9719d911017c592").as_deref(),
+            Some("5d41402abc4b2a76b9719d911017c592")
+        );
+        assert_eq!(etag_md5("\"5d41402abc4b2a76b9719d911017c592-3\""), None);
+        assert_eq!(etag_md5("\"kms-opaque\""), None);
+    }
+
+    #[test]
+    fn stored_parts_must_match_the_bytes_on_disk() {
+        use md5::{Digest, Md5};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"aaaaabbbbbcc").unwrap();
+        let layout = PartLayout::new(12, 5).unwrap();
+        let md5 = |b: &[u8]| format!("\"{}\"", hex::encode(Md5::digest(b)));
+        let parts = BTreeMap::from([
+            (1, md5(b"aaaaa")),
+            (2, md5(b"bbbbX")),
+            (3, "\"not-an-md5\"".to_string()),
+        ]);
+        let kept = parts_matching_disk(&path, &layout, parts).unwrap();
+        assert_eq!(kept.keys().copied().collect::<Vec<_>>(), [1, 3]);
     }
 
     #[test]

@@ -126,16 +126,23 @@ fn same_resource(a: &str, b: &str) -> bool {
     a == b || resource_key(a) == resource_key(b)
 }
 
-/// The session importing these uploads, if the list shows it.
+/// The session importing these uploads, if the list shows it. Uploads left by a failed import can be
+/// sent again, so an older `Failed` session may list them too: a session still at work (or succeeded)
+/// is the current one; only when every candidate failed is the failure ours.
 pub fn session_for<'a>(
     sessions: &'a [UploadSession],
     uploads: &[String],
 ) -> Option<&'a UploadSession> {
-    sessions.iter().find(|s| {
-        s.uploads
-            .iter()
-            .any(|su| uploads.iter().any(|u| same_resource(su, u)))
-    })
+    let mut matching = sessions
+        .iter()
+        .filter(|s| {
+            s.uploads
+                .iter()
+                .any(|su| uploads.iter().any(|u| same_resource(su, u)))
+        })
+        .peekable();
+    let first = *matching.peek()?;
+    matching.find(|s| s.status != "Failed").or(Some(first))
 }
 
 /// The operator-facing explanation when a file upload was never consumed (the platform reports nothing).
@@ -390,6 +397,13 @@ mod tests {
         );
         assert_eq!(session_for(&sessions, &["u1".into()]).unwrap().pk, "s2");
         assert!(session_for(&sessions, &["https://h/api/v1/uploads/u3/".into()]).is_none());
+        // The same uploads sent again after a failure: the new session, still queued, is the one.
+        let mut again = sessions.clone();
+        let mut retry = again[1].clone();
+        retry.pk = "s3".into();
+        retry.status = "Re-Queued".into();
+        again.push(retry);
+        assert_eq!(session_for(&again, &["u2".into()]).unwrap().pk, "s3");
     }
 
     #[test]
