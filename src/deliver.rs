@@ -378,7 +378,10 @@ pub async fn deliver(
         // A PATCH whose answer was lost may have been applied: its retry is then refused because the
         // uploads it names were already consumed by the first one. Only if every upload is gone is that
         // the explanation; verification below then decides.
-        if !matches!(e, GcError::Rejected { .. }) || uploads.is_empty() || !all_consumed(client, &uploads).await {
+        if !matches!(e, GcError::Rejected { .. })
+            || uploads.is_empty()
+            || !all_consumed(client, &uploads).await
+        {
             return Err(e.into());
         }
         tracing::info!(item = %item.pk, "the values were already set by an earlier attempt whose answer was lost");

@@ -18,10 +18,20 @@ use sha2::Digest;
 struct Agent {
     child: Child,
     log: PathBuf,
+    /// Startup lines already in the log (it is shared across restarts) when this agent started.
+    starts_before: usize,
+}
+
+fn startups(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("startup scan done")
+        .count()
 }
 
 impl Agent {
     fn start(config: &Path, log: &Path) -> Agent {
+        let starts_before = startups(log);
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -38,16 +48,14 @@ impl Agent {
         Agent {
             child,
             log: log.to_owned(),
+            starts_before,
         }
     }
 
     /// SIGTERM once it is up (its first scan is done), and it must exit 0 after reaching a checkpoint.
     fn stop(mut self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .contains("startup scan done")
-        {
+        while startups(&self.log) <= self.starts_before {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the agent did not start within 30 s"
@@ -106,12 +114,17 @@ async fn wait_delivered(state_dir: &Path, n: usize, limit: Duration) -> Vec<Rece
             return r;
         }
         if std::time::Instant::now() > deadline {
-            let log = std::fs::read_to_string(state_dir.parent().unwrap().join("agent.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(state_dir.parent().unwrap().join("agent.log"))
+                .unwrap_or_default();
             let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
             let tail = tail[tail.len().saturating_sub(40)..].join("\n");
-            let seen: Vec<(&str, Outcome, Option<&str>)> =
-                r.iter().map(|r| (r.case.as_str(), r.outcome, r.reason.as_deref())).collect();
-            panic!("timed out after {limit:?} waiting for {n} deliveries; have {seen:?}\nlog:\n{tail}");
+            let seen: Vec<(&str, Outcome, Option<&str>)> = r
+                .iter()
+                .map(|r| (r.case.as_str(), r.outcome, r.reason.as_deref()))
+                .collect();
+            panic!(
+                "timed out after {limit:?} waiting for {n} deliveries; have {seen:?}\nlog:\n{tail}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -456,7 +469,10 @@ async fn with_ten_percent_faults_on_every_endpoint_every_case_is_delivered_once(
         "/s3/* drop p=0.03",
         "/s3/* 500 after p=0.03",
     ];
-    let faults = rules.iter().map(|r| r.parse().expect("a fault rule")).collect();
+    let faults = rules
+        .iter()
+        .map(|r| r.parse().expect("a fault rule"))
+        .collect();
     let sb = sandbox_with(|o| {
         o.faults = faults;
         o.seed = Some(1);
@@ -470,19 +486,42 @@ async fn with_ten_percent_faults_on_every_endpoint_every_case_is_delivered_once(
     }
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
-    let rs = wait_delivered(&tmp.path().join("state"), n as usize, Duration::from_secs(180)).await;
+    let rs = wait_delivered(
+        &tmp.path().join("state"),
+        n as usize,
+        Duration::from_secs(180),
+    )
+    .await;
     agent.stop();
     let st = state(&sb).await;
     let items = items_of(&st, "demo-archive");
     let counts = titles_once(&items);
     for r in &rs {
-        assert_eq!(counts.get(&r.title), Some(&1), "{} exactly once: {counts:?}", r.title);
-        let item = items.iter().find(|i| i["pk"] == r.item.as_ref().unwrap().pk.as_str()).unwrap();
-        assert_eq!(item["values"].as_array().unwrap().len(), r.sockets.len(), "{}: {item}", r.case);
+        assert_eq!(
+            counts.get(&r.title),
+            Some(&1),
+            "{} exactly once: {counts:?}",
+            r.title
+        );
+        let item = items
+            .iter()
+            .find(|i| i["pk"] == r.item.as_ref().unwrap().pk.as_str())
+            .unwrap();
+        assert_eq!(
+            item["values"].as_array().unwrap().len(),
+            r.sockets.len(),
+            "{}: {item}",
+            r.case
+        );
     }
     let faulted: u64 = st["requests"]
         .as_object()
-        .map(|m| m.iter().filter(|(k, _)| k.ends_with(" 502") || k.ends_with(" 503") || k.ends_with(" 429")).filter_map(|(_, v)| v.as_u64()).sum())
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.ends_with(" 502") || k.ends_with(" 503") || k.ends_with(" 429"))
+                .filter_map(|(_, v)| v.as_u64())
+                .sum()
+        })
         .unwrap_or(0);
     assert!(faulted > 0, "the faults fired: {}", st["requests"]);
 }

@@ -12,11 +12,22 @@ use serde_json::Value;
 
 /// (name, sha256) of every file a socket value holds in the sandbox's state.
 fn stored_files(v: &Value) -> Vec<(String, String)> {
-    let files = if v["image"].is_object() { v["image"]["files"].as_array().cloned() } else { None };
-    let files = files.or_else(|| v["file"].is_object().then(|| vec![v["file"].clone()])).unwrap_or_default();
+    let files = if v["image"].is_object() {
+        v["image"]["files"].as_array().cloned()
+    } else {
+        None
+    };
+    let files = files
+        .or_else(|| v["file"].is_object().then(|| vec![v["file"].clone()]))
+        .unwrap_or_default();
     let mut out: Vec<(String, String)> = files
         .iter()
-        .map(|f| (f["name"].as_str().unwrap_or_default().to_owned(), f["sha256"].as_str().unwrap_or_default().to_owned()))
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap_or_default().to_owned(),
+                f["sha256"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -24,16 +35,46 @@ fn stored_files(v: &Value) -> Vec<(String, String)> {
 
 fn check_against_state(r: &Receipt, item: &Value) {
     let values = item["values"].as_array().unwrap();
-    assert_eq!(values.len(), r.sockets.len(), "{}: one value per planned socket: {item}", r.case);
+    assert_eq!(
+        values.len(),
+        r.sockets.len(),
+        "{}: one value per planned socket: {item}",
+        r.case
+    );
     for s in &r.sockets {
-        let v = values.iter().find(|v| v["socket"] == s.slug.as_str()).unwrap_or_else(|| panic!("{}: no {} in {item}", r.case, s.slug));
-        assert_eq!(v["pk"].as_i64(), s.value_pk, "{}/{}: value pk", r.case, s.slug);
+        let v = values
+            .iter()
+            .find(|v| v["socket"] == s.slug.as_str())
+            .unwrap_or_else(|| panic!("{}: no {} in {item}", r.case, s.slug));
+        assert_eq!(
+            v["pk"].as_i64(),
+            s.value_pk,
+            "{}/{}: value pk",
+            r.case,
+            s.slug
+        );
         if s.files.is_empty() || v.get("value").is_some_and(|x| !x.is_null()) {
-            assert_eq!(Some(&v["value"]), s.value.as_ref(), "{}/{}: value", r.case, s.slug);
+            assert_eq!(
+                Some(&v["value"]),
+                s.value.as_ref(),
+                "{}/{}: value",
+                r.case,
+                s.slug
+            );
         } else {
-            let mut sent: Vec<(String, String)> = s.files.iter().map(|f| (f.upload_name.clone(), f.sha256.clone())).collect();
+            let mut sent: Vec<(String, String)> = s
+                .files
+                .iter()
+                .map(|f| (f.upload_name.clone(), f.sha256.clone()))
+                .collect();
             sent.sort();
-            assert_eq!(stored_files(v), sent, "{}/{}: the stored bytes are the sent bytes", r.case, s.slug);
+            assert_eq!(
+                stored_files(v),
+                sent,
+                "{}/{}: the stored bytes are the sent bytes",
+                r.case,
+                s.slug
+            );
         }
     }
 }
@@ -56,15 +97,36 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
     }
     let cfg = write_config(tmp.path(), &sb, &archive_drop, Some(&reader_drop), "");
 
-    let out = tokio::task::spawn_blocking(move || bin().arg("upload").arg("--config").arg(&cfg).args(&cases).output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .arg("upload")
+            .arg("--config")
+            .arg(&cfg)
+            .args(&cases)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status.code());
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("delivered ")).count(), 20, "{stdout}");
-    assert!(!stdout.contains(DEMO_TOKEN) && !stderr.contains(DEMO_TOKEN), "the token leaked into the output");
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status.code()
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("delivered "))
+            .count(),
+        20,
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(DEMO_TOKEN) && !stderr.contains(DEMO_TOKEN),
+        "the token leaked into the output"
+    );
 
     let rs = receipts(&tmp.path().join("state/receipts"));
     assert_eq!(rs.len(), 20);
@@ -73,36 +135,82 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
     let sets = display_sets_of(&st, "demo-reader-study");
     let mut titles: BTreeMap<String, usize> = BTreeMap::new();
     for i in items.iter().chain(sets.iter()) {
-        *titles.entry(i["title"].as_str().unwrap().to_owned()).or_default() += 1;
+        *titles
+            .entry(i["title"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     for r in &rs {
         assert_eq!(r.outcome, Outcome::Delivered, "{r:?}");
         assert_eq!(titles.get(&r.title), Some(&1), "{} exactly once", r.title);
         let pk = &r.item.as_ref().unwrap().pk;
-        let item = items.iter().chain(sets.iter()).find(|i| i["pk"] == pk.as_str()).expect("the receipt's item exists");
+        let item = items
+            .iter()
+            .chain(sets.iter())
+            .find(|i| i["pk"] == pk.as_str())
+            .expect("the receipt's item exists");
         check_against_state(r, item);
-        let receipt_text = std::fs::read_to_string(tmp.path().join("state/receipts").join(&r.target.slug).join(format!("{}.json", r.case))).unwrap();
+        let receipt_text = std::fs::read_to_string(
+            tmp.path()
+                .join("state/receipts")
+                .join(&r.target.slug)
+                .join(format!("{}.json", r.case)),
+        )
+        .unwrap();
         assert!(!receipt_text.contains(DEMO_TOKEN));
     }
 
     // Uploading the same cases again does not create a second item for any of them.
     let cfg = tmp.path().join("gc-hotfolder.toml");
-    let again = bin().arg("upload").arg("--config").arg(&cfg).arg(archive_drop.join("case-00")).output().unwrap();
-    assert_eq!(again.status.code(), Some(1), "{}", String::from_utf8_lossy(&again.stdout));
-    assert!(String::from_utf8_lossy(&again.stdout).contains("already exists"), "{}", String::from_utf8_lossy(&again.stdout));
+    let again = bin()
+        .arg("upload")
+        .arg("--config")
+        .arg(&cfg)
+        .arg(archive_drop.join("case-00"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
     let st = state(&sb).await;
-    assert_eq!(items_of(&st, "demo-archive").iter().filter(|i| i["title"] == "case-00").count(), 1);
+    assert_eq!(
+        items_of(&st, "demo-archive")
+            .iter()
+            .filter(|i| i["title"] == "case-00")
+            .count(),
+        1
+    );
 }
 
 #[test]
 fn upload_reports_config_errors_with_file_line_and_key_and_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("bad.toml");
-    std::fs::write(&cfg, "[server]\nurl = \"http://127.0.0.1:1/api/v1/\"\nstate_dirr = \"x\"\n").unwrap();
-    let out = bin().arg("upload").arg("--config").arg(&cfg).arg(tmp.path()).output().unwrap();
+    std::fs::write(
+        &cfg,
+        "[server]\nurl = \"http://127.0.0.1:1/api/v1/\"\nstate_dirr = \"x\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("upload")
+        .arg("--config")
+        .arg(&cfg)
+        .arg(tmp.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:3:1: state_dirr: unknown field"), "{err}");
+    assert!(
+        err.contains("bad.toml:3:1: state_dirr: unknown field"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -113,9 +221,26 @@ fn upload_with_a_refused_token_exits_3() {
     let drop = tmp.path().join("drop");
     archive_case(&drop.join("p1"), 0);
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(DEMO_TOKEN, &"0".repeat(64));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(DEMO_TOKEN, &"0".repeat(64));
     std::fs::write(&cfg, text).unwrap();
-    let out = bin().arg("upload").arg("--config").arg(&cfg).arg(drop.join("p1")).output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Invalid token."), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .arg("upload")
+        .arg("--config")
+        .arg(&cfg)
+        .arg(drop.join("p1"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Invalid token."),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

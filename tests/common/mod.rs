@@ -187,12 +187,12 @@ pub fn archive_case(dir: &Path, n: u64) {
 pub fn reader_case(dir: &Path, n: u64) {
     std::fs::create_dir_all(dir).unwrap();
     samples::write_mha(&dir.join("image.mha"), [8, 8, 1], n).unwrap();
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         samples::write_segmentation_mha(&dir.join("seg.mha"), [8, 8, 1], &[0, 1], n).unwrap();
     }
     std::fs::write(
         dir.join("abnormal.json"),
-        if n % 3 == 0 { "true" } else { "false" },
+        if n.is_multiple_of(3) { "true" } else { "false" },
     )
     .unwrap();
     if n % 3 == 1 {
@@ -227,10 +227,9 @@ pub fn receipts(dir: &Path) -> Vec<gc_hotfolder::receipt::Receipt> {
             // Receipts are written as hidden temp files, then renamed: only finished ones count.
             if r.path().extension().is_some_and(|e| e == "json")
                 && !name.to_string_lossy().starts_with('.')
+                && let Ok(receipt) = gc_hotfolder::receipt::read(&r.path())
             {
-                if let Ok(receipt) = gc_hotfolder::receipt::read(&r.path()) {
-                    out.push(receipt);
-                }
+                out.push(receipt);
             }
         }
     }
