@@ -85,6 +85,7 @@ fn main() {
     );
     println!("  goal: flat, ≤ 100 MiB peak RSS");
     let _ = sandbox.kill();
+    let _ = sandbox.wait();
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -425,11 +425,52 @@ impl Loop {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.slots.remove(case_dir);
-                if let Some(rec) = shared.journal.get(&folder.path, &case)?
-                    && matches!(rec.state, CaseState::Settling | CaseState::Ready)
-                {
-                    tracing::info!(case = %case, "the case folder disappeared before it was delivered");
-                    shared.journal.forget(rec.id)?;
+                match shared.journal.get(&folder.path, &case)? {
+                    Some(rec)
+                        if rec.attempts == 0
+                            && matches!(rec.state, CaseState::Settling | CaseState::Ready) =>
+                    {
+                        tracing::info!(case = %case, "the case folder disappeared before it was delivered");
+                        shared.journal.forget(rec.id)?;
+                    }
+                    // Removed while a delivery was under way: say so in a receipt. The item (if any) stays
+                    // recorded, so the same case dropped again fills that item instead of a new one.
+                    Some(rec)
+                        if !matches!(rec.state, CaseState::Delivered | CaseState::Quarantined) =>
+                    {
+                        let reason = "the case folder was removed while it was being delivered; nothing was \
+                                      set on the platform (drop it again to deliver it)";
+                        tracing::warn!(case = %case, "{reason}");
+                        let item = rec.item_pk.as_ref().map(|pk| ItemRef {
+                            api_url: item_url(&shared.client, folder, pk),
+                            pk: pk.clone(),
+                        });
+                        let facts = CaseFacts {
+                            case_dir,
+                            plan: None,
+                            manifest: None,
+                            target: TargetRef {
+                                kind: folder.target,
+                                slug: folder.target_slug.clone(),
+                                pk: None,
+                                url: None,
+                            },
+                            case: case.clone(),
+                            skipped: vec![],
+                            readiness: readiness(folder),
+                            attempts: rec.attempts as u32,
+                            revision: rec.revision as u32,
+                            started: (crate::receipt::now_rfc3339(), Instant::now()),
+                        };
+                        if let Err(e) = crate::receipt::write(
+                            &shared.receipts,
+                            &Receipt::quarantined(facts, reason.into(), item),
+                        ) {
+                            tracing::error!(case = %case, "cannot write the receipt: {e}");
+                        }
+                        shared.journal.quarantined(rec.id, reason)?;
+                    }
+                    _ => {}
                 }
                 return Ok(());
             }
@@ -439,33 +480,44 @@ impl Loop {
                 return Ok(());
             }
         };
-        let rec = shared.journal.discover(&folder.path, &case)?;
+        // Only a read here: a case that is merely seen needs no durable record (after a restart it settles
+        // again anyway), so scanning thousands of folders costs no writes.
+        let known = shared.journal.get(&folder.path, &case)?;
         let fp = snapshot.fingerprint();
-        match rec.state {
+        let state = known
+            .as_ref()
+            .map_or(CaseState::Settling, |r| r.state.clone());
+        let recorded_fp = known.as_ref().and_then(|r| r.fingerprint.clone());
+        let id = known.as_ref().map(|r| r.id);
+        match state {
             CaseState::Quarantined
-                if rec.fingerprint.as_deref() == Some(&fp) || rec.fingerprint.is_none() =>
+                if recorded_fp.as_deref() == Some(&fp) || recorded_fp.is_none() =>
             {
                 return Ok(());
             }
             CaseState::Quarantined => {
                 tracing::info!(case = %case, "a quarantined case changed: trying it again");
-                shared.journal.requeue(rec.id)?;
+                shared.journal.requeue(id.unwrap_or_default())?;
             }
-            CaseState::Delivered if rec.fingerprint.as_deref() == Some(&fp) => {
+            CaseState::Delivered if recorded_fp.as_deref() == Some(&fp) => {
                 apply_after(folder, case_dir, &case);
                 return Ok(());
             }
             CaseState::Delivered => match folder.on_change {
                 OnChange::Ignore => {
                     tracing::info!(case = %case, "files changed after delivery; ignored (on_change = \"ignore\")");
-                    shared.journal.set_fingerprint(rec.id, &fp)?;
+                    shared
+                        .journal
+                        .set_fingerprint(id.unwrap_or_default(), &fp)?;
                     return Ok(());
                 }
                 OnChange::Quarantine => {
                     let reason =
                         "files changed after the case was delivered (on_change = \"quarantine\")";
-                    shared.journal.set_fingerprint(rec.id, &fp)?;
-                    shared.journal.quarantined(rec.id, reason)?;
+                    shared
+                        .journal
+                        .set_fingerprint(id.unwrap_or_default(), &fp)?;
+                    shared.journal.quarantined(id.unwrap_or_default(), reason)?;
                     tracing::warn!(case = %case, "{reason}");
                     return Ok(());
                 }
@@ -487,6 +539,7 @@ impl Loop {
                     return Ok(());
                 }
                 tracing::info!(case = %case, "ready");
+                let rec = shared.journal.discover(&folder.path, &case)?;
                 slot.in_flight = true;
                 slot.dirty = false;
                 let task = Delivery {
@@ -513,6 +566,7 @@ impl Loop {
                         describe(&why)
                     );
                     tracing::warn!(case = %case, "{note}");
+                    let rec = shared.journal.discover(&folder.path, &case)?;
                     shared.journal.note(rec.id, &note)?;
                 }
                 // From here on events and scans bring the news; no timer polls a stuck case.
@@ -784,7 +838,7 @@ impl Delivery {
                     .by_id(self.rec.id)?
                     .and_then(|r| r.item_pk)
                     .map(|pk| ItemRef {
-                        api_url: plan_item_url(&sh.client, folder, &pk),
+                        api_url: item_url(&sh.client, folder, &pk),
                         pk,
                     });
                 self.quarantine(
@@ -845,7 +899,7 @@ impl Delivery {
     }
 }
 
-fn plan_item_url(client: &Client, folder: &Folder, pk: &str) -> String {
+fn item_url(client: &Client, folder: &Folder, pk: &str) -> String {
     let target = crate::gc::Target {
         kind: folder.target,
         slug: folder.target_slug.clone(),

@@ -208,6 +208,7 @@ pub fn reader_case(dir: &Path, n: u64) {
 /// Write a case elsewhere, then rename it into place: how careful exporters deliver.
 pub fn drop_atomically(drop: &Path, name: &str, write: impl FnOnce(&Path)) {
     let staging = drop.parent().unwrap().join(format!(".staging-{name}"));
+    std::fs::create_dir_all(drop).unwrap();
     write(&staging);
     std::fs::rename(&staging, drop.join(name)).unwrap();
 }

@@ -1,0 +1,219 @@
+//! The agent's rough edges, as a real subprocess: names that are not UTF-8, a case deleted while it is
+//! uploaded, a drop folder that appears only after start, and reloading a broken then a fixed config.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+use gc_hotfolder::receipt::{Outcome, Receipt};
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(config: &Path, log: &Path) -> Agent {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = bin()
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_log(&self, what: &str, times: usize) {
+        eventually(Duration::from_secs(30), what, async || {
+            (self.log().matches(what).count() >= times).then_some(())
+        })
+        .await;
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "agent exited with {status}");
+    }
+}
+
+async fn receipt_for(state_dir: &Path, case: &str) -> Receipt {
+    let dir = state_dir.join("receipts");
+    eventually(
+        Duration::from_secs(60),
+        &format!("a receipt for {case}"),
+        async || receipts(&dir).into_iter().find(|r| r.case == case),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_are_not_utf8_are_uploaded_and_reported() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    drop_atomically(&drop, "latin1", |d| {
+        archive_case(d, 3); // a DICOM series in dicom/
+        let dicom = d.join("dicom");
+        let first = std::fs::read_dir(&dicom)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::rename(&first, dicom.join(OsStr::from_bytes(b"scan-\xe9t\xe9.dcm"))).unwrap();
+        std::fs::write(
+            d.join(OsStr::from_bytes(b"notes-\xff.txt")),
+            b"not for upload",
+        )
+        .unwrap();
+    });
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let r = receipt_for(&tmp.path().join("state"), "latin1").await;
+    assert_eq!(r.outcome, Outcome::Delivered, "{r:?}");
+    let img = r
+        .sockets
+        .iter()
+        .find(|s| s.slug == "generic-medical-image")
+        .unwrap();
+    assert_eq!(img.files.len(), 4);
+    assert!(
+        img.files
+            .iter()
+            .any(|f| f.path.contains("scan-\u{fffd}t\u{fffd}.dcm")),
+        "{:?}",
+        img.files
+    );
+    assert_eq!(r.unmatched, ["notes-\u{fffd}.txt"]);
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_deleted_while_it_uploads_is_quarantined_with_the_reason() {
+    // Slow part uploads, so that the deletion lands in the middle.
+    let sb = sandbox_with(|o| o.faults = vec!["PUT /s3/* latency=400".parse().unwrap()]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    drop_atomically(&drop, "vanishing", |d| {
+        std::fs::create_dir_all(d).unwrap();
+        // 40 MiB: eight 5 MiB parts of a (valid) MetaImage.
+        gc_hotfolder::samples::write_mha(&d.join("image.mha"), [1024, 1024, 40], 5).unwrap();
+    });
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    agent.wait_log("delivering", 1).await;
+    eventually(Duration::from_secs(30), "the first part PUT", async || {
+        let st = state(&sb).await;
+        let puts = st["requests"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with("PUT /s3/"))
+            .count();
+        (puts > 0).then_some(())
+    })
+    .await;
+    std::fs::remove_dir_all(drop.join("vanishing")).unwrap();
+    let r = receipt_for(&tmp.path().join("state"), "vanishing").await;
+    assert_eq!(r.outcome, Outcome::Quarantined);
+    let reason = r.reason.unwrap_or_default();
+    // Depending on the instant: a part read fails, or the pre-PATCH check finds the folder gone.
+    assert!(
+        reason.contains("No such file or directory")
+            || reason.contains("removed while it was being delivered"),
+        "{reason}"
+    );
+    // And the daemon goes on.
+    drop_atomically(&drop, "next", |d| archive_case(d, 0));
+    assert_eq!(
+        receipt_for(&tmp.path().join("state"), "next").await.outcome,
+        Outcome::Delivered
+    );
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_folder_missing_at_start_is_picked_up_when_it_appears() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("not-yet");
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "poll_interval = \"300ms\"");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    agent.wait_log("does not exist", 1).await;
+    std::fs::create_dir_all(&drop).unwrap();
+    drop_atomically(&drop, "late", |d| archive_case(d, 1));
+    assert_eq!(
+        receipt_for(&tmp.path().join("state"), "late").await.outcome,
+        Outcome::Delivered
+    );
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rejects_a_broken_config_and_applies_a_fixed_one() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let cfg = write_config(tmp.path(), &sb, &a, None, "");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    agent.wait_log("startup scan done", 1).await;
+
+    std::fs::write(
+        &cfg,
+        good.replace("quiet = \"1s\"", "quiet = \"1s\"\nqiuet = \"2s\""),
+    )
+    .unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_log("reload rejected", 1).await;
+    assert!(agent.log().contains("qiuet"), "the rejection names the key");
+    // The running config still works.
+    drop_atomically(&a, "still-a", |d| archive_case(d, 0));
+    assert_eq!(
+        receipt_for(&tmp.path().join("state"), "still-a")
+            .await
+            .outcome,
+        Outcome::Delivered
+    );
+
+    // A valid config with a second folder: its cases are delivered without a restart.
+    let second = format!(
+        "\n[[folder]]\npath = \"{}\"\narchive = \"demo-archive\"\nquiet = \"1s\"\ntitle = \"b-{{case}}\"\n{ARCHIVE_RULES}",
+        b.display()
+    );
+    std::fs::write(&cfg, format!("{good}{second}")).unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_log("config reloaded", 1).await;
+    drop_atomically(&b, "from-b", |d| archive_case(d, 2));
+    let r = receipt_for(&tmp.path().join("state"), "from-b").await;
+    assert_eq!(
+        (r.outcome, r.title.as_str()),
+        (Outcome::Delivered, "b-from-b")
+    );
+    agent.stop();
+}
