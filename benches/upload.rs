@@ -20,6 +20,8 @@ use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn main() {
+    // reqwest is built without a default TLS provider; the library installs ring, and so does this.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child-upload") {
         // The memory run: this process does nothing but one upload, then reports its peak RSS.
