@@ -8,10 +8,11 @@
 //! The sandbox and the agent each run as their own process on loopback. Sizes can be lowered through
 //! `GC_BENCH_CASES` (default 10000), `GC_BENCH_FILES` (per case, default 10), `GC_BENCH_SERIES` (default 200).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
+
+mod common;
 
 use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
 
@@ -24,7 +25,7 @@ fn main() {
         .prefix("gc-bench-agent")
         .tempdir()
         .expect("tempdir");
-    let (mut sandbox, base) = start_sandbox(exe, &tmp.path().join("sandbox"));
+    let (mut sandbox, base) = common::start_sandbox(&tmp.path().join("sandbox"));
     println!("sandbox: {base}");
     readiness(exe, &base, &tmp.path().join("ready"));
     idle(exe, &base, &tmp.path().join("idle"));
@@ -38,32 +39,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn start_sandbox(exe: &str, data: &Path) -> (Child, String) {
-    let mut child = Command::new(exe)
-        .args(["sandbox", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sandbox");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the sandbox prints its URL")
-            .expect("utf-8");
-        if let Some(i) = line.find("http") {
-            break line[i..]
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, base)
 }
 
 fn config(dir: &Path, base: &str, drop: &Path, folder_extra: &str, rules: &str) -> PathBuf {

@@ -8,10 +8,11 @@
 //! Environment: `GC_BENCH_SIZE` (bytes for the throughput run, default 1 GiB), `GC_BENCH_BIG` (bytes for
 //! the memory run, default 4 GiB), `GC_BENCH_DIR` (where the files go, default a temp dir).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use gc_hotfolder::gc::uploads::{LocalFile, NoObserver};
 use gc_hotfolder::gc::{Client, ClientConfig, Token};
@@ -45,7 +46,7 @@ fn main() {
         )
         .expect("tempdir");
     let data = tmp.path().join("sandbox-data");
-    let (mut sandbox, base) = start_sandbox(&data);
+    let (mut sandbox, base) = common::start_sandbox(&data);
     println!("sandbox: {base}");
 
     let file = tmp.path().join("payload.bin");
@@ -104,35 +105,6 @@ fn peak_rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// The sandbox binary on a free port; returns it and its API base URL (the first URL it prints).
-fn start_sandbox(data: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gc-hotfolder"))
-        .args(["sandbox", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("sandbox");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the sandbox prints its URL")
-            .expect("utf-8");
-        if let Some(start) = line.find("http") {
-            break line[start..]
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-        }
-    };
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, base)
 }
 
 fn client(base: &str) -> Client {

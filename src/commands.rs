@@ -6,17 +6,37 @@ use std::path::Path;
 use crate::agent::{self, AgentOptions};
 use crate::cli::{CheckArgs, ExplainArgs, RetryArgs, RunArgs, exit};
 use crate::config::{Config, RuleSource};
-use crate::gc::{GcError, SuperKind};
+use crate::gc::{Client, GcError, SuperKind};
 use crate::journal::{CaseState, Journal};
 
-fn load(path: &Path) -> Result<Config, u8> {
+/// The platform client of a config, its token checked. A daemon starts even when the platform cannot be
+/// reached (its deliveries retry); a one-shot command gives up. A refused token stops both.
+pub async fn connect(config: &Config, tolerate_unreachable: bool) -> Result<Client, u8> {
+    let client = config.client().map_err(|e| {
+        eprintln!("error: {e}");
+        exit::PLATFORM
+    })?;
+    match client.whoami().await {
+        Ok(user) => tracing::info!(user, url = %config.server.url, "token accepted"),
+        Err(e) if tolerate_unreachable && !matches!(e, GcError::Auth { .. }) => {
+            tracing::warn!(url = %config.server.url, "cannot check the token yet: {e}")
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", config.server.url);
+            return Err(exit::PLATFORM);
+        }
+    }
+    Ok(client)
+}
+
+pub(crate) fn load(path: &Path) -> Result<Config, u8> {
     Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         exit::USAGE
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, u8> {
     tokio::runtime::Runtime::new().map_err(|e| {
         eprintln!("error: cannot start the async runtime: {e}");
         exit::PLATFORM
@@ -35,22 +55,10 @@ pub fn run(args: RunArgs) -> u8 {
     };
     rt.block_on(async {
         let stop = shutdown_signal();
-        let client = match config.client() {
+        let client = match connect(&config, true).await {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::PLATFORM;
-            }
+            Err(code) => return code,
         };
-        match client.whoami().await {
-            Ok(user) => tracing::info!(user, url = %config.server.url, "token accepted"),
-            Err(e @ GcError::Auth { .. }) => {
-                eprintln!("error: {}: {e}", config.server.url);
-                return exit::PLATFORM;
-            }
-            // Unreachable now is not fatal: the platform may come back, and deliveries retry.
-            Err(e) => tracing::warn!(url = %config.server.url, "cannot check the token yet: {e}"),
-        }
         for f in &config.folders {
             if !f.path.is_dir() {
                 tracing::error!(folder = %f.path.display(), "the drop folder does not exist (yet); it is polled until it appears");

@@ -27,38 +27,21 @@ pub struct CaseOutcome {
 
 /// Entry point of `gc-hotfolder upload`.
 pub fn main(args: UploadArgs) -> u8 {
-    let config = match Config::load(&args.config) {
+    let config = match crate::commands::load(&args.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::PLATFORM;
-        }
-    };
-    runtime.block_on(run(&config, args.receipts, &args.cases))
+    match crate::commands::runtime() {
+        Ok(rt) => rt.block_on(run(&config, args.receipts, &args.cases)),
+        Err(code) => code,
+    }
 }
 
 async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u8 {
-    let client = match config.client() {
+    let client = match crate::commands::connect(config, false).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::PLATFORM;
-        }
+        Err(code) => return code,
     };
-    match client.whoami().await {
-        Ok(user) => tracing::info!(user, url = %config.server.url, "token accepted"),
-        Err(e) => {
-            eprintln!("error: {}: {e}", config.server.url);
-            return exit::PLATFORM;
-        }
-    }
     let receipts = receipts.unwrap_or_else(|| config.server.state_dir.join("receipts"));
     let bars = std::io::stderr().is_terminal().then(MultiProgress::new);
     let outcomes: Vec<CaseOutcome> = futures_util::stream::iter(cases.iter().cloned())

@@ -196,6 +196,11 @@ fn spawn_timer(
     })
 }
 
+fn is_read_only(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(kind, EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write))
+}
+
 fn watch_folder(
     folder: &Folder,
     tx: UnboundedSender<Hint>,
@@ -209,6 +214,9 @@ fn watch_folder(
                 why: ScanReason::Overflow,
             });
         }
+        // Opening or reading is not a change, and the agent reads every case it checks: counting those
+        // events would make each check cause the next. A writer closing its file is a change.
+        Ok(event) if is_read_only(&event.kind) => {}
         Ok(event) => {
             for path in &event.paths {
                 if let Some(case_dir) = case_of(&f, path) {
@@ -321,5 +329,31 @@ mod tests {
                 break;
             }
         }
+    }
+    #[tokio::test]
+    async fn reading_a_case_is_not_a_change() {
+        let d = tempfile::tempdir().unwrap();
+        for p in ["p1/sub", "p2"] {
+            std::fs::create_dir_all(d.path().join(p)).unwrap();
+        }
+        std::fs::write(d.path().join("p1/sub/a.dcm"), b"x").unwrap();
+        let f = folder(d.path(), 1);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _w = start(std::slice::from_ref(&f), Duration::from_secs(3600), tx);
+        assert!(matches!(rx.recv().await, Some(Hint::Scan { .. })));
+        // What a check does: list the case and read its files.
+        crate::settle::snapshot(&d.path().join("p1")).unwrap();
+        std::fs::read(d.path().join("p1/sub/a.dcm")).unwrap();
+        // Events arrive in order: the hint for this later write must be the first one.
+        std::fs::write(d.path().join("p2/b.dcm"), b"y").unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            Some(Hint::Case {
+                case_dir: d.path().join("p2")
+            })
+        );
     }
 }

@@ -6,7 +6,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -14,120 +13,8 @@ use gc_hotfolder::receipt::{Outcome, Receipt};
 use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
 use sha2::Digest;
 
-/// A running agent whose log goes to a file (read by the token test).
-struct Agent {
-    child: Child,
-    log: PathBuf,
-    /// Startup lines already in the log (it is shared across restarts) when this agent started.
-    starts_before: usize,
-}
-
-fn startups(log: &Path) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .matches("startup scan done")
-        .count()
-}
-
-impl Agent {
-    fn start(config: &Path, log: &Path) -> Agent {
-        let starts_before = startups(log);
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = bin()
-            .args(["run", "--config"])
-            .arg(config)
-            .env("GC_HOTFOLDER_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Agent {
-            child,
-            log: log.to_owned(),
-            starts_before,
-        }
-    }
-
-    /// SIGTERM once it is up (its first scan is done), and it must exit 0 after reaching a checkpoint.
-    fn stop(mut self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while startups(&self.log) <= self.starts_before {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the agent did not start within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "agent exited with {status}; log:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
 fn sha256(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
-}
-
-/// Wait until there are `n` receipts; on timeout, say which exist and show the end of the agent's log.
-async fn wait_receipts(state_dir: &Path, n: usize, limit: Duration) -> Vec<Receipt> {
-    let dir = state_dir.join("receipts");
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let r = receipts(&dir);
-        if r.len() >= n {
-            return r;
-        }
-        if std::time::Instant::now() > deadline {
-            let log = std::fs::read_to_string(state_dir.parent().unwrap().join("agent.log"))
-                .unwrap_or_default();
-            let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
-            let tail = tail[tail.len().saturating_sub(40)..].join("\n");
-            let seen: Vec<(&str, Outcome)> =
-                r.iter().map(|r| (r.case.as_str(), r.outcome)).collect();
-            panic!(
-                "timed out after {limit:?} waiting for {n} receipts; have {seen:?}\nlog:\n{tail}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Wait until `n` receipts say delivered; on timeout show what there is and the end of the agent's log.
-async fn wait_delivered(state_dir: &Path, n: usize, limit: Duration) -> Vec<Receipt> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let r = receipts(&state_dir.join("receipts"));
-        if r.iter().filter(|r| r.outcome == Outcome::Delivered).count() >= n {
-            return r;
-        }
-        if std::time::Instant::now() > deadline {
-            let log = std::fs::read_to_string(state_dir.parent().unwrap().join("agent.log"))
-                .unwrap_or_default();
-            let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
-            let tail = tail[tail.len().saturating_sub(40)..].join("\n");
-            let seen: Vec<(&str, Outcome, Option<&str>)> = r
-                .iter()
-                .map(|r| (r.case.as_str(), r.outcome, r.reason.as_deref()))
-                .collect();
-            panic!(
-                "timed out after {limit:?} waiting for {n} deliveries; have {seen:?}\nlog:\n{tail}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn titles_once(items: &[&serde_json::Value]) -> BTreeMap<String, usize> {
@@ -356,36 +243,19 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
     let reason = |c: &str| by[c].reason.clone().unwrap_or_default();
     assert_eq!(by["good"].outcome, Outcome::Delivered);
     assert_eq!(by["spaces and ü \u{2603}"].outcome, Outcome::Delivered);
-    assert!(
-        reason("bad-json").contains("count.json is not valid JSON"),
-        "{}",
-        reason("bad-json")
-    );
-    assert!(
-        reason("not-an-image").contains("1 file could not be imported"),
-        "{}",
-        reason("not-an-image")
-    );
-    assert!(
-        reason("two-series").contains("Image imports should result in a single image"),
-        "{}",
-        reason("two-series")
-    );
-    assert!(
-        reason("empty-file").contains("is empty"),
-        "{}",
-        reason("empty-file")
-    );
-    assert!(
-        reason("wrong-kind").contains("JSON does not fulfill schema"),
-        "{}",
-        reason("wrong-kind")
-    );
-    assert!(
-        reason("symlink-out").contains("no file matches"),
-        "{}",
-        reason("symlink-out")
-    );
+    for (case, because) in [
+        ("bad-json", "count.json is not valid JSON"),
+        ("not-an-image", "1 file could not be imported"),
+        (
+            "two-series",
+            "Image imports should result in a single image",
+        ),
+        ("empty-file", "is empty"),
+        ("wrong-kind", "JSON does not fulfill schema"),
+        ("symlink-out", "no file matches"),
+    ] {
+        assert!(reason(case).contains(because), "{case}: {}", reason(case));
+    }
     assert!(
         by["symlink-out"]
             .skipped

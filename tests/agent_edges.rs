@@ -5,69 +5,10 @@ mod common;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
-use gc_hotfolder::receipt::{Outcome, Receipt};
-
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(config: &Path, log: &Path) -> Agent {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = bin()
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Agent {
-            child,
-            log: log.to_owned(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_log(&self, what: &str, times: usize) {
-        eventually(Duration::from_secs(30), what, async || {
-            (self.log().matches(what).count() >= times).then_some(())
-        })
-        .await;
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    fn stop(mut self) {
-        self.signal(libc::SIGTERM);
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "agent exited with {status}");
-    }
-}
-
-async fn receipt_for(state_dir: &Path, case: &str) -> Receipt {
-    let dir = state_dir.join("receipts");
-    eventually(
-        Duration::from_secs(60),
-        &format!("a receipt for {case}"),
-        async || receipts(&dir).into_iter().find(|r| r.case == case),
-    )
-    .await
-}
+use gc_hotfolder::receipt::Outcome;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_that_are_not_utf8_are_uploaded_and_reported() {

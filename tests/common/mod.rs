@@ -3,9 +3,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gc_hotfolder::receipt::{Outcome, Receipt};
 use gc_hotfolder::samples;
 use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
 use gc_hotfolder::sandbox::{Fixture, Sandbox, SandboxOptions};
@@ -236,4 +237,144 @@ pub fn receipts(dir: &Path) -> Vec<gc_hotfolder::receipt::Receipt> {
     }
     out.sort_by(|a, b| a.case.cmp(&b.case));
     out
+}
+
+/// The agent as a real subprocess, its log appended to a file that several runs may share.
+pub struct Agent {
+    child: Child,
+    pub log: PathBuf,
+    /// "token accepted" lines already in the log when this agent started: it logs one more once its signal
+    /// handlers are in place.
+    starts_before: usize,
+}
+
+fn startups(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("token accepted")
+        .count()
+}
+
+impl Agent {
+    pub fn start(config: &Path, log: &Path) -> Agent {
+        let starts_before = startups(log);
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = bin()
+            .args(["run", "--config"])
+            .arg(config)
+            .env("GC_HOTFOLDER_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            log: log.to_owned(),
+            starts_before,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log holds `what` at least `times` times.
+    pub async fn wait_log(&self, what: &str, times: usize) {
+        eventually(Duration::from_secs(30), what, async || {
+            (self.log().matches(what).count() >= times).then_some(())
+        })
+        .await;
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM once this agent is up; it must exit 0 after reaching a checkpoint.
+    pub fn stop(mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while startups(&self.log) <= self.starts_before {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not start within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "agent exited with {status}; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// A test that fails must not leave its agent running.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Wait until the receipts under `state_dir` satisfy `done`; on timeout, say which exist and show the end
+/// of the agent's log (`<state_dir>/../agent.log`).
+pub async fn wait_receipts_until(
+    state_dir: &Path,
+    limit: Duration,
+    done: impl Fn(&[Receipt]) -> bool,
+) -> Vec<Receipt> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = receipts(&state_dir.join("receipts"));
+        if done(&r) {
+            return r;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(state_dir.parent().unwrap().join("agent.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+            let tail = tail[tail.len().saturating_sub(40)..].join("\n");
+            let seen: Vec<(&str, Outcome, Option<&str>)> = r
+                .iter()
+                .map(|r| (r.case.as_str(), r.outcome, r.reason.as_deref()))
+                .collect();
+            panic!("timed out after {limit:?}; receipts: {seen:?}\nlog:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until there are `n` receipts.
+pub async fn wait_receipts(state_dir: &Path, n: usize, limit: Duration) -> Vec<Receipt> {
+    wait_receipts_until(state_dir, limit, |r| r.len() >= n).await
+}
+
+/// Wait until `n` receipts say delivered.
+pub async fn wait_delivered(state_dir: &Path, n: usize, limit: Duration) -> Vec<Receipt> {
+    wait_receipts_until(state_dir, limit, |r| {
+        r.iter().filter(|r| r.outcome == Outcome::Delivered).count() >= n
+    })
+    .await
+}
+
+/// Wait for the receipt of one case.
+pub async fn receipt_for(state_dir: &Path, case: &str) -> Receipt {
+    let r = wait_receipts_until(state_dir, Duration::from_secs(60), |r| {
+        r.iter().any(|r| r.case == case)
+    })
+    .await;
+    r.into_iter().find(|r| r.case == case).unwrap()
 }

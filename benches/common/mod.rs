@@ -1,0 +1,33 @@
+//! Shared by the benchmarks: the sandbox binary as its own process on a free loopback port.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Start `gc-hotfolder sandbox` storing into `data`; returns it and its API base URL (the first URL it prints).
+pub fn start_sandbox(data: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gc-hotfolder"))
+        .args(["sandbox", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sandbox");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the sandbox prints its URL")
+            .expect("utf-8");
+        if let Some(i) = line.find("http") {
+            break line[i..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, base)
+}
