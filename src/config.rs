@@ -69,7 +69,8 @@ pub struct Server {
     pub url: url::Url,
     /// Where the token comes from; resolved only when talking to the platform, never stored in the config.
     pub token_file: Option<PathBuf>,
-    pub token: Option<String>,
+    /// An inline token: a secret, so its `Debug` is redacted like every other token's.
+    pub token: Option<crate::gc::Token>,
     pub ca_cert: Option<PathBuf>,
     pub state_dir: PathBuf,
 }
@@ -371,7 +372,10 @@ impl Config {
             (None, Some(_)) => None,
             (None, None) => credential,
         };
-        let token = crate::gc::Token::from_sources(token_file.as_deref(), env, s.token.clone())?;
+        let token = match (&token_file, &env, &s.token) {
+            (None, None, Some(inline)) => inline.clone(),
+            _ => crate::gc::Token::from_sources(token_file.as_deref(), env, None)?,
+        };
         crate::gc::Client::new(crate::gc::ClientConfig {
             base_url: s.url.clone(),
             token,
@@ -424,7 +428,13 @@ fn validate_server(loc: &Locator, base: &Path, s: &RawServer) -> Result<Server, 
     Ok(Server {
         url,
         token_file: s.token_file.as_ref().map(|t| resolve(base, t.get_ref())),
-        token: s.token.as_ref().map(|t| t.get_ref().clone()),
+        token: match &s.token {
+            None => None,
+            Some(t) => Some(
+                crate::gc::Token::parse(t.get_ref())
+                    .ok_or_else(|| loc.err(t.span(), "server.token", "is empty"))?,
+            ),
+        },
         ca_cert: s.ca_cert.as_ref().map(|c| resolve(base, c.get_ref())),
         state_dir: s
             .state_dir
@@ -976,5 +986,13 @@ quiet = "2s"
             c.folders[0].after,
             After::Move(PathBuf::from("/srv/drop/done"))
         );
+    }
+    #[test]
+    fn an_inline_token_never_shows_in_debug_output() {
+        let text = GOOD.replace("token_file = \"token\"", "token = \"Bearer s3cr3t-t0ken\"");
+        let c = parse(&text).unwrap();
+        assert!(c.server.token.is_some());
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cr3t-t0ken"), "{debug}");
     }
 }

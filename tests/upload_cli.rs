@@ -244,3 +244,40 @@ fn upload_with_a_refused_token_exits_3() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_socket_fails_the_case_before_anything_is_created() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    archive_case(&drop.join("p1"), 0);
+    let extra = "[[folder.socket]]\nslug = \"no-such-socket\"\nvalue = 1\n";
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let text = std::fs::read_to_string(&cfg).unwrap() + extra;
+    std::fs::write(&cfg, text).unwrap();
+    let before = items_of(&state(&sb).await, "demo-archive").len();
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .arg("upload")
+            .arg("--config")
+            .arg(&cfg)
+            .arg(drop.join("p1"))
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("socket no-such-socket does not exist on the platform"),
+        "{stdout}"
+    );
+    let r = &receipts(&tmp.path().join("state/receipts"))[0];
+    assert_eq!(r.outcome, Outcome::Quarantined);
+    assert_eq!(
+        items_of(&state(&sb).await, "demo-archive").len(),
+        before,
+        "no item was created"
+    );
+}
