@@ -765,7 +765,7 @@ impl Delivery {
             // Same content as delivered (e.g. touched, or copied again): never upload it twice.
             sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
             if self.rec.state != CaseState::Delivered {
-                sh.journal.delivered(self.rec.id, &manifest.hash)?;
+                sh.journal.delivered(self.rec.id, &manifest)?;
             }
             tracing::info!(case = %self.case, "unchanged content: already delivered");
             return Ok(Done::Unchanged);
@@ -796,6 +796,16 @@ impl Delivery {
             case_dir: &self.case_dir,
             fingerprint: &self.fp,
         };
+        // Late files in a delivered case: send only the sockets they touch, into the same item.
+        let earlier: Option<Manifest> = self
+            .rec
+            .delivered_manifest
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok());
+        let send = match (&earlier, &self.rec.item_pk) {
+            (Some(before), Some(_)) => rules::changed_sockets(&plan, &manifest, before),
+            _ => plan.clone(),
+        };
         let start = match &self.rec.item_pk {
             Some(pk) => ItemStart::Existing(pk.clone()),
             None => ItemStart::New,
@@ -804,7 +814,7 @@ impl Delivery {
         match deliver(
             &sh.client,
             &self.case_dir,
-            &plan,
+            &send,
             start,
             &sh.options.verify,
             &cp,
@@ -827,7 +837,7 @@ impl Delivery {
                     tracing::error!(case = %self.case, "cannot write the receipt: {e}");
                     return Ok(Done::Later(sh.options.retry_first));
                 }
-                sh.journal.delivered(self.rec.id, &manifest.hash)?;
+                sh.journal.delivered(self.rec.id, &manifest)?;
                 tracing::info!(case = %self.case, item = %d.item_pk, "delivered and verified");
                 apply_after(folder, &self.case_dir, &self.case);
                 Ok(Done::Delivered)

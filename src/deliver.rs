@@ -390,10 +390,10 @@ pub async fn deliver(
     let done = client
         .await_values(&target, &item.pk, &expectations, timing)
         .await?;
-    let sockets = plan
-        .sockets
+    // Every value of the item, not only the ones just sent: an update sends only what changed.
+    let sockets = done
+        .values
         .iter()
-        .filter_map(|sp| done.value_for(&sp.slug))
         .map(|v| SocketResult {
             slug: v.interface.slug().to_owned(),
             value_pk: v.pk,

@@ -114,6 +114,8 @@ pub struct CaseRecord {
     pub delivered_hash: Option<String>,
     /// Stat fingerprint of the case folder when it was last planned: tells cheaply whether anything changed.
     pub fingerprint: Option<String>,
+    /// The manifest last verified on the server (JSON), to tell which sockets later changes touch.
+    pub delivered_manifest: Option<String>,
     pub item_pk: Option<String>,
     /// Verified deliveries of this case into its item (1 after the first, +1 per update).
     pub revision: i64,
@@ -157,6 +159,7 @@ CREATE TABLE IF NOT EXISTS cases (
     manifest_hash TEXT,
     delivered_hash TEXT,
     fingerprint TEXT,
+    delivered_manifest TEXT,
     item_pk TEXT,
     revision INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -412,13 +415,20 @@ impl Journal {
     }
 
     /// Verified on the server: this manifest is delivered and is never uploaded again.
-    pub fn delivered(&self, id: i64, manifest_hash: &str) -> Result<i64, JournalError> {
+    pub fn delivered(
+        &self,
+        id: i64,
+        manifest: &crate::rules::Manifest,
+    ) -> Result<i64, JournalError> {
+        let manifest_hash = manifest.hash.as_str();
+        let json =
+            serde_json::to_string(manifest).map_err(|e| JournalError::Corrupt(e.to_string()))?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "UPDATE cases SET state = 'delivered', step = NULL, delivered_hash = ?2, revision = revision + 1,
-             reason = NULL, updated = ?3 WHERE id = ?1",
-            params![id, manifest_hash, now()],
+            "UPDATE cases SET state = 'delivered', step = NULL, delivered_hash = ?2, delivered_manifest = ?3,
+             revision = revision + 1, reason = NULL, updated = ?4 WHERE id = ?1",
+            params![id, manifest_hash, json, now()],
         )?;
         // Parts of finished uploads are no longer needed to resume anything.
         tx.execute(
@@ -567,7 +577,7 @@ impl Journal {
 
 const SELECT: &str =
     "SELECT id, folder, case_path, state, step, target_kind, target_slug, title, manifest_hash,
-    delivered_hash, fingerprint, item_pk, revision, attempts, reason, updated FROM cases";
+    delivered_hash, fingerprint, delivered_manifest, item_pk, revision, attempts, reason, updated FROM cases";
 
 struct RawRow {
     id: i64,
@@ -581,6 +591,7 @@ struct RawRow {
     manifest_hash: Option<String>,
     delivered_hash: Option<String>,
     fingerprint: Option<String>,
+    delivered_manifest: Option<String>,
     item_pk: Option<String>,
     revision: i64,
     attempts: i64,
@@ -601,11 +612,12 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         manifest_hash: r.get(8)?,
         delivered_hash: r.get(9)?,
         fingerprint: r.get(10)?,
-        item_pk: r.get(11)?,
-        revision: r.get(12)?,
-        attempts: r.get(13)?,
-        reason: r.get(14)?,
-        updated: r.get(15)?,
+        delivered_manifest: r.get(11)?,
+        item_pk: r.get(12)?,
+        revision: r.get(13)?,
+        attempts: r.get(14)?,
+        reason: r.get(15)?,
+        updated: r.get(16)?,
     })
 }
 
@@ -632,6 +644,7 @@ impl RawRow {
             manifest_hash: self.manifest_hash,
             delivered_hash: self.delivered_hash,
             fingerprint: self.fingerprint,
+            delivered_manifest: self.delivered_manifest,
             item_pk: self.item_pk,
             revision: self.revision,
             attempts: self.attempts,
@@ -697,11 +710,19 @@ mod tests {
         assert!(j.uploads(id, "m1").unwrap()[0].completed);
         j.step(id, Step::Patching).unwrap();
         j.step(id, Step::Verifying).unwrap();
-        assert_eq!(j.delivered(id, "m1").unwrap(), 1);
+        let m = crate::rules::Manifest {
+            entries: vec![],
+            hash: "m1".into(),
+        };
+        assert_eq!(j.delivered(id, &m).unwrap(), 1);
         let c = j.by_id(id).unwrap().unwrap();
         assert_eq!(
             (c.state, c.delivered_hash.as_deref(), c.revision),
             (CaseState::Delivered, Some("m1"), 1)
+        );
+        assert_eq!(
+            c.delivered_manifest.as_deref(),
+            Some(r#"{"entries":[],"hash":"m1"}"#)
         );
         assert!(
             j.uploads(id, "m1").unwrap().is_empty(),

@@ -21,7 +21,7 @@
 //! - [`samples`]  tiny but real medical images (MetaImage, NIfTI, DICOM, TIFF) for tests and the demo.
 //! - [`fsutil`]   atomic file writes (temp file, fsync, rename) shared by receipts and state files.
 //! - [`upload`]   the one-shot `upload` command: cases given on the command line, with progress bars.
-//! - [`commands`] `run`, `check`, `explain`, `retry`: operating the agent.
+//! - [`commands`] `run`, `check`, `status`, `explain`, `retry`: operating the agent.
 //! - [`demo`]     the sandbox and the agent together on loopback, for trying it without an account.
 //! - [`service`]  systemd notifications: ready, status line, watchdog, stopping, reloading.
 //! - [`cli`]      the command-line interface; `main.rs` only parses and dispatches.

@@ -92,11 +92,28 @@ pub fn receipt_path(dir: &Path, target_slug: &str, case_path: &str) -> PathBuf {
         .join(format!("{}.json", safe(case_path)))
 }
 
+/// `<dir>/<target slug>/history/<case>.r<revision>.json`
+pub fn history_path(dir: &Path, receipt: &Receipt) -> PathBuf {
+    let latest = receipt_path(dir, &receipt.target.slug, &receipt.case);
+    let name = latest
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parent = latest.parent().map(Path::to_path_buf).unwrap_or_default();
+    parent
+        .join("history")
+        .join(format!("{name}.r{}.json", receipt.revision))
+}
+
 /// Write the receipt atomically, then append it as one line to `<dir>/audit.jsonl`.
 pub fn write(dir: &Path, receipt: &Receipt) -> std::io::Result<PathBuf> {
     let path = receipt_path(dir, &receipt.target.slug, &receipt.case);
     let mut json = serde_json::to_vec_pretty(receipt).map_err(std::io::Error::other)?;
     json.push(b'\n');
+    if receipt.outcome == Outcome::Delivered {
+        // Every delivered revision stays readable; the receipt at `path` is always the latest.
+        write_atomic(&history_path(dir, receipt), &json)?;
+    }
     write_atomic(&path, &json)?;
     let mut line = serde_json::to_vec(receipt).map_err(std::io::Error::other)?;
     line.push(b'\n');
@@ -273,8 +290,9 @@ mod tests {
             .collect();
         assert_eq!(
             leftovers.len(),
-            1,
-            "no temp files left behind: {leftovers:?}"
+            2,
+            "the receipt and its history, no temp files: {leftovers:?}"
         );
+        assert_eq!(read(&dir.path().join("a/history/p1.r1.json")).unwrap(), r);
     }
 }

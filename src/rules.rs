@@ -523,6 +523,24 @@ impl Manifest {
     }
 }
 
+/// The part of `plan` that differs from what `delivered` holds: sockets whose files (paths, sizes, SHA-256)
+/// changed or are new. Constant values always stay in (re-sending one is a no-op on the platform).
+pub fn changed_sockets(plan: &Plan, now: &Manifest, delivered: &Manifest) -> Plan {
+    let files_of = |m: &Manifest, slug: &str| -> Vec<(String, u64, String)> {
+        m.entries
+            .iter()
+            .filter(|e| e.socket == slug)
+            .map(|e| (e.path.clone(), e.size, e.sha256.clone()))
+            .collect()
+    };
+    let mut out = plan.clone();
+    out.sockets.retain(|s| {
+        matches!(s.source, Source::Value(_))
+            || files_of(now, &s.slug) != files_of(delivered, &s.slug)
+    });
+    out
+}
+
 /// SHA-256 of every planned file, streamed (memory stays flat whatever the size).
 pub fn hash_files(case_dir: &Path, plan: &Plan) -> std::io::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
@@ -710,6 +728,34 @@ mod tests {
             e.iter()
                 .any(|l| l == "  socket site ← the value 3 from the config"),
             "{e:?}"
+        );
+    }
+    #[test]
+    fn only_sockets_whose_files_changed_are_sent_again() {
+        let f = folder(RULES);
+        let p = plan(
+            &f,
+            Path::new("/drop/p1"),
+            &files(&[("ct/a.dcm", 10), ("score.json", 3)]),
+        )
+        .unwrap();
+        let digests = |a: &str, b: &str| -> BTreeMap<String, String> {
+            [("ct/a.dcm", a), ("score.json", b)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let before = Manifest::new(&p, &digests("aa", "bb"));
+        let after = Manifest::new(&p, &digests("aa", "cc"));
+        let slugs: Vec<String> = changed_sockets(&p, &after, &before)
+            .sockets
+            .into_iter()
+            .map(|s| s.slug)
+            .collect();
+        assert_eq!(
+            slugs,
+            ["score", "site"],
+            "the unchanged image is not sent again; constants always are"
         );
     }
 }

@@ -158,3 +158,99 @@ async fn reload_rejects_a_broken_config_and_applies_a_fixed_one() {
     );
     agent.stop();
 }
+
+fn uploads_created(st: &serde_json::Value) -> u64 {
+    st["requests"]["POST /api/v1/uploads/ 201"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_files_update_only_the_changed_socket_of_the_same_item() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    drop_atomically(&drop, "p1", |d| archive_case(d, 0)); // image, report, count = 0
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let state_dir = tmp.path().join("state");
+    let first = receipt_for(&state_dir, "p1").await;
+    assert_eq!((first.outcome, first.revision), (Outcome::Delivered, 1));
+    let uploads_before = uploads_created(&state(&sb).await);
+
+    std::fs::write(drop.join("p1/count.json"), "5").unwrap();
+    let second = wait_receipts_until(&state_dir, Duration::from_secs(60), |r| {
+        r.iter().any(|r| r.revision == 2)
+    })
+    .await
+    .remove(0);
+    assert_eq!(second.item, first.item, "the same item is updated");
+    let value = |r: &gc_hotfolder::receipt::Receipt, slug: &str| {
+        r.sockets.iter().find(|s| s.slug == slug).cloned().unwrap()
+    };
+    assert_eq!(
+        value(&second, "lesion-count").value,
+        Some(serde_json::json!(5))
+    );
+    for unchanged in ["generic-medical-image", "report"] {
+        assert_eq!(
+            value(&second, unchanged).value_pk,
+            value(&first, unchanged).value_pk,
+            "{unchanged} was not sent again"
+        );
+    }
+    assert_eq!(
+        uploads_created(&state(&sb).await),
+        uploads_before,
+        "no file was uploaded again"
+    );
+    let history = state_dir.join("receipts/demo-archive/history");
+    assert!(history.join("p1.r1.json").is_file() && history.join("p1.r2.json").is_file());
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_files_are_ignored_or_quarantined_as_configured() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("ignore"), tmp.path().join("quarantine"));
+    drop_atomically(&a, "pa", |d| archive_case(d, 0));
+    drop_atomically(&b, "pb", |d| archive_case(d, 2));
+    let cfg = write_config(tmp.path(), &sb, &a, None, "on_change = \"ignore\"");
+    let second = format!(
+        "\n[[folder]]\npath = \"{}\"\narchive = \"demo-archive\"\nquiet = \"1s\"\non_change = \"quarantine\"\n{ARCHIVE_RULES}",
+        b.display()
+    );
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap() + &second).unwrap();
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let state_dir = tmp.path().join("state");
+    wait_delivered(&state_dir, 2, Duration::from_secs(60)).await;
+
+    std::fs::write(a.join("pa/count.json"), "9").unwrap();
+    std::fs::write(b.join("pb/count.json"), "9").unwrap();
+    // Events are handled in order: once a case dropped afterwards is delivered, both changes were seen.
+    drop_atomically(&a, "later", |d| archive_case(d, 4));
+    receipt_for(&state_dir, "later").await;
+    agent.stop();
+
+    let pa = receipts(&state_dir.join("receipts"))
+        .into_iter()
+        .find(|r| r.case == "pa")
+        .unwrap();
+    assert_eq!(pa.revision, 1, "ignored: no second delivery");
+    let out = bin()
+        .args(["status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let q = &status[1]["quarantined"];
+    assert_eq!(q[0][0], "pb", "{status}");
+    assert!(
+        q[0][1]
+            .as_str()
+            .unwrap()
+            .contains("files changed after the case was delivered"),
+        "{status}"
+    );
+}
