@@ -23,17 +23,44 @@ pub mod exit {
     about = "Turn drop folders into Grand Challenge uploads"
 )]
 pub struct Cli {
-    /// Log format: human (default on a terminal), json.
-    #[arg(long, global = true, default_value = "human")]
+    /// Log format. `auto`: the systemd journal when run by systemd, human-readable lines otherwise.
+    #[arg(long, global = true, default_value = "auto")]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    Auto,
     Human,
     Json,
+    Journald,
+}
+
+impl LogFormat {
+    /// What `auto` means here: systemd connects a service's stderr to the journal and says so in
+    /// `JOURNAL_STREAM` (device:inode of that stream); then structured journal entries beat text lines.
+    pub fn resolve(
+        self,
+        journal_stream: Option<&str>,
+        stderr_dev_ino: Option<(u64, u64)>,
+    ) -> LogFormat {
+        match self {
+            LogFormat::Auto => {
+                let to_journal = journal_stream
+                    .and_then(|v| v.split_once(':'))
+                    .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+                    .is_some_and(|ids| Some(ids) == stderr_dev_ino);
+                if to_journal {
+                    LogFormat::Journald
+                } else {
+                    LogFormat::Human
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +76,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Per folder: cases by state, the oldest waiting, the last delivery, quarantined cases with reasons.
     Status(StatusArgs),
+    /// List the latest receipt of every case, or print one case's receipt (JSON).
+    Receipts(ReceiptsArgs),
     /// Say which folder, case, rule and socket a path maps to, or why none.
     Explain(ExplainArgs),
     /// Try it: a sandbox on loopback plus the agent on ./demo-drop, with example cases. Ctrl-C stops.
@@ -103,6 +132,14 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReceiptsArgs {
+    #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
+    pub config: PathBuf,
+    /// A case folder (or its path below the drop folder): print its receipt.
+    pub case: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -186,6 +223,7 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
         Command::Check(args) => crate::commands::check(args),
         Command::Explain(args) => crate::commands::explain(args),
         Command::Status(args) => crate::commands::status(args),
+        Command::Receipts(args) => crate::commands::receipts(args),
         Command::Retry(args) => crate::commands::retry(args),
         Command::Demo(args) => crate::demo::main(args),
         Command::Completions { shell } => {
@@ -209,14 +247,63 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    use std::os::unix::fs::MetadataExt;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter =
-        EnvFilter::try_from_env("GC_HOTFOLDER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        || EnvFilter::try_from_env("GC_HOTFOLDER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let stderr_ids = std::fs::metadata("/proc/self/fd/2")
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    let format = format.resolve(std::env::var("JOURNAL_STREAM").ok().as_deref(), stderr_ids);
+    if format == LogFormat::Journald {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let _ = tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!("cannot log to the journal ({e}); logging to stderr"),
+        }
+    }
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Human => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),
+        _ => builder.with_target(false).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogFormat;
+
+    #[test]
+    fn auto_logs_to_the_journal_only_when_stderr_is_the_journal_stream() {
+        assert_eq!(
+            LogFormat::Auto.resolve(Some("8:1234"), Some((8, 1234))),
+            LogFormat::Journald
+        );
+        assert_eq!(
+            LogFormat::Auto.resolve(Some("8:1234"), Some((8, 99))),
+            LogFormat::Human,
+            "stderr redirected"
+        );
+        assert_eq!(
+            LogFormat::Auto.resolve(None, Some((8, 1234))),
+            LogFormat::Human
+        );
+        assert_eq!(
+            LogFormat::Auto.resolve(Some("garbage"), Some((8, 1234))),
+            LogFormat::Human
+        );
+        assert_eq!(
+            LogFormat::Json.resolve(Some("8:1234"), Some((8, 1234))),
+            LogFormat::Json
+        );
+    }
 }

@@ -374,3 +374,67 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
     }
     exit::OK
 }
+
+/// `gc-hotfolder receipts`
+pub fn receipts(args: crate::cli::ReceiptsArgs) -> u8 {
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let dir = config.server.state_dir.join("receipts");
+    let mut all = Vec::new();
+    for target in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(target.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            if path.extension().is_some_and(|e| e == "json") && !hidden {
+                match crate::receipt::read(&path) {
+                    Ok(r) => all.push((path, r)),
+                    Err(e) => eprintln!("{}: {e}", path.display()),
+                }
+            }
+        }
+    }
+    all.sort_by(|a, b| a.1.finished.cmp(&b.1.finished));
+    match &args.case {
+        None => {
+            for (_, r) in &all {
+                let item = r.item.as_ref().map_or("-", |i| i.pk.as_str());
+                let why = r
+                    .reason
+                    .as_deref()
+                    .map(|w| format!("  {w}"))
+                    .unwrap_or_default();
+                println!(
+                    "{}  {:?}  {}  r{}  {}{why}",
+                    r.finished, r.outcome, r.case, r.revision, item
+                );
+            }
+            exit::OK
+        }
+        Some(case) => {
+            let abs = std::path::absolute(case).unwrap_or(case.clone());
+            let found = all.iter().rev().find(|(_, r)| {
+                Path::new(&r.case_path) == abs || Path::new(&r.case) == case.as_path()
+            });
+            match found.map(|(p, _)| std::fs::read_to_string(p)) {
+                Some(Ok(text)) => {
+                    print!("{text}");
+                    exit::OK
+                }
+                Some(Err(e)) => {
+                    eprintln!("error: {e}");
+                    exit::CASE_FAILED
+                }
+                None => {
+                    eprintln!("{}: no receipt for this case", case.display());
+                    exit::CASE_FAILED
+                }
+            }
+        }
+    }
+}

@@ -159,8 +159,29 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
         assert!(!receipt_text.contains(DEMO_TOKEN));
     }
 
-    // Uploading the same cases again does not create a second item for any of them.
+    // `receipts` lists every case, and prints one on request.
     let cfg = tmp.path().join("gc-hotfolder.toml");
+    let list = bin()
+        .args(["receipts", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(
+        list.lines().filter(|l| l.contains("Delivered")).count(),
+        20,
+        "{list}"
+    );
+    let one = bin()
+        .args(["receipts", "--config"])
+        .arg(&cfg)
+        .arg(archive_drop.join("case-03"))
+        .output()
+        .unwrap();
+    let one: Receipt = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(one.case, "case-03");
+
+    // Uploading the same cases again does not create a second item for any of them.
     let again = bin()
         .arg("upload")
         .arg("--config")
