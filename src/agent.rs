@@ -131,6 +131,7 @@ pub async fn run(
         timers: BinaryHeap::new(),
         tasks: JoinSet::new(),
         paused: HashMap::new(),
+        paused_folders: journal_paused(&shared.journal),
     };
     crate::service::ready(&status_line(&loop_.shared.journal));
     let mut heartbeat = tokio::time::interval(
@@ -161,6 +162,14 @@ pub async fn run(
             }
             _ = heartbeat.tick() => {
                 crate::service::watchdog();
+                // Pausing and resuming happen from another process, through the journal.
+                if let Ok(now_paused) = loop_.shared.journal.paused() {
+                    for folder in loop_.paused_folders.difference(&now_paused) {
+                        tracing::info!(folder = %folder.display(), "resumed");
+                        let _ = hint_tx.send(Hint::Scan { folder: folder.clone(), why: watch::ScanReason::Reconcile });
+                    }
+                    loop_.paused_folders = now_paused;
+                }
                 let status = status_line(&loop_.shared.journal);
                 if status != last_status {
                     crate::service::status(&status);
@@ -188,6 +197,13 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+fn journal_paused(journal: &Journal) -> std::collections::BTreeSet<PathBuf> {
+    journal.paused().unwrap_or_else(|e| {
+        tracing::error!("cannot read the paused folders: {e}");
+        Default::default()
+    })
 }
 
 /// The one-line summary for systemd: cases by state.
@@ -231,6 +247,8 @@ struct Loop {
     tasks: JoinSet<(PathBuf, Done)>,
     /// Targets whose token was refused, until an agent-clock time.
     paused: HashMap<(TargetKind, String), Duration>,
+    /// Drop folders an operator paused (`gc-hotfolder pause`).
+    paused_folders: std::collections::BTreeSet<PathBuf>,
 }
 
 impl Loop {
@@ -532,6 +550,9 @@ impl Loop {
             .tracker
             .observe(now, &snapshot, &self.settle_rules[folder_idx])
         {
+            Decision::Ready if self.paused_folders.contains(&folder.path) => {
+                tracing::debug!(case = %case, "ready, but its folder is paused");
+            }
             Decision::Ready => {
                 let key = (folder.target, folder.target_slug.clone());
                 if let Some(until) = self.paused.get(&key).copied().filter(|u| *u > now) {

@@ -82,6 +82,10 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Try it: a sandbox on loopback plus the agent on ./demo-drop, with example cases. Ctrl-C stops.
     Demo(DemoArgs),
+    /// Stop delivering a drop folder's cases (they are still watched); a running agent notices within seconds.
+    Pause(PauseArgs),
+    /// Deliver a paused drop folder's cases again.
+    Resume(PauseArgs),
     /// Put quarantined cases back in line (the agent picks them up at its next look at the case).
     Retry(RetryArgs),
     /// Upload case folders once: plan each with its folder's socket rules, upload, verify, write receipts.
@@ -140,6 +144,14 @@ pub struct ReceiptsArgs {
     pub config: PathBuf,
     /// A case folder (or its path below the drop folder): print its receipt.
     pub case: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PauseArgs {
+    #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
+    pub config: PathBuf,
+    /// A drop folder of the config.
+    pub folder: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -224,6 +236,8 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
         Command::Explain(args) => crate::commands::explain(args),
         Command::Status(args) => crate::commands::status(args),
         Command::Receipts(args) => crate::commands::receipts(args),
+        Command::Pause(args) => crate::commands::pause(args, true),
+        Command::Resume(args) => crate::commands::pause(args, false),
         Command::Retry(args) => crate::commands::retry(args),
         Command::Demo(args) => crate::demo::main(args),
         Command::Completions { shell } => {

@@ -278,6 +278,8 @@ pub struct FolderStatus {
     pub quarantined: Vec<(String, String)>,
     /// Notes on cases that are not ready (e.g. still changing after max_wait).
     pub notes: Vec<(String, String)>,
+    /// Paused with `gc-hotfolder pause`: cases are watched but not delivered.
+    pub paused: bool,
 }
 
 /// Per folder: cases by state, the oldest waiting, the last delivery, quarantined cases with reasons.
@@ -286,6 +288,7 @@ pub fn folder_status(
     journal: &Journal,
 ) -> Result<Vec<FolderStatus>, crate::journal::JournalError> {
     let all = journal.all()?;
+    let paused = journal.paused()?;
     Ok(config
         .folders
         .iter()
@@ -319,6 +322,7 @@ pub fn folder_status(
                 notes: waiting
                     .filter_map(|c| c.reason.clone().map(|r| (c.case.clone(), r)))
                     .collect(),
+                paused: paused.contains(&f.path),
             }
         })
         .collect())
@@ -349,7 +353,12 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
         return exit::OK;
     }
     for f in &folders {
-        println!("{} → {}", f.folder, f.target);
+        println!(
+            "{} → {}{}",
+            f.folder,
+            f.target,
+            if f.paused { " (paused)" } else { "" }
+        );
         let counts: Vec<String> = f.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
         println!(
             "  cases: {}",
@@ -435,6 +444,37 @@ pub fn receipts(args: crate::cli::ReceiptsArgs) -> u8 {
                     exit::CASE_FAILED
                 }
             }
+        }
+    }
+}
+
+/// `gc-hotfolder pause` / `resume`
+pub fn pause(args: crate::cli::PauseArgs, paused: bool) -> u8 {
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let wanted = std::path::absolute(&args.folder).unwrap_or(args.folder.clone());
+    let Some(folder) = config.folders.iter().find(|f| f.path == wanted) else {
+        eprintln!(
+            "{}: not a drop folder of {}",
+            args.folder.display(),
+            args.config.display()
+        );
+        return exit::USAGE;
+    };
+    match Journal::open(&config.server.state_dir).and_then(|j| j.set_paused(&folder.path, paused)) {
+        Ok(()) => {
+            println!(
+                "{} {}",
+                if paused { "paused" } else { "resumed" },
+                folder.path.display()
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::USAGE
         }
     }
 }

@@ -191,6 +191,10 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS events_case ON events (case_id);
+CREATE TABLE IF NOT EXISTS paused_folders (
+    folder TEXT PRIMARY KEY,
+    since TEXT NOT NULL
+);
 ";
 
 /// The journal of one agent. Cheap to share behind an `Arc`; every call is one short transaction.
@@ -554,6 +558,33 @@ impl Journal {
                 .collect::<Result<Vec<_>, _>>()?;
         }
         Ok(uploads)
+    }
+
+    /// Stop (or restart) delivering the cases of a drop folder; they are still watched and settled.
+    pub fn set_paused(&self, folder: &Path, paused: bool) -> Result<(), JournalError> {
+        let conn = self.conn();
+        if paused {
+            conn.execute(
+                "INSERT OR IGNORE INTO paused_folders (folder, since) VALUES (?1, ?2)",
+                params![folder.to_string_lossy(), now()],
+            )?;
+        } else {
+            conn.execute(
+                "DELETE FROM paused_folders WHERE folder = ?1",
+                params![folder.to_string_lossy()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The paused drop folders.
+    pub fn paused(&self) -> Result<std::collections::BTreeSet<PathBuf>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT folder FROM paused_folders")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows
+            .map(|r| r.map(PathBuf::from))
+            .collect::<Result<_, _>>()?)
     }
 
     /// How many cases are in each state, by [`CaseState::name`].

@@ -254,3 +254,50 @@ async fn late_files_are_ignored_or_quarantined_as_configured() {
         "{status}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_folder_is_watched_but_not_delivered_until_resumed() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let out = bin()
+        .args(["pause", "--config"])
+        .arg(&cfg)
+        .arg(&drop)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    drop_atomically(&drop, "held", |d| archive_case(d, 1));
+    agent.wait_log("ready, but its folder is paused", 1).await;
+    let status = bin()
+        .args(["status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status[0]["paused"], true, "{status}");
+    assert!(
+        receipts(&tmp.path().join("state/receipts")).is_empty(),
+        "nothing delivered while paused"
+    );
+
+    let out = bin()
+        .args(["resume", "--config"])
+        .arg(&cfg)
+        .arg(&drop)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        receipt_for(&tmp.path().join("state"), "held").await.outcome,
+        Outcome::Delivered
+    );
+    agent.stop();
+}
