@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::agent::{self, AgentOptions};
 use crate::cli::{CheckArgs, ExplainArgs, RetryArgs, RunArgs, exit};
 use crate::config::{Config, RuleSource};
-use crate::gc::{Client, GcError, SuperKind};
+use crate::gc::{Client, GcError};
 use crate::journal::{CaseState, Journal};
 
 /// The platform client of a config, its token checked. A daemon starts even when the platform cannot be
@@ -158,7 +158,7 @@ pub fn check(args: CheckArgs) -> u8 {
             }
             for rule in &f.sockets {
                 match client.socket(&rule.slug).await {
-                    Ok(s) => match fits(&rule.source, s.super_kind, s.is_dicom_image_set()) {
+                    Ok(s) => match crate::deliver::fits(shape(&rule.source), &s) {
                         Ok(()) => println!(
                             "  folder[{}] socket {}: {} ({:?}) fits",
                             f.index, s.slug, s.kind, s.super_kind
@@ -179,22 +179,14 @@ pub fn check(args: CheckArgs) -> u8 {
     })
 }
 
-/// Does a rule's kind of source fit a socket's super kind?
-fn fits(source: &RuleSource, kind: SuperKind, dicom_set: bool) -> Result<(), String> {
-    match (source, kind) {
-        (RuleSource::Files { .. }, SuperKind::Image) if dicom_set => {
-            Err("a DICOM image set needs image_name".into())
-        }
-        (RuleSource::DicomImageSet { .. }, SuperKind::Image) if !dicom_set => {
-            Err("image_name is only for DICOM image set sockets".into())
-        }
-        (RuleSource::Files { .. } | RuleSource::DicomImageSet { .. }, SuperKind::Image) => Ok(()),
-        (RuleSource::Files { .. }, SuperKind::File) => Ok(()),
-        (RuleSource::ValueFile(_), SuperKind::Value | SuperKind::File) => Ok(()),
-        (RuleSource::Value(_), SuperKind::Value) => Ok(()),
-        (_, k) => Err(format!(
-            "a {k:?} socket cannot take this rule's kind of source"
-        )),
+/// The shape of a config rule's source, to judge it against a socket before any case exists.
+fn shape(source: &RuleSource) -> crate::deliver::SourceShape {
+    use crate::deliver::SourceShape;
+    match source {
+        RuleSource::Files { .. } => SourceShape::Files,
+        RuleSource::DicomImageSet { .. } => SourceShape::DicomImageSet,
+        RuleSource::ValueFile(_) => SourceShape::ValueFile,
+        RuleSource::Value(_) => SourceShape::Value,
     }
 }
 

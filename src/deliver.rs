@@ -178,60 +178,78 @@ fn quarantine(msg: String) -> DeliverError {
     DeliverError::Quarantine(msg)
 }
 
+/// The kind of source a rule gives, as far as fitting a socket goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceShape {
+    Files,
+    DicomImageSet,
+    ValueFile,
+    Value,
+}
+
+impl SourceShape {
+    pub fn of(source: &Source) -> SourceShape {
+        match source {
+            Source::Files(_) => SourceShape::Files,
+            Source::DicomImageSet { .. } => SourceShape::DicomImageSet,
+            Source::ValueFile(_) => SourceShape::ValueFile,
+            Source::Value(_) => SourceShape::Value,
+        }
+    }
+}
+
+/// Can a source of this shape fill this socket? The error says what to change in the rule. Used before a
+/// delivery and by `check --online`, so both judge alike.
+pub fn fits(shape: SourceShape, socket: &Socket) -> Result<(), String> {
+    let (slug, kind) = (&socket.slug, &socket.kind);
+    match (shape, socket.super_kind) {
+        (SourceShape::Files, SuperKind::Image) if socket.is_dicom_image_set() => Err(format!(
+            "socket {slug} is a DICOM image set: its rule needs an image_name"
+        )),
+        (SourceShape::DicomImageSet, _) if !socket.is_dicom_image_set() => Err(format!(
+            "socket {slug} is a {kind} socket, not a DICOM image set: remove image_name"
+        )),
+        (SourceShape::Files | SourceShape::DicomImageSet, SuperKind::Image)
+        | (SourceShape::Files | SourceShape::ValueFile, SuperKind::File)
+        | (SourceShape::ValueFile | SourceShape::Value, SuperKind::Value) => Ok(()),
+        (SourceShape::Files | SourceShape::DicomImageSet, SuperKind::Value) => Err(format!(
+            "socket {slug} takes a {kind} value, not files: use value_file or value"
+        )),
+        (SourceShape::ValueFile | SourceShape::Value, SuperKind::Image) => Err(format!(
+            "socket {slug} is an image socket ({kind}): give files"
+        )),
+        (SourceShape::Value | SourceShape::DicomImageSet, SuperKind::File) => Err(format!(
+            "socket {slug} stores its {kind} value as a file: use value_file"
+        )),
+    }
+}
+
 /// Decide the route of one socket, refusing combinations the platform would reject.
 fn route<'a>(
     case_dir: &Path,
     socket: &Socket,
     source: &'a Source,
 ) -> Result<Route<'a>, DeliverError> {
-    let slug = &socket.slug;
-    let kind = &socket.kind;
+    fits(SourceShape::of(source), socket).map_err(quarantine)?;
     Ok(match (source, socket.super_kind) {
-        (Source::Files(_), SuperKind::Image) if socket.is_dicom_image_set() => {
-            return Err(quarantine(format!(
-                "socket {slug} is a DICOM image set: its rule needs an image_name"
-            )));
-        }
-        (Source::Files(files), SuperKind::Image) => Route::Image(files),
         (Source::Files(files), SuperKind::File) => match files.as_slice() {
             [one] => Route::File(one),
             many => {
                 let names: Vec<&str> = many.iter().map(|f| f.path.as_str()).collect();
                 return Err(quarantine(format!(
-                    "socket {slug} ({kind}) takes exactly one file, but {} match: {}",
+                    "socket {} ({}) takes exactly one file, but {} match: {}",
+                    socket.slug,
+                    socket.kind,
                     many.len(),
                     names.join(", ")
                 )));
             }
         },
-        (Source::DicomImageSet { files, image_name }, SuperKind::Image)
-            if socket.is_dicom_image_set() =>
-        {
-            Route::DicomImageSet(files, image_name)
-        }
-        (Source::DicomImageSet { .. }, _) => {
-            return Err(quarantine(format!(
-                "socket {slug} is a {kind} socket, not a DICOM image set: remove image_name"
-            )));
-        }
+        (Source::Files(files), _) => Route::Image(files),
+        (Source::DicomImageSet { files, image_name }, _) => Route::DicomImageSet(files, image_name),
         (Source::ValueFile(f), SuperKind::Value) => Route::Value(read_value_file(case_dir, f)?),
-        (Source::ValueFile(f), SuperKind::File) => Route::File(f),
-        (Source::Value(v), SuperKind::Value) => Route::Value(v.clone()),
-        (Source::Files(_), SuperKind::Value) => {
-            return Err(quarantine(format!(
-                "socket {slug} takes a {kind} value, not files: use value_file or value"
-            )));
-        }
-        (Source::ValueFile(_) | Source::Value(_), SuperKind::Image) => {
-            return Err(quarantine(format!(
-                "socket {slug} is an image socket ({kind}): give files"
-            )));
-        }
-        (Source::Value(_), SuperKind::File) => {
-            return Err(quarantine(format!(
-                "socket {slug} stores its {kind} value as a file: use value_file"
-            )));
-        }
+        (Source::ValueFile(f), _) => Route::File(f),
+        (Source::Value(v), _) => Route::Value(v.clone()),
     })
 }
 
@@ -472,5 +490,58 @@ async fn create_or_adopt(
             None => Err(e.into()),
         },
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(kind: &str, super_kind: SuperKind) -> Socket {
+        Socket {
+            pk: 1,
+            slug: "s".into(),
+            title: "S".into(),
+            kind: kind.into(),
+            super_kind,
+            relative_path: "x".into(),
+        }
+    }
+
+    #[test]
+    fn which_rule_shapes_fit_which_sockets() {
+        use SourceShape::*;
+        let image = socket("Image", SuperKind::Image);
+        let dicom = socket("DICOM Image Set", SuperKind::Image);
+        let file = socket("PDF file", SuperKind::File);
+        let value = socket("Integer", SuperKind::Value);
+        let table = [
+            (Files, &image, true),
+            (Files, &dicom, false),
+            (Files, &file, true),
+            (Files, &value, false),
+            (DicomImageSet, &dicom, true),
+            (DicomImageSet, &image, false),
+            (DicomImageSet, &file, false),
+            (ValueFile, &value, true),
+            (ValueFile, &file, true),
+            (ValueFile, &image, false),
+            (Value, &value, true),
+            (Value, &file, false),
+            (Value, &image, false),
+        ];
+        for (shape, socket, ok) in table {
+            assert_eq!(
+                fits(shape, socket).is_ok(),
+                ok,
+                "{shape:?} into {}",
+                socket.kind
+            );
+        }
+        assert!(
+            fits(Files, &dicom)
+                .unwrap_err()
+                .contains("needs an image_name")
+        );
     }
 }

@@ -324,10 +324,6 @@ impl Journal {
         Ok(())
     }
 
-    pub fn settling(&self, id: i64) -> Result<(), JournalError> {
-        self.set(id, CaseState::Settling, "settling", None)
-    }
-
     /// The case is stable and planned with this manifest.
     pub fn ready(&self, id: i64, planned: &Planned<'_>) -> Result<(), JournalError> {
         let mut conn = self.conn();
