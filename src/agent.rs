@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::config::{After, Config, Folder, OnChange};
+use crate::config::{After, AlertKind, Config, Folder, OnChange};
 use crate::deliver::{Checkpoints, DeliverError, EarlierUpload, ItemStart, deliver};
 use crate::gc::models::UserUpload;
 use crate::gc::uploads::ResumeFrom;
 use crate::gc::verify::VerifyTiming;
 use crate::gc::{Client, TargetKind};
 use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, Step};
+use crate::notify::{Alert, Notifier};
 use crate::receipt::{CaseFacts, ItemRef, Receipt, TargetRef};
 use crate::rules::{self, Manifest};
 use crate::settle::{Decision, SettleRules, Snapshot, Tracker, Waiting};
@@ -65,6 +66,20 @@ struct Shared {
     receipts: PathBuf,
     options: AgentOptions,
     slots: Semaphore,
+    notifier: Notifier,
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{file}: metrics.listen: cannot listen on {addr}: {source}")]
+    Metrics {
+        file: PathBuf,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The in-memory side of one case: only what is needed to decide readiness. Everything durable is in
@@ -79,6 +94,9 @@ struct Slot {
     /// Do not try before this (agent clock), after a failure that may pass.
     not_before: Option<Duration>,
     failures: u32,
+    /// Since when (agent clock) the case has been waiting to be delivered; `None` once it is delivered or
+    /// quarantined.
+    pending_since: Option<Duration>,
 }
 
 /// How a delivery task ended.
@@ -89,10 +107,24 @@ enum Done {
     Quarantined,
     /// Try again after this long.
     Later(Duration),
-    /// The target refused the token: pause it.
-    AuthPaused(TargetKind, String),
+    /// The target refused the token (the platform's words): pause it.
+    AuthPaused(TargetKind, String, String),
     /// The case changed while it was being delivered: settle again.
     Changed,
+}
+
+impl Done {
+    /// The name used in metrics.
+    fn name(&self) -> &'static str {
+        match self {
+            Done::Delivered => "delivered",
+            Done::Unchanged => "unchanged",
+            Done::Quarantined => "quarantined",
+            Done::Later(_) => "postponed",
+            Done::AuthPaused(..) => "auth_failed",
+            Done::Changed => "changed",
+        }
+    }
 }
 
 /// Run until `stop` resolves. Returns after in-flight deliveries reached a checkpoint (or the grace
@@ -102,10 +134,36 @@ pub async fn run(
     client: Client,
     options: AgentOptions,
     stop: impl std::future::Future<Output = ()>,
-) -> Result<(), JournalError> {
+) -> Result<(), AgentError> {
     let journal = Arc::new(Journal::open(&config.server.state_dir)?);
     let receipts = config.server.state_dir.join("receipts");
     let settle_rules: Vec<SettleRules> = config.folders.iter().map(SettleRules::of).collect();
+    let started = Instant::now();
+    // Bound before anything else happens, so a taken port is a startup error, not a silent gap.
+    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let metrics_server = match &config.metrics {
+        None => None,
+        Some(m) => {
+            let listener = tokio::net::TcpListener::bind(m.listen)
+                .await
+                .map_err(|source| AgentError::Metrics {
+                    file: config.file.clone(),
+                    addr: m.listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().unwrap_or(m.listen);
+            tracing::info!(%addr, "serving /metrics and /status");
+            let sources = crate::metrics::Sources {
+                journal: journal.clone(),
+                config: config_rx,
+                started,
+            };
+            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                listener, sources,
+            ))))
+        }
+    };
+    let (notifier, senders) = Notifier::start(&config.notify);
     let shared = Arc::new(Shared {
         slots: Semaphore::new(config.limits.parallel_cases),
         config,
@@ -113,6 +171,7 @@ pub async fn run(
         client,
         receipts,
         options,
+        notifier,
     });
     let (hint_tx, mut hints) = mpsc::unbounded_channel();
     let mut watches = watch::start(
@@ -126,17 +185,23 @@ pub async fn run(
     let mut loop_ = Loop {
         shared: shared.clone(),
         settle_rules,
-        started: Instant::now(),
+        started,
         slots: HashMap::new(),
         timers: BinaryHeap::new(),
         tasks: JoinSet::new(),
         paused: HashMap::new(),
         paused_folders: journal_paused(&shared.journal),
+        senders: vec![senders],
+        config_tx,
     };
+    drop(shared);
     crate::service::ready(&status_line(&loop_.shared.journal));
     let mut heartbeat = tokio::time::interval(
         crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)),
     );
+    // Other processes (`pause`, `resume`, `retry`) leave requests in the journal; look for them often.
+    let mut requests = tokio::time::interval(REQUESTS_EVERY);
+    requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status = String::new();
     tokio::pin!(stop);
     loop {
@@ -160,16 +225,10 @@ pub async fn run(
                 tracing::debug!(folders = watches.modes.len(), "watching");
                 crate::service::ready(&status_line(&loop_.shared.journal));
             }
+            _ = requests.tick() => loop_.on_requests(&hint_tx),
             _ = heartbeat.tick() => {
                 crate::service::watchdog();
-                // Pausing and resuming happen from another process, through the journal.
-                if let Ok(now_paused) = loop_.shared.journal.paused() {
-                    for folder in loop_.paused_folders.difference(&now_paused) {
-                        tracing::info!(folder = %folder.display(), "resumed");
-                        let _ = hint_tx.send(Hint::Scan { folder: folder.clone(), why: watch::ScanReason::Reconcile });
-                    }
-                    loop_.paused_folders = now_paused;
-                }
+                crate::metrics::global().set_live(loop_.live());
                 let status = status_line(&loop_.shared.journal);
                 if status != last_status {
                     crate::service::status(&status);
@@ -196,7 +255,27 @@ pub async fn run(
             _ = loop_.tasks.join_next() => {}
         }
     }
+    drop(metrics_server);
+    let senders = std::mem::take(&mut loop_.senders);
+    drop(loop_);
+    for s in senders {
+        s.finish(ALERT_GRACE).await;
+    }
     Ok(())
+}
+
+/// How often the journal is read for requests of other processes (`pause`, `resume`, `retry`).
+const REQUESTS_EVERY: Duration = Duration::from_secs(2);
+/// How long queued alerts may take to go out when the agent stops.
+const ALERT_GRACE: Duration = Duration::from_secs(5);
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn journal_paused(journal: &Journal) -> std::collections::BTreeSet<PathBuf> {
@@ -249,11 +328,74 @@ struct Loop {
     paused: HashMap<(TargetKind, String), Duration>,
     /// Drop folders an operator paused (`gc-hotfolder pause`).
     paused_folders: std::collections::BTreeSet<PathBuf>,
+    /// The webhook tasks of this config and of earlier ones (still draining their queues).
+    senders: Vec<crate::notify::Senders>,
+    /// Tells the metrics server about a reloaded config.
+    config_tx: tokio::sync::watch::Sender<Arc<Config>>,
 }
 
 impl Loop {
     fn now(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Requests other processes left in the journal: paused and resumed folders, retried cases.
+    fn on_requests(&mut self, hint_tx: &mpsc::UnboundedSender<Hint>) {
+        match self.shared.journal.paused() {
+            Ok(now_paused) => {
+                for folder in self.paused_folders.difference(&now_paused) {
+                    tracing::info!(folder = %folder.display(), "resumed");
+                    let _ = hint_tx.send(Hint::Scan {
+                        folder: folder.clone(),
+                        why: watch::ScanReason::Reconcile,
+                    });
+                }
+                for folder in now_paused.difference(&self.paused_folders) {
+                    tracing::info!(folder = %folder.display(), "paused");
+                }
+                self.paused_folders = now_paused;
+            }
+            Err(e) => tracing::error!("cannot read the paused folders: {e}"),
+        }
+        match self.shared.journal.take_wakeups() {
+            Ok(cases) => {
+                for (folder, case) in cases {
+                    let case_dir = folder.join(&case);
+                    tracing::info!(case = %case, "retry requested");
+                    if let Some(slot) = self.slots.get_mut(&case_dir) {
+                        // An operator's retry starts afresh: no backoff left over from earlier failures.
+                        slot.not_before = None;
+                        slot.failures = 0;
+                    }
+                    let _ = hint_tx.send(Hint::Case { case_dir });
+                }
+            }
+            Err(e) => tracing::error!("cannot read retry requests: {e}"),
+        }
+    }
+
+    /// What the metrics report about cases in memory.
+    fn live(&self) -> crate::metrics::Live {
+        let now = self.now();
+        let pending: Vec<Duration> = self
+            .slots
+            .values()
+            .filter_map(|s| s.pending_since)
+            .collect();
+        crate::metrics::Live {
+            pending: pending.len() as u64,
+            in_flight: self.tasks.len() as u64,
+            oldest_pending_seconds: pending
+                .iter()
+                .map(|since| now.saturating_sub(*since).as_secs_f64())
+                .fold(0.0, f64::max),
+            paused_targets: self
+                .paused
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .map(|((kind, slug), _)| format!("{} {slug}", kind_name(*kind)))
+                .collect(),
+        }
     }
 
     fn schedule(&mut self, at: Duration, case_dir: &Path) {
@@ -288,6 +430,7 @@ impl Loop {
                 let shared = self.shared.clone();
                 let f = &shared.config.folders[folder];
                 let t0 = Instant::now();
+                crate::metrics::global().scanned(why.name());
                 match watch::list_cases(f) {
                     Ok(cases) => {
                         let n = cases.len();
@@ -362,12 +505,26 @@ impl Loop {
     /// Take a new config: folders added or removed take effect now; in-flight deliveries finish under
     /// the config they started with.
     fn reconfigure(&mut self, config: Config, client: Client) {
+        if config.metrics != self.shared.config.metrics {
+            tracing::warn!(
+                "the [metrics] section changed; it takes effect at the next restart of the service"
+            );
+        }
+        let notifier = if config.notify == self.shared.config.notify {
+            self.shared.notifier.clone()
+        } else {
+            let (notifier, senders) = Notifier::start(&config.notify);
+            self.senders.push(senders);
+            notifier
+        };
+        let _ = self.config_tx.send(Arc::new(config.clone()));
         let shared = Arc::new(Shared {
             slots: Semaphore::new(config.limits.parallel_cases),
             journal: self.shared.journal.clone(),
             receipts: config.server.state_dir.join("receipts"),
             options: AgentOptions::from_config(&config),
             client,
+            notifier,
             config,
         });
         self.settle_rules = shared.config.folders.iter().map(SettleRules::of).collect();
@@ -430,6 +587,7 @@ impl Loop {
                 dirty: false,
                 not_before: None,
                 failures: 0,
+                pending_since: None,
             });
         if slot.in_flight {
             slot.dirty = true;
@@ -487,6 +645,14 @@ impl Loop {
                             tracing::error!(case = %case, "cannot write the receipt: {e}");
                         }
                         shared.journal.quarantined(rec.id, reason)?;
+                        shared.notifier.send(Alert::about_case(
+                            AlertKind::Quarantined,
+                            &folder.path,
+                            &case,
+                            (folder.target, &folder.target_slug),
+                            "quarantined",
+                            reason,
+                        ));
                     }
                     _ => {}
                 }
@@ -511,6 +677,9 @@ impl Loop {
             CaseState::Quarantined
                 if recorded_fp.as_deref() == Some(&fp) || recorded_fp.is_none() =>
             {
+                if let Some(slot) = self.slots.get_mut(case_dir) {
+                    slot.pending_since = None;
+                }
                 return Ok(());
             }
             CaseState::Quarantined => {
@@ -518,6 +687,9 @@ impl Loop {
                 shared.journal.requeue(id.unwrap_or_default())?;
             }
             CaseState::Delivered if recorded_fp.as_deref() == Some(&fp) => {
+                if let Some(slot) = self.slots.get_mut(case_dir) {
+                    slot.pending_since = None;
+                }
                 apply_after(folder, case_dir, &case);
                 return Ok(());
             }
@@ -537,6 +709,14 @@ impl Loop {
                         .set_fingerprint(id.unwrap_or_default(), &fp)?;
                     shared.journal.quarantined(id.unwrap_or_default(), reason)?;
                     tracing::warn!(case = %case, "{reason}");
+                    shared.notifier.send(Alert::about_case(
+                        AlertKind::Quarantined,
+                        &folder.path,
+                        &case,
+                        (folder.target, &folder.target_slug),
+                        "quarantined",
+                        reason,
+                    ));
                     return Ok(());
                 }
                 OnChange::Update => {}
@@ -546,6 +726,7 @@ impl Loop {
         let Some(slot) = self.slots.get_mut(case_dir) else {
             return Ok(());
         };
+        slot.pending_since.get_or_insert(now);
         match slot
             .tracker
             .observe(now, &snapshot, &self.settle_rules[folder_idx])
@@ -589,6 +770,14 @@ impl Loop {
                     tracing::warn!(case = %case, "{note}");
                     let rec = shared.journal.discover(&folder.path, &case)?;
                     shared.journal.note(rec.id, &note)?;
+                    shared.notifier.send(Alert::about_case(
+                        AlertKind::Stuck,
+                        &folder.path,
+                        &case,
+                        (folder.target, &folder.target_slug),
+                        "settling",
+                        &note,
+                    ));
                 }
                 // From here on events and scans bring the news; no timer polls a stuck case.
             }
@@ -604,18 +793,33 @@ impl Loop {
         slot.in_flight = false;
         let folder = slot.folder;
         let dirty = std::mem::take(&mut slot.dirty);
+        crate::metrics::global().delivery_ended(done.name());
         match done {
             Done::Delivered | Done::Unchanged | Done::Quarantined => {
                 slot.failures = 0;
                 slot.not_before = None;
+                slot.pending_since = None;
             }
             Done::Later(wait) => {
                 slot.failures += 1;
                 slot.not_before = Some(now + wait);
                 self.schedule(now + wait, &case_dir);
             }
-            Done::AuthPaused(kind, slug) => {
+            Done::AuthPaused(kind, slug, why) => {
                 let until = now + self.shared.options.auth_pause;
+                let already = self
+                    .paused
+                    .get(&(kind, slug.clone()))
+                    .is_some_and(|u| *u > now);
+                if let Some(f) = self.shared.config.folders.get(folder).filter(|_| !already) {
+                    self.shared.notifier.send(Alert::about_target(
+                        AlertKind::AuthFailed,
+                        &f.path,
+                        (kind, &slug),
+                        "paused",
+                        &why,
+                    ));
+                }
                 self.paused.insert((kind, slug), until);
                 slot.not_before = Some(until);
                 self.schedule(until, &case_dir);
@@ -891,9 +1095,14 @@ impl Delivery {
                 );
                 tracing::error!(case = %self.case, "{why}; pausing this target");
                 sh.journal.postpone(self.rec.id, &why)?;
-                Ok(Done::AuthPaused(folder.target, folder.target_slug.clone()))
+                Ok(Done::AuthPaused(
+                    folder.target,
+                    folder.target_slug.clone(),
+                    why,
+                ))
             }
             Err(DeliverError::Later(e)) => {
+                crate::metrics::global().delivery_retried(e.class());
                 let wait = backoff(&sh.options, attempts);
                 tracing::warn!(case = %self.case, retry_in = ?wait, "{e}");
                 sh.journal.postpone(self.rec.id, &e.to_string())?;
@@ -921,6 +1130,14 @@ impl Delivery {
         }
         sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
         sh.journal.quarantined(self.rec.id, &reason)?;
+        sh.notifier.send(Alert::about_case(
+            AlertKind::Quarantined,
+            &folder.path,
+            &self.case,
+            (folder.target, &folder.target_slug),
+            "quarantined",
+            &reason,
+        ));
         if let Some(q) = &folder.quarantine
             && let Err(e) = move_case(&self.case_dir, &q.join(&self.case))
         {

@@ -86,7 +86,7 @@ pub enum Command {
     Pause(PauseArgs),
     /// Deliver a paused drop folder's cases again.
     Resume(PauseArgs),
-    /// Put quarantined cases back in line (the agent picks them up at its next look at the case).
+    /// Put quarantined cases back in line; a running agent takes them up within seconds.
     Retry(RetryArgs),
     /// Upload case folders once: plan each with its folder's socket rules, upload, verify, write receipts.
     ///

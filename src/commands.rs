@@ -66,6 +66,10 @@ pub fn run(args: RunArgs) -> u8 {
         }
         match agent::run(config.clone(), client, AgentOptions::from_config(&config), stop).await {
             Ok(()) => exit::OK,
+            Err(e @ agent::AgentError::Metrics { .. }) => {
+                eprintln!("error: {e}");
+                exit::USAGE
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 exit::PLATFORM
@@ -247,7 +251,7 @@ pub fn retry(args: RetryArgs) -> u8 {
         v
     };
     for c in wanted {
-        match journal.requeue(c.id) {
+        match journal.retry(c.id) {
             Ok(()) => println!("requeued {}", c.folder.join(&c.case).display()),
             Err(e) => {
                 eprintln!("{}: {e}", c.case);

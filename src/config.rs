@@ -47,7 +47,55 @@ pub struct Config {
     pub server: Server,
     pub limits: Limits,
     pub agent: AgentTiming,
+    /// Where Prometheus metrics and a status JSON are served, if anywhere.
+    pub metrics: Option<Metrics>,
+    /// Webhooks told about quarantined cases, stuck cases and refused tokens.
+    pub notify: Vec<Notify>,
     pub folders: Vec<Folder>,
+}
+
+/// `[metrics]`: a small HTTP server for `/metrics` (Prometheus text) and `/status` (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    pub listen: std::net::SocketAddr,
+}
+
+/// One `[[notify]]` webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    pub url: url::Url,
+    /// Which alerts it wants; all of them unless the config narrows it.
+    pub events: Vec<AlertKind>,
+    /// How long one POST may take.
+    pub timeout: Duration,
+}
+
+/// What an operator is alerted about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// A case could not be delivered.
+    Quarantined,
+    /// A case is still changing (or missing its marker) after `max_wait`.
+    Stuck,
+    /// The platform refused the token: a target is paused.
+    AuthFailed,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 3] = [
+        AlertKind::Quarantined,
+        AlertKind::Stuck,
+        AlertKind::AuthFailed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertKind::Quarantined => "quarantined",
+            AlertKind::Stuck => "stuck",
+            AlertKind::AuthFailed => "auth_failed",
+        }
+    }
 }
 
 /// How the agent paces itself: scans, retries and shutdown.
@@ -191,7 +239,25 @@ struct RawConfig {
     #[serde(default)]
     agent: Option<RawAgent>,
     #[serde(default)]
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    notify: Vec<Spanned<RawNotify>>,
+    #[serde(default)]
     folder: Vec<Spanned<RawFolder>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    url: Spanned<String>,
+    events: Option<Spanned<Vec<AlertKind>>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -328,6 +394,25 @@ impl Config {
         let server = validate_server(&loc, base, raw.server.get_ref())?;
         let limits = validate_limits(&loc, raw.limits.as_ref().map(|l| l.get_ref()))?;
         let agent = validate_agent(&loc, raw.agent.as_ref())?;
+        let metrics = match &raw.metrics {
+            None => None,
+            Some(m) => Some(Metrics {
+                listen: m.listen.get_ref().parse().map_err(|_| {
+                    loc.err(
+                        m.listen.span(),
+                        "metrics.listen",
+                        format!(
+                            "`{}` is not an address such as \"127.0.0.1:9898\"",
+                            m.listen.get_ref()
+                        ),
+                    )
+                })?,
+            }),
+        };
+        let mut notify = Vec::new();
+        for (i, n) in raw.notify.iter().enumerate() {
+            notify.push(validate_notify(&loc, i, n.get_ref())?);
+        }
         let mut folders = Vec::new();
         for (i, f) in raw.folder.iter().enumerate() {
             folders.push(validate_folder(&loc, base, i, f)?);
@@ -352,6 +437,8 @@ impl Config {
             server,
             limits,
             agent,
+            metrics,
+            notify,
             folders,
         })
     }
@@ -441,6 +528,35 @@ fn validate_server(loc: &Locator, base: &Path, s: &RawServer) -> Result<Server, 
             .as_ref()
             .map(|d| resolve(base, d.get_ref()))
             .unwrap_or_else(|| PathBuf::from("/var/lib/gc-hotfolder")),
+    })
+}
+
+fn validate_notify(loc: &Locator, i: usize, n: &RawNotify) -> Result<Notify, ConfigError> {
+    let key = |name: &str| format!("notify[{i}].{name}");
+    let url = url::Url::parse(n.url.get_ref())
+        .map_err(|e| loc.err(n.url.span(), key("url"), format!("not a URL: {e}")))?;
+    if url.scheme() != "https" && !(url.scheme() == "http" && is_loopback_host(&url)) {
+        return Err(loc.err(
+            n.url.span(),
+            key("url"),
+            "must be https:// (plain http is allowed only for loopback hosts)",
+        ));
+    }
+    let events = match &n.events {
+        None => AlertKind::ALL.to_vec(),
+        Some(e) if e.get_ref().is_empty() => {
+            return Err(loc.err(
+                e.span(),
+                key("events"),
+                "lists no event; leave it out to get all of them",
+            ));
+        }
+        Some(e) => e.get_ref().clone(),
+    };
+    Ok(Notify {
+        url,
+        events,
+        timeout: duration(loc, &n.timeout, key("timeout"), Duration::from_secs(10))?,
     })
 }
 

@@ -191,6 +191,10 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS events_case ON events (case_id);
+CREATE TABLE IF NOT EXISTS wakeups (
+    case_id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS paused_folders (
     folder TEXT PRIMARY KEY,
     since TEXT NOT NULL
@@ -463,6 +467,43 @@ impl Journal {
         self.set(id, CaseState::Settling, "requeued", None)
     }
 
+    /// The `retry` command: requeue a case and ask a running agent to look at it now (see
+    /// [`Journal::take_wakeups`]); another process cannot reach the agent's memory, but it can reach this.
+    pub fn retry(&self, id: i64) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET state = 'settling', step = NULL, updated = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO wakeups (case_id, at) VALUES (?1, ?2)",
+            params![id, now()],
+        )?;
+        Journal::event(&tx, id, "requeued", Some("by the retry command"))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The case folders (drop folder, case) that `retry` asked about since the last call; each is
+    /// returned once.
+    pub fn take_wakeups(&self) -> Result<Vec<(PathBuf, String)>, JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let cases = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT c.folder, c.case_path FROM wakeups w JOIN cases c ON c.id = w.case_id",
+            )?;
+            stmt.query_map([], |r| {
+                Ok((PathBuf::from(r.get::<_, String>(0)?), r.get(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+        };
+        tx.execute("DELETE FROM wakeups", [])?;
+        tx.commit()?;
+        Ok(cases)
+    }
+
     /// Forget a case entirely (its folder is gone and it was never delivered).
     pub fn forget(&self, id: i64) -> Result<(), JournalError> {
         let mut conn = self.conn();
@@ -472,6 +513,7 @@ impl Journal {
             params![id],
         )?;
         tx.execute("DELETE FROM uploads WHERE case_id = ?1", params![id])?;
+        tx.execute("DELETE FROM wakeups WHERE case_id = ?1", params![id])?;
         tx.execute("DELETE FROM cases WHERE id = ?1", params![id])?;
         Journal::event(&tx, id, "forgotten", None)?;
         tx.commit()?;
@@ -783,6 +825,21 @@ mod tests {
         );
         j.requeue(c.id).unwrap();
         assert_eq!(j.by_id(c.id).unwrap().unwrap().state, CaseState::Settling);
+        assert!(
+            j.take_wakeups().unwrap().is_empty(),
+            "the agent's own requeue needs no wakeup"
+        );
+        j.quarantined(c.id, "again").unwrap();
+        j.retry(c.id).unwrap();
+        j.retry(c.id).unwrap();
+        assert_eq!(j.by_id(c.id).unwrap().unwrap().state, CaseState::Settling);
+        // Another connection, as the agent's would be, sees the request once.
+        let agent = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            agent.take_wakeups().unwrap(),
+            vec![(PathBuf::from("/drop"), "p2".to_owned())]
+        );
+        assert!(agent.take_wakeups().unwrap().is_empty());
         j.forget(c.id).unwrap();
         assert!(j.by_id(c.id).unwrap().is_none());
     }

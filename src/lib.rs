@@ -23,6 +23,8 @@
 //! - [`upload`]   the one-shot `upload` command: cases given on the command line, with progress bars.
 //! - [`commands`] `run`, `check`, `status`, `explain`, `retry`: operating the agent.
 //! - [`demo`]     the sandbox and the agent together on loopback, for trying it without an account.
+//! - [`metrics`]  counters of what the agent did, served as Prometheus text and a status JSON.
+//! - [`notify`]   webhook alerts (quarantine, stuck case, refused token) that carry no patient data.
 //! - [`service`]  systemd notifications: ready, status line, watchdog, stopping, reloading.
 //! - [`cli`]      the command-line interface; `main.rs` only parses and dispatches.
 
@@ -35,6 +37,8 @@ pub mod demo;
 pub mod fsutil;
 pub mod gc;
 pub mod journal;
+pub mod metrics;
+pub mod notify;
 pub mod receipt;
 pub mod rules;
 pub mod samples;

@@ -34,6 +34,19 @@ pub enum ScanReason {
     WatchFailed,
 }
 
+impl ScanReason {
+    /// The name used in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScanReason::Startup => "startup",
+            ScanReason::Reconcile => "reconcile",
+            ScanReason::Poll => "poll",
+            ScanReason::Overflow => "overflow",
+            ScanReason::WatchFailed => "watch_failed",
+        }
+    }
+}
+
 /// How a folder is being watched, for status output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {

@@ -26,7 +26,9 @@ use super::models::{
     Archive, Item, Page, ReaderStudy, Socket, Target, TargetKind, UploadSession, UserUpload,
     ValueEntry,
 };
-use super::retry::{Decision, Outcome, Reply, RequestKind, RetryPolicy, TransportFailure};
+use super::retry::{
+    Decision, Outcome, Reply, RequestKind, RetryPolicy, TransportFailure, retry_cause,
+};
 use super::{GcError, Token};
 
 /// How to reach the platform and how hard to push it.
@@ -521,7 +523,15 @@ impl Client {
                         .map_err(|e| GcError::io(dest, e))?;
                     return Ok(n);
                 }
-                (Decision::Retry(delay), _) => {
+                (Decision::Retry(delay), result) => {
+                    let cause = match &result {
+                        Ok(DownloadStep::Reply { status, .. }) => retry_cause(Some(*status), None),
+                        Err(DownloadError::Transport(e)) => {
+                            retry_cause(None, Some(classify_transport(e)))
+                        }
+                        _ => retry_cause(None, None),
+                    };
+                    crate::metrics::global().request_retried(cause);
                     tracing::warn!(%context, attempt, ?delay, "download failed, retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -724,6 +734,8 @@ impl Client {
                 },
                 Decision::Retry(delay) => {
                     let status = result.as_ref().ok().map(|r| r.0);
+                    let failure = result.as_ref().err().map(classify_transport);
+                    crate::metrics::global().request_retried(retry_cause(status, failure));
                     tracing::warn!(%context, attempt, ?status, ?delay, "request failed, retrying");
                     tokio::time::sleep(delay).await;
                 }

@@ -67,6 +67,24 @@ pub enum GcError {
 }
 
 impl GcError {
+    /// The error's class, as a metrics label.
+    pub fn class(&self) -> &'static str {
+        match self {
+            GcError::Auth { .. } => "auth",
+            GcError::TooManyUploads(_) => "too_many_uploads",
+            GcError::UploadLimit(_) => "upload_limit",
+            GcError::Rejected { .. } => "rejected",
+            GcError::NotFound(_) => "not_found",
+            GcError::Unavailable { .. } => "unavailable",
+            GcError::UploadDead { .. } => "upload_dead",
+            GcError::Protocol { .. } => "protocol",
+            GcError::ImportFailed { .. } => "import_failed",
+            GcError::VerifyTimeout { .. } => "verify_timeout",
+            GcError::Io { .. } => "io",
+            GcError::Config(_) => "config",
+        }
+    }
+
     /// The item or display set already exists with this title (gc-protocol.md §9.9): the caller should look
     /// it up with `find_item_by_title` and reuse it instead of creating another.
     pub fn is_duplicate_title(&self) -> bool {

@@ -81,6 +81,27 @@ pub enum TransportFailure {
     Other,
 }
 
+impl TransportFailure {
+    /// The name used in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportFailure::Connect => "connect",
+            TransportFailure::Timeout => "timeout",
+            TransportFailure::Reset => "reset",
+            TransportFailure::Other => "transport",
+        }
+    }
+}
+
+/// Why a request was retried, as a metrics label: `http_<status>` or the transport failure's name.
+pub fn retry_cause(status: Option<u16>, failure: Option<TransportFailure>) -> String {
+    match (status, failure) {
+        (Some(s), _) => format!("http_{s}"),
+        (None, Some(f)) => f.name().to_owned(),
+        (None, None) => "transport".to_owned(),
+    }
+}
+
 /// A response as the policy needs to see it. The body is the whole (small) body of an API error.
 #[derive(Debug, Clone, Copy)]
 pub struct Reply<'a> {

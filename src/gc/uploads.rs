@@ -33,7 +33,7 @@ use super::client::{
     Client, check_pk, classify_transport, read_limited, reply_of, transport_message,
 };
 use super::models::UserUpload;
-use super::retry::{Decision, Outcome, RequestKind, TransportFailure};
+use super::retry::{Decision, Outcome, RequestKind, TransportFailure, retry_cause};
 
 /// A file to upload, and the name the platform will know it by (the basename, unique within one value).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +254,7 @@ impl Client {
             None => Start::New,
         };
         let mut restarted = false;
+        let began = Instant::now();
         loop {
             let (upload, parts) = match start {
                 Start::Completed(upload) => return Ok(upload),
@@ -268,7 +269,10 @@ impl Client {
                 .send_parts_and_complete(file, size, &layout, &upload, parts, observer)
                 .await
             {
-                Ok(done) => return Ok(done),
+                Ok(done) => {
+                    crate::metrics::global().file_uploaded(size, began.elapsed());
+                    return Ok(done);
+                }
                 Err(GcError::UploadDead { context, message }) if !restarted => {
                     tracing::warn!(upload = %upload.pk, %context, %message, "upload is dead, starting a new one");
                     self.abort_quietly(&upload).await;
@@ -620,7 +624,10 @@ impl PartJob<'_> {
                         .and_then(|v| v.to_str().ok())
                         .filter(|e| !e.trim().is_empty());
                     match (d, etag) {
-                        (Decision::Accept, Some(etag)) => return Ok((n, etag.to_owned())),
+                        (Decision::Accept, Some(etag)) => {
+                            crate::metrics::global().uploaded(self.layout.range(n).1);
+                            return Ok((n, etag.to_owned()));
+                        }
                         // A 2xx without an ETag cannot be completed: treat it as a broken answer.
                         (Decision::Accept, None) => {
                             let outcome = Outcome::Transport {
@@ -654,6 +661,11 @@ impl PartJob<'_> {
             };
             match decision {
                 Decision::Retry(delay) => {
+                    let cause = match &outcome {
+                        PutAttempt::Reply { status, .. } => retry_cause(Some(*status), None),
+                        PutAttempt::Transport { failure, .. } => retry_cause(None, Some(*failure)),
+                    };
+                    crate::metrics::global().request_retried(cause);
                     tracing::warn!(%context, attempt, ?delay, "part upload failed, retrying with a fresh URL");
                     tokio::time::sleep(delay).await;
                 }
