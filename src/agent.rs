@@ -225,10 +225,12 @@ pub async fn run(
                 tracing::debug!(folders = watches.modes.len(), "watching");
                 crate::service::ready(&status_line(&loop_.shared.journal));
             }
-            _ = requests.tick() => loop_.on_requests(&hint_tx),
+            _ = requests.tick() => {
+                loop_.on_requests(&hint_tx);
+                crate::metrics::global().set_live(loop_.live());
+            }
             _ = heartbeat.tick() => {
                 crate::service::watchdog();
-                crate::metrics::global().set_live(loop_.live());
                 let status = status_line(&loop_.shared.journal);
                 if status != last_status {
                     crate::service::status(&status);

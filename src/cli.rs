@@ -283,8 +283,10 @@ fn init_logging(format: LogFormat) {
             Err(e) => eprintln!("cannot log to the journal ({e}); logging to stderr"),
         }
     }
+    // Colours only for a person at a terminal; a log file or a pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),

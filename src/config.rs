@@ -1080,6 +1080,41 @@ quiet = "2s"
     }
 
     #[test]
+    fn metrics_and_webhooks_are_checked_like_the_rest() {
+        let with =
+            |extra: &str| parse(&GOOD.replace("[[folder]]", &format!("{extra}\n[[folder]]")));
+        let c = with(
+            "[metrics]\nlisten = \"127.0.0.1:9898\"\n[[notify]]\nurl = \"https://hooks.example.org/x\"\n\
+             [[notify]]\nurl = \"http://127.0.0.1:9/\"\nevents = [\"auth_failed\"]\ntimeout = \"3s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics.map(|m| m.listen.to_string()).as_deref(),
+            Some("127.0.0.1:9898")
+        );
+        assert_eq!(c.notify[0].events, AlertKind::ALL.to_vec());
+        assert_eq!(c.notify[1].events, vec![AlertKind::AuthFailed]);
+        assert_eq!(c.notify[1].timeout, Duration::from_secs(3));
+        assert!(parse(GOOD).unwrap().metrics.is_none());
+
+        let e = with("[metrics]\nlisten = \"localhost\"\n").unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line.map(|l| l.0)),
+            (Some("metrics.listen"), Some(8)),
+            "{e}"
+        );
+        let e = with("[[notify]]\nurl = \"http://hooks.example.org/x\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("notify[0].url"), "{e}");
+        let e = with("[[notify]]\nurl = \"https://h/\"\nevents = [\"quarantine\"]\n").unwrap_err();
+        assert_eq!(e.line.map(|l| l.0), Some(9), "{e}");
+        assert!(e.message.contains("unknown variant"), "{e}");
+        let e = with("[[notify]]\nurl = \"https://h/\"\nevents = []\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("notify[0].events"), "{e}");
+        let e = with("[[notify]]\nurl = \"https://h/\"\nsecret = \"x\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("secret"), "{e}");
+    }
+
+    #[test]
     fn overlapping_folders_are_rejected() {
         let extra = "\n[[folder]]\npath = \"/srv/drop/lung/sub\"\narchive = \"x\"\n  [[folder.socket]]\n  slug = \"s\"\n  value = 1\n";
         let e = parse(&format!("{GOOD}{extra}")).unwrap_err();

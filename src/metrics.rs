@@ -449,15 +449,15 @@ mod tests {
                 if declared[name] == "counter" {
                     assert!(name.ends_with("_total"), "counter without _total: {line}");
                 }
-                if let Some(labels) = series.strip_prefix(name) {
-                    if !labels.is_empty() {
-                        assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
-                        // Every quote inside a value is escaped: unescaped quotes come in pairs.
-                        let inner = &labels[1..labels.len() - 1];
-                        let unescaped = inner.replace("\\\\", "").replace("\\\"", "");
-                        assert_eq!(unescaped.matches('"').count() % 2, 0, "{line}");
-                        assert!(!unescaped.contains('\n'));
-                    }
+                if let Some(labels) = series.strip_prefix(name)
+                    && !labels.is_empty()
+                {
+                    assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                    // Every quote inside a value is escaped: unescaped quotes come in pairs.
+                    let inner = &labels[1..labels.len() - 1];
+                    let unescaped = inner.replace("\\\\", "").replace("\\\"", "");
+                    assert_eq!(unescaped.matches('"').count() % 2, 0, "{line}");
+                    assert!(!unescaped.contains('\n'));
                 }
             }
         }

@@ -1,0 +1,311 @@
+//! Operating a running agent: Prometheus metrics and `/status`, webhook alerts to a local receiver, and
+//! `retry` taken up by the running agent without any change to the case.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use gc_hotfolder::receipt::Outcome;
+use serde_json::Value;
+
+/// A webhook receiver on loopback that records every alert; it answers the first POST with a 503, as a
+/// receiver that is briefly down would, so alerts must be retried to arrive.
+struct Receiver {
+    url: String,
+    alerts: Arc<Mutex<Vec<Value>>>,
+    posts: Arc<Mutex<u32>>,
+}
+
+async fn receiver() -> Receiver {
+    use axum::routing::post;
+    let alerts: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let posts: Arc<Mutex<u32>> = Arc::default();
+    let (a, p) = (alerts.clone(), posts.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |axum::Json(v): axum::Json<Value>| {
+            let (a, p) = (a.clone(), p.clone());
+            async move {
+                let n = {
+                    let mut p = p.lock().unwrap();
+                    *p += 1;
+                    *p
+                };
+                if n == 1 {
+                    return http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                a.lock().unwrap().push(v);
+                http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Receiver {
+        url: format!("http://{addr}/hook"),
+        alerts,
+        posts,
+    }
+}
+
+impl Receiver {
+    async fn wait_for(&self, event: &str) -> Value {
+        eventually(
+            Duration::from_secs(30),
+            &format!("a {event} alert"),
+            async || {
+                self.alerts
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|a| a["event"] == event)
+                    .cloned()
+            },
+        )
+        .await
+    }
+}
+
+fn append(config: &Path, text: &str) {
+    let mut c = std::fs::read_to_string(config).unwrap();
+    c.push_str(text);
+    std::fs::write(config, c).unwrap();
+}
+
+/// The metrics address the agent logged when it bound `127.0.0.1:0`.
+async fn metrics_addr(agent: &Agent) -> SocketAddr {
+    agent.wait_log("serving /metrics and /status", 1).await;
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("serving /metrics and /status"))
+        .unwrap();
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next();
+    addr.unwrap().parse().unwrap()
+}
+
+async fn get(url: String) -> reqwest::Response {
+    let r = reqwest::get(&url).await.unwrap();
+    assert!(r.status().is_success(), "{url}: {}", r.status());
+    r
+}
+
+/// The value of one sample line `series value` in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_status_alerts_and_a_retry_of_a_running_agent() {
+    // The first PATCH of values is refused with a 400: that case is quarantined in the server's words.
+    let sb = sandbox_with(|o| {
+        o.faults = vec![
+            "PATCH /api/v1/archives/items/* 400 times=1"
+                .parse()
+                .unwrap(),
+        ]
+    })
+    .await;
+    let hook = receiver().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    for (i, name) in ["Jane_Doe_1962", "John_Roe_1970", "Max_Mustermann_1955"]
+        .iter()
+        .enumerate()
+    {
+        drop_atomically(&drop, name, |d| archive_case(d, i as u64 * 5));
+    }
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    append(
+        &cfg,
+        &format!(
+            "\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[notify]]\nurl = \"{}\"\n",
+            hook.url
+        ),
+    );
+    let state_dir = tmp.path().join("state");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let addr = metrics_addr(&agent).await;
+
+    let receipts = wait_receipts(&state_dir, 3, Duration::from_secs(60)).await;
+    let quarantined: Vec<_> = receipts
+        .iter()
+        .filter(|r| r.outcome == Outcome::Quarantined)
+        .collect();
+    assert_eq!(quarantined.len(), 1, "{receipts:?}");
+    let bad = quarantined[0].case.clone();
+
+    // The alert: retried past the receiver's 503, about the right case, without its name.
+    let alert = hook.wait_for("quarantined").await;
+    assert!(*hook.posts.lock().unwrap() >= 2);
+    assert_eq!(
+        alert["case_id"],
+        gc_hotfolder::notify::case_id(&drop, &bad).as_str()
+    );
+    assert_eq!(alert["state"], "quarantined");
+    assert_eq!(alert["folder"], drop.display().to_string().as_str());
+    assert_eq!(alert["target"]["slug"], "demo-archive");
+    assert!(alert["reason"].as_str().unwrap().contains("400"), "{alert}");
+    let text = alert.to_string();
+    for name in ["Jane", "John", "Max"] {
+        assert!(!text.contains(name), "patient data in the alert: {text}");
+    }
+
+    // Prometheus text: the journal's counts, and what was uploaded.
+    let metrics = get(format!("http://{addr}/metrics")).await;
+    assert_eq!(
+        metrics.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = metrics.text().await.unwrap();
+    let folder = drop.display().to_string();
+    let cases = |state: &str| {
+        sample(
+            &text,
+            &format!("gc_hotfolder_cases{{folder=\"{folder}\",state=\"{state}\"}}"),
+        )
+    };
+    assert_eq!(cases("delivered"), Some(2.0), "{text}");
+    assert_eq!(cases("quarantined"), Some(1.0), "{text}");
+    assert!(sample(&text, "gc_hotfolder_uploaded_files_total").unwrap() >= 2.0);
+    assert!(sample(&text, "gc_hotfolder_uploaded_bytes_total").unwrap() > 0.0);
+    assert_eq!(
+        sample(
+            &text,
+            "gc_hotfolder_deliveries_total{outcome=\"quarantined\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "gc_hotfolder_watch_scans_total{reason=\"startup\"}"),
+        Some(1.0)
+    );
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "no TYPE for {line}"
+        );
+    }
+
+    // retry: the case did not change, so only the request through the journal brings it back, long
+    // before the next reconciliation scan (10 minutes away).
+    let out = bin()
+        .args(["retry", "--quarantined", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let receipts = wait_receipts_until(&state_dir, Duration::from_secs(20), |r| {
+        r.iter().all(|r| r.outcome == Outcome::Delivered) && r.len() == 3
+    })
+    .await;
+    assert_eq!(receipts.iter().find(|r| r.case == bad).unwrap().attempts, 2);
+    agent.wait_log("retry requested", 1).await;
+
+    // /status: the same report as `status --json`, plus the agent's own view.
+    let status = eventually(Duration::from_secs(10), "nothing pending", async || {
+        let v: Value = get(format!("http://{addr}/status"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        (v["agent"]["pending"] == 0 && v["folders"][0]["counts"]["delivered"] == 3).then_some(v)
+    })
+    .await;
+    assert_eq!(status["folders"][0]["folder"], folder.as_str());
+    assert_eq!(status["agent"]["in_flight"], 0);
+    assert!(status["uptime_seconds"].is_u64());
+    assert_eq!(status["folders"][0]["quarantined"], serde_json::json!([]));
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_cases_and_a_refused_token_raise_alerts() {
+    // The platform refuses the token once, while creating the first item.
+    let sb = sandbox_with(|o| {
+        o.faults = vec!["POST /api/v1/archives/items/ 401 times=1".parse().unwrap()]
+    })
+    .await;
+    let hook = receiver().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    drop_atomically(&drop, "complete", |d| {
+        archive_case(d, 0);
+        std::fs::write(d.join("DONE"), "").unwrap();
+    });
+    drop_atomically(&drop, "never-finished", |d| archive_case(d, 2));
+    let cfg = write_config(
+        tmp.path(),
+        &sb,
+        &drop,
+        None,
+        "marker = \"DONE\"\nmax_wait = \"2s\"",
+    );
+    append(&cfg, &format!("\n[[notify]]\nurl = \"{}\"\n", hook.url));
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+
+    let stuck = hook.wait_for("stuck").await;
+    assert_eq!(
+        stuck["case_id"],
+        gc_hotfolder::notify::case_id(&drop, "never-finished").as_str()
+    );
+    assert_eq!(stuck["state"], "settling");
+    assert!(
+        stuck["reason"]
+            .as_str()
+            .unwrap()
+            .contains("completion marker is missing"),
+        "{stuck}"
+    );
+
+    let auth = hook.wait_for("auth_failed").await;
+    assert_eq!(auth["case_id"], Value::Null);
+    assert_eq!(auth["state"], "paused");
+    assert_eq!(auth["target"]["kind"], "archive");
+    // After the pause the target is tried again, and the case arrives.
+    let r = receipt_for(&tmp.path().join("state"), "complete").await;
+    assert_eq!(r.outcome, Outcome::Delivered, "{r:?}");
+    let alerts = hook.alerts.lock().unwrap().clone();
+    assert_eq!(
+        alerts.iter().filter(|a| a["event"] == "stuck").count(),
+        1,
+        "a stuck case is reported once: {alerts:?}"
+    );
+    agent.stop();
+}
+
+#[test]
+fn a_metrics_address_in_use_stops_the_start_with_the_config_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sb = rt.block_on(sandbox());
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    append(&cfg, &format!("\n[metrics]\nlisten = \"{addr}\"\n"));
+    let out = bin().args(["run", "--config"]).arg(&cfg).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("metrics.listen: cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&cfg.display().to_string()), "{stderr}");
+}
