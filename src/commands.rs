@@ -271,11 +271,20 @@ pub struct FolderStatus {
     /// The case waiting longest (not delivered, not quarantined), with the time of its last change.
     pub oldest_waiting: Option<(String, String)>,
     pub last_delivery: Option<(String, String)>,
-    pub quarantined: Vec<(String, String)>,
+    pub quarantined: Vec<QuarantinedCase>,
     /// Notes on cases that are not ready (e.g. still changing after max_wait).
     pub notes: Vec<(String, String)>,
     /// Paused with `gc-hotfolder pause`: cases are watched but not delivered.
     pub paused: bool,
+}
+
+/// A quarantined case in `status`.
+#[derive(Debug, serde::Serialize)]
+pub struct QuarantinedCase {
+    pub case: String,
+    /// The pseudonym webhook alerts use for this case, to find the case an alert was about.
+    pub case_id: String,
+    pub reason: String,
 }
 
 /// Per folder: cases by state, the oldest waiting, the last delivery, quarantined cases with reasons.
@@ -313,7 +322,11 @@ pub fn folder_status(
                 quarantined: cases
                     .iter()
                     .filter(|c| c.state == CaseState::Quarantined)
-                    .map(|c| (c.case.clone(), c.reason.clone().unwrap_or_default()))
+                    .map(|c| QuarantinedCase {
+                        case: c.case.clone(),
+                        case_id: crate::notify::case_id(&f.path, &c.case),
+                        reason: c.reason.clone().unwrap_or_default(),
+                    })
                     .collect(),
                 notes: waiting
                     .filter_map(|c| c.reason.clone().map(|r| (c.case.clone(), r)))
@@ -373,8 +386,8 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
         for (case, note) in &f.notes {
             println!("  note: {case}: {note}");
         }
-        for (case, reason) in &f.quarantined {
-            println!("  quarantined: {case}: {reason}");
+        for q in &f.quarantined {
+            println!("  quarantined: {} ({}): {}", q.case, q.case_id, q.reason);
         }
     }
     exit::OK

@@ -245,9 +245,9 @@ async fn late_files_are_ignored_or_quarantined_as_configured() {
         .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let q = &status[1]["quarantined"];
-    assert_eq!(q[0][0], "pb", "{status}");
+    assert_eq!(q[0]["case"], "pb", "{status}");
     assert!(
-        q[0][1]
+        q[0]["reason"]
             .as_str()
             .unwrap()
             .contains("files changed after the case was delivered"),

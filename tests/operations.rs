@@ -163,6 +163,18 @@ async fn metrics_status_alerts_and_a_retry_of_a_running_agent() {
         assert!(!text.contains(name), "patient data in the alert: {text}");
     }
 
+    // `/status` names the case of the alert by the same id.
+    let status: Value = get(format!("http://{addr}/status"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let q = &status["folders"][0]["quarantined"][0];
+    assert_eq!(
+        (&q["case"], &q["case_id"]),
+        (&Value::from(bad.as_str()), &alert["case_id"])
+    );
+
     // Prometheus text: the journal's counts, and what was uploaded.
     let metrics = get(format!("http://{addr}/metrics")).await;
     assert_eq!(
