@@ -163,7 +163,7 @@ pub async fn run(
             ))))
         }
     };
-    let (notifier, senders) = Notifier::start(&config.notify);
+    let (notifier, senders) = Notifier::start(&config.notify, &journal);
     let shared = Arc::new(Shared {
         slots: Semaphore::new(config.limits.parallel_cases),
         config,
@@ -191,7 +191,7 @@ pub async fn run(
         tasks: JoinSet::new(),
         paused: HashMap::new(),
         paused_folders: journal_paused(&shared.journal),
-        senders: vec![senders],
+        senders: Some(senders),
         config_tx,
     };
     drop(shared);
@@ -258,9 +258,9 @@ pub async fn run(
         }
     }
     drop(metrics_server);
-    let senders = std::mem::take(&mut loop_.senders);
+    let senders = loop_.senders.take();
     drop(loop_);
-    for s in senders {
+    if let Some(s) = senders {
         s.finish(ALERT_GRACE).await;
     }
     Ok(())
@@ -330,8 +330,8 @@ struct Loop {
     paused: HashMap<(TargetKind, String), Duration>,
     /// Drop folders an operator paused (`gc-hotfolder pause`).
     paused_folders: std::collections::BTreeSet<PathBuf>,
-    /// The webhook tasks of this config and of earlier ones (still draining their queues).
-    senders: Vec<crate::notify::Senders>,
+    /// The webhook tasks.
+    senders: Option<crate::notify::Senders>,
     /// Tells the metrics server about a reloaded config.
     config_tx: tokio::sync::watch::Sender<Arc<Config>>,
 }
@@ -515,8 +515,13 @@ impl Loop {
         let notifier = if config.notify == self.shared.config.notify {
             self.shared.notifier.clone()
         } else {
-            let (notifier, senders) = Notifier::start(&config.notify);
-            self.senders.push(senders);
+            // The old tasks stop at once (their queues are in the journal), so that no webhook is ever
+            // served by two tasks.
+            if let Some(old) = self.senders.take() {
+                old.abort();
+            }
+            let (notifier, senders) = Notifier::start(&config.notify, &self.shared.journal);
+            self.senders = Some(senders);
             notifier
         };
         let _ = self.config_tx.send(Arc::new(config.clone()));

@@ -124,6 +124,16 @@ pub struct CaseRecord {
     pub updated: String,
 }
 
+/// An alert waiting to be sent to a webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedAlert {
+    pub id: i64,
+    pub payload: String,
+    /// When it was queued, in seconds since the Unix epoch.
+    pub created_unix: i64,
+    pub attempts: i64,
+}
+
 /// An upload the journal remembers for a file of a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadRecord {
@@ -191,6 +201,13 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS events_case ON events (case_id);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    hook TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_unix INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS wakeups (
     case_id INTEGER PRIMARY KEY,
     at TEXT NOT NULL
@@ -208,6 +225,12 @@ pub struct Journal {
 
 fn now() -> String {
     crate::receipt::now_rfc3339()
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn kind_to_db(k: TargetKind) -> &'static str {
@@ -502,6 +525,63 @@ impl Journal {
         tx.execute("DELETE FROM wakeups", [])?;
         tx.commit()?;
         Ok(cases)
+    }
+
+    /// Queue an alert (JSON) for a webhook; it stays queued until [`Journal::alert_done`], across restarts.
+    pub fn queue_alert(&self, hook: &str, payload: &str) -> Result<(), JournalError> {
+        self.conn().execute(
+            "INSERT INTO alerts (hook, payload, created_unix) VALUES (?1, ?2, ?3)",
+            params![hook, payload, unix_now()],
+        )?;
+        Ok(())
+    }
+
+    /// The oldest alert queued for a webhook.
+    pub fn next_alert(&self, hook: &str) -> Result<Option<QueuedAlert>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, payload, created_unix, attempts FROM alerts WHERE hook = ?1 ORDER BY id LIMIT 1",
+        )?;
+        Ok(stmt
+            .query_row(params![hook], |r| {
+                Ok(QueuedAlert {
+                    id: r.get(0)?,
+                    payload: r.get(1)?,
+                    created_unix: r.get(2)?,
+                    attempts: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// An attempt to send an alert failed.
+    pub fn alert_failed(&self, id: i64) -> Result<(), JournalError> {
+        self.conn().execute(
+            "UPDATE alerts SET attempts = attempts + 1 WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// The alert was sent, or given up on.
+    pub fn alert_done(&self, id: i64) -> Result<(), JournalError> {
+        self.conn()
+            .execute("DELETE FROM alerts WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Drop the alerts queued for webhooks that are no longer configured; returns how many.
+    pub fn drop_alerts_except(&self, hooks: &[String]) -> Result<usize, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT DISTINCT hook FROM alerts")?;
+        let queued: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut n = 0;
+        for hook in queued.iter().filter(|h| !hooks.contains(h)) {
+            n += conn.execute("DELETE FROM alerts WHERE hook = ?1", params![hook])?;
+        }
+        Ok(n)
     }
 
     /// Forget a case entirely (its folder is gone and it was never delivered).
@@ -842,6 +922,29 @@ mod tests {
         assert!(agent.take_wakeups().unwrap().is_empty());
         j.forget(c.id).unwrap();
         assert!(j.by_id(c.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn alerts_wait_in_order_per_webhook_until_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.queue_alert("https://a/", "{\"n\":1}").unwrap();
+        j.queue_alert("https://b/", "{\"n\":2}").unwrap();
+        j.queue_alert("https://a/", "{\"n\":3}").unwrap();
+        let first = j.next_alert("https://a/").unwrap().unwrap();
+        assert_eq!((first.payload.as_str(), first.attempts), ("{\"n\":1}", 0));
+        j.alert_failed(first.id).unwrap();
+        // After a restart the same alert is next, its failure remembered.
+        let j = Journal::open(dir.path()).unwrap();
+        let again = j.next_alert("https://a/").unwrap().unwrap();
+        assert_eq!((again.id, again.attempts), (first.id, 1));
+        j.alert_done(again.id).unwrap();
+        assert_eq!(
+            j.next_alert("https://a/").unwrap().unwrap().payload,
+            "{\"n\":3}"
+        );
+        assert_eq!(j.drop_alerts_except(&["https://a/".into()]).unwrap(), 1);
+        assert!(j.next_alert("https://b/").unwrap().is_none());
     }
 
     #[test]

@@ -3,17 +3,21 @@
 //!
 //! The payload goes to chat systems and ticket queues outside the hospital's control, so it carries no
 //! patient data: the case is named only by a hash of its path, and its name and path are taken out of the
-//! reason text. Alerts are sent from a task of their own, in order per webhook, with a few retries; a
-//! receiver that is down never slows deliveries.
+//! reason text. Alerts wait in the journal until a receiver took them, so neither a receiver that is down
+//! nor a crash of the agent loses one; they are sent from a task per webhook, in order, and a receiver
+//! that is down never slows deliveries.
 
 use std::path::Path;
 use std::time::Duration;
+
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::config::{AlertKind, Notify};
 use crate::gc::TargetKind;
+use crate::journal::Journal;
 
 /// One alert, already free of patient data.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -119,10 +123,20 @@ fn scrub(reason: &str, case_dir: &Path, case: &str, id: &str) -> String {
     out
 }
 
-/// Hands alerts to the webhook tasks. Cheap to clone; with no webhook configured it drops alerts.
+/// Queues alerts in the journal for the webhook tasks. Cheap to clone; with no webhook configured it
+/// drops alerts.
 #[derive(Clone, Default)]
 pub struct Notifier {
-    hooks: Vec<(Vec<AlertKind>, mpsc::UnboundedSender<Alert>)>,
+    journal: Option<Arc<Journal>>,
+    hooks: Vec<Hook>,
+}
+
+#[derive(Clone)]
+struct Hook {
+    url: String,
+    events: Vec<AlertKind>,
+    /// Wakes the hook's task; the task ends once every sender is gone and its queue is empty.
+    wake: mpsc::UnboundedSender<()>,
 }
 
 /// The running webhook tasks; [`Senders::finish`] lets them drain their queues for a while.
@@ -130,15 +144,32 @@ pub struct Senders {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// How often and how patiently one alert is offered to a receiver.
-const ATTEMPTS: u32 = 5;
+/// First wait after a failed POST; it doubles up to [`LONGEST_WAIT`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+const LONGEST_WAIT: Duration = Duration::from_secs(300);
+/// How often an idle webhook task looks at its queue without being woken.
+const IDLE_LOOK: Duration = Duration::from_secs(30);
+/// An alert not sent within a day is stale: it is dropped (and logged) rather than sent late.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 impl Notifier {
-    /// Start one sending task per webhook.
-    pub fn start(hooks: &[Notify]) -> (Notifier, Senders) {
+    /// Start one sending task per webhook. Alerts queued by an earlier run (the agent stopped or crashed
+    /// before they went out) are sent first; those for webhooks no longer configured are dropped.
+    pub fn start(hooks: &[Notify], journal: &Arc<Journal>) -> (Notifier, Senders) {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut notifier = Notifier::default();
+        let urls: Vec<String> = hooks.iter().map(|h| h.url.to_string()).collect();
+        match journal.drop_alerts_except(&urls) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                alerts = n,
+                "dropped alerts queued for webhooks that are no longer configured"
+            ),
+            Err(e) => tracing::error!("cannot read the queued alerts: {e}"),
+        }
+        let mut notifier = Notifier {
+            journal: Some(journal.clone()),
+            hooks: Vec::new(),
+        };
         let mut tasks = Vec::new();
         for hook in hooks {
             let client = match reqwest::Client::builder()
@@ -153,65 +184,156 @@ impl Notifier {
                     continue;
                 }
             };
-            let (tx, rx) = mpsc::unbounded_channel();
-            notifier.hooks.push((hook.events.clone(), tx));
-            tasks.push(tokio::spawn(send_all(client, hook.url.clone(), rx)));
+            let (wake, rx) = mpsc::unbounded_channel();
+            // Whatever an earlier run left queued goes out now.
+            let _ = wake.send(());
+            notifier.hooks.push(Hook {
+                url: hook.url.to_string(),
+                events: hook.events.clone(),
+                wake,
+            });
+            tasks.push(tokio::spawn(send_all(
+                client,
+                hook.url.clone(),
+                journal.clone(),
+                rx,
+            )));
         }
         (notifier, Senders { tasks })
     }
 
+    /// Queue the alert for every webhook that wants it. The queue is in the journal, so an alert raised
+    /// just before a crash is still sent after the restart.
     pub fn send(&self, alert: Alert) {
-        for (events, tx) in &self.hooks {
-            if events.contains(&alert.event) {
-                let _ = tx.send(alert.clone());
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let payload = match serde_json::to_string(&alert) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("cannot encode an alert: {e}");
+                return;
+            }
+        };
+        for hook in self
+            .hooks
+            .iter()
+            .filter(|h| h.events.contains(&alert.event))
+        {
+            match journal.queue_alert(&hook.url, &payload) {
+                Ok(()) => {
+                    let _ = hook.wake.send(());
+                }
+                Err(e) => tracing::error!(url = %hook.url, "cannot queue an alert: {e}"),
             }
         }
     }
 }
 
 impl Senders {
-    /// Wait up to `grace` for queued alerts to go out (the notifiers must be dropped first), then stop.
+    /// Stop now; queued alerts stay in the journal.
+    pub fn abort(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Wait up to `grace` for queued alerts to go out (the notifiers must be dropped first), then stop;
+    /// what is left stays queued for the next start.
     pub async fn finish(self, grace: Duration) {
+        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
         let all = futures_util::future::join_all(self.tasks);
         if tokio::time::timeout(grace, all).await.is_err() {
-            tracing::warn!("some alerts could not be sent before stopping");
+            tracing::warn!(
+                "some alerts could not be sent before stopping; they go out at the next start"
+            );
+            for a in aborts {
+                a.abort();
+            }
         }
     }
 }
 
-async fn send_all(client: reqwest::Client, url: url::Url, mut rx: mpsc::UnboundedReceiver<Alert>) {
-    while let Some(alert) = rx.recv().await {
-        let mut wait = FIRST_RETRY;
-        for attempt in 1..=ATTEMPTS {
-            match client.post(url.clone()).json(&alert).send().await {
-                Ok(r) if r.status().is_success() => {
+/// What became of one POST.
+enum Sent {
+    Yes,
+    /// The receiver refused this alert (a 4xx other than 408/429): sending it again will not help.
+    Refused(u16),
+    Failed(String),
+}
+
+async fn post(client: &reqwest::Client, url: &url::Url, payload: &str) -> Sent {
+    let req = client
+        .post(url.clone())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(payload.to_owned());
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Sent::Yes,
+        Ok(r) if r.status().is_client_error() && !matches!(r.status().as_u16(), 408 | 429) => {
+            Sent::Refused(r.status().as_u16())
+        }
+        Ok(r) => Sent::Failed(format!("status {}", r.status().as_u16())),
+        Err(e) => Sent::Failed(e.without_url().to_string()),
+    }
+}
+
+/// Send one webhook's queue, oldest first, until every [`Notifier`] is gone and the queue is empty.
+async fn send_all(
+    client: reqwest::Client,
+    url: url::Url,
+    journal: Arc<Journal>,
+    mut wake: mpsc::UnboundedReceiver<()>,
+) {
+    let hook = url.to_string();
+    let mut wait = FIRST_RETRY;
+    loop {
+        let next = match journal.next_alert(&hook) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(%url, "cannot read the queued alerts: {e}");
+                None
+            }
+        };
+        let Some(alert) = next else {
+            // Woken by a new alert, or a look now and then for alerts that a notifier of an earlier
+            // config queued after its task was replaced.
+            if let Ok(None) = tokio::time::timeout(IDLE_LOOK, wake.recv()).await {
+                return;
+            }
+            continue;
+        };
+        let age = crate::journal::unix_now().saturating_sub(alert.created_unix);
+        let outcome = if age as u64 > GIVE_UP_AFTER.as_secs() {
+            crate::metrics::global().alert("expired");
+            tracing::error!(%url, attempts = alert.attempts, "an alert could not be sent for a day; dropped");
+            journal.alert_done(alert.id)
+        } else {
+            match post(&client, &url, &alert.payload).await {
+                Sent::Yes => {
                     crate::metrics::global().alert("sent");
-                    tracing::debug!(%url, event = alert.event.name(), "alert sent");
-                    break;
+                    tracing::debug!(%url, "alert sent");
+                    wait = FIRST_RETRY;
+                    journal.alert_done(alert.id)
                 }
-                Ok(r)
-                    if r.status().is_client_error()
-                        && !matches!(r.status().as_u16(), 408 | 429) =>
-                {
+                Sent::Refused(status) => {
                     crate::metrics::global().alert("refused");
-                    tracing::error!(%url, status = r.status().as_u16(), event = alert.event.name(), "the webhook refused the alert");
-                    break;
+                    tracing::error!(%url, status, "the webhook refused an alert; it is dropped");
+                    journal.alert_done(alert.id)
                 }
-                outcome => {
-                    let why = match outcome {
-                        Ok(r) => format!("status {}", r.status().as_u16()),
-                        Err(e) => e.without_url().to_string(),
-                    };
-                    if attempt == ATTEMPTS {
-                        crate::metrics::global().alert("failed");
-                        tracing::error!(%url, event = alert.event.name(), "cannot send the alert after {ATTEMPTS} attempts: {why}");
-                    } else {
-                        tracing::warn!(%url, attempt, retry_in = ?wait, "cannot send the alert: {why}");
-                        tokio::time::sleep(wait).await;
-                        wait *= 2;
-                    }
+                Sent::Failed(why) => {
+                    crate::metrics::global().alert("failed");
+                    tracing::warn!(%url, attempt = alert.attempts + 1, retry_in = ?wait, "cannot send an alert: {why}");
+                    let r = journal.alert_failed(alert.id);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(LONGEST_WAIT);
+                    r
                 }
             }
+        };
+        if let Err(e) = outcome {
+            // The journal is unwritable: do not spin on the same alert.
+            tracing::error!(%url, "cannot record an alert's outcome: {e}");
+            tokio::time::sleep(LONGEST_WAIT).await;
         }
     }
 }
@@ -257,13 +379,24 @@ mod tests {
     }
 
     #[test]
-    fn alerts_go_only_to_hooks_that_want_them() {
-        let (tx_all, mut rx_all) = mpsc::unbounded_channel();
-        let (tx_auth, mut rx_auth) = mpsc::unbounded_channel();
+    fn alerts_are_queued_only_for_hooks_that_want_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(dir.path()).unwrap());
+        let (wake_all, mut rx_all) = mpsc::unbounded_channel();
+        let (wake_auth, mut rx_auth) = mpsc::unbounded_channel();
         let n = Notifier {
+            journal: Some(journal.clone()),
             hooks: vec![
-                (AlertKind::ALL.to_vec(), tx_all),
-                (vec![AlertKind::AuthFailed], tx_auth),
+                Hook {
+                    url: "https://all/".into(),
+                    events: AlertKind::ALL.to_vec(),
+                    wake: wake_all,
+                },
+                Hook {
+                    url: "https://auth/".into(),
+                    events: vec![AlertKind::AuthFailed],
+                    wake: wake_auth,
+                },
             ],
         };
         let f = Path::new("/d");
@@ -275,6 +408,7 @@ mod tests {
             "settling",
             "r",
         ));
+        assert!(rx_all.try_recv().is_ok() && rx_auth.try_recv().is_err());
         n.send(Alert::about_target(
             AlertKind::AuthFailed,
             f,
@@ -282,9 +416,15 @@ mod tests {
             "paused",
             "401",
         ));
-        assert_eq!(rx_all.try_recv().unwrap().event, AlertKind::Stuck);
-        assert_eq!(rx_all.try_recv().unwrap().event, AlertKind::AuthFailed);
-        assert_eq!(rx_auth.try_recv().unwrap().event, AlertKind::AuthFailed);
-        assert!(rx_auth.try_recv().is_err());
+        assert!(rx_auth.try_recv().is_ok());
+        let event = |hook: &str| {
+            let a = journal.next_alert(hook).unwrap().unwrap();
+            journal.alert_done(a.id).unwrap();
+            serde_json::from_str::<serde_json::Value>(&a.payload).unwrap()["event"].clone()
+        };
+        assert_eq!(event("https://all/"), "stuck");
+        assert_eq!(event("https://all/"), "auth_failed");
+        assert_eq!(event("https://auth/"), "auth_failed");
+        assert!(journal.next_alert("https://auth/").unwrap().is_none());
     }
 }

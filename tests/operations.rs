@@ -5,6 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,30 +13,29 @@ use common::*;
 use gc_hotfolder::receipt::Outcome;
 use serde_json::Value;
 
-/// A webhook receiver on loopback that records every alert; it answers the first POST with a 503, as a
-/// receiver that is briefly down would, so alerts must be retried to arrive.
+/// A webhook receiver on loopback that records every alert it accepts. While `down`, it answers 503, as
+/// a receiver in maintenance would.
 struct Receiver {
     url: String,
     alerts: Arc<Mutex<Vec<Value>>>,
-    posts: Arc<Mutex<u32>>,
+    /// POSTs seen, accepted or not.
+    posts: Arc<AtomicU32>,
+    down: Arc<AtomicBool>,
 }
 
-async fn receiver() -> Receiver {
+async fn receiver(down: bool) -> Receiver {
     use axum::routing::post;
     let alerts: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let posts: Arc<Mutex<u32>> = Arc::default();
-    let (a, p) = (alerts.clone(), posts.clone());
+    let posts: Arc<AtomicU32> = Arc::default();
+    let down = Arc::new(AtomicBool::new(down));
+    let (a, p, d) = (alerts.clone(), posts.clone(), down.clone());
     let app = axum::Router::new().route(
         "/hook",
         post(move |axum::Json(v): axum::Json<Value>| {
-            let (a, p) = (a.clone(), p.clone());
+            let (a, p, d) = (a.clone(), p.clone(), d.clone());
             async move {
-                let n = {
-                    let mut p = p.lock().unwrap();
-                    *p += 1;
-                    *p
-                };
-                if n == 1 {
+                p.fetch_add(1, Ordering::SeqCst);
+                if d.load(Ordering::SeqCst) {
                     return http::StatusCode::SERVICE_UNAVAILABLE;
                 }
                 a.lock().unwrap().push(v);
@@ -50,10 +50,21 @@ async fn receiver() -> Receiver {
         url: format!("http://{addr}/hook"),
         alerts,
         posts,
+        down,
     }
 }
 
 impl Receiver {
+    /// Wait until the agent tried at least `n` POSTs.
+    async fn wait_posts(&self, n: u32) {
+        eventually(
+            Duration::from_secs(30),
+            "POSTs to the webhook",
+            async || (self.posts.load(Ordering::SeqCst) >= n).then_some(()),
+        )
+        .await;
+    }
+
     async fn wait_for(&self, event: &str) -> Value {
         eventually(
             Duration::from_secs(30),
@@ -118,7 +129,8 @@ async fn metrics_status_alerts_and_a_retry_of_a_running_agent() {
         ]
     })
     .await;
-    let hook = receiver().await;
+    // Down at first: the alert must be retried to arrive.
+    let hook = receiver(true).await;
     let tmp = tempfile::tempdir().unwrap();
     let drop = tmp.path().join("drop");
     for (i, name) in ["Jane_Doe_1962", "John_Roe_1970", "Max_Mustermann_1955"]
@@ -148,8 +160,10 @@ async fn metrics_status_alerts_and_a_retry_of_a_running_agent() {
     let bad = quarantined[0].case.clone();
 
     // The alert: retried past the receiver's 503, about the right case, without its name.
+    hook.wait_posts(1).await;
+    hook.down.store(false, Ordering::SeqCst);
     let alert = hook.wait_for("quarantined").await;
-    assert!(*hook.posts.lock().unwrap() >= 2);
+    assert!(hook.posts.load(Ordering::SeqCst) >= 2);
     assert_eq!(
         alert["case_id"],
         gc_hotfolder::notify::case_id(&drop, &bad).as_str()
@@ -253,7 +267,7 @@ async fn stuck_cases_and_a_refused_token_raise_alerts() {
         o.faults = vec!["POST /api/v1/archives/items/ 401 times=1".parse().unwrap()]
     })
     .await;
-    let hook = receiver().await;
+    let hook = receiver(false).await;
     let tmp = tempfile::tempdir().unwrap();
     let drop = tmp.path().join("drop");
     drop_atomically(&drop, "complete", |d| {
@@ -320,4 +334,35 @@ fn a_metrics_address_in_use_stops_the_start_with_the_config_key() {
         "{stderr}"
     );
     assert!(stderr.contains(&cfg.display().to_string()), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_survives_a_crash_of_the_agent() {
+    let sb = sandbox().await;
+    let hook = receiver(true).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    drop_atomically(&drop, "broken", |d| {
+        archive_case(d, 0);
+        std::fs::write(d.join("count.json"), "{not json").unwrap();
+    });
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    append(&cfg, &format!("\n[[notify]]\nurl = \"{}\"\n", hook.url));
+    let log = tmp.path().join("agent.log");
+    let agent = Agent::start(&cfg, &log);
+    let r = receipt_for(&tmp.path().join("state"), "broken").await;
+    assert_eq!(r.outcome, Outcome::Quarantined);
+    // The receiver refused it once: the alert is queued, and then the agent dies.
+    hook.wait_posts(1).await;
+    agent.kill9();
+    hook.down.store(false, Ordering::SeqCst);
+    let agent = Agent::start(&cfg, &log);
+    let alert = hook.wait_for("quarantined").await;
+    assert_eq!(
+        alert["case_id"],
+        gc_hotfolder::notify::case_id(&drop, "broken").as_str()
+    );
+    agent.stop();
+    let alerts = hook.alerts.lock().unwrap().clone();
+    assert_eq!(alerts.len(), 1, "sent once: {alerts:?}");
 }
