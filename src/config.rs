@@ -390,7 +390,14 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Relative paths in the file are taken against its folder, made absolute so that a config named
+        // by a relative path ("copy.toml") still matches the absolute case paths the commands compare.
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+        let base = base.as_path();
         let server = validate_server(&loc, base, raw.server.get_ref())?;
         let limits = validate_limits(&loc, raw.limits.as_ref().map(|l| l.get_ref()))?;
         let agent = validate_agent(&loc, raw.agent.as_ref())?;
@@ -1112,6 +1119,19 @@ quiet = "2s"
         assert_eq!(e.key.as_deref(), Some("notify[0].events"), "{e}");
         let e = with("[[notify]]\nurl = \"https://h/\"\nsecret = \"x\"\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("secret"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_are_absolute_even_for_a_config_named_relatively() {
+        let c = Config::parse(Path::new("copy.toml"), GOOD).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.server.state_dir, cwd.join("state"));
+        let c = Config::parse(
+            Path::new("copy.toml"),
+            &GOOD.replace("/srv/drop/lung", "drop/lung"),
+        )
+        .unwrap();
+        assert_eq!(c.folders[0].path, cwd.join("drop/lung"));
     }
 
     #[test]

@@ -221,7 +221,8 @@ struct RawSocket {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawArchive {
-    pk: Uuid,
+    /// Optional: a fixture written to try a config needs no made-up UUIDs.
+    pk: Option<Uuid>,
     slug: String,
     title: String,
     #[serde(default)]
@@ -241,7 +242,7 @@ struct RawArchive {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReaderStudy {
-    pk: Uuid,
+    pk: Option<Uuid>,
     slug: String,
     title: String,
     #[serde(default)]
@@ -375,7 +376,7 @@ impl Fixture {
         }
         for a in raw.archive {
             fixture.archives.push(ArchiveSpec {
-                pk: a.pk,
+                pk: a.pk.unwrap_or_else(Uuid::new_v4),
                 slug: a.slug,
                 title: a.title,
                 description: a.description,
@@ -388,7 +389,7 @@ impl Fixture {
         }
         for r in raw.reader_study {
             fixture.reader_studies.push(ReaderStudySpec {
-                pk: r.pk,
+                pk: r.pk.unwrap_or_else(Uuid::new_v4),
                 slug: r.slug,
                 title: r.title,
                 description: r.description,
@@ -873,6 +874,21 @@ action = "status"
 status = 503
 retry_after = 1
 "#;
+
+    #[test]
+    fn the_readme_fixture_loads_without_pks() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let block = &readme[readme.find("# my-world.toml").unwrap()..];
+        let text: Vec<&str> = block[..block.find("```").unwrap()]
+            .lines()
+            .map(str::trim_start)
+            .collect();
+        let f = Fixture::from_toml_str(&text.join("\n"), Path::new("/tmp")).unwrap();
+        assert_eq!(f.archives[0].slug, "lung-ct-archive");
+        assert_eq!(f.sockets.len(), 2);
+    }
 
     #[test]
     fn parses_a_full_fixture() {
