@@ -818,6 +818,15 @@ impl Loop {
                     .paused
                     .get(&(kind, slug.clone()))
                     .is_some_and(|u| *u > now);
+                let until_unix =
+                    crate::journal::unix_now() + self.shared.options.auth_pause.as_secs() as i64;
+                if let Err(e) = self
+                    .shared
+                    .journal
+                    .target_paused(kind, &slug, until_unix, &why)
+                {
+                    tracing::error!("cannot record the paused target: {e}");
+                }
                 if let Some(f) = self.shared.config.folders.get(folder).filter(|_| !already) {
                     self.shared.notifier.send(Alert::about_target(
                         AlertKind::AuthFailed,

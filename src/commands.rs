@@ -276,6 +276,8 @@ pub struct FolderStatus {
     pub notes: Vec<(String, String)>,
     /// Paused with `gc-hotfolder pause`: cases are watched but not delivered.
     pub paused: bool,
+    /// The folder's target is paused because the platform refused the token: until when, and why.
+    pub target_paused: Option<(String, String)>,
 }
 
 /// A quarantined case in `status`.
@@ -294,6 +296,7 @@ pub fn folder_status(
 ) -> Result<Vec<FolderStatus>, crate::journal::JournalError> {
     let all = journal.all()?;
     let paused = journal.paused()?;
+    let paused_targets = journal.paused_targets()?;
     Ok(config
         .folders
         .iter()
@@ -332,9 +335,23 @@ pub fn folder_status(
                     .filter_map(|c| c.reason.clone().map(|r| (c.case.clone(), r)))
                     .collect(),
                 paused: paused.contains(&f.path),
+                target_paused: paused_targets
+                    .iter()
+                    .find(|t| t.kind == f.target && t.slug == f.target_slug)
+                    .map(|t| (rfc3339_of_unix(t.until_unix), t.reason.clone())),
             }
         })
         .collect())
+}
+
+fn rfc3339_of_unix(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
 }
 
 /// `gc-hotfolder status`
@@ -377,6 +394,9 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
                 counts.join(", ")
             }
         );
+        if let Some((until, why)) = &f.target_paused {
+            println!("  target paused until {until}: {why}");
+        }
         if let Some((case, since)) = &f.oldest_waiting {
             println!("  oldest waiting: {case} (last change {since})");
         }

@@ -124,6 +124,15 @@ pub struct CaseRecord {
     pub updated: String,
 }
 
+/// A target the agent paused because the platform refused the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PausedTarget {
+    pub kind: TargetKind,
+    pub slug: String,
+    pub until_unix: i64,
+    pub reason: String,
+}
+
 /// An alert waiting to be sent to a webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedAlert {
@@ -212,6 +221,13 @@ CREATE TABLE IF NOT EXISTS wakeups (
     case_id INTEGER PRIMARY KEY,
     at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS paused_targets (
+    kind TEXT NOT NULL,
+    slug TEXT NOT NULL,
+    until_unix INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (kind, slug)
+);
 CREATE TABLE IF NOT EXISTS paused_folders (
     folder TEXT PRIMARY KEY,
     since TEXT NOT NULL
@@ -237,6 +253,16 @@ fn kind_to_db(k: TargetKind) -> &'static str {
     match k {
         TargetKind::Archive => "archive",
         TargetKind::ReaderStudy => "reader_study",
+    }
+}
+
+fn kind_from_db(k: &str) -> Result<TargetKind, JournalError> {
+    match k {
+        "archive" => Ok(TargetKind::Archive),
+        "reader_study" => Ok(TargetKind::ReaderStudy),
+        other => Err(JournalError::Corrupt(format!(
+            "unknown target kind {other:?}"
+        ))),
     }
 }
 
@@ -678,6 +704,50 @@ impl Journal {
         Ok(uploads)
     }
 
+    /// The agent paused a target after the platform refused the token, until `until_unix`. Recorded so
+    /// that `status`, another process, can show it.
+    pub fn target_paused(
+        &self,
+        kind: TargetKind,
+        slug: &str,
+        until_unix: i64,
+        reason: &str,
+    ) -> Result<(), JournalError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO paused_targets (kind, slug, until_unix, reason) VALUES (?1, ?2, ?3, ?4)",
+            params![kind_to_db(kind), slug, until_unix, reason],
+        )?;
+        Ok(())
+    }
+
+    /// Targets paused now: (kind, slug, paused until in seconds since the epoch, the platform's words).
+    pub fn paused_targets(&self) -> Result<Vec<PausedTarget>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT kind, slug, until_unix, reason FROM paused_targets WHERE until_unix > ?1 ORDER BY slug",
+        )?;
+        let rows = stmt
+            .query_map(params![unix_now()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(kind, slug, until_unix, reason)| {
+                Ok(PausedTarget {
+                    kind: kind_from_db(&kind)?,
+                    slug,
+                    until_unix,
+                    reason,
+                })
+            })
+            .collect()
+    }
+
     /// Stop (or restart) delivering the cases of a drop folder; they are still watched and settled.
     pub fn set_paused(&self, folder: &Path, paused: bool) -> Result<(), JournalError> {
         let conn = self.conn();
@@ -772,16 +842,7 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
 
 impl RawRow {
     fn into_record(self) -> Result<CaseRecord, JournalError> {
-        let target_kind = match self.target_kind.as_deref() {
-            None => None,
-            Some("archive") => Some(TargetKind::Archive),
-            Some("reader_study") => Some(TargetKind::ReaderStudy),
-            Some(other) => {
-                return Err(JournalError::Corrupt(format!(
-                    "unknown target kind {other:?}"
-                )));
-            }
-        };
+        let target_kind = self.target_kind.as_deref().map(kind_from_db).transpose()?;
         Ok(CaseRecord {
             id: self.id,
             folder: PathBuf::from(self.folder),

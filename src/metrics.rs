@@ -410,6 +410,7 @@ mod tests {
             quarantined: vec![],
             notes: vec![],
             paused,
+            target_paused: None,
         }
     }
 

@@ -243,6 +243,38 @@ async fn metrics_status_alerts_and_a_retry_of_a_running_agent() {
     assert_eq!(receipts.iter().find(|r| r.case == bad).unwrap().attempts, 2);
     agent.wait_log("retry requested", 1).await;
 
+    // The receipts and status commands, from another process, while the agent runs.
+    let out = bin()
+        .args(["receipts", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listing.lines().count(), 3, "{listing}");
+    assert!(
+        listing.lines().all(|l| l.contains("Delivered")),
+        "{listing}"
+    );
+    let out = bin()
+        .args(["receipts", "--config"])
+        .arg(&cfg)
+        .arg(drop.join(&bad))
+        .output()
+        .unwrap();
+    let receipt: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (receipt["case"].as_str(), receipt["attempts"].as_u64()),
+        (Some(bad.as_str()), Some(2))
+    );
+    let out = bin()
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cases: 3 delivered"), "{text}");
+    assert!(text.contains(&format!("last delivery: {bad}")), "{text}");
+
     // /status: the same report as `status --json`, plus the agent's own view.
     let status = eventually(Duration::from_secs(10), "nothing pending", async || {
         let v: Value = get(format!("http://{addr}/status"))
@@ -282,6 +314,13 @@ async fn stuck_cases_and_a_refused_token_raise_alerts() {
         None,
         "marker = \"DONE\"\nmax_wait = \"2s\"",
     );
+    // A pause long enough for `status` to see it.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("auth_pause = \"2s\"", "auth_pause = \"6s\""),
+    )
+    .unwrap();
     append(&cfg, &format!("\n[[notify]]\nurl = \"{}\"\n", hook.url));
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
 
@@ -303,6 +342,17 @@ async fn stuck_cases_and_a_refused_token_raise_alerts() {
     assert_eq!(auth["case_id"], Value::Null);
     assert_eq!(auth["state"], "paused");
     assert_eq!(auth["target"]["kind"], "archive");
+    let out = bin()
+        .args(["status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paused = &status[0]["target_paused"];
+    assert!(
+        paused[1].as_str().unwrap().contains("refused the token"),
+        "{status}"
+    );
     // After the pause the target is tried again, and the case arrives.
     let r = receipt_for(&tmp.path().join("state"), "complete").await;
     assert_eq!(r.outcome, Outcome::Delivered, "{r:?}");
