@@ -93,6 +93,11 @@ pub enum Command {
     /// Exit status: 0 all delivered, 1 some case failed (see its receipt), 2 usage or config error,
     /// 3 the platform refused the token or was unreachable.
     Upload(UploadArgs),
+    /// Download an archive's items or a reader study's display sets into DEST, one folder per item.
+    ///
+    /// Exit status: 0 everything pulled, 1 some socket was skipped or failed (printed, with the reason),
+    /// 2 usage or config error, 3 the platform refused the token or was unreachable.
+    Pull(PullArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to stdout, e.g. `gc-hotfolder man > gc-hotfolder.1`.
@@ -113,6 +118,42 @@ pub struct UploadArgs {
     #[arg(required = true)]
     pub cases: Vec<PathBuf>,
 }
+
+/// Each item becomes DEST/<title> (or DEST/<pk> when the title is empty, taken, or not usable as a folder
+/// name), with one entry per socket at the socket's relative path: a value as its JSON, a file as
+/// downloaded, an image as a folder of its files.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = PULL_HELP)]
+pub struct PullArgs {
+    /// The configuration file (only its [server] table is used: URL, token, CA).
+    #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
+    pub config: PathBuf,
+    /// Slug of the archive whose items to download.
+    #[arg(
+        long,
+        conflicts_with = "reader_study",
+        required_unless_present = "reader_study"
+    )]
+    pub archive: Option<String>,
+    /// Slug of the reader study whose display sets to download.
+    #[arg(long)]
+    pub reader_study: Option<String>,
+    /// Where the item folders go (created if missing).
+    pub dest: PathBuf,
+}
+
+const PULL_HELP: &str = "\
+Running it again resumes: DEST/.gc-pull.json records, per item, its folder and the value of each socket
+that was completely written. A socket whose value is unchanged and whose files are present is skipped;
+a socket whose value changed on the platform is downloaded again and replaces the old files; a socket
+that no longer has a value loses its files. Items that left the platform keep their folders.
+
+Downloads go to DEST/.gc-pull.tmp first and are moved into place when complete, so an item folder never
+holds a partial file, and a pulled DEST can serve as a drop folder: with socket rules matching the
+relative paths (e.g. files = \"images/ct-image/*\", value_file = \"lesion-count.json\") its folders
+upload again as they are.
+
+DICOM image sets cannot be downloaded through the API; such sockets are reported as skipped.";
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -231,6 +272,7 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
     init_logging(cli.log_format);
     let code = match cli.command {
         Command::Upload(args) => crate::upload::main(args),
+        Command::Pull(args) => crate::pull::main(args),
         Command::Run(args) => crate::commands::run(args),
         Command::Check(args) => crate::commands::check(args),
         Command::Explain(args) => crate::commands::explain(args),
