@@ -119,9 +119,6 @@ pub struct UploadArgs {
     pub cases: Vec<PathBuf>,
 }
 
-/// Each item becomes DEST/<title> (or DEST/<pk> when the title is empty, taken, or not usable as a folder
-/// name), with one entry per socket at the socket's relative path: a value as its JSON, a file as
-/// downloaded, an image as a folder of its files.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = PULL_HELP)]
 pub struct PullArgs {
@@ -142,16 +139,16 @@ pub struct PullArgs {
     pub dest: PathBuf,
 }
 
+// One line per paragraph: clap wraps them to the terminal.
 const PULL_HELP: &str = "\
-Running it again resumes: DEST/.gc-pull.json records, per item, its folder and the value of each socket
-that was completely written. A socket whose value is unchanged and whose files are present is skipped;
-a socket whose value changed on the platform is downloaded again and replaces the old files; a socket
-that no longer has a value loses its files. Items that left the platform keep their folders.
+LAYOUT
+Each item becomes DEST/<title>, or DEST/<pk> when the title is empty, already taken, or not usable as a folder name. Inside, every socket has its entry at the socket's relative path: a value as its JSON (e.g. lesion-count.json), a file as downloaded (e.g. report.pdf), an image as a folder of its files (e.g. images/ct-image/ct.mha).
 
-Downloads go to DEST/.gc-pull.tmp first and are moved into place when complete, so an item folder never
-holds a partial file, and a pulled DEST can serve as a drop folder: with socket rules matching the
-relative paths (e.g. files = \"images/ct-image/*\", value_file = \"lesion-count.json\") its folders
-upload again as they are.
+RESUMING
+DEST/.gc-pull.json records, per item, its folder and the value of each socket that was completely written. Running the same pull again skips a socket whose value is unchanged and whose files are present, downloads again a socket whose value changed on the platform (replacing the old files), and removes the files of a socket that no longer has a value. Folders of items that left the platform are kept.
+
+AS A DROP FOLDER
+Downloads go to DEST/.gc-pull.tmp first and are moved into place when complete, so an item folder never holds a partial file or a dotfile. With socket rules matching the relative paths (e.g. files = \"images/ct-image/*\", value_file = \"lesion-count.json\"), DEST is a drop folder whose item folders upload again as they are.
 
 DICOM image sets cannot be downloaded through the API; such sockets are reported as skipped.";
 

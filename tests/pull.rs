@@ -130,7 +130,10 @@ fn expected_archive_item(case: &Path) -> (BTreeMap<String, String>, BTreeMap<Str
         files.insert("results.json".into(), sha256(&case.join("results.json")));
     }
     if case.join("count.json").is_file() {
-        values.insert("lesion-count.json".into(), json_of(&case.join("count.json")));
+        values.insert(
+            "lesion-count.json".into(),
+            json_of(&case.join("count.json")),
+        );
     }
     values.insert("notes.json".into(), json!("delivered by gc-hotfolder"));
     (files, values)
@@ -142,9 +145,19 @@ fn check_archive_item(case: &Path, pulled: &Path) {
     let mut want_paths: Vec<&String> = files.keys().chain(values.keys()).collect();
     want_paths.sort();
     let got_paths: Vec<&String> = got.keys().collect();
-    assert_eq!(got_paths, want_paths, "{}: the files of the item", pulled.display());
+    assert_eq!(
+        got_paths,
+        want_paths,
+        "{}: the files of the item",
+        pulled.display()
+    );
     for (rel, sha) in &files {
-        assert_eq!(&got[rel], sha, "{}/{rel}: the uploaded bytes", pulled.display());
+        assert_eq!(
+            &got[rel],
+            sha,
+            "{}/{rel}: the uploaded bytes",
+            pulled.display()
+        );
     }
     for (rel, v) in &values {
         assert_eq!(&json_of(&pulled.join(rel)), v, "{}/{rel}", pulled.display());
@@ -192,7 +205,15 @@ async fn pull_brings_back_the_uploaded_bytes_and_values_and_resumes_with_only_wh
     top.sort();
     assert_eq!(
         top,
-        [".gc-pull.json", ".gc-pull.lock", "case-00", "case-01", "case-02", "case-03", "case-04"],
+        [
+            ".gc-pull.json",
+            ".gc-pull.lock",
+            "case-00",
+            "case-01",
+            "case-02",
+            "case-03",
+            "case-04"
+        ],
         "one folder per item, the state file, and no staging left"
     );
     let recorded = json_of(&dest.join(".gc-pull.json"));
@@ -210,56 +231,93 @@ async fn pull_brings_back_the_uploaded_bytes_and_values_and_resumes_with_only_wh
     assert!(second.contains("nothing to download"), "{second}");
     assert_eq!(media_gets(&sb).await, gets, "no file was fetched again");
 
-    // One value changes on the platform: only that socket is fetched again.
+    // Two values change on the platform: a value, and an image (case-01's MetaImage pair becomes
+    // case-00's single file). Only those two sockets are fetched again; the old image's files go.
     let c = client(&sb);
     let target = c
         .resolve_target(TargetKind::Archive, "demo-archive")
         .await
         .unwrap();
     let st = state(&sb).await;
-    let item = items_of(&st, "demo-archive")
-        .into_iter()
-        .find(|i| i["title"] == "case-00")
+    let by_title = |t: &str| {
+        items_of(&st, "demo-archive")
+            .into_iter()
+            .find(|i| i["title"] == t)
+            .unwrap()
+            .clone()
+    };
+    let (item0, item1) = (by_title("case-00"), by_title("case-01"));
+    let image0 = item0["values"]
+        .as_array()
         .unwrap()
-        .clone();
-    c.patch_values(
-        &target,
-        item["pk"].as_str().unwrap(),
-        &[ValueEntry {
-            socket: "lesion-count".into(),
-            source: ValueSource::Value(json!(42)),
-        }],
-    )
-    .await
-    .unwrap();
+        .iter()
+        .find(|v| v["socket"] == "generic-medical-image")
+        .unwrap()["image"]["pk"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let changes = [
+        (&item0, "lesion-count", ValueSource::Value(json!(42))),
+        (
+            &item1,
+            "generic-medical-image",
+            ValueSource::Image(format!("{}cases/images/{image0}/", sb.base_url())),
+        ),
+    ];
+    for (item, socket, source) in changes {
+        c.patch_values(
+            &target,
+            item["pk"].as_str().unwrap(),
+            &[ValueEntry {
+                socket: socket.into(),
+                source,
+            }],
+        )
+        .await
+        .unwrap();
+    }
     eventually(
         std::time::Duration::from_secs(10),
-        "the new value on the item",
+        "the new values on the items",
         async || {
             let st = state(&sb).await;
-            items_of(&st, "demo-archive")
-                .into_iter()
-                .find(|i| i["title"] == "case-00")?["values"]
-                .as_array()?
-                .iter()
-                .any(|v| v["socket"] == "lesion-count" && v["value"] == 42)
-                .then_some(())
+            let items = items_of(&st, "demo-archive");
+            let value = |title: &str, socket: &str| {
+                items.iter().find(|i| i["title"] == title)?["values"]
+                    .as_array()?
+                    .iter()
+                    .find(|v| v["socket"] == socket)
+                    .cloned()
+            };
+            let count = value("case-00", "lesion-count")?;
+            let image = value("case-01", "generic-medical-image")?;
+            (count["value"] == 42 && image["image"]["pk"] == image0.as_str()).then_some(())
         },
     )
     .await;
     let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
     assert!(out.status.success(), "{}", text(&out));
     let third = stdout(&out);
-    assert!(third.contains(" 1 file downloaded, "), "{third}");
+    assert!(third.contains(" 2 files downloaded, "), "{third}");
     assert!(third.contains("pulled case-00: 1 downloaded, "), "{third}");
+    assert!(third.contains("pulled case-01: 1 downloaded, "), "{third}");
     assert_eq!(json_of(&dest.join("case-00/lesion-count.json")), json!(42));
-    assert_eq!(media_gets(&sb).await, gets, "no file or image was fetched again");
+    assert_eq!(
+        tree(&dest.join("case-01/images")),
+        tree(&dest.join("case-00/images")),
+        "the new image replaced the old one's files"
+    );
+    assert_eq!(
+        media_gets(&sb).await,
+        gets + 1,
+        "one image file was fetched"
+    );
     assert_eq!(
         std::fs::metadata(&image).unwrap().ino(),
         inode,
-        "the image of the changed item was left alone"
+        "the image of the item whose count changed was left alone"
     );
-    for case in &cases[1..] {
+    for case in &cases[2..] {
         check_archive_item(case, &dest.join(case.file_name().unwrap()));
     }
 }
@@ -470,7 +528,10 @@ async fn a_dicom_image_set_is_skipped_with_its_reason_and_unusable_titles_fall_b
     }
     let item = dest.join("case-00");
     assert!(!item.join("images/dicom-image-set").exists());
-    assert!(item.join("images/generic-medical-image/image.mha").is_file());
+    assert!(
+        item.join("images/generic-medical-image/image.mha")
+            .is_file()
+    );
     assert_eq!(
         json_of(&item.join("notes.json")),
         "delivered by gc-hotfolder"
@@ -486,7 +547,14 @@ async fn pull_refuses_bad_usage_an_unknown_target_and_a_folder_of_another_target
     let help = run(vec!["pull".into(), "--help".into()]).await;
     assert!(help.status.success(), "{}", text(&help));
     let h = stdout(&help);
-    for needle in ["--archive", "--reader-study", "DEST", ".gc-pull.json", "DICOM", "Exit status"] {
+    for needle in [
+        "--archive",
+        "--reader-study",
+        "DEST",
+        ".gc-pull.json",
+        "DICOM",
+        "Exit status",
+    ] {
         assert!(h.contains(needle), "{needle} in:\n{h}");
     }
 
@@ -539,4 +607,92 @@ async fn pull_refuses_bad_usage_an_unknown_target_and_a_folder_of_another_target
     std::fs::write(&cfg, text_cfg).unwrap();
     let refused = pull(&cfg, "--reader-study", "demo-reader-study", &dest).await;
     assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_killed_midway_leaves_no_partial_files_and_the_next_one_fetches_only_the_rest() {
+    let sb = sandbox_with(|o| o.faults = vec!["GET /media/* latency=300".parse().unwrap()]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, cases) = five_delivered_cases(&sb, tmp.path()).await;
+    let dest = tmp.path().join("pulled");
+
+    let mut child = bin()
+        .args(["pull", "--config"])
+        .arg(&cfg)
+        .args(["--archive", "demo-archive"])
+        .arg(&dest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state_file = dest.join(".gc-pull.json");
+    let recorded = |state: &Value| -> usize {
+        state["items"]
+            .as_object()
+            .into_iter()
+            .flat_map(|items| items.values())
+            .flat_map(|i| {
+                i["sockets"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|s| s.values())
+            })
+            .map(|s| s["files"].as_array().map_or(0, |f| f.len()))
+            .sum()
+    };
+    eventually(
+        std::time::Duration::from_secs(30),
+        "some downloads recorded",
+        async || {
+            let state: Value = serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
+            (recorded(&state) >= 3).then_some(())
+        },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let at_kill = recorded(&json_of(&state_file));
+    for case in &cases {
+        let item = dest.join(case.file_name().unwrap());
+        if item.is_dir() {
+            assert!(
+                tree(&item)
+                    .keys()
+                    .all(|rel| !rel.split('/').any(|c| c.starts_with('.'))),
+                "no dotfile inside {}",
+                item.display()
+            );
+        }
+    }
+
+    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    for case in &cases {
+        check_archive_item(case, &dest.join(case.file_name().unwrap()));
+    }
+    assert!(
+        !dest.join(".gc-pull.tmp").exists(),
+        "the staging folder is gone"
+    );
+    let total: usize = cases
+        .iter()
+        .map(|c| tree(&dest.join(c.file_name().unwrap())).len())
+        .sum();
+    assert!(
+        at_kill < total,
+        "the kill came midway: {at_kill} of {total}"
+    );
+    let summary = stdout(&out);
+    assert!(
+        summary.contains(&format!(
+            " {} downloaded, {at_kill} files skipped (already there)",
+            if total - at_kill == 1 {
+                "1 file".to_owned()
+            } else {
+                format!("{} files", total - at_kill)
+            }
+        )),
+        "what was recorded before the kill is kept, everything else is fetched: {summary}"
+    );
 }
