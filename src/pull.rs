@@ -373,31 +373,33 @@ struct Skipped {
 #[derive(Default)]
 struct ItemReport {
     folder: String,
+    /// False when the pull had stopped before this item's turn.
+    ran: bool,
     downloaded: usize,
     kept: usize,
     removed: usize,
     skipped: Vec<Skipped>,
-    fatal: Option<String>,
+    /// Why the whole pull stopped, and its exit code.
+    fatal: Option<(String, u8)>,
 }
 
 /// Why a socket was not written: for this socket only, or for everything that follows (the token was
-/// refused, the platform is gone, the disk is full, the state cannot be saved).
+/// refused or the platform is gone: exit 3; the disk is full or the state cannot be saved: exit 1).
 enum Problem {
     Skip(String),
-    Fatal(String),
+    Fatal(String, u8),
 }
 
 impl From<GcError> for Problem {
     fn from(e: GcError) -> Problem {
-        let fatal = match &e {
-            GcError::Auth { .. } | GcError::Unavailable { .. } => true,
-            GcError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
-            _ => false,
-        };
-        if fatal {
-            Problem::Fatal(e.to_string())
-        } else {
-            Problem::Skip(e.to_string())
+        match &e {
+            GcError::Auth { .. } | GcError::Unavailable { .. } => {
+                Problem::Fatal(e.to_string(), exit::PLATFORM)
+            }
+            GcError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                Problem::Fatal(e.to_string(), exit::CASE_FAILED)
+            }
+            _ => Problem::Skip(e.to_string()),
         }
     }
 }
@@ -405,7 +407,7 @@ impl From<GcError> for Problem {
 impl From<std::io::Error> for Problem {
     fn from(e: std::io::Error) -> Problem {
         if e.kind() == std::io::ErrorKind::StorageFull {
-            Problem::Fatal(e.to_string())
+            Problem::Fatal(e.to_string(), exit::CASE_FAILED)
         } else {
             Problem::Skip(e.to_string())
         }
@@ -491,43 +493,7 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
         }
     };
 
-    // Names are settled before any download, in listing order, so the first of two equal titles keeps it.
-    let mut taken: HashSet<String> = state.items.values().map(|r| r.folder.clone()).collect();
-    let mut jobs = Vec::new();
-    let mut skipped = Vec::new();
-    for item in items {
-        let folder = match state.items.get(&item.pk) {
-            Some(r) => r.folder.clone(),
-            None => {
-                // A folder this pull did not make is someone else's: never write into it.
-                let is_taken = |n: &str| {
-                    taken.contains(n) || std::fs::symlink_metadata(dest.root.join(n)).is_ok()
-                };
-                let Some(name) = folder_name(&item.title, &item.pk, is_taken) else {
-                    skipped.push(Skipped {
-                        item: item.pk.clone(),
-                        socket: None,
-                        reason: format!(
-                            "neither its title {:?} nor its pk can be a new folder in {}",
-                            item.title,
-                            dest.root.display()
-                        ),
-                    });
-                    continue;
-                };
-                taken.insert(name.clone());
-                state.items.insert(
-                    item.pk.clone(),
-                    ItemRecord {
-                        folder: name.clone(),
-                        sockets: BTreeMap::new(),
-                    },
-                );
-                name
-            }
-        };
-        jobs.push((item, folder));
-    }
+    let (jobs, mut skipped) = assign_folders(&mut state, items, &dest.root);
     let listed: HashSet<&str> = jobs.iter().map(|(i, _)| i.pk.as_str()).collect();
     let gone = state
         .items
@@ -565,7 +531,8 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
                         b.inc(1);
                         b.set_message(report.folder.clone());
                     }
-                    None => println!("{}", item_line(&report)),
+                    None if report.ran => println!("{}", item_line(&report)),
+                    None => {}
                 }
                 report
             }
@@ -584,7 +551,11 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
         kept += r.kept;
         removed += r.removed;
         skipped.extend(r.skipped);
-        fatal = fatal.or(r.fatal);
+        // Several tasks can stop at once; the platform's refusal is the one to report.
+        fatal = fatal
+            .into_iter()
+            .chain(r.fatal)
+            .max_by_key(|(_, code)| *code);
     }
     skipped.sort_by(|a, b| (&a.item, &a.socket).cmp(&(&b.item, &b.socket)));
     for s in &skipped {
@@ -621,9 +592,9 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
         ));
     }
     println!("{summary}");
-    if let Some(reason) = fatal {
+    if let Some((reason, code)) = fatal {
         eprintln!("error: the pull stopped early: {reason}; run it again to resume");
-        return exit::PLATFORM;
+        return code;
     }
     if skipped.is_empty() {
         if downloaded == 0 && removed == 0 {
@@ -633,6 +604,50 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
     } else {
         exit::CASE_FAILED
     }
+}
+
+/// Every listed item with its folder: the recorded one, or a new one recorded now. Names are settled
+/// before any download, in listing order, so the first of two equal titles keeps it.
+fn assign_folders(
+    state: &mut PullState,
+    items: Vec<Item>,
+    root: &Path,
+) -> (Vec<(Item, String)>, Vec<Skipped>) {
+    let mut taken: HashSet<String> = state.items.values().map(|r| r.folder.clone()).collect();
+    let mut jobs = Vec::new();
+    let mut skipped = Vec::new();
+    for item in items {
+        if let Some(r) = state.items.get(&item.pk) {
+            let folder = r.folder.clone();
+            jobs.push((item, folder));
+            continue;
+        }
+        // A folder this pull did not make is someone else's: never write into it.
+        let is_taken =
+            |n: &str| taken.contains(n) || std::fs::symlink_metadata(root.join(n)).is_ok();
+        let Some(name) = folder_name(&item.title, &item.pk, is_taken) else {
+            skipped.push(Skipped {
+                item: item.pk.clone(),
+                socket: None,
+                reason: format!(
+                    "neither its title {:?} nor its pk can be a new folder in {}",
+                    item.title,
+                    root.display()
+                ),
+            });
+            continue;
+        };
+        taken.insert(name.clone());
+        state.items.insert(
+            item.pk.clone(),
+            ItemRecord {
+                folder: name.clone(),
+                sockets: BTreeMap::new(),
+            },
+        );
+        jobs.push((item, name));
+    }
+    (jobs, skipped)
 }
 
 fn counted(n: usize, what: &str) -> String {
@@ -668,6 +683,7 @@ async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
     if sh.stop.load(Ordering::Relaxed) {
         return report;
     }
+    report.ran = true;
     let skip = |report: &mut ItemReport, socket: &str, reason: String| {
         report.skipped.push(Skipped {
             item: folder.clone(),
@@ -676,6 +692,7 @@ async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
         })
     };
     let mut values: Vec<(&ItemValue, Socket)> = Vec::new();
+    let mut unknown_socket = false;
     for v in &item.values {
         let socket = match &v.interface {
             InterfaceRef::Full(s) => (**s).clone(),
@@ -685,9 +702,10 @@ async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
                 Err(e) => match Problem::from(e) {
                     Problem::Skip(reason) => {
                         skip(&mut report, slug, reason);
+                        unknown_socket = true;
                         continue;
                     }
-                    Problem::Fatal(reason) => return stop(sh, report, reason),
+                    Problem::Fatal(reason, code) => return stop(sh, report, reason, code),
                 },
             },
         };
@@ -706,7 +724,7 @@ async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
     let item_dir = root.join(&folder);
     if let Err(e) = ensure_dirs(root, Path::new(&folder)) {
         return match Problem::from(e) {
-            Problem::Fatal(reason) => stop(sh, report, reason),
+            Problem::Fatal(reason, code) => stop(sh, report, reason, code),
             Problem::Skip(reason) => {
                 report.skipped.push(Skipped {
                     item: folder.clone(),
@@ -719,7 +737,13 @@ async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
     }
     let record = sh.record(&item.pk);
 
-    for (slug, delete) in removed_sockets(record.as_ref(), &views) {
+    // A value whose socket could not be looked up is still there: nothing may count as removed then.
+    let removed = if unknown_socket {
+        Vec::new()
+    } else {
+        removed_sockets(record.as_ref(), &views)
+    };
+    for (slug, delete) in removed {
         let path = record
             .as_ref()
             .and_then(|r| r.sockets.get(&slug))
@@ -742,7 +766,7 @@ async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
             }
         });
         if let Err(e) = forget {
-            return stop(sh, report, e);
+            return stop(sh, report, e, exit::CASE_FAILED);
         }
         report.removed += 1;
     }
@@ -779,19 +803,19 @@ async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
                     }
                 });
                 if let Err(e) = saved {
-                    return stop(sh, report, e);
+                    return stop(sh, report, e, exit::CASE_FAILED);
                 }
             }
             Err(Problem::Skip(reason)) => skip(&mut report, &socket.slug, reason),
-            Err(Problem::Fatal(reason)) => return stop(sh, report, reason),
+            Err(Problem::Fatal(reason, code)) => return stop(sh, report, reason, code),
         }
     }
     report
 }
 
-fn stop(sh: &Shared<'_>, mut report: ItemReport, reason: String) -> ItemReport {
+fn stop(sh: &Shared<'_>, mut report: ItemReport, reason: String, code: u8) -> ItemReport {
     sh.stop.store(true, Ordering::Relaxed);
-    report.fatal = Some(reason);
+    report.fatal = Some((reason, code));
     report
 }
 
