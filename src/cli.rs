@@ -93,6 +93,11 @@ pub enum Command {
     /// Exit status: 0 all delivered, 1 some case failed (see its receipt), 2 usage or config error,
     /// 3 the platform refused the token or was unreachable.
     Upload(UploadArgs),
+    /// Download an archive's items or a reader study's display sets into DEST, one folder per item.
+    ///
+    /// Exit status: 0 everything pulled, 1 some socket was skipped or failed (printed, with the reason),
+    /// 2 usage or config error, 3 the platform refused the token or was unreachable.
+    Pull(PullArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) to stdout, e.g. `gc-hotfolder man > gc-hotfolder.1`.
@@ -113,6 +118,39 @@ pub struct UploadArgs {
     #[arg(required = true)]
     pub cases: Vec<PathBuf>,
 }
+
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = PULL_HELP)]
+pub struct PullArgs {
+    /// The configuration file (only its [server] table is used: URL, token, CA).
+    #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
+    pub config: PathBuf,
+    /// Slug of the archive whose items to download.
+    #[arg(
+        long,
+        conflicts_with = "reader_study",
+        required_unless_present = "reader_study"
+    )]
+    pub archive: Option<String>,
+    /// Slug of the reader study whose display sets to download.
+    #[arg(long)]
+    pub reader_study: Option<String>,
+    /// Where the item folders go (created if missing).
+    pub dest: PathBuf,
+}
+
+// One line per paragraph: clap wraps them to the terminal.
+const PULL_HELP: &str = "\
+LAYOUT
+Each item becomes DEST/<title>, or DEST/<pk> when the title is empty, already taken, or not usable as a folder name. Inside, every socket has its entry at the socket's relative path: a value as its JSON (e.g. lesion-count.json), a file as downloaded (e.g. report.pdf), an image as a folder of its files (e.g. images/ct-image/ct.mha).
+
+RESUMING
+DEST/.gc-pull.json records, per item, its folder and the value of each socket that was completely written. Running the same pull again skips a socket whose value is unchanged and whose files are present, downloads again a socket whose value changed on the platform (replacing the old files), and removes the files of a socket that no longer has a value. Folders of items that left the platform are kept.
+
+AS A DROP FOLDER
+Downloads go to DEST/.gc-pull.tmp first and are moved into place when complete, so an item folder never holds a partial file or a dotfile. With socket rules matching the relative paths (e.g. files = \"images/ct-image/*\", value_file = \"lesion-count.json\"), DEST is a drop folder whose item folders upload again as they are.
+
+DICOM image sets cannot be downloaded through the API; such sockets are reported as skipped.";
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -231,6 +269,7 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
     init_logging(cli.log_format);
     let code = match cli.command {
         Command::Upload(args) => crate::upload::main(args),
+        Command::Pull(args) => crate::pull::main(args),
         Command::Run(args) => crate::commands::run(args),
         Command::Check(args) => crate::commands::check(args),
         Command::Explain(args) => crate::commands::explain(args),

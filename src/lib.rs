@@ -21,6 +21,7 @@
 //! - [`samples`]  tiny but real medical images (MetaImage, NIfTI, DICOM, TIFF) for tests and the demo.
 //! - [`fsutil`]   atomic file writes (temp file, fsync, rename) shared by receipts and state files.
 //! - [`upload`]   the one-shot `upload` command: cases given on the command line, with progress bars.
+//! - [`pull`]     the way back: an archive's items or a reader study's display sets into folders, resumable.
 //! - [`commands`] `run`, `check`, `status`, `explain`, `retry`: operating the agent.
 //! - [`demo`]     the sandbox and the agent together on loopback, for trying it without an account.
 //! - [`metrics`]  counters of what the agent did, served as Prometheus text and a status JSON.
@@ -39,6 +40,7 @@ pub mod gc;
 pub mod journal;
 pub mod metrics;
 pub mod notify;
+pub mod pull;
 pub mod receipt;
 pub mod rules;
 pub mod samples;

@@ -1,4 +1,4 @@
-//! The HTTP client: TLS, the token, retries, lookups by slug, pagination, items and values.
+//! The HTTP client: TLS, the token, retries, lookups by slug, pagination, items, images and values.
 //!
 //! Every API request goes through [`Client::send`], so the token handling (only ever to the platform's own
 //! origin), the retry loop and the error classification exist once. Uploads ([`super::uploads`]) and
@@ -23,8 +23,8 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use super::models::{
-    Archive, Item, Page, ReaderStudy, Socket, Target, TargetKind, UploadSession, UserUpload,
-    ValueEntry,
+    Archive, HyperlinkedImage, Item, Page, ReaderStudy, Socket, Target, TargetKind, UploadSession,
+    UserUpload, ValueEntry,
 };
 use super::retry::{
     Decision, Outcome, Reply, RequestKind, RetryPolicy, TransportFailure, retry_cause,
@@ -404,6 +404,49 @@ impl Client {
                 return Ok(None);
             }
         }
+    }
+
+    /// Every item of an archive, or every display set of a reader study, in the read representation.
+    /// Archive items have no defined order on the platform, so a row can move between pages while the
+    /// archive changes (gc-protocol.md §1.7): an item seen twice is kept once.
+    pub async fn list_items(&self, target: &Target) -> Result<Vec<Item>, GcError> {
+        let filter = match target.kind {
+            TargetKind::Archive => "archive",
+            TargetKind::ReaderStudy => "reader_study",
+        };
+        let context = format!("listing the items of {}", target.slug);
+        let mut seen = std::collections::HashSet::new();
+        let mut all = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page: Page<Item> = self
+                .page(
+                    items_path(target.kind),
+                    &[(filter, &target.pk)],
+                    offset,
+                    &context,
+                )
+                .await?;
+            let n = page.results.len() as u64;
+            all.extend(
+                page.results
+                    .into_iter()
+                    .filter(|i| seen.insert(i.pk.clone())),
+            );
+            offset += n;
+            if n == 0 || page.next.is_none() || offset >= page.count {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// An image by its API URL, as an item value's `image` gives it. The URL must be on the platform's
+    /// origin: the token goes nowhere else.
+    pub async fn get_image(&self, url: &str) -> Result<HyperlinkedImage, GcError> {
+        let parsed =
+            Url::parse(url).map_err(|e| GcError::Config(format!("the image URL '{url}': {e}")))?;
+        let context = format!("reading image {}", parsed.path());
+        self.get_json(parsed, &context).await
     }
 
     pub async fn get_item(&self, target: &Target, pk: &str) -> Result<Item, GcError> {
@@ -900,6 +943,8 @@ mod tests {
         send(c.create_item(t, "x"));
         send(c.find_item_by_title(t, "x"));
         send(c.get_item(t, "x"));
+        send(c.list_items(t));
+        send(c.get_image("https://x/"));
         send(c.patch_values(t, "x", &[]));
         send(c.get_upload("x"));
         send(c.upload_sessions());

@@ -8,7 +8,7 @@
 //! - [`retry`]   the pure retry policy: which failures are retried, how long to wait (no I/O, no timers).
 //! - [`error`]   [`GcError`]: every failure classified for the caller (fatal auth, quota, rejected, transient).
 //! - [`models`]  the JSON shapes the client reads and writes.
-//! - [`client`]  [`Client`]: HTTP, TLS, lookups by slug with caching, pagination, items and values.
+//! - [`client`]  [`Client`]: HTTP, TLS, lookups by slug with caching, pagination, items, images and values.
 //! - [`uploads`] S3 multipart uploads streamed from disk, bounded concurrency, resume via list-parts.
 //! - [`verify`]  polling until every socket shows its new value, or an import session reports `Failed`.
 
@@ -24,8 +24,9 @@ pub use auth::{TOKEN_ENV, Token};
 pub use client::{Client, ClientConfig, DEFAULT_PART_SIZE};
 pub use error::GcError;
 pub use models::{
-    Archive, InterfaceRef, Item, ItemValue, ReaderStudy, Socket, SuperKind, Target, TargetKind,
-    UploadSession, UserUpload, ValueEntry, ValueSource,
+    Archive, DicomImageSetRef, HyperlinkedImage, ImageFile, InterfaceRef, Item, ItemValue,
+    ReaderStudy, Socket, SuperKind, Target, TargetKind, UploadSession, UserUpload, ValueEntry,
+    ValueSource,
 };
 pub use retry::{Jitter, RetryPolicy};
 pub use uploads::{LocalFile, NoObserver, ResumeFrom, UploadObserver};

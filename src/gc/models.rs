@@ -203,6 +203,35 @@ impl Serialize for ValueEntry {
     }
 }
 
+/// An image as `GET cases/images/{pk}/` returns it (HyperlinkedImage, gc-protocol.md appendix A). Only what
+/// a download needs is read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HyperlinkedImage {
+    pub pk: String,
+    #[serde(default)]
+    pub name: String,
+    /// Empty for a DICOM image set, whose files are not served this way.
+    #[serde(default)]
+    pub files: Vec<ImageFile>,
+    #[serde(default)]
+    pub dicom_image_set: Option<DicomImageSetRef>,
+}
+
+/// One stored file of an image (`image_type` MHD, TIFF or DZI).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageFile {
+    pub pk: String,
+    /// Absolute media URL; its last path segment is the file name.
+    pub file: String,
+    #[serde(default)]
+    pub image_type: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DicomImageSetRef {
+    pub image_set_id: String,
+}
+
 /// A paginated list (gc-protocol.md §1.7).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Page<T> {
@@ -238,6 +267,18 @@ mod tests {
         );
         assert_eq!(v["user_upload"], "https://x/api/v1/uploads/1/");
         assert!(v["value"].is_null() && v["user_uploads"].is_null());
+    }
+
+    #[test]
+    fn images_read_files_or_a_dicom_image_set() {
+        let mha: HyperlinkedImage = serde_json::from_str(r#"{"pk":"i","name":"ct.mha","files":[{"pk":"f","image":"https://x/api/v1/cases/images/i/","file":"https://x/media/images/i/f/ct.mha","image_type":"MHD"}],"dicom_image_set":null,"width":8}"#).unwrap();
+        assert_eq!(mha.files[0].file, "https://x/media/images/i/f/ct.mha");
+        assert!(mha.dicom_image_set.is_none());
+        let set: HyperlinkedImage = serde_json::from_str(
+            r#"{"pk":"i","name":"s","files":[],"dicom_image_set":{"image_set_id":"abc"}}"#,
+        )
+        .unwrap();
+        assert_eq!(set.dicom_image_set.unwrap().image_set_id, "abc");
     }
 
     #[test]

@@ -1,0 +1,1297 @@
+//! The `pull` command: the way back from the platform to folders. It exists so that delivered cases can
+//! be checked, copied or moved on without a browser, and so that a pulled folder is again a drop folder
+//! whose cases the same socket rules upload as they are (a round trip).
+//!
+//! The decisions (folder names, which paths are safe, what to fetch again) are plain functions below the
+//! I/O. Every download is staged in `DEST/.gc-pull.tmp` and moved into place when complete, and the state
+//! file is saved after each socket, so a run that is killed redoes at most one socket and never leaves a
+//! partial file (or any dotfile) inside an item folder.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{PullArgs, exit};
+use crate::gc::{Client, GcError, InterfaceRef, Item, ItemValue, Socket, SuperKind, TargetKind};
+
+/// The state file, in DEST itself.
+pub const STATE_FILE: &str = ".gc-pull.json";
+/// Where downloads are staged; on the same filesystem as the item folders, so moving them is a rename.
+pub const STAGING_DIR: &str = ".gc-pull.tmp";
+const LOCK_FILE: &str = ".gc-pull.lock";
+const STATE_VERSION: u32 = 1;
+/// The longest file name common filesystems accept, in bytes.
+const MAX_NAME: usize = 255;
+
+// ---- the state file ---------------------------------------------------------------------------------
+
+/// What a pull has completely written into DEST, saved as `DEST/.gc-pull.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullState {
+    pub version: u32,
+    pub target: StateTarget,
+    /// By item pk.
+    #[serde(default)]
+    pub items: BTreeMap<String, ItemRecord>,
+}
+
+/// The container DEST mirrors. Compared by kind and pk: a slug can be renamed, a pk cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateTarget {
+    pub kind: TargetKind,
+    pub slug: String,
+    pub pk: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRecord {
+    /// The item's folder below DEST, chosen once and kept even if the title changes later.
+    pub folder: String,
+    /// By socket slug: only sockets whose files were completely written.
+    #[serde(default)]
+    pub sockets: BTreeMap<String, SocketRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketRecord {
+    /// The socket value (`values[].pk`) that was written.
+    pub value_pk: i64,
+    /// The socket's relative path at the time, below the item folder.
+    pub path: String,
+    /// Every file written for it, below the item folder.
+    pub files: Vec<String>,
+}
+
+impl PullState {
+    fn new(target: StateTarget) -> PullState {
+        PullState {
+            version: STATE_VERSION,
+            target,
+            items: BTreeMap::new(),
+        }
+    }
+}
+
+/// A state file decides what gets deleted and replaced, so a damaged or edited one must not point
+/// anywhere outside its item folders.
+pub fn check_state(state: &PullState) -> Result<(), String> {
+    if state.version != STATE_VERSION {
+        return Err(format!(
+            "has version {} (this program writes version {STATE_VERSION})",
+            state.version
+        ));
+    }
+    for (pk, item) in &state.items {
+        if !is_safe_name(&item.folder) {
+            return Err(format!(
+                "item {pk}: the folder {:?} is not a plain folder name",
+                item.folder
+            ));
+        }
+        for (slug, s) in &item.sockets {
+            let paths = std::iter::once(&s.path).chain(&s.files);
+            for p in paths {
+                if safe_relative_path(p).as_deref() != Ok(p.as_str()) {
+                    return Err(format!(
+                        "item {pk}, socket {slug}: the path {p:?} is not a plain relative path"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- pure decisions ---------------------------------------------------------------------------------
+
+/// Can `name` be used as one path component inside DEST? Besides `/`, NUL, `.` and `..`, names starting
+/// with a dot are refused: in a drop folder they are temp files that mean "still being written", and
+/// DEST's own `.gc-pull*` entries must never be hit.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('.')
+        && !name.contains(['/', '\0'])
+}
+
+/// The folder for an item: its title if usable and free, else its pk (if usable and free), else none.
+pub fn folder_name(title: &str, pk: &str, taken: impl Fn(&str) -> bool) -> Option<String> {
+    [title, pk]
+        .into_iter()
+        .find(|n| is_safe_name(n) && !taken(n))
+        .map(str::to_owned)
+}
+
+/// A socket's `relative_path` from the server, normalised (`a//b/` → `a/b`), or why it cannot be used:
+/// it must stay inside the item folder and must not create dotfiles there.
+pub fn safe_relative_path(rel: &str) -> Result<String, String> {
+    if rel.starts_with('/') {
+        return Err(format!("the relative path {rel:?} is absolute"));
+    }
+    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err("the relative path is empty".into());
+    }
+    if let Some(bad) = parts.iter().find(|p| !is_safe_name(p)) {
+        return Err(match *bad {
+            "." | ".." => format!("the relative path {rel:?} would leave the item folder"),
+            _ => format!("the relative path {rel:?} has the unusable component {bad:?}"),
+        });
+    }
+    Ok(parts.join("/"))
+}
+
+/// The file name a media URL stands for: its last path segment, percent-decoded.
+pub fn file_name_from_url(url: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("the file URL is not a URL ({e})"))?;
+    let segment = parsed
+        .path_segments()
+        .and_then(|mut s| s.next_back())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("the file URL {} names no file", parsed.path()))?;
+    let name = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| format!("the file name {segment:?} is not UTF-8"))?;
+    if is_safe_name(&name) {
+        Ok(name.into_owned())
+    } else {
+        Err(format!(
+            "the file name {name:?} is not usable as a file name"
+        ))
+    }
+}
+
+/// One socket value of an item, as the decisions see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketValue {
+    pub slug: String,
+    pub value_pk: i64,
+    pub relative_path: String,
+}
+
+/// What to do with one socket value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Unchanged and on disk, with this many files.
+    Keep(usize),
+    /// Write it at this (normalised) path below the item folder.
+    Fetch(String),
+    Skip(String),
+}
+
+fn overlaps(a: &str, b: &str) -> bool {
+    let inside = |x: &str, y: &str| x.strip_prefix(y).is_some_and(|rest| rest.starts_with('/'));
+    a == b || inside(a, b) || inside(b, a)
+}
+
+/// Per value (same order): keep it, fetch it, or skip it and why. `present` says whether a file below the
+/// item folder exists. A value is kept only if the state recorded this very value at this path and every
+/// file written for it is still there; a changed value, a moved path or a missing file means fetching.
+pub fn decide(
+    record: Option<&ItemRecord>,
+    values: &[SocketValue],
+    present: impl Fn(&str) -> bool,
+) -> Vec<Decision> {
+    let mut claimed: Vec<(String, &str)> = Vec::new();
+    values
+        .iter()
+        .map(|v| {
+            let path = match safe_relative_path(&v.relative_path) {
+                Ok(p) => p,
+                Err(e) => return Decision::Skip(e),
+            };
+            if let Some((_, other)) = claimed.iter().find(|(p, _)| overlaps(p, &path)) {
+                return Decision::Skip(format!(
+                    "its path {path} collides with the path of socket {other}"
+                ));
+            }
+            claimed.push((path.clone(), &v.slug));
+            match record.and_then(|r| r.sockets.get(&v.slug)) {
+                Some(s)
+                    if s.value_pk == v.value_pk
+                        && s.path == path
+                        && !s.files.is_empty()
+                        && s.files.iter().all(|f| present(f)) =>
+                {
+                    Decision::Keep(s.files.len())
+                }
+                _ => Decision::Fetch(path),
+            }
+        })
+        .collect()
+}
+
+/// Recorded sockets that no longer have a value on the item, and whether their files may be deleted:
+/// not when their path is now used by a current value (fetching that replaces them anyway).
+pub fn removed_sockets(record: Option<&ItemRecord>, values: &[SocketValue]) -> Vec<(String, bool)> {
+    let Some(record) = record else {
+        return Vec::new();
+    };
+    let current: Vec<String> = values
+        .iter()
+        .filter_map(|v| safe_relative_path(&v.relative_path).ok())
+        .collect();
+    record
+        .sockets
+        .iter()
+        .filter(|(slug, _)| !values.iter().any(|v| &v.slug == *slug))
+        .map(|(slug, s)| {
+            let delete = !current.iter().any(|p| overlaps(p, &s.path));
+            (slug.clone(), delete)
+        })
+        .collect()
+}
+
+// ---- the command ------------------------------------------------------------------------------------
+
+/// Entry point of `gc-hotfolder pull`.
+pub fn main(args: PullArgs) -> u8 {
+    let (kind, slug) = match (args.archive, args.reader_study) {
+        (Some(a), None) => (TargetKind::Archive, a),
+        (None, Some(r)) => (TargetKind::ReaderStudy, r),
+        _ => {
+            eprintln!("error: give exactly one of --archive and --reader-study");
+            return exit::USAGE;
+        }
+    };
+    let config = match crate::commands::load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let dest = match Dest::open(&args.dest) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.dest.display());
+            return exit::USAGE;
+        }
+    };
+    let parallel = config.limits.parallel_cases;
+    match crate::commands::runtime() {
+        Ok(rt) => rt.block_on(async {
+            let client = match crate::commands::connect(&config, false).await {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let code = run(&client, &dest, kind, &slug, parallel).await;
+            dest.clean_staging();
+            code
+        }),
+        Err(code) => code,
+    }
+}
+
+/// DEST, locked against a second pull writing into it at the same time.
+struct Dest {
+    root: PathBuf,
+    staging: PathBuf,
+    /// Held for the life of the command; the lock goes with the descriptor.
+    _lock: std::fs::File,
+}
+
+impl Dest {
+    fn open(dest: &Path) -> Result<Dest, String> {
+        std::fs::create_dir_all(dest).map_err(|e| format!("cannot create the folder: {e}"))?;
+        let root = std::fs::canonicalize(dest).map_err(|e| format!("cannot open: {e}"))?;
+        if !root.is_dir() {
+            return Err("is not a folder".into());
+        }
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join(LOCK_FILE))
+            .map_err(|e| format!("cannot create {LOCK_FILE}: {e}"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err("another pull is writing into this folder".into());
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {LOCK_FILE}: {e}"));
+            }
+        }
+        let staging = root.join(STAGING_DIR);
+        // Whatever is staged is from a run that was killed: its sockets were never recorded.
+        remove_any(&staging).map_err(|e| format!("cannot clear {STAGING_DIR}: {e}"))?;
+        std::fs::create_dir(&staging).map_err(|e| format!("cannot create {STAGING_DIR}: {e}"))?;
+        Ok(Dest {
+            root,
+            staging,
+            _lock: lock,
+        })
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.root.join(STATE_FILE)
+    }
+
+    fn load_state(&self) -> Result<Option<PullState>, String> {
+        let path = self.state_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let state: PullState = serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{} is not a pull state file ({e}); remove it to start over",
+                path.display()
+            )
+        })?;
+        check_state(&state)
+            .map_err(|e| format!("{} {e}; remove it to start over", path.display()))?;
+        Ok(Some(state))
+    }
+
+    fn clean_staging(&self) {
+        if let Err(e) = remove_any(&self.staging) {
+            tracing::warn!(path = %self.staging.display(), "cannot remove the staging folder: {e}");
+        }
+    }
+}
+
+fn save_state(path: &Path, state: &PullState) -> Result<(), String> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+    crate::fsutil::write_atomic(path, &bytes)
+        .map_err(|e| format!("cannot save {}: {e}", path.display()))
+}
+
+/// A socket that was not written, and why.
+struct Skipped {
+    /// The item's folder (or its pk when it got none).
+    item: String,
+    socket: Option<String>,
+    reason: String,
+}
+
+#[derive(Default)]
+struct ItemReport {
+    folder: String,
+    /// False when the pull had stopped before this item's turn.
+    ran: bool,
+    downloaded: usize,
+    kept: usize,
+    removed: usize,
+    skipped: Vec<Skipped>,
+    /// Why the whole pull stopped, and its exit code.
+    fatal: Option<(String, u8)>,
+}
+
+/// Why a socket was not written: for this socket only, or for everything that follows (the token was
+/// refused or the platform is gone: exit 3; the disk is full or the state cannot be saved: exit 1).
+enum Problem {
+    Skip(String),
+    Fatal(String, u8),
+}
+
+impl From<GcError> for Problem {
+    fn from(e: GcError) -> Problem {
+        match &e {
+            GcError::Auth { .. } | GcError::Unavailable { .. } => {
+                Problem::Fatal(e.to_string(), exit::PLATFORM)
+            }
+            GcError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                Problem::Fatal(e.to_string(), exit::CASE_FAILED)
+            }
+            _ => Problem::Skip(e.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for Problem {
+    fn from(e: std::io::Error) -> Problem {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            Problem::Fatal(e.to_string(), exit::CASE_FAILED)
+        } else {
+            Problem::Skip(e.to_string())
+        }
+    }
+}
+
+/// What every item task shares.
+struct Shared<'a> {
+    client: &'a Client,
+    dest: &'a Dest,
+    state: Mutex<PullState>,
+    stop: AtomicBool,
+}
+
+impl Shared<'_> {
+    /// Change the state and save it at once, so that what is on disk and what is recorded never drift
+    /// apart by more than the socket in hand.
+    fn update(&self, change: impl FnOnce(&mut PullState)) -> Result<(), String> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut state);
+        save_state(&self.dest.state_path(), &state)
+    }
+
+    fn record(&self, item_pk: &str) -> Option<ItemRecord> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.items.get(item_pk).cloned()
+    }
+
+    fn staged(&self) -> PathBuf {
+        self.dest
+            .staging
+            .join(format!(".{}", uuid::Uuid::new_v4().simple()))
+    }
+}
+
+async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, parallel: usize) -> u8 {
+    let what = match kind {
+        TargetKind::Archive => "archive",
+        TargetKind::ReaderStudy => "reader study",
+    };
+    let target = match client.resolve_target(kind, slug).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return match e {
+                GcError::NotFound(_) => exit::USAGE,
+                _ => exit::PLATFORM,
+            };
+        }
+    };
+    let here = StateTarget {
+        kind,
+        slug: slug.to_owned(),
+        pk: target.pk.clone(),
+    };
+    let mut state = match dest.load_state() {
+        Ok(Some(s)) if (s.target.kind, &s.target.pk) != (kind, &target.pk) => {
+            let theirs = match s.target.kind {
+                TargetKind::Archive => "archive",
+                TargetKind::ReaderStudy => "reader study",
+            };
+            eprintln!(
+                "error: {} holds a pull of {theirs} '{}'; pull {what} '{slug}' into another folder",
+                dest.root.display(),
+                s.target.slug
+            );
+            return exit::USAGE;
+        }
+        Ok(Some(s)) => s,
+        Ok(None) => PullState::new(here.clone()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    state.target = here;
+
+    let items = match client.list_items(&target).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::PLATFORM;
+        }
+    };
+
+    let (jobs, mut skipped) = assign_folders(&mut state, items, &dest.root);
+    let listed: HashSet<&str> = jobs.iter().map(|(i, _)| i.pk.as_str()).collect();
+    let gone = state
+        .items
+        .keys()
+        .filter(|pk| !listed.contains(pk.as_str()))
+        .count();
+    drop(listed);
+    if let Err(e) = save_state(&dest.state_path(), &state) {
+        eprintln!("error: {e}");
+        return exit::USAGE;
+    }
+
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new(jobs.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} items {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let shared = Shared {
+        client,
+        dest,
+        state: Mutex::new(state),
+        stop: AtomicBool::new(false),
+    };
+    let n_items = jobs.len();
+    let reports: Vec<ItemReport> = futures_util::stream::iter(jobs)
+        .map(|(item, folder)| {
+            let (shared, bar) = (&shared, bar.as_ref());
+            async move {
+                let report = pull_item(shared, &item, folder).await;
+                match bar {
+                    Some(b) => {
+                        b.inc(1);
+                        b.set_message(report.folder.clone());
+                    }
+                    None if report.ran => println!("{}", item_line(&report)),
+                    None => {}
+                }
+                report
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+
+    let mut fatal = None;
+    let (mut downloaded, mut kept, mut removed) = (0, 0, 0);
+    for r in reports {
+        downloaded += r.downloaded;
+        kept += r.kept;
+        removed += r.removed;
+        skipped.extend(r.skipped);
+        // Several tasks can stop at once; the platform's refusal is the one to report.
+        fatal = fatal
+            .into_iter()
+            .chain(r.fatal)
+            .max_by_key(|(_, code)| *code);
+    }
+    skipped.sort_by(|a, b| (&a.item, &a.socket).cmp(&(&b.item, &b.socket)));
+    for s in &skipped {
+        match &s.socket {
+            Some(socket) => println!("skipped {} socket {socket}: {}", s.item, s.reason),
+            None => println!("skipped item {}: {}", s.item, s.reason),
+        }
+    }
+    let mut summary = format!(
+        "{what} {slug} → {}: {}, {} downloaded, {} skipped (already there), {} skipped",
+        dest.root.display(),
+        counted(n_items, "item"),
+        counted(downloaded, "file"),
+        counted(kept, "file"),
+        counted(
+            skipped.iter().filter(|s| s.socket.is_some()).count(),
+            "socket"
+        ),
+    );
+    let items_skipped = skipped.iter().filter(|s| s.socket.is_none()).count();
+    if items_skipped > 0 {
+        summary.push_str(&format!(", {} skipped", counted(items_skipped, "item")));
+    }
+    if removed > 0 {
+        summary.push_str(&format!(
+            ", {} removed (no longer on the platform)",
+            counted(removed, "socket")
+        ));
+    }
+    if gone > 0 {
+        summary.push_str(&format!(
+            ", {} no longer on the platform (folders kept)",
+            counted(gone, "item")
+        ));
+    }
+    println!("{summary}");
+    if let Some((reason, code)) = fatal {
+        eprintln!("error: the pull stopped early: {reason}; run it again to resume");
+        return code;
+    }
+    if skipped.is_empty() {
+        if downloaded == 0 && removed == 0 {
+            println!("nothing to download: everything was already there");
+        }
+        exit::OK
+    } else {
+        exit::CASE_FAILED
+    }
+}
+
+/// Every listed item with its folder: the recorded one, or a new one recorded now. Names are settled
+/// before any download, in listing order, so the first of two equal titles keeps it.
+fn assign_folders(
+    state: &mut PullState,
+    items: Vec<Item>,
+    root: &Path,
+) -> (Vec<(Item, String)>, Vec<Skipped>) {
+    let mut taken: HashSet<String> = state.items.values().map(|r| r.folder.clone()).collect();
+    let mut jobs = Vec::new();
+    let mut skipped = Vec::new();
+    for item in items {
+        if let Some(r) = state.items.get(&item.pk) {
+            let folder = r.folder.clone();
+            jobs.push((item, folder));
+            continue;
+        }
+        // A folder this pull did not make is someone else's: never write into it.
+        let is_taken =
+            |n: &str| taken.contains(n) || std::fs::symlink_metadata(root.join(n)).is_ok();
+        let Some(name) = folder_name(&item.title, &item.pk, is_taken) else {
+            skipped.push(Skipped {
+                item: item.pk.clone(),
+                socket: None,
+                reason: format!(
+                    "neither its title {:?} nor its pk can be a new folder in {}",
+                    item.title,
+                    root.display()
+                ),
+            });
+            continue;
+        };
+        taken.insert(name.clone());
+        state.items.insert(
+            item.pk.clone(),
+            ItemRecord {
+                folder: name.clone(),
+                sockets: BTreeMap::new(),
+            },
+        );
+        jobs.push((item, name));
+    }
+    (jobs, skipped)
+}
+
+fn counted(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn item_line(r: &ItemReport) -> String {
+    let mut line = format!(
+        "pulled {}: {} downloaded, {} already there",
+        r.folder, r.downloaded, r.kept
+    );
+    if r.removed > 0 {
+        line.push_str(&format!(", {} removed", r.removed));
+    }
+    if !r.skipped.is_empty() {
+        line.push_str(&format!(", {} skipped", r.skipped.len()));
+    }
+    if r.fatal.is_some() {
+        line.push_str(", stopped");
+    }
+    line
+}
+
+async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
+    let mut report = ItemReport {
+        folder: folder.clone(),
+        ..ItemReport::default()
+    };
+    if sh.stop.load(Ordering::Relaxed) {
+        return report;
+    }
+    report.ran = true;
+    let skip = |report: &mut ItemReport, socket: &str, reason: String| {
+        report.skipped.push(Skipped {
+            item: folder.clone(),
+            socket: Some(socket.to_owned()),
+            reason,
+        })
+    };
+    let mut values: Vec<(&ItemValue, Socket)> = Vec::new();
+    let mut unknown_socket = false;
+    for v in &item.values {
+        let socket = match &v.interface {
+            InterfaceRef::Full(s) => (**s).clone(),
+            // Only write representations carry bare slugs; look the socket up then.
+            InterfaceRef::Slug(slug) => match sh.client.socket(slug).await {
+                Ok(s) => s,
+                Err(e) => match Problem::from(e) {
+                    Problem::Skip(reason) => {
+                        skip(&mut report, slug, reason);
+                        unknown_socket = true;
+                        continue;
+                    }
+                    Problem::Fatal(reason, code) => return stop(sh, report, reason, code),
+                },
+            },
+        };
+        values.push((v, socket));
+    }
+    let views: Vec<SocketValue> = values
+        .iter()
+        .map(|(v, s)| SocketValue {
+            slug: s.slug.clone(),
+            value_pk: v.pk,
+            relative_path: s.relative_path.clone(),
+        })
+        .collect();
+
+    let root = &sh.dest.root;
+    let item_dir = root.join(&folder);
+    if let Err(e) = ensure_dirs(root, Path::new(&folder)) {
+        return match Problem::from(e) {
+            Problem::Fatal(reason, code) => stop(sh, report, reason, code),
+            Problem::Skip(reason) => {
+                report.skipped.push(Skipped {
+                    item: folder.clone(),
+                    socket: None,
+                    reason: format!("cannot create its folder: {reason}"),
+                });
+                report
+            }
+        };
+    }
+    let record = sh.record(&item.pk);
+
+    // A value whose socket could not be looked up is still there: nothing may count as removed then.
+    let removed = if unknown_socket {
+        Vec::new()
+    } else {
+        removed_sockets(record.as_ref(), &views)
+    };
+    for (slug, delete) in removed {
+        let path = record
+            .as_ref()
+            .and_then(|r| r.sockets.get(&slug))
+            .map(|s| s.path.clone());
+        if delete && let Some(path) = path {
+            let removal =
+                real_parents(&item_dir, &path).and_then(|()| remove_any(&item_dir.join(&path)));
+            if let Err(e) = removal {
+                skip(
+                    &mut report,
+                    &slug,
+                    format!("it has no value any more, but {path} cannot be removed: {e}"),
+                );
+                continue;
+            }
+        }
+        let forget = sh.update(|st| {
+            if let Some(r) = st.items.get_mut(&item.pk) {
+                r.sockets.remove(&slug);
+            }
+        });
+        if let Err(e) = forget {
+            return stop(sh, report, e, exit::CASE_FAILED);
+        }
+        report.removed += 1;
+    }
+
+    let decisions = decide(record.as_ref(), &views, |rel| {
+        std::fs::symlink_metadata(item_dir.join(rel)).is_ok_and(|m| m.is_file())
+    });
+    for ((value, socket), decision) in values.iter().zip(decisions) {
+        if sh.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let path = match decision {
+            Decision::Keep(files) => {
+                report.kept += files;
+                continue;
+            }
+            Decision::Skip(reason) => {
+                skip(&mut report, &socket.slug, reason);
+                continue;
+            }
+            Decision::Fetch(path) => path,
+        };
+        match fetch(sh, &folder, &path, socket, value).await {
+            Ok(files) => {
+                report.downloaded += files.len();
+                let written = SocketRecord {
+                    value_pk: value.pk,
+                    path,
+                    files,
+                };
+                let saved = sh.update(|st| {
+                    if let Some(r) = st.items.get_mut(&item.pk) {
+                        r.sockets.insert(socket.slug.clone(), written);
+                    }
+                });
+                if let Err(e) = saved {
+                    return stop(sh, report, e, exit::CASE_FAILED);
+                }
+            }
+            Err(Problem::Skip(reason)) => skip(&mut report, &socket.slug, reason),
+            Err(Problem::Fatal(reason, code)) => return stop(sh, report, reason, code),
+        }
+    }
+    report
+}
+
+fn stop(sh: &Shared<'_>, mut report: ItemReport, reason: String, code: u8) -> ItemReport {
+    sh.stop.store(true, Ordering::Relaxed);
+    report.fatal = Some((reason, code));
+    report
+}
+
+/// Write one socket value below `DEST/<folder>/<path>`; the relative paths of the files written.
+async fn fetch(
+    sh: &Shared<'_>,
+    folder: &str,
+    path: &str,
+    socket: &Socket,
+    value: &ItemValue,
+) -> Result<Vec<String>, Problem> {
+    let root = &sh.dest.root;
+    let rel = Path::new(folder).join(path);
+    if let Some(parent) = rel.parent() {
+        ensure_dirs(root, parent)?;
+    }
+    let dest = root.join(&rel);
+    match socket.super_kind {
+        SuperKind::Value => {
+            let null = serde_json::Value::Null;
+            let mut bytes = serde_json::to_vec_pretty(value.value.as_ref().unwrap_or(&null))
+                .map_err(|e| Problem::Skip(format!("cannot write the value: {e}")))?;
+            bytes.push(b'\n');
+            let staged = sh.staged();
+            write_synced(&staged, &bytes)?;
+            install(&staged, &dest, &sh.dest.staging)?;
+            Ok(vec![path.to_owned()])
+        }
+        SuperKind::File => {
+            let url = value.file.as_deref().ok_or_else(|| {
+                Problem::Skip(
+                    "the value has no file (yet); the platform may still be processing it".into(),
+                )
+            })?;
+            let staged = sh.staged();
+            let downloaded = sh.client.download(url, &staged).await;
+            if let Err(e) = downloaded {
+                let _ = remove_any(&staged);
+                return Err(e.into());
+            }
+            install(&staged, &dest, &sh.dest.staging)?;
+            Ok(vec![path.to_owned()])
+        }
+        SuperKind::Image => {
+            let url = value.image.as_deref().ok_or_else(|| {
+                Problem::Skip(
+                    "the value has no image (yet); the platform may still be importing it".into(),
+                )
+            })?;
+            let image = sh.client.get_image(url).await?;
+            if image.dicom_image_set.is_some() {
+                return Err(Problem::Skip(format!(
+                    "image {:?} is a DICOM image set, whose files cannot be downloaded through the API",
+                    image.name
+                )));
+            }
+            if image.files.is_empty() {
+                return Err(Problem::Skip(format!(
+                    "image {:?} has no files to download",
+                    image.name
+                )));
+            }
+            let mut names: Vec<String> = Vec::new();
+            for f in &image.files {
+                let name = file_name_from_url(&f.file).map_err(Problem::Skip)?;
+                if names.contains(&name) {
+                    return Err(Problem::Skip(format!(
+                        "image {:?} has two files named {name:?}",
+                        image.name
+                    )));
+                }
+                names.push(name);
+            }
+            let staged = sh.staged();
+            std::fs::create_dir(&staged)?;
+            for (f, name) in image.files.iter().zip(&names) {
+                if let Err(e) = sh.client.download(&f.file, &staged.join(name)).await {
+                    let _ = remove_any(&staged);
+                    return Err(e.into());
+                }
+            }
+            sync_dir(&staged)?;
+            install(&staged, &dest, &sh.dest.staging)?;
+            Ok(names.iter().map(|n| format!("{path}/{n}")).collect())
+        }
+    }
+}
+
+// ---- file system helpers ----------------------------------------------------------------------------
+
+/// Create the folders of `rel` below `root` one by one, refusing to pass through a symbolic link or a
+/// file: a link planted in DEST must not carry a download elsewhere.
+fn ensure_dirs(root: &Path, rel: &Path) -> std::io::Result<()> {
+    let mut p = root.to_path_buf();
+    for c in rel.components() {
+        let std::path::Component::Normal(name) = c else {
+            return Err(std::io::Error::other(format!(
+                "{} is not a plain relative path",
+                rel.display()
+            )));
+        };
+        p.push(name);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{} exists and is not a folder",
+                    p.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&p)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Every folder between `base` and `base/rel` is a real folder (no link), so deleting `base/rel` deletes
+/// what the state recorded and nothing else.
+fn real_parents(base: &Path, rel: &str) -> std::io::Result<()> {
+    let mut p = base.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        p.push(part);
+        if !std::fs::symlink_metadata(&p)?.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a folder",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Remove a file, a link or a whole folder; gone already is fine.
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Move a finished download into place. A file replaces a file in one rename, so the old version stays
+/// readable until the new one is there; anything else is moved aside first (a kill in between leaves the
+/// path missing, which the next run notices and fetches again).
+fn install(staged: &Path, dest: &Path, staging: &Path) -> std::io::Result<()> {
+    let staged_is_file = std::fs::symlink_metadata(staged)?.is_file();
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_file() && staged_is_file => std::fs::rename(staged, dest)?,
+        Ok(_) => {
+            let old = staging.join(format!(".old-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::rename(dest, &old)?;
+            std::fs::rename(staged, dest)?;
+            if let Err(e) = remove_any(&old) {
+                tracing::warn!(path = %old.display(), "cannot remove the replaced files: {e}");
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::rename(staged, dest)?,
+        Err(e) => return Err(e),
+    }
+    match dest.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(slug: &str, pk: i64, path: &str) -> SocketValue {
+        SocketValue {
+            slug: slug.into(),
+            value_pk: pk,
+            relative_path: path.into(),
+        }
+    }
+
+    fn record(sockets: &[(&str, i64, &str, &[&str])]) -> ItemRecord {
+        ItemRecord {
+            folder: "case".into(),
+            sockets: sockets
+                .iter()
+                .map(|(slug, pk, path, files)| {
+                    (
+                        slug.to_string(),
+                        SocketRecord {
+                            value_pk: *pk,
+                            path: path.to_string(),
+                            files: files.iter().map(|f| f.to_string()).collect(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn names_that_could_leave_dest_or_hide_are_not_safe() {
+        for ok in ["case-01", "Patient 7 (CT)", "ünï", "a.b", "x..y"] {
+            assert!(is_safe_name(ok), "{ok}");
+        }
+        let long = "x".repeat(256);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/",
+            "a\0b",
+            ".hidden",
+            ".gc-pull.json",
+            &long,
+        ] {
+            assert!(!is_safe_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_item_folder_is_its_title_else_its_pk() {
+        let none = |_: &str| false;
+        assert_eq!(
+            folder_name("case-01", "pk1", none).as_deref(),
+            Some("case-01")
+        );
+        assert_eq!(folder_name("", "pk1", none).as_deref(), Some("pk1"));
+        assert_eq!(folder_name("../etc", "pk1", none).as_deref(), Some("pk1"));
+        assert_eq!(folder_name("a/b", "pk1", none).as_deref(), Some("pk1"));
+        assert_eq!(folder_name(".", "pk1", none).as_deref(), Some("pk1"));
+        let taken = |n: &str| n == "case-01";
+        assert_eq!(
+            folder_name("case-01", "pk2", taken).as_deref(),
+            Some("pk2"),
+            "the second of two equal names gets the pk"
+        );
+        let all = |_: &str| true;
+        assert_eq!(folder_name("case-01", "pk2", all), None);
+        assert_eq!(folder_name("", "../pk", none), None, "a pk is checked too");
+    }
+
+    #[test]
+    fn relative_paths_stay_inside_the_item_folder() {
+        assert_eq!(safe_relative_path("images/ct").as_deref(), Ok("images/ct"));
+        assert_eq!(safe_relative_path("a//b/").as_deref(), Ok("a/b"));
+        assert_eq!(
+            safe_relative_path("report.pdf").as_deref(),
+            Ok("report.pdf")
+        );
+        for bad in [
+            "",
+            "/",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "images/.ct",
+            "a\0b",
+        ] {
+            assert!(safe_relative_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            safe_relative_path("../x")
+                .unwrap_err()
+                .contains("would leave the item folder")
+        );
+    }
+
+    #[test]
+    fn file_names_come_percent_decoded_from_the_last_url_segment() {
+        assert_eq!(
+            file_name_from_url("https://h/media/images/i/f/scan%20one.mha").as_deref(),
+            Ok("scan one.mha")
+        );
+        assert_eq!(
+            file_name_from_url("https://h/media/x/ct.mhd?X-Amz-Signature=abc").as_deref(),
+            Ok("ct.mhd")
+        );
+        for bad in [
+            "https://h/media/x/",
+            "https://h/media/x/..%2F..%2Fetc",
+            "https://h/media/x/%2E%2E",
+            "https://h/media/x/.hidden",
+            "https://h/media/x/a%00b",
+            "https://h/media/x/%FF",
+            "not a url",
+        ] {
+            assert!(file_name_from_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unchanged_values_with_their_files_are_kept_and_everything_else_is_fetched() {
+        let rec = record(&[
+            ("count", 5, "count.json", &["count.json"]),
+            (
+                "ct",
+                6,
+                "images/ct",
+                &["images/ct/a.mhd", "images/ct/a.raw"],
+            ),
+            ("report", 7, "report.pdf", &["report.pdf"]),
+        ]);
+        let values = [
+            value("count", 5, "count.json"),
+            value("ct", 6, "images/ct"),
+            value("report", 8, "report.pdf"),
+            value("new", 9, "new.json"),
+        ];
+        let all_there = |_: &str| true;
+        assert_eq!(
+            decide(Some(&rec), &values, all_there),
+            [
+                Decision::Keep(1),
+                Decision::Keep(2),
+                Decision::Fetch("report.pdf".into()),
+                Decision::Fetch("new.json".into()),
+            ]
+        );
+        let raw_deleted = |f: &str| f != "images/ct/a.raw";
+        assert_eq!(
+            decide(Some(&rec), &values[..2], raw_deleted),
+            [Decision::Keep(1), Decision::Fetch("images/ct".into())]
+        );
+        assert_eq!(
+            decide(None, &values[..1], all_there),
+            [Decision::Fetch("count.json".into())],
+            "nothing recorded: fetch even if a file of that name exists"
+        );
+        let moved = [value("count", 5, "counts/count.json")];
+        assert_eq!(
+            decide(Some(&rec), &moved, all_there),
+            [Decision::Fetch("counts/count.json".into())]
+        );
+    }
+
+    #[test]
+    fn unsafe_or_colliding_paths_are_skipped_with_a_reason() {
+        let values = [
+            value("a", 1, "../escape.json"),
+            value("b", 2, "images/ct"),
+            value("c", 3, "images/ct/extra.json"),
+            value("d", 4, "images/ct"),
+            value("e", 5, "images/ctx"),
+        ];
+        let d = decide(None, &values, |_| false);
+        assert!(matches!(&d[0], Decision::Skip(r) if r.contains("leave the item folder")));
+        assert_eq!(d[1], Decision::Fetch("images/ct".into()));
+        assert!(
+            matches!(&d[2], Decision::Skip(r) if r.contains("socket b")),
+            "{:?}",
+            d[2]
+        );
+        assert!(matches!(&d[3], Decision::Skip(_)));
+        assert_eq!(
+            d[4],
+            Decision::Fetch("images/ctx".into()),
+            "a shared prefix is no collision"
+        );
+    }
+
+    #[test]
+    fn sockets_without_a_value_lose_their_files_unless_the_path_is_reused() {
+        let rec = record(&[
+            ("gone", 1, "gone.json", &["gone.json"]),
+            ("stays", 2, "stays.json", &["stays.json"]),
+            ("renamed", 3, "images/x", &["images/x/a.mha"]),
+        ]);
+        let values = [
+            value("stays", 2, "stays.json"),
+            value("other", 9, "images/x"),
+        ];
+        assert_eq!(
+            removed_sockets(Some(&rec), &values),
+            [("gone".to_owned(), true), ("renamed".to_owned(), false)]
+        );
+        assert!(removed_sockets(None, &values).is_empty());
+    }
+
+    #[test]
+    fn a_state_file_pointing_outside_its_folders_is_refused() {
+        let target = StateTarget {
+            kind: TargetKind::Archive,
+            slug: "a".into(),
+            pk: "p".into(),
+        };
+        let mut state = PullState::new(target);
+        state
+            .items
+            .insert("i".into(), record(&[("s", 1, "s.json", &["s.json"])]));
+        check_state(&state).unwrap();
+        let text = serde_json::to_string(&state).unwrap();
+        let back: PullState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, state);
+
+        let mut bad = state.clone();
+        bad.items.get_mut("i").unwrap().folder = "..".into();
+        assert!(check_state(&bad).is_err());
+        let mut bad = state.clone();
+        bad.items.insert(
+            "j".into(),
+            record(&[("s", 1, "s.json", &["../../etc/passwd"])]),
+        );
+        assert!(check_state(&bad).is_err());
+        let mut bad = state.clone();
+        bad.items
+            .insert("j".into(), record(&[("s", 1, "a//b", &["a//b"])]));
+        assert!(
+            check_state(&bad).is_err(),
+            "only normalised paths are written"
+        );
+        let mut bad = state;
+        bad.version = 99;
+        assert!(check_state(&bad).is_err());
+    }
+
+    #[test]
+    fn install_replaces_files_and_folders_and_leaves_no_dotfiles_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, staging) = (tmp.path().join("dest"), tmp.path().join("staging"));
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::create_dir_all(&root).unwrap();
+        ensure_dirs(&root, Path::new("case/images")).unwrap();
+        let item = root.join("case");
+
+        let staged = staging.join(".v1");
+        std::fs::write(&staged, "1").unwrap();
+        install(&staged, &item.join("count.json"), &staging).unwrap();
+        let staged = staging.join(".v2");
+        std::fs::write(&staged, "2").unwrap();
+        install(&staged, &item.join("count.json"), &staging).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(item.join("count.json")).unwrap(),
+            "2"
+        );
+
+        for (round, name) in [(1, "old.mha"), (2, "new.mha")] {
+            let staged = staging.join(format!(".img{round}"));
+            std::fs::create_dir(&staged).unwrap();
+            std::fs::write(staged.join(name), "x").unwrap();
+            install(&staged, &item.join("images/ct"), &staging).unwrap();
+        }
+        let names: Vec<String> = std::fs::read_dir(item.join("images/ct"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["new.mha"], "the old image's files are gone");
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn folders_are_not_created_through_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, elsewhere) = (tmp.path().join("dest"), tmp.path().join("elsewhere"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("case")).unwrap();
+        assert!(ensure_dirs(&root, Path::new("case/images")).is_err());
+        assert!(!elsewhere.join("images").exists());
+        assert!(real_parents(&root, "case/x.json").is_err());
+        std::fs::write(root.join("file"), "").unwrap();
+        assert!(ensure_dirs(&root, Path::new("file/x")).is_err());
+    }
+}

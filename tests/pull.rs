@@ -1,0 +1,698 @@
+//! `gc-hotfolder pull` as a user runs it, against the sandbox over loopback: cases delivered with `upload`
+//! come back byte for byte (SHA-256) and value for value, a pulled folder uploads again as a drop folder
+//! with the same values, a second pull downloads nothing, and a changed value is the only thing fetched
+//! again.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+use gc_hotfolder::gc::models::{TargetKind, ValueEntry, ValueSource};
+use gc_hotfolder::gc::{Client, ClientConfig, Token};
+use gc_hotfolder::sandbox::Sandbox;
+use gc_hotfolder::sandbox::fixture::{ArchiveSpec, DEMO_TOKEN};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+fn sha256(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn json_of(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every file below `dir`, relative, with its SHA-256.
+fn tree(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, sha256(&p));
+            }
+        }
+    }
+    out
+}
+
+async fn run(args: Vec<std::ffi::OsString>) -> Output {
+    tokio::task::spawn_blocking(move || bin().args(args).output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn upload(cfg: &Path, cases: &[PathBuf]) {
+    let mut args: Vec<std::ffi::OsString> = vec!["upload".into(), "--config".into(), cfg.into()];
+    args.extend(cases.iter().map(|c| c.clone().into_os_string()));
+    let out = run(args).await;
+    assert!(out.status.success(), "upload: {}", text(&out));
+}
+
+async fn pull(cfg: &Path, flag: &str, slug: &str, dest: &Path) -> Output {
+    run(vec![
+        "pull".into(),
+        "--config".into(),
+        cfg.into(),
+        flag.into(),
+        slug.into(),
+        dest.into(),
+    ])
+    .await
+}
+
+/// GETs of stored files (media) the sandbox has answered so far.
+async fn media_gets(sb: &Sandbox) -> u64 {
+    let st = state(sb).await;
+    st["requests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("GET /media/"))
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum()
+}
+
+fn client(sb: &Sandbox) -> Client {
+    Client::new(ClientConfig::new(
+        sb.base_url(),
+        Token::parse(DEMO_TOKEN).unwrap(),
+    ))
+    .unwrap()
+}
+
+/// What an archive case written by `archive_case` must become in a pulled folder: relative path → SHA-256
+/// for files, and relative path → JSON for values.
+fn expected_archive_item(case: &Path) -> (BTreeMap<String, String>, BTreeMap<String, Value>) {
+    let mut files = BTreeMap::new();
+    let mut values = BTreeMap::new();
+    let image_dir = "images/generic-medical-image";
+    for name in ["image.mha", "image.mhd", "image.raw", "image.nii.gz"] {
+        if case.join(name).is_file() {
+            files.insert(format!("{image_dir}/{name}"), sha256(&case.join(name)));
+        }
+    }
+    if case.join("dicom").is_dir() {
+        for e in std::fs::read_dir(case.join("dicom")).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            files.insert(format!("{image_dir}/{name}"), sha256(&p));
+        }
+    }
+    if case.join("report.pdf").is_file() {
+        files.insert("report.pdf".into(), sha256(&case.join("report.pdf")));
+    }
+    // A File socket fed from a JSON file keeps the very bytes.
+    if case.join("results.json").is_file() {
+        files.insert("results.json".into(), sha256(&case.join("results.json")));
+    }
+    if case.join("count.json").is_file() {
+        values.insert(
+            "lesion-count.json".into(),
+            json_of(&case.join("count.json")),
+        );
+    }
+    values.insert("notes.json".into(), json!("delivered by gc-hotfolder"));
+    (files, values)
+}
+
+fn check_archive_item(case: &Path, pulled: &Path) {
+    let (files, values) = expected_archive_item(case);
+    let got = tree(pulled);
+    let mut want_paths: Vec<&String> = files.keys().chain(values.keys()).collect();
+    want_paths.sort();
+    let got_paths: Vec<&String> = got.keys().collect();
+    assert_eq!(
+        got_paths,
+        want_paths,
+        "{}: the files of the item",
+        pulled.display()
+    );
+    for (rel, sha) in &files {
+        assert_eq!(
+            &got[rel],
+            sha,
+            "{}/{rel}: the uploaded bytes",
+            pulled.display()
+        );
+    }
+    for (rel, v) in &values {
+        assert_eq!(&json_of(&pulled.join(rel)), v, "{}/{rel}", pulled.display());
+    }
+}
+
+async fn five_delivered_cases(sb: &Sandbox, tmp: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let drop = tmp.join("drop");
+    let cases: Vec<PathBuf> = (0..5u64)
+        .map(|i| {
+            let c = drop.join(format!("case-{i:02}"));
+            archive_case(&c, i);
+            c
+        })
+        .collect();
+    let cfg = write_config(tmp, sb, &drop, None, "");
+    upload(&cfg, &cases).await;
+    (cfg, cases)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_brings_back_the_uploaded_bytes_and_values_and_resumes_with_only_what_changed() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, cases) = five_delivered_cases(&sb, tmp.path()).await;
+    let dest = tmp.path().join("pulled");
+
+    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let first = stdout(&out);
+    assert!(first.contains(": 5 items, "), "{first}");
+    assert!(first.contains(" 0 sockets skipped"), "{first}");
+    for case in &cases {
+        let name = case.file_name().unwrap();
+        check_archive_item(case, &dest.join(name));
+        assert!(
+            first.contains(&format!("pulled {}: ", name.to_string_lossy())),
+            "{first}"
+        );
+    }
+    let mut top: Vec<String> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        [
+            ".gc-pull.json",
+            ".gc-pull.lock",
+            "case-00",
+            "case-01",
+            "case-02",
+            "case-03",
+            "case-04"
+        ],
+        "one folder per item, the state file, and no staging left"
+    );
+    let recorded = json_of(&dest.join(".gc-pull.json"));
+    assert_eq!(recorded["target"]["slug"], "demo-archive");
+    assert_eq!(recorded["items"].as_object().unwrap().len(), 5);
+
+    // Again: nothing is downloaded, and the output says so.
+    let gets = media_gets(&sb).await;
+    let image = dest.join("case-00/images/generic-medical-image/image.mha");
+    let inode = std::fs::metadata(&image).unwrap().ino();
+    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let second = stdout(&out);
+    assert!(second.contains(" 0 files downloaded, "), "{second}");
+    assert!(second.contains("nothing to download"), "{second}");
+    assert_eq!(media_gets(&sb).await, gets, "no file was fetched again");
+
+    // Two values change on the platform: a value, and an image (case-01's MetaImage pair becomes
+    // case-00's single file). Only those two sockets are fetched again; the old image's files go.
+    let c = client(&sb);
+    let target = c
+        .resolve_target(TargetKind::Archive, "demo-archive")
+        .await
+        .unwrap();
+    let st = state(&sb).await;
+    let by_title = |t: &str| {
+        items_of(&st, "demo-archive")
+            .into_iter()
+            .find(|i| i["title"] == t)
+            .unwrap()
+            .clone()
+    };
+    let (item0, item1) = (by_title("case-00"), by_title("case-01"));
+    let image0 = item0["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["socket"] == "generic-medical-image")
+        .unwrap()["image"]["pk"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let changes = [
+        (&item0, "lesion-count", ValueSource::Value(json!(42))),
+        (
+            &item1,
+            "generic-medical-image",
+            ValueSource::Image(format!("{}cases/images/{image0}/", sb.base_url())),
+        ),
+    ];
+    for (item, socket, source) in changes {
+        c.patch_values(
+            &target,
+            item["pk"].as_str().unwrap(),
+            &[ValueEntry {
+                socket: socket.into(),
+                source,
+            }],
+        )
+        .await
+        .unwrap();
+    }
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the new values on the items",
+        async || {
+            let st = state(&sb).await;
+            let items = items_of(&st, "demo-archive");
+            let value = |title: &str, socket: &str| {
+                items.iter().find(|i| i["title"] == title)?["values"]
+                    .as_array()?
+                    .iter()
+                    .find(|v| v["socket"] == socket)
+                    .cloned()
+            };
+            let count = value("case-00", "lesion-count")?;
+            let image = value("case-01", "generic-medical-image")?;
+            (count["value"] == 42 && image["image"]["pk"] == image0.as_str()).then_some(())
+        },
+    )
+    .await;
+    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let third = stdout(&out);
+    assert!(third.contains(" 2 files downloaded, "), "{third}");
+    assert!(third.contains("pulled case-00: 1 downloaded, "), "{third}");
+    assert!(third.contains("pulled case-01: 1 downloaded, "), "{third}");
+    assert_eq!(json_of(&dest.join("case-00/lesion-count.json")), json!(42));
+    assert_eq!(
+        tree(&dest.join("case-01/images")),
+        tree(&dest.join("case-00/images")),
+        "the new image replaced the old one's files"
+    );
+    assert_eq!(
+        media_gets(&sb).await,
+        gets + 1,
+        "one image file was fetched"
+    );
+    assert_eq!(
+        std::fs::metadata(&image).unwrap().ino(),
+        inode,
+        "the image of the item whose count changed was left alone"
+    );
+    for case in &cases[2..] {
+        check_archive_item(case, &dest.join(case.file_name().unwrap()));
+    }
+}
+
+/// A socket value in the sandbox's state, reduced to what must survive a round trip: the value, or the
+/// names and SHA-256 of the stored files.
+fn essence(v: &Value) -> Value {
+    if v["image"].is_object() {
+        let mut files: Vec<(String, String)> = v["image"]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["name"].as_str().unwrap().to_owned(),
+                    f["sha256"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        files.sort();
+        json!({"image": files})
+    } else if v["file"].is_object() {
+        json!({"file": v["file"]["sha256"]})
+    } else {
+        json!({"value": v["value"]})
+    }
+}
+
+fn values_by_title(st: &Value, archive: &str) -> BTreeMap<String, BTreeMap<String, Value>> {
+    items_of(st, archive)
+        .into_iter()
+        .map(|i| {
+            let values = i["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| (v["socket"].as_str().unwrap().to_owned(), essence(v)))
+                .collect();
+            (i["title"].as_str().unwrap().to_owned(), values)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_folder_uploads_again_as_a_drop_folder_with_the_same_values() {
+    let sb = sandbox_with(|o| {
+        o.fixture.archives.push(ArchiveSpec {
+            pk: uuid::Uuid::new_v4(),
+            slug: "mirror-archive".into(),
+            title: "Mirror Archive".into(),
+            description: None,
+            editors: vec!["demo".into()],
+            uploaders: Vec::new(),
+            users: Vec::new(),
+            public: false,
+            allowed_sockets: None,
+        })
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, cases) = five_delivered_cases(&sb, tmp.path()).await;
+    let dest = tmp.path().join("pulled");
+    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The pulled folder as a drop folder: one rule per socket, at the socket's relative path.
+    let back = tmp.path().join("back");
+    std::fs::create_dir_all(&back).unwrap();
+    let rules = format!(
+        "[server]\nurl = \"{}\"\ntoken = \"{DEMO_TOKEN}\"\nstate_dir = \"{}\"\n\n\
+         [[folder]]\npath = \"{}\"\narchive = \"mirror-archive\"\n\
+         [[folder.socket]]\nslug = \"generic-medical-image\"\nfiles = \"images/generic-medical-image/*\"\n\
+         [[folder.socket]]\nslug = \"report\"\nfiles = \"report.pdf\"\noptional = true\n\
+         [[folder.socket]]\nslug = \"lesion-count\"\nvalue_file = \"lesion-count.json\"\noptional = true\n\
+         [[folder.socket]]\nslug = \"results-json\"\nvalue_file = \"results.json\"\noptional = true\n\
+         [[folder.socket]]\nslug = \"notes\"\nvalue_file = \"notes.json\"\n",
+        sb.base_url(),
+        back.join("state").display(),
+        dest.display()
+    );
+    let cfg2 = back.join("gc-hotfolder.toml");
+    std::fs::write(&cfg2, rules).unwrap();
+    let pulled: Vec<PathBuf> = cases
+        .iter()
+        .map(|c| dest.join(c.file_name().unwrap()))
+        .collect();
+    upload(&cfg2, &pulled).await;
+
+    let st = state(&sb).await;
+    let original = values_by_title(&st, "demo-archive");
+    let mirrored = values_by_title(&st, "mirror-archive");
+    assert_eq!(original.len(), 5);
+    assert_eq!(
+        mirrored, original,
+        "every item, socket, value and stored file is the same after the round trip"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_study_pull_writes_one_folder_per_display_set() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (archive_drop, reader_drop) = (tmp.path().join("archive"), tmp.path().join("reader"));
+    let cases: Vec<PathBuf> = (0..4u64)
+        .map(|i| {
+            let c = reader_drop.join(format!("read-{i:02}"));
+            reader_case(&c, i);
+            c
+        })
+        .collect();
+    let cfg = write_config(tmp.path(), &sb, &archive_drop, Some(&reader_drop), "");
+    upload(&cfg, &cases).await;
+
+    let dest = tmp.path().join("pulled");
+    let out = pull(&cfg, "--reader-study", "demo-reader-study", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains(": 5 items, "), "{}", text(&out));
+    // The fixture's own display set comes along.
+    assert_eq!(
+        tree(&dest.join("answered-case")).keys().collect::<Vec<_>>(),
+        ["diagnosis.json"]
+    );
+    assert_eq!(
+        json_of(&dest.join("answered-case/diagnosis.json")),
+        "benign"
+    );
+    for (i, case) in cases.iter().enumerate() {
+        let pulled = dest.join(case.file_name().unwrap());
+        let mut want: BTreeMap<String, String> = BTreeMap::new();
+        want.insert(
+            "images/generic-medical-image/image.mha".into(),
+            sha256(&case.join("image.mha")),
+        );
+        if case.join("seg.mha").is_file() {
+            want.insert(
+                "images/segmentation/seg.mha".into(),
+                sha256(&case.join("seg.mha")),
+            );
+        }
+        let got = tree(&pulled);
+        for (rel, sha) in &want {
+            assert_eq!(got.get(rel), Some(sha), "read-{i:02}/{rel}");
+        }
+        assert_eq!(
+            json_of(&pulled.join("is-abnormal.json")),
+            json_of(&case.join("abnormal.json"))
+        );
+        let values = if case.join("box.json").is_file() {
+            assert_eq!(
+                json_of(&pulled.join("nodule-box.json")),
+                json_of(&case.join("box.json"))
+            );
+            2
+        } else {
+            1
+        };
+        assert_eq!(got.len(), want.len() + values, "read-{i:02}: {got:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dicom_image_set_is_skipped_with_its_reason_and_unusable_titles_fall_back_to_the_pk() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let case = drop.join("case-00");
+    archive_case(&case, 0);
+    let ids = gc_hotfolder::samples::DicomSeriesIds::new(7);
+    std::fs::create_dir_all(case.join("series")).unwrap();
+    gc_hotfolder::samples::write_dicom_series(&case.join("series"), 3, 8, 8, &ids, 7).unwrap();
+    let extra = "[[folder.socket]]\nslug = \"dicom-image-set\"\nfiles = \"series/*.dcm\"\nimage_name = \"series\"\n";
+    let cfg = write_config(tmp.path(), &sb, &drop, None, extra);
+    upload(&cfg, std::slice::from_ref(&case)).await;
+
+    // Items whose titles cannot be folder names.
+    let c = client(&sb);
+    let target = c
+        .resolve_target(TargetKind::Archive, "demo-archive")
+        .await
+        .unwrap();
+    let mut fallback = Vec::new();
+    for title in ["", "../up", "a/b"] {
+        let item = c.create_item(&target, title).await.unwrap();
+        c.patch_values(
+            &target,
+            &item.pk,
+            &[ValueEntry {
+                socket: "lung-volume".into(),
+                source: ValueSource::Value(json!(1.5)),
+            }],
+        )
+        .await
+        .unwrap();
+        fallback.push(item.pk);
+    }
+
+    let dest = tmp.path().join("pulled");
+    for round in 0..2 {
+        let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
+        assert_eq!(out.status.code(), Some(1), "round {round}: {}", text(&out));
+        let s = stdout(&out);
+        assert!(
+            s.contains("skipped case-00 socket dicom-image-set: ")
+                && s.contains("is a DICOM image set"),
+            "round {round}: {s}"
+        );
+        assert!(s.contains(", 1 socket skipped"), "round {round}: {s}");
+    }
+    let item = dest.join("case-00");
+    assert!(!item.join("images/dicom-image-set").exists());
+    assert!(
+        item.join("images/generic-medical-image/image.mha")
+            .is_file()
+    );
+    assert_eq!(
+        json_of(&item.join("notes.json")),
+        "delivered by gc-hotfolder"
+    );
+    for pk in &fallback {
+        assert_eq!(json_of(&dest.join(pk).join("lung-volume.json")), json!(1.5));
+    }
+    assert!(!tmp.path().join("up").exists() && !dest.join("a").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_refuses_bad_usage_an_unknown_target_and_a_folder_of_another_target() {
+    let help = run(vec!["pull".into(), "--help".into()]).await;
+    assert!(help.status.success(), "{}", text(&help));
+    let h = stdout(&help);
+    for needle in [
+        "--archive",
+        "--reader-study",
+        "DEST",
+        ".gc-pull.json",
+        "DICOM",
+        "Exit status",
+    ] {
+        assert!(h.contains(needle), "{needle} in:\n{h}");
+    }
+
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), &sb, &tmp.path().join("drop"), None, "");
+    let dest = tmp.path().join("pulled");
+    let both = run(vec![
+        "pull".into(),
+        "--config".into(),
+        cfg.clone().into(),
+        "--archive".into(),
+        "demo-archive".into(),
+        "--reader-study".into(),
+        "demo-reader-study".into(),
+        dest.clone().into(),
+    ])
+    .await;
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
+    let neither = run(vec![
+        "pull".into(),
+        "--config".into(),
+        cfg.clone().into(),
+        dest.clone().into(),
+    ])
+    .await;
+    assert_eq!(neither.status.code(), Some(2), "{}", text(&neither));
+
+    let unknown = pull(&cfg, "--archive", "no-such-archive", &dest).await;
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("does not exist"),
+        "{}",
+        text(&unknown)
+    );
+
+    let ok = pull(&cfg, "--reader-study", "demo-reader-study", &dest).await;
+    assert!(ok.status.success(), "{}", text(&ok));
+    let other = pull(&cfg, "--archive", "demo-archive", &dest).await;
+    assert_eq!(other.status.code(), Some(2), "{}", text(&other));
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("holds a pull of reader study"),
+        "{}",
+        text(&other)
+    );
+
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(DEMO_TOKEN, &"0".repeat(64));
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let refused = pull(&cfg, "--reader-study", "demo-reader-study", &dest).await;
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_killed_midway_leaves_no_partial_files_and_the_next_one_fetches_only_the_rest() {
+    let sb = sandbox_with(|o| o.faults = vec!["GET /media/* latency=300".parse().unwrap()]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, cases) = five_delivered_cases(&sb, tmp.path()).await;
+    let dest = tmp.path().join("pulled");
+
+    let mut child = bin()
+        .args(["pull", "--config"])
+        .arg(&cfg)
+        .args(["--archive", "demo-archive"])
+        .arg(&dest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state_file = dest.join(".gc-pull.json");
+    let recorded = |state: &Value| -> usize {
+        state["items"]
+            .as_object()
+            .into_iter()
+            .flat_map(|items| items.values())
+            .flat_map(|i| {
+                i["sockets"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|s| s.values())
+            })
+            .map(|s| s["files"].as_array().map_or(0, |f| f.len()))
+            .sum()
+    };
+    eventually(
+        std::time::Duration::from_secs(30),
+        "some downloads recorded",
+        async || {
+            let state: Value = serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
+            (recorded(&state) >= 3).then_some(())
+        },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let at_kill = recorded(&json_of(&state_file));
+    for case in &cases {
+        let item = dest.join(case.file_name().unwrap());
+        if item.is_dir() {
+            assert!(
+                tree(&item)
+                    .keys()
+                    .all(|rel| !rel.split('/').any(|c| c.starts_with('.'))),
+                "no dotfile inside {}",
+                item.display()
+            );
+        }
+    }
+
+    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    for case in &cases {
+        check_archive_item(case, &dest.join(case.file_name().unwrap()));
+    }
+    assert!(
+        !dest.join(".gc-pull.tmp").exists(),
+        "the staging folder is gone"
+    );
+    let total: usize = cases
+        .iter()
+        .map(|c| tree(&dest.join(c.file_name().unwrap())).len())
+        .sum();
+    assert!(
+        at_kill < total,
+        "the kill came midway: {at_kill} of {total}"
+    );
+    let summary = stdout(&out);
+    assert!(
+        summary.contains(&format!(
+            " {} downloaded, {at_kill} files skipped (already there)",
+            if total - at_kill == 1 {
+                "1 file".to_owned()
+            } else {
+                format!("{} files", total - at_kill)
+            }
+        )),
+        "what was recorded before the kill is kept, everything else is fetched: {summary}"
+    );
+}
