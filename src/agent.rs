@@ -654,9 +654,8 @@ impl Loop {
                         shared.journal.quarantined(rec.id, reason)?;
                         shared.notifier.send(Alert::about_case(
                             AlertKind::Quarantined,
-                            &folder.path,
+                            folder,
                             &case,
-                            (folder.target, &folder.target_slug),
                             "quarantined",
                             reason,
                         ));
@@ -718,9 +717,8 @@ impl Loop {
                     tracing::warn!(case = %case, "{reason}");
                     shared.notifier.send(Alert::about_case(
                         AlertKind::Quarantined,
-                        &folder.path,
+                        folder,
                         &case,
-                        (folder.target, &folder.target_slug),
                         "quarantined",
                         reason,
                     ));
@@ -779,9 +777,8 @@ impl Loop {
                     shared.journal.note(rec.id, &note)?;
                     shared.notifier.send(Alert::about_case(
                         AlertKind::Stuck,
-                        &folder.path,
+                        folder,
                         &case,
-                        (folder.target, &folder.target_slug),
                         "settling",
                         &note,
                     ));
@@ -830,8 +827,7 @@ impl Loop {
                 if let Some(f) = self.shared.config.folders.get(folder).filter(|_| !already) {
                     self.shared.notifier.send(Alert::about_target(
                         AlertKind::AuthFailed,
-                        &f.path,
-                        (kind, &slug),
+                        f,
                         "paused",
                         &why,
                     ));
@@ -1148,9 +1144,8 @@ impl Delivery {
         sh.journal.quarantined(self.rec.id, &reason)?;
         sh.notifier.send(Alert::about_case(
             AlertKind::Quarantined,
-            &folder.path,
+            folder,
             &self.case,
-            (folder.target, &folder.target_slug),
             "quarantined",
             &reason,
         ));

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::config::{AlertKind, Notify};
+use crate::config::{AlertKind, Folder, Notify};
 use crate::gc::TargetKind;
 use crate::journal::Journal;
 
@@ -43,34 +43,27 @@ pub struct Target {
 }
 
 impl Alert {
-    /// An alert about one case. `case` is its path below the drop folder; it and the full path are
-    /// replaced by the case id wherever they occur in `reason`.
+    /// An alert about one case of `folder`. `case` is its path below the drop folder; it and the full
+    /// path are replaced by the case id wherever they occur in `reason`.
     pub fn about_case(
         event: AlertKind,
-        folder: &Path,
+        folder: &Folder,
         case: &str,
-        target: (TargetKind, &str),
         state: &'static str,
         reason: &str,
     ) -> Alert {
-        let id = case_id(folder, case);
+        let id = case_id(&folder.path, case);
+        let reason = scrub(reason, &folder.path.join(case), case, &id);
         Alert {
-            event,
-            at: crate::receipt::now_rfc3339(),
-            agent: concat!("gc-hotfolder ", env!("CARGO_PKG_VERSION")),
-            folder: folder.display().to_string(),
-            target: target_of(target),
-            reason: scrub(reason, &folder.join(case), case, &id),
             case_id: Some(id),
-            state,
+            ..Alert::about_target(event, folder, state, &reason)
         }
     }
 
-    /// An alert about a whole target, e.g. a refused token.
+    /// An alert about the target of `folder` as a whole, e.g. a refused token.
     pub fn about_target(
         event: AlertKind,
-        folder: &Path,
-        target: (TargetKind, &str),
+        folder: &Folder,
         state: &'static str,
         reason: &str,
     ) -> Alert {
@@ -78,22 +71,18 @@ impl Alert {
             event,
             at: crate::receipt::now_rfc3339(),
             agent: concat!("gc-hotfolder ", env!("CARGO_PKG_VERSION")),
-            folder: folder.display().to_string(),
-            target: target_of(target),
+            folder: folder.path.display().to_string(),
+            target: Target {
+                kind: match folder.target {
+                    TargetKind::Archive => "archive",
+                    TargetKind::ReaderStudy => "reader_study",
+                },
+                slug: folder.target_slug.clone(),
+            },
             case_id: None,
             state,
             reason: reason.to_owned(),
         }
-    }
-}
-
-fn target_of((kind, slug): (TargetKind, &str)) -> Target {
-    Target {
-        kind: match kind {
-            TargetKind::Archive => "archive",
-            TargetKind::ReaderStudy => "reader_study",
-        },
-        slug: slug.to_owned(),
     }
 }
 
@@ -342,6 +331,16 @@ async fn send_all(
 mod tests {
     use super::*;
 
+    /// A drop folder of archive `lung`.
+    fn folder(path: &str) -> Folder {
+        let text = format!(
+            "[server]\nurl = \"http://127.0.0.1:1/\"\n[[folder]]\npath = \"{path}\"\narchive = \"lung\"\n\
+             [[folder.socket]]\nslug = \"s\"\nvalue = 1\n"
+        );
+        let c = crate::config::Config::parse(Path::new("/etc/c.toml"), &text).unwrap();
+        c.folders[0].clone()
+    }
+
     #[test]
     fn case_ids_are_stable_and_tell_cases_apart() {
         let f = Path::new("/srv/drop/lung");
@@ -357,12 +356,10 @@ mod tests {
 
     #[test]
     fn the_reason_loses_the_case_name_and_path() {
-        let f = Path::new("/srv/drop/lung");
         let a = Alert::about_case(
             AlertKind::Quarantined,
-            f,
+            &folder("/srv/drop/lung"),
             "2024/Jane_Doe_1962",
-            (TargetKind::Archive, "lung"),
             "quarantined",
             "cannot read a file of the case: /srv/drop/lung/2024/Jane_Doe_1962/ct/1.dcm: denied; \
              Jane_Doe_1962 again, and 2024/Jane_Doe_1962",
@@ -399,20 +396,18 @@ mod tests {
                 },
             ],
         };
-        let f = Path::new("/d");
+        let f = folder("/d");
         n.send(Alert::about_case(
             AlertKind::Stuck,
-            f,
+            &f,
             "c1",
-            (TargetKind::Archive, "a"),
             "settling",
             "r",
         ));
         assert!(rx_all.try_recv().is_ok() && rx_auth.try_recv().is_err());
         n.send(Alert::about_target(
             AlertKind::AuthFailed,
-            f,
-            (TargetKind::Archive, "a"),
+            &f,
             "paused",
             "401",
         ));

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -380,64 +381,44 @@ impl Client {
         target: &Target,
         title: &str,
     ) -> Result<Option<Item>, GcError> {
-        let filter = match target.kind {
-            TargetKind::Archive => "archive",
-            TargetKind::ReaderStudy => "reader_study",
-        };
         let context = format!("searching {} for '{title}'", target.slug);
-        let mut offset = 0;
-        loop {
-            let page: Page<Item> = self
-                .page(
-                    items_path(target.kind),
-                    &[(filter, &target.pk)],
-                    offset,
-                    &context,
-                )
-                .await?;
-            let n = page.results.len() as u64;
-            if let Some(item) = page.results.into_iter().find(|i| i.title == title) {
-                return Ok(Some(item));
-            }
-            offset += n;
-            if n == 0 || page.next.is_none() || offset >= page.count {
-                return Ok(None);
-            }
-        }
+        let mut found = None;
+        self.walk(
+            items_path(target.kind),
+            &[(items_filter(target.kind), &target.pk)],
+            &context,
+            |item: Item| {
+                if item.title == title {
+                    found = Some(item);
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .await?;
+        Ok(found)
     }
 
     /// Every item of an archive, or every display set of a reader study, in the read representation.
     /// Archive items have no defined order on the platform, so a row can move between pages while the
     /// archive changes (gc-protocol.md §1.7): an item seen twice is kept once.
     pub async fn list_items(&self, target: &Target) -> Result<Vec<Item>, GcError> {
-        let filter = match target.kind {
-            TargetKind::Archive => "archive",
-            TargetKind::ReaderStudy => "reader_study",
-        };
         let context = format!("listing the items of {}", target.slug);
         let mut seen = std::collections::HashSet::new();
         let mut all = Vec::new();
-        let mut offset = 0;
-        loop {
-            let page: Page<Item> = self
-                .page(
-                    items_path(target.kind),
-                    &[(filter, &target.pk)],
-                    offset,
-                    &context,
-                )
-                .await?;
-            let n = page.results.len() as u64;
-            all.extend(
-                page.results
-                    .into_iter()
-                    .filter(|i| seen.insert(i.pk.clone())),
-            );
-            offset += n;
-            if n == 0 || page.next.is_none() || offset >= page.count {
-                return Ok(all);
-            }
-        }
+        self.walk(
+            items_path(target.kind),
+            &[(items_filter(target.kind), &target.pk)],
+            &context,
+            |item: Item| {
+                if seen.insert(item.pk.clone()) {
+                    all.push(item);
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .await?;
+        Ok(all)
     }
 
     /// An image by its API URL, as an item value's `image` gives it. The URL must be on the platform's
@@ -494,20 +475,18 @@ impl Client {
 
     /// All of this user's raw image upload sessions (unordered and unfilterable on the platform).
     pub async fn upload_sessions(&self) -> Result<Vec<UploadSession>, GcError> {
-        let context = "listing upload sessions";
         let mut all = Vec::new();
-        let mut offset = 0;
-        loop {
-            let page: Page<UploadSession> = self
-                .page("cases/upload-sessions/", &[], offset, context)
-                .await?;
-            let n = page.results.len() as u64;
-            all.extend(page.results);
-            offset += n;
-            if n == 0 || page.next.is_none() || offset >= page.count {
-                return Ok(all);
-            }
-        }
+        self.walk(
+            "cases/upload-sessions/",
+            &[],
+            "listing upload sessions",
+            |s: UploadSession| {
+                all.push(s);
+                ControlFlow::Continue(())
+            },
+        )
+        .await?;
+        Ok(all)
     }
 
     /// Stream a file (an image file or a file value) to `dest`, replacing it only when complete. Redirects
@@ -787,6 +766,30 @@ impl Client {
         }
     }
 
+    /// Hand every row of a list endpoint to `visit`, page by page, until it breaks or the list ends.
+    async fn walk<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        filters: &[(&str, &str)],
+        context: &str,
+        mut visit: impl FnMut(T) -> ControlFlow<()>,
+    ) -> Result<(), GcError> {
+        let mut offset = 0;
+        loop {
+            let page: Page<T> = self.page(path, filters, offset, context).await?;
+            let n = page.results.len() as u64;
+            for row in page.results {
+                if visit(row).is_break() {
+                    return Ok(());
+                }
+            }
+            offset += n;
+            if n == 0 || page.next.is_none() || offset >= page.count {
+                return Ok(());
+            }
+        }
+    }
+
     /// One page of a list endpoint (gc-protocol.md §1.7).
     pub(crate) async fn page<T: DeserializeOwned>(
         &self,
@@ -831,6 +834,14 @@ fn temp_beside(dest: &Path) -> Result<PathBuf, GcError> {
 
 fn target_key(kind: TargetKind, slug: &str) -> String {
     format!("{kind:?}/{slug}")
+}
+
+/// The filter that lists a container's items: its pk (gc-protocol.md §1.8).
+fn items_filter(kind: TargetKind) -> &'static str {
+    match kind {
+        TargetKind::Archive => "archive",
+        TargetKind::ReaderStudy => "reader_study",
+    }
 }
 
 pub(crate) fn items_path(kind: TargetKind) -> &'static str {
