@@ -69,6 +69,27 @@ struct Shared {
     notifier: Notifier,
 }
 
+impl Shared {
+    /// Record that a case is quarantined, and alert the webhooks that want to know.
+    fn quarantined(
+        &self,
+        folder: &Folder,
+        id: i64,
+        case: &str,
+        reason: &str,
+    ) -> Result<(), JournalError> {
+        self.journal.quarantined(id, reason)?;
+        self.notifier.send(Alert::about_case(
+            AlertKind::Quarantined,
+            folder,
+            case,
+            "quarantined",
+            reason,
+        ));
+        Ok(())
+    }
+}
+
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -651,14 +672,7 @@ impl Loop {
                         ) {
                             tracing::error!(case = %case, "cannot write the receipt: {e}");
                         }
-                        shared.journal.quarantined(rec.id, reason)?;
-                        shared.notifier.send(Alert::about_case(
-                            AlertKind::Quarantined,
-                            folder,
-                            &case,
-                            "quarantined",
-                            reason,
-                        ));
+                        shared.quarantined(folder, rec.id, &case, reason)?;
                     }
                     _ => {}
                 }
@@ -713,15 +727,8 @@ impl Loop {
                     shared
                         .journal
                         .set_fingerprint(id.unwrap_or_default(), &fp)?;
-                    shared.journal.quarantined(id.unwrap_or_default(), reason)?;
+                    shared.quarantined(folder, id.unwrap_or_default(), &case, reason)?;
                     tracing::warn!(case = %case, "{reason}");
-                    shared.notifier.send(Alert::about_case(
-                        AlertKind::Quarantined,
-                        folder,
-                        &case,
-                        "quarantined",
-                        reason,
-                    ));
                     return Ok(());
                 }
                 OnChange::Update => {}
@@ -1141,14 +1148,7 @@ impl Delivery {
             tracing::error!(case = %self.case, "cannot write the receipt: {e}");
         }
         sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
-        sh.journal.quarantined(self.rec.id, &reason)?;
-        sh.notifier.send(Alert::about_case(
-            AlertKind::Quarantined,
-            folder,
-            &self.case,
-            "quarantined",
-            &reason,
-        ));
+        sh.quarantined(folder, self.rec.id, &self.case, &reason)?;
         if let Some(q) = &folder.quarantine
             && let Err(e) = move_case(&self.case_dir, &q.join(&self.case))
         {
