@@ -165,6 +165,14 @@ pub fn case_of(folder: &Folder, path: &Path) -> Option<PathBuf> {
     if comps.len() < folder.depth || comps.iter().any(|c| !matches!(c, Component::Normal(_))) {
         return None;
     }
+    // A hidden folder (`.snapshot` of a NAS, a tool's staging folder) or one named like a temp file is
+    // no case: at most one still being written under a name it will lose.
+    if comps
+        .iter()
+        .any(|c| folder.ignore.is_match(Path::new(c.as_os_str())))
+    {
+        return None;
+    }
     let case_rel: PathBuf = comps.iter().collect();
     let name = case_rel.file_name()?;
     folder
@@ -352,6 +360,15 @@ pub fn explain(
     let Some(case_dir) = case_of(folder, path) else {
         let rel = path.strip_prefix(&folder.path).unwrap_or(path);
         let first: PathBuf = rel.components().take(folder.depth).collect();
+        if is_ignored(folder, &first) {
+            out.push(format!(
+                "not part of a case: `{}` is hidden or named like a temporary file ({}), so it is not a \
+                 case (yet)",
+                first.display(),
+                folder.ignore_patterns.join(" ")
+            ));
+            return out;
+        }
         out.push(format!(
             "not part of a case: `{}` does not match the case pattern `{}` at depth {}",
             first.display(),
@@ -675,6 +692,24 @@ mod tests {
         );
         assert_eq!(case_of(&f, Path::new("/drop/q1/a.dcm")), None);
         assert_eq!(case_of(&f, Path::new("/elsewhere/p1")), None);
+        let text = format!(
+            "[server]\nurl = \"http://localhost/api/v1/\"\n[[folder]]\npath = \"/drop\"\narchive = \"a\"\n{RULES}"
+        );
+        let any = Config::parse(Path::new("/c.toml"), &text)
+            .unwrap()
+            .folders
+            .remove(0);
+        assert_eq!(
+            case_of(&any, Path::new("/drop/x/a.dcm")),
+            Some(PathBuf::from("/drop/x"))
+        );
+        for hidden in [
+            "/drop/.snapshot/a",
+            "/drop/.staging-p1/a",
+            "/drop/p1.part/a",
+        ] {
+            assert_eq!(case_of(&any, Path::new(hidden)), None, "{hidden}");
+        }
     }
 
     #[test]

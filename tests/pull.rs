@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::Duration;
 
 use common::*;
 use gc_hotfolder::gc::models::{TargetKind, ValueEntry, ValueSource};
@@ -388,7 +389,7 @@ async fn a_pulled_folder_uploads_again_as_a_drop_folder_with_the_same_values() {
     std::fs::create_dir_all(&back).unwrap();
     let rules = format!(
         "[server]\nurl = \"{}\"\ntoken = \"{DEMO_TOKEN}\"\nstate_dir = \"{}\"\n\n\
-         [[folder]]\npath = \"{}\"\narchive = \"mirror-archive\"\n\
+         [[folder]]\npath = \"{}\"\narchive = \"mirror-archive\"\nquiet = \"1s\"\n\
          [[folder.socket]]\nslug = \"generic-medical-image\"\nfiles = \"images/generic-medical-image/*\"\n\
          [[folder.socket]]\nslug = \"report\"\nfiles = \"report.pdf\"\noptional = true\n\
          [[folder.socket]]\nslug = \"lesion-count\"\nvalue_file = \"lesion-count.json\"\noptional = true\n\
@@ -400,11 +401,33 @@ async fn a_pulled_folder_uploads_again_as_a_drop_folder_with_the_same_values() {
     );
     let cfg2 = back.join("gc-hotfolder.toml");
     std::fs::write(&cfg2, rules).unwrap();
-    let pulled: Vec<PathBuf> = cases
+    // The agent on DEST: the item folders are its cases, and the pull's own files and a hidden folder
+    // (as a file server's snapshots would be) are not.
+    let snapshot = dest.join(".snapshot/hourly");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::write(snapshot.join("notes.json"), "\"an old copy\"").unwrap();
+    let agent = Agent::start(&cfg2, &back.join("agent.log"));
+    let receipts = wait_delivered(&back.join("state"), cases.len(), Duration::from_secs(60)).await;
+    agent.stop();
+    let mut delivered: Vec<&str> = receipts.iter().map(|r| r.case.as_str()).collect();
+    delivered.sort();
+    let mut expected: Vec<String> = cases
         .iter()
-        .map(|c| dest.join(c.file_name().unwrap()))
+        .map(|c| c.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    upload(&cfg2, &pulled).await;
+    expected.sort();
+    assert_eq!(delivered, expected);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gc-hotfolder"))
+        .args(["status", "--json", "--config"])
+        .arg(&cfg2)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status[0]["counts"],
+        json!({"delivered": cases.len()}),
+        "only the item folders are cases: {status}"
+    );
 
     let st = state(&sb).await;
     let original = values_by_title(&st, "demo-archive");
