@@ -60,14 +60,32 @@ pub struct Metrics {
     pub listen: std::net::SocketAddr,
 }
 
-/// One `[[notify]]` webhook.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One `[[notify]]` webhook. Its URL is often a secret (chat webhooks carry their key in the path), so
+/// logs and `Debug` show only [`Notify::label`].
+#[derive(Clone, PartialEq, Eq)]
 pub struct Notify {
     pub url: url::Url,
     /// Which alerts it wants; all of them unless the config narrows it.
     pub events: Vec<AlertKind>,
     /// How long one POST may take.
     pub timeout: Duration,
+}
+
+impl Notify {
+    /// The webhook as logs name it: its origin only, e.g. `https://hooks.example.org/…`.
+    pub fn label(&self) -> String {
+        format!("{}/…", self.url.origin().ascii_serialization())
+    }
+}
+
+impl fmt::Debug for Notify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Notify")
+            .field("url", &self.label())
+            .field("events", &self.events)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// What an operator is alerted about.
@@ -1119,6 +1137,11 @@ quiet = "2s"
         assert_eq!(e.key.as_deref(), Some("notify[0].events"), "{e}");
         let e = with("[[notify]]\nurl = \"https://h/\"\nsecret = \"x\"\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("secret"), "{e}");
+
+        let c = with("[[notify]]\nurl = \"https://hooks.example.org/services/T0/B0/s3cr3tk3y\"\n")
+            .unwrap();
+        assert_eq!(c.notify[0].label(), "https://hooks.example.org/…");
+        assert!(!format!("{c:?}").contains("s3cr3tk3y"));
     }
 
     #[test]

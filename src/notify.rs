@@ -169,7 +169,7 @@ impl Notifier {
             {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(url = %hook.url, "cannot set up the webhook client, alerts to it are off: {e}");
+                    tracing::error!(webhook = %hook.label(), "cannot set up the webhook client, alerts to it are off: {e}");
                     continue;
                 }
             };
@@ -184,6 +184,7 @@ impl Notifier {
             tasks.push(tokio::spawn(send_all(
                 client,
                 hook.url.clone(),
+                hook.label(),
                 journal.clone(),
                 rx,
             )));
@@ -213,7 +214,7 @@ impl Notifier {
                 Ok(()) => {
                     let _ = hook.wake.send(());
                 }
-                Err(e) => tracing::error!(url = %hook.url, "cannot queue an alert: {e}"),
+                Err(e) => tracing::error!("cannot queue an alert: {e}"),
             }
         }
     }
@@ -270,6 +271,7 @@ async fn post(client: &reqwest::Client, url: &url::Url, payload: &str) -> Sent {
 async fn send_all(
     client: reqwest::Client,
     url: url::Url,
+    label: String,
     journal: Arc<Journal>,
     mut wake: mpsc::UnboundedReceiver<()>,
 ) {
@@ -279,7 +281,7 @@ async fn send_all(
         let next = match journal.next_alert(&hook) {
             Ok(n) => n,
             Err(e) => {
-                tracing::error!(%url, "cannot read the queued alerts: {e}");
+                tracing::error!(webhook = %label, "cannot read the queued alerts: {e}");
                 None
             }
         };
@@ -294,24 +296,24 @@ async fn send_all(
         let age = crate::journal::unix_now().saturating_sub(alert.created_unix);
         let outcome = if age as u64 > GIVE_UP_AFTER.as_secs() {
             crate::metrics::global().alert("expired");
-            tracing::error!(%url, attempts = alert.attempts, "an alert could not be sent for a day; dropped");
+            tracing::error!(webhook = %label, attempts = alert.attempts, "an alert could not be sent for a day; dropped");
             journal.alert_done(alert.id)
         } else {
             match post(&client, &url, &alert.payload).await {
                 Sent::Yes => {
                     crate::metrics::global().alert("sent");
-                    tracing::debug!(%url, "alert sent");
+                    tracing::debug!(webhook = %label, "alert sent");
                     wait = FIRST_RETRY;
                     journal.alert_done(alert.id)
                 }
                 Sent::Refused(status) => {
                     crate::metrics::global().alert("refused");
-                    tracing::error!(%url, status, "the webhook refused an alert; it is dropped");
+                    tracing::error!(webhook = %label, status, "the webhook refused an alert; it is dropped");
                     journal.alert_done(alert.id)
                 }
                 Sent::Failed(why) => {
                     crate::metrics::global().alert("failed");
-                    tracing::warn!(%url, attempt = alert.attempts + 1, retry_in = ?wait, "cannot send an alert: {why}");
+                    tracing::warn!(webhook = %label, attempt = alert.attempts + 1, retry_in = ?wait, "cannot send an alert: {why}");
                     let r = journal.alert_failed(alert.id);
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(LONGEST_WAIT);
@@ -321,7 +323,7 @@ async fn send_all(
         };
         if let Err(e) = outcome {
             // The journal is unwritable: do not spin on the same alert.
-            tracing::error!(%url, "cannot record an alert's outcome: {e}");
+            tracing::error!(webhook = %label, "cannot record an alert's outcome: {e}");
             tokio::time::sleep(LONGEST_WAIT).await;
         }
     }

@@ -13,6 +13,9 @@ use common::*;
 use gc_hotfolder::receipt::Outcome;
 use serde_json::Value;
 
+/// Chat webhooks carry their key in the path: it must never be logged.
+const HOOK_PATH: &str = "/services/T0/s3cr3t-hook-key";
+
 /// A webhook receiver on loopback that records every alert it accepts. While `down`, it answers 503, as
 /// a receiver in maintenance would.
 struct Receiver {
@@ -30,7 +33,7 @@ async fn receiver(down: bool) -> Receiver {
     let down = Arc::new(AtomicBool::new(down));
     let (a, p, d) = (alerts.clone(), posts.clone(), down.clone());
     let app = axum::Router::new().route(
-        "/hook",
+        HOOK_PATH,
         post(move |axum::Json(v): axum::Json<Value>| {
             let (a, p, d) = (a.clone(), p.clone(), d.clone());
             async move {
@@ -47,7 +50,7 @@ async fn receiver(down: bool) -> Receiver {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Receiver {
-        url: format!("http://{addr}/hook"),
+        url: format!("http://{addr}{HOOK_PATH}"),
         alerts,
         posts,
         down,
@@ -290,6 +293,12 @@ async fn metrics_status_alerts_and_a_retry_of_a_running_agent() {
     assert!(status["uptime_seconds"].is_u64());
     assert_eq!(status["folders"][0]["quarantined"], serde_json::json!([]));
     agent.stop();
+    let log = std::fs::read_to_string(tmp.path().join("agent.log")).unwrap();
+    assert!(log.contains("cannot send an alert"), "the 503 was logged");
+    assert!(
+        !log.contains("s3cr3t-hook-key"),
+        "the webhook's key is in the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
