@@ -232,7 +232,16 @@ pub async fn run(
             .map(|Reverse((at, _))| loop_.started + *at);
         tokio::select! {
             _ = &mut stop => break,
-            Some(hint) = hints.recv() => loop_.on_hint(hint)?,
+            Some(hint) = hints.recv() => {
+                // A drop folder that was missing at start gets its events once it exists.
+                if let Hint::Scan { folder, why: watch::ScanReason::Poll } = &hint
+                    && let Some(f) = loop_.shared.config.folders.iter().find(|f| &f.path == folder)
+                    && watches.appeared(f, loop_.shared.options.reconcile_every, &hint_tx)
+                {
+                    tracing::info!(folder = %folder.display(), "the drop folder appeared");
+                }
+                loop_.on_hint(hint)?
+            }
             Some(done) = loop_.tasks.join_next(), if !loop_.tasks.is_empty() => match done {
                 Ok((case_dir, done)) => loop_.on_done(case_dir, done)?,
                 Err(e) => tracing::error!("a delivery task failed: {e}"),
@@ -243,7 +252,7 @@ pub async fn run(
                 if let Some(w) = loop_.reload(&hint_tx) {
                     watches = w;
                 }
-                tracing::debug!(folders = watches.modes.len(), "watching");
+                tracing::debug!(folders = watches.modes().len(), "watching");
                 crate::service::ready(&status_line(&loop_.shared.journal));
             }
             _ = requests.tick() => {

@@ -59,12 +59,14 @@ pub fn run(args: RunArgs) -> u8 {
             Ok(c) => c,
             Err(code) => return code,
         };
-        for f in &config.folders {
-            if !f.path.is_dir() {
-                tracing::error!(folder = %f.path.display(), "the drop folder does not exist (yet); it is polled until it appears");
-            }
-        }
-        match agent::run(config.clone(), client, AgentOptions::from_config(&config), stop).await {
+        match agent::run(
+            config.clone(),
+            client,
+            AgentOptions::from_config(&config),
+            stop,
+        )
+        .await
+        {
             Ok(()) => exit::OK,
             Err(e @ agent::AgentError::Metrics { .. }) => {
                 eprintln!("error: {e}");

@@ -53,6 +53,8 @@ pub enum Mode {
     Events,
     /// Polling, and why.
     Polling(String),
+    /// The folder does not exist: polled until it appears, then watched afresh.
+    Missing,
 }
 
 /// Filesystems that deliver no (or unreliable) inotify events for changes made by other machines.
@@ -116,16 +118,47 @@ pub fn list_cases(folder: &Folder) -> std::io::Result<Vec<PathBuf>> {
 
 /// Keeps the watches and timers alive; dropping it stops them all (e.g. on a config reload).
 pub struct Watches {
-    _watchers: Vec<notify::RecommendedWatcher>,
-    timers: Vec<tokio::task::JoinHandle<()>>,
-    pub modes: Vec<Mode>,
+    folders: Vec<FolderWatch>,
 }
 
-impl Drop for Watches {
+/// The watch of one drop folder: its events (if any) and its timers.
+struct FolderWatch {
+    path: PathBuf,
+    mode: Mode,
+    _watcher: Option<notify::RecommendedWatcher>,
+    timers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FolderWatch {
     fn drop(&mut self) {
         for t in &self.timers {
             t.abort();
         }
+    }
+}
+
+impl Watches {
+    /// How each folder is watched, in config order.
+    pub fn modes(&self) -> Vec<&Mode> {
+        self.folders.iter().map(|f| &f.mode).collect()
+    }
+
+    /// A poll found `folder` on disk: if it was missing when its watch started, watch it again, with
+    /// events where it can have them. Returns whether it did.
+    pub fn appeared(
+        &mut self,
+        folder: &Folder,
+        reconcile_every: Duration,
+        tx: &UnboundedSender<Hint>,
+    ) -> bool {
+        let Some(w) = self.folders.iter_mut().find(|w| w.path == folder.path) else {
+            return false;
+        };
+        if w.mode != Mode::Missing || !folder.path.is_dir() {
+            return false;
+        }
+        *w = watch_one(folder, reconcile_every, tx);
+        true
     }
 }
 
@@ -136,51 +169,67 @@ pub const WATCH_LIMIT_HELP: &str = "the kernel's inotify watch limit is reached;
 
 /// Start watching every folder; hints go to `tx`. Also sends the startup scans and starts the timers.
 pub fn start(folders: &[Folder], reconcile_every: Duration, tx: UnboundedSender<Hint>) -> Watches {
-    let mut watchers = Vec::new();
+    Watches {
+        folders: folders
+            .iter()
+            .map(|f| watch_one(f, reconcile_every, &tx))
+            .collect(),
+    }
+}
+
+fn watch_one(
+    folder: &Folder,
+    reconcile_every: Duration,
+    tx: &UnboundedSender<Hint>,
+) -> FolderWatch {
+    let _ = tx.send(Hint::Scan {
+        folder: folder.path.clone(),
+        why: ScanReason::Startup,
+    });
+    let mut watcher = None;
+    let mode = match (folder.poll, network_fs_name(&folder.path)) {
+        _ if !folder.path.is_dir() => Mode::Missing,
+        (Poll::Always, _) => Mode::Polling("poll = \"always\" in the config".into()),
+        (Poll::Auto, Some(fs)) => Mode::Polling(format!("{fs} filesystems send no change events")),
+        (Poll::Auto, None) => match watch_folder(folder, tx.clone()) {
+            Ok(w) => {
+                watcher = Some(w);
+                Mode::Events
+            }
+            Err(why) => Mode::Polling(why),
+        },
+    };
     let mut timers = Vec::new();
-    let mut modes = Vec::new();
-    for folder in folders {
-        let _ = tx.send(Hint::Scan {
-            folder: folder.path.clone(),
-            why: ScanReason::Startup,
-        });
-        let mode = match (folder.poll, network_fs_name(&folder.path)) {
-            (Poll::Always, _) => Mode::Polling("poll = \"always\" in the config".into()),
-            (Poll::Auto, Some(fs)) => {
-                Mode::Polling(format!("{fs} filesystems send no change events"))
-            }
-            (Poll::Auto, None) => match watch_folder(folder, tx.clone()) {
-                Ok(w) => {
-                    watchers.push(w);
-                    Mode::Events
-                }
-                Err(why) => Mode::Polling(why),
-            },
-        };
-        match &mode {
-            Mode::Events => tracing::info!(folder = %folder.path.display(), "watching for changes"),
-            Mode::Polling(why) => {
-                tracing::warn!(folder = %folder.path.display(), every = ?folder.poll_interval, "polling: {why}");
-                timers.push(spawn_timer(
-                    tx.clone(),
-                    &folder.path,
-                    folder.poll_interval,
-                    ScanReason::Poll,
-                ));
-            }
+    match &mode {
+        Mode::Events => tracing::info!(folder = %folder.path.display(), "watching for changes"),
+        Mode::Polling(why) => {
+            tracing::warn!(folder = %folder.path.display(), every = ?folder.poll_interval, "polling: {why}")
         }
+        Mode::Missing => tracing::error!(
+            folder = %folder.path.display(),
+            every = ?folder.poll_interval,
+            "the drop folder does not exist (yet); it is polled until it appears"
+        ),
+    }
+    if mode != Mode::Events {
         timers.push(spawn_timer(
             tx.clone(),
             &folder.path,
-            reconcile_every,
-            ScanReason::Reconcile,
+            folder.poll_interval,
+            ScanReason::Poll,
         ));
-        modes.push(mode);
     }
-    Watches {
-        _watchers: watchers,
+    timers.push(spawn_timer(
+        tx.clone(),
+        &folder.path,
+        reconcile_every,
+        ScanReason::Reconcile,
+    ));
+    FolderWatch {
+        path: folder.path.clone(),
+        mode,
+        _watcher: watcher,
         timers,
-        modes,
     }
 }
 
@@ -305,7 +354,7 @@ mod tests {
         let f = folder(d.path(), 1);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let w = start(std::slice::from_ref(&f), Duration::from_secs(3600), tx);
-        assert_eq!(w.modes, [Mode::Events]);
+        assert_eq!(w.modes(), [&Mode::Events]);
         assert_eq!(
             rx.recv().await,
             Some(Hint::Scan {

@@ -110,6 +110,28 @@ async fn a_drop_folder_missing_at_start_is_picked_up_when_it_appears() {
         receipt_for(&tmp.path().join("state"), "late").await.outcome,
         Outcome::Delivered
     );
+    // From now on it is watched for events, not polled: a case copied in is still seen at once.
+    agent.wait_log("the drop folder appeared", 1).await;
+    agent.wait_log("watching for changes", 1).await;
+    drop_atomically(&drop, "later", |d| archive_case(d, 2));
+    assert_eq!(
+        receipt_for(&tmp.path().join("state"), "later")
+            .await
+            .outcome,
+        Outcome::Delivered
+    );
+    let log = agent.log();
+    let polls_after = log
+        .split("the drop folder appeared")
+        .nth(1)
+        .unwrap_or_default()
+        .matches("why=Poll")
+        .count();
+    // The poll that found the folder logs its scan just after; every 300 ms after that would be more.
+    assert!(
+        polls_after <= 1,
+        "still polled after it appeared: {polls_after}"
+    );
     agent.stop();
 }
 
