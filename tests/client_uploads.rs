@@ -117,6 +117,31 @@ async fn a_multipart_file_arrives_intact() {
     let back = dir.path().join("back.bin");
     assert_eq!(c.download(&url, &back).await.unwrap(), len as u64);
     assert_eq!(sha256_hex(&back), sha256_hex(&path));
+
+    // A connection cut in the middle of the body: the download starts again and the file is whole, with
+    // nothing of the broken attempt left beside it.
+    sb.set_faults(vec!["GET /media/* drop after times=1".parse().unwrap()])
+        .unwrap();
+    let again = dir.path().join("again.bin");
+    assert_eq!(c.download(&url, &again).await.unwrap(), len as u64);
+    assert_eq!(sha256_hex(&again), sha256_hex(&path));
+    let media = "GET /media/components/componentinterfacevalue/{pk}/{name}";
+    assert_eq!(
+        count(&sb, &format!("{media} dropped")),
+        1,
+        "the cut happened"
+    );
+    assert_eq!(
+        count(&sb, &format!("{media} 200")),
+        2,
+        "one plain, one retried"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
     sb.stop().await;
 }
 
