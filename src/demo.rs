@@ -53,6 +53,8 @@ pub fn main(args: DemoArgs) -> u8 {
 }
 
 async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
+    // Installed first, so that Ctrl-C during startup stops the demo cleanly instead of killing it.
+    let stop = crate::commands::shutdown_signal();
     let dir = std::path::absolute(dir)?;
     let cases = dir.join("cases");
     std::fs::create_dir_all(&cases)?;
@@ -95,7 +97,7 @@ async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
         config.clone(),
         client,
         AgentOptions::from_config(&config),
-        crate::commands::shutdown_signal(),
+        stop,
     )
     .await;
     printer.abort();

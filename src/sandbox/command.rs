@@ -53,6 +53,9 @@ pub fn main(args: SandboxArgs) -> u8 {
 }
 
 async fn serve(args: SandboxArgs) -> anyhow::Result<()> {
+    // Before anything is printed: a caller that stops the server as soon as it reads "Stop with" must
+    // find the handlers in place, or the signal's default action kills the process.
+    let stop = crate::commands::shutdown_signal();
     let fixture = match &args.fixture {
         Some(path) => Fixture::load(path)?,
         None => Fixture::demo(),
@@ -101,7 +104,7 @@ async fn serve(args: SandboxArgs) -> anyhow::Result<()> {
         println!("  admin  (staff):                                        {DEMO_ADMIN_TOKEN}");
     }
     println!("Stop with Ctrl-C.");
-    wait_for_signal().await;
+    stop.await;
     eprintln!("stopping");
     sandbox.stop().await;
     if let Some(dir) = temp_tls {
@@ -110,16 +113,3 @@ async fn serve(args: SandboxArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
