@@ -34,13 +34,6 @@ fn main() {
     let _ = sandbox.wait();
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn config(dir: &Path, base: &str, drop: &Path, folder_extra: &str, rules: &str) -> PathBuf {
     std::fs::create_dir_all(drop).expect("drop");
     let text = format!(
@@ -158,8 +151,8 @@ fn proc_stat(pid: u32) -> (u64, u64) {
 }
 
 fn idle(exe: &str, base: &str, dir: &Path) {
-    let cases = env_usize("GC_BENCH_CASES", 10_000);
-    let files = env_usize("GC_BENCH_FILES", 10);
+    let cases: usize = common::env_or("GC_BENCH_CASES", 10_000);
+    let files: usize = common::env_or("GC_BENCH_FILES", 10);
     let drop = dir.join("drop");
     for c in 0..cases {
         let d = drop.join(format!("case-{c:05}"));
@@ -221,7 +214,7 @@ fn idle(exe: &str, base: &str, dir: &Path) {
 }
 
 fn series(exe: &str, base: &str, dir: &Path) {
-    let n = env_usize("GC_BENCH_SERIES", 200);
+    let n: usize = common::env_or("GC_BENCH_SERIES", 200);
     let drop = dir.join("drop");
     std::fs::create_dir_all(&drop).expect("drop");
     let cfg = config(dir, base, &drop, "quiet = \"1s\"", RULES);

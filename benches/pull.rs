@@ -46,7 +46,7 @@ fn main() {
         return; // `cargo bench -- --list` asks benchmarks to name themselves; there is one.
     }
 
-    let size: u64 = env_u64("GC_BENCH_SIZE", 1 << 30);
+    let size: u64 = common::env_or("GC_BENCH_SIZE", 1 << 30);
     let slices = (size >> 20).max(1) as u32;
     let tmp = tempfile::Builder::new()
         .prefix("gc-bench")
@@ -151,13 +151,6 @@ fn main() {
     println!("  goal: flat, ≤ 100 MB peak RSS");
     let _ = sandbox.kill();
     let _ = sandbox.wait();
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// The largest peak RSS among the waited-for children of this process, in KiB.

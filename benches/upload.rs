@@ -36,8 +36,8 @@ fn main() {
         return; // `cargo bench -- --list` asks benchmarks to name themselves; there is one.
     }
 
-    let size: u64 = env_u64("GC_BENCH_SIZE", 1 << 30);
-    let big: u64 = env_u64("GC_BENCH_BIG", 4 << 30);
+    let size: u64 = common::env_or("GC_BENCH_SIZE", 1 << 30);
+    let big: u64 = common::env_or("GC_BENCH_BIG", 4 << 30);
     let tmp = tempfile::Builder::new()
         .prefix("gc-bench")
         .tempdir_in(
@@ -89,13 +89,6 @@ fn main() {
     println!("  goal: flat, ≤ 100 MiB peak RSS");
     let _ = sandbox.kill();
     let _ = sandbox.wait();
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn peak_rss_kib() -> u64 {

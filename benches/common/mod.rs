@@ -31,3 +31,11 @@ pub fn start_sandbox(data: &Path) -> (Child, String) {
     std::thread::spawn(move || for _ in lines {});
     (child, base)
 }
+
+/// A number from the environment, or `default` when it is unset or not a number.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

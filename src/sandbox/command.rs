@@ -112,4 +112,3 @@ async fn serve(args: SandboxArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
