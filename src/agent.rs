@@ -174,6 +174,9 @@ pub async fn run(
                 })?;
             let addr = listener.local_addr().unwrap_or(m.listen);
             tracing::info!(%addr, "serving /metrics and /status");
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "/status names cases (their folder names) to anyone who can reach this address");
+            }
             let sources = crate::metrics::Sources {
                 journal: journal.clone(),
                 config: config_rx,

@@ -124,11 +124,13 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_status_alerts_and_a_retry_of_a_running_agent() {
     // The first PATCH of values is refused with a 400: that case is quarantined in the server's words.
+    // One part PUT meets a busy storage (503) and is retried.
     let sb = sandbox_with(|o| {
         o.faults = vec![
             "PATCH /api/v1/archives/items/* 400 times=1"
                 .parse()
                 .unwrap(),
+            "PUT /s3/* 503 times=1".parse().unwrap(),
         ]
     })
     .await;
@@ -210,6 +212,14 @@ async fn metrics_status_alerts_and_a_retry_of_a_running_agent() {
     assert_eq!(cases("quarantined"), Some(1.0), "{text}");
     assert!(sample(&text, "gc_hotfolder_uploaded_files_total").unwrap() >= 2.0);
     assert!(sample(&text, "gc_hotfolder_uploaded_bytes_total").unwrap() > 0.0);
+    assert_eq!(
+        sample(
+            &text,
+            "gc_hotfolder_request_retries_total{cause=\"http_503\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(
         sample(
             &text,
