@@ -3,6 +3,10 @@
 //! Every step of a delivery is written here (SQLite, WAL, synchronous commits) before it starts and after it
 //! ends, so a `kill -9` at any instant leaves enough behind to finish the case exactly once: which item
 //! was (maybe) created, which uploads exist and which of their parts are done, whether the PATCH went out.
+//!
+//! It is also where the other processes meet the agent, since they cannot reach its memory: `pause`,
+//! `resume` and `retry` leave requests here that the agent reads every few seconds, and `status` reads
+//! the targets the agent paused. And alerts wait here until a webhook took them, so a crash loses none.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

@@ -13,7 +13,8 @@
 //! - [`watch`]    which cases may have changed: filesystem events, polling and scans, all mere hints.
 //! - [`settle`]   stat snapshots of a case, and the decision that it has stopped changing.
 //! - [`rules`]    which files of a case go to which socket, the title and the manifest hash (pure).
-//! - [`journal`]  SQLite record of every case and every delivery step: the truth after a restart.
+//! - [`journal`]  SQLite record of every case and every delivery step: the truth after a restart; also
+//!   the requests of `pause`/`resume`/`retry` to a running agent and the queue of webhook alerts.
 //! - [`deliver`]  one planned case against the platform, step by step.
 //! - [`receipt`]  the JSON receipt per case and the append-only audit log, written atomically.
 //! - [`gc`]       the Grand Challenge client: auth, retries, S3 multipart uploads, items, verification.
