@@ -145,7 +145,7 @@ LAYOUT
 Each item becomes DEST/<title>, or DEST/<pk> when the title is empty, already taken, or not usable as a folder name. Inside, every socket has its entry at the socket's relative path: a value as its JSON (e.g. lesion-count.json), a file as downloaded (e.g. report.pdf), an image as a folder of its files (e.g. images/ct-image/ct.mha).
 
 RESUMING
-DEST/.gc-pull.json records, per item, its folder and the value of each socket that was completely written. Running the same pull again skips a socket whose value is unchanged and whose files are present, downloads again a socket whose value changed on the platform (replacing the old files), and removes the files of a socket that no longer has a value. Folders of items that left the platform are kept.
+DEST/.gc-pull.json records, per item, its folder and the value of each socket that was completely written. Running the same pull again skips a socket whose value is unchanged and whose files are present, downloads again a socket whose value changed on the platform (replacing the old files) or whose relative path changed (removing the files at the old path), and removes the files of a socket that no longer has a value. Folders of items that left the platform are kept.
 
 AS A DROP FOLDER
 Downloads go to DEST/.gc-pull.tmp first and are moved into place when complete, so an item folder never holds a partial file or a dotfile. With socket rules matching the relative paths (e.g. files = \"images/ct-image/*\", value_file = \"lesion-count.json\"), DEST is a drop folder whose item folders upload again as they are.

@@ -248,6 +248,25 @@ pub fn removed_sockets(record: Option<&ItemRecord>, values: &[SocketValue]) -> V
         .collect()
 }
 
+/// Where a socket's files were written before, when its value now goes to `new_path` and no current
+/// value uses the old place: those files are stale once the new ones are in.
+pub fn moved_from(
+    record: Option<&ItemRecord>,
+    slug: &str,
+    new_path: &str,
+    values: &[SocketValue],
+) -> Option<String> {
+    let old = &record?.sockets.get(slug)?.path;
+    if old == new_path {
+        return None;
+    }
+    let in_use = values
+        .iter()
+        .filter_map(|v| safe_relative_path(&v.relative_path).ok())
+        .any(|p| overlaps(&p, old));
+    (!in_use).then(|| old.clone())
+}
+
 // ---- the command ------------------------------------------------------------------------------------
 
 /// Entry point of `gc-hotfolder pull`.
@@ -789,6 +808,7 @@ async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
             }
             Decision::Fetch(path) => path,
         };
+        let stale = moved_from(record.as_ref(), &socket.slug, &path, &views);
         match fetch(sh, &folder, &path, socket, value).await {
             Ok(files) => {
                 report.downloaded += files.len();
@@ -804,6 +824,18 @@ async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
                 });
                 if let Err(e) = saved {
                     return stop(sh, report, e, exit::CASE_FAILED);
+                }
+                // The socket's relative path changed on the platform: its old files go.
+                if let Some(old) = stale {
+                    let removal = real_parents(&item_dir, &old)
+                        .and_then(|()| remove_any(&item_dir.join(&old)));
+                    if let Err(e) = removal {
+                        skip(
+                            &mut report,
+                            &socket.slug,
+                            format!("it moved, but its old {old} cannot be removed: {e}"),
+                        );
+                    }
                 }
             }
             Err(Problem::Skip(reason)) => skip(&mut report, &socket.slug, reason),
@@ -1208,6 +1240,33 @@ mod tests {
             [("gone".to_owned(), true), ("renamed".to_owned(), false)]
         );
         assert!(removed_sockets(None, &values).is_empty());
+    }
+
+    #[test]
+    fn a_socket_that_moved_leaves_its_old_place_unless_something_else_lives_there() {
+        let rec = record(&[
+            ("ct", 1, "images/ct", &["images/ct/a.mha"]),
+            ("score", 2, "score.json", &["score.json"]),
+        ]);
+        let moved = [
+            value("ct", 1, "images/ct-image"),
+            value("score", 2, "score.json"),
+        ];
+        assert_eq!(
+            moved_from(Some(&rec), "ct", "images/ct-image", &moved),
+            Some("images/ct".to_owned())
+        );
+        assert_eq!(moved_from(Some(&rec), "score", "score.json", &moved), None);
+        assert_eq!(moved_from(None, "ct", "images/ct-image", &moved), None);
+        // Another socket now writes where the old one was: fetching it replaces those files anyway.
+        let reused = [
+            value("ct", 1, "images/ct-image"),
+            value("seg", 3, "images/ct/seg"),
+        ];
+        assert_eq!(
+            moved_from(Some(&rec), "ct", "images/ct-image", &reused),
+            None
+        );
     }
 
     #[test]
