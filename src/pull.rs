@@ -4,14 +4,16 @@
 //!
 //! The decisions (folder names, which paths are safe, what to fetch again) are plain functions below the
 //! I/O. Every download is staged in `DEST/.gc-pull.tmp` and moved into place when complete, and the state
-//! file is saved after each socket, so a run that is killed redoes at most one socket and never leaves a
-//! partial file (or any dotfile) inside an item folder.
+//! file records it soon after (at most a second later, and at the end), so a run that is killed fetches
+//! again at most its last second's sockets and never leaves a partial file (or any dotfile) inside an
+//! item folder.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -437,22 +439,64 @@ impl From<std::io::Error> for Problem {
 struct Shared<'a> {
     client: &'a Client,
     dest: &'a Dest,
-    state: Mutex<PullState>,
+    state: Mutex<Recorder>,
     stop: AtomicBool,
 }
 
+/// The state in memory, and how its saving goes.
+struct Recorder {
+    state: PullState,
+    saved_at: Option<Instant>,
+    /// How long the last save took.
+    save_took: Duration,
+    unsaved: bool,
+}
+
+/// The state file is saved at most this often while a pull runs (and at its end).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+impl Recorder {
+    fn save(&mut self, path: &Path) -> Result<(), String> {
+        let t = Instant::now();
+        save_state(path, &self.state)?;
+        self.saved_at = Some(Instant::now());
+        self.save_took = t.elapsed();
+        self.unsaved = false;
+        Ok(())
+    }
+}
+
 impl Shared<'_> {
-    /// Change the state and save it at once, so that what is on disk and what is recorded never drift
-    /// apart by more than the socket in hand.
+    fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record what was written. Saving rewrites the whole state file, so it happens at most once a
+    /// second and never takes more than a tenth of the time: a large archive's pull does not spend itself
+    /// rewriting its state. A kill loses the records of that last stretch only, whose sockets are then
+    /// fetched again.
     fn update(&self, change: impl FnOnce(&mut PullState)) -> Result<(), String> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        change(&mut state);
-        save_state(&self.dest.state_path(), &state)
+        let mut r = self.recorder();
+        change(&mut r.state);
+        r.unsaved = true;
+        let gap = SAVE_EVERY.max(r.save_took * 10);
+        if r.saved_at.is_none_or(|at| at.elapsed() >= gap) {
+            r.save(&self.dest.state_path())?;
+        }
+        Ok(())
+    }
+
+    /// Save what is not saved yet.
+    fn flush(&self) -> Result<(), String> {
+        let mut r = self.recorder();
+        if r.unsaved {
+            r.save(&self.dest.state_path())?;
+        }
+        Ok(())
     }
 
     fn record(&self, item_pk: &str) -> Option<ItemRecord> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.items.get(item_pk).cloned()
+        self.recorder().state.items.get(item_pk).cloned()
     }
 
     fn staged(&self) -> PathBuf {
@@ -536,7 +580,12 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
     let shared = Shared {
         client,
         dest,
-        state: Mutex::new(state),
+        state: Mutex::new(Recorder {
+            state,
+            saved_at: Some(Instant::now()),
+            save_took: Duration::ZERO,
+            unsaved: false,
+        }),
         stop: AtomicBool::new(false),
     };
     let n_items = jobs.len();
@@ -563,7 +612,7 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
         b.finish_and_clear();
     }
 
-    let mut fatal = None;
+    let mut fatal = shared.flush().err().map(|e| (e, exit::CASE_FAILED));
     let (mut downloaded, mut kept, mut removed) = (0, 0, 0);
     for r in reports {
         downloaded += r.downloaded;
