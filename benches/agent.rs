@@ -6,7 +6,8 @@
 //! 3. Many small files: cases of a 100-file DICOM series, delivered per minute.
 //!
 //! The sandbox and the agent each run as their own process on loopback. Sizes can be lowered through
-//! `GC_BENCH_CASES` (default 10000), `GC_BENCH_FILES` (per case, default 10), `GC_BENCH_SERIES` (default 200).
+//! `GC_BENCH_CASES` (default 10000), `GC_BENCH_FILES` (per case, default 10), `GC_BENCH_SERIES` (default 200),
+//! `GC_BENCH_DIR` (where the files go, default a temp dir).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,10 +22,7 @@ fn main() {
         return;
     }
     let exe = env!("CARGO_BIN_EXE_gc-hotfolder");
-    let tmp = tempfile::Builder::new()
-        .prefix("gc-bench-agent")
-        .tempdir()
-        .expect("tempdir");
+    let tmp = common::scratch_dir();
     let (mut sandbox, base) = common::start_sandbox(&tmp.path().join("sandbox"));
     println!("sandbox: {base}");
     readiness(exe, &base, &tmp.path().join("ready"));

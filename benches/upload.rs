@@ -38,13 +38,7 @@ fn main() {
 
     let size: u64 = common::env_or("GC_BENCH_SIZE", 1 << 30);
     let big: u64 = common::env_or("GC_BENCH_BIG", 4 << 30);
-    let tmp = tempfile::Builder::new()
-        .prefix("gc-bench")
-        .tempdir_in(
-            std::env::var("GC_BENCH_DIR")
-                .unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
-        )
-        .expect("tempdir");
+    let tmp = common::scratch_dir();
     let data = tmp.path().join("sandbox-data");
     let (mut sandbox, base) = common::start_sandbox(&data);
     println!("sandbox: {base}");

@@ -113,12 +113,12 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of everything, with per-folder case counts.
     pub fn render(&self, folders: &[FolderStatus], uptime: Duration) -> String {
         let mut out = Text::default();
-        out.family(
+        out.single(
             "gc_hotfolder_up_seconds",
             "gauge",
             "How long the agent has been running.",
+            uptime.as_secs_f64(),
         );
-        out.sample("gc_hotfolder_up_seconds", &[], uptime.as_secs_f64());
 
         out.family(
             "gc_hotfolder_cases",
@@ -149,81 +149,48 @@ impl Metrics {
         }
 
         let live = self.live();
-        out.family(
+        out.single(
             "gc_hotfolder_cases_pending",
             "gauge",
             "Cases seen and not delivered yet, including those still settling.",
+            live.pending as f64,
         );
-        out.sample("gc_hotfolder_cases_pending", &[], live.pending as f64);
-        out.family(
+        out.single(
             "gc_hotfolder_deliveries_in_flight",
             "gauge",
             "Cases being delivered right now.",
-        );
-        out.sample(
-            "gc_hotfolder_deliveries_in_flight",
-            &[],
             live.in_flight as f64,
         );
-        out.family(
+        out.single(
             "gc_hotfolder_oldest_pending_seconds",
             "gauge",
             "How long the case waiting longest has been waiting (0 when none waits).",
-        );
-        out.sample(
-            "gc_hotfolder_oldest_pending_seconds",
-            &[],
             live.oldest_pending_seconds,
         );
-        out.family(
+        out.single(
             "gc_hotfolder_targets_paused",
             "gauge",
             "Targets paused because the platform refused the token.",
-        );
-        out.sample(
-            "gc_hotfolder_targets_paused",
-            &[],
             live.paused_targets.len() as f64,
         );
 
-        out.family(
+        out.single(
             "gc_hotfolder_uploaded_bytes_total",
             "counter",
             "Bytes stored by the upload storage (a retried part counts again).",
-        );
-        out.sample(
-            "gc_hotfolder_uploaded_bytes_total",
-            &[],
             self.uploaded_bytes.load(Ordering::Relaxed) as f64,
         );
-        out.family(
+        out.single(
             "gc_hotfolder_uploaded_files_total",
             "counter",
             "Files whose upload was completed.",
-        );
-        out.sample(
-            "gc_hotfolder_uploaded_files_total",
-            &[],
             self.uploaded_files.load(Ordering::Relaxed) as f64,
         );
-        out.family(
-            "gc_hotfolder_upload_seconds_total",
-            "counter",
-            "Time spent uploading completed files; with the bytes it gives the throughput over any window.",
-        );
-        out.sample(
-            "gc_hotfolder_upload_seconds_total",
-            &[],
-            self.upload_micros.load(Ordering::Relaxed) as f64 / 1e6,
-        );
-        out.family(
+        out.single("gc_hotfolder_upload_seconds_total", "counter", "Time spent uploading completed files; with the bytes it gives the throughput over any window.", self.upload_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        out.single(
             "gc_hotfolder_last_file_bytes_per_second",
             "gauge",
             "Throughput of the last completed file upload.",
-        );
-        out.sample(
-            "gc_hotfolder_last_file_bytes_per_second",
-            &[],
             f64::from_bits(self.last_file_rate.load(Ordering::Relaxed)),
         );
 
@@ -285,6 +252,12 @@ impl Text {
             self.0.push('}');
         }
         let _ = writeln!(self.0, " {}", number(value));
+    }
+
+    /// A family of one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
     }
 
     fn counter_family<'a>(

@@ -39,3 +39,14 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// A scratch folder for one benchmark run, below `GC_BENCH_DIR` if set (large files need room).
+pub fn scratch_dir() -> tempfile::TempDir {
+    let parent = std::env::var_os("GC_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new()
+        .prefix("gc-bench")
+        .tempdir_in(parent)
+        .expect("tempdir")
+}
