@@ -2,9 +2,10 @@
 //! results are checked against `/_sandbox/state`.
 //!
 //! The Python comes from `GC_HOTFOLDER_GCAPI_PYTHON` (a python with gcapi 0.16 installed) or from a venv
-//! created in the test's temporary folder with `pip install gcapi==0.16.1`. If neither works the test
-//! fails with an explanation: it is never skipped.
+//! with `gcapi==0.16.1` that the test makes once and keeps in `target/` (see `python_support`). If
+//! neither works the test fails with an explanation: it is never skipped.
 
+mod python_support;
 mod sandbox_support;
 
 use std::path::{Path, PathBuf};
@@ -16,47 +17,17 @@ use sha2::Digest;
 
 const GCAPI: &str = "gcapi==0.16.1";
 
-fn python_with_gcapi(scratch: &Path) -> PathBuf {
-    if let Ok(python) = std::env::var("GC_HOTFOLDER_GCAPI_PYTHON") {
-        let ok = Command::new(&python)
-            .args(["-c", "import gcapi"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "GC_HOTFOLDER_GCAPI_PYTHON={python} cannot import gcapi; install it with `{python} -m pip install {GCAPI}`"
-        );
-        return PathBuf::from(python);
-    }
-    let venv = scratch.join("venv");
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status();
-    assert!(
-        made.is_ok_and(|s| s.success()),
-        "cannot create a Python venv (python3 -m venv); install python3-venv or set GC_HOTFOLDER_GCAPI_PYTHON to a python with {GCAPI}"
-    );
-    let python = venv.join("bin/python");
-    let installed = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", GCAPI])
-        .status();
-    assert!(
-        installed.is_ok_and(|s| s.success()),
-        "`pip install {GCAPI}` failed (no access to PyPI?); set GC_HOTFOLDER_GCAPI_PYTHON to a python that has it"
-    );
-    python
+fn python_with_gcapi() -> PathBuf {
+    python_support::python_with("gcapi-0.16.1", &[GCAPI], "gcapi", "GC_HOTFOLDER_GCAPI_PYTHON")
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcapi_round_trip() {
     let scratch = tempfile::tempdir().unwrap();
-    let python = tokio::task::spawn_blocking({
-        let dir = scratch.path().to_path_buf();
-        move || python_with_gcapi(&dir)
-    })
-    .await
-    .unwrap();
+    let python = tokio::task::spawn_blocking(python_with_gcapi)
+        .await
+        .unwrap();
 
     let mut options = SandboxOptions::new(Fixture::demo());
     options.tls_dir = Some(scratch.path().join("tls"));

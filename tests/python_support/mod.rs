@@ -1,0 +1,109 @@
+//! Python reference implementations for the tests (gcapi, and any other package the platform itself
+//! uses), each in a venv of its own that is made once and kept between runs.
+//!
+//! A venv lives in `target/tmp/venvs/<name>` (cargo's per-target scratch folder, which `cargo clean`
+//! removes). It is made under an exclusive lock, so tests running in parallel build it once, and it is
+//! marked complete only after `pip install` succeeded, so an interrupted install is redone. An
+//! environment variable may name a Python that already has the packages instead.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Why no Python with the packages could be had.
+#[derive(Debug)]
+pub enum NoPython {
+    /// `python3 -m venv` failed: the machine lacks python3 or its venv module.
+    NoVenv(String),
+    /// `pip install` failed: most often PyPI cannot be reached.
+    PipFailed(String),
+    /// The Python named by the environment variable cannot import the packages.
+    BadOverride(String),
+}
+
+impl std::fmt::Display for NoPython {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoPython::NoVenv(s) | NoPython::PipFailed(s) | NoPython::BadOverride(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A Python interpreter that can import `import_check` (a Python module name), taken from the
+/// environment variable `override_var` when it is set, else from the cached venv `name` with
+/// `requirements` installed (pip requirement strings, pinned by the caller).
+pub fn python_with(
+    name: &str,
+    requirements: &[&str],
+    import_check: &str,
+    override_var: &str,
+) -> Result<PathBuf, NoPython> {
+    if let Ok(python) = std::env::var(override_var) {
+        let ok = Command::new(&python)
+            .args(["-c", &format!("import {import_check}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        return if ok {
+            Ok(PathBuf::from(python))
+        } else {
+            Err(NoPython::BadOverride(format!(
+                "{override_var}={python} cannot import {import_check}; install it with `{python} -m pip install {}`",
+                requirements.join(" ")
+            )))
+        };
+    }
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("venvs");
+    std::fs::create_dir_all(&root).map_err(|e| NoPython::NoVenv(format!("{}: {e}", root.display())))?;
+    let lock = File::create(root.join(format!("{name}.lock")))
+        .map_err(|e| NoPython::NoVenv(format!("cannot create the venv lock: {e}")))?;
+    // SAFETY: flock on a descriptor we own; the lock is released when `lock` is dropped.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(NoPython::NoVenv(format!(
+            "cannot lock the venv: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let venv = root.join(name);
+    let python = venv.join("bin/python");
+    let marker = venv.join(".installed");
+    let wanted = requirements.join("\n");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        return Ok(python);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).output();
+    match made {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            return Err(NoPython::NoVenv(format!(
+                "`python3 -m venv` failed (install python3-venv, or set {override_var}): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Err(e) => {
+            return Err(NoPython::NoVenv(format!(
+                "cannot run python3 (install it, or set {override_var}): {e}"
+            )));
+        }
+    }
+    let installed = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(requirements)
+        .output();
+    match installed {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            return Err(NoPython::PipFailed(format!(
+                "`pip install {}` failed (no access to PyPI?); set {override_var} to a python that has it: {}",
+                requirements.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Err(e) => return Err(NoPython::PipFailed(format!("cannot run pip: {e}"))),
+    }
+    std::fs::write(&marker, &wanted)
+        .map_err(|e| NoPython::PipFailed(format!("cannot mark the venv complete: {e}")))?;
+    Ok(python)
+}
