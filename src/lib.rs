@@ -34,6 +34,7 @@ pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod deidentify;
 pub mod deliver;
 pub mod demo;
 pub mod fsutil;
