@@ -18,8 +18,13 @@ use sha2::Digest;
 const GCAPI: &str = "gcapi==0.16.1";
 
 fn python_with_gcapi() -> PathBuf {
-    python_support::python_with("gcapi-0.16.1", &[GCAPI], "gcapi", "GC_HOTFOLDER_GCAPI_PYTHON")
-        .unwrap_or_else(|e| panic!("{e}"))
+    python_support::python_with(
+        "gcapi-0.16.1",
+        &[GCAPI],
+        "gcapi",
+        "GC_HOTFOLDER_GCAPI_PYTHON",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

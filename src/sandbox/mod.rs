@@ -4,7 +4,8 @@
 //!
 //! - [`fixture`]  the seeded world (users and tokens, sockets, archives, reader studies, items) from TOML.
 //! - [`faults`]   fault injection: statuses, `Retry-After`, latency, dropped connections, upload quotas.
-//! - [`imaging`]  header-level validation of image uploads, as the platform's importer would judge them.
+//! - [`imaging`]  image import as the platform's importer (panimg) judges it, ZIP uploads unpacked first.
+//! - [`corpus`]   a fixed corpus of good and broken image uploads, to check `imaging` against the platform.
 //! - [`schema`]   JSON value validation by socket kind.
 //! - [`kinds`]    the socket kinds: labels, internal codes, families.
 //! - `store`      the in-memory world and its JSON representations; bytes live on disk.
@@ -19,6 +20,7 @@
 mod api;
 mod auth;
 pub mod command;
+pub mod corpus;
 pub mod faults;
 pub mod fixture;
 mod http;
