@@ -9,7 +9,6 @@ mod python_support;
 mod sandbox_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use gc_hotfolder::sandbox::{DEMO_TOKEN, Fixture, SandboxOptions};
 use sandbox_support::*;
