@@ -16,7 +16,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::config::{After, AlertKind, Config, Folder, OnChange};
-use crate::deliver::{Checkpoints, DeliverError, EarlierUpload, ItemStart, deliver};
+use crate::deidentify::UidMap;
+use crate::deliver::{Checkpoints, DeliverError, EarlierUpload, ItemStart, Privacy, deliver};
 use crate::gc::models::UserUpload;
 use crate::gc::uploads::ResumeFrom;
 use crate::gc::verify::VerifyTiming;
@@ -158,6 +159,14 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let journal = Arc::new(Journal::open(&config.server.state_dir)?);
     let receipts = config.server.state_dir.join("receipts");
+    // De-identified copies left by a crash: every delivery makes its own again (the same bytes).
+    crate::deliver::remove_staging(&config.server.state_dir.join("staging"));
+    for f in config.folders.iter().filter(|f| !f.deidentify) {
+        tracing::warn!(
+            folder = %f.path.display(),
+            "deidentify = false: DICOM files of this folder are uploaded as they are, with patient names, IDs and dates: identifiable data will leave this machine"
+        );
+    }
     let settle_rules: Vec<SettleRules> = config.folders.iter().map(SettleRules::of).collect();
     let started = Instant::now();
     // Bound before anything else happens, so a taken port is a startup error, not a silent gap.
@@ -1067,16 +1076,41 @@ impl Delivery {
             None => ItemStart::New,
         };
         tracing::info!(case = %self.case, files = manifest.entries.len(), resuming, "delivering");
-        match deliver(
+        let privacy = if folder.deidentify {
+            let secret = sh.journal.deid_secret(self.rec.id)?;
+            let uids = UidMap::from_hex(&secret).ok_or_else(|| {
+                JournalError::Corrupt(format!(
+                    "case {}: bad de-identification secret",
+                    self.rec.id
+                ))
+            })?;
+            Some(Privacy {
+                staging: sh
+                    .config
+                    .server
+                    .state_dir
+                    .join("staging")
+                    .join(self.rec.id.to_string()),
+                uids,
+            })
+        } else {
+            None
+        };
+        let result = deliver(
             &sh.client,
             &self.case_dir,
             &send,
             start,
             &sh.options.verify,
             &cp,
+            privacy.as_ref(),
         )
-        .await
-        {
+        .await;
+        // The copies are made again, byte for byte, by any later attempt: none is kept on disk.
+        if let Some(p) = &privacy {
+            crate::deliver::remove_staging(&p.staging);
+        }
+        match result {
             Ok(d) => {
                 let receipt = Receipt::delivered(
                     facts(

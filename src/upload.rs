@@ -11,7 +11,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::cli::{UploadArgs, exit};
 use crate::config::Config;
-use crate::deliver::{Checkpoints, DeliverError, ItemStart, deliver};
+use crate::deidentify::UidMap;
+use crate::deliver::{Checkpoints, DeliverError, ItemStart, Privacy, deliver};
 use crate::gc::Client;
 use crate::gc::verify::VerifyTiming;
 use crate::receipt::{CaseFacts, Receipt, TargetRef};
@@ -43,6 +44,12 @@ async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u
         Err(code) => return code,
     };
     let receipts = receipts.unwrap_or_else(|| config.server.state_dir.join("receipts"));
+    for f in config.folders.iter().filter(|f| !f.deidentify) {
+        eprintln!(
+            "WARNING: folder {} has deidentify = false: its DICOM files are uploaded as they are, with patient names, IDs and dates: identifiable data will leave this machine",
+            f.path.display()
+        );
+    }
     let bars = std::io::stderr().is_terminal().then(MultiProgress::new);
     let outcomes: Vec<CaseOutcome> = futures_util::stream::iter(cases.iter().cloned())
         .map(|case| upload_case(config, &client, &receipts, bars.as_ref(), case))
@@ -185,6 +192,14 @@ async fn upload_case(
         tracing::info!(case = %case_rel, files = manifest.entries.len(), bytes = total, "uploading");
     }
     let observer = Arc::new(Progress(bar.clone()));
+    let privacy = folder.deidentify.then(|| Privacy {
+        staging: config
+            .server
+            .state_dir
+            .join("staging")
+            .join(format!("upload-{}", uuid::Uuid::new_v4())),
+        uids: UidMap::random(),
+    });
     let result = deliver(
         client,
         &case_dir,
@@ -192,8 +207,12 @@ async fn upload_case(
         ItemStart::New,
         &VerifyTiming::default(),
         observer.as_ref(),
+        privacy.as_ref(),
     )
     .await;
+    if let Some(p) = &privacy {
+        crate::deliver::remove_staging(&p.staging);
+    }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
