@@ -98,13 +98,19 @@ pub enum AlertKind {
     Stuck,
     /// The platform refused the token: a target is paused.
     AuthFailed,
+    /// A drop folder's target or a socket is not on the platform: its cases are held.
+    FolderHeld,
+    /// A drop folder does not exist or cannot be listed (an unmounted share).
+    FolderMissing,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 3] = [
+    pub const ALL: [AlertKind; 5] = [
         AlertKind::Quarantined,
         AlertKind::Stuck,
         AlertKind::AuthFailed,
+        AlertKind::FolderHeld,
+        AlertKind::FolderMissing,
     ];
 
     pub fn name(self) -> &'static str {
@@ -112,6 +118,8 @@ impl AlertKind {
             AlertKind::Quarantined => "quarantined",
             AlertKind::Stuck => "stuck",
             AlertKind::AuthFailed => "auth_failed",
+            AlertKind::FolderHeld => "folder_held",
+            AlertKind::FolderMissing => "folder_missing",
         }
     }
 }
