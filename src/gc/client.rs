@@ -372,7 +372,7 @@ impl Client {
             Method::POST,
             url,
             Some(&body),
-            RequestKind::NonIdempotent,
+            RequestKind::Create,
             &context,
         )
         .await
