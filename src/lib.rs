@@ -16,6 +16,7 @@
 //! - [`journal`]  SQLite record of every case and every delivery step: the truth after a restart; also
 //!   the requests of `pause`/`resume`/`retry` to a running agent and the queue of webhook alerts.
 //! - [`deliver`]  one planned case against the platform, step by step.
+//! - [`deidentify`] DICOM de-identified on this machine with the platform's procedure, before upload.
 //! - [`receipt`]  the JSON receipt per case and the append-only audit log, written atomically.
 //! - [`gc`]       the Grand Challenge client: auth, retries, S3 multipart uploads, items, verification.
 //! - [`sandbox`]  a Grand Challenge–compatible server for tests, the demo and benchmarks.
@@ -34,6 +35,7 @@ pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod deidentify;
 pub mod deliver;
 pub mod demo;
 pub mod fsutil;

@@ -9,7 +9,6 @@ mod python_support;
 mod sandbox_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use gc_hotfolder::sandbox::{DEMO_TOKEN, Fixture, SandboxOptions};
 use sandbox_support::*;
@@ -18,8 +17,13 @@ use sha2::Digest;
 const GCAPI: &str = "gcapi==0.16.1";
 
 fn python_with_gcapi() -> PathBuf {
-    python_support::python_with("gcapi-0.16.1", &[GCAPI], "gcapi", "GC_HOTFOLDER_GCAPI_PYTHON")
-        .unwrap_or_else(|e| panic!("{e}"))
+    python_support::python_with(
+        "gcapi-0.16.1",
+        &[GCAPI],
+        "gcapi",
+        "GC_HOTFOLDER_GCAPI_PYTHON",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

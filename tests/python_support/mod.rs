@@ -26,7 +26,9 @@ pub enum NoPython {
 impl std::fmt::Display for NoPython {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NoPython::NoVenv(s) | NoPython::PipFailed(s) | NoPython::BadOverride(s) => f.write_str(s),
+            NoPython::NoVenv(s) | NoPython::PipFailed(s) | NoPython::BadOverride(s) => {
+                f.write_str(s)
+            }
         }
     }
 }
@@ -55,7 +57,8 @@ pub fn python_with(
         };
     }
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("venvs");
-    std::fs::create_dir_all(&root).map_err(|e| NoPython::NoVenv(format!("{}: {e}", root.display())))?;
+    std::fs::create_dir_all(&root)
+        .map_err(|e| NoPython::NoVenv(format!("{}: {e}", root.display())))?;
     let lock = File::create(root.join(format!("{name}.lock")))
         .map_err(|e| NoPython::NoVenv(format!("cannot create the venv lock: {e}")))?;
     // SAFETY: flock on a descriptor we own; the lock is released when `lock` is dropped.
@@ -73,7 +76,10 @@ pub fn python_with(
         return Ok(python);
     }
     let _ = std::fs::remove_dir_all(&venv);
-    let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).output();
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output();
     match made {
         Ok(out) if out.status.success() => {}
         Ok(out) => {
@@ -89,7 +95,13 @@ pub fn python_with(
         }
     }
     let installed = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args(requirements)
         .output();
     match installed {

@@ -1,0 +1,664 @@
+//! DICOM de-identification on this machine, before any byte of a DICOM file leaves it.
+//!
+//! The platform's own client de-identifies DICOM with the `grand-challenge-dicom-de-identifier` package
+//! and the procedure of `grand-challenge-dicom-de-id-procedure`; a hot folder fed by scanners must do at
+//! least as much. This module applies that same procedure (shipped as `procedure.json`, Apache-2.0, see
+//! `PROCEDURE-LICENSE.md`) with the same semantics: a table of actions per SOP class and per tag
+//! (X remove, K keep, Z blank or dummy, D dummy, U new UID, R reject), the same dummy value per VR, and
+//! Patient Identity Removed / De-identification Method set afterwards. A file of an SOP class the
+//! procedure does not list is refused.
+//!
+//! Two deliberate differences: new UIDs are not random but derived from the original UID and a secret
+//! of the case ([`UidMap`]), so a delivery resumed after a crash produces the very same bytes it had
+//! started to upload, and every file of a case maps a UID alike; and the file meta group is written
+//! afresh (Media Storage SOP Instance UID follows the new SOP Instance UID, no AE titles of the sender).
+//!
+//! The decisions ([`deidentify_dataset`]) are pure and work on an in-memory data set; the file
+//! function ([`deidentify_file`]) reads the header of a file up to its pixel data, de-identifies it and
+//! streams the pixel data across fragment by fragment (native pixel data: one value at a time), so
+//! memory does not grow with the number of frames of an encapsulated image.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use dicom_core::header::Header;
+use dicom_core::value::{C, PrimitiveValue, Value};
+use dicom_core::{DataElement, DataElementHeader, Length, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::InMemDicomObject;
+use dicom_object::collector::DicomCollector;
+use dicom_object::meta::FileMetaTableBuilder;
+use dicom_parser::dataset::{DataSetWriter, DataToken, IntoTokens};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use sha2::{Digest, Sha256};
+
+/// The procedure as shipped: byte for byte the file of `grand-challenge-dicom-de-id-procedure`.
+pub const PROCEDURE_JSON: &str = include_str!("procedure.json");
+
+/// The platform's root for the UIDs it hands out; every new UID starts with it.
+pub const ROOT_UID: &str = "1.2.826.0.1.3680043.10.1666.";
+
+/// What the procedure says to do with one data element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// X: remove the element.
+    Remove,
+    /// K: keep it (and apply the table to the items of a sequence).
+    Keep,
+    /// D: replace the value by the dummy of its VR (every element of a sequence, recursively).
+    Dummy,
+    /// Z: blank text values, dummy the others (every element of a sequence, recursively).
+    Blank,
+    /// U: replace the UID by a new one under [`ROOT_UID`], the same for the same original in a case.
+    Uid,
+    /// R: refuse the whole file.
+    Reject,
+}
+
+impl Action {
+    fn parse(s: &str) -> Result<Action, String> {
+        Ok(match s {
+            "X" => Action::Remove,
+            "K" => Action::Keep,
+            "D" => Action::Dummy,
+            "Z" => Action::Blank,
+            "U" => Action::Uid,
+            "R" => Action::Reject,
+            other => return Err(format!("unknown action {other:?}")),
+        })
+    }
+}
+
+/// An action with the procedure's reason for it (quoted when a file is refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub action: Action,
+    pub justification: String,
+}
+
+/// The rules for one SOP class.
+#[derive(Debug, Clone)]
+pub struct SopClassRules {
+    pub default: Rule,
+    pub tags: HashMap<Tag, Rule>,
+}
+
+/// A parsed de-identification procedure.
+#[derive(Debug, Clone)]
+pub struct Procedure {
+    /// The procedure's own version (recorded in every file and in receipts).
+    pub version: String,
+    /// For an SOP class the procedure does not list: only reject and keep exist.
+    pub default: Rule,
+    pub sop_classes: HashMap<String, SopClassRules>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawRule {
+    default: String,
+    #[serde(default)]
+    justification: String,
+}
+
+#[derive(serde::Deserialize)]
+struct RawSopClass {
+    #[serde(default = "remove")]
+    default: String,
+    #[serde(default)]
+    justification: String,
+    #[serde(default)]
+    tag: HashMap<String, RawRule>,
+}
+
+fn remove() -> String {
+    "X".into()
+}
+
+fn reject() -> String {
+    "R".into()
+}
+
+#[derive(serde::Deserialize)]
+struct RawProcedure {
+    #[serde(default = "reject")]
+    default: String,
+    #[serde(default)]
+    justification: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(rename = "sopClass")]
+    sop_class: HashMap<String, RawSopClass>,
+}
+
+/// `(GGGG,EEEE)` in hexadecimal, as the procedure writes tags. Keys with `XX` (repeating groups) match
+/// no tag, exactly as in the reference implementation.
+fn parse_tag(key: &str) -> Option<Tag> {
+    let inner = key.strip_prefix('(')?.strip_suffix(')')?;
+    let (g, e) = inner.split_once(',')?;
+    Some(Tag(
+        u16::from_str_radix(g, 16).ok()?,
+        u16::from_str_radix(e, 16).ok()?,
+    ))
+}
+
+impl Procedure {
+    pub fn parse(json: &str) -> Result<Procedure, String> {
+        let raw: RawProcedure =
+            serde_json::from_str(json).map_err(|e| format!("procedure: {e}"))?;
+        let default = Rule {
+            action: Action::parse(&raw.default)?,
+            justification: raw.justification.unwrap_or_default(),
+        };
+        if !matches!(default.action, Action::Reject | Action::Keep) {
+            return Err(format!(
+                "procedure: default action {} is neither reject nor keep",
+                raw.default
+            ));
+        }
+        let mut sop_classes = HashMap::new();
+        for (uid, sc) in raw.sop_class {
+            let mut tags = HashMap::new();
+            for (key, r) in sc.tag {
+                let rule = Rule {
+                    action: Action::parse(&r.default)?,
+                    justification: r.justification,
+                };
+                if let Some(tag) = parse_tag(&key) {
+                    tags.insert(tag, rule);
+                }
+            }
+            let default = Rule {
+                action: Action::parse(&sc.default)?,
+                justification: sc.justification,
+            };
+            sop_classes.insert(uid, SopClassRules { default, tags });
+        }
+        Ok(Procedure {
+            version: raw.version.unwrap_or_else(|| "unknown".into()),
+            default,
+            sop_classes,
+        })
+    }
+
+    /// The procedure shipped with this program.
+    pub fn builtin() -> Result<&'static Procedure, String> {
+        static BUILTIN: OnceLock<Result<Procedure, String>> = OnceLock::new();
+        BUILTIN
+            .get_or_init(|| Procedure::parse(PROCEDURE_JSON))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The text written into De-identification Method (0012,0063).
+    pub fn method(&self) -> String {
+        format!(
+            "grand-challenge-dicom-de-identifier:procedure:{}",
+            self.version
+        )
+    }
+}
+
+/// Maps original UIDs to new ones under [`ROOT_UID`]: the same original gives the same new UID for the
+/// same secret, so every file of a case (and every attempt at delivering it) agrees, while without the
+/// secret the original cannot be found by trying candidates.
+#[derive(Clone)]
+pub struct UidMap {
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for UidMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UidMap(..)")
+    }
+}
+
+impl UidMap {
+    pub fn new(secret: [u8; 32]) -> UidMap {
+        UidMap { secret }
+    }
+
+    /// A fresh random secret.
+    pub fn random() -> UidMap {
+        UidMap::new(rand::random())
+    }
+
+    pub fn secret_hex(&self) -> String {
+        hex::encode(self.secret)
+    }
+
+    pub fn from_hex(s: &str) -> Option<UidMap> {
+        let bytes = hex::decode(s).ok()?;
+        Some(UidMap::new(bytes.try_into().ok()?))
+    }
+
+    pub fn map(&self, uid: &str) -> String {
+        let digest = Sha256::new()
+            .chain_update(self.secret)
+            .chain_update(uid.as_bytes())
+            .finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        // A UID is at most 64 characters: the root leaves room for 36 digits.
+        let n = u128::from_be_bytes(first) % 10u128.pow(36);
+        format!("{ROOT_UID}{n}")
+    }
+}
+
+/// Why a file was not de-identified. The text is for a receipt: it names the cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeidError {
+    /// Not a DICOM Part 10 file (no preamble and "DICM").
+    #[error("not a DICOM file (no DICM preamble)")]
+    NotDicom,
+    /// The procedure refuses the file.
+    #[error("refused by the de-identification procedure: {0}")]
+    Rejected(String),
+    /// A DICOM file that cannot be read to its end (truncated, malformed) or written.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+/// The dummy value of a VR, as the reference implementation has it.
+fn dummy(vr: VR) -> PrimitiveValue {
+    let s = |v: &str| PrimitiveValue::from(v);
+    match vr {
+        VR::AE => s("DUMMY_AE"),
+        VR::AS => s("030Y"),
+        VR::AT => PrimitiveValue::Tags(C::from_elem(Tag(0, 0), 1)),
+        VR::CS => s("DUMMY"),
+        VR::DA => s("20000101"),
+        VR::DS => s("0.0"),
+        VR::DT => s("20000101120000.000000"),
+        VR::FL => PrimitiveValue::F32(C::from_elem(0.0, 1)),
+        VR::FD => PrimitiveValue::F64(C::from_elem(0.0, 1)),
+        VR::IS => s("0"),
+        VR::LO => s("DUMMY_LONG_STRING"),
+        VR::LT => s("DUMMY LONG TEXT"),
+        VR::OB | VR::UN => PrimitiveValue::U8(C::from_elem(0, 1)),
+        VR::OD | VR::OV => PrimitiveValue::U8(C::from_elem(0, 8)),
+        VR::OF | VR::OL => PrimitiveValue::U8(C::from_elem(0, 4)),
+        VR::OW => PrimitiveValue::U8(C::from_elem(0, 2)),
+        VR::PN => s("DUMMY^PATIENT^^^"),
+        VR::SH => s("DUMMY"),
+        VR::SL => PrimitiveValue::I32(C::from_elem(0, 1)),
+        VR::SS => PrimitiveValue::I16(C::from_elem(0, 1)),
+        VR::ST => s("DUMMY SHORT TEXT"),
+        VR::SV => PrimitiveValue::I64(C::from_elem(0, 1)),
+        VR::TM => s("120000.000000"),
+        VR::UC => s("DUMMY UNLIMITED CHARACTERS"),
+        VR::UI => s("1.2.3.4.5.6.7.8.9.0.1.2.3.4.5.6.7.8.9.0"),
+        VR::UL => PrimitiveValue::U32(C::from_elem(0, 1)),
+        VR::UR => s("http://dummy.example.test"),
+        VR::US => PrimitiveValue::U16(C::from_elem(0, 1)),
+        VR::UT => s("DUMMY UNLIMITED TEXT"),
+        VR::UV => PrimitiveValue::U64(C::from_elem(0, 1)),
+        VR::SQ => PrimitiveValue::Empty,
+    }
+}
+
+/// Text VRs that action Z empties rather than filling with a dummy.
+fn blanked(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::CS | VR::LO | VR::LT | VR::SH | VR::ST | VR::UC | VR::UT
+    )
+}
+
+/// A string value without DICOM's padding.
+fn trimmed(s: &str) -> &str {
+    s.trim_end_matches(['\0', ' ']).trim_start_matches(' ')
+}
+
+/// The SOP Class UID of a data set.
+pub fn sop_class_of(obj: &InMemDicomObject) -> Option<String> {
+    let e = obj.get(tags::SOP_CLASS_UID)?;
+    e.to_str().ok().map(|s| trimmed(&s).to_owned())
+}
+
+/// De-identify a data set in place (no file meta group). Returns the rules' verdict: `Err` with the
+/// procedure's justification when the file must be refused.
+pub fn deidentify_dataset(
+    procedure: &Procedure,
+    uids: &UidMap,
+    obj: &mut InMemDicomObject,
+) -> Result<(), DeidError> {
+    let sop_class = sop_class_of(obj)
+        .ok_or_else(|| DeidError::Rejected("the file has no SOP Class UID (0008,0016)".into()))?;
+    let keep_all;
+    let rules = match procedure.sop_classes.get(&sop_class) {
+        Some(r) => r,
+        None if procedure.default.action == Action::Keep => {
+            keep_all = SopClassRules {
+                default: procedure.default.clone(),
+                tags: HashMap::new(),
+            };
+            &keep_all
+        }
+        None => {
+            let why = if procedure.default.justification.is_empty() {
+                format!("SOP Class {sop_class} is not supported")
+            } else {
+                format!("{} ({sop_class})", procedure.default.justification)
+            };
+            return Err(DeidError::Rejected(why));
+        }
+    };
+    apply(obj, &rules.tags, &rules.default, uids)?;
+
+    let method = procedure.method();
+    let methods = match obj.get(tags::DEIDENTIFICATION_METHOD) {
+        Some(e) => {
+            let mut m: Vec<String> = e
+                .to_multi_str()
+                .map(|v| v.iter().map(|s| trimmed(s).to_owned()).collect())
+                .unwrap_or_default();
+            m.push(method);
+            m
+        }
+        None => vec![method],
+    };
+    obj.put(DataElement::new(
+        tags::DEIDENTIFICATION_METHOD,
+        VR::LO,
+        PrimitiveValue::Strs(methods.into_iter().collect()),
+    ));
+    obj.put(DataElement::new(
+        tags::PATIENT_IDENTITY_REMOVED,
+        VR::CS,
+        PrimitiveValue::from("YES"),
+    ));
+    Ok(())
+}
+
+type Element = dicom_object::mem::InMemElement;
+
+fn apply(
+    obj: &mut InMemDicomObject,
+    table: &HashMap<Tag, Rule>,
+    default: &Rule,
+    uids: &UidMap,
+) -> Result<(), DeidError> {
+    let tags: Vec<Tag> = obj.tags().collect();
+    for tag in tags {
+        let Some(elem) = obj.take(tag) else { continue };
+        let rule = table.get(&tag).unwrap_or(default);
+        if let Some(kept) = apply_element(elem, rule, table, default, uids)? {
+            obj.put(kept);
+        }
+    }
+    Ok(())
+}
+
+fn apply_element(
+    mut elem: Element,
+    rule: &Rule,
+    table: &HashMap<Tag, Rule>,
+    default: &Rule,
+    uids: &UidMap,
+) -> Result<Option<Element>, DeidError> {
+    let vr = elem.vr();
+    Ok(match rule.action {
+        Action::Remove => None,
+        Action::Reject => {
+            return Err(DeidError::Rejected(format!(
+                "element {}: {}",
+                tag_key(elem.tag()),
+                rule.justification
+            )));
+        }
+        Action::Keep => {
+            if let Some(items) = elem.items_mut() {
+                for item in items.iter_mut() {
+                    apply(item, table, default, uids)?;
+                }
+            }
+            Some(elem)
+        }
+        Action::Dummy | Action::Blank if vr == VR::SQ => {
+            // Everything below a replaced sequence is replaced alike, whatever the table says.
+            let inner = Rule {
+                action: rule.action,
+                justification: "Parent sequence was replaced".into(),
+            };
+            if let Some(items) = elem.items_mut() {
+                for item in items.iter_mut() {
+                    apply(item, &HashMap::new(), &inner, uids)?;
+                }
+            }
+            Some(elem)
+        }
+        Action::Blank if blanked(vr) => {
+            Some(DataElement::new(elem.tag(), vr, PrimitiveValue::Empty))
+        }
+        Action::Dummy | Action::Blank => Some(DataElement::new(elem.tag(), vr, dummy(vr))),
+        Action::Uid => {
+            let values: Vec<String> = match elem.value() {
+                Value::Primitive(p) => p
+                    .to_multi_str()
+                    .iter()
+                    .map(|s| uids.map(trimmed(s)))
+                    .collect(),
+                _ => return Ok(Some(elem)),
+            };
+            // An empty UID gets a new UID too, as in the reference implementation.
+            let values = if values.is_empty() {
+                vec![uids.map("")]
+            } else {
+                values
+            };
+            Some(DataElement::new(
+                elem.tag(),
+                vr,
+                PrimitiveValue::Strs(values.into_iter().collect()),
+            ))
+        }
+    })
+}
+
+fn tag_key(t: Tag) -> String {
+    format!("({:04X},{:04X})", t.0, t.1)
+}
+
+/// Does the file start like a DICOM Part 10 file (128-byte preamble, then "DICM")?
+pub fn is_dicom(path: &Path) -> std::io::Result<bool> {
+    let mut head = [0u8; 132];
+    let mut f = File::open(path)?;
+    let mut read = 0;
+    while read < head.len() {
+        match f.read(&mut head[read..])? {
+            0 => return Ok(false),
+            n => read += n,
+        }
+    }
+    Ok(&head[128..132] == b"DICM")
+}
+
+/// Is this file meant to be DICOM by its name (so that content that is not must be refused)?
+pub fn named_dicom(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("dcm") || e.eq_ignore_ascii_case("dicom"))
+}
+
+fn unreadable(e: impl std::fmt::Display) -> DeidError {
+    DeidError::Unreadable(format!("cannot read it as DICOM: {e}"))
+}
+
+fn io_write(e: impl std::fmt::Display) -> DeidError {
+    DeidError::Unreadable(format!("cannot write the de-identified copy: {e}"))
+}
+
+/// Read `src`, de-identify it and write the result to `dst` (created or truncated; the caller decides
+/// where, and syncs or renames it). The pixel data is copied as it is, fragment by fragment.
+pub fn deidentify_file(
+    procedure: &Procedure,
+    uids: &UidMap,
+    src: &Path,
+    dst: &Path,
+) -> Result<(), DeidError> {
+    if !is_dicom(src).map_err(unreadable)? {
+        return Err(DeidError::NotDicom);
+    }
+    let file = File::open(src).map_err(unreadable)?;
+    let mut collector = DicomCollector::new(BufReader::with_capacity(1 << 20, file));
+    let meta = collector.read_file_meta().map_err(unreadable)?.clone();
+    let ts_uid = trimmed(meta.transfer_syntax()).to_owned();
+    let ts = TransferSyntaxRegistry
+        .get(&ts_uid)
+        .ok_or_else(|| DeidError::Unreadable(format!("unknown transfer syntax {ts_uid}")))?;
+    let mut header = InMemDicomObject::new_empty();
+    collector
+        .read_dataset_up_to_pixeldata(&mut header)
+        .map_err(unreadable)?;
+    let keep_pixels = {
+        let sop_class = sop_class_of(&header);
+        let rules = sop_class
+            .as_deref()
+            .and_then(|c| procedure.sop_classes.get(c));
+        rules.map_or(procedure.default.action, |r| {
+            r.tags.get(&tags::PIXEL_DATA).unwrap_or(&r.default).action
+        })
+    };
+    // Native pixel data of more than 8 bits a sample is OW, else OB (what the file had in explicit VR).
+    let native_vr = match header.get(tags::BITS_ALLOCATED).map(|e| e.to_int::<u16>()) {
+        Some(Ok(bits)) if bits > 8 => VR::OW,
+        _ => VR::OB,
+    };
+    deidentify_dataset(procedure, uids, &mut header)?;
+    if keep_pixels == Action::Reject {
+        return Err(DeidError::Rejected("pixel data".into()));
+    }
+
+    let sop_instance = header
+        .get(tags::SOP_INSTANCE_UID)
+        .and_then(|e| e.to_str().ok().map(|s| trimmed(&s).to_owned()))
+        .unwrap_or_default();
+    let sop_class = sop_class_of(&header).unwrap_or_default();
+    let new_meta = FileMetaTableBuilder::new()
+        .transfer_syntax(ts_uid.as_str())
+        .media_storage_sop_class_uid(sop_class)
+        .media_storage_sop_instance_uid(sop_instance)
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION)
+        .build()
+        .map_err(io_write)?;
+
+    let out = File::create(dst).map_err(io_write)?;
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    out.write_all(&[0u8; 128]).map_err(io_write)?;
+    out.write_all(b"DICM").map_err(io_write)?;
+    new_meta.write(&mut out).map_err(io_write)?;
+    let mut writer = DataSetWriter::with_ts(&mut out, ts).map_err(io_write)?;
+    writer
+        .write_sequence(header.into_tokens())
+        .map_err(io_write)?;
+
+    if keep_pixels == Action::Keep {
+        copy_pixel_data(
+            &mut collector,
+            &mut writer,
+            ts.is_encapsulated_pixel_data(),
+            native_vr,
+        )?;
+    }
+    writer.flush().map_err(io_write)?;
+    drop(writer);
+    out.flush().map_err(io_write)?;
+    Ok(())
+}
+
+/// Our implementation class in the file meta group of every de-identified copy (under the 2.25 root,
+/// derived from a fixed UUID).
+const IMPLEMENTATION_CLASS_UID: &str = "2.25.203516286392371233935186391779446862597";
+const IMPLEMENTATION_VERSION: &str = "GCHOTFOLDER";
+
+fn copy_pixel_data<W, E>(
+    collector: &mut DicomCollector<BufReader<File>>,
+    writer: &mut DataSetWriter<W, E>,
+    encapsulated: bool,
+    native_vr: VR,
+) -> Result<(), DeidError>
+where
+    W: Write,
+    E: dicom_encoding::encode::EncodeTo<W>,
+{
+    let mut buf = Vec::new();
+    // A short read is not always an error of the reader: the length tells a cut file.
+    let mut next = |buf: &mut Vec<u8>| -> Result<Option<u32>, DeidError> {
+        buf.clear();
+        let n = collector.read_next_fragment(buf).map_err(unreadable)?;
+        match n {
+            Some(n) if buf.len() != n as usize => Err(DeidError::Unreadable(format!(
+                "cannot read it as DICOM: the pixel data is cut short ({} of {n} bytes)",
+                buf.len()
+            ))),
+            n => Ok(n),
+        }
+    };
+    let Some(first) = next(&mut buf)? else {
+        return Ok(());
+    };
+    if !encapsulated {
+        let vr = native_vr;
+        writer
+            .write(DataToken::ElementHeader(DataElementHeader::new(
+                tags::PIXEL_DATA,
+                vr,
+                Length(first),
+            )))
+            .map_err(io_write)?;
+        writer
+            .write(DataToken::PrimitiveValue(PrimitiveValue::U8(buf.into())))
+            .map_err(io_write)?;
+        return Ok(());
+    }
+    writer
+        .write(DataToken::PixelSequenceStart)
+        .map_err(io_write)?;
+    let mut len = Some(first);
+    while let Some(n) = len {
+        writer
+            .write(DataToken::ItemStart { len: Length(n) })
+            .map_err(io_write)?;
+        writer
+            .write(DataToken::ItemValue(std::mem::take(&mut buf)))
+            .map_err(io_write)?;
+        writer.write(DataToken::ItemEnd).map_err(io_write)?;
+        len = next(&mut buf)?;
+    }
+    writer.write(DataToken::SequenceEnd).map_err(io_write)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_procedure_parses() {
+        let p = Procedure::builtin().unwrap();
+        assert_eq!(p.default.action, Action::Reject);
+        assert!(p.sop_classes.contains_key("1.2.840.10008.5.1.4.1.1.2"));
+        let ct = &p.sop_classes["1.2.840.10008.5.1.4.1.1.2"];
+        assert_eq!(ct.tags[&tags::PATIENT_NAME].action, Action::Blank);
+        assert_eq!(ct.tags[&tags::PIXEL_DATA].action, Action::Keep);
+    }
+
+    #[test]
+    fn uids_map_consistently_under_the_root_and_fit_64_characters() {
+        let m = UidMap::new([7; 32]);
+        let a = m.map("1.2.3.4");
+        assert_eq!(a, m.map("1.2.3.4"));
+        assert_ne!(a, m.map("1.2.3.5"));
+        assert_ne!(a, UidMap::new([8; 32]).map("1.2.3.4"));
+        assert!(a.starts_with(ROOT_UID) && a.len() <= 64, "{a}");
+        assert_eq!(
+            UidMap::from_hex(&m.secret_hex()).unwrap().map("x"),
+            m.map("x")
+        );
+    }
+}
