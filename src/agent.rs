@@ -16,7 +16,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::config::{After, AlertKind, Config, Folder, OnChange};
-use crate::deliver::{Checkpoints, DeliverError, EarlierUpload, ItemStart, deliver};
+use crate::deidentify::UidMap;
+use crate::deliver::{Checkpoints, DeliverError, EarlierUpload, ItemStart, Privacy, deliver};
 use crate::gc::models::UserUpload;
 use crate::gc::uploads::ResumeFrom;
 use crate::gc::verify::VerifyTiming;
@@ -158,6 +159,14 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let journal = Arc::new(Journal::open(&config.server.state_dir)?);
     let receipts = config.server.state_dir.join("receipts");
+    // De-identified copies left by a crash: every delivery makes its own again (the same bytes).
+    crate::deliver::remove_staging(&config.server.state_dir.join("staging"));
+    for f in config.folders.iter().filter(|f| !f.deidentify) {
+        tracing::warn!(
+            folder = %f.path.display(),
+            "deidentify = false: DICOM files of this folder are uploaded as they are, with patient names, IDs and dates: identifiable data will leave this machine"
+        );
+    }
     let settle_rules: Vec<SettleRules> = config.folders.iter().map(SettleRules::of).collect();
     let started = Instant::now();
     // Bound before anything else happens, so a taken port is a startup error, not a silent gap.
@@ -1083,6 +1092,8 @@ impl Delivery {
         match attempt_recorded(
             &sh.client,
             &sh.journal,
+            folder,
+            &sh.config.server.state_dir,
             &self.rec,
             &self.case_dir,
             &plan,
@@ -1239,6 +1250,8 @@ fn backoff(o: &AgentOptions, attempts: i64) -> Duration {
 pub(crate) async fn attempt_recorded(
     client: &Client,
     journal: &Journal,
+    folder: &Folder,
+    state_dir: &Path,
     rec: &CaseRecord,
     case_dir: &Path,
     plan: &rules::Plan,
@@ -1287,7 +1300,35 @@ pub(crate) async fn attempt_recorded(
         None => ItemStart::New,
     };
     tracing::debug!(case = %rec.case_text(), resuming, "attempt recorded");
-    Ok(deliver(client, case_dir, &send, start, verify, &cp).await)
+    // DICOM goes out de-identified, with UIDs from the case's own secret in the journal, so that a resumed
+    // attempt (of the agent or of `upload`) sends the same bytes.
+    let privacy = if folder.deidentify {
+        let secret = journal.deid_secret(rec.id)?;
+        let uids = UidMap::from_hex(&secret).ok_or_else(|| {
+            JournalError::Corrupt(format!("case {}: bad de-identification secret", rec.id))
+        })?;
+        Some(Privacy {
+            staging: state_dir.join("staging").join(rec.id.to_string()),
+            uids,
+        })
+    } else {
+        None
+    };
+    let result = deliver(
+        client,
+        case_dir,
+        &send,
+        start,
+        verify,
+        &cp,
+        privacy.as_ref(),
+    )
+    .await;
+    // The copies are made again, byte for byte, by any later attempt: none is kept on disk.
+    if let Some(p) = &privacy {
+        crate::deliver::remove_staging(&p.staging);
+    }
+    Ok(result)
 }
 
 /// The journal as a delivery's checkpoints (the agent's and `upload`'s).

@@ -130,6 +130,15 @@ pub fn check(args: CheckArgs) -> u8 {
             f.target,
             f.target_slug
         );
+        if !f.deidentify {
+            println!(
+                "  folder[{}] WARNING: deidentify = false: DICOM files are uploaded as they are, with patient names, IDs and dates: identifiable data will leave this machine",
+                f.index
+            );
+        }
+        for (case, warning) in title_warnings_of_present_cases(f) {
+            println!("  folder[{}] case {case}: WARNING: {warning}", f.index);
+        }
     }
     if !args.online {
         return exit::OK;
@@ -183,6 +192,34 @@ pub fn check(args: CheckArgs) -> u8 {
         }
         code
     })
+}
+
+/// Title warnings for the cases now in a folder: a folder name or title that repeats the Patient ID or
+/// Patient's Name of the case's DICOM files (read from their headers only).
+fn title_warnings_of_present_cases(f: &crate::config::Folder) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for case_dir in crate::watch::list_cases(f).unwrap_or_default() {
+        let Ok(snap) = crate::settle::snapshot(&case_dir) else {
+            continue;
+        };
+        let Ok(plan) = crate::rules::plan(f, &case_dir, &snap.case_files()) else {
+            continue;
+        };
+        let mut identifiers: Vec<(Option<String>, Option<String>)> = plan
+            .sockets
+            .iter()
+            .flat_map(|s| s.source.files())
+            .filter_map(|pf| crate::deidentify::patient_identifiers(&case_dir.join(&pf.rel)))
+            // One series is one patient: the first DICOM file tells, without reading them all.
+            .take(1)
+            .collect();
+        identifiers.sort();
+        identifiers.dedup();
+        for w in crate::deidentify::title_warnings(&plan.case, &plan.title, &identifiers) {
+            out.push((plan.case_path.clone(), w));
+        }
+    }
+    out
 }
 
 /// The shape of a config rule's source, to judge it against a socket before any case exists.

@@ -175,6 +175,8 @@ pub struct Folder {
     pub poll: Poll,
     pub poll_interval: Duration,
     pub sockets: Vec<SocketRule>,
+    /// DICOM files going to image sockets are de-identified copies (on unless the folder opts out).
+    pub deidentify: bool,
 }
 
 /// What happens to a case folder once it is verifiably delivered.
@@ -325,6 +327,7 @@ struct RawFolder {
     on_change: Option<OnChange>,
     poll: Option<Poll>,
     poll_interval: Option<Spanned<String>>,
+    deidentify: Option<bool>,
     #[serde(default)]
     socket: Vec<Spanned<RawSocket>>,
 }
@@ -920,10 +923,12 @@ fn validate_folder(
             Duration::from_secs(5),
         )?,
         sockets,
+        deidentify: f.deidentify.unwrap_or(true),
     })
 }
 
-/// Templates know `{case}` (the case folder's name) and `{path}` (its path below the drop folder).
+/// Templates know `{case}` (the case folder's name), `{path}` (its path below the drop folder) and
+/// `{hash}` (a stable hash of that path, for titles that must not show a folder named after a patient).
 pub fn check_template(t: &str) -> Result<(), String> {
     let mut rest = t;
     while let Some(open) = rest.find('{') {
@@ -932,10 +937,10 @@ pub fn check_template(t: &str) -> Result<(), String> {
             .ok_or("an opening `{` has no closing `}`")?
             + open;
         match &rest[open + 1..close] {
-            "case" | "path" => {}
+            "case" | "path" | "hash" => {}
             other => {
                 return Err(format!(
-                    "unknown placeholder `{{{other}}}`; use {{case}} or {{path}}"
+                    "unknown placeholder `{{{other}}}`; use {{case}}, {{path}} or {{hash}}"
                 ));
             }
         }

@@ -8,12 +8,14 @@
 //! exists, the error says what is left there. The outcome is classified for the caller: quarantine the
 //! case, pause the target, or try again later.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use futures_util::future::try_join_all;
 
 use std::sync::Mutex;
 
+use crate::deidentify::{Procedure, UidMap};
 use crate::gc::models::UserUpload;
 use crate::gc::uploads::{LocalFile, ResumeFrom, UploadObserver};
 use crate::gc::verify::{Awaiting, Expectation, VerifyTiming};
@@ -112,6 +114,42 @@ impl UploadObserver for FileObserver<'_> {
     }
 }
 
+/// De-identification of a case's DICOM files: where the copies go and the case's UID map.
+pub struct Privacy {
+    /// The case's own staging folder under the state directory; the caller removes it afterwards.
+    pub staging: PathBuf,
+    pub uids: UidMap,
+}
+
+/// Remove a staging folder and what is in it; a folder that is not there is fine.
+pub fn remove_staging(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), "cannot remove de-identified copies: {e}"),
+    }
+}
+
+/// A file that was sent as a de-identified copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// Relative to the case, as in the plan.
+    pub path: String,
+    pub local: PathBuf,
+    /// SHA-256 of the copy: what was sent.
+    pub sha256: String,
+}
+
+/// What de-identification did for a delivery.
+#[derive(Debug, Clone, Default)]
+pub struct Deidentified {
+    /// The procedure's version, when de-identification was on.
+    pub procedure: Option<String>,
+    pub staged: Vec<Staged>,
+    /// Said at delivery, and kept in the receipt: e.g. a title that repeats a patient's ID.
+    pub warnings: Vec<String>,
+}
+
 /// Which item the case goes into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemStart {
@@ -129,6 +167,7 @@ pub struct Delivered {
     pub item_pk: String,
     pub item_api_url: String,
     pub sockets: Vec<SocketResult>,
+    pub deidentified: Deidentified,
 }
 
 #[derive(Debug, Clone)]
@@ -315,7 +354,62 @@ fn read_value_file(case_dir: &Path, f: &PlannedFile) -> Result<serde_json::Value
     Ok(value)
 }
 
-/// Deliver `plan` (files read from `case_dir`) and verify it on the server.
+/// Make the de-identified copies of every DICOM file (by content) that goes to an image socket, under
+/// `privacy.staging`. A file named like DICOM that is not, a file the procedure refuses, or one that
+/// cannot be read, refuses the case: nothing has been created on the platform yet.
+fn stage(
+    case_dir: &Path,
+    files: &[PlannedFile],
+    privacy: &Privacy,
+    title: &str,
+    case: &str,
+) -> Result<Deidentified, DeliverError> {
+    let procedure = Procedure::builtin().map_err(quarantine)?;
+    let mut done = Deidentified {
+        procedure: Some(procedure.version.clone()),
+        ..Deidentified::default()
+    };
+    let mut identifiers = Vec::new();
+    for f in files {
+        let src = case_dir.join(&f.rel);
+        let dicom = crate::deidentify::is_dicom(&src)
+            .map_err(|e| quarantine(format!("{}: cannot read: {e}", f.path)))?;
+        if !dicom {
+            if crate::deidentify::named_dicom(&f.rel) {
+                return Err(quarantine(format!(
+                    "{}: {}",
+                    f.path,
+                    crate::deidentify::DeidError::NotDicom
+                )));
+            }
+            continue;
+        }
+        let dst = privacy.staging.join(&f.rel);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                quarantine(format!(
+                    "cannot create the staging folder {}: {e}",
+                    parent.display()
+                ))
+            })?;
+        }
+        let written = crate::deidentify::deidentify_file(procedure, &privacy.uids, &src, &dst)
+            .map_err(|e| quarantine(format!("{}: {e}", f.path)))?;
+        identifiers.push((written.patient_id, written.patient_name));
+        done.staged.push(Staged {
+            path: f.path.clone(),
+            local: dst,
+            sha256: written.sha256,
+        });
+    }
+    identifiers.sort();
+    identifiers.dedup();
+    done.warnings = crate::deidentify::title_warnings(case, title, &identifiers);
+    Ok(done)
+}
+
+/// Deliver `plan` (files read from `case_dir`) and verify it on the server. With `privacy`, DICOM
+/// files going to image sockets are sent as de-identified copies.
 pub async fn deliver(
     client: &Client,
     case_dir: &Path,
@@ -323,6 +417,7 @@ pub async fn deliver(
     start: ItemStart,
     timing: &VerifyTiming,
     cp: &dyn Checkpoints,
+    privacy: Option<&Privacy>,
 ) -> Result<Delivered, DeliverError> {
     let target = client
         .resolve_target(plan.target, &plan.target_slug)
@@ -344,6 +439,34 @@ pub async fn deliver(
         routes.push((sp.slug.as_str(), route(case_dir, &socket, &sp.source)?));
     }
 
+    let deidentified = match privacy {
+        Some(privacy) => {
+            let images: Vec<PlannedFile> = routes
+                .iter()
+                .flat_map(|(_, r)| match r {
+                    Route::Image(fs) | Route::DicomImageSet(fs, _) => fs.to_vec(),
+                    Route::File(_) | Route::Value(_) => vec![],
+                })
+                .collect();
+            let (dir, staging, uids) = (
+                case_dir.to_owned(),
+                privacy.staging.clone(),
+                privacy.uids.clone(),
+            );
+            let (title, case) = (plan.title.clone(), plan.case.clone());
+            // Reading and writing whole series is blocking work: off the async threads.
+            tokio::task::spawn_blocking(move || {
+                stage(&dir, &images, &Privacy { staging, uids }, &title, &case)
+            })
+            .await
+            .map_err(|e| quarantine(format!("de-identification failed: {e}")))??
+        }
+        None => Deidentified::default(),
+    };
+    for w in &deidentified.warnings {
+        tracing::warn!(case = %plan.case_path, "{w}");
+    }
+
     cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
     let (item, created) = match start {
         ItemStart::New => (
@@ -353,7 +476,12 @@ pub async fn deliver(
         ItemStart::Existing(pk) => (client.get_item(&target, &pk).await?, false),
     };
     cp.item(&item.pk).map_err(DeliverError::Checkpoint)?;
-    match fill(client, case_dir, &target, &item, routes, timing, cp).await {
+    let sent = Sent {
+        case_dir,
+        routes,
+        deidentified,
+    };
+    match fill(client, sent, &target, &item, timing, cp).await {
         Err(DeliverError::Quarantine(reason)) => {
             let left = left_on_platform(client, &target, &item, created).await;
             Err(DeliverError::Quarantine(format!("{reason}. {left}")))
@@ -362,16 +490,32 @@ pub async fn deliver(
     }
 }
 
+/// What goes into an item: the routes of its sockets, and the de-identified copies sent instead of files.
+struct Sent<'a> {
+    case_dir: &'a Path,
+    routes: Vec<(&'a str, Route<'a>)>,
+    deidentified: Deidentified,
+}
+
 /// Upload the files into `item`, set every value with one PATCH and verify them on the server.
 async fn fill(
     client: &Client,
-    case_dir: &Path,
+    sent: Sent<'_>,
     target: &Target,
     item: &Item,
-    routes: Vec<(&str, Route<'_>)>,
     timing: &VerifyTiming,
     cp: &dyn Checkpoints,
 ) -> Result<Delivered, DeliverError> {
+    let Sent {
+        case_dir,
+        routes,
+        deidentified,
+    } = sent;
+    let sent_from: BTreeMap<&str, &Path> = deidentified
+        .staged
+        .iter()
+        .map(|s| (s.path.as_str(), s.local.as_path()))
+        .collect();
     cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
 
     // All files of all sockets at once; the client bounds files and parts in flight.
@@ -384,11 +528,12 @@ async fn fill(
         })
         .collect();
     let failed = Mutex::new(None);
-    let uploads = try_join_all(
-        files
-            .iter()
-            .map(|f| upload_one(client, case_dir, f, cp, &failed)),
-    )
+    let uploads = try_join_all(files.iter().map(|f| {
+        let local = sent_from
+            .get(f.path.as_str())
+            .map_or_else(|| case_dir.join(&f.rel), |p| p.to_path_buf());
+        upload_one(client, local, f, cp, &failed)
+    }))
     .await?;
     if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(DeliverError::Checkpoint(e));
@@ -495,6 +640,7 @@ async fn fill(
         item_pk: item.pk.clone(),
         target: target.clone(),
         sockets,
+        deidentified,
     })
 }
 
@@ -552,13 +698,13 @@ async fn left_on_platform(client: &Client, target: &Target, item: &Item, created
 /// Upload one file, reusing or resuming what an interrupted attempt left where the platform still has it.
 async fn upload_one(
     client: &Client,
-    case_dir: &Path,
+    path: PathBuf,
     f: &PlannedFile,
     cp: &dyn Checkpoints,
     failed: &Mutex<Option<String>>,
 ) -> Result<UserUpload, GcError> {
     let local = LocalFile {
-        path: case_dir.join(&f.rel),
+        path,
         filename: f.upload_name.clone(),
     };
     let observer = FileObserver {

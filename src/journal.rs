@@ -202,6 +202,7 @@ CREATE TABLE IF NOT EXISTS cases (
     attempts INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
     updated TEXT NOT NULL,
+    deid_secret TEXT,
     UNIQUE (folder, case_path)
 );
 CREATE TABLE IF NOT EXISTS uploads (
@@ -366,6 +367,19 @@ impl Journal {
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&mut conn).map_err(err)?;
+        // Journals made before cases had a de-identification secret get the column.
+        let has_secret: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('cases') WHERE name = 'deid_secret'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(err)?
+            > 0;
+        if !has_secret {
+            conn.execute_batch("ALTER TABLE cases ADD COLUMN deid_secret TEXT")
+                .map_err(err)?;
+        }
         Ok(Journal {
             conn: Mutex::new(conn),
         })
@@ -511,6 +525,23 @@ impl Journal {
         Journal::event(&tx, id, "postponed", Some(why))?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The secret that keys the case's new DICOM UIDs (hex), made on first use and kept for the life of
+    /// the case: every attempt and every later update of the case maps a UID to the same new UID, so a
+    /// resumed upload sends the very bytes it had started with.
+    pub fn deid_secret(&self, id: i64) -> Result<String, JournalError> {
+        let fresh = hex::encode(rand::random::<[u8; 32]>());
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE cases SET deid_secret = ?2 WHERE id = ?1 AND deid_secret IS NULL",
+            params![id, fresh],
+        )?;
+        Ok(conn.query_row(
+            "SELECT deid_secret FROM cases WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?)
     }
 
     /// Before the first platform call of an attempt.
@@ -1286,6 +1317,21 @@ mod tests {
         );
         assert_eq!(j.drop_alerts_except(&["https://a/".into()]).unwrap(), 1);
         assert!(j.next_alert("https://b/").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_case_keeps_its_de_identification_secret_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let a = j.discover(Path::new("/drop"), Path::new("p1")).unwrap();
+        let b = j.discover(Path::new("/drop"), Path::new("p2")).unwrap();
+        let secret = j.deid_secret(a.id).unwrap();
+        assert_eq!(secret.len(), 64);
+        assert_eq!(j.deid_secret(a.id).unwrap(), secret);
+        assert_ne!(j.deid_secret(b.id).unwrap(), secret);
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.deid_secret(a.id).unwrap(), secret);
     }
 
     #[test]

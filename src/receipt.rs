@@ -42,6 +42,13 @@ pub struct Receipt {
     pub skipped: Vec<String>,
     /// Why the case was quarantined, in the platform's own words where it gave any.
     pub reason: Option<String>,
+    /// The version of the DICOM de-identification procedure applied; `None` when the folder opted out
+    /// (then DICOM files were sent as they are).
+    #[serde(default)]
+    pub deidentification: Option<String>,
+    /// Things said at delivery that an operator should see (e.g. a title that repeats a patient ID).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// How readiness was decided (e.g. "quiet for 30s", "marker DONE present", "one-shot upload").
     pub readiness: String,
     /// 1 for the first delivery of a case, then one more for every update of the same item.
@@ -82,7 +89,15 @@ pub struct FileReceipt {
     pub path: String,
     pub upload_name: String,
     pub size: u64,
+    /// SHA-256 of the file in the case folder.
     pub sha256: String,
+    /// SHA-256 of what was sent: the de-identified copy for DICOM files, else the file itself. Empty
+    /// until delivered.
+    #[serde(default)]
+    pub sent_sha256: String,
+    /// Sent as a de-identified copy.
+    #[serde(default)]
+    pub deidentified: bool,
 }
 
 /// Which case a receipt is about: its drop folder and its path inside, byte for byte. Two drop folders
@@ -251,6 +266,8 @@ impl Receipt {
                                     .and_then(|m| m.entries.iter().find(|e| e.path == pf.path))
                                     .map(|e| e.sha256.clone())
                                     .unwrap_or_default(),
+                                sent_sha256: String::new(),
+                                deidentified: false,
                             })
                             .collect(),
                         value_pk: None,
@@ -274,6 +291,8 @@ impl Receipt {
             unmatched: f.plan.map(|p| p.unmatched.clone()).unwrap_or_default(),
             skipped: f.skipped,
             reason: None,
+            deidentification: None,
+            warnings: vec![],
             readiness: f.readiness,
             revision: f.revision,
             attempts: f.attempts,
@@ -292,7 +311,22 @@ impl Receipt {
             pk: d.item_pk.clone(),
             api_url: d.item_api_url.clone(),
         });
+        r.deidentification = d
+            .deidentified
+            .procedure
+            .as_ref()
+            .map(|v| format!("grand-challenge-dicom-de-id-procedure {v}"));
+        r.warnings = d.deidentified.warnings.clone();
         for s in &mut r.sockets {
+            for f in &mut s.files {
+                match d.deidentified.staged.iter().find(|st| st.path == f.path) {
+                    Some(st) => {
+                        f.sent_sha256 = st.sha256.clone();
+                        f.deidentified = true;
+                    }
+                    None => f.sent_sha256 = f.sha256.clone(),
+                }
+            }
             if let Some(v) = d.sockets.iter().find(|v| v.slug == s.slug) {
                 s.value_pk = Some(v.value_pk);
                 s.value = v.value.clone();
@@ -345,6 +379,8 @@ mod tests {
             unmatched: vec![],
             skipped: vec![],
             reason: None,
+            deidentification: None,
+            warnings: vec![],
             readiness: "one-shot upload".into(),
             revision: 1,
             attempts: 1,

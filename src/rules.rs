@@ -152,6 +152,15 @@ pub fn render(template: &str, case: &str, case_path: &str) -> String {
     template
         .replace("{case}", case)
         .replace("{path}", case_path)
+        .replace("{hash}", &path_hash(case_path))
+}
+
+/// `{hash}`: the first 16 hex digits of the SHA-256 of the case's path below its drop folder. Stable
+/// across restarts and machines, and it does not show a folder name; but it is no secret: whoever can
+/// guess a name can compute its hash.
+pub fn path_hash(case_path: &str) -> String {
+    let digest = Sha256::digest(case_path.as_bytes());
+    hex::encode(&digest[..8])
 }
 
 /// A path as text that keeps every name distinct: bytes that are not UTF-8 (a Latin-1 `ü` from an old
@@ -650,6 +659,15 @@ mod tests {
             "marker and temp files are neither uploaded nor unmatched"
         );
         assert_eq!(p.sockets[2].source, Source::Value(serde_json::json!(3)));
+    }
+
+    #[test]
+    fn a_hash_title_is_stable_and_hides_the_folder_name() {
+        let t = render("case-{hash}", "DOE_JANE", "ward/DOE_JANE");
+        assert_eq!(t, render("case-{hash}", "DOE_JANE", "ward/DOE_JANE"));
+        assert_ne!(t, render("case-{hash}", "DOE_JOHN", "ward/DOE_JOHN"));
+        assert!(!t.contains("DOE"), "{t}");
+        assert_eq!(t.len(), "case-".len() + 16);
     }
 
     #[test]

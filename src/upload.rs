@@ -53,6 +53,12 @@ async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u
     };
     let journal = &journal;
     let receipts = receipts.unwrap_or_else(|| config.server.state_dir.join("receipts"));
+    for f in config.folders.iter().filter(|f| !f.deidentify) {
+        eprintln!(
+            "WARNING: folder {} has deidentify = false: its DICOM files are uploaded as they are, with patient names, IDs and dates: identifiable data will leave this machine",
+            f.path.display()
+        );
+    }
     let bars = std::io::stderr().is_terminal().then(MultiProgress::new);
     let outcomes: Vec<CaseOutcome> = futures_util::stream::iter(cases.iter().cloned())
         .map(|case| upload_case(config, &client, journal, &receipts, bars.as_ref(), case))
@@ -231,6 +237,8 @@ async fn upload_case(
     let result = crate::agent::attempt_recorded(
         client,
         journal,
+        folder,
+        &config.server.state_dir,
         &rec,
         &case_dir,
         &plan,

@@ -67,7 +67,7 @@ fn check_against_state(r: &Receipt, item: &Value) {
             let mut sent: Vec<(String, String)> = s
                 .files
                 .iter()
-                .map(|f| (f.upload_name.clone(), f.sha256.clone()))
+                .map(|f| (f.upload_name.clone(), f.sent_sha256.clone()))
                 .collect();
             sent.sort();
             assert_eq!(

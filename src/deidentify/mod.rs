@@ -492,14 +492,62 @@ fn io_write(e: impl std::fmt::Display) -> DeidError {
     DeidError::Unreadable(format!("cannot write the de-identified copy: {e}"))
 }
 
+/// What [`deidentify_file`] wrote, and what it read that the caller may need to warn about.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Written {
+    /// SHA-256 (hex) of the de-identified copy: what is sent.
+    pub sha256: String,
+    pub size: u64,
+    /// Patient ID and Patient's Name of the original (to warn about titles that repeat them). Kept out
+    /// of `Debug` so that they cannot end up in a log by accident.
+    pub patient_id: Option<String>,
+    pub patient_name: Option<String>,
+}
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Written")
+            .field("sha256", &self.sha256)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hashes and counts what goes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let e = obj.get(tag)?;
+    let s = e.to_str().ok()?;
+    let t = trimmed(&s);
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
 /// Read `src`, de-identify it and write the result to `dst` (created or truncated; the caller decides
-/// where, and syncs or renames it). The pixel data is copied as it is, fragment by fragment.
+/// where). The pixel data is copied as it is, fragment by fragment. The output depends only on the
+/// input and the UID map: the same file de-identified twice gives the same bytes.
 pub fn deidentify_file(
     procedure: &Procedure,
     uids: &UidMap,
     src: &Path,
     dst: &Path,
-) -> Result<(), DeidError> {
+) -> Result<Written, DeidError> {
     if !is_dicom(src).map_err(unreadable)? {
         return Err(DeidError::NotDicom);
     }
@@ -528,6 +576,8 @@ pub fn deidentify_file(
         Some(Ok(bits)) if bits > 8 => VR::OW,
         _ => VR::OB,
     };
+    let patient_id = text(&header, tags::PATIENT_ID);
+    let patient_name = text(&header, tags::PATIENT_NAME);
     deidentify_dataset(procedure, uids, &mut header)?;
     if keep_pixels == Action::Reject {
         return Err(DeidError::Rejected("pixel data".into()));
@@ -548,7 +598,11 @@ pub fn deidentify_file(
         .map_err(io_write)?;
 
     let out = File::create(dst).map_err(io_write)?;
-    let mut out = BufWriter::with_capacity(1 << 20, out);
+    let mut out = Hashing {
+        inner: BufWriter::with_capacity(1 << 20, out),
+        hash: Sha256::new(),
+        size: 0,
+    };
     out.write_all(&[0u8; 128]).map_err(io_write)?;
     out.write_all(b"DICM").map_err(io_write)?;
     new_meta.write(&mut out).map_err(io_write)?;
@@ -568,7 +622,68 @@ pub fn deidentify_file(
     writer.flush().map_err(io_write)?;
     drop(writer);
     out.flush().map_err(io_write)?;
-    Ok(())
+    Ok(Written {
+        sha256: hex::encode(out.hash.finalize()),
+        size: out.size,
+        patient_id,
+        patient_name,
+    })
+}
+
+/// Patient ID and Patient's Name of a DICOM file, read from its header only (for `check`).
+pub fn patient_identifiers(path: &Path) -> Option<(Option<String>, Option<String>)> {
+    if !is_dicom(path).ok()? {
+        return None;
+    }
+    let file = File::open(path).ok()?;
+    let mut collector = DicomCollector::new(BufReader::new(file));
+    let mut header = InMemDicomObject::new_empty();
+    collector.read_dataset_up_to_pixeldata(&mut header).ok()?;
+    Some((
+        text(&header, tags::PATIENT_ID),
+        text(&header, tags::PATIENT_NAME),
+    ))
+}
+
+/// Warnings for a case whose folder name or title repeats a patient identifier of its DICOM files
+/// (`identifiers`: Patient ID and Patient's Name as read). The identifiers themselves are not repeated
+/// in the text, which ends up in logs and receipts.
+pub fn title_warnings(
+    case: &str,
+    title: &str,
+    identifiers: &[(Option<String>, Option<String>)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (label, shown) in [("folder name", case), ("title", title)] {
+        let hit = identifiers.iter().find_map(|(id, name)| {
+            if id.as_deref().is_some_and(|i| looks_like(shown, i)) {
+                Some("Patient ID")
+            } else if name.as_deref().is_some_and(|n| looks_like(shown, n)) {
+                Some("Patient's Name")
+            } else {
+                None
+            }
+        });
+        if let Some(what) = hit {
+            out.push(format!(
+                "the case's {label} repeats the {what} of its DICOM files, and the title leaves this machine: consider title = \"{{hash}}\""
+            ));
+        }
+    }
+    out
+}
+
+/// Does a title repeat a patient identifier? Compared without case, spaces and separators, so that a
+/// folder `Doe_Jane` matches the name `DOE^JANE`.
+pub fn looks_like(title: &str, identifier: &str) -> bool {
+    let norm = |s: &str| -> String {
+        s.chars()
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let id = norm(identifier);
+    !id.is_empty() && norm(title) == id
 }
 
 /// Our implementation class in the file meta group of every de-identified copy (under the 2.25 root,
@@ -646,6 +761,14 @@ mod tests {
         let ct = &p.sop_classes["1.2.840.10008.5.1.4.1.1.2"];
         assert_eq!(ct.tags[&tags::PATIENT_NAME].action, Action::Blank);
         assert_eq!(ct.tags[&tags::PIXEL_DATA].action, Action::Keep);
+    }
+
+    #[test]
+    fn titles_that_repeat_a_patient_identifier_are_recognised() {
+        assert!(looks_like("Doe_Jane", "DOE^JANE"));
+        assert!(looks_like("pid-4711", "PID-4711"));
+        assert!(!looks_like("case-0001", "DOE^JANE"));
+        assert!(!looks_like("", "^"));
     }
 
     #[test]

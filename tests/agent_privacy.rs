@@ -1,0 +1,266 @@
+//! Privacy end to end: the agent delivers DICOM only as de-identified copies (the sandbox's storage is
+//! searched for the patient's identifiers), the receipt names what was sent, and DICOM the procedure
+//! cannot take quarantines its case before anything exists on the platform while other cases go on.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use dicom_core::value::PrimitiveValue;
+use dicom_core::{DataElement, VR};
+use dicom_dictionary_std::tags;
+use gc_hotfolder::receipt::Outcome;
+use gc_hotfolder::samples::{self, DicomSeriesIds};
+use sha2::Digest;
+
+const NAME: &str = "DOE^JANE";
+const ID: &str = "PID4711";
+const BIRTH: &str = "19610203";
+
+/// A CT series of `n` slices of the patient, with a birth date, in `case/dicom/`.
+fn patient_series(case: &Path, n: u32, seed: u64) -> Vec<PathBuf> {
+    let mut ids = DicomSeriesIds::new(seed);
+    ids.patient_name = NAME.into();
+    ids.patient_id = ID.into();
+    let dir = case.join("dicom");
+    std::fs::create_dir_all(&dir).unwrap();
+    samples::write_dicom_series(&dir, n, 8, 8, &ids, seed).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in &files {
+        let mut obj = dicom_object::open_file(f).unwrap();
+        obj.put(DataElement::new(
+            tags::PATIENT_BIRTH_DATE,
+            VR::DA,
+            PrimitiveValue::from(BIRTH),
+        ));
+        obj.write_to_file(f).unwrap();
+    }
+    files
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            all_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dicom_leaves_only_de_identified_and_bad_dicom_is_stopped_before_the_platform() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let state_dir = tmp.path().join("state");
+    std::fs::create_dir_all(&drop).unwrap();
+
+    // Staged outside the drop folder, then moved in whole.
+    drop_atomically(&drop, "DOE_JANE", |d| {
+        patient_series(d, 4, 1);
+    });
+    drop_atomically(&drop, "not-dicom", |d| {
+        std::fs::create_dir_all(d.join("dicom")).unwrap();
+        std::fs::write(
+            d.join("dicom/a.dcm"),
+            "exported by mistake as text\n".repeat(20),
+        )
+        .unwrap();
+    });
+    drop_atomically(&drop, "truncated", |d| {
+        let files = patient_series(d, 2, 2);
+        let bytes = std::fs::read(&files[1]).unwrap();
+        std::fs::write(&files[1], &bytes[..bytes.len() - 30]).unwrap();
+    });
+    drop_atomically(&drop, "secondary-capture", |d| {
+        let files = patient_series(d, 1, 3);
+        let mut obj = dicom_object::open_file(&files[0]).unwrap();
+        let sc = "1.2.840.10008.5.1.4.1.1.7";
+        obj.put(DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(sc),
+        ));
+        obj.meta_mut().media_storage_sop_class_uid = sc.into();
+        obj.write_to_file(&files[0]).unwrap();
+    });
+    drop_atomically(&drop, "plain", |d| archive_case(d, 0));
+
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let rs = wait_receipts(&state_dir, 5, Duration::from_secs(90)).await;
+    let by = |case: &str| rs.iter().find(|r| r.case == case).unwrap();
+
+    // The patient's series went out de-identified, and the receipt says what exactly was sent.
+    let jane = by("DOE_JANE");
+    assert_eq!(jane.outcome, Outcome::Delivered, "{:?}", jane.reason);
+    assert!(
+        jane.deidentification
+            .as_deref()
+            .is_some_and(|d| d.contains("2025.11.0")),
+        "{:?}",
+        jane.deidentification
+    );
+    let files = &jane
+        .sockets
+        .iter()
+        .find(|s| s.slug == "generic-medical-image")
+        .unwrap()
+        .files;
+    assert_eq!(files.len(), 4);
+    for f in files {
+        assert!(f.deidentified, "{f:?}");
+        assert_eq!(f.sent_sha256.len(), 64);
+        assert_ne!(
+            f.sent_sha256, f.sha256,
+            "{}: the copy differs from the original",
+            f.path
+        );
+        let original = std::fs::read(drop.join("DOE_JANE").join(&f.path)).unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&original)),
+            f.sha256,
+            "the original is untouched"
+        );
+    }
+    assert!(
+        jane.warnings
+            .iter()
+            .any(|w| w.contains("folder name") && w.contains("{hash}")),
+        "a folder named after the patient is pointed out: {:?}",
+        jane.warnings
+    );
+    let st = state(&sb).await;
+    let item = items_of(&st, "demo-archive")
+        .into_iter()
+        .find(|i| i["title"] == "DOE_JANE")
+        .cloned()
+        .unwrap();
+    let stored: Vec<String> = item["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["image"].is_object())
+        .flat_map(|v| v["image"]["files"].as_array().unwrap().clone())
+        .map(|f| f["sha256"].as_str().unwrap().to_owned())
+        .collect();
+    let mut sent: Vec<String> = files.iter().map(|f| f.sent_sha256.clone()).collect();
+    let mut stored_sorted = stored.clone();
+    sent.sort();
+    stored_sorted.sort();
+    assert_eq!(
+        stored_sorted, sent,
+        "the platform holds exactly the de-identified copies"
+    );
+
+    // Nothing the platform stored carries the patient's identifiers.
+    let mut kept = Vec::new();
+    all_files(sb.data_dir(), &mut kept);
+    let mut dicom_seen = 0;
+    for p in &kept {
+        let bytes = std::fs::read(p).unwrap();
+        if contains(&bytes, "DICM") {
+            dicom_seen += 1;
+        }
+        for secret in [NAME, ID, BIRTH] {
+            assert!(
+                !contains(&bytes, secret),
+                "{secret} found in the sandbox's {}",
+                p.display()
+            );
+        }
+    }
+    assert!(
+        dicom_seen >= 4,
+        "the sandbox's storage holds the series ({dicom_seen} DICOM files)"
+    );
+
+    // Bad DICOM: quarantined with the file and the cause, and nothing made on the platform.
+    for (case, file, cause) in [
+        ("not-dicom", "dicom/a.dcm", "not a DICOM file"),
+        ("truncated", ".dcm", "cut short"),
+        ("secondary-capture", ".dcm", "Unsupported SOP Class"),
+    ] {
+        let r = by(case);
+        assert_eq!(r.outcome, Outcome::Quarantined, "{case}");
+        let reason = r.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains(file) && reason.contains(cause),
+            "{case}: {reason}"
+        );
+        assert!(r.item.is_none(), "{case}: no item");
+        assert!(
+            items_of(&st, "demo-archive")
+                .iter()
+                .all(|i| i["title"] != case),
+            "{case}: nothing was created on the platform"
+        );
+    }
+    assert_eq!(by("plain").outcome, Outcome::Delivered, "other cases go on");
+
+    // No copy stays behind.
+    let staging = state_dir.join("staging");
+    let left = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "staging folders left in {}", staging.display());
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_that_opts_out_is_warned_about_and_sends_dicom_as_it_is() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let state_dir = tmp.path().join("state");
+    drop_atomically(&drop, "case", |d| {
+        patient_series(d, 2, 4);
+    });
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "deidentify = false");
+
+    let check = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(
+        said.contains("identifiable data will leave this machine"),
+        "check says:\n{said}"
+    );
+
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let r = receipt_for(&state_dir, "case").await;
+    assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
+    assert_eq!(r.deidentification, None);
+    for f in &r.sockets[0].files {
+        assert!(!f.deidentified);
+        assert_eq!(f.sent_sha256, f.sha256);
+    }
+    assert!(
+        agent
+            .log()
+            .contains("identifiable data will leave this machine")
+    );
+    // The search of the other test would see identifiers that do reach the platform.
+    let mut kept = Vec::new();
+    all_files(sb.data_dir(), &mut kept);
+    assert!(
+        kept.iter()
+            .any(|p| contains(&std::fs::read(p).unwrap(), ID)),
+        "sent as it is, the patient ID is in the sandbox's storage"
+    );
+    agent.stop();
+}
