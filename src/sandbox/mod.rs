@@ -2,7 +2,10 @@
 //! the platform's behaviour (gc-protocol.md, appendix A) and no account or internet. The official Python
 //! client works against it unchanged.
 //!
-//! - [`fixture`]  the seeded world (users and tokens, sockets, archives, reader studies, items) from TOML.
+//! - [`fixture`]  the seeded world (users and tokens, sockets, archives, reader studies, items,
+//!   algorithms) from TOML.
+//! - [`algorithms`] algorithms, their jobs and the deterministic executor that runs them;
+//!   `algorithm_api` their endpoints.
 //! - [`faults`]   fault injection: statuses, `Retry-After`, latency, dropped connections, upload quotas.
 //! - [`imaging`]  header-level validation of image uploads, as the platform's importer would judge them.
 //! - [`schema`]   JSON value validation by socket kind.
@@ -16,6 +19,8 @@
 //! - `tls`        a throw-away CA and leaf certificate for HTTPS.
 //! - [`command`]  the `gc-hotfolder sandbox` subcommand.
 
+mod algorithm_api;
+pub mod algorithms;
 mod api;
 mod auth;
 pub mod command;
