@@ -1151,15 +1151,17 @@ pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path) {
     }
     let result = match &folder.after {
         After::Leave => return,
-        After::Delete => std::fs::remove_dir_all(case_dir),
-        After::Move(dest) => move_case(case_dir, &dest.join(case)).map(|_| ()),
+        After::Delete => std::fs::remove_dir_all(case_dir).map(|()| "deleted".to_owned()),
+        After::Move(dest) => {
+            move_case(case_dir, &dest.join(case)).map(|to| format!("moved to {}", to.display()))
+        }
     };
     let case = rules::path_text(case);
     match result {
-        Ok(()) => tracing::info!(case, "post-action done: {:?}", folder.after),
+        Ok(done) => tracing::info!(case, "post-action done: {done}"),
         Err(e) => tracing::error!(
             case,
-            "post-action {:?} failed (the case stays where it is): {e}",
+            "post-action ({}) failed, the case stays where it is: {e}",
             folder.after
         ),
     }
@@ -1324,6 +1326,14 @@ impl Delivery {
                 }
                 sh.journal.delivered(self.rec.id, &manifest)?;
                 tracing::info!(case = %self.case, item = %d.item_pk, "delivered and verified");
+                if !plan.unmatched.is_empty() {
+                    tracing::warn!(
+                        case = %self.case,
+                        "{} file(s) of the case matched no socket rule and were not sent: {}",
+                        plan.unmatched.len(),
+                        plan.unmatched.join(", ")
+                    );
+                }
                 apply_after(folder, &self.case_dir, &self.rel);
                 Ok(Done::Delivered)
             }

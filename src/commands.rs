@@ -239,6 +239,9 @@ pub fn explain(args: ExplainArgs) -> u8 {
     for line in crate::rules::explain(&config, &path, files.as_deref()) {
         println!("{line}");
     }
+    if config.folder_for(&path).is_none() {
+        return exit::USAGE;
+    }
     exit::OK
 }
 

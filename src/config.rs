@@ -224,6 +224,16 @@ pub enum After {
     Move(PathBuf),
 }
 
+impl fmt::Display for After {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            After::Leave => write!(f, "leave it"),
+            After::Delete => write!(f, "delete it"),
+            After::Move(dest) => write!(f, "move it to {}", dest.display()),
+        }
+    }
+}
+
 /// What happens when files of an already delivered case change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -33,6 +33,7 @@
 //! - [`notify`]   webhook alerts (quarantine, stuck case, refused token) that carry no patient data.
 //! - [`service`]  systemd notifications: ready, status line, watchdog, stopping, reloading.
 //! - [`cli`]      the command-line interface; `main.rs` only parses and dispatches.
+//! - [`manual`]   manual pages per command, from the CLI plus exit status, environment and files.
 
 pub mod access;
 pub mod agent;
@@ -45,6 +46,7 @@ pub mod demo;
 pub mod fsutil;
 pub mod gc;
 pub mod journal;
+pub mod manual;
 pub mod metrics;
 pub mod notify;
 pub mod preflight;
