@@ -77,7 +77,7 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     (
         "GC_HOTFOLDER_LOG",
-        "Which log lines to write, e.g. debug, or gc_hotfolder=debug (default: info).",
+        "Which log lines to write, e.g. debug, or gc_hotfolder=debug,warn; when unset, RUST_LOG is used (default: info).",
     ),
     (
         "GRAND_CHALLENGE_AUTHORIZATION",
