@@ -561,7 +561,7 @@ fn civs_read(w: &World, civs: &BTreeMap<i64, i64>, urls: &Urls) -> Json {
             let (value, file, image) = civ_parts(civ, urls);
             let s = w.socket_json(socket);
             Some((
-                socket.kind.read_rank(socket.super_kind),
+                socket.kind.read_rank(),
                 socket.slug.clone(),
                 json!({"socket": s.clone(), "interface": s, "value": value, "file": file, "image": image, "pk": civ.pk}),
             ))

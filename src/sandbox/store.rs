@@ -879,8 +879,9 @@ impl World {
         }
     }
 
-    /// `values` of the read representation: full sockets, sorted values / thumbnails / charts / files /
-    /// images, by slug within each group.
+    /// `values` of the read representation: full sockets, grouped as the platform's `sort_civs` does
+    /// (JSON kinds, thumbnails, charts, other files, images; see `Kind::read_rank`), by slug within
+    /// each group.
     pub fn values_read(&self, item: &Item, urls: &Urls) -> Json {
         let mut entries: Vec<(u8, &str, Json)> = Vec::new();
         for civ_pk in item.values.values() {
@@ -893,7 +894,7 @@ impl World {
             let (value, file, image) = self.civ_parts(civ, urls);
             let s = self.socket_json(socket);
             entries.push((
-                socket.kind.read_rank(socket.super_kind),
+                socket.kind.read_rank(),
                 &socket.slug,
                 json!({"socket": s.clone(), "interface": s, "value": value, "file": file, "image": image, "pk": civ.pk}),
             ));

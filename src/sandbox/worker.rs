@@ -260,14 +260,20 @@ fn session_job(app: &App, session: Uuid) {
         Err(msg) => return fail_session(app, session, msg),
     };
     let work = app.data_dir.join("work").join(session.to_string());
-    let result = assemble(app, &uploads, &work).and_then(|files| {
-        let imported = imaging::import_image(&files).map_err(|e| match e {
-            ImportError::Session(m) => m,
-            ImportError::Socket(m) => match socket {
-                Some(s) => wrap_socket_error(&lock(app), s, &m),
-                None => m,
-            },
-        })?;
+    let unpacked = app
+        .data_dir
+        .join("work")
+        .join(format!("{session}.unpacked"));
+    let result = assemble(app, &uploads, &work).and_then(|uploaded| {
+        // ZIP uploads are unpacked first, as on the platform.
+        let (imported, files) =
+            imaging::import_uploads(&uploaded, &unpacked).map_err(|e| match e {
+                ImportError::Session(m) => m,
+                ImportError::Socket(m) => match socket {
+                    Some(s) => wrap_socket_error(&lock(app), s, &m),
+                    None => m,
+                },
+            })?;
         let pk = Uuid::new_v4();
         let stored = store_image_files(&app.data_dir, pk, &imported, &files).map_err(|e| {
             tracing::warn!(error = %e, "cannot store an imported image");
@@ -276,6 +282,7 @@ fn session_job(app: &App, session: Uuid) {
         Ok((pk, imported, stored))
     });
     let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&unpacked);
     let (image_pk, meta, stored) = match result {
         Ok(v) => v,
         Err(msg) => return fail_session(app, session, msg),
