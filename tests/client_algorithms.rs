@@ -230,7 +230,7 @@ async fn jobs_are_listed_by_algorithm_and_by_how_they_ended() {
             ..JobFilter::default()
         })
         .await,
-        [bad.pk.clone()]
+        std::slice::from_ref(&bad.pk)
     );
     assert_eq!(
         list(JobFilter {
