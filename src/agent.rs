@@ -1215,7 +1215,7 @@ fn item_url(client: &Client, folder: &Folder, pk: &str) -> String {
     client.item_api_url(&target, pk)
 }
 
-fn kind_name(kind: TargetKind) -> &'static str {
+pub(crate) fn kind_name(kind: TargetKind) -> &'static str {
     match kind {
         TargetKind::Archive => "archive",
         TargetKind::ReaderStudy => "reader study",

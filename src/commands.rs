@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::agent::{self, AgentOptions};
 use crate::cli::{CheckArgs, ExplainArgs, RetryArgs, RunArgs, exit};
-use crate::config::{Config, RuleSource};
+use crate::config::Config;
 use crate::gc::{Client, GcError};
 use crate::journal::{CaseState, Journal};
 
@@ -18,15 +18,34 @@ pub async fn connect(config: &Config, tolerate_unreachable: bool) -> Result<Clie
     })?;
     match client.whoami().await {
         Ok(user) => tracing::info!(user, url = %config.server.url, "token accepted"),
-        Err(e) if tolerate_unreachable && !matches!(e, GcError::Auth { .. }) => {
+        Err(e) if tolerate_unreachable && e.is_retryable_later() => {
             tracing::warn!(url = %config.server.url, "cannot check the token yet: {e}")
         }
         Err(e) => {
-            eprintln!("error: {}: {e}", config.server.url);
+            eprintln!("error: {}", platform_error(config, &e));
             return Err(exit::PLATFORM);
         }
     }
     Ok(client)
+}
+
+/// One sentence about a failure to talk to the platform, with the likely fix. For a refused token it says
+/// where the token came from (never the token).
+pub fn platform_error(config: &Config, e: &GcError) -> String {
+    match e {
+        GcError::Auth { .. } => {
+            let source = config
+                .token_source()
+                .map_or_else(|| "nowhere".to_owned(), |s| s.to_string());
+            format!(
+                "the platform at {} refused the token from {source} ({e}); create a new token at \
+                 https://grand-challenge.org/settings/api-tokens/ for an account that may use the targets, \
+                 and put it there",
+                config.server.url
+            )
+        }
+        _ => format!("{}: {e}", config.server.url),
+    }
 }
 
 pub(crate) fn load(path: &Path) -> Result<Config, u8> {
@@ -117,19 +136,19 @@ pub fn check(args: CheckArgs) -> u8 {
         args.config.display(),
         config.folders.len()
     );
+    let mut code = exit::OK;
     for f in &config.folders {
-        let exists = if f.path.is_dir() {
-            ""
-        } else {
-            " (does not exist yet)"
-        };
         println!(
-            "  folder[{}] {}{exists} → {:?} {}",
+            "  folder[{}] {} → {} {}",
             f.index,
             f.path.display(),
-            f.target,
+            crate::agent::kind_name(f.target),
             f.target_slug
         );
+        if let Some(why) = crate::watch::folder_missing(&f.path) {
+            println!("  warning: folder[{}].path: {why}", f.index);
+            code = exit::CASE_FAILED;
+        }
         if !f.deidentify {
             println!(
                 "  folder[{}] WARNING: deidentify = false: DICOM files are uploaded as they are, with patient names, IDs and dates: identifiable data will leave this machine",
@@ -140,8 +159,11 @@ pub fn check(args: CheckArgs) -> u8 {
             println!("  folder[{}] case {case}: WARNING: {warning}", f.index);
         }
     }
+    for w in crate::access::service_warnings(&config) {
+        println!("  warning: {w}");
+    }
     if !args.online {
-        return exit::OK;
+        return code;
     }
     let rt = match runtime() {
         Ok(r) => r,
@@ -158,36 +180,17 @@ pub fn check(args: CheckArgs) -> u8 {
         match client.whoami().await {
             Ok(user) => println!("  token: accepted for user {user}"),
             Err(e) => {
-                println!("  token: {e}");
+                println!("  token: {}", platform_error(&config, &e));
                 return exit::PLATFORM;
             }
         }
-        let mut code = exit::OK;
         for f in &config.folders {
-            match client.resolve_target(f.target, &f.target_slug).await {
-                Ok(t) => println!("  folder[{}] target {} found ({})", f.index, t.slug, t.url),
-                Err(e) => {
-                    println!("  folder[{}] target {}: {e}", f.index, f.target_slug);
-                    code = exit::PLATFORM;
-                }
+            let checked = crate::preflight::check_folder(&client, f).await;
+            for line in &checked.lines {
+                println!("  {line}");
             }
-            for rule in &f.sockets {
-                match client.socket(&rule.slug).await {
-                    Ok(s) => match crate::deliver::fits(shape(&rule.source), &s) {
-                        Ok(()) => println!(
-                            "  folder[{}] socket {}: {} ({:?}) fits",
-                            f.index, s.slug, s.kind, s.super_kind
-                        ),
-                        Err(why) => {
-                            println!("  folder[{}] socket {}: {why}", f.index, s.slug);
-                            code = exit::PLATFORM;
-                        }
-                    },
-                    Err(e) => {
-                        println!("  folder[{}] socket {}: {e}", f.index, rule.slug);
-                        code = exit::PLATFORM;
-                    }
-                }
+            if checked.verdict != crate::preflight::Verdict::Usable {
+                code = exit::PLATFORM;
             }
         }
         code
@@ -220,17 +223,6 @@ fn title_warnings_of_present_cases(f: &crate::config::Folder) -> Vec<(String, St
         }
     }
     out
-}
-
-/// The shape of a config rule's source, to judge it against a socket before any case exists.
-fn shape(source: &RuleSource) -> crate::deliver::SourceShape {
-    use crate::deliver::SourceShape;
-    match source {
-        RuleSource::Files { .. } => SourceShape::Files,
-        RuleSource::DicomImageSet { .. } => SourceShape::DicomImageSet,
-        RuleSource::ValueFile(_) => SourceShape::ValueFile,
-        RuleSource::Value(_) => SourceShape::Value,
-    }
 }
 
 /// `gc-hotfolder explain`

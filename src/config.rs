@@ -150,6 +150,35 @@ pub struct Limits {
     pub part_size: u64,
 }
 
+/// Where the API token was read from: named in messages about a refused token, so that the operator
+/// knows which copy to replace. Never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `server.token_file`.
+    File(PathBuf),
+    /// The environment variable `GRAND_CHALLENGE_AUTHORIZATION`.
+    Env,
+    /// The systemd credential `gc-token` (`LoadCredential=` in the unit).
+    Credential(PathBuf),
+    /// `server.token` in this config file.
+    Inline(PathBuf),
+}
+
+impl fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::File(p) => write!(f, "the file {} (server.token_file)", p.display()),
+            TokenSource::Env => write!(f, "the environment variable {}", crate::gc::TOKEN_ENV),
+            TokenSource::Credential(p) => write!(
+                f,
+                "the systemd credential gc-token ({}, from LoadCredential= in the unit)",
+                p.display()
+            ),
+            TokenSource::Inline(c) => write!(f, "server.token in {}", c.display()),
+        }
+    }
+}
+
 /// One drop folder.
 #[derive(Debug, Clone)]
 pub struct Folder {
@@ -471,25 +500,45 @@ impl Config {
         })
     }
 
-    /// The platform client this config describes. The token comes from, in order: `token_file`, the
-    /// environment variable `GRAND_CHALLENGE_AUTHORIZATION`, the systemd credential `gc-token`
-    /// (`$CREDENTIALS_DIRECTORY/gc-token`, from `LoadCredential=`), `token`.
+    /// Where the token comes from, in order: `token_file`, the environment variable
+    /// `GRAND_CHALLENGE_AUTHORIZATION`, the systemd credential `gc-token` (`$CREDENTIALS_DIRECTORY/gc-token`,
+    /// from `LoadCredential=`), `token`. `None` when there is none at all.
+    pub fn token_source(&self) -> Option<TokenSource> {
+        let s = &self.server;
+        if let Some(f) = &s.token_file {
+            return Some(TokenSource::File(f.clone()));
+        }
+        if std::env::var(crate::gc::TOKEN_ENV).is_ok_and(|v| !v.trim().is_empty()) {
+            return Some(TokenSource::Env);
+        }
+        if let Some(c) = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| PathBuf::from(d).join("gc-token"))
+            .filter(|p| p.is_file())
+        {
+            return Some(TokenSource::Credential(c));
+        }
+        s.token
+            .as_ref()
+            .map(|_| TokenSource::Inline(self.file.clone()))
+    }
+
+    /// The platform client this config describes, with the token from [`Config::token_source`].
     pub fn client(&self) -> Result<crate::gc::Client, crate::gc::GcError> {
         let s = &self.server;
-        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
-            .map(|d| PathBuf::from(d).join("gc-token"))
-            .filter(|p| p.is_file());
-        let env = std::env::var("GRAND_CHALLENGE_AUTHORIZATION")
-            .ok()
-            .filter(|v| !v.trim().is_empty());
-        let token_file = match (&s.token_file, &env) {
-            (Some(f), _) => Some(f.clone()),
-            (None, Some(_)) => None,
-            (None, None) => credential,
-        };
-        let token = match (&token_file, &env, &s.token) {
-            (None, None, Some(inline)) => inline.clone(),
-            _ => crate::gc::Token::from_sources(token_file.as_deref(), env, None)?,
+        let token = match self.token_source() {
+            Some(TokenSource::Inline(_)) => match &s.token {
+                Some(t) => t.clone(),
+                None => crate::gc::Token::from_sources(None, None, None)?,
+            },
+            Some(TokenSource::File(f) | TokenSource::Credential(f)) => {
+                crate::gc::Token::from_sources(Some(&f), None, None)?
+            }
+            Some(TokenSource::Env) => crate::gc::Token::from_sources(
+                None,
+                std::env::var(crate::gc::TOKEN_ENV).ok(),
+                None,
+            )?,
+            None => crate::gc::Token::from_sources(None, None, None)?,
         };
         crate::gc::Client::new(crate::gc::ClientConfig {
             base_url: s.url.clone(),

@@ -77,7 +77,10 @@ pub enum TransportFailure {
     Timeout,
     /// The connection broke while sending the request or reading the response body.
     Reset,
-    /// Anything else the HTTP stack reported (TLS failures included).
+    /// The TLS handshake failed: the server speaks no TLS on that port, or its certificate is not
+    /// trusted. Repeating it cannot help.
+    Tls,
+    /// Anything else the HTTP stack reported.
     Other,
 }
 
@@ -88,6 +91,7 @@ impl TransportFailure {
             TransportFailure::Connect => "connect",
             TransportFailure::Timeout => "timeout",
             TransportFailure::Reset => "reset",
+            TransportFailure::Tls => "tls",
             TransportFailure::Other => "transport",
         }
     }
@@ -213,7 +217,7 @@ impl RetryPolicy {
         match outcome {
             Outcome::Transport { failure, message } => {
                 let message = format!("{} ({message})", transport_words(*failure));
-                if exhausted {
+                if exhausted || *failure == TransportFailure::Tls {
                     Decision::Fail(Failure::Unavailable {
                         message: after_attempts(&message, attempt),
                         retry_after: None,
@@ -334,6 +338,7 @@ fn transport_words(f: TransportFailure) -> &'static str {
         TransportFailure::Connect => "could not connect",
         TransportFailure::Timeout => "timed out",
         TransportFailure::Reset => "the connection broke",
+        TransportFailure::Tls => "the TLS handshake failed",
         TransportFailure::Other => "the request failed",
     }
 }
@@ -798,6 +803,25 @@ mod tests {
                     "{message}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_failed_tls_handshake_is_not_repeated() {
+        for kind in ALL_KINDS {
+            let outcome = Outcome::Transport {
+                failure: TransportFailure::Tls,
+                message: "the server does not speak TLS",
+            };
+            let Decision::Fail(Failure::Unavailable { message, .. }) =
+                policy().decide(kind, 1, &outcome, 0.25, now())
+            else {
+                panic!("retried")
+            };
+            assert_eq!(
+                message,
+                "the TLS handshake failed (the server does not speak TLS)"
+            );
         }
     }
 
