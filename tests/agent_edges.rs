@@ -44,11 +44,15 @@ async fn names_that_are_not_utf8_are_uploaded_and_reported() {
     assert!(
         img.files
             .iter()
-            .any(|f| f.path.contains("scan-\u{fffd}t\u{fffd}.dcm")),
+            .any(|f| f.path == "dicom/scan-\\xe9t\\xe9.dcm"),
         "{:?}",
         img.files
     );
-    assert_eq!(r.unmatched, ["notes-\u{fffd}.txt"]);
+    assert_eq!(
+        r.unmatched,
+        ["notes-\\xff.txt"],
+        "each byte kept, not a lossy \u{fffd}"
+    );
     agent.stop();
 }
 
@@ -226,7 +230,15 @@ async fn late_files_update_only_the_changed_socket_of_the_same_item() {
         uploads_before,
         "no file was uploaded again"
     );
-    let history = state_dir.join("receipts/demo-archive/history");
+    let latest = gc_hotfolder::receipt::receipt_path(
+        &state_dir.join("receipts"),
+        "demo-archive",
+        gc_hotfolder::receipt::CaseKey {
+            folder: &drop,
+            case: std::path::Path::new("p1"),
+        },
+    );
+    let history = latest.parent().unwrap().join("history");
     assert!(history.join("p1.r1.json").is_file() && history.join("p1.r2.json").is_file());
     agent.stop();
 }

@@ -396,7 +396,7 @@ impl Client {
             Method::POST,
             url,
             Some(&body),
-            RequestKind::NonIdempotent,
+            RequestKind::Create,
             &context,
         )
         .await
