@@ -264,6 +264,28 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
         "{:?}",
         by["symlink-out"].skipped
     );
+    assert!(
+        reason("not-an-image").contains("image.mha (socket generic-medical-image)"),
+        "the file is named: {}",
+        reason("not-an-image")
+    );
+    assert!(
+        reason("not-an-image").contains("Left on the platform: the item created for it"),
+        "{}",
+        reason("not-an-image")
+    );
+    assert!(
+        reason("wrong-kind").contains("nothing was created"),
+        "{}",
+        reason("wrong-kind")
+    );
+    let st = state(&sb).await;
+    assert!(
+        !items_of(&st, "demo-archive")
+            .iter()
+            .any(|i| i["title"] == "wrong-kind" || i["title"] == "bad-json"),
+        "a value of the wrong type is refused before an item exists"
+    );
     for c in [
         "bad-json",
         "not-an-image",
