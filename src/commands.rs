@@ -271,7 +271,11 @@ pub fn retry(args: RetryArgs) -> u8 {
         let mut v = Vec::new();
         for case in &args.cases {
             let abs = std::path::absolute(case).unwrap_or(case.clone());
-            match all.iter().find(|c| c.folder.join(&c.case) == abs) {
+            // The case's place in its drop folder, or where quarantine moved it.
+            let found = all.iter().find(|c| {
+                c.folder.join(&c.case) == abs || quarantined_at(&config, c).as_deref() == Some(&abs)
+            });
+            match found {
                 Some(c) => v.push(c),
                 None => {
                     eprintln!("{}: the journal does not know this case", case.display());
@@ -282,15 +286,70 @@ pub fn retry(args: RetryArgs) -> u8 {
         v
     };
     for c in wanted {
+        let home = c.folder.join(&c.case);
+        // A case moved to the quarantine folder goes back into its drop folder, where the agent watches.
+        let moved_back = match quarantined_at(&config, c) {
+            Some(q) if !home.exists() => {
+                if let Err(e) = move_back(&q, &home) {
+                    eprintln!(
+                        "{}: cannot move it back into its drop folder as {}: {e}",
+                        q.display(),
+                        home.display()
+                    );
+                    code = exit::CASE_FAILED;
+                    continue;
+                }
+                if let Err(e) = journal.moved_to(c.id, None) {
+                    eprintln!("{}: {e}", home.display());
+                }
+                Some(q)
+            }
+            Some(q) => {
+                eprintln!(
+                    "{}: not retried: {} exists, so it cannot be moved back into its drop folder; move one \
+                     of them away and retry again",
+                    q.display(),
+                    home.display()
+                );
+                code = exit::CASE_FAILED;
+                continue;
+            }
+            None => None,
+        };
         match journal.retry(c.id) {
-            Ok(()) => println!("requeued {}", c.folder.join(&c.case).display()),
+            Ok(()) => match moved_back {
+                Some(q) => println!(
+                    "requeued {} (moved back from {} into its drop folder)",
+                    home.display(),
+                    q.display()
+                ),
+                None => println!("requeued {} (delivered from where it is)", home.display()),
+            },
             Err(e) => {
-                eprintln!("{}: {e}", c.case);
+                eprintln!("{}: {e}", c.case.display());
                 code = exit::CASE_FAILED;
             }
         }
     }
     code
+}
+
+/// Where a quarantined case now is, if quarantine moved it out of its drop folder (and it is still there).
+fn quarantined_at(config: &Config, c: &crate::journal::CaseRecord) -> Option<std::path::PathBuf> {
+    let recorded = c.moved_to.clone().or_else(|| {
+        // Cases quarantined before the journal recorded moves: where the move puts them.
+        let folder = config.folders.iter().find(|f| f.path == c.folder)?;
+        Some(folder.quarantine.as_ref()?.join(&c.case))
+    })?;
+    recorded.is_dir().then_some(recorded)
+}
+
+/// Move a case folder back to `home`, creating its parents (a case at depth 2).
+fn move_back(from: &Path, home: &Path) -> std::io::Result<()> {
+    if let Some(parent) = home.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(from, home)
 }
 
 /// What `status` reports for one drop folder.
@@ -347,23 +406,23 @@ pub fn folder_status(
                 oldest_waiting: waiting
                     .clone()
                     .min_by(|a, b| a.updated.cmp(&b.updated))
-                    .map(|c| (c.case.clone(), c.updated.clone())),
+                    .map(|c| (c.case_text(), c.updated.clone())),
                 last_delivery: cases
                     .iter()
                     .filter(|c| c.state == CaseState::Delivered)
                     .max_by(|a, b| a.updated.cmp(&b.updated))
-                    .map(|c| (c.case.clone(), c.updated.clone())),
+                    .map(|c| (c.case_text(), c.updated.clone())),
                 quarantined: cases
                     .iter()
                     .filter(|c| c.state == CaseState::Quarantined)
                     .map(|c| QuarantinedCase {
-                        case: c.case.clone(),
-                        case_id: crate::notify::case_id(&f.path, &c.case),
+                        case: c.case_text(),
+                        case_id: crate::notify::case_id(&f.path, &c.case_text()),
                         reason: c.reason.clone().unwrap_or_default(),
                     })
                     .collect(),
                 notes: waiting
-                    .filter_map(|c| c.reason.clone().map(|r| (c.case.clone(), r)))
+                    .filter_map(|c| c.reason.clone().map(|r| (c.case_text(), r)))
                     .collect(),
                 paused: paused.contains(&f.path),
                 target_paused: paused_targets
@@ -451,24 +510,7 @@ pub fn receipts(args: crate::cli::ReceiptsArgs) -> u8 {
         Err(code) => return code,
     };
     let dir = config.server.state_dir.join("receipts");
-    let mut all = Vec::new();
-    for target in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        for entry in std::fs::read_dir(target.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let path = entry.path();
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            if path.extension().is_some_and(|e| e == "json") && !hidden {
-                match crate::receipt::read(&path) {
-                    Ok(r) => all.push((path, r)),
-                    Err(e) => eprintln!("{}: {e}", path.display()),
-                }
-            }
-        }
-    }
-    all.sort_by(|a, b| a.1.finished.cmp(&b.1.finished));
+    let all = crate::receipt::all(&dir);
     match &args.case {
         None => {
             for (_, r) in &all {
