@@ -91,6 +91,19 @@ async fn a_case_deleted_while_it_uploads_is_quarantined_with_the_reason() {
             || reason.contains("removed while it was being delivered"),
         "{reason}"
     );
+    // And it says exactly what is left on the platform: the item, empty.
+    assert!(reason.contains("holds no values"), "{reason}");
+    let st = state(&sb).await;
+    let left: Vec<_> = items_of(&st, "demo-archive")
+        .into_iter()
+        .filter(|i| i["title"] == "vanishing")
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["values"], serde_json::json!([]));
+    assert_eq!(
+        r.item.as_ref().map(|i| i.pk.as_str()),
+        left[0]["pk"].as_str()
+    );
     // And the daemon goes on.
     drop_atomically(&drop, "next", |d| archive_case(d, 0));
     assert_eq!(

@@ -462,6 +462,14 @@ async fn retry_brings_a_case_back_from_the_quarantine_folder() {
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     let first = receipt_for(&state_dir, "p1").await;
     assert_eq!(first.outcome, Outcome::Quarantined, "{first:?}");
+    // Refused after the item existed: the receipt says what is left there.
+    let reason = first.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("Left on the platform: the item created for it")
+            && reason.contains("which holds no values"),
+        "{reason}"
+    );
+    assert!(first.item.is_some());
     eventually(
         Duration::from_secs(10),
         "the move to quarantine",
