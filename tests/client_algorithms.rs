@@ -305,3 +305,70 @@ async fn refusals_and_faults() {
     }
     assert!(c.job("../x").await.is_err(), "pks are checked before use");
 }
+
+#[tokio::test]
+async fn jobs_are_found_again_by_their_values_and_existing_images() {
+    let sb = sandbox().await;
+    let c = client(&sb);
+    let a = c.algorithm("lung-volume-estimator").await.unwrap();
+    let by_value = c
+        .start_job(&a, &[value("lesion-count", json!(11))])
+        .await
+        .unwrap();
+    let found = c
+        .jobs_with_inputs(&a, &[value("lesion-count", json!(11))])
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|j| j.pk.as_str()).collect::<Vec<_>>(),
+        [by_value.pk.as_str()]
+    );
+    assert!(
+        c.jobs_with_inputs(&a, &[value("lesion-count", json!(12))])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // An image already on the platform: the image output of a first job feeds a second one.
+    let dir = tempfile::tempdir().unwrap();
+    let mha = dir.path().join("ct.mha");
+    gc_hotfolder::samples::write_mha(&mha, [3, 3, 3], 5).unwrap();
+    let upload = c
+        .upload_file(
+            &LocalFile {
+                path: mha,
+                filename: "ct.mha".into(),
+            },
+            None,
+            &NoObserver,
+        )
+        .await
+        .unwrap();
+    let uploaded = vec![ValueEntry {
+        socket: "ct-image".into(),
+        source: ValueSource::UserUploads(vec![upload.api_url]),
+    }];
+    let first = c.start_job(&a, &uploaded).await.unwrap();
+    let first = c.await_job(&first.pk, &polling()).await.unwrap();
+    let image = first
+        .output("generic-medical-image")
+        .unwrap()
+        .image
+        .clone()
+        .unwrap();
+    let existing = vec![ValueEntry {
+        socket: "ct-image".into(),
+        source: ValueSource::Image(image),
+    }];
+    let second = c.start_job(&a, &existing).await.unwrap();
+    let found = c.jobs_with_inputs(&a, &existing).await.unwrap();
+    assert_eq!(
+        found.iter().map(|j| j.pk.as_str()).collect::<Vec<_>>(),
+        [second.pk.as_str()]
+    );
+    match c.jobs_with_inputs(&a, &uploaded).await {
+        Err(GcError::Config(_)) => {}
+        other => panic!("uploads have no identity to match: {other:?}"),
+    }
+}

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::client::{Client, check_pk};
 use super::error::GcError;
-use super::models::{ItemValue, Page, Socket, ValueEntry};
+use super::models::{ItemValue, Page, Socket, ValueEntry, ValueSource};
 use super::retry::RequestKind;
 
 /// One set of sockets an algorithm takes, and the sockets it then produces.
@@ -136,6 +136,23 @@ pub struct Job {
 }
 
 impl Job {
+    /// Whether the job was given exactly these values and existing images. `None` when an input is an
+    /// upload: uploaded files and images have no identity on the platform until the job holds them.
+    pub fn has_inputs(&self, inputs: &[ValueEntry]) -> Option<bool> {
+        let mut same = self.inputs.len() == inputs.len();
+        for entry in inputs {
+            let given = self.input(&entry.socket);
+            same &= match &entry.source {
+                ValueSource::Value(v) => given.is_some_and(|g| g.value.as_ref() == Some(v)),
+                ValueSource::Image(url) => given.is_some_and(|g| g.image.as_ref() == Some(url)),
+                ValueSource::UserUpload(_)
+                | ValueSource::UserUploads(_)
+                | ValueSource::DicomImageSet { .. } => return None,
+            };
+        }
+        Some(same)
+    }
+
     pub fn input(&self, socket_slug: &str) -> Option<&ItemValue> {
         self.inputs
             .iter()
@@ -283,6 +300,41 @@ impl Client {
         })
         .await?;
         Ok(all)
+    }
+
+    /// This caller's jobs of `algorithm` that were given exactly these values and existing images: how
+    /// a job whose creation answer was lost is found again. Inputs that are uploads cannot be matched
+    /// (see [`Job::has_inputs`]) and are refused.
+    pub async fn jobs_with_inputs(
+        &self,
+        algorithm: &Algorithm,
+        inputs: &[ValueEntry],
+    ) -> Result<Vec<Job>, GcError> {
+        let uploaded = inputs
+            .iter()
+            .any(|e| !matches!(e.source, ValueSource::Value(_) | ValueSource::Image(_)));
+        if uploaded {
+            return Err(GcError::Config(
+                "jobs can be found by their inputs only when these are values or existing images"
+                    .into(),
+            ));
+        }
+        let image = inputs.iter().find_map(|e| match &e.source {
+            ValueSource::Image(url) => url
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .map(str::to_owned),
+            _ => None,
+        });
+        let filter = JobFilter {
+            algorithm: Some(algorithm.pk.clone()),
+            input_image: image,
+            status: None,
+        };
+        let mut found = self.jobs(&filter).await?;
+        found.retain(|job| job.has_inputs(inputs) == Some(true));
+        Ok(found)
     }
 
     /// Poll a job with back-off until it has ended. A job still pending at the deadline is an error
