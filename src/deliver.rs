@@ -133,6 +133,9 @@ pub struct Deidentified {
     pub staged: Vec<Staged>,
     /// Said at delivery, and kept in the receipt: e.g. a title that repeats a patient's ID.
     pub warnings: Vec<String>,
+    /// Every file uploaded by this delivery (relative paths), copies or not: an update sends only the
+    /// sockets that changed.
+    pub sent: Vec<String>,
 }
 
 /// Which item the case goes into.
@@ -397,7 +400,7 @@ pub async fn deliver(
         routes.push((sp.slug.as_str(), route(case_dir, &socket, &sp.source)?));
     }
 
-    let deidentified = match privacy {
+    let mut deidentified = match privacy {
         Some(privacy) => {
             let images: Vec<PlannedFile> = routes
                 .iter()
@@ -447,6 +450,7 @@ pub async fn deliver(
             Route::Value(_) => vec![],
         })
         .collect();
+    deidentified.sent = files.iter().map(|f| f.path.clone()).collect();
     let failed = Mutex::new(None);
     let uploads = try_join_all(files.iter().map(|f| {
         let local = sent_from
