@@ -24,7 +24,7 @@ use crate::gc::verify::VerifyTiming;
 use crate::gc::{Client, TargetKind};
 use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, Step};
 use crate::notify::{Alert, Notifier};
-use crate::receipt::{CaseFacts, ItemRef, Receipt, TargetRef};
+use crate::receipt::{CaseFacts, CaseKey, ItemRef, Receipt, TargetRef};
 use crate::rules::{self, Manifest};
 use crate::settle::{Decision, SettleRules, Snapshot, Tracker, Waiting};
 use crate::watch::{self, Hint};
@@ -405,7 +405,7 @@ impl Loop {
             Ok(cases) => {
                 for (folder, case) in cases {
                     let case_dir = folder.join(&case);
-                    tracing::info!(case = %case, "retry requested");
+                    tracing::info!(case = %rules::path_text(&case), "retry requested");
                     if let Some(slot) = self.slots.get_mut(&case_dir) {
                         // An operator's retry starts afresh: no backoff left over from earlier failures.
                         slot.not_before = None;
@@ -625,7 +625,8 @@ impl Loop {
         let now = self.now();
         let shared = self.shared.clone();
         let folder = &shared.config.folders[folder_idx];
-        let case = case_rel(folder, case_dir);
+        let rel = case_rel(folder, case_dir);
+        let case = rules::path_text(&rel);
         let slot = self
             .slots
             .entry(case_dir.to_owned())
@@ -650,7 +651,7 @@ impl Loop {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.slots.remove(case_dir);
-                match shared.journal.get(&folder.path, &case)? {
+                match shared.journal.get(&folder.path, &rel)? {
                     Some(rec)
                         if rec.attempts == 0
                             && matches!(rec.state, CaseState::Settling | CaseState::Ready) =>
@@ -663,8 +664,12 @@ impl Loop {
                     Some(rec)
                         if !matches!(rec.state, CaseState::Delivered | CaseState::Quarantined) =>
                     {
-                        let reason = "the case folder was removed while it was being delivered; nothing was \
-                                      set on the platform (drop it again to deliver it)";
+                        let reason = format!(
+                            "the case folder was removed while it was being delivered. {} Drop it again \
+                             to deliver it",
+                            left_by_journal(&rec, |pk| item_url(&shared.client, folder, pk)),
+                        );
+                        let reason = reason.as_str();
                         tracing::warn!(case = %case, "{reason}");
                         let item = rec.item_pk.as_ref().map(|pk| ItemRef {
                             api_url: item_url(&shared.client, folder, pk),
@@ -687,8 +692,13 @@ impl Loop {
                             revision: rec.revision as u32,
                             started: (crate::receipt::now_rfc3339(), Instant::now()),
                         };
+                        let key = CaseKey {
+                            folder: &folder.path,
+                            case: &rel,
+                        };
                         if let Err(e) = crate::receipt::write(
                             &shared.receipts,
+                            key,
                             &Receipt::quarantined(facts, reason.into(), item),
                         ) {
                             tracing::error!(case = %case, "cannot write the receipt: {e}");
@@ -707,7 +717,7 @@ impl Loop {
         };
         // Only a read here: a case that is merely seen needs no durable record (after a restart it settles
         // again anyway), so scanning thousands of folders costs no writes.
-        let known = shared.journal.get(&folder.path, &case)?;
+        let known = shared.journal.get(&folder.path, &rel)?;
         let fp = snapshot.fingerprint();
         let state = known
             .as_ref()
@@ -731,7 +741,7 @@ impl Loop {
                 if let Some(slot) = self.slots.get_mut(case_dir) {
                     slot.pending_since = None;
                 }
-                apply_after(folder, case_dir, &case);
+                apply_after(folder, case_dir, &rel);
                 return Ok(());
             }
             CaseState::Delivered => match folder.on_change {
@@ -774,7 +784,7 @@ impl Loop {
                     return Ok(());
                 }
                 tracing::info!(case = %case, "ready");
-                let rec = shared.journal.discover(&folder.path, &case)?;
+                let rec = shared.journal.discover(&folder.path, &rel)?;
                 slot.in_flight = true;
                 slot.dirty = false;
                 let task = Delivery {
@@ -782,6 +792,7 @@ impl Loop {
                     folder: folder_idx,
                     case_dir: case_dir.to_owned(),
                     case,
+                    rel,
                     rec,
                     snapshot,
                     fp,
@@ -801,7 +812,7 @@ impl Loop {
                         describe(&why)
                     );
                     tracing::warn!(case = %case, "{note}");
-                    let rec = shared.journal.discover(&folder.path, &case)?;
+                    let rec = shared.journal.discover(&folder.path, &rel)?;
                     shared.journal.note(rec.id, &note)?;
                     shared.notifier.send(Alert::about_case(
                         AlertKind::Stuck,
@@ -893,21 +904,55 @@ fn describe(why: &Waiting) -> String {
     }
 }
 
-fn case_rel(folder: &Folder, case_dir: &Path) -> String {
+/// What an interrupted delivery left on the platform, as far as the journal knows it (without asking the
+/// platform): exact for the steps before the PATCH, a warning from there on.
+fn left_by_journal(rec: &CaseRecord, url_of: impl Fn(&str) -> String) -> String {
+    let step = match rec.state {
+        CaseState::Uploading { step } => Some(step),
+        _ => None,
+    };
+    match (&rec.item_pk, &rec.create_sent, step) {
+        (None, None, _) => "Nothing was created on the platform.".into(),
+        (None, Some(title), _) => format!(
+            "A request to create the item \"{title}\" may have reached the platform without an answer; an \
+             empty item of that title would be this case's, and is taken up when the case is dropped again."
+        ),
+        (Some(pk), _, Some(Step::Patching | Step::Verifying)) => format!(
+            "Its values were sent to the item {}, which may hold some or all of them.",
+            url_of(pk)
+        ),
+        (Some(pk), _, _) if rec.revision == 0 => format!(
+            "The item {} was created for it and holds no values: none were sent.",
+            url_of(pk)
+        ),
+        (Some(pk), _, _) => format!(
+            "The item {} keeps the values of its delivery number {}; none of this update were sent.",
+            url_of(pk),
+            rec.revision
+        ),
+    }
+}
+
+/// The case folder relative to its drop folder: the journal's and the receipts' key, byte for byte.
+fn case_rel(folder: &Folder, case_dir: &Path) -> PathBuf {
     case_dir
         .strip_prefix(&folder.path)
         .unwrap_or(case_dir)
-        .to_string_lossy()
-        .into_owned()
+        .to_owned()
 }
 
-/// The post-action of a delivered case. Idempotent: a case already moved or deleted is simply gone.
-fn apply_after(folder: &Folder, case_dir: &Path, case: &str) {
+/// The post-action of a delivered case (the agent's and `upload`'s). Idempotent: a case already moved or
+/// deleted is simply gone.
+pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path) {
+    if !case_dir.exists() {
+        return;
+    }
     let result = match &folder.after {
         After::Leave => return,
         After::Delete => std::fs::remove_dir_all(case_dir),
-        After::Move(dest) => move_case(case_dir, &dest.join(case)),
+        After::Move(dest) => move_case(case_dir, &dest.join(case)).map(|_| ()),
     };
+    let case = rules::path_text(case);
     match result {
         Ok(()) => tracing::info!(case, "post-action done: {:?}", folder.after),
         Err(e) => tracing::error!(
@@ -919,7 +964,8 @@ fn apply_after(folder: &Folder, case_dir: &Path, case: &str) {
 }
 
 /// Move a case folder, never over an existing one: a name taken in the destination gets a numbered suffix.
-fn move_case(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Returns where it went.
+pub(crate) fn move_case(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -927,9 +973,12 @@ fn move_case(from: &Path, to: &Path) -> std::io::Result<()> {
     let mut n = 1;
     while dest.exists() {
         n += 1;
-        dest = PathBuf::from(format!("{}.{n}", to.display()));
+        let mut name = to.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        dest = PathBuf::from(name);
     }
-    std::fs::rename(from, dest)
+    std::fs::rename(from, &dest)?;
+    Ok(dest)
 }
 
 /// One delivery attempt of one case, as a task.
@@ -937,7 +986,10 @@ struct Delivery {
     shared: Arc<Shared>,
     folder: usize,
     case_dir: PathBuf,
+    /// The case as text, for logs and receipts.
     case: String,
+    /// The case folder relative to the drop folder, byte for byte.
+    rel: PathBuf,
     rec: CaseRecord,
     snapshot: Snapshot,
     fp: String,
@@ -1035,82 +1087,23 @@ impl Delivery {
             tracing::info!(case = %self.case, "unchanged content: already delivered");
             return Ok(Done::Unchanged);
         }
-        let resuming = self.rec.manifest_hash.as_deref() == Some(&manifest.hash);
-        sh.journal.ready(
-            self.rec.id,
-            &Planned {
-                manifest_hash: &manifest.hash,
-                fingerprint: &self.fp,
-                title: &plan.title,
-                target_kind: plan.target,
-                target_slug: &plan.target_slug,
-            },
-        )?;
-        sh.journal.begin_attempt(self.rec.id)?;
         let attempts = self.rec.attempts + 1;
-        let earlier = if resuming {
-            sh.journal.uploads(self.rec.id, &manifest.hash)?
-        } else {
-            vec![]
-        };
-        let cp = JournalCheckpoints {
-            journal: &sh.journal,
-            id: self.rec.id,
-            manifest: &manifest.hash,
-            earlier,
-            case_dir: &self.case_dir,
-            fingerprint: &self.fp,
-        };
-        // Late files in a delivered case: send only the sockets they touch, into the same item.
-        let earlier: Option<Manifest> = self
-            .rec
-            .delivered_manifest
-            .as_deref()
-            .and_then(|j| serde_json::from_str(j).ok());
-        let send = match (&earlier, &self.rec.item_pk) {
-            (Some(before), Some(_)) => rules::changed_sockets(&plan, &manifest, before),
-            _ => plan.clone(),
-        };
-        let start = match &self.rec.item_pk {
-            Some(pk) => ItemStart::Existing(pk.clone()),
-            None => ItemStart::New,
-        };
-        tracing::info!(case = %self.case, files = manifest.entries.len(), resuming, "delivering");
-        let privacy = if folder.deidentify {
-            let secret = sh.journal.deid_secret(self.rec.id)?;
-            let uids = UidMap::from_hex(&secret).ok_or_else(|| {
-                JournalError::Corrupt(format!(
-                    "case {}: bad de-identification secret",
-                    self.rec.id
-                ))
-            })?;
-            Some(Privacy {
-                staging: sh
-                    .config
-                    .server
-                    .state_dir
-                    .join("staging")
-                    .join(self.rec.id.to_string()),
-                uids,
-            })
-        } else {
-            None
-        };
-        let result = deliver(
+        tracing::info!(case = %self.case, files = manifest.entries.len(), "delivering");
+        match attempt_recorded(
             &sh.client,
+            &sh.journal,
+            folder,
+            &sh.config.server.state_dir,
+            &self.rec,
             &self.case_dir,
-            &send,
-            start,
+            &plan,
+            &manifest,
+            &self.fp,
             &sh.options.verify,
-            &cp,
-            privacy.as_ref(),
+            None,
         )
-        .await;
-        // The copies are made again, byte for byte, by any later attempt: none is kept on disk.
-        if let Some(p) = &privacy {
-            crate::deliver::remove_staging(&p.staging);
-        }
-        match result {
+        .await?
+        {
             Ok(d) => {
                 let receipt = Receipt::delivered(
                     facts(
@@ -1123,13 +1116,13 @@ impl Delivery {
                 );
                 // The receipt first: a crash before the journal says "delivered" only repeats the
                 // delivery into the same item, while the other order could lose the receipt.
-                if let Err(e) = crate::receipt::write(&sh.receipts, &receipt) {
+                if let Err(e) = crate::receipt::write(&sh.receipts, self.key(), &receipt) {
                     tracing::error!(case = %self.case, "cannot write the receipt: {e}");
                     return Ok(Done::Later(sh.options.retry_first));
                 }
                 sh.journal.delivered(self.rec.id, &manifest)?;
                 tracing::info!(case = %self.case, item = %d.item_pk, "delivered and verified");
-                apply_after(folder, &self.case_dir, &self.case);
+                apply_after(folder, &self.case_dir, &self.rel);
                 Ok(Done::Delivered)
             }
             Err(DeliverError::Quarantine(reason)) => {
@@ -1190,21 +1183,31 @@ impl Delivery {
         let folder = &sh.config.folders[self.folder];
         tracing::warn!(case = %self.case, "quarantined: {reason}");
         let receipt = Receipt::quarantined(facts, reason.clone(), item);
-        if let Err(e) = crate::receipt::write(&sh.receipts, &receipt) {
+        if let Err(e) = crate::receipt::write(&sh.receipts, self.key(), &receipt) {
             tracing::error!(case = %self.case, "cannot write the receipt: {e}");
         }
         sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
         sh.quarantined(folder, self.rec.id, &self.case, &reason)?;
-        if let Some(q) = &folder.quarantine
-            && let Err(e) = move_case(&self.case_dir, &q.join(&self.case))
-        {
-            tracing::error!(case = %self.case, "cannot move the case to quarantine: {e}");
+        if let Some(q) = &folder.quarantine {
+            match move_case(&self.case_dir, &q.join(&self.rel)) {
+                Ok(to) => sh.journal.moved_to(self.rec.id, Some(&to))?,
+                Err(e) => {
+                    tracing::error!(case = %self.case, "cannot move the case to quarantine: {e}")
+                }
+            }
         }
         Ok(Done::Quarantined)
     }
+
+    fn key(&self) -> CaseKey<'_> {
+        CaseKey {
+            folder: &self.shared.config.folders[self.folder].path,
+            case: &self.rel,
+        }
+    }
 }
 
-fn item_url(client: &Client, folder: &Folder, pk: &str) -> String {
+pub(crate) fn item_url(client: &Client, folder: &Folder, pk: &str) -> String {
     let target = crate::gc::Target {
         kind: folder.target,
         slug: folder.target_slug.clone(),
@@ -1215,7 +1218,7 @@ fn item_url(client: &Client, folder: &Folder, pk: &str) -> String {
     client.item_api_url(&target, pk)
 }
 
-fn kind_name(kind: TargetKind) -> &'static str {
+pub(crate) fn kind_name(kind: TargetKind) -> &'static str {
     match kind {
         TargetKind::Archive => "archive",
         TargetKind::ReaderStudy => "reader study",
@@ -1241,17 +1244,125 @@ fn backoff(o: &AgentOptions, attempts: i64) -> Duration {
     exp.mul_f64(jitter)
 }
 
-/// The journal as a delivery's checkpoints.
-struct JournalCheckpoints<'a> {
-    journal: &'a Journal,
-    id: i64,
-    manifest: &'a str,
-    earlier: Vec<crate::journal::UploadRecord>,
-    case_dir: &'a Path,
-    fingerprint: &'a str,
+/// One attempt at delivering a planned case, recorded in the journal step by step, resuming what an
+/// interrupted attempt left: the agent's and `upload`'s, so that each knows what the other delivered.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn attempt_recorded(
+    client: &Client,
+    journal: &Journal,
+    folder: &Folder,
+    state_dir: &Path,
+    rec: &CaseRecord,
+    case_dir: &Path,
+    plan: &rules::Plan,
+    manifest: &Manifest,
+    fingerprint: &str,
+    verify: &VerifyTiming,
+    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+) -> Result<Result<crate::deliver::Delivered, DeliverError>, JournalError> {
+    let resuming = rec.manifest_hash.as_deref() == Some(&manifest.hash);
+    journal.ready(
+        rec.id,
+        &Planned {
+            manifest_hash: &manifest.hash,
+            fingerprint,
+            title: &plan.title,
+            target_kind: plan.target,
+            target_slug: &plan.target_slug,
+        },
+    )?;
+    journal.begin_attempt(rec.id)?;
+    let earlier = if resuming {
+        journal.uploads(rec.id, &manifest.hash)?
+    } else {
+        vec![]
+    };
+    let cp = JournalCheckpoints {
+        journal,
+        id: rec.id,
+        manifest: &manifest.hash,
+        earlier,
+        case_dir,
+        fingerprint,
+        progress,
+    };
+    // Late files in a delivered case: send only the sockets they touch, into the same item.
+    let delivered: Option<Manifest> = rec
+        .delivered_manifest
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok());
+    let send = match (&delivered, &rec.item_pk) {
+        (Some(before), Some(_)) => rules::changed_sockets(plan, manifest, before),
+        _ => plan.clone(),
+    };
+    let start = match &rec.item_pk {
+        Some(pk) => ItemStart::Existing(pk.clone()),
+        None => ItemStart::New,
+    };
+    tracing::debug!(case = %rec.case_text(), resuming, "attempt recorded");
+    // DICOM goes out de-identified, with UIDs from the case's own secret in the journal, so that a resumed
+    // attempt (of the agent or of `upload`) sends the same bytes.
+    let privacy = if folder.deidentify {
+        let secret = journal.deid_secret(rec.id)?;
+        let uids = UidMap::from_hex(&secret).ok_or_else(|| {
+            JournalError::Corrupt(format!("case {}: bad de-identification secret", rec.id))
+        })?;
+        Some(Privacy {
+            staging: state_dir.join("staging").join(rec.id.to_string()),
+            uids,
+        })
+    } else {
+        None
+    };
+    let result = deliver(
+        client,
+        case_dir,
+        &send,
+        start,
+        verify,
+        &cp,
+        privacy.as_ref(),
+    )
+    .await;
+    // The copies are made again, byte for byte, by any later attempt: none is kept on disk.
+    if let Some(p) = &privacy {
+        crate::deliver::remove_staging(&p.staging);
+    }
+    Ok(result)
+}
+
+/// The journal as a delivery's checkpoints (the agent's and `upload`'s).
+pub(crate) struct JournalCheckpoints<'a> {
+    pub journal: &'a Journal,
+    pub id: i64,
+    pub manifest: &'a str,
+    pub earlier: Vec<crate::journal::UploadRecord>,
+    pub case_dir: &'a Path,
+    pub fingerprint: &'a str,
+    /// Bytes sent, for a progress bar.
+    pub progress: Option<&'a (dyn Fn(u64) + Send + Sync)>,
 }
 
 impl Checkpoints for JournalCheckpoints<'_> {
+    fn creating(
+        &self,
+        target: &crate::gc::Target,
+        title: &str,
+    ) -> Result<crate::journal::TitleClaim, String> {
+        self.journal
+            .claim_title(self.id, target.kind, &target.slug, title)
+            .map_err(|e| e.to_string())
+    }
+    fn create_refused(&self) -> Result<(), String> {
+        self.journal
+            .create_refused(self.id)
+            .map_err(|e| e.to_string())
+    }
+    fn progress(&self, bytes: u64) {
+        if let Some(p) = self.progress {
+            p(bytes);
+        }
+    }
     fn item(&self, pk: &str) -> Result<(), String> {
         self.journal
             .item_created(self.id, pk)

@@ -20,7 +20,9 @@ pub mod exit {
 #[command(
     name = "gc-hotfolder",
     version,
-    about = "Turn drop folders into Grand Challenge uploads"
+    about = "Turn drop folders into Grand Challenge uploads",
+    after_help = "Logging: GC_HOTFOLDER_LOG sets the log filter (e.g. `debug`, or \
+                  `gc_hotfolder=debug,warn`); if it is unset, RUST_LOG is used; the default is `info`."
 )]
 pub struct Cli {
     /// Log format. `auto`: the systemd journal when run by systemd, human-readable lines otherwise.
@@ -299,13 +301,51 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
     std::process::ExitCode::from(code)
 }
 
+/// Which log filter applies, and the variable it came from (for a warning if it does not parse).
+#[derive(Debug, PartialEq, Eq)]
+pub struct LogFilter {
+    pub from: &'static str,
+    pub directives: String,
+}
+
+/// `GC_HOTFOLDER_LOG` if set, else `RUST_LOG` (the convention most people try first), else `info`.
+/// Either takes `tracing` filter directives: `debug`, `gc_hotfolder=debug,reqwest=warn`, ...
+pub fn log_filter(gc_hotfolder_log: Option<String>, rust_log: Option<String>) -> LogFilter {
+    let set = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    match (set(gc_hotfolder_log), set(rust_log)) {
+        (Some(d), _) => LogFilter {
+            from: "GC_HOTFOLDER_LOG",
+            directives: d,
+        },
+        (None, Some(d)) => LogFilter {
+            from: "RUST_LOG",
+            directives: d,
+        },
+        (None, None) => LogFilter {
+            from: "the default",
+            directives: "info".into(),
+        },
+    }
+}
+
 fn init_logging(format: LogFormat) {
     use std::os::unix::fs::MetadataExt;
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter =
-        || EnvFilter::try_from_env("GC_HOTFOLDER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = log_filter(
+        std::env::var("GC_HOTFOLDER_LOG").ok(),
+        std::env::var("RUST_LOG").ok(),
+    );
+    let filter = || {
+        EnvFilter::try_new(&spec.directives).unwrap_or_else(|e| {
+            eprintln!(
+                "warning: {}={:?} is not a log filter ({e}); logging at info",
+                spec.from, spec.directives
+            );
+            EnvFilter::new("info")
+        })
+    };
     let stderr_ids = std::fs::metadata("/proc/self/fd/2")
         .ok()
         .map(|m| (m.dev(), m.ino()));
@@ -335,7 +375,25 @@ fn init_logging(format: LogFormat) {
 
 #[cfg(test)]
 mod tests {
-    use super::LogFormat;
+    use super::{LogFilter, LogFormat, log_filter};
+
+    #[test]
+    fn the_log_filter_comes_from_gc_hotfolder_log_then_rust_log() {
+        let f = |a: Option<&str>, b: Option<&str>| {
+            log_filter(a.map(str::to_owned), b.map(str::to_owned))
+        };
+        let filter = |from, d: &str| LogFilter {
+            from,
+            directives: d.into(),
+        };
+        assert_eq!(
+            f(Some("debug"), Some("warn")),
+            filter("GC_HOTFOLDER_LOG", "debug")
+        );
+        assert_eq!(f(None, Some("warn")), filter("RUST_LOG", "warn"));
+        assert_eq!(f(Some(" "), Some("warn")), filter("RUST_LOG", "warn"));
+        assert_eq!(f(None, None), filter("the default", "info"));
+    }
 
     #[test]
     fn auto_logs_to_the_journal_only_when_stderr_is_the_journal_stream() {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::agent::{self, AgentOptions};
 use crate::cli::{CheckArgs, ExplainArgs, RetryArgs, RunArgs, exit};
-use crate::config::{Config, RuleSource};
+use crate::config::Config;
 use crate::gc::{Client, GcError};
 use crate::journal::{CaseState, Journal};
 
@@ -18,15 +18,34 @@ pub async fn connect(config: &Config, tolerate_unreachable: bool) -> Result<Clie
     })?;
     match client.whoami().await {
         Ok(user) => tracing::info!(user, url = %config.server.url, "token accepted"),
-        Err(e) if tolerate_unreachable && !matches!(e, GcError::Auth { .. }) => {
+        Err(e) if tolerate_unreachable && e.is_retryable_later() => {
             tracing::warn!(url = %config.server.url, "cannot check the token yet: {e}")
         }
         Err(e) => {
-            eprintln!("error: {}: {e}", config.server.url);
+            eprintln!("error: {}", platform_error(config, &e));
             return Err(exit::PLATFORM);
         }
     }
     Ok(client)
+}
+
+/// One sentence about a failure to talk to the platform, with the likely fix. For a refused token it says
+/// where the token came from (never the token).
+pub fn platform_error(config: &Config, e: &GcError) -> String {
+    match e {
+        GcError::Auth { .. } => {
+            let source = config
+                .token_source()
+                .map_or_else(|| "nowhere".to_owned(), |s| s.to_string());
+            format!(
+                "the platform at {} refused the token from {source} ({e}); create a new token at \
+                 https://grand-challenge.org/settings/api-tokens/ for an account that may use the targets, \
+                 and put it there",
+                config.server.url
+            )
+        }
+        _ => format!("{}: {e}", config.server.url),
+    }
 }
 
 pub(crate) fn load(path: &Path) -> Result<Config, u8> {
@@ -117,19 +136,19 @@ pub fn check(args: CheckArgs) -> u8 {
         args.config.display(),
         config.folders.len()
     );
+    let mut code = exit::OK;
     for f in &config.folders {
-        let exists = if f.path.is_dir() {
-            ""
-        } else {
-            " (does not exist yet)"
-        };
         println!(
-            "  folder[{}] {}{exists} → {:?} {}",
+            "  folder[{}] {} → {} {}",
             f.index,
             f.path.display(),
-            f.target,
+            crate::agent::kind_name(f.target),
             f.target_slug
         );
+        if let Some(why) = crate::watch::folder_missing(&f.path) {
+            println!("  warning: folder[{}].path: {why}", f.index);
+            code = exit::CASE_FAILED;
+        }
         if !f.deidentify {
             println!(
                 "  folder[{}] WARNING: deidentify = false: DICOM files are uploaded as they are, with patient names, IDs and dates: identifiable data will leave this machine",
@@ -140,8 +159,11 @@ pub fn check(args: CheckArgs) -> u8 {
             println!("  folder[{}] case {case}: WARNING: {warning}", f.index);
         }
     }
+    for w in crate::access::service_warnings(&config) {
+        println!("  warning: {w}");
+    }
     if !args.online {
-        return exit::OK;
+        return code;
     }
     let rt = match runtime() {
         Ok(r) => r,
@@ -158,36 +180,17 @@ pub fn check(args: CheckArgs) -> u8 {
         match client.whoami().await {
             Ok(user) => println!("  token: accepted for user {user}"),
             Err(e) => {
-                println!("  token: {e}");
+                println!("  token: {}", platform_error(&config, &e));
                 return exit::PLATFORM;
             }
         }
-        let mut code = exit::OK;
         for f in &config.folders {
-            match client.resolve_target(f.target, &f.target_slug).await {
-                Ok(t) => println!("  folder[{}] target {} found ({})", f.index, t.slug, t.url),
-                Err(e) => {
-                    println!("  folder[{}] target {}: {e}", f.index, f.target_slug);
-                    code = exit::PLATFORM;
-                }
+            let checked = crate::preflight::check_folder(&client, f).await;
+            for line in &checked.lines {
+                println!("  {line}");
             }
-            for rule in &f.sockets {
-                match client.socket(&rule.slug).await {
-                    Ok(s) => match crate::deliver::fits(shape(&rule.source), &s) {
-                        Ok(()) => println!(
-                            "  folder[{}] socket {}: {} ({:?}) fits",
-                            f.index, s.slug, s.kind, s.super_kind
-                        ),
-                        Err(why) => {
-                            println!("  folder[{}] socket {}: {why}", f.index, s.slug);
-                            code = exit::PLATFORM;
-                        }
-                    },
-                    Err(e) => {
-                        println!("  folder[{}] socket {}: {e}", f.index, rule.slug);
-                        code = exit::PLATFORM;
-                    }
-                }
+            if checked.verdict != crate::preflight::Verdict::Usable {
+                code = exit::PLATFORM;
             }
         }
         code
@@ -220,17 +223,6 @@ fn title_warnings_of_present_cases(f: &crate::config::Folder) -> Vec<(String, St
         }
     }
     out
-}
-
-/// The shape of a config rule's source, to judge it against a socket before any case exists.
-fn shape(source: &RuleSource) -> crate::deliver::SourceShape {
-    use crate::deliver::SourceShape;
-    match source {
-        RuleSource::Files { .. } => SourceShape::Files,
-        RuleSource::DicomImageSet { .. } => SourceShape::DicomImageSet,
-        RuleSource::ValueFile(_) => SourceShape::ValueFile,
-        RuleSource::Value(_) => SourceShape::Value,
-    }
 }
 
 /// `gc-hotfolder explain`
@@ -279,7 +271,11 @@ pub fn retry(args: RetryArgs) -> u8 {
         let mut v = Vec::new();
         for case in &args.cases {
             let abs = std::path::absolute(case).unwrap_or(case.clone());
-            match all.iter().find(|c| c.folder.join(&c.case) == abs) {
+            // The case's place in its drop folder, or where quarantine moved it.
+            let found = all.iter().find(|c| {
+                c.folder.join(&c.case) == abs || quarantined_at(&config, c).as_deref() == Some(&abs)
+            });
+            match found {
                 Some(c) => v.push(c),
                 None => {
                     eprintln!("{}: the journal does not know this case", case.display());
@@ -290,15 +286,70 @@ pub fn retry(args: RetryArgs) -> u8 {
         v
     };
     for c in wanted {
+        let home = c.folder.join(&c.case);
+        // A case moved to the quarantine folder goes back into its drop folder, where the agent watches.
+        let moved_back = match quarantined_at(&config, c) {
+            Some(q) if !home.exists() => {
+                if let Err(e) = move_back(&q, &home) {
+                    eprintln!(
+                        "{}: cannot move it back into its drop folder as {}: {e}",
+                        q.display(),
+                        home.display()
+                    );
+                    code = exit::CASE_FAILED;
+                    continue;
+                }
+                if let Err(e) = journal.moved_to(c.id, None) {
+                    eprintln!("{}: {e}", home.display());
+                }
+                Some(q)
+            }
+            Some(q) => {
+                eprintln!(
+                    "{}: not retried: {} exists, so it cannot be moved back into its drop folder; move one \
+                     of them away and retry again",
+                    q.display(),
+                    home.display()
+                );
+                code = exit::CASE_FAILED;
+                continue;
+            }
+            None => None,
+        };
         match journal.retry(c.id) {
-            Ok(()) => println!("requeued {}", c.folder.join(&c.case).display()),
+            Ok(()) => match moved_back {
+                Some(q) => println!(
+                    "requeued {} (moved back from {} into its drop folder)",
+                    home.display(),
+                    q.display()
+                ),
+                None => println!("requeued {} (delivered from where it is)", home.display()),
+            },
             Err(e) => {
-                eprintln!("{}: {e}", c.case);
+                eprintln!("{}: {e}", c.case.display());
                 code = exit::CASE_FAILED;
             }
         }
     }
     code
+}
+
+/// Where a quarantined case now is, if quarantine moved it out of its drop folder (and it is still there).
+fn quarantined_at(config: &Config, c: &crate::journal::CaseRecord) -> Option<std::path::PathBuf> {
+    let recorded = c.moved_to.clone().or_else(|| {
+        // Cases quarantined before the journal recorded moves: where the move puts them.
+        let folder = config.folders.iter().find(|f| f.path == c.folder)?;
+        Some(folder.quarantine.as_ref()?.join(&c.case))
+    })?;
+    recorded.is_dir().then_some(recorded)
+}
+
+/// Move a case folder back to `home`, creating its parents (a case at depth 2).
+fn move_back(from: &Path, home: &Path) -> std::io::Result<()> {
+    if let Some(parent) = home.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::rename(from, home)
 }
 
 /// What `status` reports for one drop folder.
@@ -355,23 +406,23 @@ pub fn folder_status(
                 oldest_waiting: waiting
                     .clone()
                     .min_by(|a, b| a.updated.cmp(&b.updated))
-                    .map(|c| (c.case.clone(), c.updated.clone())),
+                    .map(|c| (c.case_text(), c.updated.clone())),
                 last_delivery: cases
                     .iter()
                     .filter(|c| c.state == CaseState::Delivered)
                     .max_by(|a, b| a.updated.cmp(&b.updated))
-                    .map(|c| (c.case.clone(), c.updated.clone())),
+                    .map(|c| (c.case_text(), c.updated.clone())),
                 quarantined: cases
                     .iter()
                     .filter(|c| c.state == CaseState::Quarantined)
                     .map(|c| QuarantinedCase {
-                        case: c.case.clone(),
-                        case_id: crate::notify::case_id(&f.path, &c.case),
+                        case: c.case_text(),
+                        case_id: crate::notify::case_id(&f.path, &c.case_text()),
                         reason: c.reason.clone().unwrap_or_default(),
                     })
                     .collect(),
                 notes: waiting
-                    .filter_map(|c| c.reason.clone().map(|r| (c.case.clone(), r)))
+                    .filter_map(|c| c.reason.clone().map(|r| (c.case_text(), r)))
                     .collect(),
                 paused: paused.contains(&f.path),
                 target_paused: paused_targets
@@ -459,24 +510,7 @@ pub fn receipts(args: crate::cli::ReceiptsArgs) -> u8 {
         Err(code) => return code,
     };
     let dir = config.server.state_dir.join("receipts");
-    let mut all = Vec::new();
-    for target in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        for entry in std::fs::read_dir(target.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let path = entry.path();
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            if path.extension().is_some_and(|e| e == "json") && !hidden {
-                match crate::receipt::read(&path) {
-                    Ok(r) => all.push((path, r)),
-                    Err(e) => eprintln!("{}: {e}", path.display()),
-                }
-            }
-        }
-    }
-    all.sort_by(|a, b| a.1.finished.cmp(&b.1.finished));
+    let all = crate::receipt::all(&dir);
     match &args.case {
         None => {
             for (_, r) in &all {

@@ -150,6 +150,35 @@ pub struct Limits {
     pub part_size: u64,
 }
 
+/// Where the API token was read from: named in messages about a refused token, so that the operator
+/// knows which copy to replace. Never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `server.token_file`.
+    File(PathBuf),
+    /// The environment variable `GRAND_CHALLENGE_AUTHORIZATION`.
+    Env,
+    /// The systemd credential `gc-token` (`LoadCredential=` in the unit).
+    Credential(PathBuf),
+    /// `server.token` in this config file.
+    Inline(PathBuf),
+}
+
+impl fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::File(p) => write!(f, "the file {} (server.token_file)", p.display()),
+            TokenSource::Env => write!(f, "the environment variable {}", crate::gc::TOKEN_ENV),
+            TokenSource::Credential(p) => write!(
+                f,
+                "the systemd credential gc-token ({}, from LoadCredential= in the unit)",
+                p.display()
+            ),
+            TokenSource::Inline(c) => write!(f, "server.token in {}", c.display()),
+        }
+    }
+}
+
 /// One drop folder.
 #[derive(Debug, Clone)]
 pub struct Folder {
@@ -351,6 +380,56 @@ enum OneOrMany {
     Many(Vec<String>),
 }
 
+/// The dotted key path (`limits.parallel_cases`, `folder[1].on_change`) of the value that starts at
+/// `offset`, the way the rest of the messages name keys; `None` if `offset` is not at a `key = value` value.
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = before[line_start..].split_once('=')?;
+    let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+    if key.is_empty() || key.contains(['[', '{', ',']) {
+        return None;
+    }
+    // The table the line is in, from the headers above it; array tables get their index.
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    let mut table = String::new();
+    let render = |name: &str, index: &std::collections::HashMap<String, usize>| {
+        let mut out = String::new();
+        let mut dotted = String::new();
+        for part in name.split('.').map(str::trim) {
+            if !dotted.is_empty() {
+                dotted.push('.');
+                out.push('.');
+            }
+            dotted.push_str(part);
+            out.push_str(part);
+            if let Some(i) = index.get(&dotted) {
+                out.push_str(&format!("[{i}]"));
+            }
+        }
+        out
+    };
+    for line in text[..line_start].lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("[[").and_then(|r| r.split_once("]]")) {
+            let name = name.0.trim();
+            let parent = name.rsplit_once('.').map_or("", |p| p.0);
+            let slot = format!("{}/{name}", render(parent, &index));
+            let n = counts.entry(slot).or_insert(0);
+            index.insert(name.to_owned(), *n);
+            *n += 1;
+            table = render(name, &index);
+        } else if let Some(name) = line.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            table = render(name.0.trim(), &index);
+        }
+    }
+    Some(if table.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
 /// Locates errors in one file's text.
 struct Locator<'a> {
     file: &'a Path,
@@ -400,10 +479,12 @@ impl Config {
         let loc = Locator { file: path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let key = text
-                .get(span.clone())
-                .filter(|k| !k.contains('\n') && !k.is_empty())
-                .map(str::to_owned);
+            // A value of the wrong type is located at the value: name the key it belongs to instead.
+            let key = key_path_at(text, span.start).or_else(|| {
+                text.get(span.clone())
+                    .filter(|k| !k.contains('\n') && !k.is_empty())
+                    .map(str::to_owned)
+            });
             ConfigError {
                 file: path.to_owned(),
                 line: e.span().map(|s| loc.line_col(s.start)),
@@ -471,25 +552,45 @@ impl Config {
         })
     }
 
-    /// The platform client this config describes. The token comes from, in order: `token_file`, the
-    /// environment variable `GRAND_CHALLENGE_AUTHORIZATION`, the systemd credential `gc-token`
-    /// (`$CREDENTIALS_DIRECTORY/gc-token`, from `LoadCredential=`), `token`.
+    /// Where the token comes from, in order: `token_file`, the environment variable
+    /// `GRAND_CHALLENGE_AUTHORIZATION`, the systemd credential `gc-token` (`$CREDENTIALS_DIRECTORY/gc-token`,
+    /// from `LoadCredential=`), `token`. `None` when there is none at all.
+    pub fn token_source(&self) -> Option<TokenSource> {
+        let s = &self.server;
+        if let Some(f) = &s.token_file {
+            return Some(TokenSource::File(f.clone()));
+        }
+        if std::env::var(crate::gc::TOKEN_ENV).is_ok_and(|v| !v.trim().is_empty()) {
+            return Some(TokenSource::Env);
+        }
+        if let Some(c) = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| PathBuf::from(d).join("gc-token"))
+            .filter(|p| p.is_file())
+        {
+            return Some(TokenSource::Credential(c));
+        }
+        s.token
+            .as_ref()
+            .map(|_| TokenSource::Inline(self.file.clone()))
+    }
+
+    /// The platform client this config describes, with the token from [`Config::token_source`].
     pub fn client(&self) -> Result<crate::gc::Client, crate::gc::GcError> {
         let s = &self.server;
-        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
-            .map(|d| PathBuf::from(d).join("gc-token"))
-            .filter(|p| p.is_file());
-        let env = std::env::var("GRAND_CHALLENGE_AUTHORIZATION")
-            .ok()
-            .filter(|v| !v.trim().is_empty());
-        let token_file = match (&s.token_file, &env) {
-            (Some(f), _) => Some(f.clone()),
-            (None, Some(_)) => None,
-            (None, None) => credential,
-        };
-        let token = match (&token_file, &env, &s.token) {
-            (None, None, Some(inline)) => inline.clone(),
-            _ => crate::gc::Token::from_sources(token_file.as_deref(), env, None)?,
+        let token = match self.token_source() {
+            Some(TokenSource::Inline(_)) => match &s.token {
+                Some(t) => t.clone(),
+                None => crate::gc::Token::from_sources(None, None, None)?,
+            },
+            Some(TokenSource::File(f) | TokenSource::Credential(f)) => {
+                crate::gc::Token::from_sources(Some(&f), None, None)?
+            }
+            Some(TokenSource::Env) => crate::gc::Token::from_sources(
+                None,
+                std::env::var(crate::gc::TOKEN_ENV).ok(),
+                None,
+            )?,
+            None => crate::gc::Token::from_sources(None, None, None)?,
         };
         crate::gc::Client::new(crate::gc::ClientConfig {
             base_url: s.url.clone(),
@@ -1062,6 +1163,49 @@ quiet = "2s"
         assert!(
             e.to_string()
                 .starts_with("/etc/gc/hot.toml:12:1: quite: unknown field `quite`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_name_their_key_not_the_value() {
+        let text = GOOD.replace(
+            "[[folder]]",
+            "[limits]\nparallel_cases = \"two\"\n\n[[folder]]",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line.map(|l| l.0)),
+            (Some("limits.parallel_cases"), Some(8)),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("/etc/gc/hot.toml:8:18: limits.parallel_cases: "),
+            "{e}"
+        );
+
+        let second = GOOD.replace("path = \"/srv/drop/lung\"", "path = \"/srv/drop/other\"");
+        let text = format!("{GOOD}\n{}", &second[second.find("[[folder]]").unwrap()..]).replacen(
+            "quiet = \"2s\"",
+            "quiet = \"2s\"\non_change = \"update\"",
+            1,
+        );
+        let at = text.rfind("quiet = \"2s\"").unwrap();
+        let text = format!(
+            "{}quiet = \"2s\"\non_change = \"merge\"{}",
+            &text[..at],
+            &text[at + "quiet = \"2s\"".len()..]
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("folder[1].on_change"), "{e}");
+        assert!(e.message.contains("merge"), "{e}");
+
+        let text = GOOD.replace("optional = true", "optional = \"yes\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("folder[0].socket[1].optional"),
             "{e}"
         );
     }

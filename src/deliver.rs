@@ -1,8 +1,12 @@
 //! Delivery of one planned case: check → item → uploads → one PATCH → verify on the server.
 //!
 //! Everything that can be checked before anything is created on the platform is checked first (sockets
-//! exist and fit their rules, value files are valid JSON), so a bad case leaves nothing half-made. The
-//! outcome is classified for the caller: quarantine the case, pause the target, or try again later.
+//! exist and fit their rules, every JSON value is valid for its socket's kind by the platform's built-in
+//! schemas, gc-protocol.md §3.7), so a bad case leaves nothing half-made. An item is only ever adopted
+//! (instead of created) when the journal proves it is this case's own lost creation, and a title another
+//! case holds is refused before anything is created. When the platform refuses a case after its item
+//! exists, the error says what is left there. The outcome is classified for the caller: quarantine the
+//! case, pause the target, or try again later.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +22,7 @@ use crate::gc::verify::{Awaiting, Expectation, VerifyTiming};
 use crate::gc::{
     Client, GcError, Item, Socket, SuperKind, Target, ValueEntry, models::ValueSource,
 };
-use crate::journal::Step;
+use crate::journal::{Step, TitleClaim};
 use crate::rules::{Plan, PlannedFile, Source};
 
 /// Value files larger than this are refused: large structured values belong in file sockets.
@@ -27,6 +31,17 @@ pub const MAX_VALUE_FILE: u64 = 16 << 20;
 /// Where a delivery reports its progress, so that it can be resumed after a crash at any instant.
 /// Every hook is called after the platform confirmed the step and before the next step starts.
 pub trait Checkpoints: Send + Sync {
+    /// Right before the request to create the item titled `title` is sent: take the title for this case
+    /// and record that a create may be under way. The answer says whether another case holds the title,
+    /// or whether an earlier attempt of this case already sent such a request. Without a journal nothing
+    /// is known: nothing is ever adopted.
+    fn creating(&self, _target: &Target, _title: &str) -> Result<TitleClaim, String> {
+        Ok(TitleClaim::Fresh)
+    }
+    /// The platform refused the create request: it created nothing.
+    fn create_refused(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// The item exists (created or adopted): record its pk before anything is uploaded into it.
     fn item(&self, _pk: &str) -> Result<(), String> {
         Ok(())
@@ -141,8 +156,8 @@ pub struct Deidentified {
 /// Which item the case goes into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemStart {
-    /// Create an item titled after the case. If the title is taken by an item without values (our own
-    /// creation whose response was lost, or an empty leftover), that item is adopted instead.
+    /// Create an item titled after the case. If the title is taken by an item without values that this
+    /// case's journal tried to create before (a creation whose answer was lost), that item is adopted.
     New,
     /// Update this existing item (a resumed delivery, or late files in a delivered case).
     Existing(String),
@@ -289,9 +304,36 @@ fn route<'a>(
         },
         (Source::Files(files), _) => Route::Image(files),
         (Source::DicomImageSet { files, image_name }, _) => Route::DicomImageSet(files, image_name),
-        (Source::ValueFile(f), SuperKind::Value) => Route::Value(read_value_file(case_dir, f)?),
-        (Source::ValueFile(f), _) => Route::File(f),
-        (Source::Value(v), _) => Route::Value(v.clone()),
+        (Source::ValueFile(f), SuperKind::Value) => {
+            let value = read_value_file(case_dir, f)?;
+            valid_for(socket, &value).map_err(|e| quarantine(format!("{}: {e}", f.path)))?;
+            Route::Value(value)
+        }
+        (Source::ValueFile(f), _) => {
+            // A JSON kind stored as a file is validated by the platform after the item exists.
+            if crate::sandbox::schema::builtin_schema(&socket.kind).is_some() {
+                let value = read_value_file(case_dir, f)?;
+                valid_for(socket, &value).map_err(|e| quarantine(format!("{}: {e}", f.path)))?;
+            }
+            Route::File(f)
+        }
+        (Source::Value(v), _) => {
+            valid_for(socket, v)
+                .map_err(|e| quarantine(format!("the configured value {v}: {e}")))?;
+            Route::Value(v.clone())
+        }
+    })
+}
+
+/// Is `value` valid for the socket by the built-in schema of its kind? The error is the platform's own
+/// message, followed by the socket. A socket's custom schema is not served by the API (gc-protocol.md §3.1):
+/// only the platform can check that one.
+fn valid_for(socket: &Socket, value: &serde_json::Value) -> Result<(), String> {
+    crate::sandbox::schema::validate_value(&socket.kind, value).map_err(|e| {
+        format!(
+            "{e} (socket {}, a {} socket); nothing was created on the platform",
+            socket.slug, socket.kind
+        )
     })
 }
 
@@ -427,18 +469,56 @@ pub async fn deliver(
     for w in &deidentified.warnings {
         tracing::warn!(case = %plan.case_path, "{w}");
     }
+
+    cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
+    let (item, created) = match start {
+        ItemStart::New => (
+            create_or_adopt(client, &target, &plan.title, cp).await?,
+            true,
+        ),
+        ItemStart::Existing(pk) => (client.get_item(&target, &pk).await?, false),
+    };
+    cp.item(&item.pk).map_err(DeliverError::Checkpoint)?;
+    let sent = Sent {
+        case_dir,
+        routes,
+        deidentified,
+    };
+    match fill(client, sent, &target, &item, timing, cp).await {
+        Err(DeliverError::Quarantine(reason)) => {
+            let left = left_on_platform(client, &target, &item, created).await;
+            Err(DeliverError::Quarantine(format!("{reason}. {left}")))
+        }
+        other => other,
+    }
+}
+
+/// What goes into an item: the routes of its sockets, and the de-identified copies sent instead of files.
+struct Sent<'a> {
+    case_dir: &'a Path,
+    routes: Vec<(&'a str, Route<'a>)>,
+    deidentified: Deidentified,
+}
+
+/// Upload the files into `item`, set every value with one PATCH and verify them on the server.
+async fn fill(
+    client: &Client,
+    sent: Sent<'_>,
+    target: &Target,
+    item: &Item,
+    timing: &VerifyTiming,
+    cp: &dyn Checkpoints,
+) -> Result<Delivered, DeliverError> {
+    let Sent {
+        case_dir,
+        routes,
+        deidentified,
+    } = sent;
     let sent_from: BTreeMap<&str, &Path> = deidentified
         .staged
         .iter()
         .map(|s| (s.path.as_str(), s.local.as_path()))
         .collect();
-
-    cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
-    let item = match start {
-        ItemStart::New => create_or_adopt(client, &target, &plan.title).await?,
-        ItemStart::Existing(pk) => client.get_item(&target, &pk).await?,
-    };
-    cp.item(&item.pk).map_err(DeliverError::Checkpoint)?;
     cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
 
     // All files of all sockets at once; the client bounds files and parts in flight.
@@ -525,7 +605,7 @@ pub async fn deliver(
         return Err(DeliverError::Changed);
     }
     cp.step(Step::Patching).map_err(DeliverError::Checkpoint)?;
-    if let Err(e) = client.patch_values(&target, &item.pk, &entries).await {
+    if let Err(e) = client.patch_values(target, &item.pk, &entries).await {
         // A PATCH whose answer was lost may have been applied: its retry is then refused because the
         // uploads it names were already consumed by the first one. Only if every upload is gone is that
         // the explanation; verification below then decides.
@@ -539,8 +619,14 @@ pub async fn deliver(
     }
     cp.step(Step::Verifying).map_err(DeliverError::Checkpoint)?;
     let done = client
-        .await_values(&target, &item.pk, &expectations, timing)
-        .await?;
+        .await_values(target, &item.pk, &expectations, timing)
+        .await
+        .map_err(|e| match e {
+            GcError::ImportFailed { socket, message } => {
+                quarantine(import_failure(&socket, &message, &routes))
+            }
+            e => e.into(),
+        })?;
     // Every value of the item, not only the ones just sent: an update sends only what changed.
     let sockets = done
         .values
@@ -554,12 +640,63 @@ pub async fn deliver(
         })
         .collect();
     Ok(Delivered {
-        item_api_url: client.item_api_url(&target, &item.pk),
-        item_pk: item.pk,
-        target,
+        item_api_url: client.item_api_url(target, &item.pk),
+        item_pk: item.pk.clone(),
+        target: target.clone(),
         sockets,
         deidentified,
     })
+}
+
+/// An import failure in the platform's words, with the files it concerns. The platform names no file
+/// (gc-protocol.md §6.1: the session's `error_message` only counts them), so the message names every file
+/// of the socket's import, which is one file exactly when the socket had one.
+fn import_failure(socket: &str, message: &str, routes: &[(&str, Route<'_>)]) -> String {
+    let files: Vec<&str> = routes
+        .iter()
+        .filter(|(slug, _)| *slug == socket)
+        .flat_map(|(_, r)| match r {
+            Route::Image(fs) | Route::DicomImageSet(fs, _) => fs.iter().collect::<Vec<_>>(),
+            Route::File(f) => vec![*f],
+            Route::Value(_) => vec![],
+        })
+        .map(|f| f.path.as_str())
+        .collect();
+    match files.as_slice() {
+        [] => format!("socket {socket}: the import failed: {message}"),
+        [one] => format!("{one} (socket {socket}): the platform could not import it: {message}"),
+        many => format!(
+            "socket {socket}: the platform could not import its {} files ({}): {message}",
+            many.len(),
+            many.join(", ")
+        ),
+    }
+}
+
+/// What a case the platform refused left behind, read back from the platform, for the receipt.
+async fn left_on_platform(client: &Client, target: &Target, item: &Item, created: bool) -> String {
+    let what = if created {
+        "the item created for it"
+    } else {
+        "its item"
+    };
+    let url = client.item_api_url(target, &item.pk);
+    match client.get_item(target, &item.pk).await {
+        Ok(now) if now.values.is_empty() => {
+            format!("Left on the platform: {what}, {url}, which holds no values")
+        }
+        Ok(now) => {
+            let mut slugs: Vec<&str> = now.values.iter().map(|v| v.interface.slug()).collect();
+            slugs.sort_unstable();
+            format!(
+                "Left on the platform: {what}, {url}, which holds values for {}",
+                slugs.join(", ")
+            )
+        }
+        Err(e) => {
+            format!("Left on the platform: {what}, {url} (what it holds could not be read: {e})")
+        }
+    }
 }
 
 /// Upload one file, reusing or resuming what an interrupted attempt left where the platform still has it.
@@ -607,23 +744,63 @@ async fn all_consumed(client: &Client, uploads: &[UserUpload]) -> bool {
     true
 }
 
-/// Create the item; if its title is taken, adopt that item only if it holds no values.
+/// Create the item, after the journal gave this case the title. A title already taken on the platform is
+/// adopted only if the journal recorded an earlier create request of this case with this title whose
+/// answer was lost, and the item holds no values: anything else is someone else's.
 async fn create_or_adopt(
     client: &Client,
     target: &Target,
     title: &str,
+    cp: &dyn Checkpoints,
 ) -> Result<Item, DeliverError> {
+    let ours_if_empty = match cp
+        .creating(target, title)
+        .map_err(DeliverError::Checkpoint)?
+    {
+        TitleClaim::TakenBy { folder, case } => {
+            return Err(quarantine(format!(
+                "the title \"{title}\" in {} belongs to another case, {} in {}: two cases never \
+                 go into one item. Give them different titles (the folder's title template, e.g. \
+                 \"{{path}}\"); nothing was created on the platform",
+                target.slug,
+                crate::rules::path_text(&case),
+                folder.display()
+            )));
+        }
+        TitleClaim::Fresh => false,
+        TitleClaim::EarlierCreateInDoubt => true,
+    };
     match client.create_item(target, title).await {
         Ok(item) => Ok(item),
-        Err(e) if e.is_duplicate_title() => match client.find_item_by_title(target, title).await? {
-            Some(existing) if existing.values.is_empty() => Ok(existing),
-            Some(existing) => Err(quarantine(format!(
-                "an item titled \"{title}\" already exists in {} with values (pk {}); not overwriting it",
-                target.slug, existing.pk
-            ))),
-            None => Err(e.into()),
-        },
-        Err(e) => Err(e.into()),
+        Err(e) if e.is_duplicate_title() => {
+            cp.create_refused().map_err(DeliverError::Checkpoint)?;
+            match client.find_item_by_title(target, title).await? {
+                Some(existing) if ours_if_empty && existing.values.is_empty() => {
+                    tracing::info!(item = %existing.pk, title, "adopting the item an earlier attempt created");
+                    Ok(existing)
+                }
+                Some(existing) if ours_if_empty => Err(quarantine(format!(
+                    "an item titled \"{title}\" already exists in {} and holds values (pk {}); this \
+                     case may have created it, but something else has set its values: not changing it",
+                    target.slug, existing.pk
+                ))),
+                Some(existing) => Err(quarantine(format!(
+                    "an item titled \"{title}\" already exists in {} (pk {}) that this installation \
+                     did not create: not adopting or changing it; nothing was created",
+                    target.slug, existing.pk
+                ))),
+                None => Err(e.into()),
+            }
+        }
+        Err(e) => {
+            if matches!(
+                e,
+                GcError::Rejected { .. } | GcError::NotFound(_) | GcError::Auth { .. }
+            ) {
+                cp.create_refused().map_err(DeliverError::Checkpoint)?;
+            }
+            Err(e.into())
+        }
     }
 }
 

@@ -145,41 +145,29 @@ async fn print_receipts(dir: PathBuf) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let Ok(targets) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for t in targets.flatten().filter(|e| e.path().is_dir()) {
-            let Ok(files) = std::fs::read_dir(t.path()) else {
+        for (path, r) in crate::receipt::all(&dir) {
+            if seen.get(&path) == Some(&r.finished) {
                 continue;
-            };
-            for f in files.flatten() {
-                let path = f.path();
-                let Ok(r) = crate::receipt::read(&path) else {
-                    continue;
-                };
-                if seen.get(&path) == Some(&r.finished) {
-                    continue;
+            }
+            seen.insert(path.clone(), r.finished.clone());
+            match (r.outcome, &r.item) {
+                (Outcome::Delivered, Some(item)) => {
+                    println!(
+                        "✔ {} → archive item {} ({} socket(s), {:.1} s)",
+                        r.case,
+                        item.pk,
+                        r.sockets.len(),
+                        r.seconds
+                    );
+                    println!("  receipt: {}", path.display());
                 }
-                seen.insert(path.clone(), r.finished.clone());
-                match (r.outcome, &r.item) {
-                    (Outcome::Delivered, Some(item)) => {
-                        println!(
-                            "✔ {} → archive item {} ({} socket(s), {:.1} s)",
-                            r.case,
-                            item.pk,
-                            r.sockets.len(),
-                            r.seconds
-                        );
-                        println!("  receipt: {}", path.display());
-                    }
-                    _ => {
-                        println!(
-                            "✘ {} quarantined: {}",
-                            r.case,
-                            r.reason.as_deref().unwrap_or("no reason recorded")
-                        );
-                        println!("  receipt: {}", path.display());
-                    }
+                _ => {
+                    println!(
+                        "✘ {} quarantined: {}",
+                        r.case,
+                        r.reason.as_deref().unwrap_or("no reason recorded")
+                    );
+                    println!("  receipt: {}", path.display());
                 }
             }
         }

@@ -8,6 +8,7 @@
 //! `resume` and `retry` leave requests here that the agent reads every few seconds, and `status` reads
 //! the targets the agent paused. And alerts wait here until a webhook took them, so a crash loses none.
 
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -106,8 +107,8 @@ pub struct CaseRecord {
     pub id: i64,
     /// The drop folder.
     pub folder: PathBuf,
-    /// The case folder relative to the drop folder.
-    pub case: String,
+    /// The case folder relative to the drop folder, byte for byte as the filesystem names it.
+    pub case: PathBuf,
     pub state: CaseState,
     pub target_kind: Option<TargetKind>,
     pub target_slug: Option<String>,
@@ -121,11 +122,24 @@ pub struct CaseRecord {
     /// The manifest last verified on the server (JSON), to tell which sockets later changes touch.
     pub delivered_manifest: Option<String>,
     pub item_pk: Option<String>,
+    /// The title of an item this case may have asked the platform to create (recorded before sending the
+    /// request) while no pk is recorded: an empty item of that title in the target may be this case's own.
+    pub create_sent: Option<String>,
+    /// Where the case folder was moved when it was quarantined (the folder's `quarantine`), so that
+    /// `retry` can bring it back.
+    pub moved_to: Option<PathBuf>,
     /// Verified deliveries of this case into its item (1 after the first, +1 per update).
     pub revision: i64,
     pub attempts: i64,
     pub reason: Option<String>,
     pub updated: String,
+}
+
+impl CaseRecord {
+    /// The case's path inside its drop folder as text, for people (see [`crate::rules::path_text`]).
+    pub fn case_text(&self) -> String {
+        crate::rules::path_text(&self.case)
+    }
 }
 
 /// A target the agent paused because the platform refused the token.
@@ -239,9 +253,69 @@ CREATE TABLE IF NOT EXISTS paused_folders (
 );
 ";
 
+/// Changes to the schema of existing databases, applied in order, each once (`PRAGMA user_version`
+/// counts the ones applied). A running installation upgrades in place when the new version starts.
+const MIGRATIONS: &[&str] = &[
+    // 1: folders and cases are keyed by their raw path bytes (BLOB values), not by lossy text, so two
+    // folders whose names differ only in bytes that are not UTF-8 stay two cases; and the journal
+    // records that a create request is about to be sent, so that only an item this journal tried to
+    // create is ever adopted.
+    "UPDATE cases SET folder = CAST(folder AS BLOB), case_path = CAST(case_path AS BLOB);
+     UPDATE paused_folders SET folder = CAST(folder AS BLOB);
+     ALTER TABLE cases ADD COLUMN create_sent TEXT;
+     ALTER TABLE cases ADD COLUMN moved_to BLOB;
+     CREATE INDEX IF NOT EXISTS cases_title ON cases (target_kind, target_slug, title);",
+];
+
+/// The raw bytes of a path, the journal's key for folders and cases.
+fn key(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}
+
+fn path_from(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+}
+
+/// A path column: BLOB since migration 1; TEXT is still read, in case an older version wrote a row.
+fn path_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<PathBuf> {
+    use rusqlite::types::ValueRef;
+    match r.get_ref(i)? {
+        ValueRef::Blob(b) => Ok(path_from(b.to_vec())),
+        ValueRef::Text(t) => Ok(path_from(t.to_vec())),
+        other => Err(rusqlite::Error::InvalidColumnType(
+            i,
+            "path".into(),
+            other.data_type(),
+        )),
+    }
+}
+
+/// Who holds a title in a target, when another case asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TitleClaim {
+    /// The title is this case's; no earlier create request of it is in doubt.
+    Fresh,
+    /// An earlier attempt of this case sent a create request whose answer was never recorded: an empty
+    /// item with this title is that attempt's and may be adopted.
+    EarlierCreateInDoubt,
+    /// Another case holds this title (it has an item, or its create may have been sent).
+    TakenBy { folder: PathBuf, case: PathBuf },
+}
+
 /// The journal of one agent. Cheap to share behind an `Arc`; every call is one short transaction.
 pub struct Journal {
     conn: Mutex<Connection>,
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    // One writer at a time: two processes opening an old journal at once migrate it once.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let applied: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (n, m) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
+        tx.execute_batch(m)?;
+        tx.pragma_update(None, "user_version", n as i64 + 1)?;
+    }
+    tx.commit()
 }
 
 fn now() -> String {
@@ -281,7 +355,7 @@ impl Journal {
         };
         std::fs::create_dir_all(state_dir)
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        let conn = Connection::open(&path).map_err(err)?;
+        let mut conn = Connection::open(&path).map_err(err)?;
         // WAL with synchronous=FULL: a commit is on disk when it returns, and readers never block writers.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
@@ -292,6 +366,7 @@ impl Journal {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&mut conn).map_err(err)?;
         // Journals made before cases had a de-identification secret get the column.
         let has_secret: bool = conn
             .query_row(
@@ -330,14 +405,13 @@ impl Journal {
     }
 
     /// The case's record, created in `Settling` if the journal has never seen it.
-    pub fn discover(&self, folder: &Path, case: &str) -> Result<CaseRecord, JournalError> {
-        let folder_s = folder.to_string_lossy();
+    pub fn discover(&self, folder: &Path, case: &Path) -> Result<CaseRecord, JournalError> {
         {
             let mut conn = self.conn();
             let tx = conn.transaction()?;
             let inserted = tx.execute(
                 "INSERT OR IGNORE INTO cases (folder, case_path, state, updated) VALUES (?1, ?2, 'settling', ?3)",
-                params![folder_s, case, now()],
+                params![key(folder), key(case), now()],
             )?;
             if inserted == 1 {
                 let id = tx.last_insert_rowid();
@@ -349,12 +423,12 @@ impl Journal {
             .ok_or_else(|| JournalError::Corrupt("a case vanished right after insert".into()))
     }
 
-    pub fn get(&self, folder: &Path, case: &str) -> Result<Option<CaseRecord>, JournalError> {
+    pub fn get(&self, folder: &Path, case: &Path) -> Result<Option<CaseRecord>, JournalError> {
         let conn = self.conn();
         let mut stmt =
             conn.prepare_cached(&format!("{SELECT} WHERE folder = ?1 AND case_path = ?2"))?;
         let row = stmt
-            .query_row(params![folder.to_string_lossy(), case], raw_row)
+            .query_row(params![key(folder), key(case)], raw_row)
             .optional()?;
         row.map(RawRow::into_record).transpose()
     }
@@ -488,11 +562,65 @@ impl Journal {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "UPDATE cases SET item_pk = ?2, step = 'uploading', updated = ?3 WHERE id = ?1",
+            "UPDATE cases SET item_pk = ?2, create_sent = NULL, step = 'uploading', updated = ?3 WHERE id = ?1",
             params![id, item_pk, now()],
         )?;
         Journal::event(&tx, id, "item", Some(item_pk))?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Right before a request to create the item titled `title` in a target is sent: take the title for
+    /// this case, unless another case holds it, and record that a create may be under way. One
+    /// transaction that other processes (`upload`, a second agent on the same journal) wait for, so two
+    /// cases never both take a title.
+    pub fn claim_title(
+        &self,
+        id: i64,
+        kind: TargetKind,
+        slug: &str,
+        title: &str,
+    ) -> Result<TitleClaim, JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // A holder is a case with an item in the target, or one whose create request may have been sent.
+        let holder = tx
+            .query_row(
+                "SELECT folder, case_path FROM cases WHERE id != ?1 AND target_kind = ?2 AND target_slug = ?3
+                 AND ((title = ?4 AND item_pk IS NOT NULL) OR create_sent = ?4) ORDER BY id LIMIT 1",
+                params![id, kind_to_db(kind), slug, title],
+                |r| Ok((path_col(r, 0)?, path_col(r, 1)?)),
+            )
+            .optional()?;
+        if let Some((folder, case)) = holder {
+            return Ok(TitleClaim::TakenBy { folder, case });
+        }
+        let in_doubt: bool = tx.query_row(
+            "SELECT create_sent IS ?2 AND item_pk IS NULL FROM cases WHERE id = ?1",
+            params![id, title],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "UPDATE cases SET create_sent = ?4, target_kind = ?2, target_slug = ?3, title = ?4, updated = ?5
+             WHERE id = ?1",
+            params![id, kind_to_db(kind), slug, title, now()],
+        )?;
+        Journal::event(&tx, id, "create sent", Some(title))?;
+        tx.commit()?;
+        Ok(if in_doubt {
+            TitleClaim::EarlierCreateInDoubt
+        } else {
+            TitleClaim::Fresh
+        })
+    }
+
+    /// The platform answered the create request with a refusal: no item was created by it, so the title
+    /// is free again for other cases.
+    pub fn create_refused(&self, id: i64) -> Result<(), JournalError> {
+        self.conn().execute(
+            "UPDATE cases SET create_sent = NULL WHERE id = ?1 AND item_pk IS NULL",
+            params![id],
+        )?;
         Ok(())
     }
 
@@ -546,6 +674,20 @@ impl Journal {
         Ok(())
     }
 
+    /// The case folder now lives at `to` (moved to quarantine), or is back in its drop folder (`None`).
+    pub fn moved_to(&self, id: i64, to: Option<&Path>) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET moved_to = ?2 WHERE id = ?1",
+            params![id, to.map(key)],
+        )?;
+        let detail = to.map(crate::rules::path_text);
+        Journal::event(&tx, id, "moved", detail.as_deref())?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Put a quarantined case back in line (the `retry` command).
     pub fn requeue(&self, id: i64) -> Result<(), JournalError> {
         self.set(id, CaseState::Settling, "requeued", None)
@@ -571,17 +713,15 @@ impl Journal {
 
     /// The case folders (drop folder, case) that `retry` asked about since the last call; each is
     /// returned once.
-    pub fn take_wakeups(&self) -> Result<Vec<(PathBuf, String)>, JournalError> {
+    pub fn take_wakeups(&self) -> Result<Vec<(PathBuf, PathBuf)>, JournalError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let cases = {
             let mut stmt = tx.prepare_cached(
                 "SELECT c.folder, c.case_path FROM wakeups w JOIN cases c ON c.id = w.case_id",
             )?;
-            stmt.query_map([], |r| {
-                Ok((PathBuf::from(r.get::<_, String>(0)?), r.get(1)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?
+            stmt.query_map([], |r| Ok((path_col(r, 0)?, path_col(r, 1)?)))?
+                .collect::<Result<Vec<_>, _>>()?
         };
         tx.execute("DELETE FROM wakeups", [])?;
         tx.commit()?;
@@ -789,12 +929,12 @@ impl Journal {
         if paused {
             conn.execute(
                 "INSERT OR IGNORE INTO paused_folders (folder, since) VALUES (?1, ?2)",
-                params![folder.to_string_lossy(), now()],
+                params![key(folder), now()],
             )?;
         } else {
             conn.execute(
                 "DELETE FROM paused_folders WHERE folder = ?1",
-                params![folder.to_string_lossy()],
+                params![key(folder)],
             )?;
         }
         Ok(())
@@ -804,10 +944,8 @@ impl Journal {
     pub fn paused(&self) -> Result<std::collections::BTreeSet<PathBuf>, JournalError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached("SELECT folder FROM paused_folders")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        Ok(rows
-            .map(|r| r.map(PathBuf::from))
-            .collect::<Result<_, _>>()?)
+        let rows = stmt.query_map([], |r| path_col(r, 0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// How many cases are in each state, by [`CaseState::name`].
@@ -831,12 +969,13 @@ impl Journal {
 
 const SELECT: &str =
     "SELECT id, folder, case_path, state, step, target_kind, target_slug, title, manifest_hash,
-    delivered_hash, fingerprint, delivered_manifest, item_pk, revision, attempts, reason, updated FROM cases";
+    delivered_hash, fingerprint, delivered_manifest, item_pk, revision, attempts, reason, updated, create_sent,
+    moved_to FROM cases";
 
 struct RawRow {
     id: i64,
-    folder: String,
-    case: String,
+    folder: PathBuf,
+    case: PathBuf,
     state: String,
     step: Option<String>,
     target_kind: Option<String>,
@@ -851,13 +990,15 @@ struct RawRow {
     attempts: i64,
     reason: Option<String>,
     updated: String,
+    create_sent: Option<String>,
+    moved_to: Option<PathBuf>,
 }
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
     Ok(RawRow {
         id: r.get(0)?,
-        folder: r.get(1)?,
-        case: r.get(2)?,
+        folder: path_col(r, 1)?,
+        case: path_col(r, 2)?,
         state: r.get(3)?,
         step: r.get(4)?,
         target_kind: r.get(5)?,
@@ -872,6 +1013,11 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         attempts: r.get(14)?,
         reason: r.get(15)?,
         updated: r.get(16)?,
+        create_sent: r.get(17)?,
+        moved_to: match r.get_ref(18)? {
+            rusqlite::types::ValueRef::Null => None,
+            _ => Some(path_col(r, 18)?),
+        },
     })
 }
 
@@ -880,7 +1026,7 @@ impl RawRow {
         let target_kind = self.target_kind.as_deref().map(kind_from_db).transpose()?;
         Ok(CaseRecord {
             id: self.id,
-            folder: PathBuf::from(self.folder),
+            folder: self.folder,
             case: self.case,
             state: CaseState::from_db(&self.state, self.step.as_deref())?,
             target_kind,
@@ -895,6 +1041,8 @@ impl RawRow {
             attempts: self.attempts,
             reason: self.reason,
             updated: self.updated,
+            create_sent: self.create_sent,
+            moved_to: self.moved_to,
         })
     }
 }
@@ -902,6 +1050,7 @@ impl RawRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
 
     #[test]
     fn a_delivery_walks_the_states_and_survives_reopening() {
@@ -909,10 +1058,10 @@ mod tests {
         let folder = Path::new("/drop");
         let id = {
             let j = Journal::open(dir.path()).unwrap();
-            let c = j.discover(folder, "p1").unwrap();
+            let c = j.discover(folder, Path::new("p1")).unwrap();
             assert_eq!(c.state, CaseState::Settling);
             assert_eq!(
-                j.discover(folder, "p1").unwrap().id,
+                j.discover(folder, Path::new("p1")).unwrap().id,
                 c.id,
                 "discovering twice is one case"
             );
@@ -992,7 +1141,7 @@ mod tests {
     fn quarantine_keeps_the_reason_and_retry_requeues() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        let c = j.discover(Path::new("/drop"), "p2").unwrap();
+        let c = j.discover(Path::new("/drop"), Path::new("p2")).unwrap();
         j.quarantined(c.id, "score.json is not valid JSON").unwrap();
         let q = j.by_id(c.id).unwrap().unwrap();
         assert_eq!(
@@ -1013,11 +1162,138 @@ mod tests {
         let agent = Journal::open(dir.path()).unwrap();
         assert_eq!(
             agent.take_wakeups().unwrap(),
-            vec![(PathBuf::from("/drop"), "p2".to_owned())]
+            vec![(PathBuf::from("/drop"), PathBuf::from("p2"))]
         );
         assert!(agent.take_wakeups().unwrap().is_empty());
         j.forget(c.id).unwrap();
         assert!(j.by_id(c.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn cases_are_keyed_by_their_raw_path_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        // Latin-1 "Müller" and "Möller": not UTF-8, and equal once decoded lossily.
+        let folder = Path::new(OsStr::from_bytes(b"/drop/\xe9t\xe9"));
+        let mueller = Path::new(OsStr::from_bytes(b"M\xfcller"));
+        let moeller = Path::new(OsStr::from_bytes(b"M\xf6ller"));
+        let a = j.discover(folder, mueller).unwrap();
+        let b = j.discover(folder, moeller).unwrap();
+        assert_ne!(a.id, b.id, "two folders are two cases");
+        assert_eq!((a.folder.as_path(), a.case.as_path()), (folder, mueller));
+        assert_eq!(j.get(folder, moeller).unwrap().unwrap().id, b.id);
+        j.retry(b.id).unwrap();
+        assert_eq!(
+            j.take_wakeups().unwrap(),
+            vec![(folder.to_owned(), moeller.to_owned())]
+        );
+        j.set_paused(folder, true).unwrap();
+        assert!(j.paused().unwrap().contains(folder));
+    }
+
+    #[test]
+    fn a_journal_of_the_text_keyed_schema_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What an installation of the previous version has on disk.
+            let conn = Connection::open(dir.path().join("journal.sqlite3")).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO cases (folder, case_path, state, title, target_kind, target_slug, item_pk,
+                 delivered_hash, revision, updated) VALUES ('/drop', 'site-a/p-001', 'delivered', 'p-001',
+                 'archive', 'a', 'item-1', 'm1', 1, 'then')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO paused_folders (folder, since) VALUES ('/drop', 'then')",
+                [],
+            )
+            .unwrap();
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        let old = j
+            .get(Path::new("/drop"), Path::new("site-a/p-001"))
+            .unwrap()
+            .expect("the delivered case is still known after the upgrade");
+        assert_eq!(
+            (old.state, old.item_pk.as_deref(), old.revision),
+            (CaseState::Delivered, Some("item-1"), 1)
+        );
+        assert!(j.paused().unwrap().contains(Path::new("/drop")));
+        assert_eq!(
+            j.discover(Path::new("/drop"), Path::new("site-a/p-001"))
+                .unwrap()
+                .id,
+            old.id,
+            "no second record for the same case"
+        );
+        // Its title is still held against other cases.
+        let other = j
+            .discover(Path::new("/drop"), Path::new("site-b/p-001"))
+            .unwrap();
+        assert!(matches!(
+            j.claim_title(other.id, TargetKind::Archive, "a", "p-001")
+                .unwrap(),
+            TitleClaim::TakenBy { .. }
+        ));
+        drop(j);
+        // Opening again applies nothing twice.
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.all().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_title_is_taken_by_one_case_and_an_unanswered_create_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let a = j
+            .discover(Path::new("/site-a"), Path::new("p-001"))
+            .unwrap();
+        let b = j
+            .discover(Path::new("/site-b"), Path::new("p-001"))
+            .unwrap();
+        let claim = |id| {
+            j.claim_title(id, TargetKind::Archive, "arch", "p-001")
+                .unwrap()
+        };
+        assert_eq!(claim(a.id), TitleClaim::Fresh);
+        assert_eq!(
+            claim(b.id),
+            TitleClaim::TakenBy {
+                folder: "/site-a".into(),
+                case: "p-001".into()
+            }
+        );
+        // A's create was sent and its answer lost: its next attempt may adopt what it made.
+        assert_eq!(claim(a.id), TitleClaim::EarlierCreateInDoubt);
+        assert_eq!(
+            j.claim_title(b.id, TargetKind::Archive, "other-archive", "p-001")
+                .unwrap(),
+            TitleClaim::Fresh,
+            "titles are per target"
+        );
+        j.item_created(a.id, "item-a").unwrap();
+        assert_eq!(j.by_id(a.id).unwrap().unwrap().create_sent, None);
+        assert!(
+            matches!(claim(b.id), TitleClaim::TakenBy { .. }),
+            "A has the item"
+        );
+
+        // A refused create frees the title.
+        let c = j
+            .discover(Path::new("/site-c"), Path::new("p-002"))
+            .unwrap();
+        let d = j
+            .discover(Path::new("/site-d"), Path::new("p-002"))
+            .unwrap();
+        let claim2 = |id| {
+            j.claim_title(id, TargetKind::Archive, "arch", "p-002")
+                .unwrap()
+        };
+        assert_eq!(claim2(c.id), TitleClaim::Fresh);
+        j.create_refused(c.id).unwrap();
+        assert_eq!(claim2(d.id), TitleClaim::Fresh);
     }
 
     #[test]
@@ -1047,8 +1323,8 @@ mod tests {
     fn a_case_keeps_its_de_identification_secret_across_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        let a = j.discover(Path::new("/drop"), "p1").unwrap();
-        let b = j.discover(Path::new("/drop"), "p2").unwrap();
+        let a = j.discover(Path::new("/drop"), Path::new("p1")).unwrap();
+        let b = j.discover(Path::new("/drop"), Path::new("p2")).unwrap();
         let secret = j.deid_secret(a.id).unwrap();
         assert_eq!(secret.len(), 64);
         assert_eq!(j.deid_secret(a.id).unwrap(), secret);

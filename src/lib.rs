@@ -25,12 +25,16 @@
 //! - [`upload`]   the one-shot `upload` command: cases given on the command line, with progress bars.
 //! - [`pull`]     the way back: an archive's items or a reader study's display sets into folders, resumable.
 //! - [`commands`] `run`, `check`, `status`, `explain`, `retry`: operating the agent.
+//! - [`preflight`] whether the platform has each folder's target and sockets: `check --online`, and the
+//!   agent before it delivers anything.
+//! - [`access`]   whether the service's own user could read the files a config names (`check` warns).
 //! - [`demo`]     the sandbox and the agent together on loopback, for trying it without an account.
 //! - [`metrics`]  counters of what the agent did, served as Prometheus text and a status JSON.
 //! - [`notify`]   webhook alerts (quarantine, stuck case, refused token) that carry no patient data.
 //! - [`service`]  systemd notifications: ready, status line, watchdog, stopping, reloading.
 //! - [`cli`]      the command-line interface; `main.rs` only parses and dispatches.
 
+pub mod access;
 pub mod agent;
 pub mod cli;
 pub mod commands;
@@ -43,6 +47,7 @@ pub mod gc;
 pub mod journal;
 pub mod metrics;
 pub mod notify;
+pub mod preflight;
 pub mod pull;
 pub mod receipt;
 pub mod rules;

@@ -101,16 +101,58 @@ pub struct FileReceipt {
     pub deidentified: bool,
 }
 
-/// Where receipts of one target's cases live: `<dir>/<target slug>/<case path with / as __>.json`.
-pub fn receipt_path(dir: &Path, target_slug: &str, case_path: &str) -> PathBuf {
-    let safe = |s: &str| s.replace('/', "__").replace('\0', "");
-    dir.join(safe(target_slug))
-        .join(format!("{}.json", safe(case_path)))
+/// Which case a receipt is about: its drop folder and its path inside, byte for byte. Two drop folders
+/// delivering into one target may hold cases of the same name; their receipts never share a file.
+#[derive(Debug, Clone, Copy)]
+pub struct CaseKey<'a> {
+    pub folder: &'a Path,
+    pub case: &'a Path,
 }
 
-/// `<dir>/<target slug>/history/<case>.r<revision>.json`
-pub fn history_path(dir: &Path, receipt: &Receipt) -> PathBuf {
-    let latest = receipt_path(dir, &receipt.target.slug, &receipt.case);
+/// A file name for any bytes, one to one: `%`, `/` and bytes that are not UTF-8 are written as `%XX`,
+/// and a leading `.` too (a hidden file would be taken for a temporary one). Ordinary names are unchanged.
+fn file_name(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '%' | '/' | '\0' => out.push_str(&format!("%{:02X}", c as u32)),
+                '.' if out.is_empty() => out.push_str("%2E"),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The folder of a drop folder's receipts inside its target's: the drop folder's name, made unique by
+/// the hash of its whole path (two drop folders may both be called `incoming`).
+fn folder_dir(folder: &Path) -> String {
+    use sha2::Digest;
+    use std::os::unix::ffi::OsStrExt;
+    let name = folder.file_name().map_or(&b"root"[..], |n| n.as_bytes());
+    let hash = sha2::Sha256::digest(folder.as_os_str().as_bytes());
+    format!("{}-{}", file_name(name), &hex::encode(hash)[..8])
+}
+
+/// Where the latest receipt of a case lives:
+/// `<dir>/<target slug>/<drop folder name>-<hash of its path>/<case path>.json`.
+pub fn receipt_path(dir: &Path, target_slug: &str, key: CaseKey<'_>) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    dir.join(file_name(target_slug.as_bytes()))
+        .join(folder_dir(key.folder))
+        .join(format!(
+            "{}.json",
+            file_name(key.case.as_os_str().as_bytes())
+        ))
+}
+
+/// `<folder of the latest receipt>/history/<case>.r<revision>.json`
+pub fn history_path(dir: &Path, key: CaseKey<'_>, receipt: &Receipt) -> PathBuf {
+    let latest = receipt_path(dir, &receipt.target.slug, key);
     let name = latest
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -121,14 +163,52 @@ pub fn history_path(dir: &Path, receipt: &Receipt) -> PathBuf {
         .join(format!("{name}.r{}.json", receipt.revision))
 }
 
+/// The latest receipt of every case below `dir`, oldest first by when it was finished. Reads the layout of
+/// [`receipt_path`] and the earlier one without the drop folder level (`<target>/<case>.json`).
+pub fn all(dir: &Path) -> Vec<(PathBuf, Receipt)> {
+    let mut out = Vec::new();
+    let entries = |d: &Path| {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+    };
+    let take = |path: PathBuf, out: &mut Vec<(PathBuf, Receipt)>| {
+        let visible = path
+            .file_name()
+            .is_some_and(|n| !n.to_string_lossy().starts_with('.'));
+        // Temp files of atomic writes are hidden; only finished receipts count.
+        if visible && path.extension().is_some_and(|e| e == "json") {
+            match read(&path) {
+                Ok(r) => out.push((path, r)),
+                Err(e) => tracing::warn!(path = %path.display(), "not a receipt: {e}"),
+            }
+        }
+    };
+    for target in entries(dir).filter(|p| p.is_dir()) {
+        for p in entries(&target) {
+            if p.is_dir() && p.file_name().is_some_and(|n| n != "history") {
+                for r in entries(&p) {
+                    take(r, &mut out);
+                }
+            } else {
+                take(p, &mut out);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.finished.cmp(&b.1.finished));
+    out
+}
+
 /// Write the receipt atomically, then append it as one line to `<dir>/audit.jsonl`.
-pub fn write(dir: &Path, receipt: &Receipt) -> std::io::Result<PathBuf> {
-    let path = receipt_path(dir, &receipt.target.slug, &receipt.case);
+pub fn write(dir: &Path, key: CaseKey<'_>, receipt: &Receipt) -> std::io::Result<PathBuf> {
+    let path = receipt_path(dir, &receipt.target.slug, key);
     let mut json = serde_json::to_vec_pretty(receipt).map_err(std::io::Error::other)?;
     json.push(b'\n');
     if receipt.outcome == Outcome::Delivered {
         // Every delivered revision stays readable; the receipt at `path` is always the latest.
-        write_atomic(&history_path(dir, receipt), &json)?;
+        write_atomic(&history_path(dir, key, receipt), &json)?;
     }
     write_atomic(&path, &json)?;
     let mut line = serde_json::to_vec(receipt).map_err(std::io::Error::other)?;
@@ -202,7 +282,7 @@ impl Receipt {
         Receipt {
             receipt_version: RECEIPT_VERSION,
             outcome,
-            case_path: f.case_dir.to_string_lossy().into_owned(),
+            case_path: crate::rules::path_text(f.case_dir),
             case: f.case,
             title: f.plan.map(|p| p.title.clone()).unwrap_or_default(),
             target: f.target,
@@ -314,17 +394,26 @@ mod tests {
         }
     }
 
+    fn key() -> CaseKey<'static> {
+        CaseKey {
+            folder: Path::new("/drop"),
+            case: Path::new("p1"),
+        }
+    }
+
     #[test]
     fn writes_atomically_and_appends_to_the_audit_log() {
         let dir = tempfile::tempdir().unwrap();
         let r = sample();
-        let p = write(dir.path(), &r).unwrap();
-        assert_eq!(p, dir.path().join("a/p1.json"));
+        let p = write(dir.path(), key(), &r).unwrap();
+        let folder = dir.path().join("a").join(folder_dir(Path::new("/drop")));
+        assert_eq!(p, folder.join("p1.json"));
+        assert!(folder_dir(Path::new("/drop")).starts_with("drop-"));
         assert_eq!(read(&p).unwrap(), r);
-        write(dir.path(), &r).unwrap();
+        write(dir.path(), key(), &r).unwrap();
         let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
         assert_eq!(audit.lines().count(), 2);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("a"))
+        let leftovers: Vec<_> = std::fs::read_dir(&folder)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
@@ -333,6 +422,52 @@ mod tests {
             2,
             "the receipt and its history, no temp files: {leftovers:?}"
         );
-        assert_eq!(read(&dir.path().join("a/history/p1.r1.json")).unwrap(), r);
+        assert_eq!(read(&folder.join("history/p1.r1.json")).unwrap(), r);
+        assert_eq!(all(dir.path()), vec![(p, r)]);
+    }
+
+    #[test]
+    fn every_case_of_every_folder_has_a_receipt_of_its_own() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = [
+            (Path::new("/site-a/incoming"), Path::new("p-001")),
+            (Path::new("/site-b/incoming"), Path::new("p-001")),
+            (Path::new("/drop"), Path::new("x/y__z")),
+            (Path::new("/drop"), Path::new("x__y/z")),
+            (
+                Path::new("/drop"),
+                Path::new(OsStr::from_bytes(b"M\xfcller")),
+            ),
+            (
+                Path::new("/drop"),
+                Path::new(OsStr::from_bytes(b"M\xf6ller")),
+            ),
+            (Path::new("/drop"), Path::new("M%FCller")),
+        ];
+        let mut paths = std::collections::BTreeSet::new();
+        for (n, (folder, case)) in keys.iter().enumerate() {
+            let mut r = sample();
+            r.case = format!("{n}");
+            let p = write(dir.path(), CaseKey { folder, case }, &r).unwrap();
+            assert_eq!(
+                p,
+                receipt_path(dir.path(), "a", CaseKey { folder, case }),
+                "stable"
+            );
+            paths.insert(p);
+        }
+        assert_eq!(paths.len(), keys.len(), "{paths:?}");
+        assert_eq!(all(dir.path()).len(), keys.len());
+        let latin1 = receipt_path(
+            dir.path(),
+            "a",
+            CaseKey {
+                folder: Path::new("/drop"),
+                case: Path::new(OsStr::from_bytes(b"M\xfcller")),
+            },
+        );
+        assert_eq!(latin1.file_name().unwrap(), "M%FCller.json");
     }
 }

@@ -163,8 +163,23 @@ pub fn path_hash(case_path: &str) -> String {
     hex::encode(&digest[..8])
 }
 
+/// A path as text that keeps every name distinct: bytes that are not UTF-8 (a Latin-1 `ü` from an old
+/// exporter) are written as `\xfc`, the way Python shows them, instead of all becoming `�`. Names that are
+/// UTF-8 are unchanged, so titles and receipts of ordinary cases read as the folders are named.
+pub fn path_text(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in p.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 fn lossy(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
+    path_text(p)
 }
 
 /// The case a path inside a drop folder belongs to: its first `depth` components, if they name a case.
@@ -200,7 +215,7 @@ pub fn is_ignored(folder: &Folder, rel: &Path) -> bool {
 pub fn plan(folder: &Folder, case_path: &Path, files: &[CaseFile]) -> Result<Plan, PlanError> {
     let case = case_path
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+        .map(|n| path_text(Path::new(n)))
         .unwrap_or_default();
     let case_rel = lossy(case_path.strip_prefix(&folder.path).unwrap_or(case_path));
     let candidates: Vec<&CaseFile> = files
@@ -297,7 +312,7 @@ fn planned_files(matched: &[&CaseFile]) -> Result<Vec<PlannedFile>, PlanError> {
     let base = |f: &CaseFile| {
         f.rel
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+            .map(|n| path_text(Path::new(n)))
             .unwrap_or_default()
     };
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -388,7 +403,7 @@ pub fn explain(
     };
     let case_name = case_dir
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+        .map(|n| path_text(Path::new(n)))
         .unwrap_or_default();
     let case_rel = lossy(case_dir.strip_prefix(&folder.path).unwrap_or(&case_dir));
     out.push(format!(
@@ -699,6 +714,32 @@ mod tests {
             .map(|f| f.upload_name.clone())
             .collect();
         assert_eq!(names, ["2.dcm", "s1__1.dcm", "s2__1.dcm"]);
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_keep_their_bytes_in_titles_and_paths() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let f = folder(
+            r#"[[folder.socket]]
+slug = "ct"
+files = "*.mha""#,
+        );
+        let plan_of = |name: &[u8]| {
+            let case = f.path.join(OsStr::from_bytes(name));
+            let file = CaseFile {
+                rel: PathBuf::from(OsStr::from_bytes(b"ct-\xe9.mha")),
+                size: 3,
+            };
+            plan(&f, &case, &[file]).unwrap()
+        };
+        let (mueller, moeller) = (plan_of(b"M\xfcller"), plan_of(b"M\xf6ller"));
+        assert_eq!(mueller.title, "M\\xfcller");
+        assert_eq!(moeller.title, "M\\xf6ller");
+        assert_eq!(mueller.case_path, "M\\xfcller");
+        assert_eq!(mueller.sockets[0].source.files()[0].path, "ct-\\xe9.mha");
+        // A UTF-8 name is its own title, and differs from the Latin-1 spelling of the same word.
+        assert_eq!(plan_of("Müller".as_bytes()).title, "Müller");
     }
 
     #[test]

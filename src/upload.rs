@@ -1,9 +1,10 @@
-//! The one-shot `upload` command: the cases named on the command line go through the same plan → deliver
-//! → receipt path as the agent's, with progress bars on a terminal and plain lines otherwise.
+//! The one-shot `upload` command: the cases named on the command line go through the same plan → journal
+//! → deliver → receipt → post-action path as the agent's, with progress bars on a terminal and plain lines
+//! otherwise. It shares the agent's journal, so a case delivered by either is known as delivered by both,
+//! and a case this command quarantined is not tried again by the agent until it changes or is retried.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -11,11 +12,11 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::cli::{UploadArgs, exit};
 use crate::config::Config;
-use crate::deidentify::UidMap;
-use crate::deliver::{Checkpoints, DeliverError, ItemStart, Privacy, deliver};
+use crate::deliver::DeliverError;
 use crate::gc::Client;
 use crate::gc::verify::VerifyTiming;
-use crate::receipt::{CaseFacts, Receipt, TargetRef};
+use crate::journal::{CaseState, Journal};
+use crate::receipt::{CaseFacts, CaseKey, Receipt, TargetRef};
 use crate::rules::{self, Manifest};
 
 /// One case's result, as the command prints it.
@@ -39,10 +40,18 @@ pub fn main(args: UploadArgs) -> u8 {
 }
 
 async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u8 {
+    let journal = match Journal::open(&config.server.state_dir) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
     let client = match crate::commands::connect(config, false).await {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let journal = &journal;
     let receipts = receipts.unwrap_or_else(|| config.server.state_dir.join("receipts"));
     for f in config.folders.iter().filter(|f| !f.deidentify) {
         eprintln!(
@@ -52,7 +61,7 @@ async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u
     }
     let bars = std::io::stderr().is_terminal().then(MultiProgress::new);
     let outcomes: Vec<CaseOutcome> = futures_util::stream::iter(cases.iter().cloned())
-        .map(|case| upload_case(config, &client, &receipts, bars.as_ref(), case))
+        .map(|case| upload_case(config, &client, journal, &receipts, bars.as_ref(), case))
         .buffer_unordered(config.limits.parallel_cases)
         .collect()
         .await;
@@ -73,20 +82,10 @@ async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u
     code
 }
 
-/// Progress of one case: bytes sent, on a bar when there is a terminal.
-struct Progress(Option<ProgressBar>);
-
-impl Checkpoints for Progress {
-    fn progress(&self, bytes: u64) {
-        if let Some(b) = &self.0 {
-            b.inc(bytes);
-        }
-    }
-}
-
 async fn upload_case(
     config: &Config,
     client: &Client,
+    journal: &Journal,
     receipts: &Path,
     bars: Option<&MultiProgress>,
     case_arg: PathBuf,
@@ -113,11 +112,19 @@ async fn upload_case(
         Ok(s) => s,
         Err(e) => return fail(&case_dir, format!("cannot read the case folder: {e}")),
     };
-    let case_rel = case_dir
+    let rel = case_dir
         .strip_prefix(&folder.path)
         .unwrap_or(&case_dir)
-        .to_string_lossy()
-        .into_owned();
+        .to_owned();
+    let case_rel = rules::path_text(&rel);
+    let key = CaseKey {
+        folder: &folder.path,
+        case: &rel,
+    };
+    let rec = match journal.discover(&folder.path, &rel) {
+        Ok(r) => r,
+        Err(e) => return fail(&case_dir, e.to_string()),
+    };
     let facts = |plan, manifest| CaseFacts {
         case_dir: &case_dir,
         plan,
@@ -135,12 +142,12 @@ async fn upload_case(
             .map(|s| format!("{}: {}", s.rel.display(), s.why))
             .collect(),
         readiness: "one-shot upload".into(),
-        attempts: 1,
-        revision: 1,
+        attempts: rec.attempts as u32 + 1,
+        revision: rec.revision as u32 + 1,
         started: started.clone(),
     };
     let finish = |receipt: Receipt, result: Result<String, String>, auth_failed: bool| {
-        let written = crate::receipt::write(receipts, &receipt);
+        let written = crate::receipt::write(receipts, key, &receipt);
         let result = match (&written, result) {
             (Err(e), Ok(_)) => Err(format!(
                 "delivered, but the receipt could not be written: {e}"
@@ -155,9 +162,17 @@ async fn upload_case(
         }
     };
 
+    let quarantined = |reason: &str| {
+        journal
+            .set_fingerprint(rec.id, &snapshot.fingerprint())
+            .and_then(|()| journal.quarantined(rec.id, reason))
+    };
     let plan = match rules::plan(folder, &case_dir, &snapshot.case_files()) {
         Ok(p) => p,
         Err(e) => {
+            if let Err(j) = quarantined(&e.to_string()) {
+                return fail(&case_dir, j.to_string());
+            }
             return finish(
                 Receipt::quarantined(facts(None, None), e.to_string(), None),
                 Err(e.to_string()),
@@ -176,6 +191,28 @@ async fn upload_case(
             );
         }
     };
+    if rec.delivered_hash.as_deref() == Some(&manifest.hash) {
+        // Delivered before (by this command or the agent): never upload the same content twice.
+        if rec.state != CaseState::Delivered
+            && let Err(e) = journal.delivered(rec.id, &manifest)
+        {
+            return fail(&case_dir, e.to_string());
+        }
+        let item = rec.item_pk.as_deref().unwrap_or("?");
+        crate::agent::apply_after(folder, &case_dir, &rel);
+        return CaseOutcome {
+            case_dir: case_dir.clone(),
+            receipt: Some(crate::receipt::receipt_path(
+                receipts,
+                &folder.target_slug,
+                key,
+            )),
+            result: Ok(format!(
+                "already delivered {case_rel} → {item} (unchanged since; nothing sent)"
+            )),
+            auth_failed: false,
+        };
+    }
     let total: u64 = manifest.entries.iter().map(|e| e.size).sum();
     let bar = bars.map(|m| {
         let b = m.add(ProgressBar::new(total));
@@ -191,45 +228,70 @@ async fn upload_case(
     if bar.is_none() {
         tracing::info!(case = %case_rel, files = manifest.entries.len(), bytes = total, "uploading");
     }
-    let observer = Arc::new(Progress(bar.clone()));
-    let privacy = folder.deidentify.then(|| Privacy {
-        staging: config
-            .server
-            .state_dir
-            .join("staging")
-            .join(format!("upload-{}", uuid::Uuid::new_v4())),
-        uids: UidMap::random(),
-    });
-    let result = deliver(
+    let progress_bar = bar.clone();
+    let progress = move |bytes: u64| {
+        if let Some(b) = &progress_bar {
+            b.inc(bytes);
+        }
+    };
+    let result = crate::agent::attempt_recorded(
         client,
+        journal,
+        folder,
+        &config.server.state_dir,
+        &rec,
         &case_dir,
         &plan,
-        ItemStart::New,
+        &manifest,
+        &snapshot.fingerprint(),
         &VerifyTiming::default(),
-        observer.as_ref(),
-        privacy.as_ref(),
+        Some(&progress),
     )
     .await;
-    if let Some(p) = &privacy {
-        crate::deliver::remove_staging(&p.staging);
-    }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => return fail(&case_dir, e.to_string()),
+    };
     match result {
         Ok(d) => {
             let line = format!("delivered {case_rel} → {} {}", d.item_pk, d.item_api_url);
-            finish(
-                Receipt::delivered(facts(Some(&plan), Some(&manifest)), &d),
-                Ok(line),
-                false,
-            )
+            let receipt = Receipt::delivered(facts(Some(&plan), Some(&manifest)), &d);
+            // The receipt first, as the agent does: a crash before the journal says "delivered" only
+            // repeats the delivery into the same item.
+            let outcome = finish(receipt, Ok(line), false);
+            if outcome.result.is_ok() {
+                if let Err(e) = journal.delivered(rec.id, &manifest) {
+                    return fail(&case_dir, e.to_string());
+                }
+                crate::agent::apply_after(folder, &case_dir, &rel);
+            }
+            outcome
         }
         Err(e) => {
             let auth = matches!(e, DeliverError::Auth(_));
             let msg = e.to_string();
+            let recorded = match &e {
+                DeliverError::Quarantine(_) => quarantined(&msg),
+                // Not the case's fault: the agent (or the next upload) tries it again.
+                _ => journal.postpone(rec.id, &msg),
+            };
+            if let Err(j) = recorded {
+                return fail(&case_dir, j.to_string());
+            }
+            let item = journal
+                .by_id(rec.id)
+                .ok()
+                .flatten()
+                .and_then(|r| r.item_pk)
+                .map(|pk| crate::receipt::ItemRef {
+                    api_url: crate::agent::item_url(client, folder, &pk),
+                    pk,
+                });
             finish(
-                Receipt::quarantined(facts(Some(&plan), Some(&manifest)), msg.clone(), None),
+                Receipt::quarantined(facts(Some(&plan), Some(&manifest)), msg.clone(), item),
                 Err(msg),
                 auth,
             )

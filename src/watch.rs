@@ -86,6 +86,19 @@ pub fn fs_magic_name(magic: i64) -> Option<&'static str> {
     })
 }
 
+/// Why a drop folder cannot be listed right now, if it cannot. A network share that is not mounted is the
+/// classic cause, which is why a drop folder should be a folder inside the share, not its mount point: an
+/// empty mount point looks like a drop folder without cases.
+pub fn folder_missing(path: &Path) -> Option<String> {
+    match std::fs::read_dir(path) {
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some("does not exist (a network share that is not mounted?)".into())
+        }
+        Err(e) => Some(format!("cannot be listed: {e}")),
+    }
+}
+
 /// The case folders currently inside a drop folder (symbolic links are not followed).
 pub fn list_cases(folder: &Folder) -> std::io::Result<Vec<PathBuf>> {
     let mut level = vec![folder.path.clone()];

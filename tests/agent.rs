@@ -264,6 +264,28 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
         "{:?}",
         by["symlink-out"].skipped
     );
+    assert!(
+        reason("not-an-image").contains("image.mha (socket generic-medical-image)"),
+        "the file is named: {}",
+        reason("not-an-image")
+    );
+    assert!(
+        reason("not-an-image").contains("Left on the platform: the item created for it"),
+        "{}",
+        reason("not-an-image")
+    );
+    assert!(
+        reason("wrong-kind").contains("nothing was created"),
+        "{}",
+        reason("wrong-kind")
+    );
+    let st = state(&sb).await;
+    assert!(
+        !items_of(&st, "demo-archive")
+            .iter()
+            .any(|i| i["title"] == "wrong-kind" || i["title"] == "bad-json"),
+        "a value of the wrong type is refused before an item exists"
+    );
     for c in [
         "bad-json",
         "not-an-image",
@@ -394,4 +416,210 @@ async fn with_ten_percent_faults_on_every_endpoint_every_case_is_delivered_once(
         })
         .unwrap_or(0);
     assert!(faulted > 0, "the faults fired: {}", st["requests"]);
+}
+
+/// (name, sha256) of every file a socket value holds in the sandbox's state, sorted.
+fn stored_files(v: &serde_json::Value) -> Vec<(String, String)> {
+    let files = if v["image"].is_object() {
+        v["image"]["files"].as_array().cloned().unwrap_or_default()
+    } else if v["file"].is_object() {
+        vec![v["file"].clone()]
+    } else {
+        vec![]
+    };
+    let mut out: Vec<(String, String)> = files
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap_or_default().to_owned(),
+                f["sha256"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The item holds exactly what the receipt says was delivered: every socket, every byte, every value.
+fn holds_exactly(item: &serde_json::Value, r: &Receipt) {
+    let values = item["values"].as_array().unwrap();
+    assert_eq!(values.len(), r.sockets.len(), "{}: {item}", r.case);
+    for s in &r.sockets {
+        let v = values
+            .iter()
+            .find(|v| v["socket"] == s.slug.as_str())
+            .unwrap_or_else(|| panic!("{}: no {} in {item}", r.case, s.slug));
+        if s.files.is_empty() || v.get("value").is_some_and(|x| !x.is_null()) {
+            assert_eq!(Some(&v["value"]), s.value.as_ref(), "{}/{}", r.case, s.slug);
+        } else {
+            let mut sent: Vec<(String, String)> = s
+                .files
+                .iter()
+                .map(|f| (f.upload_name.clone(), f.sha256.clone()))
+                .collect();
+            sent.sort();
+            assert_eq!(
+                stored_files(v),
+                sent,
+                "{}/{}: the case's own bytes",
+                r.case,
+                s.slug
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cases_with_equal_titles_from_two_sites_are_never_merged_under_faults_and_kill_9() {
+    // Item creations whose answer is lost, cut connections and a busy platform everywhere.
+    let sb = sandbox_with(|o| {
+        o.faults = [
+            "POST /api/v1/archives/items/ drop after times=3",
+            "POST /api/v1/archives/items/ 503 p=0.1",
+            "PATCH /api/v1/archives/items/* drop after p=0.15",
+            "* drop p=0.03",
+        ]
+        .iter()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    // Two sites in one drop folder (cases at depth 2), and a second drop folder on the same archive:
+    // every case below is titled after its folder name, `p-00N`.
+    let sites = tmp.path().join("sites");
+    let other = tmp.path().join("other");
+    let n = 3u64;
+    let mut cases = Vec::new();
+    for i in 0..n {
+        let name = format!("p-00{i}");
+        for (k, dir) in [
+            sites.join("site-a").join(&name),
+            sites.join("site-b").join(&name),
+            other.join(&name),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // Different content per case, so a merge shows.
+            archive_case(&dir, i * 3 + k as u64 * 11 + 1);
+            cases.push(dir);
+        }
+    }
+    let cfg = write_config(tmp.path(), &sb, &sites, None, "depth = 2");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[[folder]]\npath = \"{}\"\narchive = \"demo-archive\"\nquiet = \"1s\"\n{ARCHIVE_RULES}\n",
+        other.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let log = tmp.path().join("agent.log");
+    let state_dir = tmp.path().join("state");
+    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut kills = 0;
+    for _ in 0..12 {
+        if receipts(&state_dir.join("receipts")).len() == cases.len() {
+            break;
+        }
+        let agent = Agent::start(&cfg, &log);
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        tokio::time::sleep(Duration::from_millis(400 + rng_state % 1600)).await;
+        agent.kill9();
+        kills += 1;
+    }
+    let agent = Agent::start(&cfg, &log);
+    let rs = wait_receipts(&state_dir, cases.len(), Duration::from_secs(180)).await;
+    agent.stop();
+    assert!(kills >= 2, "the test killed the agent only {kills} times");
+    assert_eq!(rs.len(), cases.len(), "one receipt per case: {rs:?}");
+
+    let st = state(&sb).await;
+    let items = items_of(&st, "demo-archive");
+    let mut delivered_items = std::collections::BTreeSet::new();
+    for i in 0..n {
+        let title = format!("p-00{i}");
+        let of_title: Vec<&Receipt> = rs.iter().filter(|r| r.title == title).collect();
+        assert_eq!(of_title.len(), 3, "{title}: {of_title:?}");
+        let delivered: Vec<&&Receipt> = of_title
+            .iter()
+            .filter(|r| r.outcome == Outcome::Delivered)
+            .collect();
+        assert_eq!(
+            delivered.len(),
+            1,
+            "{title}: exactly one case has the item: {of_title:?}"
+        );
+        for r in of_title
+            .iter()
+            .filter(|r| r.outcome == Outcome::Quarantined)
+        {
+            let reason = r.reason.as_deref().unwrap_or_default();
+            assert!(
+                reason.contains("belongs to another case"),
+                "{}: {reason}",
+                r.case_path
+            );
+            assert!(r.item.is_none(), "{}: {:?}", r.case_path, r.item);
+        }
+        let r = delivered[0];
+        let pk = r.item.as_ref().unwrap().pk.as_str();
+        assert!(
+            delivered_items.insert(pk.to_owned()),
+            "two receipts claim {pk}"
+        );
+        let on_server: Vec<&&serde_json::Value> = items
+            .iter()
+            .filter(|it| it["title"] == title.as_str())
+            .collect();
+        assert_eq!(on_server.len(), 1, "{title}: {on_server:?}");
+        assert_eq!(on_server[0]["pk"], pk);
+        holds_exactly(on_server[0], r);
+    }
+    assert_eq!(
+        items.len(),
+        n as usize,
+        "no other item was left behind: {items:?}"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("adopting the item an earlier attempt created"),
+        "creations whose answer was lost were taken up by their own case"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folders_named_alike_but_for_bytes_that_are_not_utf8_are_two_cases() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    // Latin-1 "Müller" and "Möller" from an old exporter: equal once decoded lossily.
+    let names: [&[u8]; 2] = [b"M\xfcller", b"M\xf6ller"];
+    for (i, name) in names.iter().enumerate() {
+        drop_atomically(&drop, "x", |d| archive_case(d, i as u64 * 2));
+        std::fs::rename(drop.join("x"), drop.join(OsStr::from_bytes(name))).unwrap();
+    }
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let state_dir = tmp.path().join("state");
+    let rs = wait_delivered(&state_dir, 2, Duration::from_secs(60)).await;
+    agent.stop();
+    assert_eq!(rs.len(), 2, "a receipt each: {rs:?}");
+    let cases: Vec<&str> = rs.iter().map(|r| r.case.as_str()).collect();
+    assert_eq!(cases, ["M\\xf6ller", "M\\xfcller"]);
+    let st = state(&sb).await;
+    let items = items_of(&st, "demo-archive");
+    assert_eq!(items.len(), 2, "{items:?}");
+    for r in &rs {
+        assert_eq!(r.title, r.case);
+        let item = items
+            .iter()
+            .find(|i| i["title"] == r.title.as_str())
+            .unwrap_or_else(|| panic!("no item titled {}", r.title));
+        assert_eq!(item["pk"], r.item.as_ref().unwrap().pk.as_str());
+        holds_exactly(item, r);
+    }
 }

@@ -44,11 +44,15 @@ async fn names_that_are_not_utf8_are_uploaded_and_reported() {
     assert!(
         img.files
             .iter()
-            .any(|f| f.path.contains("scan-\u{fffd}t\u{fffd}.dcm")),
+            .any(|f| f.path == "dicom/scan-\\xe9t\\xe9.dcm"),
         "{:?}",
         img.files
     );
-    assert_eq!(r.unmatched, ["notes-\u{fffd}.txt"]);
+    assert_eq!(
+        r.unmatched,
+        ["notes-\\xff.txt"],
+        "each byte kept, not a lossy \u{fffd}"
+    );
     agent.stop();
 }
 
@@ -86,6 +90,19 @@ async fn a_case_deleted_while_it_uploads_is_quarantined_with_the_reason() {
         reason.contains("No such file or directory")
             || reason.contains("removed while it was being delivered"),
         "{reason}"
+    );
+    // And it says exactly what is left on the platform: the item, empty.
+    assert!(reason.contains("holds no values"), "{reason}");
+    let st = state(&sb).await;
+    let left: Vec<_> = items_of(&st, "demo-archive")
+        .into_iter()
+        .filter(|i| i["title"] == "vanishing")
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["values"], serde_json::json!([]));
+    assert_eq!(
+        r.item.as_ref().map(|i| i.pk.as_str()),
+        left[0]["pk"].as_str()
     );
     // And the daemon goes on.
     drop_atomically(&drop, "next", |d| archive_case(d, 0));
@@ -226,7 +243,15 @@ async fn late_files_update_only_the_changed_socket_of_the_same_item() {
         uploads_before,
         "no file was uploaded again"
     );
-    let history = state_dir.join("receipts/demo-archive/history");
+    let latest = gc_hotfolder::receipt::receipt_path(
+        &state_dir.join("receipts"),
+        "demo-archive",
+        gc_hotfolder::receipt::CaseKey {
+            folder: &drop,
+            case: std::path::Path::new("p1"),
+        },
+    );
+    let history = latest.parent().unwrap().join("history");
     assert!(history.join("p1.r1.json").is_file() && history.join("p1.r2.json").is_file());
     agent.stop();
 }

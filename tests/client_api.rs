@@ -752,9 +752,10 @@ async fn dropped_connections_are_retried() {
 }
 
 #[tokio::test]
-async fn a_create_repeated_after_a_lost_answer_meets_the_unique_title() {
-    // The server creates the item but the answer is cut: the client's retry then hits the unique title,
-    // which is how the caller learns to look the item up instead of creating a second one.
+async fn a_create_whose_answer_is_lost_is_not_repeated_and_a_second_meets_the_unique_title() {
+    // The server creates the item but the answer is cut. The client does not repeat it (a repeat could
+    // not tell its own item from another's): the caller, which recorded the request, tries again and
+    // meets the unique title, and looks the item up instead of creating a second one.
     let sb = sandbox().await;
     let c = client(&sb);
     let t = target(&c, TargetKind::ReaderStudy).await;
@@ -766,6 +767,12 @@ async fn a_create_repeated_after_a_lost_answer_meets_the_unique_title() {
     );
     lost.after = true;
     sb.set_faults(vec![lost]).unwrap();
+    let err = c.create_item(&t, "once-only").await.unwrap_err();
+    assert!(
+        matches!(err, GcError::Unavailable { .. })
+            && err.to_string().contains("may have been created"),
+        "{err}"
+    );
     let err = c.create_item(&t, "once-only").await.unwrap_err();
     assert!(err.is_duplicate_title(), "{err}");
     let found = c

@@ -435,3 +435,70 @@ async fn an_alert_survives_a_crash_of_the_agent() {
     let alerts = hook.alerts.lock().unwrap().clone();
     assert_eq!(alerts.len(), 1, "sent once: {alerts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_brings_a_case_back_from_the_quarantine_folder() {
+    // The first PATCH is refused: the case is quarantined and moved to the quarantine folder.
+    let sb = sandbox_with(|o| {
+        o.faults = vec![
+            "PATCH /api/v1/archives/items/* 400 times=1"
+                .parse()
+                .unwrap(),
+        ]
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let quarantine = tmp.path().join("quarantine");
+    drop_atomically(&drop, "p1", |d| archive_case(d, 2));
+    let cfg = write_config(
+        tmp.path(),
+        &sb,
+        &drop,
+        None,
+        &format!("quarantine = \"{}\"", quarantine.display()),
+    );
+    let state_dir = tmp.path().join("state");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let first = receipt_for(&state_dir, "p1").await;
+    assert_eq!(first.outcome, Outcome::Quarantined, "{first:?}");
+    // Refused after the item existed: the receipt says what is left there.
+    let reason = first.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("Left on the platform: the item created for it")
+            && reason.contains("which holds no values"),
+        "{reason}"
+    );
+    assert!(first.item.is_some());
+    eventually(
+        Duration::from_secs(10),
+        "the move to quarantine",
+        async || quarantine.join("p1").is_dir().then_some(()),
+    )
+    .await;
+
+    // Named by where it is now: it goes back into its drop folder, and the agent delivers it.
+    let out = bin()
+        .args(["retry", "--config"])
+        .arg(&cfg)
+        .arg(quarantine.join("p1"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains(&format!(
+            "requeued {} (moved back from {} into its drop folder)",
+            drop.join("p1").display(),
+            quarantine.join("p1").display()
+        )),
+        "{stdout}"
+    );
+    assert!(drop.join("p1/count.json").is_file() && !quarantine.join("p1").exists());
+    let rs = wait_receipts_until(&state_dir, Duration::from_secs(30), |r| {
+        r.iter().any(|r| r.outcome == Outcome::Delivered)
+    })
+    .await;
+    assert_eq!((rs.len(), rs[0].attempts), (1, 2), "{rs:?}");
+    agent.stop();
+}

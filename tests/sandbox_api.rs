@@ -985,3 +985,67 @@ allowed_sockets = ["score"]
         200
     );
 }
+
+#[tokio::test]
+async fn read_values_are_grouped_as_the_platform_sorts_them() {
+    // Slugs are chosen so that sorting by slug alone would give a different order than the groups.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("extra.json"), br#"{"k": [1, 2]}"#).unwrap();
+    std::fs::write(dir.path().join("thumb.png"), b"\x89PNG\r\n\x1a\n").unwrap();
+    std::fs::write(dir.path().join("report.pdf"), b"%PDF-1.4\n%%EOF\n").unwrap();
+    gc_hotfolder::samples::write_mha(&dir.path().join("ct.mha"), [4, 3, 2], 1).unwrap();
+    let socket = |slug: &str, kind: &str, super_kind: &str, path: &str| {
+        format!(
+            "[[socket]]\nslug = \"{slug}\"\ntitle = \"{slug}\"\nkind = \"{kind}\"\nsuper_kind = \"{super_kind}\"\nrelative_path = \"{path}\"\n"
+        )
+    };
+    let fixture = [
+        "[[user]]\nusername = \"u\"\ntoken = \"1111\"\n".to_string(),
+        socket("a-image", "Image", "Image", "images/a"),
+        socket("b-report", "PDF file", "File", "b.pdf"),
+        socket("c-chart", "Chart", "Value", "c.json"),
+        socket("d-thumb", "Thumbnail png", "File", "d.png"),
+        socket("e-extra", "Anything", "File", "e.json"),
+        socket("f-count", "Integer", "Value", "f.json"),
+        "[[archive]]\npk = \"3b1f2a6e-7c1d-4d5e-9f00-112233445566\"\nslug = \"a\"\ntitle = \"A\"\neditors = [\"u\"]\n".to_string(),
+        "[[archive_item]]\narchive = \"a\"\ntitle = \"one\"\n".to_string(),
+        "  [[archive_item.value]]\n  socket = \"a-image\"\n  image = \"ct.mha\"\n".to_string(),
+        "  [[archive_item.value]]\n  socket = \"b-report\"\n  file = \"report.pdf\"\n".to_string(),
+        "  [[archive_item.value]]\n  socket = \"c-chart\"\n  value = { mark = \"bar\" }\n".to_string(),
+        "  [[archive_item.value]]\n  socket = \"d-thumb\"\n  file = \"thumb.png\"\n".to_string(),
+        "  [[archive_item.value]]\n  socket = \"e-extra\"\n  file = \"extra.json\"\n".to_string(),
+        "  [[archive_item.value]]\n  socket = \"f-count\"\n  value = 7\n".to_string(),
+    ]
+    .concat();
+    let env = start_with(SandboxOptions::new(
+        Fixture::from_toml_str(&fixture, dir.path()).unwrap(),
+    ))
+    .await;
+    let items = env.get("archives/items/", Some("1111")).await.json();
+    let pk = items["results"][0]["pk"].as_str().unwrap().to_string();
+    let read = env
+        .get(&format!("archives/items/{pk}/"), Some("1111"))
+        .await
+        .json();
+    let slugs: Vec<&str> = read["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["interface"]["slug"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        slugs,
+        [
+            "e-extra", "f-count", "d-thumb", "c-chart", "b-report", "a-image"
+        ],
+        "JSON kinds (a file-stored one included) by slug, thumbnails, charts, other files, images"
+    );
+    // The list shows the same order.
+    let listed: Vec<&str> = items["results"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["interface"]["slug"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, slugs);
+}

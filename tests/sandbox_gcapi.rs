@@ -132,3 +132,92 @@ async fn gcapi_round_trip() {
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0]["status"], "Succeeded");
 }
+
+/// gcapi starts a job with `start_algorithm_job`, follows it until it succeeds and downloads its
+/// outputs with its own downloader; the sandbox's state must show the same job and outputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcapi_runs_an_algorithm() {
+    let scratch = tempfile::tempdir().unwrap();
+    let python = tokio::task::spawn_blocking(python_with_gcapi)
+        .await
+        .unwrap();
+    let mut options = SandboxOptions::new(Fixture::demo());
+    options.tls_dir = Some(scratch.path().join("tls"));
+    options.import_delay = std::time::Duration::from_millis(50);
+    let env = start_with(options).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/gcapi_algorithm.py");
+    let image = scratch.path().join("ct.mha");
+    gc_hotfolder::samples::write_mha(&image, [12, 10, 3], 4).unwrap();
+    let output = tokio::process::Command::new(&python)
+        .arg(&script)
+        .env("GC_BASE_URL", &env.base)
+        .env("GC_TOKEN", gc_hotfolder::sandbox::DEMO_READER_TOKEN)
+        .env("GC_WORKDIR", scratch.path().join("work"))
+        .env("GC_IMAGE_FILES", &image)
+        .env_remove("GRAND_CHALLENGE_AUTHORIZATION")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "gcapi script failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+
+    let state = env.state().await;
+    let jobs = state["algorithms"][0]["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "the refused inputs created no job: {jobs:?}");
+    let job = &jobs[0];
+    assert_eq!(job["pk"], summary["job"]);
+    assert_eq!(job["creator"], "reader");
+    assert_eq!(job["status"], "Succeeded");
+    let statuses = summary["statuses"].as_array().unwrap();
+    assert_eq!(statuses.last().unwrap(), "Succeeded", "{statuses:?}");
+    let out = |slug: &str| {
+        job["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["socket"] == slug)
+            .cloned()
+            .unwrap_or_else(|| panic!("no output {slug}: {job}"))
+    };
+    assert_eq!(out("lung-volume")["value"], summary["lung_volume"]);
+    assert_eq!(summary["lung_volume"], 360.0, "12 × 10 × 3 voxels");
+    let work = scratch.path().join("work/outputs");
+    let results = std::fs::read(work.join("results.json")).unwrap();
+    assert_eq!(
+        out("results-json")["file"]["sha256"],
+        hex::encode(sha2::Sha256::digest(&results))
+    );
+    assert_eq!(summary["summary"]["inputs"]["ct-image"]["voxels"], 360);
+    let copy = out("generic-medical-image");
+    let input_sha = hex::encode(sha2::Sha256::digest(std::fs::read(&image).unwrap()));
+    assert_eq!(copy["image"]["files"][0]["sha256"], input_sha.as_str());
+    let downloaded: Vec<&serde_json::Value> = summary["image_files"]
+        .as_object()
+        .unwrap()
+        .values()
+        .collect();
+    assert_eq!(downloaded, [&serde_json::json!(input_sha)]);
+    assert!(
+        summary["image_output"]
+            .as_str()
+            .unwrap()
+            .contains(copy["image"]["pk"].as_str().unwrap())
+    );
+    assert_eq!(jobs[1]["pk"], summary["second_job"]);
+    assert_eq!(
+        summary["second_outputs"],
+        serde_json::json!({"metadata": {"inputs": {"lesion-count": 7}}, "is-abnormal": false})
+    );
+    let requests = &state["requests"];
+    assert_eq!(requests["POST /api/v1/algorithms/jobs/ 201"], 2);
+    assert_eq!(
+        requests["GET /api/v1/algorithms/ 200"], 2,
+        "one lookup of the script, one of start_algorithm_job, which caches it"
+    );
+}

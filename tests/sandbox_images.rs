@@ -331,3 +331,78 @@ title = "seeded"
         .json();
     assert_eq!(items["count"], 2, "one new item per imported image");
 }
+
+#[tokio::test]
+async fn a_zip_upload_is_unpacked_before_import() {
+    use std::io::Write;
+    let env = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = samples::DicomSeriesIds::new(31);
+    let slices = samples::write_dicom_series(dir.path(), 3, 6, 5, &ids, 31).unwrap();
+    // The series in a folder of the archive, as a scanner export usually comes.
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (i, slice) in slices.iter().enumerate() {
+        zip.start_file(
+            format!("export/slice-{i}.dcm"),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        zip.write_all(&std::fs::read(slice).unwrap()).unwrap();
+    }
+    let bytes = zip.finish().unwrap().into_inner();
+    let up = env.upload(DEMO, "series.zip", &bytes).await;
+    let item = env.new_item("zipped series").await;
+    let value = attach(
+        &env,
+        &item,
+        json!({"interface": "ct-image", "user_uploads": [up["api_url"]]}),
+    )
+    .await;
+    let image = env.get(value["image"].as_str().unwrap(), DEMO).await.json();
+    assert_eq!(
+        (
+            image["width"].clone(),
+            image["height"].clone(),
+            image["depth"].clone()
+        ),
+        (json!(5), json!(6), json!(3)),
+        "one image of all three slices: {image}"
+    );
+    assert_eq!(image["name"], format!("{}-0", ids.study_instance_uid));
+
+    // A ZIP holding two images is two images, which one value cannot take.
+    let mha = dir.path().join("a.mha");
+    samples::write_mha(&mha, [4, 4, 2], 5).unwrap();
+    let mha_bytes = std::fs::read(&mha).unwrap();
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for name in ["a.mha", "b.mha"] {
+        zip.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(&mha_bytes).unwrap();
+    }
+    let bytes = zip.finish().unwrap().into_inner();
+    let up = env.upload(DEMO, "two.zip", &bytes).await;
+    let item = env.new_item("two in one zip").await;
+    let r = env
+        .patch(
+            &format!("archives/items/{item}/"),
+            DEMO,
+            json!({"values": [{"interface": "ct-image", "user_uploads": [up["api_url"]]}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let failed = eventually(20, "the import to fail", || async {
+        let sessions = env.get("cases/upload-sessions/", DEMO).await.json();
+        sessions["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["status"] == "Failed")
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        failed["error_message"],
+        "Image validation for socket CT Image failed with error: Image imports should result in a single image."
+    );
+}

@@ -4,6 +4,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 use gc_hotfolder::receipt::{Outcome, Receipt};
@@ -149,12 +151,16 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
             .find(|i| i["pk"] == pk.as_str())
             .expect("the receipt's item exists");
         check_against_state(r, item);
-        let receipt_text = std::fs::read_to_string(
-            tmp.path()
-                .join("state/receipts")
-                .join(&r.target.slug)
-                .join(format!("{}.json", r.case)),
-        )
+        let folder = Path::new(&r.case_path).parent().unwrap();
+        let key = gc_hotfolder::receipt::CaseKey {
+            folder,
+            case: Path::new(&r.case),
+        };
+        let receipt_text = std::fs::read_to_string(gc_hotfolder::receipt::receipt_path(
+            &tmp.path().join("state/receipts"),
+            &r.target.slug,
+            key,
+        ))
         .unwrap();
         assert!(!receipt_text.contains(DEMO_TOKEN));
     }
@@ -181,7 +187,7 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
     let one: Receipt = serde_json::from_slice(&one.stdout).unwrap();
     assert_eq!(one.case, "case-03");
 
-    // Uploading the same cases again does not create a second item for any of them.
+    // Uploading the same cases again sends nothing: the journal knows them as delivered.
     let again = bin()
         .arg("upload")
         .arg("--config")
@@ -191,12 +197,12 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
         .unwrap();
     assert_eq!(
         again.status.code(),
-        Some(1),
+        Some(0),
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );
     assert!(
-        String::from_utf8_lossy(&again.stdout).contains("already exists"),
+        String::from_utf8_lossy(&again.stdout).contains("already delivered case-00"),
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );
@@ -232,6 +238,56 @@ fn upload_reports_config_errors_with_file_line_and_key_and_exit_2() {
         err.contains("bad.toml:3:1: state_dirr: unknown field"),
         "{err}"
     );
+
+    // A value of the wrong type names its key, not the value.
+    std::fs::write(
+        &cfg,
+        "[server]\nurl = \"http://127.0.0.1:1/api/v1/\"\n\n[limits]\nparallel_cases = \"two\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("upload")
+        .arg("--config")
+        .arg(&cfg)
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:5:18: limits.parallel_cases: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn rust_log_sets_the_log_level_unless_gc_hotfolder_log_does() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sb = rt.block_on(sandbox());
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let upload = |case: &str, env: &[(&str, &str)]| {
+        archive_case(&drop.join(case), 2);
+        let mut cmd = bin();
+        cmd.arg("upload")
+            .arg("--config")
+            .arg(&cfg)
+            .arg(drop.join(case));
+        cmd.env_remove("GC_HOTFOLDER_LOG").env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // "token accepted" is an info line.
+    assert!(upload("p1", &[]).contains("token accepted"));
+    let quiet = upload("p2", &[("RUST_LOG", "warn")]);
+    assert!(!quiet.contains("token accepted"), "{quiet}");
+    let first = upload("p3", &[("RUST_LOG", "warn"), ("GC_HOTFOLDER_LOG", "info")]);
+    assert!(first.contains("token accepted"), "{first}");
 }
 
 #[test]
@@ -300,5 +356,71 @@ async fn an_unknown_socket_fails_the_case_before_anything_is_created() {
         items_of(&state(&sb).await, "demo-archive").len(),
         before,
         "no item was created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_and_the_agent_share_one_journal_and_upload_honours_after() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let done = tmp.path().join("done");
+    archive_case(&drop.join("sent-by-upload"), 2);
+    archive_case(&drop.join("left-alone"), 0);
+    let cfg = write_config(
+        tmp.path(),
+        &sb,
+        &drop,
+        None,
+        &format!("after = \"move:{}\"", done.display()),
+    );
+    let upload = |case: &Path| {
+        let out = bin()
+            .arg("upload")
+            .arg("--config")
+            .arg(&cfg)
+            .arg(case)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let case = drop.join("sent-by-upload");
+    let out = tokio::task::block_in_place(|| upload(&case));
+    assert!(out.contains("delivered sent-by-upload"), "{out}");
+    assert!(
+        !case.exists() && done.join("sent-by-upload/count.json").is_file(),
+        "upload moved the delivered case as `after` says"
+    );
+
+    // Dropped again unchanged (an exporter that copies twice): the agent knows it is delivered.
+    std::fs::rename(done.join("sent-by-upload"), &case).unwrap();
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let state_dir = tmp.path().join("state");
+    receipt_for(&state_dir, "left-alone").await;
+    eventually(
+        Duration::from_secs(30),
+        "the agent moves both cases",
+        async || (!case.exists() && !drop.join("left-alone").exists()).then_some(()),
+    )
+    .await;
+    agent.stop();
+    let rs = receipts(&state_dir.join("receipts"));
+    assert!(
+        rs.iter().all(|r| r.outcome == Outcome::Delivered),
+        "nothing quarantined: {rs:?}"
+    );
+    let st = state(&sb).await;
+    assert_eq!(
+        items_of(&st, "demo-archive")
+            .iter()
+            .filter(|i| i["title"] == "sent-by-upload")
+            .count(),
+        1
+    );
+    let log = std::fs::read_to_string(tmp.path().join("agent.log")).unwrap();
+    assert!(
+        !log.contains("already exists"),
+        "the agent did not try to deliver it again:\n{log}"
     );
 }

@@ -273,7 +273,8 @@ impl Client {
         let context = "checking the API token";
         let me: serde_json::Value = self
             .get_json(self.api_url("profiles/users/self/")?, context)
-            .await?;
+            .await
+            .map_err(|e| self.not_the_api(e))?;
         me.pointer("/user/username")
             .and_then(|u| u.as_str())
             .map(str::to_owned)
@@ -281,6 +282,29 @@ impl Client {
                 context: context.into(),
                 message: "no user.username in the profile".into(),
             })
+    }
+
+    /// An answer that is not the API's (no such page, a redirect, HTML) to the first request usually means
+    /// the server URL lacks the API path: say so, with the URL to write instead.
+    fn not_the_api(&self, e: GcError) -> GcError {
+        let base = &self.inner.base;
+        let unexpected = matches!(
+            e,
+            GcError::NotFound(_)
+                | GcError::Protocol { .. }
+                | GcError::Rejected {
+                    status: 300..=399 | 404 | 405,
+                    ..
+                }
+        );
+        if !unexpected || base.path().ends_with("/api/v1/") {
+            return e;
+        }
+        let mut suggested = base.clone();
+        suggested.set_path("/api/v1/");
+        GcError::Config(format!(
+            "{base} is not the platform's API ({e}); the server URL must end in /api/v1/, e.g. {suggested}"
+        ))
     }
 
     /// A socket by slug, cached for the life of the client (sockets do not change kind).
@@ -372,7 +396,7 @@ impl Client {
             Method::POST,
             url,
             Some(&body),
-            RequestKind::NonIdempotent,
+            RequestKind::Create,
             &context,
         )
         .await
@@ -950,7 +974,9 @@ pub(crate) async fn read_limited(mut resp: reqwest::Response) -> Result<Bytes, r
 }
 
 pub(crate) fn classify_transport(e: &reqwest::Error) -> TransportFailure {
-    if e.is_timeout() {
+    if tls_error(e).is_some() {
+        TransportFailure::Tls
+    } else if e.is_timeout() {
         TransportFailure::Timeout
     } else if e.is_connect() {
         TransportFailure::Connect
@@ -961,8 +987,45 @@ pub(crate) fn classify_transport(e: &reqwest::Error) -> TransportFailure {
     }
 }
 
+/// The TLS error behind a transport error, if it is one. rustls reports through `io::Error`s (nested), whose
+/// `source()` skips the error they wrap, so those links are unwrapped by hand.
+fn tls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut link = std::error::Error::source(e);
+    while let Some(s) = link {
+        if let Some(t) = s.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        link = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
+    }
+    None
+}
+
+/// What to do about a failed TLS handshake, in one sentence.
+fn tls_advice(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidMessage(_) => format!(
+            "the server did not answer in TLS ({e}): it probably speaks plain http on this port; \
+             write the server URL with http:// if it is a sandbox on this machine, or check the port"
+        ),
+        rustls::Error::InvalidCertificate(_) => format!(
+            "the server's certificate is not accepted ({e}): if it is signed by your own CA, name \
+             that CA's PEM file in server.ca_cert; check that the URL's host name is the certificate's"
+        ),
+        other => format!("{other}"),
+    }
+}
+
 /// The causes of a transport error, without the URL (presigned URLs carry signatures).
 pub(crate) fn transport_message(e: &reqwest::Error) -> String {
+    if let Some(t) = tls_error(e) {
+        return tls_advice(t);
+    }
     let mut parts: Vec<String> = Vec::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

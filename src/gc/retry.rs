@@ -13,6 +13,11 @@
 //! - a repeated upload creation leaves an unused upload behind, which the platform deletes after a day;
 //! - a repeated values PATCH sets the same values again (replacement semantics).
 //!
+//! Creating an item is the exception: it is repeated only when it certainly did not take effect (no
+//! connection was made, or the platform refused it with 408/429/503). A duplicate-title answer to a repeat
+//! could not tell our own item from someone else's, so the caller records each request before sending it
+//! and decides itself (see [`crate::deliver`]).
+//!
 //! They are not retried on a 500, though: that is an unhandled error on the server, and repeating a write
 //! that failed in an unknown way is a decision for the caller, not for a retry loop.
 
@@ -58,8 +63,10 @@ impl Default for RetryPolicy {
 pub enum RequestKind {
     /// Reads, and the presigned-URL PATCH: repeating them changes nothing, so even a 500 is retried.
     Idempotent,
-    /// Creating items and uploads, PATCHing values (see the module comment).
+    /// Creating uploads, PATCHing values (see the module comment).
     NonIdempotent,
+    /// Creating an item: repeated only where the first request certainly had no effect.
+    Create,
     /// complete / abort / list-parts of a multipart upload. The server answers an HTML 500 when the upload is
     /// not open any more or S3 refuses the parts (gc-protocol.md §2.5–2.7): that upload is dead.
     UploadAction,
@@ -77,7 +84,10 @@ pub enum TransportFailure {
     Timeout,
     /// The connection broke while sending the request or reading the response body.
     Reset,
-    /// Anything else the HTTP stack reported (TLS failures included).
+    /// The TLS handshake failed: the server speaks no TLS on that port, or its certificate is not
+    /// trusted. Repeating it cannot help.
+    Tls,
+    /// Anything else the HTTP stack reported.
     Other,
 }
 
@@ -88,6 +98,7 @@ impl TransportFailure {
             TransportFailure::Connect => "connect",
             TransportFailure::Timeout => "timeout",
             TransportFailure::Reset => "reset",
+            TransportFailure::Tls => "tls",
             TransportFailure::Other => "transport",
         }
     }
@@ -213,7 +224,17 @@ impl RetryPolicy {
         match outcome {
             Outcome::Transport { failure, message } => {
                 let message = format!("{} ({message})", transport_words(*failure));
-                if exhausted {
+                if kind == RequestKind::Create
+                    && !matches!(failure, TransportFailure::Connect | TransportFailure::Tls)
+                {
+                    return Decision::Fail(Failure::Unavailable {
+                        message: format!(
+                            "{message}; not repeated automatically because the item may have been created"
+                        ),
+                        retry_after: None,
+                    });
+                }
+                if exhausted || *failure == TransportFailure::Tls {
                     Decision::Fail(Failure::Unavailable {
                         message: after_attempts(&message, attempt),
                         retry_after: None,
@@ -243,8 +264,12 @@ impl RetryPolicy {
         }
         let (message, body) = summarise(reply);
         let retry_after = reply.retry_after.and_then(|v| parse_retry_after(v, now));
-        let transient = matches!(status, 408 | 429 | 502 | 503 | 504 | 507)
-            || (status == 500 && matches!(kind, RequestKind::Idempotent | RequestKind::PartPut))
+        let transient = if kind == RequestKind::Create {
+            matches!(status, 408 | 429 | 503)
+        } else {
+            matches!(status, 408 | 429 | 502 | 503 | 504 | 507)
+        } || (status == 500
+            && matches!(kind, RequestKind::Idempotent | RequestKind::PartPut))
             || (status == 403 && kind == RequestKind::PartPut);
         if transient {
             if exhausted {
@@ -334,6 +359,7 @@ fn transport_words(f: TransportFailure) -> &'static str {
         TransportFailure::Connect => "could not connect",
         TransportFailure::Timeout => "timed out",
         TransportFailure::Reset => "the connection broke",
+        TransportFailure::Tls => "the TLS handshake failed",
         TransportFailure::Other => "the request failed",
     }
 }
@@ -546,6 +572,7 @@ mod tests {
         policy().decide(kind, attempt, &Outcome::Reply(reply), 0.5, now())
     }
 
+    /// Every kind but `Create`, which has rules of its own.
     const ALL_KINDS: [RequestKind; 4] = [
         RequestKind::Idempotent,
         RequestKind::NonIdempotent,
@@ -771,6 +798,50 @@ mod tests {
     }
 
     #[test]
+    fn an_item_creation_is_repeated_only_where_it_certainly_had_no_effect() {
+        let k = RequestKind::Create;
+        for status in [408, 429, 503] {
+            assert_eq!(
+                decide(k, 1, json_reply(status, "")),
+                Decision::Retry(policy().backoff(1, 0.5))
+            );
+        }
+        for status in [500, 502, 504] {
+            assert!(
+                matches!(
+                    decide(k, 1, json_reply(status, "")),
+                    Decision::Fail(Failure::Unavailable { .. })
+                ),
+                "{status}"
+            );
+        }
+        let connect = Outcome::Transport {
+            failure: TransportFailure::Connect,
+            message: "connection refused",
+        };
+        assert_eq!(
+            policy().decide(k, 1, &connect, 0.5, now()),
+            Decision::Retry(policy().backoff(1, 0.5))
+        );
+        for failure in [
+            TransportFailure::Timeout,
+            TransportFailure::Reset,
+            TransportFailure::Other,
+        ] {
+            let outcome = Outcome::Transport {
+                failure,
+                message: "connection reset by peer",
+            };
+            let Decision::Fail(Failure::Unavailable { message, .. }) =
+                policy().decide(k, 1, &outcome, 0.5, now())
+            else {
+                panic!("{failure:?}")
+            };
+            assert!(message.contains("may have been created"), "{message}");
+        }
+    }
+
+    #[test]
     fn transport_failures_are_retried_for_every_kind_then_unavailable() {
         for kind in ALL_KINDS {
             for failure in [
@@ -798,6 +869,25 @@ mod tests {
                     "{message}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_failed_tls_handshake_is_not_repeated() {
+        for kind in ALL_KINDS {
+            let outcome = Outcome::Transport {
+                failure: TransportFailure::Tls,
+                message: "the server does not speak TLS",
+            };
+            let Decision::Fail(Failure::Unavailable { message, .. }) =
+                policy().decide(kind, 1, &outcome, 0.25, now())
+            else {
+                panic!("retried")
+            };
+            assert_eq!(
+                message,
+                "the TLS handshake failed (the server does not speak TLS)"
+            );
         }
     }
 

@@ -110,6 +110,12 @@ pub fn handle(w: &mut World, ctx: &Ctx, route: &Route) -> Handled {
         Route::Uploads | Route::Upload(_) | Route::UploadAction { .. } => {
             super::uploads::handle(w, ctx, route)
         }
+        Route::Algorithms
+        | Route::Algorithm(_)
+        | Route::AlgorithmImages
+        | Route::AlgorithmImage(_)
+        | Route::Jobs
+        | Route::Job(_) => super::algorithm_api::handle(w, ctx, route),
         _ => done(Resp::html(404)),
     }
 }

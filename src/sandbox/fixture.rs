@@ -156,6 +156,7 @@ pub struct Fixture {
     pub reader_studies: Vec<ReaderStudySpec>,
     pub archive_items: Vec<ItemSpec>,
     pub display_sets: Vec<ItemSpec>,
+    pub algorithms: Vec<super::algorithms::AlgorithmSpec>,
     pub settings: FixtureSettings,
     pub faults: Vec<FaultRule>,
     /// True for [`Fixture::demo`], so the command line can print the demo tokens.
@@ -179,6 +180,8 @@ struct RawFixture {
     archive_item: Vec<RawArchiveItem>,
     #[serde(default)]
     display_set: Vec<RawDisplaySet>,
+    #[serde(default)]
+    algorithm: Vec<super::algorithms::RawAlgorithm>,
     #[serde(default)]
     sandbox: Option<RawSettings>,
     #[serde(default)]
@@ -421,6 +424,11 @@ impl Fixture {
                 values: values(d.value)?,
             });
         }
+        for a in raw.algorithm {
+            fixture
+                .algorithms
+                .push(super::algorithms::AlgorithmSpec::from_raw(a)?);
+        }
         if let Some(s) = raw.sandbox {
             fixture.settings = FixtureSettings {
                 import_delay: duration(&s.import_delay, "import_delay")?,
@@ -614,11 +622,12 @@ impl Fixture {
                 }
             }
         }
-        Ok(())
+        super::algorithms::check(self)
     }
 
     /// The built-in demo world: users "demo" (editor), "reader" (view-only) and "admin" (staff), one
-    /// archive, one reader study with one answered display set, and a socket of every common kind.
+    /// archive, one reader study with one answered display set, a socket of every common kind, and the
+    /// algorithms of [`super::algorithms::demo`].
     pub fn demo() -> Fixture {
         let user = |username: &str, token: &str, staff: bool| UserSpec {
             username: username.into(),
@@ -770,6 +779,7 @@ impl Fixture {
                     source: ValueSourceSpec::Value("benign".into()),
                 }],
             }],
+            algorithms: super::algorithms::demo(),
             settings: FixtureSettings::default(),
             faults: Vec::new(),
             is_demo: true,

@@ -1,16 +1,58 @@
-//! Image import as the platform's importer judges it, at header level: MetaImage (`.mha`, `.mhd` + data
-//! file), NIfTI (`.nii`, `.nii.gz`), DICOM and TIFF. One image value must yield exactly one image.
+//! Image import as the platform's importer judges it: which uploads make an image, which are refused
+//! and which make the whole import fail, with the image's size, depth, timepoints and colour space.
+//! One image value must yield exactly one image.
 //!
-//! The sandbox has no SimpleITK, so it cannot load pixels the way the platform does; instead it
-//! follows the importer's decisions (which builder takes which file, in which order, what makes a
-//! file unusable, how a DICOM series is grouped and named, when segment values are known) from the
-//! headers, with bounded reads: at most 64 KiB of any header, DICOM walked element by element up to
-//! the pixel data, voxel data only streamed through a fixed buffer and only for images up to
-//! [`MAX_VOXEL_SCAN_BYTES`]. Malformed input is an unimported file, never a panic.
+//! The platform runs panimg; this module follows **panimg 0.18.2** (with the SimpleITK 2.5, pydicom 3
+//! and tifffile it installs), and is checked against it on a generated corpus ([`super::corpus`],
+//! test `sandbox_panimg`). Its rules:
 //!
-//! Known simplifications: ZIP uploads are not unpacked (a ZIP counts as a file that could not be
-//! imported), NRRD, OCT and whole-slide formats other than TIFF are not recognised, 4-D DICOM
-//! (temporal position index) is treated as 3-D, and PNG/JPEG are judged by their header only.
+//! - **Before the builders**: every ZIP upload (recognised by content) is unpacked in place,
+//!   recursively, the archive itself removed. Each folder is then converted on its own: a detached
+//!   header only finds its data file, a DICOM series only its slices, in the same folder. Duplicate
+//!   upload names fail the import.
+//! - **Builders, in order**, each taking what it can of what earlier ones left: MetaImage, NIfTI,
+//!   NRRD, DICOM, TIFF, PNG/JPEG. One image: success (files nobody took are reported); none: "N files
+//!   could not be imported"; several: "Image imports should result in a single image". An image with
+//!   two colour components passes the readers but not the platform's image model, which raises: the
+//!   import fails as a whole ("An unexpected error occurred").
+//! - **MetaImage** (`.mha`, or a `.mhd` whose `ElementDataFile` is another upload of the folder, never
+//!   outside it): header lines under 10 000 bytes of valid UTF-8 up to `ElementDataFile`; 2 to 4
+//!   dimensions; at most 4 channels; no zero spacing (ITK refuses it; a negative one passes); all
+//!   uncompressed voxel bytes present (extra ones are ignored); compressed data is not checked (ITK
+//!   makes an image even of an empty or damaged stream); a zero dimension makes an empty image that
+//!   the platform's model raises on. Patient and study fields (PatientID, PatientBirthDate,
+//!   SeriesInstanceUID, ...) are not checked: panimg dropped those checks after 0.15. Checked are
+//!   only the fields panimg keeps: `Laterality` (≤ 128 characters), `SliceThickness`,
+//!   `SmallestImagePixelValue`, `LargestImagePixelValue`, `t0`, `t1` (floats), `Exposures` (floats)
+//!   and `ContentTimes` (`HHMMSS[.fff]`), one per timepoint (the fourth axis, else 1), and
+//!   `WindowCenter`/`WindowWidth` (float or `[f, f, ...]`; an array needs the other one as an array of
+//!   the same length).
+//! - **NIfTI** (by extension `.nii`/`.nii.gz` only): NIfTI-1; NIfTI-2 is not read by the platform's
+//!   SimpleITK. A dimension of 0 counts as 1, missing voxels read as zero, the magic is not checked;
+//!   a fifth axis holds vector components only with a vector or displacement intent, otherwise the
+//!   image has five dimensions and is refused.
+//! - **NRRD**: single files with attached data (`NRRD0001`–`NRRD0005`); a detached header (`data
+//!   file:`) is refused. The data must be complete (raw or gzip); a non-domain first axis holds the
+//!   colour components; zero spacing is refused.
+//! - **DICOM** (by content, Part 10 with preamble): grouped by (StudyInstanceUID, StackID or
+//!   SeriesInstanceUID, SOPClassUID), all required; WSI-DICOM is left to the TIFF builder. Several
+//!   files need an InstanceNumber each; pixel data must be complete; no zero spacing. 4-D (two or more
+//!   TemporalPositionIndex values) needs the same number of slices per timepoint and a ContentTime and
+//!   Exposure where panimg reads them. Colour pixels make an image only from one multi-frame file:
+//!   a single frame per file is taken for a 2-D volume that cannot be oriented, and fails. A
+//!   multi-frame grey file among several is taken for the whole volume.
+//! - **TIFF** (by content): tags of the first page only, pixels not decoded: width, height, a
+//!   resolution in inch or centimetre units, and a photometric interpretation of MinIsBlack, RGB,
+//!   RGBA or YCbCr. Colour space follows the photometric interpretation (an RGB TIFF with alpha is
+//!   RGB).
+//! - **PNG and JPEG** (by content): the pixels are decoded, so a truncated or damaged file is no
+//!   image; grey with alpha and 1-bit PNGs raise in the platform's image model.
+//!
+//! The sandbox has no SimpleITK: it reads headers with bounded reads (at most 64 KiB of any header,
+//! DICOM walked element by element up to the pixel data), streams voxel data through a fixed buffer
+//! (segment values only for images up to [`MAX_VOXEL_SCAN_BYTES`]) and decodes PNG/JPEG with the
+//! `image` crate. Malformed input is an unimported file, never a panic. Not covered: OCT and
+//! whole-slide formats other than TIFF, and compressed DICOM transfer syntaxes are trusted to decode.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -163,7 +205,10 @@ pub fn could_not_import_message(n: usize) -> String {
 /// One upload: its filename and where its bytes are stored.
 #[derive(Clone, Copy)]
 struct Upload<'a> {
+    /// The file name within its folder: what the builders see.
     name: &'a str,
+    /// The whole upload name, with the folders of an unpacked ZIP: what the image's files are called.
+    key: &'a str,
     path: &'a Path,
 }
 
@@ -216,20 +261,89 @@ struct Built {
     consumed: Vec<usize>,
 }
 
-/// Import the files of one image value. `files` are (upload filename, path of the stored bytes).
+/// Import the files of one image value. `files` are (upload filename, path of the stored bytes); a
+/// filename may hold `/` for files unpacked from a ZIP (see [`unpack_zips`]).
 pub fn import_image(files: &[(String, PathBuf)]) -> Result<ImportedImage, ImportError> {
     if files.is_empty() {
         return Err(ImportError::Session("No files were uploaded".into()));
     }
     let uploads = unique_uploads(files)?;
 
-    // The builders run in the platform's order; each sees only what earlier ones left.
+    // The platform converts each directory on its own: a detached header finds its data file, and a
+    // DICOM series its slices, only in the same directory.
+    let mut folders: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, u) in uploads.iter().enumerate() {
+        let folder = u.key.rsplit_once('/').map_or("", |(dir, _)| dir);
+        folders.entry(folder).or_default().push(i);
+    }
+    let mut consumed = vec![false; uploads.len()];
+    let mut images: Vec<ImportedImage> = Vec::new();
+    for members in folders.values() {
+        let folder: Vec<Upload> = members.iter().map(|&i| uploads[i]).collect();
+        for built in import_folder(&folder)? {
+            for &local in &built.consumed {
+                consumed[members[local]] = true;
+            }
+            let mut image = built.image;
+            image.files = built
+                .consumed
+                .iter()
+                .map(|&local| folder[local].key.to_string())
+                .collect();
+            images.push(image);
+        }
+    }
+
+    let unimported: Vec<String> = (0..uploads.len())
+        .filter(|&i| !consumed[i])
+        .map(|i| uploads[i].key.to_string())
+        .collect();
+    match images.len() {
+        0 => Err(ImportError::Session(could_not_import_message(
+            unimported.len(),
+        ))),
+        1 => {
+            let mut image = images.remove(0);
+            image.unimported_files = unimported;
+            Ok(image)
+        }
+        _ => Err(ImportError::Socket(SINGLE_IMAGE_MESSAGE.into())),
+    }
+}
+
+/// Import the uploads of one image value as the platform does: ZIP archives unpacked under
+/// `scratch` first (see [`unpack_zips`]), then [`import_image`]. Returns the image and the files it
+/// was made from (unpacked ones included), by the names in [`ImportedImage::files`].
+pub fn import_uploads(
+    uploads: &[(String, PathBuf)],
+    scratch: &Path,
+) -> Result<(ImportedImage, Vec<(String, PathBuf)>), ImportError> {
+    if uploads.is_empty() {
+        return Err(ImportError::Session("No files were uploaded".into()));
+    }
+    unique_uploads(uploads)?;
+    let files = unpack_zips(uploads, scratch).map_err(|e| {
+        tracing::debug!(error = %e, "a ZIP upload could not be unpacked");
+        ImportError::Session(UNEXPECTED_ERROR_MESSAGE.into())
+    })?;
+    if files.is_empty() {
+        // Only empty archives: nothing to import and nothing left over.
+        return Err(ImportError::Session(could_not_import_message(0)));
+    }
+    let image = import_image(&files)?;
+    Ok((image, files))
+}
+
+/// The builders in the platform's order over the files of one directory; each sees only what
+/// earlier ones left.
+fn import_folder(uploads: &[Upload]) -> Result<Vec<Built>, ImportError> {
     let mut consumed = vec![false; uploads.len()];
     let mut images: Vec<Built> = Vec::new();
     type Builder = fn(&[Upload], &[usize]) -> BuilderResult;
-    let builders: [Builder; 5] = [
+    let builders: [Builder; 6] = [
         build_metaimage,
         build_nifti,
+        build_nrrd,
         build_dicom,
         build_tiff,
         build_fallback,
@@ -239,7 +353,7 @@ pub fn import_image(files: &[(String, PathBuf)]) -> Result<ImportedImage, Import
         if remaining.is_empty() {
             break;
         }
-        let Ok(built_images) = builder(&uploads, &remaining) else {
+        let Ok(built_images) = builder(uploads, &remaining) else {
             return Err(ImportError::Session(UNEXPECTED_ERROR_MESSAGE.into()));
         };
         for built in built_images {
@@ -249,22 +363,82 @@ pub fn import_image(files: &[(String, PathBuf)]) -> Result<ImportedImage, Import
             images.push(built);
         }
     }
+    Ok(images)
+}
 
-    let unimported: Vec<String> = (0..uploads.len())
-        .filter(|&i| !consumed[i])
-        .map(|i| uploads[i].name.to_string())
-        .collect();
-    match images.len() {
-        0 => Err(ImportError::Session(could_not_import_message(
-            unimported.len(),
-        ))),
-        1 => {
-            let mut image = images.remove(0).image;
-            image.unimported_files = unimported;
-            Ok(image)
+/// The most files the ZIP archives of one image value may unpack to, nested archives included.
+const MAX_UNPACKED_FILES: usize = 100_000;
+/// How deep archives may nest in archives.
+const MAX_ZIP_NESTING: usize = 8;
+
+/// Unpack every ZIP archive among `files` in place, recursively, as the platform does before its
+/// importer runs: each archive (recognised by its content, not its name) is replaced by its
+/// members, named `<archive's folder>/<member path>`, written under `scratch`. Members whose path
+/// would leave the archive's folder are skipped. An archive that cannot be read to the end fails
+/// the whole import, as on the platform.
+pub fn unpack_zips(
+    files: &[(String, PathBuf)],
+    scratch: &Path,
+) -> io::Result<Vec<(String, PathBuf)>> {
+    let mut out: Vec<(String, PathBuf)> = files.to_vec();
+    for round in 0..=MAX_ZIP_NESTING {
+        let archives: Vec<usize> = (0..out.len()).filter(|&i| is_zip(&out[i].1)).collect();
+        if archives.is_empty() {
+            return Ok(out);
         }
-        _ => Err(ImportError::Socket(SINGLE_IMAGE_MESSAGE.into())),
+        let mut unpacked: Vec<(String, PathBuf)> = Vec::new();
+        for &i in &archives {
+            let (name, path) = &out[i];
+            let folder = name.rsplit_once('/').map_or("", |(dir, _)| dir);
+            let mut archive = zip::ZipArchive::new(File::open(path)?).map_err(io::Error::other)?;
+            for k in 0..archive.len() {
+                let mut member = archive.by_index(k).map_err(io::Error::other)?;
+                if member.is_dir() {
+                    continue;
+                }
+                let Some(relative) = member.enclosed_name() else {
+                    continue;
+                };
+                let relative = relative.to_string_lossy().replace('\\', "/");
+                let member_name = if folder.is_empty() {
+                    relative
+                } else {
+                    format!("{folder}/{relative}")
+                };
+                let dest = scratch.join(format!("r{round}")).join(&member_name);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let mut target = File::create(&dest)?;
+                io::copy(&mut member, &mut target)?;
+                unpacked.push((member_name, dest));
+                if out.len() + unpacked.len() > MAX_UNPACKED_FILES {
+                    return Err(io::Error::other("too many files in the ZIP archives"));
+                }
+            }
+        }
+        let mut keep: Vec<(String, PathBuf)> = out
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !archives.contains(i))
+            .map(|(_, f)| f)
+            .collect();
+        // A member named like a file already there overwrites it, as extraction into a folder does.
+        for (name, path) in unpacked {
+            keep.retain(|(n, _)| *n != name);
+            keep.push((name, path));
+        }
+        out = keep;
     }
+    Err(io::Error::other("ZIP archives nested too deeply"))
+}
+
+/// Whether a file is a ZIP archive by its content (an end of central directory record), like
+/// Python's `zipfile.is_zipfile`.
+fn is_zip(path: &Path) -> bool {
+    File::open(path)
+        .ok()
+        .is_some_and(|f| zip::ZipArchive::new(f).is_ok())
 }
 
 /// Import the files of one DICOM image set value (one series, consistent study/series identifiers).
@@ -360,7 +534,10 @@ fn unique_uploads(files: &[(String, PathBuf)]) -> Result<Vec<Upload<'_>>, Import
             return Err(ImportError::Session(DUPLICATE_FILES_MESSAGE.into()));
         }
         uploads.push(Upload {
-            name: name.as_str(),
+            name: name
+                .rsplit_once('/')
+                .map_or(name.as_str(), |(_, base)| base),
+            key: name.as_str(),
             path: path.as_path(),
         });
     }
@@ -665,24 +842,6 @@ fn panimg_segments(
 // ---------------------------------------------------------------------------------------------
 // Metadata validation (panimg validates these header values and rejects the image otherwise)
 
-fn is_valid_date(s: &str) -> bool {
-    if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return false;
-    }
-    let y: u32 = s[0..4].parse().unwrap_or(0);
-    let m: u32 = s[4..6].parse().unwrap_or(0);
-    let d: u32 = s[6..8].parse().unwrap_or(0);
-    let leap = (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
-    let days = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return false,
-    };
-    y >= 1 && (1..=days).contains(&d)
-}
-
 fn is_float(s: &str) -> bool {
     // panimg: [-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?
     let s = s.strip_prefix(['+', '-']).unwrap_or(s);
@@ -716,58 +875,75 @@ fn is_float_array(s: &str) -> bool {
         })
 }
 
-/// panimg's check of one additional header / DICOM attribute value; `Err` rejects the image.
-fn validate_metadata_value(key: &str, value: &str) -> Result<(), String> {
-    let ok = match key {
-        "PatientID" | "StudyDescription" | "SeriesDescription" => {
-            value.is_empty()
-                || (value.chars().count() <= 64 && !value.contains('\\') && !value.contains('\n'))
+/// panimg's checks of the additional MetaImage/NIfTI/NRRD header fields it keeps (its
+/// `ADDITIONAL_HEADERS`); any other field passes. `fields` are the header's (key, value) pairs,
+/// `timepoints` the size of the fourth axis of a 4-D image, else 1. `Err` rejects the file.
+fn validate_additional_headers(fields: &[(&str, &str)], timepoints: u64) -> Result<(), String> {
+    let get = |key: &str| fields.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    for &(key, value) in fields {
+        let ok = match key {
+            "Laterality" => value.chars().count() <= 128 && !value.contains('\n'),
+            "SliceThickness"
+            | "SmallestImagePixelValue"
+            | "LargestImagePixelValue"
+            | "t0"
+            | "t1" => is_float(value),
+            "Exposures" => value.split(' ').all(is_float),
+            "WindowCenter" | "WindowWidth" => is_float(value) || is_float_array(value),
+            "ContentTimes" => value.split(' ').all(is_content_time),
+            _ => continue,
+        };
+        if !ok {
+            return Err(format!(
+                "Value {value:?} for field {key:?} does not match pattern"
+            ));
         }
-        "PatientName" => {
-            value.is_empty()
-                || (value.chars().count() <= 324 && !value.contains('\\') && !value.contains('\n'))
+        if matches!(key, "Exposures" | "ContentTimes") {
+            let n = value.split(' ').count() as u64;
+            if n != timepoints {
+                return Err(format!(
+                    "Found {n} values for {key:?}, but expected {timepoints} (1/timepoint)"
+                ));
+            }
         }
-        "PatientBirthDate" | "StudyDate" => value.is_empty() || is_valid_date(value),
-        "PatientAge" => {
-            value.is_empty()
-                || (value.len() == 4
-                    && value.as_bytes()[..3].iter().all(u8::is_ascii_digit)
-                    && matches!(value.as_bytes()[3], b'D' | b'W' | b'M' | b'Y'))
-        }
-        "PatientSex" => {
-            value.len() <= 16
-                && value
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ' || b == b'_')
-        }
-        "StudyInstanceUID" | "SeriesInstanceUID" => {
-            value.len() <= 64 && value.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        }
-        "Laterality" => value.chars().count() <= 128 && !value.contains('\n'),
-        "SliceThickness" | "SmallestImagePixelValue" | "LargestImagePixelValue" | "t0" | "t1" => {
-            is_float(value)
-        }
-        "Exposures" => value.split(' ').all(is_float),
-        "WindowCenter" | "WindowWidth" => is_float(value) || is_float_array(value),
-        "ContentTimes" => value.split(' ').all(|t| {
-            let (hms, frac) = match t.split_once('.') {
-                Some((a, b)) => (a, Some(b)),
-                None => (t, None),
+        if is_float_array(value) {
+            let counter = if key == "WindowCenter" {
+                "WindowWidth"
+            } else {
+                "WindowCenter"
             };
-            hms.len() == 6
-                && hms.bytes().all(|b| b.is_ascii_digit())
-                && hms[0..2] < *"24"
-                && hms[2..3] < *"6"
-                && hms[4..5] < *"6"
-                && frac.is_none_or(|f| f.len() == 3 && f.bytes().all(|b| b.is_ascii_digit()))
-        }),
-        _ => true,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("Value {value:?} for field {key:?} is not valid"))
+            let Some(other) = get(counter) else {
+                return Err(format!(
+                    "Headers {key:?} and {counter:?} should both be present but {counter:?} is missing"
+                ));
+            };
+            if !is_float_array(other) {
+                return Err(format!(
+                    "Header {key:?} is of a different format than {counter:?}"
+                ));
+            }
+            if value.split(',').count() != other.split(',').count() {
+                return Err(format!(
+                    "Headers {key:?} and {counter:?} should contain an equal number of values"
+                ));
+            }
+        }
     }
+    Ok(())
+}
+
+/// `HHMMSS` or `HHMMSS.fff`.
+fn is_content_time(t: &str) -> bool {
+    let (hms, frac) = match t.split_once('.') {
+        Some((a, b)) => (a, Some(b)),
+        None => (t, None),
+    };
+    hms.len() == 6
+        && hms.bytes().all(|b| b.is_ascii_digit())
+        && hms[0..2] < *"24"
+        && hms[2..3] < *"6"
+        && hms[4..5] < *"6"
+        && frac.is_none_or(|f| f.len() == 3 && f.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn metadata_from(get: impl Fn(&str) -> Option<String>) -> ImageMetadata {
@@ -922,9 +1098,13 @@ fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built
         .get("DimSize")
         .ok_or("DimSize missing")?
         .split_whitespace()
-        .map(|v| v.parse::<u64>().ok().filter(|d| *d > 0))
+        .map(|v| v.parse::<u64>().ok())
         .collect::<Option<_>>()
         .ok_or("DimSize invalid")?;
+    // An empty image is read, but the platform's model of it raises (no minimum of no voxels).
+    if dims.contains(&0) {
+        return Err(Reject::Unexpected);
+    }
     if dims.len() != ndims {
         return Err("DimSize does not match NDims".into());
     }
@@ -939,13 +1119,23 @@ fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built
     }
     // Two channels pass the reader but not the platform's colour space model, which raises.
     let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
-    for key in &h.order {
-        validate_metadata_value(key, h.get(key).unwrap_or_default())?;
-    }
+    let fields: Vec<(&str, &str)> = h
+        .order
+        .iter()
+        .map(|k| (k.as_str(), h.get(k).unwrap_or_default()))
+        .collect();
+    validate_additional_headers(&fields, if ndims == 4 { dims[3] } else { 1 })?;
     let spacing: Option<Vec<f64>> = h
         .get("ElementSpacing")
         .or_else(|| h.get("ElementSize"))
         .and_then(|v| v.split_whitespace().map(|s| s.parse().ok()).collect());
+    // ITK refuses an image with a zero spacing.
+    if spacing
+        .as_ref()
+        .is_some_and(|s| s.iter().take(ndims).any(|v| *v == 0.0))
+    {
+        return Err("SimpleITK could not open file.".into());
+    }
     let big_endian = h
         .flag("BinaryDataByteOrderMSB")
         .or_else(|| h.flag("ElementByteOrderMSB"))
@@ -990,10 +1180,7 @@ fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built
                 .map_err(|e| e.to_string())?;
         }
     } else {
-        // The reader tolerates a damaged compressed stream, so only a missing stream is fatal.
-        if available == 0 && expected > 0 {
-            return Err("no compressed data".into());
-        }
+        // The reader tolerates a damaged or even missing compressed stream.
         if pt.is_integer() && expected <= MAX_VOXEL_SCAN_BYTES {
             let mut f = File::open(data_path).map_err(|e| e.to_string())?;
             f.seek(SeekFrom::Start(data_offset))
@@ -1074,6 +1261,7 @@ fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built
 
 struct NiftiHeader {
     dim: [i64; 8],
+    intent_code: i16,
     datatype: i16,
     pixdim: [f64; 8],
     vox_offset: f64,
@@ -1088,11 +1276,10 @@ fn parse_nifti_header(h: &[u8]) -> Option<NiftiHeader> {
     }
     let le = |at: usize| i32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
     let be = |at: usize| i32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-    let (version, big_endian) = match (le(0), be(0)) {
-        (348, _) => (1, false),
-        (_, 348) => (1, true),
-        (540, _) => (2, false),
-        (_, 540) => (2, true),
+    // NIfTI-2 (a 540-byte header) is not read by the platform's SimpleITK.
+    let big_endian = match (le(0), be(0)) {
+        (348, _) => false,
+        (_, 348) => true,
         _ => return None,
     };
     let i16_at = |at: usize| {
@@ -1111,59 +1298,22 @@ fn parse_nifti_header(h: &[u8]) -> Option<NiftiHeader> {
             f32::from_le_bytes(b)
         })
     };
-    let b8 = |at: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&h[at..at + 8]);
-        b
-    };
-    let i64_at = |at: usize| {
-        if big_endian {
-            i64::from_be_bytes(b8(at))
-        } else {
-            i64::from_le_bytes(b8(at))
-        }
-    };
-    let f64_at = |at: usize| {
-        if big_endian {
-            f64::from_be_bytes(b8(at))
-        } else {
-            f64::from_le_bytes(b8(at))
-        }
-    };
     let mut dim = [0i64; 8];
     let mut pixdim = [0f64; 8];
-    if version == 1 {
-        for k in 0..8 {
-            dim[k] = i64::from(i16_at(40 + 2 * k));
-            pixdim[k] = f32_at(76 + 4 * k);
-        }
-        Some(NiftiHeader {
-            dim,
-            datatype: i16_at(70),
-            pixdim,
-            vox_offset: f32_at(108),
-            scl_slope: f32_at(112),
-            scl_inter: f32_at(116),
-            big_endian,
-        })
-    } else {
-        if h.len() < 540 {
-            return None;
-        }
-        for k in 0..8 {
-            dim[k] = i64_at(16 + 8 * k);
-            pixdim[k] = f64_at(104 + 8 * k);
-        }
-        Some(NiftiHeader {
-            dim,
-            datatype: i16_at(12),
-            pixdim,
-            vox_offset: i64_at(168) as f64,
-            scl_slope: f64_at(176),
-            scl_inter: f64_at(184),
-            big_endian,
-        })
+    for k in 0..8 {
+        dim[k] = i64::from(i16_at(40 + 2 * k));
+        pixdim[k] = f32_at(76 + 4 * k);
     }
+    Some(NiftiHeader {
+        dim,
+        intent_code: i16_at(68),
+        datatype: i16_at(70),
+        pixdim,
+        vox_offset: f32_at(108),
+        scl_slope: f32_at(112),
+        scl_inter: f32_at(116),
+        big_endian,
+    })
 }
 
 /// (component type, components) of a NIfTI datatype code.
@@ -1219,17 +1369,30 @@ fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
     let h = parse_nifti_header(&head[..got]).ok_or("Not a valid NifTI image file")?;
     let (mut pt, rgb_components) = nifti_datatype(h.datatype).ok_or("unsupported datatype")?;
     let d = h.dim;
-    if !(1..=7).contains(&d[0]) || (1..=d[0] as usize).any(|k| d[k] < 1) {
+    if !(1..=7).contains(&d[0]) || (1..=d[0] as usize).any(|k| d[k] < 0) {
         return Err("invalid dimensions".into());
     }
-    let size = |k: usize| if k as i64 <= d[0] { d[k] as u64 } else { 1 };
+    // The reader takes a dimension of 0 as 1.
+    let size = |k: usize| {
+        if k as i64 <= d[0] {
+            d[k].max(1) as u64
+        } else {
+            1
+        }
+    };
     // How the reader sees the dimensions: a 5th axis > 1 holds vector components; trailing
     // singleton time and (for vectors) depth axes are dropped.
     let mut ndims = d[0] as usize;
     let mut components = rgb_components;
     if ndims >= 5 {
-        if (6..=ndims).any(|k| size(k) != 1) || (rgb_components > 1 && size(5) > 1) {
-            return Err("unsupported dimensions".into());
+        // A fifth axis holds vector components only for a vector or displacement intent;
+        // otherwise the image has five dimensions, which the platform refuses.
+        const VECTOR_INTENTS: [i16; 2] = [1006, 1007];
+        if (6..=ndims).any(|k| size(k) != 1)
+            || (rgb_components > 1 && size(5) > 1)
+            || (size(5) > 1 && !VECTOR_INTENTS.contains(&h.intent_code))
+        {
+            return Err("SimpleITK images with more than 4 dimensions are not supported".into());
         }
         if size(5) > 1 {
             components = size(5);
@@ -1335,11 +1498,232 @@ fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// NRRD (single file, header and data together)
+
+/// The fields of an attached NRRD header and where its data starts.
+struct NrrdHeader {
+    fields: HashMap<String, String>,
+    data_offset: u64,
+}
+
+/// panimg's check, then the header as the reader parses it. `Err`: not a NRRD the platform takes.
+fn parse_nrrd_header(prefix: &[u8]) -> Result<NrrdHeader, Reject> {
+    let magic = prefix.get(..8).ok_or("Not a NRRD image file")?;
+    let version = magic
+        .strip_prefix(b"NRRD")
+        .filter(|v| v.iter().all(u8::is_ascii_digit))
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u32>().ok())
+        .ok_or("Not a NRRD image file")?;
+    if !(1..=5).contains(&version) {
+        return Err("File format not supported".into());
+    }
+    let mut fields = HashMap::new();
+    let mut pos = match prefix.iter().position(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None => return Err("Not a valid NRRD image file".into()),
+    };
+    loop {
+        let Some(len) = prefix[pos..].iter().position(|&b| b == b'\n') else {
+            // The header does not end within what was read (or the file ends inside it).
+            return Err("Not a valid NRRD image file".into());
+        };
+        let line = &prefix[pos..pos + len];
+        pos += len + 1;
+        let line = std::str::from_utf8(line)
+            .map_err(|_| "Not a valid NRRD image file")?
+            .trim_end_matches('\r');
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("data file:") || lower.starts_with("datafile:") {
+            return Err("NRRD files with detached headers are not supported".into());
+        }
+        // `key:=value` pairs are free-form metadata; `field: value` lines describe the data.
+        if line.contains(":=") {
+            continue;
+        }
+        let (k, v) = line.split_once(": ").ok_or("Not a valid NRRD image file")?;
+        fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    Ok(NrrdHeader {
+        fields,
+        data_offset: pos as u64,
+    })
+}
+
+fn nrrd_type(name: &str) -> Option<PixelType> {
+    Some(match name {
+        "signed char" | "int8" | "int8_t" => PixelType::I8,
+        "uchar" | "unsigned char" | "uint8" | "uint8_t" => PixelType::U8,
+        "short" | "short int" | "signed short" | "signed short int" | "int16" | "int16_t" => {
+            PixelType::I16
+        }
+        "ushort" | "unsigned short" | "unsigned short int" | "uint16" | "uint16_t" => {
+            PixelType::U16
+        }
+        "int" | "signed int" | "int32" | "int32_t" => PixelType::I32,
+        "uint" | "unsigned int" | "uint32" | "uint32_t" => PixelType::U32,
+        "longlong"
+        | "long long"
+        | "long long int"
+        | "signed long long"
+        | "signed long long int"
+        | "int64"
+        | "int64_t" => PixelType::I64,
+        "ulonglong" | "unsigned long long" | "unsigned long long int" | "uint64" | "uint64_t" => {
+            PixelType::U64
+        }
+        "float" => PixelType::F32,
+        "double" => PixelType::F64,
+        _ => return None,
+    })
+}
+
+fn build_nrrd(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
+    collect_built(remaining.iter().map(|&i| {
+        let prefix = read_prefix(uploads[i].path, HEADER_CAP).map_err(|e| e.to_string())?;
+        let header = parse_nrrd_header(&prefix)?;
+        nrrd_image(uploads, i, &header)
+    }))
+}
+
+fn nrrd_image(uploads: &[Upload], i: usize, h: &NrrdHeader) -> Result<Built, Reject> {
+    const INVALID: &str = "Not a valid NRRD image file";
+    let get = |k: &str| h.fields.get(k).map(String::as_str);
+    let pt = nrrd_type(get("type").ok_or(INVALID)?).ok_or(INVALID)?;
+    let dimension: usize = get("dimension")
+        .and_then(|v| v.parse().ok())
+        .ok_or(INVALID)?;
+    let sizes: Vec<u64> = get("sizes")
+        .ok_or(INVALID)?
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().ok().filter(|s| *s > 0))
+        .collect::<Option<_>>()
+        .ok_or(INVALID)?;
+    if sizes.len() != dimension || dimension == 0 {
+        return Err(INVALID.into());
+    }
+    // An axis whose kind is not a domain holds the components of a pixel (the first one only).
+    let kinds: Vec<String> = get("kinds")
+        .map(|k| k.split_whitespace().map(str::to_ascii_lowercase).collect())
+        .unwrap_or_default();
+    let is_domain = |k: &str| matches!(k, "domain" | "space" | "time" | "none" | "???");
+    let (components, dims) = match kinds.first() {
+        Some(k) if !is_domain(k) => (sizes[0], sizes[1..].to_vec()),
+        _ => (1, sizes.clone()),
+    };
+    if !(2..=4).contains(&dims.len()) {
+        return Err("SimpleITK images with more than 4 dimensions are not supported".into());
+    }
+    if components > 4 {
+        return Err("Images with more than 4 channels not supported".into());
+    }
+    let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
+    let encoding = get("encoding").ok_or(INVALID)?.to_ascii_lowercase();
+    let big_endian = match get("endian") {
+        Some("big") => true,
+        Some("little") | None => false,
+        Some(_) => return Err(INVALID.into()),
+    };
+    if pt.size() > 1
+        && get("endian").is_none()
+        && matches!(encoding.as_str(), "raw" | "gzip" | "gz")
+    {
+        return Err(INVALID.into());
+    }
+    let spacing: Option<Vec<f64>> = get("spacings").and_then(|v| {
+        v.split_whitespace()
+            .filter(|s| !s.eq_ignore_ascii_case("nan"))
+            .map(|s| s.parse().ok())
+            .collect()
+    });
+    if spacing.as_ref().is_some_and(|s| s.contains(&0.0)) {
+        return Err(INVALID.into());
+    }
+
+    let n_elements = dims
+        .iter()
+        .try_fold(components, |acc, d| acc.checked_mul(*d))
+        .ok_or("image too large")?;
+    let expected = n_elements.checked_mul(pt.size()).ok_or("image too large")?;
+    let path = uploads[i].path;
+    let mut f = File::open(path).map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(h.data_offset))
+        .map_err(|e| e.to_string())?;
+    let mut data: Box<dyn Read> = match encoding.as_str() {
+        "raw" => Box::new(BufReader::new(f)),
+        "gzip" | "gz" => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))),
+        _ => return Err("unsupported NRRD encoding".into()),
+    };
+    // The reader needs every voxel: a short or damaged data stream is no image.
+    let voxel_values = if pt.is_integer() && expected <= MAX_VOXEL_SCAN_BYTES {
+        scan_voxels(&mut *data, pt, big_endian, n_elements, ShortData::Unknown)
+            .map_err(|_| INVALID)?
+            .ok_or(INVALID)
+            .map(Some)?
+    } else {
+        let read =
+            io::copy(&mut (&mut data).take(expected), &mut io::sink()).map_err(|_| INVALID)?;
+        if read < expected {
+            return Err(INVALID.into());
+        }
+        None
+    };
+
+    let ndims = dims.len();
+    let segments = panimg_segments(
+        Some(pt),
+        components,
+        ndims,
+        dims.get(3).copied(),
+        voxel_values.as_deref(),
+    );
+    let timepoints = if ndims == 4 && segments.is_none() {
+        dims.get(3).copied()
+    } else {
+        None
+    };
+    let mut image = new_image(
+        uploads[i].name.to_string(),
+        dims[0],
+        dims[1],
+        dims.get(2).copied(),
+        timepoints,
+        color_space,
+        ImageType::Mhd,
+    );
+    let offset = sizes.len() - dims.len();
+    let sp = |k: usize| {
+        Some(
+            spacing
+                .as_ref()
+                .and_then(|s| s.get(k + offset).copied())
+                .map_or(1.0, f64::abs),
+        )
+    };
+    image.set_spacing(sp(0), sp(1), if ndims >= 3 { sp(2) } else { None });
+    image.pixel_type = Some(pt);
+    image.voxel_values = voxel_values;
+    image.segments = segments;
+    Ok(Built {
+        image,
+        consumed: vec![i],
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // DICOM
 
 const TAG_TRANSFER_SYNTAX: u32 = 0x0002_0010;
 const TAG_SOP_CLASS_UID: u32 = 0x0008_0016;
 const TAG_STUDY_DATE: u32 = 0x0008_0020;
+const TAG_CONTENT_TIME: u32 = 0x0008_0033;
+const TAG_EXPOSURE: u32 = 0x0018_1152;
+const TAG_TEMPORAL_POSITION_INDEX: u32 = 0x0020_9128;
 const TAG_ACCESSION_NUMBER: u32 = 0x0008_0050;
 const TAG_MODALITY: u32 = 0x0008_0060;
 const TAG_STUDY_DESCRIPTION: u32 = 0x0008_1030;
@@ -1374,8 +1758,11 @@ const TAG_ITEM_DELIMITER: u32 = 0xFFFE_E00D;
 const TAG_SEQUENCE_DELIMITER: u32 = 0xFFFE_E0DD;
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 
-const WANTED_TAGS: [u32; 29] = [
+const WANTED_TAGS: [u32; 32] = [
     TAG_SOP_CLASS_UID,
+    TAG_CONTENT_TIME,
+    TAG_EXPOSURE,
+    TAG_TEMPORAL_POSITION_INDEX,
     TAG_STUDY_DATE,
     TAG_ACCESSION_NUMBER,
     TAG_MODALITY,
@@ -1444,6 +1831,24 @@ impl DicomHeader {
         } else {
             u16::from_le_bytes(b)
         })
+    }
+
+    /// A UL value, or an integer string (as pydicom's `int()` takes either).
+    fn integer(&self, tag: u32) -> Option<i64> {
+        let raw = self.values.get(&tag)?;
+        if raw.len() == 4 && !raw.iter().all(|b| b.is_ascii_digit() || *b == b' ') {
+            let b = [raw[0], raw[1], raw[2], raw[3]];
+            return Some(i64::from(if self.big_endian {
+                u32::from_be_bytes(b)
+            } else {
+                u32::from_le_bytes(b)
+            }));
+        }
+        self.text(tag)?.trim().parse().ok()
+    }
+
+    fn has(&self, tag: u32) -> bool {
+        self.values.contains_key(&tag)
     }
 
     fn number(&self, tag: u32) -> Option<f64> {
@@ -1926,26 +2331,39 @@ fn dicom_series_image(
             }
         }
     }
-    for (key, tag) in [
-        ("PatientID", TAG_PATIENT_ID),
-        ("PatientName", TAG_PATIENT_NAME),
-        ("PatientBirthDate", TAG_PATIENT_BIRTH_DATE),
-        ("PatientAge", TAG_PATIENT_AGE),
-        ("PatientSex", TAG_PATIENT_SEX),
-        ("StudyDate", TAG_STUDY_DATE),
-        ("StudyInstanceUID", TAG_STUDY_UID),
-        ("SeriesInstanceUID", TAG_SERIES_UID),
-        ("StudyDescription", TAG_STUDY_DESCRIPTION),
-        ("SeriesDescription", TAG_SERIES_DESCRIPTION),
-    ] {
-        if let Some(v) = reference.text(tag)
-            && !v.contains('\\')
-        {
-            validate_metadata_value(key, &v)?;
-        }
+    // 4-D: several temporal positions, each with the same number of slices, each with its content
+    // time and exposure (panimg writes them into the image).
+    let n_files = members.len() as u64;
+    let n_time = members
+        .iter()
+        .filter_map(|(_, h)| h.integer(TAG_TEMPORAL_POSITION_INDEX))
+        .collect::<BTreeSet<_>>()
+        .len() as u64;
+    let four_d = n_time >= 2;
+    if four_d && !n_files.is_multiple_of(n_time) {
+        return Err("Number of slices per time point differs".into());
     }
-
-    let depth = members.len() as u64 * frames_per_file;
+    let n_slices = n_files * frames_per_file / if four_d { n_time } else { 1 };
+    if four_d
+        && members.iter().enumerate().any(|(index, (_, h))| {
+            (frames_per_file > 1 || (index as u64).is_multiple_of(n_slices))
+                && !(h.has(TAG_CONTENT_TIME) && h.has(TAG_EXPOSURE))
+        })
+    {
+        return Err("could not read file".into());
+    }
+    // Pixels of one frame per file come as a 2-D array per file for grey values but as a 3-D one
+    // for colour, which panimg takes for the whole volume of a 2-D image that cannot be oriented.
+    // Only a single multi-frame colour file makes an image.
+    if samples > 1 && (members.len() > 1 || frames_per_file < 2 || four_d) {
+        return Err("could not read file".into());
+    }
+    // A multi-frame file's pixels are a volume: panimg takes the first file's as the whole image.
+    let depth = if frames_per_file > 1 && !four_d {
+        frames_per_file
+    } else {
+        n_slices
+    };
     let color_space = dicom_color_space(reference);
     let mut image = new_image(
         name,
@@ -1987,11 +2405,27 @@ fn dicom_series_image(
         reference.spacing_between_slices().unwrap_or(1.0)
     };
     let (x, y) = reference.pixel_spacing().unwrap_or((1.0, 1.0));
+    // ITK refuses a zero spacing.
+    if [x, y, z].contains(&0.0) {
+        return Err("could not read file".into());
+    }
     image.set_spacing(Some(x), Some(y), Some(z));
     image.modality = reference.text(TAG_MODALITY).filter(|m| !m.is_empty());
     image.pixel_type = dicom_pixel_type(&members.iter().map(|(_, h)| h).collect::<Vec<_>>());
-    image.segments = dicom_segments(uploads, &members, image.pixel_type, samples)
-        .and_then(|values| panimg_segments(image.pixel_type, 1, 3, None, Some(&values)));
+    image.segments =
+        dicom_segments(uploads, &members, image.pixel_type, samples).and_then(|values| {
+            panimg_segments(
+                image.pixel_type,
+                1,
+                if four_d { 4 } else { 3 },
+                four_d.then_some(n_time),
+                Some(&values),
+            )
+        });
+    if four_d && image.segments.is_none() {
+        image.timepoints = Some(n_time);
+        image.shape.insert(0, n_time);
+    }
     image.metadata = dicom_metadata(reference);
     image.files = members
         .iter()
@@ -2254,10 +2688,14 @@ fn tiff_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
 fn build_fallback(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
     collect_built(remaining.iter().map(|&i| {
         let prefix = read_prefix(uploads[i].path, HEADER_CAP).map_err(|e| e.to_string())?;
-        let (width, height, color_space) = match png_header(&prefix) {
-            Some(png) => png?,
-            None => jpeg_header(&prefix).ok_or("Not a valid image file")?,
+        let header = match png_header(&prefix) {
+            Some(png) => png,
+            None => Ok(jpeg_header(&prefix).ok_or("Not a valid image file")?),
         };
+        // The platform loads the pixels before it looks at their kind: a truncated or damaged
+        // file is no image, whatever its kind.
+        decode_pixels(uploads[i].path).map_err(|_| "Not a valid image file")?;
+        let (width, height, color_space) = header?;
         if width == 0 || height == 0 {
             return Err("Not a valid image file".into());
         }
@@ -2276,6 +2714,15 @@ fn build_fallback(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
             consumed: vec![i],
         })
     }))
+}
+
+/// Decode a PNG or JPEG completely (and drop the pixels), as the platform's loader does.
+fn decode_pixels(path: &Path) -> Result<(), image::ImageError> {
+    let mut reader = image::ImageReader::open(path)?.with_guessed_format()?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_VOXEL_SCAN_BYTES);
+    reader.limits(limits);
+    reader.decode().map(drop)
 }
 
 /// `None`: not a PNG; `Some(Err)`: a PNG the platform cannot take.
@@ -2551,8 +2998,8 @@ mod tests {
             ),
             ("one-d.mha", mha_bytes("", "4", "MET_UCHAR", &[0; 4])),
             (
-                "bad-date.mha",
-                mha_bytes("StudyDate = 20231131\n", "2 2", "MET_UCHAR", &[0; 4]),
+                "bad-thickness.mha",
+                mha_bytes("SliceThickness = thick\n", "2 2", "MET_UCHAR", &[0; 4]),
             ),
             (
                 "six-channels.mha",
@@ -2851,7 +3298,7 @@ mod tests {
                 "i.nii",
                 nifti_bytes(&[2, 2, 2], 9999, 8, 1.0, false, &[0; 8]),
             ),
-            ("j.nii", nifti_bytes(&[2, 0, 2], 2, 8, 1.0, false, &[0; 8])),
+            ("j.nii", nifti_bytes(&[2, -1, 2], 2, 8, 1.0, false, &[0; 8])),
             ("k.nii", b"not a nifti header at all".to_vec()),
         ] {
             let p = write(dir.path(), name, &bytes);
@@ -3136,35 +3583,56 @@ mod tests {
     }
 
     #[test]
-    fn png_and_jpeg_headers() {
+    fn png_and_jpeg_are_judged_by_their_pixels() {
+        use image::{ExtendedColorType, ImageEncoder};
         let dir = tempfile::tempdir().unwrap();
-        let png = |color_type: u8, bit_depth: u8| {
-            let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
-            b.extend_from_slice(&7u32.to_be_bytes());
-            b.extend_from_slice(&5u32.to_be_bytes());
-            b.extend_from_slice(&[bit_depth, color_type, 0, 0, 0, 0, 0, 0, 0]);
-            b
+        let encode = |color: ExtendedColorType, channels: usize| {
+            let mut out = Vec::new();
+            image::codecs::png::PngEncoder::new(&mut out)
+                .write_image(&vec![7u8; 7 * 5 * channels], 7, 5, color)
+                .unwrap();
+            out
         };
-        let rgb = write(dir.path(), "rgb.png", &png(2, 8));
+        let rgb = write(dir.path(), "rgb.png", &encode(ExtendedColorType::Rgb8, 3));
         let img = import_image(&uploads(&[rgb])).unwrap();
         assert_eq!(
             (img.shape.clone(), img.color_space.as_str(), img.depth),
             (vec![5, 7, 3], "RGB", None)
         );
-        let la = write(dir.path(), "la.png", &png(4, 8));
+        // Grey with alpha loads, but the platform's colour model has no two-channel space.
+        let la = write(dir.path(), "la.png", &encode(ExtendedColorType::La8, 2));
         assert_eq!(
             import_image(&uploads(&[la])),
             session(UNEXPECTED_ERROR_MESSAGE)
         );
+        // A valid header without pixels is no image, whatever its kind.
+        for (name, color_type) in [("rgb-header.png", 2u8), ("la-header.png", 4)] {
+            let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+            b.extend_from_slice(&7u32.to_be_bytes());
+            b.extend_from_slice(&5u32.to_be_bytes());
+            b.extend_from_slice(&[8, color_type, 0, 0, 0, 0, 0, 0, 0]);
+            let p = write(dir.path(), name, &b);
+            assert_eq!(
+                import_image(&uploads(&[p])),
+                session("1 file could not be imported"),
+                "{name}"
+            );
+        }
 
-        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0, 0];
-        jpeg.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 8, 0x00, 0x20, 0x00, 0x30, 3]);
-        jpeg.extend_from_slice(&[0; 9]);
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+            .encode(&vec![90u8; 48 * 32 * 3], 48, 32, ExtendedColorType::Rgb8)
+            .unwrap();
         let j = write(dir.path(), "photo.jpg", &jpeg);
         let img = import_image(&uploads(&[j])).unwrap();
         assert_eq!(
             (img.width, img.height, img.color_space.as_str()),
             (48, 32, "RGB")
+        );
+        let cut = write(dir.path(), "cut.jpg", &jpeg[..jpeg.len() / 2]);
+        assert_eq!(
+            import_image(&uploads(&[cut])),
+            session("1 file could not be imported")
         );
     }
 

@@ -138,15 +138,16 @@ impl Kind {
         }
     }
 
-    /// Position of this kind's values in the read representation of an item: values, thumbnails, charts,
-    /// other files, images.
-    pub fn read_rank(self, super_kind: SuperKind) -> u8 {
-        match (super_kind, self.code) {
-            (SuperKind::Value, _) => 0,
-            (_, "JPEG" | "PNG") => 1,
+    /// Position of this kind's values in the read representation of an item or display set, as the
+    /// platform's `sort_civs` groups them: JSON kinds (however stored, so "Anything" kept as a file
+    /// too), thumbnails, charts, other files, images. The group follows from the kind alone.
+    pub fn read_rank(self) -> u8 {
+        match (self.family, self.code) {
             (_, "CHART") => 2,
-            (SuperKind::File, _) => 3,
-            (SuperKind::Image, _) => 4,
+            (Family::Json, _) => 0,
+            (_, "JPEG" | "PNG") => 1,
+            (Family::File(_), _) => 3,
+            (Family::Image | Family::DicomImageSet, _) => 4,
         }
     }
 }
@@ -179,5 +180,22 @@ mod tests {
             by_label("DICOM image set").unwrap().family,
             Family::DicomImageSet
         );
+    }
+
+    #[test]
+    fn read_groups_follow_sort_civs() {
+        let rank = |label: &str| by_label(label).unwrap().read_rank();
+        assert_eq!(
+            rank("Anything"),
+            0,
+            "a JSON kind, even when stored as a file"
+        );
+        assert_eq!(rank("Integer"), 0);
+        assert_eq!(rank("Thumbnail png"), 1);
+        assert_eq!(rank("Thumbnail jpg"), 1);
+        assert_eq!(rank("Chart"), 2, "charts are not among the values");
+        assert_eq!(rank("PDF file"), 3);
+        assert_eq!(rank("Segmentation"), 4);
+        assert_eq!(rank("DICOM Image Set"), 4);
     }
 }

@@ -2,9 +2,13 @@
 //! the platform's behaviour (gc-protocol.md, appendix A) and no account or internet. The official Python
 //! client works against it unchanged.
 //!
-//! - [`fixture`]  the seeded world (users and tokens, sockets, archives, reader studies, items) from TOML.
+//! - [`fixture`]  the seeded world (users and tokens, sockets, archives, reader studies, items,
+//!   algorithms) from TOML.
+//! - [`algorithms`] algorithms, their jobs and the deterministic executor that runs them;
+//!   `algorithm_api` their endpoints.
 //! - [`faults`]   fault injection: statuses, `Retry-After`, latency, dropped connections, upload quotas.
-//! - [`imaging`]  header-level validation of image uploads, as the platform's importer would judge them.
+//! - [`imaging`]  image import as the platform's importer (panimg) judges it, ZIP uploads unpacked first.
+//! - [`corpus`]   a fixed corpus of good and broken image uploads, to check `imaging` against the platform.
 //! - [`schema`]   JSON value validation by socket kind.
 //! - [`kinds`]    the socket kinds: labels, internal codes, families.
 //! - `store`      the in-memory world and its JSON representations; bytes live on disk.
@@ -16,9 +20,12 @@
 //! - `tls`        a throw-away CA and leaf certificate for HTTPS.
 //! - [`command`]  the `gc-hotfolder sandbox` subcommand.
 
+mod algorithm_api;
+pub mod algorithms;
 mod api;
 mod auth;
 pub mod command;
+pub mod corpus;
 pub mod faults;
 pub mod fixture;
 mod http;

@@ -30,6 +30,12 @@ pub enum Route {
     Image(String),
     Sessions,
     Session(String),
+    Algorithms,
+    Algorithm(String),
+    AlgorithmImages,
+    AlgorithmImage(String),
+    Jobs,
+    Job(String),
     Uploads,
     Upload(String),
     UploadAction {
@@ -93,6 +99,12 @@ impl Route {
             Route::Image(_) => "/api/v1/cases/images/{pk}/",
             Route::Sessions => "/api/v1/cases/upload-sessions/",
             Route::Session(_) => "/api/v1/cases/upload-sessions/{pk}/",
+            Route::Algorithms => "/api/v1/algorithms/",
+            Route::Algorithm(_) => "/api/v1/algorithms/{pk}/",
+            Route::AlgorithmImages => "/api/v1/algorithms/images/",
+            Route::AlgorithmImage(_) => "/api/v1/algorithms/images/{pk}/",
+            Route::Jobs => "/api/v1/algorithms/jobs/",
+            Route::Job(_) => "/api/v1/algorithms/jobs/{pk}/",
             Route::Uploads => "/api/v1/uploads/",
             Route::Upload(_) => "/api/v1/uploads/{pk}/",
             Route::UploadAction {
@@ -122,7 +134,7 @@ impl Route {
     /// The methods the endpoint offers (HEAD and OPTIONS are implied for API routes).
     pub fn methods(&self) -> &'static [&'static str] {
         match self {
-            Route::Items(_) | Route::Sessions | Route::Uploads => &["GET", "POST"],
+            Route::Items(_) | Route::Sessions | Route::Uploads | Route::Jobs => &["GET", "POST"],
             Route::Item(..) => &["GET", "PUT", "PATCH"],
             Route::UploadAction {
                 action: UploadAction::ListParts,
@@ -214,6 +226,12 @@ fn resolve_api(rest: &str) -> Option<Route> {
         ["cases", "images", p] => Route::Image(pk(p)?),
         ["cases", "upload-sessions"] => Route::Sessions,
         ["cases", "upload-sessions", p] => Route::Session(pk(p)?),
+        ["algorithms"] => Route::Algorithms,
+        ["algorithms", "images"] => Route::AlgorithmImages,
+        ["algorithms", "images", p] => Route::AlgorithmImage(pk(p)?),
+        ["algorithms", "jobs"] => Route::Jobs,
+        ["algorithms", "jobs", p] => Route::Job(pk(p)?),
+        ["algorithms", p] => Route::Algorithm(pk(p)?),
         ["uploads"] => Route::Uploads,
         ["uploads", p] => Route::Upload(pk(p)?),
         ["uploads", p, id, action] if !id.is_empty() => {

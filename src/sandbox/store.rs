@@ -258,6 +258,7 @@ pub struct World {
     pub uploads: HashMap<Uuid, Upload>,
     pub sessions: HashMap<Uuid, Session>,
     pub notifications: Vec<Notification>,
+    pub algorithms: super::algorithms::Algorithms,
     /// "METHOD /route/pattern/ STATUS" → count.
     pub requests: BTreeMap<String, u64>,
     pub data_dir: PathBuf,
@@ -326,6 +327,7 @@ impl World {
             uploads: HashMap::new(),
             sessions: HashMap::new(),
             notifications: Vec::new(),
+            algorithms: Default::default(),
             requests: BTreeMap::new(),
             data_dir: data_dir.to_path_buf(),
             next_civ: 1000,
@@ -372,6 +374,7 @@ impl World {
                 .map(|u| u.pk)
                 .collect()
         };
+        world.algorithms = super::algorithms::Algorithms::from_fixture(&world, fixture);
         for a in &fixture.archives {
             let allowed = a.allowed_sockets.as_ref().map(|slugs| {
                 slugs
@@ -694,7 +697,8 @@ impl World {
         }
     }
 
-    /// Put `civ` into the item's slot for its socket (replacing any previous value).
+    /// Put `civ` into the item's slot for its socket (replacing any previous value); `item` may also be
+    /// an algorithm job whose inputs are being imported.
     pub fn attach(&mut self, item: Uuid, civ: i64) -> bool {
         let Some(socket) = self.civs.get(&civ).map(|c| c.socket) else {
             return false;
@@ -704,8 +708,18 @@ impl World {
                 item.values.insert(socket, civ);
                 true
             }
-            None => false,
+            None => self.algorithms.attach_input(item, socket, civ),
         }
+    }
+
+    /// Whether background imports may still attach values to `pk` (an item, or a job validating inputs).
+    pub fn takes_values(&self, pk: Uuid) -> bool {
+        self.items.contains_key(&pk)
+            || self
+                .algorithms
+                .jobs
+                .get(&pk)
+                .is_some_and(|j| j.status == super::algorithms::JobStatus::ValidatingInputs)
     }
 }
 
@@ -865,8 +879,9 @@ impl World {
         }
     }
 
-    /// `values` of the read representation: full sockets, sorted values / thumbnails / charts / files /
-    /// images, by slug within each group.
+    /// `values` of the read representation: full sockets, grouped as the platform's `sort_civs` does
+    /// (JSON kinds, thumbnails, charts, other files, images; see `Kind::read_rank`), by slug within
+    /// each group.
     pub fn values_read(&self, item: &Item, urls: &Urls) -> Json {
         let mut entries: Vec<(u8, &str, Json)> = Vec::new();
         for civ_pk in item.values.values() {
@@ -879,7 +894,7 @@ impl World {
             let (value, file, image) = self.civ_parts(civ, urls);
             let s = self.socket_json(socket);
             entries.push((
-                socket.kind.read_rank(socket.super_kind),
+                socket.kind.read_rank(),
                 &socket.slug,
                 json!({"socket": s.clone(), "interface": s, "value": value, "file": file, "image": image, "pk": civ.pk}),
             ));
@@ -1137,6 +1152,7 @@ impl World {
                 "image_set": s.image_set,
             })).collect::<Vec<_>>(),
             "images": self.images.len(),
+            "algorithms": super::algorithms::state_json(self),
             "notifications": self.notifications.iter().map(|n| json!({"user": user_name(n.user), "message": n.message})).collect::<Vec<_>>(),
             "requests": self.requests,
         })

@@ -37,10 +37,17 @@ pub enum Job {
         image_name: String,
         user: UserId,
     },
+    /// Import an algorithm job's uploaded inputs (jobs whose target is the job), then execute it.
+    Algorithm { job: Uuid, inputs: Vec<Job> },
 }
 
 /// Run `job` after the import delay, on the blocking pool.
 pub fn spawn(app: &Arc<App>, job: Job) {
+    if let Job::Algorithm { job, inputs } = job {
+        let handle = tokio::spawn(super::algorithms::execute(app.clone(), job, inputs));
+        app.track(handle.abort_handle());
+        return;
+    }
     let delay = app.config.import_delay;
     let task_app = app.clone();
     let handle = tokio::spawn(async move {
@@ -77,6 +84,10 @@ pub fn run(app: &App, job: Job) {
             image_name,
             user,
         } => dicom_job(app, item, socket, uploads, image_name, user),
+        // Runs as its own task (see `spawn`): it waits for the executor's duration.
+        Job::Algorithm { job, .. } => {
+            tracing::warn!(%job, "an algorithm job reached the blocking worker");
+        }
     }
 }
 
@@ -149,7 +160,7 @@ fn file_job(app: &App, item: Uuid, socket: i64, upload: Uuid, user: UserId) {
         }
     }
     let mut w = lock(app);
-    if !w.items.contains_key(&item) || !w.uploads.contains_key(&upload) {
+    if !w.takes_values(item) || !w.uploads.contains_key(&upload) {
         drop(w);
         let _ = std::fs::remove_dir_all(dest.parent().unwrap_or(&dest));
         return;
@@ -249,14 +260,20 @@ fn session_job(app: &App, session: Uuid) {
         Err(msg) => return fail_session(app, session, msg),
     };
     let work = app.data_dir.join("work").join(session.to_string());
-    let result = assemble(app, &uploads, &work).and_then(|files| {
-        let imported = imaging::import_image(&files).map_err(|e| match e {
-            ImportError::Session(m) => m,
-            ImportError::Socket(m) => match socket {
-                Some(s) => wrap_socket_error(&lock(app), s, &m),
-                None => m,
-            },
-        })?;
+    let unpacked = app
+        .data_dir
+        .join("work")
+        .join(format!("{session}.unpacked"));
+    let result = assemble(app, &uploads, &work).and_then(|uploaded| {
+        // ZIP uploads are unpacked first, as on the platform.
+        let (imported, files) =
+            imaging::import_uploads(&uploaded, &unpacked).map_err(|e| match e {
+                ImportError::Session(m) => m,
+                ImportError::Socket(m) => match socket {
+                    Some(s) => wrap_socket_error(&lock(app), s, &m),
+                    None => m,
+                },
+            })?;
         let pk = Uuid::new_v4();
         let stored = store_image_files(&app.data_dir, pk, &imported, &files).map_err(|e| {
             tracing::warn!(error = %e, "cannot store an imported image");
@@ -265,6 +282,7 @@ fn session_job(app: &App, session: Uuid) {
         Ok((pk, imported, stored))
     });
     let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&unpacked);
     let (image_pk, meta, stored) = match result {
         Ok(v) => v,
         Err(msg) => return fail_session(app, session, msg),

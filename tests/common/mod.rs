@@ -216,25 +216,10 @@ pub fn drop_atomically(drop: &Path, name: &str, write: impl FnOnce(&Path)) {
 
 /// All receipts below a receipts folder, by case.
 pub fn receipts(dir: &Path) -> Vec<gc_hotfolder::receipt::Receipt> {
-    let mut out = Vec::new();
-    let Ok(targets) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for t in targets.flatten().filter(|e| e.path().is_dir()) {
-        let Ok(entries) = std::fs::read_dir(t.path()) else {
-            continue;
-        };
-        for r in entries.flatten() {
-            let name = r.file_name();
-            // Receipts are written as hidden temp files, then renamed: only finished ones count.
-            if r.path().extension().is_some_and(|e| e == "json")
-                && !name.to_string_lossy().starts_with('.')
-                && let Ok(receipt) = gc_hotfolder::receipt::read(&r.path())
-            {
-                out.push(receipt);
-            }
-        }
-    }
+    let mut out: Vec<_> = gc_hotfolder::receipt::all(dir)
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
     out.sort_by(|a, b| a.case.cmp(&b.case));
     out
 }
