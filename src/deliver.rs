@@ -442,7 +442,7 @@ pub async fn deliver(
         routes.push((sp.slug.as_str(), route(case_dir, &socket, &sp.source)?));
     }
 
-    let mut deidentified = match privacy {
+    let deidentified = match privacy {
         Some(privacy) => {
             let images: Vec<PlannedFile> = routes
                 .iter()
@@ -512,7 +512,7 @@ async fn fill(
     let Sent {
         case_dir,
         routes,
-        deidentified,
+        mut deidentified,
     } = sent;
     let sent_from: BTreeMap<&str, &Path> = deidentified
         .staged
