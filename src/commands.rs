@@ -530,7 +530,11 @@ pub fn receipts(args: crate::cli::ReceiptsArgs) -> u8 {
         Some(case) => {
             let abs = std::path::absolute(case).unwrap_or(case.clone());
             let found = all.iter().rev().find(|(_, r)| {
-                Path::new(&r.case_path) == abs || Path::new(&r.case) == case.as_path()
+                // Receipts write names that are not UTF-8 with \xNN escapes: compare in that form too.
+                Path::new(&r.case_path) == abs
+                    || Path::new(&r.case) == case.as_path()
+                    || r.case_path == crate::rules::path_text(&abs)
+                    || r.case == crate::rules::path_text(case)
             });
             match found.map(|(p, _)| std::fs::read_to_string(p)) {
                 Some(Ok(text)) => {

@@ -24,6 +24,7 @@
 //! - [`fsutil`]   atomic file writes (temp file, fsync, rename) shared by receipts and state files.
 //! - [`upload`]   the one-shot `upload` command: cases given on the command line, with progress bars.
 //! - [`pull`]     the way back: an archive's items or a reader study's display sets into folders, resumable.
+//! - [`outbox`]   an algorithm job's outputs as a case folder, written as `pull` writes an item, whole.
 //! - [`commands`] `run`, `check`, `status`, `explain`, `retry`: operating the agent.
 //! - [`preflight`] whether the platform has each folder's target and sockets: `check --online`, and the
 //!   agent before it delivers anything.
@@ -47,6 +48,7 @@ pub mod gc;
 pub mod journal;
 pub mod metrics;
 pub mod notify;
+pub mod outbox;
 pub mod preflight;
 pub mod pull;
 pub mod receipt;

@@ -406,7 +406,7 @@ struct ItemReport {
 
 /// Why a socket was not written: for this socket only, or for everything that follows (the token was
 /// refused or the platform is gone: exit 3; the disk is full or the state cannot be saved: exit 1).
-enum Problem {
+pub(crate) enum Problem {
     Skip(String),
     Fatal(String, u8),
 }
@@ -497,12 +497,6 @@ impl Shared<'_> {
 
     fn record(&self, item_pk: &str) -> Option<ItemRecord> {
         self.recorder().state.items.get(item_pk).cloned()
-    }
-
-    fn staged(&self) -> PathBuf {
-        self.dest
-            .staging
-            .join(format!(".{}", uuid::Uuid::new_v4().simple()))
     }
 }
 
@@ -858,7 +852,17 @@ async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
             Decision::Fetch(path) => path,
         };
         let stale = moved_from(record.as_ref(), &socket.slug, &path, &views);
-        match fetch(sh, &folder, &path, socket, value).await {
+        let fetched = write_value(
+            sh.client,
+            &sh.dest.root,
+            &sh.dest.staging,
+            &folder,
+            &path,
+            socket,
+            value,
+        )
+        .await;
+        match fetched {
             Ok(files) => {
                 report.downloaded += files.len();
                 let written = SocketRecord {
@@ -900,15 +904,19 @@ fn stop(sh: &Shared<'_>, mut report: ItemReport, reason: String, code: u8) -> It
     report
 }
 
-/// Write one socket value below `DEST/<folder>/<path>`; the relative paths of the files written.
-async fn fetch(
-    sh: &Shared<'_>,
+/// Write one socket value below `root/<folder>/<path>`, staged in `staging` (on the same filesystem)
+/// and moved into place whole; the relative paths of the files written. Also writes algorithm outputs
+/// into an outbox, so that both look the same.
+pub(crate) async fn write_value(
+    client: &Client,
+    root: &Path,
+    staging: &Path,
     folder: &str,
     path: &str,
     socket: &Socket,
     value: &ItemValue,
 ) -> Result<Vec<String>, Problem> {
-    let root = &sh.dest.root;
+    let staged = || staging.join(format!(".{}", uuid::Uuid::new_v4().simple()));
     let rel = Path::new(folder).join(path);
     if let Some(parent) = rel.parent() {
         ensure_dirs(root, parent)?;
@@ -920,9 +928,9 @@ async fn fetch(
             let mut bytes = serde_json::to_vec_pretty(value.value.as_ref().unwrap_or(&null))
                 .map_err(|e| Problem::Skip(format!("cannot write the value: {e}")))?;
             bytes.push(b'\n');
-            let staged = sh.staged();
+            let staged = staged();
             write_synced(&staged, &bytes)?;
-            install(&staged, &dest, &sh.dest.staging)?;
+            install(&staged, &dest, staging)?;
             Ok(vec![path.to_owned()])
         }
         SuperKind::File => {
@@ -931,13 +939,13 @@ async fn fetch(
                     "the value has no file (yet); the platform may still be processing it".into(),
                 )
             })?;
-            let staged = sh.staged();
-            let downloaded = sh.client.download(url, &staged).await;
+            let staged = staged();
+            let downloaded = client.download(url, &staged).await;
             if let Err(e) = downloaded {
                 let _ = remove_any(&staged);
                 return Err(e.into());
             }
-            install(&staged, &dest, &sh.dest.staging)?;
+            install(&staged, &dest, staging)?;
             Ok(vec![path.to_owned()])
         }
         SuperKind::Image => {
@@ -946,7 +954,7 @@ async fn fetch(
                     "the value has no image (yet); the platform may still be importing it".into(),
                 )
             })?;
-            let image = sh.client.get_image(url).await?;
+            let image = client.get_image(url).await?;
             if image.dicom_image_set.is_some() {
                 return Err(Problem::Skip(format!(
                     "image {:?} is a DICOM image set, whose files cannot be downloaded through the API",
@@ -970,16 +978,16 @@ async fn fetch(
                 }
                 names.push(name);
             }
-            let staged = sh.staged();
+            let staged = staged();
             std::fs::create_dir(&staged)?;
             for (f, name) in image.files.iter().zip(&names) {
-                if let Err(e) = sh.client.download(&f.file, &staged.join(name)).await {
+                if let Err(e) = client.download(&f.file, &staged.join(name)).await {
                     let _ = remove_any(&staged);
                     return Err(e.into());
                 }
             }
             sync_dir(&staged)?;
-            install(&staged, &dest, &sh.dest.staging)?;
+            install(&staged, &dest, staging)?;
             Ok(names.iter().map(|n| format!("{path}/{n}")).collect())
         }
     }

@@ -610,6 +610,16 @@ async fn folders_named_alike_but_for_bytes_that_are_not_utf8_are_two_cases() {
     assert_eq!(rs.len(), 2, "a receipt each: {rs:?}");
     let cases: Vec<&str> = rs.iter().map(|r| r.case.as_str()).collect();
     assert_eq!(cases, ["M\\xf6ller", "M\\xfcller"]);
+    // `receipts CASE` finds each by its real path.
+    let out = bin()
+        .args(["receipts", "--config"])
+        .arg(&cfg)
+        .arg(drop.join(OsStr::from_bytes(names[0])))
+        .output()
+        .unwrap();
+    let one: Receipt =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(one.case, "M\\xfcller");
     let st = state(&sb).await;
     let items = items_of(&st, "demo-archive");
     assert_eq!(items.len(), 2, "{items:?}");

@@ -616,3 +616,25 @@ title = "A"
         "an input cannot also be an output"
     );
 }
+
+#[test]
+fn the_readme_algorithm_loads_with_the_readme_world() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = |start: &str| -> String {
+        let from = &readme[readme.find(start).unwrap()..];
+        from[..from.find("```").unwrap()]
+            .lines()
+            .map(str::trim_start)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let text = format!(
+        "{}\n{}",
+        block("# my-world.toml"),
+        block("[[algorithm]]\nslug")
+    );
+    let f = Fixture::from_toml_str(&text, std::path::Path::new(".")).unwrap();
+    assert_eq!(f.algorithms.len(), 1);
+    assert_eq!(f.algorithms[0].duration, std::time::Duration::from_secs(5));
+}

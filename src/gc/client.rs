@@ -825,7 +825,7 @@ impl Client {
     }
 
     /// Hand every row of a list endpoint to `visit`, page by page, until it breaks or the list ends.
-    async fn walk<T: DeserializeOwned>(
+    pub(crate) async fn walk<T: DeserializeOwned>(
         &self,
         path: &str,
         filters: &[(&str, &str)],

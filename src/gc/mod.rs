@@ -11,7 +11,9 @@
 //! - [`client`]  [`Client`]: HTTP, TLS, lookups by slug with caching, pagination, items, images and values.
 //! - [`uploads`] S3 multipart uploads streamed from disk, bounded concurrency, resume via list-parts.
 //! - [`verify`]  polling until every socket shows its new value, or an import session reports `Failed`.
+//! - [`algorithms`] algorithms and their interfaces, starting, following and finding jobs.
 
+pub mod algorithms;
 pub mod auth;
 pub mod client;
 pub mod error;
@@ -20,6 +22,9 @@ pub mod retry;
 pub mod uploads;
 pub mod verify;
 
+pub use algorithms::{
+    Algorithm, AlgorithmInterface, CreatedJob, Job, JobFilter, JobPolling, JobStatus,
+};
 pub use auth::{TOKEN_ENV, Token};
 pub use client::{Client, ClientConfig, DEFAULT_PART_SIZE};
 pub use error::GcError;

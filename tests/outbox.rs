@@ -1,0 +1,135 @@
+//! An algorithm job's outputs written into the outbox as one case folder, as `pull` writes an item:
+//! against the sandbox over loopback, compared byte for byte with what the sandbox holds.
+
+mod client_support;
+
+use std::time::Duration;
+
+use client_support::*;
+use gc_hotfolder::gc::models::{ValueEntry, ValueSource};
+use gc_hotfolder::gc::{JobPolling, JobStatus, LocalFile, NoObserver};
+use gc_hotfolder::outbox::{self, Written};
+use gc_hotfolder::sandbox::FaultRule;
+use sha2::Digest;
+
+#[tokio::test]
+async fn a_jobs_outputs_become_one_complete_case_folder() {
+    let sb = sandbox().await;
+    let c = client(&sb);
+    let dir = tempfile::tempdir().unwrap();
+    let mha = dir.path().join("ct.mha");
+    gc_hotfolder::samples::write_mha(&mha, [6, 5, 4], 2).unwrap();
+    let upload = c
+        .upload_file(
+            &LocalFile {
+                path: mha.clone(),
+                filename: "ct.mha".into(),
+            },
+            None,
+            &NoObserver,
+        )
+        .await
+        .unwrap();
+    let a = c.algorithm("lung-volume-estimator").await.unwrap();
+    let created = c
+        .start_job(
+            &a,
+            &[ValueEntry {
+                socket: "ct-image".into(),
+                source: ValueSource::UserUploads(vec![upload.api_url]),
+            }],
+        )
+        .await
+        .unwrap();
+    let polling = JobPolling {
+        first_poll: Duration::from_millis(20),
+        max_poll: Duration::from_millis(200),
+        deadline: Duration::from_secs(20),
+    };
+    let job = c.await_job(&created.pk, &polling).await.unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded);
+
+    let box_dir = dir.path().join("outbox");
+    std::fs::create_dir(&box_dir).unwrap();
+
+    // The platform's files are out of reach: nothing appears, nothing is left behind.
+    sb.set_faults(vec!["GET /media/* 500".parse::<FaultRule>().unwrap()])
+        .unwrap();
+    let err = outbox::write_case(&c, &box_dir, "patient-1", &job.outputs)
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("output "), "{err}");
+    assert!(!box_dir.join("patient-1").exists());
+    sb.set_faults(Vec::new()).unwrap();
+
+    let written = outbox::write_case(&c, &box_dir, "patient-1", &job.outputs)
+        .await
+        .unwrap();
+    let Written::New(mut files) = written else {
+        panic!("{written:?}")
+    };
+    files.sort();
+    let case = box_dir.join("patient-1");
+    let state = sb.state();
+    let out = |slug: &str| {
+        state["algorithms"][0]["jobs"][0]["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["socket"] == slug)
+            .cloned()
+            .unwrap()
+    };
+    let image_name = out("generic-medical-image")["image"]["files"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        files,
+        [
+            format!("images/generic-medical-image/{image_name}"),
+            "lung-volume.json".to_string(),
+            "results.json".to_string(),
+        ]
+    );
+    let volume: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(case.join("lung-volume.json")).unwrap()).unwrap();
+    assert_eq!(volume, out("lung-volume")["value"]);
+    assert_eq!(volume, 120.0, "6 × 5 × 4 voxels");
+    let sha = |p: &std::path::Path| hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()));
+    assert_eq!(
+        out("results-json")["file"]["sha256"],
+        sha(&case.join("results.json"))
+    );
+    assert_eq!(
+        sha(&case.join("images/generic-medical-image").join(&image_name)),
+        sha(&mha),
+        "the image output is byte-identical"
+    );
+    let staging = box_dir.join(outbox::STAGING_DIR);
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+
+    // Again (as after a crash before the journal noted it): the complete folder stays as it is.
+    let downloads = count(
+        &sb,
+        "GET /media/components/componentinterfacevalue/{pk}/{name} 200",
+    );
+    assert_eq!(
+        outbox::write_case(&c, &box_dir, "patient-1", &job.outputs)
+            .await
+            .unwrap(),
+        Written::AlreadyThere
+    );
+    assert_eq!(
+        count(
+            &sb,
+            "GET /media/components/componentinterfacevalue/{pk}/{name} 200"
+        ),
+        downloads
+    );
+    assert!(
+        outbox::write_case(&c, &box_dir, "../escape", &job.outputs)
+            .await
+            .is_err()
+    );
+}
