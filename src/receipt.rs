@@ -92,7 +92,8 @@ pub struct FileReceipt {
     /// SHA-256 of the file in the case folder.
     pub sha256: String,
     /// SHA-256 of what was sent: the de-identified copy for DICOM files, else the file itself. Empty
-    /// until delivered.
+    /// until delivered, and for files this revision did not send (an update sends only the sockets
+    /// whose files changed; an earlier revision's receipt has them).
     #[serde(default)]
     pub sent_sha256: String,
     /// Sent as a de-identified copy.
@@ -347,7 +348,10 @@ impl Receipt {
                         f.sent_sha256 = st.sha256.clone();
                         f.deidentified = true;
                     }
-                    None => f.sent_sha256 = f.sha256.clone(),
+                    None if d.deidentified.sent.contains(&f.path) => {
+                        f.sent_sha256 = f.sha256.clone();
+                    }
+                    None => {}
                 }
             }
             if let Some(v) = d.sockets.iter().find(|v| v.slug == s.slug) {
