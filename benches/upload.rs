@@ -5,6 +5,10 @@
 //! Then a child process uploads a large file (default 4 GiB) and reports its peak RSS, which should stay
 //! flat whatever the file size.
 //!
+//! Then DICOM de-identification: its own throughput on a 100-slice 512×512 CT series, and the rate of
+//! de-identifying and uploading that series against uploading it as it is (what de-identification costs
+//! a delivery; the goal is that it does not halve the rate).
+//!
 //! Environment: `GC_BENCH_SIZE` (bytes for the throughput run, default 1 GiB), `GC_BENCH_BIG` (bytes for
 //! the memory run, default 4 GiB), `GC_BENCH_DIR` (where the files go, default a temp dir).
 
@@ -67,6 +71,8 @@ fn main() {
     );
     let _ = std::fs::remove_file(&file);
 
+    dicom_series(&rt, &base, tmp.path());
+
     let bigfile = tmp.path().join("big.bin");
     gc_hotfolder::samples::write_large_file(&bigfile, big, 8).expect("big payload");
     let out = Command::new(std::env::current_exe().expect("exe"))
@@ -83,6 +89,87 @@ fn main() {
     println!("  goal: flat, ≤ 100 MiB peak RSS");
     let _ = sandbox.kill();
     let _ = sandbox.wait();
+}
+
+/// De-identification alone, then the series uploaded as it is and de-identified + uploaded, as a delivery
+/// does it (all copies first, then the uploads, files in parallel).
+fn dicom_series(rt: &tokio::runtime::Runtime, base: &str, dir: &Path) {
+    use gc_hotfolder::deidentify::{Procedure, UidMap, deidentify_file};
+    let series = dir.join("series");
+    std::fs::create_dir_all(&series).expect("series dir");
+    let ids = gc_hotfolder::samples::DicomSeriesIds::new(11);
+    let files = gc_hotfolder::samples::write_dicom_series(&series, 100, 512, 512, &ids, 11)
+        .expect("series");
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+    let mb = bytes as f64 / MIB;
+    let procedure = Procedure::builtin().expect("procedure");
+    let staging = dir.join("staging");
+    std::fs::create_dir_all(&staging).expect("staging dir");
+    let deidentify = || {
+        let uids = UidMap::random();
+        let t = Instant::now();
+        let out: Vec<PathBuf> = files
+            .iter()
+            .map(|f| {
+                let dst = staging.join(f.file_name().expect("name"));
+                deidentify_file(procedure, &uids, f, &dst).expect("de-identified");
+                dst
+            })
+            .collect();
+        (out, t.elapsed().as_secs_f64())
+    };
+    // Warm the page cache for both sides.
+    for f in &files {
+        let _ = std::fs::read(f).map(|b| b.len());
+    }
+    let (_, deid_only) = deidentify();
+    let plain = rt.block_on(upload_all(base, &files));
+    let (copies, deid) = deidentify();
+    let sent = rt.block_on(upload_all(base, &copies));
+    let with = deid + sent;
+    println!("DICOM series, 100 slices of 512×512 (16 bit), {mb:.1} MiB in 100 files:");
+    println!(
+        "  de-identification alone   {:8.1} MiB/s  ({deid_only:.2} s)",
+        mb / deid_only
+    );
+    println!(
+        "  upload as it is           {:8.1} MiB/s  ({plain:.2} s)",
+        mb / plain
+    );
+    println!(
+        "  de-identify + upload      {:8.1} MiB/s  ({deid:.2} s + {sent:.2} s)",
+        mb / with
+    );
+    println!(
+        "  rate with / without       {:8.2}×  (goal ≥ 0.5×)",
+        plain / with
+    );
+    let _ = std::fs::remove_dir_all(&series);
+    let _ = std::fs::remove_dir_all(&staging);
+}
+
+/// Upload the files as a delivery does: all at once, the client bounding files and parts in flight.
+async fn upload_all(base: &str, files: &[PathBuf]) -> f64 {
+    let c = client(base);
+    let t = Instant::now();
+    let uploads = files.iter().map(|f| {
+        let local = LocalFile {
+            path: f.clone(),
+            filename: f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        let c = &c;
+        async move { c.upload_file(&local, None, &NoObserver).await }
+    });
+    futures_util::future::try_join_all(uploads)
+        .await
+        .expect("uploads");
+    t.elapsed().as_secs_f64()
 }
 
 fn peak_rss_kib() -> u64 {

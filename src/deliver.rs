@@ -148,6 +148,9 @@ pub struct Deidentified {
     pub staged: Vec<Staged>,
     /// Said at delivery, and kept in the receipt: e.g. a title that repeats a patient's ID.
     pub warnings: Vec<String>,
+    /// Every file uploaded by this delivery (relative paths), copies or not: an update sends only the
+    /// sockets that changed.
+    pub sent: Vec<String>,
 }
 
 /// Which item the case goes into.
@@ -509,7 +512,7 @@ async fn fill(
     let Sent {
         case_dir,
         routes,
-        deidentified,
+        mut deidentified,
     } = sent;
     let sent_from: BTreeMap<&str, &Path> = deidentified
         .staged
@@ -527,6 +530,7 @@ async fn fill(
             Route::Value(_) => vec![],
         })
         .collect();
+    deidentified.sent = files.iter().map(|f| f.path.clone()).collect();
     let failed = Mutex::new(None);
     let uploads = try_join_all(files.iter().map(|f| {
         let local = sent_from

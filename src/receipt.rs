@@ -92,7 +92,8 @@ pub struct FileReceipt {
     /// SHA-256 of the file in the case folder.
     pub sha256: String,
     /// SHA-256 of what was sent: the de-identified copy for DICOM files, else the file itself. Empty
-    /// until delivered.
+    /// until delivered, and for files this revision did not send (an update sends only the sockets
+    /// whose files changed; an earlier revision's receipt has them).
     #[serde(default)]
     pub sent_sha256: String,
     /// Sent as a de-identified copy.
@@ -210,6 +211,7 @@ pub fn write(dir: &Path, key: CaseKey<'_>, receipt: &Receipt) -> std::io::Result
         write_atomic(&history_path(dir, key, receipt), &json)?;
     }
     write_atomic(&path, &json)?;
+    retire_earlier_layout(dir, key, receipt);
     let mut line = serde_json::to_vec(receipt).map_err(std::io::Error::other)?;
     line.push(b'\n');
     let mut audit = std::fs::OpenOptions::new()
@@ -220,6 +222,28 @@ pub fn write(dir: &Path, key: CaseKey<'_>, receipt: &Receipt) -> std::io::Result
     audit.write_all(&line)?;
     audit.sync_data()?;
     Ok(path)
+}
+
+/// Remove this case's receipt of the earlier layout (`<target>/<case with / as __>.json`, written before
+/// receipts were kept per drop folder), now that the new one is written: one latest receipt per case. Only
+/// a receipt of this very case folder is removed; the earlier layout could hold another folder's.
+fn retire_earlier_layout(dir: &Path, key: CaseKey<'_>, receipt: &Receipt) {
+    let old_name = format!(
+        "{}.json",
+        key.case
+            .to_string_lossy()
+            .replace('/', "__")
+            .replace('\0', "")
+    );
+    let old = dir
+        .join(receipt.target.slug.replace('/', "__"))
+        .join(old_name);
+    let same_case = read(&old).is_ok_and(|r| {
+        Path::new(&r.case_path) == key.folder.join(key.case) || r.case_path == receipt.case_path
+    });
+    if same_case && let Err(e) = std::fs::remove_file(&old) {
+        tracing::warn!(path = %old.display(), "cannot remove the receipt of the earlier layout: {e}");
+    }
 }
 
 /// Read a receipt back.
@@ -324,7 +348,10 @@ impl Receipt {
                         f.sent_sha256 = st.sha256.clone();
                         f.deidentified = true;
                     }
-                    None => f.sent_sha256 = f.sha256.clone(),
+                    None if d.deidentified.sent.contains(&f.path) => {
+                        f.sent_sha256 = f.sha256.clone();
+                    }
+                    None => {}
                 }
             }
             if let Some(v) = d.sockets.iter().find(|v| v.slug == s.slug) {
@@ -420,6 +447,31 @@ mod tests {
         );
         assert_eq!(read(&folder.join("history/p1.r1.json")).unwrap(), r);
         assert_eq!(all(dir.path()), vec![(p, r)]);
+    }
+
+    #[test]
+    fn a_receipt_of_the_earlier_layout_gives_way_to_the_new_one_of_the_same_case_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut theirs = sample();
+        theirs.case_path = "/elsewhere/p1".into();
+        let mut ours = sample();
+        ours.case_path = "/drop/p1".into();
+        // Written by an earlier version: two folders' cases named p1 shared one file, and q2 had one.
+        let earlier = dir.path().join("a");
+        std::fs::create_dir_all(&earlier).unwrap();
+        let write_old = |name: &str, r: &Receipt| {
+            std::fs::write(earlier.join(name), serde_json::to_vec(r).unwrap()).unwrap()
+        };
+        write_old("p1.json", &theirs);
+        write(dir.path(), key(), &ours).unwrap();
+        assert!(
+            earlier.join("p1.json").is_file(),
+            "another folder's receipt stays"
+        );
+        write_old("p1.json", &ours);
+        write(dir.path(), key(), &ours).unwrap();
+        assert!(!earlier.join("p1.json").exists(), "this case's is replaced");
+        assert_eq!(all(dir.path()).len(), 1);
     }
 
     #[test]

@@ -99,6 +99,28 @@ async fn dicom_leaves_only_de_identified_and_bad_dicom_is_stopped_before_the_pla
     drop_atomically(&drop, "plain", |d| archive_case(d, 0));
 
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    // `check` points out the folder named after its patient among the cases present, and only that one.
+    let check = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("case DOE_JANE: WARNING: the case's folder name repeats the Patient's Name"),
+        "check says:\n{said}"
+    );
+    assert_eq!(
+        said.matches("WARNING").count(),
+        2,
+        "folder name and title: {said}"
+    );
+    assert!(
+        !said.contains(NAME),
+        "check does not print the identifier itself"
+    );
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     let rs = wait_receipts(&state_dir, 5, Duration::from_secs(90)).await;
     let by = |case: &str| rs.iter().find(|r| r.case == case).unwrap();
@@ -263,4 +285,95 @@ async fn a_folder_that_opts_out_is_warned_about_and_sends_dicom_as_it_is() {
         "sent as it is, the patient ID is in the sandbox's storage"
     );
     agent.stop();
+}
+
+/// `kill -9` in the middle of a de-identified file's multipart upload: the restarted agent makes the copy
+/// again from the case's secret in the journal and resumes the upload with it, so the platform ends up
+/// with exactly the bytes the receipt names, not a mix of two copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_de_identified_upload_killed_midway_resumes_with_the_same_bytes() {
+    use gc_hotfolder::sandbox::faults::{FaultAction, FaultRule};
+    let sb = sandbox_with(|o| {
+        o.faults.push(FaultRule {
+            method: Some("PUT".into()),
+            path: "/s3/*".into(),
+            probability: 1.0,
+            action: FaultAction::Latency { ms: 600 },
+            after: false,
+            times: None,
+        })
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let state_dir = tmp.path().join("state");
+    // One slice of 2048 × 2560 × 16 bit: 10 MiB, two 5 MiB parts, sent one part at a time.
+    drop_atomically(&drop, "big", |d| {
+        let mut ids = DicomSeriesIds::new(9);
+        ids.patient_name = NAME.into();
+        std::fs::create_dir_all(d.join("dicom")).unwrap();
+        samples::write_dicom_series(&d.join("dicom"), 1, 2048, 2560, &ids, 9).unwrap();
+    });
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "part_size = \"5MiB\"",
+        "part_size = \"5MiB\"\nparallel_parts = 1",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let log = tmp.path().join("agent.log");
+
+    let agent = Agent::start(&cfg, &log);
+    let journal = state_dir.join("journal.sqlite3");
+    eventually(
+        Duration::from_secs(60),
+        "a part done, the upload open",
+        async || {
+            let db = rusqlite::Connection::open(&journal).ok()?;
+            let parts: i64 = db
+                .query_row("SELECT COUNT(*) FROM parts", [], |r| r.get(0))
+                .ok()?;
+            let open: i64 = db
+                .query_row(
+                    "SELECT COUNT(*) FROM uploads WHERE completed = 0",
+                    [],
+                    |r| r.get(0),
+                )
+                .ok()?;
+            (parts >= 1 && open == 1).then_some(())
+        },
+    )
+    .await;
+    agent.kill9();
+
+    let agent = Agent::start(&cfg, &log);
+    let r = receipt_for(&state_dir, "big").await;
+    agent.stop();
+    assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("resuming=true"),
+        "the second agent resumed the delivery"
+    );
+    let f = &r.sockets[0].files[0];
+    assert!(f.deidentified);
+    let st = state(&sb).await;
+    let item = items_of(&st, "demo-archive")
+        .into_iter()
+        .find(|i| i["title"] == "big")
+        .cloned()
+        .unwrap();
+    let stored: Vec<String> = item["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["image"].is_object())
+        .flat_map(|v| v["image"]["files"].as_array().unwrap().clone())
+        .map(|f| f["sha256"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        stored,
+        vec![f.sent_sha256.clone()],
+        "the platform holds the copy the receipt names"
+    );
 }

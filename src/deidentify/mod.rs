@@ -637,6 +637,7 @@ pub fn patient_identifiers(path: &Path) -> Option<(Option<String>, Option<String
     }
     let file = File::open(path).ok()?;
     let mut collector = DicomCollector::new(BufReader::new(file));
+    collector.read_file_meta().ok()?;
     let mut header = InMemDicomObject::new_empty();
     collector.read_dataset_up_to_pixeldata(&mut header).ok()?;
     Some((
