@@ -24,10 +24,22 @@ use crate::gc::verify::VerifyTiming;
 use crate::gc::{Client, TargetKind};
 use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, Step};
 use crate::notify::{Alert, Notifier};
+use crate::preflight::Verdict;
 use crate::receipt::{CaseFacts, CaseKey, ItemRef, Receipt, TargetRef};
 use crate::rules::{self, Manifest};
 use crate::settle::{Decision, SettleRules, Snapshot, Tracker, Waiting};
 use crate::watch::{self, Hint};
+
+/// Why the agent holds a drop folder's cases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Held {
+    /// Its target and sockets are being checked on the platform.
+    Checking,
+    /// The platform could not say yet (unreachable, token refused).
+    Unknown(String),
+    /// The target or a socket is not on the platform, or does not fit its rule.
+    Unusable(String),
+}
 
 /// How the agent paces itself (from the config's `[agent]` section).
 #[derive(Debug, Clone)]
@@ -119,6 +131,8 @@ struct Slot {
     /// Since when (agent clock) the case has been waiting to be delivered; `None` once it is delivered or
     /// quarantined.
     pending_since: Option<Duration>,
+    /// The case is ready but its folder is paused or held, and the journal says so.
+    held: bool,
 }
 
 /// How a delivery task ended.
@@ -206,6 +220,22 @@ pub async fn run(
         options,
         notifier,
     });
+    if let Err(e) = shared.journal.clear_held() {
+        tracing::error!("cannot clear the held folders of an earlier run: {e}");
+    }
+    let paused_folders = journal_paused(&shared.journal);
+    for f in shared
+        .config
+        .folders
+        .iter()
+        .filter(|f| paused_folders.contains(&f.path))
+    {
+        tracing::warn!(
+            folder = %f.path.display(),
+            "this drop folder is paused: its cases are watched but not delivered until `gc-hotfolder resume`"
+        );
+    }
+    let (preflight_tx, mut verdicts) = mpsc::unbounded_channel();
     let (hint_tx, mut hints) = mpsc::unbounded_channel();
     let mut watches = watch::start(
         &shared.config.folders,
@@ -223,11 +253,17 @@ pub async fn run(
         timers: BinaryHeap::new(),
         tasks: JoinSet::new(),
         paused: HashMap::new(),
-        paused_folders: journal_paused(&shared.journal),
+        paused_folders,
+        held: HashMap::new(),
+        missing: HashSet::new(),
+        preflight: None,
+        generation: 0,
+        preflight_tx,
         senders: Some(senders),
         config_tx,
     };
     drop(shared);
+    loop_.start_preflight();
     crate::service::ready(&status_line(&loop_.shared.journal));
     let mut heartbeat = tokio::time::interval(
         crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)),
@@ -259,10 +295,14 @@ pub async fn run(
                 Err(e) => tracing::error!("a delivery task failed: {e}"),
             },
             _ = sleep_until(next_timer) => loop_.on_timers()?,
+            Some((generation, folder, verdict)) = verdicts.recv() => {
+                loop_.on_verdict(generation, folder, verdict, &hint_tx)?
+            }
             Some(()) = hangup(&mut hangups) => {
                 crate::service::reloading();
                 if let Some(w) = loop_.reload(&hint_tx) {
                     watches = w;
+                    loop_.start_preflight();
                 }
                 tracing::debug!(folders = watches.modes().len(), "watching");
                 crate::service::ready(&status_line(&loop_.shared.journal));
@@ -372,6 +412,16 @@ struct Loop {
     paused: HashMap<(TargetKind, String), Duration>,
     /// Drop folders an operator paused (`gc-hotfolder pause`).
     paused_folders: std::collections::BTreeSet<PathBuf>,
+    /// Drop folders whose target and sockets are not known to be on the platform (not checked yet, or
+    /// missing there), and why: their cases wait.
+    held: HashMap<PathBuf, Held>,
+    /// Drop folders that could not be listed at the last scan (said once, not at every poll).
+    missing: HashSet<PathBuf>,
+    /// The task asking the platform about each folder's target and sockets, for the current config.
+    preflight: Option<AbortOnDrop>,
+    /// Counts configs; a verdict about an older one is ignored.
+    generation: u64,
+    preflight_tx: mpsc::UnboundedSender<(u64, PathBuf, Verdict)>,
     /// The webhook tasks.
     senders: Option<crate::notify::Senders>,
     /// Tells the metrics server about a reloaded config.
@@ -389,6 +439,9 @@ impl Loop {
             Ok(now_paused) => {
                 for folder in self.paused_folders.difference(&now_paused) {
                     tracing::info!(folder = %folder.display(), "resumed");
+                    for (_, slot) in self.slots.iter_mut().filter(|(p, _)| p.starts_with(folder)) {
+                        slot.held = false;
+                    }
                     let _ = hint_tx.send(Hint::Scan {
                         folder: folder.clone(),
                         why: watch::ScanReason::Reconcile,
@@ -416,6 +469,119 @@ impl Loop {
             }
             Err(e) => tracing::error!("cannot read retry requests: {e}"),
         }
+    }
+
+    /// Ask the platform about every folder of the current config; until it answers, their cases wait.
+    fn start_preflight(&mut self) {
+        self.generation += 1;
+        let generation = self.generation;
+        let folders = self.shared.config.folders.clone();
+        for f in &folders {
+            self.held.insert(f.path.clone(), Held::Checking);
+        }
+        self.held
+            .retain(|p, _| folders.iter().any(|f| &f.path == p));
+        let client = self.shared.client.clone();
+        let tx = self.preflight_tx.clone();
+        let (first, max) = (
+            self.shared.options.retry_first,
+            self.shared.options.retry_max,
+        );
+        self.preflight = Some(AbortOnDrop(tokio::spawn(async move {
+            let mut pending = folders;
+            let mut wait = first;
+            loop {
+                let mut again = Vec::new();
+                for f in pending {
+                    let verdict = crate::preflight::check_folder(&client, &f).await.verdict;
+                    if verdict != Verdict::Usable {
+                        again.push(f.clone());
+                    }
+                    if tx.send((generation, f.path.clone(), verdict)).is_err() {
+                        return;
+                    }
+                }
+                if again.is_empty() {
+                    return;
+                }
+                // A folder naming what the platform lacks is asked about again too: the target may be
+                // created there, and then its cases go without a restart.
+                pending = again;
+                tokio::time::sleep(wait).await;
+                wait = wait.saturating_mul(2).min(max);
+            }
+        })));
+    }
+
+    /// What the platform said about a folder: let its cases go, or hold them and say why (once).
+    fn on_verdict(
+        &mut self,
+        generation: u64,
+        path: PathBuf,
+        verdict: Verdict,
+        hint_tx: &mpsc::UnboundedSender<Hint>,
+    ) -> Result<(), JournalError> {
+        if generation != self.generation {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let Some(folder) = shared.config.folders.iter().find(|f| f.path == path) else {
+            return Ok(());
+        };
+        let before = self.held.get(&path).cloned();
+        let now = match verdict {
+            Verdict::Usable => None,
+            Verdict::Unknown(why) => Some(Held::Unknown(format!(
+                "cannot check its {} {} and sockets on the platform yet: {why}",
+                kind_name(folder.target),
+                folder.target_slug
+            ))),
+            Verdict::Unusable(why) => Some(Held::Unusable(format!(
+                "the platform does not have what folder[{}] of {} names: {why}",
+                folder.index,
+                shared.config.file.display()
+            ))),
+        };
+        match &now {
+            None => {
+                self.held.remove(&path);
+                shared.journal.set_held(&path, None)?;
+                if matches!(before, Some(Held::Unusable(_) | Held::Unknown(_))) {
+                    tracing::info!(folder = %path.display(), "the platform has this folder's target and sockets now: delivering its cases");
+                } else {
+                    tracing::debug!(folder = %path.display(), "target and sockets found on the platform");
+                }
+                for (_, slot) in self.slots.iter_mut().filter(|(p, _)| p.starts_with(&path)) {
+                    slot.held = false;
+                }
+                let _ = hint_tx.send(Hint::Scan {
+                    folder: path.clone(),
+                    why: watch::ScanReason::Reconcile,
+                });
+            }
+            Some(held) => {
+                let (Held::Unknown(why) | Held::Unusable(why)) = held else {
+                    return Ok(());
+                };
+                shared.journal.set_held(&path, Some(why))?;
+                if before.as_ref() != Some(held) {
+                    match held {
+                        Held::Unusable(_) => {
+                            tracing::error!(folder = %path.display(), "{why}; its cases are held until the config is fixed and reloaded");
+                            shared.notifier.send(Alert::about_target(
+                                AlertKind::FolderHeld,
+                                folder,
+                                "held",
+                                why,
+                            ));
+                        }
+                        _ => tracing::warn!(folder = %path.display(), "{why}; its cases wait"),
+                    }
+                }
+                self.held.insert(path, held.clone());
+            }
+        }
+        Ok(())
     }
 
     /// What the metrics report about cases in memory.
@@ -477,6 +643,9 @@ impl Loop {
                 crate::metrics::global().scanned(why.name());
                 match watch::list_cases(f) {
                     Ok(cases) => {
+                        if self.missing.remove(&f.path) {
+                            tracing::info!(folder = %f.path.display(), "the drop folder is back");
+                        }
                         let n = cases.len();
                         let present: HashSet<PathBuf> = cases.iter().cloned().collect();
                         for case_dir in cases {
@@ -503,7 +672,20 @@ impl Loop {
                         Ok(())
                     }
                     Err(e) => {
-                        tracing::error!(folder = %f.path.display(), "cannot list the drop folder: {e}");
+                        if self.missing.insert(f.path.clone()) {
+                            let why = crate::watch::folder_missing(&f.path)
+                                .unwrap_or_else(|| format!("cannot be listed: {e}"));
+                            tracing::error!(
+                                folder = %f.path.display(),
+                                "the drop folder {why}; nothing is delivered from it until it is back"
+                            );
+                            shared.notifier.send(Alert::about_target(
+                                AlertKind::FolderMissing,
+                                f,
+                                "missing",
+                                &format!("the drop folder {why}"),
+                            ));
+                        }
                         Ok(())
                     }
                 }
@@ -638,6 +820,7 @@ impl Loop {
                 not_before: None,
                 failures: 0,
                 pending_since: None,
+                held: false,
             });
         if slot.in_flight {
             slot.dirty = true;
@@ -774,8 +957,26 @@ impl Loop {
             .tracker
             .observe(now, &snapshot, &self.settle_rules[folder_idx])
         {
-            Decision::Ready if self.paused_folders.contains(&folder.path) => {
-                tracing::debug!(case = %case, "ready, but its folder is paused");
+            Decision::Ready
+                if self.paused_folders.contains(&folder.path)
+                    || self.held.contains_key(&folder.path) =>
+            {
+                if !slot.held {
+                    slot.held = true;
+                    let why = match self.held.get(&folder.path) {
+                        Some(Held::Unusable(why) | Held::Unknown(why)) => format!("held: {why}"),
+                        Some(Held::Checking) => {
+                            "held until its target and sockets are checked on the platform".into()
+                        }
+                        None => {
+                            "held while its folder is paused (`gc-hotfolder resume` delivers it)"
+                                .into()
+                        }
+                    };
+                    tracing::info!(case = %case, "ready, {why}");
+                    let rec = shared.journal.discover(&folder.path, &rel)?;
+                    shared.journal.note(rec.id, &format!("ready, {why}"))?;
+                }
             }
             Decision::Ready => {
                 let key = (folder.target, folder.target_slug.clone());
@@ -784,6 +985,7 @@ impl Loop {
                     return Ok(());
                 }
                 tracing::info!(case = %case, "ready");
+                slot.held = false;
                 let rec = shared.journal.discover(&folder.path, &rel)?;
                 slot.in_flight = true;
                 slot.dirty = false;
@@ -949,15 +1151,17 @@ pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path) {
     }
     let result = match &folder.after {
         After::Leave => return,
-        After::Delete => std::fs::remove_dir_all(case_dir),
-        After::Move(dest) => move_case(case_dir, &dest.join(case)).map(|_| ()),
+        After::Delete => std::fs::remove_dir_all(case_dir).map(|()| "deleted".to_owned()),
+        After::Move(dest) => {
+            move_case(case_dir, &dest.join(case)).map(|to| format!("moved to {}", to.display()))
+        }
     };
     let case = rules::path_text(case);
     match result {
-        Ok(()) => tracing::info!(case, "post-action done: {:?}", folder.after),
+        Ok(done) => tracing::info!(case, "post-action done: {done}"),
         Err(e) => tracing::error!(
             case,
-            "post-action {:?} failed (the case stays where it is): {e}",
+            "post-action ({}) failed, the case stays where it is: {e}",
             folder.after
         ),
     }
@@ -1122,6 +1326,14 @@ impl Delivery {
                 }
                 sh.journal.delivered(self.rec.id, &manifest)?;
                 tracing::info!(case = %self.case, item = %d.item_pk, "delivered and verified");
+                if !plan.unmatched.is_empty() {
+                    tracing::warn!(
+                        case = %self.case,
+                        "{} file(s) of the case matched no socket rule and were not sent: {}",
+                        plan.unmatched.len(),
+                        plan.unmatched.join(", ")
+                    );
+                }
                 apply_after(folder, &self.case_dir, &self.rel);
                 Ok(Done::Delivered)
             }

@@ -74,7 +74,9 @@ pub enum Command {
     Run(RunArgs),
     /// Validate a config file; with --online also the token, the targets and every socket.
     ///
-    /// Exit status: 0 valid, 2 invalid config, 3 the platform disagrees (token, target or socket).
+    /// Also warns about files the service's own user could not read (a 0700 folder, a root-only
+    /// token_file). Exit status: 0 valid, 1 valid but a drop folder does not exist or cannot be listed,
+    /// 2 invalid config, 3 the platform disagrees (token, target or socket).
     Check(CheckArgs),
     /// Per folder: cases by state, the oldest waiting, the last delivery, quarantined cases with reasons.
     Status(StatusArgs),
@@ -102,10 +104,22 @@ pub enum Command {
     Pull(PullArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff) to stdout, e.g. `gc-hotfolder man > gc-hotfolder.1`.
-    Man,
+    /// Print a manual page (roff): the program's, or one command's; with --out-dir write them all.
+    ///
+    /// Every command has its page (`gc-hotfolder-run.1`, ...), with its options, exit status,
+    /// environment and files, e.g. `gc-hotfolder man --out-dir /usr/local/share/man/man1`.
+    Man(ManArgs),
     /// Run a Grand Challenge-compatible sandbox server on loopback.
     Sandbox(SandboxArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// The command whose page to print (default: the program's page).
+    pub command: Option<String>,
+    /// Write every page into this folder as gc-hotfolder.1, gc-hotfolder-run.1, ...
+    #[arg(long, conflicts_with = "command")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -286,16 +300,7 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
             clap_complete::generate(shell, &mut cmd, "gc-hotfolder", &mut std::io::stdout());
             exit::OK
         }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-                Ok(()) => exit::OK,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    exit::USAGE
-                }
-            }
-        }
+        Command::Man(args) => crate::manual::main(args.command.as_deref(), args.out_dir.as_deref()),
         Command::Sandbox(args) => crate::sandbox::command::main(args),
     };
     std::process::ExitCode::from(code)

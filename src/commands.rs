@@ -239,6 +239,9 @@ pub fn explain(args: ExplainArgs) -> u8 {
     for line in crate::rules::explain(&config, &path, files.as_deref()) {
         println!("{line}");
     }
+    if config.folder_for(&path).is_none() {
+        return exit::USAGE;
+    }
     exit::OK
 }
 
@@ -368,6 +371,11 @@ pub struct FolderStatus {
     pub paused: bool,
     /// The folder's target is paused because the platform refused the token: until when, and why.
     pub target_paused: Option<(String, String)>,
+    /// The running agent holds this folder's cases because its target or a socket is not on the platform
+    /// (or could not be checked yet): since when, and why.
+    pub held: Option<(String, String)>,
+    /// Why the drop folder cannot be listed (it does not exist: an unmounted share?), if it cannot.
+    pub missing: Option<String>,
 }
 
 /// A quarantined case in `status`.
@@ -387,6 +395,7 @@ pub fn folder_status(
     let all = journal.all()?;
     let paused = journal.paused()?;
     let paused_targets = journal.paused_targets()?;
+    let held = journal.held()?;
     Ok(config
         .folders
         .iter()
@@ -429,6 +438,8 @@ pub fn folder_status(
                     .iter()
                     .find(|t| t.kind == f.target && t.slug == f.target_slug)
                     .map(|t| (rfc3339_of_unix(t.until_unix), t.reason.clone())),
+                held: held.get(&f.path).cloned(),
+                missing: crate::watch::folder_missing(&f.path),
             }
         })
         .collect())
@@ -484,6 +495,20 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
                 counts.join(", ")
             }
         );
+        if let Some(why) = &f.missing {
+            println!("  drop folder missing: it {why}; nothing is delivered from it");
+        }
+        if f.paused {
+            println!(
+                "  paused: its cases are watched but not delivered; `gc-hotfolder resume` delivers them"
+            );
+        }
+        if let Some((since, why)) = &f.held {
+            println!(
+                "  held since {since}: {why}; its cases wait here until the config names what exists \
+                 (then reload the service)"
+            );
+        }
         if let Some((until, why)) = &f.target_paused {
             println!("  target paused until {until}: {why}");
         }

@@ -98,13 +98,19 @@ pub enum AlertKind {
     Stuck,
     /// The platform refused the token: a target is paused.
     AuthFailed,
+    /// A drop folder's target or a socket is not on the platform: its cases are held.
+    FolderHeld,
+    /// A drop folder does not exist or cannot be listed (an unmounted share).
+    FolderMissing,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 3] = [
+    pub const ALL: [AlertKind; 5] = [
         AlertKind::Quarantined,
         AlertKind::Stuck,
         AlertKind::AuthFailed,
+        AlertKind::FolderHeld,
+        AlertKind::FolderMissing,
     ];
 
     pub fn name(self) -> &'static str {
@@ -112,6 +118,8 @@ impl AlertKind {
             AlertKind::Quarantined => "quarantined",
             AlertKind::Stuck => "stuck",
             AlertKind::AuthFailed => "auth_failed",
+            AlertKind::FolderHeld => "folder_held",
+            AlertKind::FolderMissing => "folder_missing",
         }
     }
 }
@@ -214,6 +222,16 @@ pub enum After {
     Leave,
     Delete,
     Move(PathBuf),
+}
+
+impl fmt::Display for After {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            After::Leave => write!(f, "leave it"),
+            After::Delete => write!(f, "delete it"),
+            After::Move(dest) => write!(f, "move it to {}", dest.display()),
+        }
+    }
 }
 
 /// What happens when files of an already delivered case change.

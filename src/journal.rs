@@ -251,6 +251,11 @@ CREATE TABLE IF NOT EXISTS paused_folders (
     folder TEXT PRIMARY KEY,
     since TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS held_folders (
+    folder TEXT PRIMARY KEY,
+    since TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 ";
 
 /// Changes to the schema of existing databases, applied in order, each once (`PRAGMA user_version`
@@ -938,6 +943,45 @@ impl Journal {
             )?;
         }
         Ok(())
+    }
+
+    /// The agent holds a drop folder (`Some(reason)`: its target or a socket is not on the platform, or
+    /// could not be checked) or lets it go (`None`). Recorded so that `status`, another process, shows it.
+    pub fn set_held(&self, folder: &Path, reason: Option<&str>) -> Result<(), JournalError> {
+        let conn = self.conn();
+        match reason {
+            Some(r) => conn.execute(
+                "INSERT INTO held_folders (folder, since, reason) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (folder) DO UPDATE SET reason = excluded.reason",
+                params![folder.to_string_lossy(), now(), r],
+            )?,
+            None => conn.execute(
+                "DELETE FROM held_folders WHERE folder = ?1",
+                params![folder.to_string_lossy()],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Forget every hold: an agent starting checks every folder afresh.
+    pub fn clear_held(&self) -> Result<(), JournalError> {
+        self.conn().execute("DELETE FROM held_folders", [])?;
+        Ok(())
+    }
+
+    /// The held drop folders: since when, and why.
+    pub fn held(
+        &self,
+    ) -> Result<std::collections::BTreeMap<PathBuf, (String, String)>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT folder, since, reason FROM held_folders")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                PathBuf::from(r.get::<_, String>(0)?),
+                (r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The paused drop folders.

@@ -34,6 +34,7 @@
 //! - [`notify`]   webhook alerts (quarantine, stuck case, refused token) that carry no patient data.
 //! - [`service`]  systemd notifications: ready, status line, watchdog, stopping, reloading.
 //! - [`cli`]      the command-line interface; `main.rs` only parses and dispatches.
+//! - [`manual`]   manual pages per command, from the CLI plus exit status, environment and files.
 
 pub mod access;
 pub mod agent;
@@ -46,6 +47,7 @@ pub mod demo;
 pub mod fsutil;
 pub mod gc;
 pub mod journal;
+pub mod manual;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;

@@ -148,6 +148,31 @@ impl Metrics {
             );
         }
 
+        out.family(
+            "gc_hotfolder_folder_held",
+            "gauge",
+            "1 while the agent holds a drop folder's cases because its target or a socket is not on the platform (or could not be checked).",
+        );
+        for f in folders {
+            out.sample(
+                "gc_hotfolder_folder_held",
+                &[("folder", &f.folder)],
+                if f.held.is_some() { 1.0 } else { 0.0 },
+            );
+        }
+        out.family(
+            "gc_hotfolder_folder_missing",
+            "gauge",
+            "1 while a drop folder does not exist or cannot be listed (an unmounted share?).",
+        );
+        for f in folders {
+            out.sample(
+                "gc_hotfolder_folder_missing",
+                &[("folder", &f.folder)],
+                if f.missing.is_some() { 1.0 } else { 0.0 },
+            );
+        }
+
         let live = self.live();
         out.single(
             "gc_hotfolder_cases_pending",
@@ -384,6 +409,8 @@ mod tests {
             notes: vec![],
             paused,
             target_paused: None,
+            held: paused.then(|| ("2026-01-01T00:00:00Z".into(), "socket x".into())),
+            missing: None,
         }
     }
 
@@ -473,6 +500,8 @@ mod tests {
             "gc_hotfolder_cases{folder=\"/srv/drop/\\\"odd\\\"\\\\name\",state=\"delivered\"} 3\n",
             "gc_hotfolder_cases{folder=\"/srv/drop/\\\"odd\\\"\\\\name\",state=\"settling\"} 0\n",
             "gc_hotfolder_folder_paused{folder=\"/srv/drop/\\\"odd\\\"\\\\name\"} 1\n",
+            "gc_hotfolder_folder_held{folder=\"/srv/drop/\\\"odd\\\"\\\\name\"} 1\n",
+            "gc_hotfolder_folder_missing{folder=\"/srv/drop/\\\"odd\\\"\\\\name\"} 0\n",
             "gc_hotfolder_cases_pending 2\n",
             "gc_hotfolder_oldest_pending_seconds 12.5\n",
             "gc_hotfolder_targets_paused 1\n",

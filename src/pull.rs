@@ -285,19 +285,27 @@ pub fn main(args: PullArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let dest = match Dest::open(&args.dest) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {}: {e}", args.dest.display());
-            return exit::USAGE;
-        }
-    };
     let parallel = config.limits.parallel_cases;
     match crate::commands::runtime() {
         Ok(rt) => rt.block_on(async {
             let client = match crate::commands::connect(&config, false).await {
                 Ok(c) => c,
                 Err(code) => return code,
+            };
+            // The target first: a misspelled slug must leave no folder behind.
+            if let Err(e) = client.resolve_target(kind, &slug).await {
+                eprintln!("error: {e}");
+                return match e {
+                    GcError::NotFound(_) => exit::USAGE,
+                    _ => exit::PLATFORM,
+                };
+            }
+            let dest = match Dest::open(&args.dest) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", args.dest.display());
+                    return exit::USAGE;
+                }
             };
             let code = run(&client, &dest, kind, &slug, parallel).await;
             dest.clean_staging();

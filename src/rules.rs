@@ -84,16 +84,34 @@ pub struct Plan {
     pub unmatched: Vec<String>,
 }
 
+/// How many of a case's files an error lists before it only counts the rest.
+const LISTED_FILES: usize = 20;
+
+/// "the case holds: a, b, ... and N more": what a case has, for an error about what it lacks.
+fn holdings(found: &[String]) -> String {
+    if found.is_empty() {
+        return "the case holds no files".into();
+    }
+    let shown = found[..found.len().min(LISTED_FILES)].join(", ");
+    match found.len().saturating_sub(LISTED_FILES) {
+        0 => format!("the case holds: {shown}"),
+        more => format!("the case holds: {shown} and {more} more"),
+    }
+}
+
 /// Why a case cannot be planned. Each says what to fix in the case folder or the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlanError {
     NoFiles {
         socket: String,
         patterns: Vec<String>,
+        /// What the case holds instead (paths below the case folder), so the mismatch shows.
+        found: Vec<String>,
     },
     ValueFileMissing {
         socket: String,
         file: String,
+        found: Vec<String>,
     },
     EmptyFile {
         path: String,
@@ -111,15 +129,28 @@ pub enum PlanError {
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PlanError::NoFiles { socket, patterns } => {
+            PlanError::NoFiles {
+                socket,
+                patterns,
+                found,
+            } => {
                 write!(
                     f,
-                    "socket {socket}: no file matches {}",
-                    patterns.join(", ")
+                    "socket {socket}: no file matches {}; {}",
+                    patterns.join(", "),
+                    holdings(found)
                 )
             }
-            PlanError::ValueFileMissing { socket, file } => {
-                write!(f, "socket {socket}: value file {file} is missing")
+            PlanError::ValueFileMissing {
+                socket,
+                file,
+                found,
+            } => {
+                write!(
+                    f,
+                    "socket {socket}: value file {file} is missing; {}",
+                    holdings(found)
+                )
             }
             PlanError::EmptyFile { path } => write!(
                 f,
@@ -268,12 +299,14 @@ pub fn plan(folder: &Folder, case_path: &Path, files: &[CaseFile]) -> Result<Pla
                 return Err(PlanError::NoFiles {
                     socket: rule.slug.clone(),
                     patterns: patterns.clone(),
+                    found: candidates.iter().map(|f| lossy(&f.rel)).collect(),
                 });
             }
             RuleSource::ValueFile(name) if planned.is_empty() => {
                 return Err(PlanError::ValueFileMissing {
                     socket: rule.slug.clone(),
                     file: name.clone(),
+                    found: candidates.iter().map(|f| lossy(&f.rel)).collect(),
                 });
             }
             RuleSource::Files { .. } => Some(Source::Files(planned)),
@@ -674,11 +707,21 @@ mod tests {
     fn missing_sources_and_empty_files_are_errors_that_name_the_socket() {
         let f = folder(RULES);
         let e = plan(&f, Path::new("/drop/p1"), &files(&[("score.json", 3)])).unwrap_err();
-        assert_eq!(e.to_string(), "socket ct: no file matches ct/**/*.dcm");
+        assert_eq!(
+            e.to_string(),
+            "socket ct: no file matches ct/**/*.dcm; the case holds: score.json"
+        );
         let e = plan(&f, Path::new("/drop/p1"), &files(&[("ct/a.dcm", 10)])).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "socket score: value file score.json is missing"
+            "socket score: value file score.json is missing; the case holds: ct/a.dcm"
+        );
+        let many: Vec<(String, u64)> = (0..25).map(|i| (format!("x{i:02}.txt"), 1)).collect();
+        let many: Vec<(&str, u64)> = many.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+        let e = plan(&f, Path::new("/drop/p1"), &files(&many)).unwrap_err();
+        assert!(
+            e.to_string().ends_with("x18.txt, x19.txt and 5 more"),
+            "{e}"
         );
         let e = plan(
             &f,

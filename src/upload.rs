@@ -40,6 +40,21 @@ pub fn main(args: UploadArgs) -> u8 {
 }
 
 async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u8 {
+    // A path outside every drop folder is a mistake on the command line, found before anything is sent.
+    let outside: Vec<&PathBuf> = cases
+        .iter()
+        .filter(|c| std::fs::canonicalize(c).is_ok_and(|p| config.folder_for(&p).is_none()))
+        .collect();
+    if !outside.is_empty() {
+        for c in outside {
+            eprintln!(
+                "error: {} is not inside any [[folder]] of {}",
+                c.display(),
+                config.file.display()
+            );
+        }
+        return exit::USAGE;
+    }
     let journal = match Journal::open(&config.server.state_dir) {
         Ok(j) => j,
         Err(e) => {

@@ -322,7 +322,9 @@ async fn a_paused_folder_is_watched_but_not_delivered_until_resumed() {
     );
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     drop_atomically(&drop, "held", |d| archive_case(d, 1));
-    agent.wait_log("ready, but its folder is paused", 1).await;
+    agent
+        .wait_log("ready, held while its folder is paused", 1)
+        .await;
     let status = bin()
         .args(["status", "--json", "--config"])
         .arg(&cfg)

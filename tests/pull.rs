@@ -107,7 +107,18 @@ fn client(sb: &Sandbox) -> Client {
 
 /// What an archive case written by `archive_case` must become in a pulled folder: relative path → SHA-256
 /// for files, and relative path → JSON for values.
+/// A DICOM file comes back as it was sent, de-identified: its expected SHA-256 is the one its receipt
+/// gives for what was sent. The case's receipts are in the `state` folder beside its drop folder.
 fn expected_archive_item(case: &Path) -> (BTreeMap<String, String>, BTreeMap<String, Value>) {
+    let state = case.parent().unwrap().parent().unwrap().join("state");
+    let name = case.file_name().unwrap().to_string_lossy().into_owned();
+    let sent: BTreeMap<String, String> = receipts(&state.join("receipts"))
+        .into_iter()
+        .filter(|r| r.case == name)
+        .flat_map(|r| r.sockets)
+        .flat_map(|s| s.files)
+        .map(|f| (f.path, f.sent_sha256))
+        .collect();
     let mut files = BTreeMap::new();
     let mut values = BTreeMap::new();
     let image_dir = "images/generic-medical-image";
@@ -120,7 +131,9 @@ fn expected_archive_item(case: &Path) -> (BTreeMap<String, String>, BTreeMap<Str
         for e in std::fs::read_dir(case.join("dicom")).unwrap() {
             let p = e.unwrap().path();
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            files.insert(format!("{image_dir}/{name}"), sha256(&p));
+            let sha = &sent[&format!("dicom/{name}")];
+            assert_ne!(sha, &sha256(&p), "dicom/{name} was sent de-identified");
+            files.insert(format!("{image_dir}/{name}"), sha.clone());
         }
     }
     if case.join("report.pdf").is_file() {
@@ -384,12 +397,14 @@ async fn a_pulled_folder_uploads_again_as_a_drop_folder_with_the_same_values() {
     let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
     assert!(out.status.success(), "{}", text(&out));
 
-    // The pulled folder as a drop folder: one rule per socket, at the socket's relative path.
+    // The pulled folder as a drop folder: one rule per socket, at the socket's relative path. Its DICOM
+    // files are what the platform holds, de-identified already: sent again as they are, they stay equal.
     let back = tmp.path().join("back");
     std::fs::create_dir_all(&back).unwrap();
     let rules = format!(
         "[server]\nurl = \"{}\"\ntoken = \"{DEMO_TOKEN}\"\nstate_dir = \"{}\"\n\n\
          [[folder]]\npath = \"{}\"\narchive = \"mirror-archive\"\nquiet = \"1s\"\n\
+         deidentify = false\n\
          [[folder.socket]]\nslug = \"generic-medical-image\"\nfiles = \"images/generic-medical-image/*\"\n\
          [[folder.socket]]\nslug = \"report\"\nfiles = \"report.pdf\"\noptional = true\n\
          [[folder.socket]]\nslug = \"lesion-count\"\nvalue_file = \"lesion-count.json\"\noptional = true\n\

@@ -90,8 +90,18 @@ async fn serve(args: SandboxArgs) -> anyhow::Result<()> {
             }
         });
     }
+    let sockets: Vec<(String, String)> = options
+        .fixture
+        .sockets
+        .iter()
+        .map(|s| (s.slug.clone(), s.kind.label.to_owned()))
+        .collect();
     let sandbox = Sandbox::start(options).await?;
     println!("Grand Challenge sandbox: {}", sandbox.base_url());
+    println!("Sockets (slug: kind):");
+    for (slug, kind) in &sockets {
+        println!("  {slug}: {kind}");
+    }
     if let Some(ca) = sandbox.ca_cert_path() {
         println!("CA certificate: {}", ca.display());
     }

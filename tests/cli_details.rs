@@ -1,0 +1,184 @@
+//! The small things a new operator meets first: manual pages per command, exit codes for paths outside
+//! every drop folder, a pull of a misspelled target that leaves nothing behind, the sandbox naming its
+//! sockets, receipts and log lines that say what the case held and where it went.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use gc_hotfolder::receipt::Outcome;
+
+#[test]
+fn every_command_has_a_manual_page_with_exit_status_environment_and_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["man", "--out-dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for name in [
+        "gc-hotfolder",
+        "gc-hotfolder-run",
+        "gc-hotfolder-check",
+        "gc-hotfolder-upload",
+        "gc-hotfolder-pull",
+        "gc-hotfolder-status",
+    ] {
+        let page = std::fs::read_to_string(tmp.path().join(format!("{name}.1"))).unwrap();
+        for section in [
+            ".SH \"EXIT STATUS\"",
+            ".SH \"ENVIRONMENT\"",
+            ".SH \"FILES\"",
+            "GC_HOTFOLDER_CONFIG",
+            "/etc/gc-hotfolder/config.toml",
+        ] {
+            assert!(page.contains(section), "{name}: no {section}:\n{page}");
+        }
+    }
+    let check = std::fs::read_to_string(tmp.path().join("gc-hotfolder-check.1")).unwrap();
+    assert!(check.contains("a drop folder does not exist"), "{check}");
+    assert!(check.contains("\\-\\-online"), "{check}");
+
+    // One page to stdout.
+    let out = bin().args(["man", "run"]).output().unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && page.contains(".SH \"EXIT STATUS\""),
+        "{page}"
+    );
+    let out = bin().args(["man", "nonsense"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_outside_every_drop_folder_and_unknown_targets_are_usage_errors() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let elsewhere = tmp.path().join("elsewhere/case-1");
+    archive_case(&elsewhere, 0);
+
+    let out = bin()
+        .args(["explain", "--config"])
+        .arg(&cfg)
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("not inside any drop folder"), "{said}");
+
+    let out = bin()
+        .args(["upload", "--config"])
+        .arg(&cfg)
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("is not inside any [[folder]]"), "{said}");
+    assert!(items_of(&state(&sb).await, "demo-archive").is_empty());
+
+    let dest = tmp.path().join("pulled");
+    let out = bin()
+        .args(["pull", "--archive", "demo-archvie", "--config"])
+        .arg(&cfg)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("demo-archvie"), "{said}");
+    assert!(
+        !dest.exists(),
+        "pull of an unknown archive created {}",
+        dest.display()
+    );
+}
+
+#[test]
+fn the_sandbox_names_its_sockets_at_start() {
+    let mut child = bin()
+        .args(["sandbox", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let end = line.starts_with("Stop with");
+        lines.push(line);
+        if end {
+            break;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let text = lines.join("\n");
+    assert!(text.contains("Sockets (slug: kind):"), "{text}");
+    assert!(text.contains("  lesion-count: Integer"), "{text}");
+    assert!(text.contains("  report: PDF file"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_list_what_a_case_held_and_logs_say_where_a_case_went() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let done = tmp.path().join("done");
+    // No image at all: the receipt lists what the case held instead.
+    drop_atomically(&drop, "no-image", |d| {
+        std::fs::create_dir_all(d.join("scans")).unwrap();
+        std::fs::write(d.join("scans/ct.nrrd"), b"not what the rule wants").unwrap();
+        std::fs::write(d.join("count.json"), "3").unwrap();
+    });
+    // Delivered, with one file no rule takes.
+    drop_atomically(&drop, "extra", |d| {
+        archive_case(d, 0);
+        std::fs::write(d.join("notes.docx"), b"left behind").unwrap();
+    });
+    let cfg = write_config(
+        tmp.path(),
+        &sb,
+        &drop,
+        None,
+        &format!("after = \"move:{}\"", done.display()),
+    );
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let state_dir = tmp.path().join("state");
+    let rs = wait_receipts(&state_dir, 2, Duration::from_secs(60)).await;
+    let bad = rs.iter().find(|r| r.case == "no-image").unwrap();
+    assert_eq!(bad.outcome, Outcome::Quarantined);
+    let reason = bad.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("no file matches")
+            && reason.contains("the case holds: count.json, scans/ct.nrrd"),
+        "{reason}"
+    );
+    let good = rs.iter().find(|r| r.case == "extra").unwrap();
+    assert_eq!(good.outcome, Outcome::Delivered, "{:?}", good.reason);
+    agent
+        .wait_log(
+            "1 file(s) of the case matched no socket rule and were not sent: notes.docx",
+            1,
+        )
+        .await;
+    agent
+        .wait_log(
+            &format!(
+                "post-action done: moved to {}",
+                done.join("extra").display()
+            ),
+            1,
+        )
+        .await;
+    assert!(!agent.log().contains("Move(\""), "{}", agent.log());
+    agent.stop();
+}
