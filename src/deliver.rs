@@ -773,8 +773,19 @@ async fn create_or_adopt(
     match client.create_item(target, title).await {
         Ok(item) => Ok(item),
         Err(e) if e.is_duplicate_title() => {
-            cp.create_refused().map_err(DeliverError::Checkpoint)?;
-            match client.find_item_by_title(target, title).await? {
+            // This request created nothing. When no earlier create of this case is in doubt, the title is
+            // free again for other cases at once. When one is, the record of it is what proves the item
+            // ours: it is kept until the item is adopted (`item` replaces it) or found not ours, so that a
+            // crash or a failed search here leaves the adoption to the next attempt, and no other case
+            // can take the title meanwhile.
+            if !ours_if_empty {
+                cp.create_refused().map_err(DeliverError::Checkpoint)?;
+            }
+            let found = client.find_item_by_title(target, title).await?;
+            if ours_if_empty && !found.as_ref().is_some_and(|i| i.values.is_empty()) {
+                cp.create_refused().map_err(DeliverError::Checkpoint)?;
+            }
+            match found {
                 Some(existing) if ours_if_empty && existing.values.is_empty() => {
                     tracing::info!(item = %existing.pk, title, "adopting the item an earlier attempt created");
                     Ok(existing)
@@ -807,6 +818,65 @@ async fn create_or_adopt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A journal in which an earlier attempt's create request of the title is in doubt.
+    #[derive(Default)]
+    struct InDoubt {
+        refused: Mutex<u32>,
+    }
+    impl Checkpoints for InDoubt {
+        fn creating(&self, _target: &Target, _title: &str) -> Result<TitleClaim, String> {
+            Ok(TitleClaim::EarlierCreateInDoubt)
+        }
+        fn create_refused(&self) -> Result<(), String> {
+            *self.refused.lock().unwrap() += 1;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_creation_stays_in_doubt_until_its_item_is_adopted() {
+        use crate::gc::{ClientConfig, RetryPolicy, TargetKind, Token};
+        use crate::sandbox::{Fixture, Sandbox, SandboxOptions, fixture::DEMO_TOKEN};
+        use std::time::Duration;
+        let sb = Sandbox::start(SandboxOptions::new(Fixture::demo()))
+            .await
+            .unwrap();
+        let mut cfg = ClientConfig::new(sb.base_url(), Token::parse(DEMO_TOKEN).unwrap());
+        cfg.ca_cert = sb.ca_cert_path().map(Path::to_path_buf);
+        cfg.retry = RetryPolicy {
+            base: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            max_attempts: 2,
+            ..RetryPolicy::default()
+        };
+        let client = Client::new(cfg).unwrap();
+        let target = client
+            .resolve_target(TargetKind::Archive, "demo-archive")
+            .await
+            .unwrap();
+        // The earlier attempt's request created the item; its answer was lost.
+        let lost = client.create_item(&target, "lost").await.unwrap();
+
+        // The search for it fails: the record of the lost creation must survive, or the next attempt
+        // would take the item for a stranger's (and another case could take the title meanwhile).
+        sb.set_faults(vec!["GET /api/v1/archives/items/ 503".parse().unwrap()])
+            .unwrap();
+        let cp = InDoubt::default();
+        let e = create_or_adopt(&client, &target, "lost", &cp)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DeliverError::Later(_)), "{e}");
+        assert_eq!(*cp.refused.lock().unwrap(), 0, "the create stays in doubt");
+
+        // The next attempt finds it and adopts it, still without giving up the record first.
+        sb.set_faults(vec![]).unwrap();
+        let item = create_or_adopt(&client, &target, "lost", &cp)
+            .await
+            .unwrap();
+        assert_eq!(item.pk, lost.pk);
+        assert_eq!(*cp.refused.lock().unwrap(), 0);
+    }
 
     fn socket(kind: &str, super_kind: SuperKind) -> Socket {
         Socket {
