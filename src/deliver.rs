@@ -411,6 +411,64 @@ fn stage(
     Ok(done)
 }
 
+/// The files of one image socket as they will be sent: (socket, [(case path, upload name, local path)]).
+type ImageFiles = Vec<(String, Vec<(String, String, PathBuf)>)>;
+
+/// The files of every image socket, the de-identified copy standing in for a DICOM file that has one.
+fn images_as_sent(case_dir: &Path, routes: &[(&str, Route<'_>)], staged: &[Staged]) -> ImageFiles {
+    routes
+        .iter()
+        .filter_map(|(slug, r)| match r {
+            Route::Image(fs) => Some((slug.to_string(), *fs)),
+            Route::DicomImageSet(..) | Route::File(_) | Route::Value(_) => None,
+        })
+        .map(|(slug, fs)| {
+            let files = fs
+                .iter()
+                .map(|f| {
+                    let local = staged
+                        .iter()
+                        .find(|s| s.path == f.path)
+                        .map_or_else(|| case_dir.join(&f.rel), |s| s.local.clone());
+                    (f.path.clone(), f.upload_name.clone(), local)
+                })
+                .collect();
+            (slug, files)
+        })
+        .collect()
+}
+
+/// Refuse a case whose image the platform's importer is certain to fail (text named `.mha`, a truncated
+/// image, two series in one socket), judged on this machine by the sandbox's importer, which follows the
+/// platform's; anything it does not follow exactly is left to the platform.
+fn precheck_images(images: &ImageFiles) -> Result<(), DeliverError> {
+    use crate::sandbox::imaging::{ImportError, Verdict, judge_files};
+    for (slug, files) in images {
+        let uploads: Vec<(String, PathBuf)> = files
+            .iter()
+            .map(|(_, name, local)| (name.clone(), local.clone()))
+            .collect();
+        let Verdict::Fails(ImportError::Session(message) | ImportError::Socket(message)) =
+            judge_files(&uploads)
+        else {
+            continue;
+        };
+        let paths: Vec<&str> = files.iter().map(|(path, _, _)| path.as_str()).collect();
+        let what = match paths.as_slice() {
+            [one] => format!("{one} (socket {slug}): the platform would not import it"),
+            many => format!(
+                "socket {slug}: the platform would not import its {} files ({})",
+                many.len(),
+                many.join(", ")
+            ),
+        };
+        return Err(quarantine(format!(
+            "{what}: {message}; nothing was created on the platform"
+        )));
+    }
+    Ok(())
+}
+
 /// Deliver `plan` (files read from `case_dir`) and verify it on the server. With `privacy`, DICOM
 /// files going to image sockets are sent as de-identified copies.
 pub async fn deliver(
@@ -469,6 +527,10 @@ pub async fn deliver(
     for w in &deidentified.warnings {
         tracing::warn!(case = %plan.case_path, "{w}");
     }
+    let images = images_as_sent(case_dir, &routes, &deidentified.staged);
+    tokio::task::spawn_blocking(move || precheck_images(&images))
+        .await
+        .map_err(|e| quarantine(format!("the images could not be checked: {e}")))??;
 
     cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
     let (item, created) = match start {
