@@ -924,7 +924,7 @@ impl Loop {
                 if let Some(slot) = self.slots.get_mut(case_dir) {
                     slot.pending_since = None;
                 }
-                apply_after(folder, case_dir, &rel);
+                apply_after(folder, case_dir, &rel, &shared.receipts);
                 return Ok(());
             }
             CaseState::Delivered => match folder.on_change {
@@ -1144,17 +1144,24 @@ fn case_rel(folder: &Folder, case_dir: &Path) -> PathBuf {
 }
 
 /// The post-action of a delivered case (the agent's and `upload`'s). Idempotent: a case already moved or
-/// deleted is simply gone.
-pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path) {
+/// deleted is simply gone. A moved case's receipt (in `receipts`) is told where it went.
+pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path, receipts: &Path) {
     if !case_dir.exists() {
         return;
     }
     let result = match &folder.after {
         After::Leave => return,
         After::Delete => std::fs::remove_dir_all(case_dir).map(|()| "deleted".to_owned()),
-        After::Move(dest) => {
-            move_case(case_dir, &dest.join(case)).map(|to| format!("moved to {}", to.display()))
-        }
+        After::Move(dest) => move_case(case_dir, &dest.join(case)).map(|to| {
+            let key = CaseKey {
+                folder: &folder.path,
+                case,
+            };
+            if let Err(e) = crate::receipt::record_move(receipts, &folder.target_slug, key, &to) {
+                tracing::warn!(case = %rules::path_text(case), "cannot note the new place in the receipt: {e}");
+            }
+            format!("moved to {}", to.display())
+        }),
     };
     let case = rules::path_text(case);
     match result {
@@ -1334,7 +1341,7 @@ impl Delivery {
                         plan.unmatched.join(", ")
                     );
                 }
-                apply_after(folder, &self.case_dir, &self.rel);
+                apply_after(folder, &self.case_dir, &self.rel, &sh.receipts);
                 Ok(Done::Delivered)
             }
             Err(DeliverError::Quarantine(reason)) => {
@@ -1402,7 +1409,18 @@ impl Delivery {
         sh.quarantined(folder, self.rec.id, &self.case, &reason)?;
         if let Some(q) = &folder.quarantine {
             match move_case(&self.case_dir, &q.join(&self.rel)) {
-                Ok(to) => sh.journal.moved_to(self.rec.id, Some(&to))?,
+                Ok(to) => {
+                    let key = CaseKey {
+                        folder: &folder.path,
+                        case: &self.rel,
+                    };
+                    if let Err(e) =
+                        crate::receipt::record_move(&sh.receipts, &folder.target_slug, key, &to)
+                    {
+                        tracing::warn!(case = %self.case, "cannot note the new place in the receipt: {e}");
+                    }
+                    sh.journal.moved_to(self.rec.id, Some(&to))?
+                }
                 Err(e) => {
                     tracing::error!(case = %self.case, "cannot move the case to quarantine: {e}")
                 }

@@ -27,6 +27,10 @@ pub struct Receipt {
     pub outcome: Outcome,
     /// Absolute path of the case folder when it was delivered.
     pub case_path: String,
+    /// Where the case folder is now, when it was moved after this receipt was first written (the
+    /// `move:` post-action, or the quarantine folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now_at: Option<String>,
     /// The case folder relative to its drop folder (its name, for cases directly inside it).
     pub case: String,
     pub title: String,
@@ -247,6 +251,21 @@ fn retire_earlier_layout(dir: &Path, key: CaseKey<'_>, receipt: &Receipt) {
 }
 
 /// Read a receipt back.
+/// Say in the latest receipt of a case where its folder went after the receipt was written.
+pub fn record_move(
+    dir: &Path,
+    target_slug: &str,
+    key: CaseKey<'_>,
+    to: &Path,
+) -> std::io::Result<()> {
+    let path = receipt_path(dir, target_slug, key);
+    let mut receipt = read(&path)?;
+    receipt.now_at = Some(crate::rules::path_text(to));
+    let mut json = serde_json::to_vec_pretty(&receipt).map_err(std::io::Error::other)?;
+    json.push(b'\n');
+    write_atomic(&path, &json)
+}
+
 pub fn read(path: &Path) -> std::io::Result<Receipt> {
     let bytes = std::fs::read(path)?;
     serde_json::from_slice(&bytes)
@@ -306,6 +325,7 @@ impl Receipt {
             receipt_version: RECEIPT_VERSION,
             outcome,
             case_path: crate::rules::path_text(f.case_dir),
+            now_at: None,
             case: f.case,
             title: f.plan.map(|p| p.title.clone()).unwrap_or_default(),
             target: f.target,
@@ -389,6 +409,7 @@ mod tests {
             receipt_version: RECEIPT_VERSION,
             outcome: Outcome::Delivered,
             case_path: "/drop/p1".into(),
+            now_at: None,
             case: "p1".into(),
             title: "p1".into(),
             target: TargetRef {

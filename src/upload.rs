@@ -214,7 +214,7 @@ async fn upload_case(
             return fail(&case_dir, e.to_string());
         }
         let item = rec.item_pk.as_deref().unwrap_or("?");
-        crate::agent::apply_after(folder, &case_dir, &rel);
+        crate::agent::apply_after(folder, &case_dir, &rel, receipts);
         return CaseOutcome {
             case_dir: case_dir.clone(),
             receipt: Some(crate::receipt::receipt_path(
@@ -281,7 +281,7 @@ async fn upload_case(
                 if let Err(e) = journal.delivered(rec.id, &manifest) {
                     return fail(&case_dir, e.to_string());
                 }
-                crate::agent::apply_after(folder, &case_dir, &rel);
+                crate::agent::apply_after(folder, &case_dir, &rel, receipts);
             }
             outcome
         }

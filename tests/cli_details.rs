@@ -149,7 +149,11 @@ async fn receipts_list_what_a_case_held_and_logs_say_where_a_case_went() {
         &sb,
         &drop,
         None,
-        &format!("after = \"move:{}\"", done.display()),
+        &format!(
+            "after = \"move:{}\"\nquarantine = \"{}\"",
+            done.display(),
+            tmp.path().join("quarantine").display()
+        ),
     );
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     let state_dir = tmp.path().join("state");
@@ -180,5 +184,30 @@ async fn receipts_list_what_a_case_held_and_logs_say_where_a_case_went() {
         )
         .await;
     assert!(!agent.log().contains("Move(\""), "{}", agent.log());
+    // Both receipts name where their case is now.
+    let now_at = |case: &'static str| {
+        let dir = state_dir.join("receipts");
+        async move {
+            receipts(&dir)
+                .into_iter()
+                .find(|r| r.case == case)
+                .and_then(|r| r.now_at)
+        }
+    };
+    let at = eventually(Duration::from_secs(10), "the moved receipt", async || {
+        now_at("extra").await
+    })
+    .await;
+    assert_eq!(at, done.join("extra").display().to_string());
+    let at = eventually(
+        Duration::from_secs(10),
+        "the quarantined receipt",
+        async || now_at("no-image").await,
+    )
+    .await;
+    assert_eq!(
+        at,
+        tmp.path().join("quarantine/no-image").display().to_string()
+    );
     agent.stop();
 }
