@@ -2924,7 +2924,7 @@ mod tests {
         }
         for file in [oct, slide, zipped] {
             assert_eq!(
-                judge_files(&uploads(&[file.clone()])),
+                judge_files(&uploads(std::slice::from_ref(&file))),
                 Verdict::Pass,
                 "{file:?}"
             );
