@@ -94,7 +94,8 @@ fn main() {
 /// De-identification alone, then the series uploaded as it is and de-identified + uploaded, as a delivery
 /// does it (all copies first, then the uploads, files in parallel).
 fn dicom_series(rt: &tokio::runtime::Runtime, base: &str, dir: &Path) {
-    use gc_hotfolder::deidentify::{Procedure, UidMap, deidentify_file};
+    use gc_hotfolder::deidentify::UidMap;
+    use gc_hotfolder::deliver::{Privacy, stage};
     let series = dir.join("series");
     std::fs::create_dir_all(&series).expect("series dir");
     let ids = gc_hotfolder::samples::DicomSeriesIds::new(11);
@@ -105,20 +106,31 @@ fn dicom_series(rt: &tokio::runtime::Runtime, base: &str, dir: &Path) {
         .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
         .sum();
     let mb = bytes as f64 / MIB;
-    let procedure = Procedure::builtin().expect("procedure");
     let staging = dir.join("staging");
-    std::fs::create_dir_all(&staging).expect("staging dir");
+    let planned: Vec<gc_hotfolder::rules::PlannedFile> = files
+        .iter()
+        .map(|f| {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            gc_hotfolder::rules::PlannedFile {
+                path: name.clone(),
+                rel: PathBuf::from(&name),
+                upload_name: name,
+                size: std::fs::metadata(f).map_or(0, |m| m.len()),
+            }
+        })
+        .collect();
+    // As a delivery makes its copies (one worker per core), before anything is uploaded.
     let deidentify = || {
-        let uids = UidMap::random();
+        let privacy = Privacy {
+            staging: staging.clone(),
+            uids: UidMap::random(),
+        };
         let t = Instant::now();
-        let out: Vec<PathBuf> = files
-            .iter()
-            .map(|f| {
-                let dst = staging.join(f.file_name().expect("name"));
-                deidentify_file(procedure, &uids, f, &dst).expect("de-identified");
-                dst
-            })
-            .collect();
+        let done = stage(&series, &planned, &privacy, "bench", "bench").expect("de-identified");
+        let out: Vec<PathBuf> = done.staged.into_iter().map(|s| s.local).collect();
         (out, t.elapsed().as_secs_f64())
     };
     // Warm the page cache for both sides.
@@ -130,7 +142,10 @@ fn dicom_series(rt: &tokio::runtime::Runtime, base: &str, dir: &Path) {
     let (copies, deid) = deidentify();
     let sent = rt.block_on(upload_all(base, &copies));
     let with = deid + sent;
-    println!("DICOM series, 100 slices of 512×512 (16 bit), {mb:.1} MiB in 100 files:");
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "DICOM series, 100 slices of 512×512 (16 bit), {mb:.1} MiB in 100 files, {workers} cores:"
+    );
     println!(
         "  de-identification alone   {:8.1} MiB/s  ({deid_only:.2} s)",
         mb / deid_only

@@ -360,50 +360,67 @@ fn read_value_file(case_dir: &Path, f: &PlannedFile) -> Result<serde_json::Value
 /// Make the de-identified copies of every DICOM file (by content) that goes to an image socket, under
 /// `privacy.staging`. A file named like DICOM that is not, a file the procedure refuses, or one that
 /// cannot be read, refuses the case: nothing has been created on the platform yet.
-fn stage(
+pub fn stage(
     case_dir: &Path,
     files: &[PlannedFile],
     privacy: &Privacy,
     title: &str,
     case: &str,
 ) -> Result<Deidentified, DeliverError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let procedure = Procedure::builtin().map_err(quarantine)?;
+    // One file per core at a time: de-identification is CPU work, and a delivery waits for all of it.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(files.len().max(1));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let mut results: Vec<(usize, Result<Option<StagedFile>, DeliverError>)> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut out = Vec::new();
+                        while !failed.load(Ordering::Relaxed) {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(f) = files.get(i) else { break };
+                            let r = stage_one(case_dir, f, privacy, procedure);
+                            if r.is_err() {
+                                failed.store(true, Ordering::Relaxed);
+                            }
+                            out.push((i, r));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+    // The same case gives the same answer: the first bad file in plan order, the copies in plan order.
+    results.sort_by_key(|(i, _)| *i);
     let mut done = Deidentified {
         procedure: Some(procedure.version.clone()),
         ..Deidentified::default()
     };
+    let processed = results.len();
     let mut identifiers = Vec::new();
-    for f in files {
-        let src = case_dir.join(&f.rel);
-        let dicom = crate::deidentify::is_dicom(&src)
-            .map_err(|e| quarantine(format!("{}: cannot read: {e}", f.path)))?;
-        if !dicom {
-            if crate::deidentify::named_dicom(&f.rel) {
-                return Err(quarantine(format!(
-                    "{}: {}",
-                    f.path,
-                    crate::deidentify::DeidError::NotDicom
-                )));
-            }
-            continue;
+    for (_, r) in results {
+        if let Some(s) = r? {
+            identifiers.push(s.identifiers);
+            done.staged.push(s.staged);
         }
-        let dst = privacy.staging.join(&f.rel);
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                quarantine(format!(
-                    "cannot create the staging folder {}: {e}",
-                    parent.display()
-                ))
-            })?;
-        }
-        let written = crate::deidentify::deidentify_file(procedure, &privacy.uids, &src, &dst)
-            .map_err(|e| quarantine(format!("{}: {e}", f.path)))?;
-        identifiers.push((written.patient_id, written.patient_name));
-        done.staged.push(Staged {
-            path: f.path.clone(),
-            local: dst,
-            sha256: written.sha256,
-        });
+    }
+    // Without a bad file every file was seen, unless a worker died: then nothing may go out, lest a
+    // file that was never looked at be sent as it is.
+    if processed != files.len() {
+        return Err(quarantine(format!(
+            "de-identification failed unexpectedly after {processed} of {} files",
+            files.len()
+        )));
     }
     identifiers.sort();
     identifiers.dedup();
@@ -467,6 +484,53 @@ fn precheck_images(images: &ImageFiles) -> Result<(), DeliverError> {
         )));
     }
     Ok(())
+}
+
+/// One file's copy and the patient identifiers it had.
+struct StagedFile {
+    staged: Staged,
+    identifiers: (Option<String>, Option<String>),
+}
+
+/// The de-identified copy of one file, or `None` for a file that is not DICOM (sent as it is).
+fn stage_one(
+    case_dir: &Path,
+    f: &PlannedFile,
+    privacy: &Privacy,
+    procedure: &Procedure,
+) -> Result<Option<StagedFile>, DeliverError> {
+    let src = case_dir.join(&f.rel);
+    let dicom = crate::deidentify::is_dicom(&src)
+        .map_err(|e| quarantine(format!("{}: cannot read: {e}", f.path)))?;
+    if !dicom {
+        if crate::deidentify::named_dicom(&f.rel) {
+            return Err(quarantine(format!(
+                "{}: {}",
+                f.path,
+                crate::deidentify::DeidError::NotDicom
+            )));
+        }
+        return Ok(None);
+    }
+    let dst = privacy.staging.join(&f.rel);
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            quarantine(format!(
+                "cannot create the staging folder {}: {e}",
+                parent.display()
+            ))
+        })?;
+    }
+    let written = crate::deidentify::deidentify_file(procedure, &privacy.uids, &src, &dst)
+        .map_err(|e| quarantine(format!("{}: {e}", f.path)))?;
+    Ok(Some(StagedFile {
+        staged: Staged {
+            path: f.path.clone(),
+            local: dst,
+            sha256: written.sha256,
+        },
+        identifiers: (written.patient_id, written.patient_name),
+    }))
 }
 
 /// Deliver `plan` (files read from `case_dir`) and verify it on the server. With `privacy`, DICOM
