@@ -2,7 +2,9 @@
 //!
 //! Everything that can be checked before anything is created on the platform is checked first (sockets
 //! exist and fit their rules, every JSON value is valid for its socket's kind by the platform's built-in
-//! schemas, gc-protocol.md §3.7), so a bad case leaves nothing half-made. An item is only ever adopted
+//! schemas, gc-protocol.md §3.7, and every image socket's files as sent are judged by the importer that
+//! follows the platform's, refused only when that importer is certain the platform would fail them), so a
+//! bad case leaves nothing half-made. An item is only ever adopted
 //! (instead of created) when the journal proves it is this case's own lost creation, and a title another
 //! case holds is refused before anything is created. When the platform refuses a case after its item
 //! exists, the error says what is left there. The outcome is classified for the caller: quarantine the
