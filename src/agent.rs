@@ -1452,6 +1452,7 @@ pub(crate) fn kind_name(kind: TargetKind) -> &'static str {
     match kind {
         TargetKind::Archive => "archive",
         TargetKind::ReaderStudy => "reader study",
+        TargetKind::Algorithm => "algorithm",
     }
 }
 

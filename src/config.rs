@@ -214,6 +214,9 @@ pub struct Folder {
     pub sockets: Vec<SocketRule>,
     /// DICOM files going to image sockets are de-identified copies (on unless the folder opts out).
     pub deidentify: bool,
+    /// Where an algorithm's outputs land, one folder per case: set exactly when `target` is
+    /// [`TargetKind::Algorithm`] (`outbox = "/path"`, by default `outbox` beside the drop folder).
+    pub outbox: Option<PathBuf>,
 }
 
 /// What happens to a case folder once it is verifiably delivered.
@@ -362,6 +365,8 @@ struct RawFolder {
     path: Spanned<String>,
     archive: Option<Spanned<String>>,
     reader_study: Option<Spanned<String>>,
+    algorithm: Option<Spanned<String>>,
+    outbox: Option<Spanned<String>>,
     case: Option<Spanned<String>>,
     depth: Option<Spanned<i64>>,
     title: Option<Spanned<String>>,
@@ -862,29 +867,66 @@ fn validate_folder(
     let f = sf.get_ref();
     let k = |name: &str| format!("folder[{index}].{name}");
     let path = resolve(base, f.path.get_ref());
-    let (target, target_slug) = match (&f.archive, &f.reader_study) {
-        (Some(a), None) => (TargetKind::Archive, a),
-        (None, Some(r)) => (TargetKind::ReaderStudy, r),
-        (Some(_), Some(r)) => {
-            return Err(loc.err(
-                r.span(),
-                k("reader_study"),
-                "give either archive or reader_study, not both",
-            ));
-        }
-        (None, None) => {
+    // In the file's order, so that a second target is named where it is written.
+    let mut given: Vec<(TargetKind, &str, &Spanned<String>)> = [
+        (TargetKind::Archive, "archive", &f.archive),
+        (TargetKind::ReaderStudy, "reader_study", &f.reader_study),
+        (TargetKind::Algorithm, "algorithm", &f.algorithm),
+    ]
+    .into_iter()
+    .filter_map(|(kind, key, v)| v.as_ref().map(|v| (kind, key, v)))
+    .collect();
+    given.sort_by_key(|(_, _, v)| v.span().start);
+    let (target, target_key, target_slug) = match given.as_slice() {
+        [one] => *one,
+        [] => {
             return Err(loc.err(
                 sf.span(),
                 format!("folder[{index}]"),
-                "needs a target: archive = \"slug\" or reader_study = \"slug\"",
+                "needs a target: archive = \"slug\", reader_study = \"slug\" or algorithm = \"slug\"",
+            ));
+        }
+        [_, (_, key, second), ..] => {
+            return Err(loc.err(
+                second.span(),
+                k(key),
+                "give exactly one of archive, reader_study and algorithm",
             ));
         }
     };
     if target_slug.get_ref().trim().is_empty() {
         return Err(loc.err(
             target_slug.span(),
-            k("archive"),
+            k(target_key),
             "the slug may not be empty",
+        ));
+    }
+    let outbox = match (&f.outbox, target) {
+        (Some(o), TargetKind::Algorithm) if o.get_ref().trim().is_empty() => {
+            return Err(loc.err(o.span(), k("outbox"), "the path may not be empty"));
+        }
+        (Some(o), TargetKind::Algorithm) => Some(resolve(base, o.get_ref())),
+        (None, TargetKind::Algorithm) => Some(default_outbox(&path)),
+        (Some(o), _) => {
+            return Err(loc.err(
+                o.span(),
+                k("outbox"),
+                "only a folder with an algorithm target has an outbox",
+            ));
+        }
+        (None, _) => None,
+    };
+    if let Some(o) = &outbox
+        && o.starts_with(&path)
+    {
+        let span = f.outbox.as_ref().map_or(sf.span(), |o| o.span());
+        return Err(loc.err(
+            span,
+            k("outbox"),
+            format!(
+                "{} is inside the drop folder, where results would be taken for new cases",
+                o.display()
+            ),
         ));
     }
     let case_pattern = f
@@ -991,7 +1033,13 @@ fn validate_folder(
         )?,
         sockets,
         deidentify: f.deidentify.unwrap_or(true),
+        outbox,
     })
+}
+
+/// `<drop>/../outbox`: beside the drop folder, not in it, so results are never taken for cases.
+fn default_outbox(drop: &Path) -> PathBuf {
+    drop.parent().unwrap_or(drop).join("outbox")
 }
 
 /// Templates know `{case}` (the case folder's name), `{path}` (its path below the drop folder) and
@@ -1348,6 +1396,63 @@ quiet = "2s"
             After::Move(PathBuf::from("/srv/drop/done"))
         );
     }
+    #[test]
+    fn an_algorithm_is_a_third_target_with_an_outbox() {
+        let algo = GOOD.replace(
+            "archive = \"lung-archive\"",
+            "algorithm = \"lung-volume-estimator\"",
+        );
+        let c = parse(&algo).unwrap();
+        let f = &c.folders[0];
+        assert_eq!(f.target, TargetKind::Algorithm);
+        assert_eq!(f.target_slug, "lung-volume-estimator");
+        assert_eq!(f.outbox.as_deref(), Some(Path::new("/srv/drop/outbox")));
+        assert_eq!(parse(GOOD).unwrap().folders[0].outbox, None);
+
+        let c =
+            parse(&algo.replace("quiet = \"2s\"", "quiet = \"2s\"\noutbox = \"results\"")).unwrap();
+        assert_eq!(
+            c.folders[0].outbox.as_deref(),
+            Some(Path::new("/etc/gc/results"))
+        );
+
+        let e = parse(&algo.replace("case = ", "reader_study = \"rs\"\ncase = ")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("folder[0].reader_study"), "{e}");
+        assert!(e.message.contains("exactly one"), "{e}");
+        let e =
+            parse(&GOOD.replace("quiet = \"2s\"", "quiet = \"2s\"\noutbox = \"/r\"")).unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line.map(|l| l.0)),
+            (Some("folder[0].outbox"), Some(12)),
+            "{e}"
+        );
+        let e = parse(&algo.replace(
+            "quiet = \"2s\"",
+            "quiet = \"2s\"\noutbox = \"/srv/drop/lung/out\"",
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("folder[0].outbox"), "{e}");
+        assert!(e.message.contains("inside the drop folder"), "{e}");
+        let e = parse(&algo.replace("\"lung-volume-estimator\"", "\" \"")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("folder[0].algorithm"), "{e}");
+        let e = parse(&algo.replace("algorithm = \"lung-volume-estimator\"\n", "")).unwrap_err();
+        assert!(e.message.contains("algorithm = "), "{e}");
+    }
+
+    #[test]
+    fn the_example_algorithm_folder_is_valid() {
+        let text = include_str!("../config.example.toml")
+            .replace("archive = \"lung-ct-archive\"", "# archive")
+            .replace("# algorithm = ", "algorithm = ")
+            .replace("# outbox = ", "outbox = ");
+        let c = Config::parse(Path::new("/etc/gc-hotfolder/config.toml"), &text).unwrap();
+        assert_eq!(c.folders[0].target, TargetKind::Algorithm);
+        assert_eq!(
+            c.folders[0].outbox.as_deref(),
+            Some(Path::new("/srv/results/lung-ct"))
+        );
+    }
+
     #[test]
     fn an_inline_token_never_shows_in_debug_output() {
         let text = GOOD.replace("token_file = \"token\"", "token = \"Bearer s3cr3t-t0ken\"");

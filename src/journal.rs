@@ -337,6 +337,7 @@ fn kind_to_db(k: TargetKind) -> &'static str {
     match k {
         TargetKind::Archive => "archive",
         TargetKind::ReaderStudy => "reader_study",
+        TargetKind::Algorithm => "algorithm",
     }
 }
 
@@ -344,6 +345,7 @@ fn kind_from_db(k: &str) -> Result<TargetKind, JournalError> {
     match k {
         "archive" => Ok(TargetKind::Archive),
         "reader_study" => Ok(TargetKind::ReaderStudy),
+        "algorithm" => Ok(TargetKind::Algorithm),
         other => Err(JournalError::Corrupt(format!(
             "unknown target kind {other:?}"
         ))),

@@ -76,6 +76,7 @@ impl Alert {
                 kind: match folder.target {
                     TargetKind::Archive => "archive",
                     TargetKind::ReaderStudy => "reader_study",
+                    TargetKind::Algorithm => "algorithm",
                 },
                 slug: folder.target_slug.clone(),
             },

@@ -1,11 +1,12 @@
 //! Does the platform have what a drop folder names: its archive or reader study, and every socket, of a
 //! kind its rule can fill? `check --online` prints the answer; the agent asks the same at start and after
 //! a reload, and holds a folder whose answer is no, so that a misspelled slug keeps its cases waiting
-//! instead of quarantining (and moving away) every one of them.
+//! instead of quarantining (and moving away) every one of them. An algorithm folder's sockets must also
+//! be able to make up one of the algorithm's interfaces exactly: the platform runs a job on nothing else.
 
 use crate::config::{Folder, RuleSource};
 use crate::deliver::SourceShape;
-use crate::gc::{Client, GcError};
+use crate::gc::{Algorithm, Client, GcError};
 
 /// What the platform said about one drop folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,22 @@ pub async fn check_folder(client: &Client, folder: &Folder) -> FolderCheck {
             }
         }
     }
+    // A failed lookup is already reported by the target's lookup above.
+    if folder.target == crate::gc::TargetKind::Algorithm
+        && let Ok(a) = client.algorithm(&folder.target_slug).await
+    {
+        match interface_check(&a, folder) {
+            Ok(line) => {
+                lines.push(format!("folder[{i}] {line}"));
+                lines.push(format!("folder[{i}] {}", crate::deliver::NO_JOBS_YET));
+                problems.push(crate::deliver::NO_JOBS_YET.to_owned());
+            }
+            Err(why) => {
+                lines.push(format!("folder[{i}] {why}"));
+                problems.push(why);
+            }
+        }
+    }
     for rule in &folder.sockets {
         match client.socket(&rule.slug).await {
             Ok(s) => match crate::deliver::fits(shape(&rule.source), &s) {
@@ -79,6 +96,42 @@ pub async fn check_folder(client: &Client, folder: &Folder) -> FolderCheck {
         (true, None) => Verdict::Usable,
     };
     FolderCheck { lines, verdict }
+}
+
+/// Whether the folder's socket rules can make up one of the algorithm's interfaces exactly: some
+/// interface takes every required socket, and nothing but the folder's sockets.
+pub fn interface_check(algorithm: &Algorithm, folder: &Folder) -> Result<String, String> {
+    let required: Vec<&str> = folder
+        .sockets
+        .iter()
+        .filter(|r| !r.optional)
+        .map(|r| r.slug.as_str())
+        .collect();
+    let fits = algorithm.interfaces.iter().find(|interface| {
+        let takes = |slug: &str| interface.inputs.iter().any(|s| s.slug == slug);
+        required.iter().all(|slug| takes(slug))
+            && interface
+                .inputs
+                .iter()
+                .all(|s| folder.sockets.iter().any(|r| r.slug == s.slug))
+    });
+    let given: Vec<&str> = folder.sockets.iter().map(|r| r.slug.as_str()).collect();
+    match fits {
+        Some(interface) => {
+            let inputs: Vec<&str> = interface.inputs.iter().map(|s| s.slug.as_str()).collect();
+            Ok(format!(
+                "algorithm {}: the sockets fit its interface [{}]",
+                algorithm.slug,
+                inputs.join(", ")
+            ))
+        }
+        None => Err(format!(
+            "algorithm {}: the sockets [{}] make up none of its interfaces, which take {}",
+            algorithm.slug,
+            given.join(", "),
+            algorithm.describe_interfaces()
+        )),
+    }
 }
 
 /// The shape of a config rule's source, to judge it against a socket before any case exists.

@@ -512,6 +512,7 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
     let what = match kind {
         TargetKind::Archive => "archive",
         TargetKind::ReaderStudy => "reader study",
+        TargetKind::Algorithm => "algorithm",
     };
     let target = match client.resolve_target(kind, slug).await {
         Ok(t) => t,
@@ -533,6 +534,7 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
             let theirs = match s.target.kind {
                 TargetKind::Archive => "archive",
                 TargetKind::ReaderStudy => "reader study",
+                TargetKind::Algorithm => "algorithm",
             };
             eprintln!(
                 "error: {} holds a pull of {theirs} '{}'; pull {what} '{slug}' into another folder",

@@ -401,6 +401,7 @@ pub fn explain(
     let target = match folder.target {
         TargetKind::Archive => format!("archive {}", folder.target_slug),
         TargetKind::ReaderStudy => format!("reader study {}", folder.target_slug),
+        TargetKind::Algorithm => format!("algorithm {}", folder.target_slug),
     };
     out.push(format!(
         "folder[{}] {} → {target}",

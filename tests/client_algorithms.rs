@@ -372,3 +372,53 @@ async fn jobs_are_found_again_by_their_values_and_existing_images() {
         other => panic!("uploads have no identity to match: {other:?}"),
     }
 }
+
+/// `check --online` and the agent's start: an algorithm folder's sockets must make up one of the
+/// algorithm's interfaces exactly; optional sockets may be left out of it. Jobs are not started yet, so
+/// even a fitting folder is held (its cases wait) rather than usable.
+#[tokio::test]
+async fn an_algorithm_folder_is_checked_against_the_interfaces() {
+    let sb = sandbox().await;
+    let c = client(&sb);
+    let cfg = |sockets: &str| {
+        let text = format!(
+            "[server]\nurl = \"{}\"\ntoken = \"x\"\nstate_dir = \"/tmp/state\"\n\n[[folder]]\n\
+             path = \"/srv/drop/ct\"\nalgorithm = \"lung-volume-estimator\"\n{sockets}",
+            sb.base_url()
+        );
+        gc_hotfolder::config::Config::parse(std::path::Path::new("/etc/gc/hot.toml"), &text)
+            .unwrap()
+    };
+    let image = "  [[folder.socket]]\n  slug = \"ct-image\"\n  files = \"*.mha\"\n";
+    let count = "  [[folder.socket]]\n  slug = \"lesion-count\"\n  value = 3\n";
+    let optional_count = format!("{count}  optional = true\n");
+    use gc_hotfolder::preflight::{Verdict, check_folder};
+    for (sockets, usable) in [
+        (image.to_owned(), true),
+        (count.to_owned(), true),
+        (format!("{image}{optional_count}"), true),
+        (format!("{image}{count}"), false),
+        (
+            "  [[folder.socket]]\n  slug = \"lung-volume\"\n  value = 1.5\n".to_owned(),
+            false,
+        ),
+    ] {
+        let config = cfg(&sockets);
+        let check = check_folder(&c, &config.folders[0]).await;
+        let text = check.lines.join("\n");
+        match (&check.verdict, usable) {
+            (Verdict::Unusable(why), true) => {
+                assert!(text.contains("fit its interface"), "{text}");
+                assert!(why.contains("does not start algorithm jobs yet"), "{why}");
+                assert!(!why.contains("make up none"), "{why}");
+            }
+            (Verdict::Unusable(why), false) => assert!(
+                why.contains(
+                    "make up none of its interfaces, which take [ct-image] or [lesion-count]"
+                ),
+                "{why}"
+            ),
+            (other, _) => panic!("{sockets}: {other:?}\n{text}"),
+        }
+    }
+}

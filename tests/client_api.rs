@@ -45,6 +45,7 @@ async fn target(c: &Client, kind: TargetKind) -> Target {
     let slug = match kind {
         TargetKind::Archive => "demo-archive",
         TargetKind::ReaderStudy => "demo-reader-study",
+        TargetKind::Algorithm => "lung-volume-estimator",
     };
     c.resolve_target(kind, slug).await.unwrap()
 }

@@ -366,6 +366,16 @@ impl Client {
                     url: found.url,
                 }
             }
+            TargetKind::Algorithm => {
+                let found = self.algorithm(slug).await?;
+                Target {
+                    kind,
+                    slug: slug.to_owned(),
+                    pk: found.pk,
+                    api_url: found.api_url,
+                    url: found.url,
+                }
+            }
         };
         check_pk("the target's pk", &target.pk)?;
         lock(&self.inner.targets).insert(target_key(kind, slug), target.clone());
@@ -390,6 +400,12 @@ impl Client {
                     target.slug
                 ),
             ),
+            TargetKind::Algorithm => {
+                return Err(GcError::Config(format!(
+                    "algorithm '{}' holds no items: its cases become jobs",
+                    target.slug
+                )));
+            }
         };
         let url = self.api_url(items_path(target.kind))?;
         self.call(
@@ -909,11 +925,13 @@ fn target_key(kind: TargetKind, slug: &str) -> String {
     format!("{kind:?}/{slug}")
 }
 
-/// The filter that lists a container's items: its pk (gc-protocol.md §1.8).
+/// The filter that lists a container's items: its pk (gc-protocol.md §1.8). An algorithm's "items" are
+/// its jobs, listed by the algorithm's pk.
 fn items_filter(kind: TargetKind) -> &'static str {
     match kind {
         TargetKind::Archive => "archive",
         TargetKind::ReaderStudy => "reader_study",
+        TargetKind::Algorithm => "algorithm_image__algorithm",
     }
 }
 
@@ -921,6 +939,7 @@ pub(crate) fn items_path(kind: TargetKind) -> &'static str {
     match kind {
         TargetKind::Archive => "archives/items/",
         TargetKind::ReaderStudy => "reader-studies/display-sets/",
+        TargetKind::Algorithm => "algorithms/jobs/",
     }
 }
 

@@ -32,12 +32,14 @@ impl Socket {
     }
 }
 
-/// Archive or reader study: the two kinds of container a case can become part of.
+/// Where a folder's cases go: into an archive or a reader study (containers), or to an algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetKind {
     Archive,
     ReaderStudy,
+    /// Not a container: each case becomes a job of the algorithm, whose outputs land in an outbox.
+    Algorithm,
 }
 
 /// A resolved container: looked up by slug once, then addressed by pk and URL.
