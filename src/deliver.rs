@@ -2,7 +2,9 @@
 //!
 //! Everything that can be checked before anything is created on the platform is checked first (sockets
 //! exist and fit their rules, every JSON value is valid for its socket's kind by the platform's built-in
-//! schemas, gc-protocol.md §3.7), so a bad case leaves nothing half-made. An item is only ever adopted
+//! schemas, gc-protocol.md §3.7, and every image socket's files as sent are judged by the importer that
+//! follows the platform's, refused only when that importer is certain the platform would fail them), so a
+//! bad case leaves nothing half-made. An item is only ever adopted
 //! (instead of created) when the journal proves it is this case's own lost creation, and a title another
 //! case holds is refused before anything is created. When the platform refuses a case after its item
 //! exists, the error says what is left there. The outcome is classified for the caller: quarantine the
@@ -428,6 +430,64 @@ pub fn stage(
     Ok(done)
 }
 
+/// The files of one image socket as they will be sent: (socket, [(case path, upload name, local path)]).
+type ImageFiles = Vec<(String, Vec<(String, String, PathBuf)>)>;
+
+/// The files of every image socket, the de-identified copy standing in for a DICOM file that has one.
+fn images_as_sent(case_dir: &Path, routes: &[(&str, Route<'_>)], staged: &[Staged]) -> ImageFiles {
+    routes
+        .iter()
+        .filter_map(|(slug, r)| match r {
+            Route::Image(fs) => Some((slug.to_string(), *fs)),
+            Route::DicomImageSet(..) | Route::File(_) | Route::Value(_) => None,
+        })
+        .map(|(slug, fs)| {
+            let files = fs
+                .iter()
+                .map(|f| {
+                    let local = staged
+                        .iter()
+                        .find(|s| s.path == f.path)
+                        .map_or_else(|| case_dir.join(&f.rel), |s| s.local.clone());
+                    (f.path.clone(), f.upload_name.clone(), local)
+                })
+                .collect();
+            (slug, files)
+        })
+        .collect()
+}
+
+/// Refuse a case whose image the platform's importer is certain to fail (text named `.mha`, a truncated
+/// image, two series in one socket), judged on this machine by the sandbox's importer, which follows the
+/// platform's; anything it does not follow exactly is left to the platform.
+fn precheck_images(images: &ImageFiles) -> Result<(), DeliverError> {
+    use crate::sandbox::imaging::{ImportError, Verdict, judge_files};
+    for (slug, files) in images {
+        let uploads: Vec<(String, PathBuf)> = files
+            .iter()
+            .map(|(_, name, local)| (name.clone(), local.clone()))
+            .collect();
+        let Verdict::Fails(ImportError::Session(message) | ImportError::Socket(message)) =
+            judge_files(&uploads)
+        else {
+            continue;
+        };
+        let paths: Vec<&str> = files.iter().map(|(path, _, _)| path.as_str()).collect();
+        let what = match paths.as_slice() {
+            [one] => format!("{one} (socket {slug}): the platform would not import it"),
+            many => format!(
+                "socket {slug}: the platform would not import its {} files ({})",
+                many.len(),
+                many.join(", ")
+            ),
+        };
+        return Err(quarantine(format!(
+            "{what}: {message}; nothing was created on the platform"
+        )));
+    }
+    Ok(())
+}
+
 /// One file's copy and the patient identifiers it had.
 struct StagedFile {
     staged: Staged,
@@ -541,6 +601,10 @@ pub async fn deliver(
     for w in &deidentified.warnings {
         tracing::warn!(case = %plan.case_path, "{w}");
     }
+    let images = images_as_sent(case_dir, &routes, &deidentified.staged);
+    tokio::task::spawn_blocking(move || precheck_images(&images))
+        .await
+        .map_err(|e| quarantine(format!("the images could not be checked: {e}")))??;
 
     cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
     let (item, created) = match start {

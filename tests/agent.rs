@@ -198,6 +198,17 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
     case("not-an-image", &|d| {
         std::fs::write(d.join("image.mha"), b"hello, I am text").unwrap()
     });
+    case("truncated-image", &|d| {
+        let image = d.join("image.mha");
+        gc_hotfolder::samples::write_mha(&image, [8, 8, 4], 2).unwrap();
+        let len = std::fs::metadata(&image).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap()
+            .set_len(len - 100)
+            .unwrap();
+    });
     case("two-series", &|d| {
         let s = &d.join("dicom");
         std::fs::create_dir_all(s).unwrap();
@@ -238,7 +249,7 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
     // A good case after all the bad ones: the daemon is still working.
     case("good", &|d| archive_case(d, 0));
 
-    let rs = wait_receipts(&tmp.path().join("state"), 8, Duration::from_secs(90)).await;
+    let rs = wait_receipts(&tmp.path().join("state"), 9, Duration::from_secs(90)).await;
     let by: BTreeMap<&str, &Receipt> = rs.iter().map(|r| (r.case.as_str(), r)).collect();
     let reason = |c: &str| by[c].reason.clone().unwrap_or_default();
     assert_eq!(by["good"].outcome, Outcome::Delivered);
@@ -246,6 +257,7 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
     for (case, because) in [
         ("bad-json", "count.json is not valid JSON"),
         ("not-an-image", "1 file could not be imported"),
+        ("truncated-image", "1 file could not be imported"),
         (
             "two-series",
             "Image imports should result in a single image",
@@ -264,16 +276,23 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
         "{:?}",
         by["symlink-out"].skipped
     );
-    assert!(
-        reason("not-an-image").contains("image.mha (socket generic-medical-image)"),
-        "the file is named: {}",
-        reason("not-an-image")
-    );
-    assert!(
-        reason("not-an-image").contains("Left on the platform: the item created for it"),
-        "{}",
-        reason("not-an-image")
-    );
+    // Images the platform is certain to refuse are judged on this machine, before anything exists.
+    for c in ["not-an-image", "truncated-image", "two-series"] {
+        assert!(
+            reason(c).contains("the platform would not import")
+                && reason(c).contains("nothing was created on the platform")
+                && !reason(c).contains("Left on the platform"),
+            "{c}: {}",
+            reason(c)
+        );
+    }
+    for c in ["not-an-image", "truncated-image"] {
+        assert!(
+            reason(c).contains("image.mha (socket generic-medical-image)"),
+            "the file is named: {}",
+            reason(c)
+        );
+    }
     assert!(
         reason("wrong-kind").contains("nothing was created"),
         "{}",
@@ -286,9 +305,23 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
             .any(|i| i["title"] == "wrong-kind" || i["title"] == "bad-json"),
         "a value of the wrong type is refused before an item exists"
     );
+    let refused_images = ["not-an-image", "truncated-image", "two-series"];
+    assert!(
+        !items_of(&st, "demo-archive")
+            .iter()
+            .any(|i| refused_images.contains(&i["title"].as_str().unwrap_or_default())),
+        "an image the platform would refuse creates no item: {st}"
+    );
+    // Nor does it reach the platform's importer: no import of this run failed there.
+    let sessions = st["upload_sessions"].as_array().expect("sessions in state");
+    assert!(
+        sessions.iter().all(|s| s["status"] != "Failed"),
+        "{sessions:?}"
+    );
     for c in [
         "bad-json",
         "not-an-image",
+        "truncated-image",
         "two-series",
         "empty-file",
         "wrong-kind",

@@ -360,6 +360,85 @@ async fn an_unknown_socket_fails_the_case_before_anything_is_created() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_the_platform_would_refuse_is_quarantined_before_anything_is_created() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let text = drop.join("text-as-image");
+    std::fs::create_dir_all(&text).unwrap();
+    std::fs::write(text.join("image.mha"), b"hello, I am text").unwrap();
+    let truncated = drop.join("truncated");
+    std::fs::create_dir_all(&truncated).unwrap();
+    gc_hotfolder::samples::write_mha(&truncated.join("image.mha"), [8, 8, 4], 1).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(truncated.join("image.mha"))
+        .unwrap()
+        .set_len(200)
+        .unwrap();
+    // Valid images in every format the demo and the examples use still go through.
+    let good: Vec<_> = (0..4u64)
+        .map(|i| {
+            let c = drop.join(format!("good-{i}"));
+            archive_case(&c, i);
+            c
+        })
+        .collect();
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let before = state(&sb).await;
+    let cases: Vec<_> = [text, truncated].into_iter().chain(good).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .arg("upload")
+            .arg("--config")
+            .arg(&cfg)
+            .args(&cases)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+
+    let rs = receipts(&tmp.path().join("state/receipts"));
+    assert_eq!(rs.len(), 6, "{rs:?}");
+    for r in &rs {
+        let reason = r.reason.clone().unwrap_or_default();
+        if r.case.starts_with("good-") {
+            assert_eq!(r.outcome, Outcome::Delivered, "{}: {reason}", r.case);
+            continue;
+        }
+        assert_eq!(r.outcome, Outcome::Quarantined, "{}", r.case);
+        assert!(
+            reason.starts_with("image.mha (socket generic-medical-image): the platform would not import it: 1 file could not be imported")
+                && reason.ends_with("nothing was created on the platform"),
+            "{}: {reason}",
+            r.case
+        );
+    }
+    let st = state(&sb).await;
+    let titles: Vec<&str> = items_of(&st, "demo-archive")
+        .iter()
+        .filter_map(|i| i["title"].as_str())
+        .collect();
+    assert!(
+        !titles.contains(&"text-as-image") && !titles.contains(&"truncated"),
+        "{titles:?}"
+    );
+    assert_eq!(
+        items_of(&st, "demo-archive").len(),
+        items_of(&before, "demo-archive").len() + 4,
+        "only the good cases made items"
+    );
+    let sessions = st["upload_sessions"].as_array().expect("sessions in state");
+    assert!(
+        sessions.iter().all(|s| s["status"] != "Failed"),
+        "no import reached the platform to fail there: {sessions:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_and_the_agent_share_one_journal_and_upload_honours_after() {
     let sb = sandbox().await;
     let tmp = tempfile::tempdir().unwrap();

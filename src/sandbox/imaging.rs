@@ -334,6 +334,51 @@ pub fn import_uploads(
     Ok((image, files))
 }
 
+/// What the importer can tell about the files of one image value before they are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The files make one image, or they hold something this importer does not follow exactly: only
+    /// the platform can tell.
+    Pass,
+    /// The platform's import of these files is certain to fail, with the error it would give.
+    Fails(ImportError),
+}
+
+/// Extensions of formats the platform reads and this importer does not follow: OCT scans and
+/// whole-slide images read through OpenSlide (some of them TIFF inside, some not).
+const UNFOLLOWED_EXTENSIONS: [&str; 12] = [
+    "fds", "fda", "e2e", "img", "mrxs", "vms", "vmu", "ndpi", "scn", "svslide", "bif", "svs",
+];
+
+/// Judge the files of one image value (upload filename, path of the bytes) as the platform's importer
+/// would, before anything is created for them. Conservative: [`Verdict::Fails`] only when every file is
+/// in a format this importer follows panimg for (or in none at all) and the import fails by its rules.
+/// ZIP archives, whole-slide DICOM and the formats of [`UNFOLLOWED_EXTENSIONS`] pass to the platform.
+/// Reads what [`import_image`] reads: headers, with voxel data streamed.
+pub fn judge_files(files: &[(String, PathBuf)]) -> Verdict {
+    if files.is_empty() || !files.iter().all(|(name, path)| followed(name, path)) {
+        return Verdict::Pass;
+    }
+    match import_image(files) {
+        Ok(_) => Verdict::Pass,
+        Err(e) => Verdict::Fails(e),
+    }
+}
+
+/// Whether the platform's verdict on this file is one this importer reproduces.
+fn followed(name: &str, path: &Path) -> bool {
+    let extension = name
+        .rsplit_once('.')
+        .map(|(_, ext)| ext.to_ascii_lowercase())
+        .unwrap_or_default();
+    if UNFOLLOWED_EXTENSIONS.contains(&extension.as_str()) || is_zip(path) {
+        return false;
+    }
+    // Whole-slide DICOM is converted by the platform's slide reader, which this importer does not follow.
+    !read_dicom_header(path)
+        .is_ok_and(|h| h.text(TAG_SOP_CLASS_UID).as_deref() == Some(WSI_SOP_CLASS))
+}
+
 /// The builders in the platform's order over the files of one directory; each sees only what
 /// earlier ones left.
 fn import_folder(uploads: &[Upload]) -> Result<Vec<Built>, ImportError> {
@@ -2808,6 +2853,83 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, bytes).unwrap();
         p
+    }
+
+    #[test]
+    fn judge_files_fails_only_what_the_platform_is_certain_to_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let fails_one = Verdict::Fails(ImportError::Session(could_not_import_message(1)));
+
+        let text = write(d, "text.mha", b"hello, I am text");
+        assert_eq!(judge_files(&uploads(&[text])), fails_one);
+
+        let truncated = d.join("truncated.mha");
+        samples::write_mha(&truncated, [8, 8, 4], 1).unwrap();
+        let len = std::fs::metadata(&truncated).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&truncated)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        assert_eq!(judge_files(&uploads(&[truncated])), fails_one);
+
+        let series = d.join("two-series");
+        std::fs::create_dir_all(&series).unwrap();
+        let mut two =
+            samples::write_dicom_series(&series, 2, 4, 4, &DicomSeriesIds::new(1), 1).unwrap();
+        let other = d.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        for (i, f) in samples::write_dicom_series(&other, 2, 4, 4, &DicomSeriesIds::new(2), 2)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+        {
+            let to = series.join(format!("other-{i}.dcm"));
+            std::fs::rename(f, &to).unwrap();
+            two.push(to);
+        }
+        assert_eq!(
+            judge_files(&uploads(&two)),
+            Verdict::Fails(single_image_error().unwrap_err())
+        );
+
+        // Every format the platform reads that this importer follows, valid: nothing to say.
+        let mha = d.join("ok.mha");
+        samples::write_mha(&mha, [8, 8, 4], 1).unwrap();
+        let (mhd, raw) = samples::write_mhd_pair(d, "pair", [4, 3, 2], 9).unwrap();
+        let nii = d.join("ok.nii.gz");
+        samples::write_nifti(&nii, [5, 5, 5], true, 3).unwrap();
+        let tif = d.join("ok.tif");
+        samples::write_tiff(&tif, 8, 8, 4).unwrap();
+        let one_series = d.join("one-series");
+        std::fs::create_dir_all(&one_series).unwrap();
+        let dicom =
+            samples::write_dicom_series(&one_series, 3, 8, 8, &DicomSeriesIds::new(3), 3).unwrap();
+        for files in [vec![mha], vec![mhd, raw], vec![nii], vec![tif], dicom] {
+            assert_eq!(judge_files(&uploads(&files)), Verdict::Pass, "{files:?}");
+        }
+
+        // What this importer does not follow is left to the platform, even when it reads as nothing.
+        let oct = write(d, "scan.e2e", b"hello, I am text");
+        let slide = write(d, "slide.svs", b"hello, I am text");
+        let zipped = d.join("text.zip");
+        {
+            let mut z = zip::ZipWriter::new(File::create(&zipped).unwrap());
+            z.start_file("inner.mha", zip::write::SimpleFileOptions::default())
+                .unwrap();
+            z.write_all(b"hello, I am text").unwrap();
+            z.finish().unwrap();
+        }
+        for file in [oct, slide, zipped] {
+            assert_eq!(
+                judge_files(&uploads(std::slice::from_ref(&file))),
+                Verdict::Pass,
+                "{file:?}"
+            );
+        }
+        assert_eq!(judge_files(&[]), Verdict::Pass);
     }
 
     fn session(msg: &str) -> Result<ImportedImage, ImportError> {
