@@ -488,7 +488,8 @@ fn holds_exactly(item: &serde_json::Value, r: &Receipt) {
             let mut sent: Vec<(String, String)> = s
                 .files
                 .iter()
-                .map(|f| (f.upload_name.clone(), f.sha256.clone()))
+                // What was sent: for DICOM the de-identified copy, not the file in the case folder.
+                .map(|f| (f.upload_name.clone(), f.sent_sha256.clone()))
                 .collect();
             sent.sort();
             assert_eq!(
