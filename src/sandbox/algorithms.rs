@@ -613,39 +613,13 @@ pub fn job_json(w: &World, job: &Job, urls: &Urls) -> Json {
     })
 }
 
-/// A socket value as `/_sandbox/state` shows it (the same shape as an item's values there).
-fn civ_state(w: &World, pk: i64) -> Option<Json> {
-    let civ = w.civs.get(&pk)?;
-    let slug = w
-        .socket(civ.socket)
-        .map(|s| s.slug.clone())
-        .unwrap_or_default();
-    let file_json = |f: &StoredFile| json!({"name": f.name, "size": f.size, "sha256": f.sha256});
-    let mut v = json!({"socket": slug, "pk": civ.pk});
-    match &civ.content {
-        CivContent::Value(value) => v["value"] = value.clone(),
-        CivContent::File(f) => v["file"] = file_json(f),
-        CivContent::Image(i) => {
-            v["image"] = match w.images.get(i) {
-                Some(img) => json!({
-                    "pk": img.pk,
-                    "name": img.name,
-                    "files": img.files.iter().map(|f| file_json(&f.stored)).collect::<Vec<_>>(),
-                }),
-                None => json!({"pk": i}),
-            }
-        }
-    }
-    Some(v)
-}
-
 /// The `algorithms` part of `/_sandbox/state`: every job with its error and logs.
 pub fn state_json(w: &World) -> Json {
     let mut jobs: Vec<&Job> = w.algorithms.jobs.values().collect();
     jobs.sort_by_key(|j| j.seq);
     let user_name = |pk: UserId| w.user(pk).map(|u| u.username.clone()).unwrap_or_default();
     let civs = |m: &BTreeMap<i64, i64>| -> Vec<Json> {
-        m.values().filter_map(|pk| civ_state(w, *pk)).collect()
+        m.values().filter_map(|pk| w.civ_state_json(*pk)).collect()
     };
     Json::Array(
         w.algorithms

@@ -1071,6 +1071,33 @@ impl World {
         })
     }
 
+    /// A socket value as `/_sandbox/state` shows it, for items, display sets and jobs alike.
+    pub fn civ_state_json(&self, pk: i64) -> Option<Json> {
+        let civ = self.civs.get(&pk)?;
+        let slug = self
+            .socket(civ.socket)
+            .map(|s| s.slug.clone())
+            .unwrap_or_default();
+        let file_json =
+            |f: &StoredFile| json!({"name": f.name, "size": f.size, "sha256": f.sha256});
+        let mut v = json!({"socket": slug, "pk": civ.pk});
+        match &civ.content {
+            CivContent::Value(value) => v["value"] = value.clone(),
+            CivContent::File(f) => v["file"] = file_json(f),
+            CivContent::Image(i) => {
+                v["image"] = match self.images.get(i) {
+                    Some(img) => json!({
+                        "pk": img.pk,
+                        "name": img.name,
+                        "files": img.files.iter().map(|f| file_json(&f.stored)).collect::<Vec<_>>(),
+                    }),
+                    None => json!({"pk": i}),
+                }
+            }
+        }
+        Some(v)
+    }
+
     /// `GET /_sandbox/state`: everything tests and benchmarks compare receipts against.
     pub fn state_json(&self, urls: &Urls) -> Json {
         let user_name = |pk: UserId| {
@@ -1078,32 +1105,11 @@ impl World {
                 .map(|u| u.username.clone())
                 .unwrap_or_default()
         };
-        let file_json =
-            |f: &StoredFile| json!({"name": f.name, "size": f.size, "sha256": f.sha256});
         let item_state = |item: &Item| {
             let values: Vec<Json> = item
                 .values
                 .values()
-                .filter_map(|pk| self.civs.get(pk))
-                .map(|civ| {
-                    let slug = self.socket(civ.socket).map(|s| s.slug.clone()).unwrap_or_default();
-                    let mut v = json!({"socket": slug, "pk": civ.pk});
-                    match &civ.content {
-                        CivContent::Value(value) => v["value"] = value.clone(),
-                        CivContent::File(f) => v["file"] = file_json(f),
-                        CivContent::Image(i) => {
-                            v["image"] = match self.images.get(i) {
-                                Some(img) => json!({
-                                    "pk": img.pk,
-                                    "name": img.name,
-                                    "files": img.files.iter().map(|f| file_json(&f.stored)).collect::<Vec<_>>(),
-                                }),
-                                None => json!({"pk": i}),
-                            }
-                        }
-                    }
-                    v
-                })
+                .filter_map(|pk| self.civ_state_json(*pk))
                 .collect();
             let mut j = json!({"pk": item.pk, "title": item.title, "values": values});
             if item.kind == ContainerKind::ReaderStudy {
