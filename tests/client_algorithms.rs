@@ -61,29 +61,8 @@ async fn a_job_on_an_uploaded_image_is_followed_and_its_outputs_downloaded() {
     let c = client(&sb);
     let dir = tempfile::tempdir().unwrap();
     let mha = dir.path().join("ct.mha");
-    gc_hotfolder::samples::write_mha(&mha, [12, 10, 3], 3).unwrap();
-    let upload = c
-        .upload_file(
-            &LocalFile {
-                path: mha.clone(),
-                filename: "ct.mha".into(),
-            },
-            None,
-            &NoObserver,
-        )
-        .await
-        .unwrap();
+    let created = job_on_an_uploaded_mha(&c, &mha, [12, 10, 3], 3).await;
     let a = c.algorithm("lung-volume-estimator").await.unwrap();
-    let created = c
-        .start_job(
-            &a,
-            &[ValueEntry {
-                socket: "ct-image".into(),
-                source: ValueSource::UserUploads(vec![upload.api_url]),
-            }],
-        )
-        .await
-        .unwrap();
     assert_eq!(
         created.status,
         JobStatus::Pending("Validating inputs".into())

@@ -6,8 +6,7 @@ mod client_support;
 use std::time::Duration;
 
 use client_support::*;
-use gc_hotfolder::gc::models::{ValueEntry, ValueSource};
-use gc_hotfolder::gc::{JobPolling, JobStatus, LocalFile, NoObserver};
+use gc_hotfolder::gc::{JobPolling, JobStatus};
 use gc_hotfolder::outbox::{self, Written};
 use gc_hotfolder::sandbox::FaultRule;
 use sha2::Digest;
@@ -18,29 +17,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     let c = client(&sb);
     let dir = tempfile::tempdir().unwrap();
     let mha = dir.path().join("ct.mha");
-    gc_hotfolder::samples::write_mha(&mha, [6, 5, 4], 2).unwrap();
-    let upload = c
-        .upload_file(
-            &LocalFile {
-                path: mha.clone(),
-                filename: "ct.mha".into(),
-            },
-            None,
-            &NoObserver,
-        )
-        .await
-        .unwrap();
-    let a = c.algorithm("lung-volume-estimator").await.unwrap();
-    let created = c
-        .start_job(
-            &a,
-            &[ValueEntry {
-                socket: "ct-image".into(),
-                source: ValueSource::UserUploads(vec![upload.api_url]),
-            }],
-        )
-        .await
-        .unwrap();
+    let created = job_on_an_uploaded_mha(&c, &mha, [6, 5, 4], 2).await;
     let polling = JobPolling {
         first_poll: Duration::from_millis(20),
         max_poll: Duration::from_millis(200),

@@ -149,3 +149,35 @@ impl UploadObserver for Recorder {
         *self.bytes.lock().unwrap() += bytes;
     }
 }
+
+/// A MetaImage of `dims` written to `path` and uploaded, then a job of the demo world's
+/// `lung-volume-estimator` started on it; the job as its creation answered.
+pub async fn job_on_an_uploaded_mha(
+    c: &Client,
+    path: &Path,
+    dims: [u32; 3],
+    seed: u64,
+) -> gc_hotfolder::gc::CreatedJob {
+    gc_hotfolder::samples::write_mha(path, dims, seed).unwrap();
+    let upload = c
+        .upload_file(
+            &gc_hotfolder::gc::LocalFile {
+                path: path.to_path_buf(),
+                filename: "ct.mha".into(),
+            },
+            None,
+            &gc_hotfolder::gc::NoObserver,
+        )
+        .await
+        .unwrap();
+    let a = c.algorithm("lung-volume-estimator").await.unwrap();
+    c.start_job(
+        &a,
+        &[gc_hotfolder::gc::models::ValueEntry {
+            socket: "ct-image".into(),
+            source: gc_hotfolder::gc::models::ValueSource::UserUploads(vec![upload.api_url]),
+        }],
+    )
+    .await
+    .unwrap()
+}
