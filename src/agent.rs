@@ -1389,6 +1389,11 @@ impl Delivery {
                 tracing::error!(case = %self.case, "{e}");
                 Ok(Done::Later(sh.options.retry_first))
             }
+            Err(DeliverError::Local(e)) => {
+                tracing::error!(case = %self.case, "{e}");
+                sh.journal.postpone(self.rec.id, &e)?;
+                Ok(Done::Later(sh.options.retry_first))
+            }
         }
     }
 
@@ -1553,6 +1558,7 @@ pub(crate) async fn attempt_recorded(
         verify,
         &cp,
         privacy.as_ref(),
+        folder.outbox.as_deref(),
     )
     .await;
     // The copies are made again, byte for byte, by any later attempt: none is kept on disk.
@@ -1637,6 +1643,22 @@ impl Checkpoints for JournalCheckpoints<'_> {
                 s3_upload_id: u.s3_upload_id.clone(),
             })
         })
+    }
+    fn job_starting(&self, slug: &str) -> Result<bool, String> {
+        self.journal
+            .job_starting(self.id, slug)
+            .map_err(|e| e.to_string())
+    }
+    fn job_refused(&self) -> Result<(), String> {
+        self.journal.job_refused(self.id).map_err(|e| e.to_string())
+    }
+    fn claimed_jobs(&self, slug: &str) -> Result<Vec<String>, String> {
+        self.journal.claimed_jobs(slug).map_err(|e| e.to_string())
+    }
+    fn job_status(&self, pk: &str, status: &str) {
+        if let Err(e) = self.journal.note(self.id, &format!("job {pk}: {status}")) {
+            tracing::warn!("cannot note the job's status: {e}");
+        }
     }
     fn unchanged(&self) -> bool {
         crate::settle::snapshot(self.case_dir)

@@ -42,6 +42,8 @@ pub enum Step {
     Patching,
     /// The PATCH was answered; waiting for the server to attach every value.
     Verifying,
+    /// An algorithm's job was started (pk recorded); following it until it ends.
+    Running,
 }
 
 impl CaseState {
@@ -56,6 +58,7 @@ impl CaseState {
                     Step::Uploading => "uploading",
                     Step::Patching => "patching",
                     Step::Verifying => "verifying",
+                    Step::Running => "running",
                 }),
             ),
             CaseState::Delivered => ("delivered", None),
@@ -73,6 +76,7 @@ impl CaseState {
                     "uploading" => Step::Uploading,
                     "patching" => Step::Patching,
                     "verifying" => Step::Verifying,
+                    "running" => Step::Running,
                     other => return Err(JournalError::Corrupt(format!("unknown step {other:?}"))),
                 },
             },
@@ -270,6 +274,9 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE cases ADD COLUMN create_sent TEXT;
      ALTER TABLE cases ADD COLUMN moved_to BLOB;
      CREATE INDEX IF NOT EXISTS cases_title ON cases (target_kind, target_slug, title);",
+    // 2: an algorithm's job has no title to claim: the journal records when a request to start a job
+    // was about to be sent, so that a job whose answer was lost is looked for (and not started twice).
+    "ALTER TABLE cases ADD COLUMN job_sent TEXT;",
 ];
 
 /// The raw bytes of a path, the journal's key for folders and cases.
@@ -569,7 +576,7 @@ impl Journal {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "UPDATE cases SET item_pk = ?2, create_sent = NULL, step = 'uploading', updated = ?3 WHERE id = ?1",
+            "UPDATE cases SET item_pk = ?2, create_sent = NULL, job_sent = NULL, step = 'uploading', updated = ?3 WHERE id = ?1",
             params![id, item_pk, now()],
         )?;
         Journal::event(&tx, id, "item", Some(item_pk))?;
@@ -629,6 +636,49 @@ impl Journal {
             params![id],
         )?;
         Ok(())
+    }
+
+    /// Right before a request to start a job on `slug` is sent: record it, and say whether an earlier
+    /// request of this case may have started a job whose answer was lost (then that job is looked for
+    /// before another is started).
+    pub fn job_starting(&self, id: i64, slug: &str) -> Result<bool, JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let in_doubt: bool = tx.query_row(
+            "SELECT job_sent IS NOT NULL AND item_pk IS NULL FROM cases WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "UPDATE cases SET job_sent = ?3, target_kind = 'algorithm', target_slug = ?2, updated = ?3
+             WHERE id = ?1",
+            params![id, slug, now()],
+        )?;
+        Journal::event(&tx, id, "job sent", Some(slug))?;
+        tx.commit()?;
+        Ok(in_doubt)
+    }
+
+    /// The platform refused to start the job: no job was started by that request.
+    pub fn job_refused(&self, id: i64) -> Result<(), JournalError> {
+        self.conn().execute(
+            "UPDATE cases SET job_sent = NULL WHERE id = ?1 AND item_pk IS NULL",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// The jobs of algorithm `slug` that cases of this journal hold: a lost job is never one of these.
+    pub fn claimed_jobs(&self, slug: &str) -> Result<Vec<String>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT item_pk FROM cases WHERE target_kind = 'algorithm' AND target_slug = ?1
+             AND item_pk IS NOT NULL",
+        )?;
+        let pks = stmt
+            .query_map(params![slug], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(pks)
     }
 
     pub fn step(&self, id: i64, step: Step) -> Result<(), JournalError> {
