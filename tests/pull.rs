@@ -679,33 +679,19 @@ async fn a_pull_killed_midway_leaves_no_partial_files_and_the_next_one_fetches_o
         .spawn()
         .unwrap();
     let state_file = dest.join(".gc-pull.json");
-    let recorded = |state: &Value| -> usize {
-        state["items"]
-            .as_object()
-            .into_iter()
-            .flat_map(|items| items.values())
-            .flat_map(|i| {
-                i["sockets"]
-                    .as_object()
-                    .into_iter()
-                    .flat_map(|s| s.values())
-            })
-            .map(|s| s["files"].as_array().map_or(0, |f| f.len()))
-            .sum()
-    };
     eventually(
         std::time::Duration::from_secs(30),
         "some downloads recorded",
         async || {
             let state: Value = serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
-            (recorded(&state) >= 3).then_some(())
+            (recorded_files(&state) >= 3).then_some(())
         },
     )
     .await;
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let at_kill = recorded(&json_of(&state_file));
+    let at_kill = recorded_files(&json_of(&state_file));
     for case in &cases {
         let item = dest.join(case.file_name().unwrap());
         if item.is_dir() {
@@ -1001,5 +987,190 @@ async fn an_algorithm_pull_writes_each_succeeded_jobs_outputs_and_reports_the_ot
             .contains("holds a pull of algorithm 'lung-volume-estimator'"),
         "{}",
         text(&out)
+    );
+}
+
+/// Files recorded in a state file, over all items (jobs) and sockets.
+fn recorded_files(state: &Value) -> usize {
+    state["items"]
+        .as_object()
+        .into_iter()
+        .flat_map(|items| items.values())
+        .flat_map(|i| {
+            i["sockets"]
+                .as_object()
+                .into_iter()
+                .flat_map(|s| s.values())
+        })
+        .map(|s| s["files"].as_array().map_or(0, |f| f.len()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_algorithm_pull_killed_midway_resumes_with_only_the_rest() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), &sb, &tmp.path().join("drop"), None, "");
+    let c = client(&sb);
+    let mut jobs = Vec::new();
+    for seed in 0..5u64 {
+        let mha = tmp.path().join(format!("ct-{seed}.mha"));
+        gc_hotfolder::samples::write_mha(&mha, [4, 4, 2 + seed as u32], seed).unwrap();
+        jobs.push(job_on_upload(&c, "lung-volume-estimator", &mha).await);
+    }
+    let polling = JobPolling {
+        first_poll: Duration::from_millis(20),
+        max_poll: Duration::from_millis(200),
+        deadline: Duration::from_secs(30),
+    };
+    for pk in &jobs {
+        assert_eq!(
+            c.await_job(pk, &polling).await.unwrap().status,
+            JobStatus::Succeeded
+        );
+    }
+    // Slow downloads, so that the kill comes while files are still being fetched.
+    sb.set_faults(vec!["GET /media/* latency=500".parse().unwrap()])
+        .unwrap();
+
+    let dest = tmp.path().join("results");
+    let mut child = bin()
+        .args(["pull", "--config"])
+        .arg(&cfg)
+        .args(["--algorithm", "lung-volume-estimator"])
+        .arg(&dest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state_file = dest.join(".gc-pull.json");
+    eventually(
+        Duration::from_secs(30),
+        "some downloads recorded",
+        async || {
+            let state: Value = serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
+            (recorded_files(&state) >= 3).then_some(())
+        },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = recorded_files(&json_of(&state_file));
+    for pk in &jobs {
+        let folder = dest.join(pk);
+        if folder.is_dir() {
+            assert!(
+                tree(&folder)
+                    .keys()
+                    .all(|rel| !rel.split('/').any(|c| c.starts_with('.'))),
+                "no dotfile inside {}",
+                folder.display()
+            );
+        }
+    }
+
+    sb.set_faults(Vec::new()).unwrap();
+    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let st = state(&sb).await;
+    let mut total = 0;
+    for pk in &jobs {
+        let (files, values) = expected_job_folder(&c, &st, pk).await;
+        let got = tree(&dest.join(pk));
+        assert_eq!(got.len(), files.len() + values.len(), "job {pk}: {got:?}");
+        for (rel, sha) in &files {
+            assert_eq!(got.get(rel), Some(sha), "job {pk}: {rel}");
+        }
+        for (rel, v) in &values {
+            assert_eq!(&json_of(&dest.join(pk).join(rel)), v, "job {pk}: {rel}");
+        }
+        total += got.len();
+    }
+    assert!(!dest.join(".gc-pull.tmp").exists(), "no staging left");
+    assert!(
+        at_kill < total,
+        "the kill came midway: {at_kill} of {total}"
+    );
+    let summary = stdout(&out);
+    assert!(
+        summary.contains(&format!(
+            " {} downloaded, {at_kill} files skipped (already there)",
+            if total - at_kill == 1 {
+                "1 file".to_owned()
+            } else {
+                format!("{} files", total - at_kill)
+            }
+        )),
+        "what was recorded before the kill is kept, everything else is fetched: {summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_still_running_is_reported_and_pulled_by_a_later_run_once_it_succeeded() {
+    const RUNS_FOR: Duration = Duration::from_secs(5);
+    let sb = sandbox_with(|o| {
+        for a in &mut o.fixture.algorithms {
+            a.duration = RUNS_FOR;
+        }
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), &sb, &tmp.path().join("drop"), None, "");
+    let c = client(&sb);
+    let estimator = c.algorithm("lung-volume-estimator").await.unwrap();
+    let dest = tmp.path().join("results");
+
+    let started = std::time::Instant::now();
+    let job = c
+        .start_job(
+            &estimator,
+            &[ValueEntry {
+                socket: "lesion-count".into(),
+                source: ValueSource::Value(json!(4)),
+            }],
+        )
+        .await
+        .unwrap()
+        .pk;
+    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    // A job cannot succeed sooner than its run time after it was started: a pull that ended within
+    // that time saw it unfinished.
+    if started.elapsed() < RUNS_FOR {
+        let s = stdout(&out);
+        assert!(
+            s.contains(&format!("not pulled: job {job} is "))
+                && s.contains("a later pull fetches it once it has succeeded"),
+            "{s}"
+        );
+        assert!(s.contains(": 0 jobs, "), "{s}");
+        assert!(!dest.join(&job).exists());
+    }
+
+    let polling = JobPolling {
+        first_poll: Duration::from_millis(50),
+        max_poll: Duration::from_millis(500),
+        deadline: Duration::from_secs(60),
+    };
+    assert_eq!(
+        c.await_job(&job, &polling).await.unwrap().status,
+        JobStatus::Succeeded
+    );
+    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let s = stdout(&out);
+    assert!(s.contains(": 1 job, "), "{s}");
+    assert!(!s.contains("not pulled"), "{s}");
+    let (files, values) = expected_job_folder(&c, &state(&sb).await, &job).await;
+    assert!(files.is_empty(), "a lesion count gives values only");
+    let got = tree(&dest.join(&job));
+    assert_eq!(got.len(), values.len(), "{got:?}");
+    for (rel, v) in &values {
+        assert_eq!(&json_of(&dest.join(&job).join(rel)), v, "{rel}");
+    }
+    assert_eq!(
+        json_of(&dest.join(&job).join("is-abnormal.json")),
+        json!(true),
+        "4 is even"
     );
 }
