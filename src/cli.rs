@@ -153,7 +153,7 @@ pub struct PullArgs {
     /// Slug of the reader study whose display sets to download.
     #[arg(long)]
     pub reader_study: Option<String>,
-    /// Slug of the algorithm whose jobs' outputs to download (your jobs that succeeded).
+    /// Slug of the algorithm whose jobs' outputs to download (the jobs that succeeded).
     #[arg(long)]
     pub algorithm: Option<String>,
     /// Where the item (or job) folders go (created if missing).
@@ -172,7 +172,7 @@ AS A DROP FOLDER
 Downloads go to DEST/.gc-pull.tmp first and are moved into place when complete, so an item folder never holds a partial file or a dotfile. With socket rules matching the relative paths (e.g. files = \"images/ct-image/*\", value_file = \"lesion-count.json\"), DEST is a drop folder whose item folders upload again as they are.
 
 ALGORITHMS
-With --algorithm, each of your jobs of that algorithm that succeeded becomes DEST/<job pk>, holding one entry per output socket at the socket's relative path, written as above. Jobs that have not succeeded are listed with their status and skipped, which is not an error: a later pull fetches those that have succeeded since.
+With --algorithm, each job of that algorithm that succeeded becomes DEST/<job pk>: every job the token may see, which is its own jobs, and for an editor of the algorithm its users' jobs too. The folder holds one entry per output socket at the socket's relative path, written as above. Jobs that have not succeeded are listed with their status and skipped, which is not an error: a later pull fetches those that have succeeded since.
 
 DICOM image sets cannot be downloaded through the API; such sockets are reported as skipped.";
 

@@ -16,7 +16,7 @@ use common::*;
 use gc_hotfolder::gc::models::{TargetKind, ValueEntry, ValueSource};
 use gc_hotfolder::gc::{Client, ClientConfig, JobPolling, JobStatus, LocalFile, NoObserver, Token};
 use gc_hotfolder::sandbox::Sandbox;
-use gc_hotfolder::sandbox::fixture::{ArchiveSpec, DEMO_TOKEN};
+use gc_hotfolder::sandbox::fixture::{ArchiveSpec, DEMO_READER_TOKEN, DEMO_TOKEN};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -949,6 +949,28 @@ async fn an_algorithm_pull_writes_each_succeeded_jobs_outputs_and_reports_the_ot
     );
     assert!(s.contains(": 0 jobs, "), "{s}");
     assert_eq!(listing(&dest_failing), [".gc-pull.json", ".gc-pull.lock"]);
+
+    // Another user of the algorithm (no editor) sees only their own jobs: none.
+    let reader_cfg = tmp.path().join("reader.toml");
+    std::fs::write(
+        &reader_cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(DEMO_TOKEN, DEMO_READER_TOKEN),
+    )
+    .unwrap();
+    let dest_reader = tmp.path().join("reader");
+    let out = pull(
+        &reader_cfg,
+        "--algorithm",
+        "lung-volume-estimator",
+        &dest_reader,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let s = stdout(&out);
+    assert!(s.contains(": 0 jobs, ") && !s.contains("not pulled"), "{s}");
+    assert_eq!(listing(&dest_reader), [".gc-pull.json", ".gc-pull.lock"]);
 
     // A misspelled slug: a usage error that names the algorithm, and no folder.
     let nowhere = tmp.path().join("nowhere");
