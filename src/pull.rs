@@ -275,7 +275,7 @@ pub fn moved_from(
 
 /// A job with nothing to pull (yet): it has not succeeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unfinished {
+pub struct NotSucceeded {
     pub pk: String,
     pub status: JobStatus,
 }
@@ -283,9 +283,9 @@ pub struct Unfinished {
 /// An algorithm's jobs as pull sees them: each succeeded job as an item whose values are its outputs,
 /// untitled so that its folder is its pk (a job has no name of its own), and the jobs that have not
 /// succeeded. Those are no failure of the pull: one that is still running is pulled by a later run.
-pub fn jobs_as_items(jobs: Vec<Job>) -> (Vec<Item>, Vec<Unfinished>) {
+pub fn jobs_as_items(jobs: Vec<Job>) -> (Vec<Item>, Vec<NotSucceeded>) {
     let mut items = Vec::new();
-    let mut unfinished = Vec::new();
+    let mut not_succeeded = Vec::new();
     for job in jobs {
         if job.status == JobStatus::Succeeded {
             items.push(Item {
@@ -295,13 +295,13 @@ pub fn jobs_as_items(jobs: Vec<Job>) -> (Vec<Item>, Vec<Unfinished>) {
                 order: None,
             });
         } else {
-            unfinished.push(Unfinished {
+            not_succeeded.push(NotSucceeded {
                 pk: job.pk,
                 status: job.status,
             });
         }
     }
-    (items, unfinished)
+    (items, not_succeeded)
 }
 
 /// What a target's pull reports on: items and display sets, or jobs.
@@ -589,7 +589,7 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
     };
     state.target = here;
 
-    let (items, unfinished) = match list(client, &target).await {
+    let (items, not_succeeded) = match list(client, &target).await {
         Ok(listed) => listed,
         Err(e) => {
             eprintln!("error: {e}");
@@ -666,7 +666,7 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
             .chain(r.fatal)
             .max_by_key(|(_, code)| *code);
     }
-    for u in &unfinished {
+    for u in &not_succeeded {
         let when = if u.status.is_final() {
             "it ended without succeeding"
         } else {
@@ -696,10 +696,10 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
     if items_skipped > 0 {
         summary.push_str(&format!(", {} skipped", counted(items_skipped, unit)));
     }
-    if !unfinished.is_empty() {
+    if !not_succeeded.is_empty() {
         summary.push_str(&format!(
             ", {} not pulled (not succeeded)",
-            counted(unfinished.len(), unit)
+            counted(not_succeeded.len(), unit)
         ));
     }
     if removed > 0 {
@@ -731,7 +731,7 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
 
 /// What DEST mirrors: every item of an archive or reader study; an algorithm's jobs, split by
 /// [`jobs_as_items`].
-async fn list(client: &Client, target: &Target) -> Result<(Vec<Item>, Vec<Unfinished>), GcError> {
+async fn list(client: &Client, target: &Target) -> Result<(Vec<Item>, Vec<NotSucceeded>), GcError> {
     match target.kind {
         TargetKind::Archive | TargetKind::ReaderStudy => {
             Ok((client.list_items(target).await?, Vec::new()))
@@ -1459,7 +1459,7 @@ mod tests {
             outputs,
             exec_duration: None,
         };
-        let (items, unfinished) = jobs_as_items(vec![
+        let (items, not_succeeded) = jobs_as_items(vec![
             job("j1", "Succeeded", vec![output]),
             job("j2", "Failed", Vec::new()),
             job("j3", "Executing", Vec::new()),
@@ -1473,13 +1473,13 @@ mod tests {
             "a job's folder is its pk"
         );
         assert_eq!(
-            unfinished,
+            not_succeeded,
             [
-                Unfinished {
+                NotSucceeded {
                     pk: "j2".into(),
                     status: JobStatus::Failed
                 },
-                Unfinished {
+                NotSucceeded {
                     pk: "j3".into(),
                     status: JobStatus::Pending("Executing".into())
                 },
