@@ -97,7 +97,8 @@ pub enum Command {
     /// Exit status: 0 all delivered, 1 some case failed (see its receipt), 2 usage or config error,
     /// 3 the platform refused the token or was unreachable.
     Upload(UploadArgs),
-    /// Download an archive's items or a reader study's display sets into DEST, one folder per item.
+    /// Download an archive's items, a reader study's display sets or an algorithm's job outputs into
+    /// DEST, one folder per item or job.
     ///
     /// Exit status: 0 everything pulled, 1 some socket was skipped or failed (printed, with the reason),
     /// 2 usage or config error, 3 the platform refused the token or was unreachable.
@@ -137,21 +138,25 @@ pub struct UploadArgs {
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = PULL_HELP)]
+#[command(group(
+    clap::ArgGroup::new("target")
+        .required(true)
+        .args(["archive", "reader_study", "algorithm"])
+))]
 pub struct PullArgs {
     /// The configuration file (only its [server] table is used: URL, token, CA).
     #[arg(long, short, env = "GC_HOTFOLDER_CONFIG")]
     pub config: PathBuf,
     /// Slug of the archive whose items to download.
-    #[arg(
-        long,
-        conflicts_with = "reader_study",
-        required_unless_present = "reader_study"
-    )]
+    #[arg(long)]
     pub archive: Option<String>,
     /// Slug of the reader study whose display sets to download.
     #[arg(long)]
     pub reader_study: Option<String>,
-    /// Where the item folders go (created if missing).
+    /// Slug of the algorithm whose jobs' outputs to download (the jobs that succeeded).
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// Where the item (or job) folders go (created if missing).
     pub dest: PathBuf,
 }
 
@@ -165,6 +170,9 @@ DEST/.gc-pull.json records, per item, its folder and the value of each socket th
 
 AS A DROP FOLDER
 Downloads go to DEST/.gc-pull.tmp first and are moved into place when complete, so an item folder never holds a partial file or a dotfile. With socket rules matching the relative paths (e.g. files = \"images/ct-image/*\", value_file = \"lesion-count.json\"), DEST is a drop folder whose item folders upload again as they are.
+
+ALGORITHMS
+With --algorithm, each job of that algorithm that succeeded becomes DEST/<job pk>: every job the token may see, which is its own jobs, and for an editor of the algorithm its users' jobs too. The folder holds one entry per output socket at the socket's relative path, written as above. Jobs that have not succeeded are listed with their status and skipped, which is not an error: a later pull fetches those that have succeeded since.
 
 DICOM image sets cannot be downloaded through the API; such sockets are reported as skipped.";
 

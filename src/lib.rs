@@ -23,7 +23,8 @@
 //! - [`samples`]  tiny but real medical images (MetaImage, NIfTI, DICOM, TIFF) for tests and the demo.
 //! - [`fsutil`]   atomic file writes (temp file, fsync, rename) shared by receipts and state files.
 //! - [`upload`]   the one-shot `upload` command: cases given on the command line, with progress bars.
-//! - [`pull`]     the way back: an archive's items or a reader study's display sets into folders, resumable.
+//! - [`pull`]     the way back: an archive's items, a reader study's display sets or an algorithm's job
+//!   outputs into folders, resumable.
 //! - [`outbox`]   an algorithm job's outputs as a case folder, written as `pull` writes an item, whole.
 //! - [`commands`] `run`, `check`, `status`, `explain`, `retry`: operating the agent.
 //! - [`preflight`] whether the platform has each folder's target and sockets: `check --online`, and the

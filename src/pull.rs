@@ -1,6 +1,7 @@
 //! The `pull` command: the way back from the platform to folders. It exists so that delivered cases can
 //! be checked, copied or moved on without a browser, and so that a pulled folder is again a drop folder
-//! whose cases the same socket rules upload as they are (a round trip).
+//! whose cases the same socket rules upload as they are (a round trip). An algorithm's succeeded jobs
+//! come back the same way: a job is pulled as an item whose values are its outputs, named by its pk.
 //!
 //! The decisions (folder names, which paths are safe, what to fetch again) are plain functions below the
 //! I/O. Every download is staged in `DEST/.gc-pull.tmp` and moved into place when complete, and the state
@@ -20,7 +21,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{PullArgs, exit};
-use crate::gc::{Client, GcError, InterfaceRef, Item, ItemValue, Socket, SuperKind, TargetKind};
+use crate::gc::{
+    Client, GcError, InterfaceRef, Item, ItemValue, Job, JobFilter, JobStatus, Socket, SuperKind,
+    Target, TargetKind,
+};
 
 /// The state file, in DEST itself.
 pub const STATE_FILE: &str = ".gc-pull.json";
@@ -269,15 +273,56 @@ pub fn moved_from(
     (!in_use).then(|| old.clone())
 }
 
+/// A job with nothing to pull (yet): it has not succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotSucceeded {
+    pub pk: String,
+    pub status: JobStatus,
+}
+
+/// An algorithm's jobs as pull sees them: each succeeded job as an item whose values are its outputs,
+/// untitled so that its folder is its pk (a job has no name of its own), and the jobs that have not
+/// succeeded. Those are no failure of the pull: one that is still running is pulled by a later run.
+pub fn jobs_as_items(jobs: Vec<Job>) -> (Vec<Item>, Vec<NotSucceeded>) {
+    let mut items = Vec::new();
+    let mut not_succeeded = Vec::new();
+    for job in jobs {
+        if job.status == JobStatus::Succeeded {
+            items.push(Item {
+                pk: job.pk,
+                title: String::new(),
+                values: job.outputs,
+                order: None,
+            });
+        } else {
+            not_succeeded.push(NotSucceeded {
+                pk: job.pk,
+                status: job.status,
+            });
+        }
+    }
+    (items, not_succeeded)
+}
+
+/// What a target's pull reports on: items and display sets, or jobs.
+fn noun(kind: TargetKind) -> (&'static str, &'static str) {
+    match kind {
+        TargetKind::Archive => ("archive", "item"),
+        TargetKind::ReaderStudy => ("reader study", "item"),
+        TargetKind::Algorithm => ("algorithm", "job"),
+    }
+}
+
 // ---- the command ------------------------------------------------------------------------------------
 
 /// Entry point of `gc-hotfolder pull`.
 pub fn main(args: PullArgs) -> u8 {
-    let (kind, slug) = match (args.archive, args.reader_study) {
-        (Some(a), None) => (TargetKind::Archive, a),
-        (None, Some(r)) => (TargetKind::ReaderStudy, r),
+    let (kind, slug) = match (args.archive, args.reader_study, args.algorithm) {
+        (Some(a), None, None) => (TargetKind::Archive, a),
+        (None, Some(r), None) => (TargetKind::ReaderStudy, r),
+        (None, None, Some(a)) => (TargetKind::Algorithm, a),
         _ => {
-            eprintln!("error: give exactly one of --archive and --reader-study");
+            eprintln!("error: give exactly one of --archive, --reader-study and --algorithm");
             return exit::USAGE;
         }
     };
@@ -509,11 +554,7 @@ impl Shared<'_> {
 }
 
 async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, parallel: usize) -> u8 {
-    let what = match kind {
-        TargetKind::Archive => "archive",
-        TargetKind::ReaderStudy => "reader study",
-        TargetKind::Algorithm => "algorithm",
-    };
+    let (what, unit) = noun(kind);
     let target = match client.resolve_target(kind, slug).await {
         Ok(t) => t,
         Err(e) => {
@@ -531,11 +572,7 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
     };
     let mut state = match dest.load_state() {
         Ok(Some(s)) if (s.target.kind, &s.target.pk) != (kind, &target.pk) => {
-            let theirs = match s.target.kind {
-                TargetKind::Archive => "archive",
-                TargetKind::ReaderStudy => "reader study",
-                TargetKind::Algorithm => "algorithm",
-            };
+            let (theirs, _) = noun(s.target.kind);
             eprintln!(
                 "error: {} holds a pull of {theirs} '{}'; pull {what} '{slug}' into another folder",
                 dest.root.display(),
@@ -552,8 +589,8 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
     };
     state.target = here;
 
-    let items = match client.list_items(&target).await {
-        Ok(i) => i,
+    let (items, not_succeeded) = match list(client, &target).await {
+        Ok(listed) => listed,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::PLATFORM;
@@ -629,17 +666,25 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
             .chain(r.fatal)
             .max_by_key(|(_, code)| *code);
     }
+    for u in &not_succeeded {
+        let when = if u.status.is_final() {
+            "it ended without succeeding"
+        } else {
+            "a later pull fetches it once it has succeeded"
+        };
+        println!("not pulled: job {} is {} ({when})", u.pk, u.status.label());
+    }
     skipped.sort_by(|a, b| (&a.item, &a.socket).cmp(&(&b.item, &b.socket)));
     for s in &skipped {
         match &s.socket {
             Some(socket) => println!("skipped {} socket {socket}: {}", s.item, s.reason),
-            None => println!("skipped item {}: {}", s.item, s.reason),
+            None => println!("skipped {unit} {}: {}", s.item, s.reason),
         }
     }
     let mut summary = format!(
         "{what} {slug} → {}: {}, {} downloaded, {} skipped (already there), {} skipped",
         dest.root.display(),
-        counted(n_items, "item"),
+        counted(n_items, unit),
         counted(downloaded, "file"),
         counted(kept, "file"),
         counted(
@@ -649,7 +694,13 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
     );
     let items_skipped = skipped.iter().filter(|s| s.socket.is_none()).count();
     if items_skipped > 0 {
-        summary.push_str(&format!(", {} skipped", counted(items_skipped, "item")));
+        summary.push_str(&format!(", {} skipped", counted(items_skipped, unit)));
+    }
+    if !not_succeeded.is_empty() {
+        summary.push_str(&format!(
+            ", {} not pulled (not succeeded)",
+            counted(not_succeeded.len(), unit)
+        ));
     }
     if removed > 0 {
         summary.push_str(&format!(
@@ -660,7 +711,7 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
     if gone > 0 {
         summary.push_str(&format!(
             ", {} no longer on the platform (folders kept)",
-            counted(gone, "item")
+            counted(gone, unit)
         ));
     }
     println!("{summary}");
@@ -675,6 +726,23 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
         exit::OK
     } else {
         exit::CASE_FAILED
+    }
+}
+
+/// What DEST mirrors: every item of an archive or reader study; an algorithm's jobs, split by
+/// [`jobs_as_items`].
+async fn list(client: &Client, target: &Target) -> Result<(Vec<Item>, Vec<NotSucceeded>), GcError> {
+    match target.kind {
+        TargetKind::Archive | TargetKind::ReaderStudy => {
+            Ok((client.list_items(target).await?, Vec::new()))
+        }
+        TargetKind::Algorithm => {
+            let filter = JobFilter {
+                algorithm: Some(target.pk.clone()),
+                ..JobFilter::default()
+            };
+            Ok(jobs_as_items(client.jobs(&filter).await?))
+        }
     }
 }
 
@@ -1371,6 +1439,52 @@ mod tests {
         let mut bad = state;
         bad.version = 99;
         assert!(check_state(&bad).is_err());
+    }
+
+    #[test]
+    fn succeeded_jobs_are_untitled_items_of_their_outputs_and_the_rest_is_set_aside() {
+        let output = ItemValue {
+            pk: 7,
+            interface: InterfaceRef::Slug("lung-volume".into()),
+            value: Some(serde_json::json!(120.0)),
+            file: None,
+            image: None,
+        };
+        let job = |pk: &str, status: &str, outputs: Vec<ItemValue>| Job {
+            pk: pk.into(),
+            api_url: format!("https://h/api/v1/algorithms/jobs/{pk}/"),
+            algorithm: "https://h/api/v1/algorithms/a/".into(),
+            status: JobStatus::from_label(status),
+            inputs: Vec::new(),
+            outputs,
+            exec_duration: None,
+        };
+        let (items, not_succeeded) = jobs_as_items(vec![
+            job("j1", "Succeeded", vec![output]),
+            job("j2", "Failed", Vec::new()),
+            job("j3", "Executing", Vec::new()),
+        ]);
+        assert_eq!(items.len(), 1);
+        assert_eq!((items[0].pk.as_str(), items[0].title.as_str()), ("j1", ""));
+        assert_eq!(items[0].values[0].pk, 7);
+        assert_eq!(
+            folder_name(&items[0].title, &items[0].pk, |_| false).as_deref(),
+            Some("j1"),
+            "a job's folder is its pk"
+        );
+        assert_eq!(
+            not_succeeded,
+            [
+                NotSucceeded {
+                    pk: "j2".into(),
+                    status: JobStatus::Failed
+                },
+                NotSucceeded {
+                    pk: "j3".into(),
+                    status: JobStatus::Pending("Executing".into())
+                },
+            ]
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `gc-hotfolder pull` as a user runs it, against the sandbox over loopback: cases delivered with `upload`
 //! come back byte for byte (SHA-256) and value for value, a pulled folder uploads again as a drop folder
 //! with the same values, a second pull downloads nothing, and a changed value is the only thing fetched
-//! again.
+//! again. An algorithm pull writes each succeeded job's outputs as the sandbox holds them and reports the
+//! jobs that did not succeed.
 
 mod common;
 
@@ -13,9 +14,9 @@ use std::time::Duration;
 
 use common::*;
 use gc_hotfolder::gc::models::{TargetKind, ValueEntry, ValueSource};
-use gc_hotfolder::gc::{Client, ClientConfig, Token};
+use gc_hotfolder::gc::{Client, ClientConfig, JobPolling, JobStatus, LocalFile, NoObserver, Token};
 use gc_hotfolder::sandbox::Sandbox;
-use gc_hotfolder::sandbox::fixture::{ArchiveSpec, DEMO_TOKEN};
+use gc_hotfolder::sandbox::fixture::{ArchiveSpec, DEMO_READER_TOKEN, DEMO_TOKEN};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -588,6 +589,8 @@ async fn pull_refuses_bad_usage_an_unknown_target_and_a_folder_of_another_target
     for needle in [
         "--archive",
         "--reader-study",
+        "--algorithm",
+        "DEST/<job pk>",
         "DEST",
         ".gc-pull.json",
         "DICOM",
@@ -612,6 +615,18 @@ async fn pull_refuses_bad_usage_an_unknown_target_and_a_folder_of_another_target
     ])
     .await;
     assert_eq!(both.status.code(), Some(2), "{}", text(&both));
+    let two = run(vec![
+        "pull".into(),
+        "--config".into(),
+        cfg.clone().into(),
+        "--archive".into(),
+        "demo-archive".into(),
+        "--algorithm".into(),
+        "lung-volume-estimator".into(),
+        dest.clone().into(),
+    ])
+    .await;
+    assert_eq!(two.status.code(), Some(2), "{}", text(&two));
     let neither = run(vec![
         "pull".into(),
         "--config".into(),
@@ -664,33 +679,19 @@ async fn a_pull_killed_midway_leaves_no_partial_files_and_the_next_one_fetches_o
         .spawn()
         .unwrap();
     let state_file = dest.join(".gc-pull.json");
-    let recorded = |state: &Value| -> usize {
-        state["items"]
-            .as_object()
-            .into_iter()
-            .flat_map(|items| items.values())
-            .flat_map(|i| {
-                i["sockets"]
-                    .as_object()
-                    .into_iter()
-                    .flat_map(|s| s.values())
-            })
-            .map(|s| s["files"].as_array().map_or(0, |f| f.len()))
-            .sum()
-    };
     eventually(
         std::time::Duration::from_secs(30),
         "some downloads recorded",
         async || {
             let state: Value = serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
-            (recorded(&state) >= 3).then_some(())
+            (recorded_files(&state) >= 3).then_some(())
         },
     )
     .await;
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let at_kill = recorded(&json_of(&state_file));
+    let at_kill = recorded_files(&json_of(&state_file));
     for case in &cases {
         let item = dest.join(case.file_name().unwrap());
         if item.is_dir() {
@@ -732,5 +733,466 @@ async fn a_pull_killed_midway_leaves_no_partial_files_and_the_next_one_fetches_o
             }
         )),
         "what was recorded before the kill is kept, everything else is fetched: {summary}"
+    );
+}
+
+/// Upload `path` and start a job of `algorithm` on it as its `ct-image`; the job's pk.
+async fn job_on_upload(c: &Client, algorithm: &str, path: &Path) -> String {
+    let upload = c
+        .upload_file(
+            &LocalFile {
+                path: path.to_path_buf(),
+                filename: path.file_name().unwrap().to_string_lossy().into_owned(),
+            },
+            None,
+            &NoObserver,
+        )
+        .await
+        .unwrap();
+    let a = c.algorithm(algorithm).await.unwrap();
+    c.start_job(
+        &a,
+        &[ValueEntry {
+            socket: "ct-image".into(),
+            source: ValueSource::UserUploads(vec![upload.api_url]),
+        }],
+    )
+    .await
+    .unwrap()
+    .pk
+}
+
+/// What a job's folder must hold, from the sandbox's own record of its outputs: relative path → SHA-256
+/// for stored files, and relative path → JSON for values.
+async fn expected_job_folder(
+    c: &Client,
+    st: &Value,
+    job_pk: &str,
+) -> (BTreeMap<String, String>, BTreeMap<String, Value>) {
+    let job = st["algorithms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|a| a["jobs"].as_array().unwrap())
+        .find(|j| j["pk"] == job_pk)
+        .unwrap_or_else(|| panic!("job {job_pk} in the sandbox's state"));
+    let (mut files, mut values) = (BTreeMap::new(), BTreeMap::new());
+    for out in job["outputs"].as_array().unwrap() {
+        let socket = c.socket(out["socket"].as_str().unwrap()).await.unwrap();
+        let rel = socket.relative_path;
+        if out["image"].is_object() {
+            for f in out["image"]["files"].as_array().unwrap() {
+                let name = f["name"].as_str().unwrap();
+                files.insert(
+                    format!("{rel}/{name}"),
+                    f["sha256"].as_str().unwrap().into(),
+                );
+            }
+        } else if out["file"].is_object() {
+            files.insert(rel, out["file"]["sha256"].as_str().unwrap().into());
+        } else {
+            values.insert(rel, out["value"].clone());
+        }
+    }
+    assert!(
+        !files.is_empty() || !values.is_empty(),
+        "job {job_pk} has outputs"
+    );
+    (files, values)
+}
+
+/// Entries directly in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_algorithm_pull_writes_each_succeeded_jobs_outputs_and_reports_the_other_jobs() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), &sb, &tmp.path().join("drop"), None, "");
+    let c = client(&sb);
+
+    // Three jobs that succeed (two CT images of different sizes and a lesion count), one whose input
+    // upload is no image (it fails), and one of an algorithm that always fails.
+    let mut succeeded = Vec::new();
+    let mut images = Vec::new();
+    for (seed, dims) in [[6, 5, 4], [3, 3, 2]].into_iter().enumerate() {
+        let mha = tmp.path().join(format!("ct-{seed}.mha"));
+        gc_hotfolder::samples::write_mha(&mha, dims, seed as u64).unwrap();
+        succeeded.push(job_on_upload(&c, "lung-volume-estimator", &mha).await);
+        images.push(mha);
+    }
+    let estimator = c.algorithm("lung-volume-estimator").await.unwrap();
+    let counted = c
+        .start_job(
+            &estimator,
+            &[ValueEntry {
+                socket: "lesion-count".into(),
+                source: ValueSource::Value(json!(3)),
+            }],
+        )
+        .await
+        .unwrap();
+    succeeded.push(counted.pk);
+    let junk = tmp.path().join("junk.mha");
+    std::fs::write(&junk, b"not an image at all").unwrap();
+    let broken = job_on_upload(&c, "lung-volume-estimator", &junk).await;
+    let failing = job_on_upload(&c, "failing-algorithm", &images[0]).await;
+
+    let polling = JobPolling {
+        first_poll: Duration::from_millis(20),
+        max_poll: Duration::from_millis(200),
+        deadline: Duration::from_secs(30),
+    };
+    for pk in &succeeded {
+        let job = c.await_job(pk, &polling).await.unwrap();
+        assert_eq!(job.status, JobStatus::Succeeded, "job {pk}");
+    }
+    for pk in [&broken, &failing] {
+        let job = c.await_job(pk, &polling).await.unwrap();
+        assert_eq!(job.status, JobStatus::Failed, "job {pk}");
+    }
+
+    let dest = tmp.path().join("results");
+    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let first = stdout(&out);
+    assert!(first.contains(": 3 jobs, "), "{first}");
+    assert!(first.contains(" 0 sockets skipped"), "{first}");
+    assert!(
+        first.contains(&format!("not pulled: job {broken} is Failed")),
+        "{first}"
+    );
+    assert!(
+        first.contains(", 1 job not pulled (not succeeded)"),
+        "{first}"
+    );
+    let mut want_top = vec![".gc-pull.json".to_owned(), ".gc-pull.lock".to_owned()];
+    want_top.extend(succeeded.iter().cloned());
+    want_top.sort();
+    assert_eq!(
+        listing(&dest),
+        want_top,
+        "one folder per succeeded job, named by its pk; none for the failed one"
+    );
+    let recorded = json_of(&dest.join(".gc-pull.json"));
+    assert_eq!(recorded["target"]["kind"], "algorithm");
+    assert_eq!(recorded["target"]["slug"], "lung-volume-estimator");
+
+    let st = state(&sb).await;
+    let outbox = tmp.path().join("outbox");
+    std::fs::create_dir(&outbox).unwrap();
+    for pk in &succeeded {
+        let folder = dest.join(pk);
+        let (files, values) = expected_job_folder(&c, &st, pk).await;
+        let got = tree(&folder);
+        let mut want_paths: Vec<&String> = files.keys().chain(values.keys()).collect();
+        want_paths.sort();
+        assert_eq!(got.keys().collect::<Vec<_>>(), want_paths, "job {pk}");
+        for (rel, sha) in &files {
+            assert_eq!(&got[rel], sha, "job {pk}: {rel} as the sandbox stores it");
+        }
+        for (rel, v) in &values {
+            assert_eq!(&json_of(&folder.join(rel)), v, "job {pk}: {rel}");
+        }
+        // The agent's outbox writes a job's outputs; pull writes them the same way.
+        let job = c.job(pk).await.unwrap();
+        gc_hotfolder::outbox::write_case(&c, &outbox, pk, &job.outputs)
+            .await
+            .unwrap();
+        assert_eq!(
+            tree(&outbox.join(pk)),
+            got,
+            "job {pk}: as the outbox has it"
+        );
+    }
+    // The image output is a copy of the input image: the very bytes come back.
+    for (pk, mha) in succeeded.iter().zip(&images) {
+        let dir = dest.join(pk).join("images/generic-medical-image");
+        let names = listing(&dir);
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(sha256(&dir.join(&names[0])), sha256(mha), "job {pk}");
+    }
+    assert_eq!(
+        json_of(&dest.join(&succeeded[0]).join("lung-volume.json")),
+        json!(120.0),
+        "6 × 5 × 4 voxels"
+    );
+
+    // Again: nothing is downloaded; the failed job is reported again.
+    let gets = media_gets(&sb).await;
+    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let second = stdout(&out);
+    assert!(second.contains(" 0 files downloaded, "), "{second}");
+    assert!(second.contains("nothing to download"), "{second}");
+    assert!(
+        second.contains(&format!("not pulled: job {broken} is Failed")),
+        "{second}"
+    );
+    assert_eq!(media_gets(&sb).await, gets, "no file was fetched again");
+
+    // An algorithm whose only job failed: reported, no folder, and no failure of the pull.
+    let dest_failing = tmp.path().join("failing");
+    let out = pull(&cfg, "--algorithm", "failing-algorithm", &dest_failing).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let s = stdout(&out);
+    assert!(
+        s.contains(&format!("not pulled: job {failing} is Failed")),
+        "{s}"
+    );
+    assert!(s.contains(": 0 jobs, "), "{s}");
+    assert_eq!(listing(&dest_failing), [".gc-pull.json", ".gc-pull.lock"]);
+
+    // Another user of the algorithm (no editor) sees only their own jobs: none.
+    let reader_cfg = tmp.path().join("reader.toml");
+    std::fs::write(
+        &reader_cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(DEMO_TOKEN, DEMO_READER_TOKEN),
+    )
+    .unwrap();
+    let dest_reader = tmp.path().join("reader");
+    let out = pull(
+        &reader_cfg,
+        "--algorithm",
+        "lung-volume-estimator",
+        &dest_reader,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let s = stdout(&out);
+    assert!(s.contains(": 0 jobs, ") && !s.contains("not pulled"), "{s}");
+    assert_eq!(listing(&dest_reader), [".gc-pull.json", ".gc-pull.lock"]);
+
+    // A misspelled slug: a usage error that names the algorithm, and no folder.
+    let nowhere = tmp.path().join("nowhere");
+    let out = pull(&cfg, "--algorithm", "no-such-algorithm", &nowhere).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("algorithm 'no-such-algorithm' does not exist"),
+        "{}",
+        text(&out)
+    );
+    assert!(!nowhere.exists());
+
+    // A folder holding another target's pull is not mixed with an algorithm's, either way round.
+    let archive_dest = tmp.path().join("archive");
+    let out = pull(&cfg, "--archive", "demo-archive", &archive_dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let before = std::fs::read(archive_dest.join(".gc-pull.json")).unwrap();
+    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &archive_dest).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds a pull of archive 'demo-archive'"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(archive_dest.join(".gc-pull.json")).unwrap(),
+        before,
+        "the archive's state file is left as it was"
+    );
+    assert!(succeeded.iter().all(|pk| !archive_dest.join(pk).exists()));
+    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("holds a pull of algorithm 'lung-volume-estimator'"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Files recorded in a state file, over all items (jobs) and sockets.
+fn recorded_files(state: &Value) -> usize {
+    state["items"]
+        .as_object()
+        .into_iter()
+        .flat_map(|items| items.values())
+        .flat_map(|i| {
+            i["sockets"]
+                .as_object()
+                .into_iter()
+                .flat_map(|s| s.values())
+        })
+        .map(|s| s["files"].as_array().map_or(0, |f| f.len()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_algorithm_pull_killed_midway_resumes_with_only_the_rest() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), &sb, &tmp.path().join("drop"), None, "");
+    let c = client(&sb);
+    let mut jobs = Vec::new();
+    for seed in 0..5u64 {
+        let mha = tmp.path().join(format!("ct-{seed}.mha"));
+        gc_hotfolder::samples::write_mha(&mha, [4, 4, 2 + seed as u32], seed).unwrap();
+        jobs.push(job_on_upload(&c, "lung-volume-estimator", &mha).await);
+    }
+    let polling = JobPolling {
+        first_poll: Duration::from_millis(20),
+        max_poll: Duration::from_millis(200),
+        deadline: Duration::from_secs(30),
+    };
+    for pk in &jobs {
+        assert_eq!(
+            c.await_job(pk, &polling).await.unwrap().status,
+            JobStatus::Succeeded
+        );
+    }
+    // Slow downloads, so that the kill comes while files are still being fetched.
+    sb.set_faults(vec!["GET /media/* latency=500".parse().unwrap()])
+        .unwrap();
+
+    let dest = tmp.path().join("results");
+    let mut child = bin()
+        .args(["pull", "--config"])
+        .arg(&cfg)
+        .args(["--algorithm", "lung-volume-estimator"])
+        .arg(&dest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state_file = dest.join(".gc-pull.json");
+    eventually(
+        Duration::from_secs(30),
+        "some downloads recorded",
+        async || {
+            let state: Value = serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
+            (recorded_files(&state) >= 3).then_some(())
+        },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = recorded_files(&json_of(&state_file));
+    for pk in &jobs {
+        let folder = dest.join(pk);
+        if folder.is_dir() {
+            assert!(
+                tree(&folder)
+                    .keys()
+                    .all(|rel| !rel.split('/').any(|c| c.starts_with('.'))),
+                "no dotfile inside {}",
+                folder.display()
+            );
+        }
+    }
+
+    sb.set_faults(Vec::new()).unwrap();
+    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let st = state(&sb).await;
+    let mut total = 0;
+    for pk in &jobs {
+        let (files, values) = expected_job_folder(&c, &st, pk).await;
+        let got = tree(&dest.join(pk));
+        assert_eq!(got.len(), files.len() + values.len(), "job {pk}: {got:?}");
+        for (rel, sha) in &files {
+            assert_eq!(got.get(rel), Some(sha), "job {pk}: {rel}");
+        }
+        for (rel, v) in &values {
+            assert_eq!(&json_of(&dest.join(pk).join(rel)), v, "job {pk}: {rel}");
+        }
+        total += got.len();
+    }
+    assert!(!dest.join(".gc-pull.tmp").exists(), "no staging left");
+    assert!(
+        at_kill < total,
+        "the kill came midway: {at_kill} of {total}"
+    );
+    let summary = stdout(&out);
+    assert!(
+        summary.contains(&format!(
+            " {} downloaded, {at_kill} files skipped (already there)",
+            if total - at_kill == 1 {
+                "1 file".to_owned()
+            } else {
+                format!("{} files", total - at_kill)
+            }
+        )),
+        "what was recorded before the kill is kept, everything else is fetched: {summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_still_running_is_reported_and_pulled_by_a_later_run_once_it_succeeded() {
+    const RUNS_FOR: Duration = Duration::from_secs(5);
+    let sb = sandbox_with(|o| {
+        for a in &mut o.fixture.algorithms {
+            a.duration = RUNS_FOR;
+        }
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), &sb, &tmp.path().join("drop"), None, "");
+    let c = client(&sb);
+    let estimator = c.algorithm("lung-volume-estimator").await.unwrap();
+    let dest = tmp.path().join("results");
+
+    let started = std::time::Instant::now();
+    let job = c
+        .start_job(
+            &estimator,
+            &[ValueEntry {
+                socket: "lesion-count".into(),
+                source: ValueSource::Value(json!(4)),
+            }],
+        )
+        .await
+        .unwrap()
+        .pk;
+    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    // A job cannot succeed sooner than its run time after it was started: a pull that ended within
+    // that time saw it unfinished.
+    if started.elapsed() < RUNS_FOR {
+        let s = stdout(&out);
+        assert!(
+            s.contains(&format!("not pulled: job {job} is "))
+                && s.contains("a later pull fetches it once it has succeeded"),
+            "{s}"
+        );
+        assert!(s.contains(": 0 jobs, "), "{s}");
+        assert!(!dest.join(&job).exists());
+    }
+
+    let polling = JobPolling {
+        first_poll: Duration::from_millis(50),
+        max_poll: Duration::from_millis(500),
+        deadline: Duration::from_secs(60),
+    };
+    assert_eq!(
+        c.await_job(&job, &polling).await.unwrap().status,
+        JobStatus::Succeeded
+    );
+    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let s = stdout(&out);
+    assert!(s.contains(": 1 job, "), "{s}");
+    assert!(!s.contains("not pulled"), "{s}");
+    let (files, values) = expected_job_folder(&c, &state(&sb).await, &job).await;
+    assert!(files.is_empty(), "a lesion count gives values only");
+    let got = tree(&dest.join(&job));
+    assert_eq!(got.len(), values.len(), "{got:?}");
+    for (rel, v) in &values {
+        assert_eq!(&json_of(&dest.join(&job).join(rel)), v, "{rel}");
+    }
+    assert_eq!(
+        json_of(&dest.join(&job).join("is-abnormal.json")),
+        json!(true),
+        "4 is even"
     );
 }

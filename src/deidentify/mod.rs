@@ -14,13 +14,15 @@
 //! afresh (Media Storage SOP Instance UID follows the new SOP Instance UID, no AE titles of the sender).
 //!
 //! The decisions ([`deidentify_dataset`]) are pure and work on an in-memory data set; the file
-//! function ([`deidentify_file`]) reads the header of a file up to its pixel data, de-identifies it and
-//! streams the pixel data across fragment by fragment (native pixel data: one value at a time), so
-//! memory does not grow with the number of frames of an encapsulated image.
+//! function ([`deidentify_file`]) first walks the file's element headers ([`scan`]: a damaged length
+//! is refused before any parser allocates for it), then reads the header up to the pixel data,
+//! de-identifies it and streams the pixel data across: native pixel data straight from the file in
+//! 64 KiB chunks, encapsulated pixel data fragment by fragment. Memory does not grow with the size of
+//! an image.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -35,6 +37,9 @@ use dicom_object::meta::FileMetaTableBuilder;
 use dicom_parser::dataset::{DataSetWriter, DataToken, IntoTokens};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use sha2::{Digest, Sha256};
+
+mod scan;
+use scan::PixelData;
 
 /// The procedure as shipped: byte for byte the file of `grand-challenge-dicom-de-id-procedure`.
 pub const PROCEDURE_JSON: &str = include_str!("procedure.json");
@@ -551,6 +556,7 @@ pub fn deidentify_file(
     if !is_dicom(src).map_err(unreadable)? {
         return Err(DeidError::NotDicom);
     }
+    let pixel_data = scan::scan(src)?;
     let file = File::open(src).map_err(unreadable)?;
     let mut collector = DicomCollector::new(BufReader::with_capacity(1 << 20, file));
     let meta = collector.read_file_meta().map_err(unreadable)?.clone();
@@ -610,17 +616,32 @@ pub fn deidentify_file(
     writer
         .write_sequence(header.into_tokens())
         .map_err(io_write)?;
-
-    if keep_pixels == Action::Keep {
-        copy_pixel_data(
-            &mut collector,
-            &mut writer,
-            ts.is_encapsulated_pixel_data(),
-            native_vr,
-        )?;
+    let keep_pixels = keep_pixels == Action::Keep;
+    if keep_pixels && pixel_data == PixelData::Encapsulated {
+        copy_fragments(&mut collector, &mut writer)?;
     }
     writer.flush().map_err(io_write)?;
     drop(writer);
+    if let (true, PixelData::Native { offset, len }) = (keep_pixels, pixel_data) {
+        // The copy is written in the transfer syntax of the original (its file meta group says so),
+        // so the value's bytes go across as they are, whatever the byte order.
+        let encoder = ts
+            .encoder_for::<Hashing<BufWriter<File>>>()
+            .ok_or_else(|| io_write(format!("no encoder for transfer syntax {ts_uid}")))?;
+        // Padded to even length as DICOM requires (and as dicom-rs writes any value).
+        let header = DataElementHeader::new(
+            tags::PIXEL_DATA,
+            native_vr,
+            Length(len.saturating_add(1) & !1),
+        );
+        encoder
+            .encode_element_header(&mut out, header)
+            .map_err(io_write)?;
+        copy_native(src, offset, len, &mut out)?;
+        if len % 2 == 1 {
+            out.write_all(&[0]).map_err(io_write)?;
+        }
+    }
     out.flush().map_err(io_write)?;
     Ok(Written {
         sha256: hex::encode(out.hash.finalize()),
@@ -635,6 +656,7 @@ pub fn patient_identifiers(path: &Path) -> Option<(Option<String>, Option<String
     if !is_dicom(path).ok()? {
         return None;
     }
+    scan::scan(path).ok()?;
     let file = File::open(path).ok()?;
     let mut collector = DicomCollector::new(BufReader::new(file));
     collector.read_file_meta().ok()?;
@@ -692,11 +714,38 @@ pub fn looks_like(title: &str, identifier: &str) -> bool {
 const IMPLEMENTATION_CLASS_UID: &str = "2.25.203516286392371233935186391779446862597";
 const IMPLEMENTATION_VERSION: &str = "GCHOTFOLDER";
 
-fn copy_pixel_data<W, E>(
+/// Native pixel data is copied in chunks of this size: memory stays flat whatever the image's size.
+const CHUNK: usize = 64 << 10;
+
+/// Copy `len` bytes of native pixel data starting `offset` bytes into `src`.
+fn copy_native(src: &Path, offset: u64, len: u32, out: &mut impl Write) -> Result<(), DeidError> {
+    let mut file = File::open(src).map_err(unreadable)?;
+    file.seek(SeekFrom::Start(offset)).map_err(unreadable)?;
+    let mut chunk = vec![0u8; CHUNK];
+    let mut copied: u64 = 0;
+    while copied < u64::from(len) {
+        let want = (u64::from(len) - copied).min(CHUNK as u64) as usize;
+        let n = match file.read(&mut chunk[..want]) {
+            Ok(0) => {
+                // The walk saw the bytes; the file shrank since.
+                return Err(DeidError::Unreadable(format!(
+                    "cannot read it as DICOM: the pixel data is cut short ({copied} of {len} bytes)"
+                )));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(unreadable(e)),
+        };
+        out.write_all(&chunk[..n]).map_err(io_write)?;
+        copied += n as u64;
+    }
+    Ok(())
+}
+
+/// Copy encapsulated pixel data (the basic offset table, then the fragments) one item at a time.
+fn copy_fragments<W, E>(
     collector: &mut DicomCollector<BufReader<File>>,
     writer: &mut DataSetWriter<W, E>,
-    encapsulated: bool,
-    native_vr: VR,
 ) -> Result<(), DeidError>
 where
     W: Write,
@@ -718,20 +767,6 @@ where
     let Some(first) = next(&mut buf)? else {
         return Ok(());
     };
-    if !encapsulated {
-        let vr = native_vr;
-        writer
-            .write(DataToken::ElementHeader(DataElementHeader::new(
-                tags::PIXEL_DATA,
-                vr,
-                Length(first),
-            )))
-            .map_err(io_write)?;
-        writer
-            .write(DataToken::PrimitiveValue(PrimitiveValue::U8(buf.into())))
-            .map_err(io_write)?;
-        return Ok(());
-    }
     writer
         .write(DataToken::PixelSequenceStart)
         .map_err(io_write)?;
