@@ -467,13 +467,22 @@ mod tests {
     fn a_lost_job_is_recognised_by_its_inputs() {
         let entries = [upload("ct"), value("age", serde_json::json!(61))];
         // Still importing the image: only the value shows, and it is the case's.
-        let pending = job(JobStatus::Pending("Queued".into()), &[("age", serde_json::json!(61))]);
+        let pending = job(
+            JobStatus::Pending("Queued".into()),
+            &[("age", serde_json::json!(61))],
+        );
         assert!(fits(&pending, &entries));
         // Another value: another case's job.
-        let other = job(JobStatus::Pending("Queued".into()), &[("age", serde_json::json!(62))]);
+        let other = job(
+            JobStatus::Pending("Queued".into()),
+            &[("age", serde_json::json!(62))],
+        );
         assert!(!fits(&other, &entries));
         // A socket the case does not give.
-        let foreign = job(JobStatus::Pending("Queued".into()), &[("notes", serde_json::json!("x"))]);
+        let foreign = job(
+            JobStatus::Pending("Queued".into()),
+            &[("notes", serde_json::json!("x"))],
+        );
         assert!(!fits(&foreign, &entries));
         // A job that succeeded shows all its inputs: fewer means it was given fewer.
         let partial = job(JobStatus::Succeeded, &[("age", serde_json::json!(61))]);
