@@ -251,12 +251,14 @@ async fn a_case_whose_inputs_match_no_interface_starts_no_job() {
     assert_eq!(jobs[0]["inputs"][0]["value"], 3);
 }
 
+/// Waiting at the limit shows in `status` (the case's note) and in the metrics (postponed deliveries
+/// of class `job_limit`), and no case is quarantined for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_limit_of_jobs_at_once_cases_wait_instead_of_failing() {
     let sb = sandbox_with(|o| {
         for a in &mut o.fixture.algorithms {
             a.max_active_jobs_per_user = Some(1);
-            a.duration = Duration::from_millis(600);
+            a.duration = Duration::from_millis(1500);
         }
     })
     .await;
@@ -267,15 +269,54 @@ async fn at_the_limit_of_jobs_at_once_cases_wait_instead_of_failing() {
         ct_case(&drop, &format!("w{i}"), i);
     }
     let cfg = algorithm_config(tmp.path(), &sb, &drop, "lung-volume-estimator");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&cfg, text).unwrap();
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let waiting = eventually(
+        Duration::from_secs(60),
+        "a case waiting at the limit in status",
+        async || {
+            let cfg = cfg.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                bin()
+                    .args(["status", "--config"])
+                    .arg(&cfg)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("have not finished yet").then_some(text)
+        },
+    )
+    .await;
+    assert!(waiting.contains("note: w"), "{waiting}");
     let rs = wait_receipts(&tmp.path().join("state"), 3, Duration::from_secs(90)).await;
+    agent.wait_log("serving /metrics and /status", 1).await;
     let log = agent.log();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("serving /metrics and /status").nth(1))
+        .and_then(|rest| rest.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the metrics address in {log}"))
+        .to_owned();
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     agent.stop();
     check_jobs(&sb.state(), &rs, &tmp.path().join("outbox"), 3);
-    assert!(
-        log.contains("jobs of this algorithm that have not finished yet"),
-        "the limit was met and waited out: {log}"
-    );
+    let retried = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gc_hotfolder_delivery_retries_total{class=\"job_limit\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(retried > 0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,4 +390,52 @@ async fn twenty_cases_under_kill_9_and_faults_make_twenty_jobs_and_complete_outb
         })
         .unwrap_or(0);
     assert!(faulted > 0, "the faults fired: {}", st["requests"]);
+}
+
+/// `gc-hotfolder upload` on cases of an algorithm folder: one job each, waited for (also at the
+/// account's limit of one job at once), outputs in the outbox; asked again, it starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_runs_the_given_cases_as_jobs_once() {
+    let sb = sandbox_with(|o| {
+        for a in &mut o.fixture.algorithms {
+            a.max_active_jobs_per_user = Some(1);
+        }
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    ct_case(&drop, "u1", 1);
+    ct_case(&drop, "u2", 2);
+    let cfg = algorithm_config(tmp.path(), &sb, &drop, "lung-volume-estimator");
+    let run = {
+        let (cfg, drop) = (cfg.clone(), drop.clone());
+        move || {
+            bin()
+                .args(["upload", "-c"])
+                .arg(&cfg)
+                .arg(drop.join("u1"))
+                .arg(drop.join("u2"))
+                .output()
+                .unwrap()
+        }
+    };
+    let out = tokio::task::spawn_blocking(run.clone()).await.unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("delivered u1 → job "), "{text}");
+    assert!(text.contains("Succeeded, outputs in "), "{text}");
+    assert!(
+        text.contains("have not finished yet"),
+        "the two cases go at once and meet the limit: {text}"
+    );
+    let rs = receipts(&tmp.path().join("state/receipts"));
+    check_jobs(&sb.state(), &rs, &tmp.path().join("outbox"), 2);
+
+    let again = tokio::task::spawn_blocking(run).await.unwrap();
+    let text = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(again.status.success(), "{text}");
+    assert!(text.contains("already delivered u1"), "{text}");
+    assert_eq!(jobs_of(&sb.state(), "lung-volume-estimator").len(), 2);
 }

@@ -8,7 +8,8 @@
 //! (instead of created) when the journal proves it is this case's own lost creation, and a title another
 //! case holds is refused before anything is created. When the platform refuses a case after its item
 //! exists, the error says what is left there. The outcome is classified for the caller: quarantine the
-//! case, pause the target, or try again later.
+//! case, pause the target, or try again later. A case of an algorithm folder goes the same way up to
+//! the uploads, then becomes one job instead of an item ([`job`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use crate::gc::{
 use crate::journal::{Step, TitleClaim};
 use crate::rules::{Plan, PlannedFile, Source};
 
-mod job;
+pub mod job;
 pub use job::JobDone;
 
 /// Value files larger than this are refused: large structured values belong in file sockets.
