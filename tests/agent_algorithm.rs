@@ -439,3 +439,103 @@ async fn upload_runs_the_given_cases_as_jobs_once() {
     assert!(text.contains("already delivered u1"), "{text}");
     assert_eq!(jobs_of(&sb.state(), "lung-volume-estimator").len(), 2);
 }
+
+/// New content in a case whose job ran gets a new job, whose results replace the earlier ones whole; a
+/// case whose job failed gets a new job when it is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_case_runs_again_and_its_results_replace_the_earlier_ones() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let cfg = algorithm_config(tmp.path(), &sb, &drop, "lung-volume-estimator");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    ct_case(&drop, "again", 1);
+    let first = wait_delivered(&tmp.path().join("state"), 1, Duration::from_secs(60)).await;
+    let first_job = first[0].job.clone().unwrap();
+    let outbox = tmp.path().join("outbox");
+    let volume = |p: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(p.join("again/lung-volume.json")).unwrap()).unwrap()
+    };
+    assert_eq!(volume(&outbox), 5.0 * 4.0 * 2.0);
+
+    // The image is replaced by a bigger one (written beside, renamed over, as an exporter would).
+    let bigger = tmp.path().join("bigger.mha");
+    samples::write_mha(&bigger, [6, 5, 2], 7).unwrap();
+    std::fs::rename(&bigger, drop.join("again/ct.mha")).unwrap();
+    let second = eventually(
+        Duration::from_secs(60),
+        "a second job's receipt",
+        async || {
+            let rs = receipts(&tmp.path().join("state/receipts"));
+            rs.into_iter()
+                .find(|r| r.job.as_ref().is_some_and(|j| j.pk != first_job.pk))
+        },
+    )
+    .await;
+    agent.stop();
+    assert_eq!(second.outcome, Outcome::Delivered);
+    let jobs = jobs_of(&sb.state(), "lung-volume-estimator");
+    assert_eq!(jobs.len(), 2, "{jobs:#?}");
+    let job = jobs
+        .iter()
+        .find(|j| j["pk"] == second.job.as_ref().unwrap().pk.as_str())
+        .unwrap();
+    assert_outbox_matches(&outbox.join("again"), job);
+    assert_eq!(volume(&outbox), 6.0 * 5.0 * 2.0);
+    let staging = outbox.join(gc_hotfolder::outbox::STAGING_DIR);
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_whose_job_failed_gets_a_new_job_when_retried() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let cfg = algorithm_config(tmp.path(), &sb, &drop, "failing-algorithm");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    ct_case(&drop, "flaky", 1);
+    let rs = wait_receipts(&tmp.path().join("state"), 1, Duration::from_secs(60)).await;
+    assert_eq!(rs[0].outcome, Outcome::Quarantined);
+    let out = tokio::task::spawn_blocking({
+        let (cfg, case) = (cfg.clone(), drop.join("flaky"));
+        move || {
+            bin()
+                .args(["retry", "--config"])
+                .arg(&cfg)
+                .arg(&case)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(Duration::from_secs(60), "a second job", async || {
+        (jobs_of(&sb.state(), "failing-algorithm").len() == 2).then_some(())
+    })
+    .await;
+    let again = eventually(Duration::from_secs(60), "its second receipt", async || {
+        receipts(&tmp.path().join("state/receipts"))
+            .into_iter()
+            .find(|r| r.attempts >= 2 && r.outcome == Outcome::Quarantined)
+    })
+    .await;
+    agent.stop();
+    let jobs = jobs_of(&sb.state(), "failing-algorithm");
+    assert_eq!(
+        jobs.len(),
+        2,
+        "one new job for the retry, no more: {jobs:#?}"
+    );
+    let second = jobs[1]["pk"].as_str().unwrap();
+    assert!(
+        again.reason.as_deref().unwrap().contains(second),
+        "{again:?}"
+    );
+}

@@ -140,6 +140,12 @@ pub(super) async fn deliver_job(
     let outputs: Vec<String> = interface.outputs.iter().map(|s| s.slug.clone()).collect();
     let mut deidentified = prepare(case_dir, plan, &routes, privacy).await?;
 
+    // A new job's results replace what an earlier job of the case left in the outbox; a job followed
+    // again may have written its own results before a crash.
+    let existing = match start {
+        ItemStart::New => crate::outbox::Existing::Replace,
+        ItemStart::Existing(_) => crate::outbox::Existing::Keep,
+    };
     let (pk, entries) = match start {
         ItemStart::Existing(pk) => {
             // The attempt that started the job sent every file.
@@ -196,7 +202,7 @@ pub(super) async fn deliver_job(
             missing.join(", ")
         )));
     }
-    let written = crate::outbox::write_case(client, outbox, &plan.case, &job.outputs)
+    let written = crate::outbox::write_case(client, outbox, &plan.case, &job.outputs, existing)
         .await
         .map_err(|e| DeliverError::Local(format!("job {} succeeded, but {e}", job.pk)))?;
     let files = match written {
