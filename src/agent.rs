@@ -1389,6 +1389,11 @@ impl Delivery {
                 tracing::error!(case = %self.case, "{e}");
                 Ok(Done::Later(sh.options.retry_first))
             }
+            Err(DeliverError::Local(e)) => {
+                tracing::error!(case = %self.case, "{e}");
+                sh.journal.postpone(self.rec.id, &e)?;
+                Ok(Done::Later(sh.options.retry_first))
+            }
         }
     }
 
@@ -1522,13 +1527,26 @@ pub(crate) async fn attempt_recorded(
         .delivered_manifest
         .as_deref()
         .and_then(|j| serde_json::from_str(j).ok());
-    let send = match (&delivered, &rec.item_pk) {
-        (Some(before), Some(_)) => rules::changed_sockets(plan, manifest, before),
-        _ => plan.clone(),
-    };
-    let start = match &rec.item_pk {
-        Some(pk) => ItemStart::Existing(pk.clone()),
-        None => ItemStart::New,
+    let (send, start) = if folder.target == TargetKind::Algorithm {
+        // A job runs on the whole case. The recorded job is followed again only for the content it was
+        // started on; changed content, or a case retried after its job failed, gets a new job.
+        let start = match &rec.item_pk {
+            Some(pk) if rec.job_manifest.as_deref() == Some(manifest.hash.as_str()) => {
+                ItemStart::Existing(pk.clone())
+            }
+            _ => ItemStart::New,
+        };
+        (plan.clone(), start)
+    } else {
+        let send = match (&delivered, &rec.item_pk) {
+            (Some(before), Some(_)) => rules::changed_sockets(plan, manifest, before),
+            _ => plan.clone(),
+        };
+        let start = match &rec.item_pk {
+            Some(pk) => ItemStart::Existing(pk.clone()),
+            None => ItemStart::New,
+        };
+        (send, start)
     };
     tracing::debug!(case = %rec.case_text(), resuming, "attempt recorded");
     // DICOM goes out de-identified, with UIDs from the case's own secret in the journal, so that a resumed
@@ -1553,6 +1571,7 @@ pub(crate) async fn attempt_recorded(
         verify,
         &cp,
         privacy.as_ref(),
+        folder.outbox.as_deref(),
     )
     .await;
     // The copies are made again, byte for byte, by any later attempt: none is kept on disk.
@@ -1637,6 +1656,22 @@ impl Checkpoints for JournalCheckpoints<'_> {
                 s3_upload_id: u.s3_upload_id.clone(),
             })
         })
+    }
+    fn job_starting(&self, slug: &str) -> Result<bool, String> {
+        self.journal
+            .job_starting(self.id, slug)
+            .map_err(|e| e.to_string())
+    }
+    fn job_refused(&self) -> Result<(), String> {
+        self.journal.job_refused(self.id).map_err(|e| e.to_string())
+    }
+    fn claimed_jobs(&self, slug: &str) -> Result<Vec<String>, String> {
+        self.journal.claimed_jobs(slug).map_err(|e| e.to_string())
+    }
+    fn job_status(&self, pk: &str, status: &str) {
+        if let Err(e) = self.journal.note(self.id, &format!("job {pk}: {status}")) {
+            tracing::warn!("cannot note the job's status: {e}");
+        }
     }
     fn unchanged(&self) -> bool {
         crate::settle::snapshot(self.case_dir)

@@ -42,6 +42,8 @@ pub enum Step {
     Patching,
     /// The PATCH was answered; waiting for the server to attach every value.
     Verifying,
+    /// An algorithm's job was started (pk recorded); following it until it ends.
+    Running,
 }
 
 impl CaseState {
@@ -56,6 +58,7 @@ impl CaseState {
                     Step::Uploading => "uploading",
                     Step::Patching => "patching",
                     Step::Verifying => "verifying",
+                    Step::Running => "running",
                 }),
             ),
             CaseState::Delivered => ("delivered", None),
@@ -73,6 +76,7 @@ impl CaseState {
                     "uploading" => Step::Uploading,
                     "patching" => Step::Patching,
                     "verifying" => Step::Verifying,
+                    "running" => Step::Running,
                     other => return Err(JournalError::Corrupt(format!("unknown step {other:?}"))),
                 },
             },
@@ -125,6 +129,9 @@ pub struct CaseRecord {
     /// The title of an item this case may have asked the platform to create (recorded before sending the
     /// request) while no pk is recorded: an empty item of that title in the target may be this case's own.
     pub create_sent: Option<String>,
+    /// For an algorithm: the manifest hash the recorded job (`item_pk`) was started on, while that job
+    /// may still give this content its result (cleared when its case is quarantined).
+    pub job_manifest: Option<String>,
     /// Where the case folder was moved when it was quarantined (the folder's `quarantine`), so that
     /// `retry` can bring it back.
     pub moved_to: Option<PathBuf>,
@@ -270,6 +277,11 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE cases ADD COLUMN create_sent TEXT;
      ALTER TABLE cases ADD COLUMN moved_to BLOB;
      CREATE INDEX IF NOT EXISTS cases_title ON cases (target_kind, target_slug, title);",
+    // 2: an algorithm's job has no title to claim: the journal records when a request to start a job
+    // was about to be sent, so that a job whose answer was lost is looked for (and not started twice).
+    // The manifest a recorded job was started on: a job is followed again only for that same content.
+    "ALTER TABLE cases ADD COLUMN job_sent TEXT;
+     ALTER TABLE cases ADD COLUMN job_manifest TEXT;",
 ];
 
 /// The raw bytes of a path, the journal's key for folders and cases.
@@ -569,7 +581,8 @@ impl Journal {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "UPDATE cases SET item_pk = ?2, create_sent = NULL, step = 'uploading', updated = ?3 WHERE id = ?1",
+            "UPDATE cases SET item_pk = ?2, create_sent = NULL, job_sent = NULL, job_manifest = manifest_hash,
+             step = 'uploading', updated = ?3 WHERE id = ?1",
             params![id, item_pk, now()],
         )?;
         Journal::event(&tx, id, "item", Some(item_pk))?;
@@ -631,6 +644,49 @@ impl Journal {
         Ok(())
     }
 
+    /// Right before a request to start a job on `slug` is sent: record it, and say whether an earlier
+    /// request of this case may have started a job whose answer was lost (then that job is looked for
+    /// before another is started).
+    pub fn job_starting(&self, id: i64, slug: &str) -> Result<bool, JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let in_doubt: bool = tx.query_row(
+            "SELECT job_sent IS NOT NULL FROM cases WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "UPDATE cases SET job_sent = ?3, target_kind = 'algorithm', target_slug = ?2, updated = ?3
+             WHERE id = ?1",
+            params![id, slug, now()],
+        )?;
+        Journal::event(&tx, id, "job sent", Some(slug))?;
+        tx.commit()?;
+        Ok(in_doubt)
+    }
+
+    /// The platform refused to start the job: no job was started by that request.
+    pub fn job_refused(&self, id: i64) -> Result<(), JournalError> {
+        self.conn().execute(
+            "UPDATE cases SET job_sent = NULL WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// The jobs of algorithm `slug` that cases of this journal hold: a lost job is never one of these.
+    pub fn claimed_jobs(&self, slug: &str) -> Result<Vec<String>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT item_pk FROM cases WHERE target_kind = 'algorithm' AND target_slug = ?1
+             AND item_pk IS NOT NULL",
+        )?;
+        let pks = stmt
+            .query_map(params![slug], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(pks)
+    }
+
     pub fn step(&self, id: i64, step: Step) -> Result<(), JournalError> {
         let state = CaseState::Uploading { step };
         let name = state.to_db().1.unwrap_or("uploading");
@@ -673,7 +729,8 @@ impl Journal {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "UPDATE cases SET state = 'quarantined', step = NULL, reason = ?2, updated = ?3 WHERE id = ?1",
+            "UPDATE cases SET state = 'quarantined', step = NULL, reason = ?2, updated = ?3,
+             job_manifest = NULL WHERE id = ?1",
             params![id, reason, now()],
         )?;
         Journal::event(&tx, id, "quarantined", Some(reason))?;
@@ -1016,7 +1073,7 @@ impl Journal {
 const SELECT: &str =
     "SELECT id, folder, case_path, state, step, target_kind, target_slug, title, manifest_hash,
     delivered_hash, fingerprint, delivered_manifest, item_pk, revision, attempts, reason, updated, create_sent,
-    moved_to FROM cases";
+    moved_to, job_manifest FROM cases";
 
 struct RawRow {
     id: i64,
@@ -1038,6 +1095,7 @@ struct RawRow {
     updated: String,
     create_sent: Option<String>,
     moved_to: Option<PathBuf>,
+    job_manifest: Option<String>,
 }
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -1064,6 +1122,7 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
             rusqlite::types::ValueRef::Null => None,
             _ => Some(path_col(r, 18)?),
         },
+        job_manifest: r.get(19)?,
     })
 }
 
@@ -1089,6 +1148,7 @@ impl RawRow {
             updated: self.updated,
             create_sent: self.create_sent,
             moved_to: self.moved_to,
+            job_manifest: self.job_manifest,
         })
     }
 }
@@ -1181,6 +1241,50 @@ mod tests {
                 "delivered"
             ]
         );
+    }
+
+    #[test]
+    fn a_job_start_stays_in_doubt_until_its_pk_or_refusal_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let a = j.discover(Path::new("/drop"), Path::new("a")).unwrap();
+        let b = j.discover(Path::new("/drop"), Path::new("b")).unwrap();
+        let planned = |m| Planned {
+            manifest_hash: m,
+            fingerprint: "f",
+            title: "a",
+            target_kind: TargetKind::Algorithm,
+            target_slug: "algo",
+        };
+        j.ready(a.id, &planned("m1")).unwrap();
+        assert!(!j.job_starting(a.id, "algo").unwrap(), "a first start");
+        // The answer was lost (a crash): the next start of the case is in doubt, until a pk is recorded.
+        assert!(j.job_starting(a.id, "algo").unwrap());
+        j.item_created(a.id, "job-1").unwrap();
+        assert!(!j.job_starting(a.id, "algo").unwrap());
+        j.job_refused(a.id).unwrap();
+        assert!(
+            !j.job_starting(a.id, "algo").unwrap(),
+            "a refusal started nothing"
+        );
+        j.job_refused(a.id).unwrap();
+        let rec = j.by_id(a.id).unwrap().unwrap();
+        assert_eq!(
+            rec.job_manifest.as_deref(),
+            Some("m1"),
+            "the content it ran on"
+        );
+        j.ready(b.id, &planned("m2")).unwrap();
+        j.item_created(b.id, "job-2").unwrap();
+        let mut claimed = j.claimed_jobs("algo").unwrap();
+        claimed.sort();
+        assert_eq!(claimed, ["job-1", "job-2"]);
+        assert!(j.claimed_jobs("other").unwrap().is_empty());
+        // A failed job's case, quarantined, gets a new job on its next attempt; the job stays claimed.
+        j.quarantined(a.id, "job-1 ended Failed").unwrap();
+        let rec = j.by_id(a.id).unwrap().unwrap();
+        assert_eq!(rec.job_manifest, None);
+        assert_eq!(rec.item_pk.as_deref(), Some("job-1"));
     }
 
     #[test]

@@ -57,11 +57,7 @@ pub async fn check_folder(client: &Client, folder: &Folder) -> FolderCheck {
         && let Ok(a) = client.algorithm(&folder.target_slug).await
     {
         match interface_check(&a, folder) {
-            Ok(line) => {
-                lines.push(format!("folder[{i}] {line}"));
-                lines.push(format!("folder[{i}] {}", crate::deliver::NO_JOBS_YET));
-                problems.push(crate::deliver::NO_JOBS_YET.to_owned());
-            }
+            Ok(line) => lines.push(format!("folder[{i}] {line}")),
             Err(why) => {
                 lines.push(format!("folder[{i}] {why}"));
                 problems.push(why);

@@ -1452,6 +1452,7 @@ mod tests {
         };
         let job = |pk: &str, status: &str, outputs: Vec<ItemValue>| Job {
             pk: pk.into(),
+            url: format!("https://h/algorithms/a/jobs/{pk}/"),
             api_url: format!("https://h/api/v1/algorithms/jobs/{pk}/"),
             algorithm: "https://h/api/v1/algorithms/a/".into(),
             status: JobStatus::from_label(status),

@@ -53,6 +53,9 @@ pub struct Receipt {
     /// Things said at delivery that an operator should see (e.g. a title that repeats a patient ID).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// For an algorithm folder: the case's job, its status and where its outputs were written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::deliver::JobDone>,
     /// How readiness was decided (e.g. "quiet for 30s", "marker DONE present", "one-shot upload").
     pub readiness: String,
     /// 1 for the first delivery of a case, then one more for every update of the same item.
@@ -337,6 +340,7 @@ impl Receipt {
             reason: None,
             deidentification: None,
             warnings: vec![],
+            job: None,
             readiness: f.readiness,
             revision: f.revision,
             attempts: f.attempts,
@@ -361,6 +365,7 @@ impl Receipt {
             .as_ref()
             .map(|v| format!("grand-challenge-dicom-de-id-procedure {v}"));
         r.warnings = d.deidentified.warnings.clone();
+        r.job = d.job.clone();
         for s in &mut r.sockets {
             for f in &mut s.files {
                 match d.deidentified.staged.iter().find(|st| st.path == f.path) {
@@ -429,6 +434,7 @@ mod tests {
             reason: None,
             deidentification: None,
             warnings: vec![],
+            job: None,
             readiness: "one-shot upload".into(),
             revision: 1,
             attempts: 1,

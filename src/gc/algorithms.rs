@@ -18,6 +18,22 @@ use super::error::GcError;
 use super::models::{ItemValue, Page, Socket, ValueEntry, ValueSource};
 use super::retry::RequestKind;
 
+/// The platform refuses a job because the account is at a limit (jobs at once, credits), not because
+/// of the job: the same request succeeds later.
+pub fn is_job_limit(message: &str) -> bool {
+    let m = message.to_lowercase();
+    m.contains("have not finished yet") || m.contains("credits") || m.contains("too many jobs")
+}
+
+/// The platform refuses a job whose existing inputs an earlier job already had: that job is the result.
+pub fn is_repeated_job(e: &GcError) -> bool {
+    matches!(e, GcError::Rejected { status: 400, message, .. } if message.contains(REPEATED_JOB))
+}
+
+/// The platform's words for a job that repeats an earlier one.
+pub const REPEATED_JOB: &str =
+    "A result for these inputs with the current image and model already exists";
+
 /// One set of sockets an algorithm takes, and the sockets it then produces.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AlgorithmInterface {
@@ -123,6 +139,9 @@ impl<'de> Deserialize<'de> for JobStatus {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Job {
     pub pk: String,
+    /// The job's page on the platform.
+    #[serde(default)]
+    pub url: String,
     pub api_url: String,
     pub algorithm: String,
     pub status: JobStatus,
@@ -261,10 +280,20 @@ impl Client {
             Method::POST,
             self.api_url("algorithms/jobs/")?,
             Some(&body),
-            RequestKind::NonIdempotent,
+            // Like creating an item: a repeat could start a second job, so only a request that
+            // certainly had no effect is repeated; the caller finds a job whose answer was lost.
+            RequestKind::Create,
             &context,
         )
         .await
+        .map_err(|e| match e {
+            GcError::Rejected {
+                status: 400,
+                message,
+                ..
+            } if is_job_limit(&message) => GcError::JobLimit(message),
+            e => e,
+        })
     }
 
     pub async fn job(&self, pk: &str) -> Result<Job, GcError> {

@@ -21,6 +21,10 @@ pub enum GcError {
     /// 403 "Upload limit reached": bytes in flight exceed the account's quota.
     #[error("the platform says: {0}")]
     UploadLimit(String),
+    /// 400 from starting a job because a limit of the account is reached (unfinished jobs at once,
+    /// credits): wait until jobs end or credits return, then start it.
+    #[error("the platform says: {0}")]
+    JobLimit(String),
     /// Any other 4xx: the request is wrong and repeating it will not help. `message` is the server's own words.
     #[error("{context}: the platform rejected it ({status}): {message}")]
     Rejected {
@@ -73,6 +77,7 @@ impl GcError {
             GcError::Auth { .. } => "auth",
             GcError::TooManyUploads(_) => "too_many_uploads",
             GcError::UploadLimit(_) => "upload_limit",
+            GcError::JobLimit(_) => "job_limit",
             GcError::Rejected { .. } => "rejected",
             GcError::NotFound(_) => "not_found",
             GcError::Unavailable { .. } => "unavailable",
@@ -103,7 +108,10 @@ impl GcError {
     pub fn is_retryable_later(&self) -> bool {
         matches!(
             self,
-            GcError::TooManyUploads(_) | GcError::UploadLimit(_) | GcError::Unavailable { .. }
+            GcError::TooManyUploads(_)
+                | GcError::UploadLimit(_)
+                | GcError::JobLimit(_)
+                | GcError::Unavailable { .. }
         )
     }
 

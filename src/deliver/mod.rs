@@ -8,7 +8,8 @@
 //! (instead of created) when the journal proves it is this case's own lost creation, and a title another
 //! case holds is refused before anything is created. When the platform refuses a case after its item
 //! exists, the error says what is left there. The outcome is classified for the caller: quarantine the
-//! case, pause the target, or try again later.
+//! case, pause the target, or try again later. A case of an algorithm folder goes the same way up to
+//! the uploads, then becomes one job instead of an item ([`job`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,9 @@ use crate::gc::{
 };
 use crate::journal::{Step, TitleClaim};
 use crate::rules::{Plan, PlannedFile, Source};
+
+pub mod job;
+pub use job::JobDone;
 
 /// Value files larger than this are refused: large structured values belong in file sockets.
 pub const MAX_VALUE_FILE: u64 = 16 << 20;
@@ -73,6 +77,21 @@ pub trait Checkpoints: Send + Sync {
     fn unchanged(&self) -> bool {
         true
     }
+    /// Right before a request to start a job of algorithm `slug` is sent: record it. `true` when an
+    /// earlier request of this case may have started a job whose answer was lost.
+    fn job_starting(&self, _slug: &str) -> Result<bool, String> {
+        Ok(false)
+    }
+    /// The platform refused to start the job: none was started.
+    fn job_refused(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Jobs of algorithm `slug` that other cases hold.
+    fn claimed_jobs(&self, _slug: &str) -> Result<Vec<String>, String> {
+        Ok(vec![])
+    }
+    /// Where a running job stands (its status label), for `status`.
+    fn job_status(&self, _pk: &str, _status: &str) {}
 }
 
 /// No journal: the one-shot upload without progress output.
@@ -169,10 +188,14 @@ pub enum ItemStart {
 #[derive(Debug, Clone)]
 pub struct Delivered {
     pub target: Target,
+    /// The item, display set or (for an algorithm) job.
     pub item_pk: String,
     pub item_api_url: String,
+    /// The values of the item; a job's inputs.
     pub sockets: Vec<SocketResult>,
     pub deidentified: Deidentified,
+    /// For an algorithm: the job and where its outputs were written.
+    pub job: Option<JobDone>,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +226,9 @@ pub enum DeliverError {
     /// A checkpoint could not be recorded: continuing would risk a duplicate after a crash.
     #[error("cannot record progress: {0}")]
     Checkpoint(String),
+    /// Something on this machine failed (e.g. writing an algorithm's results): try again later.
+    #[error("{0}")]
+    Local(String),
 }
 
 impl From<GcError> for DeliverError {
@@ -212,6 +238,7 @@ impl From<GcError> for DeliverError {
             // Not the case's fault; a dead upload is simply made again by the next attempt.
             GcError::TooManyUploads(_)
             | GcError::UploadLimit(_)
+            | GcError::JobLimit(_)
             | GcError::Unavailable { .. }
             | GcError::UploadDead { .. }
             | GcError::Protocol { .. }
@@ -535,45 +562,14 @@ fn stage_one(
     }))
 }
 
-/// Why an algorithm folder's cases wait: its configuration is checked, its jobs are not started yet.
-pub const NO_JOBS_YET: &str =
-    "this version checks algorithm folders but does not start algorithm jobs yet; the case waits";
-
-/// Deliver `plan` (files read from `case_dir`) and verify it on the server. With `privacy`, DICOM
-/// files going to image sockets are sent as de-identified copies.
-pub async fn deliver(
-    client: &Client,
+/// Make the de-identified copies (with `privacy`) and refuse images the platform's importer would fail,
+/// before anything is created on the platform.
+async fn prepare(
     case_dir: &Path,
     plan: &Plan,
-    start: ItemStart,
-    timing: &VerifyTiming,
-    cp: &dyn Checkpoints,
+    routes: &[(&str, Route<'_>)],
     privacy: Option<&Privacy>,
-) -> Result<Delivered, DeliverError> {
-    let target = client
-        .resolve_target(plan.target, &plan.target_slug)
-        .await
-        .map_err(|e| match e {
-            GcError::NotFound(m) => quarantine(m),
-            e => e.into(),
-        })?;
-    if target.kind == crate::gc::TargetKind::Algorithm {
-        // The case is not at fault: it waits, untouched, for a version that runs jobs.
-        return Err(GcError::Config(NO_JOBS_YET.into()).into());
-    }
-
-    // Everything checkable is checked before the item exists.
-    let mut routes = Vec::with_capacity(plan.sockets.len());
-    for sp in &plan.sockets {
-        let socket = client.socket(&sp.slug).await.map_err(|e| match e {
-            GcError::NotFound(_) => {
-                quarantine(format!("socket {} does not exist on the platform", sp.slug))
-            }
-            e => e.into(),
-        })?;
-        routes.push((sp.slug.as_str(), route(case_dir, &socket, &sp.source)?));
-    }
-
+) -> Result<Deidentified, DeliverError> {
     let deidentified = match privacy {
         Some(privacy) => {
             let images: Vec<PlannedFile> = routes
@@ -601,10 +597,63 @@ pub async fn deliver(
     for w in &deidentified.warnings {
         tracing::warn!(case = %plan.case_path, "{w}");
     }
-    let images = images_as_sent(case_dir, &routes, &deidentified.staged);
+    let images = images_as_sent(case_dir, routes, &deidentified.staged);
     tokio::task::spawn_blocking(move || precheck_images(&images))
         .await
         .map_err(|e| quarantine(format!("the images could not be checked: {e}")))??;
+
+    Ok(deidentified)
+}
+
+/// Deliver `plan` (files read from `case_dir`) and verify it on the server. With `privacy`, DICOM
+/// files going to image sockets are sent as de-identified copies. A case of an algorithm folder becomes
+/// one job, whose outputs are written to `outbox`.
+#[allow(clippy::too_many_arguments)]
+pub async fn deliver(
+    client: &Client,
+    case_dir: &Path,
+    plan: &Plan,
+    start: ItemStart,
+    timing: &VerifyTiming,
+    cp: &dyn Checkpoints,
+    privacy: Option<&Privacy>,
+    outbox: Option<&Path>,
+) -> Result<Delivered, DeliverError> {
+    let target = client
+        .resolve_target(plan.target, &plan.target_slug)
+        .await
+        .map_err(|e| match e {
+            GcError::NotFound(m) => quarantine(m),
+            e => e.into(),
+        })?;
+    if target.kind == crate::gc::TargetKind::Algorithm {
+        let outbox = outbox.ok_or_else(|| {
+            DeliverError::Local("an algorithm folder needs an outbox for its results".into())
+        })?;
+        let run = job::Run {
+            case_dir,
+            plan,
+            target,
+            timing,
+            cp,
+            privacy,
+            outbox,
+        };
+        return job::deliver_job(client, run, start).await;
+    }
+
+    // Everything checkable is checked before the item exists.
+    let mut routes = Vec::with_capacity(plan.sockets.len());
+    for sp in &plan.sockets {
+        let socket = client.socket(&sp.slug).await.map_err(|e| match e {
+            GcError::NotFound(_) => {
+                quarantine(format!("socket {} does not exist on the platform", sp.slug))
+            }
+            e => e.into(),
+        })?;
+        routes.push((sp.slug.as_str(), route(case_dir, &socket, &sp.source)?));
+    }
+    let deidentified = prepare(case_dir, plan, &routes, privacy).await?;
 
     cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
     let (item, created) = match start {
@@ -636,6 +685,92 @@ struct Sent<'a> {
     deidentified: Deidentified,
 }
 
+/// Upload every file of every socket (the de-identified copy where there is one), all at once: the
+/// client bounds files and parts in flight. Returns each file's upload, by its path in the case.
+async fn upload_all(
+    client: &Client,
+    case_dir: &Path,
+    routes: &[(&str, Route<'_>)],
+    deidentified: &mut Deidentified,
+    cp: &dyn Checkpoints,
+) -> Result<Vec<(String, UserUpload)>, DeliverError> {
+    let sent_from: BTreeMap<&str, &Path> = deidentified
+        .staged
+        .iter()
+        .map(|s| (s.path.as_str(), s.local.as_path()))
+        .collect();
+    let files: Vec<&PlannedFile> = routes
+        .iter()
+        .flat_map(|(_, r)| match r {
+            Route::Image(fs) | Route::DicomImageSet(fs, _) => fs.iter().collect::<Vec<_>>(),
+            Route::File(f) => vec![*f],
+            Route::Value(_) => vec![],
+        })
+        .collect();
+    let failed = Mutex::new(None);
+    let uploads = try_join_all(files.iter().map(|f| {
+        let local = sent_from
+            .get(f.path.as_str())
+            .map_or_else(|| case_dir.join(&f.rel), |p| p.to_path_buf());
+        upload_one(client, local, f, cp, &failed)
+    }))
+    .await?;
+    if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(DeliverError::Checkpoint(e));
+    }
+    deidentified.sent = files.iter().map(|f| f.path.clone()).collect();
+    Ok(files.iter().map(|f| f.path.clone()).zip(uploads).collect())
+}
+
+/// The `values` entry of every socket, naming the uploads of its files, with what verifying it awaits.
+fn value_entries(
+    routes: &[(&str, Route<'_>)],
+    uploads: &[(String, UserUpload)],
+) -> Vec<(ValueEntry, Awaiting)> {
+    let url_of = |f: &PlannedFile| -> String {
+        uploads
+            .iter()
+            .find(|(path, _)| *path == f.path)
+            .map(|(_, u)| u.api_url.clone())
+            .unwrap_or_default()
+    };
+    routes
+        .iter()
+        .map(|(slug, r)| {
+            let (source, awaiting) = match r {
+                Route::Image(fs) => {
+                    let urls: Vec<String> = fs.iter().map(url_of).collect();
+                    (
+                        ValueSource::UserUploads(urls.clone()),
+                        Awaiting::Image { uploads: urls },
+                    )
+                }
+                Route::DicomImageSet(fs, name) => {
+                    let urls: Vec<String> = fs.iter().map(url_of).collect();
+                    let source = ValueSource::DicomImageSet {
+                        uploads: urls.clone(),
+                        image_name: name.to_string(),
+                    };
+                    (source, Awaiting::DicomImageSet { uploads: urls })
+                }
+                Route::File(f) => {
+                    let url = url_of(f);
+                    (
+                        ValueSource::UserUpload(url.clone()),
+                        Awaiting::File { upload: url },
+                    )
+                }
+                Route::Value(v) => (ValueSource::Value(v.clone()), Awaiting::Value(v.clone())),
+            };
+            let entry = ValueEntry {
+                socket: slug.to_string(),
+                source,
+            };
+            (entry, awaiting)
+        })
+        .collect()
+}
+
 /// Upload the files into `item`, set every value with one PATCH and verify them on the server.
 async fn fill(
     client: &Client,
@@ -650,92 +785,24 @@ async fn fill(
         routes,
         mut deidentified,
     } = sent;
-    let sent_from: BTreeMap<&str, &Path> = deidentified
-        .staged
-        .iter()
-        .map(|s| (s.path.as_str(), s.local.as_path()))
-        .collect();
     cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
-
-    // All files of all sockets at once; the client bounds files and parts in flight.
-    let files: Vec<&PlannedFile> = routes
-        .iter()
-        .flat_map(|(_, r)| match r {
-            Route::Image(fs) | Route::DicomImageSet(fs, _) => fs.iter().collect::<Vec<_>>(),
-            Route::File(f) => vec![*f],
-            Route::Value(_) => vec![],
-        })
-        .collect();
-    deidentified.sent = files.iter().map(|f| f.path.clone()).collect();
-    let failed = Mutex::new(None);
-    let uploads = try_join_all(files.iter().map(|f| {
-        let local = sent_from
-            .get(f.path.as_str())
-            .map_or_else(|| case_dir.join(&f.rel), |p| p.to_path_buf());
-        upload_one(client, local, f, cp, &failed)
-    }))
-    .await?;
-    if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return Err(DeliverError::Checkpoint(e));
-    }
-    let url_of = |f: &PlannedFile| -> String {
-        files
-            .iter()
-            .position(|g| g.rel == f.rel)
-            .map(|i| uploads[i].api_url.clone())
-            .unwrap_or_default()
-    };
-
+    let uploads = upload_all(client, case_dir, &routes, &mut deidentified, cp).await?;
     let mut entries = Vec::with_capacity(routes.len());
     let mut expectations = Vec::with_capacity(routes.len());
-    for (slug, r) in &routes {
-        let previous_pk = item.value_for(slug).map(|v| v.pk);
-        let (source, awaiting, previous_pk) = match r {
-            Route::Image(fs) => {
-                let urls: Vec<String> = fs.iter().map(&url_of).collect();
-                (
-                    ValueSource::UserUploads(urls.clone()),
-                    Awaiting::Image { uploads: urls },
-                    previous_pk,
-                )
-            }
-            Route::DicomImageSet(fs, name) => {
-                let urls: Vec<String> = fs.iter().map(&url_of).collect();
-                let source = ValueSource::DicomImageSet {
-                    uploads: urls.clone(),
-                    image_name: name.to_string(),
-                };
-                (
-                    source,
-                    Awaiting::DicomImageSet { uploads: urls },
-                    previous_pk,
-                )
-            }
-            Route::File(f) => {
-                let url = url_of(f);
-                (
-                    ValueSource::UserUpload(url.clone()),
-                    Awaiting::File { upload: url },
-                    previous_pk,
-                )
-            }
-            // Values are deduplicated platform-wide: the pk may legitimately stay the same.
-            Route::Value(v) => (
-                ValueSource::Value(v.clone()),
-                Awaiting::Value(v.clone()),
-                None,
-            ),
+    for (entry, awaiting) in value_entries(&routes, &uploads) {
+        // Values are deduplicated platform-wide: the pk may legitimately stay the same.
+        let previous_pk = match awaiting {
+            Awaiting::Value(_) => None,
+            _ => item.value_for(&entry.socket).map(|v| v.pk),
         };
-        entries.push(ValueEntry {
-            socket: slug.to_string(),
-            source,
-        });
         expectations.push(Expectation {
-            socket: slug.to_string(),
+            socket: entry.socket.clone(),
             previous_pk,
             awaiting,
         });
+        entries.push(entry);
     }
+    let uploads: Vec<UserUpload> = uploads.into_iter().map(|(_, u)| u).collect();
 
     if !cp.unchanged() {
         return Err(DeliverError::Changed);
@@ -781,6 +848,7 @@ async fn fill(
         target: target.clone(),
         sockets,
         deidentified,
+        job: None,
     })
 }
 
