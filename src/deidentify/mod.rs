@@ -558,7 +558,10 @@ pub fn deidentify_file(
     }
     let pixel_data = scan::scan(src)?;
     let file = File::open(src).map_err(unreadable)?;
-    let mut collector = DicomCollector::new(BufReader::with_capacity(1 << 20, file));
+    // The collector reads the header and encapsulated fragments (a larger read bypasses the buffer):
+    // a buffer the size of a chunk, so that it does not read ahead into native pixel data that
+    // `copy_native` reads again.
+    let mut collector = DicomCollector::new(BufReader::with_capacity(CHUNK, file));
     let meta = collector.read_file_meta().map_err(unreadable)?.clone();
     let ts_uid = trimmed(meta.transfer_syntax()).to_owned();
     let ts = TransferSyntaxRegistry

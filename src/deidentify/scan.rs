@@ -48,7 +48,8 @@ pub(super) fn scan(path: &Path) -> Result<PixelData, DeidError> {
     let size = file.metadata().map_err(unreadable)?.len();
     let at = Rc::new(Cell::new(0));
     let mut src = Tracked {
-        inner: BufReader::with_capacity(1 << 16, file),
+        // A header is a few KiB: a small buffer, so as not to read into the pixel data.
+        inner: BufReader::with_capacity(8 << 10, file),
         at: Rc::clone(&at),
     };
     // After the 128-byte preamble and "DICM" (the caller has checked both).
