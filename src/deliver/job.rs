@@ -73,6 +73,25 @@ pub struct OutputReceipt {
     pub file: Option<String>,
 }
 
+impl From<&crate::gc::ItemValue> for OutputReceipt {
+    fn from(v: &crate::gc::ItemValue) -> Self {
+        let SocketResult {
+            slug,
+            value_pk,
+            value,
+            image,
+            file,
+        } = SocketResult::from(v);
+        OutputReceipt {
+            slug,
+            value_pk,
+            value,
+            image,
+            file,
+        }
+    }
+}
+
 /// One case going to an algorithm.
 pub(super) struct Run<'a> {
     pub case_dir: &'a Path,
@@ -166,17 +185,7 @@ pub(super) async fn deliver_job(
 
     cp.step(Step::Running).map_err(DeliverError::Checkpoint)?;
     let job = follow(client, &pk, timing, cp).await?;
-    let inputs = job
-        .inputs
-        .iter()
-        .map(|v| SocketResult {
-            slug: v.interface.slug().to_owned(),
-            value_pk: v.pk,
-            value: v.value.clone(),
-            image: v.image.clone(),
-            file: v.file.clone(),
-        })
-        .collect();
+    let inputs = job.inputs.iter().map(SocketResult::from).collect();
     if job.status != JobStatus::Succeeded {
         let why = failure(client, &job, &entries).await;
         return Err(quarantine(format!(
@@ -221,17 +230,7 @@ pub(super) async fn deliver_job(
             exec_duration: job.exec_duration.clone(),
             outbox: crate::rules::path_text(&outbox.join(&plan.case)),
             files,
-            outputs: job
-                .outputs
-                .iter()
-                .map(|v| OutputReceipt {
-                    slug: v.interface.slug().to_owned(),
-                    value_pk: v.pk,
-                    value: v.value.clone(),
-                    image: v.image.clone(),
-                    file: v.file.clone(),
-                })
-                .collect(),
+            outputs: job.outputs.iter().map(OutputReceipt::from).collect(),
             pk: job.pk,
         }),
     })

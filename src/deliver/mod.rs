@@ -207,6 +207,18 @@ pub struct SocketResult {
     pub file: Option<String>,
 }
 
+impl From<&crate::gc::ItemValue> for SocketResult {
+    fn from(v: &crate::gc::ItemValue) -> Self {
+        SocketResult {
+            slug: v.interface.slug().to_owned(),
+            value_pk: v.pk,
+            value: v.value.clone(),
+            image: v.image.clone(),
+            file: v.file.clone(),
+        }
+    }
+}
+
 /// Why a delivery did not complete, sorted by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -831,17 +843,7 @@ async fn fill(
             e => e.into(),
         })?;
     // Every value of the item, not only the ones just sent: an update sends only what changed.
-    let sockets = done
-        .values
-        .iter()
-        .map(|v| SocketResult {
-            slug: v.interface.slug().to_owned(),
-            value_pk: v.pk,
-            value: v.value.clone(),
-            image: v.image.clone(),
-            file: v.file.clone(),
-        })
-        .collect();
+    let sockets = done.values.iter().map(SocketResult::from).collect();
     Ok(Delivered {
         item_api_url: client.item_api_url(target, &item.pk),
         item_pk: item.pk.clone(),
