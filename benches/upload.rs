@@ -7,7 +7,8 @@
 //!
 //! Then DICOM de-identification: its own throughput on a 100-slice 512×512 CT series, and the rate of
 //! de-identifying and uploading that series against uploading it as it is (what de-identification costs
-//! a delivery; the goal is that it does not halve the rate).
+//! a delivery; the goal is that it does not halve the rate). Each of these is the best of a few runs:
+//! they take tenths of a second, so one run mostly measures whatever else the machine was doing.
 //!
 //! Environment: `GC_BENCH_SIZE` (bytes for the throughput run, default 1 GiB), `GC_BENCH_BIG` (bytes for
 //! the memory run, default 4 GiB), `GC_BENCH_DIR` (where the files go, default a temp dir).
@@ -23,6 +24,8 @@ use gc_hotfolder::gc::{Client, ClientConfig, Token};
 use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
 
 const MIB: f64 = 1024.0 * 1024.0;
+/// Runs of each DICOM measurement; the best is reported.
+const RUNS: usize = 5;
 
 fn main() {
     // reqwest is built without a default TLS provider; the library installs ring, and so does this.
@@ -137,18 +140,43 @@ fn dicom_series(rt: &tokio::runtime::Runtime, base: &str, dir: &Path) {
     for f in &files {
         let _ = std::fs::read(f).map(|b| b.len());
     }
-    let (_, deid_only) = deidentify();
-    let plain = rt.block_on(upload_all(base, &files));
-    let (copies, deid) = deidentify();
-    let sent = rt.block_on(upload_all(base, &copies));
+    // CPU time as well as wall time: on a busy machine the CPU seconds a run costs vary far less.
+    let (deid_only, deid_cpu) = (0..RUNS)
+        .map(|_| {
+            let cpu = cpu_seconds();
+            let wall = deidentify().1;
+            (wall, cpu_seconds() - cpu)
+        })
+        .fold((f64::INFINITY, f64::INFINITY), |(w, c), (wall, cpu)| {
+            (w.min(wall), c.min(cpu))
+        });
+    let plain = (0..RUNS)
+        .map(|_| rt.block_on(upload_all(base, &files)))
+        .fold(f64::INFINITY, f64::min);
+    let (deid, sent) = (0..RUNS)
+        .map(|_| {
+            let (copies, deid) = deidentify();
+            (deid, rt.block_on(upload_all(base, &copies)))
+        })
+        .fold((f64::INFINITY, 0.0), |best, run| {
+            if run.0 + run.1 < best.0 + best.1 {
+                run
+            } else {
+                best
+            }
+        });
     let with = deid + sent;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "DICOM series, 100 slices of 512×512 (16 bit), {mb:.1} MiB in 100 files, {workers} cores:"
+        "DICOM series, 100 slices of 512×512 (16 bit), {mb:.1} MiB in 100 files, {workers} cores, best of {RUNS}:"
     );
     println!(
         "  de-identification alone   {:8.1} MiB/s  ({deid_only:.2} s)",
         mb / deid_only
+    );
+    println!(
+        "    per CPU-second          {:8.1} MiB/s  ({deid_cpu:.3} s of CPU time, all threads)",
+        mb / deid_cpu
     );
     println!(
         "  upload as it is           {:8.1} MiB/s  ({plain:.2} s)",
@@ -185,6 +213,18 @@ async fn upload_all(base: &str, files: &[PathBuf]) -> f64 {
         .await
         .expect("uploads");
     t.elapsed().as_secs_f64()
+}
+
+/// User and system CPU time of this process so far, all threads.
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn peak_rss_kib() -> u64 {

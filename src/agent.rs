@@ -1527,13 +1527,26 @@ pub(crate) async fn attempt_recorded(
         .delivered_manifest
         .as_deref()
         .and_then(|j| serde_json::from_str(j).ok());
-    let send = match (&delivered, &rec.item_pk) {
-        (Some(before), Some(_)) => rules::changed_sockets(plan, manifest, before),
-        _ => plan.clone(),
-    };
-    let start = match &rec.item_pk {
-        Some(pk) => ItemStart::Existing(pk.clone()),
-        None => ItemStart::New,
+    let (send, start) = if folder.target == TargetKind::Algorithm {
+        // A job runs on the whole case. The recorded job is followed again only for the content it was
+        // started on; changed content, or a case retried after its job failed, gets a new job.
+        let start = match &rec.item_pk {
+            Some(pk) if rec.job_manifest.as_deref() == Some(manifest.hash.as_str()) => {
+                ItemStart::Existing(pk.clone())
+            }
+            _ => ItemStart::New,
+        };
+        (plan.clone(), start)
+    } else {
+        let send = match (&delivered, &rec.item_pk) {
+            (Some(before), Some(_)) => rules::changed_sockets(plan, manifest, before),
+            _ => plan.clone(),
+        };
+        let start = match &rec.item_pk {
+            Some(pk) => ItemStart::Existing(pk.clone()),
+            None => ItemStart::New,
+        };
+        (send, start)
     };
     tracing::debug!(case = %rec.case_text(), resuming, "attempt recorded");
     // DICOM goes out de-identified, with UIDs from the case's own secret in the journal, so that a resumed

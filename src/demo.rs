@@ -1,6 +1,7 @@
 //! `demo`: the whole product on one machine with no account and no internet. A sandbox on loopback plays
-//! Grand Challenge, the agent watches `./demo-drop/cases`, example cases are dropped in, and receipts are
-//! printed as they appear. The user can drop more folders while it runs.
+//! Grand Challenge, the agent watches `./demo-drop/cases` (an archive) and `./demo-drop/lung-ct` (an
+//! algorithm, whose results land in `./demo-drop/results`), example cases are dropped in, and receipts
+//! are printed as they appear. The user can drop more folders while it runs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,13 @@ const RULES: &str = r#"
   optional = true
 "#;
 
+/// The demo algorithm folder's rule: a CT image per case, whose lung volume the algorithm estimates.
+const ALGORITHM_RULES: &str = r#"
+  [[folder.socket]]
+  slug = "ct-image"
+  files = ["*.mha", "*.nii.gz"]
+"#;
+
 pub fn main(args: DemoArgs) -> u8 {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -58,6 +66,8 @@ async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     let dir = std::path::absolute(dir)?;
     let cases = dir.join("cases");
     std::fs::create_dir_all(&cases)?;
+    let lung = dir.join("lung-ct");
+    std::fs::create_dir_all(&lung)?;
     // The sandbox forgets everything when it stops, so the journal of an earlier demo run would describe
     // a server that no longer exists: start from a clean state, and deliver the cases again.
     let state = dir.join("state");
@@ -73,7 +83,9 @@ async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     let config_text = format!(
         "# Written by `gc-hotfolder demo`; the sandbox's port changes with every run.\n\
          [server]\nurl = \"{}\"\ntoken = \"{DEMO_TOKEN}\"\nstate_dir = \"state\"\n\n\
-         [[folder]]\npath = \"cases\"\narchive = \"demo-archive\"\nquiet = \"2s\"\n{RULES}",
+         [[folder]]\npath = \"cases\"\narchive = \"demo-archive\"\nquiet = \"2s\"\n{RULES}\n\
+         [[folder]]\npath = \"lung-ct\"\nalgorithm = \"lung-volume-estimator\"\noutbox = \"results\"\n\
+         quiet = \"2s\"\n{ALGORITHM_RULES}",
         sandbox.base_url()
     );
     crate::fsutil::write_atomic(&config_path, config_text.as_bytes())?;
@@ -82,13 +94,25 @@ async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     if std::fs::read_dir(&cases)?.next().is_none() {
         write_examples(&dir, &cases)?;
     }
+    if std::fs::read_dir(&lung)?.next().is_none() {
+        write_algorithm_example(&dir, &lung)?;
+    }
     println!("Sandbox (plays Grand Challenge): {}", sandbox.base_url());
     println!("Watching:                        {}", cases.display());
+    println!(
+        "  and, for an algorithm:          {} (results in {})",
+        lung.display(),
+        dir.join("results").display()
+    );
     println!("Config:                          {}", config_path.display());
     println!(
         "Drop case folders (e.g. one .mha or .nii.gz image, optional report.pdf) into the watched"
     );
-    println!("folder; each becomes an archive item. Receipts appear below. Ctrl-C stops.\n");
+    println!("folder; each becomes an archive item. A folder with a CT image (.mha) dropped into");
+    println!(
+        "lung-ct becomes a job of the lung volume estimator, its results a folder in results."
+    );
+    println!("Receipts appear below. Ctrl-C stops.\n");
 
     let client = config.client()?;
     let receipts = config.server.state_dir.join("receipts");
@@ -139,6 +163,16 @@ fn write_examples(dir: &Path, cases: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One CT case for the algorithm folder.
+fn write_algorithm_example(dir: &Path, lung: &Path) -> std::io::Result<()> {
+    let tmp = dir.join(".staging").join("patient-001");
+    std::fs::create_dir_all(&tmp)?;
+    samples::write_mha(&tmp.join("ct.mha"), [24, 24, 8], 4)?;
+    std::fs::rename(&tmp, lung.join("patient-001"))?;
+    let _ = std::fs::remove_dir(dir.join(".staging"));
+    Ok(())
+}
+
 /// Print every receipt once, and again when it changes (a new revision).
 async fn print_receipts(dir: PathBuf) {
     let mut seen: HashMap<PathBuf, String> = HashMap::new();
@@ -151,6 +185,13 @@ async fn print_receipts(dir: PathBuf) {
             }
             seen.insert(path.clone(), r.finished.clone());
             match (r.outcome, &r.item) {
+                (Outcome::Delivered, _) if r.job.is_some() => {
+                    let job = r.job.as_ref().map(|j| (j.pk.as_str(), j.outbox.as_str()));
+                    let (pk, outbox) = job.unwrap_or_default();
+                    println!("✔ {} → algorithm job {pk} ({:.1} s)", r.case, r.seconds);
+                    println!("  results: {outbox}");
+                    println!("  receipt: {}", path.display());
+                }
                 (Outcome::Delivered, Some(item)) => {
                     println!(
                         "✔ {} → archive item {} ({} socket(s), {:.1} s)",

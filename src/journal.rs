@@ -129,6 +129,9 @@ pub struct CaseRecord {
     /// The title of an item this case may have asked the platform to create (recorded before sending the
     /// request) while no pk is recorded: an empty item of that title in the target may be this case's own.
     pub create_sent: Option<String>,
+    /// For an algorithm: the manifest hash the recorded job (`item_pk`) was started on, while that job
+    /// may still give this content its result (cleared when its case is quarantined).
+    pub job_manifest: Option<String>,
     /// Where the case folder was moved when it was quarantined (the folder's `quarantine`), so that
     /// `retry` can bring it back.
     pub moved_to: Option<PathBuf>,
@@ -276,7 +279,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS cases_title ON cases (target_kind, target_slug, title);",
     // 2: an algorithm's job has no title to claim: the journal records when a request to start a job
     // was about to be sent, so that a job whose answer was lost is looked for (and not started twice).
-    "ALTER TABLE cases ADD COLUMN job_sent TEXT;",
+    // The manifest a recorded job was started on: a job is followed again only for that same content.
+    "ALTER TABLE cases ADD COLUMN job_sent TEXT;
+     ALTER TABLE cases ADD COLUMN job_manifest TEXT;",
 ];
 
 /// The raw bytes of a path, the journal's key for folders and cases.
@@ -576,7 +581,8 @@ impl Journal {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "UPDATE cases SET item_pk = ?2, create_sent = NULL, job_sent = NULL, step = 'uploading', updated = ?3 WHERE id = ?1",
+            "UPDATE cases SET item_pk = ?2, create_sent = NULL, job_sent = NULL, job_manifest = manifest_hash,
+             step = 'uploading', updated = ?3 WHERE id = ?1",
             params![id, item_pk, now()],
         )?;
         Journal::event(&tx, id, "item", Some(item_pk))?;
@@ -645,7 +651,7 @@ impl Journal {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let in_doubt: bool = tx.query_row(
-            "SELECT job_sent IS NOT NULL AND item_pk IS NULL FROM cases WHERE id = ?1",
+            "SELECT job_sent IS NOT NULL FROM cases WHERE id = ?1",
             params![id],
             |r| r.get(0),
         )?;
@@ -662,7 +668,7 @@ impl Journal {
     /// The platform refused to start the job: no job was started by that request.
     pub fn job_refused(&self, id: i64) -> Result<(), JournalError> {
         self.conn().execute(
-            "UPDATE cases SET job_sent = NULL WHERE id = ?1 AND item_pk IS NULL",
+            "UPDATE cases SET job_sent = NULL WHERE id = ?1",
             params![id],
         )?;
         Ok(())
@@ -723,7 +729,8 @@ impl Journal {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "UPDATE cases SET state = 'quarantined', step = NULL, reason = ?2, updated = ?3 WHERE id = ?1",
+            "UPDATE cases SET state = 'quarantined', step = NULL, reason = ?2, updated = ?3,
+             job_manifest = NULL WHERE id = ?1",
             params![id, reason, now()],
         )?;
         Journal::event(&tx, id, "quarantined", Some(reason))?;
@@ -1066,7 +1073,7 @@ impl Journal {
 const SELECT: &str =
     "SELECT id, folder, case_path, state, step, target_kind, target_slug, title, manifest_hash,
     delivered_hash, fingerprint, delivered_manifest, item_pk, revision, attempts, reason, updated, create_sent,
-    moved_to FROM cases";
+    moved_to, job_manifest FROM cases";
 
 struct RawRow {
     id: i64,
@@ -1088,6 +1095,7 @@ struct RawRow {
     updated: String,
     create_sent: Option<String>,
     moved_to: Option<PathBuf>,
+    job_manifest: Option<String>,
 }
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
@@ -1114,6 +1122,7 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
             rusqlite::types::ValueRef::Null => None,
             _ => Some(path_col(r, 18)?),
         },
+        job_manifest: r.get(19)?,
     })
 }
 
@@ -1139,6 +1148,7 @@ impl RawRow {
             updated: self.updated,
             create_sent: self.create_sent,
             moved_to: self.moved_to,
+            job_manifest: self.job_manifest,
         })
     }
 }
@@ -1231,6 +1241,50 @@ mod tests {
                 "delivered"
             ]
         );
+    }
+
+    #[test]
+    fn a_job_start_stays_in_doubt_until_its_pk_or_refusal_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let a = j.discover(Path::new("/drop"), Path::new("a")).unwrap();
+        let b = j.discover(Path::new("/drop"), Path::new("b")).unwrap();
+        let planned = |m| Planned {
+            manifest_hash: m,
+            fingerprint: "f",
+            title: "a",
+            target_kind: TargetKind::Algorithm,
+            target_slug: "algo",
+        };
+        j.ready(a.id, &planned("m1")).unwrap();
+        assert!(!j.job_starting(a.id, "algo").unwrap(), "a first start");
+        // The answer was lost (a crash): the next start of the case is in doubt, until a pk is recorded.
+        assert!(j.job_starting(a.id, "algo").unwrap());
+        j.item_created(a.id, "job-1").unwrap();
+        assert!(!j.job_starting(a.id, "algo").unwrap());
+        j.job_refused(a.id).unwrap();
+        assert!(
+            !j.job_starting(a.id, "algo").unwrap(),
+            "a refusal started nothing"
+        );
+        j.job_refused(a.id).unwrap();
+        let rec = j.by_id(a.id).unwrap().unwrap();
+        assert_eq!(
+            rec.job_manifest.as_deref(),
+            Some("m1"),
+            "the content it ran on"
+        );
+        j.ready(b.id, &planned("m2")).unwrap();
+        j.item_created(b.id, "job-2").unwrap();
+        let mut claimed = j.claimed_jobs("algo").unwrap();
+        claimed.sort();
+        assert_eq!(claimed, ["job-1", "job-2"]);
+        assert!(j.claimed_jobs("other").unwrap().is_empty());
+        // A failed job's case, quarantined, gets a new job on its next attempt; the job stays claimed.
+        j.quarantined(a.id, "job-1 ended Failed").unwrap();
+        let rec = j.by_id(a.id).unwrap().unwrap();
+        assert_eq!(rec.job_manifest, None);
+        assert_eq!(rec.item_pk.as_deref(), Some("job-1"));
     }
 
     #[test]

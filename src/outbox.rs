@@ -21,18 +21,29 @@ pub enum Written {
     AlreadyThere,
 }
 
+/// What to do with a folder of the case that is already in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// It holds these very outputs (written before a crash): leave it.
+    Keep,
+    /// It holds an earlier job's results (the case changed, or was retried): replace it whole.
+    Replace,
+}
+
 /// Write `outputs` as the folder `outbox/<case>`. `Err` is a message for the case's receipt.
 pub async fn write_case(
     client: &Client,
     outbox: &Path,
     case: &str,
     outputs: &[ItemValue],
+    existing: Existing,
 ) -> Result<Written, String> {
     if !pull::is_safe_name(case) {
         return Err(format!("{case:?} cannot be a folder name in the outbox"));
     }
     let dest = outbox.join(case);
-    if std::fs::symlink_metadata(&dest).is_ok() {
+    let there = std::fs::symlink_metadata(&dest).is_ok();
+    if there && existing == Existing::Keep {
         return Ok(Written::AlreadyThere);
     }
     let staging = outbox.join(STAGING_DIR);
@@ -41,9 +52,16 @@ pub async fn write_case(
     let staged = staging.join(format!("{case}.{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&staged).map_err(|e| format!("cannot create {}: {e}", staged.display()))?;
     let result = assemble(client, &staged, &staging, outputs).await;
+    // The earlier results leave for the staging folder first: the case's folder is missing for the
+    // moment between two renames, never half old, half new.
+    let old = staging.join(format!("{case}.old.{}", uuid::Uuid::new_v4().simple()));
     let installed = result.and_then(|files| {
         let moved = std::fs::File::open(&staged)
             .and_then(|d| d.sync_all())
+            .and_then(|()| match there {
+                true => std::fs::rename(&dest, &old),
+                false => Ok(()),
+            })
             .and_then(|()| std::fs::rename(&staged, &dest))
             .and_then(|()| std::fs::File::open(outbox)?.sync_all());
         moved
@@ -51,7 +69,12 @@ pub async fn write_case(
             .map_err(|e| format!("cannot move the outputs to {}: {e}", dest.display()))
     });
     match installed {
-        Ok(files) => Ok(Written::New(files)),
+        Ok(files) => {
+            if there && let Err(e) = std::fs::remove_dir_all(&old) {
+                tracing::warn!(dir = %old.display(), "cannot remove the earlier results: {e}");
+            }
+            Ok(Written::New(files))
+        }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staged);
             Err(e)

@@ -19,6 +19,9 @@ use crate::journal::{CaseState, Journal};
 use crate::receipt::{CaseFacts, CaseKey, Receipt, TargetRef};
 use crate::rules::{self, Manifest};
 
+/// How long a one-shot job waits before asking again when the account has too many jobs running.
+const JOB_LIMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One case's result, as the command prints it.
 pub struct CaseOutcome {
     pub case_dir: PathBuf,
@@ -249,20 +252,37 @@ async fn upload_case(
             b.inc(bytes);
         }
     };
-    let result = crate::agent::attempt_recorded(
-        client,
-        journal,
-        folder,
-        &config.server.state_dir,
-        &rec,
-        &case_dir,
-        &plan,
-        &manifest,
-        &snapshot.fingerprint(),
-        &VerifyTiming::default(),
-        Some(&progress),
-    )
-    .await;
+    // A one-shot job waits out the account's limit of jobs at once, as the agent does.
+    let mut rec = rec.clone();
+    let result = loop {
+        let result = crate::agent::attempt_recorded(
+            client,
+            journal,
+            folder,
+            &config.server.state_dir,
+            &rec,
+            &case_dir,
+            &plan,
+            &manifest,
+            &snapshot.fingerprint(),
+            &VerifyTiming::default(),
+            Some(&progress),
+        )
+        .await;
+        let Ok(Err(DeliverError::Later(e))) = &result else {
+            break result;
+        };
+        if !matches!(**e, crate::gc::GcError::JobLimit(_)) {
+            break result;
+        }
+        tracing::warn!(case = %case_rel, "waiting {JOB_LIMIT_WAIT:?}: {e}");
+        tokio::time::sleep(JOB_LIMIT_WAIT).await;
+        match journal.by_id(rec.id) {
+            Ok(Some(now)) => rec = now,
+            Ok(None) => break result,
+            Err(e) => return fail(&case_dir, e.to_string()),
+        }
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -272,7 +292,13 @@ async fn upload_case(
     };
     match result {
         Ok(d) => {
-            let line = format!("delivered {case_rel} → {} {}", d.item_pk, d.item_api_url);
+            let line = match &d.job {
+                Some(job) => format!(
+                    "delivered {case_rel} → job {} {}, outputs in {}",
+                    job.pk, job.status, job.outbox
+                ),
+                None => format!("delivered {case_rel} → {} {}", d.item_pk, d.item_api_url),
+            };
             let receipt = Receipt::delivered(facts(Some(&plan), Some(&manifest)), &d);
             // The receipt first, as the agent does: a crash before the journal says "delivered" only
             // repeats the delivery into the same item.

@@ -30,6 +30,15 @@ fn algorithm_config(dir: &Path, sb: &Sandbox, drop: &Path, algorithm: &str) -> P
     path
 }
 
+/// A temporary folder with an empty drop folder for `algorithm` and its config: (dir, drop, config).
+fn algorithm_drop(sb: &Sandbox, algorithm: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let cfg = algorithm_config(tmp.path(), sb, &drop, algorithm);
+    (tmp, drop, cfg)
+}
+
 /// A case holding one CT image of `n`-dependent size, so every case's outputs differ.
 fn ct_case(drop: &Path, name: &str, n: u64) {
     drop_atomically(drop, name, |dir| {
@@ -135,10 +144,7 @@ fn check_jobs(st: &Value, rs: &[Receipt], outbox: &Path, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_case_becomes_one_job_whose_outputs_land_in_the_outbox() {
     let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    let cfg = algorithm_config(tmp.path(), &sb, &drop, "lung-volume-estimator");
+    let (tmp, drop, cfg) = algorithm_drop(&sb, "lung-volume-estimator");
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     for i in 0..3 {
         ct_case(&drop, &format!("patient-{i}"), i);
@@ -167,10 +173,7 @@ async fn each_case_becomes_one_job_whose_outputs_land_in_the_outbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_job_quarantines_its_case_with_what_the_platform_says_and_others_go_on() {
     let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    let cfg = algorithm_config(tmp.path(), &sb, &drop, "failing-algorithm");
+    let (tmp, drop, cfg) = algorithm_drop(&sb, "failing-algorithm");
     // Two folders of the same agent: the failing algorithm's and the good one's.
     let good_drop = tmp.path().join("good");
     std::fs::create_dir_all(&good_drop).unwrap();
@@ -214,10 +217,7 @@ async fn a_failing_job_quarantines_its_case_with_what_the_platform_says_and_othe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_case_whose_inputs_match_no_interface_starts_no_job() {
     let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    let cfg = algorithm_config(tmp.path(), &sb, &drop, "lung-volume-estimator");
+    let (tmp, drop, cfg) = algorithm_drop(&sb, "lung-volume-estimator");
     // Either socket alone is an interface; both together are none.
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text = text.replace(
@@ -251,31 +251,69 @@ async fn a_case_whose_inputs_match_no_interface_starts_no_job() {
     assert_eq!(jobs[0]["inputs"][0]["value"], 3);
 }
 
+/// Waiting at the limit shows in `status` (the case's note) and in the metrics (postponed deliveries
+/// of class `job_limit`), and no case is quarantined for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_limit_of_jobs_at_once_cases_wait_instead_of_failing() {
     let sb = sandbox_with(|o| {
         for a in &mut o.fixture.algorithms {
             a.max_active_jobs_per_user = Some(1);
-            a.duration = Duration::from_millis(600);
+            a.duration = Duration::from_millis(1500);
         }
     })
     .await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
+    let (tmp, drop, cfg) = algorithm_drop(&sb, "lung-volume-estimator");
     for i in 0..3 {
         ct_case(&drop, &format!("w{i}"), i);
     }
-    let cfg = algorithm_config(tmp.path(), &sb, &drop, "lung-volume-estimator");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&cfg, text).unwrap();
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let waiting = eventually(
+        Duration::from_secs(60),
+        "a case waiting at the limit in status",
+        async || {
+            let cfg = cfg.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                bin()
+                    .args(["status", "--config"])
+                    .arg(&cfg)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("have not finished yet").then_some(text)
+        },
+    )
+    .await;
+    assert!(waiting.contains("note: w"), "{waiting}");
     let rs = wait_receipts(&tmp.path().join("state"), 3, Duration::from_secs(90)).await;
+    agent.wait_log("serving /metrics and /status", 1).await;
     let log = agent.log();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("serving /metrics and /status").nth(1))
+        .and_then(|rest| rest.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the metrics address in {log}"))
+        .to_owned();
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     agent.stop();
     check_jobs(&sb.state(), &rs, &tmp.path().join("outbox"), 3);
-    assert!(
-        log.contains("jobs of this algorithm that have not finished yet"),
-        "the limit was met and waited out: {log}"
-    );
+    let retried = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gc_hotfolder_delivery_retries_total{class=\"job_limit\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(retried > 0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,8 +321,9 @@ async fn twenty_cases_under_kill_9_and_faults_make_twenty_jobs_and_complete_outb
     let rules = [
         // Jobs started whose answer is lost: found again, never started twice.
         "POST /api/v1/algorithms/jobs/ 502 after p=0.3",
-        "/api/* 503 p=0.03",
-        "/api/* drop p=0.02",
+        // And 10 % of every other request to the API fails one way or another.
+        "/api/* 503 p=0.04",
+        "/api/* drop p=0.03",
         "/api/* 502 after p=0.03",
         "/s3/* 503 p=0.01",
         "/media/* 500 p=0.01",
@@ -300,14 +339,11 @@ async fn twenty_cases_under_kill_9_and_faults_make_twenty_jobs_and_complete_outb
         }
     })
     .await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
+    let (tmp, drop, cfg) = algorithm_drop(&sb, "lung-volume-estimator");
     let n = 20u64;
     for i in 0..n {
         ct_case(&drop, &format!("c{i:02}"), i);
     }
-    let cfg = algorithm_config(tmp.path(), &sb, &drop, "lung-volume-estimator");
     let log = tmp.path().join("agent.log");
     let state_dir = tmp.path().join("state");
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -349,4 +385,143 @@ async fn twenty_cases_under_kill_9_and_faults_make_twenty_jobs_and_complete_outb
         })
         .unwrap_or(0);
     assert!(faulted > 0, "the faults fired: {}", st["requests"]);
+}
+
+/// `gc-hotfolder upload` on cases of an algorithm folder: one job each, waited for (also at the
+/// account's limit of one job at once), outputs in the outbox; asked again, it starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_runs_the_given_cases_as_jobs_once() {
+    let sb = sandbox_with(|o| {
+        for a in &mut o.fixture.algorithms {
+            a.max_active_jobs_per_user = Some(1);
+        }
+    })
+    .await;
+    let (tmp, drop, cfg) = algorithm_drop(&sb, "lung-volume-estimator");
+    ct_case(&drop, "u1", 1);
+    ct_case(&drop, "u2", 2);
+    let run = {
+        let (cfg, drop) = (cfg.clone(), drop.clone());
+        move || {
+            bin()
+                .args(["upload", "-c"])
+                .arg(&cfg)
+                .arg(drop.join("u1"))
+                .arg(drop.join("u2"))
+                .output()
+                .unwrap()
+        }
+    };
+    let out = tokio::task::spawn_blocking(run.clone()).await.unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("delivered u1 → job "), "{text}");
+    assert!(text.contains("Succeeded, outputs in "), "{text}");
+    assert!(
+        text.contains("have not finished yet"),
+        "the two cases go at once and meet the limit: {text}"
+    );
+    let rs = receipts(&tmp.path().join("state/receipts"));
+    check_jobs(&sb.state(), &rs, &tmp.path().join("outbox"), 2);
+
+    let again = tokio::task::spawn_blocking(run).await.unwrap();
+    let text = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(again.status.success(), "{text}");
+    assert!(text.contains("already delivered u1"), "{text}");
+    assert_eq!(jobs_of(&sb.state(), "lung-volume-estimator").len(), 2);
+}
+
+/// New content in a case whose job ran gets a new job, whose results replace the earlier ones whole; a
+/// case whose job failed gets a new job when it is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_case_runs_again_and_its_results_replace_the_earlier_ones() {
+    let sb = sandbox().await;
+    let (tmp, drop, cfg) = algorithm_drop(&sb, "lung-volume-estimator");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    ct_case(&drop, "again", 1);
+    let first = wait_delivered(&tmp.path().join("state"), 1, Duration::from_secs(60)).await;
+    let first_job = first[0].job.clone().unwrap();
+    let outbox = tmp.path().join("outbox");
+    let volume = |p: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(p.join("again/lung-volume.json")).unwrap()).unwrap()
+    };
+    assert_eq!(volume(&outbox), 5.0 * 4.0 * 2.0);
+
+    // The image is replaced by a bigger one (written beside, renamed over, as an exporter would).
+    let bigger = tmp.path().join("bigger.mha");
+    samples::write_mha(&bigger, [6, 5, 2], 7).unwrap();
+    std::fs::rename(&bigger, drop.join("again/ct.mha")).unwrap();
+    let second = eventually(
+        Duration::from_secs(60),
+        "a second job's receipt",
+        async || {
+            let rs = receipts(&tmp.path().join("state/receipts"));
+            rs.into_iter()
+                .find(|r| r.job.as_ref().is_some_and(|j| j.pk != first_job.pk))
+        },
+    )
+    .await;
+    agent.stop();
+    assert_eq!(second.outcome, Outcome::Delivered);
+    let jobs = jobs_of(&sb.state(), "lung-volume-estimator");
+    assert_eq!(jobs.len(), 2, "{jobs:#?}");
+    let job = jobs
+        .iter()
+        .find(|j| j["pk"] == second.job.as_ref().unwrap().pk.as_str())
+        .unwrap();
+    assert_outbox_matches(&outbox.join("again"), job);
+    assert_eq!(volume(&outbox), 6.0 * 5.0 * 2.0);
+    let staging = outbox.join(gc_hotfolder::outbox::STAGING_DIR);
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_whose_job_failed_gets_a_new_job_when_retried() {
+    let sb = sandbox().await;
+    let (tmp, drop, cfg) = algorithm_drop(&sb, "failing-algorithm");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    ct_case(&drop, "flaky", 1);
+    let rs = wait_receipts(&tmp.path().join("state"), 1, Duration::from_secs(60)).await;
+    assert_eq!(rs[0].outcome, Outcome::Quarantined);
+    let out = tokio::task::spawn_blocking({
+        let (cfg, case) = (cfg.clone(), drop.join("flaky"));
+        move || {
+            bin()
+                .args(["retry", "--config"])
+                .arg(&cfg)
+                .arg(&case)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(Duration::from_secs(60), "a second job", async || {
+        (jobs_of(&sb.state(), "failing-algorithm").len() == 2).then_some(())
+    })
+    .await;
+    let again = eventually(Duration::from_secs(60), "its second receipt", async || {
+        receipts(&tmp.path().join("state/receipts"))
+            .into_iter()
+            .find(|r| r.attempts >= 2 && r.outcome == Outcome::Quarantined)
+    })
+    .await;
+    agent.stop();
+    let jobs = jobs_of(&sb.state(), "failing-algorithm");
+    assert_eq!(
+        jobs.len(),
+        2,
+        "one new job for the retry, no more: {jobs:#?}"
+    );
+    let second = jobs[1]["pk"].as_str().unwrap();
+    assert!(
+        again.reason.as_deref().unwrap().contains(second),
+        "{again:?}"
+    );
 }

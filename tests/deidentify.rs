@@ -648,3 +648,65 @@ fn the_same_file_and_secret_give_the_same_bytes() {
         );
     }
 }
+
+/// What follows the pixel data (trailing padding, a digital signature) is not part of the image: it is
+/// not sent, and above all not folded into the pixel data as if it were one more fragment.
+#[test]
+fn nothing_after_the_pixel_data_is_sent() {
+    let scratch = tempfile::tempdir().unwrap();
+    let procedure = Procedure::builtin().unwrap();
+    let uids = UidMap::random();
+    let fragments = vec![
+        vec![0xFFu8, 0xD8, 1, 2, 3, 4, 0xFF, 0xD9],
+        vec![0xFF, 0xD8, 5, 6, 0xFF, 0xD9],
+    ];
+    let trailing = b"SIGNED BY DR JANE DOE".to_vec();
+    for (ts, pixels) in [
+        (
+            uids::JPEG_BASELINE8_BIT,
+            Value::from(PixelFragmentSequence::new(
+                Vec::<u32>::new(),
+                fragments.clone(),
+            )),
+        ),
+        (
+            uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            Value::from(PrimitiveValue::from(vec![7u8; 64])),
+        ),
+    ] {
+        let mut e = patient_and_study(CT_CLASS, "1.2.999.9.1", "CT");
+        e.extend(pixel_module(8, 8, 8));
+        e.push(DataElement::new(tags::PIXEL_DATA, VR::OB, pixels));
+        e.push(DataElement::new(
+            Tag(0xFFFC, 0xFFFC),
+            VR::OB,
+            PrimitiveValue::from(trailing.clone()),
+        ));
+        let (src, dst) = (
+            scratch.path().join("in.dcm"),
+            scratch.path().join("out.dcm"),
+        );
+        write(&src, item(e), ts);
+        assert!(
+            std::fs::read(&src)
+                .unwrap()
+                .windows(trailing.len())
+                .any(|w| w == trailing)
+        );
+
+        deidentify_file(procedure, &uids, &src, &dst).unwrap();
+        let bytes = std::fs::read(&dst).unwrap();
+        assert!(
+            !bytes.windows(trailing.len()).any(|w| w == trailing),
+            "{ts}: the trailing element was sent"
+        );
+        let out = open_file(&dst).unwrap();
+        assert!(out.get(Tag(0xFFFC, 0xFFFC)).is_none(), "{ts}");
+        let pixel_data = out.element(tags::PIXEL_DATA).unwrap();
+        match pixel_data.value() {
+            Value::PixelSequence(seq) => assert_eq!(seq.fragments(), &fragments[..], "{ts}"),
+            Value::Primitive(p) => assert_eq!(p.to_bytes().as_ref(), &[7u8; 64][..], "{ts}"),
+            other => panic!("{ts}: {other:?}"),
+        }
+    }
+}

@@ -32,16 +32,28 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     // The platform's files are out of reach: nothing appears, nothing is left behind.
     sb.set_faults(vec!["GET /media/* 500".parse::<FaultRule>().unwrap()])
         .unwrap();
-    let err = outbox::write_case(&c, &box_dir, "patient-1", &job.outputs)
-        .await
-        .unwrap_err();
+    let err = outbox::write_case(
+        &c,
+        &box_dir,
+        "patient-1",
+        &job.outputs,
+        outbox::Existing::Keep,
+    )
+    .await
+    .unwrap_err();
     assert!(err.starts_with("output "), "{err}");
     assert!(!box_dir.join("patient-1").exists());
     sb.set_faults(Vec::new()).unwrap();
 
-    let written = outbox::write_case(&c, &box_dir, "patient-1", &job.outputs)
-        .await
-        .unwrap();
+    let written = outbox::write_case(
+        &c,
+        &box_dir,
+        "patient-1",
+        &job.outputs,
+        outbox::Existing::Keep,
+    )
+    .await
+    .unwrap();
     let Written::New(mut files) = written else {
         panic!("{written:?}")
     };
@@ -92,9 +104,15 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
         "GET /media/components/componentinterfacevalue/{pk}/{name} 200",
     );
     assert_eq!(
-        outbox::write_case(&c, &box_dir, "patient-1", &job.outputs)
-            .await
-            .unwrap(),
+        outbox::write_case(
+            &c,
+            &box_dir,
+            "patient-1",
+            &job.outputs,
+            outbox::Existing::Keep
+        )
+        .await
+        .unwrap(),
         Written::AlreadyThere
     );
     assert_eq!(
@@ -104,9 +122,31 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
         ),
         downloads
     );
+
+    // A later job's results replace the folder whole: nothing of the earlier one stays.
+    std::fs::write(case.join("stale.txt"), "from an earlier job").unwrap();
+    let replaced = outbox::write_case(
+        &c,
+        &box_dir,
+        "patient-1",
+        &job.outputs,
+        outbox::Existing::Replace,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(replaced, Written::New(_)), "{replaced:?}");
+    assert!(!case.join("stale.txt").exists());
+    assert!(case.join("lung-volume.json").exists());
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
     assert!(
-        outbox::write_case(&c, &box_dir, "../escape", &job.outputs)
-            .await
-            .is_err()
+        outbox::write_case(
+            &c,
+            &box_dir,
+            "../escape",
+            &job.outputs,
+            outbox::Existing::Keep
+        )
+        .await
+        .is_err()
     );
 }

@@ -903,9 +903,15 @@ async fn an_algorithm_pull_writes_each_succeeded_jobs_outputs_and_reports_the_ot
         }
         // The agent's outbox writes a job's outputs; pull writes them the same way.
         let job = c.job(pk).await.unwrap();
-        gc_hotfolder::outbox::write_case(&c, &outbox, pk, &job.outputs)
-            .await
-            .unwrap();
+        gc_hotfolder::outbox::write_case(
+            &c,
+            &outbox,
+            pk,
+            &job.outputs,
+            gc_hotfolder::outbox::Existing::Keep,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             tree(&outbox.join(pk)),
             got,

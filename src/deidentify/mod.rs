@@ -30,11 +30,14 @@ use dicom_core::header::Header;
 use dicom_core::value::{C, PrimitiveValue, Value};
 use dicom_core::{DataElement, DataElementHeader, Length, Tag, VR};
 use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntax;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_object::collector::DicomCollector;
 use dicom_object::meta::FileMetaTableBuilder;
-use dicom_parser::dataset::{DataSetWriter, DataToken, IntoTokens};
+use dicom_parser::dataset::lazy_read::LazyDataSetReader;
+use dicom_parser::dataset::{DataSetWriter, DataToken, IntoTokens, LazyDataToken};
+use dicom_parser::stateful::decode::StatefulDecode;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use sha2::{Digest, Sha256};
 
@@ -558,7 +561,9 @@ pub fn deidentify_file(
     }
     let pixel_data = scan::scan(src)?;
     let file = File::open(src).map_err(unreadable)?;
-    let mut collector = DicomCollector::new(BufReader::with_capacity(1 << 20, file));
+    // The collector reads the header only: a buffer of one chunk, so that it does not read far ahead
+    // into the pixel data, which the copy reads again from its own offset.
+    let mut collector = DicomCollector::new(BufReader::with_capacity(CHUNK, file));
     let meta = collector.read_file_meta().map_err(unreadable)?.clone();
     let ts_uid = trimmed(meta.transfer_syntax()).to_owned();
     let ts = TransferSyntaxRegistry
@@ -617,8 +622,8 @@ pub fn deidentify_file(
         .write_sequence(header.into_tokens())
         .map_err(io_write)?;
     let keep_pixels = keep_pixels == Action::Keep;
-    if keep_pixels && pixel_data == PixelData::Encapsulated {
-        copy_fragments(&mut collector, &mut writer)?;
+    if let (true, PixelData::Encapsulated { offset }) = (keep_pixels, pixel_data) {
+        copy_fragments(src, offset, ts, &mut writer)?;
     }
     writer.flush().map_err(io_write)?;
     drop(writer);
@@ -742,47 +747,67 @@ fn copy_native(src: &Path, offset: u64, len: u32, out: &mut impl Write) -> Resul
     Ok(())
 }
 
-/// Copy encapsulated pixel data (the basic offset table, then the fragments) one item at a time.
+/// Copy encapsulated pixel data (the basic offset table, then the fragments) one item at a time, from
+/// its element `offset` bytes into `src` to the end of its sequence, and not a byte further.
 fn copy_fragments<W, E>(
-    collector: &mut DicomCollector<BufReader<File>>,
+    src: &Path,
+    offset: u64,
+    ts: &TransferSyntax,
     writer: &mut DataSetWriter<W, E>,
 ) -> Result<(), DeidError>
 where
     W: Write,
     E: dicom_encoding::encode::EncodeTo<W>,
 {
-    let mut buf = Vec::new();
-    // A short read is not always an error of the reader: the length tells a cut file.
-    let mut next = |buf: &mut Vec<u8>| -> Result<Option<u32>, DeidError> {
-        buf.clear();
-        let n = collector.read_next_fragment(buf).map_err(unreadable)?;
-        match n {
-            Some(n) if buf.len() != n as usize => Err(DeidError::Unreadable(format!(
-                "cannot read it as DICOM: the pixel data is cut short ({} of {n} bytes)",
-                buf.len()
-            ))),
-            n => Ok(n),
+    let mut file = BufReader::with_capacity(CHUNK, File::open(src).map_err(unreadable)?);
+    file.seek(SeekFrom::Start(offset)).map_err(unreadable)?;
+    let mut tokens = LazyDataSetReader::new_with_ts(file, ts).map_err(unreadable)?;
+    let mut write = |token| writer.write(token).map_err(io_write);
+    let (mut started, mut len, mut buf) = (false, 0, Vec::new());
+    while let Some(token) = tokens.advance() {
+        match token.map_err(unreadable)? {
+            LazyDataToken::PixelSequenceStart => {}
+            LazyDataToken::ItemStart { len: item } => {
+                len = item.0;
+                buf.clear();
+            }
+            LazyDataToken::LazyItemValue { len, decoder } => {
+                // A short read is not an error of the reader: the length tells a cut file.
+                decoder.read_to_vec(len, &mut buf).map_err(unreadable)?;
+                if buf.len() != len as usize {
+                    return Err(DeidError::Unreadable(format!(
+                        "cannot read it as DICOM: the pixel data is cut short ({} of {len} bytes)",
+                        buf.len()
+                    )));
+                }
+            }
+            LazyDataToken::ItemEnd => {
+                // Pixel data without even an offset table item is left out, as it always was.
+                if !started {
+                    write(DataToken::PixelSequenceStart)?;
+                    started = true;
+                }
+                write(DataToken::ItemStart { len: Length(len) })?;
+                write(DataToken::ItemValue(std::mem::take(&mut buf)))?;
+                write(DataToken::ItemEnd)?;
+            }
+            LazyDataToken::SequenceEnd => {
+                if started {
+                    write(DataToken::SequenceEnd)?;
+                }
+                return Ok(());
+            }
+            other => {
+                return Err(DeidError::Unreadable(format!(
+                    "cannot read it as DICOM: unexpected {:?} in the pixel data",
+                    other.into_repr()
+                )));
+            }
         }
-    };
-    let Some(first) = next(&mut buf)? else {
-        return Ok(());
-    };
-    writer
-        .write(DataToken::PixelSequenceStart)
-        .map_err(io_write)?;
-    let mut len = Some(first);
-    while let Some(n) = len {
-        writer
-            .write(DataToken::ItemStart { len: Length(n) })
-            .map_err(io_write)?;
-        writer
-            .write(DataToken::ItemValue(std::mem::take(&mut buf)))
-            .map_err(io_write)?;
-        writer.write(DataToken::ItemEnd).map_err(io_write)?;
-        len = next(&mut buf)?;
     }
-    writer.write(DataToken::SequenceEnd).map_err(io_write)?;
-    Ok(())
+    Err(DeidError::Unreadable(
+        "cannot read it as DICOM: the pixel data ends without its sequence delimiter".into(),
+    ))
 }
 
 #[cfg(test)]

@@ -36,19 +36,20 @@ pub(super) enum PixelData {
     Absent,
     /// Native pixel data: `len` bytes starting `offset` bytes into the file.
     Native { offset: u64, len: u32 },
-    /// Encapsulated pixel data (fragments), copied fragment by fragment by the collector.
-    Encapsulated,
+    /// Encapsulated pixel data (fragments), its element starting `offset` bytes into the file.
+    Encapsulated { offset: u64 },
 }
 
 /// Walk the file meta group and the data set up to the top-level Pixel Data (not further: what follows
-/// is not copied). `Err` when an element declares more bytes than the file has left, or when dicom-rs
+/// it is not part of the image and is not copied). `Err` when an element declares more bytes than the file has left, or when dicom-rs
 /// cannot read the structure.
 pub(super) fn scan(path: &Path) -> Result<PixelData, DeidError> {
     let file = File::open(path).map_err(unreadable)?;
     let size = file.metadata().map_err(unreadable)?.len();
     let at = Rc::new(Cell::new(0));
     let mut src = Tracked {
-        inner: BufReader::with_capacity(1 << 16, file),
+        // A header is a few KiB: a small buffer, so as not to read into the pixel data.
+        inner: BufReader::with_capacity(8 << 10, file),
         at: Rc::clone(&at),
     };
     // After the 128-byte preamble and "DICM" (the caller has checked both).
@@ -67,6 +68,8 @@ pub(super) fn scan(path: &Path) -> Result<PixelData, DeidError> {
     // image in a sequence has its own).
     let mut depth = 0usize;
     loop {
+        // A token reads its own header and nothing before it: where it starts.
+        let start = at.get();
         let Some(token) = tokens.advance() else {
             return Ok(PixelData::Absent);
         };
@@ -95,7 +98,7 @@ pub(super) fn scan(path: &Path) -> Result<PixelData, DeidError> {
                 }
             }
             LazyDataToken::PixelSequenceStart if depth == 0 => {
-                return Ok(PixelData::Encapsulated);
+                return Ok(PixelData::Encapsulated { offset: start });
             }
             LazyDataToken::PixelSequenceStart => depth += 1,
             LazyDataToken::SequenceEnd => depth = depth.saturating_sub(1),

@@ -73,6 +73,25 @@ pub struct OutputReceipt {
     pub file: Option<String>,
 }
 
+impl From<&crate::gc::ItemValue> for OutputReceipt {
+    fn from(v: &crate::gc::ItemValue) -> Self {
+        let SocketResult {
+            slug,
+            value_pk,
+            value,
+            image,
+            file,
+        } = SocketResult::from(v);
+        OutputReceipt {
+            slug,
+            value_pk,
+            value,
+            image,
+            file,
+        }
+    }
+}
+
 /// One case going to an algorithm.
 pub(super) struct Run<'a> {
     pub case_dir: &'a Path,
@@ -140,6 +159,12 @@ pub(super) async fn deliver_job(
     let outputs: Vec<String> = interface.outputs.iter().map(|s| s.slug.clone()).collect();
     let mut deidentified = prepare(case_dir, plan, &routes, privacy).await?;
 
+    // A new job's results replace what an earlier job of the case left in the outbox; a job followed
+    // again may have written its own results before a crash.
+    let existing = match start {
+        ItemStart::New => crate::outbox::Existing::Replace,
+        ItemStart::Existing(_) => crate::outbox::Existing::Keep,
+    };
     let (pk, entries) = match start {
         ItemStart::Existing(pk) => {
             // The attempt that started the job sent every file.
@@ -160,17 +185,7 @@ pub(super) async fn deliver_job(
 
     cp.step(Step::Running).map_err(DeliverError::Checkpoint)?;
     let job = follow(client, &pk, timing, cp).await?;
-    let inputs = job
-        .inputs
-        .iter()
-        .map(|v| SocketResult {
-            slug: v.interface.slug().to_owned(),
-            value_pk: v.pk,
-            value: v.value.clone(),
-            image: v.image.clone(),
-            file: v.file.clone(),
-        })
-        .collect();
+    let inputs = job.inputs.iter().map(SocketResult::from).collect();
     if job.status != JobStatus::Succeeded {
         let why = failure(client, &job, &entries).await;
         return Err(quarantine(format!(
@@ -196,7 +211,7 @@ pub(super) async fn deliver_job(
             missing.join(", ")
         )));
     }
-    let written = crate::outbox::write_case(client, outbox, &plan.case, &job.outputs)
+    let written = crate::outbox::write_case(client, outbox, &plan.case, &job.outputs, existing)
         .await
         .map_err(|e| DeliverError::Local(format!("job {} succeeded, but {e}", job.pk)))?;
     let files = match written {
@@ -215,17 +230,7 @@ pub(super) async fn deliver_job(
             exec_duration: job.exec_duration.clone(),
             outbox: crate::rules::path_text(&outbox.join(&plan.case)),
             files,
-            outputs: job
-                .outputs
-                .iter()
-                .map(|v| OutputReceipt {
-                    slug: v.interface.slug().to_owned(),
-                    value_pk: v.pk,
-                    value: v.value.clone(),
-                    image: v.image.clone(),
-                    file: v.file.clone(),
-                })
-                .collect(),
+            outputs: job.outputs.iter().map(OutputReceipt::from).collect(),
             pk: job.pk,
         }),
     })

@@ -8,7 +8,8 @@
 //! (instead of created) when the journal proves it is this case's own lost creation, and a title another
 //! case holds is refused before anything is created. When the platform refuses a case after its item
 //! exists, the error says what is left there. The outcome is classified for the caller: quarantine the
-//! case, pause the target, or try again later.
+//! case, pause the target, or try again later. A case of an algorithm folder goes the same way up to
+//! the uploads, then becomes one job instead of an item ([`job`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use crate::gc::{
 use crate::journal::{Step, TitleClaim};
 use crate::rules::{Plan, PlannedFile, Source};
 
-mod job;
+pub mod job;
 pub use job::JobDone;
 
 /// Value files larger than this are refused: large structured values belong in file sockets.
@@ -204,6 +205,18 @@ pub struct SocketResult {
     pub value: Option<serde_json::Value>,
     pub image: Option<String>,
     pub file: Option<String>,
+}
+
+impl From<&crate::gc::ItemValue> for SocketResult {
+    fn from(v: &crate::gc::ItemValue) -> Self {
+        SocketResult {
+            slug: v.interface.slug().to_owned(),
+            value_pk: v.pk,
+            value: v.value.clone(),
+            image: v.image.clone(),
+            file: v.file.clone(),
+        }
+    }
 }
 
 /// Why a delivery did not complete, sorted by what the caller should do about it.
@@ -830,17 +843,7 @@ async fn fill(
             e => e.into(),
         })?;
     // Every value of the item, not only the ones just sent: an update sends only what changed.
-    let sockets = done
-        .values
-        .iter()
-        .map(|v| SocketResult {
-            slug: v.interface.slug().to_owned(),
-            value_pk: v.pk,
-            value: v.value.clone(),
-            image: v.image.clone(),
-            file: v.file.clone(),
-        })
-        .collect();
+    let sockets = done.values.iter().map(SocketResult::from).collect();
     Ok(Delivered {
         item_api_url: client.item_api_url(target, &item.pk),
         item_pk: item.pk.clone(),

@@ -435,6 +435,25 @@ mod tests {
     }
 
     #[test]
+    fn limits_of_the_account_are_told_from_refusals_of_the_job() {
+        assert!(is_job_limit(
+            "non_field_errors: You have 2 jobs of this algorithm that have not finished yet; please try again once one of them has finished."
+        ));
+        assert!(is_job_limit("You have run out of algorithm credits"));
+        assert!(!is_job_limit(
+            "non_field_errors: The set of inputs provided does not match any of the algorithm's interfaces."
+        ));
+        let repeated = GcError::Rejected {
+            status: 400,
+            context: "starting a job".into(),
+            message: format!("non_field_errors: {REPEATED_JOB}."),
+            body: serde_json::Value::Null,
+        };
+        assert!(is_repeated_job(&repeated));
+        assert!(!is_repeated_job(&GcError::JobLimit(REPEATED_JOB.into())));
+    }
+
+    #[test]
     fn statuses_from_labels() {
         assert!(JobStatus::from_label("Succeeded").is_final());
         assert!(!JobStatus::from_label("Validating inputs").is_final());
