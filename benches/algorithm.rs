@@ -386,9 +386,15 @@ async fn round_trip(
     };
     let ended = t.elapsed().as_secs_f64();
     assert_eq!(job.status, JobStatus::Succeeded, "{name}");
-    gc_hotfolder::outbox::write_case(client, outbox, &name, &job.outputs)
-        .await
-        .expect("outputs");
+    gc_hotfolder::outbox::write_case(
+        client,
+        outbox,
+        &name,
+        &job.outputs,
+        gc_hotfolder::outbox::Existing::Keep,
+    )
+    .await
+    .expect("outputs");
     let total = t.elapsed().as_secs_f64();
     let exec = job
         .exec_duration
