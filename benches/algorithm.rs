@@ -2,10 +2,11 @@
 //!
 //! How long after a case is ready its outputs are in the outbox, beyond the job's own run time (goal
 //! ≤ 2 s with the default poll settings). The sandbox and the agent each run as their own process on
-//! loopback; the sandbox's world has one algorithm per job duration (the demo's lung volume estimator:
-//! a CT image in; a value, a JSON file and a copy of the image out), and the agent, with its default
-//! settings, one drop folder per algorithm with a 1 s quiet window. Cases are dropped by rename, two at a
-//! time (the default number of cases delivered at once, so no case waits for another).
+//! loopback; the sandbox's world has one algorithm per case, so that each job runs its own time (the
+//! demo's lung volume estimator: a CT image in; a value, a JSON file and a copy of the image out), and
+//! the agent, with its default settings, one drop folder per algorithm with a 1 s quiet window. Cases
+//! are dropped by rename, two at a time (the default number of cases delivered at once, so no case
+//! waits for another).
 //!
 //! Per case: ready (the agent's "ready" log line) → outputs (the receipt's `finished`, written after the
 //! case's folder was renamed into the outbox), the job's run time (`exec_duration` as the platform
@@ -18,9 +19,9 @@
 //! outputs with `outbox::write_case`.
 //!
 //! Environment: `GC_BENCH_JOB_SECONDS` (job durations, default "1,3,10,30": the agent looks at a job
-//! an eighth of its elapsed time apart, at most 2 s, so from 16 s on it sees a job's end up to 2 s late),
-//! `GC_BENCH_JOBS` (cases per duration, default 5), `GC_BENCH_DIR` (where the files go, default a temp
-//! dir).
+//! an eighth of its elapsed time apart, at most 1.5 s, so from 12 s on it sees a job's end up to 1.5 s
+//! late), `GC_BENCH_JOBS` (cases per duration, default 5), `GC_BENCH_DIR` (where the files go, default a
+//! temp dir).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -140,10 +141,10 @@ struct Case {
 impl Case {
     /// Case `k` of `n` of nominal duration `d` (the `i`th). The run times of a duration's cases are
     /// spread over the interval at which the agent then looks at a job (an eighth of the time it has
-    /// followed it, 250 ms to 2 s), so that the jobs end at every phase of its polls, as run times that
+    /// followed it, 250 ms to 1.5 s), so that the jobs end at every phase of its polls, as run times that
     /// vary do on the platform; with one run time they would all be seen equally late.
     fn new(i: usize, d: Duration, k: usize, n: usize) -> Case {
-        let interval = (d / 8).clamp(Duration::from_millis(250), Duration::from_secs(2));
+        let interval = (d / 8).clamp(Duration::from_millis(250), Duration::from_millis(1500));
         let duration = d + interval.mul_f64(k as f64 / n as f64);
         let name = format!("d{i}-case{k:02}");
         Case {
