@@ -5,10 +5,17 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 /// Start `gc-hotfolder sandbox` storing into `data`; returns it and its API base URL (the first URL it prints).
+#[allow(dead_code)] // not every benchmark uses every helper
 pub fn start_sandbox(data: &Path) -> (Child, String) {
+    start_sandbox_with(data, &[])
+}
+
+/// [`start_sandbox`] with more `gc-hotfolder sandbox` arguments, e.g. `--fixture world.toml`.
+pub fn start_sandbox_with(data: &Path, args: &[&std::ffi::OsStr]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gc-hotfolder"))
         .args(["sandbox", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
