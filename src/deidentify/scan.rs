@@ -41,8 +41,8 @@ pub(super) enum PixelData {
 }
 
 /// Walk the file meta group and the data set up to the top-level Pixel Data (not further: what follows
-/// it is not part of the image and is not copied). `Err` when an element declares more bytes than the file has left, or when dicom-rs
-/// cannot read the structure.
+/// it is not part of the image and is not copied). `Err` when an element declares more bytes than the
+/// file has left, or when dicom-rs cannot read the structure.
 pub(super) fn scan(path: &Path) -> Result<PixelData, DeidError> {
     let file = File::open(path).map_err(unreadable)?;
     let size = file.metadata().map_err(unreadable)?.len();
