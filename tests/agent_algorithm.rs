@@ -525,3 +525,26 @@ async fn a_case_whose_job_failed_gets_a_new_job_when_retried() {
         "{again:?}"
     );
 }
+
+/// Cases two levels down (one folder per site) keep their place in the outbox: two sites' cases of one
+/// name are two jobs and two result folders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cases_of_one_name_from_two_sites_get_their_own_result_folders() {
+    let sb = sandbox().await;
+    let (tmp, drop, cfg) = algorithm_drop(&sb, "lung-volume-estimator");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("quiet = \"1s\"\n", "quiet = \"1s\"\ndepth = 2\n");
+    std::fs::write(&cfg, text).unwrap();
+    for (i, site) in ["site-a", "site-b"].iter().enumerate() {
+        std::fs::create_dir_all(drop.join(site)).unwrap();
+        ct_case(&drop.join(site), "p1", i as u64);
+    }
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let rs = wait_delivered(&tmp.path().join("state"), 2, Duration::from_secs(60)).await;
+    agent.stop();
+    let mut cases: Vec<&str> = rs.iter().map(|r| r.case.as_str()).collect();
+    cases.sort();
+    assert_eq!(cases, ["site-a/p1", "site-b/p1"]);
+    check_jobs(&sb.state(), &rs, &tmp.path().join("outbox"), 2);
+}

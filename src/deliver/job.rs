@@ -212,7 +212,13 @@ pub(super) async fn deliver_job(
             missing.join(", ")
         )));
     }
-    let written = crate::outbox::write_case(client, outbox, &plan.case, &job.outputs, existing)
+    // A case deeper in the drop folder (site-a/p1) keeps its place in the outbox, so that two cases of
+    // one name in different sites never share a folder.
+    let (box_dir, name) = match plan.case_path.rsplit_once('/') {
+        Some((parent, name)) => (outbox.join(parent), name),
+        None => (outbox.to_path_buf(), plan.case_path.as_str()),
+    };
+    let written = crate::outbox::write_case(client, &box_dir, name, &job.outputs, existing)
         .await
         .map_err(|e| DeliverError::Local(format!("job {} succeeded, but {e}", job.pk)))?;
     let files = match written {
@@ -229,7 +235,7 @@ pub(super) async fn deliver_job(
             url: job.url.clone(),
             status: job.status.label().to_owned(),
             exec_duration: job.exec_duration.clone(),
-            outbox: crate::rules::path_text(&outbox.join(&plan.case)),
+            outbox: crate::rules::path_text(&box_dir.join(name)),
             files,
             outputs: job.outputs.iter().map(OutputReceipt::from).collect(),
             pk: job.pk,
