@@ -1390,7 +1390,7 @@ impl Delivery {
                 Ok(Done::Later(sh.options.retry_first))
             }
             Err(DeliverError::Local(e)) => {
-                tracing::error!(case = %self.case, "{e}");
+                tracing::warn!(case = %self.case, "{e}");
                 sh.journal.postpone(self.rec.id, &e)?;
                 Ok(Done::Later(sh.options.retry_first))
             }
@@ -1657,7 +1657,7 @@ impl Checkpoints for JournalCheckpoints<'_> {
             })
         })
     }
-    fn job_starting(&self, slug: &str) -> Result<bool, String> {
+    fn job_starting(&self, slug: &str) -> Result<crate::journal::JobStart, String> {
         self.journal
             .job_starting(self.id, slug)
             .map_err(|e| e.to_string())

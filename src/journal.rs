@@ -105,6 +105,18 @@ pub enum JournalError {
     Corrupt(String),
 }
 
+/// May a case start a job now?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobStart {
+    /// Yes; no earlier start of it is unconfirmed.
+    Fresh,
+    /// Yes, but an earlier start of this case may have started a job: look for it first.
+    InDoubt,
+    /// Not yet: the start of another case's job (this case folder, relative to its drop folder) is
+    /// not confirmed.
+    AfterOther(PathBuf),
+}
+
 /// One case as the journal knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseRecord {
@@ -646,10 +658,25 @@ impl Journal {
 
     /// Right before a request to start a job on `slug` is sent: record it, and say whether an earlier
     /// request of this case may have started a job whose answer was lost (then that job is looked for
-    /// before another is started).
-    pub fn job_starting(&self, id: i64, slug: &str) -> Result<bool, JournalError> {
+    /// before another is started). While another case's start is unconfirmed (in flight, or its answer
+    /// lost), no other start may go out: an unconfirmed job is recognised as the only job of the
+    /// algorithm that no case holds, which two unconfirmed starts would make ambiguous. A quarantined
+    /// case does not hold the others up.
+    pub fn job_starting(&self, id: i64, slug: &str) -> Result<JobStart, JournalError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let other = tx
+            .query_row(
+                "SELECT case_path FROM cases WHERE id != ?1 AND target_kind = 'algorithm'
+                 AND target_slug = ?2 AND job_sent IS NOT NULL AND state != 'quarantined'
+                 ORDER BY id LIMIT 1",
+                params![id, slug],
+                |r| path_col(r, 0),
+            )
+            .optional()?;
+        if let Some(case) = other {
+            return Ok(JobStart::AfterOther(case));
+        }
         let in_doubt: bool = tx.query_row(
             "SELECT job_sent IS NOT NULL FROM cases WHERE id = ?1",
             params![id],
@@ -662,7 +689,11 @@ impl Journal {
         )?;
         Journal::event(&tx, id, "job sent", Some(slug))?;
         tx.commit()?;
-        Ok(in_doubt)
+        Ok(if in_doubt {
+            JobStart::InDoubt
+        } else {
+            JobStart::Fresh
+        })
     }
 
     /// The platform refused to start the job: no job was started by that request.
@@ -1257,14 +1288,20 @@ mod tests {
             target_slug: "algo",
         };
         j.ready(a.id, &planned("m1")).unwrap();
-        assert!(!j.job_starting(a.id, "algo").unwrap(), "a first start");
+        assert_eq!(j.job_starting(a.id, "algo").unwrap(), JobStart::Fresh);
+        // Unconfirmed: no other case starts a job meanwhile.
+        assert_eq!(
+            j.job_starting(b.id, "algo").unwrap(),
+            JobStart::AfterOther("a".into())
+        );
         // The answer was lost (a crash): the next start of the case is in doubt, until a pk is recorded.
-        assert!(j.job_starting(a.id, "algo").unwrap());
+        assert_eq!(j.job_starting(a.id, "algo").unwrap(), JobStart::InDoubt);
         j.item_created(a.id, "job-1").unwrap();
-        assert!(!j.job_starting(a.id, "algo").unwrap());
+        assert_eq!(j.job_starting(a.id, "algo").unwrap(), JobStart::Fresh);
         j.job_refused(a.id).unwrap();
-        assert!(
-            !j.job_starting(a.id, "algo").unwrap(),
+        assert_eq!(
+            j.job_starting(a.id, "algo").unwrap(),
+            JobStart::Fresh,
             "a refusal started nothing"
         );
         j.job_refused(a.id).unwrap();

@@ -4,10 +4,12 @@
 //! Exactly once: the journal records that a request to start a job is about to be sent, and the job's
 //! pk as soon as the answer names it. A request whose answer was lost (a crash, a cut connection) leaves
 //! the first record without the second; the next attempt then looks for that job among this account's
-//! jobs of the algorithm before starting one: a job no other case of the journal holds, whose inputs are
-//! the case's (values equal, the same sockets). Requests to start jobs are sent one at a time, so at most
-//! one job of this agent is ever in that state. When every input already exists on the platform, the
-//! platform itself refuses a second job with the same inputs, and that earlier job is the result.
+//! jobs of the algorithm before starting one: a job no case of the journal holds, whose inputs are the
+//! case's (values equal, the same sockets). Uploaded images have no identity to compare until the job
+//! holds them, so no other start goes out while one is unconfirmed (the journal refuses it, across
+//! processes too): there is never more than one job of ours that no case holds. When every input already
+//! exists on the platform, the platform itself refuses a second job with the same inputs, and that
+//! earlier job is the result.
 //!
 //! Limits of the account (unfinished jobs at once, credits) make the case wait, not fail.
 
@@ -24,7 +26,7 @@ use crate::gc::algorithms::{Algorithm, Job, JobFilter, JobStatus, is_repeated_jo
 use crate::gc::models::ValueSource;
 use crate::gc::verify::{VerifyTiming, session_for};
 use crate::gc::{Client, GcError, Target, ValueEntry};
-use crate::journal::Step;
+use crate::journal::{JobStart, Step};
 use crate::outbox::Written;
 use crate::rules::Plan;
 
@@ -283,9 +285,20 @@ impl Started<'_> {
             return Err(DeliverError::Changed);
         }
         let _one_at_a_time = JOB_STARTS.lock().await;
-        let in_doubt = cp
+        let in_doubt = match cp
             .job_starting(&algorithm.slug)
-            .map_err(DeliverError::Checkpoint)?;
+            .map_err(DeliverError::Checkpoint)?
+        {
+            JobStart::Fresh => false,
+            JobStart::InDoubt => true,
+            JobStart::AfterOther(case) => {
+                return Err(DeliverError::Local(format!(
+                    "waiting until the start of the job of case {} is confirmed: jobs of an \
+                     algorithm are started one at a time until then",
+                    crate::rules::path_text(&case)
+                )));
+            }
+        };
         if in_doubt && let Some(job) = self.find_lost(&entries).await? {
             tracing::info!(job = %job.pk, "found the job an earlier attempt started, whose answer was lost");
             cp.item(&job.pk).map_err(DeliverError::Checkpoint)?;

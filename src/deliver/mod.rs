@@ -77,10 +77,9 @@ pub trait Checkpoints: Send + Sync {
     fn unchanged(&self) -> bool {
         true
     }
-    /// Right before a request to start a job of algorithm `slug` is sent: record it. `true` when an
-    /// earlier request of this case may have started a job whose answer was lost.
-    fn job_starting(&self, _slug: &str) -> Result<bool, String> {
-        Ok(false)
+    /// Right before a request to start a job of algorithm `slug` is sent: record it, or say why not yet.
+    fn job_starting(&self, _slug: &str) -> Result<crate::journal::JobStart, String> {
+        Ok(crate::journal::JobStart::Fresh)
     }
     /// The platform refused to start the job: none was started.
     fn job_refused(&self) -> Result<(), String> {
@@ -238,7 +237,8 @@ pub enum DeliverError {
     /// A checkpoint could not be recorded: continuing would risk a duplicate after a crash.
     #[error("cannot record progress: {0}")]
     Checkpoint(String),
-    /// Something on this machine failed (e.g. writing an algorithm's results): try again later.
+    /// Something on this side must happen first, or failed (another case's job start is unconfirmed;
+    /// writing an algorithm's results failed): try again later.
     #[error("{0}")]
     Local(String),
 }
