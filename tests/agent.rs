@@ -122,25 +122,7 @@ async fn kill_9_at_random_instants_still_delivers_every_case_exactly_once() {
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let log = tmp.path().join("agent.log");
     let state_dir = tmp.path().join("state");
-    let mut rng_state = 0x2545_f491_4f6c_dd1du64;
-    let mut kills = 0;
-    for _ in 0..40 {
-        let done = receipts(&state_dir.join("receipts"))
-            .iter()
-            .filter(|r| r.outcome == Outcome::Delivered)
-            .count();
-        if done as u64 == n {
-            break;
-        }
-        let agent = Agent::start(&cfg, &log);
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        let wait = 300 + rng_state % 1700;
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        agent.kill9();
-        kills += 1;
-    }
+    let kills = kill_9_repeatedly(&cfg, &log, &state_dir, n as usize, 0x2545_f491_4f6c_dd1d).await;
     // Then let it finish in peace.
     let agent = Agent::start(&cfg, &log);
     let rs = wait_receipts(&state_dir, n as usize, Duration::from_secs(120)).await;

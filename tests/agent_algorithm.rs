@@ -63,24 +63,6 @@ fn sha256(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
 
-/// Every file under `dir`, relative, sorted.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// The outbox folder holds exactly the job's outputs, byte for byte as the sandbox stores them: the
 /// lung volume as JSON, the results file, the image copy under its socket's folder.
 fn assert_outbox_matches(folder: &Path, job: &Value) {
@@ -92,7 +74,7 @@ fn assert_outbox_matches(folder: &Path, job: &Value) {
         image_file["name"].as_str().unwrap()
     );
     assert_eq!(
-        files_under(folder),
+        tree(folder).into_keys().collect::<Vec<_>>(),
         [
             image_rel.clone(),
             "lung-volume.json".to_string(),
@@ -353,24 +335,7 @@ async fn twenty_cases_under_kill_9_and_faults_make_twenty_jobs_and_complete_outb
     }
     let log = tmp.path().join("agent.log");
     let state_dir = tmp.path().join("state");
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut kills = 0;
-    for _ in 0..30 {
-        let done = receipts(&state_dir.join("receipts"))
-            .iter()
-            .filter(|r| r.outcome == Outcome::Delivered)
-            .count();
-        if done as u64 == n {
-            break;
-        }
-        let agent = Agent::start(&cfg, &log);
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        tokio::time::sleep(Duration::from_millis(400 + rng % 1600)).await;
-        agent.kill9();
-        kills += 1;
-    }
+    let kills = kill_9_repeatedly(&cfg, &log, &state_dir, n as usize, 0x9e37_79b9_7f4a_7c15).await;
     let agent = Agent::start(&cfg, &log);
     let rs = wait_delivered(&state_dir, n as usize, Duration::from_secs(180)).await;
     agent.stop();

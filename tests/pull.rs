@@ -29,24 +29,6 @@ fn json_of(path: &Path) -> Value {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every file below `dir`, relative, with its SHA-256.
-fn tree(dir: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, sha256(&p));
-            }
-        }
-    }
-    out
-}
-
 async fn run(args: Vec<std::ffi::OsString>) -> Output {
     tokio::task::spawn_blocking(move || bin().args(args).output())
         .await

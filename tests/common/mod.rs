@@ -363,3 +363,53 @@ pub async fn receipt_for(state_dir: &Path, case: &str) -> Receipt {
     .await;
     r.into_iter().find(|r| r.case == case).unwrap()
 }
+
+/// Start the agent, kill it with SIGKILL after a random 400–2000 ms (xorshift from `seed`), and again,
+/// until `n` cases have delivered receipts or `rounds` kills were made. Returns the number of kills.
+pub async fn kill_9_repeatedly(
+    cfg: &Path,
+    log: &Path,
+    state_dir: &Path,
+    n: usize,
+    seed: u64,
+) -> usize {
+    let mut rng = seed | 1;
+    let mut kills = 0;
+    for _ in 0..40 {
+        let done = receipts(&state_dir.join("receipts"))
+            .iter()
+            .filter(|r| r.outcome == Outcome::Delivered)
+            .count();
+        if done == n {
+            break;
+        }
+        let agent = Agent::start(cfg, log);
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(400 + rng % 1600)).await;
+        agent.kill9();
+        kills += 1;
+    }
+    kills
+}
+
+/// Every file below `dir`, relative, with its SHA-256.
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::Digest;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap()));
+                out.insert(rel, sha);
+            }
+        }
+    }
+    out
+}
