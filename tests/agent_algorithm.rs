@@ -280,15 +280,7 @@ async fn at_the_limit_of_jobs_at_once_cases_wait_instead_of_failing() {
     .await;
     assert!(waiting.contains("note: w"), "{waiting}");
     let rs = wait_receipts(&tmp.path().join("state"), 3, Duration::from_secs(90)).await;
-    agent.wait_log("serving /metrics and /status", 1).await;
-    let log = agent.log();
-    let addr = log
-        .lines()
-        .find_map(|l| l.split("serving /metrics and /status").nth(1))
-        .and_then(|rest| rest.split("addr=").nth(1))
-        .and_then(|a| a.split_whitespace().next())
-        .unwrap_or_else(|| panic!("the metrics address in {log}"))
-        .to_owned();
+    let addr = metrics_addr(&agent).await;
     let metrics = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,22 +49,6 @@ fn append(config: &Path, text: &str) {
     let mut c = std::fs::read_to_string(config).unwrap();
     c.push_str(text);
     std::fs::write(config, c).unwrap();
-}
-
-async fn metrics_addr(agent: &Agent) -> SocketAddr {
-    agent.wait_log("serving /metrics and /status", 1).await;
-    let log = agent.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("serving /metrics and /status"))
-        .unwrap();
-    let addr = line
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next();
-    addr.unwrap().parse().unwrap()
 }
 
 async fn fetch(url: String) -> String {

@@ -29,6 +29,21 @@ fn json_of(path: &Path) -> Value {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A pull resumed after a kill kept the `at_kill` files recorded before it and fetched the rest.
+fn assert_resumed(out: &Output, at_kill: usize, total: usize) {
+    let summary = stdout(out);
+    let fetched = match total - at_kill {
+        1 => "1 file".to_owned(),
+        n => format!("{n} files"),
+    };
+    assert!(
+        summary.contains(&format!(
+            " {fetched} downloaded, {at_kill} files skipped (already there)"
+        )),
+        "what was recorded before the kill is kept, everything else is fetched: {summary}"
+    );
+}
+
 async fn run(args: Vec<std::ffi::OsString>) -> Output {
     tokio::task::spawn_blocking(move || bin().args(args).output())
         .await
@@ -704,18 +719,7 @@ async fn a_pull_killed_midway_leaves_no_partial_files_and_the_next_one_fetches_o
         at_kill < total,
         "the kill came midway: {at_kill} of {total}"
     );
-    let summary = stdout(&out);
-    assert!(
-        summary.contains(&format!(
-            " {} downloaded, {at_kill} files skipped (already there)",
-            if total - at_kill == 1 {
-                "1 file".to_owned()
-            } else {
-                format!("{} files", total - at_kill)
-            }
-        )),
-        "what was recorded before the kill is kept, everything else is fetched: {summary}"
-    );
+    assert_resumed(&out, at_kill, total);
 }
 
 /// Upload `path` and start a job of `algorithm` on it as its `ct-image`; the job's pk.
@@ -1101,18 +1105,7 @@ async fn an_algorithm_pull_killed_midway_resumes_with_only_the_rest() {
         at_kill < total,
         "the kill came midway: {at_kill} of {total}"
     );
-    let summary = stdout(&out);
-    assert!(
-        summary.contains(&format!(
-            " {} downloaded, {at_kill} files skipped (already there)",
-            if total - at_kill == 1 {
-                "1 file".to_owned()
-            } else {
-                format!("{} files", total - at_kill)
-            }
-        )),
-        "what was recorded before the kill is kept, everything else is fetched: {summary}"
-    );
+    assert_resumed(&out, at_kill, total);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -413,3 +413,20 @@ pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
     }
     out
 }
+
+/// The metrics address the agent logged when it bound `127.0.0.1:0`.
+pub async fn metrics_addr(agent: &Agent) -> std::net::SocketAddr {
+    agent.wait_log("serving /metrics and /status", 1).await;
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("serving /metrics and /status"))
+        .unwrap();
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next();
+    addr.unwrap().parse().unwrap()
+}
