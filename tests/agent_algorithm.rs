@@ -166,14 +166,15 @@ async fn a_failing_job_quarantines_its_case_with_what_the_platform_says_and_othe
     // Two folders of the same agent: the failing algorithm's and the good one's.
     let good_drop = tmp.path().join("good");
     std::fs::create_dir_all(&good_drop).unwrap();
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "\n[[folder]]\npath = \"{}\"\nalgorithm = \"lung-volume-estimator\"\nquiet = \"1s\"\n\
+    append(
+        &cfg,
+        &format!(
+            "\n[[folder]]\npath = \"{}\"\nalgorithm = \"lung-volume-estimator\"\nquiet = \"1s\"\n\
          outbox = \"{}\"\n\n[[folder.socket]]\nslug = \"ct-image\"\nfiles = \"ct.mha\"\n",
-        good_drop.display(),
-        tmp.path().join("good-outbox").display()
-    ));
-    std::fs::write(&cfg, text).unwrap();
+            good_drop.display(),
+            tmp.path().join("good-outbox").display()
+        ),
+    );
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     ct_case(&drop, "bad-case", 1);
     ct_case(&good_drop, "good-case", 2);
@@ -208,12 +209,11 @@ async fn a_case_whose_inputs_match_no_interface_starts_no_job() {
     let sb = sandbox().await;
     let (tmp, drop, cfg) = algorithm_drop(&sb, "lung-volume-estimator");
     // Either socket alone is an interface; both together are none.
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text = text.replace(
+    edit(
+        &cfg,
         "files = \"ct.mha\"\n",
         "files = \"ct.mha\"\noptional = true\n\n[[folder.socket]]\nslug = \"lesion-count\"\nvalue_file = \"count.json\"\noptional = true\n",
     );
-    std::fs::write(&cfg, text).unwrap();
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     drop_atomically(&drop, "both", |dir| {
         std::fs::create_dir_all(dir).unwrap();
@@ -255,9 +255,7 @@ async fn at_the_limit_of_jobs_at_once_cases_wait_instead_of_failing() {
     for i in 0..3 {
         ct_case(&drop, &format!("w{i}"), i);
     }
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    std::fs::write(&cfg, text).unwrap();
+    append(&cfg, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     let waiting = eventually(
         Duration::from_secs(60),
@@ -496,10 +494,7 @@ async fn a_case_whose_job_failed_gets_a_new_job_when_retried() {
 async fn cases_of_one_name_from_two_sites_get_their_own_result_folders() {
     let sb = sandbox().await;
     let (tmp, drop, cfg) = algorithm_drop(&sb, "lung-volume-estimator");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("quiet = \"1s\"\n", "quiet = \"1s\"\ndepth = 2\n");
-    std::fs::write(&cfg, text).unwrap();
+    edit(&cfg, "quiet = \"1s\"\n", "quiet = \"1s\"\ndepth = 2\n");
     for (i, site) in ["site-a", "site-b"].iter().enumerate() {
         std::fs::create_dir_all(drop.join(site)).unwrap();
         ct_case(&drop.join(site), "p1", i as u64);

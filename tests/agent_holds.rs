@@ -45,12 +45,6 @@ async fn alert(alerts: &Arc<Mutex<Vec<Value>>>, event: &str) -> Value {
     .await
 }
 
-fn append(config: &Path, text: &str) {
-    let mut c = std::fs::read_to_string(config).unwrap();
-    c.push_str(text);
-    std::fs::write(config, c).unwrap();
-}
-
 async fn fetch(url: String) -> String {
     reqwest::get(&url).await.unwrap().text().await.unwrap()
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,12 +81,6 @@ impl Receiver {
         )
         .await
     }
-}
-
-fn append(config: &Path, text: &str) {
-    let mut c = std::fs::read_to_string(config).unwrap();
-    c.push_str(text);
-    std::fs::write(config, c).unwrap();
 }
 
 async fn get(url: String) -> reqwest::Response {

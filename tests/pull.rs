@@ -600,38 +600,29 @@ async fn pull_refuses_bad_usage_an_unknown_target_and_a_folder_of_another_target
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_config(tmp.path(), &sb, &tmp.path().join("drop"), None, "");
     let dest = tmp.path().join("pulled");
-    let both = run(vec![
-        "pull".into(),
-        "--config".into(),
-        cfg.clone().into(),
-        "--archive".into(),
-        "demo-archive".into(),
-        "--reader-study".into(),
-        "demo-reader-study".into(),
-        dest.clone().into(),
-    ])
-    .await;
-    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
-    let two = run(vec![
-        "pull".into(),
-        "--config".into(),
-        cfg.clone().into(),
-        "--archive".into(),
-        "demo-archive".into(),
-        "--algorithm".into(),
-        "lung-volume-estimator".into(),
-        dest.clone().into(),
-    ])
-    .await;
-    assert_eq!(two.status.code(), Some(2), "{}", text(&two));
-    let neither = run(vec![
-        "pull".into(),
-        "--config".into(),
-        cfg.clone().into(),
-        dest.clone().into(),
-    ])
-    .await;
-    assert_eq!(neither.status.code(), Some(2), "{}", text(&neither));
+    // Exactly one target: two, or none, is a usage error.
+    for targets in [
+        &[
+            "--archive",
+            "demo-archive",
+            "--reader-study",
+            "demo-reader-study",
+        ][..],
+        &[
+            "--archive",
+            "demo-archive",
+            "--algorithm",
+            "lung-volume-estimator",
+        ],
+        &[],
+    ] {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["pull".into(), "--config".into(), cfg.clone().into()];
+        args.extend(targets.iter().map(|a| a.into()));
+        args.push(dest.clone().into());
+        let out = run(args).await;
+        assert_eq!(out.status.code(), Some(2), "{targets:?}: {}", text(&out));
+    }
 
     let unknown = pull(&cfg, "--archive", "no-such-archive", &dest).await;
     assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));

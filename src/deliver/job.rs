@@ -249,11 +249,7 @@ pub(super) async fn deliver_job(
 fn sent_files(routes: &[(&str, Route<'_>)]) -> Vec<String> {
     routes
         .iter()
-        .flat_map(|(_, r)| match r {
-            Route::Image(fs) | Route::DicomImageSet(fs, _) => fs.iter().collect::<Vec<_>>(),
-            Route::File(f) => vec![*f],
-            Route::Value(_) => vec![],
-        })
+        .flat_map(|(_, r)| r.files())
         .map(|f| f.path.clone())
         .collect()
 }

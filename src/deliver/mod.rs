@@ -272,6 +272,17 @@ enum Route<'a> {
     Value(serde_json::Value),
 }
 
+impl Route<'_> {
+    /// The case's files this socket sends (none for a value).
+    fn files(&self) -> &[PlannedFile] {
+        match self {
+            Route::Image(fs) | Route::DicomImageSet(fs, _) => fs,
+            Route::File(f) => std::slice::from_ref(*f),
+            Route::Value(_) => &[],
+        }
+    }
+}
+
 fn quarantine(msg: String) -> DeliverError {
     DeliverError::Quarantine(msg)
 }
@@ -584,12 +595,11 @@ async fn prepare(
 ) -> Result<Deidentified, DeliverError> {
     let deidentified = match privacy {
         Some(privacy) => {
+            // Only image sockets take DICOM: a file socket's .dcm is sent as it is.
             let images: Vec<PlannedFile> = routes
                 .iter()
-                .flat_map(|(_, r)| match r {
-                    Route::Image(fs) | Route::DicomImageSet(fs, _) => fs.to_vec(),
-                    Route::File(_) | Route::Value(_) => vec![],
-                })
+                .filter(|(_, r)| matches!(r, Route::Image(_) | Route::DicomImageSet(..)))
+                .flat_map(|(_, r)| r.files().to_vec())
                 .collect();
             let (dir, staging, uids) = (
                 case_dir.to_owned(),
@@ -711,14 +721,7 @@ async fn upload_all(
         .iter()
         .map(|s| (s.path.as_str(), s.local.as_path()))
         .collect();
-    let files: Vec<&PlannedFile> = routes
-        .iter()
-        .flat_map(|(_, r)| match r {
-            Route::Image(fs) | Route::DicomImageSet(fs, _) => fs.iter().collect::<Vec<_>>(),
-            Route::File(f) => vec![*f],
-            Route::Value(_) => vec![],
-        })
-        .collect();
+    let files: Vec<&PlannedFile> = routes.iter().flat_map(|(_, r)| r.files()).collect();
     let failed = Mutex::new(None);
     let uploads = try_join_all(files.iter().map(|f| {
         let local = sent_from
@@ -861,11 +864,7 @@ fn import_failure(socket: &str, message: &str, routes: &[(&str, Route<'_>)]) -> 
     let files: Vec<&str> = routes
         .iter()
         .filter(|(slug, _)| *slug == socket)
-        .flat_map(|(_, r)| match r {
-            Route::Image(fs) | Route::DicomImageSet(fs, _) => fs.iter().collect::<Vec<_>>(),
-            Route::File(f) => vec![*f],
-            Route::Value(_) => vec![],
-        })
+        .flat_map(|(_, r)| r.files())
         .map(|f| f.path.as_str())
         .collect();
     match files.as_slice() {

@@ -430,3 +430,17 @@ pub async fn metrics_addr(agent: &Agent) -> std::net::SocketAddr {
         .next();
     addr.unwrap().parse().unwrap()
 }
+
+/// Add `text` at the end of a config file.
+pub fn append(config: &Path, text: &str) {
+    let mut c = std::fs::read_to_string(config).unwrap();
+    c.push_str(text);
+    std::fs::write(config, c).unwrap();
+}
+
+/// Replace `from` by `to` in a config file, which must hold it.
+pub fn edit(config: &Path, from: &str, to: &str) {
+    let c = std::fs::read_to_string(config).unwrap();
+    assert!(c.contains(from), "{from:?} in {c}");
+    std::fs::write(config, c.replace(from, to)).unwrap();
+}
