@@ -371,6 +371,7 @@ impl Receipt {
                 match d.deidentified.staged.iter().find(|st| st.path == f.path) {
                     Some(st) => {
                         f.sent_sha256 = st.sha256.clone();
+                        f.upload_name = st.upload_name.clone();
                         f.deidentified = true;
                     }
                     None if d.deidentified.sent.contains(&f.path) => {

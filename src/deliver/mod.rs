@@ -156,6 +156,9 @@ pub struct Staged {
     /// Relative to the case, as in the plan.
     pub path: String,
     pub local: PathBuf,
+    /// The name the copy is uploaded under: neutral ([`neutral_name`]), never the original's name,
+    /// which may carry identifiers (a scanner's `CT.<SOP Instance UID>`, a patient's name).
+    pub upload_name: String,
     /// SHA-256 of the copy: what was sent.
     pub sha256: String,
 }
@@ -437,7 +440,7 @@ pub fn stage(
                         while !failed.load(Ordering::Relaxed) {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(f) = files.get(i) else { break };
-                            let r = stage_one(case_dir, f, privacy, procedure);
+                            let r = stage_one(case_dir, i, f, privacy, procedure);
                             if r.is_err() {
                                 failed.store(true, Ordering::Relaxed);
                             }
@@ -494,12 +497,9 @@ fn images_as_sent(case_dir: &Path, routes: &[(&str, Route<'_>)], staged: &[Stage
         .map(|(slug, fs)| {
             let files = fs
                 .iter()
-                .map(|f| {
-                    let local = staged
-                        .iter()
-                        .find(|s| s.path == f.path)
-                        .map_or_else(|| case_dir.join(&f.rel), |s| s.local.clone());
-                    (f.path.clone(), f.upload_name.clone(), local)
+                .map(|f| match staged.iter().find(|s| s.path == f.path) {
+                    Some(s) => (f.path.clone(), s.upload_name.clone(), s.local.clone()),
+                    None => (f.path.clone(), f.upload_name.clone(), case_dir.join(&f.rel)),
                 })
                 .collect();
             (slug, files)
@@ -544,9 +544,16 @@ struct StagedFile {
     identifiers: (Option<String>, Option<String>),
 }
 
+/// The upload name of the de-identified copy of the case's `index`-th image file (in plan order): unique
+/// within the case, the same on every attempt, and telling nothing about the original.
+pub fn neutral_name(index: usize) -> String {
+    format!("dicom-{:04}.dcm", index + 1)
+}
+
 /// The de-identified copy of one file, or `None` for a file that is not DICOM (sent as it is).
 fn stage_one(
     case_dir: &Path,
+    index: usize,
     f: &PlannedFile,
     privacy: &Privacy,
     procedure: &Procedure,
@@ -579,6 +586,7 @@ fn stage_one(
         staged: Staged {
             path: f.path.clone(),
             local: dst,
+            upload_name: neutral_name(index),
             sha256: written.sha256,
         },
         identifiers: (written.patient_id, written.patient_name),
@@ -716,17 +724,24 @@ async fn upload_all(
     deidentified: &mut Deidentified,
     cp: &dyn Checkpoints,
 ) -> Result<Vec<(String, UserUpload)>, DeliverError> {
-    let sent_from: BTreeMap<&str, &Path> = deidentified
+    let sent_from: BTreeMap<&str, &Staged> = deidentified
         .staged
         .iter()
-        .map(|s| (s.path.as_str(), s.local.as_path()))
+        .map(|s| (s.path.as_str(), s))
         .collect();
     let files: Vec<&PlannedFile> = routes.iter().flat_map(|(_, r)| r.files()).collect();
     let failed = Mutex::new(None);
     let uploads = try_join_all(files.iter().map(|f| {
-        let local = sent_from
-            .get(f.path.as_str())
-            .map_or_else(|| case_dir.join(&f.rel), |p| p.to_path_buf());
+        let local = match sent_from.get(f.path.as_str()) {
+            Some(s) => LocalFile {
+                path: s.local.clone(),
+                filename: s.upload_name.clone(),
+            },
+            None => LocalFile {
+                path: case_dir.join(&f.rel),
+                filename: f.upload_name.clone(),
+            },
+        };
         upload_one(client, local, f, cp, &failed)
     }))
     .await?;
@@ -907,15 +922,11 @@ async fn left_on_platform(client: &Client, target: &Target, item: &Item, created
 /// Upload one file, reusing or resuming what an interrupted attempt left where the platform still has it.
 async fn upload_one(
     client: &Client,
-    path: PathBuf,
+    local: LocalFile,
     f: &PlannedFile,
     cp: &dyn Checkpoints,
     failed: &Mutex<Option<String>>,
 ) -> Result<UserUpload, GcError> {
-    let local = LocalFile {
-        path,
-        filename: f.upload_name.clone(),
-    };
     let observer = FileObserver {
         path: &f.path,
         cp,
