@@ -211,7 +211,11 @@ async fn dicom_leaves_only_de_identified_and_bad_dicom_is_stopped_before_the_pla
 
     // Bad DICOM: quarantined with the file and the cause, and nothing made on the platform.
     for (case, file, cause) in [
-        ("not-dicom", "dicom/a.dcm", "not a DICOM file"),
+        (
+            "not-dicom",
+            "dicom/a.dcm",
+            "not a format this program recognises",
+        ),
         ("truncated", ".dcm", "cut short"),
         ("secondary-capture", ".dcm", "Unsupported SOP Class"),
     ] {

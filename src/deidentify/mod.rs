@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use dicom_core::header::Header;
@@ -41,7 +41,10 @@ use dicom_parser::stateful::decode::StatefulDecode;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use sha2::{Digest, Sha256};
 
+mod layout;
 mod scan;
+pub mod sniff;
+mod un;
 use scan::PixelData;
 
 /// The procedure as shipped: byte for byte the file of `grand-challenge-dicom-de-id-procedure`.
@@ -259,8 +262,8 @@ impl UidMap {
 /// Why a file was not de-identified. The text is for a receipt: it names the cause.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeidError {
-    /// Not a DICOM Part 10 file (no preamble and "DICM").
-    #[error("not a DICOM file (no DICM preamble)")]
+    /// Not DICOM in any way it can be stored ([`sniff`]).
+    #[error("not a DICOM file")]
     NotDicom,
     /// The procedure refuses the file.
     #[error("refused by the de-identification procedure: {0}")]
@@ -471,27 +474,6 @@ fn tag_key(t: Tag) -> String {
     format!("({:04X},{:04X})", t.0, t.1)
 }
 
-/// Does the file start like a DICOM Part 10 file (128-byte preamble, then "DICM")?
-pub fn is_dicom(path: &Path) -> std::io::Result<bool> {
-    let mut head = [0u8; 132];
-    let mut f = File::open(path)?;
-    let mut read = 0;
-    while read < head.len() {
-        match f.read(&mut head[read..])? {
-            0 => return Ok(false),
-            n => read += n,
-        }
-    }
-    Ok(&head[128..132] == b"DICM")
-}
-
-/// Is this file meant to be DICOM by its name (so that content that is not must be refused)?
-pub fn named_dicom(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("dcm") || e.eq_ignore_ascii_case("dicom"))
-}
-
 fn unreadable(e: impl std::fmt::Display) -> DeidError {
     DeidError::Unreadable(format!("cannot read it as DICOM: {e}"))
 }
@@ -548,31 +530,19 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
 }
 
 /// Read `src`, de-identify it and write the result to `dst` (created or truncated; the caller decides
-/// where). The pixel data is copied as it is, fragment by fragment. The output depends only on the
-/// input and the UID map: the same file de-identified twice gives the same bytes.
+/// where). `src` may be stored in any way [`sniff`] recognises as DICOM; the copy is always a Part 10
+/// file in the transfer syntax of the original (a deflated data set is deflated again). The pixel data
+/// is copied as it is, fragment by fragment. The output depends only on the input and the UID map: the
+/// same file de-identified twice gives the same bytes.
 pub fn deidentify_file(
     procedure: &Procedure,
     uids: &UidMap,
     src: &Path,
     dst: &Path,
 ) -> Result<Written, DeidError> {
-    if !is_dicom(src).map_err(unreadable)? {
-        return Err(DeidError::NotDicom);
-    }
-    let pixel_data = scan::scan(src)?;
-    let file = File::open(src).map_err(unreadable)?;
-    // The collector reads the header only: a buffer of one chunk, so that it does not read far ahead
-    // into the pixel data, which the copy reads again from its own offset.
-    let mut collector = DicomCollector::new(BufReader::with_capacity(CHUNK, file));
-    let meta = collector.read_file_meta().map_err(unreadable)?.clone();
-    let ts_uid = trimmed(meta.transfer_syntax()).to_owned();
-    let ts = TransferSyntaxRegistry
-        .get(&ts_uid)
-        .ok_or_else(|| DeidError::Unreadable(format!("unknown transfer syntax {ts_uid}")))?;
-    let mut header = InMemDicomObject::new_empty();
-    collector
-        .read_dataset_up_to_pixeldata(&mut header)
-        .map_err(unreadable)?;
+    let layout = open(src, &work_file(dst))?;
+    let pixel_data = scan::scan(&layout)?;
+    let mut header = read_header(&layout)?;
     let keep_pixels = {
         let sop_class = sop_class_of(&header);
         let rules = sop_class
@@ -593,20 +563,90 @@ pub fn deidentify_file(
     if keep_pixels == Action::Reject {
         return Err(DeidError::Rejected("pixel data".into()));
     }
+    let pixels = Pixels {
+        from: &layout.path,
+        data: if keep_pixels == Action::Keep {
+            pixel_data
+        } else {
+            PixelData::Absent
+        },
+        native_vr,
+    };
+    let (sha256, size) = write_copy(&layout, header, &pixels, dst)?;
+    Ok(Written {
+        sha256,
+        size,
+        patient_id,
+        patient_name,
+    })
+}
 
+/// Where the data set of a DICOM file is, however the file is stored; `NotDicom` when it is not DICOM.
+fn open(src: &Path, work: &Path) -> Result<layout::Layout, DeidError> {
+    let (head, len) = sniff::head(src, sniff::HEAD).map_err(unreadable)?;
+    let sniff::Content::Dicom(start) = sniff::sniff(&head, len) else {
+        return Err(DeidError::NotDicom);
+    };
+    layout::layout(src, start, work)
+}
+
+/// The work file for a deflated data set of the copy `dst`: beside it, removed after use.
+fn work_file(dst: &Path) -> PathBuf {
+    let mut name = dst.file_name().unwrap_or_default().to_os_string();
+    name.push(".inflated");
+    dst.with_file_name(name)
+}
+
+/// The data set up to the pixel data, its standard elements stored as UN read as what they are.
+fn read_header(layout: &layout::Layout) -> Result<InMemDicomObject, DeidError> {
+    let mut file = File::open(&layout.path).map_err(unreadable)?;
+    file.seek(SeekFrom::Start(layout.data))
+        .map_err(unreadable)?;
+    // The collector reads the header only: a buffer of one chunk, so that it does not read far ahead
+    // into the pixel data, which the copy reads again from its own offset.
+    let mut collector = DicomCollector::new_with_ts(
+        BufReader::with_capacity(CHUNK, file),
+        layout.read_ts.clone(),
+    );
+    let mut header = InMemDicomObject::new_empty();
+    collector
+        .read_dataset_up_to_pixeldata(&mut header)
+        .map_err(unreadable)?;
+    un::resolve(&mut header)?;
+    Ok(header)
+}
+
+/// The pixel data the copy takes over, and where from.
+struct Pixels<'a> {
+    from: &'a Path,
+    data: PixelData,
+    native_vr: VR,
+}
+
+/// Write the copy: preamble, a fresh file meta group, the de-identified header and the pixel data,
+/// deflated where the original was. Returns the copy's SHA-256 and size.
+fn write_copy(
+    layout: &layout::Layout,
+    header: InMemDicomObject,
+    pixels: &Pixels<'_>,
+    dst: &Path,
+) -> Result<(String, u64), DeidError> {
     let sop_instance = header
         .get(tags::SOP_INSTANCE_UID)
         .and_then(|e| e.to_str().ok().map(|s| trimmed(&s).to_owned()))
         .unwrap_or_default();
     let sop_class = sop_class_of(&header).unwrap_or_default();
     let new_meta = FileMetaTableBuilder::new()
-        .transfer_syntax(ts_uid.as_str())
+        .transfer_syntax(layout.file_ts.as_str())
         .media_storage_sop_class_uid(sop_class)
         .media_storage_sop_instance_uid(sop_instance)
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(IMPLEMENTATION_VERSION)
         .build()
         .map_err(io_write)?;
+    let ts = TransferSyntaxRegistry.get(&layout.read_ts).ok_or_else(|| {
+        DeidError::Unreadable(format!("unknown transfer syntax {}", layout.read_ts))
+    })?;
 
     let out = File::create(dst).map_err(io_write)?;
     let mut out = Hashing {
@@ -617,56 +657,65 @@ pub fn deidentify_file(
     out.write_all(&[0u8; 128]).map_err(io_write)?;
     out.write_all(b"DICM").map_err(io_write)?;
     new_meta.write(&mut out).map_err(io_write)?;
-    let mut writer = DataSetWriter::with_ts(&mut out, ts).map_err(io_write)?;
+    if layout.deflated() {
+        let mut deflated =
+            flate2::write::DeflateEncoder::new(&mut out, flate2::Compression::default());
+        write_data_set(&mut deflated, ts, header, pixels)?;
+        deflated.finish().map_err(io_write)?;
+    } else {
+        write_data_set(&mut out, ts, header, pixels)?;
+    }
+    out.flush().map_err(io_write)?;
+    Ok((hex::encode(out.hash.finalize()), out.size))
+}
+
+/// The data set in transfer syntax `ts`: the header as tokens, then the pixel data streamed from the
+/// original.
+fn write_data_set<W: Write>(
+    out: &mut W,
+    ts: &TransferSyntax,
+    header: InMemDicomObject,
+    pixels: &Pixels<'_>,
+) -> Result<(), DeidError> {
+    let mut writer = DataSetWriter::with_ts(&mut *out, ts).map_err(io_write)?;
     writer
         .write_sequence(header.into_tokens())
         .map_err(io_write)?;
-    let keep_pixels = keep_pixels == Action::Keep;
-    if let (true, PixelData::Encapsulated { offset }) = (keep_pixels, pixel_data) {
-        copy_fragments(src, offset, ts, &mut writer)?;
+    if let PixelData::Encapsulated { offset } = pixels.data {
+        copy_fragments(pixels.from, offset, ts, &mut writer)?;
     }
     writer.flush().map_err(io_write)?;
     drop(writer);
-    if let (true, PixelData::Native { offset, len }) = (keep_pixels, pixel_data) {
+    if let PixelData::Native { offset, len } = pixels.data {
         // The copy is written in the transfer syntax of the original (its file meta group says so),
         // so the value's bytes go across as they are, whatever the byte order.
         let encoder = ts
-            .encoder_for::<Hashing<BufWriter<File>>>()
-            .ok_or_else(|| io_write(format!("no encoder for transfer syntax {ts_uid}")))?;
+            .encoder_for::<W>()
+            .ok_or_else(|| io_write(format!("no encoder for transfer syntax {}", ts.uid())))?;
         // Padded to even length as DICOM requires (and as dicom-rs writes any value).
         let header = DataElementHeader::new(
             tags::PIXEL_DATA,
-            native_vr,
+            pixels.native_vr,
             Length(len.saturating_add(1) & !1),
         );
         encoder
-            .encode_element_header(&mut out, header)
+            .encode_element_header(&mut *out, header)
             .map_err(io_write)?;
-        copy_native(src, offset, len, &mut out)?;
+        copy_native(pixels.from, offset, len, out)?;
         if len % 2 == 1 {
             out.write_all(&[0]).map_err(io_write)?;
         }
     }
-    out.flush().map_err(io_write)?;
-    Ok(Written {
-        sha256: hex::encode(out.hash.finalize()),
-        size: out.size,
-        patient_id,
-        patient_name,
-    })
+    Ok(())
 }
 
-/// Patient ID and Patient's Name of a DICOM file, read from its header only (for `check`).
+/// Patient ID and Patient's Name of a DICOM file (however stored), read from its header only (for
+/// `check`).
 pub fn patient_identifiers(path: &Path) -> Option<(Option<String>, Option<String>)> {
-    if !is_dicom(path).ok()? {
-        return None;
-    }
-    scan::scan(path).ok()?;
-    let file = File::open(path).ok()?;
-    let mut collector = DicomCollector::new(BufReader::new(file));
-    collector.read_file_meta().ok()?;
-    let mut header = InMemDicomObject::new_empty();
-    collector.read_dataset_up_to_pixeldata(&mut header).ok()?;
+    let work = std::env::temp_dir().join(format!("gc-hotfolder-{}.inflated", uuid::Uuid::new_v4()));
+    let layout = open(path, &work).ok()?;
+    scan::scan(&layout).ok()?;
+    let header = read_header(&layout).ok()?;
     Some((
         text(&header, tags::PATIENT_ID),
         text(&header, tags::PATIENT_NAME),

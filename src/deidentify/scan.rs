@@ -15,19 +15,18 @@
 use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
 use std::rc::Rc;
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_encoding::decode::Decode;
-use dicom_object::FileMetaTable;
 use dicom_parser::dataset::LazyDataToken;
 use dicom_parser::dataset::lazy_read::LazyDataSetReader;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-use super::{DeidError, tag_key, trimmed, unreadable};
+use super::layout::Layout;
+use super::{DeidError, tag_key, unreadable};
 
 /// The top-level Pixel Data of a file, as far as the copy needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,28 +39,19 @@ pub(super) enum PixelData {
     Encapsulated { offset: u64 },
 }
 
-/// Walk the file meta group and the data set up to the top-level Pixel Data (not further: what follows
-/// it is not part of the image and is not copied). `Err` when an element declares more bytes than the
-/// file has left, or when dicom-rs cannot read the structure.
-pub(super) fn scan(path: &Path) -> Result<PixelData, DeidError> {
-    let file = File::open(path).map_err(unreadable)?;
+/// Walk the data set of `layout` up to the top-level Pixel Data (not further: what follows it is not
+/// part of the image and is not copied). `Err` when an element declares more bytes than the file has
+/// left, or when dicom-rs cannot read the structure. The file meta group was bounded when the layout
+/// was read.
+pub(super) fn scan(layout: &Layout) -> Result<PixelData, DeidError> {
+    let file = File::open(&layout.path).map_err(unreadable)?;
     let size = file.metadata().map_err(unreadable)?.len();
-    let at = Rc::new(Cell::new(0));
-    let mut src = Tracked {
-        // A header is a few KiB: a small buffer, so as not to read into the pixel data.
-        inner: BufReader::with_capacity(8 << 10, file),
-        at: Rc::clone(&at),
-    };
-    // After the 128-byte preamble and "DICM" (the caller has checked both).
-    src.seek(SeekFrom::Start(132)).map_err(unreadable)?;
-    bound_file_meta(&mut src, size)?;
-
-    src.seek(SeekFrom::Start(128)).map_err(unreadable)?;
-    let meta = FileMetaTable::from_reader(&mut src).map_err(unreadable)?;
-    let ts_uid = trimmed(meta.transfer_syntax()).to_owned();
-    let ts = TransferSyntaxRegistry
-        .get(&ts_uid)
-        .ok_or_else(|| DeidError::Unreadable(format!("unknown transfer syntax {ts_uid}")))?;
+    let mut src = Tracked::new(file);
+    let at = Rc::clone(&src.at);
+    src.seek(SeekFrom::Start(layout.data)).map_err(unreadable)?;
+    let ts = TransferSyntaxRegistry.get(&layout.read_ts).ok_or_else(|| {
+        DeidError::Unreadable(format!("unknown transfer syntax {}", layout.read_ts))
+    })?;
     let mut tokens = LazyDataSetReader::new_with_ts(src, ts).map_err(unreadable)?;
 
     // Sequences open around the current token: Pixel Data only counts at the top level (an icon
@@ -109,11 +99,11 @@ pub(super) fn scan(path: &Path) -> Result<PixelData, DeidError> {
     }
 }
 
-/// The file meta group, element by element as dicom-rs's reader takes it (Explicit VR Little Endian,
-/// as many bytes as its group length says), checking each declared length against what is left. Stops
-/// without a verdict where that reader would fail anyway (it then fails on the same element, before
-/// allocating anything).
-fn bound_file_meta(src: &mut Tracked, size: u64) -> Result<(), DeidError> {
+/// The file meta group from its first element on, element by element as dicom-rs's reader takes it
+/// (Explicit VR Little Endian, as many bytes as its group length says), checking each declared length
+/// against what is left. Stops without a verdict where that reader would fail anyway (it then fails on
+/// the same element, before allocating anything).
+pub(super) fn bound_file_meta(src: &mut Tracked, size: u64) -> Result<(), DeidError> {
     let decoder = dicom_encoding::decode::file_header_decoder();
     let Ok((first, _)) = decoder.decode_header(src) else {
         return Ok(());
@@ -154,9 +144,24 @@ fn check(tag: Tag, len: u32, left: u64) -> Result<(), DeidError> {
 }
 
 /// A reader that knows its position in the file, shared with the walk (the token reader owns it).
-struct Tracked {
+pub(super) struct Tracked {
     inner: BufReader<File>,
     at: Rc<Cell<u64>>,
+}
+
+impl Tracked {
+    pub(super) fn new(file: File) -> Tracked {
+        Tracked {
+            // A header is a few KiB: a small buffer, so as not to read into the pixel data.
+            inner: BufReader::with_capacity(8 << 10, file),
+            at: Rc::new(Cell::new(0)),
+        }
+    }
+
+    /// Bytes into the file.
+    pub(super) fn position(&self) -> u64 {
+        self.at.get()
+    }
 }
 
 impl Read for Tracked {

@@ -11,7 +11,7 @@
 //! case, pause the target, or try again later. A case of an algorithm folder goes the same way up to
 //! the uploads, then becomes one job instead of an item ([`job`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use futures_util::future::try_join_all;
@@ -412,9 +412,10 @@ fn read_value_file(case_dir: &Path, f: &PlannedFile) -> Result<serde_json::Value
     Ok(value)
 }
 
-/// Make the de-identified copies of every DICOM file (by content) that goes to an image socket, under
-/// `privacy.staging`. A file named like DICOM that is not, a file the procedure refuses, or one that
-/// cannot be read, refuses the case: nothing has been created on the platform yet.
+/// Make the de-identified copies of every DICOM file (by content, however stored) that goes to an image
+/// socket, under `privacy.staging`. Fail closed: a file that is neither DICOM nor a recognised non-DICOM
+/// format ([`crate::deidentify::sniff`]), a file the procedure refuses, or one that cannot be read,
+/// refuses the case: nothing has been created on the platform yet.
 pub fn stage(
     case_dir: &Path,
     files: &[PlannedFile],
@@ -429,6 +430,9 @@ pub fn stage(
         .map_or(1, |n| n.get())
         .clamp(1, 4)
         .min(files.len().max(1));
+    // Detached MetaImage data files have no signature: they pass because a header names them.
+    let rels: Vec<&Path> = files.iter().map(|f| f.rel.as_path()).collect();
+    let named = crate::deidentify::sniff::named_data_files(case_dir, &rels);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let mut results: Vec<(usize, Result<Option<StagedFile>, DeliverError>)> =
@@ -440,7 +444,7 @@ pub fn stage(
                         while !failed.load(Ordering::Relaxed) {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(f) = files.get(i) else { break };
-                            let r = stage_one(case_dir, i, f, privacy, procedure);
+                            let r = stage_one(case_dir, (i, f), &named, privacy, procedure);
                             if r.is_err() {
                                 failed.store(true, Ordering::Relaxed);
                             }
@@ -553,23 +557,24 @@ pub fn neutral_name(index: usize) -> String {
 /// The de-identified copy of one file, or `None` for a file that is not DICOM (sent as it is).
 fn stage_one(
     case_dir: &Path,
-    index: usize,
-    f: &PlannedFile,
+    (index, f): (usize, &PlannedFile),
+    named: &HashSet<PathBuf>,
     privacy: &Privacy,
     procedure: &Procedure,
 ) -> Result<Option<StagedFile>, DeliverError> {
+    use crate::deidentify::sniff::{Verdict, judge};
     let src = case_dir.join(&f.rel);
-    let dicom = crate::deidentify::is_dicom(&src)
-        .map_err(|e| quarantine(format!("{}: cannot read: {e}", f.path)))?;
-    if !dicom {
-        if crate::deidentify::named_dicom(&f.rel) {
+    match judge(case_dir, &f.rel, named)
+        .map_err(|e| quarantine(format!("{}: cannot read: {e}", f.path)))?
+    {
+        Verdict::Dicom(_) => {}
+        Verdict::Plain(_) => return Ok(None),
+        Verdict::Refused(why) => {
             return Err(quarantine(format!(
-                "{}: {}",
-                f.path,
-                crate::deidentify::DeidError::NotDicom
+                "{}: {why}; nothing was created on the platform",
+                f.path
             )));
         }
-        return Ok(None);
     }
     let dst = privacy.staging.join(&f.rel);
     if let Some(parent) = dst.parent() {
