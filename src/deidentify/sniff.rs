@@ -143,7 +143,7 @@ pub fn metaimage_data_file(head: &[u8]) -> Option<String> {
 /// the identifying, patient, acquisition, relationship and image groups. Pixel bytes and other
 /// formats rarely start with one of these and then continue as elements do.
 fn opening_group(group: u16) -> bool {
-    group % 2 == 0 && (0x0002..=0x0028).contains(&group)
+    group.is_multiple_of(2) && (0x0002..=0x0028).contains(&group)
 }
 
 /// A data set without the preamble, recognised by up to three consecutive well-formed elements in

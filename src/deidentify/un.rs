@@ -43,7 +43,7 @@ pub(super) fn resolve(obj: &mut InMemDicomObject) -> Result<(), DeidError> {
 
 /// The VR the standard dictionary gives a tag, where it names one (a private or unknown tag: none).
 fn dictionary_vr(tag: Tag) -> Option<VR> {
-    if tag.group() % 2 == 1 {
+    if !tag.group().is_multiple_of(2) {
         return None;
     }
     let vr = match StandardDataDictionary.by_tag(tag)?.vr() {
