@@ -12,6 +12,7 @@ mod python_support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use dicom_core::value::{DataSetSequence, PixelFragmentSequence, PrimitiveValue, Value};
 use dicom_core::{DataElement, Tag, VR};
@@ -709,4 +710,207 @@ fn nothing_after_the_pixel_data_is_sent() {
             other => panic!("{ts}: {other:?}"),
         }
     }
+}
+
+/// The same slice of one patient stored in every way DICOM is stored (`tests/interop/encodings.py`,
+/// written with pydicom): file name → how it is stored.
+fn write_encodings(dir: &Path) -> BTreeMap<String, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/encodings.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "writing the encodings failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every identifier the encodings corpus holds, and its original UIDs.
+const ENCODING_SECRETS: &[&str] = &[
+    "ROE^RICHARD",
+    "RICHARD",
+    "PID-8812",
+    "19580704",
+    "OPID-5531",
+    "ACC98765",
+    "St. Example Hospital",
+    "WHO^DR",
+    "SCANNER_AE",
+    "1.2.999.8.",
+];
+
+/// A Part 10 copy read back: its transfer syntax, the instance its file meta group names, the data set,
+/// and the data set's bytes (inflated where they were deflated: dicom-rs reads deflated data sets only
+/// with a feature the product does not need).
+fn read_copy(path: &Path) -> (String, String, InMemDicomObject, Vec<u8>) {
+    use std::io::Read;
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[128..132], b"DICM", "{}", path.display());
+    let meta = dicom_object::FileMetaTable::from_reader(&bytes[128..]).unwrap();
+    // (0002,0000) UL: 8 bytes of header after "DICM", then the group's length.
+    let group = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+    let data = &bytes[144 + group..];
+    let ts = meta.transfer_syntax().to_owned();
+    let (read_ts, data) = if ts == uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
+        let mut inflated = Vec::new();
+        flate2::read::DeflateDecoder::new(data)
+            .read_to_end(&mut inflated)
+            .unwrap();
+        (uids::EXPLICIT_VR_LITTLE_ENDIAN.to_owned(), inflated)
+    } else {
+        (ts.clone(), data.to_vec())
+    };
+    let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+    let obj = InMemDicomObject::read_dataset_with_ts(
+        data.as_slice(),
+        dicom_encoding::TransferSyntaxIndex::get(&registry, &read_ts).unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let instance = meta.media_storage_sop_instance_uid().to_owned();
+    (ts, instance, obj, data)
+}
+
+/// Files without the preamble, without a file meta group, without an extension, in big endian,
+/// deflated, or with standard elements stored as UN are DICOM all the same: recognised by content,
+/// de-identified as the reference de-identifies them, and nothing identifying is left.
+#[test]
+fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
+    use gc_hotfolder::deidentify::sniff::{Content, HEAD, head, sniff};
+    let scratch = tempfile::tempdir().unwrap();
+    let input = scratch.path().join("in");
+    let encodings = write_encodings(&input);
+    assert_eq!(encodings.len(), 8, "{encodings:?}");
+    let corpus: Vec<PathBuf> = encodings.keys().map(|n| input.join(n)).collect();
+    let out_py = scratch.path().join("py");
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/deidentify.py"))
+        .arg(&out_py)
+        .args(&corpus)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verdicts: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
+
+    let procedure = Procedure::builtin().unwrap();
+    let uids = UidMap::random();
+    let out_rs = scratch.path().join("rs");
+    std::fs::create_dir_all(&out_rs).unwrap();
+    let (mut pairs, mut diffs) = (UidPairs::default(), Vec::new());
+    for (name, how) in &encodings {
+        let src = input.join(name);
+        let (bytes, len) = head(&src, HEAD).unwrap();
+        assert!(
+            matches!(sniff(&bytes, len), Content::Dicom(_)),
+            "{name} ({how}) is DICOM"
+        );
+        assert_eq!(verdicts[name], "ok", "{name} ({how})");
+        let dst = out_rs.join(name);
+        deidentify_file(procedure, &uids, &src, &dst)
+            .unwrap_or_else(|e| panic!("{name} ({how}): {e}"));
+        let (ts_a, meta_a, a, data_a) = read_copy(&dst);
+        let (ts_b, meta_b, b, _) = read_copy(&out_py.join(name));
+        assert_eq!(ts_a, ts_b, "{name} ({how}): transfer syntax");
+        pairs.pair(&format!("{name} meta"), &meta_a, &meta_b, &mut diffs);
+        compare(&a, &b, &format!("{name} "), &mut pairs, &mut diffs);
+        let on_disk = std::fs::read(&dst).unwrap();
+        for secret in ENCODING_SECRETS {
+            for (what, hay) in [("file", &on_disk), ("data set", &data_a)] {
+                assert!(
+                    !hay.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{name} ({how}): {secret} is still in the copy's {what}"
+                );
+            }
+        }
+        // The pixel data goes across unchanged.
+        assert_eq!(
+            a.element(tags::PIXEL_DATA)
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+                .as_ref(),
+            b.element(tags::PIXEL_DATA)
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+                .as_ref(),
+            "{name}"
+        );
+    }
+    assert!(
+        diffs.is_empty(),
+        "differences from the reference:\n{}",
+        diffs.join("\n")
+    );
+}
+
+/// A damaged file of every encoding is refused within a second: an error, or a copy that the
+/// platform's importer would not take for an image (DICOM has no overall length, so a data set cut
+/// between elements reads as a shorter one; the delivery refuses that copy before anything is made).
+#[test]
+fn damaged_files_of_every_encoding_are_refused_quickly() {
+    use gc_hotfolder::sandbox::imaging::{Verdict, judge_files};
+    let scratch = tempfile::tempdir().unwrap();
+    let input = scratch.path().join("in");
+    let encodings = write_encodings(&input);
+    let procedure = Procedure::builtin().unwrap();
+    let uids = UidMap::random();
+    let (src, dst) = (
+        scratch.path().join("damaged"),
+        scratch.path().join("out.dcm"),
+    );
+    let mut wrong = Vec::new();
+    let mut tried = 0;
+    for (name, how) in &encodings {
+        let whole = std::fs::read(input.join(name)).unwrap();
+        let mut variants = vec![
+            ("cut at two thirds", whole[..whole.len() * 2 / 3].to_vec()),
+            ("cut in the pixel data", whole[..whole.len() - 7].to_vec()),
+        ];
+        // A length field turned into garbage: the two bytes before the first name's value.
+        let name_at = whole.windows(11).position(|w| w == b"ROE^RICHARD");
+        let mut garbage = whole.clone();
+        match name_at {
+            Some(at) => garbage[at - 2..at].copy_from_slice(&[0xFF, 0xFF]),
+            // Deflated: the stream itself damaged.
+            None => {
+                let mid = garbage.len() * 3 / 4;
+                garbage[mid] ^= 0x5A;
+                garbage[mid + 1] ^= 0xA5;
+            }
+        }
+        variants.push(("a damaged length", garbage));
+        for (what, bytes) in variants {
+            tried += 1;
+            std::fs::write(&src, &bytes).unwrap();
+            let started = Instant::now();
+            let result = std::panic::catch_unwind(|| deidentify_file(procedure, &uids, &src, &dst));
+            let took = started.elapsed();
+            let refused = match result {
+                Ok(Err(_)) => true,
+                Ok(Ok(_)) => judge_files(&[("slice.dcm".into(), dst.clone())]) != Verdict::Pass,
+                Err(_) => {
+                    wrong.push(format!("{name} ({how}), {what}: panicked"));
+                    continue;
+                }
+            };
+            if !refused {
+                wrong.push(format!(
+                    "{name} ({how}), {what}: copied and judged an image"
+                ));
+            }
+            if took > Duration::from_secs(1) {
+                wrong.push(format!("{name} ({how}), {what}: took {took:?}"));
+            }
+        }
+    }
+    assert_eq!(tried, 24);
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }

@@ -90,14 +90,72 @@ fn meta_group(src: &Path, at: u64) -> Result<(u64, String), DeidError> {
     let size = file.metadata().map_err(unreadable)?.len();
     let mut reader = Tracked::new(file);
     reader.seek(SeekFrom::Start(at)).map_err(unreadable)?;
-    bound_file_meta(&mut reader, size)?;
+    let unstated = unstated_group_length(&mut reader, size)?;
     reader.seek(SeekFrom::Start(at)).map_err(unreadable)?;
-    // dicom-rs reads the group after its "DICM": give it one where the file has none of its own.
-    let meta = FileMetaTable::from_reader((&b"DICM"[..]).chain(&mut reader)).map_err(unreadable)?;
+    // dicom-rs reads the group after its "DICM", and only with its group length first: give it both
+    // where the file has none of its own.
+    let meta = match unstated {
+        None => {
+            bound_file_meta(&mut reader, size)?;
+            reader.seek(SeekFrom::Start(at)).map_err(unreadable)?;
+            FileMetaTable::from_reader((&b"DICM"[..]).chain(&mut reader))
+        }
+        Some(len) => {
+            let mut stated = b"DICM\x02\x00\x00\x00UL\x04\x00".to_vec();
+            stated.extend_from_slice(&len.to_le_bytes());
+            FileMetaTable::from_reader(stated.chain((&mut reader).take(u64::from(len))))
+        }
+    }
+    .map_err(unreadable)?;
     Ok((
         reader.position(),
         trimmed(meta.transfer_syntax()).to_owned(),
     ))
+}
+
+/// A file meta group that does not open with its group length (0002,0000), as some writers leave it:
+/// its length, found by walking its elements (explicit VR little endian, each length checked against
+/// the file). `None` when the group length is there.
+fn unstated_group_length(reader: &mut Tracked, size: u64) -> Result<Option<u32>, DeidError> {
+    let start = reader.position();
+    let mut header = [0u8; 8];
+    let mut first = true;
+    // Where the group's last whole element ends.
+    let mut end = start;
+    while end + 8 <= size {
+        reader.read_exact(&mut header).map_err(unreadable)?;
+        let group = u16::from_le_bytes([header[0], header[1]]);
+        let element = u16::from_le_bytes([header[2], header[3]]);
+        if group != 0x0002 {
+            break;
+        }
+        if first && element == 0x0000 {
+            return Ok(None);
+        }
+        first = false;
+        let len = match &header[4..6] {
+            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN"
+            | b"UR" | b"UT" | b"UV" => {
+                let mut long = [0u8; 4];
+                reader.read_exact(&mut long).map_err(unreadable)?;
+                u64::from(u32::from_le_bytes(long))
+            }
+            _ => u64::from(u16::from_le_bytes([header[6], header[7]])),
+        };
+        let left = size.saturating_sub(reader.position());
+        if len > left {
+            return Err(DeidError::Unreadable(format!(
+                "cannot read it as DICOM: element (0002,{element:04X}) declares {len} bytes but only {left} remain: the file is cut short or damaged"
+            )));
+        }
+        reader
+            .seek(SeekFrom::Current(len as i64))
+            .map_err(unreadable)?;
+        end = reader.position();
+    }
+    u32::try_from(end - start).map(Some).map_err(|_| {
+        DeidError::Unreadable("cannot read it as DICOM: the file meta group is too long".into())
+    })
 }
 
 /// Inflate the raw deflate stream from `data` to the end of `src` into `work`, streaming.
