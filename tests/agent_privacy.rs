@@ -214,7 +214,7 @@ async fn dicom_leaves_only_de_identified_and_bad_dicom_is_stopped_before_the_pla
         (
             "not-dicom",
             "dicom/a.dcm",
-            "not a format this program recognises",
+            "the platform would not import it",
         ),
         ("truncated", ".dcm", "cut short"),
         ("secondary-capture", ".dcm", "Unsupported SOP Class"),

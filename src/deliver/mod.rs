@@ -606,6 +606,13 @@ async fn prepare(
     routes: &[(&str, Route<'_>)],
     privacy: Option<&Privacy>,
 ) -> Result<Deidentified, DeliverError> {
+    // Image sockets without DICOM send their files as they are: they are judged first, so that a file
+    // the platform would not import anyway is refused in the importer's words rather than for being of
+    // no format the de-identification gate recognises. The others are judged as sent, after staging.
+    let (as_is, copied): (ImageFiles, ImageFiles) = images_as_sent(case_dir, routes, &[])
+        .into_iter()
+        .partition(|(_, files)| privacy.is_none() || !files.iter().any(|(_, _, p)| is_dicom(p)));
+    precheck(as_is).await?;
     let deidentified = match privacy {
         Some(privacy) => {
             // Only image sockets take DICOM: a file socket's .dcm is sent as it is.
@@ -632,12 +639,28 @@ async fn prepare(
     for w in &deidentified.warnings {
         tracing::warn!(case = %plan.case_path, "{w}");
     }
-    let images = images_as_sent(case_dir, routes, &deidentified.staged);
+    let copied = images_as_sent(case_dir, routes, &deidentified.staged)
+        .into_iter()
+        .filter(|(slug, _)| copied.iter().any(|(s, _)| s == slug))
+        .collect();
+    precheck(copied).await?;
+    Ok(deidentified)
+}
+
+/// Does this file hold DICOM, however stored? (An unreadable file is left to the steps that read it.)
+fn is_dicom(path: &Path) -> bool {
+    use crate::deidentify::sniff::{Content, HEAD, head, sniff};
+    head(path, HEAD).is_ok_and(|(bytes, len)| matches!(sniff(&bytes, len), Content::Dicom(_)))
+}
+
+/// [`precheck_images`] off the async threads: it reads whole images.
+async fn precheck(images: ImageFiles) -> Result<(), DeliverError> {
+    if images.is_empty() {
+        return Ok(());
+    }
     tokio::task::spawn_blocking(move || precheck_images(&images))
         .await
-        .map_err(|e| quarantine(format!("the images could not be checked: {e}")))??;
-
-    Ok(deidentified)
+        .map_err(|e| quarantine(format!("the images could not be checked: {e}")))?
 }
 
 /// Deliver `plan` (files read from `case_dir`) and verify it on the server. With `privacy`, DICOM
