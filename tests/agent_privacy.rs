@@ -11,7 +11,7 @@ use common::*;
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
-use gc_hotfolder::receipt::Outcome;
+use gc_hotfolder::receipt::{FileReceipt, Outcome, Receipt};
 use gc_hotfolder::samples::{self, DicomSeriesIds};
 use sha2::Digest;
 
@@ -376,4 +376,152 @@ async fn a_de_identified_upload_killed_midway_resumes_with_the_same_bytes() {
         vec![f.sent_sha256.clone()],
         "the platform holds the copy the receipt names"
     );
+}
+
+/// The files of one socket in a receipt.
+fn files_of(r: &Receipt, socket: &str) -> Vec<FileReceipt> {
+    r.sockets
+        .iter()
+        .find(|s| s.slug == socket)
+        .map(|s| s.files.clone())
+        .unwrap_or_else(|| panic!("{}: no socket {socket} in the receipt", r.case))
+}
+
+/// SHA-256 of every file the sandbox stored.
+fn stored_hashes(sb: &gc_hotfolder::sandbox::Sandbox) -> Vec<String> {
+    let mut kept = Vec::new();
+    all_files(sb.data_dir(), &mut kept);
+    kept.iter()
+        .map(|p| hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap())))
+        .collect()
+}
+
+/// An update sends only the socket whose files changed. Every revision's receipt still says, for the
+/// DICOM it did not send again, what the platform holds: the de-identified copies revision 1 sent, the
+/// very bytes the sandbox stored. That holds across a restart of the agent with its receipts gone (the
+/// journal is the record), and for an update made by `upload`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_revision_states_what_was_sent_also_for_files_an_update_did_not_send_again() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let state_dir = tmp.path().join("state");
+    let log = tmp.path().join("agent.log");
+    drop_atomically(&drop, "case-1", |d| {
+        patient_series(d, 3, 11);
+    });
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "on_change = \"update\"");
+    const CT: &str = "generic-medical-image";
+
+    let agent = Agent::start(&cfg, &log);
+    let r1 = receipt_for(&state_dir, "case-1").await;
+    agent.stop();
+    assert_eq!(
+        (r1.outcome, r1.revision),
+        (Outcome::Delivered, 1),
+        "{:?}",
+        r1.reason
+    );
+    let ct = files_of(&r1, CT);
+    assert_eq!(ct.len(), 3);
+    for f in &ct {
+        assert!(f.deidentified && f.sent_revision == 1, "{f:?}");
+        assert!(f.upload_name.starts_with("dicom-"), "{f:?}");
+        assert_ne!(f.sent_sha256, f.sha256, "{f:?}");
+    }
+    let sent = |files: &[FileReceipt]| {
+        let mut v: Vec<(String, String)> = files
+            .iter()
+            .map(|f| (f.upload_name.clone(), f.sent_sha256.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    let st = state(&sb).await;
+    let item = item_titled(&st, "demo-archive", "case-1");
+    assert_eq!(stored_files(value_of(item, CT)), sent(&ct));
+    let ct_value_pk = value_of(item, CT)["pk"].clone();
+
+    // A late report, to another socket, while the agent is down and its receipts are gone: what revision
+    // 1 sent can only come from the journal.
+    std::fs::remove_dir_all(state_dir.join("receipts")).unwrap();
+    samples::write_pdf(&drop.join("case-1/report.pdf"), "late report").unwrap();
+    let agent = Agent::start(&cfg, &log);
+    let r2 = wait_receipts_until(&state_dir, Duration::from_secs(60), |r| {
+        r.iter().any(|r| r.revision == 2)
+    })
+    .await
+    .remove(0);
+    agent.stop();
+    assert_eq!(r2.outcome, Outcome::Delivered, "{:?}", r2.reason);
+    assert_eq!(r2.item, r1.item, "the same item is updated");
+    assert_eq!(
+        files_of(&r2, CT),
+        ct,
+        "revision 2 states the CT files as revision 1 sent them"
+    );
+    let report = files_of(&r2, "report");
+    assert_eq!(report.len(), 1);
+    assert!(
+        !report[0].deidentified
+            && report[0].sent_revision == 2
+            && report[0].sent_sha256 == report[0].sha256,
+        "{report:?}"
+    );
+    let st = state(&sb).await;
+    let item = item_titled(&st, "demo-archive", "case-1");
+    assert_eq!(
+        value_of(item, CT)["pk"],
+        ct_value_pk,
+        "the CT was not sent again"
+    );
+    assert_eq!(stored_files(value_of(item, CT)), sent(&ct));
+    assert_eq!(stored_files(value_of(item, "report")), sent(&report));
+
+    // Another late file, delivered by `upload`: revision 3 carries over both earlier revisions.
+    std::fs::write(drop.join("case-1/count.json"), "4").unwrap();
+    let case = drop.join("case-1");
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .arg("upload")
+            .arg("--config")
+            .arg(&cfg)
+            .arg(&case)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r3 = receipts(&state_dir.join("receipts")).remove(0);
+    assert_eq!(
+        (r3.outcome, r3.revision),
+        (Outcome::Delivered, 3),
+        "{:?}",
+        r3.reason
+    );
+    assert_eq!(files_of(&r3, CT), ct);
+    assert_eq!(files_of(&r3, "report"), report);
+    assert_eq!(
+        r3.sockets
+            .iter()
+            .find(|s| s.slug == "lesion-count")
+            .and_then(|s| s.value.clone()),
+        Some(serde_json::json!(4))
+    );
+
+    // Every hash a receipt names as sent is that of bytes the sandbox stored.
+    let hashes = stored_hashes(&sb);
+    for f in ct.iter().chain(&report) {
+        assert!(
+            hashes.contains(&f.sent_sha256),
+            "{}: {} is not in the sandbox's storage",
+            f.path,
+            f.sent_sha256
+        );
+    }
 }
