@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use dicom_core::value::PrimitiveValue;
-use dicom_core::{DataElement, VR};
+use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use gc_hotfolder::receipt::{FileReceipt, Outcome, Receipt};
 use gc_hotfolder::samples::{self, DicomSeriesIds};
@@ -523,5 +523,172 @@ async fn every_revision_states_what_was_sent_also_for_files_an_update_did_not_se
             f.path,
             f.sent_sha256
         );
+    }
+}
+
+/// Identifiers put into the scanner-style series, each distinctive enough that finding it anywhere
+/// can only mean it leaked: patient name, ID, birth date, accession number, institution, referring
+/// physician, and a name in a private tag.
+const SCANNER_IDENTIFIERS: [(Tag, VR, &str); 7] = [
+    (tags::PATIENT_NAME, VR::PN, "SMITHERSON^JANELLE"),
+    (tags::PATIENT_ID, VR::LO, "PID4711X"),
+    (tags::PATIENT_BIRTH_DATE, VR::DA, "19580317"),
+    (tags::ACCESSION_NUMBER, VR::SH, "ACC9182736"),
+    (
+        tags::INSTITUTION_NAME,
+        VR::LO,
+        "Elsewhere Memorial Hospital",
+    ),
+    (tags::REFERRING_PHYSICIAN_NAME, VR::PN, "HOUSEMAN^GREGORIO"),
+    (Tag(0x0009, 0x1001), VR::PN, "PRIVATOVA^MILENA"),
+];
+
+/// A CT series as a scanner pipeline through DCMTK's `storescp` leaves it: `ct/CT.<SOP Instance UID>`,
+/// no extension, with every identifier of [`SCANNER_IDENTIFIERS`]. Returns every string of it that
+/// must not leave the machine: the identifiers (names word by word, as a URL or JSON could split
+/// them), the original Study, Series, Frame of Reference and SOP Instance UIDs, and the file names.
+fn scanner_series(case: &Path, seed: u64) -> Vec<String> {
+    let ids = DicomSeriesIds::new(seed);
+    let written = case.join("written");
+    std::fs::create_dir_all(&written).unwrap();
+    std::fs::create_dir_all(case.join("ct")).unwrap();
+    let mut secrets = vec![
+        ids.study_instance_uid.clone(),
+        ids.series_instance_uid.clone(),
+        ids.frame_of_reference_uid.clone(),
+    ];
+    for (_, _, value) in SCANNER_IDENTIFIERS {
+        secrets.push(value.into());
+        secrets.extend(value.split('^').map(str::to_owned));
+    }
+    for f in samples::write_dicom_series(&written, 3, 8, 8, &ids, seed).unwrap() {
+        let mut obj = dicom_object::open_file(&f).unwrap();
+        obj.put(DataElement::new(
+            Tag(0x0009, 0x0010),
+            VR::LO,
+            PrimitiveValue::from("SCANNER PRIVATE 1.0"),
+        ));
+        for (tag, vr, value) in SCANNER_IDENTIFIERS {
+            obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+        }
+        let sop = obj
+            .element(tags::SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let sop = sop.trim_end_matches(['\0', ' ']).to_owned();
+        let name = format!("CT.{sop}");
+        obj.write_to_file(case.join("ct").join(&name)).unwrap();
+        secrets.extend([sop, name]);
+    }
+    std::fs::remove_dir_all(&written).unwrap();
+    secrets
+}
+
+/// Which of `secrets` occur in `hay`, as they are or in any case.
+fn found_in(hay: &[u8], secrets: &[String]) -> Vec<String> {
+    let lower = hay.to_ascii_lowercase();
+    secrets
+        .iter()
+        .filter(|s| contains(hay, s) || contains(&lower, &s.to_ascii_lowercase()))
+        .cloned()
+        .collect()
+}
+
+/// A scanner's series, named by its SOP Instance UIDs, delivered by the agent and by `upload` into a
+/// sandbox that records every request: no original UID, identifier or file name is in any request
+/// (request line, headers, body, part PUTs) or in anything the sandbox stored; the names it stored are
+/// the neutral ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_identifier_or_original_uid_leaves_in_any_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let requests = tmp.path().join("requests");
+    let sb = sandbox_with(|o| o.record = Some(requests.clone())).await;
+    let drop = tmp.path().join("drop");
+    let state_dir = tmp.path().join("state");
+    let mut secrets = Vec::new();
+    drop_atomically(&drop, "scan-0001", |d| {
+        secrets.extend(scanner_series(d, 21));
+    });
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    edit(&cfg, r#""dicom/*.dcm""#, r#""dicom/*.dcm", "ct/CT.*""#);
+
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let by_agent = receipt_for(&state_dir, "scan-0001").await;
+    agent.stop();
+    drop_atomically(&drop, "scan-0002", |d| {
+        secrets.extend(scanner_series(d, 22));
+    });
+    let case = drop.join("scan-0002");
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .arg("upload")
+            .arg("--config")
+            .arg(&cfg)
+            .arg(&case)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_upload = receipt_for(&state_dir, "scan-0002").await;
+
+    // Delivered, as de-identified copies under neutral names; the platform holds those names.
+    let st = state(&sb).await;
+    for r in [&by_agent, &by_upload] {
+        assert_eq!(r.outcome, Outcome::Delivered, "{}: {:?}", r.case, r.reason);
+        let ct = files_of(r, "generic-medical-image");
+        assert_eq!(ct.len(), 3);
+        assert!(ct.iter().all(|f| f.deidentified), "{ct:?}");
+        let mut names: Vec<(String, String)> = ct
+            .iter()
+            .map(|f| (f.upload_name.clone(), f.sent_sha256.clone()))
+            .collect();
+        names.sort();
+        let item = item_titled(&st, "demo-archive", &r.case);
+        assert_eq!(stored_files(value_of(item, "generic-medical-image")), names);
+        let stored: Vec<String> = names.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            stored,
+            ["dicom-0001.dcm", "dicom-0002.dcm", "dicom-0003.dcm"],
+            "{}: the names the platform stored tell nothing of the originals",
+            r.case
+        );
+    }
+
+    // Every request, whole: none carries a secret, and the search does see the series that was sent.
+    let records = gc_hotfolder::sandbox::recorder::read(&requests).unwrap();
+    let (mut part_puts, mut new_uids) = (0, 0);
+    for r in &records {
+        let line = r.request_line();
+        assert_eq!(r.complete(), Some(true), "{line}: recorded whole");
+        let body = std::fs::read(&r.body).unwrap();
+        let decoded: Vec<u8> = percent_encoding::percent_decode(&r.head).collect();
+        for hay in [&r.head, &decoded, &body] {
+            let found = found_in(hay, &secrets);
+            assert!(found.is_empty(), "{line}: {found:?} left the machine");
+        }
+        part_puts += usize::from(line.starts_with("PUT /s3/"));
+        new_uids += usize::from(contains(&body, gc_hotfolder::deidentify::ROOT_UID));
+    }
+    assert!(
+        part_puts >= 6 && new_uids >= 6,
+        "the recorded bodies hold the six copies ({part_puts} part PUTs, {new_uids} with new UIDs)"
+    );
+
+    // Nor anything the sandbox stored, by name or by content.
+    let mut kept = Vec::new();
+    all_files(sb.data_dir(), &mut kept);
+    for p in &kept {
+        let name = p.strip_prefix(sb.data_dir()).unwrap().to_string_lossy();
+        let found = found_in(name.as_bytes(), &secrets);
+        assert!(found.is_empty(), "{name}: {found:?} in the stored name");
+        let found = found_in(&std::fs::read(p).unwrap(), &secrets);
+        assert!(found.is_empty(), "{name}: {found:?} in the stored file");
     }
 }
