@@ -874,6 +874,8 @@ impl Loop {
                             attempts: rec.attempts as u32,
                             revision: rec.revision as u32,
                             started: (crate::receipt::now_rfc3339(), Instant::now()),
+                            // No plan: no files to say anything about.
+                            earlier: &[],
                         };
                         let key = CaseKey {
                             folder: &folder.path,
@@ -1226,6 +1228,13 @@ impl Delivery {
         let sh = &self.shared;
         let folder = &sh.config.folders[self.folder];
         let started = (crate::receipt::now_rfc3339(), Instant::now());
+        let earlier = crate::receipt::earlier_sent(
+            &sh.journal,
+            &sh.receipts,
+            &folder.target_slug,
+            self.key(),
+            &self.rec,
+        )?;
         let facts = |plan, manifest, attempts: i64, revision: i64| CaseFacts {
             case_dir: &self.case_dir,
             plan,
@@ -1247,6 +1256,7 @@ impl Delivery {
             attempts: attempts as u32,
             revision: revision as u32,
             started: started.clone(),
+            earlier: &earlier,
         };
 
         let plan = match rules::plan(folder, &self.case_dir, &self.snapshot.case_files()) {
@@ -1331,7 +1341,8 @@ impl Delivery {
                     tracing::error!(case = %self.case, "cannot write the receipt: {e}");
                     return Ok(Done::Later(sh.options.retry_first));
                 }
-                sh.journal.delivered(self.rec.id, &manifest)?;
+                sh.journal
+                    .delivered_sent(self.rec.id, &manifest, &receipt.sent_files())?;
                 tracing::info!(case = %self.case, item = %d.item_pk, "delivered and verified");
                 if !plan.unmatched.is_empty() {
                     tracing::warn!(

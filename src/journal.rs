@@ -192,6 +192,25 @@ pub struct UploadRecord {
     pub parts: Vec<(u32, String)>,
 }
 
+/// What the platform holds for one file of a delivered case: what was sent for it, by the delivery of
+/// which revision. Kept for every file of the delivered revision, so that an update, which sends only
+/// the sockets that changed, can still say in its receipt what the unchanged files went out as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentFile {
+    pub socket: String,
+    /// Relative to the case, as in the plan.
+    pub path: String,
+    /// SHA-256 of the file in the case folder when it was sent: carried over only while it is the same.
+    pub sha256: String,
+    /// SHA-256 of the bytes sent (the de-identified copy for DICOM).
+    pub sent_sha256: String,
+    /// The name it was uploaded under.
+    pub upload_name: String,
+    pub deidentified: bool,
+    /// The revision whose delivery sent it.
+    pub revision: u32,
+}
+
 /// What planning a ready case decided, as the journal keeps it.
 #[derive(Debug, Clone, Copy)]
 pub struct Planned<'a> {
@@ -233,6 +252,17 @@ CREATE TABLE IF NOT EXISTS uploads (
     api_url TEXT NOT NULL,
     completed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (case_id, manifest_hash, path)
+);
+CREATE TABLE IF NOT EXISTS sent_files (
+    case_id INTEGER NOT NULL,
+    socket TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    sent_sha256 TEXT NOT NULL,
+    upload_name TEXT NOT NULL,
+    deidentified INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    PRIMARY KEY (case_id, socket, path)
 );
 CREATE TABLE IF NOT EXISTS parts (
     upload_pk TEXT NOT NULL,
@@ -724,17 +754,59 @@ impl Journal {
         self.set(id, state, name, None)
     }
 
-    /// Verified on the server: this manifest is delivered and is never uploaded again.
+    /// Verified on the server: this manifest is delivered and is never uploaded again. What was sent for
+    /// each file is left as an earlier delivery recorded it (the content is the one delivered before).
     pub fn delivered(
         &self,
         id: i64,
         manifest: &crate::rules::Manifest,
+    ) -> Result<i64, JournalError> {
+        self.delivered_as(id, manifest, None)
+    }
+
+    /// Verified on the server, and `sent` is what the platform now holds for the case's files (what this
+    /// delivery sent and what it carried over): recorded together, so that the next revision's receipt
+    /// never misses it, whenever the process stops.
+    pub fn delivered_sent(
+        &self,
+        id: i64,
+        manifest: &crate::rules::Manifest,
+        sent: &[SentFile],
+    ) -> Result<i64, JournalError> {
+        self.delivered_as(id, manifest, Some(sent))
+    }
+
+    fn delivered_as(
+        &self,
+        id: i64,
+        manifest: &crate::rules::Manifest,
+        sent: Option<&[SentFile]>,
     ) -> Result<i64, JournalError> {
         let manifest_hash = manifest.hash.as_str();
         let json =
             serde_json::to_string(manifest).map_err(|e| JournalError::Corrupt(e.to_string()))?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        if let Some(sent) = sent {
+            tx.execute("DELETE FROM sent_files WHERE case_id = ?1", params![id])?;
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO sent_files
+                 (case_id, socket, path, sha256, sent_sha256, upload_name, deidentified, revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for f in sent {
+                insert.execute(params![
+                    id,
+                    f.socket,
+                    f.path,
+                    f.sha256,
+                    f.sent_sha256,
+                    f.upload_name,
+                    f.deidentified,
+                    f.revision
+                ])?;
+            }
+        }
         tx.execute(
             "UPDATE cases SET state = 'delivered', step = NULL, delivered_hash = ?2, delivered_manifest = ?3,
              revision = revision + 1, reason = NULL, updated = ?4 WHERE id = ?1",
@@ -880,6 +952,29 @@ impl Journal {
         Ok(n)
     }
 
+    /// What the platform holds for the files of the case's last delivered revision, as recorded by
+    /// [`Journal::delivered_sent`]; empty before the first delivery (and for cases delivered by a
+    /// version that did not record it).
+    pub fn sent_files(&self, id: i64) -> Result<Vec<SentFile>, JournalError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT socket, path, sha256, sent_sha256, upload_name, deidentified, revision
+             FROM sent_files WHERE case_id = ?1 ORDER BY socket, path",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok(SentFile {
+                socket: r.get(0)?,
+                path: r.get(1)?,
+                sha256: r.get(2)?,
+                sent_sha256: r.get(3)?,
+                upload_name: r.get(4)?,
+                deidentified: r.get(5)?,
+                revision: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     /// Forget a case entirely (its folder is gone and it was never delivered).
     pub fn forget(&self, id: i64) -> Result<(), JournalError> {
         let mut conn = self.conn();
@@ -890,6 +985,7 @@ impl Journal {
         )?;
         tx.execute("DELETE FROM uploads WHERE case_id = ?1", params![id])?;
         tx.execute("DELETE FROM wakeups WHERE case_id = ?1", params![id])?;
+        tx.execute("DELETE FROM sent_files WHERE case_id = ?1", params![id])?;
         tx.execute("DELETE FROM cases WHERE id = ?1", params![id])?;
         Journal::event(&tx, id, "forgotten", None)?;
         tx.commit()?;
@@ -1272,6 +1368,45 @@ mod tests {
                 "delivered"
             ]
         );
+    }
+
+    #[test]
+    fn what_was_sent_survives_reopening_until_the_next_delivery_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = |hash: &str| crate::rules::Manifest {
+            entries: vec![],
+            hash: hash.into(),
+        };
+        let sent = |path: &str, revision: u32| SentFile {
+            socket: "ct".into(),
+            path: path.into(),
+            sha256: format!("{path}-original"),
+            sent_sha256: format!("{path}-copy"),
+            upload_name: "dicom-0001.dcm".into(),
+            deidentified: true,
+            revision,
+        };
+        let id = {
+            let j = Journal::open(dir.path()).unwrap();
+            let id = j.discover(Path::new("/drop"), Path::new("p1")).unwrap().id;
+            assert!(j.sent_files(id).unwrap().is_empty(), "nothing sent yet");
+            j.delivered_sent(id, &m("m1"), &[sent("a.dcm", 1), sent("b.dcm", 1)])
+                .unwrap();
+            id
+        };
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            j.sent_files(id).unwrap(),
+            [sent("a.dcm", 1), sent("b.dcm", 1)]
+        );
+        // Content delivered before, delivered again without sending: the record stays.
+        j.delivered(id, &m("m1")).unwrap();
+        assert_eq!(j.sent_files(id).unwrap().len(), 2);
+        // The next revision's record replaces the whole set: a file gone from the case is gone from it.
+        j.delivered_sent(id, &m("m2"), &[sent("a.dcm", 1)]).unwrap();
+        assert_eq!(j.sent_files(id).unwrap(), [sent("a.dcm", 1)]);
+        j.forget(id).unwrap();
+        assert!(j.sent_files(id).unwrap().is_empty());
     }
 
     #[test]

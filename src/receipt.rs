@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil::write_atomic;
 use crate::gc::TargetKind;
+use crate::journal::SentFile;
 
 /// Bump when the receipt's shape changes incompatibly.
 pub const RECEIPT_VERSION: u32 = 1;
@@ -91,21 +92,35 @@ pub struct SocketReceipt {
     pub file: Option<String>,
 }
 
+/// One file of the case and what the platform holds for it.
+///
+/// Every receipt states what was sent for every file, whichever revision sent it: an update sends only
+/// the sockets whose files changed, and the files of the other sockets keep what an earlier revision
+/// sent (`sent_revision` says which), as long as they are byte for byte the files that were sent then.
+/// That record is kept in the journal, so it holds across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileReceipt {
+    /// Relative to the case folder.
     pub path: String,
+    /// The name the file was uploaded under: neutral (`dicom-0001.dcm`, ...) for a de-identified copy,
+    /// never the original's name, which may carry identifiers; the file's own name otherwise.
     pub upload_name: String,
     pub size: u64,
     /// SHA-256 of the file in the case folder.
     pub sha256: String,
-    /// SHA-256 of what was sent: the de-identified copy for DICOM files, else the file itself. Empty
-    /// until delivered, and for files this revision did not send (an update sends only the sockets
-    /// whose files changed; an earlier revision's receipt has them).
+    /// SHA-256 of the bytes the platform holds for this file: the de-identified copy for DICOM, else
+    /// the file itself, sent by this revision or carried over from the one in `sent_revision`. Empty
+    /// when nothing was uploaded for it: the case was not delivered (a quarantine before any revision
+    /// sent this content), or its content went as a JSON value (the socket's `value`).
     #[serde(default)]
     pub sent_sha256: String,
-    /// Sent as a de-identified copy.
+    /// Sent as a de-identified copy (by whichever revision sent it).
     #[serde(default)]
     pub deidentified: bool,
+    /// The revision whose delivery sent these bytes: this receipt's own, or an earlier one for a file an
+    /// update did not send again. 0 when nothing was sent (see `sent_sha256`).
+    #[serde(default)]
+    pub sent_revision: u32,
 }
 
 /// Which case a receipt is about: its drop folder and its path inside, byte for byte. Two drop folders
@@ -159,7 +174,11 @@ pub fn receipt_path(dir: &Path, target_slug: &str, key: CaseKey<'_>) -> PathBuf 
 
 /// `<folder of the latest receipt>/history/<case>.r<revision>.json`
 pub fn history_path(dir: &Path, key: CaseKey<'_>, receipt: &Receipt) -> PathBuf {
-    let latest = receipt_path(dir, &receipt.target.slug, key);
+    history_file(dir, &receipt.target.slug, key, receipt.revision)
+}
+
+fn history_file(dir: &Path, target_slug: &str, key: CaseKey<'_>, revision: u32) -> PathBuf {
+    let latest = receipt_path(dir, target_slug, key);
     let name = latest
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -167,7 +186,7 @@ pub fn history_path(dir: &Path, key: CaseKey<'_>, receipt: &Receipt) -> PathBuf 
     let parent = latest.parent().map(Path::to_path_buf).unwrap_or_default();
     parent
         .join("history")
-        .join(format!("{name}.r{}.json", receipt.revision))
+        .join(format!("{name}.r{revision}.json"))
 }
 
 /// The latest receipt of every case below `dir`, oldest first by when it was finished. Reads the layout of
@@ -288,12 +307,63 @@ pub struct CaseFacts<'a> {
     pub attempts: u32,
     pub revision: u32,
     pub started: (String, std::time::Instant),
+    /// What the platform holds from earlier revisions ([`earlier_sent`]): files of this plan that are
+    /// unchanged since say what was sent for them then.
+    pub earlier: &'a [SentFile],
+}
+
+/// Fill in, for every file not sent (yet) by this revision, what an earlier revision sent for it, when
+/// it is the same file (socket, path and content).
+fn carry_over(sockets: &mut [SocketReceipt], earlier: &[SentFile]) {
+    for s in sockets {
+        for f in &mut s.files {
+            if !f.sent_sha256.is_empty() || f.sha256.is_empty() {
+                continue;
+            }
+            let same = earlier
+                .iter()
+                .find(|e| e.socket == s.slug && e.path == f.path && e.sha256 == f.sha256);
+            if let Some(e) = same {
+                f.sent_sha256 = e.sent_sha256.clone();
+                f.upload_name = e.upload_name.clone();
+                f.deidentified = e.deidentified;
+                f.sent_revision = e.revision;
+            }
+        }
+    }
+}
+
+/// What the platform holds for a case's files before this delivery: the journal's record, or, for a
+/// case delivered by a version that did not record it, its delivered receipts read back, latest first.
+pub fn earlier_sent(
+    journal: &crate::journal::Journal,
+    dir: &Path,
+    target_slug: &str,
+    key: CaseKey<'_>,
+    rec: &crate::journal::CaseRecord,
+) -> Result<Vec<SentFile>, crate::journal::JournalError> {
+    let recorded = journal.sent_files(rec.id)?;
+    if !recorded.is_empty() || rec.revision <= 0 {
+        return Ok(recorded);
+    }
+    let mut out: Vec<SentFile> = Vec::new();
+    for revision in (1..=rec.revision as u32).rev() {
+        let Ok(r) = read(&history_file(dir, target_slug, key, revision)) else {
+            continue;
+        };
+        for f in r.sent_files() {
+            if !out.iter().any(|o| o.socket == f.socket && o.path == f.path) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Receipt {
     fn from_facts(f: CaseFacts<'_>, outcome: Outcome) -> Receipt {
         let manifest = f.manifest;
-        let sockets = f
+        let mut sockets: Vec<SocketReceipt> = f
             .plan
             .map(|p| {
                 p.sockets
@@ -314,6 +384,7 @@ impl Receipt {
                                     .unwrap_or_default(),
                                 sent_sha256: String::new(),
                                 deidentified: false,
+                                sent_revision: 0,
                             })
                             .collect(),
                         value_pk: None,
@@ -324,6 +395,7 @@ impl Receipt {
                     .collect()
             })
             .unwrap_or_default();
+        carry_over(&mut sockets, f.earlier);
         Receipt {
             receipt_version: RECEIPT_VERSION,
             outcome,
@@ -366,16 +438,21 @@ impl Receipt {
             .map(|v| format!("grand-challenge-dicom-de-id-procedure {v}"));
         r.warnings = d.deidentified.warnings.clone();
         r.job = d.job.clone();
+        let revision = r.revision;
         for s in &mut r.sockets {
             for f in &mut s.files {
+                // What this revision sent replaces what was carried over from an earlier one.
                 match d.deidentified.staged.iter().find(|st| st.path == f.path) {
                     Some(st) => {
                         f.sent_sha256 = st.sha256.clone();
                         f.upload_name = st.upload_name.clone();
                         f.deidentified = true;
+                        f.sent_revision = revision;
                     }
                     None if d.deidentified.sent.contains(&f.path) => {
                         f.sent_sha256 = f.sha256.clone();
+                        f.deidentified = false;
+                        f.sent_revision = revision;
                     }
                     None => {}
                 }
@@ -388,6 +465,27 @@ impl Receipt {
             }
         }
         r
+    }
+
+    /// What the platform holds for the case's files according to this receipt, for the journal.
+    pub fn sent_files(&self) -> Vec<SentFile> {
+        self.sockets
+            .iter()
+            .flat_map(|s| {
+                s.files
+                    .iter()
+                    .filter(|f| !f.sent_sha256.is_empty())
+                    .map(|f| SentFile {
+                        socket: s.slug.clone(),
+                        path: f.path.clone(),
+                        sha256: f.sha256.clone(),
+                        sent_sha256: f.sent_sha256.clone(),
+                        upload_name: f.upload_name.clone(),
+                        deidentified: f.deidentified,
+                        revision: f.sent_revision,
+                    })
+            })
+            .collect()
     }
 
     /// The receipt of a case that could not be delivered, with the reason.
@@ -450,6 +548,118 @@ mod tests {
             folder: Path::new("/drop"),
             case: Path::new("p1"),
         }
+    }
+
+    fn file(path: &str, sha256: &str) -> FileReceipt {
+        FileReceipt {
+            path: path.into(),
+            upload_name: path.rsplit('/').next().unwrap().into(),
+            size: 1,
+            sha256: sha256.into(),
+            sent_sha256: String::new(),
+            deidentified: false,
+            sent_revision: 0,
+        }
+    }
+
+    #[test]
+    fn unchanged_files_keep_what_an_earlier_revision_sent_and_changed_ones_do_not() {
+        let sent = |socket: &str, path: &str, sha256: &str| SentFile {
+            socket: socket.into(),
+            path: path.into(),
+            sha256: sha256.into(),
+            sent_sha256: format!("copy-of-{sha256}"),
+            upload_name: "dicom-0001.dcm".into(),
+            deidentified: true,
+            revision: 1,
+        };
+        let earlier = [
+            sent("ct", "ct/CT.1.2.3", "a"),
+            sent("ct", "ct/CT.1.2.4", "b"),
+            sent("mr", "mr/x.dcm", "c"),
+        ];
+        let mut sockets = vec![SocketReceipt {
+            slug: "ct".into(),
+            files: vec![
+                file("ct/CT.1.2.3", "a"),
+                file("ct/CT.1.2.4", "changed"),
+                file("ct/new.dcm", "d"),
+            ],
+            value_pk: None,
+            value: None,
+            image: None,
+            file: None,
+        }];
+        carry_over(&mut sockets, &earlier);
+        let f = &sockets[0].files;
+        assert_eq!(
+            (
+                f[0].sent_sha256.as_str(),
+                f[0].upload_name.as_str(),
+                f[0].deidentified,
+                f[0].sent_revision
+            ),
+            ("copy-of-a", "dicom-0001.dcm", true, 1),
+            "the same file: what was sent for it"
+        );
+        assert_eq!(f[1], file("ct/CT.1.2.4", "changed"), "changed since");
+        assert_eq!(f[2], file("ct/new.dcm", "d"), "new");
+
+        // The same path in another socket is another file.
+        let mut other = sockets.clone();
+        other[0].slug = "mr".into();
+        other[0].files = vec![file("ct/CT.1.2.3", "a")];
+        carry_over(&mut other, &earlier);
+        assert_eq!(other[0].files[0], file("ct/CT.1.2.3", "a"));
+    }
+
+    #[test]
+    fn a_delivered_receipt_read_back_stands_in_for_a_journal_that_did_not_record_what_was_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crate::journal::Journal::open(&dir.path().join("state")).unwrap();
+        let rec = journal
+            .discover(Path::new("/drop"), Path::new("p1"))
+            .unwrap();
+        let receipts = dir.path().join("receipts");
+        let mut r1 = sample();
+        let mut sent = file("ct/a.dcm", "a");
+        sent.sent_sha256 = "copy".into();
+        sent.deidentified = true;
+        sent.sent_revision = 1;
+        r1.sockets = vec![SocketReceipt {
+            slug: "ct".into(),
+            files: vec![sent, file("count.json", "n")],
+            value_pk: None,
+            value: None,
+            image: None,
+            file: None,
+        }];
+        write(&receipts, key(), &r1).unwrap();
+        assert!(
+            earlier_sent(&journal, &receipts, "a", key(), &rec)
+                .unwrap()
+                .is_empty(),
+            "not delivered: nothing to read back"
+        );
+        let m = crate::rules::Manifest {
+            entries: vec![],
+            hash: "h".into(),
+        };
+        journal.delivered(rec.id, &m).unwrap();
+        let rec = journal.by_id(rec.id).unwrap().unwrap();
+        let from_receipt = earlier_sent(&journal, &receipts, "a", key(), &rec).unwrap();
+        assert_eq!(from_receipt, r1.sent_files());
+        assert_eq!(from_receipt.len(), 1, "only files that were sent");
+
+        // Once the journal has the record, it is the truth.
+        let mut recorded = from_receipt.clone();
+        recorded[0].sent_sha256 = "recorded".into();
+        journal.delivered_sent(rec.id, &m, &recorded).unwrap();
+        let rec = journal.by_id(rec.id).unwrap().unwrap();
+        assert_eq!(
+            earlier_sent(&journal, &receipts, "a", key(), &rec).unwrap(),
+            recorded
+        );
     }
 
     #[test]

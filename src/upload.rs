@@ -143,6 +143,11 @@ async fn upload_case(
         Ok(r) => r,
         Err(e) => return fail(&case_dir, e.to_string()),
     };
+    let earlier =
+        match crate::receipt::earlier_sent(journal, receipts, &folder.target_slug, key, &rec) {
+            Ok(e) => e,
+            Err(e) => return fail(&case_dir, e.to_string()),
+        };
     let facts = |plan, manifest| CaseFacts {
         case_dir: &case_dir,
         plan,
@@ -163,6 +168,7 @@ async fn upload_case(
         attempts: rec.attempts as u32 + 1,
         revision: rec.revision as u32 + 1,
         started: started.clone(),
+        earlier: &earlier,
     };
     let finish = |receipt: Receipt, result: Result<String, String>, auth_failed: bool| {
         let written = crate::receipt::write(receipts, key, &receipt);
@@ -300,11 +306,12 @@ async fn upload_case(
                 None => format!("delivered {case_rel} → {} {}", d.item_pk, d.item_api_url),
             };
             let receipt = Receipt::delivered(facts(Some(&plan), Some(&manifest)), &d);
+            let sent = receipt.sent_files();
             // The receipt first, as the agent does: a crash before the journal says "delivered" only
             // repeats the delivery into the same item.
             let outcome = finish(receipt, Ok(line), false);
             if outcome.result.is_ok() {
-                if let Err(e) = journal.delivered(rec.id, &manifest) {
+                if let Err(e) = journal.delivered_sent(rec.id, &manifest, &sent) {
                     return fail(&case_dir, e.to_string());
                 }
                 crate::agent::apply_after(folder, &case_dir, &rel, receipts);

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::*;
 use dicom_core::value::PrimitiveValue;
-use dicom_core::{DataElement, VR};
+use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
-use gc_hotfolder::receipt::Outcome;
+use gc_hotfolder::receipt::{FileReceipt, Outcome, Receipt};
 use gc_hotfolder::samples::{self, DicomSeriesIds};
 use sha2::Digest;
 
@@ -380,4 +380,319 @@ async fn a_de_identified_upload_killed_midway_resumes_with_the_same_bytes() {
         vec![f.sent_sha256.clone()],
         "the platform holds the copy the receipt names"
     );
+}
+
+/// The files of one socket in a receipt.
+fn files_of(r: &Receipt, socket: &str) -> Vec<FileReceipt> {
+    r.sockets
+        .iter()
+        .find(|s| s.slug == socket)
+        .map(|s| s.files.clone())
+        .unwrap_or_else(|| panic!("{}: no socket {socket} in the receipt", r.case))
+}
+
+/// SHA-256 of every file the sandbox stored.
+fn stored_hashes(sb: &gc_hotfolder::sandbox::Sandbox) -> Vec<String> {
+    let mut kept = Vec::new();
+    all_files(sb.data_dir(), &mut kept);
+    kept.iter()
+        .map(|p| hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap())))
+        .collect()
+}
+
+/// An update sends only the socket whose files changed. Every revision's receipt still says, for the
+/// DICOM it did not send again, what the platform holds: the de-identified copies revision 1 sent, the
+/// very bytes the sandbox stored. That holds across a restart of the agent with its receipts gone (the
+/// journal is the record), and for an update made by `upload`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_revision_states_what_was_sent_also_for_files_an_update_did_not_send_again() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let state_dir = tmp.path().join("state");
+    let log = tmp.path().join("agent.log");
+    drop_atomically(&drop, "case-1", |d| {
+        patient_series(d, 3, 11);
+    });
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "on_change = \"update\"");
+    const CT: &str = "generic-medical-image";
+
+    let agent = Agent::start(&cfg, &log);
+    let r1 = receipt_for(&state_dir, "case-1").await;
+    agent.stop();
+    assert_eq!(
+        (r1.outcome, r1.revision),
+        (Outcome::Delivered, 1),
+        "{:?}",
+        r1.reason
+    );
+    let ct = files_of(&r1, CT);
+    assert_eq!(ct.len(), 3);
+    for f in &ct {
+        assert!(f.deidentified && f.sent_revision == 1, "{f:?}");
+        assert!(f.upload_name.starts_with("dicom-"), "{f:?}");
+        assert_ne!(f.sent_sha256, f.sha256, "{f:?}");
+    }
+    let sent = |files: &[FileReceipt]| {
+        let mut v: Vec<(String, String)> = files
+            .iter()
+            .map(|f| (f.upload_name.clone(), f.sent_sha256.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    let st = state(&sb).await;
+    let item = item_titled(&st, "demo-archive", "case-1");
+    assert_eq!(stored_files(value_of(item, CT)), sent(&ct));
+    let ct_value_pk = value_of(item, CT)["pk"].clone();
+
+    // A late report, to another socket, while the agent is down and its receipts are gone: what revision
+    // 1 sent can only come from the journal.
+    std::fs::remove_dir_all(state_dir.join("receipts")).unwrap();
+    samples::write_pdf(&drop.join("case-1/report.pdf"), "late report").unwrap();
+    let agent = Agent::start(&cfg, &log);
+    let r2 = wait_receipts_until(&state_dir, Duration::from_secs(60), |r| {
+        r.iter().any(|r| r.revision == 2)
+    })
+    .await
+    .remove(0);
+    agent.stop();
+    assert_eq!(r2.outcome, Outcome::Delivered, "{:?}", r2.reason);
+    assert_eq!(r2.item, r1.item, "the same item is updated");
+    assert_eq!(
+        files_of(&r2, CT),
+        ct,
+        "revision 2 states the CT files as revision 1 sent them"
+    );
+    let report = files_of(&r2, "report");
+    assert_eq!(report.len(), 1);
+    assert!(
+        !report[0].deidentified
+            && report[0].sent_revision == 2
+            && report[0].sent_sha256 == report[0].sha256,
+        "{report:?}"
+    );
+    let st = state(&sb).await;
+    let item = item_titled(&st, "demo-archive", "case-1");
+    assert_eq!(
+        value_of(item, CT)["pk"],
+        ct_value_pk,
+        "the CT was not sent again"
+    );
+    assert_eq!(stored_files(value_of(item, CT)), sent(&ct));
+    assert_eq!(stored_files(value_of(item, "report")), sent(&report));
+
+    // Another late file, delivered by `upload`: revision 3 carries over both earlier revisions.
+    std::fs::write(drop.join("case-1/count.json"), "4").unwrap();
+    let case = drop.join("case-1");
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .arg("upload")
+            .arg("--config")
+            .arg(&cfg)
+            .arg(&case)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r3 = receipts(&state_dir.join("receipts")).remove(0);
+    assert_eq!(
+        (r3.outcome, r3.revision),
+        (Outcome::Delivered, 3),
+        "{:?}",
+        r3.reason
+    );
+    assert_eq!(files_of(&r3, CT), ct);
+    assert_eq!(files_of(&r3, "report"), report);
+    assert_eq!(
+        r3.sockets
+            .iter()
+            .find(|s| s.slug == "lesion-count")
+            .and_then(|s| s.value.clone()),
+        Some(serde_json::json!(4))
+    );
+
+    // Every hash a receipt names as sent is that of bytes the sandbox stored.
+    let hashes = stored_hashes(&sb);
+    for f in ct.iter().chain(&report) {
+        assert!(
+            hashes.contains(&f.sent_sha256),
+            "{}: {} is not in the sandbox's storage",
+            f.path,
+            f.sent_sha256
+        );
+    }
+}
+
+/// Identifiers put into the scanner-style series, each distinctive enough that finding it anywhere
+/// can only mean it leaked: patient name, ID, birth date, accession number, institution, referring
+/// physician, and a name in a private tag.
+const SCANNER_IDENTIFIERS: [(Tag, VR, &str); 7] = [
+    (tags::PATIENT_NAME, VR::PN, "SMITHERSON^JANELLE"),
+    (tags::PATIENT_ID, VR::LO, "PID4711X"),
+    (tags::PATIENT_BIRTH_DATE, VR::DA, "19580317"),
+    (tags::ACCESSION_NUMBER, VR::SH, "ACC9182736"),
+    (
+        tags::INSTITUTION_NAME,
+        VR::LO,
+        "Elsewhere Memorial Hospital",
+    ),
+    (tags::REFERRING_PHYSICIAN_NAME, VR::PN, "HOUSEMAN^GREGORIO"),
+    (Tag(0x0009, 0x1001), VR::PN, "PRIVATOVA^MILENA"),
+];
+
+/// A CT series as a scanner pipeline through DCMTK's `storescp` leaves it: `ct/CT.<SOP Instance UID>`,
+/// no extension, with every identifier of [`SCANNER_IDENTIFIERS`]. Returns every string of it that
+/// must not leave the machine: the identifiers (names word by word, as a URL or JSON could split
+/// them), the original Study, Series, Frame of Reference and SOP Instance UIDs, and the file names.
+fn scanner_series(case: &Path, seed: u64) -> Vec<String> {
+    let ids = DicomSeriesIds::new(seed);
+    let written = case.join("written");
+    std::fs::create_dir_all(&written).unwrap();
+    std::fs::create_dir_all(case.join("ct")).unwrap();
+    let mut secrets = vec![
+        ids.study_instance_uid.clone(),
+        ids.series_instance_uid.clone(),
+        ids.frame_of_reference_uid.clone(),
+    ];
+    for (_, _, value) in SCANNER_IDENTIFIERS {
+        secrets.push(value.into());
+        secrets.extend(value.split('^').map(str::to_owned));
+    }
+    for f in samples::write_dicom_series(&written, 3, 8, 8, &ids, seed).unwrap() {
+        let mut obj = dicom_object::open_file(&f).unwrap();
+        obj.put(DataElement::new(
+            Tag(0x0009, 0x0010),
+            VR::LO,
+            PrimitiveValue::from("SCANNER PRIVATE 1.0"),
+        ));
+        for (tag, vr, value) in SCANNER_IDENTIFIERS {
+            obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+        }
+        let sop = obj
+            .element(tags::SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let sop = sop.trim_end_matches(['\0', ' ']).to_owned();
+        let name = format!("CT.{sop}");
+        obj.write_to_file(case.join("ct").join(&name)).unwrap();
+        secrets.extend([sop, name]);
+    }
+    std::fs::remove_dir_all(&written).unwrap();
+    secrets
+}
+
+/// Which of `secrets` occur in `hay`, as they are or in any case.
+fn found_in(hay: &[u8], secrets: &[String]) -> Vec<String> {
+    let lower = hay.to_ascii_lowercase();
+    secrets
+        .iter()
+        .filter(|s| contains(hay, s) || contains(&lower, &s.to_ascii_lowercase()))
+        .cloned()
+        .collect()
+}
+
+/// A scanner's series, named by its SOP Instance UIDs, delivered by the agent and by `upload` into a
+/// sandbox that records every request: no original UID, identifier or file name is in any request
+/// (request line, headers, body, part PUTs) or in anything the sandbox stored; the names it stored are
+/// the neutral ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_identifier_or_original_uid_leaves_in_any_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let requests = tmp.path().join("requests");
+    let sb = sandbox_with(|o| o.record = Some(requests.clone())).await;
+    let drop = tmp.path().join("drop");
+    let state_dir = tmp.path().join("state");
+    let mut secrets = Vec::new();
+    drop_atomically(&drop, "scan-0001", |d| {
+        secrets.extend(scanner_series(d, 21));
+    });
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    edit(&cfg, r#""dicom/*.dcm""#, r#""dicom/*.dcm", "ct/CT.*""#);
+
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let by_agent = receipt_for(&state_dir, "scan-0001").await;
+    agent.stop();
+    drop_atomically(&drop, "scan-0002", |d| {
+        secrets.extend(scanner_series(d, 22));
+    });
+    let case = drop.join("scan-0002");
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .arg("upload")
+            .arg("--config")
+            .arg(&cfg)
+            .arg(&case)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_upload = receipt_for(&state_dir, "scan-0002").await;
+
+    // Delivered, as de-identified copies under neutral names; the platform holds those names.
+    let st = state(&sb).await;
+    for r in [&by_agent, &by_upload] {
+        assert_eq!(r.outcome, Outcome::Delivered, "{}: {:?}", r.case, r.reason);
+        let ct = files_of(r, "generic-medical-image");
+        assert_eq!(ct.len(), 3);
+        assert!(ct.iter().all(|f| f.deidentified), "{ct:?}");
+        let mut names: Vec<(String, String)> = ct
+            .iter()
+            .map(|f| (f.upload_name.clone(), f.sent_sha256.clone()))
+            .collect();
+        names.sort();
+        let item = item_titled(&st, "demo-archive", &r.case);
+        assert_eq!(stored_files(value_of(item, "generic-medical-image")), names);
+        let stored: Vec<String> = names.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            stored,
+            ["dicom-0001.dcm", "dicom-0002.dcm", "dicom-0003.dcm"],
+            "{}: the names the platform stored tell nothing of the originals",
+            r.case
+        );
+    }
+
+    // Every request, whole: none carries a secret, and the search does see the series that was sent.
+    let records = gc_hotfolder::sandbox::recorder::read(&requests).unwrap();
+    let (mut part_puts, mut new_uids) = (0, 0);
+    for r in &records {
+        let line = r.request_line();
+        assert_eq!(r.complete(), Some(true), "{line}: recorded whole");
+        let body = std::fs::read(&r.body).unwrap();
+        let decoded: Vec<u8> = percent_encoding::percent_decode(&r.head).collect();
+        for hay in [&r.head, &decoded, &body] {
+            let found = found_in(hay, &secrets);
+            assert!(found.is_empty(), "{line}: {found:?} left the machine");
+        }
+        part_puts += usize::from(line.starts_with("PUT /s3/"));
+        new_uids += usize::from(contains(&body, gc_hotfolder::deidentify::ROOT_UID));
+    }
+    assert!(
+        part_puts >= 6 && new_uids >= 6,
+        "the recorded bodies hold the six copies ({part_puts} part PUTs, {new_uids} with new UIDs)"
+    );
+
+    // Nor anything the sandbox stored, by name or by content.
+    let mut kept = Vec::new();
+    all_files(sb.data_dir(), &mut kept);
+    for p in &kept {
+        let name = p.strip_prefix(sb.data_dir()).unwrap().to_string_lossy();
+        let found = found_in(name.as_bytes(), &secrets);
+        assert!(found.is_empty(), "{name}: {found:?} in the stored name");
+        let found = found_in(&std::fs::read(p).unwrap(), &secrets);
+        assert!(found.is_empty(), "{name}: {found:?} in the stored file");
+    }
 }

@@ -401,9 +401,12 @@ fn the_sandbox_command_serves_until_sigterm() {
     assert!(
         help.contains("--fault")
             && help.contains("retry-after=SECONDS")
-            && help.contains("--import-delay"),
+            && help.contains("--import-delay")
+            && help.contains("--record <DIR>")
+            && help.contains("REQUEST RECORDING"),
         "{help}"
     );
+    let requests = tempfile::tempdir().unwrap();
 
     let mut child = std::process::Command::new(bin)
         .args([
@@ -414,7 +417,9 @@ fn the_sandbox_command_serves_until_sigterm() {
             "10ms",
             "--fault",
             "GET /api/v1/gcapi/ 503 times=1",
+            "--record",
         ])
+        .arg(requests.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -459,6 +464,16 @@ fn the_sandbox_command_serves_until_sigterm() {
             200
         );
     });
+    let recorded: Vec<String> = gc_hotfolder::sandbox::recorder::read(requests.path())
+        .unwrap()
+        .iter()
+        .map(|r| r.request_line())
+        .collect();
+    assert_eq!(
+        recorded,
+        ["GET /api/v1/gcapi/ HTTP/1.1", "GET /api/v1/gcapi/ HTTP/1.1"],
+        "--record writes every request"
+    );
     // SIGTERM → graceful stop, exit 0.
     let pid = child.id() as libc::pid_t;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);

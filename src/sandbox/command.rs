@@ -4,8 +4,8 @@ use crate::cli::SandboxArgs;
 
 use super::{DEMO_ADMIN_TOKEN, DEMO_READER_TOKEN, DEMO_TOKEN, Fixture, Sandbox, SandboxOptions};
 
-/// The `--fault` syntax, shown by `gc-hotfolder sandbox --help`.
-pub const FAULT_HELP: &str = "\
+/// The `--fault` syntax and the `--record` layout, shown by `gc-hotfolder sandbox --help`.
+pub const SANDBOX_HELP: &str = "\
 FAULT RULES (--fault, repeatable; also [[fault]] in the fixture and PUT /_sandbox/faults at run time)
   Words separated by spaces, in any order:
     [METHOD] PATH ACTION [p=PROBABILITY] [after] [times=N]
@@ -26,7 +26,20 @@ EXAMPLES
   --fault 'PUT /s3/* 503 retry-after=1 p=0.2'
   --fault 'POST /api/v1/archives/items/ 502 after times=1'
   --fault '* latency=200'
-  --fault '/s3/* drop p=0.05'";
+  --fault '/s3/* drop p=0.05'
+
+REQUEST RECORDING (--record DIR)
+  Every request received is written to DIR as it arrives, two files per request, numbered in
+  order of arrival (after the records already in DIR):
+    000001.head  the request line (METHOD /path?query HTTP/1.1) and every header as received,
+                 one per line; once the body is over, an empty line and
+                 'body: N bytes, complete' or 'body: N bytes, not read to its end'
+    000001.body  the body, written chunk by chunk as the server reads it (part PUTs of any
+                 size go to disk as they arrive, never held in memory)
+  Recording changes nothing the server does: a body it does not read to its end (an error
+  answered early, a fault that drops the connection) is recorded as far as it was read.
+  The credentials of an Authorization header are not written, only the scheme and the first
+  16 hex digits of their SHA-256: 'authorization: Bearer [redacted, sha256 3b1f0c...]'.";
 
 /// Run the sandbox; returns the process exit code.
 pub fn main(args: SandboxArgs) -> u8 {
@@ -75,6 +88,7 @@ async fn serve(args: SandboxArgs) -> anyhow::Result<()> {
         options.seed = args.seed;
     }
     options.faults = args.faults;
+    options.record = args.record;
     let mut temp_tls = None;
     if args.tls || args.tls_dir.is_some() {
         options.tls_dir = Some(match (&args.tls_dir, &args.data_dir) {

@@ -18,6 +18,8 @@
 //! - `api`, `values`, `uploads`  the REST endpoints; `s3` the presigned part PUT endpoint.
 //! - `worker`     background imports after the configured delay.
 //! - `tls`        a throw-away CA and leaf certificate for HTTPS.
+//! - [`recorder`] every request received written to a folder (`--record`), for tests that search what
+//!   clients sent.
 //! - [`command`]  the `gc-hotfolder sandbox` subcommand.
 
 mod algorithm_api;
@@ -31,6 +33,7 @@ pub mod fixture;
 mod http;
 pub mod imaging;
 pub mod kinds;
+pub mod recorder;
 mod routes;
 mod s3;
 pub mod schema;
@@ -96,6 +99,8 @@ pub struct SandboxOptions {
     pub upload_limit_verified: u64,
     /// Lifetime of presigned part URLs (3600 s on the platform).
     pub presigned_url_lifetime: Duration,
+    /// Write every request received into this folder ([`recorder`]); nothing else changes.
+    pub record: Option<PathBuf>,
 }
 
 impl SandboxOptions {
@@ -119,6 +124,7 @@ impl SandboxOptions {
             presigned_url_lifetime: s
                 .presigned_url_lifetime
                 .unwrap_or(Duration::from_secs(3600)),
+            record: None,
             fixture,
         }
     }
@@ -138,6 +144,7 @@ pub(crate) struct App {
     limits: api::Limits,
     signer: s3::Signer,
     tasks: Mutex<Vec<AbortHandle>>,
+    recorder: Option<recorder::Recorder>,
 }
 
 impl App {
@@ -202,6 +209,13 @@ impl Sandbox {
         };
         let base_url = url::Url::parse(&format!("{origin}/api/v1/")).context("public URL")?;
 
+        let recorder = match &options.record {
+            Some(dir) => Some(
+                recorder::Recorder::new(dir)
+                    .with_context(|| format!("cannot record requests into {}", dir.display()))?,
+            ),
+            None => None,
+        };
         let fixture = options.fixture.clone();
         let dir = data_dir.clone();
         let world =
@@ -228,6 +242,7 @@ impl Sandbox {
             },
             signer: s3::Signer::new(options.presigned_url_lifetime),
             tasks: Mutex::new(Vec::new()),
+            recorder,
         });
         let cleanup =
             tokio::spawn(expire_uploads(app.clone(), options.upload_expiry)).abort_handle();
@@ -427,6 +442,10 @@ async fn entry(State(app): State<Arc<App>>, req: Request) -> Response {
 /// One request: faults before, dispatch, faults after, counting.
 async fn handle(app: Arc<App>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let body = match &app.recorder {
+        Some(r) => r.record(&parts, body),
+        None => body,
+    };
     let method = parts.method.as_str().to_string();
     let path = parts.uri.path().to_string();
     let query = http::query_pairs(parts.uri.query());

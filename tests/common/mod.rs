@@ -52,6 +52,48 @@ pub fn items_of<'a>(state: &'a Value, archive_slug: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The archive item titled `title`, which must exist.
+pub fn item_titled<'a>(state: &'a Value, archive_slug: &str, title: &str) -> &'a Value {
+    items_of(state, archive_slug)
+        .into_iter()
+        .find(|i| i["title"] == title)
+        .unwrap_or_else(|| panic!("no item titled {title} in {archive_slug}"))
+}
+
+/// The value of `socket` of an item or display set in the sandbox's state, which must exist.
+pub fn value_of<'a>(item: &'a Value, socket: &str) -> &'a Value {
+    item["values"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["socket"] == socket))
+        .unwrap_or_else(|| panic!("no value for {socket} in {item}"))
+}
+
+/// (name, sha256) of every file a socket value holds in the sandbox's state (an image's files, or the
+/// file), sorted: what the platform stored, to compare with what receipts say was sent.
+pub fn stored_files(value: &Value) -> Vec<(String, String)> {
+    let files = if value["image"].is_object() {
+        value["image"]["files"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    } else if value["file"].is_object() {
+        vec![value["file"].clone()]
+    } else {
+        vec![]
+    };
+    let mut out: Vec<(String, String)> = files
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap_or_default().to_owned(),
+                f["sha256"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Every display set of a reader study in the sandbox's state.
 pub fn display_sets_of<'a>(state: &'a Value, slug: &str) -> Vec<&'a Value> {
     let studies = state["reader_studies"]
