@@ -30,7 +30,9 @@ use crate::journal::{Step, TitleClaim};
 use crate::rules::{Plan, PlannedFile, Source};
 
 pub mod job;
+pub mod wait;
 pub use job::JobDone;
+pub use wait::ImportWait;
 
 /// Value files larger than this are refused: large structured values belong in file sockets.
 pub const MAX_VALUE_FILE: u64 = 16 << 20;
@@ -92,6 +94,9 @@ pub trait Checkpoints: Send + Sync {
     }
     /// Where a running job stands (its status label), for `status`.
     fn job_status(&self, _pk: &str, _status: &str) {}
+    /// Verification has been waiting a while for the platform to import values (told after each poll
+    /// until they are there), for `status` and `upload`'s progress line.
+    fn waiting(&self, _wait: &ImportWait) {}
 }
 
 /// No journal: the one-shot upload without progress output.
@@ -957,14 +962,24 @@ async fn fill(
         tracing::info!(item = %item.pk, "the values were already set by an earlier attempt whose answer was lost");
     }
     cp.step(Step::Verifying).map_err(DeliverError::Checkpoint)?;
+    let reporter = wait::Reporter::new(cp, timing, target, &item.pk);
     let done = client
-        .await_values(target, &item.pk, &expectations, timing)
+        .await_values_observed(target, &item.pk, &expectations, timing, &reporter)
         .await
         .map_err(|e| match e {
             GcError::ImportFailed { socket, message } => {
                 quarantine(import_failure(&socket, &message, &routes))
             }
-            e => e.into(),
+            e => match wait::timed_out_dicom_set(&e, &expectations) {
+                Some(socket) => quarantine(wait::dicom_set_timeout(
+                    socket,
+                    socket_files(&routes, socket),
+                    timing.dicom_deadline,
+                    reporter.item_page.as_deref(),
+                    reporter.notifications_page.as_deref(),
+                )),
+                None => e.into(),
+            },
         })?;
     // Every value of the item, not only the ones just sent: an update sends only what changed.
     let sockets = done.values.iter().map(SocketResult::from).collect();
@@ -976,6 +991,15 @@ async fn fill(
         deidentified,
         job: None,
     })
+}
+
+/// How many files a socket sends.
+fn socket_files(routes: &[(&str, Route<'_>)], socket: &str) -> usize {
+    routes
+        .iter()
+        .filter(|(slug, _)| *slug == socket)
+        .map(|(_, r)| r.files().len())
+        .sum()
 }
 
 /// An import failure in the platform's words, with the files it concerns. The platform names no file
