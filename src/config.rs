@@ -1484,6 +1484,28 @@ quiet = "2s"
     }
 
     #[test]
+    fn the_example_dicom_image_set_and_its_deadline_are_valid() {
+        let text = include_str!("../config.example.toml")
+            .replace("# dicom_import_deadline = ", "dicom_import_deadline = ")
+            .replace(
+                "  # [[folder.socket]]\n  # slug = \"ct-dicom-set\"",
+                "  [[folder.socket]]\n  slug = \"ct-dicom-set\"",
+            )
+            .replace(
+                "  # files = \"dicom/**/*.dcm\"",
+                "  files = \"dicom/**/*.dcm\"",
+            )
+            .replace("  # image_name = ", "  image_name = ");
+        let c = Config::parse(Path::new("/etc/gc-hotfolder/config.toml"), &text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.folders[0].sockets.len(), 6);
+        assert_eq!(
+            c.folders[0].dicom_import_deadline,
+            Duration::from_secs(7200)
+        );
+    }
+
+    #[test]
     fn the_example_algorithm_folder_is_valid() {
         let text = include_str!("../config.example.toml")
             .replace("archive = \"lung-ct-archive\"", "# archive")
