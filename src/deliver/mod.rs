@@ -966,21 +966,7 @@ async fn fill(
     let done = client
         .await_values_observed(target, &item.pk, &expectations, timing, &reporter)
         .await
-        .map_err(|e| match e {
-            GcError::ImportFailed { socket, message } => {
-                quarantine(import_failure(&socket, &message, &routes))
-            }
-            e => match wait::timed_out_dicom_set(&e, &expectations) {
-                Some(socket) => quarantine(wait::dicom_set_timeout(
-                    socket,
-                    socket_files(&routes, socket),
-                    timing.dicom_deadline,
-                    reporter.item_page.as_deref(),
-                    reporter.notifications_page.as_deref(),
-                )),
-                None => e.into(),
-            },
-        })?;
+        .map_err(|e| verify_failure(e, &routes, &expectations, &reporter))?;
     // Every value of the item, not only the ones just sent: an update sends only what changed.
     let sockets = done.values.iter().map(SocketResult::from).collect();
     Ok(Delivered {
@@ -991,6 +977,29 @@ async fn fill(
         deidentified,
         job: None,
     })
+}
+
+/// Why verification failed, for the caller: an import failure in the platform's words, a DICOM image set
+/// that never showed up with its likely causes and pages, anything else as the client says it.
+fn verify_failure(
+    e: GcError,
+    routes: &[(&str, Route<'_>)],
+    expectations: &[Expectation],
+    reporter: &wait::Reporter<'_>,
+) -> DeliverError {
+    if let GcError::ImportFailed { socket, message } = &e {
+        return quarantine(import_failure(socket, message, routes));
+    }
+    match wait::timed_out_dicom_set(&e, expectations) {
+        Some(socket) => quarantine(wait::dicom_set_timeout(
+            socket,
+            socket_files(routes, socket),
+            reporter.timing.dicom_deadline,
+            reporter.item_page.as_deref(),
+            reporter.notifications_page.as_deref(),
+        )),
+        None => e.into(),
+    }
 }
 
 /// How many files a socket sends.
