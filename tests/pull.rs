@@ -132,7 +132,10 @@ fn expected_archive_item(case: &Path) -> (BTreeMap<String, String>, BTreeMap<Str
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             let (upload_name, sha) = &sent[&format!("dicom/{name}")];
             assert_ne!(sha, &sha256(&p), "dicom/{name} was sent de-identified");
-            assert_ne!(upload_name, &name, "dicom/{name} was sent under a neutral name");
+            assert_ne!(
+                upload_name, &name,
+                "dicom/{name} was sent under a neutral name"
+            );
             files.insert(format!("{image_dir}/{upload_name}"), sha.clone());
         }
     }

@@ -17,6 +17,9 @@ FAULT RULES (--fault, repeatable; also [[fault]] in the fixture and PUT /_sandbo
     drop                           close the connection without an answer (the request body is not read)
     too-many-uploads=N             POST /api/v1/uploads/ answers the \"too many uploads\" 400 once the
                                    caller owns N uploads
+    import-fails                   answer as usual, but the background imports the request schedules
+                                   (values of a PATCH set from uploads) fail: a DICOM image set or a
+                                   file with a notification only, an image's session as \"Failed\"
   p=0.25   the chance per matching request (default 1)
   after    handle the request first (it is committed), then lose the answer: STATUS replaces it,
            drop cuts the connection in the middle of the response body
@@ -27,6 +30,7 @@ EXAMPLES
   --fault 'POST /api/v1/archives/items/ 502 after times=1'
   --fault '* latency=200'
   --fault '/s3/* drop p=0.05'
+  --fault 'PATCH /api/v1/archives/items/* import-fails'
 
 REQUEST RECORDING (--record DIR)
   Every request received is written to DIR as it arrives, two files per request, numbered in
