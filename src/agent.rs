@@ -1154,7 +1154,7 @@ pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path, receipt
     let result = match &folder.after {
         After::Leave => return,
         After::Delete => std::fs::remove_dir_all(case_dir).map(|()| "deleted".to_owned()),
-        After::Move(dest) => move_case(case_dir, &dest.join(case)).map(|to| {
+        After::Move(dest) => move_case(case_dir, &dest.join(case), &folder.path).map(|to| {
             let key = CaseKey {
                 folder: &folder.path,
                 case,
@@ -1176,9 +1176,10 @@ pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path, receipt
     }
 }
 
-/// Move a case folder, never over an existing one: a name taken in the destination gets a numbered suffix.
-/// Returns where it went.
-pub(crate) fn move_case(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
+/// Move a case folder out of `root` (its drop folder), never over an existing one: a name taken in the
+/// destination gets a numbered suffix. Folders the move leaves empty in `root` go too. Returns where it
+/// went.
+pub(crate) fn move_case(from: &Path, to: &Path, root: &Path) -> std::io::Result<PathBuf> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -1191,6 +1192,7 @@ pub(crate) fn move_case(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
         dest = PathBuf::from(name);
     }
     std::fs::rename(from, &dest)?;
+    crate::fsutil::remove_empty_parents(from, root);
     Ok(dest)
 }
 
@@ -1424,7 +1426,7 @@ impl Delivery {
         sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
         sh.quarantined(folder, self.rec.id, &self.case, &reason)?;
         if let Some(q) = &folder.quarantine {
-            match move_case(&self.case_dir, &q.join(&self.rel)) {
+            match move_case(&self.case_dir, &q.join(&self.rel), &folder.path) {
                 Ok(to) => {
                     let key = CaseKey {
                         folder: &folder.path,

@@ -295,6 +295,14 @@ pub struct SandboxArgs {
 
 pub fn run(cli: Cli) -> std::process::ExitCode {
     init_logging(cli.log_format);
+    if prints_for_a_pipe(&cli.command) {
+        // `status | head` ends quietly, as other Unix tools do, instead of panicking on EPIPE. Only for
+        // commands that print and exit: the agent and the servers keep SIGPIPE ignored, as Rust sets it.
+        // SAFETY: called before any thread is started; restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let code = match cli.command {
         Command::Upload(args) => crate::upload::main(args),
         Command::Pull(args) => crate::pull::main(args),
@@ -316,6 +324,20 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
         Command::Sandbox(args) => crate::sandbox::command::main(args),
     };
     std::process::ExitCode::from(code)
+}
+
+/// Commands whose output is meant to be read, piped into `head` or `grep`: they neither serve nor
+/// deliver, so a closed pipe may simply end them.
+fn prints_for_a_pipe(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Check(_)
+            | Command::Explain(_)
+            | Command::Status(_)
+            | Command::Receipts(_)
+            | Command::Completions { .. }
+            | Command::Man(_)
+    )
 }
 
 /// Which log filter applies, and the variable it came from (for a warning if it does not parse).

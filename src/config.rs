@@ -603,6 +603,25 @@ impl Config {
 
     /// The platform client this config describes, with the token from [`Config::token_source`].
     pub fn client(&self) -> Result<crate::gc::Client, crate::gc::GcError> {
+        self.client_with(Default::default(), Duration::from_secs(60))
+    }
+
+    /// A client for a command that answers a person at the terminal (`check --online`): a platform that
+    /// is down is said so within seconds, not after a delivery's patient back-off.
+    pub fn quick_client(&self) -> Result<crate::gc::Client, crate::gc::GcError> {
+        let retry = crate::gc::RetryPolicy {
+            max_attempts: 2,
+            max_delay: Duration::from_secs(1),
+            ..Default::default()
+        };
+        self.client_with(retry, Duration::from_secs(5))
+    }
+
+    fn client_with(
+        &self,
+        retry: crate::gc::RetryPolicy,
+        timeout: Duration,
+    ) -> Result<crate::gc::Client, crate::gc::GcError> {
         let s = &self.server;
         let token = match self.token_source() {
             Some(TokenSource::Inline(_)) => match &s.token {
@@ -626,8 +645,8 @@ impl Config {
             part_size: self.limits.part_size,
             parallel_parts: self.limits.parallel_parts,
             parallel_files: self.limits.parallel_files,
-            retry: Default::default(),
-            timeout: Duration::from_secs(60),
+            retry,
+            timeout,
         })
     }
 
