@@ -1154,7 +1154,7 @@ pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path, receipt
     let result = match &folder.after {
         After::Leave => return,
         After::Delete => std::fs::remove_dir_all(case_dir).map(|()| "deleted".to_owned()),
-        After::Move(dest) => move_case(case_dir, &dest.join(case), &folder.path).map(|to| {
+        After::Move(dest) => move_case(case_dir, &dest.join(case), folder).map(|to| {
             let key = CaseKey {
                 folder: &folder.path,
                 case,
@@ -1176,12 +1176,12 @@ pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path, receipt
     }
 }
 
-/// Move a case folder out of `root` (its drop folder), never over an existing one: a name taken in the
-/// destination gets a numbered suffix. Folders the move leaves empty in `root` go too. Returns where it
-/// went.
-pub(crate) fn move_case(from: &Path, to: &Path, root: &Path) -> std::io::Result<PathBuf> {
+/// Move a case folder out of its drop folder, never over an existing one: a name taken in the
+/// destination gets a numbered suffix. The folders it creates on the way are shared with the drop
+/// folder's people; folders the move leaves empty in the drop folder go. Returns where it went.
+pub(crate) fn move_case(from: &Path, to: &Path, folder: &Folder) -> std::io::Result<PathBuf> {
     if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
+        folder.sharing().create_dir_all(parent)?;
     }
     let mut dest = to.to_owned();
     let mut n = 1;
@@ -1192,7 +1192,7 @@ pub(crate) fn move_case(from: &Path, to: &Path, root: &Path) -> std::io::Result<
         dest = PathBuf::from(name);
     }
     std::fs::rename(from, &dest)?;
-    crate::fsutil::remove_empty_parents(from, root);
+    crate::fsutil::remove_empty_parents(from, &folder.path);
     Ok(dest)
 }
 
@@ -1426,7 +1426,7 @@ impl Delivery {
         sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
         sh.quarantined(folder, self.rec.id, &self.case, &reason)?;
         if let Some(q) = &folder.quarantine {
-            match move_case(&self.case_dir, &q.join(&self.rel), &folder.path) {
+            match move_case(&self.case_dir, &q.join(&self.rel), folder) {
                 Ok(to) => {
                     let key = CaseKey {
                         folder: &folder.path,
@@ -1598,7 +1598,10 @@ pub(crate) async fn attempt_recorded(
         verify,
         &cp,
         privacy.as_ref(),
-        folder.outbox.as_deref(),
+        folder.outbox.as_deref().map(|dir| crate::outbox::Outbox {
+            dir,
+            sharing: folder.sharing(),
+        }),
     )
     .await;
     // The copies are made again, byte for byte, by any later attempt: none is kept on disk.

@@ -301,12 +301,8 @@ pub fn retry(args: RetryArgs) -> u8 {
         // A case moved to the quarantine folder goes back into its drop folder, where the agent watches.
         let moved_back = match quarantined_at(&config, c) {
             Some(q) if !home.exists() => {
-                let quarantine = config
-                    .folders
-                    .iter()
-                    .find(|f| f.path == c.folder)
-                    .and_then(|f| f.quarantine.as_deref());
-                if let Err(e) = move_back(&q, &home, quarantine) {
+                let folder = config.folders.iter().find(|f| f.path == c.folder);
+                if let Err(e) = move_back(&q, &home, folder) {
                     eprintln!(
                         "{}: cannot move it back into its drop folder as {}: {e}",
                         q.display(),
@@ -360,14 +356,21 @@ fn quarantined_at(config: &Config, c: &crate::journal::CaseRecord) -> Option<std
     recorded.is_dir().then_some(recorded)
 }
 
-/// Move a case folder back to `home`, creating its parents (a case at depth 2); folders of the
-/// quarantine that this leaves empty go too.
-fn move_back(from: &Path, home: &Path, quarantine: Option<&Path>) -> std::io::Result<()> {
+/// Move a case folder back to `home` in its drop folder, creating its parents (a case at depth 2) shared
+/// with the drop folder's people; folders of the quarantine that this leaves empty go.
+fn move_back(
+    from: &Path,
+    home: &Path,
+    folder: Option<&crate::config::Folder>,
+) -> std::io::Result<()> {
     if let Some(parent) = home.parent() {
-        std::fs::create_dir_all(parent)?;
+        match folder {
+            Some(f) => f.sharing().create_dir_all(parent)?,
+            None => std::fs::create_dir_all(parent)?,
+        }
     }
     std::fs::rename(from, home)?;
-    if let Some(q) = quarantine {
+    if let Some(q) = folder.and_then(|f| f.quarantine.as_deref()) {
         crate::fsutil::remove_empty_parents(from, q);
     }
     Ok(())

@@ -220,6 +220,16 @@ pub struct Folder {
     /// Where an algorithm's outputs land, one folder per case: set exactly when `target` is
     /// [`TargetKind::Algorithm`] (`outbox = "/path"`, by default `outbox` beside the drop folder).
     pub outbox: Option<PathBuf>,
+    /// The permissions of files the agent creates for people (results, moved cases' folders), e.g.
+    /// `0o640`; by default the drop folder's group permissions ([`crate::share`]).
+    pub mode: Option<u32>,
+}
+
+impl Folder {
+    /// The group and permissions of what the agent creates for this folder's people.
+    pub fn sharing(&self) -> crate::share::Sharing {
+        crate::share::Sharing::of(&self.path, self.mode)
+    }
 }
 
 /// What happens to a case folder once it is verifiably delivered.
@@ -384,6 +394,7 @@ struct RawFolder {
     poll_interval: Option<Spanned<String>>,
     deidentify: Option<bool>,
     dicom_import_deadline: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     socket: Vec<Spanned<RawSocket>>,
 }
@@ -1031,6 +1042,10 @@ fn validate_folder(
         ));
     }
     let dicom_import_deadline = dicom_deadline(loc, index, f, &sockets)?;
+    let mode = match &f.mode {
+        None => None,
+        Some(m) => Some(file_mode(m.get_ref()).map_err(|e| loc.err(m.span(), k("mode"), e))?),
+    };
     Ok(Folder {
         index,
         path,
@@ -1059,7 +1074,27 @@ fn validate_folder(
         deidentify: f.deidentify.unwrap_or(true),
         dicom_import_deadline,
         outbox,
+        mode,
     })
+}
+
+/// A file mode in octal, as `chmod` takes it: `"0640"`, `"640"`. The owner must keep reading and
+/// writing (the agent rewrites its results); set-ID and sticky bits are not for files.
+fn file_mode(text: &str) -> Result<u32, String> {
+    let digits = text.trim().trim_start_matches("0o");
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("{text:?} is not an octal file mode such as \"0640\""))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "{text:?}: only permission bits (at most 0777) are allowed"
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(format!(
+            "{text:?}: the owner (the service) must be able to read and write (0600)"
+        ));
+    }
+    Ok(mode)
 }
 
 /// The platform's DICOM image set imports take minutes (gc-protocol.md §4.6: "a timeout (e.g. … 2 h for

@@ -34,6 +34,7 @@
 //! - [`demo`]     the sandbox and the agent together on loopback, for trying it without an account.
 //! - [`metrics`]  counters of what the agent did, served as Prometheus text and a status JSON.
 //! - [`notify`]   webhook alerts (quarantine, stuck case, refused token) that carry no patient data.
+//! - [`share`]    the group and permissions of what the agent creates for people (results, moved cases).
 //! - [`statelock`] one agent per state folder: an exclusive lock held while `run` runs.
 //! - [`service`]  systemd notifications: ready, status line, watchdog, stopping, reloading.
 //! - [`cli`]      the command-line interface; `main.rs` only parses and dispatches.
@@ -62,6 +63,7 @@ pub mod samples;
 pub mod sandbox;
 pub mod service;
 pub mod settle;
+pub mod share;
 pub mod statelock;
 pub mod upload;
 pub mod watch;

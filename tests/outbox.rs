@@ -34,7 +34,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
         .unwrap();
     let err = outbox::write_case(
         &c,
-        &box_dir,
+        (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
         "patient-1",
         &job.outputs,
         outbox::Existing::Keep,
@@ -47,7 +47,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
 
     let written = outbox::write_case(
         &c,
-        &box_dir,
+        (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
         "patient-1",
         &job.outputs,
         outbox::Existing::Keep,
@@ -106,7 +106,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     assert_eq!(
         outbox::write_case(
             &c,
-            &box_dir,
+            (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
             "patient-1",
             &job.outputs,
             outbox::Existing::Keep
@@ -127,7 +127,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     std::fs::write(case.join("stale.txt"), "from an earlier job").unwrap();
     let replaced = outbox::write_case(
         &c,
-        &box_dir,
+        (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
         "patient-1",
         &job.outputs,
         outbox::Existing::Replace,
@@ -141,7 +141,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     assert!(
         outbox::write_case(
             &c,
-            &box_dir,
+            (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
             "../escape",
             &job.outputs,
             outbox::Existing::Keep

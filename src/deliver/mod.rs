@@ -787,7 +787,7 @@ pub async fn deliver(
     timing: &VerifyTiming,
     cp: &dyn Checkpoints,
     privacy: Option<&Privacy>,
-    outbox: Option<&Path>,
+    outbox: Option<crate::outbox::Outbox<'_>>,
 ) -> Result<Delivered, DeliverError> {
     let target = client
         .resolve_target(plan.target, &plan.target_slug)
