@@ -424,25 +424,30 @@ fn text_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     })
 }
 
+/// De-identify `corpus` with the reference de-identifier (one instance: one case) into `out`: file
+/// name → "ok" or "rejected: why".
+fn reference(out: &Path, corpus: &[PathBuf]) -> BTreeMap<String, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/deidentify.py");
+    let done = Command::new(python())
+        .arg(&script)
+        .arg(out)
+        .args(corpus)
+        .output()
+        .unwrap();
+    assert!(
+        done.status.success(),
+        "reference de-identifier failed: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    serde_json::from_slice(&done.stdout).unwrap()
+}
+
 #[test]
 fn agrees_with_the_reference_de_identifier_tag_by_tag() {
     let scratch = tempfile::tempdir().unwrap();
     let corpus = write_corpus(&scratch.path().join("in"));
-    let python = python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/deidentify.py");
     let out_py = scratch.path().join("py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(&out_py)
-        .args(&corpus)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "reference de-identifier failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let verdicts: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
+    let verdicts = reference(&out_py, &corpus);
 
     let procedure = Procedure::builtin().unwrap();
     let uids = UidMap::random();
@@ -786,18 +791,7 @@ fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
     assert_eq!(encodings.len(), 8, "{encodings:?}");
     let corpus: Vec<PathBuf> = encodings.keys().map(|n| input.join(n)).collect();
     let out_py = scratch.path().join("py");
-    let out = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/deidentify.py"))
-        .arg(&out_py)
-        .args(&corpus)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let verdicts: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
+    let verdicts = reference(&out_py, &corpus);
 
     let procedure = Procedure::builtin().unwrap();
     let uids = UidMap::random();
