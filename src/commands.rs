@@ -163,6 +163,9 @@ pub fn check(args: CheckArgs) -> u8 {
                 f.index
             );
         }
+        for warning in crate::rules::template_warnings(f) {
+            println!("  folder[{}] WARNING: {warning}", f.index);
+        }
         for (case, warning) in title_warnings_of_present_cases(f) {
             println!("  folder[{}] case {case}: WARNING: {warning}", f.index);
         }
@@ -205,8 +208,9 @@ pub fn check(args: CheckArgs) -> u8 {
     })
 }
 
-/// Title warnings for the cases now in a folder: a folder name or title that repeats the Patient ID or
-/// Patient's Name of the case's DICOM files (read from their headers only).
+/// Title warnings for the cases now in a folder: a title (or DICOM image set name) that repeats the
+/// Patient ID, Patient's Name or Accession Number of the case's DICOM files, taken from a folder name
+/// at any depth or not (read from their headers only).
 fn title_warnings_of_present_cases(f: &crate::config::Folder) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for case_dir in crate::watch::list_cases(f).unwrap_or_default() {
@@ -216,7 +220,7 @@ fn title_warnings_of_present_cases(f: &crate::config::Folder) -> Vec<(String, St
         let Ok(plan) = crate::rules::plan(f, &case_dir, &snap.case_files()) else {
             continue;
         };
-        let mut identifiers: Vec<(Option<String>, Option<String>)> = plan
+        let identifiers: Vec<crate::deidentify::PatientIdentifiers> = plan
             .sockets
             .iter()
             .flat_map(|s| s.source.files())
@@ -224,9 +228,7 @@ fn title_warnings_of_present_cases(f: &crate::config::Folder) -> Vec<(String, St
             // One series is one patient: the first DICOM file tells, without reading them all.
             .take(1)
             .collect();
-        identifiers.sort();
-        identifiers.dedup();
-        for w in crate::deidentify::title_warnings(&plan.case, &plan.title, &identifiers) {
+        for w in crate::deliver::identifier_warnings(&plan, &identifiers) {
             out.push((plan.case_path.clone(), w));
         }
     }

@@ -186,6 +186,24 @@ pub fn render(template: &str, case: &str, case_path: &str) -> String {
         .replace("{hash}", &path_hash(case_path))
 }
 
+/// What `check` says about a folder's title template before looking at any case: at a depth of two or
+/// more, a title made of the last folder's name alone (`{case}`) is the same for cases in different
+/// parent folders, as in a scanner's `<PatientID>/<StudyDate>/` layout where two patients are scanned
+/// on one day: the second is refused, as a title belongs to one case.
+pub fn template_warnings(folder: &Folder) -> Vec<String> {
+    let t = &folder.title;
+    if folder.depth < 2 || t.contains("{path}") || t.contains("{hash}") {
+        return vec![];
+    }
+    vec![format!(
+        "title = \"{t}\" at depth = {}: it does not include the parent folders, so cases with the same \
+         name in different folders (e.g. two patients' studies of one day) get the same title and all \
+         but the first are refused; use title = \"{{hash}}\", which tells them apart without showing a \
+         folder name",
+        folder.depth
+    )]
+}
+
 /// `{hash}`: the first 16 hex digits of the SHA-256 of the case's path below its drop folder. Stable
 /// across restarts and machines, and it does not show a folder name; but it is no secret: whoever can
 /// guess a name can compute its hash.

@@ -192,3 +192,127 @@ fn check_online_answers_within_seconds_when_the_platform_is_down() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
+
+/// A study as a scanner exports it: `<patient>/<study date>/IM0001…`, DICOM files without an extension
+/// whose Patient ID is the patient folder's name.
+fn scanner_study(drop: &Path, patient: &str, date: &str, seed: u64) {
+    let parent = drop.join(patient);
+    std::fs::create_dir_all(&parent).unwrap();
+    drop_atomically(&parent, date, |d| {
+        std::fs::create_dir_all(d).unwrap();
+        let mut ids = gc_hotfolder::samples::DicomSeriesIds::new(seed);
+        ids.patient_id = patient.into();
+        ids.study_date = date.into();
+        let written = gc_hotfolder::samples::write_dicom_series(d, 3, 8, 8, &ids, seed).unwrap();
+        let mut written = written;
+        written.sort();
+        for (i, f) in written.iter().enumerate() {
+            std::fs::rename(f, d.join(format!("IM{:04}", i + 1))).unwrap();
+        }
+    });
+}
+
+/// A config for scanner exports at depth 2 (the image rule also takes `IM*`), with `title`.
+fn scanner_config(
+    dir: &Path,
+    sb: &gc_hotfolder::sandbox::Sandbox,
+    drop: &Path,
+    title: &str,
+) -> std::path::PathBuf {
+    let cfg = write_config(
+        dir,
+        sb,
+        drop,
+        None,
+        &format!("depth = 2\ntitle = \"{title}\""),
+    );
+    edit(&cfg, "\"dicom/*.dcm\"]", "\"dicom/*.dcm\", \"IM*\"]");
+    cfg
+}
+
+fn check_output(cfg: &Path) -> String {
+    let out = bin().args(["check", "--config"]).arg(cfg).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_title_that_carries_a_patient_id_from_any_folder_level_is_pointed_out() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    scanner_study(&drop, "P02003", "20240503", 1);
+    let cfg = scanner_config(tmp.path(), &sb, &drop, "{path}");
+
+    // `check` says which folder level the template takes the Patient ID from, never the ID itself.
+    let said = check_output(&cfg);
+    let line = said
+        .lines()
+        .find(|l| l.contains("case P02003/20240503: WARNING"))
+        .unwrap_or_else(|| panic!("no warning about the case:\n{said}"));
+    assert!(
+        line.contains("folder name at depth 1")
+            && line.contains("Patient ID")
+            && line.contains("{hash}"),
+        "{line}"
+    );
+    assert!(
+        !line.replace("P02003/20240503", "").contains("P02003"),
+        "{line}"
+    );
+
+    // The delivery says so too, in the log and in the receipt.
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let r = receipt_for(&tmp.path().join("state"), "P02003/20240503").await;
+    agent.stop();
+    assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("folder name at depth 1")
+                && w.contains("Patient ID")
+                && w.contains("{hash}")),
+        "{:?}",
+        r.warnings
+    );
+    for w in &r.warnings {
+        assert!(
+            !w.contains("P02003"),
+            "the warning repeats the identifier: {w}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_patients_of_one_day_at_depth_2_are_told_to_use_a_hash_title() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    scanner_study(&drop, "P02003", "20240503", 1);
+    scanner_study(&drop, "P02004", "20240503", 2);
+    let cfg = scanner_config(tmp.path(), &sb, &drop, "{case}");
+
+    // `check` sees the collision coming from the template and the depth alone.
+    let said = check_output(&cfg);
+    assert!(
+        said.contains("title = \"{case}\" at depth = 2") && said.contains("title = \"{hash}\""),
+        "{said}"
+    );
+    // The StudyDate as title repeats no identifier: no warning about one.
+    assert!(!said.contains("Patient ID"), "{said}");
+
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let rs = wait_receipts(&tmp.path().join("state"), 2, Duration::from_secs(60)).await;
+    agent.stop();
+    let refused: Vec<_> = rs
+        .iter()
+        .filter(|r| r.outcome == Outcome::Quarantined)
+        .collect();
+    assert_eq!(refused.len(), 1, "{rs:?}");
+    let reason = refused[0].reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("belongs to another case"), "{reason}");
+    // The suggestion must not be one that sends the patient folder's name (the Patient ID) away.
+    assert!(
+        reason.contains("title = \"{hash}\"") && !reason.contains("{path}"),
+        "{reason}"
+    );
+}
