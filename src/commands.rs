@@ -246,7 +246,10 @@ pub fn explain(args: ExplainArgs) -> u8 {
         .is_dir()
         .then(|| crate::settle::snapshot(&path).map(|s| s.case_files()).ok())
         .flatten();
-    for line in crate::rules::explain(&config, &path, files.as_deref()) {
+    let misplaced = config
+        .folder_for(&path)
+        .and_then(|f| crate::watch::misplaced_file(f, &path));
+    for line in crate::rules::explain(&config, &path, files.as_deref(), misplaced.as_deref()) {
         println!("{line}");
     }
     if config.folder_for(&path).is_none() {
@@ -397,6 +400,9 @@ pub struct FolderStatus {
     pub held: Option<(String, String)>,
     /// Why the drop folder cannot be listed (it does not exist: an unmounted share?), if it cannot.
     pub missing: Option<String>,
+    /// Files lying where the folder expects case folders (relative to the drop folder): never
+    /// delivered.
+    pub misplaced: Vec<String>,
 }
 
 /// A quarantined case in `status`.
@@ -461,9 +467,21 @@ pub fn folder_status(
                     .map(|t| (rfc3339_of_unix(t.until_unix), t.reason.clone())),
                 held: held.get(&f.path).cloned(),
                 missing: crate::watch::folder_missing(&f.path),
+                misplaced: misplaced_files(f),
             }
         })
         .collect())
+}
+
+/// The files lying where a drop folder expects case folders, relative to it (none when it cannot be
+/// listed: `missing` says why).
+fn misplaced_files(f: &crate::config::Folder) -> Vec<String> {
+    crate::watch::list(f)
+        .map(|l| l.misplaced)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| crate::rules::path_text(p.strip_prefix(&f.path).unwrap_or(p)))
+        .collect()
 }
 
 fn rfc3339_of_unix(secs: i64) -> String {
@@ -519,6 +537,9 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
         if let Some(why) = &f.missing {
             println!("  drop folder missing: it {why}; nothing is delivered from it");
         }
+        if let Some(line) = misplaced_line(&f.misplaced) {
+            println!("  {line}");
+        }
         if f.paused {
             println!(
                 "  paused: its cases are watched but not delivered; `gc-hotfolder resume` delivers them"
@@ -547,6 +568,25 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
         }
     }
     exit::OK
+}
+
+/// The `status` line about files where case folders are expected: how many, the first few, the fix.
+fn misplaced_line(files: &[String]) -> Option<String> {
+    let (first, rest) = match files {
+        [] => return None,
+        [a, b, c, rest @ ..] => (format!("{a}, {b}, {c}"), rest.len()),
+        few => (few.join(", "), 0),
+    };
+    let more = if rest > 0 {
+        format!(" and {rest} more")
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "not delivered: {} file(s) where case folders are expected, so in no case: {first}{more}; \
+         move them into case folders (`gc-hotfolder explain` on one says where)",
+        files.len()
+    ))
 }
 
 /// `gc-hotfolder receipts`

@@ -316,3 +316,116 @@ async fn two_patients_of_one_day_at_depth_2_are_told_to_use_a_hash_title() {
         "{reason}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_where_case_folders_belong_are_reported_once_in_log_status_metrics_and_explain() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        &sb,
+        &drop,
+        None,
+        "depth = 2\ntitle = \"{hash}\"",
+    );
+    append(&cfg, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let state_dir = tmp.path().join("state");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    agent.wait_log("startup scan done", 1).await;
+
+    // An export straight into the patient folder, while the agent watches: each file is an event.
+    let patient = drop.join("P06001");
+    std::fs::create_dir_all(&patient).unwrap();
+    for i in 1..=6 {
+        std::fs::write(patient.join(format!("IM{i:04}")), vec![7u8; 300]).unwrap();
+    }
+    std::fs::write(drop.join("stray.dcm"), vec![7u8; 300]).unwrap();
+    // Two ordinary cases, one after the other: the time the second takes to settle and deliver is
+    // several quiet periods, in which a file looked at again and again would be logged again.
+    study(&drop, "P06002", "20240503", 0);
+    wait_delivered(&state_dir, 1, Duration::from_secs(60)).await;
+    study(&drop, "P06003", "20240504", 2);
+    wait_delivered(&state_dir, 2, Duration::from_secs(60)).await;
+    agent
+        .wait_log("P06001/IM0006 is a file at depth 2", 1)
+        .await;
+
+    let log = agent.log();
+    assert_eq!(
+        log.matches("cannot read the case folder").count(),
+        0,
+        "{log}"
+    );
+    for i in 1..=6 {
+        let said = format!("P06001/IM{i:04} is a file at depth 2");
+        assert_eq!(log.matches(&said).count(), 1, "{said}:\n{log}");
+    }
+
+    // status, its JSON and the metrics count the files; explain says what is wrong with one.
+    let text = status_of(&cfg, &[]).await;
+    assert!(
+        text.contains("not delivered: 7 file(s) where case folders are expected"),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&status_of(&cfg, &["--json"]).await).unwrap();
+    let listed = json[0]["misplaced"].as_array().unwrap();
+    assert_eq!(listed.len(), 7, "{json}");
+    assert!(listed.iter().any(|p| p == "P06001/IM0001"), "{json}");
+    let addr = metrics_addr(&agent).await;
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!(
+        "gc_hotfolder_misplaced_files{{folder=\"{}\"}} 7",
+        drop.display()
+    );
+    assert!(metrics.contains(&line), "{metrics}");
+    agent.stop();
+
+    let out = bin()
+        .args(["explain", "--config"])
+        .arg(&cfg)
+        .arg(patient.join("IM0001"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !said.contains("case P06001/IM0001"),
+        "a file is no case: {said}"
+    );
+    assert!(
+        said.contains("P06001/IM0001 is a file at depth 2")
+            && said.contains("P06001/<case>/IM0001"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_folder_moved_in_whole_at_depth_2_is_delivered_without_waiting_for_a_scan() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        &sb,
+        &drop,
+        None,
+        "depth = 2\ntitle = \"{hash}\"",
+    );
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    agent.wait_log("startup scan done", 1).await;
+    // Its study folder already inside: no event ever names it, only the patient folder's arrival.
+    let outside = tmp.path().join("export/P07001");
+    archive_case(&outside.join("20240601"), 0);
+    std::fs::rename(&outside, drop.join("P07001")).unwrap();
+    let r = receipt_for(&tmp.path().join("state"), "P07001/20240601").await;
+    agent.stop();
+    assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
+}
