@@ -494,14 +494,34 @@ fn rfc3339_of_unix(secs: i64) -> String {
         .unwrap_or_else(|| secs.to_string())
 }
 
+/// The status of every folder, from the journal as the agent's user opens it, or else read-only (an
+/// operator whose group may read the state folder); when neither works for lack of permission, the
+/// error says who may read it and how to let an operator group read status.
+fn status_report(config: &Config) -> Result<Vec<FolderStatus>, String> {
+    let state = &config.server.state_dir;
+    let first = match Journal::open(state).and_then(|j| folder_status(config, &j)) {
+        Ok(f) => return Ok(f),
+        Err(e) => e,
+    };
+    match Journal::open_read_only(state).and_then(|j| folder_status(config, &j)) {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            let listen = config.metrics.as_ref().map(|m| m.listen);
+            Err(match crate::access::journal_denied(state, listen) {
+                Some(d) => crate::access::journal_denied_text(&d),
+                None => format!("{first}; read-only: {e}"),
+            })
+        }
+    }
+}
+
 /// `gc-hotfolder status`
 pub fn status(args: crate::cli::StatusArgs) -> u8 {
     let config = match load(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let report = Journal::open(&config.server.state_dir).and_then(|j| folder_status(&config, &j));
-    let folders = match report {
+    let folders = match status_report(&config) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: {e}");

@@ -429,3 +429,67 @@ async fn a_patient_folder_moved_in_whole_at_depth_2_is_delivered_without_waiting
     agent.stop();
     assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_as_an_operator_says_who_may_read_the_journal_and_works_for_a_reading_group() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        eprintln!("skipped: running status as another user needs root");
+        return;
+    }
+    const OPERATOR: u32 = 65534;
+    const OPERATORS_GROUP: u32 = 4242;
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(tmp.path(), 0o755);
+    let drop = tmp.path().join("drop");
+    drop_atomically(&drop, "case-1", |d| archive_case(d, 0));
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    chmod(&cfg, 0o644);
+    let state = tmp.path().join("state");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    wait_delivered(&state, 1, Duration::from_secs(60)).await;
+    agent.stop();
+
+    // The service's journal as its user leaves it: the file private, the folder open.
+    let journal = state.join("journal.sqlite3");
+    chmod(&state, 0o755);
+    chmod(&journal, 0o600);
+    let out = as_user(OPERATOR, OPERATOR, &[])
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    for part in [
+        journal.display().to_string(),
+        "belongs to root (uid 0)".into(),
+        "runs as nobody (uid 65534)".into(),
+        "/status".into(),
+        "group-readable".into(),
+    ] {
+        assert!(said.contains(&part), "{part:?} in: {said}");
+    }
+
+    // A state folder and journal its group may read: status works for the group's members.
+    let chgrp = std::process::Command::new("chgrp")
+        .args(["-R", &OPERATORS_GROUP.to_string()])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(chgrp.success());
+    chmod(&state, 0o750);
+    chmod(&journal, 0o640);
+    let out = as_user(OPERATOR, OPERATOR, &[OPERATORS_GROUP])
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("1 delivered"), "{said}");
+}
