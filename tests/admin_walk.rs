@@ -493,3 +493,100 @@ async fn status_as_an_operator_says_who_may_read_the_journal_and_works_for_a_rea
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("1 delivered"), "{said}");
 }
+
+/// A case without an image (quarantined), dropped as `drop/<name>`, each time with other content.
+fn bad_case(drop: &Path, name: &str, n: u32) {
+    drop_atomically(drop, name, |d| {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("count.json"), n.to_string()).unwrap();
+    });
+}
+
+fn retry(cfg: &Path, case: &Path) -> (Option<i32>, String) {
+    let out = bin()
+        .args(["retry", "--config"])
+        .arg(cfg)
+        .arg(case)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_takes_the_folder_an_admin_sees_after_merging_a_case_quarantined_twice() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (drop, quarantine) = (tmp.path().join("drop"), tmp.path().join("quarantine"));
+    let cfg = write_config(
+        tmp.path(),
+        &sb,
+        &drop,
+        None,
+        &format!("quarantine = \"{}\"", quarantine.display()),
+    );
+    // A writer that stalled: each case is quarantined, then comes back with the rest of its files and
+    // is quarantined again, into a second folder.
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    for name in ["x", "y", "z"] {
+        bad_case(&drop, name, 1);
+    }
+    eventually(
+        Duration::from_secs(60),
+        "three cases quarantined",
+        async || {
+            ["x", "y", "z"]
+                .iter()
+                .all(|n| quarantine.join(n).is_dir())
+                .then_some(())
+        },
+    )
+    .await;
+    for name in ["x", "y"] {
+        bad_case(&drop, name, 2);
+    }
+    eventually(
+        Duration::from_secs(60),
+        "two quarantined again",
+        async || {
+            ["x.2", "y.2"]
+                .iter()
+                .all(|n| quarantine.join(n).is_dir())
+                .then_some(())
+        },
+    )
+    .await;
+    agent.stop();
+    // The admin merges each case's two folders into the first, and deletes z's.
+    for name in ["x", "y"] {
+        let second = quarantine.join(format!("{name}.2"));
+        for e in std::fs::read_dir(&second).unwrap() {
+            let e = e.unwrap();
+            std::fs::rename(e.path(), quarantine.join(name).join(e.file_name())).unwrap();
+        }
+        std::fs::remove_dir(&second).unwrap();
+    }
+    std::fs::remove_dir_all(quarantine.join("z")).unwrap();
+
+    // By the quarantine path an admin sees.
+    let (code, said) = retry(&cfg, &quarantine.join("x"));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("moved back"), "{said}");
+    assert!(drop.join("x/count.json").is_file() && !quarantine.join("x").exists());
+    // By its place in the drop folder, where it is not: found in the quarantine folder.
+    let (code, said) = retry(&cfg, &drop.join("y"));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        drop.join("y/count.json").is_file() && !quarantine.join("y").exists(),
+        "{said}"
+    );
+    // A case that is nowhere any more is not "requeued".
+    let (code, said) = retry(&cfg, &drop.join("z"));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        !said.contains("requeued") && said.contains("name the folder where it is now"),
+        "{said}"
+    );
+    assert!(!drop.join("z").exists());
+}
