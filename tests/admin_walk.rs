@@ -590,3 +590,130 @@ async fn retry_takes_the_folder_an_admin_sees_after_merging_a_case_quarantined_t
     );
     assert!(!drop.join("z").exists());
 }
+
+/// The sandbox as a command: started with `args`, its banner (up to "Stop with"), and the child.
+fn sandbox_command(args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = bin()
+        .arg("sandbox")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let end = line.starts_with("Stop with");
+        lines.push(line);
+        if end {
+            break;
+        }
+    }
+    (child, lines.join("\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_on_a_custom_fixture_names_its_world_and_takes_faults_as_its_help_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = tmp.path().join("my-world.toml");
+    std::fs::write(
+        &fixture,
+        r#"
+[[user]]
+username = "me"
+token = "try-it-out"
+[[user]]
+username = "colleague"
+token = "look-only"
+[[socket]]
+slug = "ct-image"
+title = "CT image"
+kind = "Image"
+super_kind = "Image"
+relative_path = "images/ct-image"
+[[socket]]
+slug = "lung-volume"
+title = "Lung volume"
+kind = "Float"
+super_kind = "Value"
+relative_path = "lung-volume.json"
+[[archive]]
+slug = "lung-ct-archive"
+title = "Lung CT"
+editors = ["me"]
+users = ["colleague"]
+[[algorithm]]
+slug = "lung-volume-estimator"
+title = "Lung volume estimator"
+users = ["me"]
+  [[algorithm.interface]]
+  inputs = ["ct-image"]
+  outputs = ["lung-volume"]
+"#,
+    )
+    .unwrap();
+    let (mut child, banner) = sandbox_command(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--fixture",
+        fixture.to_str().unwrap(),
+    ]);
+    let stop = |child: &mut std::process::Child| {
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success());
+    };
+    for part in [
+        "lung-ct-archive: Lung CT",
+        "lung-volume-estimator: ct-image → lung-volume",
+        "me (editor of lung-ct-archive; may run lung-volume-estimator): try-it-out",
+        "colleague (user of lung-ct-archive): look-only",
+    ] {
+        if !banner.contains(part) {
+            stop(&mut child);
+            panic!("{part:?} is not in the banner:\n{banner}");
+        }
+    }
+    let base = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("Grand Challenge sandbox: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let origin = base.trim_end_matches("/api/v1/").to_owned();
+
+    // The JSON body exactly as `sandbox --help` shows it.
+    let help = bin().args(["sandbox", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let body = help
+        .split("-d '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_else(|| panic!("no example body in:\n{help}"))
+        .to_owned();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let put = http
+        .put(format!("{origin}/_sandbox/faults"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = put.status();
+    let answer = put.text().await.unwrap();
+    let listed: serde_json::Value = http
+        .get(format!("{origin}/_sandbox/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stop(&mut child);
+    assert_eq!(status, 200, "{body} → {answer}");
+    let rules = listed.as_array().unwrap();
+    assert_eq!(rules.len(), 2, "{listed}");
+    assert_eq!(rules[0]["status"], 503, "{listed}");
+    assert_eq!(rules[1]["action"], "latency", "{listed}");
+}
