@@ -164,7 +164,8 @@ pub fn journal_denied(
         std::fs::File::open(p).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
     };
     let shm = journal.with_extension("sqlite3-shm");
-    if !denied(&journal) && !(shm.exists() && denied(&shm)) {
+    let shm_denied = shm.exists() && denied(&shm);
+    if !(denied(&journal) || shm_denied) {
         return None;
     }
     let blocker = first_closed(&journal).map(|s| (s.path, user_name(s.uid), s.mode & 0o7777));
