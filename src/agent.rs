@@ -256,6 +256,7 @@ pub async fn run(
         paused_folders,
         held: HashMap::new(),
         missing: HashSet::new(),
+        misplaced: watch::MisplacedFiles::default(),
         preflight: None,
         generation: 0,
         preflight_tx,
@@ -417,6 +418,8 @@ struct Loop {
     held: HashMap<PathBuf, Held>,
     /// Drop folders that could not be listed at the last scan (said once, not at every poll).
     missing: HashSet<PathBuf>,
+    /// Files lying where case folders are expected (said once each, not at every look).
+    misplaced: watch::MisplacedFiles,
     /// The task asking the platform about each folder's target and sockets, for the current config.
     preflight: Option<AbortOnDrop>,
     /// Counts configs; a verdict about an older one is ignored.
@@ -641,8 +644,9 @@ impl Loop {
                 let f = &shared.config.folders[folder];
                 let t0 = Instant::now();
                 crate::metrics::global().scanned(why.name());
-                match watch::list_cases(f) {
-                    Ok(cases) => {
+                match watch::list(f) {
+                    Ok(watch::Listing { cases, misplaced }) => {
+                        self.misplaced.scanned(f, &misplaced);
                         if self.missing.remove(&f.path) {
                             tracing::info!(folder = %f.path.display(), "the drop folder is back");
                         }
@@ -892,6 +896,12 @@ impl Loop {
                     }
                     _ => {}
                 }
+                return Ok(());
+            }
+            // A file where a case folder belongs: no case, now or later (a scan reports it again only
+            // if it comes back).
+            Err(_) if self.misplaced.is_misplaced(folder, case_dir) => {
+                self.slots.remove(case_dir);
                 return Ok(());
             }
             Err(e) => {

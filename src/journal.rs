@@ -406,6 +406,20 @@ fn kind_from_db(k: &str) -> Result<TargetKind, JournalError> {
     }
 }
 
+/// A `file:` URI for SQLite that opens `path` as immutable (characters with a meaning in URIs escaped).
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => uri.push_str(&format!("%{b:02X}")),
+            _ if b.is_ascii() => uri.push(b as char),
+            _ => uri.push_str(&format!("%{b:02X}")),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
 impl Journal {
     /// Open (or create) `<state_dir>/journal.sqlite3`.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
@@ -441,6 +455,41 @@ impl Journal {
             conn.execute_batch("ALTER TABLE cases ADD COLUMN deid_secret TEXT")
                 .map_err(err)?;
         }
+        Ok(Journal {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Open an existing journal for reading only: `status` run by an operator whom a group lets read
+    /// the state folder but not write it. While the agent runs, its `-wal` and `-shm` files exist and
+    /// SQLite reads through them. With no agent running they are gone, and a reader cannot create them
+    /// in a folder it may not write; the journal is then opened as immutable, which only means that
+    /// nothing is writing it now (a writer starting meanwhile could make this one report fail, never
+    /// the journal).
+    pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
+        use rusqlite::OpenFlags;
+        let path = state_dir.join("journal.sqlite3");
+        let err = |source| JournalError::Open {
+            path: path.clone(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let readable = |conn: &Connection| {
+            conn.query_row("SELECT COUNT(*) FROM cases", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+        };
+        let conn = Connection::open_with_flags(&path, flags).map_err(err)?;
+        let conn = match readable(&conn) {
+            Ok(()) => conn,
+            Err(e) if path.with_extension("sqlite3-wal").exists() => return Err(err(e)),
+            Err(_) => {
+                let conn = Connection::open_with_flags(immutable_uri(&path), flags).map_err(err)?;
+                readable(&conn).map_err(err)?;
+                conn
+            }
+        };
         Ok(Journal {
             conn: Mutex::new(conn),
         })

@@ -173,6 +173,19 @@ impl Metrics {
             );
         }
 
+        out.family(
+            "gc_hotfolder_misplaced_files",
+            "gauge",
+            "Files lying where a drop folder expects case folders: in no case, never delivered.",
+        );
+        for f in folders {
+            out.sample(
+                "gc_hotfolder_misplaced_files",
+                &[("folder", &f.folder)],
+                f.misplaced.len() as f64,
+            );
+        }
+
         let live = self.live();
         out.single(
             "gc_hotfolder_cases_pending",
@@ -411,6 +424,7 @@ mod tests {
             target_paused: None,
             held: paused.then(|| ("2026-01-01T00:00:00Z".into(), "socket x".into())),
             missing: None,
+            misplaced: vec![],
         }
     }
 

@@ -807,8 +807,23 @@ fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
         );
         assert_eq!(verdicts[name], "ok", "{name} ({how})");
         let dst = out_rs.join(name);
-        deidentify_file(procedure, &uids, &src, &dst)
+        let written = deidentify_file(procedure, &uids, &src, &dst)
             .unwrap_or_else(|e| panic!("{name} ({how}): {e}"));
+        // The identifiers titles are compared with, read from the header alone (as `check` does) and
+        // while copying, however the file is stored.
+        let expected = gc_hotfolder::deidentify::PatientIdentifiers {
+            patient_id: Some("PID-8812".into()),
+            patient_name: Some("ROE^RICHARD".into()),
+            accession_number: Some("ACC98765".into()),
+        };
+        assert!(
+            gc_hotfolder::deidentify::patient_identifiers(&src).as_ref() == Some(&expected),
+            "{name} ({how}): the identifiers read from the header"
+        );
+        assert!(
+            written.identifiers == expected,
+            "{name} ({how}): the identifiers read while copying"
+        );
         let (ts_a, meta_a, a, data_a) = read_copy(&dst);
         let (ts_b, meta_b, b, _) = read_copy(&out_py.join(name));
         assert_eq!(ts_a, ts_b, "{name} ({how}): transfer syntax");

@@ -19,7 +19,7 @@ use futures_util::future::try_join_all;
 
 use std::sync::Mutex;
 
-use crate::deidentify::{Procedure, UidMap};
+use crate::deidentify::{PatientIdentifiers, Procedure, UidMap};
 use crate::gc::models::UserUpload;
 use crate::gc::uploads::{LocalFile, ResumeFrom, UploadObserver};
 use crate::gc::verify::{Awaiting, Expectation, VerifyTiming};
@@ -177,6 +177,9 @@ pub struct Deidentified {
     pub staged: Vec<Staged>,
     /// Said at delivery, and kept in the receipt: e.g. a title that repeats a patient's ID.
     pub warnings: Vec<String>,
+    /// The patient identifiers the DICOM files held (each set once), to warn about titles that repeat
+    /// them; never written anywhere.
+    pub identifiers: Vec<PatientIdentifiers>,
     /// Every file uploaded by this delivery (relative paths), copies or not: an update sends only the
     /// sockets that changed.
     pub sent: Vec<String>,
@@ -426,8 +429,6 @@ pub fn stage(
     case_dir: &Path,
     files: &[PlannedFile],
     privacy: &Privacy,
-    title: &str,
-    case: &str,
 ) -> Result<Deidentified, DeliverError> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let procedure = Procedure::builtin().map_err(quarantine)?;
@@ -472,10 +473,9 @@ pub fn stage(
         ..Deidentified::default()
     };
     let processed = results.len();
-    let mut identifiers = Vec::new();
     for (_, r) in results {
         if let Some(s) = r? {
-            identifiers.push(s.identifiers);
+            done.identifiers.push(s.identifiers);
             done.staged.push(s.staged);
         }
     }
@@ -487,9 +487,8 @@ pub fn stage(
             files.len()
         )));
     }
-    identifiers.sort();
-    identifiers.dedup();
-    done.warnings = crate::deidentify::title_warnings(case, title, &identifiers);
+    done.identifiers.sort();
+    done.identifiers.dedup();
     Ok(done)
 }
 
@@ -656,7 +655,7 @@ fn few(paths: &[&str]) -> String {
 /// One file's copy and the patient identifiers it had.
 struct StagedFile {
     staged: Staged,
-    identifiers: (Option<String>, Option<String>),
+    identifiers: PatientIdentifiers,
 }
 
 /// The upload name of the de-identified copy of the case's `index`-th image file (in plan order): unique
@@ -705,8 +704,36 @@ fn stage_one(
             upload_name: neutral_name(index),
             sha256: written.sha256,
         },
-        identifiers: (written.patient_id, written.patient_name),
+        identifiers: written.identifiers,
     }))
+}
+
+/// Warnings for the texts of a case that leave this machine (its title, the names of its DICOM image
+/// sets) and repeat a patient identifier its DICOM files hold.
+pub fn identifier_warnings(plan: &Plan, identifiers: &[PatientIdentifiers]) -> Vec<String> {
+    use crate::deidentify::Leaving;
+    let names: Vec<(String, &str)> = plan
+        .sockets
+        .iter()
+        .filter_map(|s| match &s.source {
+            Source::DicomImageSet { image_name, .. } => Some((
+                format!("image name of socket {}", s.slug),
+                image_name.as_str(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let mut leaving = vec![Leaving {
+        what: "title",
+        setting: "title",
+        text: &plan.title,
+    }];
+    leaving.extend(names.iter().map(|(what, text)| Leaving {
+        what,
+        setting: "image_name",
+        text,
+    }));
+    crate::deidentify::title_warnings(&plan.case_path, &leaving, identifiers)
 }
 
 /// Make the de-identified copies (with `privacy`) and refuse images the platform's importer would fail,
@@ -738,13 +765,14 @@ async fn prepare(
                 privacy.staging.clone(),
                 privacy.uids.clone(),
             );
-            let (title, case) = (plan.title.clone(), plan.case.clone());
             // Reading and writing whole series is blocking work: off the async threads.
-            tokio::task::spawn_blocking(move || {
-                stage(&dir, &images, &Privacy { staging, uids }, &title, &case)
+            let mut done = tokio::task::spawn_blocking(move || {
+                stage(&dir, &images, &Privacy { staging, uids })
             })
             .await
-            .map_err(|e| quarantine(format!("de-identification failed: {e}")))??
+            .map_err(|e| quarantine(format!("de-identification failed: {e}")))??;
+            done.warnings = identifier_warnings(plan, &done.identifiers);
+            done
         }
         None => Deidentified::default(),
     };
@@ -1144,8 +1172,10 @@ async fn create_or_adopt(
         TitleClaim::TakenBy { folder, case } => {
             return Err(quarantine(format!(
                 "the title \"{title}\" in {} belongs to another case, {} in {}: two cases never \
-                 go into one item. Give them different titles (the folder's title template, e.g. \
-                 \"{{path}}\"); nothing was created on the platform",
+                 go into one item. Give them different titles with the folder's title template: \
+                 title = \"{{hash}}\" tells the cases of a drop folder apart without showing a folder \
+                 name (where several drop folders feed one target, give each its own prefix, e.g. \
+                 \"ward-a-{{hash}}\"); nothing was created on the platform",
                 target.slug,
                 crate::rules::path_text(&case),
                 folder.display()
