@@ -275,6 +275,12 @@ CREATE TABLE IF NOT EXISTS held_folders (
     since TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS awaiting (
+    case_id INTEGER PRIMARY KEY,
+    manifest_hash TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    awaiting TEXT NOT NULL
+);
 ";
 
 /// Changes to the schema of existing databases, applied in order, each once (`PRAGMA user_version`
@@ -349,6 +355,12 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 
 fn now() -> String {
     crate::receipt::now_rfc3339()
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -718,6 +730,66 @@ impl Journal {
         Ok(pks)
     }
 
+    /// The PATCH of the delivery of this manifest was answered: the case waits for the platform's imports.
+    /// What verifying needs (`awaiting`, JSON) is kept until the case is delivered or quarantined, so
+    /// that a restart, or a retry after a failure that passes, waits on instead of sending it again.
+    pub fn awaiting_import(
+        &self,
+        id: i64,
+        manifest_hash: &str,
+        awaiting: &str,
+    ) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO awaiting (case_id, manifest_hash, since_ms, awaiting)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![id, manifest_hash, unix_now_ms(), awaiting],
+        )?;
+        tx.execute(
+            "UPDATE cases SET state = 'uploading', step = 'verifying', updated = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        Journal::event(&tx, id, "verifying", Some(manifest_hash))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What the case's delivery of this manifest waits for (JSON) and how long it has waited, if its
+    /// values are set and it is not verified yet.
+    pub fn awaited(
+        &self,
+        id: i64,
+        manifest_hash: &str,
+    ) -> Result<Option<(String, std::time::Duration)>, JournalError> {
+        let row: Option<(String, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT awaiting, since_ms FROM awaiting WHERE case_id = ?1 AND manifest_hash = ?2",
+                params![id, manifest_hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(json, since)| {
+            let waited = u64::try_from(unix_now_ms() - since).unwrap_or(0);
+            (json, std::time::Duration::from_millis(waited))
+        }))
+    }
+
+    /// A wait resumed (after a restart): the case is verifying again.
+    pub fn resume_waiting(&self, id: i64) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET state = 'uploading', step = 'verifying', attempts = attempts + 1,
+             reason = NULL, updated = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        Journal::event(&tx, id, "waiting again", None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn step(&self, id: i64, step: Step) -> Result<(), JournalError> {
         let state = CaseState::Uploading { step };
         let name = state.to_db().1.unwrap_or("uploading");
@@ -746,6 +818,7 @@ impl Journal {
             params![id],
         )?;
         tx.execute("DELETE FROM uploads WHERE case_id = ?1", params![id])?;
+        tx.execute("DELETE FROM awaiting WHERE case_id = ?1", params![id])?;
         Journal::event(&tx, id, "delivered", Some(manifest_hash))?;
         let revision = tx.query_row(
             "SELECT revision FROM cases WHERE id = ?1",
@@ -764,6 +837,8 @@ impl Journal {
              job_manifest = NULL WHERE id = ?1",
             params![id, reason, now()],
         )?;
+        // A retried case is sent again: what it waited for is over.
+        tx.execute("DELETE FROM awaiting WHERE case_id = ?1", params![id])?;
         Journal::event(&tx, id, "quarantined", Some(reason))?;
         tx.commit()?;
         Ok(())
@@ -890,6 +965,7 @@ impl Journal {
         )?;
         tx.execute("DELETE FROM uploads WHERE case_id = ?1", params![id])?;
         tx.execute("DELETE FROM wakeups WHERE case_id = ?1", params![id])?;
+        tx.execute("DELETE FROM awaiting WHERE case_id = ?1", params![id])?;
         tx.execute("DELETE FROM cases WHERE id = ?1", params![id])?;
         Journal::event(&tx, id, "forgotten", None)?;
         tx.commit()?;

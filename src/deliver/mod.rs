@@ -1,4 +1,7 @@
-//! Delivery of one planned case: check → item → uploads → one PATCH → verify on the server.
+//! Delivery of one planned case: check → item → uploads → one PATCH ([`send`]), then verify on the server
+//! ([`verify`]). The two are apart so that a case waiting for the platform's import holds no upload slot:
+//! what verifying needs ([`AwaitingImport`]) is in the journal, and a restart waits on instead of sending
+//! the case again.
 //!
 //! Everything that can be checked before anything is created on the platform is checked first (sockets
 //! exist and fit their rules, every JSON value is valid for its socket's kind by the platform's built-in
@@ -13,6 +16,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use futures_util::future::try_join_all;
 
@@ -23,13 +29,15 @@ use crate::gc::models::UserUpload;
 use crate::gc::uploads::{LocalFile, ResumeFrom, UploadObserver};
 use crate::gc::verify::{Awaiting, Expectation, VerifyTiming};
 use crate::gc::{
-    Client, GcError, Item, Socket, SuperKind, Target, ValueEntry, models::ValueSource,
+    Client, GcError, Item, Socket, SuperKind, Target, ValueEntry, Verifier, models::ValueSource,
 };
 use crate::journal::{Step, TitleClaim};
 use crate::rules::{Plan, PlannedFile, Source};
 
 pub mod job;
+pub mod lanes;
 pub use job::JobDone;
+pub use lanes::Lanes;
 
 /// Value files larger than this are refused: large structured values belong in file sockets.
 pub const MAX_VALUE_FILE: u64 = 16 << 20;
@@ -55,6 +63,11 @@ pub trait Checkpoints: Send + Sync {
     /// The delivery moves on to `step`.
     fn step(&self, _step: Step) -> Result<(), String> {
         Ok(())
+    }
+    /// The PATCH was answered: the case now waits for the platform's imports. Record what verifying
+    /// needs, so that a restart waits on instead of sending the case again.
+    fn awaiting(&self, _awaiting: &AwaitingImport) -> Result<(), String> {
+        self.step(Step::Verifying)
     }
     /// An upload was created for the file at `path` (relative to the case); no part is sent yet.
     fn upload_created(&self, _path: &str, _upload: &UserUpload) -> Result<(), String> {
@@ -151,7 +164,7 @@ pub fn remove_staging(dir: &Path) {
 }
 
 /// A file that was sent as a de-identified copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Staged {
     /// Relative to the case, as in the plan.
     pub path: String,
@@ -164,7 +177,7 @@ pub struct Staged {
 }
 
 /// What de-identification did for a delivery.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Deidentified {
     /// The procedure's version, when de-identification was on.
     pub procedure: Option<String>,
@@ -184,6 +197,56 @@ pub enum ItemStart {
     New,
     /// Update this existing item (a resumed delivery, or late files in a delivered case).
     Existing(String),
+}
+
+/// Seconds a delivery spent in each phase, for the receipt: where the time went, at a glance. Phases
+/// that overlap (de-identification and upload) each count their own wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From the first sight of the case to the decision that it had stopped changing.
+    pub settle: f64,
+    /// Ready, waiting for an upload slot.
+    pub queued: f64,
+    /// Planning, hashing, the sockets looked up, values and images checked.
+    pub prechecks: f64,
+    pub deidentify: f64,
+    /// The item created (or read) and every file uploaded.
+    pub upload: f64,
+    pub patch: f64,
+    /// From the PATCH's answer until the platform showed every value (across restarts).
+    pub import_wait: f64,
+}
+
+impl Timings {
+    /// Add the time since `start` to a phase.
+    pub fn add(phase: &mut f64, start: Instant) {
+        *phase += start.elapsed().as_secs_f64();
+    }
+}
+
+/// A case whose values are set, waiting for the platform to import its files: everything verifying it
+/// needs and its receipt will say. Kept in the journal while it waits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AwaitingImport {
+    pub target: Target,
+    pub item_pk: String,
+    /// The item was created by this delivery (not an update of an earlier one).
+    pub created: bool,
+    pub expectations: Vec<Expectation>,
+    /// The case's files of each socket, named in an import failure's message.
+    pub files: Vec<(String, Vec<String>)>,
+    pub deidentified: Deidentified,
+    /// The phases up to the PATCH.
+    pub timings: Timings,
+}
+
+/// What sending a case ended with.
+#[derive(Debug)]
+pub enum Sent {
+    /// An algorithm's job, followed to its end: nothing more to wait for.
+    Done(Box<Delivered>),
+    /// An item whose values are set: [`verify`] waits for the platform's imports.
+    Awaiting(Box<AwaitingImport>),
 }
 
 /// What the platform holds after a verified delivery.
@@ -600,7 +663,9 @@ async fn prepare(
     plan: &Plan,
     routes: &[(&str, Route<'_>)],
     privacy: Option<&Privacy>,
+    timings: &mut Timings,
 ) -> Result<Deidentified, DeliverError> {
+    let t = Instant::now();
     let deidentified = match privacy {
         Some(privacy) => {
             // Only image sockets take DICOM: a file socket's .dcm is sent as it is.
@@ -624,22 +689,25 @@ async fn prepare(
         }
         None => Deidentified::default(),
     };
+    Timings::add(&mut timings.deidentify, t);
     for w in &deidentified.warnings {
         tracing::warn!(case = %plan.case_path, "{w}");
     }
+    let t = Instant::now();
     let images = images_as_sent(case_dir, routes, &deidentified.staged);
     tokio::task::spawn_blocking(move || precheck_images(&images))
         .await
         .map_err(|e| quarantine(format!("the images could not be checked: {e}")))??;
+    Timings::add(&mut timings.prechecks, t);
 
     Ok(deidentified)
 }
 
-/// Deliver `plan` (files read from `case_dir`) and verify it on the server. With `privacy`, DICOM
-/// files going to image sockets are sent as de-identified copies. A case of an algorithm folder becomes
-/// one job, whose outputs are written to `outbox`.
+/// Send `plan` (files read from `case_dir`): the item created (or updated), every file uploaded, every
+/// value set. With `privacy`, DICOM files going to image sockets are sent as de-identified copies. A case
+/// of an algorithm folder becomes one job, followed to its end, whose outputs are written to `outbox`.
 #[allow(clippy::too_many_arguments)]
-pub async fn deliver(
+pub async fn send(
     client: &Client,
     case_dir: &Path,
     plan: &Plan,
@@ -648,7 +716,9 @@ pub async fn deliver(
     cp: &dyn Checkpoints,
     privacy: Option<&Privacy>,
     outbox: Option<&Path>,
-) -> Result<Delivered, DeliverError> {
+    timings: &mut Timings,
+) -> Result<Sent, DeliverError> {
+    let t = Instant::now();
     let target = client
         .resolve_target(plan.target, &plan.target_slug)
         .await
@@ -669,7 +739,8 @@ pub async fn deliver(
             privacy,
             outbox,
         };
-        return job::deliver_job(client, run, start).await;
+        let done = job::deliver_job(client, run, start).await?;
+        return Ok(Sent::Done(Box::new(done)));
     }
 
     // Everything checkable is checked before the item exists.
@@ -683,8 +754,10 @@ pub async fn deliver(
         })?;
         routes.push((sp.slug.as_str(), route(case_dir, &socket, &sp.source)?));
     }
-    let deidentified = prepare(case_dir, plan, &routes, privacy).await?;
+    Timings::add(&mut timings.prechecks, t);
+    let deidentified = prepare(case_dir, plan, &routes, privacy, timings).await?;
 
+    let t = Instant::now();
     cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
     let (item, created) = match start {
         ItemStart::New => (
@@ -694,22 +767,70 @@ pub async fn deliver(
         ItemStart::Existing(pk) => (client.get_item(&target, &pk).await?, false),
     };
     cp.item(&item.pk).map_err(DeliverError::Checkpoint)?;
-    let sent = Sent {
+    Timings::add(&mut timings.upload, t);
+    let out = Outgoing {
         case_dir,
         routes,
         deidentified,
     };
-    match fill(client, sent, &target, &item, timing, cp).await {
+    match set_values(client, out, &target, &item, created, cp, timings).await {
         Err(DeliverError::Quarantine(reason)) => {
-            let left = left_on_platform(client, &target, &item, created).await;
+            let left = left_on_platform(client, &target, &item.pk, created).await;
             Err(DeliverError::Quarantine(format!("{reason}. {left}")))
         }
-        other => other,
+        Ok(awaiting) => Ok(Sent::Awaiting(Box::new(awaiting))),
+        Err(e) => Err(e),
     }
 }
 
+/// Wait until the platform shows every value of a case whose values were set `waited` ago, and say what
+/// the item holds. An import that failed quarantines the case, in the platform's words.
+pub async fn verify(
+    client: &Client,
+    verifier: &Verifier,
+    awaiting: AwaitingImport,
+    waited: Duration,
+    timings: &mut Timings,
+) -> Result<Delivered, DeliverError> {
+    let t = Instant::now();
+    let AwaitingImport {
+        target,
+        item_pk,
+        created,
+        expectations,
+        files,
+        deidentified,
+        timings: _,
+    } = awaiting;
+    let result = verifier
+        .await_values(&target, &item_pk, &expectations, waited)
+        .await;
+    timings.import_wait = (waited + t.elapsed()).as_secs_f64();
+    let reason = match result {
+        Ok(done) => {
+            // Every value of the item, not only the ones just sent: an update sends only what changed.
+            let sockets = done.values.iter().map(SocketResult::from).collect();
+            return Ok(Delivered {
+                item_api_url: client.item_api_url(&target, &item_pk),
+                item_pk,
+                target,
+                sockets,
+                deidentified,
+                job: None,
+            });
+        }
+        Err(GcError::ImportFailed { socket, message }) => import_failure(&socket, &message, &files),
+        Err(e) => match DeliverError::from(e) {
+            DeliverError::Quarantine(reason) => reason,
+            other => return Err(other),
+        },
+    };
+    let left = left_on_platform(client, &target, &item_pk, created).await;
+    Err(DeliverError::Quarantine(format!("{reason}. {left}")))
+}
+
 /// What goes into an item: the routes of its sockets, and the de-identified copies sent instead of files.
-struct Sent<'a> {
+struct Outgoing<'a> {
     case_dir: &'a Path,
     routes: Vec<(&'a str, Route<'a>)>,
     deidentified: Deidentified,
@@ -801,22 +922,25 @@ fn value_entries(
         .collect()
 }
 
-/// Upload the files into `item`, set every value with one PATCH and verify them on the server.
-async fn fill(
+/// Upload the files into `item` and set every value with one PATCH; return what verifying awaits.
+async fn set_values(
     client: &Client,
-    sent: Sent<'_>,
+    out: Outgoing<'_>,
     target: &Target,
     item: &Item,
-    timing: &VerifyTiming,
+    created: bool,
     cp: &dyn Checkpoints,
-) -> Result<Delivered, DeliverError> {
-    let Sent {
+    timings: &mut Timings,
+) -> Result<AwaitingImport, DeliverError> {
+    let Outgoing {
         case_dir,
         routes,
         mut deidentified,
-    } = sent;
+    } = out;
+    let t = Instant::now();
     cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
     let uploads = upload_all(client, case_dir, &routes, &mut deidentified, cp).await?;
+    Timings::add(&mut timings.upload, t);
     let mut entries = Vec::with_capacity(routes.len());
     let mut expectations = Vec::with_capacity(routes.len());
     for (entry, awaiting) in value_entries(&routes, &uploads) {
@@ -837,11 +961,12 @@ async fn fill(
     if !cp.unchanged() {
         return Err(DeliverError::Changed);
     }
+    let t = Instant::now();
     cp.step(Step::Patching).map_err(DeliverError::Checkpoint)?;
     if let Err(e) = client.patch_values(target, &item.pk, &entries).await {
         // A PATCH whose answer was lost may have been applied: its retry is then refused because the
         // uploads it names were already consumed by the first one. Only if every upload is gone is that
-        // the explanation; verification below then decides.
+        // the explanation; verification then decides.
         if !matches!(e, GcError::Rejected { .. })
             || uploads.is_empty()
             || !all_consumed(client, &uploads).await
@@ -850,37 +975,36 @@ async fn fill(
         }
         tracing::info!(item = %item.pk, "the values were already set by an earlier attempt whose answer was lost");
     }
-    cp.step(Step::Verifying).map_err(DeliverError::Checkpoint)?;
-    let done = client
-        .await_values(target, &item.pk, &expectations, timing)
-        .await
-        .map_err(|e| match e {
-            GcError::ImportFailed { socket, message } => {
-                quarantine(import_failure(&socket, &message, &routes))
-            }
-            e => e.into(),
-        })?;
-    // Every value of the item, not only the ones just sent: an update sends only what changed.
-    let sockets = done.values.iter().map(SocketResult::from).collect();
-    Ok(Delivered {
-        item_api_url: client.item_api_url(target, &item.pk),
-        item_pk: item.pk.clone(),
+    Timings::add(&mut timings.patch, t);
+    let files = routes
+        .iter()
+        .map(|(slug, r)| {
+            let paths = r.files().iter().map(|f| f.path.clone()).collect();
+            (slug.to_string(), paths)
+        })
+        .collect();
+    let awaiting = AwaitingImport {
         target: target.clone(),
-        sockets,
+        item_pk: item.pk.clone(),
+        created,
+        expectations,
+        files,
         deidentified,
-        job: None,
-    })
+        timings: *timings,
+    };
+    cp.awaiting(&awaiting).map_err(DeliverError::Checkpoint)?;
+    Ok(awaiting)
 }
 
 /// An import failure in the platform's words, with the files it concerns. The platform names no file
 /// (gc-protocol.md §6.1: the session's `error_message` only counts them), so the message names every file
 /// of the socket's import, which is one file exactly when the socket had one.
-fn import_failure(socket: &str, message: &str, routes: &[(&str, Route<'_>)]) -> String {
-    let files: Vec<&str> = routes
+fn import_failure(socket: &str, message: &str, files: &[(String, Vec<String>)]) -> String {
+    let files: Vec<&str> = files
         .iter()
-        .filter(|(slug, _)| *slug == socket)
-        .flat_map(|(_, r)| r.files())
-        .map(|f| f.path.as_str())
+        .filter(|(slug, _)| slug == socket)
+        .flat_map(|(_, fs)| fs)
+        .map(String::as_str)
         .collect();
     match files.as_slice() {
         [] => format!("socket {socket}: the import failed: {message}"),
@@ -894,14 +1018,19 @@ fn import_failure(socket: &str, message: &str, routes: &[(&str, Route<'_>)]) -> 
 }
 
 /// What a case the platform refused left behind, read back from the platform, for the receipt.
-async fn left_on_platform(client: &Client, target: &Target, item: &Item, created: bool) -> String {
+async fn left_on_platform(
+    client: &Client,
+    target: &Target,
+    item_pk: &str,
+    created: bool,
+) -> String {
     let what = if created {
         "the item created for it"
     } else {
         "its item"
     };
-    let url = client.item_api_url(target, &item.pk);
-    match client.get_item(target, &item.pk).await {
+    let url = client.item_api_url(target, item_pk);
+    match client.get_item(target, item_pk).await {
         Ok(now) if now.values.is_empty() => {
             format!("Left on the platform: {what}, {url}, which holds no values")
         }
