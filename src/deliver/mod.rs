@@ -168,6 +168,9 @@ pub fn remove_staging(dir: &Path) {
 pub struct Staged {
     /// Relative to the case, as in the plan.
     pub path: String,
+    /// Where the copy was made; removed once sent, so not kept in the journal (nor is it valid text
+    /// when a file's name is not).
+    #[serde(skip)]
     pub local: PathBuf,
     /// The name the copy is uploaded under: neutral ([`neutral_name`]), never the original's name,
     /// which may carry identifiers (a scanner's `CT.<SOP Instance UID>`, a patient's name).

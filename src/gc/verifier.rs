@@ -143,11 +143,14 @@ impl Rounds {
         }
     }
 
+    /// A new case is first looked at within the shortest pause, in any round before that: cases whose
+    /// values are set in a burst share their first round.
     fn add(&mut self, w: Waiting) {
+        let first = self.timing.first_poll;
         self.cases.push(Case {
             sessions: vec![None; w.expectations.len()],
-            due: Instant::now(),
-            pause: Duration::ZERO,
+            due: Instant::now() + first,
+            pause: first * 2,
             w,
         });
     }
