@@ -11,8 +11,10 @@
 //! Our DICOM goes de-identified (the default); gcapi sends the files as they are.
 //!
 //! Environment: `GC_BENCH_DELAYS` (seconds, default `0,5,30`), `GC_BENCH_SMALL` (cases, default 40),
-//! `GC_BENCH_LARGE` (cases, default 10), `GC_BENCH_DIR` (where the files go), and
-//! `GC_HOTFOLDER_GCAPI_PYTHON` (a python with gcapi 0.16; else a venv is made in `target/`).
+//! `GC_BENCH_LARGE` (cases, default 10; 0 leaves a shape out), `GC_BENCH_LIMITS` (lines for our
+//! config's `[limits]`, e.g. `parallel_cases = 8`, instead of the defaults), `GC_BENCH_DIR` (where the
+//! files go), and `GC_HOTFOLDER_GCAPI_PYTHON` (a python with gcapi 0.16; else a venv is made in
+//! `target/`).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -84,29 +86,37 @@ fn main() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let tmp = common::scratch_dir();
-    let shapes = [
-        write_shape(tmp.path(), "small", n_small, SMALL_RULES),
-        write_shape(tmp.path(), "large", n_large, LARGE_RULES),
-    ];
+    let shapes: Vec<Shape> = [
+        ("small", n_small, SMALL_RULES),
+        ("large", n_large, LARGE_RULES),
+    ]
+    .into_iter()
+    .filter(|(_, n, _)| *n > 0)
+    .map(|(name, n, rules)| write_shape(tmp.path(), name, n, rules))
+    .collect();
+    let limits = std::env::var("GC_BENCH_LIMITS").unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "gc-hotfolder upload (default settings) vs gcapi 0.16.1, sandbox over HTTPS, {cores} cores"
-    );
+    let settings = if limits.is_empty() {
+        "default settings".to_owned()
+    } else {
+        format!("[limits] {limits}")
+    };
+    println!("gc-hotfolder upload ({settings}) vs gcapi 0.16.1, sandbox over HTTPS, {cores} cores");
     println!("each timed until the sandbox shows every value of every case");
     println!(
-        "{:<6} {:>6} {:>6} {:>9} {:>9} {:>7} {:>9}   phase sums over the receipts (s)",
-        "shape", "cases", "import", "ours", "gcapi", "ratio", "peak RSS"
+        "{:<6} {:>6} {:>6} {:>9} {:>9} {:>7} {:>9} {:>8}   phase sums over the receipts (s)",
+        "shape", "cases", "import", "ours", "gcapi", "ratio", "peak RSS", "our CPU"
     );
     let mut run = 0;
     for delay in &delays {
         for shape in &shapes {
             run += 1;
             let dir = tmp.path().join(format!("run-{run}"));
-            let ours = run_ours(shape, *delay, &dir.join("ours"));
+            let ours = run_ours(shape, *delay, &dir.join("ours"), &limits);
             let theirs = run_gcapi(&python, shape, *delay, &dir.join("gcapi"));
             let t = &ours.sums;
             println!(
-                "{:<6} {:>6} {:>5}s {:>8.2}s {:>8.2}s {:>6.2}× {:>6} MiB   queued {:.1}, checks {:.1}, deid {:.1}, upload {:.1}, patch {:.1}, import wait {:.1}",
+                "{:<6} {:>6} {:>5}s {:>8.2}s {:>8.2}s {:>6.2}× {:>6} MiB {:>7.1}s   queued {:.1}, checks {:.1}, deid {:.1}, upload {:.1}, patch {:.1}, import wait {:.1}",
                 shape.name,
                 shape.cases.len(),
                 delay,
@@ -114,6 +124,7 @@ fn main() {
                 theirs,
                 theirs / ours.seconds,
                 ours.peak_rss_kib / 1024,
+                ours.cpu_seconds,
                 t.queued,
                 t.prechecks,
                 t.deidentify,
@@ -186,15 +197,17 @@ fn sandbox(dir: &Path, delay: u64) -> (std::process::Child, String, PathBuf) {
 struct Ours {
     seconds: f64,
     peak_rss_kib: u64,
+    /// User and system CPU time of our process.
+    cpu_seconds: f64,
     sums: Timings,
 }
 
-fn run_ours(shape: &Shape, delay: u64, dir: &Path) -> Ours {
+fn run_ours(shape: &Shape, delay: u64, dir: &Path, limits: &str) -> Ours {
     let (mut sb, base, ca) = sandbox(dir, delay);
     let config = dir.join("config.toml");
     let text = format!(
         "[server]\nurl = \"{base}\"\ntoken = \"{DEMO_TOKEN}\"\nca_cert = \"{}\"\nstate_dir = \"{}\"\n\n\
-         [[folder]]\npath = \"{}\"\narchive = \"demo-archive\"\n{}",
+         [limits]\n{limits}\n\n[[folder]]\npath = \"{}\"\narchive = \"demo-archive\"\n{}",
         ca.display(),
         dir.join("state").display(),
         shape.drop.display(),
@@ -211,7 +224,7 @@ fn run_ours(shape: &Shape, delay: u64, dir: &Path) -> Ours {
         .stderr(log)
         .spawn()
         .expect("gc-hotfolder upload");
-    let (ok, peak_rss_kib) = wait_measured(child);
+    let (ok, peak_rss_kib, cpu_seconds) = wait_measured(child);
     let seconds = t.elapsed().as_secs_f64();
     let _ = sb.kill();
     let _ = sb.wait();
@@ -233,12 +246,13 @@ fn run_ours(shape: &Shape, delay: u64, dir: &Path) -> Ours {
     Ours {
         seconds,
         peak_rss_kib,
+        cpu_seconds,
         sums,
     }
 }
 
-/// Wait for a child and return whether it succeeded and its peak RSS in KiB.
-fn wait_measured(child: std::process::Child) -> (bool, u64) {
+/// Wait for a child: whether it succeeded, its peak RSS in KiB and the CPU time it used.
+fn wait_measured(child: std::process::Child) -> (bool, u64, f64) {
     let mut status = 0;
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: wait4 on our own child's pid fills `status` and `usage`, both ours.
@@ -247,7 +261,9 @@ fn wait_measured(child: std::process::Child) -> (bool, u64) {
         usage.assume_init()
     };
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (ok, usage.ru_maxrss as u64)
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = secs(usage.ru_utime) + secs(usage.ru_stime);
+    (ok, usage.ru_maxrss as u64, cpu)
 }
 
 /// gcapi's loop over the same cases; its own measure from the first call (Python's start-up excluded).

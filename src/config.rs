@@ -1437,6 +1437,29 @@ quiet = "2s"
         assert!(parse_size("lots").is_err());
     }
     #[test]
+    fn waiting_cases_and_their_upload_records_have_limits_of_their_own() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.limits.parallel_cases, 2);
+        assert_eq!(c.limits.awaiting_import, 200);
+        assert_eq!(c.limits.pending_uploads, 1500);
+        let with = |limits: &str| {
+            parse(&GOOD.replace(
+                "\n[[folder]]",
+                &format!("\n[limits]\n{limits}\n\n[[folder]]"),
+            ))
+        };
+        let c = with("awaiting_import = 500\npending_uploads = 1800").unwrap();
+        assert_eq!(
+            (c.limits.awaiting_import, c.limits.pending_uploads),
+            (500, 1800)
+        );
+        let e = with("awaiting_import = 0").unwrap_err().to_string();
+        assert!(
+            e.contains("limits.awaiting_import: must be a whole number from 1 to 100000"),
+            "{e}"
+        );
+    }
+    #[test]
     fn the_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
