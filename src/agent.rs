@@ -1651,23 +1651,19 @@ pub(crate) async fn send_recorded(
     };
     let (send, start) = what_to_send(run);
     tracing::debug!(case = %rec.case_text(), resuming, "attempt recorded");
-    let privacy = privacy(run)?;
-    let result = crate::deliver::send(
-        run.client,
-        run.case_dir,
-        &send,
-        start,
-        run.verify,
-        &cp,
-        privacy.as_ref(),
-        run.folder.outbox.as_deref(),
-        timings,
-    )
-    .await;
-    // The copies are made again, byte for byte, by any later attempt: none is kept on disk.
-    if let Some(p) = &privacy {
-        crate::deliver::remove_staging(&p.staging);
-    }
+    // De-identified copies and the ZIPs of series are made here, and again, byte for byte, by any
+    // later attempt: none is kept on disk.
+    let staging = run.state_dir.join("staging").join(rec.id.to_string());
+    let privacy = privacy(run, &staging)?;
+    let local = crate::deliver::Local {
+        case_dir: run.case_dir,
+        privacy: privacy.as_ref(),
+        staging: Some(&staging),
+        outbox: run.folder.outbox.as_deref(),
+    };
+    let result =
+        crate::deliver::send(run.client, local, &send, start, run.verify, &cp, timings).await;
+    crate::deliver::remove_staging(&staging);
     Ok(result.map(|sent| match sent {
         Sent::Done(d) => Recorded::Done(d),
         Sent::Awaiting(a) => Recorded::Awaiting(a, Duration::ZERO),
@@ -1725,7 +1721,7 @@ fn what_to_send(run: &CaseRun<'_>) -> (rules::Plan, ItemStart) {
 
 /// DICOM goes out de-identified, with UIDs from the case's own secret in the journal, so that a resumed
 /// attempt (of the agent or of `upload`) sends the same bytes.
-fn privacy(run: &CaseRun<'_>) -> Result<Option<Privacy>, JournalError> {
+fn privacy(run: &CaseRun<'_>, staging: &Path) -> Result<Option<Privacy>, JournalError> {
     if !run.folder.deidentify {
         return Ok(None);
     }
@@ -1734,7 +1730,7 @@ fn privacy(run: &CaseRun<'_>) -> Result<Option<Privacy>, JournalError> {
     let uids = UidMap::from_hex(&secret)
         .ok_or_else(|| JournalError::Corrupt(format!("case {id}: bad de-identification secret")))?;
     Ok(Some(Privacy {
-        staging: run.state_dir.join("staging").join(id.to_string()),
+        staging: staging.to_owned(),
         uids,
     }))
 }

@@ -2,7 +2,8 @@
 //!
 //! Every step of a delivery is written here (SQLite, WAL, synchronous commits) before it starts and after it
 //! ends, so a `kill -9` at any instant leaves enough behind to finish the case exactly once: which item
-//! was (maybe) created, which uploads exist and which of their parts are done, whether the PATCH went out.
+//! was (maybe) created, which uploads exist and which of their parts are done, whether the PATCH went out,
+//! and, once it was answered, what the case waits for, so that a restart waits on.
 //!
 //! It is also where the other processes meet the agent, since they cannot reach its memory: `pause`,
 //! `resume` and `retry` leave requests here that the agent reads every few seconds, and `status` reads
@@ -1264,6 +1265,42 @@ impl RawRow {
 mod tests {
     use super::*;
     use std::ffi::OsStr;
+
+    #[test]
+    fn what_a_case_waits_for_is_kept_for_its_content_until_it_is_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let id = j.discover(Path::new("/drop"), Path::new("p1")).unwrap().id;
+        assert!(j.awaited(id, "m1").unwrap().is_none());
+        j.awaiting_import(id, "m1", "{\"item_pk\": \"i\"}").unwrap();
+        let c = j.by_id(id).unwrap().unwrap();
+        assert_eq!(
+            c.state,
+            CaseState::Uploading {
+                step: Step::Verifying
+            }
+        );
+        // After a crash (a fresh connection), and after a failure that passes, it still waits.
+        let j = Journal::open(dir.path()).unwrap();
+        j.postpone(id, "the platform is unavailable").unwrap();
+        let (json, waited) = j.awaited(id, "m1").unwrap().unwrap();
+        assert_eq!(json, "{\"item_pk\": \"i\"}");
+        assert!(waited < std::time::Duration::from_secs(60));
+        // Other content of the case is sent anew.
+        assert!(j.awaited(id, "m2").unwrap().is_none());
+        j.resume_waiting(id).unwrap();
+        assert_eq!(j.by_id(id).unwrap().unwrap().attempts, 1);
+        // Verified or quarantined, nothing is awaited any more.
+        j.quarantined(id, "the import failed").unwrap();
+        assert!(j.awaited(id, "m1").unwrap().is_none());
+        j.awaiting_import(id, "m1", "{}").unwrap();
+        let manifest = crate::rules::Manifest {
+            hash: "m1".into(),
+            entries: vec![],
+        };
+        j.delivered(id, &manifest).unwrap();
+        assert!(j.awaited(id, "m1").unwrap().is_none());
+    }
 
     #[test]
     fn a_delivery_walks_the_states_and_survives_reopening() {

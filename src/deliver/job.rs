@@ -279,8 +279,8 @@ impl Started<'_> {
     ) -> Result<(String, Vec<ValueEntry>), DeliverError> {
         let (client, algorithm, cp) = (self.client, self.algorithm, self.cp);
         cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
-        let uploads = upload_all(client, self.case_dir, self.routes, deidentified, cp).await?;
-        let entries: Vec<ValueEntry> = value_entries(self.routes, &uploads)
+        let uploads = upload_all(client, self.case_dir, self.routes, &[], deidentified, cp).await?;
+        let entries: Vec<ValueEntry> = value_entries(self.routes, &[], &uploads)
             .into_iter()
             .map(|(e, _)| e)
             .collect();

@@ -34,8 +34,10 @@ use crate::gc::{
 use crate::journal::{Step, TitleClaim};
 use crate::rules::{Plan, PlannedFile, Source};
 
+pub mod bundle;
 pub mod job;
 pub mod lanes;
+pub use bundle::Bundle;
 pub use job::JobDone;
 pub use lanes::Lanes;
 
@@ -145,6 +147,19 @@ impl UploadObserver for FileObserver<'_> {
     fn progress(&self, bytes: u64) {
         self.cp.progress(bytes);
     }
+}
+
+/// Where a delivery reads and writes on this machine. (No `Debug`: the UID map is a secret.)
+#[derive(Clone, Copy)]
+pub struct Local<'a> {
+    pub case_dir: &'a Path,
+    /// De-identification of DICOM files, when it is on.
+    pub privacy: Option<&'a Privacy>,
+    /// Where files made for sending go (the ZIP of a series, see [`bundle`]); the caller removes it
+    /// afterwards. Without one, every file is sent on its own.
+    pub staging: Option<&'a Path>,
+    /// An algorithm folder's outbox.
+    pub outbox: Option<&'a Path>,
 }
 
 /// De-identification of a case's DICOM files: where the copies go and the case's UID map.
@@ -709,18 +724,21 @@ async fn prepare(
 /// Send `plan` (files read from `case_dir`): the item created (or updated), every file uploaded, every
 /// value set. With `privacy`, DICOM files going to image sockets are sent as de-identified copies. A case
 /// of an algorithm folder becomes one job, followed to its end, whose outputs are written to `outbox`.
-#[allow(clippy::too_many_arguments)]
 pub async fn send(
     client: &Client,
-    case_dir: &Path,
+    local: Local<'_>,
     plan: &Plan,
     start: ItemStart,
     timing: &VerifyTiming,
     cp: &dyn Checkpoints,
-    privacy: Option<&Privacy>,
-    outbox: Option<&Path>,
     timings: &mut Timings,
 ) -> Result<Sent, DeliverError> {
+    let Local {
+        case_dir,
+        privacy,
+        staging,
+        outbox,
+    } = local;
     let t = Instant::now();
     let target = client
         .resolve_target(plan.target, &plan.target_slug)
@@ -761,6 +779,10 @@ pub async fn send(
     let deidentified = prepare(case_dir, plan, &routes, privacy, timings).await?;
 
     let t = Instant::now();
+    let bundles = match staging {
+        Some(dir) => bundle_series(dir, case_dir, &routes, &deidentified.staged).await?,
+        None => vec![],
+    };
     cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
     let (item, created) = match start {
         ItemStart::New => (
@@ -774,6 +796,7 @@ pub async fn send(
     let out = Outgoing {
         case_dir,
         routes,
+        bundles,
         deidentified,
     };
     match set_values(client, out, &target, &item, created, cp, timings).await {
@@ -836,15 +859,19 @@ pub async fn verify(
 struct Outgoing<'a> {
     case_dir: &'a Path,
     routes: Vec<(&'a str, Route<'a>)>,
+    /// Image sockets whose files go as one ZIP.
+    bundles: Vec<Bundle>,
     deidentified: Deidentified,
 }
 
-/// Upload every file of every socket (the de-identified copy where there is one), all at once: the
-/// client bounds files and parts in flight. Returns each file's upload, by its path in the case.
+/// Upload every file of every socket (the de-identified copy where there is one; a socket's ZIP instead
+/// of its files where it has one), all at once: the client bounds files and parts in flight. Returns
+/// each upload by its key: a file's path in the case, or the ZIP's [`Bundle::key`].
 async fn upload_all(
     client: &Client,
     case_dir: &Path,
     routes: &[(&str, Route<'_>)],
+    bundles: &[Bundle],
     deidentified: &mut Deidentified,
     cp: &dyn Checkpoints,
 ) -> Result<Vec<(String, UserUpload)>, DeliverError> {
@@ -853,47 +880,104 @@ async fn upload_all(
         .iter()
         .map(|s| (s.path.as_str(), s))
         .collect();
-    let files: Vec<&PlannedFile> = routes.iter().flat_map(|(_, r)| r.files()).collect();
-    let failed = Mutex::new(None);
-    let uploads = try_join_all(files.iter().map(|f| {
-        let local = match sent_from.get(f.path.as_str()) {
-            Some(s) => LocalFile {
-                path: s.local.clone(),
-                filename: s.upload_name.clone(),
-            },
-            None => LocalFile {
-                path: case_dir.join(&f.rel),
-                filename: f.upload_name.clone(),
-            },
+    let bundled = |slug: &str| bundles.iter().any(|b| b.slug == slug);
+    let mut sends: Vec<(String, LocalFile)> = routes
+        .iter()
+        .filter(|(slug, _)| !bundled(slug))
+        .flat_map(|(_, r)| r.files())
+        .map(|f| {
+            let local = match sent_from.get(f.path.as_str()) {
+                Some(s) => LocalFile {
+                    path: s.local.clone(),
+                    filename: s.upload_name.clone(),
+                },
+                None => LocalFile {
+                    path: case_dir.join(&f.rel),
+                    filename: f.upload_name.clone(),
+                },
+            };
+            (f.path.clone(), local)
+        })
+        .collect();
+    sends.extend(bundles.iter().map(|b| {
+        let local = LocalFile {
+            path: b.local.clone(),
+            filename: b.filename.clone(),
         };
-        upload_one(client, local, f, cp, &failed)
-    }))
+        (b.key.clone(), local)
+    }));
+    let failed = Mutex::new(None);
+    let uploads = try_join_all(
+        sends
+            .iter()
+            .map(|(key, local)| upload_one(client, local.clone(), key, cp, &failed)),
+    )
     .await?;
     if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(DeliverError::Checkpoint(e));
     }
-    deidentified.sent = files.iter().map(|f| f.path.clone()).collect();
-    Ok(files.iter().map(|f| f.path.clone()).zip(uploads).collect())
+    deidentified.sent = routes
+        .iter()
+        .flat_map(|(_, r)| r.files())
+        .map(|f| f.path.clone())
+        .collect();
+    Ok(sends.into_iter().map(|(key, _)| key).zip(uploads).collect())
+}
+
+/// Pack the files of every image socket with many of them (as they will be sent: de-identified copies
+/// where there are) into one ZIP each, under `staging`.
+async fn bundle_series(
+    staging: &Path,
+    case_dir: &Path,
+    routes: &[(&str, Route<'_>)],
+    staged: &[Staged],
+) -> Result<Vec<Bundle>, DeliverError> {
+    let many: Vec<(String, Vec<(String, PathBuf)>)> = images_as_sent(case_dir, routes, staged)
+        .into_iter()
+        .filter(|(_, files)| files.len() >= bundle::BUNDLE_FROM)
+        .map(|(slug, files)| {
+            let members = files.into_iter().map(|(_, name, local)| (name, local));
+            (slug, members.collect())
+        })
+        .collect();
+    if many.is_empty() {
+        return Ok(vec![]);
+    }
+    let staging = staging.to_owned();
+    // Reading and writing whole series is blocking work: off the async threads.
+    tokio::task::spawn_blocking(move || {
+        many.iter()
+            .map(|(slug, members)| bundle::write(&staging, slug, members))
+            .collect::<std::io::Result<Vec<Bundle>>>()
+    })
+    .await
+    .map_err(|e| DeliverError::Local(format!("packing a series failed: {e}")))?
+    .map_err(|e| DeliverError::Local(format!("cannot pack a series into a ZIP: {e}")))
 }
 
 /// The `values` entry of every socket, naming the uploads of its files, with what verifying it awaits.
 fn value_entries(
     routes: &[(&str, Route<'_>)],
+    bundles: &[Bundle],
     uploads: &[(String, UserUpload)],
 ) -> Vec<(ValueEntry, Awaiting)> {
-    let url_of = |f: &PlannedFile| -> String {
+    let url_by_key = |key: &str| -> String {
         uploads
             .iter()
-            .find(|(path, _)| *path == f.path)
+            .find(|(k, _)| k == key)
             .map(|(_, u)| u.api_url.clone())
             .unwrap_or_default()
     };
+    let url_of = |f: &PlannedFile| url_by_key(&f.path);
     routes
         .iter()
         .map(|(slug, r)| {
             let (source, awaiting) = match r {
                 Route::Image(fs) => {
-                    let urls: Vec<String> = fs.iter().map(url_of).collect();
+                    let urls: Vec<String> = match bundles.iter().find(|b| b.slug == *slug) {
+                        Some(b) => vec![url_by_key(&b.key)],
+                        None => fs.iter().map(url_of).collect(),
+                    };
                     (
                         ValueSource::UserUploads(urls.clone()),
                         Awaiting::Image { uploads: urls },
@@ -938,15 +1022,16 @@ async fn set_values(
     let Outgoing {
         case_dir,
         routes,
+        bundles,
         mut deidentified,
     } = out;
     let t = Instant::now();
     cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
-    let uploads = upload_all(client, case_dir, &routes, &mut deidentified, cp).await?;
+    let uploads = upload_all(client, case_dir, &routes, &bundles, &mut deidentified, cp).await?;
     Timings::add(&mut timings.upload, t);
     let mut entries = Vec::with_capacity(routes.len());
     let mut expectations = Vec::with_capacity(routes.len());
-    for (entry, awaiting) in value_entries(&routes, &uploads) {
+    for (entry, awaiting) in value_entries(&routes, &bundles, &uploads) {
         // Values are deduplicated platform-wide: the pk may legitimately stay the same.
         let previous_pk = match awaiting {
             Awaiting::Value(_) => None,
@@ -1055,16 +1140,16 @@ async fn left_on_platform(
 async fn upload_one(
     client: &Client,
     local: LocalFile,
-    f: &PlannedFile,
+    key: &str,
     cp: &dyn Checkpoints,
     failed: &Mutex<Option<String>>,
 ) -> Result<UserUpload, GcError> {
     let observer = FileObserver {
-        path: &f.path,
+        path: key,
         cp,
         failed,
     };
-    let resume = match cp.earlier_upload(&f.path) {
+    let resume = match cp.earlier_upload(key) {
         Some(EarlierUpload::Completed { upload_pk, api_url }) => {
             match client.get_upload(&upload_pk).await? {
                 Some(u) if u.status == "Completed" && u.api_url == api_url => return Ok(u),
@@ -1077,7 +1162,7 @@ async fn upload_one(
     let upload = client
         .upload_file(&local, resume.as_ref(), &observer)
         .await?;
-    observer.keep(cp.upload_completed(&f.path, &upload));
+    observer.keep(cp.upload_completed(key, &upload));
     Ok(upload)
 }
 
