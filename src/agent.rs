@@ -1352,7 +1352,10 @@ impl Delivery {
             return Ok(Done::Unchanged);
         }
         timings.prechecks = started.1.elapsed().as_secs_f64();
-        let _records = sh.lanes.records(manifest.entries.len()).await;
+        let _records = sh
+            .lanes
+            .records(crate::deliver::bundle::uploads(&plan))
+            .await;
         tracing::info!(case = %self.case, files = manifest.entries.len(), "delivering");
         let case = CaseRun {
             client: &sh.client,

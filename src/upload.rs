@@ -266,7 +266,10 @@ async fn upload_case(sh: &Shared<'_>, case_arg: PathBuf) -> CaseOutcome {
         };
     }
     timings.prechecks = started.1.elapsed().as_secs_f64();
-    let _records = sh.lanes.records(manifest.entries.len()).await;
+    let _records = sh
+        .lanes
+        .records(crate::deliver::bundle::uploads(&plan))
+        .await;
     let total: u64 = manifest.entries.iter().map(|e| e.size).sum();
     let bar = bars.map(|m| {
         let b = m.add(ProgressBar::new(total));

@@ -33,6 +33,22 @@ impl Bundle {
     }
 }
 
+/// The upload records a plan holds on the platform until its imports consume them: one per file, but
+/// one for the files of a socket that go as a ZIP. Files of a socket that is not an image go one by
+/// one, and a socket taking many files is an image (a file socket takes one).
+pub fn uploads(plan: &crate::rules::Plan) -> usize {
+    use crate::rules::Source;
+    plan.sockets
+        .iter()
+        .map(|s| match &s.source {
+            Source::Files(files) if files.len() >= BUNDLE_FROM => 1,
+            Source::Files(files) | Source::DicomImageSet { files, .. } => files.len(),
+            Source::ValueFile(_) => 1,
+            Source::Value(_) => 0,
+        })
+        .sum()
+}
+
 /// The folder of the ZIPs inside a delivery's staging folder: hidden, so no file of the case (dotfiles
 /// are never part of a case) is ever staged there.
 pub const FOLDER: &str = ".bundles";
@@ -55,8 +71,9 @@ pub fn write(staging: &Path, slug: &str, members: &[(String, PathBuf)]) -> io::R
             .map_err(io::Error::other)?;
         io::copy(&mut File::open(path)?, &mut zip)?;
     }
+    // Not synced: the archive is made again by any later attempt, so a crash can lose it.
     let file = zip.finish().map_err(io::Error::other)?;
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    file.into_inner().map_err(|e| e.into_error())?;
     Ok(Bundle {
         slug: slug.to_owned(),
         key: Bundle::key_of(slug),
