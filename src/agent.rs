@@ -3,7 +3,9 @@
 //! [`receipt`](crate::receipt) and the post-action.
 //!
 //! One task owns the per-case settle state and decides; deliveries run as separate tasks, bounded, and
-//! report back. Every decision that must survive a crash is in the journal before it takes effect, so the
+//! report back. A delivery holds an upload slot only while it prepares, uploads and sets its values; once
+//! the platform imports them it waits without one (see [`crate::deliver::lanes`]), and all waiting cases
+//! are looked at together by one [`Verifier`]. Every decision that must survive a crash is in the journal before it takes effect, so the
 //! loop can be killed at any instant and restarted with nothing lost and nothing delivered twice.
 
 use std::cmp::Reverse;
@@ -12,16 +14,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{After, AlertKind, Config, Folder, OnChange};
 use crate::deidentify::UidMap;
-use crate::deliver::{Checkpoints, DeliverError, EarlierUpload, ItemStart, Privacy, deliver};
+use crate::deliver::{
+    AwaitingImport, Checkpoints, DeliverError, Delivered, EarlierUpload, ItemStart, Lanes, Privacy,
+    Sent, Timings,
+};
 use crate::gc::models::UserUpload;
 use crate::gc::uploads::ResumeFrom;
 use crate::gc::verify::VerifyTiming;
-use crate::gc::{Client, TargetKind};
+use crate::gc::{Client, TargetKind, Verifier};
 use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, Step};
 use crate::notify::{Alert, Notifier};
 use crate::preflight::Verdict;
@@ -78,8 +84,13 @@ struct Shared {
     client: Client,
     receipts: PathBuf,
     options: AgentOptions,
-    slots: Semaphore,
+    lanes: Lanes,
+    /// Awaits the imports of every case whose values are set.
+    verifier: Verifier,
     notifier: Notifier,
+    /// Cancelled when the agent stops: a case waiting for the platform's import stops waiting at once
+    /// (the journal has what it waits for; the next start waits on).
+    stopping: CancellationToken,
 }
 
 impl Shared {
@@ -211,14 +222,17 @@ pub async fn run(
         }
     };
     let (notifier, senders) = Notifier::start(&config.notify, &journal);
+    let stopping = CancellationToken::new();
     let shared = Arc::new(Shared {
-        slots: Semaphore::new(config.limits.parallel_cases),
+        lanes: Lanes::new(&config.limits),
+        verifier: Verifier::start(client.clone(), options.verify.clone()),
         config,
         journal,
         client,
         receipts,
         options,
         notifier,
+        stopping: stopping.clone(),
     });
     if let Err(e) = shared.journal.clear_held() {
         tracing::error!("cannot clear the held folders of an earlier run: {e}");
@@ -327,6 +341,7 @@ pub async fn run(
         in_flight = loop_.tasks.len(),
         "stopping: no new cases are taken"
     );
+    stopping.cancel();
     drop(watches);
     let grace = tokio::time::sleep(loop_.shared.options.shutdown_grace);
     tokio::pin!(grace);
@@ -753,14 +768,18 @@ impl Loop {
             notifier
         };
         let _ = self.config_tx.send(Arc::new(config.clone()));
+        let options = AgentOptions::from_config(&config);
+        // Deliveries under way keep the lanes and the verifier they started with.
         let shared = Arc::new(Shared {
-            slots: Semaphore::new(config.limits.parallel_cases),
+            lanes: Lanes::new(&config.limits),
+            verifier: Verifier::start(client.clone(), options.verify.clone()),
             journal: self.shared.journal.clone(),
             receipts: config.server.state_dir.join("receipts"),
-            options: AgentOptions::from_config(&config),
+            options,
             client,
             notifier,
             config,
+            stopping: self.shared.stopping.clone(),
         });
         self.settle_rules = shared.config.folders.iter().map(SettleRules::of).collect();
         self.shared = shared;
@@ -1010,6 +1029,7 @@ impl Loop {
                     rec,
                     snapshot,
                     fp,
+                    settle: now.saturating_sub(slot.tracker.first_seen()),
                 };
                 self.tasks.spawn(task.run());
             }
@@ -1218,6 +1238,8 @@ struct Delivery {
     rec: CaseRecord,
     snapshot: Snapshot,
     fp: String,
+    /// How long the case took to settle.
+    settle: Duration,
 }
 
 impl Delivery {
@@ -1235,19 +1257,17 @@ impl Delivery {
         (case_dir, done)
     }
 
-    async fn attempt(self) -> Result<Done, JournalError> {
-        let _permit = self.shared.slots.acquire().await;
-        let sh = &self.shared;
-        let folder = &sh.config.folders[self.folder];
-        let started = (crate::receipt::now_rfc3339(), Instant::now());
-        let earlier = crate::receipt::earlier_sent(
-            &sh.journal,
-            &sh.receipts,
-            &folder.target_slug,
-            self.key(),
-            &self.rec,
-        )?;
-        let facts = |plan, manifest, attempts: i64, revision: i64| CaseFacts {
+    /// The facts of this attempt's receipt.
+    fn facts<'a>(
+        &'a self,
+        plan: Option<&'a rules::Plan>,
+        manifest: Option<&'a Manifest>,
+        attempts: i64,
+        revision: i64,
+        begun: &'a Begun,
+    ) -> CaseFacts<'a> {
+        let folder = &self.shared.config.folders[self.folder];
+        CaseFacts {
             case_dir: &self.case_dir,
             plan,
             manifest,
@@ -1267,19 +1287,27 @@ impl Delivery {
             readiness: readiness(folder),
             attempts: attempts as u32,
             revision: revision as u32,
-            started: started.clone(),
-            earlier: &earlier,
-        };
+            started: begun.at.clone(),
+            earlier: &begun.earlier,
+        }
+    }
 
+    /// Plan and hash the case: its plan and manifest, or how the attempt ended already.
+    async fn planned(
+        &self,
+        started: &Begun,
+        timings: Timings,
+    ) -> Result<Result<(rules::Plan, Manifest), Done>, JournalError> {
+        let sh = &self.shared;
+        let folder = &sh.config.folders[self.folder];
+        let (attempts, revision) = (self.rec.attempts, self.rec.revision);
         let plan = match rules::plan(folder, &self.case_dir, &self.snapshot.case_files()) {
             Ok(p) => p,
             Err(e) => {
-                let reason = e.to_string();
-                return self.quarantine(
-                    facts(None, None, self.rec.attempts, self.rec.revision),
-                    reason,
-                    None,
-                );
+                let facts = self.facts(None, None, attempts, revision, started);
+                return self
+                    .quarantine(facts, e.to_string(), None, timings)
+                    .map(Err);
             }
         };
         let hashed = {
@@ -1288,18 +1316,17 @@ impl Delivery {
         };
         let manifest = match hashed {
             Ok(Ok(h)) => Manifest::new(&plan, &h),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Done::Changed),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Err(Done::Changed));
+            }
             Ok(Err(e)) => {
                 let reason = format!("cannot read a file of the case: {e}");
-                return self.quarantine(
-                    facts(Some(&plan), None, self.rec.attempts, self.rec.revision),
-                    reason,
-                    None,
-                );
+                let facts = self.facts(Some(&plan), None, attempts, revision, started);
+                return self.quarantine(facts, reason, None, timings).map(Err);
             }
             Err(e) => {
                 tracing::error!("hashing failed: {e}");
-                return Ok(Done::Later(sh.options.retry_first));
+                return Ok(Err(Done::Later(sh.options.retry_first)));
             }
         };
         // Hashing took time: the case must not have changed meanwhile.
@@ -1309,8 +1336,36 @@ impl Delivery {
             .as_deref()
             != Some(&self.fp)
         {
-            return Ok(Done::Changed);
+            return Ok(Err(Done::Changed));
         }
+        Ok(Ok((plan, manifest)))
+    }
+
+    async fn attempt(self) -> Result<Done, JournalError> {
+        let queued = Instant::now();
+        let sh = self.shared.clone();
+        let _place = sh.lanes.case().await;
+        let slot = sh.lanes.upload().await;
+        let folder = &sh.config.folders[self.folder];
+        let mut timings = Timings {
+            settle: self.settle.as_secs_f64(),
+            queued: queued.elapsed().as_secs_f64(),
+            ..Timings::default()
+        };
+        let started = Begun {
+            at: (crate::receipt::now_rfc3339(), Instant::now()),
+            earlier: crate::receipt::earlier_sent(
+                &sh.journal,
+                &sh.receipts,
+                &folder.target_slug,
+                self.key(),
+                &self.rec,
+            )?,
+        };
+        let (plan, manifest) = match self.planned(&started, timings).await? {
+            Ok(planned) => planned,
+            Err(done) => return Ok(done),
+        };
         if self.rec.delivered_hash.as_deref() == Some(&manifest.hash) {
             // Same content as delivered (e.g. touched, or copied again): never upload it twice.
             sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
@@ -1320,33 +1375,75 @@ impl Delivery {
             tracing::info!(case = %self.case, "unchanged content: already delivered");
             return Ok(Done::Unchanged);
         }
-        let attempts = self.rec.attempts + 1;
+        timings.prechecks = started.at.1.elapsed().as_secs_f64();
+        let _records = sh
+            .lanes
+            .records(crate::deliver::bundle::uploads(&plan))
+            .await;
         tracing::info!(case = %self.case, files = manifest.entries.len(), "delivering");
-        match attempt_recorded(
-            &sh.client,
-            &sh.journal,
+        let case = CaseRun {
+            client: &sh.client,
+            journal: &sh.journal,
             folder,
-            &sh.config.server.state_dir,
-            &self.rec,
-            &self.case_dir,
-            &plan,
-            &manifest,
-            &self.fp,
-            &sh.options.verify,
-            Progress::default(),
-        )
-        .await?
-        {
-            Ok(d) => {
-                let receipt = Receipt::delivered(
-                    facts(
-                        Some(&plan),
-                        Some(&manifest),
-                        attempts,
-                        self.rec.revision + 1,
-                    ),
-                    &d,
+            state_dir: &sh.config.server.state_dir,
+            rec: &self.rec,
+            case_dir: &self.case_dir,
+            plan: &plan,
+            manifest: &manifest,
+            fingerprint: &self.fp,
+            verify: &sh.options.verify,
+            progress: Progress::default(),
+        };
+        let sent = send_recorded(&case, &mut timings).await?;
+        // Waiting for the platform's import is not work: the next case may upload meanwhile.
+        drop(slot);
+        let result = match sent {
+            Ok(Recorded::Done(d)) => Ok(*d),
+            Ok(Recorded::Awaiting(awaiting, waited)) => {
+                let cp = waiting_checkpoints(&case);
+                let timing = folder_timing(&case);
+                let waiting = crate::deliver::verify(
+                    &sh.client,
+                    &sh.verifier,
+                    (*awaiting, waited),
+                    &timing,
+                    &cp,
+                    &mut timings,
                 );
+                tokio::select! {
+                    r = waiting => r,
+                    // The journal has what the case waits for: the next start waits on.
+                    () = sh.stopping.cancelled() => return Ok(Done::Later(sh.options.retry_first)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        self.outcome(result, &plan, &manifest, &started, timings)
+    }
+
+    /// Receipts, journal and post-action after an attempt that reached the platform.
+    fn outcome(
+        &self,
+        result: Result<Delivered, DeliverError>,
+        plan: &rules::Plan,
+        manifest: &Manifest,
+        started: &Begun,
+        timings: Timings,
+    ) -> Result<Done, JournalError> {
+        let sh = &self.shared;
+        let folder = &sh.config.folders[self.folder];
+        let attempts = self.rec.attempts + 1;
+        match result {
+            Ok(d) => {
+                let facts = self.facts(
+                    Some(plan),
+                    Some(manifest),
+                    attempts,
+                    self.rec.revision + 1,
+                    started,
+                );
+                let mut receipt = Receipt::delivered(facts, &d);
+                receipt.timings = Some(timings);
                 // The receipt first: a crash before the journal says "delivered" only repeats the
                 // delivery into the same item, while the other order could lose the receipt.
                 if let Err(e) = crate::receipt::write(&sh.receipts, self.key(), &receipt) {
@@ -1354,7 +1451,7 @@ impl Delivery {
                     return Ok(Done::Later(sh.options.retry_first));
                 }
                 sh.journal
-                    .delivered_sent(self.rec.id, &manifest, &receipt.sent_files())?;
+                    .delivered_sent(self.rec.id, manifest, &receipt.sent_files())?;
                 tracing::info!(case = %self.case, item = %d.item_pk, "delivered and verified");
                 if !plan.unmatched.is_empty() {
                     tracing::warn!(
@@ -1376,18 +1473,30 @@ impl Delivery {
                         api_url: item_url(&sh.client, folder, &pk),
                         pk,
                     });
-                self.quarantine(
-                    facts(Some(&plan), Some(&manifest), attempts, self.rec.revision),
-                    reason,
-                    item,
-                )
+                let facts = self.facts(
+                    Some(plan),
+                    Some(manifest),
+                    attempts,
+                    self.rec.revision,
+                    started,
+                );
+                self.quarantine(facts, reason, item, timings)
             }
-            Err(DeliverError::Changed) => {
+            Err(e) => self.postponed(e, attempts),
+        }
+    }
+
+    /// An attempt that can be repeated: when, and what the journal says meanwhile.
+    fn postponed(&self, e: DeliverError, attempts: i64) -> Result<Done, JournalError> {
+        let sh = &self.shared;
+        let folder = &sh.config.folders[self.folder];
+        match e {
+            DeliverError::Changed => {
                 sh.journal
                     .postpone(self.rec.id, "the case changed during upload")?;
                 Ok(Done::Changed)
             }
-            Err(DeliverError::Auth(e)) => {
+            DeliverError::Auth(e) => {
                 let why = format!(
                     "the platform refused the token for {} {}: {e}",
                     kind_name(folder.target),
@@ -1401,22 +1510,23 @@ impl Delivery {
                     why,
                 ))
             }
-            Err(DeliverError::Later(e)) => {
+            DeliverError::Later(e) => {
                 crate::metrics::global().delivery_retried(e.class());
                 let wait = backoff(&sh.options, attempts);
                 tracing::warn!(case = %self.case, retry_in = ?wait, "{e}");
                 sh.journal.postpone(self.rec.id, &e.to_string())?;
                 Ok(Done::Later(wait))
             }
-            Err(DeliverError::Checkpoint(e)) => {
+            DeliverError::Checkpoint(e) => {
                 tracing::error!(case = %self.case, "{e}");
                 Ok(Done::Later(sh.options.retry_first))
             }
-            Err(DeliverError::Local(e)) => {
+            DeliverError::Local(e) => {
                 tracing::warn!(case = %self.case, "{e}");
                 sh.journal.postpone(self.rec.id, &e)?;
                 Ok(Done::Later(sh.options.retry_first))
             }
+            DeliverError::Quarantine(_) => Ok(Done::Later(sh.options.retry_first)),
         }
     }
 
@@ -1425,11 +1535,13 @@ impl Delivery {
         facts: CaseFacts<'_>,
         reason: String,
         item: Option<ItemRef>,
+        timings: Timings,
     ) -> Result<Done, JournalError> {
         let sh = &self.shared;
         let folder = &sh.config.folders[self.folder];
         tracing::warn!(case = %self.case, "quarantined: {reason}");
-        let receipt = Receipt::quarantined(facts, reason.clone(), item);
+        let mut receipt = Receipt::quarantined(facts, reason.clone(), item);
+        receipt.timings = Some(timings);
         if let Err(e) = crate::receipt::write(&sh.receipts, self.key(), &receipt) {
             tracing::error!(case = %self.case, "cannot write the receipt: {e}");
         }
@@ -1512,35 +1624,54 @@ pub(crate) struct Progress<'a> {
     pub note: Option<&'a (dyn Fn(&str) + Send + Sync)>,
 }
 
-/// One attempt at delivering a planned case, recorded in the journal step by step, resuming what an
-/// interrupted attempt left: the agent's and `upload`'s, so that each knows what the other delivered.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn attempt_recorded(
-    client: &Client,
-    journal: &Journal,
-    folder: &Folder,
-    state_dir: &Path,
-    rec: &CaseRecord,
-    case_dir: &Path,
-    plan: &rules::Plan,
-    manifest: &Manifest,
-    fingerprint: &str,
-    verify: &VerifyTiming,
-    progress: Progress<'_>,
-) -> Result<Result<crate::deliver::Delivered, DeliverError>, JournalError> {
-    let verify = &VerifyTiming {
-        dicom_deadline: folder.dicom_import_deadline,
-        ..verify.clone()
-    };
+/// A planned case about to be sent, and where its progress is recorded: the agent's and `upload`'s.
+pub(crate) struct CaseRun<'a> {
+    pub client: &'a Client,
+    pub journal: &'a Journal,
+    pub folder: &'a Folder,
+    pub state_dir: &'a Path,
+    pub rec: &'a CaseRecord,
+    pub case_dir: &'a Path,
+    pub plan: &'a rules::Plan,
+    pub manifest: &'a Manifest,
+    pub fingerprint: &'a str,
+    pub verify: &'a VerifyTiming,
+    /// Bytes sent and notes, for a progress bar.
+    pub progress: Progress<'a>,
+}
+
+/// How sending a case ended, as recorded.
+pub(crate) enum Recorded {
+    /// An algorithm's job, followed to its end.
+    Done(Box<Delivered>),
+    /// Values set `.1` ago; the platform imports them.
+    Awaiting(Box<AwaitingImport>, Duration),
+}
+
+/// Send a planned case, recorded in the journal step by step, resuming what an interrupted attempt left:
+/// a case whose values were set for this very content waits on, without sending anything again.
+pub(crate) async fn send_recorded(
+    run: &CaseRun<'_>,
+    timings: &mut Timings,
+) -> Result<Result<Recorded, DeliverError>, JournalError> {
+    let (journal, rec, manifest) = (run.journal, run.rec, run.manifest);
+    if let Some((awaiting, waited)) = resumable(journal, rec, manifest)? {
+        tracing::info!(case = %rec.case_text(), item = %awaiting.item_pk, waited = ?waited, "its values were set already: waiting for the platform's import");
+        journal.resume_waiting(rec.id)?;
+        timings.deidentify = awaiting.timings.deidentify;
+        timings.upload = awaiting.timings.upload;
+        timings.patch = awaiting.timings.patch;
+        return Ok(Ok(Recorded::Awaiting(awaiting, waited)));
+    }
     let resuming = rec.manifest_hash.as_deref() == Some(&manifest.hash);
     journal.ready(
         rec.id,
         &Planned {
             manifest_hash: &manifest.hash,
-            fingerprint,
-            title: &plan.title,
-            target_kind: plan.target,
-            target_slug: &plan.target_slug,
+            fingerprint: run.fingerprint,
+            title: &run.plan.title,
+            target_kind: run.plan.target,
+            target_slug: &run.plan.target_slug,
         },
     )?;
     journal.begin_attempt(rec.id)?;
@@ -1554,74 +1685,133 @@ pub(crate) async fn attempt_recorded(
         id: rec.id,
         manifest: &manifest.hash,
         earlier,
-        case_dir,
-        fingerprint,
-        progress,
+        case_dir: run.case_dir,
+        fingerprint: run.fingerprint,
+        progress: run.progress,
         last_note: std::sync::Mutex::new(None),
     };
-    // Late files in a delivered case: send only the sockets they touch, into the same item.
-    let delivered: Option<Manifest> = rec
-        .delivered_manifest
-        .as_deref()
-        .and_then(|j| serde_json::from_str(j).ok());
-    let (send, start) = if folder.target == TargetKind::Algorithm {
-        // A job runs on the whole case. The recorded job is followed again only for the content it was
-        // started on; changed content, or a case retried after its job failed, gets a new job.
+    let (send, start) = what_to_send(run);
+    tracing::debug!(case = %rec.case_text(), resuming, "attempt recorded");
+    // De-identified copies and the ZIPs of series are made here, and again, byte for byte, by any
+    // later attempt: none is kept on disk.
+    let staging = run.state_dir.join("staging").join(rec.id.to_string());
+    let privacy = privacy(run, &staging)?;
+    let local = crate::deliver::Local {
+        case_dir: run.case_dir,
+        privacy: privacy.as_ref(),
+        staging: Some(&staging),
+        outbox: run
+            .folder
+            .outbox
+            .as_deref()
+            .map(|dir| crate::outbox::Outbox {
+                dir,
+                sharing: run.folder.sharing(),
+            }),
+    };
+    let result =
+        crate::deliver::send(run.client, local, &send, start, run.verify, &cp, timings).await;
+    crate::deliver::remove_staging(&staging);
+    Ok(result.map(|sent| match sent {
+        Sent::Done(d) => Recorded::Done(d),
+        Sent::Awaiting(a) => Recorded::Awaiting(a, Duration::ZERO),
+    }))
+}
+
+/// What the journal says this content's delivery waits for, if its values were set already.
+fn resumable(
+    journal: &Journal,
+    rec: &CaseRecord,
+    manifest: &Manifest,
+) -> Result<Option<(Box<AwaitingImport>, Duration)>, JournalError> {
+    let Some((json, waited)) = journal.awaited(rec.id, &manifest.hash)? else {
+        return Ok(None);
+    };
+    match serde_json::from_str(&json) {
+        Ok(awaiting) => Ok(Some((Box::new(awaiting), waited))),
+        Err(e) => {
+            // Written by another version: sending again is safe, only slower.
+            tracing::warn!(case = %rec.case_text(), "what the case waits for cannot be read ({e}): sending it again");
+            Ok(None)
+        }
+    }
+}
+
+/// Which sockets go, into which item. Late files in a delivered case send only the sockets they touch,
+/// into the same item; a job runs on the whole case.
+fn what_to_send(run: &CaseRun<'_>) -> (rules::Plan, ItemStart) {
+    let (rec, plan, manifest) = (run.rec, run.plan, run.manifest);
+    if run.folder.target == TargetKind::Algorithm {
+        // The recorded job is followed again only for the content it was started on; changed content,
+        // or a case retried after its job failed, gets a new job.
         let start = match &rec.item_pk {
             Some(pk) if rec.job_manifest.as_deref() == Some(manifest.hash.as_str()) => {
                 ItemStart::Existing(pk.clone())
             }
             _ => ItemStart::New,
         };
-        (plan.clone(), start)
-    } else {
-        let send = match (&delivered, &rec.item_pk) {
-            (Some(before), Some(_)) => rules::changed_sockets(plan, manifest, before),
-            _ => plan.clone(),
-        };
-        let start = match &rec.item_pk {
-            Some(pk) => ItemStart::Existing(pk.clone()),
-            None => ItemStart::New,
-        };
-        (send, start)
-    };
-    tracing::debug!(case = %rec.case_text(), resuming, "attempt recorded");
-    // DICOM goes out de-identified, with UIDs from the case's own secret in the journal, so that a resumed
-    // attempt (of the agent or of `upload`) sends the same bytes.
-    let privacy = if folder.deidentify {
-        let secret = journal.deid_secret(rec.id)?;
-        let uids = UidMap::from_hex(&secret).ok_or_else(|| {
-            JournalError::Corrupt(format!("case {}: bad de-identification secret", rec.id))
-        })?;
-        Some(Privacy {
-            staging: state_dir.join("staging").join(rec.id.to_string()),
-            uids,
-        })
-    } else {
-        None
-    };
-    let result = deliver(
-        client,
-        case_dir,
-        &send,
-        start,
-        verify,
-        &cp,
-        privacy.as_ref(),
-        folder.outbox.as_deref().map(|dir| crate::outbox::Outbox {
-            dir,
-            sharing: folder.sharing(),
-        }),
-    )
-    .await;
-    // The copies are made again, byte for byte, by any later attempt: none is kept on disk.
-    if let Some(p) = &privacy {
-        crate::deliver::remove_staging(&p.staging);
+        return (plan.clone(), start);
     }
-    Ok(result)
+    let delivered: Option<Manifest> = rec
+        .delivered_manifest
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok());
+    let send = match (&delivered, &rec.item_pk) {
+        (Some(before), Some(_)) => rules::changed_sockets(plan, manifest, before),
+        _ => plan.clone(),
+    };
+    let start = match &rec.item_pk {
+        Some(pk) => ItemStart::Existing(pk.clone()),
+        None => ItemStart::New,
+    };
+    (send, start)
+}
+
+/// DICOM goes out de-identified, with UIDs from the case's own secret in the journal, so that a resumed
+/// attempt (of the agent or of `upload`) sends the same bytes.
+fn privacy(run: &CaseRun<'_>, staging: &Path) -> Result<Option<Privacy>, JournalError> {
+    if !run.folder.deidentify {
+        return Ok(None);
+    }
+    let id = run.rec.id;
+    let secret = run.journal.deid_secret(id)?;
+    let uids = UidMap::from_hex(&secret)
+        .ok_or_else(|| JournalError::Corrupt(format!("case {id}: bad de-identification secret")))?;
+    Ok(Some(Privacy {
+        staging: staging.to_owned(),
+        uids,
+    }))
 }
 
 /// The journal as a delivery's checkpoints (the agent's and `upload`'s).
+/// When an attempt began, and what earlier revisions sent (for its receipts).
+struct Begun {
+    at: (String, Instant),
+    earlier: Vec<crate::receipt::SentFile>,
+}
+
+/// Checkpoints for the wait after the values were set: only its notes are written.
+pub(crate) fn waiting_checkpoints<'a>(run: &CaseRun<'a>) -> JournalCheckpoints<'a> {
+    JournalCheckpoints {
+        journal: run.journal,
+        id: run.rec.id,
+        manifest: &run.manifest.hash,
+        earlier: vec![],
+        case_dir: run.case_dir,
+        fingerprint: run.fingerprint,
+        progress: run.progress,
+        last_note: std::sync::Mutex::new(None),
+    }
+}
+
+/// The agent's verification timing with the folder's own deadline for DICOM image sets.
+pub(crate) fn folder_timing(run: &CaseRun<'_>) -> VerifyTiming {
+    VerifyTiming {
+        dicom_deadline: run.folder.dicom_import_deadline,
+        ..run.verify.clone()
+    }
+}
+
 pub(crate) struct JournalCheckpoints<'a> {
     pub journal: &'a Journal,
     pub id: i64,
@@ -1661,6 +1851,13 @@ impl Checkpoints for JournalCheckpoints<'_> {
     }
     fn step(&self, step: Step) -> Result<(), String> {
         self.journal.step(self.id, step).map_err(|e| e.to_string())
+    }
+    /// Where a case starts waiting for the platform's import: the journal keeps what it waits for.
+    fn awaiting(&self, awaiting: &AwaitingImport) -> Result<(), String> {
+        let json = serde_json::to_string(awaiting).map_err(|e| e.to_string())?;
+        self.journal
+            .awaiting_import(self.id, self.manifest, &json)
+            .map_err(|e| e.to_string())
     }
     fn upload_created(&self, path: &str, u: &UserUpload) -> Result<(), String> {
         self.journal

@@ -152,7 +152,14 @@ pub struct Server {
 /// How hard to push the platform and the disks.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Cases being prepared and uploaded at once.
     pub parallel_cases: usize,
+    /// Cases delivered at once in all: uploading, or uploaded and waiting for the platform's import,
+    /// which costs a timer and a journal row, not an upload slot.
+    pub awaiting_import: usize,
+    /// Upload records the platform may hold for cases not verified yet (it refuses new uploads
+    /// beyond 2000 per user; an upload is consumed once imported).
+    pub pending_uploads: usize,
     pub parallel_files: usize,
     pub parallel_parts: usize,
     pub part_size: u64,
@@ -357,6 +364,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     parallel_cases: Option<Spanned<i64>>,
+    awaiting_import: Option<Spanned<i64>>,
+    pending_uploads: Option<Spanned<i64>>,
     parallel_files: Option<Spanned<i64>>,
     parallel_parts: Option<Spanned<i64>>,
     part_size: Option<Spanned<String>>,
@@ -769,10 +778,37 @@ fn positive(
     }
 }
 
+/// Cases delivered at once, most of them waiting for the platform's import.
+pub const DEFAULT_AWAITING_IMPORT: usize = 200;
+/// Upload records held for unverified cases: the platform's 2000 per user, less room for other clients
+/// of the same account and for uploads that failed imports leave behind.
+pub const DEFAULT_PENDING_UPLOADS: usize = 1500;
+
+/// A whole number from 1 to `max`.
+fn within(
+    loc: &Locator,
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    default: usize,
+    max: i64,
+) -> Result<usize, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
+        Some(n) => Err(loc.err(
+            n.span(),
+            key,
+            format!("must be a whole number from 1 to {max}"),
+        )),
+    }
+}
+
 fn validate_limits(loc: &Locator, l: Option<&RawLimits>) -> Result<Limits, ConfigError> {
     let Some(l) = l else {
         return Ok(Limits {
             parallel_cases: 2,
+            awaiting_import: DEFAULT_AWAITING_IMPORT,
+            pending_uploads: DEFAULT_PENDING_UPLOADS,
             parallel_files: 4,
             parallel_parts: 8,
             part_size: 32 << 20,
@@ -795,6 +831,20 @@ fn validate_limits(loc: &Locator, l: Option<&RawLimits>) -> Result<Limits, Confi
     };
     Ok(Limits {
         parallel_cases: positive(loc, &l.parallel_cases, "limits.parallel_cases", 2)?,
+        awaiting_import: within(
+            loc,
+            &l.awaiting_import,
+            "limits.awaiting_import",
+            DEFAULT_AWAITING_IMPORT,
+            100_000,
+        )?,
+        pending_uploads: within(
+            loc,
+            &l.pending_uploads,
+            "limits.pending_uploads",
+            DEFAULT_PENDING_UPLOADS,
+            1_000_000,
+        )?,
         parallel_files: positive(loc, &l.parallel_files, "limits.parallel_files", 4)?,
         parallel_parts: positive(loc, &l.parallel_parts, "limits.parallel_parts", 8)?,
         part_size,
@@ -1483,6 +1533,29 @@ quiet = "2s"
         assert_eq!(parse_size("5 MB"), Ok(5_000_000));
         assert_eq!(parse_size("7"), Ok(7));
         assert!(parse_size("lots").is_err());
+    }
+    #[test]
+    fn waiting_cases_and_their_upload_records_have_limits_of_their_own() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.limits.parallel_cases, 2);
+        assert_eq!(c.limits.awaiting_import, 200);
+        assert_eq!(c.limits.pending_uploads, 1500);
+        let with = |limits: &str| {
+            parse(&GOOD.replace(
+                "\n[[folder]]",
+                &format!("\n[limits]\n{limits}\n\n[[folder]]"),
+            ))
+        };
+        let c = with("awaiting_import = 500\npending_uploads = 1800").unwrap();
+        assert_eq!(
+            (c.limits.awaiting_import, c.limits.pending_uploads),
+            (500, 1800)
+        );
+        let e = with("awaiting_import = 0").unwrap_err().to_string();
+        assert!(
+            e.contains("limits.awaiting_import: must be a whole number from 1 to 100000"),
+            "{e}"
+        );
     }
     #[test]
     fn the_example_config_is_valid() {

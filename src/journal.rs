@@ -2,7 +2,8 @@
 //!
 //! Every step of a delivery is written here (SQLite, WAL, synchronous commits) before it starts and after it
 //! ends, so a `kill -9` at any instant leaves enough behind to finish the case exactly once: which item
-//! was (maybe) created, which uploads exist and which of their parts are done, whether the PATCH went out.
+//! was (maybe) created, which uploads exist and which of their parts are done, whether the PATCH went out,
+//! and, once it was answered, what the case waits for, so that a restart waits on.
 //!
 //! It is also where the other processes meet the agent, since they cannot reach its memory: `pause`,
 //! `resume` and `retry` leave requests here that the agent reads every few seconds, and `status` reads
@@ -305,6 +306,12 @@ CREATE TABLE IF NOT EXISTS held_folders (
     since TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS awaiting (
+    case_id INTEGER PRIMARY KEY,
+    manifest_hash TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    awaiting TEXT NOT NULL
+);
 ";
 
 /// Changes to the schema of existing databases, applied in order, each once (`PRAGMA user_version`
@@ -379,6 +386,12 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 
 fn now() -> String {
     crate::receipt::now_rfc3339()
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -807,6 +820,66 @@ impl Journal {
         Ok(pks)
     }
 
+    /// The PATCH of the delivery of this manifest was answered: the case waits for the platform's imports.
+    /// What verifying needs (`awaiting`, JSON) is kept until the case is delivered or quarantined, so
+    /// that a restart, or a retry after a failure that passes, waits on instead of sending it again.
+    pub fn awaiting_import(
+        &self,
+        id: i64,
+        manifest_hash: &str,
+        awaiting: &str,
+    ) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO awaiting (case_id, manifest_hash, since_ms, awaiting)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![id, manifest_hash, unix_now_ms(), awaiting],
+        )?;
+        tx.execute(
+            "UPDATE cases SET state = 'uploading', step = 'verifying', updated = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        Journal::event(&tx, id, "verifying", Some(manifest_hash))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What the case's delivery of this manifest waits for (JSON) and how long it has waited, if its
+    /// values are set and it is not verified yet.
+    pub fn awaited(
+        &self,
+        id: i64,
+        manifest_hash: &str,
+    ) -> Result<Option<(String, std::time::Duration)>, JournalError> {
+        let row: Option<(String, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT awaiting, since_ms FROM awaiting WHERE case_id = ?1 AND manifest_hash = ?2",
+                params![id, manifest_hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(json, since)| {
+            let waited = u64::try_from(unix_now_ms() - since).unwrap_or(0);
+            (json, std::time::Duration::from_millis(waited))
+        }))
+    }
+
+    /// A wait resumed (after a restart): the case is verifying again.
+    pub fn resume_waiting(&self, id: i64) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET state = 'uploading', step = 'verifying', attempts = attempts + 1,
+             reason = NULL, updated = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        Journal::event(&tx, id, "waiting again", None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn step(&self, id: i64, step: Step) -> Result<(), JournalError> {
         let state = CaseState::Uploading { step };
         let name = state.to_db().1.unwrap_or("uploading");
@@ -877,6 +950,7 @@ impl Journal {
             params![id],
         )?;
         tx.execute("DELETE FROM uploads WHERE case_id = ?1", params![id])?;
+        tx.execute("DELETE FROM awaiting WHERE case_id = ?1", params![id])?;
         Journal::event(&tx, id, "delivered", Some(manifest_hash))?;
         let revision = tx.query_row(
             "SELECT revision FROM cases WHERE id = ?1",
@@ -895,6 +969,8 @@ impl Journal {
              job_manifest = NULL WHERE id = ?1",
             params![id, reason, now()],
         )?;
+        // A retried case is sent again: what it waited for is over.
+        tx.execute("DELETE FROM awaiting WHERE case_id = ?1", params![id])?;
         Journal::event(&tx, id, "quarantined", Some(reason))?;
         tx.commit()?;
         Ok(())
@@ -1045,6 +1121,7 @@ impl Journal {
         tx.execute("DELETE FROM uploads WHERE case_id = ?1", params![id])?;
         tx.execute("DELETE FROM wakeups WHERE case_id = ?1", params![id])?;
         tx.execute("DELETE FROM sent_files WHERE case_id = ?1", params![id])?;
+        tx.execute("DELETE FROM awaiting WHERE case_id = ?1", params![id])?;
         tx.execute("DELETE FROM cases WHERE id = ?1", params![id])?;
         Journal::event(&tx, id, "forgotten", None)?;
         tx.commit()?;
@@ -1343,6 +1420,42 @@ impl RawRow {
 mod tests {
     use super::*;
     use std::ffi::OsStr;
+
+    #[test]
+    fn what_a_case_waits_for_is_kept_for_its_content_until_it_is_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let id = j.discover(Path::new("/drop"), Path::new("p1")).unwrap().id;
+        assert!(j.awaited(id, "m1").unwrap().is_none());
+        j.awaiting_import(id, "m1", "{\"item_pk\": \"i\"}").unwrap();
+        let c = j.by_id(id).unwrap().unwrap();
+        assert_eq!(
+            c.state,
+            CaseState::Uploading {
+                step: Step::Verifying
+            }
+        );
+        // After a crash (a fresh connection), and after a failure that passes, it still waits.
+        let j = Journal::open(dir.path()).unwrap();
+        j.postpone(id, "the platform is unavailable").unwrap();
+        let (json, waited) = j.awaited(id, "m1").unwrap().unwrap();
+        assert_eq!(json, "{\"item_pk\": \"i\"}");
+        assert!(waited < std::time::Duration::from_secs(60));
+        // Other content of the case is sent anew.
+        assert!(j.awaited(id, "m2").unwrap().is_none());
+        j.resume_waiting(id).unwrap();
+        assert_eq!(j.by_id(id).unwrap().unwrap().attempts, 1);
+        // Verified or quarantined, nothing is awaited any more.
+        j.quarantined(id, "the import failed").unwrap();
+        assert!(j.awaited(id, "m1").unwrap().is_none());
+        j.awaiting_import(id, "m1", "{}").unwrap();
+        let manifest = crate::rules::Manifest {
+            hash: "m1".into(),
+            entries: vec![],
+        };
+        j.delivered(id, &manifest).unwrap();
+        assert!(j.awaited(id, "m1").unwrap().is_none());
+    }
 
     #[test]
     fn a_delivery_walks_the_states_and_survives_reopening() {

@@ -15,8 +15,9 @@
 //! - [`rules`]    which files of a case go to which socket, the title and the manifest hash (pure).
 //! - [`journal`]  SQLite record of every case and every delivery step: the truth after a restart; also
 //!   the requests of `pause`/`resume`/`retry` to a running agent and the queue of webhook alerts.
-//! - [`deliver`]  one planned case against the platform, step by step; for an algorithm folder, one job
-//!   followed to its end, its outputs written to the outbox.
+//! - [`deliver`]  one planned case against the platform, step by step: sent under an upload slot, then
+//!   verified without one, with every other case waiting for the platform's import; for an algorithm
+//!   folder, one job followed to its end, its outputs written to the outbox.
 //! - [`deidentify`] DICOM de-identified on this machine with the platform's procedure, before upload.
 //! - [`receipt`]  the JSON receipt per case and the append-only audit log, written atomically.
 //! - [`gc`]       the Grand Challenge client: auth, retries, S3 multipart uploads, items, verification.

@@ -2,6 +2,8 @@
 //! → deliver → receipt → post-action path as the agent's, with progress bars on a terminal and plain lines
 //! otherwise. It shares the agent's journal, so a case delivered by either is known as delivered by both,
 //! and a case this command quarantined is not tried again by the agent until it changes or is retried.
+//! As in the agent, a case holds an upload slot only until its values are set: the cases then wait for the
+//! platform's import together, while the next ones upload.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -10,11 +12,12 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use crate::agent::{CaseRun, Recorded};
 use crate::cli::{UploadArgs, exit};
 use crate::config::Config;
-use crate::deliver::DeliverError;
-use crate::gc::Client;
+use crate::deliver::{DeliverError, Lanes, Timings};
 use crate::gc::verify::VerifyTiming;
+use crate::gc::{Client, Verifier};
 use crate::journal::{CaseState, Journal};
 use crate::receipt::{CaseFacts, CaseKey, Receipt, TargetRef};
 use crate::rules::{self, Manifest};
@@ -78,9 +81,21 @@ async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u
         );
     }
     let bars = std::io::stderr().is_terminal().then(MultiProgress::new);
+    let timing = VerifyTiming::default();
+    let shared = Shared {
+        config,
+        verifier: Verifier::start(client.clone(), timing.clone()),
+        client: &client,
+        journal,
+        receipts: &receipts,
+        bars: bars.as_ref(),
+        lanes: Lanes::new(&config.limits),
+        timing,
+    };
+    // Every case may be under way at once; the lanes bound the uploads and the waiting.
     let outcomes: Vec<CaseOutcome> = futures_util::stream::iter(cases.iter().cloned())
-        .map(|case| upload_case(config, &client, journal, &receipts, bars.as_ref(), case))
-        .buffer_unordered(config.limits.parallel_cases)
+        .map(|case| upload_case(&shared, case))
+        .buffer_unordered(config.limits.awaiting_import)
         .collect()
         .await;
     let mut code = exit::OK;
@@ -100,14 +115,27 @@ async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u
     code
 }
 
-async fn upload_case(
-    config: &Config,
-    client: &Client,
-    journal: &Journal,
-    receipts: &Path,
-    bars: Option<&MultiProgress>,
-    case_arg: PathBuf,
-) -> CaseOutcome {
+/// What every case of one run shares.
+struct Shared<'a> {
+    config: &'a Config,
+    client: &'a Client,
+    journal: &'a Journal,
+    receipts: &'a Path,
+    bars: Option<&'a MultiProgress>,
+    lanes: Lanes,
+    verifier: Verifier,
+    timing: VerifyTiming,
+}
+
+async fn upload_case(sh: &Shared<'_>, case_arg: PathBuf) -> CaseOutcome {
+    let (config, client, journal, receipts, bars) =
+        (sh.config, sh.client, sh.journal, sh.receipts, sh.bars);
+    let queued = Instant::now();
+    let slot = sh.lanes.upload().await;
+    let mut timings = Timings {
+        queued: queued.elapsed().as_secs_f64(),
+        ..Timings::default()
+    };
     let started = (crate::receipt::now_rfc3339(), Instant::now());
     let fail = |case_dir: &Path, msg: String| CaseOutcome {
         case_dir: case_dir.to_owned(),
@@ -170,7 +198,11 @@ async fn upload_case(
         started: started.clone(),
         earlier: &earlier,
     };
-    let finish = |receipt: Receipt, result: Result<String, String>, auth_failed: bool| {
+    let finish = |mut receipt: Receipt,
+                  result: Result<String, String>,
+                  auth_failed: bool,
+                  timings: Timings| {
+        receipt.timings = Some(timings);
         let written = crate::receipt::write(receipts, key, &receipt);
         let result = match (&written, result) {
             (Err(e), Ok(_)) => Err(format!(
@@ -201,6 +233,7 @@ async fn upload_case(
                 Receipt::quarantined(facts(None, None), e.to_string(), None),
                 Err(e.to_string()),
                 false,
+                timings,
             );
         }
     };
@@ -212,6 +245,7 @@ async fn upload_case(
                 Receipt::quarantined(facts(Some(&plan), None), msg.clone(), None),
                 Err(msg),
                 false,
+                timings,
             );
         }
     };
@@ -237,6 +271,11 @@ async fn upload_case(
             auth_failed: false,
         };
     }
+    timings.prechecks = started.1.elapsed().as_secs_f64();
+    let _records = sh
+        .lanes
+        .records(crate::deliver::bundle::uploads(&plan))
+        .await;
     let total: u64 = manifest.entries.iter().map(|e| e.size).sum();
     let bar = bars.map(|m| {
         let b = m.add(ProgressBar::new(total));
@@ -267,24 +306,25 @@ async fn upload_case(
     };
     // A one-shot job waits out the account's limit of jobs at once, as the agent does.
     let mut rec = rec.clone();
+    let fingerprint = snapshot.fingerprint();
     let result = loop {
-        let result = crate::agent::attempt_recorded(
+        let run = CaseRun {
             client,
             journal,
             folder,
-            &config.server.state_dir,
-            &rec,
-            &case_dir,
-            &plan,
-            &manifest,
-            &snapshot.fingerprint(),
-            &VerifyTiming::default(),
-            crate::agent::Progress {
+            state_dir: &config.server.state_dir,
+            rec: &rec,
+            case_dir: &case_dir,
+            plan: &plan,
+            manifest: &manifest,
+            fingerprint: &fingerprint,
+            verify: &sh.timing,
+            progress: crate::agent::Progress {
                 bytes: Some(&progress),
                 note: Some(&note),
             },
-        )
-        .await;
+        };
+        let result = crate::agent::send_recorded(&run, &mut timings).await;
         let Ok(Err(DeliverError::Later(e))) = &result else {
             break result;
         };
@@ -299,13 +339,50 @@ async fn upload_case(
             Err(e) => return fail(&case_dir, e.to_string()),
         }
     };
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
     let result = match result {
         Ok(r) => r,
         Err(e) => return fail(&case_dir, e.to_string()),
     };
+    // Waiting for the platform's import is not work: the next case may upload meanwhile.
+    drop(slot);
+    let result = match result {
+        Ok(Recorded::Done(d)) => Ok(*d),
+        Ok(Recorded::Awaiting(awaiting, waited)) => {
+            if let Some(b) = &bar {
+                b.set_message("waiting for the platform's import");
+            }
+            let run = CaseRun {
+                client,
+                journal,
+                folder,
+                state_dir: &config.server.state_dir,
+                rec: &rec,
+                case_dir: &case_dir,
+                plan: &plan,
+                manifest: &manifest,
+                fingerprint: &fingerprint,
+                verify: &sh.timing,
+                progress: crate::agent::Progress {
+                    bytes: Some(&progress),
+                    note: Some(&note),
+                },
+            };
+            let cp = crate::agent::waiting_checkpoints(&run);
+            crate::deliver::verify(
+                client,
+                &sh.verifier,
+                (*awaiting, waited),
+                &crate::agent::folder_timing(&run),
+                &cp,
+                &mut timings,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     match result {
         Ok(d) => {
             let line = match &d.job {
@@ -319,7 +396,7 @@ async fn upload_case(
             let sent = receipt.sent_files();
             // The receipt first, as the agent does: a crash before the journal says "delivered" only
             // repeats the delivery into the same item.
-            let outcome = finish(receipt, Ok(line), false);
+            let outcome = finish(receipt, Ok(line), false, timings);
             if outcome.result.is_ok() {
                 if let Err(e) = journal.delivered_sent(rec.id, &manifest, &sent) {
                     return fail(&case_dir, e.to_string());
@@ -352,6 +429,7 @@ async fn upload_case(
                 Receipt::quarantined(facts(Some(&plan), Some(&manifest)), msg.clone(), item),
                 Err(msg),
                 auth,
+                timings,
             )
         }
     }

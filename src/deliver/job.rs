@@ -160,7 +160,14 @@ pub(super) async fn deliver_job(
         )));
     };
     let outputs: Vec<String> = interface.outputs.iter().map(|s| s.slug.clone()).collect();
-    let mut deidentified = prepare(case_dir, plan, &routes, privacy).await?;
+    let mut deidentified = prepare(
+        case_dir,
+        plan,
+        &routes,
+        privacy,
+        &mut super::Timings::default(),
+    )
+    .await?;
 
     // A new job's results replace what an earlier job of the case left in the outbox; a job followed
     // again may have written its own results before a crash.
@@ -278,8 +285,8 @@ impl Started<'_> {
     ) -> Result<(String, Vec<ValueEntry>), DeliverError> {
         let (client, algorithm, cp) = (self.client, self.algorithm, self.cp);
         cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
-        let uploads = upload_all(client, self.case_dir, self.routes, deidentified, cp).await?;
-        let entries: Vec<ValueEntry> = value_entries(self.routes, &uploads)
+        let uploads = upload_all(client, self.case_dir, self.routes, &[], deidentified, cp).await?;
+        let entries: Vec<ValueEntry> = value_entries(self.routes, &[], &uploads)
             .into_iter()
             .map(|(e, _)| e)
             .collect();

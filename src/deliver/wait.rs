@@ -6,10 +6,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::gc::verify::{Awaiting, Expectation, VerifyObserver, VerifyTiming};
-use crate::gc::{GcError, Target};
-
-use super::Checkpoints;
+use crate::gc::GcError;
+use crate::gc::verify::{Awaiting, Expectation, VerifyTiming};
 
 /// Waits shorter than this are not noted: most imports are done by then, and a note would only flicker.
 pub const NOTE_AFTER: Duration = Duration::from_secs(2);
@@ -114,41 +112,6 @@ pub fn import_wait(
         item_page: pages.0,
         notifications_page: pages.1,
     })
-}
-
-/// Tells the case's checkpoints what verification waits for.
-pub(super) struct Reporter<'a> {
-    pub cp: &'a dyn Checkpoints,
-    pub timing: &'a VerifyTiming,
-    pub item_page: Option<String>,
-    pub notifications_page: Option<String>,
-    pub since: SystemTime,
-}
-
-impl<'a> Reporter<'a> {
-    pub fn new(
-        cp: &'a dyn Checkpoints,
-        timing: &'a VerifyTiming,
-        target: &Target,
-        item_pk: &str,
-    ) -> Reporter<'a> {
-        Reporter {
-            cp,
-            timing,
-            item_page: target.item_page(item_pk),
-            notifications_page: target.notifications_page(),
-            since: SystemTime::now(),
-        }
-    }
-}
-
-impl VerifyObserver for Reporter<'_> {
-    fn pending(&self, pending: &[&Expectation], waited: Duration) {
-        let pages = (self.item_page.clone(), self.notifications_page.clone());
-        if let Some(wait) = import_wait(pending, waited, self.since, self.timing, pages) {
-            self.cp.waiting(&wait);
-        }
-    }
 }
 
 /// Why a case is quarantined when its DICOM image set did not show up by the deadline: the platform

@@ -11,6 +11,7 @@
 //! - [`client`]  [`Client`]: HTTP, TLS, lookups by slug with caching, pagination, items, images and values.
 //! - [`uploads`] S3 multipart uploads streamed from disk, bounded concurrency, resume via list-parts.
 //! - [`verify`]  polling until every socket shows its new value, or an import session reports `Failed`.
+//! - [`verifier`] many items awaited at once by one task, in rounds that share listings.
 //! - [`algorithms`] algorithms and their interfaces, starting, following and finding jobs.
 
 pub mod algorithms;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod models;
 pub mod retry;
 pub mod uploads;
+pub mod verifier;
 pub mod verify;
 
 pub use algorithms::{
@@ -35,4 +37,5 @@ pub use models::{
 };
 pub use retry::{Jitter, RetryPolicy};
 pub use uploads::{LocalFile, NoObserver, ResumeFrom, UploadObserver};
+pub use verifier::Verifier;
 pub use verify::{Awaiting, Expectation, VerifyTiming};
