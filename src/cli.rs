@@ -327,11 +327,12 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
 }
 
 /// Commands whose output is meant to be read, piped into `head` or `grep`: they neither serve nor
-/// deliver, so a closed pipe may simply end them.
+/// deliver, so a closed pipe may simply end them. Not `check --online`: it talks to the platform, and
+/// a connection the other side closed must be an error it reports, not a signal that ends it.
 fn prints_for_a_pipe(command: &Command) -> bool {
     matches!(
         command,
-        Command::Check(_)
+        Command::Check(crate::cli::CheckArgs { online: false, .. })
             | Command::Explain(_)
             | Command::Status(_)
             | Command::Receipts(_)
