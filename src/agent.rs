@@ -16,12 +16,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::config::{After, AlertKind, Config, Folder, OnChange};
-use crate::deidentify::UidMap;
 use crate::deliver::{Checkpoints, DeliverError, EarlierUpload, ItemStart, Privacy, deliver};
-use crate::gc::models::UserUpload;
-use crate::gc::uploads::ResumeFrom;
-use crate::gc::verify::VerifyTiming;
-use crate::gc::{Client, TargetKind};
 use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, Step};
 use crate::notify::{Alert, Notifier};
 use crate::preflight::Verdict;
@@ -29,6 +24,11 @@ use crate::receipt::{CaseFacts, CaseKey, ItemRef, Receipt, TargetRef};
 use crate::rules::{self, Manifest};
 use crate::settle::{Decision, SettleRules, Snapshot, Tracker, Waiting};
 use crate::watch::{self, Hint};
+use gc_client::models::UserUpload;
+use gc_client::uploads::ResumeFrom;
+use gc_client::verify::VerifyTiming;
+use gc_client::{Client, TargetKind};
+use gc_content::deidentify::UidMap;
 
 /// Why the agent holds a drop folder's cases.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -714,7 +714,7 @@ impl Loop {
         let client = if new.server == *old {
             self.shared.client.clone()
         } else {
-            match new.client() {
+            match new.client(crate::metrics::client_observer()) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!("reload rejected, the running config stays: {e}");
@@ -1454,7 +1454,7 @@ impl Delivery {
 }
 
 pub(crate) fn item_url(client: &Client, folder: &Folder, pk: &str) -> String {
-    let target = crate::gc::Target {
+    let target = gc_client::Target {
         kind: folder.target,
         slug: folder.target_slug.clone(),
         pk: String::new(),
@@ -1607,7 +1607,7 @@ pub(crate) struct JournalCheckpoints<'a> {
 impl Checkpoints for JournalCheckpoints<'_> {
     fn creating(
         &self,
-        target: &crate::gc::Target,
+        target: &gc_client::Target,
         title: &str,
     ) -> Result<crate::journal::TitleClaim, String> {
         self.journal

@@ -255,7 +255,7 @@ pub struct RetryArgs {
 /// Prints the API base URL (and the CA file with --tls, and the demo tokens with the built-in fixture),
 /// then serves until Ctrl-C or SIGTERM and exits 0.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = crate::sandbox::command::SANDBOX_HELP)]
+#[command(after_long_help = crate::sandbox_command::SANDBOX_HELP)]
 pub struct SandboxArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000")]
@@ -286,7 +286,7 @@ pub struct SandboxArgs {
     pub seed: Option<u64>,
     /// A fault rule (repeatable), e.g. "PUT /s3/* 503 retry-after=1 p=0.2"; see below.
     #[arg(long = "fault", value_name = "SPEC")]
-    pub faults: Vec<crate::sandbox::FaultRule>,
+    pub faults: Vec<gc_sandbox::FaultRule>,
     /// Write every request received (request line, headers, whole body, S3 part PUTs included) into
     /// this folder, two files per request; see below.
     #[arg(long, value_name = "DIR")]
@@ -313,7 +313,7 @@ pub fn run(cli: Cli) -> std::process::ExitCode {
             exit::OK
         }
         Command::Man(args) => crate::manual::main(args.command.as_deref(), args.out_dir.as_deref()),
-        Command::Sandbox(args) => crate::sandbox::command::main(args),
+        Command::Sandbox(args) => crate::sandbox_command::main(args),
     };
     std::process::ExitCode::from(code)
 }

@@ -6,16 +6,18 @@ use std::path::Path;
 use crate::agent::{self, AgentOptions};
 use crate::cli::{CheckArgs, ExplainArgs, RetryArgs, RunArgs, exit};
 use crate::config::Config;
-use crate::gc::{Client, GcError};
 use crate::journal::{CaseState, Journal};
+use gc_client::{Client, GcError};
 
 /// The platform client of a config, its token checked. A daemon starts even when the platform cannot be
 /// reached (its deliveries retry); a one-shot command gives up. A refused token stops both.
 pub async fn connect(config: &Config, tolerate_unreachable: bool) -> Result<Client, u8> {
-    let client = config.client().map_err(|e| {
-        eprintln!("error: {e}");
-        exit::PLATFORM
-    })?;
+    let client = config
+        .client(crate::metrics::client_observer())
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            exit::PLATFORM
+        })?;
     match client.whoami().await {
         Ok(user) => tracing::info!(user, url = %config.server.url, "token accepted"),
         Err(e) if tolerate_unreachable && e.is_retryable_later() => {
@@ -170,7 +172,7 @@ pub fn check(args: CheckArgs) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let client = match config.client() {
+        let client = match config.client(crate::metrics::client_observer()) {
             Ok(c) => c,
             Err(e) => {
                 println!("  token: {e}");
@@ -212,13 +214,13 @@ fn title_warnings_of_present_cases(f: &crate::config::Folder) -> Vec<(String, St
             .sockets
             .iter()
             .flat_map(|s| s.source.files())
-            .filter_map(|pf| crate::deidentify::patient_identifiers(&case_dir.join(&pf.rel)))
+            .filter_map(|pf| gc_content::deidentify::patient_identifiers(&case_dir.join(&pf.rel)))
             // One series is one patient: the first DICOM file tells, without reading them all.
             .take(1)
             .collect();
         identifiers.sort();
         identifiers.dedup();
-        for w in crate::deidentify::title_warnings(&plan.case, &plan.title, &identifiers) {
+        for w in gc_content::deidentify::title_warnings(&plan.case, &plan.title, &identifiers) {
             out.push((plan.case_path.clone(), w));
         }
     }

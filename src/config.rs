@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::gc::TargetKind;
+use gc_client::TargetKind;
 
 /// A configuration error located in its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +144,7 @@ pub struct Server {
     /// Where the token comes from; resolved only when talking to the platform, never stored in the config.
     pub token_file: Option<PathBuf>,
     /// An inline token: a secret, so its `Debug` is redacted like every other token's.
-    pub token: Option<crate::gc::Token>,
+    pub token: Option<gc_client::Token>,
     pub ca_cert: Option<PathBuf>,
     pub state_dir: PathBuf,
 }
@@ -176,7 +176,7 @@ impl fmt::Display for TokenSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TokenSource::File(p) => write!(f, "the file {} (server.token_file)", p.display()),
-            TokenSource::Env => write!(f, "the environment variable {}", crate::gc::TOKEN_ENV),
+            TokenSource::Env => write!(f, "the environment variable {}", gc_client::TOKEN_ENV),
             TokenSource::Credential(p) => write!(
                 f,
                 "the systemd credential gc-token ({}, from LoadCredential= in the unit)",
@@ -583,7 +583,7 @@ impl Config {
         if let Some(f) = &s.token_file {
             return Some(TokenSource::File(f.clone()));
         }
-        if std::env::var(crate::gc::TOKEN_ENV).is_ok_and(|v| !v.trim().is_empty()) {
+        if std::env::var(gc_client::TOKEN_ENV).is_ok_and(|v| !v.trim().is_empty()) {
             return Some(TokenSource::Env);
         }
         if let Some(c) = std::env::var_os("CREDENTIALS_DIRECTORY")
@@ -597,25 +597,29 @@ impl Config {
             .map(|_| TokenSource::Inline(self.file.clone()))
     }
 
-    /// The platform client this config describes, with the token from [`Config::token_source`].
-    pub fn client(&self) -> Result<crate::gc::Client, crate::gc::GcError> {
+    /// The platform client this config describes, with the token from [`Config::token_source`],
+    /// reporting what it does to `observer`.
+    pub fn client(
+        &self,
+        observer: std::sync::Arc<dyn gc_client::ClientObserver>,
+    ) -> Result<gc_client::Client, gc_client::GcError> {
         let s = &self.server;
         let token = match self.token_source() {
             Some(TokenSource::Inline(_)) => match &s.token {
                 Some(t) => t.clone(),
-                None => crate::gc::Token::from_sources(None, None, None)?,
+                None => gc_client::Token::from_sources(None, None, None)?,
             },
             Some(TokenSource::File(f) | TokenSource::Credential(f)) => {
-                crate::gc::Token::from_sources(Some(&f), None, None)?
+                gc_client::Token::from_sources(Some(&f), None, None)?
             }
-            Some(TokenSource::Env) => crate::gc::Token::from_sources(
+            Some(TokenSource::Env) => gc_client::Token::from_sources(
                 None,
-                std::env::var(crate::gc::TOKEN_ENV).ok(),
+                std::env::var(gc_client::TOKEN_ENV).ok(),
                 None,
             )?,
-            None => crate::gc::Token::from_sources(None, None, None)?,
+            None => gc_client::Token::from_sources(None, None, None)?,
         };
-        crate::gc::Client::new(crate::gc::ClientConfig {
+        gc_client::Client::new(gc_client::ClientConfig {
             base_url: s.url.clone(),
             token,
             ca_cert: s.ca_cert.clone(),
@@ -624,6 +628,7 @@ impl Config {
             parallel_files: self.limits.parallel_files,
             retry: Default::default(),
             timeout: Duration::from_secs(60),
+            observer,
         })
     }
 
@@ -670,7 +675,7 @@ fn validate_server(loc: &Locator, base: &Path, s: &RawServer) -> Result<Server, 
         token: match &s.token {
             None => None,
             Some(t) => Some(
-                crate::gc::Token::parse(t.get_ref())
+                gc_client::Token::parse(t.get_ref())
                     .ok_or_else(|| loc.err(t.span(), "server.token", "is empty"))?,
             ),
         },

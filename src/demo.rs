@@ -11,9 +11,9 @@ use crate::agent::{self, AgentOptions};
 use crate::cli::{DemoArgs, exit};
 use crate::config::Config;
 use crate::receipt::Outcome;
-use crate::samples;
-use crate::sandbox::fixture::DEMO_TOKEN;
-use crate::sandbox::{Fixture, Sandbox, SandboxOptions};
+use gc_content::samples;
+use gc_sandbox::fixture::DEMO_TOKEN;
+use gc_sandbox::{Fixture, Sandbox, SandboxOptions};
 
 /// The demo's folder rules: an image from any common format, an optional report, count and notes.
 const RULES: &str = r#"
@@ -114,7 +114,7 @@ async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     );
     println!("Receipts appear below. Ctrl-C stops.\n");
 
-    let client = config.client()?;
+    let client = config.client(crate::metrics::client_observer())?;
     let receipts = config.server.state_dir.join("receipts");
     let printer = tokio::spawn(print_receipts(receipts));
     let result = agent::run(

@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::gc::TargetKind;
+use gc_client::TargetKind;
 
 /// Where a case is in its life. Each state carries only what is meaningful in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

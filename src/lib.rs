@@ -17,11 +17,7 @@
 //!   the requests of `pause`/`resume`/`retry` to a running agent and the queue of webhook alerts.
 //! - [`deliver`]  one planned case against the platform, step by step; for an algorithm folder, one job
 //!   followed to its end, its outputs written to the outbox.
-//! - [`deidentify`] DICOM de-identified on this machine with the platform's procedure, before upload.
 //! - [`receipt`]  the JSON receipt per case and the append-only audit log, written atomically.
-//! - [`gc`]       the Grand Challenge client: auth, retries, S3 multipart uploads, items, verification.
-//! - [`sandbox`]  a Grand Challenge–compatible server for tests, the demo and benchmarks.
-//! - [`samples`]  tiny but real medical images (MetaImage, NIfTI, DICOM, TIFF) for tests and the demo.
 //! - [`fsutil`]   atomic file writes (temp file, fsync, rename) shared by receipts and state files.
 //! - [`upload`]   the one-shot `upload` command: cases given on the command line, with progress bars.
 //! - [`pull`]     the way back: an archive's items, a reader study's display sets or an algorithm's job
@@ -32,6 +28,7 @@
 //!   agent before it delivers anything.
 //! - [`access`]   whether the service's own user could read the files a config names (`check` warns).
 //! - [`demo`]     the sandbox and the agent together on loopback, for trying it without an account.
+//! - [`sandbox_command`] the `sandbox` command: the sandbox crate's server from the command line.
 //! - [`metrics`]  counters of what the agent did, served as Prometheus text and a status JSON.
 //! - [`notify`]   webhook alerts (quarantine, stuck case, refused token) that carry no patient data.
 //! - [`service`]  systemd notifications: ready, status line, watchdog, stopping, reloading.
@@ -43,11 +40,9 @@ pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod deidentify;
 pub mod deliver;
 pub mod demo;
 pub mod fsutil;
-pub mod gc;
 pub mod journal;
 pub mod manual;
 pub mod metrics;
@@ -57,8 +52,7 @@ pub mod preflight;
 pub mod pull;
 pub mod receipt;
 pub mod rules;
-pub mod samples;
-pub mod sandbox;
+pub mod sandbox_command;
 pub mod service;
 pub mod settle;
 pub mod upload;

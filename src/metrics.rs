@@ -14,6 +14,27 @@ use std::time::{Duration, Instant};
 use crate::commands::FolderStatus;
 
 /// The process's counters.
+/// The platform client's reports, counted in [`global`]: give it to every client the agent makes.
+pub fn client_observer() -> std::sync::Arc<dyn gc_client::ClientObserver> {
+    std::sync::Arc::new(ClientCounters)
+}
+
+/// See [`client_observer`].
+#[derive(Debug, Clone, Copy)]
+struct ClientCounters;
+
+impl gc_client::ClientObserver for ClientCounters {
+    fn request_retried(&self, cause: &str) {
+        global().request_retried(cause);
+    }
+    fn part_stored(&self, bytes: u64) {
+        global().uploaded(bytes);
+    }
+    fn file_uploaded(&self, bytes: u64, took: Duration) {
+        global().file_uploaded(bytes, took);
+    }
+}
+
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::default)
@@ -82,8 +103,8 @@ impl Metrics {
         self.last_file_rate.store(rate.to_bits(), Ordering::Relaxed);
     }
 
-    pub fn request_retried(&self, cause: String) {
-        bump(&mut self.labelled().request_retries, cause);
+    pub fn request_retried(&self, cause: &str) {
+        bump(&mut self.labelled().request_retries, cause.to_owned());
     }
 
     pub fn delivery_retried(&self, class: &'static str) {
@@ -470,9 +491,9 @@ mod tests {
         m.uploaded(1000);
         m.uploaded(24);
         m.file_uploaded(1024, Duration::from_millis(500));
-        m.request_retried("http_503".into());
-        m.request_retried("http_503".into());
-        m.request_retried("timeout".into());
+        m.request_retried("http_503");
+        m.request_retried("http_503");
+        m.request_retried("timeout");
         m.delivery_retried("unavailable");
         m.delivery_ended("delivered");
         m.scanned("overflow");

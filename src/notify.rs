@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::config::{AlertKind, Folder, Notify};
-use crate::gc::TargetKind;
 use crate::journal::Journal;
+use gc_client::TargetKind;
 
 /// One alert, already free of patient data.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::gc::{Client, InterfaceRef, ItemValue};
 use crate::pull::{self, Problem};
+use gc_client::{Client, InterfaceRef, ItemValue};
 
 /// Where case folders are assembled; inside the outbox, so that moving one into place is a rename.
 pub const STAGING_DIR: &str = ".gc-outbox.tmp";

@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{PullArgs, exit};
-use crate::gc::{
+use gc_client::{
     Client, GcError, InterfaceRef, Item, ItemValue, Job, JobFilter, JobStatus, Socket, SuperKind,
     Target, TargetKind,
 };

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::write_atomic;
-use crate::gc::TargetKind;
 use crate::journal::SentFile;
+use gc_client::TargetKind;
 
 /// Bump when the receipt's shape changes incompatibly.
 pub const RECEIPT_VERSION: u32 = 1;

@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Folder, RuleSource};
-use crate::gc::TargetKind;
+use gc_client::TargetKind;
 
 /// The platform refuses longer upload file names (gc-protocol.md §2.2).
 pub const MAX_UPLOAD_NAME: usize = 128;

@@ -2,7 +2,9 @@
 
 use crate::cli::SandboxArgs;
 
-use super::{DEMO_ADMIN_TOKEN, DEMO_READER_TOKEN, DEMO_TOKEN, Fixture, Sandbox, SandboxOptions};
+use gc_sandbox::{
+    DEMO_ADMIN_TOKEN, DEMO_READER_TOKEN, DEMO_TOKEN, Fixture, Sandbox, SandboxOptions,
+};
 
 /// The `--fault` syntax and the `--record` layout, shown by `gc-hotfolder sandbox --help`.
 pub const SANDBOX_HELP: &str = "\

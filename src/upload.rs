@@ -13,11 +13,11 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::cli::{UploadArgs, exit};
 use crate::config::Config;
 use crate::deliver::DeliverError;
-use crate::gc::Client;
-use crate::gc::verify::VerifyTiming;
 use crate::journal::{CaseState, Journal};
 use crate::receipt::{CaseFacts, CaseKey, Receipt, TargetRef};
 use crate::rules::{self, Manifest};
+use gc_client::Client;
+use gc_client::verify::VerifyTiming;
 
 /// How long a one-shot job waits before asking again when the account has too many jobs running.
 const JOB_LIMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -278,7 +278,7 @@ async fn upload_case(
         let Ok(Err(DeliverError::Later(e))) = &result else {
             break result;
         };
-        if !matches!(**e, crate::gc::GcError::JobLimit(_)) {
+        if !matches!(**e, gc_client::GcError::JobLimit(_)) {
             break result;
         }
         tracing::warn!(case = %case_rel, "waiting {JOB_LIMIT_WAIT:?}: {e}");

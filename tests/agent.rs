@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use gc_hotfolder::receipt::{Outcome, Receipt};
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use gc_sandbox::DEMO_TOKEN;
 use sha2::Digest;
 
 fn sha256(path: &Path) -> String {
@@ -43,7 +43,7 @@ async fn copy_rename_and_slow_writers_are_each_delivered_once_and_whole() {
     let slow = drop.join("slow");
     std::fs::create_dir_all(&slow).unwrap();
     let full = tmp.path().join("full.mha");
-    gc_hotfolder::samples::write_mha(&full, [64, 64, 16], 9).unwrap();
+    gc_content::samples::write_mha(&full, [64, 64, 16], 9).unwrap();
     let bytes = std::fs::read(&full).unwrap();
     {
         let mut f = std::fs::File::create(slow.join("image.mha")).unwrap();
@@ -174,7 +174,7 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
         })
     };
     case("bad-json", &|d| {
-        gc_hotfolder::samples::write_mha(&d.join("image.mha"), [4, 4, 1], 1).unwrap();
+        gc_content::samples::write_mha(&d.join("image.mha"), [4, 4, 1], 1).unwrap();
         std::fs::write(d.join("count.json"), "{not json").unwrap();
     });
     case("not-an-image", &|d| {
@@ -182,7 +182,7 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
     });
     case("truncated-image", &|d| {
         let image = d.join("image.mha");
-        gc_hotfolder::samples::write_mha(&image, [8, 8, 4], 2).unwrap();
+        gc_content::samples::write_mha(&image, [8, 8, 4], 2).unwrap();
         let len = std::fs::metadata(&image).unwrap().len();
         std::fs::OpenOptions::new()
             .write(true)
@@ -194,22 +194,22 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
     case("two-series", &|d| {
         let s = &d.join("dicom");
         std::fs::create_dir_all(s).unwrap();
-        gc_hotfolder::samples::write_dicom_series(
+        gc_content::samples::write_dicom_series(
             s,
             2,
             4,
             4,
-            &gc_hotfolder::samples::DicomSeriesIds::new(1),
+            &gc_content::samples::DicomSeriesIds::new(1),
             1,
         )
         .unwrap();
         let other = tempfile::tempdir().unwrap();
-        let files = gc_hotfolder::samples::write_dicom_series(
+        let files = gc_content::samples::write_dicom_series(
             other.path(),
             2,
             4,
             4,
-            &gc_hotfolder::samples::DicomSeriesIds::new(2),
+            &gc_content::samples::DicomSeriesIds::new(2),
             2,
         )
         .unwrap();
@@ -221,7 +221,7 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
         std::fs::write(d.join("image.mha"), b"").unwrap()
     });
     case("wrong-kind", &|d| {
-        gc_hotfolder::samples::write_mha(&d.join("image.mha"), [4, 4, 1], 3).unwrap();
+        gc_content::samples::write_mha(&d.join("image.mha"), [4, 4, 1], 3).unwrap();
         std::fs::write(d.join("count.json"), "\"three\"").unwrap();
     });
     case("symlink-out", &|d| {

@@ -65,7 +65,7 @@ async fn a_case_deleted_while_it_uploads_is_quarantined_with_the_reason() {
     drop_atomically(&drop, "vanishing", |d| {
         std::fs::create_dir_all(d).unwrap();
         // 40 MiB: eight 5 MiB parts of a (valid) MetaImage.
-        gc_hotfolder::samples::write_mha(&d.join("image.mha"), [1024, 1024, 40], 5).unwrap();
+        gc_content::samples::write_mha(&d.join("image.mha"), [1024, 1024, 40], 5).unwrap();
     });
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));

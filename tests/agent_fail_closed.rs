@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use gc_content::samples::{self, DicomSeriesIds};
 use gc_hotfolder::receipt::Outcome;
-use gc_hotfolder::samples::{self, DicomSeriesIds};
 
 const NAME: &str = "ROE^RICHARD";
 const ID: &str = "PID8812";

@@ -11,8 +11,8 @@ use common::*;
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
+use gc_content::samples::{self, DicomSeriesIds};
 use gc_hotfolder::receipt::{FileReceipt, Outcome, Receipt};
-use gc_hotfolder::samples::{self, DicomSeriesIds};
 use sha2::Digest;
 
 const NAME: &str = "DOE^JANE";
@@ -296,7 +296,7 @@ async fn a_folder_that_opts_out_is_warned_about_and_sends_dicom_as_it_is() {
 /// with exactly the bytes the receipt names, not a mix of two copies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_de_identified_upload_killed_midway_resumes_with_the_same_bytes() {
-    use gc_hotfolder::sandbox::faults::{FaultAction, FaultRule};
+    use gc_sandbox::faults::{FaultAction, FaultRule};
     let sb = sandbox_with(|o| {
         o.faults.push(FaultRule {
             method: Some("PUT".into()),
@@ -392,7 +392,7 @@ fn files_of(r: &Receipt, socket: &str) -> Vec<FileReceipt> {
 }
 
 /// SHA-256 of every file the sandbox stored.
-fn stored_hashes(sb: &gc_hotfolder::sandbox::Sandbox) -> Vec<String> {
+fn stored_hashes(sb: &gc_sandbox::Sandbox) -> Vec<String> {
     let mut kept = Vec::new();
     all_files(sb.data_dir(), &mut kept);
     kept.iter()
@@ -666,7 +666,7 @@ async fn no_identifier_or_original_uid_leaves_in_any_request() {
     }
 
     // Every request, whole: none carries a secret, and the search does see the series that was sent.
-    let records = gc_hotfolder::sandbox::recorder::read(&requests).unwrap();
+    let records = gc_sandbox::recorder::read(&requests).unwrap();
     let (mut part_puts, mut new_uids) = (0, 0);
     for r in &records {
         let line = r.request_line();
@@ -678,7 +678,7 @@ async fn no_identifier_or_original_uid_leaves_in_any_request() {
             assert!(found.is_empty(), "{line}: {found:?} left the machine");
         }
         part_puts += usize::from(line.starts_with("PUT /s3/"));
-        new_uids += usize::from(contains(&body, gc_hotfolder::deidentify::ROOT_UID));
+        new_uids += usize::from(contains(&body, gc_content::deidentify::ROOT_UID));
     }
     assert!(
         part_puts >= 6 && new_uids >= 6,

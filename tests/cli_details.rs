@@ -211,3 +211,105 @@ async fn receipts_list_what_a_case_held_and_logs_say_where_a_case_went() {
     );
     agent.stop();
 }
+
+/// `gc-hotfolder sandbox`: its help documents faults and recording, the flags apply, SIGTERM stops it.
+#[test]
+fn the_sandbox_command_serves_until_sigterm() {
+    let bin = env!("CARGO_BIN_EXE_gc-hotfolder");
+    let help = std::process::Command::new(bin)
+        .args(["sandbox", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    assert!(
+        help.contains("--fault")
+            && help.contains("retry-after=SECONDS")
+            && help.contains("--import-delay")
+            && help.contains("--record <DIR>")
+            && help.contains("REQUEST RECORDING"),
+        "{help}"
+    );
+    let requests = tempfile::tempdir().unwrap();
+
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--import-delay",
+            "10ms",
+            "--fault",
+            "GET /api/v1/gcapi/ 503 times=1",
+            "--record",
+        ])
+        .arg(requests.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut base = None;
+    let mut saw_token = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(url) = line.strip_prefix("Grand Challenge sandbox: ") {
+            base = Some(url.trim().to_string());
+        }
+        saw_token |= line.contains(gc_sandbox::DEMO_TOKEN);
+        if line.starts_with("Stop with") {
+            break;
+        }
+    }
+    let base = base.expect("the base URL is printed");
+    assert!(
+        saw_token,
+        "the demo tokens are printed for the demo fixture"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = gc_testkit::http::client();
+        assert_eq!(
+            http.get(format!("{base}gcapi/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            503,
+            "--fault applies"
+        );
+        assert_eq!(
+            http.get(format!("{base}gcapi/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    });
+    let recorded: Vec<String> = gc_sandbox::recorder::read(requests.path())
+        .unwrap()
+        .iter()
+        .map(|r| r.request_line())
+        .collect();
+    assert_eq!(
+        recorded,
+        ["GET /api/v1/gcapi/ HTTP/1.1", "GET /api/v1/gcapi/ HTTP/1.1"],
+        "--record writes every request"
+    );
+    // SIGTERM → graceful stop, exit 0.
+    let pid = child.id() as libc::pid_t;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}

@@ -58,10 +58,7 @@ async fn https_to_a_plain_http_server_says_so_at_once() {
     let sb = sandbox().await;
     let tmp = tempfile::tempdir().unwrap();
     let url = sb.base_url().as_str().replace("http://", "https://");
-    let token = format!(
-        "token = \"{}\"\n",
-        gc_hotfolder::sandbox::fixture::DEMO_TOKEN
-    );
+    let token = format!("token = \"{}\"\n", gc_sandbox::DEMO_TOKEN);
     let cfg = config(tmp.path(), &url, &token);
     let advice = "did not answer in TLS (received corrupt message of type InvalidContentType): it probably \
                   speaks plain http on this port; write the server URL with http://";
@@ -83,10 +80,7 @@ async fn an_untrusted_certificate_names_ca_cert() {
     let tls = tempfile::tempdir().unwrap();
     let sb = sandbox_with(|o| o.tls_dir = Some(tls.path().to_owned())).await;
     let tmp = tempfile::tempdir().unwrap();
-    let token = format!(
-        "token = \"{}\"\n",
-        gc_hotfolder::sandbox::fixture::DEMO_TOKEN
-    );
+    let token = format!("token = \"{}\"\n", gc_sandbox::DEMO_TOKEN);
     let cfg = config(tmp.path(), sb.base_url().as_str(), &token);
     let (out, took) = run(&["check", "--online"], &cfg, None);
     let t = text(&out);
@@ -113,10 +107,7 @@ async fn a_url_without_the_api_path_says_which_url_to_write() {
     let tmp = tempfile::tempdir().unwrap();
     let base = sb.base_url();
     let root = format!("{}://{}/", base.scheme(), base.authority());
-    let token = format!(
-        "token = \"{}\"\n",
-        gc_hotfolder::sandbox::fixture::DEMO_TOKEN
-    );
+    let token = format!("token = \"{}\"\n", gc_sandbox::DEMO_TOKEN);
     let cfg = config(tmp.path(), &root, &token);
     for args in [&["check", "--online"][..], &["run"][..]] {
         let (out, took) = run(args, &cfg, None);

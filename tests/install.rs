@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use gc_hotfolder::receipt::Outcome;
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use gc_sandbox::DEMO_TOKEN;
 
 /// The user the service runs as here: nobody, who owns nothing and is in no group of ours.
 const SERVICE_UID: u32 = 65534;
@@ -57,12 +57,7 @@ fn open_tempdir() -> tempfile::TempDir {
     tmp
 }
 
-fn config_text(
-    sb: &gc_hotfolder::sandbox::Sandbox,
-    state: &Path,
-    drop: &Path,
-    token: &str,
-) -> String {
+fn config_text(sb: &gc_sandbox::Sandbox, state: &Path, drop: &Path, token: &str) -> String {
     format!(
         "[server]\nurl = \"{}\"\n{token}state_dir = \"{}\"\n\n[[folder]]\npath = \"{}\"\narchive = \"demo-archive\"\n\
          quiet = \"1s\"\nafter = \"leave\"\n{ARCHIVE_RULES}\n",
@@ -84,7 +79,7 @@ struct Layout {
 /// `root`, with the folder and file modes given.
 fn layout(
     root: &Path,
-    sb: &gc_hotfolder::sandbox::Sandbox,
+    sb: &gc_sandbox::Sandbox,
     etc_mode: u32,
     config_mode: u32,
     token_line: bool,

@@ -1,14 +1,12 @@
 //! An algorithm job's outputs written into the outbox as one case folder, as `pull` writes an item:
 //! against the sandbox over loopback, compared byte for byte with what the sandbox holds.
 
-mod client_support;
-
 use std::time::Duration;
 
-use client_support::*;
-use gc_hotfolder::gc::{JobPolling, JobStatus};
+use gc_client::{JobPolling, JobStatus};
 use gc_hotfolder::outbox::{self, Written};
-use gc_hotfolder::sandbox::FaultRule;
+use gc_sandbox::FaultRule;
+use gc_testkit::client::*;
 use sha2::Digest;
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use gc_hotfolder::receipt::{Outcome, Receipt};
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use gc_sandbox::DEMO_TOKEN;
 use serde_json::Value;
 
 /// (name, sha256) of every file a socket value holds in the sandbox's state.
@@ -369,7 +369,7 @@ async fn an_image_the_platform_would_refuse_is_quarantined_before_anything_is_cr
     std::fs::write(text.join("image.mha"), b"hello, I am text").unwrap();
     let truncated = drop.join("truncated");
     std::fs::create_dir_all(&truncated).unwrap();
-    gc_hotfolder::samples::write_mha(&truncated.join("image.mha"), [8, 8, 4], 1).unwrap();
+    gc_content::samples::write_mha(&truncated.join("image.mha"), [8, 8, 4], 1).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(truncated.join("image.mha"))

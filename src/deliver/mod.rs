@@ -18,15 +18,15 @@ use futures_util::future::try_join_all;
 
 use std::sync::Mutex;
 
-use crate::deidentify::{Procedure, UidMap};
-use crate::gc::models::UserUpload;
-use crate::gc::uploads::{LocalFile, ResumeFrom, UploadObserver};
-use crate::gc::verify::{Awaiting, Expectation, VerifyTiming};
-use crate::gc::{
-    Client, GcError, Item, Socket, SuperKind, Target, ValueEntry, models::ValueSource,
-};
 use crate::journal::{Step, TitleClaim};
 use crate::rules::{Plan, PlannedFile, Source};
+use gc_client::models::UserUpload;
+use gc_client::uploads::{LocalFile, ResumeFrom, UploadObserver};
+use gc_client::verify::{Awaiting, Expectation, VerifyTiming};
+use gc_client::{
+    Client, GcError, Item, Socket, SuperKind, Target, ValueEntry, models::ValueSource,
+};
+use gc_content::deidentify::{Procedure, UidMap};
 
 pub mod job;
 pub use job::JobDone;
@@ -209,8 +209,8 @@ pub struct SocketResult {
     pub file: Option<String>,
 }
 
-impl From<&crate::gc::ItemValue> for SocketResult {
-    fn from(v: &crate::gc::ItemValue) -> Self {
+impl From<&gc_client::ItemValue> for SocketResult {
+    fn from(v: &gc_client::ItemValue) -> Self {
         SocketResult {
             slug: v.interface.slug().to_owned(),
             value_pk: v.pk,
@@ -366,7 +366,7 @@ fn route<'a>(
         }
         (Source::ValueFile(f), _) => {
             // A JSON kind stored as a file is validated by the platform after the item exists.
-            if crate::sandbox::schema::builtin_schema(&socket.kind).is_some() {
+            if gc_content::schema::builtin_schema(&socket.kind).is_some() {
                 let value = read_value_file(case_dir, f)?;
                 valid_for(socket, &value).map_err(|e| quarantine(format!("{}: {e}", f.path)))?;
             }
@@ -384,7 +384,7 @@ fn route<'a>(
 /// message, followed by the socket. A socket's custom schema is not served by the API (gc-protocol.md §3.1):
 /// only the platform can check that one.
 fn valid_for(socket: &Socket, value: &serde_json::Value) -> Result<(), String> {
-    crate::sandbox::schema::validate_value(&socket.kind, value).map_err(|e| {
+    gc_content::schema::validate_value(&socket.kind, value).map_err(|e| {
         format!(
             "{e} (socket {}, a {} socket); nothing was created on the platform",
             socket.slug, socket.kind
@@ -414,7 +414,7 @@ fn read_value_file(case_dir: &Path, f: &PlannedFile) -> Result<serde_json::Value
 
 /// Make the de-identified copies of every DICOM file (by content, however stored) that goes to an image
 /// socket, under `privacy.staging`. Fail closed: a file that is neither DICOM nor a recognised non-DICOM
-/// format ([`crate::deidentify::sniff`]), a file the procedure refuses, or one that cannot be read,
+/// format ([`gc_content::deidentify::sniff`]), a file the procedure refuses, or one that cannot be read,
 /// refuses the case: nothing has been created on the platform yet.
 pub fn stage(
     case_dir: &Path,
@@ -432,7 +432,7 @@ pub fn stage(
         .min(files.len().max(1));
     // Detached MetaImage data files have no signature: they pass because a header names them.
     let rels: Vec<&Path> = files.iter().map(|f| f.rel.as_path()).collect();
-    let named = crate::deidentify::sniff::named_data_files(case_dir, &rels);
+    let named = gc_content::deidentify::sniff::named_data_files(case_dir, &rels);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let mut results: Vec<(usize, Result<Option<StagedFile>, DeliverError>)> =
@@ -483,7 +483,7 @@ pub fn stage(
     }
     identifiers.sort();
     identifiers.dedup();
-    done.warnings = crate::deidentify::title_warnings(case, title, &identifiers);
+    done.warnings = gc_content::deidentify::title_warnings(case, title, &identifiers);
     Ok(done)
 }
 
@@ -515,7 +515,7 @@ fn images_as_sent(case_dir: &Path, routes: &[(&str, Route<'_>)], staged: &[Stage
 /// image, two series in one socket), judged on this machine by the sandbox's importer, which follows the
 /// platform's; anything it does not follow exactly is left to the platform.
 fn precheck_images(images: &ImageFiles) -> Result<(), DeliverError> {
-    use crate::sandbox::imaging::{ImportError, Verdict, judge_files};
+    use gc_content::imaging::{ImportError, Verdict, judge_files};
     for (slug, files) in images {
         let uploads: Vec<(String, PathBuf)> = files
             .iter()
@@ -562,7 +562,7 @@ fn stage_one(
     privacy: &Privacy,
     procedure: &Procedure,
 ) -> Result<Option<StagedFile>, DeliverError> {
-    use crate::deidentify::sniff::{Verdict, judge};
+    use gc_content::deidentify::sniff::{Verdict, judge};
     let src = case_dir.join(&f.rel);
     match judge(case_dir, &f.rel, named)
         .map_err(|e| quarantine(format!("{}: cannot read: {e}", f.path)))?
@@ -585,7 +585,7 @@ fn stage_one(
             ))
         })?;
     }
-    let written = crate::deidentify::deidentify_file(procedure, &privacy.uids, &src, &dst)
+    let written = gc_content::deidentify::deidentify_file(procedure, &privacy.uids, &src, &dst)
         .map_err(|e| quarantine(format!("{}: {e}", f.path)))?;
     Ok(Some(StagedFile {
         staged: Staged {
@@ -649,7 +649,7 @@ async fn prepare(
 
 /// Does this file hold DICOM, however stored? (An unreadable file is left to the steps that read it.)
 fn is_dicom(path: &Path) -> bool {
-    use crate::deidentify::sniff::{Content, HEAD, head, sniff};
+    use gc_content::deidentify::sniff::{Content, HEAD, head, sniff};
     head(path, HEAD).is_ok_and(|(bytes, len)| matches!(sniff(&bytes, len), Content::Dicom(_)))
 }
 
@@ -684,7 +684,7 @@ pub async fn deliver(
             GcError::NotFound(m) => quarantine(m),
             e => e.into(),
         })?;
-    if target.kind == crate::gc::TargetKind::Algorithm {
+    if target.kind == gc_client::TargetKind::Algorithm {
         let outbox = outbox.ok_or_else(|| {
             DeliverError::Local("an algorithm folder needs an outbox for its results".into())
         })?;
@@ -1080,8 +1080,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_creation_stays_in_doubt_until_its_item_is_adopted() {
-        use crate::gc::{ClientConfig, RetryPolicy, TargetKind, Token};
-        use crate::sandbox::{Fixture, Sandbox, SandboxOptions, fixture::DEMO_TOKEN};
+        use gc_client::{ClientConfig, RetryPolicy, TargetKind, Token};
+        use gc_sandbox::{Fixture, Sandbox, SandboxOptions, fixture::DEMO_TOKEN};
         use std::time::Duration;
         let sb = Sandbox::start(SandboxOptions::new(Fixture::demo()))
             .await

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gc_content::samples;
 use gc_hotfolder::receipt::{Outcome, Receipt};
-use gc_hotfolder::samples;
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
-use gc_hotfolder::sandbox::{Fixture, Sandbox, SandboxOptions};
+use gc_sandbox::DEMO_TOKEN;
+use gc_sandbox::{Fixture, Sandbox, SandboxOptions};
 use serde_json::Value;
 
 pub fn bin() -> Command {

@@ -447,7 +447,7 @@ mod tests {
             status: 400,
             context: "starting a job".into(),
             message: format!("non_field_errors: {REPEATED_JOB}."),
-            body: serde_json::Value::Null,
+            body: Box::new(serde_json::Value::Null),
         };
         assert!(is_repeated_job(&repeated));
         assert!(!is_repeated_job(&GcError::JobLimit(REPEATED_JOB.into())));

@@ -26,6 +26,7 @@ use super::models::{
     Archive, HyperlinkedImage, Item, Page, ReaderStudy, Socket, Target, TargetKind, UploadSession,
     UserUpload, ValueEntry,
 };
+use super::observe::{ClientObserver, Unobserved};
 use super::retry::{
     Decision, Outcome, Reply, RequestKind, RetryPolicy, TransportFailure, retry_cause,
 };
@@ -48,6 +49,8 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
     /// Per connect/read phase, like gcapi's 60 s. For part uploads: the longest time without progress.
     pub timeout: Duration,
+    /// Told of retries and finished uploads; [`Unobserved`] by default.
+    pub observer: Arc<dyn ClientObserver>,
 }
 
 /// The platform's default part size, gcapi's 32 MiB.
@@ -78,6 +81,7 @@ impl ClientConfig {
             parallel_files: 4,
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(60),
+            observer: Arc::new(Unobserved),
         }
     }
 }
@@ -107,6 +111,7 @@ pub(crate) struct Inner {
     /// Keyed by `"<kind>/<slug>"`.
     targets: Mutex<HashMap<String, Target>>,
     rng: Mutex<StdRng>,
+    pub(crate) observer: Arc<dyn ClientObserver>,
 }
 
 impl fmt::Debug for Client {
@@ -259,6 +264,7 @@ impl Client {
                 sockets: Mutex::new(HashMap::new()),
                 targets: Mutex::new(HashMap::new()),
                 rng: Mutex::new(StdRng::from_os_rng()),
+                observer: config.observer,
             }),
         })
     }
@@ -597,7 +603,7 @@ impl Client {
                         }
                         _ => retry_cause(None, None),
                     };
-                    crate::metrics::global().request_retried(cause);
+                    self.inner.observer.request_retried(&cause);
                     tracing::warn!(%context, attempt, ?delay, "download failed, retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -831,7 +837,9 @@ impl Client {
                 Decision::Retry(delay) => {
                     let status = result.as_ref().ok().map(|r| r.0);
                     let failure = result.as_ref().err().map(classify_transport);
-                    crate::metrics::global().request_retried(retry_cause(status, failure));
+                    self.inner
+                        .observer
+                        .request_retried(&retry_cause(status, failure));
                     tracing::warn!(%context, attempt, ?status, ?delay, "request failed, retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -1077,7 +1085,7 @@ mod tests {
 
     /// The pipeline runs these on spawned tasks: they must stay `Send` (a compile-time check).
     #[allow(dead_code)]
-    fn futures_are_send(c: &Client, t: &Target, f: &crate::gc::LocalFile, p: &Path) {
+    fn futures_are_send(c: &Client, t: &Target, f: &crate::LocalFile, p: &Path) {
         fn send<T: Send>(_: T) {}
         send(c.whoami());
         send(c.socket("s"));
@@ -1091,8 +1099,8 @@ mod tests {
         send(c.get_upload("x"));
         send(c.upload_sessions());
         send(c.download("https://x/", p));
-        send(c.upload_file(f, None, &crate::gc::NoObserver));
-        send(c.await_values(t, "x", &[], &crate::gc::VerifyTiming::default()));
+        send(c.upload_file(f, None, &crate::NoObserver));
+        send(c.await_values(t, "x", &[], &crate::VerifyTiming::default()));
         fn sync<T: Send + Sync + Clone>(_: &T) {}
         sync(c);
     }

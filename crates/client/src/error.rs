@@ -31,7 +31,8 @@ pub enum GcError {
         status: u16,
         context: String,
         message: String,
-        body: serde_json::Value,
+        /// The answer's JSON as it came (boxed: it is rarely read and would make every error large).
+        body: Box<serde_json::Value>,
     },
     /// Something looked up by slug or pk does not exist or is not visible to this token.
     #[error("{0}")]
@@ -140,7 +141,7 @@ mod tests {
             status,
             context: "creating item".into(),
             message: message.into(),
-            body: serde_json::Value::Null,
+            body: Box::new(serde_json::Value::Null),
         }
     }
 

@@ -12,12 +12,14 @@
 //! - [`uploads`] S3 multipart uploads streamed from disk, bounded concurrency, resume via list-parts.
 //! - [`verify`]  polling until every socket shows its new value, or an import session reports `Failed`.
 //! - [`algorithms`] algorithms and their interfaces, starting, following and finding jobs.
+//! - [`observe`] [`ClientObserver`]: what the client did (retries, uploads), for the caller's counters.
 
 pub mod algorithms;
 pub mod auth;
 pub mod client;
 pub mod error;
 pub mod models;
+pub mod observe;
 pub mod retry;
 pub mod uploads;
 pub mod verify;
@@ -33,6 +35,7 @@ pub use models::{
     ReaderStudy, Socket, SuperKind, Target, TargetKind, UploadSession, UserUpload, ValueEntry,
     ValueSource,
 };
+pub use observe::{ClientObserver, Unobserved};
 pub use retry::{Jitter, RetryPolicy};
 pub use uploads::{LocalFile, NoObserver, ResumeFrom, UploadObserver};
 pub use verify::{Awaiting, Expectation, VerifyTiming};

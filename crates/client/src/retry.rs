@@ -184,7 +184,7 @@ impl Failure {
                 status,
                 context: context.to_owned(),
                 message,
-                body,
+                body: Box::new(body),
             },
             Failure::NotFound(m) => GcError::NotFound(format!("{context}: {m}")),
             Failure::Unavailable {

@@ -270,7 +270,7 @@ impl Client {
                 .await
             {
                 Ok(done) => {
-                    crate::metrics::global().file_uploaded(size, began.elapsed());
+                    self.inner.observer.file_uploaded(size, began.elapsed());
                     return Ok(done);
                 }
                 Err(GcError::UploadDead { context, message }) if !restarted => {
@@ -625,7 +625,10 @@ impl PartJob<'_> {
                         .filter(|e| !e.trim().is_empty());
                     match (d, etag) {
                         (Decision::Accept, Some(etag)) => {
-                            crate::metrics::global().uploaded(self.layout.range(n).1);
+                            self.client
+                                .inner
+                                .observer
+                                .part_stored(self.layout.range(n).1);
                             return Ok((n, etag.to_owned()));
                         }
                         // A 2xx without an ETag cannot be completed: treat it as a broken answer.
@@ -665,7 +668,7 @@ impl PartJob<'_> {
                         PutAttempt::Reply { status, .. } => retry_cause(Some(*status), None),
                         PutAttempt::Transport { failure, .. } => retry_cause(None, Some(*failure)),
                     };
-                    crate::metrics::global().request_retried(cause);
+                    self.client.inner.observer.request_retried(&cause);
                     tracing::warn!(%context, attempt, ?delay, "part upload failed, retrying with a fresh URL");
                     tokio::time::sleep(delay).await;
                 }

@@ -2,15 +2,13 @@
 //! jobs on values and on uploaded images, following them to the end, finding them again by algorithm,
 //! input image and status, downloading outputs, refusals and faults.
 
-mod client_support;
-
 use std::time::Duration;
 
-use client_support::*;
-use gc_hotfolder::gc::models::{ValueEntry, ValueSource};
-use gc_hotfolder::gc::{GcError, JobFilter, JobPolling, JobStatus, LocalFile, NoObserver};
-use gc_hotfolder::sandbox::FaultRule;
-use gc_hotfolder::sandbox::fixture::DEMO_ADMIN_TOKEN;
+use gc_client::models::{ValueEntry, ValueSource};
+use gc_client::{GcError, JobFilter, JobPolling, JobStatus, LocalFile, NoObserver};
+use gc_sandbox::DEMO_ADMIN_TOKEN;
+use gc_sandbox::FaultRule;
+use gc_testkit::client::*;
 use serde_json::json;
 use sha2::Digest;
 
@@ -143,7 +141,7 @@ async fn jobs_are_listed_by_algorithm_and_by_how_they_ended() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mha = dir.path().join("small.mha");
-    gc_hotfolder::samples::write_mha(&mha, [4, 4, 2], 1).unwrap();
+    gc_content::samples::write_mha(&mha, [4, 4, 2], 1).unwrap();
     let upload = c
         .upload_file(
             &LocalFile {
@@ -312,7 +310,7 @@ async fn jobs_are_found_again_by_their_values_and_existing_images() {
     // An image already on the platform: the image output of a first job feeds a second one.
     let dir = tempfile::tempdir().unwrap();
     let mha = dir.path().join("ct.mha");
-    gc_hotfolder::samples::write_mha(&mha, [3, 3, 3], 5).unwrap();
+    gc_content::samples::write_mha(&mha, [3, 3, 3], 5).unwrap();
     let upload = c
         .upload_file(
             &LocalFile {
@@ -349,50 +347,5 @@ async fn jobs_are_found_again_by_their_values_and_existing_images() {
     match c.jobs_with_inputs(&a, &uploaded).await {
         Err(GcError::Config(_)) => {}
         other => panic!("uploads have no identity to match: {other:?}"),
-    }
-}
-
-/// `check --online` and the agent's start: an algorithm folder's sockets must make up one of the
-/// algorithm's interfaces exactly; optional sockets may be left out of it.
-#[tokio::test]
-async fn an_algorithm_folder_is_checked_against_the_interfaces() {
-    let sb = sandbox().await;
-    let c = client(&sb);
-    let cfg = |sockets: &str| {
-        let text = format!(
-            "[server]\nurl = \"{}\"\ntoken = \"x\"\nstate_dir = \"/tmp/state\"\n\n[[folder]]\n\
-             path = \"/srv/drop/ct\"\nalgorithm = \"lung-volume-estimator\"\n{sockets}",
-            sb.base_url()
-        );
-        gc_hotfolder::config::Config::parse(std::path::Path::new("/etc/gc/hot.toml"), &text)
-            .unwrap()
-    };
-    let image = "  [[folder.socket]]\n  slug = \"ct-image\"\n  files = \"*.mha\"\n";
-    let count = "  [[folder.socket]]\n  slug = \"lesion-count\"\n  value = 3\n";
-    let optional_count = format!("{count}  optional = true\n");
-    use gc_hotfolder::preflight::{Verdict, check_folder};
-    for (sockets, usable) in [
-        (image.to_owned(), true),
-        (count.to_owned(), true),
-        (format!("{image}{optional_count}"), true),
-        (format!("{image}{count}"), false),
-        (
-            "  [[folder.socket]]\n  slug = \"lung-volume\"\n  value = 1.5\n".to_owned(),
-            false,
-        ),
-    ] {
-        let config = cfg(&sockets);
-        let check = check_folder(&c, &config.folders[0]).await;
-        let text = check.lines.join("\n");
-        match (&check.verdict, usable) {
-            (Verdict::Usable, true) => assert!(text.contains("fit its interface"), "{text}"),
-            (Verdict::Unusable(why), false) => assert!(
-                why.contains(
-                    "make up none of its interfaces, which take [ct-image] or [lesion-count]"
-                ),
-                "{why}"
-            ),
-            (other, _) => panic!("{sockets}: {other:?}\n{text}"),
-        }
     }
 }

@@ -2,20 +2,18 @@
 //! with every kind of socket, verification, import failures, every error class, retries through injected
 //! faults, and HTTPS with an extra CA.
 
-mod client_support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use client_support::*;
-use gc_hotfolder::gc::models::{Target, TargetKind, UserUpload, ValueEntry, ValueSource};
-use gc_hotfolder::gc::{
+use gc_client::models::{Target, TargetKind, UserUpload, ValueEntry, ValueSource};
+use gc_client::{
     Awaiting, Client, ClientConfig, Expectation, GcError, LocalFile, NoObserver, Token,
     VerifyTiming,
 };
-use gc_hotfolder::samples;
-use gc_hotfolder::sandbox::FaultAction;
-use gc_hotfolder::sandbox::fixture::{DEMO_READER_TOKEN, DEMO_TOKEN};
+use gc_content::samples;
+use gc_sandbox::FaultAction;
+use gc_sandbox::{DEMO_READER_TOKEN, DEMO_TOKEN};
+use gc_testkit::client::*;
 use serde_json::json;
 
 async fn upload(c: &Client, path: &Path) -> UserUpload {
@@ -79,7 +77,7 @@ async fn lookups_by_slug_are_cached_and_missing_ones_are_clear() {
     let s = c.socket("lesion-count").await.unwrap();
     assert_eq!(
         (s.kind.as_str(), s.super_kind),
-        ("Integer", gc_hotfolder::gc::SuperKind::Value)
+        ("Integer", gc_client::SuperKind::Value)
     );
     assert!(
         c.socket("dicom-image-set")

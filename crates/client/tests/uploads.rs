@@ -2,18 +2,16 @@
 //! crash, fresh URLs after refused parts, dead uploads, quotas, concurrency limits, and the token never
 //! reaching the storage endpoint.
 
-mod client_support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client_support::*;
-use gc_hotfolder::gc::models::{TargetKind, UserUpload, ValueEntry, ValueSource};
-use gc_hotfolder::gc::{
+use gc_client::models::{TargetKind, UserUpload, ValueEntry, ValueSource};
+use gc_client::{
     Awaiting, Client, Expectation, GcError, LocalFile, NoObserver, ResumeFrom, UploadObserver,
 };
-use gc_hotfolder::sandbox::FaultAction;
+use gc_sandbox::FaultAction;
+use gc_testkit::client::*;
 
 fn local(path: &std::path::Path) -> LocalFile {
     LocalFile {
@@ -25,7 +23,7 @@ fn local(path: &std::path::Path) -> LocalFile {
 /// Attach an upload to the `report` file socket of a new archive item and return the stored file's
 /// (size, sha256) as the sandbox reports it, after the client saw the value land.
 async fn attach_as_report(
-    sb: &gc_hotfolder::sandbox::Sandbox,
+    sb: &gc_sandbox::Sandbox,
     c: &Client,
     upload: &UserUpload,
     title: &str,
@@ -192,7 +190,7 @@ impl UploadObserver for CrashAfter {
 #[tokio::test]
 async fn an_interrupted_upload_resumes_with_only_the_missing_parts() {
     let sb = sandbox().await;
-    let mut cfg = config(&sb, gc_hotfolder::sandbox::fixture::DEMO_TOKEN);
+    let mut cfg = config(&sb, gc_sandbox::DEMO_TOKEN);
     cfg.parallel_parts = 1;
     let c = Client::new(cfg).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -254,7 +252,7 @@ async fn an_interrupted_upload_resumes_with_only_the_missing_parts() {
 #[tokio::test]
 async fn a_part_rewritten_since_the_interruption_is_sent_again() {
     let sb = sandbox().await;
-    let mut cfg = config(&sb, gc_hotfolder::sandbox::fixture::DEMO_TOKEN);
+    let mut cfg = config(&sb, gc_sandbox::DEMO_TOKEN);
     cfg.parallel_parts = 1;
     let c = Client::new(cfg).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -481,7 +479,7 @@ impl UploadObserver for Grow {
 #[tokio::test]
 async fn a_file_that_changes_size_during_the_upload_is_an_error() {
     let sb = sandbox().await;
-    let mut cfg = config(&sb, gc_hotfolder::sandbox::fixture::DEMO_TOKEN);
+    let mut cfg = config(&sb, gc_sandbox::DEMO_TOKEN);
     cfg.parallel_parts = 1;
     let c = Client::new(cfg).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -561,7 +559,7 @@ async fn the_byte_quota_is_a_wait_later_error() {
 #[tokio::test]
 async fn files_in_flight_are_bounded_client_wide() {
     let sb = sandbox().await;
-    let mut cfg = config(&sb, gc_hotfolder::sandbox::fixture::DEMO_TOKEN);
+    let mut cfg = config(&sb, gc_sandbox::DEMO_TOKEN);
     cfg.parallel_files = 2;
     cfg.parallel_parts = 3;
     let c = Client::new(cfg).unwrap();
@@ -625,7 +623,7 @@ async fn a_stalled_part_times_out_and_is_sent_again() {
         Some(1),
     )])
     .unwrap();
-    let mut cfg = config(&sb, gc_hotfolder::sandbox::fixture::DEMO_TOKEN);
+    let mut cfg = config(&sb, gc_sandbox::DEMO_TOKEN);
     cfg.timeout = Duration::from_millis(400);
     let c = Client::new(cfg).unwrap();
     let dir = tempfile::tempdir().unwrap();

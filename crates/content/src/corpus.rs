@@ -1,5 +1,5 @@
 //! A fixed corpus of image uploads, good and broken, in every format the platform's importer knows:
-//! the inputs on which the sandbox's importer ([`super::imaging`]) is checked against the platform's
+//! the inputs on which the sandbox's importer ([`crate::imaging`]) is checked against the platform's
 //! own converter. Each case is a folder holding the uploads of one image value.
 //!
 //! Everything is generated from one seed, so a run is reproducible and no binary fixture lives in

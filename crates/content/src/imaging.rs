@@ -3,8 +3,8 @@
 //! One image value must yield exactly one image.
 //!
 //! The platform runs panimg; this module follows **panimg 0.18.2** (with the SimpleITK 2.5, pydicom 3
-//! and tifffile it installs), and is checked against it on a generated corpus ([`super::corpus`],
-//! test `sandbox_panimg`). Its rules:
+//! and tifffile it installs), and is checked against it on a generated corpus ([`crate::corpus`],
+//! test `panimg`). Its rules:
 //!
 //! - **Before the builders**: every ZIP upload (recognised by content) is unpacked in place,
 //!   recursively, the archive itself removed. Each folder is then converted on its own: a detached

@@ -7,8 +7,6 @@
 //! The Python comes from `GC_HOTFOLDER_DEID_PYTHON` or from a venv the test makes once (see
 //! `python_support`); without one the test fails with an explanation, it is never skipped.
 
-mod python_support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,7 +17,7 @@ use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{InMemDicomObject, open_file};
-use gc_hotfolder::deidentify::{
+use gc_content::deidentify::{
     DeidError, PROCEDURE_JSON, Procedure, ROOT_UID, UidMap, deidentify_file,
 };
 
@@ -30,7 +28,8 @@ const REQUIREMENTS: &[&str] = &[
 ];
 
 fn python() -> PathBuf {
-    python_support::python_with(
+    gc_testkit::python::python_with(
+        &gc_testkit::venvs!(),
         "dicom-deid-0.1.1",
         REQUIREMENTS,
         "grand_challenge_dicom_de_identifier.deidentifier",
@@ -779,7 +778,7 @@ fn read_copy(path: &Path) -> (String, String, InMemDicomObject, Vec<u8>) {
 /// de-identified as the reference de-identifies them, and nothing identifying is left.
 #[test]
 fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
-    use gc_hotfolder::deidentify::sniff::{Content, HEAD, head, sniff};
+    use gc_content::deidentify::sniff::{Content, HEAD, head, sniff};
     let scratch = tempfile::tempdir().unwrap();
     let input = scratch.path().join("in");
     let encodings = write_encodings(&input);
@@ -856,7 +855,7 @@ fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
 /// between elements reads as a shorter one; the delivery refuses that copy before anything is made).
 #[test]
 fn damaged_files_of_every_encoding_are_refused_quickly() {
-    use gc_hotfolder::sandbox::imaging::{Verdict, judge_files};
+    use gc_content::imaging::{Verdict, judge_files};
     let scratch = tempfile::tempdir().unwrap();
     let input = scratch.path().join("in");
     let encodings = write_encodings(&input);

@@ -20,11 +20,9 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::{InMemDicomObject, open_file};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use gc_hotfolder::deidentify::{
-    DeidError, Procedure, UidMap, deidentify_file, patient_identifiers,
-};
-use gc_hotfolder::samples::{DicomSeriesIds, SampleRng, write_dicom_series};
-use gc_hotfolder::sandbox::imaging::{Verdict, judge_files};
+use gc_content::deidentify::{DeidError, Procedure, UidMap, deidentify_file, patient_identifiers};
+use gc_content::imaging::{Verdict, judge_files};
+use gc_content::samples::{DicomSeriesIds, SampleRng, write_dicom_series};
 
 #[test]
 fn a_file_cut_at_any_length_is_refused_never_a_panic() {
@@ -70,7 +68,7 @@ fn originals(dir: &Path) -> Vec<PathBuf> {
     let corpus = dir.join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
     let mut files = Vec::new();
-    for case in gc_hotfolder::sandbox::corpus::write_corpus(&corpus).unwrap() {
+    for case in gc_content::corpus::write_corpus(&corpus).unwrap() {
         let mut dcm: Vec<PathBuf> = std::fs::read_dir(corpus.join(&case))
             .unwrap()
             .map(|e| e.unwrap().path())

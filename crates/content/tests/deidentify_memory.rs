@@ -24,8 +24,8 @@ use dicom_encoding::Encode;
 use dicom_encoding::encode::explicit_le::ExplicitVRLittleEndianEncoder;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
-use gc_hotfolder::deidentify::{Procedure, UidMap, deidentify_file};
-use gc_hotfolder::samples::SampleRng;
+use gc_content::deidentify::{Procedure, UidMap, deidentify_file};
+use gc_content::samples::SampleRng;
 use sha2::{Digest, Sha256};
 
 const TEST: &str = "a_large_native_multi_frame_image_is_copied_with_flat_memory";

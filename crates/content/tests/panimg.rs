@@ -7,14 +7,12 @@
 //! venv that the test makes once and keeps in `target/` (see `python_support`). When PyPI cannot be
 //! reached to make that venv, the test says so and checks nothing.
 
-mod python_support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gc_hotfolder::sandbox::{corpus, imaging};
-use python_support::NoPython;
+use gc_content::{corpus, imaging};
+use gc_testkit::python::NoPython;
 
 const PANIMG: &str = "panimg==0.18.2";
 
@@ -82,7 +80,8 @@ fn panimg_verdict(v: &serde_json::Value) -> String {
 
 #[test]
 fn the_importer_agrees_with_panimg_on_the_corpus() {
-    let python = match python_support::python_with(
+    let python = match gc_testkit::python::python_with(
+        &gc_testkit::venvs!(),
         "panimg-0.18.2",
         &[PANIMG],
         "panimg",

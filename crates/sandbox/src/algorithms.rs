@@ -54,13 +54,13 @@ use uuid::Uuid;
 
 use super::App;
 use super::fixture::Fixture;
-use super::imaging::ImportedImage;
-use super::kinds::{Family, SuperKind};
 use super::store::{
     Civ, CivContent, Image, Notification, SessionStatus, SessionTarget, StoredFile, Urls, UserId,
     World, concat_files, iso, store_image_files,
 };
 use super::worker;
+use gc_content::imaging::ImportedImage;
+use gc_content::kinds::{Family, SuperKind};
 
 // ---- the fixture form ----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::faults::{FaultRule, FaultSpec};
-use super::kinds::{self, Family, Kind, SuperKind};
+use gc_content::kinds::{self, Family, Kind, SuperKind};
 
 /// User "demo": editor of archive "demo-archive" and of reader study "demo-reader-study".
 pub const DEMO_TOKEN: &str = "2cc6e90b9a9d797ef841cabc57970e1aa6f9a0f6f28cbafcdc4eca7d4e1ac825";
@@ -609,9 +609,9 @@ impl Fixture {
                         );
                     }
                     if let ValueSourceSpec::Value(value) = &v.source {
-                        super::schema::validate_value(socket.kind.label, value).map_err(|e| {
-                            anyhow::anyhow!("{what} {}: socket {:?}: {e}", item.pk, v.socket)
-                        })?;
+                        gc_content::schema::validate_value(socket.kind.label, value).map_err(
+                            |e| anyhow::anyhow!("{what} {}: socket {:?}: {e}", item.pk, v.socket),
+                        )?;
                     }
                     if socket.kind.family == Family::DicomImageSet {
                         bail!(
@@ -888,7 +888,8 @@ retry_after = 1
     #[test]
     fn the_readme_fixture_loads_without_pks() {
         let readme =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            // The fixture format is documented for users in the workspace's README.
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
                 .unwrap();
         let block = &readme[readme.find("# my-world.toml").unwrap()..];
         let text: Vec<&str> = block[..block.find("```").unwrap()]

@@ -7,10 +7,6 @@
 //! - [`algorithms`] algorithms, their jobs and the deterministic executor that runs them;
 //!   `algorithm_api` their endpoints.
 //! - [`faults`]   fault injection: statuses, `Retry-After`, latency, dropped connections, upload quotas.
-//! - [`imaging`]  image import as the platform's importer (panimg) judges it, ZIP uploads unpacked first.
-//! - [`corpus`]   a fixed corpus of good and broken image uploads, to check `imaging` against the platform.
-//! - [`schema`]   JSON value validation by socket kind.
-//! - [`kinds`]    the socket kinds: labels, internal codes, families.
 //! - `store`      the in-memory world and its JSON representations; bytes live on disk.
 //! - `routes`     which endpoint a path names (also used to resolve hyperlinks in bodies).
 //! - `http`       the platform's HTTP conventions: exact JSON, error shapes, pagination, negotiation.
@@ -20,23 +16,17 @@
 //! - `tls`        a throw-away CA and leaf certificate for HTTPS.
 //! - [`recorder`] every request received written to a folder (`--record`), for tests that search what
 //!   clients sent.
-//! - [`command`]  the `gc-hotfolder sandbox` subcommand.
 
 mod algorithm_api;
 pub mod algorithms;
 mod api;
 mod auth;
-pub mod command;
-pub mod corpus;
 pub mod faults;
 pub mod fixture;
 mod http;
-pub mod imaging;
-pub mod kinds;
 pub mod recorder;
 mod routes;
 mod s3;
-pub mod schema;
 mod store;
 mod tls;
 mod uploads;

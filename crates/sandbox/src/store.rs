@@ -16,8 +16,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::fixture::{Fixture, ItemSpec, OverlaySegment, ValueSourceSpec};
-use super::imaging::{self, ImageType, ImportedImage};
-use super::kinds::{Family, Kind, SuperKind};
+use gc_content::imaging::{self, ImageType, ImportedImage};
+use gc_content::kinds::{Family, Kind, SuperKind};
 
 pub type UserId = i64;
 

@@ -62,7 +62,11 @@ pub fn setup(dir: &Path) -> anyhow::Result<Tls> {
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
 
     let ca_path = dir.join("ca.pem");
-    crate::fsutil::write_atomic(&ca_path, ca_cert.pem().as_bytes())
+    // Written beside and renamed, so that a client reading the path sees a whole certificate. No fsync:
+    // the certificate is made afresh at every start and is worth nothing after a crash.
+    let tmp = dir.join(".ca.pem.tmp");
+    std::fs::write(&tmp, ca_cert.pem().as_bytes())
+        .and_then(|()| std::fs::rename(&tmp, &ca_path))
         .with_context(|| format!("cannot write {}", ca_path.display()))?;
 
     let chain = vec![leaf_cert.der().clone(), ca_cert.der().clone()];

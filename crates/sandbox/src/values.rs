@@ -7,11 +7,11 @@ use serde_json::{Map, Value as Json, json};
 use uuid::Uuid;
 
 use super::http::{py_str, py_type};
-use super::imaging::ImportedImage;
-use super::kinds::{Family, SuperKind};
 use super::routes::{self, Route};
-use super::schema;
 use super::store::{SessionStatus, Socket, UserId, World};
+use gc_content::imaging::ImportedImage;
+use gc_content::kinds::{Family, SuperKind};
+use gc_content::schema;
 
 /// Where a validated entry's value comes from.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::App;
-use super::imaging::{self, ImportError, ImportedImage};
-use super::schema;
 use super::store::{
     Civ, CivContent, ContainerKind, Item, Notification, SessionStatus, SessionTarget, StoredFile,
     UploadStatus, UserId, World, base_name, concat_files, store_image_files,
 };
 use super::values::segmentation_error;
+use gc_content::imaging::{self, ImportError, ImportedImage};
+use gc_content::schema;
 
 /// Work queued by a request, run after the request has answered.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,10 +1,8 @@
 //! The sandbox's algorithms over loopback HTTP: lookup, jobs with value and uploaded inputs, the
 //! executor's outputs, failures, filters, permissions, limits and faults.
 
-mod sandbox_support;
-
-use gc_hotfolder::sandbox::{FaultRule, Fixture, SandboxOptions};
-use sandbox_support::*;
+use gc_sandbox::{FaultRule, Fixture, SandboxOptions};
+use gc_testkit::http::*;
 use serde_json::{Value, json};
 use sha2::Digest;
 
@@ -273,7 +271,7 @@ async fn an_uploaded_image_becomes_a_volume_a_summary_file_and_a_copy() {
     let env = start().await;
     let dir = tempfile::tempdir().unwrap();
     let mha = dir.path().join("ct.mha");
-    gc_hotfolder::samples::write_mha(&mha, [12, 10, 3], 7).unwrap();
+    gc_content::samples::write_mha(&mha, [12, 10, 3], 7).unwrap();
     let bytes = std::fs::read(&mha).unwrap();
     let upload = env.upload(DEMO, "ct.mha", &bytes).await;
     let created = start_job(
@@ -376,7 +374,7 @@ async fn failures_end_the_job_with_the_message_in_the_state_and_a_notification()
     let env = start().await;
     let dir = tempfile::tempdir().unwrap();
     let mha = dir.path().join("ct.mha");
-    gc_hotfolder::samples::write_mha(&mha, [4, 4, 2], 1).unwrap();
+    gc_content::samples::write_mha(&mha, [4, 4, 2], 1).unwrap();
     let upload = env
         .upload(DEMO, "ct.mha", &std::fs::read(&mha).unwrap())
         .await;
@@ -620,7 +618,7 @@ title = "A"
 #[test]
 fn the_readme_algorithm_loads_with_the_readme_world() {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
     let block = |start: &str| -> String {
         let from = &readme[readme.find(start).unwrap()..];
         from[..from.find("```").unwrap()]

@@ -1,9 +1,7 @@
 //! Conformance of the sandbox's REST API with gc-protocol.md, over loopback HTTP.
 
-mod sandbox_support;
-
-use gc_hotfolder::sandbox::{Fixture, SandboxOptions};
-use sandbox_support::*;
+use gc_sandbox::{Fixture, SandboxOptions};
+use gc_testkit::http::*;
 use serde_json::json;
 
 #[tokio::test]
@@ -993,7 +991,7 @@ async fn read_values_are_grouped_as_the_platform_sorts_them() {
     std::fs::write(dir.path().join("extra.json"), br#"{"k": [1, 2]}"#).unwrap();
     std::fs::write(dir.path().join("thumb.png"), b"\x89PNG\r\n\x1a\n").unwrap();
     std::fs::write(dir.path().join("report.pdf"), b"%PDF-1.4\n%%EOF\n").unwrap();
-    gc_hotfolder::samples::write_mha(&dir.path().join("ct.mha"), [4, 3, 2], 1).unwrap();
+    gc_content::samples::write_mha(&dir.path().join("ct.mha"), [4, 3, 2], 1).unwrap();
     let socket = |slug: &str, kind: &str, super_kind: &str, path: &str| {
         format!(
             "[[socket]]\nslug = \"{slug}\"\ntitle = \"{slug}\"\nkind = \"{kind}\"\nsuper_kind = \"{super_kind}\"\nrelative_path = \"{path}\"\n"

@@ -5,19 +5,17 @@
 //! with `gcapi==0.16.1` that the test makes once and keeps in `target/` (see `python_support`). If
 //! neither works the test fails with an explanation: it is never skipped.
 
-mod python_support;
-mod sandbox_support;
-
 use std::path::{Path, PathBuf};
 
-use gc_hotfolder::sandbox::{DEMO_TOKEN, Fixture, SandboxOptions};
-use sandbox_support::*;
+use gc_sandbox::{DEMO_TOKEN, Fixture, SandboxOptions};
+use gc_testkit::http::*;
 use sha2::Digest;
 
 const GCAPI: &str = "gcapi==0.16.1";
 
 fn python_with_gcapi() -> PathBuf {
-    python_support::python_with(
+    gc_testkit::python::python_with(
+        &gc_testkit::venvs!(),
         "gcapi-0.16.1",
         &[GCAPI],
         "gcapi",
@@ -40,7 +38,7 @@ async fn gcapi_round_trip() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/gcapi_roundtrip.py");
     let work = scratch.path().join("work");
     let image = scratch.path().join("ct.mha");
-    gc_hotfolder::samples::write_mha(&image, [12, 10, 3], 9).unwrap();
+    gc_content::samples::write_mha(&image, [12, 10, 3], 9).unwrap();
     let output = tokio::process::Command::new(&python)
         .arg(&script)
         .env("GC_BASE_URL", &env.base)
@@ -147,11 +145,11 @@ async fn gcapi_runs_an_algorithm() {
     let env = start_with(options).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/gcapi_algorithm.py");
     let image = scratch.path().join("ct.mha");
-    gc_hotfolder::samples::write_mha(&image, [12, 10, 3], 4).unwrap();
+    gc_content::samples::write_mha(&image, [12, 10, 3], 4).unwrap();
     let output = tokio::process::Command::new(&python)
         .arg(&script)
         .env("GC_BASE_URL", &env.base)
-        .env("GC_TOKEN", gc_hotfolder::sandbox::DEMO_READER_TOKEN)
+        .env("GC_TOKEN", gc_sandbox::DEMO_READER_TOKEN)
         .env("GC_WORKDIR", scratch.path().join("work"))
         .env("GC_IMAGE_FILES", &image)
         .env_remove("GRAND_CHALLENGE_AUTHORIZATION")

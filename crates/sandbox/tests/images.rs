@@ -1,11 +1,9 @@
 //! Image values end to end: real sample images uploaded, imported in the background, attached, served.
 //! These depend on the sandbox's importer (`sandbox::imaging`) and the sample writers (`samples`).
 
-mod sandbox_support;
-
-use gc_hotfolder::samples;
-use gc_hotfolder::sandbox::{Fixture, SandboxOptions};
-use sandbox_support::*;
+use gc_content::samples;
+use gc_sandbox::{Fixture, SandboxOptions};
+use gc_testkit::http::*;
 use serde_json::{Value, json};
 use sha2::Digest;
 

@@ -1,16 +1,14 @@
 //! The sandbox's request recorder: every request written down whole (request line, headers, body, S3
 //! part PUTs included) as the sandbox reads it, without changing a single answer, and never the token.
 
-mod client_support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use client_support::*;
-use gc_hotfolder::gc::{LocalFile, NoObserver};
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
-use gc_hotfolder::sandbox::recorder::{self, Recorded};
-use gc_hotfolder::sandbox::{FaultAction, Sandbox};
+use gc_client::{LocalFile, NoObserver};
+use gc_sandbox::DEMO_TOKEN;
+use gc_sandbox::recorder::{self, Recorded};
+use gc_sandbox::{FaultAction, Sandbox};
+use gc_testkit::client::*;
 use sha2::Digest;
 
 /// One request's body as recorded.

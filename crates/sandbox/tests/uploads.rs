@@ -1,12 +1,10 @@
 //! Uploads, the S3-like part endpoint, background file imports, sessions and quotas, over loopback HTTP.
 
-mod sandbox_support;
-
 use std::time::Duration;
 
-use gc_hotfolder::sandbox::{Fixture, SandboxOptions};
+use gc_sandbox::{Fixture, SandboxOptions};
+use gc_testkit::http::*;
 use md5::{Digest, Md5};
-use sandbox_support::*;
 use serde_json::{Value, json};
 
 fn md5_etag(bytes: &[u8]) -> String {

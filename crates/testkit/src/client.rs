@@ -1,17 +1,13 @@
 //! Shared by the platform client's tests: a sandbox on loopback, clients with test-sized timings, and
 //! reads of the sandbox's request counts.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use gc_hotfolder::gc::models::UserUpload;
-use gc_hotfolder::gc::{
-    Client, ClientConfig, Jitter, RetryPolicy, Token, UploadObserver, VerifyTiming,
-};
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
-use gc_hotfolder::sandbox::{FaultAction, FaultRule, Fixture, Sandbox, SandboxOptions};
+use gc_client::models::UserUpload;
+use gc_client::{Client, ClientConfig, Jitter, RetryPolicy, Token, UploadObserver, VerifyTiming};
+use gc_sandbox::{DEMO_TOKEN, FaultAction, FaultRule, Fixture, Sandbox, SandboxOptions};
 use serde_json::Value;
 
 /// The sandbox's S3 part endpoint, as its request counts name it.
@@ -157,25 +153,25 @@ pub async fn job_on_an_uploaded_mha(
     path: &Path,
     dims: [u32; 3],
     seed: u64,
-) -> gc_hotfolder::gc::CreatedJob {
-    gc_hotfolder::samples::write_mha(path, dims, seed).unwrap();
+) -> gc_client::CreatedJob {
+    gc_content::samples::write_mha(path, dims, seed).unwrap();
     let upload = c
         .upload_file(
-            &gc_hotfolder::gc::LocalFile {
+            &gc_client::LocalFile {
                 path: path.to_path_buf(),
                 filename: "ct.mha".into(),
             },
             None,
-            &gc_hotfolder::gc::NoObserver,
+            &gc_client::NoObserver,
         )
         .await
         .unwrap();
     let a = c.algorithm("lung-volume-estimator").await.unwrap();
     c.start_job(
         &a,
-        &[gc_hotfolder::gc::models::ValueEntry {
+        &[gc_client::models::ValueEntry {
             socket: "ct-image".into(),
-            source: gc_hotfolder::gc::models::ValueSource::UserUploads(vec![upload.api_url]),
+            source: gc_client::models::ValueSource::UserUploads(vec![upload.api_url]),
         }],
     )
     .await

@@ -1,9 +1,8 @@
 //! Shared helpers for the sandbox tests: start a sandbox on loopback and talk to it over real HTTP.
-#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
-use gc_hotfolder::sandbox::{
+use gc_sandbox::{
     DEMO_ADMIN_TOKEN, DEMO_READER_TOKEN, DEMO_TOKEN, Fixture, Sandbox, SandboxOptions,
 };
 use serde_json::{Value, json};

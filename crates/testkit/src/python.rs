@@ -2,11 +2,9 @@
 //! uses), each in a venv of its own that is made once and kept between runs.
 //!
 //! A venv lives in `target/tmp/venvs/<name>` (cargo's per-target scratch folder, which `cargo clean`
-//! removes). It is made under an exclusive lock, so tests running in parallel build it once, and it is
+//! removes; [`crate::venvs!`] names it from the calling test). It is made under an exclusive lock, so tests running in parallel build it once, and it is
 //! marked complete only after `pip install` succeeded, so an interrupted install is redone. An
 //! environment variable may name a Python that already has the packages instead.
-#![allow(dead_code)]
-
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -34,9 +32,11 @@ impl std::fmt::Display for NoPython {
 }
 
 /// A Python interpreter that can import `import_check` (a Python module name), taken from the
-/// environment variable `override_var` when it is set, else from the cached venv `name` with
-/// `requirements` installed (pip requirement strings, pinned by the caller).
+/// environment variable `override_var` when it is set, else from the cached venv `name` under `venvs`
+/// (give it [`crate::venvs!`]) with `requirements` installed (pip requirement strings, pinned by the
+/// caller).
 pub fn python_with(
+    venvs: &Path,
     name: &str,
     requirements: &[&str],
     import_check: &str,
@@ -56,8 +56,8 @@ pub fn python_with(
             )))
         };
     }
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("venvs");
-    std::fs::create_dir_all(&root)
+    let root = venvs;
+    std::fs::create_dir_all(root)
         .map_err(|e| NoPython::NoVenv(format!("{}: {e}", root.display())))?;
     let lock = File::create(root.join(format!("{name}.lock")))
         .map_err(|e| NoPython::NoVenv(format!("cannot create the venv lock: {e}")))?;
