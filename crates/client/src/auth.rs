@@ -9,7 +9,7 @@ use std::path::Path;
 
 use reqwest::header::HeaderValue;
 
-use super::GcError;
+use crate::error::GcError;
 
 /// The environment variable gcapi reads the token from; we honour the same one.
 pub const TOKEN_ENV: &str = "GRAND_CHALLENGE_AUTHORIZATION";

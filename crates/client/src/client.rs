@@ -22,6 +22,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use url::Url;
 
+use super::auth::Token;
+use super::error::GcError;
 use super::models::{
     Archive, HyperlinkedImage, Item, Page, ReaderStudy, Socket, Target, TargetKind, UploadSession,
     UserUpload, ValueEntry,
@@ -30,7 +32,6 @@ use super::observe::{ClientObserver, Unobserved};
 use super::retry::{
     Decision, Outcome, Reply, RequestKind, RetryPolicy, TransportFailure, retry_cause,
 };
-use super::{GcError, Token};
 
 /// How to reach the platform and how hard to push it.
 #[derive(Debug, Clone)]
@@ -1085,7 +1086,7 @@ mod tests {
 
     /// The pipeline runs these on spawned tasks: they must stay `Send` (a compile-time check).
     #[allow(dead_code)]
-    fn futures_are_send(c: &Client, t: &Target, f: &crate::LocalFile, p: &Path) {
+    fn futures_are_send(c: &Client, t: &Target, f: &crate::uploads::LocalFile, p: &Path) {
         fn send<T: Send>(_: T) {}
         send(c.whoami());
         send(c.socket("s"));
@@ -1099,8 +1100,8 @@ mod tests {
         send(c.get_upload("x"));
         send(c.upload_sessions());
         send(c.download("https://x/", p));
-        send(c.upload_file(f, None, &crate::NoObserver));
-        send(c.await_values(t, "x", &[], &crate::VerifyTiming::default()));
+        send(c.upload_file(f, None, &crate::uploads::NoObserver));
+        send(c.await_values(t, "x", &[], &crate::verify::VerifyTiming::default()));
         fn sync<T: Send + Sync + Clone>(_: &T) {}
         sync(c);
     }

@@ -16,14 +16,14 @@
 //! Creating an item is the exception: it is repeated only when it certainly did not take effect (no
 //! connection was made, or the platform refused it with 408/429/503). A duplicate-title answer to a repeat
 //! could not tell our own item from someone else's, so the caller records each request before sending it
-//! and decides itself (see [`crate::deliver`]).
+//! and decides itself (the agent's delivery).
 //!
 //! They are not retried on a 500, though: that is an unhandled error on the server, and repeating a write
 //! that failed in an unknown way is a decision for the caller, not for a retry loop.
 
 use std::time::{Duration, SystemTime};
 
-use super::GcError;
+use crate::error::GcError;
 
 /// How random the back-off is. Both spread simultaneous clients apart; `Equal` keeps at least half the
 /// exponential delay, `Full` may retry almost at once.

@@ -28,12 +28,12 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use url::Url;
 
-use super::GcError;
 use super::client::{
     Client, check_pk, classify_transport, read_limited, reply_of, transport_message,
 };
 use super::models::UserUpload;
 use super::retry::{Decision, Outcome, RequestKind, TransportFailure, retry_cause};
+use crate::error::GcError;
 
 /// A file to upload, and the name the platform will know it by (the basename, unique within one value).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::GcError;
 use super::client::Client;
 use super::models::{Item, Target, UploadSession};
+use crate::error::GcError;
 
 /// What one socket should show once the delivery has landed.
 #[derive(Debug, Clone, PartialEq)]

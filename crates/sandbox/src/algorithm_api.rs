@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::algorithms::{
     Job, JobStatus, STATUS_CODES, algorithm_image_json, algorithm_json, civs_write, job_json,
 };
-use super::api::{Ctx, Handled};
+use super::ctx::{Ctx, Handled};
 use super::http::Resp;
 use super::routes::Route;
 use super::store::{Session, SessionStatus, SessionTarget, World};

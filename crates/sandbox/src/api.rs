@@ -7,77 +7,12 @@ use std::collections::HashSet;
 use serde_json::{Map, Value as Json, json};
 use uuid::Uuid;
 
-use super::http::{Resp, paginate, parse_body, py_str, py_type, query_get};
+use super::ctx::{Ctx, Handled, done};
+use super::http::{Resp, py_str};
 use super::routes::Route;
-use super::store::{
-    ContainerKind, Item, Session, SessionStatus, SessionTarget, Urls, UserId, World,
-};
+use super::store::{ContainerKind, Item, Session, SessionStatus, SessionTarget, UserId, World};
 use super::values::{self, Entry, Source, char_field, hyperlink};
 use super::worker::Job;
-
-/// One API request, after authentication.
-pub struct Ctx<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub query: Vec<(String, String)>,
-    pub user: Option<UserId>,
-    pub urls: &'a Urls,
-    pub content_type: Option<String>,
-    pub body: bytes::Bytes,
-    pub limits: &'a Limits,
-    pub signer: &'a super::s3::Signer,
-    /// From a "too many uploads" fault: refuse new uploads from this many owned uploads on.
-    pub too_many_uploads: Option<usize>,
-}
-
-/// Server-side limits (gc-protocol.md §8.2), configurable for tests.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_uploads_per_user: usize,
-    pub upload_limit_unverified: u64,
-    pub upload_limit_verified: u64,
-    pub max_files_per_session: usize,
-    /// The smallest non-final part S3 accepts.
-    pub min_part_size: u64,
-}
-
-impl Ctx<'_> {
-    pub fn data(&self) -> Result<Json, Resp> {
-        parse_body(self.content_type.as_deref(), &self.body)
-    }
-
-    /// The body as an object, or DRF's "Invalid data" error.
-    pub fn object(&self) -> Result<Map<String, Json>, Resp> {
-        match self.data()? {
-            Json::Object(m) => Ok(m),
-            other => Err(Resp::json(
-                400,
-                json!({"non_field_errors": [format!("Invalid data. Expected a dictionary, but got {}.", py_type(&other))]}),
-            )),
-        }
-    }
-
-    pub fn require_user(&self) -> Result<UserId, Resp> {
-        self.user.ok_or_else(Resp::not_authenticated)
-    }
-
-    pub fn page(&self, items: Vec<Json>) -> Resp {
-        Resp::json(
-            200,
-            paginate(&self.urls.origin, self.path, &self.query, items),
-        )
-    }
-
-    pub fn param(&self, key: &str) -> Option<&str> {
-        query_get(&self.query, key).filter(|v| !v.is_empty())
-    }
-}
-
-pub type Handled = Result<(Resp, Vec<Job>), Resp>;
-
-fn done(r: Resp) -> Handled {
-    Ok((r, Vec::new()))
-}
 
 const INVALID_CHOICE: &str =
     "Select a valid choice. That choice is not one of the available choices.";

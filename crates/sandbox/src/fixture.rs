@@ -156,7 +156,7 @@ pub struct Fixture {
     pub reader_studies: Vec<ReaderStudySpec>,
     pub archive_items: Vec<ItemSpec>,
     pub display_sets: Vec<ItemSpec>,
-    pub algorithms: Vec<super::algorithms::AlgorithmSpec>,
+    pub algorithms: Vec<super::algorithm_specs::AlgorithmSpec>,
     pub settings: FixtureSettings,
     pub faults: Vec<FaultRule>,
     /// True for [`Fixture::demo`], so the command line can print the demo tokens.
@@ -181,7 +181,7 @@ struct RawFixture {
     #[serde(default)]
     display_set: Vec<RawDisplaySet>,
     #[serde(default)]
-    algorithm: Vec<super::algorithms::RawAlgorithm>,
+    algorithm: Vec<super::algorithm_specs::RawAlgorithm>,
     #[serde(default)]
     sandbox: Option<RawSettings>,
     #[serde(default)]
@@ -427,7 +427,7 @@ impl Fixture {
         for a in raw.algorithm {
             fixture
                 .algorithms
-                .push(super::algorithms::AlgorithmSpec::from_raw(a)?);
+                .push(super::algorithm_specs::AlgorithmSpec::from_raw(a)?);
         }
         if let Some(s) = raw.sandbox {
             fixture.settings = FixtureSettings {
@@ -622,12 +622,12 @@ impl Fixture {
                 }
             }
         }
-        super::algorithms::check(self)
+        super::algorithm_specs::check(self)
     }
 
     /// The built-in demo world: users "demo" (editor), "reader" (view-only) and "admin" (staff), one
     /// archive, one reader study with one answered display set, a socket of every common kind, and the
-    /// algorithms of [`super::algorithms::demo`].
+    /// algorithms of [`super::algorithm_specs::demo`].
     pub fn demo() -> Fixture {
         let user = |username: &str, token: &str, staff: bool| UserSpec {
             username: username.into(),
@@ -779,7 +779,7 @@ impl Fixture {
                     source: ValueSourceSpec::Value("benign".into()),
                 }],
             }],
-            algorithms: super::algorithms::demo(),
+            algorithms: super::algorithm_specs::demo(),
             settings: FixtureSettings::default(),
             faults: Vec::new(),
             is_demo: true,

@@ -18,9 +18,13 @@
 //!   clients sent.
 
 mod algorithm_api;
+mod algorithm_specs;
 pub mod algorithms;
 mod api;
+mod app;
 mod auth;
+mod ctx;
+mod executor;
 pub mod faults;
 pub mod fixture;
 mod http;
@@ -52,6 +56,7 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 pub use faults::{FaultAction, FaultRule};
 pub use fixture::{DEMO_ADMIN_TOKEN, DEMO_READER_TOKEN, DEMO_TOKEN, Fixture};
 
+use app::{App, Config};
 use faults::{FaultEngine, Terminal};
 use http::{Resp, RespBody};
 use routes::Route;
@@ -117,36 +122,6 @@ impl SandboxOptions {
             record: None,
             fixture,
         }
-    }
-}
-
-struct Config {
-    import_delay: Duration,
-}
-
-/// State shared by every request and background job.
-pub(crate) struct App {
-    world: Mutex<World>,
-    faults: Mutex<FaultEngine>,
-    config: Config,
-    data_dir: PathBuf,
-    urls: Urls,
-    limits: api::Limits,
-    signer: s3::Signer,
-    tasks: Mutex<Vec<AbortHandle>>,
-    recorder: Option<recorder::Recorder>,
-}
-
-impl App {
-    fn track(&self, handle: AbortHandle) {
-        if let Ok(mut tasks) = self.tasks.lock() {
-            tasks.retain(|t| !t.is_finished());
-            tasks.push(handle);
-        }
-    }
-
-    fn world(&self) -> std::sync::MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -223,7 +198,7 @@ impl Sandbox {
             },
             data_dir: data_dir.clone(),
             urls: Urls { origin },
-            limits: api::Limits {
+            limits: app::Limits {
                 max_uploads_per_user: options.max_uploads_per_user,
                 upload_limit_unverified: options.upload_limit_unverified,
                 upload_limit_verified: options.upload_limit_verified,
@@ -823,7 +798,7 @@ async fn api_request(
     let path = parts.uri.path().to_string();
     let (resp, jobs) = {
         let mut w = app.world();
-        let ctx = api::Ctx {
+        let ctx = ctx::Ctx {
             method: effective,
             path: &path,
             query,

@@ -6,7 +6,7 @@ use serde_json::{Map, Value as Json, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::api::{Ctx, Handled};
+use super::ctx::{Ctx, Handled};
 use super::http::{Resp, py_type};
 use super::routes::{Route, UploadAction};
 use super::store::{Upload, UploadStatus, World};

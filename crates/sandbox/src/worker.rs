@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::App;
+use super::app::App;
 use super::store::{
     Civ, CivContent, ContainerKind, Item, Notification, SessionStatus, SessionTarget, StoredFile,
     UploadStatus, UserId, World, base_name, concat_files, store_image_files,
@@ -44,7 +44,7 @@ pub enum Job {
 /// Run `job` after the import delay, on the blocking pool.
 pub fn spawn(app: &Arc<App>, job: Job) {
     if let Job::Algorithm { job, inputs } = job {
-        let handle = tokio::spawn(super::algorithms::execute(app.clone(), job, inputs));
+        let handle = tokio::spawn(super::executor::execute(app.clone(), job, inputs));
         app.track(handle.abort_handle());
         return;
     }

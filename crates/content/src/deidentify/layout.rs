@@ -12,9 +12,9 @@ use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::FileMetaTable;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
+use super::error::{DeidError, trimmed, unreadable};
 use super::scan::{Tracked, bound_file_meta};
 use super::sniff::Start;
-use super::{DeidError, trimmed, unreadable};
 
 /// A deflated data set inflates to at most this much; beyond it the file is refused (a few KiB of
 /// deflate can claim gigabytes).

@@ -41,10 +41,13 @@ use dicom_parser::stateful::decode::StatefulDecode;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use sha2::{Digest, Sha256};
 
+mod error;
 mod layout;
 mod scan;
 pub mod sniff;
 mod un;
+pub use error::DeidError;
+use error::{tag_key, trimmed, unreadable};
 use scan::PixelData;
 
 /// The procedure as shipped: byte for byte the file of `grand-challenge-dicom-de-id-procedure`.
@@ -259,20 +262,6 @@ impl UidMap {
     }
 }
 
-/// Why a file was not de-identified. The text is for a receipt: it names the cause.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeidError {
-    /// Not DICOM in any way it can be stored ([`sniff`]).
-    #[error("not a DICOM file")]
-    NotDicom,
-    /// The procedure refuses the file.
-    #[error("refused by the de-identification procedure: {0}")]
-    Rejected(String),
-    /// A DICOM file that cannot be read to its end (truncated, malformed) or written.
-    #[error("{0}")]
-    Unreadable(String),
-}
-
 /// The dummy value of a VR, as the reference implementation has it.
 fn dummy(vr: VR) -> PrimitiveValue {
     let s = |v: &str| PrimitiveValue::from(v);
@@ -317,11 +306,6 @@ fn blanked(vr: VR) -> bool {
         vr,
         VR::CS | VR::LO | VR::LT | VR::SH | VR::ST | VR::UC | VR::UT
     )
-}
-
-/// A string value without DICOM's padding.
-fn trimmed(s: &str) -> &str {
-    s.trim_end_matches(['\0', ' ']).trim_start_matches(' ')
 }
 
 /// The SOP Class UID of a data set.
@@ -468,14 +452,6 @@ fn apply_element(
             ))
         }
     })
-}
-
-fn tag_key(t: Tag) -> String {
-    format!("({:04X},{:04X})", t.0, t.1)
-}
-
-fn unreadable(e: impl std::fmt::Display) -> DeidError {
-    DeidError::Unreadable(format!("cannot read it as DICOM: {e}"))
 }
 
 fn io_write(e: impl std::fmt::Display) -> DeidError {

@@ -25,8 +25,8 @@ use dicom_parser::dataset::LazyDataToken;
 use dicom_parser::dataset::lazy_read::LazyDataSetReader;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
+use super::error::{DeidError, tag_key, unreadable};
 use super::layout::Layout;
-use super::{DeidError, tag_key, unreadable};
 
 /// The top-level Pixel Data of a file, as far as the copy needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-use super::{DeidError, tag_key};
+use super::error::{DeidError, tag_key};
 
 /// Replace every UN element of a known standard tag by the element it encodes, in `obj` and in the
 /// items of its sequences.
