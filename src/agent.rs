@@ -873,7 +873,7 @@ impl Loop {
                             readiness: readiness(folder),
                             attempts: rec.attempts as u32,
                             revision: rec.revision as u32,
-                            started: (crate::receipt::now_rfc3339(), Instant::now()),
+                            started: (crate::clock::now_rfc3339(), Instant::now()),
                             // No plan: no files to say anything about.
                             earlier: &[],
                         };
@@ -1227,7 +1227,7 @@ impl Delivery {
         let _permit = self.shared.slots.acquire().await;
         let sh = &self.shared;
         let folder = &sh.config.folders[self.folder];
-        let started = (crate::receipt::now_rfc3339(), Instant::now());
+        let started = (crate::clock::now_rfc3339(), Instant::now());
         let earlier = crate::receipt::earlier_sent(
             &sh.journal,
             &sh.receipts,

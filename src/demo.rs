@@ -62,7 +62,7 @@ pub fn main(args: DemoArgs) -> u8 {
 
 async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     // Installed first, so that Ctrl-C during startup stops the demo cleanly instead of killing it.
-    let stop = crate::commands::shutdown_signal();
+    let stop = crate::start::shutdown_signal();
     let dir = std::path::absolute(dir)?;
     let cases = dir.join("cases");
     std::fs::create_dir_all(&cases)?;

@@ -378,7 +378,7 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 }
 
 fn now() -> String {
-    crate::receipt::now_rfc3339()
+    crate::clock::now_rfc3339()
 }
 
 pub(crate) fn unix_now() -> i64 {

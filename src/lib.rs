@@ -38,6 +38,7 @@
 pub mod access;
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod deliver;
@@ -55,5 +56,7 @@ pub mod rules;
 pub mod sandbox_command;
 pub mod service;
 pub mod settle;
+pub mod start;
+pub mod status;
 pub mod upload;
 pub mod watch;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::commands::FolderStatus;
+use crate::status::FolderStatus;
 
 /// The process's counters.
 /// The platform client's reports, counted in [`global`]: give it to every client the agent makes.
@@ -375,7 +375,7 @@ pub async fn serve(listener: tokio::net::TcpListener, sources: Sources) {
 
 fn folders(s: &Sources) -> Result<Vec<FolderStatus>, String> {
     let config = s.config.borrow().clone();
-    crate::commands::folder_status(&config, &s.journal).map_err(|e| e.to_string())
+    crate::status::folder_status(&config, &s.journal).map_err(|e| e.to_string())
 }
 
 async fn metrics_page(

@@ -326,14 +326,14 @@ pub fn main(args: PullArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let config = match crate::commands::load(&args.config) {
+    let config = match crate::start::load(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let parallel = config.limits.parallel_cases;
-    match crate::commands::runtime() {
+    match crate::start::runtime() {
         Ok(rt) => rt.block_on(async {
-            let client = match crate::commands::connect(&config, false).await {
+            let client = match crate::start::connect(&config, false).await {
                 Ok(c) => c,
                 Err(code) => return code,
             };

@@ -417,7 +417,7 @@ impl Receipt {
             revision: f.revision,
             attempts: f.attempts,
             started: f.started.0,
-            finished: now_rfc3339(),
+            finished: crate::clock::now_rfc3339(),
             seconds: f.started.1.elapsed().as_secs_f64(),
         }
     }
@@ -497,13 +497,6 @@ impl Receipt {
     }
 }
 
-/// RFC 3339 UTC timestamp for receipts.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,8 +530,8 @@ mod tests {
             readiness: "one-shot upload".into(),
             revision: 1,
             attempts: 1,
-            started: now_rfc3339(),
-            finished: now_rfc3339(),
+            started: crate::clock::now_rfc3339(),
+            finished: crate::clock::now_rfc3339(),
             seconds: 0.5,
         }
     }

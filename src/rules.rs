@@ -637,6 +637,17 @@ pub fn hash_files(case_dir: &Path, plan: &Plan) -> std::io::Result<BTreeMap<Stri
     Ok(out)
 }
 
+/// `sha256:` and the first 16 hex digits of SHA-256 over the drop folder and the case path: enough to
+/// tell cases apart and to find one in `status --json` (which shows the same id), too little to guess a
+/// patient from.
+pub fn case_id(folder: &Path, case: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(folder.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(case.as_bytes());
+    format!("sha256:{}", &hex::encode(h.finalize())[..16])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

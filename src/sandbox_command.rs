@@ -6,43 +6,6 @@ use gc_sandbox::{
     DEMO_ADMIN_TOKEN, DEMO_READER_TOKEN, DEMO_TOKEN, Fixture, Sandbox, SandboxOptions,
 };
 
-/// The `--fault` syntax and the `--record` layout, shown by `gc-hotfolder sandbox --help`.
-pub const SANDBOX_HELP: &str = "\
-FAULT RULES (--fault, repeatable; also [[fault]] in the fixture and PUT /_sandbox/faults at run time)
-  Words separated by spaces, in any order:
-    [METHOD] PATH ACTION [p=PROBABILITY] [after] [times=N]
-  PATH     a glob on the request path; * also matches '/', e.g. /api/v1/uploads/*  /s3/*  *
-  ACTION   one of:
-    STATUS [retry-after=SECONDS]   answer 500 (HTML page), 502/503/504/429 (proxy page, no JSON;
-                                   S3-style XML under /s3/) instead of handling the request
-    latency=MS                     wait MS milliseconds first
-    drop                           close the connection without an answer (the request body is not read)
-    too-many-uploads=N             POST /api/v1/uploads/ answers the \"too many uploads\" 400 once the
-                                   caller owns N uploads
-  p=0.25   the chance per matching request (default 1)
-  after    handle the request first (it is committed), then lose the answer: STATUS replaces it,
-           drop cuts the connection in the middle of the response body
-  times=N  fire at most N times
-  Draws come from a seeded RNG (--seed) so a run can be reproduced.
-EXAMPLES
-  --fault 'PUT /s3/* 503 retry-after=1 p=0.2'
-  --fault 'POST /api/v1/archives/items/ 502 after times=1'
-  --fault '* latency=200'
-  --fault '/s3/* drop p=0.05'
-
-REQUEST RECORDING (--record DIR)
-  Every request received is written to DIR as it arrives, two files per request, numbered in
-  order of arrival (after the records already in DIR):
-    000001.head  the request line (METHOD /path?query HTTP/1.1) and every header as received,
-                 one per line; once the body is over, an empty line and
-                 'body: N bytes, complete' or 'body: N bytes, not read to its end'
-    000001.body  the body, written chunk by chunk as the server reads it (part PUTs of any
-                 size go to disk as they arrive, never held in memory)
-  Recording changes nothing the server does: a body it does not read to its end (an error
-  answered early, a fault that drops the connection) is recorded as far as it was read.
-  The credentials of an Authorization header are not written, only the scheme and the first
-  16 hex digits of their SHA-256: 'authorization: Bearer [redacted, sha256 3b1f0c...]'.";
-
 /// Run the sandbox; returns the process exit code.
 pub fn main(args: SandboxArgs) -> u8 {
     let _ = tracing_subscriber::fmt()
@@ -70,7 +33,7 @@ pub fn main(args: SandboxArgs) -> u8 {
 async fn serve(args: SandboxArgs) -> anyhow::Result<()> {
     // Before anything is printed: a caller that stops the server as soon as it reads "Stop with" must
     // find the handlers in place, or the signal's default action kills the process.
-    let stop = crate::commands::shutdown_signal();
+    let stop = crate::start::shutdown_signal();
     let fixture = match &args.fixture {
         Some(path) => Fixture::load(path)?,
         None => Fixture::demo(),

@@ -32,11 +32,11 @@ pub struct CaseOutcome {
 
 /// Entry point of `gc-hotfolder upload`.
 pub fn main(args: UploadArgs) -> u8 {
-    let config = match crate::commands::load(&args.config) {
+    let config = match crate::start::load(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match crate::commands::runtime() {
+    match crate::start::runtime() {
         Ok(rt) => rt.block_on(run(&config, args.receipts, &args.cases)),
         Err(code) => code,
     }
@@ -65,7 +65,7 @@ async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u
             return exit::USAGE;
         }
     };
-    let client = match crate::commands::connect(config, false).await {
+    let client = match crate::start::connect(config, false).await {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -108,7 +108,7 @@ async fn upload_case(
     bars: Option<&MultiProgress>,
     case_arg: PathBuf,
 ) -> CaseOutcome {
-    let started = (crate::receipt::now_rfc3339(), Instant::now());
+    let started = (crate::clock::now_rfc3339(), Instant::now());
     let fail = |case_dir: &Path, msg: String| CaseOutcome {
         case_dir: case_dir.to_owned(),
         receipt: None,

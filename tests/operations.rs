@@ -146,7 +146,7 @@ async fn metrics_status_alerts_and_a_retry_of_a_running_agent() {
     assert!(hook.posts.load(Ordering::SeqCst) >= 2);
     assert_eq!(
         alert["case_id"],
-        gc_hotfolder::notify::case_id(&drop, &bad).as_str()
+        gc_hotfolder::rules::case_id(&drop, &bad).as_str()
     );
     assert_eq!(alert["state"], "quarantined");
     assert_eq!(alert["folder"], drop.display().to_string().as_str());
@@ -321,7 +321,7 @@ async fn stuck_cases_and_a_refused_token_raise_alerts() {
     let stuck = hook.wait_for("stuck").await;
     assert_eq!(
         stuck["case_id"],
-        gc_hotfolder::notify::case_id(&drop, "never-finished").as_str()
+        gc_hotfolder::rules::case_id(&drop, "never-finished").as_str()
     );
     assert_eq!(stuck["state"], "settling");
     assert!(
@@ -404,7 +404,7 @@ async fn an_alert_survives_a_crash_of_the_agent() {
     let alert = hook.wait_for("quarantined").await;
     assert_eq!(
         alert["case_id"],
-        gc_hotfolder::notify::case_id(&drop, "broken").as_str()
+        gc_hotfolder::rules::case_id(&drop, "broken").as_str()
     );
     agent.stop();
     let alerts = hook.alerts.lock().unwrap().clone();

@@ -1084,28 +1084,6 @@ mod tests {
         ClientConfig::new(Url::parse(url).unwrap(), Token::parse(SECRET).unwrap())
     }
 
-    /// The pipeline runs these on spawned tasks: they must stay `Send` (a compile-time check).
-    #[allow(dead_code)]
-    fn futures_are_send(c: &Client, t: &Target, f: &crate::uploads::LocalFile, p: &Path) {
-        fn send<T: Send>(_: T) {}
-        send(c.whoami());
-        send(c.socket("s"));
-        send(c.resolve_target(TargetKind::Archive, "a"));
-        send(c.create_item(t, "x"));
-        send(c.find_item_by_title(t, "x"));
-        send(c.get_item(t, "x"));
-        send(c.list_items(t));
-        send(c.get_image("https://x/"));
-        send(c.patch_values(t, "x", &[]));
-        send(c.get_upload("x"));
-        send(c.upload_sessions());
-        send(c.download("https://x/", p));
-        send(c.upload_file(f, None, &crate::uploads::NoObserver));
-        send(c.await_values(t, "x", &[], &crate::verify::VerifyTiming::default()));
-        fn sync<T: Send + Sync + Clone>(_: &T) {}
-        sync(c);
-    }
-
     #[test]
     fn https_is_required_except_on_loopback() {
         for ok in [

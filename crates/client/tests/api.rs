@@ -857,3 +857,25 @@ async fn a_stalled_answer_times_out_and_is_retried() {
     );
     sb.stop().await;
 }
+
+/// The pipeline runs these on spawned tasks: they must stay `Send` (a compile-time check).
+#[allow(dead_code)]
+fn futures_are_send(c: &Client, t: &Target, f: &gc_client::LocalFile, p: &std::path::Path) {
+    fn send<T: Send>(_: T) {}
+    send(c.whoami());
+    send(c.socket("s"));
+    send(c.resolve_target(gc_client::TargetKind::Archive, "a"));
+    send(c.create_item(t, "x"));
+    send(c.find_item_by_title(t, "x"));
+    send(c.get_item(t, "x"));
+    send(c.list_items(t));
+    send(c.get_image("https://x/"));
+    send(c.patch_values(t, "x", &[]));
+    send(c.get_upload("x"));
+    send(c.upload_sessions());
+    send(c.download("https://x/", p));
+    send(c.upload_file(f, None, &gc_client::NoObserver));
+    send(c.await_values(t, "x", &[], &gc_client::VerifyTiming::default()));
+    fn sync<T: Send + Sync + Clone>(_: &T) {}
+    sync(c);
+}
