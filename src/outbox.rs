@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::pull::{self, Problem};
+use crate::item_folder::{self, Problem};
 use gc_client::{Client, InterfaceRef, ItemValue};
 
 /// Where case folders are assembled; inside the outbox, so that moving one into place is a rename.
@@ -38,7 +38,7 @@ pub async fn write_case(
     outputs: &[ItemValue],
     existing: Existing,
 ) -> Result<Written, String> {
-    if !pull::is_safe_name(case) {
+    if !item_folder::is_safe_name(case) {
         return Err(format!("{case:?} cannot be a folder name in the outbox"));
     }
     let dest = outbox.join(case);
@@ -95,7 +95,7 @@ async fn assemble(
             InterfaceRef::Full(s) => (**s).clone(),
             InterfaceRef::Slug(slug) => client.socket(slug).await.map_err(|e| e.to_string())?,
         };
-        let path = pull::safe_relative_path(&socket.relative_path)
+        let path = item_folder::safe_relative_path(&socket.relative_path)
             .map_err(|e| format!("output {}: {e}", socket.slug))?;
         if paths.contains(&PathBuf::from(&path)) {
             return Err(format!(
@@ -104,7 +104,7 @@ async fn assemble(
             ));
         }
         paths.push(PathBuf::from(&path));
-        let written = pull::write_value(client, root, staging, "", &path, &socket, value)
+        let written = item_folder::write_value(client, root, staging, "", &path, &socket, value)
             .await
             .map_err(|p| match p {
                 Problem::Skip(m) | Problem::Fatal(m, _) => format!("output {}: {m}", socket.slug),

@@ -1,8 +1,33 @@
-//! The Grand Challenge platform client.
+//! A client for the Grand Challenge platform's REST API.
 //!
 //! Everything that crosses the wire to the platform goes through here, so that retries, the token and the
-//! protocol's quirks (gc-protocol.md) are handled in exactly one place. The rest of the program speaks in
-//! terms of targets, sockets, uploads and values; it never builds a URL or parses an error body itself.
+//! protocol's quirks (gc-protocol.md) are handled in exactly one place. Callers speak in terms of targets,
+//! sockets, uploads and values; they never build a URL or parse an error body themselves.
+//!
+//! The crate knows nothing of folders, journals, receipts or metrics: what it did (retries, finished
+//! uploads) is told to a [`ClientObserver`] given in [`ClientConfig`], and an upload's progress to the
+//! [`UploadObserver`] passed with it. It can be used on its own by anyone who wants a Rust client for
+//! Grand Challenge.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let sandbox = gc_sandbox::Sandbox::start(gc_sandbox::SandboxOptions::new(
+//! #     gc_sandbox::Fixture::demo(),
+//! # )).await?;
+//! # let (url, raw_token) = (sandbox.base_url(), gc_sandbox::DEMO_TOKEN);
+//! use gc_client::{Client, ClientConfig, TargetKind, Token};
+//!
+//! // `url` is the API base (`https://grand-challenge.org/api/v1/`); here a sandbox on loopback.
+//! let token = Token::parse(raw_token).ok_or("not a token")?;
+//! let client = Client::new(ClientConfig::new(url, token))?;
+//! let user = client.whoami().await?;
+//! let archive = client.resolve_target(TargetKind::Archive, "demo-archive").await?;
+//! let item = client.create_item(&archive, "case 1").await?;
+//! println!("{user} made item {} in {}", item.pk, archive.slug);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! - [`auth`]    the API token: loading, gcapi's parsing rules, and redaction everywhere it could leak.
 //! - [`retry`]   the pure retry policy: which failures are retried, how long to wait (no I/O, no timers).

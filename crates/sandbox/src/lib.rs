@@ -2,6 +2,27 @@
 //! the platform's behaviour (gc-protocol.md, appendix A) and no account or internet. The official Python
 //! client works against it unchanged.
 //!
+//! What the platform would accept is judged by `gc-content`, the same code the agent's pre-checks use;
+//! this crate adds the platform's side of the conversation: the world of users, sockets, archives,
+//! reader studies, items and algorithms, the REST endpoints with the platform's exact JSON and error
+//! texts, S3 multipart parts, background imports, fault injection and request recording. It never
+//! imports the agent or the client.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! use gc_sandbox::{Fixture, Sandbox, SandboxOptions};
+//!
+//! let sandbox = Sandbox::start(SandboxOptions::new(Fixture::demo())).await?;
+//! // A platform client talks to `base_url()` with one of the fixture's tokens (e.g. DEMO_TOKEN);
+//! // `state()` is everything the sandbox holds, for assertions.
+//! assert!(sandbox.base_url().as_str().ends_with("/api/v1/"));
+//! assert!(sandbox.state()["archives"].is_array());
+//! sandbox.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! - [`fixture`]  the seeded world (users and tokens, sockets, archives, reader studies, items,
 //!   algorithms) from TOML.
 //! - [`algorithms`] algorithms, their jobs and the deterministic executor that runs them;
