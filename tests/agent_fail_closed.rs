@@ -42,9 +42,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dicom_is_found_by_content_and_the_unrecognised_never_leaves() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let state_dir = tmp.path().join("state");
 
     // A scanner's export: bare data sets named IM0001, IM0002, … in scans/.
@@ -95,12 +93,7 @@ async fn dicom_is_found_by_content_and_the_unrecognised_never_leaves() {
 
     let export = by("export-0001");
     assert_eq!(export.outcome, Outcome::Delivered, "{:?}", export.reason);
-    let files = &export
-        .sockets
-        .iter()
-        .find(|s| s.slug == "generic-medical-image")
-        .unwrap()
-        .files;
+    let files = &socket_of(&export, "generic-medical-image").files;
     assert_eq!(files.len(), 3);
     for f in files {
         assert!(f.deidentified, "{f:?}");
@@ -133,18 +126,7 @@ async fn dicom_is_found_by_content_and_the_unrecognised_never_leaves() {
     }
 
     // Nothing the platform stored carries the patient's identifiers.
-    let mut stored = Vec::new();
-    let mut stack = vec![sb.data_dir().to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                stored.push(p);
-            }
-        }
-    }
+    let stored = files_below(sb.data_dir());
     let mut dicom = 0;
     for p in &stored {
         let bytes = std::fs::read(p).unwrap();

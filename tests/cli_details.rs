@@ -56,44 +56,31 @@ fn every_command_has_a_manual_page_with_exit_status_environment_and_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_outside_every_drop_folder_and_unknown_targets_are_usage_errors() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     std::fs::create_dir_all(&drop).unwrap();
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let elsewhere = tmp.path().join("elsewhere/case-1");
     archive_case(&elsewhere, 0);
 
-    let out = bin()
-        .args(["explain", "--config"])
-        .arg(&cfg)
-        .arg(&elsewhere)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let out = gc("explain", &cfg).arg(&elsewhere).run();
+    let said = out.stdout.clone();
+    out.expect(2);
     assert!(said.contains("not inside any drop folder"), "{said}");
 
-    let out = bin()
-        .args(["upload", "--config"])
-        .arg(&cfg)
-        .arg(&elsewhere)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let out = gc("upload", &cfg).arg(&elsewhere).run();
+    let said = out.stderr.clone();
+    out.expect(2);
     assert!(said.contains("is not inside any [[folder]]"), "{said}");
     assert!(items_of(&state(&sb).await, "demo-archive").is_empty());
 
     let dest = tmp.path().join("pulled");
-    let out = bin()
-        .args(["pull", "--archive", "demo-archvie", "--config"])
-        .arg(&cfg)
+    let out = gc("pull", &cfg)
+        .arg("--archive")
+        .arg("demo-archvie")
         .arg(&dest)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+        .run();
+    let said = out.stderr.clone();
+    out.expect(2);
     assert!(said.contains("demo-archvie"), "{said}");
     assert!(
         !dest.exists(),
@@ -129,9 +116,7 @@ fn the_sandbox_names_its_sockets_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_list_what_a_case_held_and_logs_say_where_a_case_went() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let done = tmp.path().join("done");
     // No image at all: the receipt lists what the case held instead.
     drop_atomically(&drop, "no-image", |d| {
@@ -144,17 +129,12 @@ async fn receipts_list_what_a_case_held_and_logs_say_where_a_case_went() {
         archive_case(d, 0);
         std::fs::write(d.join("notes.docx"), b"left behind").unwrap();
     });
-    let cfg = write_config(
-        tmp.path(),
-        &sb,
-        &drop,
-        None,
-        &format!(
-            "after = \"move:{}\"\nquarantine = \"{}\"",
-            done.display(),
-            tmp.path().join("quarantine").display()
-        ),
+    let extra = format!(
+        "after = \"move:{}\"\nquarantine = \"{}\"",
+        done.display(),
+        tmp.path().join("quarantine").display()
     );
+    let cfg = write_config(tmp.path(), &sb, &drop, None, &extra);
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     let state_dir = tmp.path().join("state");
     let rs = wait_receipts(&state_dir, 2, Duration::from_secs(60)).await;
@@ -269,23 +249,9 @@ fn the_sandbox_command_serves_until_sigterm() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let http = gc_testkit::http::client();
-        assert_eq!(
-            http.get(format!("{base}gcapi/"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            503,
-            "--fault applies"
-        );
-        assert_eq!(
-            http.get(format!("{base}gcapi/"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        let gcapi = async || http.get(format!("{base}gcapi/")).send().await.unwrap();
+        assert_eq!(gcapi().await.status(), 503, "--fault applies");
+        assert_eq!(gcapi().await.status(), 200);
     });
     let recorded: Vec<String> = gc_sandbox::recorder::read(requests.path())
         .unwrap()

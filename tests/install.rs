@@ -138,13 +138,9 @@ async fn a_root_only_config_folder_is_flagged_by_check_and_stops_the_service() {
     assert!(stderr.contains("Permission denied"), "{stderr}");
 
     // `check` run by root reads everything, and says what the service would not.
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&l.config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let out = gc("check", &l.config).run();
+    let stdout = out.stdout.clone();
+    out.expect(0);
     let etc = l.etc.display().to_string();
     assert!(
         stdout.contains(&format!(
@@ -180,13 +176,9 @@ async fn the_documented_layout_runs_as_an_unprivileged_user_with_the_token_as_a_
     give_to_service(&creds);
     chmod(&creds, 0o500);
 
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&l.config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let out = gc("check", &l.config).run();
+    let stdout = out.stdout.clone();
+    out.expect(0);
     assert!(!stdout.contains("warning"), "{stdout}");
 
     let out = as_service()

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use gc_client::{JobPolling, JobStatus};
-use gc_hotfolder::outbox::{self, Written};
+use gc_hotfolder::outbox::{self, Existing, Written};
 use gc_sandbox::FaultRule;
 use gc_testkit::client::*;
 use sha2::Digest;
@@ -30,43 +30,20 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     // The platform's files are out of reach: nothing appears, nothing is left behind.
     sb.set_faults(vec!["GET /media/* 500".parse::<FaultRule>().unwrap()])
         .unwrap();
-    let err = outbox::write_case(
-        &c,
-        &box_dir,
-        "patient-1",
-        &job.outputs,
-        outbox::Existing::Keep,
-    )
-    .await
-    .unwrap_err();
+    let write = || outbox::write_case(&c, &box_dir, "patient-1", &job.outputs, Existing::Keep);
+    let err = write().await.unwrap_err();
     assert!(err.starts_with("output "), "{err}");
     assert!(!box_dir.join("patient-1").exists());
     sb.set_faults(Vec::new()).unwrap();
 
-    let written = outbox::write_case(
-        &c,
-        &box_dir,
-        "patient-1",
-        &job.outputs,
-        outbox::Existing::Keep,
-    )
-    .await
-    .unwrap();
+    let written = write().await.unwrap();
     let Written::New(mut files) = written else {
         panic!("{written:?}")
     };
     files.sort();
     let case = box_dir.join("patient-1");
     let state = sb.state();
-    let out = |slug: &str| {
-        state["algorithms"][0]["jobs"][0]["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["socket"] == slug)
-            .cloned()
-            .unwrap()
-    };
+    let out = |slug: &str| gc_testkit::http::first_job_output(&state, slug).clone();
     let image_name = out("generic-medical-image")["image"]["files"][0]["name"]
         .as_str()
         .unwrap()

@@ -339,19 +339,7 @@ async fn pull_brings_back_the_uploaded_bytes_and_values_and_resumes_with_only_wh
 /// names and SHA-256 of the stored files.
 fn essence(v: &Value) -> Value {
     if v["image"].is_object() {
-        let mut files: Vec<(String, String)> = v["image"]["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| {
-                (
-                    f["name"].as_str().unwrap().to_owned(),
-                    f["sha256"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        files.sort();
-        json!({"image": files})
+        json!({"image": stored_files(v)})
     } else if v["file"].is_object() {
         json!({"file": v["file"]["sha256"]})
     } else {
@@ -517,9 +505,7 @@ async fn a_reader_study_pull_writes_one_folder_per_display_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dicom_image_set_is_skipped_with_its_reason_and_unusable_titles_fall_back_to_the_pk() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let case = drop.join("case-00");
     archive_case(&case, 0);
     let ids = gc_content::samples::DicomSeriesIds::new(7);

@@ -73,15 +73,7 @@ async fn a_job_on_an_uploaded_image_is_followed_and_its_outputs_downloaded() {
     assert_eq!(job.output("lung-volume").unwrap().value, Some(json!(360.0)));
 
     let state = sb.state();
-    let out = |slug: &str| {
-        state["algorithms"][0]["jobs"][0]["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["socket"] == slug)
-            .cloned()
-            .unwrap()
-    };
+    let out = |slug: &str| gc_testkit::http::first_job_output(&state, slug).clone();
     let results = dir.path().join("results.json");
     let url = job.output("results-json").unwrap().file.clone().unwrap();
     let size = c.download(&url, &results).await.unwrap();

@@ -430,18 +430,14 @@ fn agrees_with_the_reference_de_identifier_tag_by_tag() {
     let python = python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/deidentify.py");
     let out_py = scratch.path().join("py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(&out_py)
-        .args(&corpus)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "reference de-identifier failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = gc_testkit::python::run_ok(
+        &mut Command::new(&python)
+            .arg(&script)
+            .arg(&out_py)
+            .args(&corpus),
+        "the reference de-identifier",
     );
-    let verdicts: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
+    let verdicts: BTreeMap<String, String> = serde_json::from_slice(&stdout).unwrap();
 
     let procedure = Procedure::builtin().unwrap();
     let uids = UidMap::random();
@@ -565,19 +561,14 @@ fn agrees_with_the_reference_de_identifier_tag_by_tag() {
 #[test]
 fn the_shipped_procedure_is_the_packages_file_byte_for_byte() {
     let python = python();
-    let out = Command::new(&python)
-        .args([
+    let stdout = gc_testkit::python::run_ok(
+        Command::new(&python).args([
             "-c",
             "import grand_challenge_dicom_de_id_procedure as p; print(p.script_dir / 'procedure.json')",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        "finding the procedure package",
     );
-    let path = String::from_utf8(out.stdout).unwrap();
+    let path = String::from_utf8(stdout).unwrap();
     let theirs = std::fs::read(path.trim()).unwrap();
     assert!(
         theirs == PROCEDURE_JSON.as_bytes(),
@@ -715,17 +706,11 @@ fn nothing_after_the_pixel_data_is_sent() {
 /// written with pydicom): file name → how it is stored.
 fn write_encodings(dir: &Path) -> BTreeMap<String, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/encodings.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "writing the encodings failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = gc_testkit::python::run_ok(
+        &mut Command::new(python()).arg(&script).arg(dir),
+        "writing the encodings",
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&stdout).unwrap()
 }
 
 /// Every identifier the encodings corpus holds, and its original UIDs.
@@ -785,18 +770,14 @@ fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
     assert_eq!(encodings.len(), 8, "{encodings:?}");
     let corpus: Vec<PathBuf> = encodings.keys().map(|n| input.join(n)).collect();
     let out_py = scratch.path().join("py");
-    let out = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/deidentify.py"))
-        .arg(&out_py)
-        .args(&corpus)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = gc_testkit::python::run_ok(
+        &mut Command::new(python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/deidentify.py"))
+            .arg(&out_py)
+            .args(&corpus),
+        "the reference de-identifier",
     );
-    let verdicts: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
+    let verdicts: BTreeMap<String, String> = serde_json::from_slice(&stdout).unwrap();
 
     let procedure = Procedure::builtin().unwrap();
     let uids = UidMap::random();

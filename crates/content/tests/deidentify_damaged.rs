@@ -24,18 +24,24 @@ use gc_content::deidentify::{DeidError, Procedure, UidMap, deidentify_file, pati
 use gc_content::imaging::{Verdict, judge_files};
 use gc_content::samples::{DicomSeriesIds, SampleRng, write_dicom_series};
 
-#[test]
-fn a_file_cut_at_any_length_is_refused_never_a_panic() {
+/// A scratch folder, one small DICOM slice written in it, and its bytes.
+fn one_slice() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("in");
     std::fs::create_dir_all(&dir).unwrap();
     let files = write_dicom_series(&dir, 1, 8, 8, &DicomSeriesIds::new(5), 5).unwrap();
     let whole = std::fs::read(&files[0]).unwrap();
+    (scratch, files[0].clone(), whole)
+}
+
+#[test]
+fn a_file_cut_at_any_length_is_refused_never_a_panic() {
+    let (scratch, slice, whole) = one_slice();
     let procedure = Procedure::builtin().unwrap();
     let uids = UidMap::random();
     let src = scratch.path().join("cut.dcm");
     let dst = scratch.path().join("out.dcm");
-    assert!(deidentify_file(procedure, &uids, &files[0], &dst).is_ok());
+    assert!(deidentify_file(procedure, &uids, &slice, &dst).is_ok());
     let judge =
         |path: &std::path::Path| judge_files(&[("slice.dcm".to_owned(), path.to_path_buf())]);
     assert_eq!(
@@ -231,11 +237,7 @@ fn damaged_headers_are_refused_quickly_with_a_clear_reason() {
 /// The length checks name the element and the numbers, whichever group holds the damage.
 #[test]
 fn a_declared_length_beyond_the_file_is_named_in_the_reason() {
-    let scratch = tempfile::tempdir().unwrap();
-    let dir = scratch.path().join("in");
-    std::fs::create_dir_all(&dir).unwrap();
-    let files = write_dicom_series(&dir, 1, 8, 8, &DicomSeriesIds::new(5), 5).unwrap();
-    let whole = std::fs::read(&files[0]).unwrap();
+    let (scratch, _, whole) = one_slice();
     let procedure = Procedure::builtin().unwrap();
     let uids = UidMap::random();
     let (src, dst) = (

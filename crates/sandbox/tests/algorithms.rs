@@ -291,15 +291,7 @@ async fn an_uploaded_image_becomes_a_volume_a_summary_file_and_a_copy() {
     );
 
     let summary_url = output(&job, "results-json")["file"].as_str().unwrap();
-    let summary: Value = env
-        .http
-        .get(summary_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let summary: Value = env.json_at(&summary_url).await;
     assert_eq!(summary["inputs"]["ct-image"]["voxels"], 360);
     assert_eq!(summary["inputs"]["ct-image"]["name"], "ct.mha");
 
@@ -310,15 +302,7 @@ async fn an_uploaded_image_becomes_a_volume_a_summary_file_and_a_copy() {
     assert_ne!(input_image, copy, "the output is a new image");
     let copy = env.get(copy, DEMO).await.json();
     let file_url = copy["files"][0]["file"].as_str().unwrap();
-    let copied = env
-        .http
-        .get(file_url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let copied = env.bytes(&file_url).await;
     assert_eq!(copied.as_ref(), bytes.as_slice(), "a byte-identical copy");
 
     // Filters: by algorithm, by input image, by status code.
@@ -356,13 +340,7 @@ async fn an_uploaded_image_becomes_a_volume_a_summary_file_and_a_copy() {
 
     // The state lists the outputs with their checksums.
     let state = env.state().await;
-    let outputs = &state["algorithms"][0]["jobs"][0]["outputs"];
-    let file = outputs
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["socket"] == "generic-medical-image")
-        .unwrap();
+    let file = first_job_output(&state, "generic-medical-image");
     assert_eq!(
         file["image"]["files"][0]["sha256"],
         hex::encode(sha2::Sha256::digest(&bytes))

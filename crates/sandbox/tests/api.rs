@@ -432,13 +432,7 @@ async fn http_conventions() {
 async fn items_create_read_write_shapes_and_permissions() {
     let env = start().await;
     let archive_url = env.url(&format!("archives/{ARCHIVE_PK}/"));
-    let r = env
-        .post(
-            "archives/items/",
-            DEMO,
-            json!({"archive": archive_url, "title": "case-1"}),
-        )
-        .await;
+    let r = env.post_item(DEMO, "case-1").await;
     assert_eq!(r.status, 201);
     let created = r.json();
     assert_eq!(

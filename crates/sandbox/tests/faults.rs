@@ -18,14 +18,7 @@ async fn status_faults_happen_before_handling() {
             "POST /api/v1/archives/items/ 503 retry-after=3 times=1",
         )])
         .unwrap();
-    let archive = env.url(&format!("archives/{ARCHIVE_PK}/"));
-    let r = env
-        .post(
-            "archives/items/",
-            DEMO,
-            json!({"archive": archive, "title": "a"}),
-        )
-        .await;
+    let r = env.post_item(DEMO, "a").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("3"));
     assert!(
@@ -38,16 +31,7 @@ async fn status_faults_happen_before_handling() {
         "nothing happened"
     );
     // times=1: the next one goes through.
-    assert_eq!(
-        env.post(
-            "archives/items/",
-            DEMO,
-            json!({"archive": archive, "title": "a"})
-        )
-        .await
-        .status,
-        201
-    );
+    assert_eq!(env.post_item(DEMO, "a").await.status, 201);
 
     env.sandbox
         .set_faults(vec![
@@ -76,24 +60,12 @@ async fn after_faults_commit_but_lose_the_answer() {
     env.sandbox
         .set_faults(vec![rule("POST /api/v1/archives/items/ 502 after times=1")])
         .unwrap();
-    let r = env
-        .post(
-            "archives/items/",
-            DEMO,
-            json!({"archive": archive, "title": "dup"}),
-        )
-        .await;
+    let r = env.post_item(DEMO, "dup").await;
     assert_eq!(r.status, 502);
     let items = env.state().await["archives"][0]["items"].clone();
     assert_eq!(items.as_array().unwrap().len(), 1, "the server committed");
     // The retry of a non-idempotent POST is what makes duplicates; unique titles catch it.
-    let r = env
-        .post(
-            "archives/items/",
-            DEMO,
-            json!({"archive": archive, "title": "dup"}),
-        )
-        .await;
+    let r = env.post_item(DEMO, "dup").await;
     assert_eq!(
         r.json(),
         json!({"non_field_errors": ["The fields title, archive must make a unique set."]})
@@ -141,14 +113,7 @@ async fn drops_latency_and_upload_quota_faults() {
         up["pk"].as_str().unwrap(),
         up["s3_upload_id"].as_str().unwrap(),
     );
-    let url = env
-        .patch(
-            &format!("uploads/{pk}/{id}/generate-presigned-urls/"),
-            DEMO,
-            json!({"part_numbers": [1]}),
-        )
-        .await
-        .json()["presigned_urls"]["1"]
+    let url = env.presign(DEMO, pk, id, &[1]).await.json()["presigned_urls"]["1"]
         .as_str()
         .unwrap()
         .to_string();
@@ -241,14 +206,8 @@ async fn drops_latency_and_upload_quota_faults() {
     assert_eq!(r.status(), 200);
     assert_eq!(env.get("archives/", DEMO).await.status, 504);
     let listed: serde_json::Value = env
-        .http
-        .get(format!("{}/_sandbox/faults", env.origin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_at(&format!("{}/_sandbox/faults", env.origin))
+        .await;
     assert_eq!(listed[0]["status"], 504);
     let r = env
         .http

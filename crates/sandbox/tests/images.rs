@@ -21,12 +21,7 @@ async fn attach(env: &Env, item: &str, entry: Value) -> Value {
     assert_eq!(r.status, 200, "{}", r.text);
     eventually(20, "the image to be attached", || async {
         let v = env.get(&path, DEMO).await.json();
-        let found = v["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["interface"]["slug"] == slug.as_str())
-            .cloned();
+        let found = api_value(&v, &slug).cloned();
         if found.is_none() {
             let sessions = env.get("cases/upload-sessions/", DEMO).await.json();
             if let Some(f) = sessions["results"]
@@ -96,15 +91,7 @@ async fn a_metaimage_becomes_an_image_value() {
     let file = &image["files"][0];
     assert_eq!(keys(file), ["pk", "image", "file", "image_type"]);
     assert_eq!(file["image_type"], "MHD");
-    let bytes = env
-        .http
-        .get(file["file"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = env.bytes(&file["file"].as_str().unwrap()).await;
     assert_eq!(bytes.as_ref(), std::fs::read(&mha).unwrap().as_slice());
     // The upload was consumed; the session succeeded and lists the image.
     assert_eq!(

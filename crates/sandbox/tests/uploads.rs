@@ -53,12 +53,7 @@ async fn put(env: &Env, url: &str, bytes: &[u8]) -> reqwest::Response {
 }
 
 async fn complete(env: &Env, pk: &str, id: &str, parts: Value) -> Reply {
-    env.patch(
-        &format!("uploads/{pk}/{id}/complete-multipart-upload/"),
-        DEMO,
-        json!({"parts": parts}),
-    )
-    .await
+    env.complete(DEMO, &pk, &id, json!({"parts": parts})).await
 }
 
 #[tokio::test]
@@ -110,13 +105,7 @@ async fn multipart_lifecycle_and_s3_checks() {
             "{bad}"
         );
     }
-    let r = env
-        .patch(
-            &format!("uploads/{pk}/{id}/complete-multipart-upload/"),
-            DEMO,
-            json!({}),
-        )
-        .await;
+    let r = env.complete(DEMO, &pk, &id, json!({})).await;
     assert_eq!(
         r.json(),
         json!({"non_field_errors": ["The `parts` field is required"]})
@@ -165,13 +154,7 @@ async fn multipart_lifecycle_and_s3_checks() {
         .status,
         500
     );
-    let r = env
-        .patch(
-            &format!("uploads/{pk}/{id}/generate-presigned-urls/"),
-            DEMO,
-            json!({"part_numbers": [1]}),
-        )
-        .await;
+    let r = env.presign(DEMO, &pk, &id, &[1]).await;
     assert_eq!(
         (r.status, r.json()),
         (403, json!({"detail": "Upload limit reached"}))
@@ -236,13 +219,7 @@ async fn multipart_lifecycle_and_s3_checks() {
 
     // Validation of part numbers and filenames.
     let (pk, id) = create(&env, "v.bin").await;
-    let r = env
-        .patch(
-            &format!("uploads/{pk}/{id}/generate-presigned-urls/"),
-            DEMO,
-            json!({"part_numbers": [0, 1, 10001]}),
-        )
-        .await;
+    let r = env.presign(DEMO, &pk, &id, &[0, 1, 10001]).await;
     assert_eq!(
         r.json(),
         json!({"part_numbers": {"0": ["Ensure this value is greater than or equal to 1."], "2": ["Ensure this value is less than or equal to 10000."]}})
@@ -369,15 +346,7 @@ async fn file_sockets_are_attached_in_the_background() {
         .unwrap();
     let file_url = report["file"].as_str().unwrap();
     assert!(file_url.starts_with(&env.origin));
-    let downloaded = env
-        .http
-        .get(file_url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let downloaded = env.bytes(&file_url).await;
     assert_eq!(downloaded.as_ref(), pdf.as_slice());
     // Consumed uploads are gone.
     assert_eq!(
@@ -388,12 +357,7 @@ async fn file_sockets_are_attached_in_the_background() {
     );
     let state = env.state().await;
     let stored = &state["archives"][0]["items"][0]["values"];
-    let report_state = stored
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["socket"] == "report")
-        .unwrap();
+    let report_state = find_by(stored, &["socket"], "report").unwrap();
     assert_eq!(report_state["file"]["size"], pdf.len());
     assert_eq!(
         report_state["file"]["sha256"],
@@ -411,12 +375,7 @@ async fn file_sockets_are_attached_in_the_background() {
     .await;
     eventually(10, "the replacement", || async {
         let v = env.get(&path, DEMO).await.json();
-        let r = v["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["interface"]["slug"] == "report")
-            .cloned()?;
+        let r = api_value(&v, "report")?;
         (r["pk"] != old_pk).then_some(())
     })
     .await;

@@ -124,6 +124,25 @@ impl Env {
         self.send("PATCH", path, token, Some(body)).await
     }
 
+    /// The body of a plain GET of `url` (no token: media and presigned URLs), which must succeed.
+    pub async fn bytes(&self, url: &str) -> bytes::Bytes {
+        let r = self.http.get(self.url(url)).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {url}: {}", r.status());
+        r.bytes().await.unwrap()
+    }
+
+    /// The JSON of a plain GET of `url` (no token), e.g. the sandbox's own `/_sandbox/` endpoints.
+    pub async fn json_at(&self, url: &str) -> Value {
+        serde_json::from_slice(&self.bytes(url).await).unwrap()
+    }
+
+    /// Presigned URLs for `parts` of the upload `pk` (S3 upload id `id`), asked as `token`'s user.
+    pub async fn presign(&self, token: Option<&str>, pk: &str, id: &str, parts: &[u32]) -> Reply {
+        let path = format!("uploads/{pk}/{id}/generate-presigned-urls/");
+        self.patch(&path, token, json!({ "part_numbers": parts }))
+            .await
+    }
+
     pub async fn state(&self) -> Value {
         self.http
             .get(format!("{}/_sandbox/state", self.origin))
@@ -135,15 +154,22 @@ impl Env {
             .unwrap()
     }
 
+    /// `POST archives/items/` of an item titled `title` in the demo archive, as `token`'s user.
+    pub async fn post_item(&self, token: Option<&str>, title: &str) -> Reply {
+        let archive = self.url(&format!("archives/{ARCHIVE_PK}/"));
+        let body = json!({"archive": archive, "title": title});
+        self.post("archives/items/", token, body).await
+    }
+
+    /// `complete-multipart-upload` of the upload `pk` (S3 upload id `id`) with `body`.
+    pub async fn complete(&self, token: Option<&str>, pk: &str, id: &str, body: Value) -> Reply {
+        let path = format!("uploads/{pk}/{id}/complete-multipart-upload/");
+        self.patch(&path, token, body).await
+    }
+
     /// Create an archive item in the demo archive; returns its pk.
     pub async fn new_item(&self, title: &str) -> String {
-        let r = self
-            .post(
-                "archives/items/",
-                DEMO,
-                json!({"archive": self.url(&format!("archives/{ARCHIVE_PK}/")), "title": title}),
-            )
-            .await;
+        let r = self.post_item(DEMO, title).await;
         assert_eq!(r.status, 201, "{}", r.text);
         r.json()["pk"].as_str().unwrap().to_string()
     }
@@ -166,13 +192,7 @@ impl Env {
             up["pk"].as_str().unwrap(),
             up["s3_upload_id"].as_str().unwrap(),
         );
-        let urls = self
-            .patch(
-                &format!("uploads/{pk}/{id}/generate-presigned-urls/"),
-                token,
-                json!({"part_numbers": [1]}),
-            )
-            .await;
+        let urls = self.presign(token, pk, id, &[1]).await;
         assert_eq!(urls.status, 200, "{}", urls.text);
         let url = urls.json()["presigned_urls"]["1"]
             .as_str()
@@ -187,13 +207,8 @@ impl Env {
             .unwrap();
         assert_eq!(put.status(), 200);
         let etag = put.headers()["etag"].to_str().unwrap().to_string();
-        let done = self
-            .patch(
-                &format!("uploads/{pk}/{id}/complete-multipart-upload/"),
-                token,
-                json!({"parts": [{"ETag": etag, "PartNumber": 1}]}),
-            )
-            .await;
+        let parts = json!({"parts": [{"ETag": etag, "PartNumber": 1}]});
+        let done = self.complete(token, pk, id, parts).await;
         assert_eq!(done.status, 200, "{}", done.text);
         done.json()
     }
@@ -229,4 +244,22 @@ pub fn has_keys(v: &Value, expected: &[&str]) {
     for k in expected {
         assert!(got.contains(k), "key {k:?} missing in {v}");
     }
+}
+
+/// The element of a JSON array whose `key` (a path of object keys) equals `want`.
+pub fn find_by<'a>(list: &'a Value, key: &[&str], want: &str) -> Option<&'a Value> {
+    list.as_array()?
+        .iter()
+        .find(|x| key.iter().fold(*x, |v, k| &v[*k]) == want)
+}
+
+/// The value of an item or display set, as the API shows it, for the socket `slug`.
+pub fn api_value<'a>(item: &'a Value, slug: &str) -> Option<&'a Value> {
+    find_by(&item["values"], &["interface", "slug"], slug)
+}
+
+/// Output `slug` of the first job of the first algorithm in the sandbox's state.
+pub fn first_job_output<'a>(state: &'a Value, slug: &str) -> &'a Value {
+    let outputs = &state["algorithms"][0]["jobs"][0]["outputs"];
+    find_by(outputs, &["socket"], slug).unwrap_or_else(|| panic!("no output {slug} in {outputs}"))
 }

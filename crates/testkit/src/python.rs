@@ -119,3 +119,18 @@ pub fn python_with(
         .map_err(|e| NoPython::PipFailed(format!("cannot mark the venv complete: {e}")))?;
     Ok(python)
 }
+
+/// Run a Python reference tool to its end and return what it printed on stdout; a failure panics with
+/// `what` and the tool's stderr.
+#[track_caller]
+pub fn run_ok(command: &mut Command, what: &str) -> Vec<u8> {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
