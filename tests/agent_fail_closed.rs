@@ -93,7 +93,7 @@ async fn dicom_is_found_by_content_and_the_unrecognised_never_leaves() {
 
     let export = by("export-0001");
     assert_eq!(export.outcome, Outcome::Delivered, "{:?}", export.reason);
-    let files = &socket_of(&export, "generic-medical-image").files;
+    let files = &socket_of(export, "generic-medical-image").files;
     assert_eq!(files.len(), 3);
     for f in files {
         assert!(f.deidentified, "{f:?}");

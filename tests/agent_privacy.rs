@@ -128,7 +128,7 @@ async fn dicom_leaves_only_de_identified_and_bad_dicom_is_stopped_before_the_pla
         "{:?}",
         jane.deidentification
     );
-    let files = &socket_of(&jane, "generic-medical-image").files;
+    let files = &socket_of(jane, "generic-medical-image").files;
     assert_eq!(files.len(), 4);
     for f in files {
         assert!(f.deidentified, "{f:?}");
