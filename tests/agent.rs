@@ -62,7 +62,7 @@ async fn copy_rename_and_slow_writers_are_each_delivered_once_and_whole() {
         assert_eq!(r.outcome, Outcome::Delivered, "{r:?}");
     }
     let slow_r = rs.iter().find(|r| r.case == "slow").unwrap();
-    let img = socket_of(&slow_r, "generic-medical-image");
+    let img = socket_of(slow_r, "generic-medical-image");
     assert_eq!(
         img.files[0].sha256,
         sha256(&full),

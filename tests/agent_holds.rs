@@ -16,8 +16,7 @@ async fn fetch(url: String) -> String {
 }
 
 fn status_text(cfg: &Path) -> String {
-    let out = gc("status", &cfg).run();
-    out.stdout.clone()
+    gc("status", cfg).run().stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -431,7 +431,7 @@ fn agrees_with_the_reference_de_identifier_tag_by_tag() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/deidentify.py");
     let out_py = scratch.path().join("py");
     let stdout = gc_testkit::python::run_ok(
-        &mut Command::new(&python)
+        Command::new(&python)
             .arg(&script)
             .arg(&out_py)
             .args(&corpus),
@@ -707,7 +707,7 @@ fn nothing_after_the_pixel_data_is_sent() {
 fn write_encodings(dir: &Path) -> BTreeMap<String, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/encodings.py");
     let stdout = gc_testkit::python::run_ok(
-        &mut Command::new(python()).arg(&script).arg(dir),
+        Command::new(python()).arg(&script).arg(dir),
         "writing the encodings",
     );
     serde_json::from_slice(&stdout).unwrap()
@@ -771,7 +771,7 @@ fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
     let corpus: Vec<PathBuf> = encodings.keys().map(|n| input.join(n)).collect();
     let out_py = scratch.path().join("py");
     let stdout = gc_testkit::python::run_ok(
-        &mut Command::new(python())
+        Command::new(python())
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/deidentify.py"))
             .arg(&out_py)
             .args(&corpus),

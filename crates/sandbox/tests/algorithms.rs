@@ -291,7 +291,7 @@ async fn an_uploaded_image_becomes_a_volume_a_summary_file_and_a_copy() {
     );
 
     let summary_url = output(&job, "results-json")["file"].as_str().unwrap();
-    let summary: Value = env.json_at(&summary_url).await;
+    let summary: Value = env.json_at(summary_url).await;
     assert_eq!(summary["inputs"]["ct-image"]["voxels"], 360);
     assert_eq!(summary["inputs"]["ct-image"]["name"], "ct.mha");
 
@@ -302,7 +302,7 @@ async fn an_uploaded_image_becomes_a_volume_a_summary_file_and_a_copy() {
     assert_ne!(input_image, copy, "the output is a new image");
     let copy = env.get(copy, DEMO).await.json();
     let file_url = copy["files"][0]["file"].as_str().unwrap();
-    let copied = env.bytes(&file_url).await;
+    let copied = env.bytes(file_url).await;
     assert_eq!(copied.as_ref(), bytes.as_slice(), "a byte-identical copy");
 
     // Filters: by algorithm, by input image, by status code.

@@ -91,7 +91,7 @@ async fn a_metaimage_becomes_an_image_value() {
     let file = &image["files"][0];
     assert_eq!(keys(file), ["pk", "image", "file", "image_type"]);
     assert_eq!(file["image_type"], "MHD");
-    let bytes = env.bytes(&file["file"].as_str().unwrap()).await;
+    let bytes = env.bytes(file["file"].as_str().unwrap()).await;
     assert_eq!(bytes.as_ref(), std::fs::read(&mha).unwrap().as_slice());
     // The upload was consumed; the session succeeded and lists the image.
     assert_eq!(

@@ -53,7 +53,7 @@ async fn put(env: &Env, url: &str, bytes: &[u8]) -> reqwest::Response {
 }
 
 async fn complete(env: &Env, pk: &str, id: &str, parts: Value) -> Reply {
-    env.complete(DEMO, &pk, &id, json!({"parts": parts})).await
+    env.complete(DEMO, pk, id, json!({"parts": parts})).await
 }
 
 #[tokio::test]
@@ -346,7 +346,7 @@ async fn file_sockets_are_attached_in_the_background() {
         .unwrap();
     let file_url = report["file"].as_str().unwrap();
     assert!(file_url.starts_with(&env.origin));
-    let downloaded = env.bytes(&file_url).await;
+    let downloaded = env.bytes(file_url).await;
     assert_eq!(downloaded.as_ref(), pdf.as_slice());
     // Consumed uploads are gone.
     assert_eq!(
