@@ -1154,7 +1154,7 @@ pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path, receipt
     let result = match &folder.after {
         After::Leave => return,
         After::Delete => std::fs::remove_dir_all(case_dir).map(|()| "deleted".to_owned()),
-        After::Move(dest) => move_case(case_dir, &dest.join(case)).map(|to| {
+        After::Move(dest) => move_case(case_dir, &dest.join(case), &folder.path).map(|to| {
             let key = CaseKey {
                 folder: &folder.path,
                 case,
@@ -1176,9 +1176,10 @@ pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path, receipt
     }
 }
 
-/// Move a case folder, never over an existing one: a name taken in the destination gets a numbered suffix.
-/// Returns where it went.
-pub(crate) fn move_case(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
+/// Move a case folder out of `root` (its drop folder), never over an existing one: a name taken in the
+/// destination gets a numbered suffix. Folders the move leaves empty in `root` go too. Returns where it
+/// went.
+pub(crate) fn move_case(from: &Path, to: &Path, root: &Path) -> std::io::Result<PathBuf> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -1191,6 +1192,7 @@ pub(crate) fn move_case(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
         dest = PathBuf::from(name);
     }
     std::fs::rename(from, &dest)?;
+    crate::fsutil::remove_empty_parents(from, root);
     Ok(dest)
 }
 
@@ -1321,7 +1323,7 @@ impl Delivery {
             &manifest,
             &self.fp,
             &sh.options.verify,
-            None,
+            Progress::default(),
         )
         .await?
         {
@@ -1424,7 +1426,7 @@ impl Delivery {
         sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
         sh.quarantined(folder, self.rec.id, &self.case, &reason)?;
         if let Some(q) = &folder.quarantine {
-            match move_case(&self.case_dir, &q.join(&self.rel)) {
+            match move_case(&self.case_dir, &q.join(&self.rel), &folder.path) {
                 Ok(to) => {
                     let key = CaseKey {
                         folder: &folder.path,
@@ -1491,6 +1493,15 @@ fn backoff(o: &AgentOptions, attempts: i64) -> Duration {
     exp.mul_f64(jitter)
 }
 
+/// Where `upload` shows a case's progress; the agent shows it only in its log and `status`.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Progress<'a> {
+    /// Bytes just sent.
+    pub bytes: Option<&'a (dyn Fn(u64) + Send + Sync)>,
+    /// The case's note changed (e.g. how long the platform's import has been awaited).
+    pub note: Option<&'a (dyn Fn(&str) + Send + Sync)>,
+}
+
 /// One attempt at delivering a planned case, recorded in the journal step by step, resuming what an
 /// interrupted attempt left: the agent's and `upload`'s, so that each knows what the other delivered.
 #[allow(clippy::too_many_arguments)]
@@ -1505,8 +1516,12 @@ pub(crate) async fn attempt_recorded(
     manifest: &Manifest,
     fingerprint: &str,
     verify: &VerifyTiming,
-    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+    progress: Progress<'_>,
 ) -> Result<Result<crate::deliver::Delivered, DeliverError>, JournalError> {
+    let verify = &VerifyTiming {
+        dicom_deadline: folder.dicom_import_deadline,
+        ..verify.clone()
+    };
     let resuming = rec.manifest_hash.as_deref() == Some(&manifest.hash);
     journal.ready(
         rec.id,
@@ -1532,6 +1547,7 @@ pub(crate) async fn attempt_recorded(
         case_dir,
         fingerprint,
         progress,
+        last_note: std::sync::Mutex::new(None),
     };
     // Late files in a delivered case: send only the sockets they touch, into the same item.
     let delivered: Option<Manifest> = rec
@@ -1600,8 +1616,9 @@ pub(crate) struct JournalCheckpoints<'a> {
     pub earlier: Vec<crate::journal::UploadRecord>,
     pub case_dir: &'a Path,
     pub fingerprint: &'a str,
-    /// Bytes sent, for a progress bar.
-    pub progress: Option<&'a (dyn Fn(u64) + Send + Sync)>,
+    pub progress: Progress<'a>,
+    /// The last note of this attempt, written only when it reads differently.
+    pub last_note: std::sync::Mutex<Option<String>>,
 }
 
 impl Checkpoints for JournalCheckpoints<'_> {
@@ -1620,7 +1637,7 @@ impl Checkpoints for JournalCheckpoints<'_> {
             .map_err(|e| e.to_string())
     }
     fn progress(&self, bytes: u64) {
-        if let Some(p) = self.progress {
+        if let Some(p) = self.progress.bytes {
             p(bytes);
         }
     }
@@ -1683,6 +1700,29 @@ impl Checkpoints for JournalCheckpoints<'_> {
         if let Err(e) = self.journal.note(self.id, &format!("job {pk}: {status}")) {
             tracing::warn!("cannot note the job's status: {e}");
         }
+    }
+    fn waiting(&self, wait: &crate::deliver::ImportWait) {
+        let note = wait.note();
+        let mut last = self.last_note.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(note.as_str()) {
+            return;
+        }
+        // The start of the wait is an event of the case; how long it has lasted only refreshes it.
+        let written = if last.is_none() {
+            if self.progress.note.is_none() {
+                tracing::info!(case = %self.case_dir.display(), "{note}");
+            }
+            self.journal.note(self.id, &note)
+        } else {
+            self.journal.renote(self.id, &note)
+        };
+        if let Err(e) = written {
+            tracing::warn!("cannot note the wait for the platform's import: {e}");
+        }
+        if let Some(show) = self.progress.note {
+            show(&note);
+        }
+        *last = Some(note);
     }
     fn unchanged(&self) -> bool {
         crate::settle::snapshot(self.case_dir)

@@ -293,6 +293,20 @@ pub struct SandboxArgs {
     pub record: Option<std::path::PathBuf>,
 }
 
+/// Commands whose output is meant to be read, piped into `head` or `grep`: they neither serve nor
+/// deliver, so a closed pipe may simply end them.
+pub fn prints_for_a_pipe(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Check(_)
+            | Command::Explain(_)
+            | Command::Status(_)
+            | Command::Receipts(_)
+            | Command::Completions { .. }
+            | Command::Man(_)
+    )
+}
+
 /// Which log filter applies, and the variable it came from (for a warning if it does not parse).
 #[derive(Debug, PartialEq, Eq)]
 pub struct LogFilter {
@@ -378,6 +392,9 @@ FAULT RULES (--fault, repeatable; also [[fault]] in the fixture and PUT /_sandbo
     drop                           close the connection without an answer (the request body is not read)
     too-many-uploads=N             POST /api/v1/uploads/ answers the \"too many uploads\" 400 once the
                                    caller owns N uploads
+    import-fails                   answer as usual, but the background imports the request schedules
+                                   (values of a PATCH set from uploads) fail: a DICOM image set or a
+                                   file with a notification only, an image's session as \"Failed\"
   p=0.25   the chance per matching request (default 1)
   after    handle the request first (it is committed), then lose the answer: STATUS replaces it,
            drop cuts the connection in the middle of the response body

@@ -17,6 +17,14 @@ pub fn run(args: RunArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Held until the agent ends: a second agent on the same journal could deliver a case twice.
+    let _lock = match crate::statelock::StateLock::acquire(&config.server.state_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
     let rt = match runtime() {
         Ok(r) => r,
         Err(code) => return code,
@@ -93,7 +101,7 @@ pub fn check(args: CheckArgs) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let client = match config.client(crate::metrics::client_observer()) {
+        let client = match config.quick_client(crate::metrics::client_observer()) {
             Ok(c) => c,
             Err(e) => {
                 println!("  token: {e}");
@@ -216,7 +224,12 @@ pub fn retry(args: RetryArgs) -> u8 {
         // A case moved to the quarantine folder goes back into its drop folder, where the agent watches.
         let moved_back = match quarantined_at(&config, c) {
             Some(q) if !home.exists() => {
-                if let Err(e) = move_back(&q, &home) {
+                let quarantine = config
+                    .folders
+                    .iter()
+                    .find(|f| f.path == c.folder)
+                    .and_then(|f| f.quarantine.as_deref());
+                if let Err(e) = move_back(&q, &home, quarantine) {
                     eprintln!(
                         "{}: cannot move it back into its drop folder as {}: {e}",
                         q.display(),
@@ -270,12 +283,17 @@ fn quarantined_at(config: &Config, c: &crate::journal::CaseRecord) -> Option<std
     recorded.is_dir().then_some(recorded)
 }
 
-/// Move a case folder back to `home`, creating its parents (a case at depth 2).
-fn move_back(from: &Path, home: &Path) -> std::io::Result<()> {
+/// Move a case folder back to `home`, creating its parents (a case at depth 2); folders of the
+/// quarantine that this leaves empty go too.
+fn move_back(from: &Path, home: &Path, quarantine: Option<&Path>) -> std::io::Result<()> {
     if let Some(parent) = home.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::rename(from, home)
+    std::fs::rename(from, home)?;
+    if let Some(q) = quarantine {
+        crate::fsutil::remove_empty_parents(from, q);
+    }
+    Ok(())
 }
 
 /// `gc-hotfolder status`
@@ -380,9 +398,11 @@ pub fn receipts(args: crate::cli::ReceiptsArgs) -> u8 {
             let abs = std::path::absolute(case).unwrap_or(case.clone());
             let found = all.iter().rev().find(|(_, r)| {
                 // Receipts write names that are not UTF-8 with \xNN escapes: compare in that form too.
-                Path::new(&r.case_path) == abs
+                // A case moved by its post-action is found where it is now, too.
+                let here = |at: &str| Path::new(at) == abs || at == crate::rules::path_text(&abs);
+                here(&r.case_path)
+                    || r.now_at.as_deref().is_some_and(here)
                     || Path::new(&r.case) == case.as_path()
-                    || r.case_path == crate::rules::path_text(&abs)
                     || r.case == crate::rules::path_text(case)
             });
             match found.map(|(p, _)| std::fs::read_to_string(p)) {
@@ -437,6 +457,14 @@ pub fn pause(args: crate::cli::PauseArgs, paused: bool) -> u8 {
 /// Run the command the command line names, with logging set up as it asks; its exit code.
 pub fn dispatch(cli: cli::Cli) -> std::process::ExitCode {
     crate::cli::init_logging(cli.log_format);
+    if cli::prints_for_a_pipe(&cli.command) {
+        // `status | head` ends quietly, as other Unix tools do, instead of panicking on EPIPE. Only for
+        // commands that print and exit: the agent and the servers keep SIGPIPE ignored, as Rust sets it.
+        // SAFETY: called before any thread is started; restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let code = match cli.command {
         cli::Command::Upload(args) => crate::upload::main(args),
         cli::Command::Pull(args) => crate::pull::main(args),

@@ -214,6 +214,9 @@ pub struct Folder {
     pub sockets: Vec<SocketRule>,
     /// DICOM files going to image sockets are de-identified copies (on unless the folder opts out).
     pub deidentify: bool,
+    /// How long verification waits for the platform to import a DICOM image set before the case is
+    /// quarantined: the platform reports such a failure to no API, so only this deadline ends the wait.
+    pub dicom_import_deadline: Duration,
     /// Where an algorithm's outputs land, one folder per case: set exactly when `target` is
     /// [`TargetKind::Algorithm`] (`outbox = "/path"`, by default `outbox` beside the drop folder).
     pub outbox: Option<PathBuf>,
@@ -380,6 +383,7 @@ struct RawFolder {
     poll: Option<Poll>,
     poll_interval: Option<Spanned<String>>,
     deidentify: Option<bool>,
+    dicom_import_deadline: Option<Spanned<String>>,
     #[serde(default)]
     socket: Vec<Spanned<RawSocket>>,
 }
@@ -603,6 +607,29 @@ impl Config {
         &self,
         observer: std::sync::Arc<dyn gc_client::ClientObserver>,
     ) -> Result<gc_client::Client, gc_client::GcError> {
+        self.client_with(observer, Default::default(), Duration::from_secs(60))
+    }
+
+    /// A client for a command that answers a person at the terminal (`check --online`): a platform that
+    /// is down is said so within seconds, not after a delivery's patient back-off.
+    pub fn quick_client(
+        &self,
+        observer: std::sync::Arc<dyn gc_client::ClientObserver>,
+    ) -> Result<gc_client::Client, gc_client::GcError> {
+        let retry = gc_client::RetryPolicy {
+            max_attempts: 2,
+            max_delay: Duration::from_secs(1),
+            ..Default::default()
+        };
+        self.client_with(observer, retry, Duration::from_secs(5))
+    }
+
+    fn client_with(
+        &self,
+        observer: std::sync::Arc<dyn gc_client::ClientObserver>,
+        retry: gc_client::RetryPolicy,
+        timeout: Duration,
+    ) -> Result<gc_client::Client, gc_client::GcError> {
         let s = &self.server;
         let token = match self.token_source() {
             Some(TokenSource::Inline(_)) => match &s.token {
@@ -626,8 +653,8 @@ impl Config {
             part_size: self.limits.part_size,
             parallel_parts: self.limits.parallel_parts,
             parallel_files: self.limits.parallel_files,
-            retry: Default::default(),
-            timeout: Duration::from_secs(60),
+            retry,
+            timeout,
             observer,
         })
     }
@@ -1012,6 +1039,7 @@ fn validate_folder(
             "needs at least one [[folder.socket]]",
         ));
     }
+    let dicom_import_deadline = dicom_deadline(loc, index, f, &sockets)?;
     Ok(Folder {
         index,
         path,
@@ -1038,8 +1066,47 @@ fn validate_folder(
         )?,
         sockets,
         deidentify: f.deidentify.unwrap_or(true),
+        dicom_import_deadline,
         outbox,
     })
+}
+
+/// The platform's DICOM image set imports take minutes (gc-protocol.md §4.6: "a timeout (e.g. … 2 h for
+/// DICOM sets)"), longer for large series and a busy platform.
+pub const DEFAULT_DICOM_IMPORT_DEADLINE: Duration = Duration::from_secs(2 * 3600);
+
+/// A folder's `dicom_import_deadline`: a positive duration, only where a rule sends a DICOM image set (a
+/// rule with `image_name`), since elsewhere it would change nothing.
+fn dicom_deadline(
+    loc: &Locator,
+    index: usize,
+    f: &RawFolder,
+    sockets: &[SocketRule],
+) -> Result<Duration, ConfigError> {
+    let key = format!("folder[{index}].dicom_import_deadline");
+    let d = duration(
+        loc,
+        &f.dicom_import_deadline,
+        key.clone(),
+        DEFAULT_DICOM_IMPORT_DEADLINE,
+    )?;
+    let Some(given) = &f.dicom_import_deadline else {
+        return Ok(d);
+    };
+    if d.is_zero() {
+        return Err(loc.err(given.span(), key, "must be longer than 0s"));
+    }
+    if !sockets
+        .iter()
+        .any(|r| matches!(r.source, RuleSource::DicomImageSet { .. }))
+    {
+        return Err(loc.err(
+            given.span(),
+            key,
+            "applies only to DICOM image sets, and no [[folder.socket]] of this folder has an image_name",
+        ));
+    }
+    Ok(d)
 }
 
 /// `<drop>/../outbox`: beside the drop folder, not in it, so results are never taken for cases.
@@ -1445,6 +1512,28 @@ quiet = "2s"
     }
 
     #[test]
+    fn the_example_dicom_image_set_and_its_deadline_are_valid() {
+        let text = include_str!("../config.example.toml")
+            .replace("# dicom_import_deadline = ", "dicom_import_deadline = ")
+            .replace(
+                "  # [[folder.socket]]\n  # slug = \"ct-dicom-set\"",
+                "  [[folder.socket]]\n  slug = \"ct-dicom-set\"",
+            )
+            .replace(
+                "  # files = \"dicom/**/*.dcm\"",
+                "  files = \"dicom/**/*.dcm\"",
+            )
+            .replace("  # image_name = ", "  image_name = ");
+        let c = Config::parse(Path::new("/etc/gc-hotfolder/config.toml"), &text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.folders[0].sockets.len(), 6);
+        assert_eq!(
+            c.folders[0].dicom_import_deadline,
+            Duration::from_secs(7200)
+        );
+    }
+
+    #[test]
     fn the_example_algorithm_folder_is_valid() {
         let text = include_str!("../config.example.toml")
             .replace("archive = \"lung-ct-archive\"", "# archive")
@@ -1465,5 +1554,41 @@ quiet = "2s"
         assert!(c.server.token.is_some());
         let debug = format!("{c:?}");
         assert!(!debug.contains("s3cr3t-t0ken"), "{debug}");
+    }
+
+    #[test]
+    fn the_dicom_import_deadline_is_a_folder_setting_for_dicom_image_sets() {
+        let dicom_set = GOOD.replace(
+            "  [[folder.socket]]\n  slug = \"site\"",
+            "  [[folder.socket]]\n  slug = \"ct-set\"\n  files = \"set/*.dcm\"\n  image_name = \"{case}\"\n  [[folder.socket]]\n  slug = \"site\"",
+        );
+        assert_eq!(
+            parse(&dicom_set).unwrap().folders[0].dicom_import_deadline,
+            DEFAULT_DICOM_IMPORT_DEADLINE
+        );
+        let with = |text: &str, value: &str| {
+            text.replace(
+                "quiet = \"2s\"",
+                &format!("quiet = \"2s\"\ndicom_import_deadline = \"{value}\""),
+            )
+        };
+        let c = parse(&with(&dicom_set, "20m")).unwrap();
+        assert_eq!(
+            c.folders[0].dicom_import_deadline,
+            Duration::from_secs(1200)
+        );
+        let e = parse(&with(&dicom_set, "0s")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("folder[0].dicom_import_deadline"));
+        assert!(e.to_string().contains("longer than 0s"), "{e}");
+        let e = parse(&with(&dicom_set, "soon")).unwrap_err();
+        assert!(e.to_string().contains("not a duration"), "{e}");
+        // Without a DICOM image set rule the key would do nothing: it is refused, where it stands.
+        let e = parse(&with(GOOD, "20m")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("folder[0].dicom_import_deadline"));
+        assert!(
+            e.to_string()
+                .contains("no [[folder.socket]] of this folder has an image_name"),
+            "{e}"
+        );
     }
 }

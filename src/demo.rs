@@ -112,7 +112,15 @@ async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     println!(
         "lung-ct becomes a job of the lung volume estimator, its results a folder in results."
     );
-    println!("Receipts appear below. Ctrl-C stops.\n");
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "gc-hotfolder".into());
+    println!("Receipts appear below. Ctrl-C stops. Meanwhile, in another terminal:");
+    println!("  {me} status   --config {}", config_path.display());
+    println!("  {me} receipts --config {}", config_path.display());
+    println!("  {me} explain  --config {} PATH\n", config_path.display());
+
+    let _lock = crate::statelock::StateLock::acquire(&config.server.state_dir)?;
 
     let client = config.client(crate::metrics::client_observer())?;
     let receipts = config.server.state_dir.join("receipts");

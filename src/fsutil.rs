@@ -26,3 +26,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// Remove the folders between `moved` (a case folder just moved away) and `root` (its drop or quarantine
+/// folder) that the move left empty, deepest first: a patient folder `P1/` whose only study was moved
+/// to `done/`. A folder that is not empty (another study, a file arriving) stays, and so does `root`.
+pub fn remove_empty_parents(moved: &Path, root: &Path) {
+    let mut dir = moved.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) || std::fs::remove_dir(d).is_err() {
+            return;
+        }
+        dir = d.parent();
+    }
+}

@@ -575,6 +575,16 @@ impl Journal {
         Ok(())
     }
 
+    /// Replace a note by a newer form of itself (how long a wait has lasted so far): no event, and the
+    /// case's time of last change stays, so that it still counts as waiting since then.
+    pub fn renote(&self, id: i64, note: &str) -> Result<(), JournalError> {
+        self.conn().execute(
+            "UPDATE cases SET reason = ?2 WHERE id = ?1",
+            params![id, note],
+        )?;
+        Ok(())
+    }
+
     /// Back to `Ready` after an attempt that can be repeated later (platform unavailable, target paused).
     pub fn postpone(&self, id: i64, why: &str) -> Result<(), JournalError> {
         let mut conn = self.conn();

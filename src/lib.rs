@@ -58,6 +58,7 @@
 //! Ground:
 //! - [`config`]   the TOML configuration: schema, loading, validation with file:line errors.
 //! - [`cli`]      the command line: arguments, exit codes, logging; `main.rs` only parses and dispatches.
+//! - [`statelock`] one agent per state folder: an exclusive lock held while `run` runs.
 //! - [`clock`]    RFC 3339 timestamps.
 //! - [`fsutil`]   atomic file writes (temp file, fsync, rename) shared by receipts and state files.
 //! - [`service`]  systemd notifications: ready, status line, watchdog, stopping, reloading.
@@ -85,6 +86,7 @@ pub mod sandbox_command;
 pub mod service;
 pub mod settle;
 pub mod start;
+pub mod statelock;
 pub mod status;
 pub mod upload;
 pub mod watch;

@@ -15,7 +15,8 @@ pub struct FolderStatus {
     pub oldest_waiting: Option<(String, String)>,
     pub last_delivery: Option<(String, String)>,
     pub quarantined: Vec<QuarantinedCase>,
-    /// Notes on cases that are not ready (e.g. still changing after max_wait).
+    /// Notes on cases not delivered yet: still changing after max_wait, a job's status, a wait for the
+    /// platform's import (with the item's page).
     pub notes: Vec<(String, String)>,
     /// Paused with `gc-hotfolder pause`: cases are watched but not delivered.
     pub paused: bool,

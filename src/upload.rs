@@ -258,6 +258,13 @@ async fn upload_case(
             b.inc(bytes);
         }
     };
+    // A wait for the platform's import is shown on the case's line, or as a line of its own.
+    let note_bar = bar.clone();
+    let note_case = case_rel.clone();
+    let note = move |text: &str| match &note_bar {
+        Some(b) => b.set_message(text.to_owned()),
+        None => tracing::info!(case = %note_case, "{text}"),
+    };
     // A one-shot job waits out the account's limit of jobs at once, as the agent does.
     let mut rec = rec.clone();
     let result = loop {
@@ -272,7 +279,10 @@ async fn upload_case(
             &manifest,
             &snapshot.fingerprint(),
             &VerifyTiming::default(),
-            Some(&progress),
+            crate::agent::Progress {
+                bytes: Some(&progress),
+                note: Some(&note),
+            },
         )
         .await;
         let Ok(Err(DeliverError::Later(e))) = &result else {

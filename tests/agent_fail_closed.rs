@@ -6,8 +6,10 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -139,4 +141,113 @@ async fn dicom_is_found_by_content_and_the_unrecognised_never_leaves() {
         dicom >= 3,
         "the export's series is stored ({dicom} DICOM files)"
     );
+}
+
+/// Every identifier the encodings corpus (`tests/interop/encodings.py`) holds, and its original UIDs.
+const CORPUS_SECRETS: &[&str] = &[
+    "ROE^RICHARD",
+    "RICHARD",
+    "PID-8812",
+    "19580704",
+    "OPID-5531",
+    "ACC98765",
+    "Example Hospital",
+    "WHO^DR",
+    "SCANNER_AE",
+    "1.2.999.8.",
+];
+
+/// The same slice of one patient in every way DICOM is stored, written with pydicom (in the venv the
+/// de-identification tests make): file name → how it is stored.
+fn encodings(dir: &Path) -> BTreeMap<String, String> {
+    let python = gc_testkit::python::python_with(
+        &gc_testkit::venvs!(),
+        "dicom-deid-0.1.1",
+        &[
+            "grand-challenge-dicom-de-identifier==0.1.1",
+            "grand-challenge-dicom-de-id-procedure==2025.10.1",
+            "pydicom==3.0.2",
+        ],
+        "grand_challenge_dicom_de_identifier.deidentifier",
+        "GC_HOTFOLDER_DEID_PYTHON",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/encodings.py");
+    let out = Command::new(python).arg(script).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every way of storing DICOM, each file one case, plus a damaged file of each kind: every byte the
+/// sandbox received (request lines, headers, bodies, part uploads) is searched for every identifier,
+/// every original UID and every original file name. None is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_carries_an_identifier_whatever_way_dicom_is_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let requests = tmp.path().join("requests");
+    let sb = sandbox_with(|o| o.record = Some(requests.clone())).await;
+    let corpus = tmp.path().join("corpus");
+    let stored = encodings(&corpus);
+    let drop = tmp.path().join("drop");
+    for (n, name) in stored.keys().enumerate() {
+        let bytes = std::fs::read(corpus.join(name)).unwrap();
+        drop_atomically(&drop, &format!("case-{n}"), |d| {
+            std::fs::create_dir_all(d.join("scans")).unwrap();
+            std::fs::write(d.join("scans").join(name), &bytes).unwrap();
+        });
+        drop_atomically(&drop, &format!("damaged-{n}"), |d| {
+            std::fs::create_dir_all(d.join("scans")).unwrap();
+            std::fs::write(d.join("scans").join(name), &bytes[..bytes.len() * 2 / 3]).unwrap();
+        });
+    }
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    edit(&cfg, "\"dicom/*.dcm\"]", "\"dicom/*.dcm\", \"scans/*\"]");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let rs = wait_receipts(
+        &tmp.path().join("state"),
+        2 * stored.len(),
+        Duration::from_secs(120),
+    )
+    .await;
+    agent.stop();
+    for (n, (name, how)) in stored.iter().enumerate() {
+        let r = rs.iter().find(|r| r.case == format!("case-{n}")).unwrap();
+        assert_eq!(
+            r.outcome,
+            Outcome::Delivered,
+            "{name} ({how}): {:?}",
+            r.reason
+        );
+        let d = rs
+            .iter()
+            .find(|r| r.case == format!("damaged-{n}"))
+            .unwrap();
+        assert_eq!(d.outcome, Outcome::Quarantined, "{name} ({how}) damaged");
+        assert!(d.item.is_none(), "{name} ({how}) damaged: nothing created");
+    }
+
+    let records = gc_sandbox::recorder::read(&requests).unwrap();
+    let mut part_bytes = 0;
+    for r in &records {
+        let line = r.request_line();
+        let body = std::fs::read(&r.body).unwrap();
+        if line.starts_with("PUT /s3/") {
+            part_bytes += body.len();
+        }
+        let head: Vec<u8> = percent_encoding::percent_decode(&r.head).collect();
+        for hay in [&r.head, &head, &body] {
+            for secret in CORPUS_SECRETS
+                .iter()
+                .copied()
+                .chain(stored.keys().map(String::as_str))
+            {
+                assert!(!contains(hay, secret), "{secret} in {line}");
+            }
+        }
+    }
+    assert!(part_bytes > 0, "the copies' bytes were recorded");
 }

@@ -106,17 +106,18 @@ fn client(sb: &Sandbox) -> Client {
 
 /// What an archive case written by `archive_case` must become in a pulled folder: relative path → SHA-256
 /// for files, and relative path → JSON for values.
-/// A DICOM file comes back as it was sent, de-identified: its expected SHA-256 is the one its receipt
-/// gives for what was sent. The case's receipts are in the `state` folder beside its drop folder.
+/// A DICOM file comes back as it was sent, de-identified, under the neutral name it was uploaded as: its
+/// expected name and SHA-256 are the ones its receipt gives for what was sent. The case's receipts are in
+/// the `state` folder beside its drop folder.
 fn expected_archive_item(case: &Path) -> (BTreeMap<String, String>, BTreeMap<String, Value>) {
     let state = case.parent().unwrap().parent().unwrap().join("state");
     let name = case.file_name().unwrap().to_string_lossy().into_owned();
-    let sent: BTreeMap<String, String> = receipts(&state.join("receipts"))
+    let sent: BTreeMap<String, (String, String)> = receipts(&state.join("receipts"))
         .into_iter()
         .filter(|r| r.case == name)
         .flat_map(|r| r.sockets)
         .flat_map(|s| s.files)
-        .map(|f| (f.path, f.sent_sha256))
+        .map(|f| (f.path, (f.upload_name, f.sent_sha256)))
         .collect();
     let mut files = BTreeMap::new();
     let mut values = BTreeMap::new();
@@ -130,9 +131,13 @@ fn expected_archive_item(case: &Path) -> (BTreeMap<String, String>, BTreeMap<Str
         for e in std::fs::read_dir(case.join("dicom")).unwrap() {
             let p = e.unwrap().path();
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let sha = &sent[&format!("dicom/{name}")];
+            let (upload_name, sha) = &sent[&format!("dicom/{name}")];
             assert_ne!(sha, &sha256(&p), "dicom/{name} was sent de-identified");
-            files.insert(format!("{image_dir}/{name}"), sha.clone());
+            assert_ne!(
+                upload_name, &name,
+                "dicom/{name} was sent under a neutral name"
+            );
+            files.insert(format!("{image_dir}/{upload_name}"), sha.clone());
         }
     }
     if case.join("report.pdf").is_file() {

@@ -3,8 +3,9 @@
 //! Everything that can be checked before anything is created on the platform is checked first (sockets
 //! exist and fit their rules, every JSON value is valid for its socket's kind by the platform's built-in
 //! schemas, gc-protocol.md §3.7, and every image socket's files as sent are judged by the importer that
-//! follows the platform's, refused only when that importer is certain the platform would fail them), so a
-//! bad case leaves nothing half-made. An item is only ever adopted
+//! follows the platform's, refused only when that importer is certain the platform would fail them; a
+//! DICOM image set's by the rules of the platform's DICOM import, which reports its failures to no API),
+//! so a bad case leaves nothing half-made. An item is only ever adopted
 //! (instead of created) when the journal proves it is this case's own lost creation, and a title another
 //! case holds is refused before anything is created. When the platform refuses a case after its item
 //! exists, the error says what is left there. The outcome is classified for the caller: quarantine the
@@ -29,7 +30,9 @@ use gc_client::{
 use gc_content::deidentify::{Procedure, UidMap};
 
 pub mod job;
+pub mod wait;
 pub use job::JobDone;
+pub use wait::ImportWait;
 
 /// Value files larger than this are refused: large structured values belong in file sockets.
 pub const MAX_VALUE_FILE: u64 = 16 << 20;
@@ -91,6 +94,9 @@ pub trait Checkpoints: Send + Sync {
     }
     /// Where a running job stands (its status label), for `status`.
     fn job_status(&self, _pk: &str, _status: &str) {}
+    /// Verification has been waiting a while for the platform to import values (told after each poll
+    /// until they are there), for `status` and `upload`'s progress line.
+    fn waiting(&self, _wait: &ImportWait) {}
 }
 
 /// No journal: the one-shot upload without progress output.
@@ -487,18 +493,45 @@ pub fn stage(
     Ok(done)
 }
 
-/// The files of one image socket as they will be sent: (socket, [(case path, upload name, local path)]).
-type ImageFiles = Vec<(String, Vec<(String, String, PathBuf)>)>;
+/// The files of one image socket as they will be sent.
+struct SocketFiles {
+    slug: String,
+    /// A DICOM image set socket (imported as a set, not by panimg).
+    dicom_set: bool,
+    /// (case path, upload name, local path)
+    files: Vec<(String, String, PathBuf)>,
+}
+
+impl SocketFiles {
+    fn uploads(&self) -> Vec<(String, PathBuf)> {
+        self.files
+            .iter()
+            .map(|(_, name, local)| (name.clone(), local.clone()))
+            .collect()
+    }
+
+    fn paths(&self) -> Vec<&str> {
+        self.files
+            .iter()
+            .map(|(path, _, _)| path.as_str())
+            .collect()
+    }
+}
 
 /// The files of every image socket, the de-identified copy standing in for a DICOM file that has one.
-fn images_as_sent(case_dir: &Path, routes: &[(&str, Route<'_>)], staged: &[Staged]) -> ImageFiles {
+fn images_as_sent(
+    case_dir: &Path,
+    routes: &[(&str, Route<'_>)],
+    staged: &[Staged],
+) -> Vec<SocketFiles> {
     routes
         .iter()
         .filter_map(|(slug, r)| match r {
-            Route::Image(fs) => Some((slug.to_string(), *fs)),
-            Route::DicomImageSet(..) | Route::File(_) | Route::Value(_) => None,
+            Route::Image(fs) => Some((slug, false, *fs)),
+            Route::DicomImageSet(fs, _) => Some((slug, true, *fs)),
+            Route::File(_) | Route::Value(_) => None,
         })
-        .map(|(slug, fs)| {
+        .map(|(slug, dicom_set, fs)| {
             let files = fs
                 .iter()
                 .map(|f| match staged.iter().find(|s| s.path == f.path) {
@@ -506,40 +539,118 @@ fn images_as_sent(case_dir: &Path, routes: &[(&str, Route<'_>)], staged: &[Stage
                     None => (f.path.clone(), f.upload_name.clone(), case_dir.join(&f.rel)),
                 })
                 .collect();
-            (slug, files)
+            SocketFiles {
+                slug: slug.to_string(),
+                dicom_set,
+                files,
+            }
         })
         .collect()
 }
 
-/// Refuse a case whose image the platform's importer is certain to fail (text named `.mha`, a truncated
-/// image, two series in one socket), judged on this machine by the sandbox's importer, which follows the
-/// platform's; anything it does not follow exactly is left to the platform.
-fn precheck_images(images: &ImageFiles) -> Result<(), DeliverError> {
-    use gc_content::imaging::{ImportError, Verdict, judge_files};
-    for (slug, files) in images {
-        let uploads: Vec<(String, PathBuf)> = files
-            .iter()
-            .map(|(_, name, local)| (name.clone(), local.clone()))
-            .collect();
-        let Verdict::Fails(ImportError::Session(message) | ImportError::Socket(message)) =
-            judge_files(&uploads)
-        else {
-            continue;
+/// Refuse a case whose images the platform is certain to fail, judged on this machine by the sandbox's
+/// importer, which follows the platform's: an image socket's files by panimg's rules (text named `.mha`,
+/// a truncated image, two series in one socket; anything it does not follow exactly is left to the
+/// platform), a DICOM image set's by the rules of the platform's DICOM import (readable, an SOP class
+/// its de-identification takes, one series of one study).
+fn precheck_images(images: &[SocketFiles]) -> Result<(), DeliverError> {
+    use gc_content::imaging::{ImportError, Verdict, judge_dicom_image_set, judge_files};
+    for socket in images {
+        let uploads = socket.uploads();
+        let problem = if socket.dicom_set {
+            judge_dicom_image_set(&uploads)
+                .err()
+                .map(|fault| dicom_set_problem(&socket.slug, &socket.paths(), &fault))
+        } else {
+            match judge_files(&uploads) {
+                Verdict::Fails(ImportError::Session(m) | ImportError::Socket(m)) => {
+                    Some(image_problem(&socket.slug, &socket.paths(), &m))
+                }
+                Verdict::Pass => None,
+            }
         };
-        let paths: Vec<&str> = files.iter().map(|(path, _, _)| path.as_str()).collect();
-        let what = match paths.as_slice() {
-            [one] => format!("{one} (socket {slug}): the platform would not import it"),
-            many => format!(
-                "socket {slug}: the platform would not import its {} files ({})",
-                many.len(),
-                many.join(", ")
-            ),
-        };
-        return Err(quarantine(format!(
-            "{what}: {message}; nothing was created on the platform"
-        )));
+        if let Some(what) = problem {
+            return Err(quarantine(format!(
+                "{what}; nothing was created on the platform"
+            )));
+        }
     }
     Ok(())
+}
+
+/// An image socket's files that the platform's importer would fail, with its message.
+fn image_problem(slug: &str, paths: &[&str], message: &str) -> String {
+    match paths {
+        [one] => format!("{one} (socket {slug}): the platform would not import it: {message}"),
+        many => format!(
+            "socket {slug}: the platform would not import its {} files ({}): {message}",
+            many.len(),
+            many.join(", ")
+        ),
+    }
+}
+
+/// Why the platform would fail a DICOM image set, naming the case's files (pure).
+fn dicom_set_problem(
+    slug: &str,
+    paths: &[&str],
+    fault: &gc_content::imaging::DicomSetFault,
+) -> String {
+    use gc_content::imaging::DicomSetFault;
+    let path = |i: &usize| paths.get(*i).copied().unwrap_or("a file");
+    let of = |i: &usize| format!("{} (socket {slug}, a DICOM image set)", path(i));
+    match fault {
+        DicomSetFault::NoFiles => format!("socket {slug} (a DICOM image set) has no files"),
+        DicomSetFault::Duplicate([a, b]) => format!(
+            "{} and {} (socket {slug}, a DICOM image set) would be uploaded under the same name, \
+             which the platform refuses",
+            path(a),
+            path(b)
+        ),
+        DicomSetFault::Unreadable { file, why } => {
+            format!("{}: not readable as DICOM ({why})", of(file))
+        }
+        DicomSetFault::Refused { file, why } => {
+            let takes = Procedure::builtin()
+                .map(|p| p.supported_sop_classes().join(", "))
+                .unwrap_or_default();
+            format!(
+                "{}: the platform's de-identification would refuse it: {why} (it takes the SOP \
+                 classes {takes})",
+                of(file)
+            )
+        }
+        DicomSetFault::NotShared { keyword, groups } => {
+            let listed: Vec<String> = groups
+                .iter()
+                .map(|g| few(&g.iter().map(path).collect::<Vec<_>>()))
+                .collect();
+            format!(
+                "socket {slug}: a DICOM image set is one series of one study, but its {} files \
+                 hold {} different {keyword} values: {}",
+                paths.len(),
+                groups.len(),
+                listed.join("; ")
+            )
+        }
+        DicomSetFault::Missing { keyword } => format!(
+            "socket {slug}: its DICOM files have no {keyword}, which the platform's import needs"
+        ),
+        DicomSetFault::NoImage { file } => {
+            format!("{}: holds no image (no Rows and Columns)", of(file))
+        }
+    }
+}
+
+/// A list of paths, the first three named and the rest counted.
+fn few(paths: &[&str]) -> String {
+    match paths {
+        [] => String::new(),
+        [a, b, c, rest @ ..] if !rest.is_empty() => {
+            format!("{a}, {b}, {c} and {} more", rest.len())
+        }
+        all => all.join(", "),
+    }
 }
 
 /// One file's copy and the patient identifiers it had.
@@ -609,9 +720,10 @@ async fn prepare(
     // Image sockets without DICOM send their files as they are: they are judged first, so that a file
     // the platform would not import anyway is refused in the importer's words rather than for being of
     // no format the de-identification gate recognises. The others are judged as sent, after staging.
-    let (as_is, copied): (ImageFiles, ImageFiles) = images_as_sent(case_dir, routes, &[])
-        .into_iter()
-        .partition(|(_, files)| privacy.is_none() || !files.iter().any(|(_, _, p)| is_dicom(p)));
+    let (as_is, copied): (Vec<SocketFiles>, Vec<SocketFiles>) =
+        images_as_sent(case_dir, routes, &[])
+            .into_iter()
+            .partition(|s| privacy.is_none() || !s.files.iter().any(|(_, _, p)| is_dicom(p)));
     precheck(as_is).await?;
     let deidentified = match privacy {
         Some(privacy) => {
@@ -641,7 +753,7 @@ async fn prepare(
     }
     let copied = images_as_sent(case_dir, routes, &deidentified.staged)
         .into_iter()
-        .filter(|(slug, _)| copied.iter().any(|(s, _)| s == slug))
+        .filter(|s| copied.iter().any(|c| c.slug == s.slug))
         .collect();
     precheck(copied).await?;
     Ok(deidentified)
@@ -654,7 +766,7 @@ fn is_dicom(path: &Path) -> bool {
 }
 
 /// [`precheck_images`] off the async threads: it reads whole images.
-async fn precheck(images: ImageFiles) -> Result<(), DeliverError> {
+async fn precheck(images: Vec<SocketFiles>) -> Result<(), DeliverError> {
     if images.is_empty() {
         return Ok(());
     }
@@ -879,15 +991,12 @@ async fn fill(
         tracing::info!(item = %item.pk, "the values were already set by an earlier attempt whose answer was lost");
     }
     cp.step(Step::Verifying).map_err(DeliverError::Checkpoint)?;
+    let tell = |w: &ImportWait| cp.waiting(w);
+    let reporter = wait::Reporter::new(&tell, timing, target, &item.pk);
     let done = client
-        .await_values(target, &item.pk, &expectations, timing)
+        .await_values_observed(target, &item.pk, &expectations, timing, &reporter)
         .await
-        .map_err(|e| match e {
-            GcError::ImportFailed { socket, message } => {
-                quarantine(import_failure(&socket, &message, &routes))
-            }
-            e => e.into(),
-        })?;
+        .map_err(|e| verify_failure(e, &routes, &expectations, &reporter))?;
     // Every value of the item, not only the ones just sent: an update sends only what changed.
     let sockets = done.values.iter().map(SocketResult::from).collect();
     Ok(Delivered {
@@ -898,6 +1007,38 @@ async fn fill(
         deidentified,
         job: None,
     })
+}
+
+/// Why verification failed, for the caller: an import failure in the platform's words, a DICOM image set
+/// that never showed up with its likely causes and pages, anything else as the client says it.
+fn verify_failure(
+    e: GcError,
+    routes: &[(&str, Route<'_>)],
+    expectations: &[Expectation],
+    reporter: &wait::Reporter<'_>,
+) -> DeliverError {
+    if let GcError::ImportFailed { socket, message } = &e {
+        return quarantine(import_failure(socket, message, routes));
+    }
+    match wait::timed_out_dicom_set(&e, expectations) {
+        Some(socket) => quarantine(wait::dicom_set_timeout(
+            socket,
+            socket_files(routes, socket),
+            reporter.timing.dicom_deadline,
+            reporter.item_page.as_deref(),
+            reporter.notifications_page.as_deref(),
+        )),
+        None => e.into(),
+    }
+}
+
+/// How many files a socket sends.
+fn socket_files(routes: &[(&str, Route<'_>)], socket: &str) -> usize {
+    routes
+        .iter()
+        .filter(|(slug, _)| *slug == socket)
+        .map(|(_, r)| r.files().len())
+        .sum()
 }
 
 /// An import failure in the platform's words, with the files it concerns. The platform names no file
@@ -1120,6 +1261,44 @@ mod tests {
             .unwrap();
         assert_eq!(item.pk, lost.pk);
         assert_eq!(*cp.refused.lock().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_failing_dicom_image_set_is_explained_with_the_case_s_files() {
+        use gc_content::imaging::DicomSetFault;
+        let paths = ["ct/1.dcm", "ct/2.dcm", "ct/3.dcm", "ct/4.dcm", "ct/5.dcm"];
+        let two_series = DicomSetFault::NotShared {
+            keyword: "SeriesInstanceUID",
+            groups: vec![vec![0, 2], vec![1, 3, 4]],
+        };
+        assert_eq!(
+            dicom_set_problem("ct-set", &paths, &two_series),
+            "socket ct-set: a DICOM image set is one series of one study, but its 5 files hold 2 \
+             different SeriesInstanceUID values: ct/1.dcm, ct/3.dcm; ct/2.dcm, ct/4.dcm, ct/5.dcm"
+        );
+        let refused = DicomSetFault::Refused {
+            file: 1,
+            why: "Unsupported SOP Class (1.2.840.10008.5.1.4.1.1.7)".into(),
+        };
+        let said = dicom_set_problem("ct-set", &paths, &refused);
+        assert!(
+            said.starts_with(
+                "ct/2.dcm (socket ct-set, a DICOM image set): the platform's de-identification \
+                 would refuse it: Unsupported SOP Class (1.2.840.10008.5.1.4.1.1.7) (it takes the \
+                 SOP classes 1.2.840.10008.5.1.4.1.1.2, "
+            ),
+            "{said}"
+        );
+        let unreadable = DicomSetFault::Unreadable {
+            file: 4,
+            why: "not a DICOM file".into(),
+        };
+        assert_eq!(
+            dicom_set_problem("ct-set", &paths, &unreadable),
+            "ct/5.dcm (socket ct-set, a DICOM image set): not readable as DICOM (not a DICOM file)"
+        );
+        assert_eq!(few(&paths), "ct/1.dcm, ct/2.dcm, ct/3.dcm and 2 more");
+        assert_eq!(few(&paths[..3]), "ct/1.dcm, ct/2.dcm, ct/3.dcm");
     }
 
     fn socket(kind: &str, super_kind: SuperKind) -> Socket {

@@ -454,6 +454,10 @@ impl Agent {
         .await;
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, sig: i32) {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
@@ -720,4 +724,62 @@ impl Receiver {
         )
         .await
     }
+}
+
+/// The socket rule of a DICOM image set (`series/*.dcm`, named after the case), for `write_config`'s
+/// `extra`, with the folder's `dicom_import_deadline`.
+pub fn dicom_set_rule(deadline: &str) -> String {
+    format!(
+        "dicom_import_deadline = \"{deadline}\"\n[[folder.socket]]\nslug = \"dicom-image-set\"\n\
+         files = \"series/*.dcm\"\nimage_name = \"{{case}}\"\n"
+    )
+}
+
+/// Let a case of the archive folder hold no image for `generic-medical-image` (e.g. only a DICOM set).
+pub fn image_optional(config: &Path) {
+    edit(
+        config,
+        "\"dicom/*.dcm\"]",
+        "\"dicom/*.dcm\"]\n  optional = true",
+    );
+}
+
+/// A CT series of `n` slices in `case/series/`; its files, sorted.
+pub fn write_series(case: &Path, n: u32, ids: &samples::DicomSeriesIds, seed: u64) -> Vec<PathBuf> {
+    let dir = case.join("series");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = samples::write_dicom_series(&dir, n, 8, 8, ids, seed).unwrap();
+    files.sort();
+    files
+}
+
+/// Give a DICOM file another SOP class (in its data set and its file meta group).
+pub fn set_sop_class(path: &Path, uid: &str) {
+    use dicom_core::value::PrimitiveValue;
+    use dicom_core::{DataElement, VR};
+    let mut obj = dicom_object::open_file(path).unwrap();
+    obj.put(DataElement::new(
+        dicom_dictionary_std::tags::SOP_CLASS_UID,
+        VR::UI,
+        PrimitiveValue::from(uid),
+    ));
+    obj.meta_mut().media_storage_sop_class_uid = uid.into();
+    obj.write_to_file(path).unwrap();
+}
+
+/// `gc-hotfolder status` (with `args`, e.g. `--json`) for a config; its standard output.
+pub async fn status_of(config: &Path, args: &[&str]) -> String {
+    let config = config.to_owned();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .args(["status", "--config"])
+            .arg(&config)
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

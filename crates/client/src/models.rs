@@ -53,6 +53,34 @@ pub struct Target {
     pub url: String,
 }
 
+impl Target {
+    /// The web page of one of this archive's items or this reader study's display sets. The API gives no
+    /// such URL (gc-protocol.md §4.2): it is derived from the target's page as the platform routes it,
+    /// `<archive page>items/<pk>/` and `<reader study page>display-sets/<pk>/`. `None` for an algorithm,
+    /// or a target whose page is not known.
+    pub fn item_page(&self, pk: &str) -> Option<String> {
+        let below = match self.kind {
+            TargetKind::Archive => "items",
+            TargetKind::ReaderStudy => "display-sets",
+            TargetKind::Algorithm => return None,
+        };
+        let page = url::Url::parse(&self.url).ok()?;
+        let base = if page.path().ends_with('/') {
+            page
+        } else {
+            url::Url::parse(&format!("{page}/")).ok()?
+        };
+        base.join(&format!("{below}/{pk}/")).ok().map(String::from)
+    }
+
+    /// The platform's page of the user's notifications, where it reports failures that its API does not
+    /// show (gc-protocol.md §4.6): on the origin of the target's page.
+    pub fn notifications_page(&self) -> Option<String> {
+        let page = url::Url::parse(&self.url).ok()?;
+        page.join("/notifications/").ok().map(String::from)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Archive {
     pub pk: String,
@@ -240,6 +268,50 @@ pub struct Page<T> {
     pub count: u64,
     pub next: Option<String>,
     pub results: Vec<T>,
+}
+
+#[cfg(test)]
+mod pages {
+    use super::*;
+
+    fn target(kind: TargetKind, url: &str) -> Target {
+        Target {
+            kind,
+            slug: "s".into(),
+            pk: "p".into(),
+            api_url: String::new(),
+            url: url.into(),
+        }
+    }
+
+    #[test]
+    fn item_pages_are_derived_from_the_target_s_page() {
+        let archive = target(
+            TargetKind::Archive,
+            "https://grand-challenge.org/archives/lung-ct/",
+        );
+        assert_eq!(
+            archive.item_page("1d2c").as_deref(),
+            Some("https://grand-challenge.org/archives/lung-ct/items/1d2c/")
+        );
+        assert_eq!(
+            archive.notifications_page().as_deref(),
+            Some("https://grand-challenge.org/notifications/")
+        );
+        let study = target(
+            TargetKind::ReaderStudy,
+            "http://127.0.0.1:8000/reader-studies/corads",
+        );
+        assert_eq!(
+            study.item_page("9f").as_deref(),
+            Some("http://127.0.0.1:8000/reader-studies/corads/display-sets/9f/")
+        );
+        assert_eq!(
+            target(TargetKind::Algorithm, "https://x/algorithms/a/").item_page("j"),
+            None
+        );
+        assert_eq!(target(TargetKind::Archive, "").item_page("j"), None);
+    }
 }
 
 #[cfg(test)]

@@ -62,7 +62,8 @@ impl Default for VerifyTiming {
 }
 
 impl VerifyTiming {
-    fn deadline(&self, awaiting: &Awaiting) -> Duration {
+    /// How long a socket awaited this way may take before verification gives up.
+    pub fn deadline(&self, awaiting: &Awaiting) -> Duration {
         match awaiting {
             Awaiting::Image { .. } => self.image_deadline,
             Awaiting::DicomImageSet { .. } => self.dicom_deadline,
@@ -149,6 +150,18 @@ pub fn session_for<'a>(
 const FILE_NOT_ACCEPTED: &str = "the platform did not accept the file (the upload was never consumed); it reports no \
      reason for file validation failures: check that the content suits the socket (e.g. JSON matching its schema)";
 
+/// Told while verification waits. The client knows nothing of journals or progress bars: whoever shows a
+/// delivery's progress listens here.
+pub trait VerifyObserver: Send + Sync {
+    /// After each poll that found values missing: the expectations still pending, and the time since
+    /// verification began.
+    fn pending(&self, _pending: &[&Expectation], _waited: Duration) {}
+}
+
+/// Nobody listens.
+pub struct Unobserved;
+impl VerifyObserver for Unobserved {}
+
 impl Client {
     /// Poll the item until every expectation is met and return it; or fail with `ImportFailed` (an upload
     /// session said `Failed`, or a file upload was never consumed) or `VerifyTimeout`.
@@ -158,6 +171,19 @@ impl Client {
         item_pk: &str,
         expectations: &[Expectation],
         timing: &VerifyTiming,
+    ) -> Result<Item, GcError> {
+        self.await_values_observed(target, item_pk, expectations, timing, &Unobserved)
+            .await
+    }
+
+    /// [`Client::await_values`], telling `observer` after every poll what is still awaited.
+    pub async fn await_values_observed(
+        &self,
+        target: &Target,
+        item_pk: &str,
+        expectations: &[Expectation],
+        timing: &VerifyTiming,
+        observer: &dyn VerifyObserver,
     ) -> Result<Item, GcError> {
         let start = Instant::now();
         let mut pause = timing.first_poll;
@@ -171,6 +197,8 @@ impl Client {
             if pending.is_empty() {
                 return Ok(item);
             }
+            let awaited: Vec<&Expectation> = pending.iter().map(|&i| &expectations[i]).collect();
+            observer.pending(&awaited, start.elapsed());
             let mut listed: Option<Vec<UploadSession>> = None;
             for &i in &pending {
                 let e = &expectations[i];

@@ -486,77 +486,170 @@ fn is_zip(path: &Path) -> bool {
         .is_some_and(|f| zip::ZipArchive::new(f).is_ok())
 }
 
-/// Import the files of one DICOM image set value (one series, consistent study/series identifiers).
-pub fn import_dicom_image_set(files: &[(String, PathBuf)]) -> Result<ImportedImage, ImportError> {
-    if files.is_empty() {
-        return Err(ImportError::Session("No DICOM files were uploaded".into()));
-    }
-    let uploads = unique_uploads(files)?;
-    let mut headers = Vec::with_capacity(uploads.len());
-    for upload in &uploads {
-        match read_dicom_header(upload.path) {
-            Ok(h) => headers.push(h),
-            Err(_) => {
-                return Err(ImportError::Session(format!(
-                    "{} is not a valid DICOM file",
-                    upload.name
-                )));
+/// Why the files of one DICOM image set cannot become an image set on the platform. Files are named by
+/// their position among the files judged, so that the sandbox names them by upload name and a client by
+/// the paths of its case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DicomSetFault {
+    NoFiles,
+    /// Two uploads have the same name.
+    Duplicate([usize; 2]),
+    /// Not a DICOM Part 10 file that can be read up to its pixel data.
+    Unreadable {
+        file: usize,
+        why: String,
+    },
+    /// The platform's de-identification refuses the file: its SOP class is not in the procedure.
+    Refused {
+        file: usize,
+        why: String,
+    },
+    /// The files differ in an identifier the whole set must share. The files are grouped by value, in
+    /// order of first appearance; the values are not kept, since they may identify a patient.
+    NotShared {
+        keyword: &'static str,
+        groups: Vec<Vec<usize>>,
+    },
+    /// The files lack an identifier the import needs.
+    Missing {
+        keyword: &'static str,
+    },
+    /// The first file holds no image (no Rows or Columns).
+    NoImage {
+        file: usize,
+    },
+}
+
+impl DicomSetFault {
+    /// The platform's wording, naming the files by `names` (one per file judged).
+    pub fn message(&self, names: &[&str]) -> String {
+        let name = |i: &usize| names.get(*i).copied().unwrap_or("a file");
+        match self {
+            DicomSetFault::NoFiles => "No DICOM files were uploaded".into(),
+            DicomSetFault::Duplicate(_) => DUPLICATE_FILES_MESSAGE.into(),
+            DicomSetFault::Unreadable { file, .. } => {
+                format!("{} is not a valid DICOM file", name(file))
             }
+            DicomSetFault::Refused { file, why } => {
+                format!("{} was refused by the de-identification: {why}", name(file))
+            }
+            DicomSetFault::NotShared { keyword, groups } => format!(
+                "All DICOM files of an image set must have the same {keyword}, found {} different values",
+                groups.len()
+            ),
+            DicomSetFault::Missing { keyword } => format!("The DICOM files have no {keyword}"),
+            DicomSetFault::NoImage { file } => format!("{} contains no image", name(file)),
         }
     }
+}
+
+/// Judge the files of one DICOM image set value (upload filename, path of the bytes) as the platform
+/// will: each file readable as DICOM and of an SOP class its de-identification procedure takes, one
+/// series of one study (the identifiers of [`IMAGE_SET_SHARED_TAGS`] shared), and an image in it. The
+/// sandbox's import judges with this same function, so what passes here fails there only for reasons
+/// outside the files (a fault injected as the platform's storage failing).
+pub fn judge_dicom_image_set(files: &[(String, PathBuf)]) -> Result<(), DicomSetFault> {
+    dicom_set_headers(files).map(|_| ())
+}
+
+/// The headers of a DICOM image set's files, once [`judge_dicom_image_set`]'s rules hold.
+fn dicom_set_headers(files: &[(String, PathBuf)]) -> Result<Vec<DicomHeader>, DicomSetFault> {
+    if files.is_empty() {
+        return Err(DicomSetFault::NoFiles);
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(files.len());
+    for (i, (name, _)) in files.iter().enumerate() {
+        if let Some(first) = seen.insert(name.as_str(), i) {
+            return Err(DicomSetFault::Duplicate([first, i]));
+        }
+    }
+    let procedure = crate::deidentify::Procedure::builtin()
+        .map_err(|why| DicomSetFault::Refused { file: 0, why })?;
+    let mut headers = Vec::with_capacity(files.len());
+    for (file, (_, path)) in files.iter().enumerate() {
+        let header =
+            read_dicom_header(path).map_err(|why| DicomSetFault::Unreadable { file, why })?;
+        let refusal = match header.text(TAG_SOP_CLASS_UID).filter(|c| !c.is_empty()) {
+            Some(class) => procedure.refusal(&class),
+            None => Some("the file has no SOP Class UID (0008,0016)".into()),
+        };
+        if let Some(why) = refusal {
+            return Err(DicomSetFault::Refused { file, why });
+        }
+        headers.push(header);
+    }
     for (keyword, tag) in IMAGE_SET_SHARED_TAGS {
-        let values: BTreeSet<String> = headers
-            .iter()
-            .map(|h| h.text(tag).unwrap_or_default())
-            .collect();
-        if values.len() > 1 {
-            return Err(ImportError::Session(format!(
-                "All DICOM files of an image set must have the same {keyword}, found {} different values",
-                values.len()
-            )));
+        let groups = group_by_value(&headers, tag);
+        if groups.len() > 1 {
+            return Err(DicomSetFault::NotShared { keyword, groups });
         }
     }
     for (keyword, tag) in [
         ("StudyInstanceUID", TAG_STUDY_UID),
         ("SeriesInstanceUID", TAG_SERIES_UID),
     ] {
-        if headers[0].text(tag).is_none() {
-            return Err(ImportError::Session(format!(
-                "The DICOM files have no {keyword}"
-            )));
+        if headers[0].text(tag).is_none_or(|v| v.is_empty()) {
+            return Err(DicomSetFault::Missing { keyword });
         }
     }
+    if headers[0].u16(TAG_ROWS).is_none() || headers[0].u16(TAG_COLUMNS).is_none() {
+        return Err(DicomSetFault::NoImage { file: 0 });
+    }
+    Ok(headers)
+}
+
+/// The files (by index) grouped by their value of `tag`, an absent value counting as empty, in order of
+/// first appearance.
+fn group_by_value(headers: &[DicomHeader], tag: u32) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, h) in headers.iter().enumerate() {
+        let value = h.text(tag).unwrap_or_default();
+        match groups.iter_mut().find(|(v, _)| *v == value) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((value, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
+}
+
+/// Import the files of one DICOM image set value, judged by [`judge_dicom_image_set`]'s rules.
+pub fn import_dicom_image_set(files: &[(String, PathBuf)]) -> Result<ImportedImage, ImportError> {
+    let names: Vec<&str> = files
+        .iter()
+        .map(|(name, _)| {
+            name.rsplit_once('/')
+                .map_or(name.as_str(), |(_, base)| base)
+        })
+        .collect();
+    let headers = dicom_set_headers(files).map_err(|f| ImportError::Session(f.message(&names)))?;
     let first = &headers[0];
     let (Some(rows), Some(cols)) = (first.u16(TAG_ROWS), first.u16(TAG_COLUMNS)) else {
         return Err(ImportError::Session(format!(
             "{} contains no image",
-            uploads[0].name
+            names[0]
         )));
     };
     let frames: u64 = headers.iter().map(|h| h.frames()).sum();
-    let color_space = dicom_color_space(first);
-    let spacing = first.pixel_spacing();
-    let metadata = dicom_metadata(first);
     let mut image = new_image(
-        uploads[0].name.to_string(),
+        names[0].to_string(),
         u64::from(cols),
         u64::from(rows),
         Some(frames),
         None,
-        color_space,
+        dicom_color_space(first),
         ImageType::Mhd,
     );
     image.modality = first.text(TAG_MODALITY);
-    image.files = uploads.iter().map(|u| u.name.to_string()).collect();
+    image.files = names.iter().map(|n| n.to_string()).collect();
     image.pixel_type = dicom_pixel_type(&headers.iter().collect::<Vec<_>>());
-    if let Some((x, y)) = spacing {
+    if let Some((x, y)) = first.pixel_spacing() {
         image.set_spacing(
             Some(x),
             Some(y),
             Some(first.spacing_between_slices().unwrap_or(1.0)),
         );
     }
-    image.metadata = metadata;
+    image.metadata = dicom_metadata(first);
     Ok(image)
 }
 
@@ -3664,6 +3757,88 @@ mod tests {
             import_dicom_image_set(&[]),
             Err(ImportError::Session(_))
         ));
+    }
+
+    /// Rewrite every occurrence of CT Image Storage in a sample file to another SOP class of the same
+    /// length (the file meta group and the data set alike).
+    fn with_sop_class(path: &Path, class: &str) {
+        let ct = samples::CT_IMAGE_STORAGE.as_bytes();
+        assert_eq!(class.len(), ct.len());
+        let mut bytes = std::fs::read(path).unwrap();
+        let mut at = 0;
+        while let Some(i) = bytes[at..].windows(ct.len()).position(|w| w == ct) {
+            bytes[at + i..at + i + ct.len()].copy_from_slice(class.as_bytes());
+            at += i + ct.len();
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_dicom_image_set_is_judged_as_the_platform_judges_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = DicomSeriesIds::new(11);
+        let paths = samples::write_dicom_series(dir.path(), 3, 4, 4, &ids, 1).unwrap();
+        assert_eq!(judge_dicom_image_set(&uploads(&paths)), Ok(()));
+
+        // Secondary Capture is not in the platform's de-identification procedure.
+        with_sop_class(&paths[1], "1.2.840.10008.5.1.4.1.1.7");
+        let fault = judge_dicom_image_set(&uploads(&paths)).unwrap_err();
+        assert_eq!(
+            fault,
+            DicomSetFault::Refused {
+                file: 1,
+                why: "Unsupported SOP Class (1.2.840.10008.5.1.4.1.1.7)".into()
+            }
+        );
+        let names: Vec<String> = uploads(&paths).into_iter().map(|(n, _)| n).collect();
+        let ImportError::Session(msg) = import_dicom_image_set(&uploads(&paths)).unwrap_err()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            msg,
+            format!(
+                "{} was refused by the de-identification: Unsupported SOP Class (1.2.840.10008.5.1.4.1.1.7)",
+                names[1]
+            )
+        );
+
+        // Two series: the files grouped by series, in order.
+        let two = tempfile::tempdir().unwrap();
+        let mut files =
+            uploads(&samples::write_dicom_series(two.path(), 2, 4, 4, &ids, 2).unwrap());
+        let other = tempfile::tempdir().unwrap();
+        let second = DicomSeriesIds {
+            series_instance_uid: "1.2.3.4.5".into(),
+            ..ids.clone()
+        };
+        let more = samples::write_dicom_series(other.path(), 2, 4, 4, &second, 3).unwrap();
+        files.insert(1, ("b.dcm".into(), more[0].clone()));
+        files.push(("d.dcm".into(), more[1].clone()));
+        assert_eq!(
+            judge_dicom_image_set(&files),
+            Err(DicomSetFault::NotShared {
+                keyword: "SeriesInstanceUID",
+                groups: vec![vec![0, 2], vec![1, 3]]
+            })
+        );
+
+        let text = write(dir.path(), "notes.txt", b"hello");
+        let Err(DicomSetFault::Unreadable { file: 0, why }) =
+            judge_dicom_image_set(&uploads(&[text]))
+        else {
+            panic!()
+        };
+        assert!(!why.is_empty());
+        let dup = vec![
+            ("x.dcm".to_string(), paths[0].clone()),
+            ("x.dcm".to_string(), paths[2].clone()),
+        ];
+        assert_eq!(
+            judge_dicom_image_set(&dup),
+            Err(DicomSetFault::Duplicate([0, 1]))
+        );
+        assert_eq!(judge_dicom_image_set(&[]), Err(DicomSetFault::NoFiles));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Fault injection, so that clients can be tested against what the infrastructure in front of the platform
 //! really does: 5xx without JSON, 429 with `Retry-After`, slow answers, connections cut mid-request or
-//! mid-response, and the "too many uploads" quota.
+//! mid-response, the "too many uploads" quota, and background imports that fail whatever their files
+//! (the platform's storage or its image store refusing them).
 //!
 //! A fault either happens *before* the request is handled (nothing changed on the server) or *after* it
 //! (the server committed, the client never saw the answer: the cause of duplicate items after retries).
@@ -28,6 +29,11 @@ pub enum FaultAction {
     Drop,
     /// `POST uploads/` answers the "too many uploads" 400 once the caller owns at least this many uploads.
     TooManyUploads { threshold: usize },
+    /// The request is answered as usual, but every background import it schedules (the values a PATCH
+    /// of an item or display set sets from uploads) fails as the platform's do when its storage or image
+    /// store fails: a DICOM image set or a file with a notification only, an image's upload session
+    /// `Failed` with "An unexpected error occurred".
+    ImportFails,
 }
 
 /// One rule: which requests, how often, what happens.
@@ -56,7 +62,7 @@ pub struct FaultSpec {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probability: Option<f64>,
-    /// `status`, `latency`, `drop` or `too_many_uploads`.
+    /// `status`, `latency`, `drop`, `too_many_uploads` or `import_fails`.
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -93,9 +99,10 @@ impl FaultSpec {
                     .threshold
                     .ok_or("action \"too_many_uploads\" needs `threshold`")?,
             },
+            "import_fails" => FaultAction::ImportFails,
             other => {
                 return Err(format!(
-                    "unknown fault action {other:?} (status, latency, drop, too_many_uploads)"
+                    "unknown fault action {other:?} (status, latency, drop, too_many_uploads, import_fails)"
                 ));
             }
         };
@@ -104,7 +111,7 @@ impl FaultSpec {
             FaultAction::Latency { .. } => {
                 self.status.is_some() || self.retry_after.is_some() || self.threshold.is_some()
             }
-            FaultAction::Drop => {
+            FaultAction::Drop | FaultAction::ImportFails => {
                 self.status.is_some()
                     || self.retry_after.is_some()
                     || self.ms.is_some()
@@ -154,7 +161,9 @@ impl FaultRule {
         if self.after
             && matches!(
                 self.action,
-                FaultAction::Latency { .. } | FaultAction::TooManyUploads { .. }
+                FaultAction::Latency { .. }
+                    | FaultAction::TooManyUploads { .. }
+                    | FaultAction::ImportFails
             )
         {
             return Err("`after` only applies to status and drop faults".into());
@@ -190,6 +199,7 @@ impl FaultRule {
                 spec.action = "too_many_uploads".into();
                 spec.threshold = Some(threshold);
             }
+            FaultAction::ImportFails => spec.action = "import_fails".into(),
         }
         spec
     }
@@ -199,10 +209,11 @@ impl FaultRule {
 ///
 /// ```text
 /// [METHOD] PATH ACTION [p=PROBABILITY] [after] [times=N]
-///   ACTION = STATUS [retry-after=SECONDS] | latency=MS | drop | too-many-uploads=N
+///   ACTION = STATUS [retry-after=SECONDS] | latency=MS | drop | too-many-uploads=N | import-fails
 /// ```
 /// e.g. `"PUT /s3/* 503 retry-after=1 p=0.2"`, `"POST /api/v1/archives/items/ 502 after times=1"`,
-/// `"* latency=250"`, `"/s3/* drop p=0.05"`, `"POST /api/v1/uploads/ too-many-uploads=10"`.
+/// `"* latency=250"`, `"/s3/* drop p=0.05"`, `"POST /api/v1/uploads/ too-many-uploads=10"`,
+/// `"PATCH /api/v1/archives/items/* import-fails"`.
 impl std::str::FromStr for FaultRule {
     type Err = String;
 
@@ -234,6 +245,7 @@ impl std::str::FromStr for FaultRule {
                     spec.path = Some(key.into())
                 }
                 "drop" if value.is_none() => set_action("drop")?,
+                "import-fails" if value.is_none() => set_action("import_fails")?,
                 "after" if value.is_none() => spec.after = Some(true),
                 _ if value.is_none()
                     && key.len() == 3
@@ -264,7 +276,7 @@ impl std::str::FromStr for FaultRule {
         spec.action = action
             .ok_or_else(|| {
                 format!(
-                    "fault {text:?} has no action (STATUS, latency=MS, drop, too-many-uploads=N)"
+                    "fault {text:?} has no action (STATUS, latency=MS, drop, too-many-uploads=N, import-fails)"
                 )
             })?
             .into();
@@ -294,6 +306,8 @@ pub struct Decision {
     pub before: Option<Terminal>,
     pub after: Option<Terminal>,
     pub too_many_uploads: Option<usize>,
+    /// The background imports the request schedules fail.
+    pub import_fails: bool,
 }
 
 struct ActiveRule {
@@ -386,6 +400,7 @@ impl FaultEngine {
                 FaultAction::Drop => {
                     slot.get_or_insert(Terminal::Drop);
                 }
+                FaultAction::ImportFails => decision.import_fails = true,
             }
         }
         decision
@@ -430,6 +445,17 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(r.to_spec().into_rule().unwrap(), r);
+        let r: FaultRule = "PATCH /api/v1/archives/items/* import-fails times=1"
+            .parse()
+            .unwrap();
+        assert_eq!(r.action, FaultAction::ImportFails);
+        assert_eq!(r.to_spec().into_rule().unwrap(), r);
+        assert!("* import-fails after".parse::<FaultRule>().is_err());
+        assert!("* import-fails 503".parse::<FaultRule>().is_err());
+        let mut e = FaultEngine::new(Some(1));
+        e.set_rules(vec![r]).unwrap();
+        assert!(e.decide("PATCH", "/api/v1/archives/items/x/").import_fails);
+        assert!(!e.decide("PATCH", "/api/v1/archives/items/x/").import_fails);
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub use faults::{FaultAction, FaultRule};
 pub use fixture::{DEMO_ADMIN_TOKEN, DEMO_READER_TOKEN, DEMO_TOKEN, Fixture};
 
 use app::{App, Config};
-use faults::{FaultEngine, Terminal};
+use faults::{Decision, FaultEngine, Terminal};
 use http::{Resp, RespBody};
 use routes::Route;
 use store::{Urls, World};
@@ -494,18 +494,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
             media_image(&app, image, file, name)
         }
         Some(Route::MediaFile { .. } | Route::MediaImage { .. }) => Resp::html(405),
-        Some(r) => {
-            api_request(
-                &app,
-                r,
-                &method,
-                &parts,
-                query,
-                body,
-                decision.too_many_uploads,
-            )
-            .await
-        }
+        Some(r) => api_request(&app, r, &method, &parts, query, body, &decision).await,
     };
     let pattern = if route.is_none() && resp.status == 301 {
         "(redirect)"
@@ -743,7 +732,7 @@ async fn api_request(
     parts: &::http::request::Parts,
     query: Vec<(String, String)>,
     body: Body,
-    too_many_uploads: Option<usize>,
+    faults: &Decision,
 ) -> Resp {
     let header = |name: ::http::header::HeaderName| {
         parts
@@ -829,7 +818,7 @@ async fn api_request(
             body: bytes,
             limits: &app.limits,
             signer: &app.signer,
-            too_many_uploads,
+            too_many_uploads: faults.too_many_uploads,
         };
         match api::handle(&mut w, &ctx, route) {
             Ok(done) => done,
@@ -837,7 +826,11 @@ async fn api_request(
         }
     };
     for job in jobs {
-        worker::spawn(app, job);
+        if faults.import_fails {
+            worker::spawn_failing(app, job);
+        } else {
+            worker::spawn(app, job);
+        }
     }
     resp
 }

@@ -43,6 +43,16 @@ pub enum Job {
 
 /// Run `job` after the import delay, on the blocking pool.
 pub fn spawn(app: &Arc<App>, job: Job) {
+    spawn_with(app, job, run);
+}
+
+/// Like [`spawn`], but the import fails whatever its files (an `import-fails` fault), as the platform's
+/// do when its storage or image store fails after the request was answered. Algorithm jobs run as usual.
+pub fn spawn_failing(app: &Arc<App>, job: Job) {
+    spawn_with(app, job, fail);
+}
+
+fn spawn_with(app: &Arc<App>, job: Job, work: fn(&App, Job)) {
     if let Job::Algorithm { job, inputs } = job {
         let handle = tokio::spawn(super::executor::execute(app.clone(), job, inputs));
         app.track(handle.abort_handle());
@@ -55,7 +65,7 @@ pub fn spawn(app: &Arc<App>, job: Job) {
             tokio::time::sleep(delay).await;
         }
         let blocking_app = task_app.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || run(&blocking_app, job)).await {
+        if let Err(e) = tokio::task::spawn_blocking(move || work(&blocking_app, job)).await {
             tracing::warn!(error = %e, "a background job panicked");
         }
     });
@@ -88,6 +98,36 @@ pub fn run(app: &App, job: Job) {
         Job::Algorithm { job, .. } => {
             tracing::warn!(%job, "an algorithm job reached the blocking worker");
         }
+    }
+}
+
+/// Fail a job's import as the platform records a failure of its own: the reason is not the files, so
+/// the message is the one its importers give for an exception ("An unexpected error occurred").
+fn fail(app: &App, job: Job) {
+    let unexpected = imaging::UNEXPECTED_ERROR_MESSAGE;
+    match job {
+        Job::File { upload, user, .. } => notify(
+            app,
+            user,
+            format!("The file of upload {upload} could not be stored: {unexpected}"),
+        ),
+        Job::Session { session } => fail_session(app, session, unexpected.into()),
+        Job::Dicom { uploads, user, .. } => {
+            let mut w = lock(app);
+            // DICOM uploads are deleted after de-identification, whatever the outcome.
+            for u in &uploads {
+                if w.uploads.get(u).is_some_and(|x| x.owner == user) {
+                    w.delete_upload(*u);
+                }
+            }
+            drop(w);
+            notify(
+                app,
+                user,
+                format!("DICOM image set import failed: {unexpected}"),
+            );
+        }
+        Job::Algorithm { .. } => run(app, job),
     }
 }
 

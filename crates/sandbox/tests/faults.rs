@@ -2,9 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use gc_content::samples;
 use gc_sandbox::{FaultRule, Fixture, SandboxOptions};
 use gc_testkit::http::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn rule(spec: &str) -> FaultRule {
     spec.parse().unwrap()
@@ -217,6 +218,92 @@ async fn drops_latency_and_upload_quota_faults() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+}
+
+/// Uploads of `files` under their base names; returns their API URLs and pks.
+async fn upload_all(env: &Env, files: &[std::path::PathBuf]) -> (Vec<Value>, Vec<String>) {
+    let mut urls = Vec::new();
+    let mut pks = Vec::new();
+    for f in files {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        let up = env.upload(DEMO, name, &std::fs::read(f).unwrap()).await;
+        urls.push(up["api_url"].clone());
+        pks.push(up["pk"].as_str().unwrap().to_string());
+    }
+    (urls, pks)
+}
+
+#[tokio::test]
+async fn import_faults_fail_the_imports_of_good_files_as_the_platform_records_them() {
+    let env = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let series =
+        samples::write_dicom_series(dir.path(), 2, 4, 4, &samples::DicomSeriesIds::new(3), 3)
+            .unwrap();
+    let mha = dir.path().join("ct.mha");
+    samples::write_mha(&mha, [4, 4, 2], 1).unwrap();
+    let (dicom, dicom_pks) = upload_all(&env, &series).await;
+    let (image, _) = upload_all(&env, std::slice::from_ref(&mha)).await;
+    let item = env.new_item("fails").await;
+    let path = format!("archives/items/{item}/");
+    env.sandbox
+        .set_faults(vec![rule(
+            "PATCH /api/v1/archives/items/* import-fails times=1",
+        )])
+        .unwrap();
+    let r = env
+        .patch(
+            &path,
+            DEMO,
+            json!({"values": [
+                {"interface": "dicom-image-set", "user_uploads": dicom, "image_name": "s"},
+                {"interface": "ct-image", "user_uploads": image},
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "the request itself is answered: {}", r.text);
+
+    // The image's session fails with the importer's message for an exception; its upload stays.
+    let session = eventually(10, "the image's session to fail", || async {
+        let all = env.get("cases/upload-sessions/", DEMO).await.json();
+        all["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["status"] == "Failed")
+            .cloned()
+    })
+    .await;
+    assert_eq!(session["error_message"], "An unexpected error occurred");
+    // The DICOM image set: its uploads are deleted, the failure is only a notification.
+    eventually(10, "the DICOM uploads to be deleted", || async {
+        let mut gone = true;
+        for pk in &dicom_pks {
+            gone &= env.get(&format!("uploads/{pk}/"), DEMO).await.status == 404;
+        }
+        gone.then_some(())
+    })
+    .await;
+    let notes = env.state().await["notifications"].to_string();
+    assert!(
+        notes.contains("DICOM image set import failed: An unexpected error occurred"),
+        "{notes}"
+    );
+    assert_eq!(env.get(&path, DEMO).await.json()["values"], json!([]));
+
+    // times=1: the same files import once the fault is spent.
+    let (dicom, _) = upload_all(&env, &series).await;
+    env.patch(
+        &path,
+        DEMO,
+        json!({"values": [{"interface": "dicom-image-set", "user_uploads": dicom, "image_name": "s"}]}),
+    )
+    .await;
+    eventually(10, "the DICOM image set to be attached", || async {
+        let v = env.get(&path, DEMO).await.json();
+        (v["values"].as_array().unwrap().len() == 1).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

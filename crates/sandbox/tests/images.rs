@@ -240,6 +240,48 @@ async fn dicom_image_sets() {
     for pk in pks {
         assert_eq!(env.get(&format!("uploads/{pk}/"), DEMO).await.status, 404);
     }
+    // An SOP class the platform's de-identification procedure does not list fails the import, seen
+    // only as a notification: the socket keeps its value, the uploads are gone.
+    let sc = tempfile::tempdir().unwrap();
+    let sc_files = samples::write_dicom_series(sc.path(), 2, 8, 8, &ids, 6).unwrap();
+    let ct = samples::CT_IMAGE_STORAGE.as_bytes();
+    let mut bytes = std::fs::read(&sc_files[1]).unwrap();
+    while let Some(i) = bytes.windows(ct.len()).position(|w| w == ct) {
+        bytes[i..i + ct.len()].copy_from_slice(b"1.2.840.10008.5.1.4.1.1.7");
+    }
+    let mut sc_urls = Vec::new();
+    for (i, f) in sc_files.iter().enumerate() {
+        let data = if i == 1 {
+            bytes.clone()
+        } else {
+            std::fs::read(f).unwrap()
+        };
+        let up = env.upload(DEMO, &format!("sc_{i}.dcm"), &data).await;
+        sc_urls.push(up["api_url"].clone());
+    }
+    let r = env
+        .patch(
+            &format!("archives/items/{item}/"),
+            DEMO,
+            json!({"values": [{"interface": "dicom-image-set", "user_uploads": sc_urls, "image_name": "SC"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let note = eventually(10, "a notification of the failed import", || async {
+        let notes = env.state().await["notifications"].to_string();
+        notes.contains("Unsupported SOP Class").then_some(notes)
+    })
+    .await;
+    assert!(
+        note.contains("sc_1.dcm was refused by the de-identification: Unsupported SOP Class (1.2.840.10008.5.1.4.1.1.7)"),
+        "{note}"
+    );
+    let now = env
+        .get(&format!("archives/items/{item}/"), DEMO)
+        .await
+        .json();
+    assert_eq!(now["values"][0]["image"], image_url.as_str(), "unchanged");
+
     // A DICOM image set may not go to a panimg socket.
     let r = env
         .patch(

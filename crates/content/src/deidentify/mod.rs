@@ -207,6 +207,27 @@ impl Procedure {
             .map_err(Clone::clone)
     }
 
+    /// Why the procedure refuses every file of this SOP class, or `None` when it takes them (it lists
+    /// the class, or its default keeps what it does not list). The platform de-identifies a DICOM image
+    /// set with this procedure, so a refused class fails there as it fails here.
+    pub fn refusal(&self, sop_class: &str) -> Option<String> {
+        if self.sop_classes.contains_key(sop_class) || self.default.action == Action::Keep {
+            return None;
+        }
+        Some(if self.default.justification.is_empty() {
+            format!("SOP Class {sop_class} is not supported")
+        } else {
+            format!("{} ({sop_class})", self.default.justification)
+        })
+    }
+
+    /// The SOP classes the procedure lists, sorted.
+    pub fn supported_sop_classes(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self.sop_classes.keys().map(String::as_str).collect();
+        all.sort_unstable();
+        all
+    }
+
     /// The text written into De-identification Method (0012,0063).
     pub fn method(&self) -> String {
         format!(
@@ -334,11 +355,9 @@ pub fn deidentify_dataset(
             &keep_all
         }
         None => {
-            let why = if procedure.default.justification.is_empty() {
-                format!("SOP Class {sop_class} is not supported")
-            } else {
-                format!("{} ({sop_class})", procedure.default.justification)
-            };
+            let why = procedure
+                .refusal(&sop_class)
+                .unwrap_or_else(|| format!("SOP Class {sop_class} is not supported"));
             return Err(DeidError::Rejected(why));
         }
     };
@@ -847,6 +866,26 @@ mod tests {
         let ct = &p.sop_classes["1.2.840.10008.5.1.4.1.1.2"];
         assert_eq!(ct.tags[&tags::PATIENT_NAME].action, Action::Blank);
         assert_eq!(ct.tags[&tags::PIXEL_DATA].action, Action::Keep);
+    }
+
+    #[test]
+    fn the_procedure_refuses_sop_classes_it_does_not_list() {
+        let p = Procedure::builtin().unwrap();
+        assert_eq!(p.refusal("1.2.840.10008.5.1.4.1.1.2"), None);
+        assert_eq!(
+            p.refusal("1.2.840.10008.5.1.4.1.1.7").as_deref(),
+            Some("Unsupported SOP Class (1.2.840.10008.5.1.4.1.1.7)")
+        );
+        assert_eq!(
+            p.supported_sop_classes(),
+            [
+                "1.2.840.10008.5.1.4.1.1.2",
+                "1.2.840.10008.5.1.4.1.1.4",
+                "1.2.840.10008.5.1.4.1.1.77.1.6"
+            ]
+        );
+        let keep_all = Procedure::parse(r#"{"default": "K", "sopClass": {}}"#).unwrap();
+        assert_eq!(keep_all.refusal("1.2.3"), None);
     }
 
     #[test]
