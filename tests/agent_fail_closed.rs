@@ -160,26 +160,13 @@ const CORPUS_SECRETS: &[&str] = &[
 /// The same slice of one patient in every way DICOM is stored, written with pydicom (in the venv the
 /// de-identification tests make): file name → how it is stored.
 fn encodings(dir: &Path) -> BTreeMap<String, String> {
-    let python = gc_testkit::python::python_with(
-        &gc_testkit::venvs!(),
-        "dicom-deid-0.1.1",
-        &[
-            "grand-challenge-dicom-de-identifier==0.1.1",
-            "grand-challenge-dicom-de-id-procedure==2025.10.1",
-            "pydicom==3.0.2",
-        ],
-        "grand_challenge_dicom_de_identifier.deidentifier",
-        "GC_HOTFOLDER_DEID_PYTHON",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/encodings.py");
-    let out = Command::new(python).arg(script).arg(dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let python = gc_testkit::python::deidentifier(&gc_testkit::venvs!());
+    let script = gc_testkit::python::script("encodings.py");
+    let stdout = gc_testkit::python::run_ok(
+        Command::new(python).arg(script).arg(dir),
+        "writing the encodings",
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&stdout).unwrap()
 }
 
 /// Every way of storing DICOM, each file one case, plus a damaged file of each kind: every byte the

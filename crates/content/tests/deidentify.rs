@@ -21,21 +21,8 @@ use gc_content::deidentify::{
     DeidError, PROCEDURE_JSON, Procedure, ROOT_UID, UidMap, deidentify_file,
 };
 
-const REQUIREMENTS: &[&str] = &[
-    "grand-challenge-dicom-de-identifier==0.1.1",
-    "grand-challenge-dicom-de-id-procedure==2025.10.1",
-    "pydicom==3.0.2",
-];
-
 fn python() -> PathBuf {
-    gc_testkit::python::python_with(
-        &gc_testkit::venvs!(),
-        "dicom-deid-0.1.1",
-        REQUIREMENTS,
-        "grand_challenge_dicom_de_identifier.deidentifier",
-        "GC_HOTFOLDER_DEID_PYTHON",
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    gc_testkit::python::deidentifier(&gc_testkit::venvs!())
 }
 
 const PATIENT_NAME: &str = "DOE^JANE";
@@ -428,7 +415,7 @@ fn agrees_with_the_reference_de_identifier_tag_by_tag() {
     let scratch = tempfile::tempdir().unwrap();
     let corpus = write_corpus(&scratch.path().join("in"));
     let python = python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/deidentify.py");
+    let script = gc_testkit::python::script("deidentify.py");
     let out_py = scratch.path().join("py");
     let stdout = gc_testkit::python::run_ok(
         Command::new(&python)
@@ -705,7 +692,7 @@ fn nothing_after_the_pixel_data_is_sent() {
 /// The same slice of one patient stored in every way DICOM is stored (`tests/interop/encodings.py`,
 /// written with pydicom): file name → how it is stored.
 fn write_encodings(dir: &Path) -> BTreeMap<String, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/encodings.py");
+    let script = gc_testkit::python::script("encodings.py");
     let stdout = gc_testkit::python::run_ok(
         Command::new(python()).arg(&script).arg(dir),
         "writing the encodings",
@@ -772,7 +759,7 @@ fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
     let out_py = scratch.path().join("py");
     let stdout = gc_testkit::python::run_ok(
         Command::new(python())
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/deidentify.py"))
+            .arg(gc_testkit::python::script("deidentify.py"))
             .arg(&out_py)
             .args(&corpus),
         "the reference de-identifier",

@@ -99,7 +99,7 @@ fn the_importer_agrees_with_panimg_on_the_corpus() {
     std::fs::create_dir(&root).unwrap();
     let names = corpus::write_corpus(&root).unwrap();
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/panimg_verdicts.py");
+    let script = gc_testkit::python::script("panimg_verdicts.py");
     let output = Command::new(&python)
         .arg(&script)
         .arg(&root)

@@ -5,7 +5,7 @@
 //! with `gcapi==0.16.1` that the test makes once and keeps in `target/` (see `python_support`). If
 //! neither works the test fails with an explanation: it is never skipped.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use gc_sandbox::{DEMO_TOKEN, Fixture, SandboxOptions};
 use gc_testkit::http::*;
@@ -35,7 +35,7 @@ async fn gcapi_round_trip() {
     options.tls_dir = Some(scratch.path().join("tls"));
     options.import_delay = std::time::Duration::from_millis(50);
     let env = start_with(options).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/gcapi_roundtrip.py");
+    let script = gc_testkit::python::script("gcapi_roundtrip.py");
     let work = scratch.path().join("work");
     let image = scratch.path().join("ct.mha");
     gc_content::samples::write_mha(&image, [12, 10, 3], 9).unwrap();
@@ -143,7 +143,7 @@ async fn gcapi_runs_an_algorithm() {
     options.tls_dir = Some(scratch.path().join("tls"));
     options.import_delay = std::time::Duration::from_millis(50);
     let env = start_with(options).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/gcapi_algorithm.py");
+    let script = gc_testkit::python::script("gcapi_algorithm.py");
     let image = scratch.path().join("ct.mha");
     gc_content::samples::write_mha(&image, [12, 10, 3], 4).unwrap();
     let output = tokio::process::Command::new(&python)

@@ -134,3 +134,30 @@ pub fn run_ok(command: &mut Command, what: &str) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// A script of `crates/testkit/interop/` that drives one of the platform's Python tools.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("interop")
+        .join(name)
+}
+
+/// The pinned packages of the platform's DICOM de-identification, with pydicom to write test files.
+pub const DEIDENTIFIER: &[&str] = &[
+    "grand-challenge-dicom-de-identifier==0.1.1",
+    "grand-challenge-dicom-de-id-procedure==2025.10.1",
+    "pydicom==3.0.2",
+];
+
+/// A Python with the platform's de-identifier ([`DEIDENTIFIER`]) in the venv `dicom-deid-0.1.1` under
+/// `venvs`, or the one `GC_HOTFOLDER_DEID_PYTHON` names; panics with the reason if there is none.
+pub fn deidentifier(venvs: &Path) -> PathBuf {
+    python_with(
+        venvs,
+        "dicom-deid-0.1.1",
+        DEIDENTIFIER,
+        "grand_challenge_dicom_de_identifier.deidentifier",
+        "GC_HOTFOLDER_DEID_PYTHON",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
