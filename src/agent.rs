@@ -16,18 +16,20 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::config::{After, AlertKind, Config, Folder, OnChange};
-use crate::deliver::{Checkpoints, DeliverError, EarlierUpload, ItemStart, Privacy, deliver};
-use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, Step};
+use crate::deliver::{
+    Checkpoints, DeliverError, Delivered, EarlierUpload, ItemStart, Privacy, deliver,
+};
+use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, SentFile, Step};
 use crate::notify::{Alert, Notifier};
 use crate::preflight::Verdict;
 use crate::receipt::{CaseFacts, CaseKey, ItemRef, Receipt, TargetRef};
-use crate::rules::{self, Manifest};
+use crate::rules::{self, Manifest, Plan};
 use crate::settle::{Decision, SettleRules, Snapshot, Tracker, Waiting};
 use crate::watch::{self, Hint};
 use gc_client::models::UserUpload;
 use gc_client::uploads::ResumeFrom;
 use gc_client::verify::VerifyTiming;
-use gc_client::{Client, TargetKind};
+use gc_client::{Client, GcError, TargetKind};
 use gc_content::deidentify::UidMap;
 
 /// Why the agent holds a drop folder's cases.
@@ -1293,6 +1295,20 @@ pub(crate) fn move_case(from: &Path, to: &Path, root: &Path) -> std::io::Result<
     Ok(dest)
 }
 
+/// What every receipt of one attempt repeats: when it started, and what earlier revisions sent.
+struct Said {
+    started: (String, Instant),
+    earlier: Vec<SentFile>,
+}
+
+/// What a delivery was given: the plan, its manifest, and which attempt it was.
+struct Sent<'a> {
+    said: &'a Said,
+    plan: &'a Plan,
+    manifest: &'a Manifest,
+    attempts: i64,
+}
+
 /// One delivery attempt of one case, as a task.
 struct Delivery {
     shared: Arc<Shared>,
@@ -1322,19 +1338,72 @@ impl Delivery {
         (case_dir, done)
     }
 
+    /// One attempt at the case, as a sequence of steps: the plan, the manifest of what it holds, whether
+    /// that was delivered already, the delivery itself, and what its outcome means.
     async fn attempt(self) -> Result<Done, JournalError> {
         let _permit = self.shared.slots.acquire().await;
         let sh = &self.shared;
         let folder = &sh.config.folders[self.folder];
-        let started = (crate::clock::now_rfc3339(), Instant::now());
-        let earlier = crate::receipt::earlier_sent(
+        let said = Said {
+            started: (crate::clock::now_rfc3339(), Instant::now()),
+            earlier: crate::receipt::earlier_sent(
+                &sh.journal,
+                &sh.receipts,
+                &folder.target_slug,
+                self.key(),
+                &self.rec,
+            )?,
+        };
+        let (attempts, revision) = (self.rec.attempts, self.rec.revision);
+        let plan = match rules::plan(folder, &self.case_dir, &self.snapshot.case_files()) {
+            Ok(p) => p,
+            Err(e) => {
+                let facts = self.facts(&said, None, None, attempts, revision);
+                return self.quarantine(facts, e.to_string(), None);
+            }
+        };
+        let manifest = match self.manifest(&plan, &said).await? {
+            Ok(m) => m,
+            Err(done) => return Ok(done),
+        };
+        if let Some(done) = self.already_delivered(&manifest)? {
+            return Ok(done);
+        }
+        tracing::info!(case = %self.case, files = manifest.entries.len(), "delivering");
+        let outcome = attempt_recorded(
+            &sh.client,
             &sh.journal,
-            &sh.receipts,
-            &folder.target_slug,
-            self.key(),
+            folder,
+            &sh.config.server.state_dir,
             &self.rec,
-        )?;
-        let facts = |plan, manifest, attempts: i64, revision: i64| CaseFacts {
+            &self.case_dir,
+            &plan,
+            &manifest,
+            &self.fp,
+            &sh.options.verify,
+            Progress::default(),
+        )
+        .await?;
+        let sent = Sent {
+            said: &said,
+            plan: &plan,
+            manifest: &manifest,
+            attempts: attempts + 1,
+        };
+        self.on_outcome(outcome, &sent)
+    }
+
+    /// What the receipt says of the case at this attempt, whatever its outcome.
+    fn facts<'a>(
+        &'a self,
+        said: &'a Said,
+        plan: Option<&'a Plan>,
+        manifest: Option<&'a Manifest>,
+        attempts: i64,
+        revision: i64,
+    ) -> CaseFacts<'a> {
+        let folder = &self.shared.config.folders[self.folder];
+        CaseFacts {
             case_dir: &self.case_dir,
             plan,
             manifest,
@@ -1354,106 +1423,71 @@ impl Delivery {
             readiness: readiness(folder),
             attempts: attempts as u32,
             revision: revision as u32,
-            started: started.clone(),
-            earlier: &earlier,
-        };
+            started: said.started.clone(),
+            earlier: &said.earlier,
+        }
+    }
 
-        let plan = match rules::plan(folder, &self.case_dir, &self.snapshot.case_files()) {
-            Ok(p) => p,
-            Err(e) => {
-                let reason = e.to_string();
-                return self.quarantine(
-                    facts(None, None, self.rec.attempts, self.rec.revision),
-                    reason,
-                    None,
-                );
-            }
-        };
+    /// The manifest of the planned files (hashed off the async threads), or how the attempt ends: the
+    /// case changed while it was read, a file cannot be read (quarantined), or hashing failed (later).
+    async fn manifest(
+        &self,
+        plan: &Plan,
+        said: &Said,
+    ) -> Result<Result<Manifest, Done>, JournalError> {
         let hashed = {
             let (dir, plan) = (self.case_dir.clone(), plan.clone());
             tokio::task::spawn_blocking(move || rules::hash_files(&dir, &plan)).await
         };
         let manifest = match hashed {
-            Ok(Ok(h)) => Manifest::new(&plan, &h),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Done::Changed),
+            Ok(Ok(h)) => Manifest::new(plan, &h),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Err(Done::Changed));
+            }
             Ok(Err(e)) => {
                 let reason = format!("cannot read a file of the case: {e}");
-                return self.quarantine(
-                    facts(Some(&plan), None, self.rec.attempts, self.rec.revision),
-                    reason,
-                    None,
-                );
+                let facts =
+                    self.facts(said, Some(plan), None, self.rec.attempts, self.rec.revision);
+                return self.quarantine(facts, reason, None).map(Err);
             }
             Err(e) => {
                 tracing::error!("hashing failed: {e}");
-                return Ok(Done::Later(sh.options.retry_first));
+                return Ok(Err(Done::Later(self.shared.options.retry_first)));
             }
         };
         // Hashing took time: the case must not have changed meanwhile.
-        if crate::settle::snapshot(&self.case_dir)
-            .map(|s| s.fingerprint())
-            .ok()
-            .as_deref()
-            != Some(&self.fp)
-        {
-            return Ok(Done::Changed);
+        let now = crate::settle::snapshot(&self.case_dir).map(|s| s.fingerprint());
+        if now.ok().as_deref() != Some(&self.fp) {
+            return Ok(Err(Done::Changed));
         }
-        if self.rec.delivered_hash.as_deref() == Some(&manifest.hash) {
-            // Same content as delivered (e.g. touched, or copied again): never upload it twice.
-            sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
-            if self.rec.state != CaseState::Delivered {
-                sh.journal.delivered(self.rec.id, &manifest)?;
-            }
-            tracing::info!(case = %self.case, "unchanged content: already delivered");
-            return Ok(Done::Unchanged);
+        Ok(Ok(manifest))
+    }
+
+    /// The same content as delivered (touched, or copied again) is never uploaded twice.
+    fn already_delivered(&self, manifest: &Manifest) -> Result<Option<Done>, JournalError> {
+        if self.rec.delivered_hash.as_deref() != Some(&manifest.hash) {
+            return Ok(None);
         }
-        let attempts = self.rec.attempts + 1;
-        tracing::info!(case = %self.case, files = manifest.entries.len(), "delivering");
-        match attempt_recorded(
-            &sh.client,
-            &sh.journal,
-            folder,
-            &sh.config.server.state_dir,
-            &self.rec,
-            &self.case_dir,
-            &plan,
-            &manifest,
-            &self.fp,
-            &sh.options.verify,
-            Progress::default(),
-        )
-        .await?
-        {
-            Ok(d) => {
-                let receipt = Receipt::delivered(
-                    facts(
-                        Some(&plan),
-                        Some(&manifest),
-                        attempts,
-                        self.rec.revision + 1,
-                    ),
-                    &d,
-                );
-                // The receipt first: a crash before the journal says "delivered" only repeats the
-                // delivery into the same item, while the other order could lose the receipt.
-                if let Err(e) = crate::receipt::write(&sh.receipts, self.key(), &receipt) {
-                    tracing::error!(case = %self.case, "cannot write the receipt: {e}");
-                    return Ok(Done::Later(sh.options.retry_first));
-                }
-                sh.journal
-                    .delivered_sent(self.rec.id, &manifest, &receipt.sent_files())?;
-                tracing::info!(case = %self.case, item = %d.item_pk, "delivered and verified");
-                if !plan.unmatched.is_empty() {
-                    tracing::warn!(
-                        case = %self.case,
-                        "{} file(s) of the case matched no socket rule and were not sent: {}",
-                        plan.unmatched.len(),
-                        plan.unmatched.join(", ")
-                    );
-                }
-                apply_after(folder, &self.case_dir, &self.rel, &sh.receipts);
-                Ok(Done::Delivered)
-            }
+        let sh = &self.shared;
+        sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
+        if self.rec.state != CaseState::Delivered {
+            sh.journal.delivered(self.rec.id, manifest)?;
+        }
+        tracing::info!(case = %self.case, "unchanged content: already delivered");
+        Ok(Some(Done::Unchanged))
+    }
+
+    /// What the delivery's outcome means for the case: a receipt, a quarantine, a paused target or a
+    /// later attempt.
+    fn on_outcome(
+        &self,
+        outcome: Result<Delivered, DeliverError>,
+        sent: &Sent<'_>,
+    ) -> Result<Done, JournalError> {
+        let sh = &self.shared;
+        let folder = &sh.config.folders[self.folder];
+        match outcome {
+            Ok(d) => self.delivered(&d, sent),
             Err(DeliverError::Quarantine(reason)) => {
                 let item = sh
                     .journal
@@ -1463,34 +1497,19 @@ impl Delivery {
                         api_url: item_url(&sh.client, folder, &pk),
                         pk,
                     });
-                self.quarantine(
-                    facts(Some(&plan), Some(&manifest), attempts, self.rec.revision),
-                    reason,
-                    item,
-                )
+                let (plan, manifest) = (Some(sent.plan), Some(sent.manifest));
+                let facts = self.facts(sent.said, plan, manifest, sent.attempts, self.rec.revision);
+                self.quarantine(facts, reason, item)
             }
             Err(DeliverError::Changed) => {
                 sh.journal
                     .postpone(self.rec.id, "the case changed during upload")?;
                 Ok(Done::Changed)
             }
-            Err(DeliverError::Auth(e)) => {
-                let why = format!(
-                    "the platform refused the token for {} {}: {e}",
-                    kind_name(folder.target),
-                    folder.target_slug
-                );
-                tracing::error!(case = %self.case, "{why}; pausing this target");
-                sh.journal.postpone(self.rec.id, &why)?;
-                Ok(Done::AuthPaused(
-                    folder.target,
-                    folder.target_slug.clone(),
-                    why,
-                ))
-            }
+            Err(DeliverError::Auth(e)) => self.auth_refused(&e),
             Err(DeliverError::Later(e)) => {
                 crate::metrics::global().delivery_retried(e.class());
-                let wait = backoff(&sh.options, attempts);
+                let wait = backoff(&sh.options, sent.attempts);
                 tracing::warn!(case = %self.case, retry_in = ?wait, "{e}");
                 sh.journal.postpone(self.rec.id, &e.to_string())?;
                 Ok(Done::Later(wait))
@@ -1505,6 +1524,57 @@ impl Delivery {
                 Ok(Done::Later(sh.options.retry_first))
             }
         }
+    }
+
+    /// Delivered and verified: the receipt, then the journal, then the post-action.
+    fn delivered(&self, d: &Delivered, sent: &Sent<'_>) -> Result<Done, JournalError> {
+        let sh = &self.shared;
+        let (plan, manifest) = (sent.plan, sent.manifest);
+        let facts = self.facts(
+            sent.said,
+            Some(plan),
+            Some(manifest),
+            sent.attempts,
+            self.rec.revision + 1,
+        );
+        let receipt = Receipt::delivered(facts, d);
+        // The receipt first: a crash before the journal says "delivered" only repeats the delivery into
+        // the same item, while the other order could lose the receipt.
+        if let Err(e) = crate::receipt::write(&sh.receipts, self.key(), &receipt) {
+            tracing::error!(case = %self.case, "cannot write the receipt: {e}");
+            return Ok(Done::Later(sh.options.retry_first));
+        }
+        sh.journal
+            .delivered_sent(self.rec.id, manifest, &receipt.sent_files())?;
+        tracing::info!(case = %self.case, item = %d.item_pk, "delivered and verified");
+        if !plan.unmatched.is_empty() {
+            tracing::warn!(
+                case = %self.case,
+                "{} file(s) of the case matched no socket rule and were not sent: {}",
+                plan.unmatched.len(),
+                plan.unmatched.join(", ")
+            );
+        }
+        let folder = &sh.config.folders[self.folder];
+        apply_after(folder, &self.case_dir, &self.rel, &sh.receipts);
+        Ok(Done::Delivered)
+    }
+
+    /// The platform refused the token: the case waits, and the loop pauses the target.
+    fn auth_refused(&self, e: &GcError) -> Result<Done, JournalError> {
+        let folder = &self.shared.config.folders[self.folder];
+        let why = format!(
+            "the platform refused the token for {} {}: {e}",
+            kind_name(folder.target),
+            folder.target_slug
+        );
+        tracing::error!(case = %self.case, "{why}; pausing this target");
+        self.shared.journal.postpone(self.rec.id, &why)?;
+        Ok(Done::AuthPaused(
+            folder.target,
+            folder.target_slug.clone(),
+            why,
+        ))
     }
 
     fn quarantine(
