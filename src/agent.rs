@@ -173,9 +173,23 @@ pub async fn run(
     options: AgentOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let started = Instant::now();
     let journal = Arc::new(Journal::open(&config.server.state_dir)?);
-    let receipts = config.server.state_dir.join("receipts");
-    // De-identified copies left by a crash: every delivery makes its own again (the same bytes).
+    before_start(&config);
+    // Bound before anything else happens, so a taken port is a startup error, not a silent gap.
+    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let metrics_server = serve_metrics(&config, &journal, config_rx, started).await?;
+    let (mut loop_, mut inputs) = Loop::start(config, journal, client, options, started, config_tx);
+    loop_.start_preflight();
+    crate::service::ready(&status_line(&loop_.shared.journal));
+    loop_.serve(&mut inputs, stop).await?;
+    loop_.shut_down(inputs, metrics_server).await;
+    Ok(())
+}
+
+/// What a start does before the loop: de-identified copies left by a crash go (every delivery makes its
+/// own again, the same bytes), and folders that send DICOM as it is are named in the log.
+fn before_start(config: &Config) {
     crate::deliver::remove_staging(&config.server.state_dir.join("staging"));
     for f in config.folders.iter().filter(|f| !f.deidentify) {
         tracing::warn!(
@@ -183,171 +197,48 @@ pub async fn run(
             "deidentify = false: DICOM files of this folder are uploaded as they are, with patient names, IDs and dates: identifiable data will leave this machine"
         );
     }
-    let settle_rules: Vec<SettleRules> = config.folders.iter().map(SettleRules::of).collect();
-    let started = Instant::now();
-    // Bound before anything else happens, so a taken port is a startup error, not a silent gap.
-    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
-    let metrics_server = match &config.metrics {
-        None => None,
-        Some(m) => {
-            let listener = tokio::net::TcpListener::bind(m.listen)
-                .await
-                .map_err(|source| AgentError::Metrics {
-                    file: config.file.clone(),
-                    addr: m.listen,
-                    source,
-                })?;
-            let addr = listener.local_addr().unwrap_or(m.listen);
-            tracing::info!(%addr, "serving /metrics and /status");
-            if !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "/status names cases (their folder names) to anyone who can reach this address");
-            }
-            let sources = crate::metrics::Sources {
-                journal: journal.clone(),
-                config: config_rx,
-                started,
-            };
-            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
-                listener, sources,
-            ))))
-        }
+}
+
+/// The metrics and status endpoint, if the config asks for one; bound now, so that a taken port is an
+/// error at start.
+async fn serve_metrics(
+    config: &Config,
+    journal: &Arc<Journal>,
+    config_rx: tokio::sync::watch::Receiver<Arc<Config>>,
+    started: Instant,
+) -> Result<Option<AbortOnDrop>, AgentError> {
+    let Some(m) = &config.metrics else {
+        return Ok(None);
     };
-    let (notifier, senders) = Notifier::start(&config.notify, &journal);
-    let shared = Arc::new(Shared {
-        slots: Semaphore::new(config.limits.parallel_cases),
-        config,
-        journal,
-        client,
-        receipts,
-        options,
-        notifier,
-    });
-    if let Err(e) = shared.journal.clear_held() {
-        tracing::error!("cannot clear the held folders of an earlier run: {e}");
+    let listener = tokio::net::TcpListener::bind(m.listen)
+        .await
+        .map_err(|source| AgentError::Metrics {
+            file: config.file.clone(),
+            addr: m.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(m.listen);
+    tracing::info!(%addr, "serving /metrics and /status");
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "/status names cases (their folder names) to anyone who can reach this address");
     }
-    let paused_folders = journal_paused(&shared.journal);
-    for f in shared
-        .config
-        .folders
-        .iter()
-        .filter(|f| paused_folders.contains(&f.path))
-    {
-        tracing::warn!(
-            folder = %f.path.display(),
-            "this drop folder is paused: its cases are watched but not delivered until `gc-hotfolder resume`"
-        );
-    }
-    let (preflight_tx, mut verdicts) = mpsc::unbounded_channel();
-    let (hint_tx, mut hints) = mpsc::unbounded_channel();
-    let mut watches = watch::start(
-        &shared.config.folders,
-        shared.options.reconcile_every,
-        hint_tx.clone(),
-    );
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| tracing::warn!("cannot listen for SIGHUP, reloading is off: {e}"))
-        .ok();
-    let mut loop_ = Loop {
-        shared: shared.clone(),
-        settle_rules,
+    let sources = crate::metrics::Sources {
+        journal: journal.clone(),
+        config: config_rx,
         started,
-        slots: HashMap::new(),
-        timers: BinaryHeap::new(),
-        tasks: JoinSet::new(),
-        paused: HashMap::new(),
-        paused_folders,
-        held: HashMap::new(),
-        missing: HashSet::new(),
-        preflight: None,
-        generation: 0,
-        preflight_tx,
-        senders: Some(senders),
-        config_tx,
     };
-    drop(shared);
-    loop_.start_preflight();
-    crate::service::ready(&status_line(&loop_.shared.journal));
-    let mut heartbeat = tokio::time::interval(
-        crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)),
-    );
-    // Other processes (`pause`, `resume`, `retry`) leave requests in the journal; look for them often.
-    let mut requests = tokio::time::interval(REQUESTS_EVERY);
-    requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_status = String::new();
-    tokio::pin!(stop);
-    loop {
-        let next_timer = loop_
-            .timers
-            .peek()
-            .map(|Reverse((at, _))| loop_.started + *at);
-        tokio::select! {
-            _ = &mut stop => break,
-            Some(hint) = hints.recv() => {
-                // A drop folder that was missing at start gets its events once it exists.
-                if let Hint::Scan { folder, why: watch::ScanReason::Poll } = &hint
-                    && let Some(f) = loop_.shared.config.folders.iter().find(|f| &f.path == folder)
-                    && watches.appeared(f, loop_.shared.options.reconcile_every, &hint_tx)
-                {
-                    tracing::info!(folder = %folder.display(), "the drop folder appeared");
-                }
-                loop_.on_hint(hint)?
-            }
-            Some(done) = loop_.tasks.join_next(), if !loop_.tasks.is_empty() => match done {
-                Ok((case_dir, done)) => loop_.on_done(case_dir, done)?,
-                Err(e) => tracing::error!("a delivery task failed: {e}"),
-            },
-            _ = sleep_until(next_timer) => loop_.on_timers()?,
-            Some((generation, folder, verdict)) = verdicts.recv() => {
-                loop_.on_verdict(generation, folder, verdict, &hint_tx)?
-            }
-            Some(()) = hangup(&mut hangups) => {
-                crate::service::reloading();
-                if let Some(w) = loop_.reload(&hint_tx) {
-                    watches = w;
-                    loop_.start_preflight();
-                }
-                tracing::debug!(folders = watches.modes().len(), "watching");
-                crate::service::ready(&status_line(&loop_.shared.journal));
-            }
-            _ = requests.tick() => {
-                loop_.on_requests(&hint_tx);
-                crate::metrics::global().set_live(loop_.live());
-            }
-            _ = heartbeat.tick() => {
-                crate::service::watchdog();
-                let status = status_line(&loop_.shared.journal);
-                if status != last_status {
-                    crate::service::status(&status);
-                    last_status = status;
-                }
-            }
-        }
-    }
-    crate::service::stopping();
-    tracing::info!(
-        in_flight = loop_.tasks.len(),
-        "stopping: no new cases are taken"
-    );
-    drop(watches);
-    let grace = tokio::time::sleep(loop_.shared.options.shutdown_grace);
-    tokio::pin!(grace);
-    while !loop_.tasks.is_empty() {
-        tokio::select! {
-            _ = &mut grace => {
-                tracing::warn!(in_flight = loop_.tasks.len(), "grace period over: cutting off deliveries; they resume at the next start");
-                loop_.tasks.abort_all();
-                break;
-            }
-            _ = loop_.tasks.join_next() => {}
-        }
-    }
-    drop(metrics_server);
-    let senders = loop_.senders.take();
-    drop(loop_);
-    if let Some(s) = senders {
-        s.finish(ALERT_GRACE).await;
-    }
-    Ok(())
+    let server = tokio::spawn(crate::metrics::serve(listener, sources));
+    Ok(Some(AbortOnDrop(server)))
+}
+
+/// What the loop listens to besides its own tasks and timers.
+struct Inputs {
+    hints: mpsc::UnboundedReceiver<Hint>,
+    /// For watches made later (a reload, a folder that appears) and for requeued cases.
+    hint_tx: mpsc::UnboundedSender<Hint>,
+    verdicts: mpsc::UnboundedReceiver<(u64, PathBuf, Verdict)>,
+    watches: watch::Watches,
+    hangups: Option<tokio::signal::unix::Signal>,
 }
 
 /// How often the journal is read for requests of other processes (`pause`, `resume`, `retry`).
@@ -431,6 +322,184 @@ struct Loop {
 }
 
 impl Loop {
+    /// The loop's state for a config, with its watches started and the channels it listens to.
+    fn start(
+        config: Config,
+        journal: Arc<Journal>,
+        client: Client,
+        options: AgentOptions,
+        started: Instant,
+        config_tx: tokio::sync::watch::Sender<Arc<Config>>,
+    ) -> (Loop, Inputs) {
+        let settle_rules: Vec<SettleRules> = config.folders.iter().map(SettleRules::of).collect();
+        let (notifier, senders) = Notifier::start(&config.notify, &journal);
+        let shared = Arc::new(Shared {
+            slots: Semaphore::new(config.limits.parallel_cases),
+            receipts: config.server.state_dir.join("receipts"),
+            config,
+            journal,
+            client,
+            options,
+            notifier,
+        });
+        if let Err(e) = shared.journal.clear_held() {
+            tracing::error!("cannot clear the held folders of an earlier run: {e}");
+        }
+        let paused_folders = journal_paused(&shared.journal);
+        for f in shared.config.folders.iter() {
+            if paused_folders.contains(&f.path) {
+                tracing::warn!(
+                    folder = %f.path.display(),
+                    "this drop folder is paused: its cases are watched but not delivered until `gc-hotfolder resume`"
+                );
+            }
+        }
+        let (preflight_tx, verdicts) = mpsc::unbounded_channel();
+        let (hint_tx, hints) = mpsc::unbounded_channel();
+        let watches = watch::start(
+            &shared.config.folders,
+            shared.options.reconcile_every,
+            hint_tx.clone(),
+        );
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| tracing::warn!("cannot listen for SIGHUP, reloading is off: {e}"))
+            .ok();
+        let loop_ = Loop {
+            shared,
+            settle_rules,
+            started,
+            slots: HashMap::new(),
+            timers: BinaryHeap::new(),
+            tasks: JoinSet::new(),
+            paused: HashMap::new(),
+            paused_folders,
+            held: HashMap::new(),
+            missing: HashSet::new(),
+            preflight: None,
+            generation: 0,
+            preflight_tx,
+            senders: Some(senders),
+            config_tx,
+        };
+        let inputs = Inputs {
+            hints,
+            hint_tx,
+            verdicts,
+            watches,
+            hangups,
+        };
+        (loop_, inputs)
+    }
+
+    /// Take what comes (hints, finished deliveries, timers, verdicts, a reload, requests of other
+    /// processes, the watchdog's beat) until `stop` resolves.
+    async fn serve(
+        &mut self,
+        inputs: &mut Inputs,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        let mut heartbeat = tokio::time::interval(
+            crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)),
+        );
+        // Other processes (`pause`, `resume`, `retry`) leave requests in the journal; look for them often.
+        let mut requests = tokio::time::interval(REQUESTS_EVERY);
+        requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_status = String::new();
+        tokio::pin!(stop);
+        loop {
+            let next_timer = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _))| self.started + *at);
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                Some(hint) = inputs.hints.recv() => self.on_input_hint(hint, inputs)?,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok((case_dir, done)) => self.on_done(case_dir, done)?,
+                    Err(e) => tracing::error!("a delivery task failed: {e}"),
+                },
+                _ = sleep_until(next_timer) => self.on_timers()?,
+                Some((generation, folder, verdict)) = inputs.verdicts.recv() => {
+                    self.on_verdict(generation, folder, verdict, &inputs.hint_tx)?
+                }
+                Some(()) = hangup(&mut inputs.hangups) => self.on_hangup(inputs),
+                _ = requests.tick() => {
+                    self.on_requests(&inputs.hint_tx);
+                    crate::metrics::global().set_live(self.live());
+                }
+                _ = heartbeat.tick() => {
+                    crate::service::watchdog();
+                    let status = status_line(&self.shared.journal);
+                    if status != last_status {
+                        crate::service::status(&status);
+                        last_status = status;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A hint from the watches; a drop folder that was missing at start gets its events once it exists.
+    fn on_input_hint(&mut self, hint: Hint, inputs: &mut Inputs) -> Result<(), JournalError> {
+        if let Hint::Scan {
+            folder,
+            why: watch::ScanReason::Poll,
+        } = &hint
+            && let Some(f) = self
+                .shared
+                .config
+                .folders
+                .iter()
+                .find(|f| &f.path == folder)
+            && inputs
+                .watches
+                .appeared(f, self.shared.options.reconcile_every, &inputs.hint_tx)
+        {
+            tracing::info!(folder = %folder.display(), "the drop folder appeared");
+        }
+        self.on_hint(hint)
+    }
+
+    /// SIGHUP: the config is read again; a good one replaces the watches and is checked on the platform.
+    fn on_hangup(&mut self, inputs: &mut Inputs) {
+        crate::service::reloading();
+        if let Some(w) = self.reload(&inputs.hint_tx) {
+            inputs.watches = w;
+            self.start_preflight();
+        }
+        tracing::debug!(folders = inputs.watches.modes().len(), "watching");
+        crate::service::ready(&status_line(&self.shared.journal));
+    }
+
+    /// No new cases from here; deliveries in flight get the grace period to reach a checkpoint, queued
+    /// alerts a few seconds to go out.
+    async fn shut_down(mut self, inputs: Inputs, metrics_server: Option<AbortOnDrop>) {
+        crate::service::stopping();
+        tracing::info!(
+            in_flight = self.tasks.len(),
+            "stopping: no new cases are taken"
+        );
+        drop(inputs.watches);
+        let grace = tokio::time::sleep(self.shared.options.shutdown_grace);
+        tokio::pin!(grace);
+        while !self.tasks.is_empty() {
+            tokio::select! {
+                _ = &mut grace => {
+                    tracing::warn!(in_flight = self.tasks.len(), "grace period over: cutting off deliveries; they resume at the next start");
+                    self.tasks.abort_all();
+                    break;
+                }
+                _ = self.tasks.join_next() => {}
+            }
+        }
+        drop(metrics_server);
+        let senders = self.senders.take();
+        drop(self);
+        if let Some(s) = senders {
+            s.finish(ALERT_GRACE).await;
+        }
+    }
+
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
