@@ -294,11 +294,13 @@ pub struct SandboxArgs {
 }
 
 /// Commands whose output is meant to be read, piped into `head` or `grep`: they neither serve nor
-/// deliver, so a closed pipe may simply end them.
+/// deliver, so a closed pipe may simply end them. Not `check --online`: it talks to the platform, and a
+/// connection the server closes during the TLS handshake would raise SIGPIPE and kill it instead of
+/// letting it say what went wrong.
 pub fn prints_for_a_pipe(command: &Command) -> bool {
     matches!(
         command,
-        Command::Check(_)
+        Command::Check(CheckArgs { online: false, .. })
             | Command::Explain(_)
             | Command::Status(_)
             | Command::Receipts(_)
