@@ -140,60 +140,15 @@ impl Metrics {
             "How long the agent has been running.",
             uptime.as_secs_f64(),
         );
+        render_folders(&mut out, folders);
+        self.render_live(&mut out);
+        self.render_uploads(&mut out);
+        self.render_labelled(&mut out);
+        out.0
+    }
 
-        out.family(
-            "gc_hotfolder_cases",
-            "gauge",
-            "Cases the journal knows, by drop folder and state.",
-        );
-        for f in folders {
-            for state in ["settling", "ready", "uploading", "delivered", "quarantined"] {
-                let n = f.counts.get(state).copied().unwrap_or(0);
-                out.sample(
-                    "gc_hotfolder_cases",
-                    &[("folder", &f.folder), ("state", state)],
-                    n as f64,
-                );
-            }
-        }
-        out.family(
-            "gc_hotfolder_folder_paused",
-            "gauge",
-            "1 while a drop folder is paused (gc-hotfolder pause).",
-        );
-        for f in folders {
-            out.sample(
-                "gc_hotfolder_folder_paused",
-                &[("folder", &f.folder)],
-                if f.paused { 1.0 } else { 0.0 },
-            );
-        }
-
-        out.family(
-            "gc_hotfolder_folder_held",
-            "gauge",
-            "1 while the agent holds a drop folder's cases because its target or a socket is not on the platform (or could not be checked).",
-        );
-        for f in folders {
-            out.sample(
-                "gc_hotfolder_folder_held",
-                &[("folder", &f.folder)],
-                if f.held.is_some() { 1.0 } else { 0.0 },
-            );
-        }
-        out.family(
-            "gc_hotfolder_folder_missing",
-            "gauge",
-            "1 while a drop folder does not exist or cannot be listed (an unmounted share?).",
-        );
-        for f in folders {
-            out.sample(
-                "gc_hotfolder_folder_missing",
-                &[("folder", &f.folder)],
-                if f.missing.is_some() { 1.0 } else { 0.0 },
-            );
-        }
-
+    /// What the loop reports of itself: cases pending and in flight, the oldest wait, paused targets.
+    fn render_live(&self, out: &mut Text) {
         let live = self.live();
         out.single(
             "gc_hotfolder_cases_pending",
@@ -219,7 +174,10 @@ impl Metrics {
             "Targets paused because the platform refused the token.",
             live.paused_targets.len() as f64,
         );
+    }
 
+    /// Upload counters: bytes, files, time, the last file's throughput.
+    fn render_uploads(&self, out: &mut Text) {
         out.single(
             "gc_hotfolder_uploaded_bytes_total",
             "counter",
@@ -239,7 +197,10 @@ impl Metrics {
             "Throughput of the last completed file upload.",
             f64::from_bits(self.last_file_rate.load(Ordering::Relaxed)),
         );
+    }
 
+    /// Counters by label: retries by cause and class, deliveries by outcome, scans, alerts.
+    fn render_labelled(&self, out: &mut Text) {
         let l = self.labelled();
         out.counter_family(
             "gc_hotfolder_request_retries_total",
@@ -271,7 +232,62 @@ impl Metrics {
             "result",
             l.alerts.iter().map(|(k, v)| (*k, *v)),
         );
-        out.0
+    }
+}
+
+/// Per drop folder: cases by state, and whether it is paused, held or missing.
+fn render_folders(out: &mut Text, folders: &[FolderStatus]) {
+    out.family(
+        "gc_hotfolder_cases",
+        "gauge",
+        "Cases the journal knows, by drop folder and state.",
+    );
+    for f in folders {
+        for state in ["settling", "ready", "uploading", "delivered", "quarantined"] {
+            let n = f.counts.get(state).copied().unwrap_or(0);
+            out.sample(
+                "gc_hotfolder_cases",
+                &[("folder", &f.folder), ("state", state)],
+                n as f64,
+            );
+        }
+    }
+    out.family(
+        "gc_hotfolder_folder_paused",
+        "gauge",
+        "1 while a drop folder is paused (gc-hotfolder pause).",
+    );
+    for f in folders {
+        out.sample(
+            "gc_hotfolder_folder_paused",
+            &[("folder", &f.folder)],
+            if f.paused { 1.0 } else { 0.0 },
+        );
+    }
+
+    out.family(
+        "gc_hotfolder_folder_held",
+        "gauge",
+        "1 while the agent holds a drop folder's cases because its target or a socket is not on the platform (or could not be checked).",
+    );
+    for f in folders {
+        out.sample(
+            "gc_hotfolder_folder_held",
+            &[("folder", &f.folder)],
+            if f.held.is_some() { 1.0 } else { 0.0 },
+        );
+    }
+    out.family(
+        "gc_hotfolder_folder_missing",
+        "gauge",
+        "1 while a drop folder does not exist or cannot be listed (an unmounted share?).",
+    );
+    for f in folders {
+        out.sample(
+            "gc_hotfolder_folder_missing",
+            &[("folder", &f.folder)],
+            if f.missing.is_some() { 1.0 } else { 0.0 },
+        );
     }
 }
 
