@@ -899,6 +899,70 @@ fn validate_folder(
     let f = sf.get_ref();
     let k = |name: &str| format!("folder[{index}].{name}");
     let path = resolve(base, f.path.get_ref());
+    let (target, target_slug) = folder_target(loc, index, sf)?;
+    let outbox = folder_outbox(loc, base, index, sf, target, &path)?;
+    let (case, case_pattern) = folder_case(loc, index, f)?;
+    let depth = match &f.depth {
+        None => 1,
+        Some(d) if (1..=8).contains(d.get_ref()) => *d.get_ref() as usize,
+        Some(d) => return Err(loc.err(d.span(), k("depth"), "must be from 1 to 8")),
+    };
+    let title = f
+        .title
+        .as_ref()
+        .map_or("{case}".to_owned(), |t| t.get_ref().clone());
+    if let Some(t) = &f.title {
+        check_template(t.get_ref()).map_err(|m| loc.err(t.span(), k("title"), m))?;
+    }
+    let mut ignore_patterns: Vec<String> = DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect();
+    let ignore_span = f.ignore.as_ref().map_or(0..0, |i| i.span());
+    if let Some(extra) = &f.ignore {
+        ignore_patterns.extend(extra.get_ref().iter().cloned());
+    }
+    let ignore = globset(loc, ignore_span, &k("ignore"), &ignore_patterns)?;
+    let after = folder_after(loc, base, index, f)?;
+    let (quiet, max_wait) = folder_waits(loc, index, sf)?;
+    let sockets = folder_sockets(loc, index, sf)?;
+    let dicom_import_deadline = dicom_deadline(loc, index, f, &sockets)?;
+    Ok(Folder {
+        index,
+        path,
+        target,
+        target_slug,
+        case,
+        case_pattern,
+        depth,
+        title,
+        quiet,
+        max_wait,
+        marker: f.marker.as_ref().map(|m| m.get_ref().clone()),
+        ignore,
+        ignore_patterns,
+        after,
+        quarantine: f.quarantine.as_ref().map(|q| resolve(base, q.get_ref())),
+        on_change: f.on_change.unwrap_or(OnChange::Update),
+        poll: f.poll.unwrap_or(Poll::Auto),
+        poll_interval: duration(
+            loc,
+            &f.poll_interval,
+            k("poll_interval"),
+            Duration::from_secs(5),
+        )?,
+        sockets,
+        deidentify: f.deidentify.unwrap_or(true),
+        dicom_import_deadline,
+        outbox,
+    })
+}
+
+/// A folder's one target (archive, reader study or algorithm) and its slug.
+fn folder_target(
+    loc: &Locator,
+    index: usize,
+    sf: &Spanned<RawFolder>,
+) -> Result<(TargetKind, String), ConfigError> {
+    let f = sf.get_ref();
+    let k = |name: &str| format!("folder[{index}].{name}");
     // In the file's order, so that a second target is named where it is written.
     let mut given: Vec<(TargetKind, &str, &Spanned<String>)> = [
         (TargetKind::Archive, "archive", &f.archive),
@@ -933,12 +997,27 @@ fn validate_folder(
             "the slug may not be empty",
         ));
     }
+    Ok((target, target_slug.get_ref().clone()))
+}
+
+/// An algorithm folder's outbox (by default beside the drop folder, never inside it); none for other
+/// targets.
+fn folder_outbox(
+    loc: &Locator,
+    base: &Path,
+    index: usize,
+    sf: &Spanned<RawFolder>,
+    target: TargetKind,
+    path: &Path,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let f = sf.get_ref();
+    let k = |name: &str| format!("folder[{index}].{name}");
     let outbox = match (&f.outbox, target) {
         (Some(o), TargetKind::Algorithm) if o.get_ref().trim().is_empty() => {
             return Err(loc.err(o.span(), k("outbox"), "the path may not be empty"));
         }
         (Some(o), TargetKind::Algorithm) => Some(resolve(base, o.get_ref())),
-        (None, TargetKind::Algorithm) => Some(default_outbox(&path)),
+        (None, TargetKind::Algorithm) => Some(default_outbox(path)),
         (Some(o), _) => {
             return Err(loc.err(
                 o.span(),
@@ -949,7 +1028,7 @@ fn validate_folder(
         (None, _) => None,
     };
     if let Some(o) = &outbox
-        && o.starts_with(&path)
+        && o.starts_with(path)
     {
         let span = f.outbox.as_ref().map_or(sf.span(), |o| o.span());
         return Err(loc.err(
@@ -961,6 +1040,15 @@ fn validate_folder(
             ),
         ));
     }
+    Ok(outbox)
+}
+
+/// Which subfolders are cases: the `case` pattern, compiled, and as written.
+fn folder_case(
+    loc: &Locator,
+    index: usize,
+    f: &RawFolder,
+) -> Result<(globset::GlobMatcher, String), ConfigError> {
     let case_pattern = f
         .case
         .as_ref()
@@ -971,44 +1059,44 @@ fn validate_folder(
         .map_err(|e| {
             loc.err(
                 f.case.as_ref().map_or(0..0, |c| c.span()),
-                k("case"),
+                format!("folder[{index}].case"),
                 format!("bad pattern: {}", e.kind()),
             )
         })?
         .compile_matcher();
-    let depth = match &f.depth {
-        None => 1,
-        Some(d) if (1..=8).contains(d.get_ref()) => *d.get_ref() as usize,
-        Some(d) => return Err(loc.err(d.span(), k("depth"), "must be from 1 to 8")),
+    Ok((case, case_pattern))
+}
+
+/// What happens to a delivered case folder: left, deleted, or moved.
+fn folder_after(
+    loc: &Locator,
+    base: &Path,
+    index: usize,
+    f: &RawFolder,
+) -> Result<After, ConfigError> {
+    let Some(a) = &f.after else {
+        return Ok(After::Leave);
     };
-    let title = f
-        .title
-        .as_ref()
-        .map_or("{case}".to_owned(), |t| t.get_ref().clone());
-    if let Some(t) = &f.title {
-        check_template(t.get_ref()).map_err(|m| loc.err(t.span(), k("title"), m))?;
+    match a.get_ref().as_str() {
+        "leave" => Ok(After::Leave),
+        "delete" => Ok(After::Delete),
+        s if s.starts_with("move:") && s.len() > 5 => Ok(After::Move(resolve(base, &s[5..]))),
+        _ => Err(loc.err(
+            a.span(),
+            format!("folder[{index}].after"),
+            "must be \"leave\", \"delete\" or \"move:/some/folder\"",
+        )),
     }
-    let mut ignore_patterns: Vec<String> = DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect();
-    let ignore_span = f.ignore.as_ref().map_or(0..0, |i| i.span());
-    if let Some(extra) = &f.ignore {
-        ignore_patterns.extend(extra.get_ref().iter().cloned());
-    }
-    let ignore = globset(loc, ignore_span, &k("ignore"), &ignore_patterns)?;
-    let after = match &f.after {
-        None => After::Leave,
-        Some(a) => match a.get_ref().as_str() {
-            "leave" => After::Leave,
-            "delete" => After::Delete,
-            s if s.starts_with("move:") && s.len() > 5 => After::Move(resolve(base, &s[5..])),
-            _ => {
-                return Err(loc.err(
-                    a.span(),
-                    k("after"),
-                    "must be \"leave\", \"delete\" or \"move:/some/folder\"",
-                ));
-            }
-        },
-    };
+}
+
+/// The quiet window and the longest wait before a changing case is reported, the latter the longer.
+fn folder_waits(
+    loc: &Locator,
+    index: usize,
+    sf: &Spanned<RawFolder>,
+) -> Result<(Duration, Duration), ConfigError> {
+    let f = sf.get_ref();
+    let k = |name: &str| format!("folder[{index}].{name}");
     let quiet = duration(loc, &f.quiet, k("quiet"), Duration::from_secs(30))?;
     let max_wait = duration(
         loc,
@@ -1020,8 +1108,17 @@ fn validate_folder(
         let span = f.max_wait.as_ref().map_or(sf.span(), |m| m.span());
         return Err(loc.err(span, k("max_wait"), "must be longer than quiet"));
     }
+    Ok((quiet, max_wait))
+}
+
+/// The folder's socket rules: at least one, no socket twice.
+fn folder_sockets(
+    loc: &Locator,
+    index: usize,
+    sf: &Spanned<RawFolder>,
+) -> Result<Vec<SocketRule>, ConfigError> {
     let mut sockets: Vec<SocketRule> = Vec::new();
-    for (j, ss) in f.socket.iter().enumerate() {
+    for (j, ss) in sf.get_ref().socket.iter().enumerate() {
         let rule = validate_socket(loc, index, j, ss)?;
         if sockets.iter().any(|r| r.slug == rule.slug) {
             return Err(loc.err(
@@ -1039,36 +1136,7 @@ fn validate_folder(
             "needs at least one [[folder.socket]]",
         ));
     }
-    let dicom_import_deadline = dicom_deadline(loc, index, f, &sockets)?;
-    Ok(Folder {
-        index,
-        path,
-        target,
-        target_slug: target_slug.get_ref().clone(),
-        case,
-        case_pattern,
-        depth,
-        title,
-        quiet,
-        max_wait,
-        marker: f.marker.as_ref().map(|m| m.get_ref().clone()),
-        ignore,
-        ignore_patterns,
-        after,
-        quarantine: f.quarantine.as_ref().map(|q| resolve(base, q.get_ref())),
-        on_change: f.on_change.unwrap_or(OnChange::Update),
-        poll: f.poll.unwrap_or(Poll::Auto),
-        poll_interval: duration(
-            loc,
-            &f.poll_interval,
-            k("poll_interval"),
-            Duration::from_secs(5),
-        )?,
-        sockets,
-        deidentify: f.deidentify.unwrap_or(true),
-        dicom_import_deadline,
-        outbox,
-    })
+    Ok(sockets)
 }
 
 /// The platform's DICOM image set imports take minutes (gc-protocol.md §4.6: "a timeout (e.g. … 2 h for
