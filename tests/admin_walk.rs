@@ -108,23 +108,14 @@ async fn moves_leave_no_empty_folders_and_receipts_are_found_where_the_case_went
     assert!(left.is_empty(), "left in the drop folder: {left:?}");
 
     // `receipts` takes the path an admin sees under done/.
-    let out = bin()
-        .args(["receipts", "--config"])
-        .arg(&cfg)
-        .arg(&moved)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"P00123/20240503\""));
+    let out = gc("receipts", &cfg).arg(&moved).run().expect(0);
+    assert!(out.stdout.contains("\"P00123/20240503\""));
 
     // `retry` of the quarantined case moves it back and leaves no empty patient folder behind.
-    let out = bin()
-        .args(["retry", "--config"])
-        .arg(&cfg)
+    gc("retry", &cfg)
         .arg(quarantine.join("P00777/20240504"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+        .run()
+        .expect(0);
     assert!(drop.join("P00777/20240504").is_dir());
     let left: Vec<_> = std::fs::read_dir(&quarantine).unwrap().collect();
     assert!(left.is_empty(), "left in the quarantine folder: {left:?}");
@@ -183,12 +174,8 @@ fn check_online_answers_within_seconds_when_the_platform_is_down() {
     )
     .unwrap();
     let started = Instant::now();
-    let out = bin()
-        .args(["check", "--online", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = gc("check", &cfg).arg("--online").run();
     let took = started.elapsed();
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    out.expect(3);
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }

@@ -446,24 +446,8 @@ async fn a_case_whose_job_failed_gets_a_new_job_when_retried() {
     ct_case(&drop, "flaky", 1);
     let rs = wait_receipts(&tmp.path().join("state"), 1, Duration::from_secs(60)).await;
     assert_eq!(rs[0].outcome, Outcome::Quarantined);
-    let out = tokio::task::spawn_blocking({
-        let (cfg, case) = (cfg.clone(), drop.join("flaky"));
-        move || {
-            bin()
-                .args(["retry", "--config"])
-                .arg(&cfg)
-                .arg(&case)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let flaky = drop.join("flaky");
+    gc("retry", &cfg).arg(flaky).run_async().await.expect(0);
     eventually(Duration::from_secs(60), "a second job", async || {
         (jobs_of(&sb.state(), "failing-algorithm").len() == 2).then_some(())
     })

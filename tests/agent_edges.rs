@@ -292,10 +292,7 @@ async fn late_files_are_ignored_or_quarantined_as_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_folder_is_watched_but_not_delivered_until_resumed() {
-    let Site { sb, tmp, drop } = site().await;
-    std::fs::create_dir_all(&drop).unwrap();
-    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
-    gc("pause", &cfg).arg(&drop).run().expect(0);
+    let (Site { sb: _sb, tmp, drop }, cfg) = paused_site().await;
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     drop_atomically(&drop, "held", |d| archive_case(d, 1));
     agent

@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -143,32 +141,6 @@ async fn dicom_is_found_by_content_and_the_unrecognised_never_leaves() {
     );
 }
 
-/// Every identifier the encodings corpus (`tests/interop/encodings.py`) holds, and its original UIDs.
-const CORPUS_SECRETS: &[&str] = &[
-    "ROE^RICHARD",
-    "RICHARD",
-    "PID-8812",
-    "19580704",
-    "OPID-5531",
-    "ACC98765",
-    "Example Hospital",
-    "WHO^DR",
-    "SCANNER_AE",
-    "1.2.999.8.",
-];
-
-/// The same slice of one patient in every way DICOM is stored, written with pydicom (in the venv the
-/// de-identification tests make): file name → how it is stored.
-fn encodings(dir: &Path) -> BTreeMap<String, String> {
-    let python = gc_testkit::python::deidentifier(&gc_testkit::venvs!());
-    let script = gc_testkit::python::script("encodings.py");
-    let stdout = gc_testkit::python::run_ok(
-        Command::new(python).arg(script).arg(dir),
-        "writing the encodings",
-    );
-    serde_json::from_slice(&stdout).unwrap()
-}
-
 /// Every way of storing DICOM, each file one case, plus a damaged file of each kind: every byte the
 /// sandbox received (request lines, headers, bodies, part uploads) is searched for every identifier,
 /// every original UID and every original file name. None is there.
@@ -178,7 +150,7 @@ async fn no_request_carries_an_identifier_whatever_way_dicom_is_stored() {
     let requests = tmp.path().join("requests");
     let sb = sandbox_with(|o| o.record = Some(requests.clone())).await;
     let corpus = tmp.path().join("corpus");
-    let stored = encodings(&corpus);
+    let stored = gc_testkit::python::write_encodings(&gc_testkit::venvs!(), &corpus);
     let drop = tmp.path().join("drop");
     for (n, name) in stored.keys().enumerate() {
         let bytes = std::fs::read(corpus.join(name)).unwrap();
@@ -227,7 +199,7 @@ async fn no_request_carries_an_identifier_whatever_way_dicom_is_stored() {
         }
         let head: Vec<u8> = percent_encoding::percent_decode(&r.head).collect();
         for hay in [&r.head, &head, &body] {
-            for secret in CORPUS_SECRETS
+            for secret in gc_testkit::python::ENCODINGS_SECRETS
                 .iter()
                 .copied()
                 .chain(stored.keys().map(String::as_str))

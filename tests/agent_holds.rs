@@ -49,13 +49,7 @@ async fn a_misspelled_socket_holds_the_folder_until_the_config_is_fixed() {
 
     let held = hook.wait_for("folder_held").await;
     assert_eq!(held["state"], "held");
-    assert!(
-        held["reason"]
-            .as_str()
-            .unwrap()
-            .contains("'lesion-cuont' is not an existing socket"),
-        "{held}"
-    );
+    says(&held, "reason", "'lesion-cuont' is not an existing socket");
     // The case is ready, and waits: the log says so once, nothing is quarantined or moved.
     agent
         .wait_log("ready, held: the platform does not have what folder[0]", 1)
@@ -135,13 +129,7 @@ async fn a_missing_drop_folder_is_flagged_once_and_delivered_from_when_it_is_bac
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     let addr = metrics_addr(&agent).await;
     let missing = hook.wait_for("folder_missing").await;
-    assert!(
-        missing["reason"]
-            .as_str()
-            .unwrap()
-            .contains("does not exist"),
-        "{missing}"
-    );
+    says(&missing, "reason", "does not exist");
     let text = status_text(&cfg);
     assert!(
         text.contains("drop folder missing: it does not exist"),
@@ -181,10 +169,7 @@ async fn a_missing_drop_folder_is_flagged_once_and_delivered_from_when_it_is_bac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_folder_shows_its_waiting_cases_and_a_restart_says_it_is_paused() {
-    let Site { sb, tmp, drop } = site().await;
-    std::fs::create_dir_all(&drop).unwrap();
-    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
-    gc("pause", &cfg).arg(&drop).run().expect(0);
+    let (Site { sb: _sb, tmp, drop }, cfg) = paused_site().await;
 
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     agent

@@ -78,7 +78,7 @@ async fn metrics_status_alerts_and_a_retry_of_a_running_agent() {
     assert_eq!(alert["state"], "quarantined");
     assert_eq!(alert["folder"], drop.display().to_string().as_str());
     assert_eq!(alert["target"]["slug"], "demo-archive");
-    assert!(alert["reason"].as_str().unwrap().contains("400"), "{alert}");
+    says(&alert, "reason", "400");
     let text = alert.to_string();
     for name in ["Jane", "John", "Max"] {
         assert!(!text.contains(name), "patient data in the alert: {text}");
@@ -233,13 +233,7 @@ async fn stuck_cases_and_a_refused_token_raise_alerts() {
         gc_hotfolder::rules::case_id(&drop, "never-finished").as_str()
     );
     assert_eq!(stuck["state"], "settling");
-    assert!(
-        stuck["reason"]
-            .as_str()
-            .unwrap()
-            .contains("completion marker is missing"),
-        "{stuck}"
-    );
+    says(&stuck, "reason", "completion marker is missing");
 
     let auth = hook.wait_for("auth_failed").await;
     assert_eq!(auth["case_id"], Value::Null);

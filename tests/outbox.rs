@@ -14,8 +14,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     let sb = sandbox().await;
     let c = client(&sb);
     let dir = tempfile::tempdir().unwrap();
-    let mha = dir.path().join("ct.mha");
-    let created = job_on_an_uploaded_mha(&c, &mha, [6, 5, 4], 2).await;
+    let created = job_on_an_uploaded_mha(&c, dir.path(), [6, 5, 4], 2).await;
     let polling = JobPolling {
         first_poll: Duration::from_millis(20),
         max_poll: Duration::from_millis(200),
@@ -67,7 +66,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     );
     assert_eq!(
         sha(&case.join("images/generic-medical-image").join(&image_name)),
-        sha(&mha),
+        sha(&dir.path().join("ct.mha")),
         "the image output is byte-identical"
     );
     let staging = box_dir.join(outbox::STAGING_DIR);

@@ -118,30 +118,23 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
 fn upload_reports_config_errors_with_file_line_and_key_and_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
-        "[server]\nurl = \"http://127.0.0.1:1/api/v1/\"\nstate_dirr = \"x\"\n",
-    )
-    .unwrap();
-    let out = gc("upload", &cfg).arg(tmp.path()).run().expect(2);
-    let err = out.stderr.clone();
-    assert!(
-        err.contains("bad.toml:3:1: state_dirr: unknown field"),
-        "{err}"
-    );
-
-    // A value of the wrong type names its key, not the value.
-    std::fs::write(
-        &cfg,
-        "[server]\nurl = \"http://127.0.0.1:1/api/v1/\"\n\n[limits]\nparallel_cases = \"two\"\n",
-    )
-    .unwrap();
-    let out = gc("upload", &cfg).arg(tmp.path()).run().expect(2);
-    let err = out.stderr.clone();
-    assert!(
-        err.contains("bad.toml:5:18: limits.parallel_cases: "),
-        "{err}"
-    );
+    let server = "[server]\nurl = \"http://127.0.0.1:1/api/v1/\"\n";
+    for (text, said) in [
+        // An unknown key is named where it is.
+        (
+            "state_dirr = \"x\"\n",
+            "bad.toml:3:1: state_dirr: unknown field",
+        ),
+        // A value of the wrong type names its key, not the value.
+        (
+            "\n[limits]\nparallel_cases = \"two\"\n",
+            "bad.toml:5:18: limits.parallel_cases: ",
+        ),
+    ] {
+        std::fs::write(&cfg, format!("{server}{text}")).unwrap();
+        let err = gc("upload", &cfg).arg(tmp.path()).run().expect(2).stderr;
+        assert!(err.contains(said), "{err}");
+    }
 }
 
 #[test]

@@ -105,6 +105,15 @@ pub async fn site() -> Site {
     }
 }
 
+/// A [`site`] whose drop folder exists and is paused (`gc-hotfolder pause`), with its config.
+pub async fn paused_site() -> (Site, PathBuf) {
+    let site = site().await;
+    std::fs::create_dir_all(&site.drop).unwrap();
+    let cfg = write_config(site.tmp.path(), &site.sb, &site.drop, None, "");
+    gc("pause", &cfg).arg(&site.drop).run().expect(0);
+    (site, cfg)
+}
+
 pub async fn sandbox() -> Sandbox {
     sandbox_with(|_| {}).await
 }
@@ -248,6 +257,13 @@ pub fn stored_image_shas(item: &Value) -> Vec<String> {
         .filter(|v| v["image"].is_object())
         .flat_map(|v| stored_files(v).into_iter().map(|(_, sha)| sha))
         .collect()
+}
+
+/// `json[key]` is a text that contains `text` (an alert's reason, a status note).
+#[track_caller]
+pub fn says(json: &Value, key: &str, text: &str) {
+    let said = json[key].as_str().unwrap_or_default();
+    assert!(said.contains(text), "{key} of {json}");
 }
 
 /// Every display set of a reader study in the sandbox's state.
@@ -769,17 +785,5 @@ pub fn set_sop_class(path: &Path, uid: &str) {
 
 /// `gc-hotfolder status` (with `args`, e.g. `--json`) for a config; its standard output.
 pub async fn status_of(config: &Path, args: &[&str]) -> String {
-    let config = config.to_owned();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .args(["status", "--config"])
-            .arg(&config)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    gc("status", config).args(args).run_async().await.stdout
 }

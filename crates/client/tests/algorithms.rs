@@ -58,8 +58,7 @@ async fn a_job_on_an_uploaded_image_is_followed_and_its_outputs_downloaded() {
     let sb = sandbox().await;
     let c = client(&sb);
     let dir = tempfile::tempdir().unwrap();
-    let mha = dir.path().join("ct.mha");
-    let created = job_on_an_uploaded_mha(&c, &mha, [12, 10, 3], 3).await;
+    let created = job_on_an_uploaded_mha(&c, dir.path(), [12, 10, 3], 3).await;
     let a = c.algorithm("lung-volume-estimator").await.unwrap();
     assert_eq!(
         created.status,
@@ -94,7 +93,7 @@ async fn a_job_on_an_uploaded_image_is_followed_and_its_outputs_downloaded() {
     c.download(&image.files[0].file, &copy).await.unwrap();
     assert_eq!(
         std::fs::read(&copy).unwrap(),
-        std::fs::read(&mha).unwrap(),
+        std::fs::read(dir.path().join("ct.mha")).unwrap(),
         "the output image is a copy of the input"
     );
 

@@ -689,31 +689,6 @@ fn nothing_after_the_pixel_data_is_sent() {
     }
 }
 
-/// The same slice of one patient stored in every way DICOM is stored (`tests/interop/encodings.py`,
-/// written with pydicom): file name → how it is stored.
-fn write_encodings(dir: &Path) -> BTreeMap<String, String> {
-    let script = gc_testkit::python::script("encodings.py");
-    let stdout = gc_testkit::python::run_ok(
-        Command::new(python()).arg(&script).arg(dir),
-        "writing the encodings",
-    );
-    serde_json::from_slice(&stdout).unwrap()
-}
-
-/// Every identifier the encodings corpus holds, and its original UIDs.
-const ENCODING_SECRETS: &[&str] = &[
-    "ROE^RICHARD",
-    "RICHARD",
-    "PID-8812",
-    "19580704",
-    "OPID-5531",
-    "ACC98765",
-    "St. Example Hospital",
-    "WHO^DR",
-    "SCANNER_AE",
-    "1.2.999.8.",
-];
-
 /// A Part 10 copy read back: its transfer syntax, the instance its file meta group names, the data set,
 /// and the data set's bytes (inflated where they were deflated: dicom-rs reads deflated data sets only
 /// with a feature the product does not need).
@@ -753,7 +728,7 @@ fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
     use gc_content::deidentify::sniff::{Content, HEAD, head, sniff};
     let scratch = tempfile::tempdir().unwrap();
     let input = scratch.path().join("in");
-    let encodings = write_encodings(&input);
+    let encodings = gc_testkit::python::write_encodings(&gc_testkit::venvs!(), &input);
     assert_eq!(encodings.len(), 8, "{encodings:?}");
     let corpus: Vec<PathBuf> = encodings.keys().map(|n| input.join(n)).collect();
     let out_py = scratch.path().join("py");
@@ -788,7 +763,7 @@ fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
         pairs.pair(&format!("{name} meta"), &meta_a, &meta_b, &mut diffs);
         compare(&a, &b, &format!("{name} "), &mut pairs, &mut diffs);
         let on_disk = std::fs::read(&dst).unwrap();
-        for secret in ENCODING_SECRETS {
+        for secret in gc_testkit::python::ENCODINGS_SECRETS {
             for (what, hay) in [("file", &on_disk), ("data set", &data_a)] {
                 assert!(
                     !hay.windows(secret.len()).any(|w| w == secret.as_bytes()),
@@ -826,7 +801,7 @@ fn damaged_files_of_every_encoding_are_refused_quickly() {
     use gc_content::imaging::{Verdict, judge_files};
     let scratch = tempfile::tempdir().unwrap();
     let input = scratch.path().join("in");
-    let encodings = write_encodings(&input);
+    let encodings = gc_testkit::python::write_encodings(&gc_testkit::venvs!(), &input);
     let procedure = Procedure::builtin().unwrap();
     let uids = UidMap::random();
     let (src, dst) = (

@@ -264,14 +264,8 @@ async fn import_faults_fail_the_imports_of_good_files_as_the_platform_records_th
     assert_eq!(r.status, 200, "the request itself is answered: {}", r.text);
 
     // The image's session fails with the importer's message for an exception; its upload stays.
-    let session = eventually(10, "the image's session to fail", || async {
-        let all = env.get("cases/upload-sessions/", DEMO).await.json();
-        all["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["status"] == "Failed")
-            .cloned()
+    let session = eventually(10, "the image's session to fail", || {
+        env.session_with_status(DEMO, "Failed")
     })
     .await;
     assert_eq!(session["error_message"], "An unexpected error occurred");

@@ -182,14 +182,8 @@ async fn segmentations_are_checked_against_overlay_segments() {
         json!({"values": [{"interface": "segmentation", "user_uploads": [up["api_url"]]}]}),
     )
     .await;
-    let failed = eventually(20, "the segmentation to be rejected", || async {
-        let list = env.get("cases/upload-sessions/", DEMO).await.json();
-        list["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["status"] == "Failed")
-            .cloned()
+    let failed = eventually(20, "the segmentation to be rejected", || {
+        env.session_with_status(DEMO, "Failed")
     })
     .await;
     let msg = failed["error_message"].as_str().unwrap();
@@ -418,14 +412,8 @@ async fn a_zip_upload_is_unpacked_before_import() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let failed = eventually(20, "the import to fail", || async {
-        let sessions = env.get("cases/upload-sessions/", DEMO).await.json();
-        sessions["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["status"] == "Failed")
-            .cloned()
+    let failed = eventually(20, "the import to fail", || {
+        env.session_with_status(DEMO, "Failed")
     })
     .await;
     assert_eq!(

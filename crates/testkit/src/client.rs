@@ -146,14 +146,15 @@ impl UploadObserver for Recorder {
     }
 }
 
-/// A MetaImage of `dims` written to `path` and uploaded, then a job of the demo world's
+/// A MetaImage of `dims` written to `dir/ct.mha` and uploaded, then a job of the demo world's
 /// `lung-volume-estimator` started on it; the job as its creation answered.
 pub async fn job_on_an_uploaded_mha(
     c: &Client,
-    path: &Path,
+    dir: &Path,
     dims: [u32; 3],
     seed: u64,
 ) -> gc_client::CreatedJob {
+    let path = &dir.join("ct.mha");
     gc_content::samples::write_mha(path, dims, seed).unwrap();
     let upload = c
         .upload_file(

@@ -143,6 +143,12 @@ impl Env {
             .await
     }
 
+    /// The first upload session of `token`'s user with `status` (e.g. "Failed"), if any.
+    pub async fn session_with_status(&self, token: Option<&str>, status: &str) -> Option<Value> {
+        let list = self.get("cases/upload-sessions/", token).await.json();
+        find_by(&list["results"], &["status"], status).cloned()
+    }
+
     pub async fn state(&self) -> Value {
         self.http
             .get(format!("{}/_sandbox/state", self.origin))

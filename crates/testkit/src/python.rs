@@ -161,3 +161,29 @@ pub fn deidentifier(venvs: &Path) -> PathBuf {
     )
     .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// The same slice of one patient stored in every way DICOM is stored (`interop/encodings.py`, written
+/// with pydicom in the de-identifier's venv under `venvs`) into `dir`: file name → how it is stored.
+pub fn write_encodings(venvs: &Path, dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let python = deidentifier(venvs);
+    let stdout = run_ok(
+        Command::new(python).arg(script("encodings.py")).arg(dir),
+        "writing the encodings",
+    );
+    serde_json::from_slice(&stdout).unwrap()
+}
+
+/// Every identifier the files of [`write_encodings`] hold, and the prefix of their original UIDs: none
+/// may leave this machine.
+pub const ENCODINGS_SECRETS: &[&str] = &[
+    "ROE^RICHARD",
+    "RICHARD",
+    "PID-8812",
+    "19580704",
+    "OPID-5531",
+    "ACC98765",
+    "Example Hospital",
+    "WHO^DR",
+    "SCANNER_AE",
+    "1.2.999.8.",
+];
