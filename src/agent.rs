@@ -1398,24 +1398,11 @@ impl Delivery {
         // Waiting for the platform's import is not work: the next case may upload meanwhile.
         drop(slot);
         let result = match sent {
-            Ok(Recorded::Done(d)) => Ok(*d),
-            Ok(Recorded::Awaiting(awaiting, waited)) => {
-                let cp = waiting_checkpoints(&case);
-                let timing = folder_timing(&case);
-                let waiting = crate::deliver::verify(
-                    &sh.client,
-                    &sh.verifier,
-                    (*awaiting, waited),
-                    &timing,
-                    &cp,
-                    &mut timings,
-                );
-                tokio::select! {
-                    r = waiting => r,
-                    // The journal has what the case waits for: the next start waits on.
-                    () = sh.stopping.cancelled() => return Ok(Done::Later(sh.options.retry_first)),
-                }
-            }
+            Ok(sent) => tokio::select! {
+                r = verified(&case, &sh.verifier, sent, &mut timings) => r,
+                // The journal has what the case waits for: the next start waits on.
+                () = sh.stopping.cancelled() => return Ok(Done::Later(sh.options.retry_first)),
+            },
             Err(e) => Err(e),
         };
         self.outcome(result, &plan, &manifest, &started, timings)
@@ -1625,6 +1612,7 @@ pub(crate) struct Progress<'a> {
 }
 
 /// A planned case about to be sent, and where its progress is recorded: the agent's and `upload`'s.
+#[derive(Clone, Copy)]
 pub(crate) struct CaseRun<'a> {
     pub client: &'a Client,
     pub journal: &'a Journal,
@@ -1790,8 +1778,34 @@ struct Begun {
     earlier: Vec<crate::receipt::SentFile>,
 }
 
+/// What the platform holds once a sent case is verified: a job's outcome at once, an item's once its
+/// imports show (the case's note says meanwhile what it waits for).
+pub(crate) async fn verified(
+    run: &CaseRun<'_>,
+    verifier: &crate::gc::Verifier,
+    sent: Recorded,
+    timings: &mut Timings,
+) -> Result<Delivered, DeliverError> {
+    match sent {
+        Recorded::Done(d) => Ok(*d),
+        Recorded::Awaiting(awaiting, waited) => {
+            let cp = waiting_checkpoints(run);
+            let timing = folder_timing(run);
+            crate::deliver::verify(
+                run.client,
+                verifier,
+                (*awaiting, waited),
+                &timing,
+                &cp,
+                timings,
+            )
+            .await
+        }
+    }
+}
+
 /// Checkpoints for the wait after the values were set: only its notes are written.
-pub(crate) fn waiting_checkpoints<'a>(run: &CaseRun<'a>) -> JournalCheckpoints<'a> {
+fn waiting_checkpoints<'a>(run: &CaseRun<'a>) -> JournalCheckpoints<'a> {
     JournalCheckpoints {
         journal: run.journal,
         id: run.rec.id,
@@ -1805,7 +1819,7 @@ pub(crate) fn waiting_checkpoints<'a>(run: &CaseRun<'a>) -> JournalCheckpoints<'
 }
 
 /// The agent's verification timing with the folder's own deadline for DICOM image sets.
-pub(crate) fn folder_timing(run: &CaseRun<'_>) -> VerifyTiming {
+fn folder_timing(run: &CaseRun<'_>) -> VerifyTiming {
     VerifyTiming {
         dicom_deadline: run.folder.dicom_import_deadline,
         ..run.verify.clone()

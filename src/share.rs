@@ -91,16 +91,21 @@ impl Sharing {
         let Ok(meta) = std::fs::symlink_metadata(path) else {
             return;
         };
+        let mut current = meta.mode() & 0o7777;
         if let Some(gid) = self.gid
             && meta.gid() != gid
-            && let Err(e) = std::os::unix::fs::chown(path, None, Some(gid))
         {
-            tracing::warn!(
-                path = %path.display(),
-                "cannot give it the drop folder's group {gid} (is the service's user a member?): {e}"
-            );
+            match std::os::unix::fs::chown(path, None, Some(gid)) {
+                // A change of group may have cleared the set-group-ID bit: look again.
+                Ok(()) => {
+                    current = std::fs::symlink_metadata(path).map_or(current, |m| m.mode() & 0o7777)
+                }
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    "cannot give it the drop folder's group {gid} (is the service's user a member?): {e}"
+                ),
+            }
         }
-        let current = std::fs::symlink_metadata(path).map_or(meta.mode(), |m| m.mode()) & 0o7777;
         if current & 0o777 == mode & 0o777 && current & 0o2000 >= mode & 0o2000 {
             return;
         }

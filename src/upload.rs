@@ -306,23 +306,28 @@ async fn upload_case(sh: &Shared<'_>, case_arg: PathBuf) -> CaseOutcome {
     };
     // A one-shot job waits out the account's limit of jobs at once, as the agent does.
     let mut rec = rec.clone();
+    let first = rec.clone();
     let fingerprint = snapshot.fingerprint();
+    let template = CaseRun {
+        client,
+        journal,
+        folder,
+        state_dir: &config.server.state_dir,
+        rec: &first,
+        case_dir: &case_dir,
+        plan: &plan,
+        manifest: &manifest,
+        fingerprint: &fingerprint,
+        verify: &sh.timing,
+        progress: crate::agent::Progress {
+            bytes: Some(&progress),
+            note: Some(&note),
+        },
+    };
     let result = loop {
         let run = CaseRun {
-            client,
-            journal,
-            folder,
-            state_dir: &config.server.state_dir,
             rec: &rec,
-            case_dir: &case_dir,
-            plan: &plan,
-            manifest: &manifest,
-            fingerprint: &fingerprint,
-            verify: &sh.timing,
-            progress: crate::agent::Progress {
-                bytes: Some(&progress),
-                note: Some(&note),
-            },
+            ..template
         };
         let result = crate::agent::send_recorded(&run, &mut timings).await;
         let Ok(Err(DeliverError::Later(e))) = &result else {
@@ -346,37 +351,15 @@ async fn upload_case(sh: &Shared<'_>, case_arg: PathBuf) -> CaseOutcome {
     // Waiting for the platform's import is not work: the next case may upload meanwhile.
     drop(slot);
     let result = match result {
-        Ok(Recorded::Done(d)) => Ok(*d),
-        Ok(Recorded::Awaiting(awaiting, waited)) => {
-            if let Some(b) = &bar {
+        Ok(sent) => {
+            if let (Some(b), Recorded::Awaiting(..)) = (&bar, &sent) {
                 b.set_message("waiting for the platform's import");
             }
             let run = CaseRun {
-                client,
-                journal,
-                folder,
-                state_dir: &config.server.state_dir,
                 rec: &rec,
-                case_dir: &case_dir,
-                plan: &plan,
-                manifest: &manifest,
-                fingerprint: &fingerprint,
-                verify: &sh.timing,
-                progress: crate::agent::Progress {
-                    bytes: Some(&progress),
-                    note: Some(&note),
-                },
+                ..template
             };
-            let cp = crate::agent::waiting_checkpoints(&run);
-            crate::deliver::verify(
-                client,
-                &sh.verifier,
-                (*awaiting, waited),
-                &crate::agent::folder_timing(&run),
-                &cp,
-                &mut timings,
-            )
-            .await
+            crate::agent::verified(&run, &sh.verifier, sent, &mut timings).await
         }
         Err(e) => Err(e),
     };
