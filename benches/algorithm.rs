@@ -389,7 +389,7 @@ async fn round_trip(
     assert_eq!(job.status, JobStatus::Succeeded, "{name}");
     gc_hotfolder::outbox::write_case(
         client,
-        outbox,
+        (outbox, gc_hotfolder::share::Sharing::of(outbox, None)),
         &name,
         &job.outputs,
         gc_hotfolder::outbox::Existing::Keep,

@@ -132,7 +132,7 @@ fn dicom_series(rt: &tokio::runtime::Runtime, base: &str, dir: &Path) {
             uids: UidMap::random(),
         };
         let t = Instant::now();
-        let done = stage(&series, &planned, &privacy, "bench", "bench").expect("de-identified");
+        let done = stage(&series, &planned, &privacy).expect("de-identified");
         let out: Vec<PathBuf> = done.staged.into_iter().map(|s| s.local).collect();
         (out, t.elapsed().as_secs_f64())
     };

@@ -140,6 +140,129 @@ pub fn service_warnings(config: &crate::config::Config) -> Vec<String> {
     out
 }
 
+/// What `status` found in its way to the journal, for [`journal_denied_text`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalDenied {
+    pub journal: PathBuf,
+    /// The nearest of the journal, its folder and their ancestors that could be looked at: its path,
+    /// owner and mode.
+    pub blocker: Option<(PathBuf, String, u32)>,
+    /// Who ran the command.
+    pub me: String,
+    /// Where the running agent serves `/status`, if the config says.
+    pub status_at: Option<std::net::SocketAddr>,
+}
+
+/// Why the journal cannot be read, if it is permissions: the current user may not open it (or a
+/// folder on its way, or the `-shm` file an agent has open). `None` for other failures.
+pub fn journal_denied(
+    state_dir: &Path,
+    status_at: Option<std::net::SocketAddr>,
+) -> Option<JournalDenied> {
+    let journal = state_dir.join("journal.sqlite3");
+    let denied = |p: &Path| {
+        std::fs::File::open(p).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    };
+    let shm = journal.with_extension("sqlite3-shm");
+    let shm_denied = shm.exists() && denied(&shm);
+    if !(denied(&journal) || shm_denied) {
+        return None;
+    }
+    let blocker = first_closed(&journal).map(|s| (s.path, user_name(s.uid), s.mode & 0o7777));
+    Some(JournalDenied {
+        journal,
+        blocker,
+        me: user_name(unsafe { libc::geteuid() }),
+        status_at,
+    })
+}
+
+/// The last step on the way to `path` that the current user can look at: the folder it may not pass
+/// through, or `path` itself when it gets that far. Symbolic links are followed by hand, so that a
+/// `/var/lib/gc-hotfolder` pointing into a closed `/var/lib/private` names the closed folder.
+fn first_closed(path: &Path) -> Option<Step> {
+    let mut target = std::path::absolute(path).ok()?;
+    for _ in 0..40 {
+        let mut at = PathBuf::new();
+        let mut last = None;
+        let mut redirected = None;
+        for c in target.components() {
+            at.push(c);
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    let link = std::fs::read_link(&at).ok()?;
+                    let rest = target.strip_prefix(&at).ok()?;
+                    redirected = Some(at.parent()?.join(link).join(rest));
+                    break;
+                }
+                Ok(m) => {
+                    last = Some(Step {
+                        path: at.clone(),
+                        mode: m.mode(),
+                        uid: m.uid(),
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return last,
+                Err(_) => return None,
+            }
+        }
+        match redirected {
+            Some(t) => target = t,
+            None => return last,
+        }
+    }
+    None
+}
+
+/// "name (uid N)", or "uid N" for a user the system does not name (a dynamic user that is gone).
+pub fn user_name(uid: u32) -> String {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the name is copied before `buf` goes.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return format!("uid {uid}");
+    }
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    format!("{} (uid {uid})", name.to_string_lossy())
+}
+
+/// The explanation `status` gives when the journal is not readable to the person running it: which
+/// file, who may read it, and the two ways to let an operator group read status.
+pub fn journal_denied_text(d: &JournalDenied) -> String {
+    let owner = match &d.blocker {
+        Some((path, owner, mode)) if *path == d.journal => format!(
+            "It belongs to {owner} (mode {mode:04o}), and this command runs as {}: run status as \
+             that user or as root (sudo).",
+            d.me
+        ),
+        Some((path, owner, mode)) => format!(
+            "{} (owner {owner}, mode {mode:04o}) lets no one else through, and this command runs \
+             as {}: run status as the service's user or as root (sudo).",
+            path.display(),
+            d.me
+        ),
+        None => format!("This command runs as {}: run status as root (sudo).", d.me),
+    };
+    let endpoint = match d.status_at {
+        Some(addr) => format!(
+            "the running agent serves the same report to local users: curl -s http://{addr}/status"
+        ),
+        None => "let the running agent serve the same report to local users: [metrics] listen = \
+                 \"127.0.0.1:9898\" in the config, then curl -s http://127.0.0.1:9898/status"
+            .to_owned(),
+    };
+    format!(
+        "cannot read the journal {}. {owner} To let an operator group read status without sudo: \
+         {endpoint}; or make the journal readable by the group: the state folder and its files \
+         group-owned and group-readable (chgrp -R GROUP DIR; chmod -R g+rX DIR; UMask=0027 for the \
+         agent's new files), which a service with DynamicUser= cannot have, as its state lives \
+         below the root-only /var/lib/private.",
+        d.journal.display()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +281,40 @@ mod tests {
             mode: 0o100000 | mode,
             uid: 0,
         }
+    }
+
+    #[test]
+    fn a_journal_others_cannot_read_is_explained_with_owner_and_ways_out() {
+        let d = JournalDenied {
+            journal: "/var/lib/gc-hotfolder/journal.sqlite3".into(),
+            blocker: Some((
+                "/var/lib/gc-hotfolder/journal.sqlite3".into(),
+                "gc-hotfolder (uid 61000)".into(),
+                0o600,
+            )),
+            me: "alice (uid 1000)".into(),
+            status_at: Some("127.0.0.1:9898".parse().unwrap()),
+        };
+        let t = journal_denied_text(&d);
+        for part in [
+            "cannot read the journal /var/lib/gc-hotfolder/journal.sqlite3",
+            "belongs to gc-hotfolder (uid 61000) (mode 0600)",
+            "runs as alice (uid 1000)",
+            "curl -s http://127.0.0.1:9898/status",
+            "group-readable",
+        ] {
+            assert!(t.contains(part), "{part}: {t}");
+        }
+        let t = journal_denied_text(&JournalDenied {
+            blocker: Some(("/var/lib/private".into(), "root (uid 0)".into(), 0o700)),
+            status_at: None,
+            ..d
+        });
+        assert!(
+            t.contains("/var/lib/private (owner root (uid 0), mode 0700) lets no one else through")
+                && t.contains("[metrics] listen"),
+            "{t}"
+        );
     }
 
     #[test]

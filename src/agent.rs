@@ -3,7 +3,9 @@
 //! [`receipt`](crate::receipt) and the post-action.
 //!
 //! One task owns the per-case settle state and decides; deliveries run as separate tasks, bounded, and
-//! report back. Every decision that must survive a crash is in the journal before it takes effect, so the
+//! report back. A delivery holds an upload slot only while it prepares, uploads and sets its values; once
+//! the platform imports them it waits without one (see [`crate::deliver::lanes`]), and all waiting cases
+//! are looked at together by one [`Verifier`]. Every decision that must survive a crash is in the journal before it takes effect, so the
 //! loop can be killed at any instant and restarted with nothing lost and nothing delivered twice.
 
 use std::cmp::Reverse;
@@ -12,24 +14,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{After, AlertKind, Config, Folder, OnChange};
 use crate::deliver::{
-    Checkpoints, DeliverError, Delivered, EarlierUpload, ItemStart, Privacy, deliver,
+    AwaitingImport, Checkpoints, DeliverError, Delivered, EarlierUpload, ItemStart, Lanes, Privacy,
+    Sent, Timings,
 };
-use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, SentFile, Step};
+use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, Step};
 use crate::notify::{Alert, Notifier};
 use crate::preflight::Verdict;
 use crate::receipt::{CaseFacts, CaseKey, ItemRef, Receipt, TargetRef};
-use crate::rules::{self, Manifest, Plan};
+use crate::rules::{self, Manifest};
 use crate::settle::{Decision, SettleRules, Snapshot, Tracker, Waiting};
 use crate::watch::{self, Hint};
 use gc_client::models::UserUpload;
 use gc_client::uploads::ResumeFrom;
 use gc_client::verify::VerifyTiming;
-use gc_client::{Client, GcError, TargetKind};
+use gc_client::{Client, TargetKind, Verifier};
 use gc_content::deidentify::UidMap;
 
 /// Why the agent holds a drop folder's cases.
@@ -80,8 +84,13 @@ struct Shared {
     client: Client,
     receipts: PathBuf,
     options: AgentOptions,
-    slots: Semaphore,
+    lanes: Lanes,
+    /// Awaits the imports of every case whose values are set.
+    verifier: Verifier,
     notifier: Notifier,
+    /// Cancelled when the agent stops: a case waiting for the platform's import stops waiting at once
+    /// (the journal has what it waits for; the next start waits on).
+    stopping: CancellationToken,
 }
 
 impl Shared {
@@ -173,23 +182,9 @@ pub async fn run(
     options: AgentOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let started = Instant::now();
     let journal = Arc::new(Journal::open(&config.server.state_dir)?);
-    before_start(&config);
-    // Bound before anything else happens, so a taken port is a startup error, not a silent gap.
-    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
-    let metrics_server = serve_metrics(&config, &journal, config_rx, started).await?;
-    let (mut loop_, mut inputs) = Loop::start(config, journal, client, options, started, config_tx);
-    loop_.start_preflight();
-    crate::service::ready(&status_line(&loop_.shared.journal));
-    loop_.serve(&mut inputs, stop).await?;
-    loop_.shut_down(inputs, metrics_server).await;
-    Ok(())
-}
-
-/// What a start does before the loop: de-identified copies left by a crash go (every delivery makes its
-/// own again, the same bytes), and folders that send DICOM as it is are named in the log.
-fn before_start(config: &Config) {
+    let receipts = config.server.state_dir.join("receipts");
+    // De-identified copies left by a crash: every delivery makes its own again (the same bytes).
     crate::deliver::remove_staging(&config.server.state_dir.join("staging"));
     for f in config.folders.iter().filter(|f| !f.deidentify) {
         tracing::warn!(
@@ -197,48 +192,176 @@ fn before_start(config: &Config) {
             "deidentify = false: DICOM files of this folder are uploaded as they are, with patient names, IDs and dates: identifiable data will leave this machine"
         );
     }
-}
-
-/// The metrics and status endpoint, if the config asks for one; bound now, so that a taken port is an
-/// error at start.
-async fn serve_metrics(
-    config: &Config,
-    journal: &Arc<Journal>,
-    config_rx: tokio::sync::watch::Receiver<Arc<Config>>,
-    started: Instant,
-) -> Result<Option<AbortOnDrop>, AgentError> {
-    let Some(m) = &config.metrics else {
-        return Ok(None);
+    let settle_rules: Vec<SettleRules> = config.folders.iter().map(SettleRules::of).collect();
+    let started = Instant::now();
+    // Bound before anything else happens, so a taken port is a startup error, not a silent gap.
+    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let metrics_server = match &config.metrics {
+        None => None,
+        Some(m) => {
+            let listener = tokio::net::TcpListener::bind(m.listen)
+                .await
+                .map_err(|source| AgentError::Metrics {
+                    file: config.file.clone(),
+                    addr: m.listen,
+                    source,
+                })?;
+            let addr = listener.local_addr().unwrap_or(m.listen);
+            tracing::info!(%addr, "serving /metrics and /status");
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "/status names cases (their folder names) to anyone who can reach this address");
+            }
+            let sources = crate::metrics::Sources {
+                journal: journal.clone(),
+                config: config_rx,
+                started,
+            };
+            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                listener, sources,
+            ))))
+        }
     };
-    let listener = tokio::net::TcpListener::bind(m.listen)
-        .await
-        .map_err(|source| AgentError::Metrics {
-            file: config.file.clone(),
-            addr: m.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().unwrap_or(m.listen);
-    tracing::info!(%addr, "serving /metrics and /status");
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "/status names cases (their folder names) to anyone who can reach this address");
+    let (notifier, senders) = Notifier::start(&config.notify, &journal);
+    let stopping = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        lanes: Lanes::new(&config.limits),
+        verifier: Verifier::start(client.clone(), options.verify.clone()),
+        config,
+        journal,
+        client,
+        receipts,
+        options,
+        notifier,
+        stopping: stopping.clone(),
+    });
+    if let Err(e) = shared.journal.clear_held() {
+        tracing::error!("cannot clear the held folders of an earlier run: {e}");
     }
-    let sources = crate::metrics::Sources {
-        journal: journal.clone(),
-        config: config_rx,
+    let paused_folders = journal_paused(&shared.journal);
+    for f in shared
+        .config
+        .folders
+        .iter()
+        .filter(|f| paused_folders.contains(&f.path))
+    {
+        tracing::warn!(
+            folder = %f.path.display(),
+            "this drop folder is paused: its cases are watched but not delivered until `gc-hotfolder resume`"
+        );
+    }
+    let (preflight_tx, mut verdicts) = mpsc::unbounded_channel();
+    let (hint_tx, mut hints) = mpsc::unbounded_channel();
+    let mut watches = watch::start(
+        &shared.config.folders,
+        shared.options.reconcile_every,
+        hint_tx.clone(),
+    );
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!("cannot listen for SIGHUP, reloading is off: {e}"))
+        .ok();
+    let mut loop_ = Loop {
+        shared: shared.clone(),
+        settle_rules,
         started,
+        slots: HashMap::new(),
+        timers: BinaryHeap::new(),
+        tasks: JoinSet::new(),
+        paused: HashMap::new(),
+        paused_folders,
+        held: HashMap::new(),
+        missing: HashSet::new(),
+        misplaced: watch::MisplacedFiles::default(),
+        preflight: None,
+        generation: 0,
+        preflight_tx,
+        senders: Some(senders),
+        config_tx,
     };
-    let server = tokio::spawn(crate::metrics::serve(listener, sources));
-    Ok(Some(AbortOnDrop(server)))
-}
-
-/// What the loop listens to besides its own tasks and timers.
-struct Inputs {
-    hints: mpsc::UnboundedReceiver<Hint>,
-    /// For watches made later (a reload, a folder that appears) and for requeued cases.
-    hint_tx: mpsc::UnboundedSender<Hint>,
-    verdicts: mpsc::UnboundedReceiver<(u64, PathBuf, Verdict)>,
-    watches: watch::Watches,
-    hangups: Option<tokio::signal::unix::Signal>,
+    drop(shared);
+    loop_.start_preflight();
+    crate::service::ready(&status_line(&loop_.shared.journal));
+    let mut heartbeat = tokio::time::interval(
+        crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)),
+    );
+    // Other processes (`pause`, `resume`, `retry`) leave requests in the journal; look for them often.
+    let mut requests = tokio::time::interval(REQUESTS_EVERY);
+    requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = String::new();
+    tokio::pin!(stop);
+    loop {
+        let next_timer = loop_
+            .timers
+            .peek()
+            .map(|Reverse((at, _))| loop_.started + *at);
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(hint) = hints.recv() => {
+                // A drop folder that was missing at start gets its events once it exists.
+                if let Hint::Scan { folder, why: watch::ScanReason::Poll } = &hint
+                    && let Some(f) = loop_.shared.config.folders.iter().find(|f| &f.path == folder)
+                    && watches.appeared(f, loop_.shared.options.reconcile_every, &hint_tx)
+                {
+                    tracing::info!(folder = %folder.display(), "the drop folder appeared");
+                }
+                loop_.on_hint(hint)?
+            }
+            Some(done) = loop_.tasks.join_next(), if !loop_.tasks.is_empty() => match done {
+                Ok((case_dir, done)) => loop_.on_done(case_dir, done)?,
+                Err(e) => tracing::error!("a delivery task failed: {e}"),
+            },
+            _ = sleep_until(next_timer) => loop_.on_timers()?,
+            Some((generation, folder, verdict)) = verdicts.recv() => {
+                loop_.on_verdict(generation, folder, verdict, &hint_tx)?
+            }
+            Some(()) = hangup(&mut hangups) => {
+                crate::service::reloading();
+                if let Some(w) = loop_.reload(&hint_tx) {
+                    watches = w;
+                    loop_.start_preflight();
+                }
+                tracing::debug!(folders = watches.modes().len(), "watching");
+                crate::service::ready(&status_line(&loop_.shared.journal));
+            }
+            _ = requests.tick() => {
+                loop_.on_requests(&hint_tx);
+                crate::metrics::global().set_live(loop_.live());
+            }
+            _ = heartbeat.tick() => {
+                crate::service::watchdog();
+                let status = status_line(&loop_.shared.journal);
+                if status != last_status {
+                    crate::service::status(&status);
+                    last_status = status;
+                }
+            }
+        }
+    }
+    crate::service::stopping();
+    tracing::info!(
+        in_flight = loop_.tasks.len(),
+        "stopping: no new cases are taken"
+    );
+    stopping.cancel();
+    drop(watches);
+    let grace = tokio::time::sleep(loop_.shared.options.shutdown_grace);
+    tokio::pin!(grace);
+    while !loop_.tasks.is_empty() {
+        tokio::select! {
+            _ = &mut grace => {
+                tracing::warn!(in_flight = loop_.tasks.len(), "grace period over: cutting off deliveries; they resume at the next start");
+                loop_.tasks.abort_all();
+                break;
+            }
+            _ = loop_.tasks.join_next() => {}
+        }
+    }
+    drop(metrics_server);
+    let senders = loop_.senders.take();
+    drop(loop_);
+    if let Some(s) = senders {
+        s.finish(ALERT_GRACE).await;
+    }
+    Ok(())
 }
 
 /// How often the journal is read for requests of other processes (`pause`, `resume`, `retry`).
@@ -310,6 +433,8 @@ struct Loop {
     held: HashMap<PathBuf, Held>,
     /// Drop folders that could not be listed at the last scan (said once, not at every poll).
     missing: HashSet<PathBuf>,
+    /// Files lying where case folders are expected (said once each, not at every look).
+    misplaced: watch::MisplacedFiles,
     /// The task asking the platform about each folder's target and sockets, for the current config.
     preflight: Option<AbortOnDrop>,
     /// Counts configs; a verdict about an older one is ignored.
@@ -322,184 +447,6 @@ struct Loop {
 }
 
 impl Loop {
-    /// The loop's state for a config, with its watches started and the channels it listens to.
-    fn start(
-        config: Config,
-        journal: Arc<Journal>,
-        client: Client,
-        options: AgentOptions,
-        started: Instant,
-        config_tx: tokio::sync::watch::Sender<Arc<Config>>,
-    ) -> (Loop, Inputs) {
-        let settle_rules: Vec<SettleRules> = config.folders.iter().map(SettleRules::of).collect();
-        let (notifier, senders) = Notifier::start(&config.notify, &journal);
-        let shared = Arc::new(Shared {
-            slots: Semaphore::new(config.limits.parallel_cases),
-            receipts: config.server.state_dir.join("receipts"),
-            config,
-            journal,
-            client,
-            options,
-            notifier,
-        });
-        if let Err(e) = shared.journal.clear_held() {
-            tracing::error!("cannot clear the held folders of an earlier run: {e}");
-        }
-        let paused_folders = journal_paused(&shared.journal);
-        for f in shared.config.folders.iter() {
-            if paused_folders.contains(&f.path) {
-                tracing::warn!(
-                    folder = %f.path.display(),
-                    "this drop folder is paused: its cases are watched but not delivered until `gc-hotfolder resume`"
-                );
-            }
-        }
-        let (preflight_tx, verdicts) = mpsc::unbounded_channel();
-        let (hint_tx, hints) = mpsc::unbounded_channel();
-        let watches = watch::start(
-            &shared.config.folders,
-            shared.options.reconcile_every,
-            hint_tx.clone(),
-        );
-        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| tracing::warn!("cannot listen for SIGHUP, reloading is off: {e}"))
-            .ok();
-        let loop_ = Loop {
-            shared,
-            settle_rules,
-            started,
-            slots: HashMap::new(),
-            timers: BinaryHeap::new(),
-            tasks: JoinSet::new(),
-            paused: HashMap::new(),
-            paused_folders,
-            held: HashMap::new(),
-            missing: HashSet::new(),
-            preflight: None,
-            generation: 0,
-            preflight_tx,
-            senders: Some(senders),
-            config_tx,
-        };
-        let inputs = Inputs {
-            hints,
-            hint_tx,
-            verdicts,
-            watches,
-            hangups,
-        };
-        (loop_, inputs)
-    }
-
-    /// Take what comes (hints, finished deliveries, timers, verdicts, a reload, requests of other
-    /// processes, the watchdog's beat) until `stop` resolves.
-    async fn serve(
-        &mut self,
-        inputs: &mut Inputs,
-        stop: impl std::future::Future<Output = ()>,
-    ) -> Result<(), AgentError> {
-        let mut heartbeat = tokio::time::interval(
-            crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)),
-        );
-        // Other processes (`pause`, `resume`, `retry`) leave requests in the journal; look for them often.
-        let mut requests = tokio::time::interval(REQUESTS_EVERY);
-        requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_status = String::new();
-        tokio::pin!(stop);
-        loop {
-            let next_timer = self
-                .timers
-                .peek()
-                .map(|Reverse((at, _))| self.started + *at);
-            tokio::select! {
-                _ = &mut stop => return Ok(()),
-                Some(hint) = inputs.hints.recv() => self.on_input_hint(hint, inputs)?,
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
-                    Ok((case_dir, done)) => self.on_done(case_dir, done)?,
-                    Err(e) => tracing::error!("a delivery task failed: {e}"),
-                },
-                _ = sleep_until(next_timer) => self.on_timers()?,
-                Some((generation, folder, verdict)) = inputs.verdicts.recv() => {
-                    self.on_verdict(generation, folder, verdict, &inputs.hint_tx)?
-                }
-                Some(()) = hangup(&mut inputs.hangups) => self.on_hangup(inputs),
-                _ = requests.tick() => {
-                    self.on_requests(&inputs.hint_tx);
-                    crate::metrics::global().set_live(self.live());
-                }
-                _ = heartbeat.tick() => {
-                    crate::service::watchdog();
-                    let status = status_line(&self.shared.journal);
-                    if status != last_status {
-                        crate::service::status(&status);
-                        last_status = status;
-                    }
-                }
-            }
-        }
-    }
-
-    /// A hint from the watches; a drop folder that was missing at start gets its events once it exists.
-    fn on_input_hint(&mut self, hint: Hint, inputs: &mut Inputs) -> Result<(), JournalError> {
-        if let Hint::Scan {
-            folder,
-            why: watch::ScanReason::Poll,
-        } = &hint
-            && let Some(f) = self
-                .shared
-                .config
-                .folders
-                .iter()
-                .find(|f| &f.path == folder)
-            && inputs
-                .watches
-                .appeared(f, self.shared.options.reconcile_every, &inputs.hint_tx)
-        {
-            tracing::info!(folder = %folder.display(), "the drop folder appeared");
-        }
-        self.on_hint(hint)
-    }
-
-    /// SIGHUP: the config is read again; a good one replaces the watches and is checked on the platform.
-    fn on_hangup(&mut self, inputs: &mut Inputs) {
-        crate::service::reloading();
-        if let Some(w) = self.reload(&inputs.hint_tx) {
-            inputs.watches = w;
-            self.start_preflight();
-        }
-        tracing::debug!(folders = inputs.watches.modes().len(), "watching");
-        crate::service::ready(&status_line(&self.shared.journal));
-    }
-
-    /// No new cases from here; deliveries in flight get the grace period to reach a checkpoint, queued
-    /// alerts a few seconds to go out.
-    async fn shut_down(mut self, inputs: Inputs, metrics_server: Option<AbortOnDrop>) {
-        crate::service::stopping();
-        tracing::info!(
-            in_flight = self.tasks.len(),
-            "stopping: no new cases are taken"
-        );
-        drop(inputs.watches);
-        let grace = tokio::time::sleep(self.shared.options.shutdown_grace);
-        tokio::pin!(grace);
-        while !self.tasks.is_empty() {
-            tokio::select! {
-                _ = &mut grace => {
-                    tracing::warn!(in_flight = self.tasks.len(), "grace period over: cutting off deliveries; they resume at the next start");
-                    self.tasks.abort_all();
-                    break;
-                }
-                _ = self.tasks.join_next() => {}
-            }
-        }
-        drop(metrics_server);
-        let senders = self.senders.take();
-        drop(self);
-        if let Some(s) = senders {
-            s.finish(ALERT_GRACE).await;
-        }
-    }
-
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
@@ -712,8 +659,9 @@ impl Loop {
                 let f = &shared.config.folders[folder];
                 let t0 = Instant::now();
                 crate::metrics::global().scanned(why.name());
-                match watch::list_cases(f) {
-                    Ok(cases) => {
+                match watch::list(f) {
+                    Ok(watch::Listing { cases, misplaced }) => {
+                        self.misplaced.scanned(f, &misplaced);
                         if self.missing.remove(&f.path) {
                             tracing::info!(folder = %f.path.display(), "the drop folder is back");
                         }
@@ -820,14 +768,18 @@ impl Loop {
             notifier
         };
         let _ = self.config_tx.send(Arc::new(config.clone()));
+        let options = AgentOptions::from_config(&config);
+        // Deliveries under way keep the lanes and the verifier they started with.
         let shared = Arc::new(Shared {
-            slots: Semaphore::new(config.limits.parallel_cases),
+            lanes: Lanes::new(&config.limits),
+            verifier: Verifier::start(client.clone(), options.verify.clone()),
             journal: self.shared.journal.clone(),
             receipts: config.server.state_dir.join("receipts"),
-            options: AgentOptions::from_config(&config),
+            options,
             client,
             notifier,
             config,
+            stopping: self.shared.stopping.clone(),
         });
         self.settle_rules = shared.config.folders.iter().map(SettleRules::of).collect();
         self.shared = shared;
@@ -874,82 +826,17 @@ impl Loop {
     }
 
     /// Look at one case and decide what to do now.
-    /// Look at one case: whether it may be looked at now, what the journal already says of it, and what
-    /// its snapshot says about readiness; each of these a step of its own below.
     fn check(&mut self, folder_idx: usize, case_dir: &Path) -> Result<(), JournalError> {
         let now = self.now();
         let shared = self.shared.clone();
         let folder = &shared.config.folders[folder_idx];
         let rel = case_rel(folder, case_dir);
-        let seen = Seen {
-            folder_idx,
-            folder,
-            case_dir,
-            case: rules::path_text(&rel),
-            rel,
-        };
-        if !self.may_look(&seen, now) {
-            return Ok(());
-        }
-        let snapshot = match crate::settle::snapshot(case_dir) {
-            Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return self.vanished(&shared, &seen);
-            }
-            Err(e) => {
-                tracing::warn!(case = %seen.case, "cannot read the case folder: {e}");
-                self.schedule(now + folder.quiet, case_dir);
-                return Ok(());
-            }
-        };
-        // Only a read here: a case that is merely seen needs no durable record (after a restart it settles
-        // again anyway), so scanning thousands of folders costs no writes.
-        let known = shared.journal.get(&folder.path, &seen.rel)?;
-        let fp = snapshot.fingerprint();
-        if self.after_outcome(&shared, &seen, known.as_ref(), &fp)? == Go::Stop {
-            return Ok(());
-        }
-        let Some(slot) = self.slots.get_mut(case_dir) else {
-            return Ok(());
-        };
-        slot.pending_since.get_or_insert(now);
-        let decision = slot
-            .tracker
-            .observe(now, &snapshot, &self.settle_rules[folder_idx]);
-        match decision {
-            Decision::Ready
-                if self.paused_folders.contains(&folder.path)
-                    || self.held.contains_key(&folder.path) =>
-            {
-                self.hold(&shared, &seen)
-            }
-            Decision::Ready => self.start_delivery(&shared, &seen, snapshot, fp, now),
-            Decision::Wait { recheck_at, .. } => {
-                self.schedule(recheck_at, case_dir);
-                Ok(())
-            }
-            Decision::Stuck {
-                why,
-                waited,
-                first_report,
-            } => {
-                // From here on events and scans bring the news; no timer polls a stuck case.
-                match first_report {
-                    true => report_stuck(&shared, &seen, &why, waited),
-                    false => Ok(()),
-                }
-            }
-        }
-    }
-
-    /// Whether the case may be looked at now: not while a delivery owns it (it is looked at again when that
-    /// returns), not before a back-off ends (a timer is set for then). Makes the case's slot.
-    fn may_look(&mut self, seen: &Seen, now: Duration) -> bool {
+        let case = rules::path_text(&rel);
         let slot = self
             .slots
-            .entry(seen.case_dir.to_owned())
+            .entry(case_dir.to_owned())
             .or_insert_with(|| Slot {
-                folder: seen.folder_idx,
+                folder: folder_idx,
                 tracker: Tracker::new(now),
                 in_flight: false,
                 dirty: false,
@@ -960,128 +847,218 @@ impl Loop {
             });
         if slot.in_flight {
             slot.dirty = true;
-            return false;
+            return Ok(());
         }
         if let Some(nb) = slot.not_before.filter(|nb| *nb > now) {
-            self.schedule(nb, seen.case_dir);
-            return false;
+            self.schedule(nb, case_dir);
+            return Ok(());
         }
-        true
-    }
-
-    /// The case folder is gone: forgotten if nothing was sent yet, quarantined with a receipt if it went
-    /// while being delivered, left alone once delivered or quarantined.
-    fn vanished(&mut self, shared: &Shared, seen: &Seen) -> Result<(), JournalError> {
-        self.slots.remove(seen.case_dir);
-        match shared.journal.get(&seen.folder.path, &seen.rel)? {
-            Some(rec)
-                if rec.attempts == 0
-                    && matches!(rec.state, CaseState::Settling | CaseState::Ready) =>
-            {
-                tracing::info!(case = %seen.case, "the case folder disappeared before it was delivered");
-                shared.journal.forget(rec.id)
+        let snapshot = match crate::settle::snapshot(case_dir) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.slots.remove(case_dir);
+                match shared.journal.get(&folder.path, &rel)? {
+                    Some(rec)
+                        if rec.attempts == 0
+                            && matches!(rec.state, CaseState::Settling | CaseState::Ready) =>
+                    {
+                        tracing::info!(case = %case, "the case folder disappeared before it was delivered");
+                        shared.journal.forget(rec.id)?;
+                    }
+                    // Removed while a delivery was under way: say so in a receipt. The item (if any) stays
+                    // recorded, so the same case dropped again fills that item instead of a new one.
+                    Some(rec)
+                        if !matches!(rec.state, CaseState::Delivered | CaseState::Quarantined) =>
+                    {
+                        let reason = format!(
+                            "the case folder was removed while it was being delivered. {} Drop it again \
+                             to deliver it",
+                            left_by_journal(&rec, |pk| item_url(&shared.client, folder, pk)),
+                        );
+                        let reason = reason.as_str();
+                        tracing::warn!(case = %case, "{reason}");
+                        let item = rec.item_pk.as_ref().map(|pk| ItemRef {
+                            api_url: item_url(&shared.client, folder, pk),
+                            pk: pk.clone(),
+                        });
+                        let facts = CaseFacts {
+                            case_dir,
+                            plan: None,
+                            manifest: None,
+                            target: TargetRef {
+                                kind: folder.target,
+                                slug: folder.target_slug.clone(),
+                                pk: None,
+                                url: None,
+                            },
+                            case: case.clone(),
+                            skipped: vec![],
+                            readiness: readiness(folder),
+                            attempts: rec.attempts as u32,
+                            revision: rec.revision as u32,
+                            started: (crate::clock::now_rfc3339(), Instant::now()),
+                            // No plan: no files to say anything about.
+                            earlier: &[],
+                        };
+                        let key = CaseKey {
+                            folder: &folder.path,
+                            case: &rel,
+                        };
+                        if let Err(e) = crate::receipt::write(
+                            &shared.receipts,
+                            key,
+                            &Receipt::quarantined(facts, reason.into(), item),
+                        ) {
+                            tracing::error!(case = %case, "cannot write the receipt: {e}");
+                        }
+                        shared.quarantined(folder, rec.id, &case, reason)?;
+                    }
+                    _ => {}
+                }
+                return Ok(());
             }
-            Some(rec) if !matches!(rec.state, CaseState::Delivered | CaseState::Quarantined) => {
-                removed_while_delivering(shared, seen, &rec)
+            // A file where a case folder belongs: no case, now or later (a scan reports it again only
+            // if it comes back).
+            Err(_) if self.misplaced.is_misplaced(folder, case_dir) => {
+                self.slots.remove(case_dir);
+                return Ok(());
             }
-            _ => Ok(()),
-        }
-    }
-
-    /// What an earlier outcome means for the case as it is now: a quarantined case is tried again only
-    /// once it changed; a delivered one is left (its post-action applied) unless it changed, and then
-    /// `on_change` decides.
-    fn after_outcome(
-        &mut self,
-        shared: &Shared,
-        seen: &Seen,
-        known: Option<&CaseRecord>,
-        fp: &str,
-    ) -> Result<Go, JournalError> {
-        let state = known.map_or(CaseState::Settling, |r| r.state.clone());
-        let recorded_fp = known.and_then(|r| r.fingerprint.as_deref());
-        let id = known.map(|r| r.id).unwrap_or_default();
+            Err(e) => {
+                tracing::warn!(case = %case, "cannot read the case folder: {e}");
+                self.schedule(now + folder.quiet, case_dir);
+                return Ok(());
+            }
+        };
+        // Only a read here: a case that is merely seen needs no durable record (after a restart it settles
+        // again anyway), so scanning thousands of folders costs no writes.
+        let known = shared.journal.get(&folder.path, &rel)?;
+        let fp = snapshot.fingerprint();
+        let state = known
+            .as_ref()
+            .map_or(CaseState::Settling, |r| r.state.clone());
+        let recorded_fp = known.as_ref().and_then(|r| r.fingerprint.clone());
+        let id = known.as_ref().map(|r| r.id);
         match state {
-            CaseState::Quarantined if recorded_fp == Some(fp) || recorded_fp.is_none() => {
-                self.not_pending(seen.case_dir);
-                Ok(Go::Stop)
+            CaseState::Quarantined
+                if recorded_fp.as_deref() == Some(&fp) || recorded_fp.is_none() =>
+            {
+                if let Some(slot) = self.slots.get_mut(case_dir) {
+                    slot.pending_since = None;
+                }
+                return Ok(());
             }
             CaseState::Quarantined => {
-                tracing::info!(case = %seen.case, "a quarantined case changed: trying it again");
-                shared.journal.requeue(id)?;
-                Ok(Go::On)
+                tracing::info!(case = %case, "a quarantined case changed: trying it again");
+                shared.journal.requeue(id.unwrap_or_default())?;
             }
-            CaseState::Delivered if recorded_fp == Some(fp) => {
-                self.not_pending(seen.case_dir);
-                apply_after(seen.folder, seen.case_dir, &seen.rel, &shared.receipts);
-                Ok(Go::Stop)
+            CaseState::Delivered if recorded_fp.as_deref() == Some(&fp) => {
+                if let Some(slot) = self.slots.get_mut(case_dir) {
+                    slot.pending_since = None;
+                }
+                apply_after(folder, case_dir, &rel, &shared.receipts);
+                return Ok(());
             }
-            CaseState::Delivered => changed_after_delivery(shared, seen, id, fp),
-            _ => Ok(Go::On),
+            CaseState::Delivered => match folder.on_change {
+                OnChange::Ignore => {
+                    tracing::info!(case = %case, "files changed after delivery; ignored (on_change = \"ignore\")");
+                    shared
+                        .journal
+                        .set_fingerprint(id.unwrap_or_default(), &fp)?;
+                    return Ok(());
+                }
+                OnChange::Quarantine => {
+                    let reason =
+                        "files changed after the case was delivered (on_change = \"quarantine\")";
+                    shared
+                        .journal
+                        .set_fingerprint(id.unwrap_or_default(), &fp)?;
+                    shared.quarantined(folder, id.unwrap_or_default(), &case, reason)?;
+                    tracing::warn!(case = %case, "{reason}");
+                    return Ok(());
+                }
+                OnChange::Update => {}
+            },
+            _ => {}
         }
-    }
-
-    fn not_pending(&mut self, case_dir: &Path) {
-        if let Some(slot) = self.slots.get_mut(case_dir) {
-            slot.pending_since = None;
-        }
-    }
-
-    /// A ready case of a paused or held folder: said once, in the log and the journal, then kept.
-    fn hold(&mut self, shared: &Shared, seen: &Seen) -> Result<(), JournalError> {
-        let Some(slot) = self.slots.get_mut(seen.case_dir) else {
+        let Some(slot) = self.slots.get_mut(case_dir) else {
             return Ok(());
         };
-        if slot.held {
-            return Ok(());
-        }
-        slot.held = true;
-        let why = match self.held.get(&seen.folder.path) {
-            Some(Held::Unusable(why) | Held::Unknown(why)) => format!("held: {why}"),
-            Some(Held::Checking) => {
-                "held until its target and sockets are checked on the platform".into()
+        slot.pending_since.get_or_insert(now);
+        match slot
+            .tracker
+            .observe(now, &snapshot, &self.settle_rules[folder_idx])
+        {
+            Decision::Ready
+                if self.paused_folders.contains(&folder.path)
+                    || self.held.contains_key(&folder.path) =>
+            {
+                if !slot.held {
+                    slot.held = true;
+                    let why = match self.held.get(&folder.path) {
+                        Some(Held::Unusable(why) | Held::Unknown(why)) => format!("held: {why}"),
+                        Some(Held::Checking) => {
+                            "held until its target and sockets are checked on the platform".into()
+                        }
+                        None => {
+                            "held while its folder is paused (`gc-hotfolder resume` delivers it)"
+                                .into()
+                        }
+                    };
+                    tracing::info!(case = %case, "ready, {why}");
+                    let rec = shared.journal.discover(&folder.path, &rel)?;
+                    shared.journal.note(rec.id, &format!("ready, {why}"))?;
+                }
             }
-            None => "held while its folder is paused (`gc-hotfolder resume` delivers it)".into(),
-        };
-        tracing::info!(case = %seen.case, "ready, {why}");
-        let rec = shared.journal.discover(&seen.folder.path, &seen.rel)?;
-        shared.journal.note(rec.id, &format!("ready, {why}"))
-    }
-
-    /// A ready case: delivered by a task of its own, unless its target is paused (looked at again then).
-    fn start_delivery(
-        &mut self,
-        shared: &Arc<Shared>,
-        seen: &Seen,
-        snapshot: Snapshot,
-        fp: String,
-        now: Duration,
-    ) -> Result<(), JournalError> {
-        let key = (seen.folder.target, seen.folder.target_slug.clone());
-        if let Some(until) = self.paused.get(&key).copied().filter(|u| *u > now) {
-            self.schedule(until, seen.case_dir);
-            return Ok(());
+            Decision::Ready => {
+                let key = (folder.target, folder.target_slug.clone());
+                if let Some(until) = self.paused.get(&key).copied().filter(|u| *u > now) {
+                    self.schedule(until, case_dir);
+                    return Ok(());
+                }
+                tracing::info!(case = %case, "ready");
+                slot.held = false;
+                let rec = shared.journal.discover(&folder.path, &rel)?;
+                slot.in_flight = true;
+                slot.dirty = false;
+                let task = Delivery {
+                    shared,
+                    folder: folder_idx,
+                    case_dir: case_dir.to_owned(),
+                    case,
+                    rel,
+                    rec,
+                    snapshot,
+                    fp,
+                    settle: now.saturating_sub(slot.tracker.first_seen()),
+                };
+                self.tasks.spawn(task.run());
+            }
+            Decision::Wait { recheck_at, .. } => self.schedule(recheck_at, case_dir),
+            Decision::Stuck {
+                why,
+                waited,
+                first_report,
+            } => {
+                if first_report {
+                    let note = format!(
+                        "still not ready after {}: {}",
+                        humantime::format_duration(waited),
+                        describe(&why)
+                    );
+                    tracing::warn!(case = %case, "{note}");
+                    let rec = shared.journal.discover(&folder.path, &rel)?;
+                    shared.journal.note(rec.id, &note)?;
+                    shared.notifier.send(Alert::about_case(
+                        AlertKind::Stuck,
+                        folder,
+                        &case,
+                        "settling",
+                        &note,
+                    ));
+                }
+                // From here on events and scans bring the news; no timer polls a stuck case.
+            }
         }
-        tracing::info!(case = %seen.case, "ready");
-        if let Some(slot) = self.slots.get_mut(seen.case_dir) {
-            slot.held = false;
-        }
-        let rec = shared.journal.discover(&seen.folder.path, &seen.rel)?;
-        if let Some(slot) = self.slots.get_mut(seen.case_dir) {
-            slot.in_flight = true;
-            slot.dirty = false;
-        }
-        let task = Delivery {
-            shared: shared.clone(),
-            folder: seen.folder_idx,
-            case_dir: seen.case_dir.to_owned(),
-            case: seen.case.clone(),
-            rel: seen.rel.clone(),
-            rec,
-            snapshot,
-            fp,
-        };
-        self.tasks.spawn(task.run());
         Ok(())
     }
 
@@ -1142,121 +1119,6 @@ impl Loop {
         }
         Ok(())
     }
-}
-
-/// A case the loop looks at: its folder, where it is and what it is called.
-struct Seen<'a> {
-    folder_idx: usize,
-    folder: &'a Folder,
-    case_dir: &'a Path,
-    /// The case's path inside its drop folder.
-    rel: PathBuf,
-    /// `rel` as text, for people.
-    case: String,
-}
-
-/// Whether looking at a case goes on to its readiness.
-#[derive(Debug, PartialEq, Eq)]
-enum Go {
-    Stop,
-    On,
-}
-
-/// A delivered case whose files changed since: `on_change` says whether that is a new delivery into the
-/// same item, nothing, or a quarantine.
-fn changed_after_delivery(
-    shared: &Shared,
-    seen: &Seen,
-    id: i64,
-    fp: &str,
-) -> Result<Go, JournalError> {
-    match seen.folder.on_change {
-        OnChange::Update => Ok(Go::On),
-        OnChange::Ignore => {
-            tracing::info!(case = %seen.case, "files changed after delivery; ignored (on_change = \"ignore\")");
-            shared.journal.set_fingerprint(id, fp)?;
-            Ok(Go::Stop)
-        }
-        OnChange::Quarantine => {
-            let reason = "files changed after the case was delivered (on_change = \"quarantine\")";
-            shared.journal.set_fingerprint(id, fp)?;
-            shared.quarantined(seen.folder, id, &seen.case, reason)?;
-            tracing::warn!(case = %seen.case, "{reason}");
-            Ok(Go::Stop)
-        }
-    }
-}
-
-/// A case folder removed while a delivery was under way: a receipt says so and the case is quarantined.
-/// The item (if any) stays recorded, so the same case dropped again fills that item instead of a new one.
-fn removed_while_delivering(
-    shared: &Shared,
-    seen: &Seen,
-    rec: &CaseRecord,
-) -> Result<(), JournalError> {
-    let folder = seen.folder;
-    let reason = format!(
-        "the case folder was removed while it was being delivered. {} Drop it again to deliver it",
-        left_by_journal(rec, |pk| item_url(&shared.client, folder, pk)),
-    );
-    tracing::warn!(case = %seen.case, "{reason}");
-    let item = rec.item_pk.as_ref().map(|pk| ItemRef {
-        api_url: item_url(&shared.client, folder, pk),
-        pk: pk.clone(),
-    });
-    let facts = CaseFacts {
-        case_dir: seen.case_dir,
-        plan: None,
-        manifest: None,
-        target: TargetRef {
-            kind: folder.target,
-            slug: folder.target_slug.clone(),
-            pk: None,
-            url: None,
-        },
-        case: seen.case.clone(),
-        skipped: vec![],
-        readiness: readiness(folder),
-        attempts: rec.attempts as u32,
-        revision: rec.revision as u32,
-        started: (crate::clock::now_rfc3339(), Instant::now()),
-        // No plan: no files to say anything about.
-        earlier: &[],
-    };
-    let key = CaseKey {
-        folder: &folder.path,
-        case: &seen.rel,
-    };
-    let receipt = Receipt::quarantined(facts, reason.clone(), item);
-    if let Err(e) = crate::receipt::write(&shared.receipts, key, &receipt) {
-        tracing::error!(case = %seen.case, "cannot write the receipt: {e}");
-    }
-    shared.quarantined(folder, rec.id, &seen.case, &reason)
-}
-
-/// A case still not ready after `max_wait`: said once, in the log, the journal and an alert.
-fn report_stuck(
-    shared: &Shared,
-    seen: &Seen,
-    why: &Waiting,
-    waited: Duration,
-) -> Result<(), JournalError> {
-    let note = format!(
-        "still not ready after {}: {}",
-        humantime::format_duration(waited),
-        describe(why)
-    );
-    tracing::warn!(case = %seen.case, "{note}");
-    let rec = shared.journal.discover(&seen.folder.path, &seen.rel)?;
-    shared.journal.note(rec.id, &note)?;
-    shared.notifier.send(Alert::about_case(
-        AlertKind::Stuck,
-        seen.folder,
-        &seen.case,
-        "settling",
-        &note,
-    ));
-    Ok(())
 }
 
 fn describe(why: &Waiting) -> String {
@@ -1322,7 +1184,7 @@ pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path, receipt
     let result = match &folder.after {
         After::Leave => return,
         After::Delete => std::fs::remove_dir_all(case_dir).map(|()| "deleted".to_owned()),
-        After::Move(dest) => move_case(case_dir, &dest.join(case), &folder.path).map(|to| {
+        After::Move(dest) => move_case(case_dir, &dest.join(case), folder).map(|to| {
             let key = CaseKey {
                 folder: &folder.path,
                 case,
@@ -1344,12 +1206,12 @@ pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path, receipt
     }
 }
 
-/// Move a case folder out of `root` (its drop folder), never over an existing one: a name taken in the
-/// destination gets a numbered suffix. Folders the move leaves empty in `root` go too. Returns where it
-/// went.
-pub(crate) fn move_case(from: &Path, to: &Path, root: &Path) -> std::io::Result<PathBuf> {
+/// Move a case folder out of its drop folder, never over an existing one: a name taken in the
+/// destination gets a numbered suffix. The folders it creates on the way are shared with the drop
+/// folder's people; folders the move leaves empty in the drop folder go. Returns where it went.
+pub(crate) fn move_case(from: &Path, to: &Path, folder: &Folder) -> std::io::Result<PathBuf> {
     if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
+        folder.sharing().create_dir_all(parent)?;
     }
     let mut dest = to.to_owned();
     let mut n = 1;
@@ -1360,22 +1222,8 @@ pub(crate) fn move_case(from: &Path, to: &Path, root: &Path) -> std::io::Result<
         dest = PathBuf::from(name);
     }
     std::fs::rename(from, &dest)?;
-    crate::fsutil::remove_empty_parents(from, root);
+    crate::fsutil::remove_empty_parents(from, &folder.path);
     Ok(dest)
-}
-
-/// What every receipt of one attempt repeats: when it started, and what earlier revisions sent.
-struct Said {
-    started: (String, Instant),
-    earlier: Vec<SentFile>,
-}
-
-/// What a delivery was given: the plan, its manifest, and which attempt it was.
-struct Sent<'a> {
-    said: &'a Said,
-    plan: &'a Plan,
-    manifest: &'a Manifest,
-    attempts: i64,
 }
 
 /// One delivery attempt of one case, as a task.
@@ -1390,6 +1238,8 @@ struct Delivery {
     rec: CaseRecord,
     snapshot: Snapshot,
     fp: String,
+    /// How long the case took to settle.
+    settle: Duration,
 }
 
 impl Delivery {
@@ -1407,69 +1257,14 @@ impl Delivery {
         (case_dir, done)
     }
 
-    /// One attempt at the case, as a sequence of steps: the plan, the manifest of what it holds, whether
-    /// that was delivered already, the delivery itself, and what its outcome means.
-    async fn attempt(self) -> Result<Done, JournalError> {
-        let _permit = self.shared.slots.acquire().await;
-        let sh = &self.shared;
-        let folder = &sh.config.folders[self.folder];
-        let said = Said {
-            started: (crate::clock::now_rfc3339(), Instant::now()),
-            earlier: crate::receipt::earlier_sent(
-                &sh.journal,
-                &sh.receipts,
-                &folder.target_slug,
-                self.key(),
-                &self.rec,
-            )?,
-        };
-        let (attempts, revision) = (self.rec.attempts, self.rec.revision);
-        let plan = match rules::plan(folder, &self.case_dir, &self.snapshot.case_files()) {
-            Ok(p) => p,
-            Err(e) => {
-                let facts = self.facts(&said, None, None, attempts, revision);
-                return self.quarantine(facts, e.to_string(), None);
-            }
-        };
-        let manifest = match self.manifest(&plan, &said).await? {
-            Ok(m) => m,
-            Err(done) => return Ok(done),
-        };
-        if let Some(done) = self.already_delivered(&manifest)? {
-            return Ok(done);
-        }
-        tracing::info!(case = %self.case, files = manifest.entries.len(), "delivering");
-        let outcome = attempt_recorded(
-            &sh.client,
-            &sh.journal,
-            folder,
-            &sh.config.server.state_dir,
-            &self.rec,
-            &self.case_dir,
-            &plan,
-            &manifest,
-            &self.fp,
-            &sh.options.verify,
-            Progress::default(),
-        )
-        .await?;
-        let sent = Sent {
-            said: &said,
-            plan: &plan,
-            manifest: &manifest,
-            attempts: attempts + 1,
-        };
-        self.on_outcome(outcome, &sent)
-    }
-
-    /// What the receipt says of the case at this attempt, whatever its outcome.
+    /// The facts of this attempt's receipt.
     fn facts<'a>(
         &'a self,
-        said: &'a Said,
-        plan: Option<&'a Plan>,
+        plan: Option<&'a rules::Plan>,
         manifest: Option<&'a Manifest>,
         attempts: i64,
         revision: i64,
+        begun: &'a Begun,
     ) -> CaseFacts<'a> {
         let folder = &self.shared.config.folders[self.folder];
         CaseFacts {
@@ -1492,71 +1287,170 @@ impl Delivery {
             readiness: readiness(folder),
             attempts: attempts as u32,
             revision: revision as u32,
-            started: said.started.clone(),
-            earlier: &said.earlier,
+            started: begun.at.clone(),
+            earlier: &begun.earlier,
         }
     }
 
-    /// The manifest of the planned files (hashed off the async threads), or how the attempt ends: the
-    /// case changed while it was read, a file cannot be read (quarantined), or hashing failed (later).
-    async fn manifest(
+    /// Plan and hash the case: its plan and manifest, or how the attempt ended already.
+    async fn planned(
         &self,
-        plan: &Plan,
-        said: &Said,
-    ) -> Result<Result<Manifest, Done>, JournalError> {
+        started: &Begun,
+        timings: Timings,
+    ) -> Result<Result<(rules::Plan, Manifest), Done>, JournalError> {
+        let sh = &self.shared;
+        let folder = &sh.config.folders[self.folder];
+        let (attempts, revision) = (self.rec.attempts, self.rec.revision);
+        let plan = match rules::plan(folder, &self.case_dir, &self.snapshot.case_files()) {
+            Ok(p) => p,
+            Err(e) => {
+                let facts = self.facts(None, None, attempts, revision, started);
+                return self
+                    .quarantine(facts, e.to_string(), None, timings)
+                    .map(Err);
+            }
+        };
         let hashed = {
             let (dir, plan) = (self.case_dir.clone(), plan.clone());
             tokio::task::spawn_blocking(move || rules::hash_files(&dir, &plan)).await
         };
         let manifest = match hashed {
-            Ok(Ok(h)) => Manifest::new(plan, &h),
+            Ok(Ok(h)) => Manifest::new(&plan, &h),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Err(Done::Changed));
             }
             Ok(Err(e)) => {
                 let reason = format!("cannot read a file of the case: {e}");
-                let facts =
-                    self.facts(said, Some(plan), None, self.rec.attempts, self.rec.revision);
-                return self.quarantine(facts, reason, None).map(Err);
+                let facts = self.facts(Some(&plan), None, attempts, revision, started);
+                return self.quarantine(facts, reason, None, timings).map(Err);
             }
             Err(e) => {
                 tracing::error!("hashing failed: {e}");
-                return Ok(Err(Done::Later(self.shared.options.retry_first)));
+                return Ok(Err(Done::Later(sh.options.retry_first)));
             }
         };
         // Hashing took time: the case must not have changed meanwhile.
-        let now = crate::settle::snapshot(&self.case_dir).map(|s| s.fingerprint());
-        if now.ok().as_deref() != Some(&self.fp) {
+        if crate::settle::snapshot(&self.case_dir)
+            .map(|s| s.fingerprint())
+            .ok()
+            .as_deref()
+            != Some(&self.fp)
+        {
             return Ok(Err(Done::Changed));
         }
-        Ok(Ok(manifest))
+        Ok(Ok((plan, manifest)))
     }
 
-    /// The same content as delivered (touched, or copied again) is never uploaded twice.
-    fn already_delivered(&self, manifest: &Manifest) -> Result<Option<Done>, JournalError> {
-        if self.rec.delivered_hash.as_deref() != Some(&manifest.hash) {
-            return Ok(None);
+    async fn attempt(self) -> Result<Done, JournalError> {
+        let queued = Instant::now();
+        let sh = self.shared.clone();
+        let _place = sh.lanes.case().await;
+        let slot = sh.lanes.upload().await;
+        let folder = &sh.config.folders[self.folder];
+        let mut timings = Timings {
+            settle: self.settle.as_secs_f64(),
+            queued: queued.elapsed().as_secs_f64(),
+            ..Timings::default()
+        };
+        let started = Begun {
+            at: (crate::clock::now_rfc3339(), Instant::now()),
+            earlier: crate::receipt::earlier_sent(
+                &sh.journal,
+                &sh.receipts,
+                &folder.target_slug,
+                self.key(),
+                &self.rec,
+            )?,
+        };
+        let (plan, manifest) = match self.planned(&started, timings).await? {
+            Ok(planned) => planned,
+            Err(done) => return Ok(done),
+        };
+        if self.rec.delivered_hash.as_deref() == Some(&manifest.hash) {
+            // Same content as delivered (e.g. touched, or copied again): never upload it twice.
+            sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
+            if self.rec.state != CaseState::Delivered {
+                sh.journal.delivered(self.rec.id, &manifest)?;
+            }
+            tracing::info!(case = %self.case, "unchanged content: already delivered");
+            return Ok(Done::Unchanged);
         }
-        let sh = &self.shared;
-        sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
-        if self.rec.state != CaseState::Delivered {
-            sh.journal.delivered(self.rec.id, manifest)?;
-        }
-        tracing::info!(case = %self.case, "unchanged content: already delivered");
-        Ok(Some(Done::Unchanged))
+        timings.prechecks = started.at.1.elapsed().as_secs_f64();
+        let _records = sh
+            .lanes
+            .records(crate::deliver::bundle::uploads(&plan))
+            .await;
+        tracing::info!(case = %self.case, files = manifest.entries.len(), "delivering");
+        let case = CaseRun {
+            client: &sh.client,
+            journal: &sh.journal,
+            folder,
+            state_dir: &sh.config.server.state_dir,
+            rec: &self.rec,
+            case_dir: &self.case_dir,
+            plan: &plan,
+            manifest: &manifest,
+            fingerprint: &self.fp,
+            verify: &sh.options.verify,
+            progress: Progress::default(),
+        };
+        let sent = send_recorded(&case, &mut timings).await?;
+        // Waiting for the platform's import is not work: the next case may upload meanwhile.
+        drop(slot);
+        let result = match sent {
+            Ok(sent) => tokio::select! {
+                r = verified(&case, &sh.verifier, sent, &mut timings) => r,
+                // The journal has what the case waits for: the next start waits on.
+                () = sh.stopping.cancelled() => return Ok(Done::Later(sh.options.retry_first)),
+            },
+            Err(e) => Err(e),
+        };
+        self.outcome(result, &plan, &manifest, &started, timings)
     }
 
-    /// What the delivery's outcome means for the case: a receipt, a quarantine, a paused target or a
-    /// later attempt.
-    fn on_outcome(
+    /// Receipts, journal and post-action after an attempt that reached the platform.
+    fn outcome(
         &self,
-        outcome: Result<Delivered, DeliverError>,
-        sent: &Sent<'_>,
+        result: Result<Delivered, DeliverError>,
+        plan: &rules::Plan,
+        manifest: &Manifest,
+        started: &Begun,
+        timings: Timings,
     ) -> Result<Done, JournalError> {
         let sh = &self.shared;
         let folder = &sh.config.folders[self.folder];
-        match outcome {
-            Ok(d) => self.delivered(&d, sent),
+        let attempts = self.rec.attempts + 1;
+        match result {
+            Ok(d) => {
+                let facts = self.facts(
+                    Some(plan),
+                    Some(manifest),
+                    attempts,
+                    self.rec.revision + 1,
+                    started,
+                );
+                let mut receipt = Receipt::delivered(facts, &d);
+                receipt.timings = Some(timings);
+                // The receipt first: a crash before the journal says "delivered" only repeats the
+                // delivery into the same item, while the other order could lose the receipt.
+                if let Err(e) = crate::receipt::write(&sh.receipts, self.key(), &receipt) {
+                    tracing::error!(case = %self.case, "cannot write the receipt: {e}");
+                    return Ok(Done::Later(sh.options.retry_first));
+                }
+                sh.journal
+                    .delivered_sent(self.rec.id, manifest, &receipt.sent_files())?;
+                tracing::info!(case = %self.case, item = %d.item_pk, "delivered and verified");
+                if !plan.unmatched.is_empty() {
+                    tracing::warn!(
+                        case = %self.case,
+                        "{} file(s) of the case matched no socket rule and were not sent: {}",
+                        plan.unmatched.len(),
+                        plan.unmatched.join(", ")
+                    );
+                }
+                apply_after(folder, &self.case_dir, &self.rel, &sh.receipts);
+                Ok(Done::Delivered)
+            }
             Err(DeliverError::Quarantine(reason)) => {
                 let item = sh
                     .journal
@@ -1566,84 +1460,61 @@ impl Delivery {
                         api_url: item_url(&sh.client, folder, &pk),
                         pk,
                     });
-                let (plan, manifest) = (Some(sent.plan), Some(sent.manifest));
-                let facts = self.facts(sent.said, plan, manifest, sent.attempts, self.rec.revision);
-                self.quarantine(facts, reason, item)
+                let facts = self.facts(
+                    Some(plan),
+                    Some(manifest),
+                    attempts,
+                    self.rec.revision,
+                    started,
+                );
+                self.quarantine(facts, reason, item, timings)
             }
-            Err(DeliverError::Changed) => {
+            Err(e) => self.postponed(e, attempts),
+        }
+    }
+
+    /// An attempt that can be repeated: when, and what the journal says meanwhile.
+    fn postponed(&self, e: DeliverError, attempts: i64) -> Result<Done, JournalError> {
+        let sh = &self.shared;
+        let folder = &sh.config.folders[self.folder];
+        match e {
+            DeliverError::Changed => {
                 sh.journal
                     .postpone(self.rec.id, "the case changed during upload")?;
                 Ok(Done::Changed)
             }
-            Err(DeliverError::Auth(e)) => self.auth_refused(&e),
-            Err(DeliverError::Later(e)) => {
+            DeliverError::Auth(e) => {
+                let why = format!(
+                    "the platform refused the token for {} {}: {e}",
+                    kind_name(folder.target),
+                    folder.target_slug
+                );
+                tracing::error!(case = %self.case, "{why}; pausing this target");
+                sh.journal.postpone(self.rec.id, &why)?;
+                Ok(Done::AuthPaused(
+                    folder.target,
+                    folder.target_slug.clone(),
+                    why,
+                ))
+            }
+            DeliverError::Later(e) => {
                 crate::metrics::global().delivery_retried(e.class());
-                let wait = backoff(&sh.options, sent.attempts);
+                let wait = backoff(&sh.options, attempts);
                 tracing::warn!(case = %self.case, retry_in = ?wait, "{e}");
                 sh.journal.postpone(self.rec.id, &e.to_string())?;
                 Ok(Done::Later(wait))
             }
-            Err(DeliverError::Checkpoint(e)) => {
+            DeliverError::Checkpoint(e) => {
                 tracing::error!(case = %self.case, "{e}");
                 Ok(Done::Later(sh.options.retry_first))
             }
-            Err(DeliverError::Local(e)) => {
+            DeliverError::Local(e) => {
                 tracing::warn!(case = %self.case, "{e}");
                 sh.journal.postpone(self.rec.id, &e)?;
                 Ok(Done::Later(sh.options.retry_first))
             }
+            DeliverError::Quarantine(_) => Ok(Done::Later(sh.options.retry_first)),
         }
-    }
-
-    /// Delivered and verified: the receipt, then the journal, then the post-action.
-    fn delivered(&self, d: &Delivered, sent: &Sent<'_>) -> Result<Done, JournalError> {
-        let sh = &self.shared;
-        let (plan, manifest) = (sent.plan, sent.manifest);
-        let facts = self.facts(
-            sent.said,
-            Some(plan),
-            Some(manifest),
-            sent.attempts,
-            self.rec.revision + 1,
-        );
-        let receipt = Receipt::delivered(facts, d);
-        // The receipt first: a crash before the journal says "delivered" only repeats the delivery into
-        // the same item, while the other order could lose the receipt.
-        if let Err(e) = crate::receipt::write(&sh.receipts, self.key(), &receipt) {
-            tracing::error!(case = %self.case, "cannot write the receipt: {e}");
-            return Ok(Done::Later(sh.options.retry_first));
-        }
-        sh.journal
-            .delivered_sent(self.rec.id, manifest, &receipt.sent_files())?;
-        tracing::info!(case = %self.case, item = %d.item_pk, "delivered and verified");
-        if !plan.unmatched.is_empty() {
-            tracing::warn!(
-                case = %self.case,
-                "{} file(s) of the case matched no socket rule and were not sent: {}",
-                plan.unmatched.len(),
-                plan.unmatched.join(", ")
-            );
-        }
-        let folder = &sh.config.folders[self.folder];
-        apply_after(folder, &self.case_dir, &self.rel, &sh.receipts);
-        Ok(Done::Delivered)
-    }
-
-    /// The platform refused the token: the case waits, and the loop pauses the target.
-    fn auth_refused(&self, e: &GcError) -> Result<Done, JournalError> {
-        let folder = &self.shared.config.folders[self.folder];
-        let why = format!(
-            "the platform refused the token for {} {}: {e}",
-            kind_name(folder.target),
-            folder.target_slug
-        );
-        tracing::error!(case = %self.case, "{why}; pausing this target");
-        self.shared.journal.postpone(self.rec.id, &why)?;
-        Ok(Done::AuthPaused(
-            folder.target,
-            folder.target_slug.clone(),
-            why,
-        ))
     }
 
     fn quarantine(
@@ -1651,18 +1522,20 @@ impl Delivery {
         facts: CaseFacts<'_>,
         reason: String,
         item: Option<ItemRef>,
+        timings: Timings,
     ) -> Result<Done, JournalError> {
         let sh = &self.shared;
         let folder = &sh.config.folders[self.folder];
         tracing::warn!(case = %self.case, "quarantined: {reason}");
-        let receipt = Receipt::quarantined(facts, reason.clone(), item);
+        let mut receipt = Receipt::quarantined(facts, reason.clone(), item);
+        receipt.timings = Some(timings);
         if let Err(e) = crate::receipt::write(&sh.receipts, self.key(), &receipt) {
             tracing::error!(case = %self.case, "cannot write the receipt: {e}");
         }
         sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
         sh.quarantined(folder, self.rec.id, &self.case, &reason)?;
         if let Some(q) = &folder.quarantine {
-            match move_case(&self.case_dir, &q.join(&self.rel), &folder.path) {
+            match move_case(&self.case_dir, &q.join(&self.rel), folder) {
                 Ok(to) => {
                     let key = CaseKey {
                         folder: &folder.path,
@@ -1738,35 +1611,55 @@ pub(crate) struct Progress<'a> {
     pub note: Option<&'a (dyn Fn(&str) + Send + Sync)>,
 }
 
-/// One attempt at delivering a planned case, recorded in the journal step by step, resuming what an
-/// interrupted attempt left: the agent's and `upload`'s, so that each knows what the other delivered.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn attempt_recorded(
-    client: &Client,
-    journal: &Journal,
-    folder: &Folder,
-    state_dir: &Path,
-    rec: &CaseRecord,
-    case_dir: &Path,
-    plan: &rules::Plan,
-    manifest: &Manifest,
-    fingerprint: &str,
-    verify: &VerifyTiming,
-    progress: Progress<'_>,
-) -> Result<Result<crate::deliver::Delivered, DeliverError>, JournalError> {
-    let verify = &VerifyTiming {
-        dicom_deadline: folder.dicom_import_deadline,
-        ..verify.clone()
-    };
+/// A planned case about to be sent, and where its progress is recorded: the agent's and `upload`'s.
+#[derive(Clone, Copy)]
+pub(crate) struct CaseRun<'a> {
+    pub client: &'a Client,
+    pub journal: &'a Journal,
+    pub folder: &'a Folder,
+    pub state_dir: &'a Path,
+    pub rec: &'a CaseRecord,
+    pub case_dir: &'a Path,
+    pub plan: &'a rules::Plan,
+    pub manifest: &'a Manifest,
+    pub fingerprint: &'a str,
+    pub verify: &'a VerifyTiming,
+    /// Bytes sent and notes, for a progress bar.
+    pub progress: Progress<'a>,
+}
+
+/// How sending a case ended, as recorded.
+pub(crate) enum Recorded {
+    /// An algorithm's job, followed to its end.
+    Done(Box<Delivered>),
+    /// Values set `.1` ago; the platform imports them.
+    Awaiting(Box<AwaitingImport>, Duration),
+}
+
+/// Send a planned case, recorded in the journal step by step, resuming what an interrupted attempt left:
+/// a case whose values were set for this very content waits on, without sending anything again.
+pub(crate) async fn send_recorded(
+    run: &CaseRun<'_>,
+    timings: &mut Timings,
+) -> Result<Result<Recorded, DeliverError>, JournalError> {
+    let (journal, rec, manifest) = (run.journal, run.rec, run.manifest);
+    if let Some((awaiting, waited)) = resumable(journal, rec, manifest)? {
+        tracing::info!(case = %rec.case_text(), item = %awaiting.item_pk, waited = ?waited, "its values were set already: waiting for the platform's import");
+        journal.resume_waiting(rec.id)?;
+        timings.deidentify = awaiting.timings.deidentify;
+        timings.upload = awaiting.timings.upload;
+        timings.patch = awaiting.timings.patch;
+        return Ok(Ok(Recorded::Awaiting(awaiting, waited)));
+    }
     let resuming = rec.manifest_hash.as_deref() == Some(&manifest.hash);
     journal.ready(
         rec.id,
         &Planned {
             manifest_hash: &manifest.hash,
-            fingerprint,
-            title: &plan.title,
-            target_kind: plan.target,
-            target_slug: &plan.target_slug,
+            fingerprint: run.fingerprint,
+            title: &run.plan.title,
+            target_kind: run.plan.target,
+            target_slug: &run.plan.target_slug,
         },
     )?;
     journal.begin_attempt(rec.id)?;
@@ -1780,71 +1673,159 @@ pub(crate) async fn attempt_recorded(
         id: rec.id,
         manifest: &manifest.hash,
         earlier,
-        case_dir,
-        fingerprint,
-        progress,
+        case_dir: run.case_dir,
+        fingerprint: run.fingerprint,
+        progress: run.progress,
         last_note: std::sync::Mutex::new(None),
     };
-    // Late files in a delivered case: send only the sockets they touch, into the same item.
-    let delivered: Option<Manifest> = rec
-        .delivered_manifest
-        .as_deref()
-        .and_then(|j| serde_json::from_str(j).ok());
-    let (send, start) = if folder.target == TargetKind::Algorithm {
-        // A job runs on the whole case. The recorded job is followed again only for the content it was
-        // started on; changed content, or a case retried after its job failed, gets a new job.
+    let (send, start) = what_to_send(run);
+    tracing::debug!(case = %rec.case_text(), resuming, "attempt recorded");
+    // De-identified copies and the ZIPs of series are made here, and again, byte for byte, by any
+    // later attempt: none is kept on disk.
+    let staging = run.state_dir.join("staging").join(rec.id.to_string());
+    let privacy = privacy(run, &staging)?;
+    let local = crate::deliver::Local {
+        case_dir: run.case_dir,
+        privacy: privacy.as_ref(),
+        staging: Some(&staging),
+        outbox: run
+            .folder
+            .outbox
+            .as_deref()
+            .map(|dir| crate::outbox::Outbox {
+                dir,
+                sharing: run.folder.sharing(),
+            }),
+    };
+    let result =
+        crate::deliver::send(run.client, local, &send, start, run.verify, &cp, timings).await;
+    crate::deliver::remove_staging(&staging);
+    Ok(result.map(|sent| match sent {
+        Sent::Done(d) => Recorded::Done(d),
+        Sent::Awaiting(a) => Recorded::Awaiting(a, Duration::ZERO),
+    }))
+}
+
+/// What the journal says this content's delivery waits for, if its values were set already.
+fn resumable(
+    journal: &Journal,
+    rec: &CaseRecord,
+    manifest: &Manifest,
+) -> Result<Option<(Box<AwaitingImport>, Duration)>, JournalError> {
+    let Some((json, waited)) = journal.awaited(rec.id, &manifest.hash)? else {
+        return Ok(None);
+    };
+    match serde_json::from_str(&json) {
+        Ok(awaiting) => Ok(Some((Box::new(awaiting), waited))),
+        Err(e) => {
+            // Written by another version: sending again is safe, only slower.
+            tracing::warn!(case = %rec.case_text(), "what the case waits for cannot be read ({e}): sending it again");
+            Ok(None)
+        }
+    }
+}
+
+/// Which sockets go, into which item. Late files in a delivered case send only the sockets they touch,
+/// into the same item; a job runs on the whole case.
+fn what_to_send(run: &CaseRun<'_>) -> (rules::Plan, ItemStart) {
+    let (rec, plan, manifest) = (run.rec, run.plan, run.manifest);
+    if run.folder.target == TargetKind::Algorithm {
+        // The recorded job is followed again only for the content it was started on; changed content,
+        // or a case retried after its job failed, gets a new job.
         let start = match &rec.item_pk {
             Some(pk) if rec.job_manifest.as_deref() == Some(manifest.hash.as_str()) => {
                 ItemStart::Existing(pk.clone())
             }
             _ => ItemStart::New,
         };
-        (plan.clone(), start)
-    } else {
-        let send = match (&delivered, &rec.item_pk) {
-            (Some(before), Some(_)) => rules::changed_sockets(plan, manifest, before),
-            _ => plan.clone(),
-        };
-        let start = match &rec.item_pk {
-            Some(pk) => ItemStart::Existing(pk.clone()),
-            None => ItemStart::New,
-        };
-        (send, start)
-    };
-    tracing::debug!(case = %rec.case_text(), resuming, "attempt recorded");
-    // DICOM goes out de-identified, with UIDs from the case's own secret in the journal, so that a resumed
-    // attempt (of the agent or of `upload`) sends the same bytes.
-    let privacy = if folder.deidentify {
-        let secret = journal.deid_secret(rec.id)?;
-        let uids = UidMap::from_hex(&secret).ok_or_else(|| {
-            JournalError::Corrupt(format!("case {}: bad de-identification secret", rec.id))
-        })?;
-        Some(Privacy {
-            staging: state_dir.join("staging").join(rec.id.to_string()),
-            uids,
-        })
-    } else {
-        None
-    };
-    let result = deliver(
-        client,
-        case_dir,
-        &send,
-        start,
-        verify,
-        &cp,
-        privacy.as_ref(),
-        folder.outbox.as_deref(),
-    )
-    .await;
-    // The copies are made again, byte for byte, by any later attempt: none is kept on disk.
-    if let Some(p) = &privacy {
-        crate::deliver::remove_staging(&p.staging);
+        return (plan.clone(), start);
     }
-    Ok(result)
+    let delivered: Option<Manifest> = rec
+        .delivered_manifest
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok());
+    let send = match (&delivered, &rec.item_pk) {
+        (Some(before), Some(_)) => rules::changed_sockets(plan, manifest, before),
+        _ => plan.clone(),
+    };
+    let start = match &rec.item_pk {
+        Some(pk) => ItemStart::Existing(pk.clone()),
+        None => ItemStart::New,
+    };
+    (send, start)
+}
+
+/// DICOM goes out de-identified, with UIDs from the case's own secret in the journal, so that a resumed
+/// attempt (of the agent or of `upload`) sends the same bytes.
+fn privacy(run: &CaseRun<'_>, staging: &Path) -> Result<Option<Privacy>, JournalError> {
+    if !run.folder.deidentify {
+        return Ok(None);
+    }
+    let id = run.rec.id;
+    let secret = run.journal.deid_secret(id)?;
+    let uids = UidMap::from_hex(&secret)
+        .ok_or_else(|| JournalError::Corrupt(format!("case {id}: bad de-identification secret")))?;
+    Ok(Some(Privacy {
+        staging: staging.to_owned(),
+        uids,
+    }))
 }
 
 /// The journal as a delivery's checkpoints (the agent's and `upload`'s).
+/// When an attempt began, and what earlier revisions sent (for its receipts).
+struct Begun {
+    at: (String, Instant),
+    earlier: Vec<crate::receipt::SentFile>,
+}
+
+/// What the platform holds once a sent case is verified: a job's outcome at once, an item's once its
+/// imports show (the case's note says meanwhile what it waits for).
+pub(crate) async fn verified(
+    run: &CaseRun<'_>,
+    verifier: &gc_client::Verifier,
+    sent: Recorded,
+    timings: &mut Timings,
+) -> Result<Delivered, DeliverError> {
+    match sent {
+        Recorded::Done(d) => Ok(*d),
+        Recorded::Awaiting(awaiting, waited) => {
+            let cp = waiting_checkpoints(run);
+            let timing = folder_timing(run);
+            crate::deliver::verify(
+                run.client,
+                verifier,
+                (*awaiting, waited),
+                &timing,
+                &cp,
+                timings,
+            )
+            .await
+        }
+    }
+}
+
+/// Checkpoints for the wait after the values were set: only its notes are written.
+fn waiting_checkpoints<'a>(run: &CaseRun<'a>) -> JournalCheckpoints<'a> {
+    JournalCheckpoints {
+        journal: run.journal,
+        id: run.rec.id,
+        manifest: &run.manifest.hash,
+        earlier: vec![],
+        case_dir: run.case_dir,
+        fingerprint: run.fingerprint,
+        progress: run.progress,
+        last_note: std::sync::Mutex::new(None),
+    }
+}
+
+/// The agent's verification timing with the folder's own deadline for DICOM image sets.
+fn folder_timing(run: &CaseRun<'_>) -> VerifyTiming {
+    VerifyTiming {
+        dicom_deadline: run.folder.dicom_import_deadline,
+        ..run.verify.clone()
+    }
+}
+
 pub(crate) struct JournalCheckpoints<'a> {
     pub journal: &'a Journal,
     pub id: i64,
@@ -1884,6 +1865,13 @@ impl Checkpoints for JournalCheckpoints<'_> {
     }
     fn step(&self, step: Step) -> Result<(), String> {
         self.journal.step(self.id, step).map_err(|e| e.to_string())
+    }
+    /// Where a case starts waiting for the platform's import: the journal keeps what it waits for.
+    fn awaiting(&self, awaiting: &AwaitingImport) -> Result<(), String> {
+        let json = serde_json::to_string(awaiting).map_err(|e| e.to_string())?;
+        self.journal
+            .awaiting_import(self.id, self.manifest, &json)
+            .map_err(|e| e.to_string())
     }
     fn upload_created(&self, path: &str, u: &UserUpload) -> Result<(), String> {
         self.journal

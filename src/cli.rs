@@ -407,6 +407,14 @@ EXAMPLES
   --fault 'POST /api/v1/archives/items/ 502 after times=1'
   --fault '* latency=200'
   --fault '/s3/* drop p=0.05'
+  --fault 'PATCH /api/v1/archives/items/* import-fails'
+AT RUN TIME (PUT /_sandbox/faults replaces every rule; GET lists them as objects)
+  The body is a JSON list (or {\"rules\": [...]}) of rules, each the words above as a string or an
+  object with the fields of a fixture's [[fault]] table: action (status, latency, drop,
+  too_many_uploads, import_fails) with status and retry_after, ms, or threshold; method, path,
+  probability, after, times. [] removes every rule. An invalid rule is answered 400, changing nothing.
+  curl -X PUT http://127.0.0.1:8000/_sandbox/faults -H 'Content-Type: application/json' \\
+    -d '[\"PUT /s3/* 503 p=0.2\", {\"path\": \"/api/v1/uploads/*\", \"action\": \"latency\", \"ms\": 200}]'
 
 REQUEST RECORDING (--record DIR)
   Every request received is written to DIR as it arrives, two files per request, numbered in

@@ -3,12 +3,12 @@
 //! `retry`). Each loads the config, does one thing and maps the outcome to an exit code an operator or a
 //! script can rely on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::agent::{self, AgentOptions};
 use crate::cli::{self, CheckArgs, ExplainArgs, RetryArgs, RunArgs, exit};
 use crate::config::Config;
-use crate::journal::{CaseState, Journal};
+use crate::journal::{CaseRecord, CaseState, Journal};
 use crate::start::{connect, load, platform_error, runtime, shutdown_signal};
 
 /// `gc-hotfolder run`
@@ -86,6 +86,9 @@ pub fn check(args: CheckArgs) -> u8 {
                 f.index
             );
         }
+        for warning in crate::rules::template_warnings(f) {
+            println!("  folder[{}] WARNING: {warning}", f.index);
+        }
         for (case, warning) in title_warnings_of_present_cases(f) {
             println!("  folder[{}] case {case}: WARNING: {warning}", f.index);
         }
@@ -128,8 +131,9 @@ pub fn check(args: CheckArgs) -> u8 {
     })
 }
 
-/// Title warnings for the cases now in a folder: a folder name or title that repeats the Patient ID or
-/// Patient's Name of the case's DICOM files (read from their headers only).
+/// Title warnings for the cases now in a folder: a title (or DICOM image set name) that repeats the
+/// Patient ID, Patient's Name or Accession Number of the case's DICOM files, taken from a folder name
+/// at any depth or not (read from their headers only).
 fn title_warnings_of_present_cases(f: &crate::config::Folder) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for case_dir in crate::watch::list_cases(f).unwrap_or_default() {
@@ -139,7 +143,7 @@ fn title_warnings_of_present_cases(f: &crate::config::Folder) -> Vec<(String, St
         let Ok(plan) = crate::rules::plan(f, &case_dir, &snap.case_files()) else {
             continue;
         };
-        let mut identifiers: Vec<(Option<String>, Option<String>)> = plan
+        let identifiers: Vec<gc_content::deidentify::PatientIdentifiers> = plan
             .sockets
             .iter()
             .flat_map(|s| s.source.files())
@@ -147,9 +151,7 @@ fn title_warnings_of_present_cases(f: &crate::config::Folder) -> Vec<(String, St
             // One series is one patient: the first DICOM file tells, without reading them all.
             .take(1)
             .collect();
-        identifiers.sort();
-        identifiers.dedup();
-        for w in gc_content::deidentify::title_warnings(&plan.case, &plan.title, &identifiers) {
+        for w in crate::deliver::identifier_warnings(&plan, &identifiers) {
             out.push((plan.case_path.clone(), w));
         }
     }
@@ -167,7 +169,10 @@ pub fn explain(args: ExplainArgs) -> u8 {
         .is_dir()
         .then(|| crate::settle::snapshot(&path).map(|s| s.case_files()).ok())
         .flatten();
-    for line in crate::rules::explain(&config, &path, files.as_deref()) {
+    let misplaced = config
+        .folder_for(&path)
+        .and_then(|f| crate::watch::misplaced_file(f, &path));
+    for line in crate::rules::explain(&config, &path, files.as_deref(), misplaced.as_deref()) {
         println!("{line}");
     }
     if config.folder_for(&path).is_none() {
@@ -197,100 +202,239 @@ pub fn retry(args: RetryArgs) -> u8 {
         }
     };
     let mut code = exit::OK;
-    let wanted: Vec<_> = if args.quarantined {
+    // Each case with the folder the admin named, if it is not the case's place in its drop folder.
+    let wanted: Vec<(&CaseRecord, Option<PathBuf>)> = if args.quarantined {
         all.iter()
             .filter(|c| c.state == CaseState::Quarantined)
+            .map(|c| (c, None))
             .collect()
     } else {
         let mut v = Vec::new();
         for case in &args.cases {
             let abs = std::path::absolute(case).unwrap_or(case.clone());
-            // The case's place in its drop folder, or where quarantine moved it.
-            let found = all.iter().find(|c| {
-                c.folder.join(&c.case) == abs || quarantined_at(&config, c).as_deref() == Some(&abs)
-            });
-            match found {
-                Some(c) => v.push(c),
+            match named_case(&config, &all, &abs) {
+                Some(found) => v.push(found),
                 None => {
-                    eprintln!("{}: the journal does not know this case", case.display());
+                    eprintln!(
+                        "{}: the journal does not know this case (name its folder in a drop folder, \
+                         or where quarantine moved it)",
+                        case.display()
+                    );
                     code = exit::CASE_FAILED;
                 }
             }
         }
         v
     };
-    for c in wanted {
-        let home = c.folder.join(&c.case);
-        // A case moved to the quarantine folder goes back into its drop folder, where the agent watches.
-        let moved_back = match quarantined_at(&config, c) {
-            Some(q) if !home.exists() => {
-                let quarantine = config
-                    .folders
-                    .iter()
-                    .find(|f| f.path == c.folder)
-                    .and_then(|f| f.quarantine.as_deref());
-                if let Err(e) = move_back(&q, &home, quarantine) {
-                    eprintln!(
-                        "{}: cannot move it back into its drop folder as {}: {e}",
-                        q.display(),
-                        home.display()
-                    );
-                    code = exit::CASE_FAILED;
-                    continue;
-                }
-                if let Err(e) = journal.moved_to(c.id, None) {
-                    eprintln!("{}: {e}", home.display());
-                }
-                Some(q)
-            }
-            Some(q) => {
-                eprintln!(
-                    "{}: not retried: {} exists, so it cannot be moved back into its drop folder; move one \
-                     of them away and retry again",
-                    q.display(),
-                    home.display()
-                );
-                code = exit::CASE_FAILED;
-                continue;
-            }
-            None => None,
-        };
-        match journal.retry(c.id) {
-            Ok(()) => match moved_back {
-                Some(q) => println!(
-                    "requeued {} (moved back from {} into its drop folder)",
-                    home.display(),
-                    q.display()
-                ),
-                None => println!("requeued {} (delivered from where it is)", home.display()),
-            },
-            Err(e) => {
-                eprintln!("{}: {e}", c.case.display());
-                code = exit::CASE_FAILED;
-            }
+    for (c, named) in wanted {
+        if let Err(e) = retry_one(&config, &journal, c, named) {
+            eprintln!("{e}");
+            code = exit::CASE_FAILED;
         }
     }
     code
 }
 
-/// Where a quarantined case now is, if quarantine moved it out of its drop folder (and it is still there).
-fn quarantined_at(config: &Config, c: &crate::journal::CaseRecord) -> Option<std::path::PathBuf> {
-    let recorded = c.moved_to.clone().or_else(|| {
-        // Cases quarantined before the journal recorded moves: where the move puts them.
-        let folder = config.folders.iter().find(|f| f.path == c.folder)?;
-        Some(folder.quarantine.as_ref()?.join(&c.case))
-    })?;
-    recorded.is_dir().then_some(recorded)
+/// Put one case back in line: moved back into its drop folder from where it is now, if it is not there.
+fn retry_one(
+    config: &Config,
+    journal: &Journal,
+    c: &CaseRecord,
+    named: Option<PathBuf>,
+) -> Result<(), String> {
+    let home = c.folder.join(&c.case);
+    let place = match named {
+        Some(at) if at.is_dir() => Place::Elsewhere(at),
+        Some(at) => {
+            return Err(format!(
+                "{}: not retried: there is no such folder",
+                at.display()
+            ));
+        }
+        None => locate(config, c)?,
+    };
+    let moved_back = match place {
+        Place::Home => None,
+        Place::Elsewhere(q) if home.exists() => {
+            return Err(format!(
+                "{}: not retried: {} exists, so it cannot be moved back into its drop folder; move one \
+                 of them away and retry again",
+                q.display(),
+                home.display()
+            ));
+        }
+        Place::Elsewhere(q) => {
+            move_back(&q, &home, folder_of(config, c)).map_err(|e| {
+                format!(
+                    "{}: cannot move it back into its drop folder as {}: {e}",
+                    q.display(),
+                    home.display()
+                )
+            })?;
+            if let Err(e) = journal.moved_to(c.id, None) {
+                eprintln!("{}: {e}", home.display());
+            }
+            Some(q)
+        }
+    };
+    journal
+        .retry(c.id)
+        .map_err(|e| format!("{}: {e}", c.case.display()))?;
+    match moved_back {
+        Some(q) => println!(
+            "requeued {} (moved back from {} into its drop folder)",
+            home.display(),
+            q.display()
+        ),
+        None => println!("requeued {} (delivered from where it is)", home.display()),
+    }
+    Ok(())
 }
 
-/// Move a case folder back to `home`, creating its parents (a case at depth 2); folders of the
-/// quarantine that this leaves empty go too.
-fn move_back(from: &Path, home: &Path, quarantine: Option<&Path>) -> std::io::Result<()> {
+/// Where a case's folder is now.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    /// In its drop folder.
+    Home,
+    /// Somewhere else (its quarantine folder), to be moved back.
+    Elsewhere(PathBuf),
+}
+
+/// The case a path names, and the folder to take it from when that is not its drop folder: its place
+/// in its drop folder, where the journal says quarantine moved it, or any folder in a quarantine folder
+/// by its path there, with or without the number a move adds to a name already taken (`case.2`). An
+/// admin who merged the two folders of a case quarantined twice names the one that is left.
+fn named_case<'a>(
+    config: &Config,
+    all: &'a [CaseRecord],
+    abs: &Path,
+) -> Option<(&'a CaseRecord, Option<PathBuf>)> {
+    if let Some(c) = all.iter().find(|c| c.folder.join(&c.case) == abs) {
+        return Some((c, None));
+    }
+    if let Some(c) = all.iter().find(|c| c.moved_to.as_deref() == Some(abs)) {
+        return Some((c, Some(abs.to_owned())));
+    }
+    for f in &config.folders {
+        let Some(rel) = f
+            .quarantine
+            .as_deref()
+            .and_then(|q| abs.strip_prefix(q).ok())
+        else {
+            continue;
+        };
+        let bare = numbered(rel).map(|(bare, _)| bare);
+        let found = all
+            .iter()
+            .filter(|c| c.folder == f.path)
+            .find(|c| c.case == rel)
+            .or_else(|| {
+                all.iter()
+                    .filter(|c| c.folder == f.path)
+                    .find(|c| Some(c.case.as_path()) == bare.as_deref())
+            });
+        if let Some(c) = found {
+            return Some((c, Some(abs.to_owned())));
+        }
+    }
+    None
+}
+
+/// `case.2` → (`case`, 2): the name a move gives a case whose name was taken in the destination.
+fn numbered(rel: &Path) -> Option<(PathBuf, u32)> {
+    let name = rel.file_name()?.to_str()?;
+    let (bare, n) = name.rsplit_once('.')?;
+    let n: u32 = n.parse().ok().filter(|n| *n >= 2)?;
+    (!bare.is_empty()).then(|| (rel.with_file_name(bare), n))
+}
+
+/// Where a case is now, when the admin named it by its place in the drop folder (or by `--quarantined`):
+/// there, where the journal says it was moved, or the one folder of its name in its quarantine folder.
+fn locate(config: &Config, c: &CaseRecord) -> Result<Place, String> {
+    let home = c.folder.join(&c.case);
+    let recorded = c
+        .moved_to
+        .clone()
+        .or_else(|| Some(quarantine_of(config, c)?.join(&c.case)));
+    match &recorded {
+        Some(q) if q.is_dir() => return Ok(Place::Elsewhere(q.clone())),
+        _ if home.is_dir() => return Ok(Place::Home),
+        _ => {}
+    }
+    let found: Vec<PathBuf> = quarantine_of(config, c)
+        .map(|q| quarantine_copies(&q.join(&c.case)))
+        .unwrap_or_default();
+    match found.as_slice() {
+        [one] => Ok(Place::Elsewhere(one.clone())),
+        [] => Err(format!(
+            "{}: not retried: the case is neither in its drop folder nor {}; name the folder where \
+             it is now",
+            home.display(),
+            recorded.map_or_else(
+                || "anywhere in the quarantine folder".to_owned(),
+                |q| format!("where it was moved ({})", q.display())
+            )
+        )),
+        many => Err(format!(
+            "{}: not retried: it is in several folders of the quarantine folder ({}); merge them \
+             into one, or name the one to retry",
+            home.display(),
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// The folders a case quarantined at `at` may be in: `at` itself and `at.2`, `at.3`, ….
+fn quarantine_copies(at: &Path) -> Vec<PathBuf> {
+    let Some(parent) = at.parent() else {
+        return vec![];
+    };
+    let mut out: Vec<(u32, PathBuf)> = std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .filter_map(|p| {
+            if p == at {
+                return Some((1, p));
+            }
+            let rel = p.strip_prefix(parent).ok()?;
+            let (bare, n) = numbered(rel)?;
+            (parent.join(bare) == at).then_some((n, p))
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The quarantine folder of a case's drop folder, if it has one.
+fn folder_of<'a>(config: &'a Config, c: &CaseRecord) -> Option<&'a crate::config::Folder> {
+    config.folders.iter().find(|f| f.path == c.folder)
+}
+
+fn quarantine_of<'a>(config: &'a Config, c: &CaseRecord) -> Option<&'a Path> {
+    folder_of(config, c).and_then(|f| f.quarantine.as_deref())
+}
+
+/// Move a case folder back to `home` in its drop folder, creating its parents (a case at depth 2) shared
+/// with the drop folder's people; folders of the quarantine that this leaves empty go.
+fn move_back(
+    from: &Path,
+    home: &Path,
+    folder: Option<&crate::config::Folder>,
+) -> std::io::Result<()> {
     if let Some(parent) = home.parent() {
-        std::fs::create_dir_all(parent)?;
+        match folder {
+            Some(f) => f.sharing().create_dir_all(parent)?,
+            None => std::fs::create_dir_all(parent)?,
+        }
     }
     std::fs::rename(from, home)?;
-    if let Some(q) = quarantine {
+    if let Some(q) = folder.and_then(|f| f.quarantine.as_deref()) {
         crate::fsutil::remove_empty_parents(from, q);
     }
     Ok(())
@@ -302,9 +446,7 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let report = Journal::open(&config.server.state_dir)
-        .and_then(|j| crate::status::folder_status(&config, &j));
-    let folders = match report {
+    let folders = match crate::status::status_report(&config) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: {e}");
@@ -340,6 +482,9 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
         if let Some(why) = &f.missing {
             println!("  drop folder missing: it {why}; nothing is delivered from it");
         }
+        if let Some(line) = misplaced_line(&f.misplaced) {
+            println!("  {line}");
+        }
         if f.paused {
             println!(
                 "  paused: its cases are watched but not delivered; `gc-hotfolder resume` delivers them"
@@ -368,6 +513,25 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
         }
     }
     exit::OK
+}
+
+/// The `status` line about files where case folders are expected: how many, the first few, the fix.
+fn misplaced_line(files: &[String]) -> Option<String> {
+    let (first, rest) = match files {
+        [] => return None,
+        [a, b, c, rest @ ..] => (format!("{a}, {b}, {c}"), rest.len()),
+        few => (few.join(", "), 0),
+    };
+    let more = if rest > 0 {
+        format!(" and {rest} more")
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "not delivered: {} file(s) where case folders are expected, so in no case: {first}{more}; \
+         move them into case folders (`gc-hotfolder explain` on one says where)",
+        files.len()
+    ))
 }
 
 /// `gc-hotfolder receipts`
@@ -488,4 +652,34 @@ pub fn dispatch(cli: cli::Cli) -> std::process::ExitCode {
         cli::Command::Sandbox(args) => crate::sandbox_command::main(args),
     };
     std::process::ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_numbered_quarantine_name_leads_back_to_its_case() {
+        assert_eq!(
+            numbered(Path::new("P1/20240503.2")),
+            Some((PathBuf::from("P1/20240503"), 2))
+        );
+        assert_eq!(numbered(Path::new("case.10")), Some(("case".into(), 10)));
+        // Not a number a move adds: a name of its own.
+        for own in ["case.1", "case.x", ".2", "case"] {
+            assert_eq!(numbered(Path::new(own)), None, "{own}");
+        }
+    }
+
+    #[test]
+    fn the_misplaced_line_lists_a_few_and_counts_the_rest() {
+        assert_eq!(misplaced_line(&[]), None);
+        let files: Vec<String> = (1..=5).map(|i| format!("P1/IM{i}")).collect();
+        let line = misplaced_line(&files).unwrap();
+        assert!(
+            line.starts_with("not delivered: 5 file(s) where case folders are expected")
+                && line.contains("P1/IM1, P1/IM2, P1/IM3 and 2 more"),
+            "{line}"
+        );
+    }
 }

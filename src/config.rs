@@ -152,7 +152,14 @@ pub struct Server {
 /// How hard to push the platform and the disks.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Cases being prepared and uploaded at once.
     pub parallel_cases: usize,
+    /// Cases delivered at once in all: uploading, or uploaded and waiting for the platform's import,
+    /// which costs a timer and a journal row, not an upload slot.
+    pub awaiting_import: usize,
+    /// Upload records the platform may hold for cases not verified yet (it refuses new uploads
+    /// beyond 2000 per user; an upload is consumed once imported).
+    pub pending_uploads: usize,
     pub parallel_files: usize,
     pub parallel_parts: usize,
     pub part_size: u64,
@@ -220,6 +227,16 @@ pub struct Folder {
     /// Where an algorithm's outputs land, one folder per case: set exactly when `target` is
     /// [`TargetKind::Algorithm`] (`outbox = "/path"`, by default `outbox` beside the drop folder).
     pub outbox: Option<PathBuf>,
+    /// The permissions of files the agent creates for people (results, moved cases' folders), e.g.
+    /// `0o640`; by default the drop folder's group permissions ([`crate::share`]).
+    pub mode: Option<u32>,
+}
+
+impl Folder {
+    /// The group and permissions of what the agent creates for this folder's people.
+    pub fn sharing(&self) -> crate::share::Sharing {
+        crate::share::Sharing::of(&self.path, self.mode)
+    }
 }
 
 /// What happens to a case folder once it is verifiably delivered.
@@ -347,6 +364,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     parallel_cases: Option<Spanned<i64>>,
+    awaiting_import: Option<Spanned<i64>>,
+    pending_uploads: Option<Spanned<i64>>,
     parallel_files: Option<Spanned<i64>>,
     parallel_parts: Option<Spanned<i64>>,
     part_size: Option<Spanned<String>>,
@@ -384,6 +403,7 @@ struct RawFolder {
     poll_interval: Option<Spanned<String>>,
     deidentify: Option<bool>,
     dicom_import_deadline: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     socket: Vec<Spanned<RawSocket>>,
 }
@@ -767,10 +787,37 @@ fn positive(
     }
 }
 
+/// Cases delivered at once, most of them waiting for the platform's import.
+pub const DEFAULT_AWAITING_IMPORT: usize = 200;
+/// Upload records held for unverified cases: the platform's 2000 per user, less room for other clients
+/// of the same account and for uploads that failed imports leave behind.
+pub const DEFAULT_PENDING_UPLOADS: usize = 1500;
+
+/// A whole number from 1 to `max`.
+fn within(
+    loc: &Locator,
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    default: usize,
+    max: i64,
+) -> Result<usize, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
+        Some(n) => Err(loc.err(
+            n.span(),
+            key,
+            format!("must be a whole number from 1 to {max}"),
+        )),
+    }
+}
+
 fn validate_limits(loc: &Locator, l: Option<&RawLimits>) -> Result<Limits, ConfigError> {
     let Some(l) = l else {
         return Ok(Limits {
             parallel_cases: 2,
+            awaiting_import: DEFAULT_AWAITING_IMPORT,
+            pending_uploads: DEFAULT_PENDING_UPLOADS,
             parallel_files: 4,
             parallel_parts: 8,
             part_size: 32 << 20,
@@ -793,6 +840,20 @@ fn validate_limits(loc: &Locator, l: Option<&RawLimits>) -> Result<Limits, Confi
     };
     Ok(Limits {
         parallel_cases: positive(loc, &l.parallel_cases, "limits.parallel_cases", 2)?,
+        awaiting_import: within(
+            loc,
+            &l.awaiting_import,
+            "limits.awaiting_import",
+            DEFAULT_AWAITING_IMPORT,
+            100_000,
+        )?,
+        pending_uploads: within(
+            loc,
+            &l.pending_uploads,
+            "limits.pending_uploads",
+            DEFAULT_PENDING_UPLOADS,
+            1_000_000,
+        )?,
         parallel_files: positive(loc, &l.parallel_files, "limits.parallel_files", 4)?,
         parallel_parts: positive(loc, &l.parallel_parts, "limits.parallel_parts", 8)?,
         part_size,
@@ -924,6 +985,10 @@ fn validate_folder(
     let (quiet, max_wait) = folder_waits(loc, index, sf)?;
     let sockets = folder_sockets(loc, index, sf)?;
     let dicom_import_deadline = dicom_deadline(loc, index, f, &sockets)?;
+    let mode = match &f.mode {
+        None => None,
+        Some(m) => Some(file_mode(m.get_ref()).map_err(|e| loc.err(m.span(), k("mode"), e))?),
+    };
     Ok(Folder {
         index,
         path,
@@ -952,6 +1017,7 @@ fn validate_folder(
         deidentify: f.deidentify.unwrap_or(true),
         dicom_import_deadline,
         outbox,
+        mode,
     })
 }
 
@@ -1137,6 +1203,25 @@ fn folder_sockets(
         ));
     }
     Ok(sockets)
+}
+
+/// A file mode in octal, as `chmod` takes it: `"0640"`, `"640"`. The owner must keep reading and
+/// writing (the agent rewrites its results); set-ID and sticky bits are not for files.
+fn file_mode(text: &str) -> Result<u32, String> {
+    let digits = text.trim().trim_start_matches("0o");
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("{text:?} is not an octal file mode such as \"0640\""))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "{text:?}: only permission bits (at most 0777) are allowed"
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(format!(
+            "{text:?}: the owner (the service) must be able to read and write (0600)"
+        ));
+    }
+    Ok(mode)
 }
 
 /// The platform's DICOM image set imports take minutes (gc-protocol.md §4.6: "a timeout (e.g. … 2 h for
@@ -1525,6 +1610,29 @@ quiet = "2s"
         assert_eq!(parse_size("5 MB"), Ok(5_000_000));
         assert_eq!(parse_size("7"), Ok(7));
         assert!(parse_size("lots").is_err());
+    }
+    #[test]
+    fn waiting_cases_and_their_upload_records_have_limits_of_their_own() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.limits.parallel_cases, 2);
+        assert_eq!(c.limits.awaiting_import, 200);
+        assert_eq!(c.limits.pending_uploads, 1500);
+        let with = |limits: &str| {
+            parse(&GOOD.replace(
+                "\n[[folder]]",
+                &format!("\n[limits]\n{limits}\n\n[[folder]]"),
+            ))
+        };
+        let c = with("awaiting_import = 500\npending_uploads = 1800").unwrap();
+        assert_eq!(
+            (c.limits.awaiting_import, c.limits.pending_uploads),
+            (500, 1800)
+        );
+        let e = with("awaiting_import = 0").unwrap_err().to_string();
+        assert!(
+            e.contains("limits.awaiting_import: must be a whole number from 1 to 100000"),
+            "{e}"
+        );
     }
     #[test]
     fn the_example_config_is_valid() {

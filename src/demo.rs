@@ -12,7 +12,7 @@ use crate::cli::{DemoArgs, exit};
 use crate::config::Config;
 use crate::receipt::Outcome;
 use gc_content::samples;
-use gc_sandbox::fixture::DEMO_TOKEN;
+use gc_sandbox::DEMO_TOKEN;
 use gc_sandbox::{Fixture, Sandbox, SandboxOptions};
 
 /// The demo's folder rules: an image from any common format, an optional report, count and notes.

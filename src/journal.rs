@@ -2,7 +2,8 @@
 //!
 //! Every step of a delivery is written here (SQLite, WAL, synchronous commits) before it starts and after it
 //! ends, so a `kill -9` at any instant leaves enough behind to finish the case exactly once: which item
-//! was (maybe) created, which uploads exist and which of their parts are done, whether the PATCH went out.
+//! was (maybe) created, which uploads exist and which of their parts are done, whether the PATCH went out,
+//! and, once it was answered, what the case waits for, so that a restart waits on.
 //!
 //! It is also where the other processes meet the agent, since they cannot reach its memory: `pause`,
 //! `resume` and `retry` leave requests here that the agent reads every few seconds, and `status` reads
@@ -305,6 +306,12 @@ CREATE TABLE IF NOT EXISTS held_folders (
     since TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS awaiting (
+    case_id INTEGER PRIMARY KEY,
+    manifest_hash TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    awaiting TEXT NOT NULL
+);
 ";
 
 /// Changes to the schema of existing databases, applied in order, each once (`PRAGMA user_version`
@@ -381,6 +388,12 @@ fn now() -> String {
     crate::clock::now_rfc3339()
 }
 
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -404,6 +417,20 @@ fn kind_from_db(k: &str) -> Result<TargetKind, JournalError> {
             "unknown target kind {other:?}"
         ))),
     }
+}
+
+/// A `file:` URI for SQLite that opens `path` as immutable (characters with a meaning in URIs escaped).
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => uri.push_str(&format!("%{b:02X}")),
+            _ if b.is_ascii() => uri.push(b as char),
+            _ => uri.push_str(&format!("%{b:02X}")),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
 }
 
 impl Journal {
@@ -441,6 +468,41 @@ impl Journal {
             conn.execute_batch("ALTER TABLE cases ADD COLUMN deid_secret TEXT")
                 .map_err(err)?;
         }
+        Ok(Journal {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Open an existing journal for reading only: `status` run by an operator whom a group lets read
+    /// the state folder but not write it. While the agent runs, its `-wal` and `-shm` files exist and
+    /// SQLite reads through them. With no agent running they are gone, and a reader cannot create them
+    /// in a folder it may not write; the journal is then opened as immutable, which only means that
+    /// nothing is writing it now (a writer starting meanwhile could make this one report fail, never
+    /// the journal).
+    pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
+        use rusqlite::OpenFlags;
+        let path = state_dir.join("journal.sqlite3");
+        let err = |source| JournalError::Open {
+            path: path.clone(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let readable = |conn: &Connection| {
+            conn.query_row("SELECT COUNT(*) FROM cases", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+        };
+        let conn = Connection::open_with_flags(&path, flags).map_err(err)?;
+        let conn = match readable(&conn) {
+            Ok(()) => conn,
+            Err(e) if path.with_extension("sqlite3-wal").exists() => return Err(err(e)),
+            Err(_) => {
+                let conn = Connection::open_with_flags(immutable_uri(&path), flags).map_err(err)?;
+                readable(&conn).map_err(err)?;
+                conn
+            }
+        };
         Ok(Journal {
             conn: Mutex::new(conn),
         })
@@ -758,6 +820,66 @@ impl Journal {
         Ok(pks)
     }
 
+    /// The PATCH of the delivery of this manifest was answered: the case waits for the platform's imports.
+    /// What verifying needs (`awaiting`, JSON) is kept until the case is delivered or quarantined, so
+    /// that a restart, or a retry after a failure that passes, waits on instead of sending it again.
+    pub fn awaiting_import(
+        &self,
+        id: i64,
+        manifest_hash: &str,
+        awaiting: &str,
+    ) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO awaiting (case_id, manifest_hash, since_ms, awaiting)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![id, manifest_hash, unix_now_ms(), awaiting],
+        )?;
+        tx.execute(
+            "UPDATE cases SET state = 'uploading', step = 'verifying', updated = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        Journal::event(&tx, id, "verifying", Some(manifest_hash))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What the case's delivery of this manifest waits for (JSON) and how long it has waited, if its
+    /// values are set and it is not verified yet.
+    pub fn awaited(
+        &self,
+        id: i64,
+        manifest_hash: &str,
+    ) -> Result<Option<(String, std::time::Duration)>, JournalError> {
+        let row: Option<(String, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT awaiting, since_ms FROM awaiting WHERE case_id = ?1 AND manifest_hash = ?2",
+                params![id, manifest_hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(json, since)| {
+            let waited = u64::try_from(unix_now_ms() - since).unwrap_or(0);
+            (json, std::time::Duration::from_millis(waited))
+        }))
+    }
+
+    /// A wait resumed (after a restart): the case is verifying again.
+    pub fn resume_waiting(&self, id: i64) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE cases SET state = 'uploading', step = 'verifying', attempts = attempts + 1,
+             reason = NULL, updated = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        Journal::event(&tx, id, "waiting again", None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn step(&self, id: i64, step: Step) -> Result<(), JournalError> {
         let state = CaseState::Uploading { step };
         let name = state.to_db().1.unwrap_or("uploading");
@@ -828,6 +950,7 @@ impl Journal {
             params![id],
         )?;
         tx.execute("DELETE FROM uploads WHERE case_id = ?1", params![id])?;
+        tx.execute("DELETE FROM awaiting WHERE case_id = ?1", params![id])?;
         Journal::event(&tx, id, "delivered", Some(manifest_hash))?;
         let revision = tx.query_row(
             "SELECT revision FROM cases WHERE id = ?1",
@@ -846,6 +969,8 @@ impl Journal {
              job_manifest = NULL WHERE id = ?1",
             params![id, reason, now()],
         )?;
+        // A retried case is sent again: what it waited for is over.
+        tx.execute("DELETE FROM awaiting WHERE case_id = ?1", params![id])?;
         Journal::event(&tx, id, "quarantined", Some(reason))?;
         tx.commit()?;
         Ok(())
@@ -996,6 +1121,7 @@ impl Journal {
         tx.execute("DELETE FROM uploads WHERE case_id = ?1", params![id])?;
         tx.execute("DELETE FROM wakeups WHERE case_id = ?1", params![id])?;
         tx.execute("DELETE FROM sent_files WHERE case_id = ?1", params![id])?;
+        tx.execute("DELETE FROM awaiting WHERE case_id = ?1", params![id])?;
         tx.execute("DELETE FROM cases WHERE id = ?1", params![id])?;
         Journal::event(&tx, id, "forgotten", None)?;
         tx.commit()?;
@@ -1294,6 +1420,42 @@ impl RawRow {
 mod tests {
     use super::*;
     use std::ffi::OsStr;
+
+    #[test]
+    fn what_a_case_waits_for_is_kept_for_its_content_until_it_is_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let id = j.discover(Path::new("/drop"), Path::new("p1")).unwrap().id;
+        assert!(j.awaited(id, "m1").unwrap().is_none());
+        j.awaiting_import(id, "m1", "{\"item_pk\": \"i\"}").unwrap();
+        let c = j.by_id(id).unwrap().unwrap();
+        assert_eq!(
+            c.state,
+            CaseState::Uploading {
+                step: Step::Verifying
+            }
+        );
+        // After a crash (a fresh connection), and after a failure that passes, it still waits.
+        let j = Journal::open(dir.path()).unwrap();
+        j.postpone(id, "the platform is unavailable").unwrap();
+        let (json, waited) = j.awaited(id, "m1").unwrap().unwrap();
+        assert_eq!(json, "{\"item_pk\": \"i\"}");
+        assert!(waited < std::time::Duration::from_secs(60));
+        // Other content of the case is sent anew.
+        assert!(j.awaited(id, "m2").unwrap().is_none());
+        j.resume_waiting(id).unwrap();
+        assert_eq!(j.by_id(id).unwrap().unwrap().attempts, 1);
+        // Verified or quarantined, nothing is awaited any more.
+        j.quarantined(id, "the import failed").unwrap();
+        assert!(j.awaited(id, "m1").unwrap().is_none());
+        j.awaiting_import(id, "m1", "{}").unwrap();
+        let manifest = crate::rules::Manifest {
+            hash: "m1".into(),
+            entries: vec![],
+        };
+        j.delivered(id, &manifest).unwrap();
+        assert!(j.awaited(id, "m1").unwrap().is_none());
+    }
 
     #[test]
     fn a_delivery_walks_the_states_and_survives_reopening() {

@@ -38,8 +38,9 @@
 //!   agent before it delivers anything.
 //!
 //! Delivery:
-//! - [`deliver`]  one planned case against the platform, step by step; for an algorithm folder, one job
-//!   followed to its end, its outputs written to the outbox.
+//! - [`deliver`]  one planned case against the platform, step by step: sent under an upload slot, then
+//!   verified without one, with every other case waiting for the platform's import; for an algorithm
+//!   folder, one job followed to its end, its outputs written to the outbox.
 //! - [`outbox`]   an algorithm job's outputs as a case folder, written as `pull` writes an item, whole.
 //! - [`item_folder`] an item's values as files in a folder: safe names and paths, each value written
 //!   whole; what `pull` and `outbox` both write.
@@ -58,6 +59,7 @@
 //! Ground:
 //! - [`config`]   the TOML configuration: schema, loading, validation with file:line errors.
 //! - [`cli`]      the command line: arguments, exit codes, logging; `main.rs` only parses and dispatches.
+//! - [`share`]    the group and permissions of what the agent creates for people (results, moved cases).
 //! - [`statelock`] one agent per state folder: an exclusive lock held while `run` runs.
 //! - [`clock`]    RFC 3339 timestamps.
 //! - [`fsutil`]   atomic file writes (temp file, fsync, rename) shared by receipts and state files.
@@ -85,6 +87,7 @@ pub mod rules;
 pub mod sandbox_command;
 pub mod service;
 pub mod settle;
+pub mod share;
 pub mod start;
 pub mod statelock;
 pub mod status;

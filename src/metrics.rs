@@ -235,7 +235,7 @@ impl Metrics {
     }
 }
 
-/// Per drop folder: cases by state, and whether it is paused, held or missing.
+/// Per drop folder: cases by state, whether it is paused, held or missing, and its misplaced files.
 fn render_folders(out: &mut Text, folders: &[FolderStatus]) {
     out.family(
         "gc_hotfolder_cases",
@@ -287,6 +287,18 @@ fn render_folders(out: &mut Text, folders: &[FolderStatus]) {
             "gc_hotfolder_folder_missing",
             &[("folder", &f.folder)],
             if f.missing.is_some() { 1.0 } else { 0.0 },
+        );
+    }
+    out.family(
+        "gc_hotfolder_misplaced_files",
+        "gauge",
+        "Files lying where a drop folder expects case folders: in no case, never delivered.",
+    );
+    for f in folders {
+        out.sample(
+            "gc_hotfolder_misplaced_files",
+            &[("folder", &f.folder)],
+            f.misplaced.len() as f64,
         );
     }
 }
@@ -448,6 +460,7 @@ mod tests {
             target_paused: None,
             held: paused.then(|| ("2026-01-01T00:00:00Z".into(), "socket x".into())),
             missing: None,
+            misplaced: vec![],
         }
     }
 

@@ -9,6 +9,13 @@ use std::path::{Path, PathBuf};
 use crate::item_folder::{self, Problem};
 use gc_client::{Client, InterfaceRef, ItemValue};
 
+/// An outbox, and how what is written there is shared with the drop folder's people.
+#[derive(Debug, Clone, Copy)]
+pub struct Outbox<'a> {
+    pub dir: &'a Path,
+    pub sharing: crate::share::Sharing,
+}
+
 /// Where case folders are assembled; inside the outbox, so that moving one into place is a rename.
 pub const STAGING_DIR: &str = ".gc-outbox.tmp";
 
@@ -30,10 +37,11 @@ pub enum Existing {
     Replace,
 }
 
-/// Write `outputs` as the folder `outbox/<case>`. `Err` is a message for the case's receipt.
+/// Write `outputs` as the folder `outbox/<case>`, shared as `sharing` says (as are the outbox's folders
+/// this creates). `Err` is a message for the case's receipt.
 pub async fn write_case(
     client: &Client,
-    outbox: &Path,
+    (outbox, sharing): (&Path, crate::share::Sharing),
     case: &str,
     outputs: &[ItemValue],
     existing: Existing,
@@ -46,12 +54,18 @@ pub async fn write_case(
     if there && existing == Existing::Keep {
         return Ok(Written::AlreadyThere);
     }
+    sharing
+        .create_dir_all(outbox)
+        .map_err(|e| format!("cannot create {}: {e}", outbox.display()))?;
     let staging = outbox.join(STAGING_DIR);
     std::fs::create_dir_all(&staging)
         .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
     let staged = staging.join(format!("{case}.{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&staged).map_err(|e| format!("cannot create {}: {e}", staged.display()))?;
     let result = assemble(client, &staged, &staging, outputs).await;
+    if result.is_ok() {
+        sharing.tree(&staged);
+    }
     // The earlier results leave for the staging folder first: the case's folder is missing for the
     // moment between two renames, never half old, half new.
     let old = staging.join(format!("{case}.old.{}", uuid::Uuid::new_v4().simple()));

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::write_atomic;
-use crate::journal::SentFile;
+pub use crate::journal::SentFile;
 use gc_client::TargetKind;
 
 /// Bump when the receipt's shape changes incompatibly.
@@ -65,6 +65,10 @@ pub struct Receipt {
     pub started: String,
     pub finished: String,
     pub seconds: f64,
+    /// Seconds per phase (settle, queued, pre-checks, de-identification, upload, PATCH, waiting for the
+    /// import): where the time went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<crate::deliver::Timings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,6 +423,7 @@ impl Receipt {
             started: f.started.0,
             finished: crate::clock::now_rfc3339(),
             seconds: f.started.1.elapsed().as_secs_f64(),
+            timings: None,
         }
     }
 
@@ -533,6 +538,7 @@ mod tests {
             started: crate::clock::now_rfc3339(),
             finished: crate::clock::now_rfc3339(),
             seconds: 0.5,
+            timings: None,
         }
     }
 

@@ -186,6 +186,24 @@ pub fn render(template: &str, case: &str, case_path: &str) -> String {
         .replace("{hash}", &path_hash(case_path))
 }
 
+/// What `check` says about a folder's title template before looking at any case: at a depth of two or
+/// more, a title made of the last folder's name alone (`{case}`) is the same for cases in different
+/// parent folders, as in a scanner's `<PatientID>/<StudyDate>/` layout where two patients are scanned
+/// on one day: the second is refused, as a title belongs to one case.
+pub fn template_warnings(folder: &Folder) -> Vec<String> {
+    let t = &folder.title;
+    if folder.depth < 2 || t.contains("{path}") || t.contains("{hash}") {
+        return vec![];
+    }
+    vec![format!(
+        "title = \"{t}\" at depth = {}: it does not include the parent folders, so cases with the same \
+         name in different folders (e.g. two patients' studies of one day) get the same title and all \
+         but the first are refused; use title = \"{{hash}}\", which tells them apart without showing a \
+         folder name",
+        folder.depth
+    )]
+}
+
 /// `{hash}`: the first 16 hex digits of the SHA-256 of the case's path below its drop folder. Stable
 /// across restarts and machines, and it does not show a folder name; but it is no secret: whoever can
 /// guess a name can compute its hash.
@@ -339,6 +357,36 @@ pub fn plan(folder: &Folder, case_path: &Path, files: &[CaseFile]) -> Result<Pla
     })
 }
 
+/// What is wrong with a file `rel` (below the drop folder) that lies where the folder expects folders:
+/// at depth `k` ≤ `depth`, where only folders leading to cases (or the cases themselves) belong. Says
+/// where it would have to be, e.g. `P06001/<case>/IM0001` for `P06001/IM0001` at `depth = 2`.
+pub fn misplaced_file_text(folder: &Folder, rel: &Path) -> String {
+    let comps: Vec<String> = rel
+        .components()
+        .map(|c| path_text(Path::new(c.as_os_str())))
+        .collect();
+    let Some((name, parents)) = comps.split_last() else {
+        return format!("{} is not a case", rel.display());
+    };
+    let at = comps.len();
+    let mut example: Vec<String> = parents.to_vec();
+    // The levels missing between the file's folder and the inside of a case folder.
+    for _ in at..folder.depth {
+        example.push("<folder>".into());
+    }
+    example.push("<case>".into());
+    example.push(name.clone());
+    format!(
+        "{} is a file at depth {at}, where the drop folder holds folders: its cases are the folders \
+         {} level(s) down (depth = {}), and a case's files are inside them. This file belongs to no \
+         case and is not delivered; move it into a case folder, e.g. {}",
+        comps.join("/"),
+        folder.depth,
+        folder.depth,
+        example.join("/")
+    )
+}
+
 /// Upload names are base names; where two files of one socket share a base name, their relative paths
 /// (with `/` turned into `__`) keep them apart, because the platform's importer needs unique names.
 fn planned_files(matched: &[&CaseFile]) -> Result<Vec<PlannedFile>, PlanError> {
@@ -379,10 +427,13 @@ fn planned_files(matched: &[&CaseFile]) -> Result<Vec<PlannedFile>, PlanError> {
 }
 
 /// What `explain` says about a path: which folder, case, rule and socket it maps to, or why none.
+/// `misplaced`: the file among the path and its parents that lies where the folder expects a folder
+/// (see [`crate::watch::misplaced_file`]), if any.
 pub fn explain(
     config: &crate::config::Config,
     path: &Path,
     case_files: Option<&[CaseFile]>,
+    misplaced: Option<&Path>,
 ) -> Vec<String> {
     let mut out = Vec::new();
     let Some(folder) = config.folder_for(path) else {
@@ -413,6 +464,11 @@ pub fn explain(
             "this is the drop folder; its cases are the folders {} level(s) down whose name matches `{}`",
             folder.depth, folder.case_pattern
         ));
+        return out;
+    }
+    if let Some(file) = misplaced {
+        let rel = file.strip_prefix(&folder.path).unwrap_or(file);
+        out.push(format!("not a case: {}", misplaced_file_text(folder, rel)));
         return out;
     }
     let Some(case_dir) = case_of(folder, path) else {
@@ -860,21 +916,22 @@ files = "*.mha""#,
             "[server]\nurl = \"http://localhost/api/v1/\"\n[[folder]]\npath = \"/drop\"\narchive = \"a\"\ncase = \"p*\"\nmarker = \"DONE\"\n{RULES}"
         );
         let c = Config::parse(Path::new("/c.toml"), &text).unwrap();
-        let e = explain(&c, Path::new("/elsewhere/x"), None);
+        let e = explain(&c, Path::new("/elsewhere/x"), None, None);
         assert!(e[0].contains("not inside any drop folder"), "{e:?}");
-        let e = explain(&c, Path::new("/drop/q1/a.dcm"), None);
+        let e = explain(&c, Path::new("/drop/q1/a.dcm"), None, None);
         assert!(
             e[1].contains("does not match the case pattern `p*`"),
             "{e:?}"
         );
-        let e = explain(&c, Path::new("/drop/p1/ct/a.dcm"), None);
+        let e = explain(&c, Path::new("/drop/p1/ct/a.dcm"), None, None);
         assert_eq!(e[2], "ct/a.dcm → socket ct");
-        let e = explain(&c, Path::new("/drop/p1/x.part"), None);
+        let e = explain(&c, Path::new("/drop/p1/x.part"), None, None);
         assert!(e[2].contains("temporary file"), "{e:?}");
         let e = explain(
             &c,
             Path::new("/drop/p1"),
             Some(&files(&[("ct/a.dcm", 1), ("score.json", 1)])),
+            None,
         );
         assert!(
             e.iter().any(|l| l.contains("marker file DONE is missing")),
@@ -884,6 +941,13 @@ files = "*.mha""#,
         assert!(
             e.iter()
                 .any(|l| l == "  socket site ← the value 3 from the config"),
+            "{e:?}"
+        );
+        // A file where a case folder is expected is no case, and explain says where it belongs.
+        let e = explain(&c, Path::new("/drop/p9"), None, Some(Path::new("/drop/p9")));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[1].starts_with("not a case: p9 is a file at depth 1") && e[1].ends_with("<case>/p9"),
             "{e:?}"
         );
     }

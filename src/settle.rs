@@ -192,6 +192,12 @@ impl Tracker {
         }
     }
 
+    /// When the case was first seen (or seen again after it changed during a delivery), on the agent
+    /// clock.
+    pub fn first_seen(&self) -> Duration {
+        self.first_seen
+    }
+
     /// When something last changed, on the agent clock.
     pub fn last_change(&self) -> Duration {
         self.last_change

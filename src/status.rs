@@ -27,6 +27,9 @@ pub struct FolderStatus {
     pub held: Option<(String, String)>,
     /// Why the drop folder cannot be listed (it does not exist: an unmounted share?), if it cannot.
     pub missing: Option<String>,
+    /// Files lying where the folder expects case folders (relative to the drop folder): never
+    /// delivered.
+    pub misplaced: Vec<String>,
 }
 
 /// A quarantined case in `status`.
@@ -96,7 +99,40 @@ pub fn folder_status(
                     }),
                 held: held.get(&f.path).cloned(),
                 missing: crate::watch::folder_missing(&f.path),
+                misplaced: misplaced_files(f),
             }
         })
         .collect())
+}
+
+/// The files lying where a drop folder expects case folders, relative to it (none when it cannot be
+/// listed: `missing` says why).
+fn misplaced_files(f: &crate::config::Folder) -> Vec<String> {
+    crate::watch::list(f)
+        .map(|l| l.misplaced)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| crate::rules::path_text(p.strip_prefix(&f.path).unwrap_or(p)))
+        .collect()
+}
+
+/// The status of every folder, from the journal as the agent's user opens it, or else read-only (an
+/// operator whose group may read the state folder); when neither works for lack of permission, the
+/// error says who may read it and how to let an operator group read status.
+pub fn status_report(config: &Config) -> Result<Vec<FolderStatus>, String> {
+    let state = &config.server.state_dir;
+    let first = match Journal::open(state).and_then(|j| folder_status(config, &j)) {
+        Ok(f) => return Ok(f),
+        Err(e) => e,
+    };
+    match Journal::open_read_only(state).and_then(|j| folder_status(config, &j)) {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            let listen = config.metrics.as_ref().map(|m| m.listen);
+            Err(match crate::access::journal_denied(state, listen) {
+                Some(d) => crate::access::journal_denied_text(&d),
+                None => format!("{first}; read-only: {e}"),
+            })
+        }
+    }
 }

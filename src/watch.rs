@@ -32,6 +32,9 @@ pub enum ScanReason {
     Overflow,
     /// A watch could not be set up (limit reached, folder missing): this folder is polled instead.
     WatchFailed,
+    /// A folder above the cases arrived (a patient's folder at `depth = 2`): what it already held when
+    /// its watch was added sent no events.
+    NewFolder,
 }
 
 impl ScanReason {
@@ -43,6 +46,7 @@ impl ScanReason {
             ScanReason::Poll => "poll",
             ScanReason::Overflow => "overflow",
             ScanReason::WatchFailed => "watch_failed",
+            ScanReason::NewFolder => "new_folder",
         }
     }
 }
@@ -99,9 +103,26 @@ pub fn folder_missing(path: &Path) -> Option<String> {
     }
 }
 
+/// What a drop folder holds down to the depth of its cases.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The case folders, sorted.
+    pub cases: Vec<PathBuf>,
+    /// Files where the folder expects folders (at depth 1 to `depth`): never part of a case, so never
+    /// delivered. Hidden and temporary files are left out. Sorted.
+    pub misplaced: Vec<PathBuf>,
+}
+
 /// The case folders currently inside a drop folder (symbolic links are not followed).
 pub fn list_cases(folder: &Folder) -> std::io::Result<Vec<PathBuf>> {
+    list(folder).map(|l| l.cases)
+}
+
+/// The case folders of a drop folder and the files lying where case folders (or the folders above
+/// them) are expected, in one walk of the levels down to the cases.
+pub fn list(folder: &Folder) -> std::io::Result<Listing> {
     let mut level = vec![folder.path.clone()];
+    let mut misplaced = Vec::new();
     for _ in 0..folder.depth {
         let mut next = Vec::new();
         for dir in level {
@@ -114,8 +135,12 @@ pub fn list_cases(folder: &Folder) -> std::io::Result<Vec<PathBuf>> {
             };
             for entry in entries {
                 let entry = entry?;
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    next.push(entry.path());
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => next.push(entry.path()),
+                    Ok(t) if t.is_file() && !folder.ignore.is_match(entry.file_name()) => {
+                        misplaced.push(entry.path())
+                    }
+                    _ => {}
                 }
             }
         }
@@ -126,7 +151,77 @@ pub fn list_cases(folder: &Folder) -> std::io::Result<Vec<PathBuf>> {
         .filter(|p| case_of(folder, p).as_deref() == Some(p))
         .collect();
     cases.sort();
-    Ok(cases)
+    misplaced.sort();
+    Ok(Listing { cases, misplaced })
+}
+
+/// The file among `path` and its parents, down to the depth of the cases, that sits where the drop
+/// folder expects a folder (`ct-export/P06001/IM0001` at `depth = 2`), if there is one.
+pub fn misplaced_file(folder: &Folder, path: &Path) -> Option<PathBuf> {
+    let rel = path.strip_prefix(&folder.path).ok()?;
+    let mut at = folder.path.clone();
+    for c in rel.components().take(folder.depth) {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_file() => return Some(at),
+            Ok(m) if m.is_dir() => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Files found where case folders are expected, each logged once while it stays there: the agent
+/// meets them in scans and in filesystem events, and would otherwise say so at every look.
+#[derive(Debug, Default)]
+pub struct MisplacedFiles {
+    reported: std::collections::HashSet<PathBuf>,
+}
+
+impl MisplacedFiles {
+    /// After a scan of `folder`: log the files not reported yet, forget those gone from it.
+    pub fn scanned(&mut self, folder: &Folder, found: &[PathBuf]) {
+        self.reported
+            .retain(|p| !p.starts_with(&folder.path) || found.contains(p));
+        for file in found {
+            self.report(folder, file);
+        }
+    }
+
+    /// A case to look at turned out to be `path`; if it is a file where a folder is expected, log it
+    /// (once) and say so: it is no case, and looking again will not make it one.
+    pub fn is_misplaced(&mut self, folder: &Folder, path: &Path) -> bool {
+        match misplaced_file(folder, path) {
+            Some(file) => {
+                self.report(folder, &file);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn report(&mut self, folder: &Folder, file: &Path) {
+        if self.reported.insert(file.to_owned()) {
+            let rel = file.strip_prefix(&folder.path).unwrap_or(file);
+            tracing::warn!(
+                folder = %folder.path.display(),
+                "{}",
+                crate::rules::misplaced_file_text(folder, rel)
+            );
+        }
+    }
+}
+
+/// Is `path` a folder between the drop folder and its cases (depth 1 to `depth - 1`)? Whatever is
+/// created in a new folder before its watch is in place sends no event, so its arrival asks for a scan.
+fn is_above_cases(folder: &Folder, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(&folder.path) else {
+        return false;
+    };
+    let depth = rel.components().count();
+    (1..folder.depth).contains(&depth)
+        && !crate::rules::is_ignored(folder, rel)
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 /// Keeps the watches and timers alive; dropping it stops them all (e.g. on a config reload).
@@ -293,9 +388,19 @@ fn watch_folder(
         // events would make each check cause the next. A writer closing its file is a change.
         Ok(event) if is_read_only(&event.kind) => {}
         Ok(event) => {
+            let arrived = matches!(
+                event.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+            );
             for path in &event.paths {
                 if let Some(case_dir) = case_of(&f, path) {
                     let _ = tx.send(Hint::Case { case_dir });
+                } else if arrived && is_above_cases(&f, path) {
+                    let _ = tx.send(Hint::Scan {
+                        folder: f.path.clone(),
+                        why: ScanReason::NewFolder,
+                    });
                 }
             }
         }
@@ -355,10 +460,28 @@ mod tests {
             std::fs::create_dir_all(d.path().join(p)).unwrap();
         }
         std::fs::write(d.path().join("p-file"), b"not a folder").unwrap();
-        let cases = list_cases(&folder(d.path(), 1)).unwrap();
-        assert_eq!(cases, [d.path().join("p1"), d.path().join("p2")]);
-        let cases = list_cases(&folder(d.path(), 2)).unwrap();
-        assert_eq!(cases, [d.path().join("site/p3")]);
+        std::fs::write(
+            d.path().join("site/IM0001"),
+            b"a file where a case should be",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("site/.DS_Store"), b"hidden").unwrap();
+        let one = list(&folder(d.path(), 1)).unwrap();
+        assert_eq!(one.cases, [d.path().join("p1"), d.path().join("p2")]);
+        assert_eq!(one.misplaced, [d.path().join("p-file")]);
+        let two = list(&folder(d.path(), 2)).unwrap();
+        assert_eq!(two.cases, [d.path().join("site/p3")]);
+        assert_eq!(
+            two.misplaced,
+            [d.path().join("p-file"), d.path().join("site/IM0001")]
+        );
+        let f = folder(d.path(), 2);
+        assert_eq!(
+            misplaced_file(&f, &d.path().join("site/IM0001")),
+            Some(d.path().join("site/IM0001"))
+        );
+        assert_eq!(misplaced_file(&f, &d.path().join("site/p3")), None);
+        assert_eq!(misplaced_file(&f, &d.path().join("site/p3/x")), None);
     }
 
     #[tokio::test]

@@ -446,8 +446,27 @@ async fn a_case_whose_job_failed_gets_a_new_job_when_retried() {
     ct_case(&drop, "flaky", 1);
     let rs = wait_receipts(&tmp.path().join("state"), 1, Duration::from_secs(60)).await;
     assert_eq!(rs[0].outcome, Outcome::Quarantined);
-    let flaky = drop.join("flaky");
-    gc("retry", &cfg).arg(flaky).run_async().await.expect(0);
+    // The receipt is written before the journal records the quarantine: retry once the journal has it,
+    // as an admin who reads `status` would.
+    eventually(
+        Duration::from_secs(30),
+        "the journal's quarantine",
+        async || {
+            let out = gc("status", &cfg).arg("--json").run_async().await;
+            let status: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+            let folders = status.as_array()?;
+            folders
+                .iter()
+                .any(|f| f["quarantined"].as_array().is_some_and(|q| !q.is_empty()))
+                .then_some(())
+        },
+    )
+    .await;
+    gc("retry", &cfg)
+        .arg(drop.join("flaky"))
+        .run_async()
+        .await
+        .expect(0);
     eventually(Duration::from_secs(60), "a second job", async || {
         (jobs_of(&sb.state(), "failing-algorithm").len() == 2).then_some(())
     })

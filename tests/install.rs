@@ -210,3 +210,159 @@ async fn the_documented_layout_runs_as_an_unprivileged_user_with_the_token_as_a_
     assert!(text.contains("token accepted"), "{text}");
     assert!(!text.contains(DEMO_TOKEN));
 }
+
+/// The drop folder's group: the service and the staff who read results are members.
+const STAFF_GID: u32 = 4242;
+/// A member of staff: not the service, in the drop folder's group only.
+const READER_UID: u32 = 4343;
+
+/// `cmd` run as the staff member.
+fn as_reader(args: &[&str], path: &Path) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={READER_UID}"),
+            &format!("--regid={STAFF_GID}"),
+            "--clear-groups",
+            "--",
+        ])
+        .args(args)
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+/// Results and moved cases are shared as the drop folder is: a drop folder of group staff, set-group-ID,
+/// served by a service with `UMask=0077` in that group; a member of staff reads the algorithm's results
+/// and lists the folders the agent made under done/ and quarantine/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_service_creates_is_readable_by_the_drop_folders_group() {
+    if !is_root() {
+        eprintln!("skipped: changing owners and running as another user needs root");
+        return;
+    }
+    let sb = sandbox().await;
+    let tmp = open_tempdir();
+    let root = tmp.path();
+    let state = root.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    give_to_service(&state);
+    chmod(&state, 0o700);
+    // Shared folders: root owns them, group staff may write, the group sticks to what is made below.
+    let srv = root.join("srv");
+    let (cases, lung, done, quarantine) = (
+        srv.join("ct"),
+        srv.join("lung-ct"),
+        srv.join("done"),
+        srv.join("quarantine"),
+    );
+    for d in [&cases, &lung, &done, &quarantine] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let share = |d: &Path| {
+        std::os::unix::fs::chown(d, Some(0), Some(STAFF_GID)).unwrap();
+        chmod(d, 0o2770);
+    };
+    for d in [&srv, &cases, &lung, &done, &quarantine] {
+        share(d);
+    }
+    // A scanner-style study that is delivered, one that is quarantined (no image), an algorithm case.
+    let study = cases.join("P00123/20240503");
+    std::fs::create_dir_all(&study).unwrap();
+    archive_case(&study, 0);
+    let bad = cases.join("P00777/20240504");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("count.json"), "3").unwrap();
+    let ct = lung.join("case-a");
+    std::fs::create_dir_all(&ct).unwrap();
+    gc_content::samples::write_mha(&ct.join("ct.mha"), [8, 8, 4], 1).unwrap();
+    Command::new("chown")
+        .args(["-R", &format!("0:{STAFF_GID}")])
+        .arg(&srv)
+        .status()
+        .unwrap();
+    Command::new("chmod")
+        .args(["-R", "g+rwX"])
+        .arg(&srv)
+        .status()
+        .unwrap();
+
+    let config = root.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nurl = \"{}\"\ntoken = \"{DEMO_TOKEN}\"\nstate_dir = \"{}\"\n\n\
+             [[folder]]\npath = \"{}\"\narchive = \"demo-archive\"\ndepth = 2\ntitle = \"{{hash}}\"\nquiet = \"1s\"\n\
+             after = \"move:{}\"\nquarantine = \"{}\"\n{ARCHIVE_RULES}\n\
+             [[folder]]\npath = \"{}\"\nalgorithm = \"lung-volume-estimator\"\nquiet = \"1s\"\noutbox = \"{}\"\n\
+             \n  [[folder.socket]]\n  slug = \"ct-image\"\n  files = \"*.mha\"\n",
+            sb.base_url(),
+            state.display(),
+            cases.display(),
+            done.display(),
+            quarantine.display(),
+            lung.display(),
+            srv.join("results").display(),
+        ),
+    )
+    .unwrap();
+    chmod(&config, 0o644);
+
+    // The service: its own user, a member of staff, and the unit's umask.
+    let log = root.join("agent.log");
+    let mut agent = Command::new("setpriv")
+        .args([
+            &format!("--reuid={SERVICE_UID}"),
+            &format!("--regid={SERVICE_UID}"),
+            &format!("--groups={STAFF_GID}"),
+            "--",
+            "sh",
+            "-c",
+            "umask 077; exec \"$0\" \"$@\"",
+        ])
+        .arg(env!("CARGO_BIN_EXE_gc-hotfolder"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let receipts = wait_receipts(&state, 3, Duration::from_secs(90)).await;
+    let result = srv.join("results/case-a");
+    let moved = done.join("P00123/20240503");
+    eventually(Duration::from_secs(30), "moved and written", async || {
+        (moved.is_dir() && quarantine.join("P00777/20240504").is_dir() && result.is_dir())
+            .then_some(())
+    })
+    .await;
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    agent.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        receipts
+            .iter()
+            .filter(|r| r.outcome == Outcome::Delivered)
+            .count()
+            == 2,
+        "{receipts:?}\n{text}"
+    );
+
+    // What staff can do: list the folders the agent made, read every result.
+    for dir in [
+        done.join("P00123"),
+        quarantine.join("P00777"),
+        srv.join("results"),
+        result.clone(),
+    ] {
+        let out = as_reader(&["ls"], &dir);
+        assert!(out.status.success(), "ls {}: {out:?}", dir.display());
+    }
+    let value = result.join("lung-volume.json");
+    let out = as_reader(&["cat"], &value);
+    assert!(out.status.success(), "cat {}: {out:?}", value.display());
+    // Shared with the group, not with others, and the group sticks.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(done.join("P00123")).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o7777), (STAFF_GID, 0o2770));
+    let meta = std::fs::metadata(&value).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (STAFF_GID, 0o660));
+}

@@ -29,7 +29,16 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     // The platform's files are out of reach: nothing appears, nothing is left behind.
     sb.set_faults(vec!["GET /media/* 500".parse::<FaultRule>().unwrap()])
         .unwrap();
-    let write = || outbox::write_case(&c, &box_dir, "patient-1", &job.outputs, Existing::Keep);
+    let write = || {
+        let sharing = gc_hotfolder::share::Sharing::of(&box_dir, None);
+        outbox::write_case(
+            &c,
+            (&box_dir, sharing),
+            "patient-1",
+            &job.outputs,
+            Existing::Keep,
+        )
+    };
     let err = write().await.unwrap_err();
     assert!(err.starts_with("output "), "{err}");
     assert!(!box_dir.join("patient-1").exists());
@@ -80,7 +89,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     assert_eq!(
         outbox::write_case(
             &c,
-            &box_dir,
+            (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
             "patient-1",
             &job.outputs,
             outbox::Existing::Keep
@@ -101,7 +110,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     std::fs::write(case.join("stale.txt"), "from an earlier job").unwrap();
     let replaced = outbox::write_case(
         &c,
-        &box_dir,
+        (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
         "patient-1",
         &job.outputs,
         outbox::Existing::Replace,
@@ -115,7 +124,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     assert!(
         outbox::write_case(
             &c,
-            &box_dir,
+            (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
             "../escape",
             &job.outputs,
             outbox::Existing::Keep

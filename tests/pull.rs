@@ -874,7 +874,7 @@ async fn an_algorithm_pull_writes_each_succeeded_jobs_outputs_and_reports_the_ot
         let job = c.job(pk).await.unwrap();
         gc_hotfolder::outbox::write_case(
             &c,
-            &outbox,
+            (&outbox, gc_hotfolder::share::Sharing::of(&outbox, None)),
             pk,
             &job.outputs,
             gc_hotfolder::outbox::Existing::Keep,

@@ -331,3 +331,47 @@ async fn upload_and_the_agent_share_one_journal_and_upload_honours_after() {
         "the agent did not try to deliver it again:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_series_goes_as_one_zip_and_the_platform_holds_its_de_identified_slices() {
+    let sb = sandbox().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let case = drop.join("series");
+    let ids = gc_content::samples::DicomSeriesIds::new(41);
+    std::fs::create_dir_all(case.join("dicom")).unwrap();
+    gc_content::samples::write_dicom_series(&case.join("dicom"), 40, 16, 16, &ids, 41).unwrap();
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let out = bin()
+        .args(["upload", "--config"])
+        .arg(&cfg)
+        .arg(&case)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = state(&sb).await;
+    // One upload for the forty slices, not forty: four requests, and one of the platform's 2000 upload
+    // records while the import is pending.
+    assert_eq!(
+        st["requests"]["POST /api/v1/uploads/ 201"], 1,
+        "{}",
+        st["requests"]
+    );
+    let rs = receipts(&tmp.path().join("state/receipts"));
+    let r = &rs[0];
+    assert_eq!(r.outcome, Outcome::Delivered);
+    let image = r
+        .sockets
+        .iter()
+        .find(|s| s.slug == "generic-medical-image")
+        .unwrap();
+    assert_eq!(image.files.len(), 40);
+    assert!(image.files.iter().all(|f| f.deidentified));
+    // The image holds every slice under its own name, the de-identified bytes the receipt names.
+    let items = items_of(&st, "demo-archive");
+    holds_exactly(items[0], r, true);
+}

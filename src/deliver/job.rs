@@ -103,7 +103,7 @@ pub(super) struct Run<'a> {
     pub timing: &'a VerifyTiming,
     pub cp: &'a dyn Checkpoints,
     pub privacy: Option<&'a Privacy>,
-    pub outbox: &'a Path,
+    pub outbox: crate::outbox::Outbox<'a>,
 }
 
 /// Start (or find again) the case's job, follow it and write its outputs to the outbox.
@@ -160,7 +160,14 @@ pub(super) async fn deliver_job(
         )));
     };
     let outputs: Vec<String> = interface.outputs.iter().map(|s| s.slug.clone()).collect();
-    let mut deidentified = prepare(case_dir, plan, &routes, privacy).await?;
+    let mut deidentified = prepare(
+        case_dir,
+        plan,
+        &routes,
+        privacy,
+        &mut super::Timings::default(),
+    )
+    .await?;
 
     // A new job's results replace what an earlier job of the case left in the outbox; a job followed
     // again may have written its own results before a crash.
@@ -217,12 +224,18 @@ pub(super) async fn deliver_job(
     // A case deeper in the drop folder (site-a/p1) keeps its place in the outbox, so that two cases of
     // one name in different sites never share a folder.
     let (box_dir, name) = match plan.case_path.rsplit_once('/') {
-        Some((parent, name)) => (outbox.join(parent), name),
-        None => (outbox.to_path_buf(), plan.case_path.as_str()),
+        Some((parent, name)) => (outbox.dir.join(parent), name),
+        None => (outbox.dir.to_path_buf(), plan.case_path.as_str()),
     };
-    let written = crate::outbox::write_case(client, &box_dir, name, &job.outputs, existing)
-        .await
-        .map_err(|e| DeliverError::Local(format!("job {} succeeded, but {e}", job.pk)))?;
+    let written = crate::outbox::write_case(
+        client,
+        (&box_dir, outbox.sharing),
+        name,
+        &job.outputs,
+        existing,
+    )
+    .await
+    .map_err(|e| DeliverError::Local(format!("job {} succeeded, but {e}", job.pk)))?;
     let files = match written {
         Written::New(files) => files,
         Written::AlreadyThere => vec![],
@@ -272,8 +285,8 @@ impl Started<'_> {
     ) -> Result<(String, Vec<ValueEntry>), DeliverError> {
         let (client, algorithm, cp) = (self.client, self.algorithm, self.cp);
         cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
-        let uploads = upload_all(client, self.case_dir, self.routes, deidentified, cp).await?;
-        let entries: Vec<ValueEntry> = value_entries(self.routes, &uploads)
+        let uploads = upload_all(client, self.case_dir, self.routes, &[], deidentified, cp).await?;
+        let entries: Vec<ValueEntry> = value_entries(self.routes, &[], &uploads)
             .into_iter()
             .map(|(e, _)| e)
             .collect();

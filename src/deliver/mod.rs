@@ -1,4 +1,7 @@
-//! Delivery of one planned case: check → item → uploads → one PATCH → verify on the server.
+//! Delivery of one planned case: check → item → uploads → one PATCH ([`send`]), then verify on the server
+//! ([`verify`]). The two are apart so that a case waiting for the platform's import holds no upload slot:
+//! what verifying needs ([`AwaitingImport`]) is in the journal, and a restart waits on instead of sending
+//! the case again.
 //!
 //! Everything that can be checked before anything is created on the platform is checked first (sockets
 //! exist and fit their rules, every JSON value is valid for its socket's kind by the platform's built-in
@@ -14,6 +17,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use futures_util::future::try_join_all;
 
@@ -25,13 +31,17 @@ use gc_client::models::UserUpload;
 use gc_client::uploads::{LocalFile, ResumeFrom, UploadObserver};
 use gc_client::verify::{Awaiting, Expectation, VerifyTiming};
 use gc_client::{
-    Client, GcError, Item, Socket, SuperKind, Target, ValueEntry, models::ValueSource,
+    Client, GcError, Item, Socket, SuperKind, Target, ValueEntry, Verifier, models::ValueSource,
 };
-use gc_content::deidentify::{Procedure, UidMap};
+use gc_content::deidentify::{PatientIdentifiers, Procedure, UidMap};
 
+pub mod bundle;
 pub mod job;
+pub mod lanes;
 pub mod wait;
+pub use bundle::Bundle;
 pub use job::JobDone;
+pub use lanes::Lanes;
 pub use wait::ImportWait;
 
 /// Value files larger than this are refused: large structured values belong in file sockets.
@@ -58,6 +68,11 @@ pub trait Checkpoints: Send + Sync {
     /// The delivery moves on to `step`.
     fn step(&self, _step: Step) -> Result<(), String> {
         Ok(())
+    }
+    /// The PATCH was answered: the case now waits for the platform's imports. Record what verifying
+    /// needs, so that a restart waits on instead of sending the case again.
+    fn awaiting(&self, _awaiting: &AwaitingImport) -> Result<(), String> {
+        self.step(Step::Verifying)
     }
     /// An upload was created for the file at `path` (relative to the case); no part is sent yet.
     fn upload_created(&self, _path: &str, _upload: &UserUpload) -> Result<(), String> {
@@ -140,6 +155,19 @@ impl UploadObserver for FileObserver<'_> {
     }
 }
 
+/// Where a delivery reads and writes on this machine. (No `Debug`: the UID map is a secret.)
+#[derive(Clone, Copy)]
+pub struct Local<'a> {
+    pub case_dir: &'a Path,
+    /// De-identification of DICOM files, when it is on.
+    pub privacy: Option<&'a Privacy>,
+    /// Where files made for sending go (the ZIP of a series, see [`bundle`]); the caller removes it
+    /// afterwards. Without one, every file is sent on its own.
+    pub staging: Option<&'a Path>,
+    /// An algorithm folder's outbox.
+    pub outbox: Option<crate::outbox::Outbox<'a>>,
+}
+
 /// De-identification of a case's DICOM files: where the copies go and the case's UID map.
 pub struct Privacy {
     /// The case's own staging folder under the state directory; the caller removes it afterwards.
@@ -157,10 +185,13 @@ pub fn remove_staging(dir: &Path) {
 }
 
 /// A file that was sent as a de-identified copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Staged {
     /// Relative to the case, as in the plan.
     pub path: String,
+    /// Where the copy was made; removed once sent, so not kept in the journal (nor is it valid text
+    /// when a file's name is not).
+    #[serde(skip)]
     pub local: PathBuf,
     /// The name the copy is uploaded under: neutral ([`neutral_name`]), never the original's name,
     /// which may carry identifiers (a scanner's `CT.<SOP Instance UID>`, a patient's name).
@@ -170,13 +201,18 @@ pub struct Staged {
 }
 
 /// What de-identification did for a delivery.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Deidentified {
     /// The procedure's version, when de-identification was on.
     pub procedure: Option<String>,
     pub staged: Vec<Staged>,
     /// Said at delivery, and kept in the receipt: e.g. a title that repeats a patient's ID.
     pub warnings: Vec<String>,
+    /// The patient identifiers the DICOM files held (each set once), to warn about titles that repeat
+    /// them; never written anywhere.
+    /// Never written anywhere: kept out of the journal's record of a wait.
+    #[serde(skip)]
+    pub identifiers: Vec<PatientIdentifiers>,
     /// Every file uploaded by this delivery (relative paths), copies or not: an update sends only the
     /// sockets that changed.
     pub sent: Vec<String>,
@@ -190,6 +226,56 @@ pub enum ItemStart {
     New,
     /// Update this existing item (a resumed delivery, or late files in a delivered case).
     Existing(String),
+}
+
+/// Seconds a delivery spent in each phase, for the receipt: where the time went, at a glance. Phases
+/// that overlap (de-identification and upload) each count their own wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From the first sight of the case to the decision that it had stopped changing.
+    pub settle: f64,
+    /// Ready, waiting for an upload slot.
+    pub queued: f64,
+    /// Planning, hashing, the sockets looked up, values and images checked.
+    pub prechecks: f64,
+    pub deidentify: f64,
+    /// The item created (or read) and every file uploaded.
+    pub upload: f64,
+    pub patch: f64,
+    /// From the PATCH's answer until the platform showed every value (across restarts).
+    pub import_wait: f64,
+}
+
+impl Timings {
+    /// Add the time since `start` to a phase.
+    pub fn add(phase: &mut f64, start: Instant) {
+        *phase += start.elapsed().as_secs_f64();
+    }
+}
+
+/// A case whose values are set, waiting for the platform to import its files: everything verifying it
+/// needs and its receipt will say. Kept in the journal while it waits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AwaitingImport {
+    pub target: Target,
+    pub item_pk: String,
+    /// The item was created by this delivery (not an update of an earlier one).
+    pub created: bool,
+    pub expectations: Vec<Expectation>,
+    /// The case's files of each socket, named in an import failure's message.
+    pub files: Vec<(String, Vec<String>)>,
+    pub deidentified: Deidentified,
+    /// The phases up to the PATCH.
+    pub timings: Timings,
+}
+
+/// What sending a case ended with.
+#[derive(Debug)]
+pub enum Sent {
+    /// An algorithm's job, followed to its end: nothing more to wait for.
+    Done(Box<Delivered>),
+    /// An item whose values are set: [`verify`] waits for the platform's imports.
+    Awaiting(Box<AwaitingImport>),
 }
 
 /// What the platform holds after a verified delivery.
@@ -426,8 +512,6 @@ pub fn stage(
     case_dir: &Path,
     files: &[PlannedFile],
     privacy: &Privacy,
-    title: &str,
-    case: &str,
 ) -> Result<Deidentified, DeliverError> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let procedure = Procedure::builtin().map_err(quarantine)?;
@@ -472,10 +556,9 @@ pub fn stage(
         ..Deidentified::default()
     };
     let processed = results.len();
-    let mut identifiers = Vec::new();
     for (_, r) in results {
         if let Some(s) = r? {
-            identifiers.push(s.identifiers);
+            done.identifiers.push(s.identifiers);
             done.staged.push(s.staged);
         }
     }
@@ -487,9 +570,8 @@ pub fn stage(
             files.len()
         )));
     }
-    identifiers.sort();
-    identifiers.dedup();
-    done.warnings = gc_content::deidentify::title_warnings(case, title, &identifiers);
+    done.identifiers.sort();
+    done.identifiers.dedup();
     Ok(done)
 }
 
@@ -656,7 +738,7 @@ fn few(paths: &[&str]) -> String {
 /// One file's copy and the patient identifiers it had.
 struct StagedFile {
     staged: Staged,
-    identifiers: (Option<String>, Option<String>),
+    identifiers: PatientIdentifiers,
 }
 
 /// The upload name of the de-identified copy of the case's `index`-th image file (in plan order): unique
@@ -705,8 +787,36 @@ fn stage_one(
             upload_name: neutral_name(index),
             sha256: written.sha256,
         },
-        identifiers: (written.patient_id, written.patient_name),
+        identifiers: written.identifiers,
     }))
+}
+
+/// Warnings for the texts of a case that leave this machine (its title, the names of its DICOM image
+/// sets) and repeat a patient identifier its DICOM files hold.
+pub fn identifier_warnings(plan: &Plan, identifiers: &[PatientIdentifiers]) -> Vec<String> {
+    use gc_content::deidentify::Leaving;
+    let names: Vec<(String, &str)> = plan
+        .sockets
+        .iter()
+        .filter_map(|s| match &s.source {
+            Source::DicomImageSet { image_name, .. } => Some((
+                format!("image name of socket {}", s.slug),
+                image_name.as_str(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let mut leaving = vec![Leaving {
+        what: "title",
+        setting: "title",
+        text: &plan.title,
+    }];
+    leaving.extend(names.iter().map(|(what, text)| Leaving {
+        what,
+        setting: "image_name",
+        text,
+    }));
+    gc_content::deidentify::title_warnings(&plan.case_path, &leaving, identifiers)
 }
 
 /// Make the de-identified copies (with `privacy`) and refuse images the platform's importer would fail,
@@ -716,6 +826,7 @@ async fn prepare(
     plan: &Plan,
     routes: &[(&str, Route<'_>)],
     privacy: Option<&Privacy>,
+    timings: &mut Timings,
 ) -> Result<Deidentified, DeliverError> {
     // Image sockets without DICOM send their files as they are: they are judged first, so that a file
     // the platform would not import anyway is refused in the importer's words rather than for being of
@@ -725,6 +836,7 @@ async fn prepare(
             .into_iter()
             .partition(|s| privacy.is_none() || !s.files.iter().any(|(_, _, p)| is_dicom(p)));
     precheck(as_is).await?;
+    let t = Instant::now();
     let deidentified = match privacy {
         Some(privacy) => {
             // Only image sockets take DICOM: a file socket's .dcm is sent as it is.
@@ -738,24 +850,28 @@ async fn prepare(
                 privacy.staging.clone(),
                 privacy.uids.clone(),
             );
-            let (title, case) = (plan.title.clone(), plan.case.clone());
             // Reading and writing whole series is blocking work: off the async threads.
-            tokio::task::spawn_blocking(move || {
-                stage(&dir, &images, &Privacy { staging, uids }, &title, &case)
+            let mut done = tokio::task::spawn_blocking(move || {
+                stage(&dir, &images, &Privacy { staging, uids })
             })
             .await
-            .map_err(|e| quarantine(format!("de-identification failed: {e}")))??
+            .map_err(|e| quarantine(format!("de-identification failed: {e}")))??;
+            done.warnings = identifier_warnings(plan, &done.identifiers);
+            done
         }
         None => Deidentified::default(),
     };
+    Timings::add(&mut timings.deidentify, t);
     for w in &deidentified.warnings {
         tracing::warn!(case = %plan.case_path, "{w}");
     }
+    let t = Instant::now();
     let copied = images_as_sent(case_dir, routes, &deidentified.staged)
         .into_iter()
         .filter(|s| copied.iter().any(|c| c.slug == s.slug))
         .collect();
     precheck(copied).await?;
+    Timings::add(&mut timings.prechecks, t);
     Ok(deidentified)
 }
 
@@ -775,20 +891,25 @@ async fn precheck(images: Vec<SocketFiles>) -> Result<(), DeliverError> {
         .map_err(|e| quarantine(format!("the images could not be checked: {e}")))?
 }
 
-/// Deliver `plan` (files read from `case_dir`) and verify it on the server. With `privacy`, DICOM
-/// files going to image sockets are sent as de-identified copies. A case of an algorithm folder becomes
-/// one job, whose outputs are written to `outbox`.
-#[allow(clippy::too_many_arguments)]
-pub async fn deliver(
+/// Send `plan` (files read from `case_dir`): the item created (or updated), every file uploaded, every
+/// value set. With `privacy`, DICOM files going to image sockets are sent as de-identified copies. A case
+/// of an algorithm folder becomes one job, followed to its end, whose outputs are written to `outbox`.
+pub async fn send(
     client: &Client,
-    case_dir: &Path,
+    local: Local<'_>,
     plan: &Plan,
     start: ItemStart,
     timing: &VerifyTiming,
     cp: &dyn Checkpoints,
-    privacy: Option<&Privacy>,
-    outbox: Option<&Path>,
-) -> Result<Delivered, DeliverError> {
+    timings: &mut Timings,
+) -> Result<Sent, DeliverError> {
+    let Local {
+        case_dir,
+        privacy,
+        staging,
+        outbox,
+    } = local;
+    let t = Instant::now();
     let target = client
         .resolve_target(plan.target, &plan.target_slug)
         .await
@@ -809,7 +930,8 @@ pub async fn deliver(
             privacy,
             outbox,
         };
-        return job::deliver_job(client, run, start).await;
+        let done = job::deliver_job(client, run, start).await?;
+        return Ok(Sent::Done(Box::new(done)));
     }
 
     // Everything checkable is checked before the item exists.
@@ -823,8 +945,14 @@ pub async fn deliver(
         })?;
         routes.push((sp.slug.as_str(), route(case_dir, &socket, &sp.source)?));
     }
-    let deidentified = prepare(case_dir, plan, &routes, privacy).await?;
+    Timings::add(&mut timings.prechecks, t);
+    let deidentified = prepare(case_dir, plan, &routes, privacy, timings).await?;
 
+    let t = Instant::now();
+    let bundles = match staging {
+        Some(dir) => bundle_series(dir, case_dir, &routes, &deidentified.staged).await?,
+        None => vec![],
+    };
     cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
     let (item, created) = match start {
         ItemStart::New => (
@@ -834,33 +962,119 @@ pub async fn deliver(
         ItemStart::Existing(pk) => (client.get_item(&target, &pk).await?, false),
     };
     cp.item(&item.pk).map_err(DeliverError::Checkpoint)?;
-    let sent = Sent {
+    Timings::add(&mut timings.upload, t);
+    let out = Outgoing {
         case_dir,
         routes,
+        bundles,
         deidentified,
     };
-    match fill(client, sent, &target, &item, timing, cp).await {
+    match set_values(client, out, &target, &item, created, cp, timings).await {
         Err(DeliverError::Quarantine(reason)) => {
-            let left = left_on_platform(client, &target, &item, created).await;
+            let left = left_on_platform(client, &target, &item.pk, created).await;
             Err(DeliverError::Quarantine(format!("{reason}. {left}")))
         }
-        other => other,
+        Ok(awaiting) => Ok(Sent::Awaiting(Box::new(awaiting))),
+        Err(e) => Err(e),
     }
 }
 
+/// Wait until the platform shows every value of a case whose values were set `waited` ago, and say what
+/// the item holds. Meanwhile the case's note says what it waits for, since when, and which pages to look
+/// at (`cp`). An import that failed quarantines the case, in the platform's words; a DICOM image set that
+/// never shows up, with its likely causes and those pages.
+pub async fn verify(
+    client: &Client,
+    verifier: &Verifier,
+    (awaiting, waited): (AwaitingImport, Duration),
+    timing: &VerifyTiming,
+    cp: &dyn Checkpoints,
+    timings: &mut Timings,
+) -> Result<Delivered, DeliverError> {
+    let t = Instant::now();
+    let AwaitingImport {
+        target,
+        item_pk,
+        created,
+        expectations,
+        files,
+        deidentified,
+        timings: _,
+    } = awaiting;
+    let pages = (target.item_page(&item_pk), target.notifications_page());
+    let since = std::time::SystemTime::now()
+        .checked_sub(waited)
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+    let result = {
+        let done = verifier.await_values(&target, &item_pk, &expectations, waited, timing);
+        tokio::pin!(done);
+        loop {
+            tokio::select! {
+                r = &mut done => break r,
+                () = tokio::time::sleep(wait::NOTE_AFTER) => {
+                    let all: Vec<&Expectation> = expectations.iter().collect();
+                    let so_far = waited + t.elapsed();
+                    if let Some(w) = wait::import_wait(&all, so_far, since, timing, pages.clone()) {
+                        cp.waiting(&w);
+                    }
+                }
+            }
+        }
+    };
+    timings.import_wait = (waited + t.elapsed()).as_secs_f64();
+    let reason = match result {
+        Ok(done) => {
+            // Every value of the item, not only the ones just sent: an update sends only what changed.
+            let sockets = done.values.iter().map(SocketResult::from).collect();
+            return Ok(Delivered {
+                item_api_url: client.item_api_url(&target, &item_pk),
+                item_pk,
+                target,
+                sockets,
+                deidentified,
+                job: None,
+            });
+        }
+        Err(GcError::ImportFailed { socket, message }) => import_failure(&socket, &message, &files),
+        Err(e) => match wait::timed_out_dicom_set(&e, &expectations) {
+            Some(socket) => wait::dicom_set_timeout(
+                socket,
+                files
+                    .iter()
+                    .filter(|(slug, _)| slug == socket)
+                    .map(|(_, fs)| fs.len())
+                    .sum(),
+                timing.dicom_deadline,
+                pages.0.as_deref(),
+                pages.1.as_deref(),
+            ),
+            None => match DeliverError::from(e) {
+                DeliverError::Quarantine(reason) => reason,
+                other => return Err(other),
+            },
+        },
+    };
+    let left = left_on_platform(client, &target, &item_pk, created).await;
+    Err(DeliverError::Quarantine(format!("{reason}. {left}")))
+}
+
 /// What goes into an item: the routes of its sockets, and the de-identified copies sent instead of files.
-struct Sent<'a> {
+struct Outgoing<'a> {
     case_dir: &'a Path,
     routes: Vec<(&'a str, Route<'a>)>,
+    /// Image sockets whose files go as one ZIP.
+    bundles: Vec<Bundle>,
     deidentified: Deidentified,
 }
 
-/// Upload every file of every socket (the de-identified copy where there is one), all at once: the
-/// client bounds files and parts in flight. Returns each file's upload, by its path in the case.
+/// Upload every file of every socket (the de-identified copy where there is one; a socket's ZIP instead
+/// of its files where it has one), all at once: the client bounds files and parts in flight. Returns
+/// each upload by its key: a file's path in the case, or the ZIP's [`Bundle::key`].
 async fn upload_all(
     client: &Client,
     case_dir: &Path,
     routes: &[(&str, Route<'_>)],
+    bundles: &[Bundle],
     deidentified: &mut Deidentified,
     cp: &dyn Checkpoints,
 ) -> Result<Vec<(String, UserUpload)>, DeliverError> {
@@ -869,47 +1083,105 @@ async fn upload_all(
         .iter()
         .map(|s| (s.path.as_str(), s))
         .collect();
-    let files: Vec<&PlannedFile> = routes.iter().flat_map(|(_, r)| r.files()).collect();
-    let failed = Mutex::new(None);
-    let uploads = try_join_all(files.iter().map(|f| {
-        let local = match sent_from.get(f.path.as_str()) {
-            Some(s) => LocalFile {
-                path: s.local.clone(),
-                filename: s.upload_name.clone(),
-            },
-            None => LocalFile {
-                path: case_dir.join(&f.rel),
-                filename: f.upload_name.clone(),
-            },
+    let bundled = |slug: &str| bundles.iter().any(|b| b.slug == slug);
+    let mut sends: Vec<(String, LocalFile)> = routes
+        .iter()
+        .filter(|(slug, _)| !bundled(slug))
+        .flat_map(|(_, r)| r.files())
+        .map(|f| {
+            let local = match sent_from.get(f.path.as_str()) {
+                Some(s) => LocalFile {
+                    path: s.local.clone(),
+                    filename: s.upload_name.clone(),
+                },
+                None => LocalFile {
+                    path: case_dir.join(&f.rel),
+                    filename: f.upload_name.clone(),
+                },
+            };
+            (f.path.clone(), local)
+        })
+        .collect();
+    sends.extend(bundles.iter().map(|b| {
+        let local = LocalFile {
+            path: b.local.clone(),
+            filename: b.filename.clone(),
         };
-        upload_one(client, local, f, cp, &failed)
-    }))
+        (b.key.clone(), local)
+    }));
+    let failed = Mutex::new(None);
+    let uploads = try_join_all(
+        sends
+            .iter()
+            .map(|(key, local)| upload_one(client, local.clone(), key, cp, &failed)),
+    )
     .await?;
     if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(DeliverError::Checkpoint(e));
     }
-    deidentified.sent = files.iter().map(|f| f.path.clone()).collect();
-    Ok(files.iter().map(|f| f.path.clone()).zip(uploads).collect())
+    deidentified.sent = routes
+        .iter()
+        .flat_map(|(_, r)| r.files())
+        .map(|f| f.path.clone())
+        .collect();
+    Ok(sends.into_iter().map(|(key, _)| key).zip(uploads).collect())
+}
+
+/// Pack the files of every image socket with many of them (as they will be sent: de-identified copies
+/// where there are) into one ZIP each, under `staging`.
+async fn bundle_series(
+    staging: &Path,
+    case_dir: &Path,
+    routes: &[(&str, Route<'_>)],
+    staged: &[Staged],
+) -> Result<Vec<Bundle>, DeliverError> {
+    let many: Vec<(String, Vec<(String, PathBuf)>)> = images_as_sent(case_dir, routes, staged)
+        .into_iter()
+        // A DICOM image set is imported as DICOM files, never from an archive.
+        .filter(|s| !s.dicom_set && s.files.len() >= bundle::BUNDLE_FROM)
+        .map(|s| {
+            let members = s.files.into_iter().map(|(_, name, local)| (name, local));
+            (s.slug, members.collect())
+        })
+        .collect();
+    if many.is_empty() {
+        return Ok(vec![]);
+    }
+    let staging = staging.to_owned();
+    // Reading and writing whole series is blocking work: off the async threads.
+    tokio::task::spawn_blocking(move || {
+        many.iter()
+            .map(|(slug, members)| bundle::write(&staging, slug, members))
+            .collect::<std::io::Result<Vec<Bundle>>>()
+    })
+    .await
+    .map_err(|e| DeliverError::Local(format!("packing a series failed: {e}")))?
+    .map_err(|e| DeliverError::Local(format!("cannot pack a series into a ZIP: {e}")))
 }
 
 /// The `values` entry of every socket, naming the uploads of its files, with what verifying it awaits.
 fn value_entries(
     routes: &[(&str, Route<'_>)],
+    bundles: &[Bundle],
     uploads: &[(String, UserUpload)],
 ) -> Vec<(ValueEntry, Awaiting)> {
-    let url_of = |f: &PlannedFile| -> String {
+    let url_by_key = |key: &str| -> String {
         uploads
             .iter()
-            .find(|(path, _)| *path == f.path)
+            .find(|(k, _)| k == key)
             .map(|(_, u)| u.api_url.clone())
             .unwrap_or_default()
     };
+    let url_of = |f: &PlannedFile| url_by_key(&f.path);
     routes
         .iter()
         .map(|(slug, r)| {
             let (source, awaiting) = match r {
                 Route::Image(fs) => {
-                    let urls: Vec<String> = fs.iter().map(url_of).collect();
+                    let urls: Vec<String> = match bundles.iter().find(|b| b.slug == *slug) {
+                        Some(b) => vec![url_by_key(&b.key)],
+                        None => fs.iter().map(url_of).collect(),
+                    };
                     (
                         ValueSource::UserUploads(urls.clone()),
                         Awaiting::Image { uploads: urls },
@@ -941,25 +1213,29 @@ fn value_entries(
         .collect()
 }
 
-/// Upload the files into `item`, set every value with one PATCH and verify them on the server.
-async fn fill(
+/// Upload the files into `item` and set every value with one PATCH; return what verifying awaits.
+async fn set_values(
     client: &Client,
-    sent: Sent<'_>,
+    out: Outgoing<'_>,
     target: &Target,
     item: &Item,
-    timing: &VerifyTiming,
+    created: bool,
     cp: &dyn Checkpoints,
-) -> Result<Delivered, DeliverError> {
-    let Sent {
+    timings: &mut Timings,
+) -> Result<AwaitingImport, DeliverError> {
+    let Outgoing {
         case_dir,
         routes,
+        bundles,
         mut deidentified,
-    } = sent;
+    } = out;
+    let t = Instant::now();
     cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
-    let uploads = upload_all(client, case_dir, &routes, &mut deidentified, cp).await?;
+    let uploads = upload_all(client, case_dir, &routes, &bundles, &mut deidentified, cp).await?;
+    Timings::add(&mut timings.upload, t);
     let mut entries = Vec::with_capacity(routes.len());
     let mut expectations = Vec::with_capacity(routes.len());
-    for (entry, awaiting) in value_entries(&routes, &uploads) {
+    for (entry, awaiting) in value_entries(&routes, &bundles, &uploads) {
         // Values are deduplicated platform-wide: the pk may legitimately stay the same.
         let previous_pk = match awaiting {
             Awaiting::Value(_) => None,
@@ -977,11 +1253,12 @@ async fn fill(
     if !cp.unchanged() {
         return Err(DeliverError::Changed);
     }
+    let t = Instant::now();
     cp.step(Step::Patching).map_err(DeliverError::Checkpoint)?;
     if let Err(e) = client.patch_values(target, &item.pk, &entries).await {
         // A PATCH whose answer was lost may have been applied: its retry is then refused because the
         // uploads it names were already consumed by the first one. Only if every upload is gone is that
-        // the explanation; verification below then decides.
+        // the explanation; verification then decides.
         if !matches!(e, GcError::Rejected { .. })
             || uploads.is_empty()
             || !all_consumed(client, &uploads).await
@@ -990,66 +1267,36 @@ async fn fill(
         }
         tracing::info!(item = %item.pk, "the values were already set by an earlier attempt whose answer was lost");
     }
-    cp.step(Step::Verifying).map_err(DeliverError::Checkpoint)?;
-    let tell = |w: &ImportWait| cp.waiting(w);
-    let reporter = wait::Reporter::new(&tell, timing, target, &item.pk);
-    let done = client
-        .await_values_observed(target, &item.pk, &expectations, timing, &reporter)
-        .await
-        .map_err(|e| verify_failure(e, &routes, &expectations, &reporter))?;
-    // Every value of the item, not only the ones just sent: an update sends only what changed.
-    let sockets = done.values.iter().map(SocketResult::from).collect();
-    Ok(Delivered {
-        item_api_url: client.item_api_url(target, &item.pk),
-        item_pk: item.pk.clone(),
-        target: target.clone(),
-        sockets,
-        deidentified,
-        job: None,
-    })
-}
-
-/// Why verification failed, for the caller: an import failure in the platform's words, a DICOM image set
-/// that never showed up with its likely causes and pages, anything else as the client says it.
-fn verify_failure(
-    e: GcError,
-    routes: &[(&str, Route<'_>)],
-    expectations: &[Expectation],
-    reporter: &wait::Reporter<'_>,
-) -> DeliverError {
-    if let GcError::ImportFailed { socket, message } = &e {
-        return quarantine(import_failure(socket, message, routes));
-    }
-    match wait::timed_out_dicom_set(&e, expectations) {
-        Some(socket) => quarantine(wait::dicom_set_timeout(
-            socket,
-            socket_files(routes, socket),
-            reporter.timing.dicom_deadline,
-            reporter.item_page.as_deref(),
-            reporter.notifications_page.as_deref(),
-        )),
-        None => e.into(),
-    }
-}
-
-/// How many files a socket sends.
-fn socket_files(routes: &[(&str, Route<'_>)], socket: &str) -> usize {
-    routes
+    Timings::add(&mut timings.patch, t);
+    let files = routes
         .iter()
-        .filter(|(slug, _)| *slug == socket)
-        .map(|(_, r)| r.files().len())
-        .sum()
+        .map(|(slug, r)| {
+            let paths = r.files().iter().map(|f| f.path.clone()).collect();
+            (slug.to_string(), paths)
+        })
+        .collect();
+    let awaiting = AwaitingImport {
+        target: target.clone(),
+        item_pk: item.pk.clone(),
+        created,
+        expectations,
+        files,
+        deidentified,
+        timings: *timings,
+    };
+    cp.awaiting(&awaiting).map_err(DeliverError::Checkpoint)?;
+    Ok(awaiting)
 }
 
 /// An import failure in the platform's words, with the files it concerns. The platform names no file
 /// (gc-protocol.md §6.1: the session's `error_message` only counts them), so the message names every file
 /// of the socket's import, which is one file exactly when the socket had one.
-fn import_failure(socket: &str, message: &str, routes: &[(&str, Route<'_>)]) -> String {
-    let files: Vec<&str> = routes
+fn import_failure(socket: &str, message: &str, files: &[(String, Vec<String>)]) -> String {
+    let files: Vec<&str> = files
         .iter()
-        .filter(|(slug, _)| *slug == socket)
-        .flat_map(|(_, r)| r.files())
-        .map(|f| f.path.as_str())
+        .filter(|(slug, _)| slug == socket)
+        .flat_map(|(_, fs)| fs)
+        .map(String::as_str)
         .collect();
     match files.as_slice() {
         [] => format!("socket {socket}: the import failed: {message}"),
@@ -1063,14 +1310,19 @@ fn import_failure(socket: &str, message: &str, routes: &[(&str, Route<'_>)]) -> 
 }
 
 /// What a case the platform refused left behind, read back from the platform, for the receipt.
-async fn left_on_platform(client: &Client, target: &Target, item: &Item, created: bool) -> String {
+async fn left_on_platform(
+    client: &Client,
+    target: &Target,
+    item_pk: &str,
+    created: bool,
+) -> String {
     let what = if created {
         "the item created for it"
     } else {
         "its item"
     };
-    let url = client.item_api_url(target, &item.pk);
-    match client.get_item(target, &item.pk).await {
+    let url = client.item_api_url(target, item_pk);
+    match client.get_item(target, item_pk).await {
         Ok(now) if now.values.is_empty() => {
             format!("Left on the platform: {what}, {url}, which holds no values")
         }
@@ -1092,16 +1344,16 @@ async fn left_on_platform(client: &Client, target: &Target, item: &Item, created
 async fn upload_one(
     client: &Client,
     local: LocalFile,
-    f: &PlannedFile,
+    key: &str,
     cp: &dyn Checkpoints,
     failed: &Mutex<Option<String>>,
 ) -> Result<UserUpload, GcError> {
     let observer = FileObserver {
-        path: &f.path,
+        path: key,
         cp,
         failed,
     };
-    let resume = match cp.earlier_upload(&f.path) {
+    let resume = match cp.earlier_upload(key) {
         Some(EarlierUpload::Completed { upload_pk, api_url }) => {
             match client.get_upload(&upload_pk).await? {
                 Some(u) if u.status == "Completed" && u.api_url == api_url => return Ok(u),
@@ -1114,7 +1366,7 @@ async fn upload_one(
     let upload = client
         .upload_file(&local, resume.as_ref(), &observer)
         .await?;
-    observer.keep(cp.upload_completed(&f.path, &upload));
+    observer.keep(cp.upload_completed(key, &upload));
     Ok(upload)
 }
 
@@ -1145,8 +1397,10 @@ async fn create_or_adopt(
         TitleClaim::TakenBy { folder, case } => {
             return Err(quarantine(format!(
                 "the title \"{title}\" in {} belongs to another case, {} in {}: two cases never \
-                 go into one item. Give them different titles (the folder's title template, e.g. \
-                 \"{{path}}\"); nothing was created on the platform",
+                 go into one item. Give them different titles with the folder's title template: \
+                 title = \"{{hash}}\" tells the cases of a drop folder apart without showing a folder \
+                 name (where several drop folders feed one target, give each its own prefix, e.g. \
+                 \"ward-a-{{hash}}\"); nothing was created on the platform",
                 target.slug,
                 crate::rules::path_text(&case),
                 folder.display()
@@ -1222,7 +1476,7 @@ mod tests {
     #[tokio::test]
     async fn a_lost_creation_stays_in_doubt_until_its_item_is_adopted() {
         use gc_client::{ClientConfig, RetryPolicy, TargetKind, Token};
-        use gc_sandbox::{Fixture, Sandbox, SandboxOptions, fixture::DEMO_TOKEN};
+        use gc_sandbox::{DEMO_TOKEN, Fixture, Sandbox, SandboxOptions};
         use std::time::Duration;
         let sb = Sandbox::start(SandboxOptions::new(Fixture::demo()))
             .await

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use gc_client::verify::{Awaiting, Expectation, VerifyObserver, VerifyTiming};
-use gc_client::{GcError, Target};
+use gc_client::GcError;
+use gc_client::verify::{Awaiting, Expectation, VerifyTiming};
 
 /// Waits shorter than this are not noted: most imports are done by then, and a note would only flicker.
 pub const NOTE_AFTER: Duration = Duration::from_secs(2);
@@ -112,41 +112,6 @@ pub fn import_wait(
         item_page: pages.0,
         notifications_page: pages.1,
     })
-}
-
-/// Tells the case's checkpoints (through `tell`) what verification waits for.
-pub(super) struct Reporter<'a> {
-    pub tell: &'a (dyn Fn(&ImportWait) + Sync),
-    pub timing: &'a VerifyTiming,
-    pub item_page: Option<String>,
-    pub notifications_page: Option<String>,
-    pub since: SystemTime,
-}
-
-impl<'a> Reporter<'a> {
-    pub fn new(
-        tell: &'a (dyn Fn(&ImportWait) + Sync),
-        timing: &'a VerifyTiming,
-        target: &Target,
-        item_pk: &str,
-    ) -> Reporter<'a> {
-        Reporter {
-            tell,
-            timing,
-            item_page: target.item_page(item_pk),
-            notifications_page: target.notifications_page(),
-            since: SystemTime::now(),
-        }
-    }
-}
-
-impl VerifyObserver for Reporter<'_> {
-    fn pending(&self, pending: &[&Expectation], waited: Duration) {
-        let pages = (self.item_page.clone(), self.notifications_page.clone());
-        if let Some(wait) = import_wait(pending, waited, self.since, self.timing, pages) {
-            (self.tell)(&wait);
-        }
-    }
 }
 
 /// Why a case is quarantined when its DICOM image set did not show up by the deadline: the platform

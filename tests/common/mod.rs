@@ -787,3 +787,26 @@ pub fn set_sop_class(path: &Path, uid: &str) {
 pub async fn status_of(config: &Path, args: &[&str]) -> String {
     gc("status", config).args(args).run_async().await.stdout
 }
+
+/// Are the tests running as root (needed to run commands as another user)?
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The binary run as user `uid` with primary group `gid` and only the supplementary `groups` (as an
+/// operator's login would be), with none of root's groups and no token in the environment.
+pub fn as_user(uid: u32, gid: u32, groups: &[u32]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([format!("--reuid={uid}"), format!("--regid={gid}")]);
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        c.arg(format!("--groups={}", list.join(",")));
+    }
+    c.arg("--")
+        .arg(env!("CARGO_BIN_EXE_gc-hotfolder"))
+        .env_remove("GRAND_CHALLENGE_AUTHORIZATION")
+        .env_remove("CREDENTIALS_DIRECTORY");
+    c
+}

@@ -62,6 +62,8 @@ const MAX_PART_SIZE: u64 = 5 << 30;
 const MAX_API_BODY: usize = 64 << 20;
 /// Page size for list walks (the platform's default and gcapi's).
 const PAGE_LIMIT: u64 = 100;
+/// The largest page the platform serves (gc-protocol.md §1.7).
+const MAX_PAGE_LIMIT: u64 = 1000;
 /// A download asks the kernel to start writing each such stretch to disk as soon as it is written, so
 /// that the final fsync (the file must be on disk before it counts as downloaded) has little left to do.
 const WRITEBACK_STEP: u64 = 8 << 20;
@@ -855,20 +857,73 @@ impl Client {
         path: &str,
         filters: &[(&str, &str)],
         context: &str,
-        mut visit: impl FnMut(T) -> ControlFlow<()>,
+        visit: impl FnMut(T) -> ControlFlow<()>,
     ) -> Result<(), GcError> {
+        self.walk_sized(path, filters, PAGE_LIMIT, context, visit)
+            .await
+            .map(|_| ())
+    }
+
+    /// Every row of a list endpoint in pages of the largest size the platform serves, and the list's
+    /// count: for reading whole lists in as few requests as possible.
+    pub(crate) async fn list_all<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        filters: &[(&str, &str)],
+        context: &str,
+    ) -> Result<(Vec<T>, u64), GcError> {
+        let mut all = Vec::new();
+        let count = self
+            .walk_sized(path, filters, MAX_PAGE_LIMIT, context, |row| {
+                all.push(row);
+                ControlFlow::Continue(())
+            })
+            .await?;
+        Ok((all, count))
+    }
+
+    /// An archive's items or a reader study's display sets, all of them, and how many the platform
+    /// counted. Archive items have no defined order, so while the archive changes a row can be missed or
+    /// seen twice (gc-protocol.md §1.7): a caller looking for an item it misses reads it on its own.
+    pub async fn all_items(&self, target: &Target) -> Result<(Vec<Item>, u64), GcError> {
+        let context = format!("listing the items of {}", target.slug);
+        self.list_all(
+            items_path(target.kind),
+            &[(items_filter(target.kind), &target.pk)],
+            &context,
+        )
+        .await
+    }
+
+    /// This user's upload sessions, all of them, and how many the platform counted.
+    pub async fn all_upload_sessions(&self) -> Result<(Vec<UploadSession>, u64), GcError> {
+        self.list_all("cases/upload-sessions/", &[], "listing upload sessions")
+            .await
+    }
+
+    /// [`Client::walk`] with pages of `limit` rows; returns the list's count as the last page gave it.
+    async fn walk_sized<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        filters: &[(&str, &str)],
+        limit: u64,
+        context: &str,
+        mut visit: impl FnMut(T) -> ControlFlow<()>,
+    ) -> Result<u64, GcError> {
         let mut offset = 0;
         loop {
-            let page: Page<T> = self.page(path, filters, offset, context).await?;
+            let page: Page<T> = self
+                .page_sized(path, filters, offset, limit, context)
+                .await?;
             let n = page.results.len() as u64;
             for row in page.results {
                 if visit(row).is_break() {
-                    return Ok(());
+                    return Ok(page.count);
                 }
             }
             offset += n;
             if n == 0 || page.next.is_none() || offset >= page.count {
-                return Ok(());
+                return Ok(page.count);
             }
         }
     }
@@ -881,10 +936,23 @@ impl Client {
         offset: u64,
         context: &str,
     ) -> Result<Page<T>, GcError> {
+        self.page_sized(path, filters, offset, PAGE_LIMIT, context)
+            .await
+    }
+
+    /// One page of `limit` rows.
+    async fn page_sized<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        filters: &[(&str, &str)],
+        offset: u64,
+        limit: u64,
+        context: &str,
+    ) -> Result<Page<T>, GcError> {
         let mut url = self.api_url(path)?;
         url.query_pairs_mut()
             .extend_pairs(filters)
-            .append_pair("limit", &PAGE_LIMIT.to_string())
+            .append_pair("limit", &limit.to_string())
             .append_pair("offset", &offset.to_string());
         self.get_json(url, context).await
     }

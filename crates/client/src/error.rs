@@ -72,6 +72,62 @@ pub enum GcError {
 }
 
 impl GcError {
+    /// The same error again, for each of several callers that one failed request concerns (a listing
+    /// shared by many waiting items). An I/O error keeps its kind and text.
+    pub fn duplicate(&self) -> GcError {
+        match self {
+            GcError::Auth { status, detail } => GcError::Auth {
+                status: *status,
+                detail: detail.clone(),
+            },
+            GcError::TooManyUploads(m) => GcError::TooManyUploads(m.clone()),
+            GcError::UploadLimit(m) => GcError::UploadLimit(m.clone()),
+            GcError::JobLimit(m) => GcError::JobLimit(m.clone()),
+            GcError::Rejected {
+                status,
+                context,
+                message,
+                body,
+            } => GcError::Rejected {
+                status: *status,
+                context: context.clone(),
+                message: message.clone(),
+                body: body.clone(),
+            },
+            GcError::NotFound(m) => GcError::NotFound(m.clone()),
+            GcError::Unavailable {
+                context,
+                message,
+                retry_after,
+            } => GcError::Unavailable {
+                context: context.clone(),
+                message: message.clone(),
+                retry_after: *retry_after,
+            },
+            GcError::UploadDead { context, message } => GcError::UploadDead {
+                context: context.clone(),
+                message: message.clone(),
+            },
+            GcError::Protocol { context, message } => GcError::Protocol {
+                context: context.clone(),
+                message: message.clone(),
+            },
+            GcError::ImportFailed { socket, message } => GcError::ImportFailed {
+                socket: socket.clone(),
+                message: message.clone(),
+            },
+            GcError::VerifyTimeout { socket, waited } => GcError::VerifyTimeout {
+                socket: socket.clone(),
+                waited: *waited,
+            },
+            GcError::Io { path, source } => GcError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            GcError::Config(m) => GcError::Config(m.clone()),
+        }
+    }
+
     /// The error's class, as a metrics label.
     pub fn class(&self) -> &'static str {
         match self {

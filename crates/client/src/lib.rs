@@ -36,6 +36,7 @@
 //! - [`client`]  [`Client`]: HTTP, TLS, lookups by slug with caching, pagination, items, images and values.
 //! - [`uploads`] S3 multipart uploads streamed from disk, bounded concurrency, resume via list-parts.
 //! - [`verify`]  polling until every socket shows its new value, or an import session reports `Failed`.
+//! - [`verifier`] many items awaited at once by one task, in rounds that share listings.
 //! - [`algorithms`] algorithms and their interfaces, starting, following and finding jobs.
 //! - [`observe`] [`ClientObserver`]: what the client did (retries, uploads), for the caller's counters.
 
@@ -47,6 +48,7 @@ pub mod models;
 pub mod observe;
 pub mod retry;
 pub mod uploads;
+pub mod verifier;
 pub mod verify;
 
 pub use algorithms::{
@@ -63,4 +65,5 @@ pub use models::{
 pub use observe::{ClientObserver, Unobserved};
 pub use retry::{Jitter, RetryPolicy};
 pub use uploads::{LocalFile, NoObserver, ResumeFrom, UploadObserver};
+pub use verifier::Verifier;
 pub use verify::{Awaiting, Expectation, VerifyTiming};

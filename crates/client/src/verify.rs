@@ -1,18 +1,22 @@
 //! Verification: a PATCH only schedules imports, so delivery ends when every socket shows its new value
 //! (gc-protocol.md §4.6), or when an import session reports `Failed`.
 //!
-//! The platform gives no handle on the background work, so this polls the item with back-off and watches
-//! the side channels the protocol offers: the upload session that the server creates for an image value
-//! (its `status` and `error_message`), and, for file values, whether the upload was ever consumed.
+//! The platform gives no handle on the background work, so this polls the item, less often the longer it
+//! has waited, and watches the side channels the protocol offers: the upload session that the server
+//! creates for an image value (its `status` and `error_message`), and, for file values, whether the upload
+//! was ever consumed. [`Client::await_values`] waits for one item; [`super::verifier`] waits for many at
+//! once with the same schedule, deadlines and judgements.
 
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use super::client::Client;
 use super::models::{Item, Target, UploadSession};
 use crate::error::GcError;
 
 /// What one socket should show once the delivery has landed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Expectation {
     pub socket: String,
     /// The socket value's pk before the PATCH (`None` if the socket was empty): an asynchronous value is
@@ -22,7 +26,8 @@ pub struct Expectation {
 }
 
 /// How the socket's new value was sent, which decides how it shows up and how failure is detected.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Awaiting {
     /// An inline JSON value: set inside the PATCH. Values are shared platform-wide, so an unchanged value
     /// may keep its pk: what counts is that the socket shows this JSON.
@@ -40,7 +45,8 @@ pub enum Awaiting {
 /// How patiently to wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyTiming {
-    /// The first pause between polls; it doubles up to `max_poll`.
+    /// The shortest pause between polls. A pause is an eighth of the time waited so far
+    /// ([`VerifyTiming::pause_after`]), from this up to `max_poll`.
     pub first_poll: Duration,
     pub max_poll: Duration,
     pub image_deadline: Duration,
@@ -61,7 +67,36 @@ impl Default for VerifyTiming {
     }
 }
 
+/// The pause after a look is this fraction of the time waited so far: an import that finishes just
+/// after a look is seen an eighth of the wait late (plus a request), well inside the goal of at most
+/// 20 % of the wait, or 1 s when that is more. A doubling pause would see it up to the whole wait late.
+const POLL_FRACTION: u32 = 8;
+
 impl VerifyTiming {
+    /// The pause before the next look at an item whose values have been awaited for `waited`.
+    pub fn pause_after(&self, waited: Duration) -> Duration {
+        (waited / POLL_FRACTION).clamp(self.first_poll, self.max_poll.max(self.first_poll))
+    }
+
+    /// The pause before the next look, but no later than the first deadline of what is still pending.
+    pub fn next_pause(
+        &self,
+        expectations: &[Expectation],
+        pending: &[usize],
+        waited: Duration,
+    ) -> Duration {
+        let pause = self.pause_after(waited);
+        let next_deadline = pending
+            .iter()
+            .map(|&i| {
+                self.deadline(&expectations[i].awaiting)
+                    .saturating_sub(waited)
+            })
+            .min()
+            .unwrap_or(pause);
+        pause.min(next_deadline).max(Duration::from_millis(1))
+    }
+
     /// How long a socket awaited this way may take before verification gives up.
     pub fn deadline(&self, awaiting: &Awaiting) -> Duration {
         match awaiting {
@@ -162,6 +197,29 @@ pub trait VerifyObserver: Send + Sync {
 pub struct Unobserved;
 impl VerifyObserver for Unobserved {}
 
+/// The expectations `item` does not meet yet (indices into `expectations`).
+pub fn pending(item: &Item, expectations: &[Expectation]) -> Vec<usize> {
+    (0..expectations.len())
+        .filter(|&i| !is_satisfied(item, &expectations[i]))
+        .collect()
+}
+
+/// The import failure an image's session reports, in the platform's words (pure).
+pub fn session_failure(e: &Expectation, s: &UploadSession) -> Option<GcError> {
+    if s.status != "Failed" {
+        return None;
+    }
+    let message = s
+        .error_message
+        .clone()
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(|| "the image import failed without a message".into());
+    Some(GcError::ImportFailed {
+        socket: e.socket.clone(),
+        message,
+    })
+}
+
 impl Client {
     /// Poll the item until every expectation is met and return it; or fail with `ImportFailed` (an upload
     /// session said `Failed`, or a file upload was never consumed) or `VerifyTimeout`.
@@ -186,14 +244,11 @@ impl Client {
         observer: &dyn VerifyObserver,
     ) -> Result<Item, GcError> {
         let start = Instant::now();
-        let mut pause = timing.first_poll;
         // Once an image's session is known, read it directly instead of listing all sessions.
         let mut sessions: Vec<Option<String>> = vec![None; expectations.len()];
         loop {
             let item = self.get_item(target, item_pk).await?;
-            let pending: Vec<usize> = (0..expectations.len())
-                .filter(|&i| !is_satisfied(&item, &expectations[i]))
-                .collect();
+            let pending = pending(&item, expectations);
             if pending.is_empty() {
                 return Ok(item);
             }
@@ -216,17 +271,8 @@ impl Client {
                         }
                     };
                     if let Some(s) = session {
-                        if s.status == "Failed" {
-                            let message = s
-                                .error_message
-                                .filter(|m| !m.trim().is_empty())
-                                .unwrap_or_else(|| {
-                                    "the image import failed without a message".into()
-                                });
-                            return Err(GcError::ImportFailed {
-                                socket: e.socket.clone(),
-                                message,
-                            });
+                        if let Some(failed) = session_failure(e, &s) {
+                            return Err(failed);
                         }
                         sessions[i] = Some(s.api_url);
                     }
@@ -234,46 +280,47 @@ impl Client {
             }
             let elapsed = start.elapsed();
             for &i in &pending {
-                let e = &expectations[i];
-                if elapsed < timing.deadline(&e.awaiting) {
-                    continue;
-                }
-                if let Awaiting::File { upload } = &e.awaiting
-                    && let Some(u) = self.get_upload(resource_key(upload)).await?
-                {
-                    let message = if u.status == "Completed" {
-                        FILE_NOT_ACCEPTED.to_owned()
-                    } else {
-                        format!(
-                            "the upload {} was never completed (status {})",
-                            u.filename, u.status
-                        )
-                    };
-                    return Err(GcError::ImportFailed {
-                        socket: e.socket.clone(),
-                        message,
-                    });
-                }
-                return Err(GcError::VerifyTimeout {
-                    socket: e.socket.clone(),
-                    waited: elapsed,
-                });
+                self.check_deadline(&expectations[i], elapsed, timing)
+                    .await?;
             }
-            let next_deadline = pending
-                .iter()
-                .map(|&i| {
-                    timing
-                        .deadline(&expectations[i].awaiting)
-                        .saturating_sub(elapsed)
-                })
-                .min()
-                .unwrap_or(pause);
-            tokio::time::sleep(pause.min(next_deadline).max(Duration::from_millis(1))).await;
-            pause = (pause * 2).min(timing.max_poll);
+            tokio::time::sleep(timing.next_pause(expectations, &pending, elapsed)).await;
         }
     }
 
-    async fn session(&self, api_url: &str) -> Result<UploadSession, GcError> {
+    /// Fail an expectation still pending after its deadline: `ImportFailed` for a file whose upload is
+    /// still there (the platform did not take it), else `VerifyTimeout`.
+    pub(crate) async fn check_deadline(
+        &self,
+        e: &Expectation,
+        elapsed: Duration,
+        timing: &VerifyTiming,
+    ) -> Result<(), GcError> {
+        if elapsed < timing.deadline(&e.awaiting) {
+            return Ok(());
+        }
+        if let Awaiting::File { upload } = &e.awaiting
+            && let Some(u) = self.get_upload(resource_key(upload)).await?
+        {
+            let message = if u.status == "Completed" {
+                FILE_NOT_ACCEPTED.to_owned()
+            } else {
+                format!(
+                    "the upload {} was never completed (status {})",
+                    u.filename, u.status
+                )
+            };
+            return Err(GcError::ImportFailed {
+                socket: e.socket.clone(),
+                message,
+            });
+        }
+        Err(GcError::VerifyTimeout {
+            socket: e.socket.clone(),
+            waited: elapsed,
+        })
+    }
+
+    pub(crate) async fn session(&self, api_url: &str) -> Result<UploadSession, GcError> {
         let url = url::Url::parse(api_url).map_err(|e| GcError::Protocol {
             context: "reading an upload session".into(),
             message: format!("bad session URL ({e})"),
@@ -453,5 +500,32 @@ mod tests {
             }),
             Duration::from_secs(600)
         );
+    }
+
+    #[test]
+    fn a_finished_import_is_seen_within_a_fifth_of_the_wait_or_a_second() {
+        let t = VerifyTiming::default();
+        // Looks as the schedule places them, each taking a slow request's 150 ms.
+        let rtt = Duration::from_millis(150);
+        let mut looks = vec![Duration::ZERO];
+        while *looks.last().unwrap() < Duration::from_secs(3600) {
+            let last = *looks.last().unwrap();
+            looks.push(last + rtt + t.pause_after(last + rtt));
+        }
+        for ms in (0..3_600_000u64).step_by(37) {
+            let done = Duration::from_millis(ms);
+            let seen = looks.iter().find(|l| **l >= done).unwrap();
+            let bound = (done / 5).max(Duration::from_secs(1));
+            assert!(
+                *seen - done <= bound,
+                "finished at {done:?}, seen at {seen:?}"
+            );
+        }
+        assert_eq!(t.pause_after(Duration::ZERO), t.first_poll);
+        assert_eq!(
+            t.pause_after(Duration::from_secs(8)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(t.pause_after(Duration::from_secs(3600)), t.max_poll);
     }
 }

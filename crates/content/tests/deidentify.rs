@@ -410,21 +410,25 @@ fn text_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     })
 }
 
+/// De-identify `corpus` with the reference de-identifier (one instance: one case) into `out`: file
+/// name → "ok" or "rejected: why".
+fn reference(out: &Path, corpus: &[PathBuf]) -> BTreeMap<String, String> {
+    let stdout = gc_testkit::python::run_ok(
+        Command::new(python())
+            .arg(gc_testkit::python::script("deidentify.py"))
+            .arg(out)
+            .args(corpus),
+        "the reference de-identifier",
+    );
+    serde_json::from_slice(&stdout).unwrap()
+}
+
 #[test]
 fn agrees_with_the_reference_de_identifier_tag_by_tag() {
     let scratch = tempfile::tempdir().unwrap();
     let corpus = write_corpus(&scratch.path().join("in"));
-    let python = python();
-    let script = gc_testkit::python::script("deidentify.py");
     let out_py = scratch.path().join("py");
-    let stdout = gc_testkit::python::run_ok(
-        Command::new(&python)
-            .arg(&script)
-            .arg(&out_py)
-            .args(&corpus),
-        "the reference de-identifier",
-    );
-    let verdicts: BTreeMap<String, String> = serde_json::from_slice(&stdout).unwrap();
+    let verdicts = reference(&out_py, &corpus);
 
     let procedure = Procedure::builtin().unwrap();
     let uids = UidMap::random();
@@ -732,14 +736,7 @@ fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
     assert_eq!(encodings.len(), 8, "{encodings:?}");
     let corpus: Vec<PathBuf> = encodings.keys().map(|n| input.join(n)).collect();
     let out_py = scratch.path().join("py");
-    let stdout = gc_testkit::python::run_ok(
-        Command::new(python())
-            .arg(gc_testkit::python::script("deidentify.py"))
-            .arg(&out_py)
-            .args(&corpus),
-        "the reference de-identifier",
-    );
-    let verdicts: BTreeMap<String, String> = serde_json::from_slice(&stdout).unwrap();
+    let verdicts = reference(&out_py, &corpus);
 
     let procedure = Procedure::builtin().unwrap();
     let uids = UidMap::random();
@@ -755,8 +752,23 @@ fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
         );
         assert_eq!(verdicts[name], "ok", "{name} ({how})");
         let dst = out_rs.join(name);
-        deidentify_file(procedure, &uids, &src, &dst)
+        let written = deidentify_file(procedure, &uids, &src, &dst)
             .unwrap_or_else(|e| panic!("{name} ({how}): {e}"));
+        // The identifiers titles are compared with, read from the header alone (as `check` does) and
+        // while copying, however the file is stored.
+        let expected = gc_content::deidentify::PatientIdentifiers {
+            patient_id: Some("PID-8812".into()),
+            patient_name: Some("ROE^RICHARD".into()),
+            accession_number: Some("ACC98765".into()),
+        };
+        assert!(
+            gc_content::deidentify::patient_identifiers(&src).as_ref() == Some(&expected),
+            "{name} ({how}): the identifiers read from the header"
+        );
+        assert!(
+            written.identifiers == expected,
+            "{name} ({how}): the identifiers read while copying"
+        );
         let (ts_a, meta_a, a, data_a) = read_copy(&dst);
         let (ts_b, meta_b, b, _) = read_copy(&out_py.join(name));
         assert_eq!(ts_a, ts_b, "{name} ({how}): transfer syntax");

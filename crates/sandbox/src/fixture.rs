@@ -159,8 +159,6 @@ pub struct Fixture {
     pub algorithms: Vec<super::algorithm_specs::AlgorithmSpec>,
     pub settings: FixtureSettings,
     pub faults: Vec<FaultRule>,
-    /// True for [`Fixture::demo`], so the command line can print the demo tokens.
-    pub is_demo: bool,
 }
 
 // ---- the TOML form -------------------------------------------------------------------------------
@@ -782,7 +780,6 @@ impl Fixture {
             algorithms: super::algorithm_specs::demo(),
             settings: FixtureSettings::default(),
             faults: Vec::new(),
-            is_demo: true,
         }
     }
 }

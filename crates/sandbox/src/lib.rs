@@ -646,20 +646,40 @@ async fn control_request(app: &App, route: Option<&Route>, method: &str, body: B
                 Ok(b) => b,
                 Err(e) => return Resp::detail(400, &e.to_string()),
             };
+            // A rule is an object with the fields of a fixture's [[fault]] table, or the words of
+            // --fault (both as `gc-hotfolder sandbox --help` shows them).
+            #[derive(serde::Deserialize)]
+            #[serde(untagged)]
+            enum Rule {
+                Words(String),
+                Spec(faults::FaultSpec),
+            }
             #[derive(serde::Deserialize)]
             #[serde(untagged)]
             enum Specs {
-                List(Vec<faults::FaultSpec>),
-                Wrapped { rules: Vec<faults::FaultSpec> },
+                List(Vec<Rule>),
+                Wrapped { rules: Vec<Rule> },
             }
             let specs = match serde_json::from_slice::<Specs>(&bytes) {
                 Ok(Specs::List(l) | Specs::Wrapped { rules: l }) => l,
                 Err(e) => {
-                    return Resp::detail(400, &format!("expected a list of fault rules: {e}"));
+                    return Resp::detail(
+                        400,
+                        &format!(
+                            "expected a list of fault rules (objects like {{\"path\": \"/s3/*\", \
+                             \"action\": \"status\", \"status\": 503}} or strings like \
+                             \"PUT /s3/* 503\"): {e}"
+                        ),
+                    );
                 }
             };
-            let rules: Result<Vec<FaultRule>, String> =
-                specs.into_iter().map(|s| s.into_rule()).collect();
+            let rules: Result<Vec<FaultRule>, String> = specs
+                .into_iter()
+                .map(|r| match r {
+                    Rule::Words(w) => w.parse(),
+                    Rule::Spec(s) => s.into_rule(),
+                })
+                .collect();
             let rules = match rules {
                 Ok(r) => r,
                 Err(e) => return Resp::detail(400, &e),

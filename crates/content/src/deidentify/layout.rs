@@ -133,14 +133,14 @@ fn unstated_group_length(reader: &mut Tracked, size: u64) -> Result<Option<u32>,
             return Ok(None);
         }
         first = false;
-        let len = match &header[4..6] {
-            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN"
-            | b"UR" | b"UT" | b"UV" => {
-                let mut long = [0u8; 4];
-                reader.read_exact(&mut long).map_err(unreadable)?;
-                u64::from(u32::from_le_bytes(long))
-            }
-            _ => u64::from(u16::from_le_bytes([header[6], header[7]])),
+        let long =
+            dicom_core::VR::from_binary([header[4], header[5]]).is_some_and(super::sniff::long_vr);
+        let len = if long {
+            let mut long = [0u8; 4];
+            reader.read_exact(&mut long).map_err(unreadable)?;
+            u64::from(u32::from_le_bytes(long))
+        } else {
+            u64::from(u16::from_le_bytes([header[6], header[7]]))
         };
         let left = size.saturating_sub(reader.position());
         if len > left {

@@ -42,12 +42,14 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use sha2::{Digest, Sha256};
 
 mod error;
+mod identifiers;
 mod layout;
 mod scan;
 pub mod sniff;
 mod un;
 pub use error::DeidError;
 use error::{tag_key, trimmed, unreadable};
+pub use identifiers::{IdentifierKind, Leaving, PatientIdentifiers, looks_like, title_warnings};
 use scan::PixelData;
 
 /// The procedure as shipped: byte for byte the file of `grand-challenge-dicom-de-id-procedure`.
@@ -483,10 +485,8 @@ pub struct Written {
     /// SHA-256 (hex) of the de-identified copy: what is sent.
     pub sha256: String,
     pub size: u64,
-    /// Patient ID and Patient's Name of the original (to warn about titles that repeat them). Kept out
-    /// of `Debug` so that they cannot end up in a log by accident.
-    pub patient_id: Option<String>,
-    pub patient_name: Option<String>,
+    /// The patient identifiers of the original (to warn about titles that repeat them).
+    pub identifiers: PatientIdentifiers,
 }
 
 impl std::fmt::Debug for Written {
@@ -552,8 +552,7 @@ pub fn deidentify_file(
         Some(Ok(bits)) if bits > 8 => VR::OW,
         _ => VR::OB,
     };
-    let patient_id = text(&header, tags::PATIENT_ID);
-    let patient_name = text(&header, tags::PATIENT_NAME);
+    let identifiers = PatientIdentifiers::of(&header);
     deidentify_dataset(procedure, uids, &mut header)?;
     if keep_pixels == Action::Reject {
         return Err(DeidError::Rejected("pixel data".into()));
@@ -571,8 +570,7 @@ pub fn deidentify_file(
     Ok(Written {
         sha256,
         size,
-        patient_id,
-        patient_name,
+        identifiers,
     })
 }
 
@@ -704,58 +702,14 @@ fn write_data_set<W: Write>(
     Ok(())
 }
 
-/// Patient ID and Patient's Name of a DICOM file (however stored), read from its header only (for
-/// `check`).
-pub fn patient_identifiers(path: &Path) -> Option<(Option<String>, Option<String>)> {
+/// The patient identifiers of a DICOM file (however stored), read from its header only (for `check`,
+/// which must not read whole series); `None` for a file that is not DICOM or cannot be read.
+pub fn patient_identifiers(path: &Path) -> Option<PatientIdentifiers> {
     let work = std::env::temp_dir().join(format!("gc-hotfolder-{}.inflated", uuid::Uuid::new_v4()));
     let layout = open(path, &work).ok()?;
     scan::scan(&layout).ok()?;
     let header = read_header(&layout).ok()?;
-    Some((
-        text(&header, tags::PATIENT_ID),
-        text(&header, tags::PATIENT_NAME),
-    ))
-}
-
-/// Warnings for a case whose folder name or title repeats a patient identifier of its DICOM files
-/// (`identifiers`: Patient ID and Patient's Name as read). The identifiers themselves are not repeated
-/// in the text, which ends up in logs and receipts.
-pub fn title_warnings(
-    case: &str,
-    title: &str,
-    identifiers: &[(Option<String>, Option<String>)],
-) -> Vec<String> {
-    let mut out = Vec::new();
-    for (label, shown) in [("folder name", case), ("title", title)] {
-        let hit = identifiers.iter().find_map(|(id, name)| {
-            if id.as_deref().is_some_and(|i| looks_like(shown, i)) {
-                Some("Patient ID")
-            } else if name.as_deref().is_some_and(|n| looks_like(shown, n)) {
-                Some("Patient's Name")
-            } else {
-                None
-            }
-        });
-        if let Some(what) = hit {
-            out.push(format!(
-                "the case's {label} repeats the {what} of its DICOM files, and the title leaves this machine: consider title = \"{{hash}}\""
-            ));
-        }
-    }
-    out
-}
-
-/// Does a title repeat a patient identifier? Compared without case, spaces and separators, so that a
-/// folder `Doe_Jane` matches the name `DOE^JANE`.
-pub fn looks_like(title: &str, identifier: &str) -> bool {
-    let norm = |s: &str| -> String {
-        s.chars()
-            .filter(|c| c.is_alphanumeric())
-            .flat_map(char::to_lowercase)
-            .collect()
-    };
-    let id = norm(identifier);
-    !id.is_empty() && norm(title) == id
+    Some(PatientIdentifiers::of(&header))
 }
 
 /// Our implementation class in the file meta group of every de-identified copy (under the 2.25 root,
@@ -886,14 +840,6 @@ mod tests {
         );
         let keep_all = Procedure::parse(r#"{"default": "K", "sopClass": {}}"#).unwrap();
         assert_eq!(keep_all.refusal("1.2.3"), None);
-    }
-
-    #[test]
-    fn titles_that_repeat_a_patient_identifier_are_recognised() {
-        assert!(looks_like("Doe_Jane", "DOE^JANE"));
-        assert!(looks_like("pid-4711", "PID-4711"));
-        assert!(!looks_like("case-0001", "DOE^JANE"));
-        assert!(!looks_like("", "^"));
     }
 
     #[test]

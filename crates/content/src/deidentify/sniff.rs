@@ -185,96 +185,121 @@ enum Encoding {
 /// ascending, known VRs, lengths within the file? Stops with a yes after three elements, or where the
 /// head ends or an element of undefined length (a sequence) begins, once the first one was sound.
 fn elements_line_up(head: &[u8], len: u64, enc: Encoding) -> bool {
-    let u16_at = |i: usize| -> Option<u16> {
-        let b = [*head.get(i)?, *head.get(i + 1)?];
-        Some(match enc {
-            Encoding::ExplicitBe => u16::from_be_bytes(b),
-            _ => u16::from_le_bytes(b),
-        })
-    };
-    let u32_at = |i: usize| -> Option<u32> {
-        let b: [u8; 4] = head.get(i..i + 4)?.try_into().ok()?;
-        Some(match enc {
-            Encoding::ExplicitBe => u32::from_be_bytes(b),
-            _ => u32::from_le_bytes(b),
-        })
-    };
     let mut pos = 0usize;
     let mut last: Option<(u16, u16)> = None;
     for _ in 0..3 {
-        let (Some(group), Some(element)) = (u16_at(pos), u16_at(pos + 2)) else {
-            return last.is_some();
+        let header = match element_header(head, pos, enc) {
+            Header::Cut => return last.is_some(),
+            Header::Malformed => return false,
+            Header::Read(h) => h,
         };
-        let tag = (group, element);
         let fits = match last {
-            None => opening_group(group),
-            Some(prev) => tag > prev,
+            None => opening_group(header.tag.0),
+            Some(prev) => header.tag > prev,
         };
         if !fits {
             return false;
         }
-        let (value_len, header) = match enc {
-            Encoding::ImplicitLe => match u32_at(pos + 4) {
-                Some(l) => (l, 8),
-                None => return last.is_some(),
-            },
-            Encoding::ExplicitLe | Encoding::ExplicitBe => {
-                let Some(code) = head.get(pos + 4..pos + 6) else {
-                    return last.is_some();
-                };
-                let Some(vr) = VR::from_binary([code[0], code[1]]) else {
-                    return false;
-                };
-                let long = matches!(
-                    vr,
-                    VR::OB
-                        | VR::OD
-                        | VR::OF
-                        | VR::OL
-                        | VR::OV
-                        | VR::OW
-                        | VR::SQ
-                        | VR::SV
-                        | VR::UC
-                        | VR::UN
-                        | VR::UR
-                        | VR::UT
-                        | VR::UV
-                );
-                if long {
-                    if head.get(pos + 6..pos + 8).is_some_and(|r| r != [0, 0]) {
-                        return false;
-                    }
-                    match u32_at(pos + 8) {
-                        Some(l) => (l, 12),
-                        None => return last.is_some(),
-                    }
-                } else {
-                    match u16_at(pos + 6) {
-                        Some(l) => (u32::from(l), 8),
-                        None => return last.is_some(),
-                    }
-                }
-            }
-        };
-        if value_len == u32::MAX {
+        if header.value_len == u32::MAX {
             // A sequence or item of undefined length: its contents follow, not a next element.
             return true;
         }
-        let end = (pos + header) as u64 + u64::from(value_len);
+        let end = (pos + header.len) as u64 + u64::from(header.value_len);
         if end > len {
             return false;
         }
-        last = Some(tag);
+        last = Some(header.tag);
         pos = match usize::try_from(end) {
-            Ok(p) => p,
-            Err(_) => return true,
+            Ok(p) if p < head.len() => p,
+            _ => return true,
         };
-        if pos >= head.len() {
-            return true;
-        }
     }
     true
+}
+
+/// An element header as read from the first bytes of a file.
+struct ElementHeader {
+    tag: (u16, u16),
+    /// The value's declared length (`u32::MAX`: undefined).
+    value_len: u32,
+    /// The header's own length.
+    len: usize,
+}
+
+enum Header {
+    Read(ElementHeader),
+    /// The head ends inside the header: no verdict either way.
+    Cut,
+    /// Not an element header in this encoding (an unknown VR, reserved bytes that are not zero).
+    Malformed,
+}
+
+/// The element header at `pos` in `head`, in encoding `enc`.
+fn element_header(head: &[u8], pos: usize, enc: Encoding) -> Header {
+    let big = enc == Encoding::ExplicitBe;
+    let u16_at = |i: usize| -> Option<u16> {
+        let b = [*head.get(i)?, *head.get(i + 1)?];
+        Some(if big {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
+    };
+    let u32_at = |i: usize| -> Option<u32> {
+        let b: [u8; 4] = head.get(i..i + 4)?.try_into().ok()?;
+        Some(if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
+    };
+    let (Some(group), Some(element)) = (u16_at(pos), u16_at(pos + 2)) else {
+        return Header::Cut;
+    };
+    let read = |value_len: Option<u32>, len| match value_len {
+        Some(value_len) => Header::Read(ElementHeader {
+            tag: (group, element),
+            value_len,
+            len,
+        }),
+        None => Header::Cut,
+    };
+    if enc == Encoding::ImplicitLe {
+        return read(u32_at(pos + 4), 8);
+    }
+    let Some(code) = head.get(pos + 4..pos + 6) else {
+        return Header::Cut;
+    };
+    let Some(vr) = VR::from_binary([code[0], code[1]]) else {
+        return Header::Malformed;
+    };
+    if !long_vr(vr) {
+        return read(u16_at(pos + 6).map(u32::from), 8);
+    }
+    if head.get(pos + 6..pos + 8).is_some_and(|r| r != [0, 0]) {
+        return Header::Malformed;
+    }
+    read(u32_at(pos + 8), 12)
+}
+
+/// VRs whose explicit header has two reserved bytes and a 4-byte length.
+pub(super) fn long_vr(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::OB
+            | VR::OD
+            | VR::OF
+            | VR::OL
+            | VR::OV
+            | VR::OW
+            | VR::SQ
+            | VR::SV
+            | VR::UC
+            | VR::UN
+            | VR::UR
+            | VR::UT
+            | VR::UV
+    )
 }
 
 /// Read a file's first `cap` bytes (fewer when it is shorter) and its length.
