@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 mod common;
 
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use gc_sandbox::DEMO_TOKEN;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -101,7 +101,7 @@ fn readiness(exe: &str, base: &str, dir: &Path) {
     for i in 0..n {
         let staging = dir.join(format!("staging-{i}"));
         std::fs::create_dir_all(&staging).expect("staging");
-        gc_hotfolder::samples::write_mha(&staging.join("image.mha"), [8, 8, 2], i).expect("mha");
+        gc_content::samples::write_mha(&staging.join("image.mha"), [8, 8, 2], i).expect("mha");
         let name = format!("r{i:03}");
         std::fs::rename(&staging, drop.join(&name)).expect("rename");
         dropped.push((name, SystemTime::now()));
@@ -220,12 +220,12 @@ fn series(exe: &str, base: &str, dir: &Path) {
     for i in 0..n {
         let d = staging.join(format!("s{i:03}/dicom"));
         std::fs::create_dir_all(&d).expect("dir");
-        gc_hotfolder::samples::write_dicom_series(
+        gc_content::samples::write_dicom_series(
             &d,
             100,
             16,
             16,
-            &gc_hotfolder::samples::DicomSeriesIds::new(i as u64),
+            &gc_content::samples::DicomSeriesIds::new(i as u64),
             i as u64,
         )
         .expect("series");

@@ -29,10 +29,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 mod common;
 
-use gc_hotfolder::gc::{Client, ClientConfig, JobStatus, LocalFile, NoObserver, Token};
-use gc_hotfolder::gc::{ValueEntry, ValueSource};
+use gc_client::{Client, ClientConfig, JobStatus, LocalFile, NoObserver, Token};
+use gc_client::{ValueEntry, ValueSource};
 use gc_hotfolder::receipt::{Outcome, Receipt};
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use gc_sandbox::DEMO_TOKEN;
 
 /// Cases dropped at once: the agent's default `limits.parallel_cases`.
 const BATCH: usize = 2;
@@ -185,7 +185,7 @@ fn world<'a>(cases: impl Iterator<Item = &'a Case>) -> String {
 fn drop_case(staging: &Path, drop: &Path, name: &str, seed: u64) {
     let dir = staging.join(name);
     std::fs::create_dir_all(&dir).expect("staging");
-    gc_hotfolder::samples::write_mha(&dir.join("ct.mha"), DIMS, seed).expect("mha");
+    gc_content::samples::write_mha(&dir.join("ct.mha"), DIMS, seed).expect("mha");
     std::fs::rename(&dir, drop.join(name)).expect("rename");
 }
 
@@ -344,7 +344,7 @@ async fn bare(base: &str, dir: &Path, plan: &[Vec<Case>]) -> Vec<Vec<Run>> {
                 let case = dir.join("cases").join(&c.name);
                 std::fs::create_dir_all(&case).expect("case");
                 let mha = case.join("ct.mha");
-                gc_hotfolder::samples::write_mha(&mha, DIMS, k as u64).expect("mha");
+                gc_content::samples::write_mha(&mha, DIMS, k as u64).expect("mha");
                 let (client, outbox, name) = (&client, &outbox, c.name.clone());
                 tasks.push(async move { round_trip(client, &algorithm, mha, outbox, name).await });
             }
@@ -358,7 +358,7 @@ async fn bare(base: &str, dir: &Path, plan: &[Vec<Case>]) -> Vec<Vec<Run>> {
 /// Upload, start, poll every 100 ms, write the outputs: the least any client does for one case.
 async fn round_trip(
     client: &Client,
-    algorithm: &gc_hotfolder::gc::Algorithm,
+    algorithm: &gc_client::Algorithm,
     mha: PathBuf,
     outbox: &Path,
     name: String,

@@ -22,12 +22,10 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 mod common;
-#[path = "../tests/python_support/mod.rs"]
-mod python_support;
 
+use gc_content::samples;
 use gc_hotfolder::deliver::Timings;
-use gc_hotfolder::samples;
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use gc_sandbox::DEMO_TOKEN;
 
 /// Cases of one shape, written once, sent by both.
 struct Shape {
@@ -78,7 +76,8 @@ fn main() {
         .collect();
     let n_small: usize = common::env_or("GC_BENCH_SMALL", 40);
     let n_large: usize = common::env_or("GC_BENCH_LARGE", 10);
-    let python = python_support::python_with(
+    let python = gc_testkit::python::python_with(
+        &gc_testkit::venvs!(),
         "gcapi-0.16.1",
         &["gcapi==0.16.1"],
         "gcapi",

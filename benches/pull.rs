@@ -16,7 +16,7 @@ use std::time::Instant;
 
 mod common;
 
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use gc_sandbox::DEMO_TOKEN;
 
 const MIB: f64 = 1024.0 * 1024.0;
 const ARCHIVE: &str = "demo-archive";
@@ -57,7 +57,7 @@ fn main() {
     let drop = tmp.path().join("drop");
     let case = drop.join("big-case");
     std::fs::create_dir_all(&case).expect("case folder");
-    gc_hotfolder::samples::write_mha(&case.join("image.mha"), [1024, 1024, slices], 11)
+    gc_content::samples::write_mha(&case.join("image.mha"), [1024, 1024, slices], 11)
         .expect("image");
     let config = write_config(tmp.path(), &base, &drop);
     let t = Instant::now();

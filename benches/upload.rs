@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use gc_hotfolder::gc::uploads::{LocalFile, NoObserver};
-use gc_hotfolder::gc::{Client, ClientConfig, Token};
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use gc_client::uploads::{LocalFile, NoObserver};
+use gc_client::{Client, ClientConfig, Token};
+use gc_sandbox::DEMO_TOKEN;
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Runs of each DICOM measurement; the best is reported.
@@ -51,7 +51,7 @@ fn main() {
     println!("sandbox: {base}");
 
     let file = tmp.path().join("payload.bin");
-    gc_hotfolder::samples::write_large_file(&file, size, 7).expect("payload");
+    gc_content::samples::write_large_file(&file, size, 7).expect("payload");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
     // Warm the page cache so neither side pays for the first read.
@@ -77,7 +77,7 @@ fn main() {
     dicom_series(&rt, &base, tmp.path());
 
     let bigfile = tmp.path().join("big.bin");
-    gc_hotfolder::samples::write_large_file(&bigfile, big, 8).expect("big payload");
+    gc_content::samples::write_large_file(&bigfile, big, 8).expect("big payload");
     let out = Command::new(std::env::current_exe().expect("exe"))
         .args(["--child-upload", &base])
         .arg(&bigfile)
@@ -97,13 +97,13 @@ fn main() {
 /// De-identification alone, then the series uploaded as it is and de-identified + uploaded, as a delivery
 /// does it (all copies first, then the uploads, files in parallel).
 fn dicom_series(rt: &tokio::runtime::Runtime, base: &str, dir: &Path) {
-    use gc_hotfolder::deidentify::UidMap;
+    use gc_content::deidentify::UidMap;
     use gc_hotfolder::deliver::{Privacy, stage};
     let series = dir.join("series");
     std::fs::create_dir_all(&series).expect("series dir");
-    let ids = gc_hotfolder::samples::DicomSeriesIds::new(11);
-    let files = gc_hotfolder::samples::write_dicom_series(&series, 100, 512, 512, &ids, 11)
-        .expect("series");
+    let ids = gc_content::samples::DicomSeriesIds::new(11);
+    let files =
+        gc_content::samples::write_dicom_series(&series, 100, 512, 512, &ids, 11).expect("series");
     let bytes: u64 = files
         .iter()
         .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
@@ -246,6 +246,7 @@ fn client(base: &str) -> Client {
         parallel_files: 4,
         retry: Default::default(),
         timeout: Duration::from_secs(60),
+        observer: std::sync::Arc::new(gc_client::Unobserved),
     })
     .expect("client")
 }

@@ -19,15 +19,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{After, AlertKind, Config, Folder, OnChange};
-use crate::deidentify::UidMap;
 use crate::deliver::{
     AwaitingImport, Checkpoints, DeliverError, Delivered, EarlierUpload, ItemStart, Lanes, Privacy,
     Sent, Timings,
 };
-use crate::gc::models::UserUpload;
-use crate::gc::uploads::ResumeFrom;
-use crate::gc::verify::VerifyTiming;
-use crate::gc::{Client, TargetKind, Verifier};
 use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, Step};
 use crate::notify::{Alert, Notifier};
 use crate::preflight::Verdict;
@@ -35,6 +30,11 @@ use crate::receipt::{CaseFacts, CaseKey, ItemRef, Receipt, TargetRef};
 use crate::rules::{self, Manifest};
 use crate::settle::{Decision, SettleRules, Snapshot, Tracker, Waiting};
 use crate::watch::{self, Hint};
+use gc_client::models::UserUpload;
+use gc_client::uploads::ResumeFrom;
+use gc_client::verify::VerifyTiming;
+use gc_client::{Client, TargetKind, Verifier};
+use gc_content::deidentify::UidMap;
 
 /// Why the agent holds a drop folder's cases.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -733,7 +733,7 @@ impl Loop {
         let client = if new.server == *old {
             self.shared.client.clone()
         } else {
-            match new.client() {
+            match new.client(crate::metrics::client_observer()) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!("reload rejected, the running config stays: {e}");
@@ -896,7 +896,7 @@ impl Loop {
                             readiness: readiness(folder),
                             attempts: rec.attempts as u32,
                             revision: rec.revision as u32,
-                            started: (crate::receipt::now_rfc3339(), Instant::now()),
+                            started: (crate::clock::now_rfc3339(), Instant::now()),
                             // No plan: no files to say anything about.
                             earlier: &[],
                         };
@@ -1353,7 +1353,7 @@ impl Delivery {
             ..Timings::default()
         };
         let started = Begun {
-            at: (crate::receipt::now_rfc3339(), Instant::now()),
+            at: (crate::clock::now_rfc3339(), Instant::now()),
             earlier: crate::receipt::earlier_sent(
                 &sh.journal,
                 &sh.receipts,
@@ -1565,7 +1565,7 @@ impl Delivery {
 }
 
 pub(crate) fn item_url(client: &Client, folder: &Folder, pk: &str) -> String {
-    let target = crate::gc::Target {
+    let target = gc_client::Target {
         kind: folder.target,
         slug: folder.target_slug.clone(),
         pk: String::new(),
@@ -1782,7 +1782,7 @@ struct Begun {
 /// imports show (the case's note says meanwhile what it waits for).
 pub(crate) async fn verified(
     run: &CaseRun<'_>,
-    verifier: &crate::gc::Verifier,
+    verifier: &gc_client::Verifier,
     sent: Recorded,
     timings: &mut Timings,
 ) -> Result<Delivered, DeliverError> {
@@ -1841,7 +1841,7 @@ pub(crate) struct JournalCheckpoints<'a> {
 impl Checkpoints for JournalCheckpoints<'_> {
     fn creating(
         &self,
-        target: &crate::gc::Target,
+        target: &gc_client::Target,
         title: &str,
     ) -> Result<crate::journal::TitleClaim, String> {
         self.journal

@@ -255,7 +255,7 @@ pub struct RetryArgs {
 /// Prints the API base URL (and the CA file with --tls, and the demo tokens with the built-in fixture),
 /// then serves until Ctrl-C or SIGTERM and exits 0.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = crate::sandbox::command::SANDBOX_HELP)]
+#[command(after_long_help = SANDBOX_HELP)]
 pub struct SandboxArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000")]
@@ -286,53 +286,21 @@ pub struct SandboxArgs {
     pub seed: Option<u64>,
     /// A fault rule (repeatable), e.g. "PUT /s3/* 503 retry-after=1 p=0.2"; see below.
     #[arg(long = "fault", value_name = "SPEC")]
-    pub faults: Vec<crate::sandbox::FaultRule>,
+    pub faults: Vec<gc_sandbox::FaultRule>,
     /// Write every request received (request line, headers, whole body, S3 part PUTs included) into
     /// this folder, two files per request; see below.
     #[arg(long, value_name = "DIR")]
     pub record: Option<std::path::PathBuf>,
 }
 
-pub fn run(cli: Cli) -> std::process::ExitCode {
-    init_logging(cli.log_format);
-    if prints_for_a_pipe(&cli.command) {
-        // `status | head` ends quietly, as other Unix tools do, instead of panicking on EPIPE. Only for
-        // commands that print and exit: the agent and the servers keep SIGPIPE ignored, as Rust sets it.
-        // SAFETY: called before any thread is started; restores the default disposition.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
-    let code = match cli.command {
-        Command::Upload(args) => crate::upload::main(args),
-        Command::Pull(args) => crate::pull::main(args),
-        Command::Run(args) => crate::commands::run(args),
-        Command::Check(args) => crate::commands::check(args),
-        Command::Explain(args) => crate::commands::explain(args),
-        Command::Status(args) => crate::commands::status(args),
-        Command::Receipts(args) => crate::commands::receipts(args),
-        Command::Pause(args) => crate::commands::pause(args, true),
-        Command::Resume(args) => crate::commands::pause(args, false),
-        Command::Retry(args) => crate::commands::retry(args),
-        Command::Demo(args) => crate::demo::main(args),
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "gc-hotfolder", &mut std::io::stdout());
-            exit::OK
-        }
-        Command::Man(args) => crate::manual::main(args.command.as_deref(), args.out_dir.as_deref()),
-        Command::Sandbox(args) => crate::sandbox::command::main(args),
-    };
-    std::process::ExitCode::from(code)
-}
-
 /// Commands whose output is meant to be read, piped into `head` or `grep`: they neither serve nor
-/// deliver, so a closed pipe may simply end them. Not `check --online`: it talks to the platform, and
-/// a connection the other side closed must be an error it reports, not a signal that ends it.
-fn prints_for_a_pipe(command: &Command) -> bool {
+/// deliver, so a closed pipe may simply end them. Not `check --online`: it talks to the platform, and a
+/// connection the server closes during the TLS handshake would raise SIGPIPE and kill it instead of
+/// letting it say what went wrong.
+pub fn prints_for_a_pipe(command: &Command) -> bool {
     matches!(
         command,
-        Command::Check(crate::cli::CheckArgs { online: false, .. })
+        Command::Check(CheckArgs { online: false, .. })
             | Command::Explain(_)
             | Command::Status(_)
             | Command::Receipts(_)
@@ -368,7 +336,7 @@ pub fn log_filter(gc_hotfolder_log: Option<String>, rust_log: Option<String>) ->
     }
 }
 
-fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat) {
     use std::os::unix::fs::MetadataExt;
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt;
@@ -412,6 +380,54 @@ fn init_logging(format: LogFormat) {
         _ => builder.with_target(false).try_init(),
     };
 }
+
+/// The `--fault` syntax and the `--record` layout, shown by `gc-hotfolder sandbox --help`.
+pub const SANDBOX_HELP: &str = "\
+FAULT RULES (--fault, repeatable; also [[fault]] in the fixture and PUT /_sandbox/faults at run time)
+  Words separated by spaces, in any order:
+    [METHOD] PATH ACTION [p=PROBABILITY] [after] [times=N]
+  PATH     a glob on the request path; * also matches '/', e.g. /api/v1/uploads/*  /s3/*  *
+  ACTION   one of:
+    STATUS [retry-after=SECONDS]   answer 500 (HTML page), 502/503/504/429 (proxy page, no JSON;
+                                   S3-style XML under /s3/) instead of handling the request
+    latency=MS                     wait MS milliseconds first
+    drop                           close the connection without an answer (the request body is not read)
+    too-many-uploads=N             POST /api/v1/uploads/ answers the \"too many uploads\" 400 once the
+                                   caller owns N uploads
+    import-fails                   answer as usual, but the background imports the request schedules
+                                   (values of a PATCH set from uploads) fail: a DICOM image set or a
+                                   file with a notification only, an image's session as \"Failed\"
+  p=0.25   the chance per matching request (default 1)
+  after    handle the request first (it is committed), then lose the answer: STATUS replaces it,
+           drop cuts the connection in the middle of the response body
+  times=N  fire at most N times
+  Draws come from a seeded RNG (--seed) so a run can be reproduced.
+EXAMPLES
+  --fault 'PUT /s3/* 503 retry-after=1 p=0.2'
+  --fault 'POST /api/v1/archives/items/ 502 after times=1'
+  --fault '* latency=200'
+  --fault '/s3/* drop p=0.05'
+  --fault 'PATCH /api/v1/archives/items/* import-fails'
+AT RUN TIME (PUT /_sandbox/faults replaces every rule; GET lists them as objects)
+  The body is a JSON list (or {\"rules\": [...]}) of rules, each the words above as a string or an
+  object with the fields of a fixture's [[fault]] table: action (status, latency, drop,
+  too_many_uploads, import_fails) with status and retry_after, ms, or threshold; method, path,
+  probability, after, times. [] removes every rule. An invalid rule is answered 400, changing nothing.
+  curl -X PUT http://127.0.0.1:8000/_sandbox/faults -H 'Content-Type: application/json' \\
+    -d '[\"PUT /s3/* 503 p=0.2\", {\"path\": \"/api/v1/uploads/*\", \"action\": \"latency\", \"ms\": 200}]'
+
+REQUEST RECORDING (--record DIR)
+  Every request received is written to DIR as it arrives, two files per request, numbered in
+  order of arrival (after the records already in DIR):
+    000001.head  the request line (METHOD /path?query HTTP/1.1) and every header as received,
+                 one per line; once the body is over, an empty line and
+                 'body: N bytes, complete' or 'body: N bytes, not read to its end'
+    000001.body  the body, written chunk by chunk as the server reads it (part PUTs of any
+                 size go to disk as they arrive, never held in memory)
+  Recording changes nothing the server does: a body it does not read to its end (an error
+  answered early, a fault that drops the connection) is recorded as far as it was read.
+  The credentials of an Authorization header are not written, only the scheme and the first
+  16 hex digits of their SHA-256: 'authorization: Bearer [redacted, sha256 3b1f0c...]'.";
 
 #[cfg(test)]
 mod tests {

@@ -1,66 +1,15 @@
-//! The subcommands that operate the agent: `run`, `check`, `explain`, `retry`. Each loads the config,
-//! does one thing and maps the outcome to an exit code an operator or a script can rely on.
+//! The top of the program: [`dispatch`] runs the command the command line names, and the subcommands
+//! that operate the agent live here (`run`, `check`, `explain`, `status`, `receipts`, `pause`, `resume`,
+//! `retry`). Each loads the config, does one thing and maps the outcome to an exit code an operator or a
+//! script can rely on.
 
 use std::path::{Path, PathBuf};
 
 use crate::agent::{self, AgentOptions};
-use crate::cli::{CheckArgs, ExplainArgs, RetryArgs, RunArgs, exit};
+use crate::cli::{self, CheckArgs, ExplainArgs, RetryArgs, RunArgs, exit};
 use crate::config::Config;
-use crate::gc::{Client, GcError};
 use crate::journal::{CaseRecord, CaseState, Journal};
-
-/// The platform client of a config, its token checked. A daemon starts even when the platform cannot be
-/// reached (its deliveries retry); a one-shot command gives up. A refused token stops both.
-pub async fn connect(config: &Config, tolerate_unreachable: bool) -> Result<Client, u8> {
-    let client = config.client().map_err(|e| {
-        eprintln!("error: {e}");
-        exit::PLATFORM
-    })?;
-    match client.whoami().await {
-        Ok(user) => tracing::info!(user, url = %config.server.url, "token accepted"),
-        Err(e) if tolerate_unreachable && e.is_retryable_later() => {
-            tracing::warn!(url = %config.server.url, "cannot check the token yet: {e}")
-        }
-        Err(e) => {
-            eprintln!("error: {}", platform_error(config, &e));
-            return Err(exit::PLATFORM);
-        }
-    }
-    Ok(client)
-}
-
-/// One sentence about a failure to talk to the platform, with the likely fix. For a refused token it says
-/// where the token came from (never the token).
-pub fn platform_error(config: &Config, e: &GcError) -> String {
-    match e {
-        GcError::Auth { .. } => {
-            let source = config
-                .token_source()
-                .map_or_else(|| "nowhere".to_owned(), |s| s.to_string());
-            format!(
-                "the platform at {} refused the token from {source} ({e}); create a new token at \
-                 https://grand-challenge.org/settings/api-tokens/ for an account that may use the targets, \
-                 and put it there",
-                config.server.url
-            )
-        }
-        _ => format!("{}: {e}", config.server.url),
-    }
-}
-
-pub(crate) fn load(path: &Path) -> Result<Config, u8> {
-    Config::load(path).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::USAGE
-    })
-}
-
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, u8> {
-    tokio::runtime::Runtime::new().map_err(|e| {
-        eprintln!("error: cannot start the async runtime: {e}");
-        exit::PLATFORM
-    })
-}
+use crate::start::{connect, load, platform_error, runtime, shutdown_signal};
 
 /// `gc-hotfolder run`
 pub fn run(args: RunArgs) -> u8 {
@@ -105,32 +54,6 @@ pub fn run(args: RunArgs) -> u8 {
             }
         }
     })
-}
-
-/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is
-/// first polled, so a stop request that arrives during startup is not lost (nor fatal).
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate())
-        .map_err(|e| tracing::error!("cannot listen for SIGTERM: {e}"))
-        .ok();
-    let int = signal(SignalKind::interrupt())
-        .map_err(|e| tracing::error!("cannot listen for SIGINT: {e}"))
-        .ok();
-    async move {
-        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
-            match s {
-                Some(mut s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = wait(term) => tracing::info!("SIGTERM received"),
-            _ = wait(int) => tracing::info!("interrupt received"),
-        }
-    }
 }
 
 /// `gc-hotfolder check`
@@ -181,7 +104,7 @@ pub fn check(args: CheckArgs) -> u8 {
         Err(code) => return code,
     };
     rt.block_on(async {
-        let client = match config.quick_client() {
+        let client = match config.quick_client(crate::metrics::client_observer()) {
             Ok(c) => c,
             Err(e) => {
                 println!("  token: {e}");
@@ -220,11 +143,11 @@ fn title_warnings_of_present_cases(f: &crate::config::Folder) -> Vec<(String, St
         let Ok(plan) = crate::rules::plan(f, &case_dir, &snap.case_files()) else {
             continue;
         };
-        let identifiers: Vec<crate::deidentify::PatientIdentifiers> = plan
+        let identifiers: Vec<gc_content::deidentify::PatientIdentifiers> = plan
             .sockets
             .iter()
             .flat_map(|s| s.source.files())
-            .filter_map(|pf| crate::deidentify::patient_identifiers(&case_dir.join(&pf.rel)))
+            .filter_map(|pf| gc_content::deidentify::patient_identifiers(&case_dir.join(&pf.rel)))
             // One series is one patient: the first DICOM file tells, without reading them all.
             .take(1)
             .collect();
@@ -517,150 +440,13 @@ fn move_back(
     Ok(())
 }
 
-/// What `status` reports for one drop folder.
-#[derive(Debug, serde::Serialize)]
-pub struct FolderStatus {
-    pub folder: String,
-    pub target: String,
-    pub counts: std::collections::BTreeMap<String, i64>,
-    /// The case waiting longest (not delivered, not quarantined), with the time of its last change.
-    pub oldest_waiting: Option<(String, String)>,
-    pub last_delivery: Option<(String, String)>,
-    pub quarantined: Vec<QuarantinedCase>,
-    /// Notes on cases not delivered yet: still changing after max_wait, a job's status, a wait for the
-    /// platform's import (with the item's page).
-    pub notes: Vec<(String, String)>,
-    /// Paused with `gc-hotfolder pause`: cases are watched but not delivered.
-    pub paused: bool,
-    /// The folder's target is paused because the platform refused the token: until when, and why.
-    pub target_paused: Option<(String, String)>,
-    /// The running agent holds this folder's cases because its target or a socket is not on the platform
-    /// (or could not be checked yet): since when, and why.
-    pub held: Option<(String, String)>,
-    /// Why the drop folder cannot be listed (it does not exist: an unmounted share?), if it cannot.
-    pub missing: Option<String>,
-    /// Files lying where the folder expects case folders (relative to the drop folder): never
-    /// delivered.
-    pub misplaced: Vec<String>,
-}
-
-/// A quarantined case in `status`.
-#[derive(Debug, serde::Serialize)]
-pub struct QuarantinedCase {
-    pub case: String,
-    /// The pseudonym webhook alerts use for this case, to find the case an alert was about.
-    pub case_id: String,
-    pub reason: String,
-}
-
-/// Per folder: cases by state, the oldest waiting, the last delivery, quarantined cases with reasons.
-pub fn folder_status(
-    config: &Config,
-    journal: &Journal,
-) -> Result<Vec<FolderStatus>, crate::journal::JournalError> {
-    let all = journal.all()?;
-    let paused = journal.paused()?;
-    let paused_targets = journal.paused_targets()?;
-    let held = journal.held()?;
-    Ok(config
-        .folders
-        .iter()
-        .map(|f| {
-            let cases: Vec<_> = all.iter().filter(|c| c.folder == f.path).collect();
-            let mut counts = std::collections::BTreeMap::new();
-            for c in &cases {
-                *counts.entry(c.state.name().to_owned()).or_insert(0) += 1;
-            }
-            let waiting = cases
-                .iter()
-                .filter(|c| !matches!(c.state, CaseState::Delivered | CaseState::Quarantined));
-            FolderStatus {
-                folder: f.path.display().to_string(),
-                target: format!("{:?} {}", f.target, f.target_slug),
-                counts,
-                oldest_waiting: waiting
-                    .clone()
-                    .min_by(|a, b| a.updated.cmp(&b.updated))
-                    .map(|c| (c.case_text(), c.updated.clone())),
-                last_delivery: cases
-                    .iter()
-                    .filter(|c| c.state == CaseState::Delivered)
-                    .max_by(|a, b| a.updated.cmp(&b.updated))
-                    .map(|c| (c.case_text(), c.updated.clone())),
-                quarantined: cases
-                    .iter()
-                    .filter(|c| c.state == CaseState::Quarantined)
-                    .map(|c| QuarantinedCase {
-                        case: c.case_text(),
-                        case_id: crate::notify::case_id(&f.path, &c.case_text()),
-                        reason: c.reason.clone().unwrap_or_default(),
-                    })
-                    .collect(),
-                notes: waiting
-                    .filter_map(|c| c.reason.clone().map(|r| (c.case_text(), r)))
-                    .collect(),
-                paused: paused.contains(&f.path),
-                target_paused: paused_targets
-                    .iter()
-                    .find(|t| t.kind == f.target && t.slug == f.target_slug)
-                    .map(|t| (rfc3339_of_unix(t.until_unix), t.reason.clone())),
-                held: held.get(&f.path).cloned(),
-                missing: crate::watch::folder_missing(&f.path),
-                misplaced: misplaced_files(f),
-            }
-        })
-        .collect())
-}
-
-/// The files lying where a drop folder expects case folders, relative to it (none when it cannot be
-/// listed: `missing` says why).
-fn misplaced_files(f: &crate::config::Folder) -> Vec<String> {
-    crate::watch::list(f)
-        .map(|l| l.misplaced)
-        .unwrap_or_default()
-        .iter()
-        .map(|p| crate::rules::path_text(p.strip_prefix(&f.path).unwrap_or(p)))
-        .collect()
-}
-
-fn rfc3339_of_unix(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| secs.to_string())
-}
-
-/// The status of every folder, from the journal as the agent's user opens it, or else read-only (an
-/// operator whose group may read the state folder); when neither works for lack of permission, the
-/// error says who may read it and how to let an operator group read status.
-fn status_report(config: &Config) -> Result<Vec<FolderStatus>, String> {
-    let state = &config.server.state_dir;
-    let first = match Journal::open(state).and_then(|j| folder_status(config, &j)) {
-        Ok(f) => return Ok(f),
-        Err(e) => e,
-    };
-    match Journal::open_read_only(state).and_then(|j| folder_status(config, &j)) {
-        Ok(f) => Ok(f),
-        Err(e) => {
-            let listen = config.metrics.as_ref().map(|m| m.listen);
-            Err(match crate::access::journal_denied(state, listen) {
-                Some(d) => crate::access::journal_denied_text(&d),
-                None => format!("{first}; read-only: {e}"),
-            })
-        }
-    }
-}
-
 /// `gc-hotfolder status`
 pub fn status(args: crate::cli::StatusArgs) -> u8 {
     let config = match load(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let folders = match status_report(&config) {
+    let folders = match crate::status::status_report(&config) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: {e}");
@@ -830,6 +616,42 @@ pub fn pause(args: crate::cli::PauseArgs, paused: bool) -> u8 {
             exit::USAGE
         }
     }
+}
+
+/// Run the command the command line names, with logging set up as it asks; its exit code.
+pub fn dispatch(cli: cli::Cli) -> std::process::ExitCode {
+    crate::cli::init_logging(cli.log_format);
+    if cli::prints_for_a_pipe(&cli.command) {
+        // `status | head` ends quietly, as other Unix tools do, instead of panicking on EPIPE. Only for
+        // commands that print and exit: the agent and the servers keep SIGPIPE ignored, as Rust sets it.
+        // SAFETY: called before any thread is started; restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    let code = match cli.command {
+        cli::Command::Upload(args) => crate::upload::main(args),
+        cli::Command::Pull(args) => crate::pull::main(args),
+        cli::Command::Run(args) => run(args),
+        cli::Command::Check(args) => check(args),
+        cli::Command::Explain(args) => explain(args),
+        cli::Command::Status(args) => status(args),
+        cli::Command::Receipts(args) => receipts(args),
+        cli::Command::Pause(args) => pause(args, true),
+        cli::Command::Resume(args) => pause(args, false),
+        cli::Command::Retry(args) => retry(args),
+        cli::Command::Demo(args) => crate::demo::main(args),
+        cli::Command::Completions { shell } => {
+            let mut cmd = <cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "gc-hotfolder", &mut std::io::stdout());
+            exit::OK
+        }
+        cli::Command::Man(args) => {
+            crate::manual::main(args.command.as_deref(), args.out_dir.as_deref())
+        }
+        cli::Command::Sandbox(args) => crate::sandbox_command::main(args),
+    };
+    std::process::ExitCode::from(code)
 }
 
 #[cfg(test)]

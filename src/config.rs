@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::gc::TargetKind;
+use gc_client::TargetKind;
 
 /// A configuration error located in its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +144,7 @@ pub struct Server {
     /// Where the token comes from; resolved only when talking to the platform, never stored in the config.
     pub token_file: Option<PathBuf>,
     /// An inline token: a secret, so its `Debug` is redacted like every other token's.
-    pub token: Option<crate::gc::Token>,
+    pub token: Option<gc_client::Token>,
     pub ca_cert: Option<PathBuf>,
     pub state_dir: PathBuf,
 }
@@ -183,7 +183,7 @@ impl fmt::Display for TokenSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TokenSource::File(p) => write!(f, "the file {} (server.token_file)", p.display()),
-            TokenSource::Env => write!(f, "the environment variable {}", crate::gc::TOKEN_ENV),
+            TokenSource::Env => write!(f, "the environment variable {}", gc_client::TOKEN_ENV),
             TokenSource::Credential(p) => write!(
                 f,
                 "the systemd credential gc-token ({}, from LoadCredential= in the unit)",
@@ -607,7 +607,7 @@ impl Config {
         if let Some(f) = &s.token_file {
             return Some(TokenSource::File(f.clone()));
         }
-        if std::env::var(crate::gc::TOKEN_ENV).is_ok_and(|v| !v.trim().is_empty()) {
+        if std::env::var(gc_client::TOKEN_ENV).is_ok_and(|v| !v.trim().is_empty()) {
             return Some(TokenSource::Env);
         }
         if let Some(c) = std::env::var_os("CREDENTIALS_DIRECTORY")
@@ -621,44 +621,52 @@ impl Config {
             .map(|_| TokenSource::Inline(self.file.clone()))
     }
 
-    /// The platform client this config describes, with the token from [`Config::token_source`].
-    pub fn client(&self) -> Result<crate::gc::Client, crate::gc::GcError> {
-        self.client_with(Default::default(), Duration::from_secs(60))
+    /// The platform client this config describes, with the token from [`Config::token_source`],
+    /// reporting what it does to `observer`.
+    pub fn client(
+        &self,
+        observer: std::sync::Arc<dyn gc_client::ClientObserver>,
+    ) -> Result<gc_client::Client, gc_client::GcError> {
+        self.client_with(observer, Default::default(), Duration::from_secs(60))
     }
 
     /// A client for a command that answers a person at the terminal (`check --online`): a platform that
     /// is down is said so within seconds, not after a delivery's patient back-off.
-    pub fn quick_client(&self) -> Result<crate::gc::Client, crate::gc::GcError> {
-        let retry = crate::gc::RetryPolicy {
+    pub fn quick_client(
+        &self,
+        observer: std::sync::Arc<dyn gc_client::ClientObserver>,
+    ) -> Result<gc_client::Client, gc_client::GcError> {
+        let retry = gc_client::RetryPolicy {
             max_attempts: 2,
             max_delay: Duration::from_secs(1),
             ..Default::default()
         };
-        self.client_with(retry, Duration::from_secs(5))
+        self.client_with(observer, retry, Duration::from_secs(5))
     }
 
     fn client_with(
         &self,
-        retry: crate::gc::RetryPolicy,
+        observer: std::sync::Arc<dyn gc_client::ClientObserver>,
+        retry: gc_client::RetryPolicy,
         timeout: Duration,
-    ) -> Result<crate::gc::Client, crate::gc::GcError> {
+    ) -> Result<gc_client::Client, gc_client::GcError> {
         let s = &self.server;
         let token = match self.token_source() {
             Some(TokenSource::Inline(_)) => match &s.token {
                 Some(t) => t.clone(),
-                None => crate::gc::Token::from_sources(None, None, None)?,
+                None => gc_client::Token::from_sources(None, None, None)?,
             },
             Some(TokenSource::File(f) | TokenSource::Credential(f)) => {
-                crate::gc::Token::from_sources(Some(&f), None, None)?
+                gc_client::Token::from_sources(Some(&f), None, None)?
             }
-            Some(TokenSource::Env) => crate::gc::Token::from_sources(
+            Some(TokenSource::Env) => gc_client::Token::from_sources(
                 None,
-                std::env::var(crate::gc::TOKEN_ENV).ok(),
+                std::env::var(gc_client::TOKEN_ENV).ok(),
                 None,
             )?,
-            None => crate::gc::Token::from_sources(None, None, None)?,
+            None => gc_client::Token::from_sources(None, None, None)?,
         };
-        crate::gc::Client::new(crate::gc::ClientConfig {
+        gc_client::Client::new(gc_client::ClientConfig {
             base_url: s.url.clone(),
             token,
             ca_cert: s.ca_cert.clone(),
@@ -667,6 +675,7 @@ impl Config {
             parallel_files: self.limits.parallel_files,
             retry,
             timeout,
+            observer,
         })
     }
 
@@ -713,7 +722,7 @@ fn validate_server(loc: &Locator, base: &Path, s: &RawServer) -> Result<Server, 
         token: match &s.token {
             None => None,
             Some(t) => Some(
-                crate::gc::Token::parse(t.get_ref())
+                gc_client::Token::parse(t.get_ref())
                     .ok_or_else(|| loc.err(t.span(), "server.token", "is empty"))?,
             ),
         },
@@ -951,6 +960,75 @@ fn validate_folder(
     let f = sf.get_ref();
     let k = |name: &str| format!("folder[{index}].{name}");
     let path = resolve(base, f.path.get_ref());
+    let (target, target_slug) = folder_target(loc, index, sf)?;
+    let outbox = folder_outbox(loc, base, index, sf, target, &path)?;
+    let (case, case_pattern) = folder_case(loc, index, f)?;
+    let depth = match &f.depth {
+        None => 1,
+        Some(d) if (1..=8).contains(d.get_ref()) => *d.get_ref() as usize,
+        Some(d) => return Err(loc.err(d.span(), k("depth"), "must be from 1 to 8")),
+    };
+    let title = f
+        .title
+        .as_ref()
+        .map_or("{case}".to_owned(), |t| t.get_ref().clone());
+    if let Some(t) = &f.title {
+        check_template(t.get_ref()).map_err(|m| loc.err(t.span(), k("title"), m))?;
+    }
+    let mut ignore_patterns: Vec<String> = DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect();
+    let ignore_span = f.ignore.as_ref().map_or(0..0, |i| i.span());
+    if let Some(extra) = &f.ignore {
+        ignore_patterns.extend(extra.get_ref().iter().cloned());
+    }
+    let ignore = globset(loc, ignore_span, &k("ignore"), &ignore_patterns)?;
+    let after = folder_after(loc, base, index, f)?;
+    let (quiet, max_wait) = folder_waits(loc, index, sf)?;
+    let sockets = folder_sockets(loc, index, sf)?;
+    let dicom_import_deadline = dicom_deadline(loc, index, f, &sockets)?;
+    let mode = match &f.mode {
+        None => None,
+        Some(m) => Some(file_mode(m.get_ref()).map_err(|e| loc.err(m.span(), k("mode"), e))?),
+    };
+    Ok(Folder {
+        index,
+        path,
+        target,
+        target_slug,
+        case,
+        case_pattern,
+        depth,
+        title,
+        quiet,
+        max_wait,
+        marker: f.marker.as_ref().map(|m| m.get_ref().clone()),
+        ignore,
+        ignore_patterns,
+        after,
+        quarantine: f.quarantine.as_ref().map(|q| resolve(base, q.get_ref())),
+        on_change: f.on_change.unwrap_or(OnChange::Update),
+        poll: f.poll.unwrap_or(Poll::Auto),
+        poll_interval: duration(
+            loc,
+            &f.poll_interval,
+            k("poll_interval"),
+            Duration::from_secs(5),
+        )?,
+        sockets,
+        deidentify: f.deidentify.unwrap_or(true),
+        dicom_import_deadline,
+        outbox,
+        mode,
+    })
+}
+
+/// A folder's one target (archive, reader study or algorithm) and its slug.
+fn folder_target(
+    loc: &Locator,
+    index: usize,
+    sf: &Spanned<RawFolder>,
+) -> Result<(TargetKind, String), ConfigError> {
+    let f = sf.get_ref();
+    let k = |name: &str| format!("folder[{index}].{name}");
     // In the file's order, so that a second target is named where it is written.
     let mut given: Vec<(TargetKind, &str, &Spanned<String>)> = [
         (TargetKind::Archive, "archive", &f.archive),
@@ -985,12 +1063,27 @@ fn validate_folder(
             "the slug may not be empty",
         ));
     }
+    Ok((target, target_slug.get_ref().clone()))
+}
+
+/// An algorithm folder's outbox (by default beside the drop folder, never inside it); none for other
+/// targets.
+fn folder_outbox(
+    loc: &Locator,
+    base: &Path,
+    index: usize,
+    sf: &Spanned<RawFolder>,
+    target: TargetKind,
+    path: &Path,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let f = sf.get_ref();
+    let k = |name: &str| format!("folder[{index}].{name}");
     let outbox = match (&f.outbox, target) {
         (Some(o), TargetKind::Algorithm) if o.get_ref().trim().is_empty() => {
             return Err(loc.err(o.span(), k("outbox"), "the path may not be empty"));
         }
         (Some(o), TargetKind::Algorithm) => Some(resolve(base, o.get_ref())),
-        (None, TargetKind::Algorithm) => Some(default_outbox(&path)),
+        (None, TargetKind::Algorithm) => Some(default_outbox(path)),
         (Some(o), _) => {
             return Err(loc.err(
                 o.span(),
@@ -1001,7 +1094,7 @@ fn validate_folder(
         (None, _) => None,
     };
     if let Some(o) = &outbox
-        && o.starts_with(&path)
+        && o.starts_with(path)
     {
         let span = f.outbox.as_ref().map_or(sf.span(), |o| o.span());
         return Err(loc.err(
@@ -1013,6 +1106,15 @@ fn validate_folder(
             ),
         ));
     }
+    Ok(outbox)
+}
+
+/// Which subfolders are cases: the `case` pattern, compiled, and as written.
+fn folder_case(
+    loc: &Locator,
+    index: usize,
+    f: &RawFolder,
+) -> Result<(globset::GlobMatcher, String), ConfigError> {
     let case_pattern = f
         .case
         .as_ref()
@@ -1023,44 +1125,44 @@ fn validate_folder(
         .map_err(|e| {
             loc.err(
                 f.case.as_ref().map_or(0..0, |c| c.span()),
-                k("case"),
+                format!("folder[{index}].case"),
                 format!("bad pattern: {}", e.kind()),
             )
         })?
         .compile_matcher();
-    let depth = match &f.depth {
-        None => 1,
-        Some(d) if (1..=8).contains(d.get_ref()) => *d.get_ref() as usize,
-        Some(d) => return Err(loc.err(d.span(), k("depth"), "must be from 1 to 8")),
+    Ok((case, case_pattern))
+}
+
+/// What happens to a delivered case folder: left, deleted, or moved.
+fn folder_after(
+    loc: &Locator,
+    base: &Path,
+    index: usize,
+    f: &RawFolder,
+) -> Result<After, ConfigError> {
+    let Some(a) = &f.after else {
+        return Ok(After::Leave);
     };
-    let title = f
-        .title
-        .as_ref()
-        .map_or("{case}".to_owned(), |t| t.get_ref().clone());
-    if let Some(t) = &f.title {
-        check_template(t.get_ref()).map_err(|m| loc.err(t.span(), k("title"), m))?;
+    match a.get_ref().as_str() {
+        "leave" => Ok(After::Leave),
+        "delete" => Ok(After::Delete),
+        s if s.starts_with("move:") && s.len() > 5 => Ok(After::Move(resolve(base, &s[5..]))),
+        _ => Err(loc.err(
+            a.span(),
+            format!("folder[{index}].after"),
+            "must be \"leave\", \"delete\" or \"move:/some/folder\"",
+        )),
     }
-    let mut ignore_patterns: Vec<String> = DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect();
-    let ignore_span = f.ignore.as_ref().map_or(0..0, |i| i.span());
-    if let Some(extra) = &f.ignore {
-        ignore_patterns.extend(extra.get_ref().iter().cloned());
-    }
-    let ignore = globset(loc, ignore_span, &k("ignore"), &ignore_patterns)?;
-    let after = match &f.after {
-        None => After::Leave,
-        Some(a) => match a.get_ref().as_str() {
-            "leave" => After::Leave,
-            "delete" => After::Delete,
-            s if s.starts_with("move:") && s.len() > 5 => After::Move(resolve(base, &s[5..])),
-            _ => {
-                return Err(loc.err(
-                    a.span(),
-                    k("after"),
-                    "must be \"leave\", \"delete\" or \"move:/some/folder\"",
-                ));
-            }
-        },
-    };
+}
+
+/// The quiet window and the longest wait before a changing case is reported, the latter the longer.
+fn folder_waits(
+    loc: &Locator,
+    index: usize,
+    sf: &Spanned<RawFolder>,
+) -> Result<(Duration, Duration), ConfigError> {
+    let f = sf.get_ref();
+    let k = |name: &str| format!("folder[{index}].{name}");
     let quiet = duration(loc, &f.quiet, k("quiet"), Duration::from_secs(30))?;
     let max_wait = duration(
         loc,
@@ -1072,8 +1174,17 @@ fn validate_folder(
         let span = f.max_wait.as_ref().map_or(sf.span(), |m| m.span());
         return Err(loc.err(span, k("max_wait"), "must be longer than quiet"));
     }
+    Ok((quiet, max_wait))
+}
+
+/// The folder's socket rules: at least one, no socket twice.
+fn folder_sockets(
+    loc: &Locator,
+    index: usize,
+    sf: &Spanned<RawFolder>,
+) -> Result<Vec<SocketRule>, ConfigError> {
     let mut sockets: Vec<SocketRule> = Vec::new();
-    for (j, ss) in f.socket.iter().enumerate() {
+    for (j, ss) in sf.get_ref().socket.iter().enumerate() {
         let rule = validate_socket(loc, index, j, ss)?;
         if sockets.iter().any(|r| r.slug == rule.slug) {
             return Err(loc.err(
@@ -1091,41 +1202,7 @@ fn validate_folder(
             "needs at least one [[folder.socket]]",
         ));
     }
-    let dicom_import_deadline = dicom_deadline(loc, index, f, &sockets)?;
-    let mode = match &f.mode {
-        None => None,
-        Some(m) => Some(file_mode(m.get_ref()).map_err(|e| loc.err(m.span(), k("mode"), e))?),
-    };
-    Ok(Folder {
-        index,
-        path,
-        target,
-        target_slug: target_slug.get_ref().clone(),
-        case,
-        case_pattern,
-        depth,
-        title,
-        quiet,
-        max_wait,
-        marker: f.marker.as_ref().map(|m| m.get_ref().clone()),
-        ignore,
-        ignore_patterns,
-        after,
-        quarantine: f.quarantine.as_ref().map(|q| resolve(base, q.get_ref())),
-        on_change: f.on_change.unwrap_or(OnChange::Update),
-        poll: f.poll.unwrap_or(Poll::Auto),
-        poll_interval: duration(
-            loc,
-            &f.poll_interval,
-            k("poll_interval"),
-            Duration::from_secs(5),
-        )?,
-        sockets,
-        deidentify: f.deidentify.unwrap_or(true),
-        dicom_import_deadline,
-        outbox,
-        mode,
-    })
+    Ok(sockets)
 }
 
 /// A file mode in octal, as `chmod` takes it: `"0640"`, `"640"`. The owner must keep reading and

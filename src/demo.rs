@@ -11,9 +11,9 @@ use crate::agent::{self, AgentOptions};
 use crate::cli::{DemoArgs, exit};
 use crate::config::Config;
 use crate::receipt::Outcome;
-use crate::samples;
-use crate::sandbox::fixture::DEMO_TOKEN;
-use crate::sandbox::{Fixture, Sandbox, SandboxOptions};
+use gc_content::samples;
+use gc_sandbox::DEMO_TOKEN;
+use gc_sandbox::{Fixture, Sandbox, SandboxOptions};
 
 /// The demo's folder rules: an image from any common format, an optional report, count and notes.
 const RULES: &str = r#"
@@ -62,7 +62,7 @@ pub fn main(args: DemoArgs) -> u8 {
 
 async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
     // Installed first, so that Ctrl-C during startup stops the demo cleanly instead of killing it.
-    let stop = crate::commands::shutdown_signal();
+    let stop = crate::start::shutdown_signal();
     let dir = std::path::absolute(dir)?;
     let cases = dir.join("cases");
     std::fs::create_dir_all(&cases)?;
@@ -122,7 +122,7 @@ async fn run(dir: &Path, port: u16) -> anyhow::Result<()> {
 
     let _lock = crate::statelock::StateLock::acquire(&config.server.state_dir)?;
 
-    let client = config.client()?;
+    let client = config.client(crate::metrics::client_observer())?;
     let receipts = config.server.state_dir.join("receipts");
     let printer = tokio::spawn(print_receipts(receipts));
     let result = agent::run(

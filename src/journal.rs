@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::gc::TargetKind;
+use gc_client::TargetKind;
 
 /// Where a case is in its life. Each state carries only what is meaningful in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,7 +385,7 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 }
 
 fn now() -> String {
-    crate::receipt::now_rfc3339()
+    crate::clock::now_rfc3339()
 }
 
 fn unix_now_ms() -> i64 {

@@ -1,5 +1,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    gc_hotfolder::cli::run(gc_hotfolder::cli::Cli::parse())
+    gc_hotfolder::commands::dispatch(gc_hotfolder::cli::Cli::parse())
 }

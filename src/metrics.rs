@@ -11,9 +11,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::commands::FolderStatus;
+use crate::status::FolderStatus;
 
 /// The process's counters.
+/// The platform client's reports, counted in [`global`]: give it to every client the agent makes.
+pub fn client_observer() -> std::sync::Arc<dyn gc_client::ClientObserver> {
+    std::sync::Arc::new(ClientCounters)
+}
+
+/// See [`client_observer`].
+#[derive(Debug, Clone, Copy)]
+struct ClientCounters;
+
+impl gc_client::ClientObserver for ClientCounters {
+    fn request_retried(&self, cause: &str) {
+        global().request_retried(cause);
+    }
+    fn part_stored(&self, bytes: u64) {
+        global().uploaded(bytes);
+    }
+    fn file_uploaded(&self, bytes: u64, took: Duration) {
+        global().file_uploaded(bytes, took);
+    }
+}
+
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::default)
@@ -82,8 +103,8 @@ impl Metrics {
         self.last_file_rate.store(rate.to_bits(), Ordering::Relaxed);
     }
 
-    pub fn request_retried(&self, cause: String) {
-        bump(&mut self.labelled().request_retries, cause);
+    pub fn request_retried(&self, cause: &str) {
+        bump(&mut self.labelled().request_retries, cause.to_owned());
     }
 
     pub fn delivery_retried(&self, class: &'static str) {
@@ -119,73 +140,15 @@ impl Metrics {
             "How long the agent has been running.",
             uptime.as_secs_f64(),
         );
+        render_folders(&mut out, folders);
+        self.render_live(&mut out);
+        self.render_uploads(&mut out);
+        self.render_labelled(&mut out);
+        out.0
+    }
 
-        out.family(
-            "gc_hotfolder_cases",
-            "gauge",
-            "Cases the journal knows, by drop folder and state.",
-        );
-        for f in folders {
-            for state in ["settling", "ready", "uploading", "delivered", "quarantined"] {
-                let n = f.counts.get(state).copied().unwrap_or(0);
-                out.sample(
-                    "gc_hotfolder_cases",
-                    &[("folder", &f.folder), ("state", state)],
-                    n as f64,
-                );
-            }
-        }
-        out.family(
-            "gc_hotfolder_folder_paused",
-            "gauge",
-            "1 while a drop folder is paused (gc-hotfolder pause).",
-        );
-        for f in folders {
-            out.sample(
-                "gc_hotfolder_folder_paused",
-                &[("folder", &f.folder)],
-                if f.paused { 1.0 } else { 0.0 },
-            );
-        }
-
-        out.family(
-            "gc_hotfolder_folder_held",
-            "gauge",
-            "1 while the agent holds a drop folder's cases because its target or a socket is not on the platform (or could not be checked).",
-        );
-        for f in folders {
-            out.sample(
-                "gc_hotfolder_folder_held",
-                &[("folder", &f.folder)],
-                if f.held.is_some() { 1.0 } else { 0.0 },
-            );
-        }
-        out.family(
-            "gc_hotfolder_folder_missing",
-            "gauge",
-            "1 while a drop folder does not exist or cannot be listed (an unmounted share?).",
-        );
-        for f in folders {
-            out.sample(
-                "gc_hotfolder_folder_missing",
-                &[("folder", &f.folder)],
-                if f.missing.is_some() { 1.0 } else { 0.0 },
-            );
-        }
-
-        out.family(
-            "gc_hotfolder_misplaced_files",
-            "gauge",
-            "Files lying where a drop folder expects case folders: in no case, never delivered.",
-        );
-        for f in folders {
-            out.sample(
-                "gc_hotfolder_misplaced_files",
-                &[("folder", &f.folder)],
-                f.misplaced.len() as f64,
-            );
-        }
-
+    /// What the loop reports of itself: cases pending and in flight, the oldest wait, paused targets.
+    fn render_live(&self, out: &mut Text) {
         let live = self.live();
         out.single(
             "gc_hotfolder_cases_pending",
@@ -211,7 +174,10 @@ impl Metrics {
             "Targets paused because the platform refused the token.",
             live.paused_targets.len() as f64,
         );
+    }
 
+    /// Upload counters: bytes, files, time, the last file's throughput.
+    fn render_uploads(&self, out: &mut Text) {
         out.single(
             "gc_hotfolder_uploaded_bytes_total",
             "counter",
@@ -231,7 +197,10 @@ impl Metrics {
             "Throughput of the last completed file upload.",
             f64::from_bits(self.last_file_rate.load(Ordering::Relaxed)),
         );
+    }
 
+    /// Counters by label: retries by cause and class, deliveries by outcome, scans, alerts.
+    fn render_labelled(&self, out: &mut Text) {
         let l = self.labelled();
         out.counter_family(
             "gc_hotfolder_request_retries_total",
@@ -263,7 +232,74 @@ impl Metrics {
             "result",
             l.alerts.iter().map(|(k, v)| (*k, *v)),
         );
-        out.0
+    }
+}
+
+/// Per drop folder: cases by state, whether it is paused, held or missing, and its misplaced files.
+fn render_folders(out: &mut Text, folders: &[FolderStatus]) {
+    out.family(
+        "gc_hotfolder_cases",
+        "gauge",
+        "Cases the journal knows, by drop folder and state.",
+    );
+    for f in folders {
+        for state in ["settling", "ready", "uploading", "delivered", "quarantined"] {
+            let n = f.counts.get(state).copied().unwrap_or(0);
+            out.sample(
+                "gc_hotfolder_cases",
+                &[("folder", &f.folder), ("state", state)],
+                n as f64,
+            );
+        }
+    }
+    out.family(
+        "gc_hotfolder_folder_paused",
+        "gauge",
+        "1 while a drop folder is paused (gc-hotfolder pause).",
+    );
+    for f in folders {
+        out.sample(
+            "gc_hotfolder_folder_paused",
+            &[("folder", &f.folder)],
+            if f.paused { 1.0 } else { 0.0 },
+        );
+    }
+
+    out.family(
+        "gc_hotfolder_folder_held",
+        "gauge",
+        "1 while the agent holds a drop folder's cases because its target or a socket is not on the platform (or could not be checked).",
+    );
+    for f in folders {
+        out.sample(
+            "gc_hotfolder_folder_held",
+            &[("folder", &f.folder)],
+            if f.held.is_some() { 1.0 } else { 0.0 },
+        );
+    }
+    out.family(
+        "gc_hotfolder_folder_missing",
+        "gauge",
+        "1 while a drop folder does not exist or cannot be listed (an unmounted share?).",
+    );
+    for f in folders {
+        out.sample(
+            "gc_hotfolder_folder_missing",
+            &[("folder", &f.folder)],
+            if f.missing.is_some() { 1.0 } else { 0.0 },
+        );
+    }
+    out.family(
+        "gc_hotfolder_misplaced_files",
+        "gauge",
+        "Files lying where a drop folder expects case folders: in no case, never delivered.",
+    );
+    for f in folders {
+        out.sample(
+            "gc_hotfolder_misplaced_files",
+            &[("folder", &f.folder)],
+            f.misplaced.len() as f64,
+        );
     }
 }
 
@@ -367,7 +403,7 @@ pub async fn serve(listener: tokio::net::TcpListener, sources: Sources) {
 
 fn folders(s: &Sources) -> Result<Vec<FolderStatus>, String> {
     let config = s.config.borrow().clone();
-    crate::commands::folder_status(&config, &s.journal).map_err(|e| e.to_string())
+    crate::status::folder_status(&config, &s.journal).map_err(|e| e.to_string())
 }
 
 async fn metrics_page(
@@ -484,9 +520,9 @@ mod tests {
         m.uploaded(1000);
         m.uploaded(24);
         m.file_uploaded(1024, Duration::from_millis(500));
-        m.request_retried("http_503".into());
-        m.request_retried("http_503".into());
-        m.request_retried("timeout".into());
+        m.request_retried("http_503");
+        m.request_retried("http_503");
+        m.request_retried("timeout");
         m.delivery_retried("unavailable");
         m.delivery_ended("delivered");
         m.scanned("overflow");

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::config::{AlertKind, Folder, Notify};
-use crate::gc::TargetKind;
 use crate::journal::Journal;
+use crate::rules::case_id;
+use gc_client::TargetKind;
 
 /// One alert, already free of patient data.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -69,7 +69,7 @@ impl Alert {
     ) -> Alert {
         Alert {
             event,
-            at: crate::receipt::now_rfc3339(),
+            at: crate::clock::now_rfc3339(),
             agent: concat!("gc-hotfolder ", env!("CARGO_PKG_VERSION")),
             folder: folder.path.display().to_string(),
             target: Target {
@@ -85,17 +85,6 @@ impl Alert {
             reason: reason.to_owned(),
         }
     }
-}
-
-/// `sha256:` and the first 16 hex digits of SHA-256 over the drop folder and the case path: enough to
-/// tell cases apart and to find one in `status --json` (which shows the same id), too little to guess a
-/// patient from.
-pub fn case_id(folder: &Path, case: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(folder.as_os_str().as_encoded_bytes());
-    h.update([0]);
-    h.update(case.as_bytes());
-    format!("sha256:{}", &hex::encode(h.finalize())[..16])
 }
 
 /// Replace the case's full path, its path below the drop folder and its folder name by `id`.

@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::gc::{Client, InterfaceRef, ItemValue};
-use crate::pull::{self, Problem};
+use crate::item_folder::{self, Problem};
+use gc_client::{Client, InterfaceRef, ItemValue};
 
 /// An outbox, and how what is written there is shared with the drop folder's people.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +46,7 @@ pub async fn write_case(
     outputs: &[ItemValue],
     existing: Existing,
 ) -> Result<Written, String> {
-    if !pull::is_safe_name(case) {
+    if !item_folder::is_safe_name(case) {
         return Err(format!("{case:?} cannot be a folder name in the outbox"));
     }
     let dest = outbox.join(case);
@@ -109,7 +109,7 @@ async fn assemble(
             InterfaceRef::Full(s) => (**s).clone(),
             InterfaceRef::Slug(slug) => client.socket(slug).await.map_err(|e| e.to_string())?,
         };
-        let path = pull::safe_relative_path(&socket.relative_path)
+        let path = item_folder::safe_relative_path(&socket.relative_path)
             .map_err(|e| format!("output {}: {e}", socket.slug))?;
         if paths.contains(&PathBuf::from(&path)) {
             return Err(format!(
@@ -118,7 +118,7 @@ async fn assemble(
             ));
         }
         paths.push(PathBuf::from(&path));
-        let written = pull::write_value(client, root, staging, "", &path, &socket, value)
+        let written = item_folder::write_value(client, root, staging, "", &path, &socket, value)
             .await
             .map_err(|p| match p {
                 Problem::Skip(m) | Problem::Fatal(m, _) => format!("output {}: {m}", socket.slug),

@@ -6,7 +6,7 @@
 
 use crate::config::{Folder, RuleSource};
 use crate::deliver::SourceShape;
-use crate::gc::{Algorithm, Client, GcError};
+use gc_client::{Algorithm, Client, GcError};
 
 /// What the platform said about one drop folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub async fn check_folder(client: &Client, folder: &Folder) -> FolderCheck {
         }
     }
     // A failed lookup is already reported by the target's lookup above.
-    if folder.target == crate::gc::TargetKind::Algorithm
+    if folder.target == gc_client::TargetKind::Algorithm
         && let Ok(a) = client.algorithm(&folder.target_slug).await
     {
         match interface_check(&a, folder) {

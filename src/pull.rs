@@ -21,9 +21,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{PullArgs, exit};
-use crate::gc::{
-    Client, GcError, InterfaceRef, Item, ItemValue, Job, JobFilter, JobStatus, Socket, SuperKind,
-    Target, TargetKind,
+use crate::item_folder::{
+    Problem, ensure_dirs, is_safe_name, real_parents, remove_any, safe_relative_path, write_value,
+};
+use gc_client::{
+    Client, GcError, InterfaceRef, Item, ItemValue, Job, JobFilter, JobStatus, Socket, Target,
+    TargetKind,
 };
 
 /// The state file, in DEST itself.
@@ -32,8 +35,6 @@ pub const STATE_FILE: &str = ".gc-pull.json";
 pub const STAGING_DIR: &str = ".gc-pull.tmp";
 const LOCK_FILE: &str = ".gc-pull.lock";
 const STATE_VERSION: u32 = 1;
-/// The longest file name common filesystems accept, in bytes.
-const MAX_NAME: usize = 255;
 
 // ---- the state file ---------------------------------------------------------------------------------
 
@@ -116,61 +117,12 @@ pub fn check_state(state: &PullState) -> Result<(), String> {
 
 // ---- pure decisions ---------------------------------------------------------------------------------
 
-/// Can `name` be used as one path component inside DEST? Besides `/`, NUL, `.` and `..`, names starting
-/// with a dot are refused: in a drop folder they are temp files that mean "still being written", and
-/// DEST's own `.gc-pull*` entries must never be hit.
-pub fn is_safe_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && !name.starts_with('.')
-        && !name.contains(['/', '\0'])
-}
-
 /// The folder for an item: its title if usable and free, else its pk (if usable and free), else none.
 pub fn folder_name(title: &str, pk: &str, taken: impl Fn(&str) -> bool) -> Option<String> {
     [title, pk]
         .into_iter()
         .find(|n| is_safe_name(n) && !taken(n))
         .map(str::to_owned)
-}
-
-/// A socket's `relative_path` from the server, normalised (`a//b/` → `a/b`), or why it cannot be used:
-/// it must stay inside the item folder and must not create dotfiles there.
-pub fn safe_relative_path(rel: &str) -> Result<String, String> {
-    if rel.starts_with('/') {
-        return Err(format!("the relative path {rel:?} is absolute"));
-    }
-    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
-    if parts.is_empty() {
-        return Err("the relative path is empty".into());
-    }
-    if let Some(bad) = parts.iter().find(|p| !is_safe_name(p)) {
-        return Err(match *bad {
-            "." | ".." => format!("the relative path {rel:?} would leave the item folder"),
-            _ => format!("the relative path {rel:?} has the unusable component {bad:?}"),
-        });
-    }
-    Ok(parts.join("/"))
-}
-
-/// The file name a media URL stands for: its last path segment, percent-decoded.
-pub fn file_name_from_url(url: &str) -> Result<String, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("the file URL is not a URL ({e})"))?;
-    let segment = parsed
-        .path_segments()
-        .and_then(|mut s| s.next_back())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| format!("the file URL {} names no file", parsed.path()))?;
-    let name = percent_encoding::percent_decode_str(segment)
-        .decode_utf8()
-        .map_err(|_| format!("the file name {segment:?} is not UTF-8"))?;
-    if is_safe_name(&name) {
-        Ok(name.into_owned())
-    } else {
-        Err(format!(
-            "the file name {name:?} is not usable as a file name"
-        ))
-    }
 }
 
 /// One socket value of an item, as the decisions see it.
@@ -326,14 +278,14 @@ pub fn main(args: PullArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let config = match crate::commands::load(&args.config) {
+    let config = match crate::start::load(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let parallel = config.limits.parallel_cases;
-    match crate::commands::runtime() {
+    match crate::start::runtime() {
         Ok(rt) => rt.block_on(async {
-            let client = match crate::commands::connect(&config, false).await {
+            let client = match crate::start::connect(&config, false).await {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -457,37 +409,6 @@ struct ItemReport {
     fatal: Option<(String, u8)>,
 }
 
-/// Why a socket was not written: for this socket only, or for everything that follows (the token was
-/// refused or the platform is gone: exit 3; the disk is full or the state cannot be saved: exit 1).
-pub(crate) enum Problem {
-    Skip(String),
-    Fatal(String, u8),
-}
-
-impl From<GcError> for Problem {
-    fn from(e: GcError) -> Problem {
-        match &e {
-            GcError::Auth { .. } | GcError::Unavailable { .. } => {
-                Problem::Fatal(e.to_string(), exit::PLATFORM)
-            }
-            GcError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
-                Problem::Fatal(e.to_string(), exit::CASE_FAILED)
-            }
-            _ => Problem::Skip(e.to_string()),
-        }
-    }
-}
-
-impl From<std::io::Error> for Problem {
-    fn from(e: std::io::Error) -> Problem {
-        if e.kind() == std::io::ErrorKind::StorageFull {
-            Problem::Fatal(e.to_string(), exit::CASE_FAILED)
-        } else {
-            Problem::Skip(e.to_string())
-        }
-    }
-}
-
 /// What every item task shares.
 struct Shared<'a> {
     client: &'a Client,
@@ -554,17 +475,64 @@ impl Shared<'_> {
 }
 
 async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, parallel: usize) -> u8 {
-    let (what, unit) = noun(kind);
-    let target = match client.resolve_target(kind, slug).await {
-        Ok(t) => t,
+    let (target, mut state) = match target_and_state(client, dest, kind, slug).await {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    let (items, not_succeeded) = match list(client, &target).await {
+        Ok(listed) => listed,
         Err(e) => {
             eprintln!("error: {e}");
-            return match e {
-                GcError::NotFound(_) => exit::USAGE,
-                _ => exit::PLATFORM,
-            };
+            return exit::PLATFORM;
         }
     };
+    let (jobs, skipped) = assign_folders(&mut state, items, &dest.root);
+    let listed: HashSet<&str> = jobs.iter().map(|(i, _)| i.pk.as_str()).collect();
+    let gone = state
+        .items
+        .keys()
+        .filter(|pk| !listed.contains(pk.as_str()))
+        .count();
+    drop(listed);
+    if let Err(e) = save_state(&dest.state_path(), &state) {
+        eprintln!("error: {e}");
+        return exit::USAGE;
+    }
+    let shared = Shared {
+        client,
+        dest,
+        state: Mutex::new(Recorder {
+            state,
+            saved_at: Some(Instant::now()),
+            save_took: Duration::ZERO,
+            unsaved: false,
+        }),
+        stop: AtomicBool::new(false),
+    };
+    let n_items = jobs.len();
+    let reports = pull_all(&shared, jobs, parallel).await;
+    let mut totals = Totals::of(reports, skipped, shared.flush().err());
+    totals.items = n_items;
+    totals.gone = gone;
+    totals.report(dest, kind, slug, &not_succeeded)
+}
+
+/// The target named on the command line, and what DEST already holds of it (a pull of another target
+/// there is refused).
+async fn target_and_state(
+    client: &Client,
+    dest: &Dest,
+    kind: TargetKind,
+    slug: &str,
+) -> Result<(Target, PullState), u8> {
+    let (what, _) = noun(kind);
+    let target = client.resolve_target(kind, slug).await.map_err(|e| {
+        eprintln!("error: {e}");
+        match e {
+            GcError::NotFound(_) => exit::USAGE,
+            _ => exit::PLATFORM,
+        }
+    })?;
     let here = StateTarget {
         kind,
         slug: slug.to_owned(),
@@ -578,38 +546,26 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
                 dest.root.display(),
                 s.target.slug
             );
-            return exit::USAGE;
+            return Err(exit::USAGE);
         }
         Ok(Some(s)) => s,
         Ok(None) => PullState::new(here.clone()),
         Err(e) => {
             eprintln!("error: {e}");
-            return exit::USAGE;
+            return Err(exit::USAGE);
         }
     };
     state.target = here;
+    Ok((target, state))
+}
 
-    let (items, not_succeeded) = match list(client, &target).await {
-        Ok(listed) => listed,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::PLATFORM;
-        }
-    };
-
-    let (jobs, mut skipped) = assign_folders(&mut state, items, &dest.root);
-    let listed: HashSet<&str> = jobs.iter().map(|(i, _)| i.pk.as_str()).collect();
-    let gone = state
-        .items
-        .keys()
-        .filter(|pk| !listed.contains(pk.as_str()))
-        .count();
-    drop(listed);
-    if let Err(e) = save_state(&dest.state_path(), &state) {
-        eprintln!("error: {e}");
-        return exit::USAGE;
-    }
-
+/// Every item pulled, `parallel` at a time, with a progress bar on a terminal and a line per item
+/// otherwise.
+async fn pull_all(
+    shared: &Shared<'_>,
+    jobs: Vec<(Item, String)>,
+    parallel: usize,
+) -> Vec<ItemReport> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new(jobs.len() as u64);
         b.set_style(
@@ -618,21 +574,9 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
         );
         b
     });
-    let shared = Shared {
-        client,
-        dest,
-        state: Mutex::new(Recorder {
-            state,
-            saved_at: Some(Instant::now()),
-            save_took: Duration::ZERO,
-            unsaved: false,
-        }),
-        stop: AtomicBool::new(false),
-    };
-    let n_items = jobs.len();
-    let reports: Vec<ItemReport> = futures_util::stream::iter(jobs)
+    let reports = futures_util::stream::iter(jobs)
         .map(|(item, folder)| {
-            let (shared, bar) = (&shared, bar.as_ref());
+            let bar = bar.as_ref();
             async move {
                 let report = pull_item(shared, &item, folder).await;
                 match bar {
@@ -652,80 +596,112 @@ async fn run(client: &Client, dest: &Dest, kind: TargetKind, slug: &str, paralle
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    reports
+}
 
-    let mut fatal = shared.flush().err().map(|e| (e, exit::CASE_FAILED));
-    let (mut downloaded, mut kept, mut removed) = (0, 0, 0);
-    for r in reports {
-        downloaded += r.downloaded;
-        kept += r.kept;
-        removed += r.removed;
-        skipped.extend(r.skipped);
-        // Several tasks can stop at once; the platform's refusal is the one to report.
-        fatal = fatal
-            .into_iter()
-            .chain(r.fatal)
-            .max_by_key(|(_, code)| *code);
-    }
-    for u in &not_succeeded {
-        let when = if u.status.is_final() {
-            "it ended without succeeding"
-        } else {
-            "a later pull fetches it once it has succeeded"
+/// What a pull did, summed over its items.
+#[derive(Default)]
+struct Totals {
+    items: usize,
+    downloaded: usize,
+    kept: usize,
+    removed: usize,
+    /// Items listed before that the platform no longer has.
+    gone: usize,
+    skipped: Vec<Skipped>,
+    /// Why the pull stopped early, and its exit code.
+    fatal: Option<(String, u8)>,
+}
+
+impl Totals {
+    fn of(reports: Vec<ItemReport>, skipped: Vec<Skipped>, unsaved: Option<String>) -> Totals {
+        let mut t = Totals {
+            skipped,
+            fatal: unsaved.map(|e| (e, exit::CASE_FAILED)),
+            ..Totals::default()
         };
-        println!("not pulled: job {} is {} ({when})", u.pk, u.status.label());
-    }
-    skipped.sort_by(|a, b| (&a.item, &a.socket).cmp(&(&b.item, &b.socket)));
-    for s in &skipped {
-        match &s.socket {
-            Some(socket) => println!("skipped {} socket {socket}: {}", s.item, s.reason),
-            None => println!("skipped {unit} {}: {}", s.item, s.reason),
+        for r in reports {
+            t.downloaded += r.downloaded;
+            t.kept += r.kept;
+            t.removed += r.removed;
+            t.skipped.extend(r.skipped);
+            // Several tasks can stop at once; the platform's refusal is the one to report.
+            t.fatal = t
+                .fatal
+                .take()
+                .into_iter()
+                .chain(r.fatal)
+                .max_by_key(|(_, code)| *code);
         }
+        t.skipped
+            .sort_by(|a, b| (&a.item, &a.socket).cmp(&(&b.item, &b.socket)));
+        t
     }
-    let mut summary = format!(
-        "{what} {slug} → {}: {}, {} downloaded, {} skipped (already there), {} skipped",
-        dest.root.display(),
-        counted(n_items, unit),
-        counted(downloaded, "file"),
-        counted(kept, "file"),
-        counted(
-            skipped.iter().filter(|s| s.socket.is_some()).count(),
-            "socket"
-        ),
-    );
-    let items_skipped = skipped.iter().filter(|s| s.socket.is_none()).count();
-    if items_skipped > 0 {
-        summary.push_str(&format!(", {} skipped", counted(items_skipped, unit)));
-    }
-    if !not_succeeded.is_empty() {
-        summary.push_str(&format!(
-            ", {} not pulled (not succeeded)",
-            counted(not_succeeded.len(), unit)
-        ));
-    }
-    if removed > 0 {
-        summary.push_str(&format!(
-            ", {} removed (no longer on the platform)",
-            counted(removed, "socket")
-        ));
-    }
-    if gone > 0 {
-        summary.push_str(&format!(
-            ", {} no longer on the platform (folders kept)",
-            counted(gone, unit)
-        ));
-    }
-    println!("{summary}");
-    if let Some((reason, code)) = fatal {
-        eprintln!("error: the pull stopped early: {reason}; run it again to resume");
-        return code;
-    }
-    if skipped.is_empty() {
-        if downloaded == 0 && removed == 0 {
+
+    /// The lines for what was not pulled, the summary, and the exit code.
+    fn report(
+        &self,
+        dest: &Dest,
+        kind: TargetKind,
+        slug: &str,
+        not_succeeded: &[NotSucceeded],
+    ) -> u8 {
+        let (what, unit) = noun(kind);
+        for u in not_succeeded {
+            let when = if u.status.is_final() {
+                "it ended without succeeding"
+            } else {
+                "a later pull fetches it once it has succeeded"
+            };
+            println!("not pulled: job {} is {} ({when})", u.pk, u.status.label());
+        }
+        for s in &self.skipped {
+            match &s.socket {
+                Some(socket) => println!("skipped {} socket {socket}: {}", s.item, s.reason),
+                None => println!("skipped {unit} {}: {}", s.item, s.reason),
+            }
+        }
+        let sockets_skipped = self.skipped.iter().filter(|s| s.socket.is_some()).count();
+        let mut summary = format!(
+            "{what} {slug} → {}: {}, {} downloaded, {} skipped (already there), {} skipped",
+            dest.root.display(),
+            counted(self.items, unit),
+            counted(self.downloaded, "file"),
+            counted(self.kept, "file"),
+            counted(sockets_skipped, "socket"),
+        );
+        let items_skipped = self.skipped.len() - sockets_skipped;
+        for (n, text) in [
+            (items_skipped, counted(items_skipped, unit) + " skipped"),
+            (
+                not_succeeded.len(),
+                counted(not_succeeded.len(), unit) + " not pulled (not succeeded)",
+            ),
+            (
+                self.removed,
+                counted(self.removed, "socket") + " removed (no longer on the platform)",
+            ),
+            (
+                self.gone,
+                counted(self.gone, unit) + " no longer on the platform (folders kept)",
+            ),
+        ] {
+            if n > 0 {
+                summary.push_str(&format!(", {text}"));
+            }
+        }
+        println!("{summary}");
+        if let Some((reason, code)) = &self.fatal {
+            eprintln!("error: the pull stopped early: {reason}; run it again to resume");
+            return *code;
+        }
+        if !self.skipped.is_empty() {
+            return exit::CASE_FAILED;
+        }
+        if self.downloaded == 0 && self.removed == 0 {
             println!("nothing to download: everything was already there");
         }
         exit::OK
-    } else {
-        exit::CASE_FAILED
     }
 }
 
@@ -824,156 +800,202 @@ async fn pull_item(sh: &Shared<'_>, item: &Item, folder: String) -> ItemReport {
         return report;
     }
     report.ran = true;
-    let skip = |report: &mut ItemReport, socket: &str, reason: String| {
+    let pull = ItemPull {
+        sh,
+        item,
+        item_dir: sh.dest.root.join(&folder),
+        folder,
+    };
+    match pull.run(&mut report).await {
+        Ok(()) => report,
+        Err((reason, code)) => stop(sh, report, reason, code),
+    }
+}
+
+/// Why a pull stops early: the reason, and the exit code.
+type Stopped = (String, u8);
+
+/// One item being pulled into its folder.
+struct ItemPull<'a, 's> {
+    sh: &'a Shared<'s>,
+    item: &'a Item,
+    folder: String,
+    item_dir: PathBuf,
+}
+
+impl<'a> ItemPull<'a, '_> {
+    /// The item's sockets looked up, its folder made, sockets it no longer has removed, then every value
+    /// fetched that the folder does not hold yet.
+    async fn run(&self, report: &mut ItemReport) -> Result<(), Stopped> {
+        let (values, unknown_socket) = self.sockets(report).await?;
+        let views: Vec<SocketValue> = values
+            .iter()
+            .map(|(v, s)| SocketValue {
+                slug: s.slug.clone(),
+                value_pk: v.pk,
+                relative_path: s.relative_path.clone(),
+            })
+            .collect();
+        if let Err(e) = ensure_dirs(&self.sh.dest.root, Path::new(&self.folder)) {
+            return match Problem::from(e) {
+                Problem::Fatal(reason, code) => Err((reason, code)),
+                Problem::Skip(reason) => {
+                    report.skipped.push(Skipped {
+                        item: self.folder.clone(),
+                        socket: None,
+                        reason: format!("cannot create its folder: {reason}"),
+                    });
+                    Ok(())
+                }
+            };
+        }
+        let record = self.sh.record(&self.item.pk);
+        // A value whose socket could not be looked up is still there: nothing may count as removed then.
+        if !unknown_socket {
+            self.remove_gone(report, record.as_ref(), &views)?;
+        }
+        let decisions = decide(record.as_ref(), &views, |rel| {
+            std::fs::symlink_metadata(self.item_dir.join(rel)).is_ok_and(|m| m.is_file())
+        });
+        for ((value, socket), decision) in values.iter().zip(decisions) {
+            if self.sh.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match decision {
+                Decision::Keep(files) => report.kept += files,
+                Decision::Skip(reason) => self.skip(report, &socket.slug, reason),
+                Decision::Fetch(path) => {
+                    let stale = moved_from(record.as_ref(), &socket.slug, &path, &views);
+                    self.fetch(report, value, socket, path, stale).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn skip(&self, report: &mut ItemReport, socket: &str, reason: String) {
         report.skipped.push(Skipped {
-            item: folder.clone(),
+            item: self.folder.clone(),
             socket: Some(socket.to_owned()),
             reason,
-        })
-    };
-    let mut values: Vec<(&ItemValue, Socket)> = Vec::new();
-    let mut unknown_socket = false;
-    for v in &item.values {
-        let socket = match &v.interface {
-            InterfaceRef::Full(s) => (**s).clone(),
-            // Only write representations carry bare slugs; look the socket up then.
-            InterfaceRef::Slug(slug) => match sh.client.socket(slug).await {
-                Ok(s) => s,
-                Err(e) => match Problem::from(e) {
-                    Problem::Skip(reason) => {
-                        skip(&mut report, slug, reason);
-                        unknown_socket = true;
-                        continue;
-                    }
-                    Problem::Fatal(reason, code) => return stop(sh, report, reason, code),
-                },
-            },
-        };
-        values.push((v, socket));
-    }
-    let views: Vec<SocketValue> = values
-        .iter()
-        .map(|(v, s)| SocketValue {
-            slug: s.slug.clone(),
-            value_pk: v.pk,
-            relative_path: s.relative_path.clone(),
-        })
-        .collect();
-
-    let root = &sh.dest.root;
-    let item_dir = root.join(&folder);
-    if let Err(e) = ensure_dirs(root, Path::new(&folder)) {
-        return match Problem::from(e) {
-            Problem::Fatal(reason, code) => stop(sh, report, reason, code),
-            Problem::Skip(reason) => {
-                report.skipped.push(Skipped {
-                    item: folder.clone(),
-                    socket: None,
-                    reason: format!("cannot create its folder: {reason}"),
-                });
-                report
-            }
-        };
-    }
-    let record = sh.record(&item.pk);
-
-    // A value whose socket could not be looked up is still there: nothing may count as removed then.
-    let removed = if unknown_socket {
-        Vec::new()
-    } else {
-        removed_sockets(record.as_ref(), &views)
-    };
-    for (slug, delete) in removed {
-        let path = record
-            .as_ref()
-            .and_then(|r| r.sockets.get(&slug))
-            .map(|s| s.path.clone());
-        if delete && let Some(path) = path {
-            let removal =
-                real_parents(&item_dir, &path).and_then(|()| remove_any(&item_dir.join(&path)));
-            if let Err(e) = removal {
-                skip(
-                    &mut report,
-                    &slug,
-                    format!("it has no value any more, but {path} cannot be removed: {e}"),
-                );
-                continue;
-            }
-        }
-        let forget = sh.update(|st| {
-            if let Some(r) = st.items.get_mut(&item.pk) {
-                r.sockets.remove(&slug);
-            }
         });
-        if let Err(e) = forget {
-            return stop(sh, report, e, exit::CASE_FAILED);
-        }
-        report.removed += 1;
     }
 
-    let decisions = decide(record.as_ref(), &views, |rel| {
-        std::fs::symlink_metadata(item_dir.join(rel)).is_ok_and(|m| m.is_file())
-    });
-    for ((value, socket), decision) in values.iter().zip(decisions) {
-        if sh.stop.load(Ordering::Relaxed) {
-            break;
+    /// Each value with its socket; a socket named by its slug only is looked up (and skipped, with
+    /// `true`, if that fails).
+    async fn sockets(
+        &self,
+        report: &mut ItemReport,
+    ) -> Result<(Vec<(&'a ItemValue, Socket)>, bool), Stopped> {
+        let mut values = Vec::new();
+        let mut unknown_socket = false;
+        for v in &self.item.values {
+            let socket = match &v.interface {
+                InterfaceRef::Full(s) => (**s).clone(),
+                // Only write representations carry bare slugs; look the socket up then.
+                InterfaceRef::Slug(slug) => match self.sh.client.socket(slug).await {
+                    Ok(s) => s,
+                    Err(e) => match Problem::from(e) {
+                        Problem::Skip(reason) => {
+                            self.skip(report, slug, reason);
+                            unknown_socket = true;
+                            continue;
+                        }
+                        Problem::Fatal(reason, code) => return Err((reason, code)),
+                    },
+                },
+            };
+            values.push((v, socket));
         }
-        let path = match decision {
-            Decision::Keep(files) => {
-                report.kept += files;
-                continue;
+        Ok((values, unknown_socket))
+    }
+
+    /// Sockets the item no longer has a value for: their files go (where the state says to delete
+    /// them) and the state forgets them.
+    fn remove_gone(
+        &self,
+        report: &mut ItemReport,
+        record: Option<&ItemRecord>,
+        views: &[SocketValue],
+    ) -> Result<(), Stopped> {
+        for (slug, delete) in removed_sockets(record, views) {
+            let path = record
+                .and_then(|r| r.sockets.get(&slug))
+                .map(|s| s.path.clone());
+            if delete && let Some(path) = path {
+                let removal = real_parents(&self.item_dir, &path)
+                    .and_then(|()| remove_any(&self.item_dir.join(&path)));
+                if let Err(e) = removal {
+                    let why =
+                        format!("it has no value any more, but {path} cannot be removed: {e}");
+                    self.skip(report, &slug, why);
+                    continue;
+                }
             }
-            Decision::Skip(reason) => {
-                skip(&mut report, &socket.slug, reason);
-                continue;
-            }
-            Decision::Fetch(path) => path,
-        };
-        let stale = moved_from(record.as_ref(), &socket.slug, &path, &views);
+            let pk = &self.item.pk;
+            let forget = self.sh.update(|st| {
+                if let Some(r) = st.items.get_mut(pk) {
+                    r.sockets.remove(&slug);
+                }
+            });
+            forget.map_err(|e| (e, exit::CASE_FAILED))?;
+            report.removed += 1;
+        }
+        Ok(())
+    }
+
+    /// One value written to `path`, recorded in the state; the files of its old path go when the
+    /// socket's relative path changed on the platform (`stale`).
+    async fn fetch(
+        &self,
+        report: &mut ItemReport,
+        value: &ItemValue,
+        socket: &Socket,
+        path: String,
+        stale: Option<String>,
+    ) -> Result<(), Stopped> {
+        let (sh, root) = (self.sh, &self.sh.dest.root);
         let fetched = write_value(
             sh.client,
-            &sh.dest.root,
+            root,
             &sh.dest.staging,
-            &folder,
+            &self.folder,
             &path,
             socket,
             value,
         )
         .await;
-        match fetched {
-            Ok(files) => {
-                report.downloaded += files.len();
-                let written = SocketRecord {
-                    value_pk: value.pk,
-                    path,
-                    files,
-                };
-                let saved = sh.update(|st| {
-                    if let Some(r) = st.items.get_mut(&item.pk) {
-                        r.sockets.insert(socket.slug.clone(), written);
-                    }
-                });
-                if let Err(e) = saved {
-                    return stop(sh, report, e, exit::CASE_FAILED);
-                }
-                // The socket's relative path changed on the platform: its old files go.
-                if let Some(old) = stale {
-                    let removal = real_parents(&item_dir, &old)
-                        .and_then(|()| remove_any(&item_dir.join(&old)));
-                    if let Err(e) = removal {
-                        skip(
-                            &mut report,
-                            &socket.slug,
-                            format!("it moved, but its old {old} cannot be removed: {e}"),
-                        );
-                    }
-                }
+        let files = match fetched {
+            Ok(files) => files,
+            Err(Problem::Skip(reason)) => {
+                self.skip(report, &socket.slug, reason);
+                return Ok(());
             }
-            Err(Problem::Skip(reason)) => skip(&mut report, &socket.slug, reason),
-            Err(Problem::Fatal(reason, code)) => return stop(sh, report, reason, code),
+            Err(Problem::Fatal(reason, code)) => return Err((reason, code)),
+        };
+        report.downloaded += files.len();
+        let written = SocketRecord {
+            value_pk: value.pk,
+            path,
+            files,
+        };
+        let pk = &self.item.pk;
+        let saved = sh.update(|st| {
+            if let Some(r) = st.items.get_mut(pk) {
+                r.sockets.insert(socket.slug.clone(), written);
+            }
+        });
+        saved.map_err(|e| (e, exit::CASE_FAILED))?;
+        if let Some(old) = stale {
+            let removal = real_parents(&self.item_dir, &old)
+                .and_then(|()| remove_any(&self.item_dir.join(&old)));
+            if let Err(e) = removal {
+                let why = format!("it moved, but its old {old} cannot be removed: {e}");
+                self.skip(report, &socket.slug, why);
+            }
         }
+        Ok(())
     }
-    report
 }
 
 fn stop(sh: &Shared<'_>, mut report: ItemReport, reason: String, code: u8) -> ItemReport {
@@ -982,192 +1004,10 @@ fn stop(sh: &Shared<'_>, mut report: ItemReport, reason: String, code: u8) -> It
     report
 }
 
-/// Write one socket value below `root/<folder>/<path>`, staged in `staging` (on the same filesystem)
-/// and moved into place whole; the relative paths of the files written. Also writes algorithm outputs
-/// into an outbox, so that both look the same.
-pub(crate) async fn write_value(
-    client: &Client,
-    root: &Path,
-    staging: &Path,
-    folder: &str,
-    path: &str,
-    socket: &Socket,
-    value: &ItemValue,
-) -> Result<Vec<String>, Problem> {
-    let staged = || staging.join(format!(".{}", uuid::Uuid::new_v4().simple()));
-    let rel = Path::new(folder).join(path);
-    if let Some(parent) = rel.parent() {
-        ensure_dirs(root, parent)?;
-    }
-    let dest = root.join(&rel);
-    match socket.super_kind {
-        SuperKind::Value => {
-            let null = serde_json::Value::Null;
-            let mut bytes = serde_json::to_vec_pretty(value.value.as_ref().unwrap_or(&null))
-                .map_err(|e| Problem::Skip(format!("cannot write the value: {e}")))?;
-            bytes.push(b'\n');
-            let staged = staged();
-            write_synced(&staged, &bytes)?;
-            install(&staged, &dest, staging)?;
-            Ok(vec![path.to_owned()])
-        }
-        SuperKind::File => {
-            let url = value.file.as_deref().ok_or_else(|| {
-                Problem::Skip(
-                    "the value has no file (yet); the platform may still be processing it".into(),
-                )
-            })?;
-            let staged = staged();
-            let downloaded = client.download(url, &staged).await;
-            if let Err(e) = downloaded {
-                let _ = remove_any(&staged);
-                return Err(e.into());
-            }
-            install(&staged, &dest, staging)?;
-            Ok(vec![path.to_owned()])
-        }
-        SuperKind::Image => {
-            let url = value.image.as_deref().ok_or_else(|| {
-                Problem::Skip(
-                    "the value has no image (yet); the platform may still be importing it".into(),
-                )
-            })?;
-            let image = client.get_image(url).await?;
-            if image.dicom_image_set.is_some() {
-                return Err(Problem::Skip(format!(
-                    "image {:?} is a DICOM image set, whose files cannot be downloaded through the API",
-                    image.name
-                )));
-            }
-            if image.files.is_empty() {
-                return Err(Problem::Skip(format!(
-                    "image {:?} has no files to download",
-                    image.name
-                )));
-            }
-            let mut names: Vec<String> = Vec::new();
-            for f in &image.files {
-                let name = file_name_from_url(&f.file).map_err(Problem::Skip)?;
-                if names.contains(&name) {
-                    return Err(Problem::Skip(format!(
-                        "image {:?} has two files named {name:?}",
-                        image.name
-                    )));
-                }
-                names.push(name);
-            }
-            let staged = staged();
-            std::fs::create_dir(&staged)?;
-            for (f, name) in image.files.iter().zip(&names) {
-                if let Err(e) = client.download(&f.file, &staged.join(name)).await {
-                    let _ = remove_any(&staged);
-                    return Err(e.into());
-                }
-            }
-            sync_dir(&staged)?;
-            install(&staged, &dest, staging)?;
-            Ok(names.iter().map(|n| format!("{path}/{n}")).collect())
-        }
-    }
-}
-
-// ---- file system helpers ----------------------------------------------------------------------------
-
-/// Create the folders of `rel` below `root` one by one, refusing to pass through a symbolic link or a
-/// file: a link planted in DEST must not carry a download elsewhere.
-fn ensure_dirs(root: &Path, rel: &Path) -> std::io::Result<()> {
-    let mut p = root.to_path_buf();
-    for c in rel.components() {
-        let std::path::Component::Normal(name) = c else {
-            return Err(std::io::Error::other(format!(
-                "{} is not a plain relative path",
-                rel.display()
-            )));
-        };
-        p.push(name);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(std::io::Error::other(format!(
-                    "{} exists and is not a folder",
-                    p.display()
-                )));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&p)?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Every folder between `base` and `base/rel` is a real folder (no link), so deleting `base/rel` deletes
-/// what the state recorded and nothing else.
-fn real_parents(base: &Path, rel: &str) -> std::io::Result<()> {
-    let mut p = base.to_path_buf();
-    let parts: Vec<&str> = rel.split('/').collect();
-    for part in &parts[..parts.len().saturating_sub(1)] {
-        p.push(part);
-        if !std::fs::symlink_metadata(&p)?.is_dir() {
-            return Err(std::io::Error::other(format!(
-                "{} is not a folder",
-                p.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Remove a file, a link or a whole folder; gone already is fine.
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    let result = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) => Err(e),
-    };
-    match result {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Move a finished download into place. A file replaces a file in one rename, so the old version stays
-/// readable until the new one is there; anything else is moved aside first (a kill in between leaves the
-/// path missing, which the next run notices and fetches again).
-fn install(staged: &Path, dest: &Path, staging: &Path) -> std::io::Result<()> {
-    let staged_is_file = std::fs::symlink_metadata(staged)?.is_file();
-    match std::fs::symlink_metadata(dest) {
-        Ok(m) if m.is_file() && staged_is_file => std::fs::rename(staged, dest)?,
-        Ok(_) => {
-            let old = staging.join(format!(".old-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::rename(dest, &old)?;
-            std::fs::rename(staged, dest)?;
-            if let Err(e) = remove_any(&old) {
-                tracing::warn!(path = %old.display(), "cannot remove the replaced files: {e}");
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::rename(staged, dest)?,
-        Err(e) => return Err(e),
-    }
-    match dest.parent() {
-        Some(parent) => sync_dir(parent),
-        None => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::item_folder::*;
 
     fn value(slug: &str, pk: i64, path: &str) -> SocketValue {
         SocketValue {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::write_atomic;
-use crate::gc::TargetKind;
 pub use crate::journal::SentFile;
+use gc_client::TargetKind;
 
 /// Bump when the receipt's shape changes incompatibly.
 pub const RECEIPT_VERSION: u32 = 1;
@@ -421,7 +421,7 @@ impl Receipt {
             revision: f.revision,
             attempts: f.attempts,
             started: f.started.0,
-            finished: now_rfc3339(),
+            finished: crate::clock::now_rfc3339(),
             seconds: f.started.1.elapsed().as_secs_f64(),
             timings: None,
         }
@@ -502,13 +502,6 @@ impl Receipt {
     }
 }
 
-/// RFC 3339 UTC timestamp for receipts.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,8 +535,8 @@ mod tests {
             readiness: "one-shot upload".into(),
             revision: 1,
             attempts: 1,
-            started: now_rfc3339(),
-            finished: now_rfc3339(),
+            started: crate::clock::now_rfc3339(),
+            finished: crate::clock::now_rfc3339(),
             seconds: 0.5,
             timings: None,
         }

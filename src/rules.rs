@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Folder, RuleSource};
-use crate::gc::TargetKind;
+use gc_client::TargetKind;
 
 /// The platform refuses longer upload file names (gc-protocol.md §2.2).
 pub const MAX_UPLOAD_NAME: usize = 128;
@@ -472,23 +472,7 @@ pub fn explain(
         return out;
     }
     let Some(case_dir) = case_of(folder, path) else {
-        let rel = path.strip_prefix(&folder.path).unwrap_or(path);
-        let first: PathBuf = rel.components().take(folder.depth).collect();
-        if is_ignored(folder, &first) {
-            out.push(format!(
-                "not part of a case: `{}` is hidden or named like a temporary file ({}), so it is not a \
-                 case (yet)",
-                first.display(),
-                folder.ignore_patterns.join(" ")
-            ));
-            return out;
-        }
-        out.push(format!(
-            "not part of a case: `{}` does not match the case pattern `{}` at depth {}",
-            first.display(),
-            folder.case_pattern,
-            folder.depth
-        ));
+        out.push(not_a_case(folder, path));
         return out;
     };
     let case_name = case_dir
@@ -505,9 +489,35 @@ pub fn explain(
         out.push(explain_file(folder, rel));
         return out;
     }
-    let Some(files) = case_files else {
-        return out;
-    };
+    if let Some(files) = case_files {
+        out.extend(explain_case(folder, &case_dir, files));
+    }
+    out
+}
+
+/// Why a path inside a drop folder is not part of a case.
+fn not_a_case(folder: &Folder, path: &Path) -> String {
+    let rel = path.strip_prefix(&folder.path).unwrap_or(path);
+    let first: PathBuf = rel.components().take(folder.depth).collect();
+    if is_ignored(folder, &first) {
+        return format!(
+            "not part of a case: `{}` is hidden or named like a temporary file ({}), so it is not a \
+             case (yet)",
+            first.display(),
+            folder.ignore_patterns.join(" ")
+        );
+    }
+    format!(
+        "not part of a case: `{}` does not match the case pattern `{}` at depth {}",
+        first.display(),
+        folder.case_pattern,
+        folder.depth
+    )
+}
+
+/// What keeps a case from being ready, and which of its files go to which socket.
+fn explain_case(folder: &Folder, case_dir: &Path, files: &[CaseFile]) -> Vec<String> {
+    let mut out = Vec::new();
     let temp: Vec<String> = files
         .iter()
         .filter(|f| is_ignored(folder, &f.rel))
@@ -524,34 +534,32 @@ pub fn explain(
     {
         out.push(format!("not ready: the marker file {m} is missing"));
     }
-    match plan(folder, &case_dir, files) {
-        Err(e) => out.push(format!("cannot be planned: {e}")),
-        Ok(p) => {
-            for s in &p.sockets {
-                match &s.source {
-                    Source::Value(v) => out.push(format!(
-                        "  socket {} ← the value {v} from the config",
-                        s.slug
-                    )),
-                    Source::DicomImageSet { files, image_name } => out.push(format!(
-                        "  socket {} ← DICOM image set \"{image_name}\" from {} file(s)",
-                        s.slug,
-                        files.len()
-                    )),
-                    src => {
-                        let names: Vec<&str> =
-                            src.files().iter().map(|f| f.path.as_str()).collect();
-                        out.push(format!("  socket {} ← {}", s.slug, names.join(", ")));
-                    }
-                }
-            }
-            if !p.unmatched.is_empty() {
-                out.push(format!(
-                    "  not uploaded (no rule takes them): {}",
-                    p.unmatched.join(", ")
-                ));
-            }
+    let p = match plan(folder, case_dir, files) {
+        Ok(p) => p,
+        Err(e) => {
+            out.push(format!("cannot be planned: {e}"));
+            return out;
         }
+    };
+    for s in &p.sockets {
+        out.push(match &s.source {
+            Source::Value(v) => format!("  socket {} ← the value {v} from the config", s.slug),
+            Source::DicomImageSet { files, image_name } => format!(
+                "  socket {} ← DICOM image set \"{image_name}\" from {} file(s)",
+                s.slug,
+                files.len()
+            ),
+            src => {
+                let names: Vec<&str> = src.files().iter().map(|f| f.path.as_str()).collect();
+                format!("  socket {} ← {}", s.slug, names.join(", "))
+            }
+        });
+    }
+    if !p.unmatched.is_empty() {
+        out.push(format!(
+            "  not uploaded (no rule takes them): {}",
+            p.unmatched.join(", ")
+        ));
     }
     out
 }
@@ -691,6 +699,17 @@ pub fn hash_files(case_dir: &Path, plan: &Plan) -> std::io::Result<BTreeMap<Stri
         }
     }
     Ok(out)
+}
+
+/// `sha256:` and the first 16 hex digits of SHA-256 over the drop folder and the case path: enough to
+/// tell cases apart and to find one in `status --json` (which shows the same id), too little to guess a
+/// patient from.
+pub fn case_id(folder: &Path, case: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(folder.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(case.as_bytes());
+    format!("sha256:{}", &hex::encode(h.finalize())[..16])
 }
 
 #[cfg(test)]

@@ -16,11 +16,11 @@ use crate::agent::{CaseRun, Recorded};
 use crate::cli::{UploadArgs, exit};
 use crate::config::Config;
 use crate::deliver::{DeliverError, Lanes, Timings};
-use crate::gc::verify::VerifyTiming;
-use crate::gc::{Client, Verifier};
 use crate::journal::{CaseState, Journal};
 use crate::receipt::{CaseFacts, CaseKey, Receipt, TargetRef};
 use crate::rules::{self, Manifest};
+use gc_client::verify::VerifyTiming;
+use gc_client::{Client, Verifier};
 
 /// How long a one-shot job waits before asking again when the account has too many jobs running.
 const JOB_LIMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -35,11 +35,11 @@ pub struct CaseOutcome {
 
 /// Entry point of `gc-hotfolder upload`.
 pub fn main(args: UploadArgs) -> u8 {
-    let config = match crate::commands::load(&args.config) {
+    let config = match crate::start::load(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match crate::commands::runtime() {
+    match crate::start::runtime() {
         Ok(rt) => rt.block_on(run(&config, args.receipts, &args.cases)),
         Err(code) => code,
     }
@@ -68,7 +68,7 @@ async fn run(config: &Config, receipts: Option<PathBuf>, cases: &[PathBuf]) -> u
             return exit::USAGE;
         }
     };
-    let client = match crate::commands::connect(config, false).await {
+    let client = match crate::start::connect(config, false).await {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -136,7 +136,7 @@ async fn upload_case(sh: &Shared<'_>, case_arg: PathBuf) -> CaseOutcome {
         queued: queued.elapsed().as_secs_f64(),
         ..Timings::default()
     };
-    let started = (crate::receipt::now_rfc3339(), Instant::now());
+    let started = (crate::clock::now_rfc3339(), Instant::now());
     let fail = |case_dir: &Path, msg: String| CaseOutcome {
         case_dir: case_dir.to_owned(),
         receipt: None,
@@ -333,7 +333,7 @@ async fn upload_case(sh: &Shared<'_>, case_arg: PathBuf) -> CaseOutcome {
         let Ok(Err(DeliverError::Later(e))) = &result else {
             break result;
         };
-        if !matches!(**e, crate::gc::GcError::JobLimit(_)) {
+        if !matches!(**e, gc_client::GcError::JobLimit(_)) {
             break result;
         }
         tracing::warn!(case = %case_rel, "waiting {JOB_LIMIT_WAIT:?}: {e}");

@@ -108,23 +108,14 @@ async fn moves_leave_no_empty_folders_and_receipts_are_found_where_the_case_went
     assert!(left.is_empty(), "left in the drop folder: {left:?}");
 
     // `receipts` takes the path an admin sees under done/.
-    let out = bin()
-        .args(["receipts", "--config"])
-        .arg(&cfg)
-        .arg(&moved)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"P00123/20240503\""));
+    let out = gc("receipts", &cfg).arg(&moved).run().expect(0);
+    assert!(out.stdout.contains("\"P00123/20240503\""));
 
     // `retry` of the quarantined case moves it back and leaves no empty patient folder behind.
-    let out = bin()
-        .args(["retry", "--config"])
-        .arg(&cfg)
+    gc("retry", &cfg)
         .arg(quarantine.join("P00777/20240504"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+        .run()
+        .expect(0);
     assert!(drop.join("P00777/20240504").is_dir());
     let left: Vec<_> = std::fs::read_dir(&quarantine).unwrap().collect();
     assert!(left.is_empty(), "left in the quarantine folder: {left:?}");
@@ -183,13 +174,9 @@ fn check_online_answers_within_seconds_when_the_platform_is_down() {
     )
     .unwrap();
     let started = Instant::now();
-    let out = bin()
-        .args(["check", "--online", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = gc("check", &cfg).arg("--online").run();
     let took = started.elapsed();
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    out.expect(3);
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
@@ -200,10 +187,10 @@ fn scanner_study(drop: &Path, patient: &str, date: &str, seed: u64) {
     std::fs::create_dir_all(&parent).unwrap();
     drop_atomically(&parent, date, |d| {
         std::fs::create_dir_all(d).unwrap();
-        let mut ids = gc_hotfolder::samples::DicomSeriesIds::new(seed);
+        let mut ids = gc_content::samples::DicomSeriesIds::new(seed);
         ids.patient_id = patient.into();
         ids.study_date = date.into();
-        let written = gc_hotfolder::samples::write_dicom_series(d, 3, 8, 8, &ids, seed).unwrap();
+        let written = gc_content::samples::write_dicom_series(d, 3, 8, 8, &ids, seed).unwrap();
         let mut written = written;
         written.sort();
         for (i, f) in written.iter().enumerate() {
@@ -215,7 +202,7 @@ fn scanner_study(drop: &Path, patient: &str, date: &str, seed: u64) {
 /// A config for scanner exports at depth 2 (the image rule also takes `IM*`), with `title`.
 fn scanner_config(
     dir: &Path,
-    sb: &gc_hotfolder::sandbox::Sandbox,
+    sb: &gc_sandbox::Sandbox,
     drop: &Path,
     title: &str,
 ) -> std::path::PathBuf {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use gc_hotfolder::receipt::{Outcome, Receipt};
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use gc_sandbox::DEMO_TOKEN;
 use sha2::Digest;
 
 fn sha256(path: &Path) -> String {
@@ -28,9 +28,7 @@ fn titles_once(items: &[&serde_json::Value]) -> BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_rename_and_slow_writers_are_each_delivered_once_and_whole() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     std::fs::create_dir_all(&drop).unwrap();
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
@@ -43,7 +41,7 @@ async fn copy_rename_and_slow_writers_are_each_delivered_once_and_whole() {
     let slow = drop.join("slow");
     std::fs::create_dir_all(&slow).unwrap();
     let full = tmp.path().join("full.mha");
-    gc_hotfolder::samples::write_mha(&full, [64, 64, 16], 9).unwrap();
+    gc_content::samples::write_mha(&full, [64, 64, 16], 9).unwrap();
     let bytes = std::fs::read(&full).unwrap();
     {
         let mut f = std::fs::File::create(slow.join("image.mha")).unwrap();
@@ -64,11 +62,7 @@ async fn copy_rename_and_slow_writers_are_each_delivered_once_and_whole() {
         assert_eq!(r.outcome, Outcome::Delivered, "{r:?}");
     }
     let slow_r = rs.iter().find(|r| r.case == "slow").unwrap();
-    let img = slow_r
-        .sockets
-        .iter()
-        .find(|s| s.slug == "generic-medical-image")
-        .unwrap();
+    let img = socket_of(slow_r, "generic-medical-image");
     assert_eq!(
         img.files[0].sha256,
         sha256(&full),
@@ -86,9 +80,7 @@ async fn copy_rename_and_slow_writers_are_each_delivered_once_and_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cases_dropped_while_the_agent_is_down_are_delivered_at_start() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     for i in 0..4 {
         archive_case(&drop.join(format!("p{i}")), i);
     }
@@ -112,9 +104,7 @@ async fn cases_dropped_while_the_agent_is_down_are_delivered_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_instants_still_delivers_every_case_exactly_once() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let n = 12u64;
     for i in 0..n {
         archive_case(&drop.join(format!("k{i:02}")), i);
@@ -145,21 +135,13 @@ async fn kill_9_at_random_instants_still_delivers_every_case_exactly_once() {
             .iter()
             .find(|i| i["pk"] == r.item.as_ref().unwrap().pk.as_str())
             .expect("the receipt's item exists");
-        let values = item["values"].as_array().unwrap();
-        assert_eq!(
-            values.len(),
-            r.sockets.len(),
-            "every socket of {} has its value: {item}",
-            r.case
-        );
+        one_value_per_socket(r, item);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     std::fs::create_dir_all(&drop).unwrap();
     let outside = tmp.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
@@ -174,7 +156,7 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
         })
     };
     case("bad-json", &|d| {
-        gc_hotfolder::samples::write_mha(&d.join("image.mha"), [4, 4, 1], 1).unwrap();
+        gc_content::samples::write_mha(&d.join("image.mha"), [4, 4, 1], 1).unwrap();
         std::fs::write(d.join("count.json"), "{not json").unwrap();
     });
     case("not-an-image", &|d| {
@@ -182,7 +164,7 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
     });
     case("truncated-image", &|d| {
         let image = d.join("image.mha");
-        gc_hotfolder::samples::write_mha(&image, [8, 8, 4], 2).unwrap();
+        gc_content::samples::write_mha(&image, [8, 8, 4], 2).unwrap();
         let len = std::fs::metadata(&image).unwrap().len();
         std::fs::OpenOptions::new()
             .write(true)
@@ -194,22 +176,22 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
     case("two-series", &|d| {
         let s = &d.join("dicom");
         std::fs::create_dir_all(s).unwrap();
-        gc_hotfolder::samples::write_dicom_series(
+        gc_content::samples::write_dicom_series(
             s,
             2,
             4,
             4,
-            &gc_hotfolder::samples::DicomSeriesIds::new(1),
+            &gc_content::samples::DicomSeriesIds::new(1),
             1,
         )
         .unwrap();
         let other = tempfile::tempdir().unwrap();
-        let files = gc_hotfolder::samples::write_dicom_series(
+        let files = gc_content::samples::write_dicom_series(
             other.path(),
             2,
             4,
             4,
-            &gc_hotfolder::samples::DicomSeriesIds::new(2),
+            &gc_content::samples::DicomSeriesIds::new(2),
             2,
         )
         .unwrap();
@@ -221,7 +203,7 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
         std::fs::write(d.join("image.mha"), b"").unwrap()
     });
     case("wrong-kind", &|d| {
-        gc_hotfolder::samples::write_mha(&d.join("image.mha"), [4, 4, 1], 3).unwrap();
+        gc_content::samples::write_mha(&d.join("image.mha"), [4, 4, 1], 3).unwrap();
         std::fs::write(d.join("count.json"), "\"three\"").unwrap();
     });
     case("symlink-out", &|d| {
@@ -315,16 +297,7 @@ async fn bad_cases_are_quarantined_with_a_reason_and_the_daemon_keeps_going() {
 
     // `retry` requeues quarantined cases; fixed ones are then delivered.
     std::fs::write(drop.join("bad-json/count.json"), "5").unwrap();
-    let out = bin()
-        .args(["retry", "--quarantined", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gc("retry", &cfg).arg("--quarantined").run().expect(0);
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     let dir = tmp.path().join("state/receipts");
     eventually(
@@ -433,58 +406,6 @@ async fn with_ten_percent_faults_on_every_endpoint_every_case_is_delivered_once(
     assert!(faulted > 0, "the faults fired: {}", st["requests"]);
 }
 
-/// (name, sha256) of every file a socket value holds in the sandbox's state, sorted.
-fn stored_files(v: &serde_json::Value) -> Vec<(String, String)> {
-    let files = if v["image"].is_object() {
-        v["image"]["files"].as_array().cloned().unwrap_or_default()
-    } else if v["file"].is_object() {
-        vec![v["file"].clone()]
-    } else {
-        vec![]
-    };
-    let mut out: Vec<(String, String)> = files
-        .iter()
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap_or_default().to_owned(),
-                f["sha256"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// The item holds exactly what the receipt says was delivered: every socket, every byte, every value.
-fn holds_exactly(item: &serde_json::Value, r: &Receipt) {
-    let values = item["values"].as_array().unwrap();
-    assert_eq!(values.len(), r.sockets.len(), "{}: {item}", r.case);
-    for s in &r.sockets {
-        let v = values
-            .iter()
-            .find(|v| v["socket"] == s.slug.as_str())
-            .unwrap_or_else(|| panic!("{}: no {} in {item}", r.case, s.slug));
-        if s.files.is_empty() || v.get("value").is_some_and(|x| !x.is_null()) {
-            assert_eq!(Some(&v["value"]), s.value.as_ref(), "{}/{}", r.case, s.slug);
-        } else {
-            let mut sent: Vec<(String, String)> = s
-                .files
-                .iter()
-                // What was sent: for DICOM the de-identified copy, not the file in the case folder.
-                .map(|f| (f.upload_name.clone(), f.sent_sha256.clone()))
-                .collect();
-            sent.sort();
-            assert_eq!(
-                stored_files(v),
-                sent,
-                "{}/{}: the case's own bytes",
-                r.case,
-                s.slug
-            );
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cases_with_equal_titles_from_two_sites_are_never_merged_under_faults_and_kill_9() {
     // Item creations whose answer is lost, cut connections and a busy platform everywhere.
@@ -531,20 +452,11 @@ async fn cases_with_equal_titles_from_two_sites_are_never_merged_under_faults_an
     std::fs::write(&cfg, text).unwrap();
     let log = tmp.path().join("agent.log");
     let state_dir = tmp.path().join("state");
-    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut kills = 0;
-    for _ in 0..12 {
-        if receipts(&state_dir.join("receipts")).len() == cases.len() {
-            break;
-        }
-        let agent = Agent::start(&cfg, &log);
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        tokio::time::sleep(Duration::from_millis(400 + rng_state % 1600)).await;
-        agent.kill9();
-        kills += 1;
-    }
+    let receipts_dir = state_dir.join("receipts");
+    let kills = kill_9_until(&cfg, &log, 12, 0x9e37_79b9_7f4a_7c15, || {
+        receipts(&receipts_dir).len() == cases.len()
+    })
+    .await;
     let agent = Agent::start(&cfg, &log);
     let rs = wait_receipts(&state_dir, cases.len(), Duration::from_secs(180)).await;
     agent.stop();
@@ -591,7 +503,7 @@ async fn cases_with_equal_titles_from_two_sites_are_never_merged_under_faults_an
             .collect();
         assert_eq!(on_server.len(), 1, "{title}: {on_server:?}");
         assert_eq!(on_server[0]["pk"], pk);
-        holds_exactly(on_server[0], r);
+        holds_exactly(on_server[0], r, false);
     }
     assert_eq!(
         items.len(),
@@ -609,9 +521,7 @@ async fn cases_with_equal_titles_from_two_sites_are_never_merged_under_faults_an
 async fn folders_named_alike_but_for_bytes_that_are_not_utf8_are_two_cases() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     // Latin-1 "Müller" and "Möller" from an old exporter: equal once decoded lossily.
     let names: [&[u8]; 2] = [b"M\xfcller", b"M\xf6ller"];
     for (i, name) in names.iter().enumerate() {
@@ -627,14 +537,10 @@ async fn folders_named_alike_but_for_bytes_that_are_not_utf8_are_two_cases() {
     let cases: Vec<&str> = rs.iter().map(|r| r.case.as_str()).collect();
     assert_eq!(cases, ["M\\xf6ller", "M\\xfcller"]);
     // `receipts CASE` finds each by its real path.
-    let out = bin()
-        .args(["receipts", "--config"])
-        .arg(&cfg)
+    let out = gc("receipts", &cfg)
         .arg(drop.join(OsStr::from_bytes(names[0])))
-        .output()
-        .unwrap();
-    let one: Receipt =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        .run();
+    let one: Receipt = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     assert_eq!(one.case, "M\\xfcller");
     let st = state(&sb).await;
     let items = items_of(&st, "demo-archive");
@@ -646,6 +552,6 @@ async fn folders_named_alike_but_for_bytes_that_are_not_utf8_are_two_cases() {
             .find(|i| i["title"] == r.title.as_str())
             .unwrap_or_else(|| panic!("no item titled {}", r.title));
         assert_eq!(item["pk"], r.item.as_ref().unwrap().pk.as_str());
-        holds_exactly(item, r);
+        holds_exactly(item, r, false);
     }
 }

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use gc_content::samples;
 use gc_hotfolder::receipt::{Outcome, Receipt};
-use gc_hotfolder::samples;
-use gc_hotfolder::sandbox::Sandbox;
+use gc_sandbox::Sandbox;
 use serde_json::Value;
 use sha2::Digest;
 
@@ -21,7 +21,7 @@ fn algorithm_config(dir: &Path, sb: &Sandbox, drop: &Path, algorithm: &str) -> P
          [[folder]]\npath = \"{}\"\nalgorithm = \"{algorithm}\"\nquiet = \"1s\"\n\n\
          [[folder.socket]]\nslug = \"ct-image\"\nfiles = \"ct.mha\"\n",
         sb.base_url(),
-        gc_hotfolder::sandbox::fixture::DEMO_TOKEN,
+        gc_sandbox::DEMO_TOKEN,
         dir.join("state").display(),
         drop.display()
     );
@@ -452,12 +452,8 @@ async fn a_case_whose_job_failed_gets_a_new_job_when_retried() {
         Duration::from_secs(30),
         "the journal's quarantine",
         async || {
-            let out = bin()
-                .args(["status", "--json", "--config"])
-                .arg(&cfg)
-                .output()
-                .ok()?;
-            let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let out = gc("status", &cfg).arg("--json").run_async().await;
+            let status: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
             let folders = status.as_array()?;
             folders
                 .iter()
@@ -466,24 +462,11 @@ async fn a_case_whose_job_failed_gets_a_new_job_when_retried() {
         },
     )
     .await;
-    let out = tokio::task::spawn_blocking({
-        let (cfg, case) = (cfg.clone(), drop.join("flaky"));
-        move || {
-            bin()
-                .args(["retry", "--config"])
-                .arg(&cfg)
-                .arg(&case)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gc("retry", &cfg)
+        .arg(drop.join("flaky"))
+        .run_async()
+        .await
+        .expect(0);
     eventually(Duration::from_secs(60), "a second job", async || {
         (jobs_of(&sb.state(), "failing-algorithm").len() == 2).then_some(())
     })
@@ -526,4 +509,49 @@ async fn cases_of_one_name_from_two_sites_get_their_own_result_folders() {
     cases.sort();
     assert_eq!(cases, ["site-a/p1", "site-b/p1"]);
     check_jobs(&sb.state(), &rs, &tmp.path().join("outbox"), 2);
+}
+
+/// `check --online` and the agent's start: an algorithm folder's sockets must make up one of the
+/// algorithm's interfaces exactly; optional sockets may be left out of it.
+#[tokio::test]
+async fn an_algorithm_folder_is_checked_against_the_interfaces() {
+    let sb = gc_testkit::client::sandbox().await;
+    let c = gc_testkit::client::client(&sb);
+    let cfg = |sockets: &str| {
+        let text = format!(
+            "[server]\nurl = \"{}\"\ntoken = \"x\"\nstate_dir = \"/tmp/state\"\n\n[[folder]]\n\
+             path = \"/srv/drop/ct\"\nalgorithm = \"lung-volume-estimator\"\n{sockets}",
+            sb.base_url()
+        );
+        gc_hotfolder::config::Config::parse(std::path::Path::new("/etc/gc/hot.toml"), &text)
+            .unwrap()
+    };
+    let image = "  [[folder.socket]]\n  slug = \"ct-image\"\n  files = \"*.mha\"\n";
+    let count = "  [[folder.socket]]\n  slug = \"lesion-count\"\n  value = 3\n";
+    let optional_count = format!("{count}  optional = true\n");
+    use gc_hotfolder::preflight::{Verdict, check_folder};
+    for (sockets, usable) in [
+        (image.to_owned(), true),
+        (count.to_owned(), true),
+        (format!("{image}{optional_count}"), true),
+        (format!("{image}{count}"), false),
+        (
+            "  [[folder.socket]]\n  slug = \"lung-volume\"\n  value = 1.5\n".to_owned(),
+            false,
+        ),
+    ] {
+        let config = cfg(&sockets);
+        let check = check_folder(&c, &config.folders[0]).await;
+        let text = check.lines.join("\n");
+        match (&check.verdict, usable) {
+            (Verdict::Usable, true) => assert!(text.contains("fit its interface"), "{text}"),
+            (Verdict::Unusable(why), false) => assert!(
+                why.contains(
+                    "make up none of its interfaces, which take [ct-image] or [lesion-count]"
+                ),
+                "{why}"
+            ),
+            (other, _) => panic!("{sockets}: {other:?}\n{text}"),
+        }
+    }
 }

@@ -12,9 +12,7 @@ use gc_hotfolder::receipt::Outcome;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_that_are_not_utf8_are_uploaded_and_reported() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     drop_atomically(&drop, "latin1", |d| {
         archive_case(d, 3); // a DICOM series in dicom/
         let dicom = d.join("dicom");
@@ -35,11 +33,7 @@ async fn names_that_are_not_utf8_are_uploaded_and_reported() {
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     let r = receipt_for(&tmp.path().join("state"), "latin1").await;
     assert_eq!(r.outcome, Outcome::Delivered, "{r:?}");
-    let img = r
-        .sockets
-        .iter()
-        .find(|s| s.slug == "generic-medical-image")
-        .unwrap();
+    let img = socket_of(&r, "generic-medical-image");
     assert_eq!(img.files.len(), 4);
     assert!(
         img.files
@@ -65,7 +59,7 @@ async fn a_case_deleted_while_it_uploads_is_quarantined_with_the_reason() {
     drop_atomically(&drop, "vanishing", |d| {
         std::fs::create_dir_all(d).unwrap();
         // 40 MiB: eight 5 MiB parts of a (valid) MetaImage.
-        gc_hotfolder::samples::write_mha(&d.join("image.mha"), [1024, 1024, 40], 5).unwrap();
+        gc_content::samples::write_mha(&d.join("image.mha"), [1024, 1024, 40], 5).unwrap();
     });
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
@@ -206,9 +200,7 @@ fn uploads_created(st: &serde_json::Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_files_update_only_the_changed_socket_of_the_same_item() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     drop_atomically(&drop, "p1", |d| archive_case(d, 0)); // image, report, count = 0
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
@@ -285,12 +277,8 @@ async fn late_files_are_ignored_or_quarantined_as_configured() {
         .find(|r| r.case == "pa")
         .unwrap();
     assert_eq!(pa.revision, 1, "ignored: no second delivery");
-    let out = bin()
-        .args(["status", "--json", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = gc("status", &cfg).arg("--json").run();
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let q = &status[1]["quarantined"];
     assert_eq!(q[0]["case"], "pb", "{status}");
     assert!(
@@ -304,46 +292,21 @@ async fn late_files_are_ignored_or_quarantined_as_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_folder_is_watched_but_not_delivered_until_resumed() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
-    let out = bin()
-        .args(["pause", "--config"])
-        .arg(&cfg)
-        .arg(&drop)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (Site { sb: _sb, tmp, drop }, cfg) = paused_site().await;
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     drop_atomically(&drop, "held", |d| archive_case(d, 1));
     agent
         .wait_log("ready, held while its folder is paused", 1)
         .await;
-    let status = bin()
-        .args(["status", "--json", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = gc("status", &cfg).arg("--json").run();
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(status[0]["paused"], true, "{status}");
     assert!(
         receipts(&tmp.path().join("state/receipts")).is_empty(),
         "nothing delivered while paused"
     );
 
-    let out = bin()
-        .args(["resume", "--config"])
-        .arg(&cfg)
-        .arg(&drop)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    gc("resume", &cfg).arg(&drop).run().expect(0);
     assert_eq!(
         receipt_for(&tmp.path().join("state"), "held").await.outcome,
         Outcome::Delivered

@@ -5,17 +5,14 @@
 //! exists on the platform, while the other cases are delivered.
 
 mod common;
-mod python_support;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use gc_content::samples::{self, DicomSeriesIds};
 use gc_hotfolder::receipt::Outcome;
-use gc_hotfolder::samples::{self, DicomSeriesIds};
 
 const NAME: &str = "ROE^RICHARD";
 const ID: &str = "PID8812";
@@ -45,9 +42,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dicom_is_found_by_content_and_the_unrecognised_never_leaves() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let state_dir = tmp.path().join("state");
 
     // A scanner's export: bare data sets named IM0001, IM0002, … in scans/.
@@ -98,12 +93,7 @@ async fn dicom_is_found_by_content_and_the_unrecognised_never_leaves() {
 
     let export = by("export-0001");
     assert_eq!(export.outcome, Outcome::Delivered, "{:?}", export.reason);
-    let files = &export
-        .sockets
-        .iter()
-        .find(|s| s.slug == "generic-medical-image")
-        .unwrap()
-        .files;
+    let files = &socket_of(export, "generic-medical-image").files;
     assert_eq!(files.len(), 3);
     for f in files {
         assert!(f.deidentified, "{f:?}");
@@ -136,18 +126,7 @@ async fn dicom_is_found_by_content_and_the_unrecognised_never_leaves() {
     }
 
     // Nothing the platform stored carries the patient's identifiers.
-    let mut stored = Vec::new();
-    let mut stack = vec![sb.data_dir().to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                stored.push(p);
-            }
-        }
-    }
+    let stored = files_below(sb.data_dir());
     let mut dicom = 0;
     for p in &stored {
         let bytes = std::fs::read(p).unwrap();
@@ -162,44 +141,6 @@ async fn dicom_is_found_by_content_and_the_unrecognised_never_leaves() {
     );
 }
 
-/// Every identifier the encodings corpus (`tests/interop/encodings.py`) holds, and its original UIDs.
-const CORPUS_SECRETS: &[&str] = &[
-    "ROE^RICHARD",
-    "RICHARD",
-    "PID-8812",
-    "19580704",
-    "OPID-5531",
-    "ACC98765",
-    "Example Hospital",
-    "WHO^DR",
-    "SCANNER_AE",
-    "1.2.999.8.",
-];
-
-/// The same slice of one patient in every way DICOM is stored, written with pydicom (in the venv the
-/// de-identification tests make): file name → how it is stored.
-fn encodings(dir: &Path) -> BTreeMap<String, String> {
-    let python = python_support::python_with(
-        "dicom-deid-0.1.1",
-        &[
-            "grand-challenge-dicom-de-identifier==0.1.1",
-            "grand-challenge-dicom-de-id-procedure==2025.10.1",
-            "pydicom==3.0.2",
-        ],
-        "grand_challenge_dicom_de_identifier.deidentifier",
-        "GC_HOTFOLDER_DEID_PYTHON",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/encodings.py");
-    let out = Command::new(python).arg(script).arg(dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Every way of storing DICOM, each file one case, plus a damaged file of each kind: every byte the
 /// sandbox received (request lines, headers, bodies, part uploads) is searched for every identifier,
 /// every original UID and every original file name. None is there.
@@ -209,7 +150,7 @@ async fn no_request_carries_an_identifier_whatever_way_dicom_is_stored() {
     let requests = tmp.path().join("requests");
     let sb = sandbox_with(|o| o.record = Some(requests.clone())).await;
     let corpus = tmp.path().join("corpus");
-    let stored = encodings(&corpus);
+    let stored = gc_testkit::python::write_encodings(&gc_testkit::venvs!(), &corpus);
     let drop = tmp.path().join("drop");
     for (n, name) in stored.keys().enumerate() {
         let bytes = std::fs::read(corpus.join(name)).unwrap();
@@ -248,7 +189,7 @@ async fn no_request_carries_an_identifier_whatever_way_dicom_is_stored() {
         assert!(d.item.is_none(), "{name} ({how}) damaged: nothing created");
     }
 
-    let records = gc_hotfolder::sandbox::recorder::read(&requests).unwrap();
+    let records = gc_sandbox::recorder::read(&requests).unwrap();
     let mut part_bytes = 0;
     for r in &records {
         let line = r.request_line();
@@ -258,7 +199,7 @@ async fn no_request_carries_an_identifier_whatever_way_dicom_is_stored() {
         }
         let head: Vec<u8> = percent_encoding::percent_decode(&r.head).collect();
         for hay in [&r.head, &head, &body] {
-            for secret in CORPUS_SECRETS
+            for secret in gc_testkit::python::ENCODINGS_SECRETS
                 .iter()
                 .copied()
                 .chain(stored.keys().map(String::as_str))

@@ -5,78 +5,32 @@
 mod common;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use gc_hotfolder::receipt::Outcome;
 use serde_json::Value;
 
-/// A webhook receiver on loopback that keeps every alert.
-async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    use axum::routing::post;
-    let alerts: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let a = alerts.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |axum::Json(v): axum::Json<Value>| {
-            let a = a.clone();
-            async move {
-                a.lock().unwrap().push(v);
-                http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/hook"), alerts)
-}
-
-async fn alert(alerts: &Arc<Mutex<Vec<Value>>>, event: &str) -> Value {
-    eventually(Duration::from_secs(30), event, async || {
-        alerts
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|a| a["event"] == event)
-            .cloned()
-    })
-    .await
-}
-
 async fn fetch(url: String) -> String {
     reqwest::get(&url).await.unwrap().text().await.unwrap()
 }
 
 fn status_text(cfg: &Path) -> String {
-    let out = bin()
-        .args(["status", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    gc("status", cfg).run().stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misspelled_socket_holds_the_folder_until_the_config_is_fixed() {
-    let sb = sandbox().await;
-    let (hook, alerts) = receiver().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
+    let hook = receiver(false).await;
     let done = tmp.path().join("done");
     drop_atomically(&drop, "patient-001", |d| archive_case(d, 0));
-    let cfg = write_config(
-        tmp.path(),
-        &sb,
-        &drop,
-        None,
-        &format!(
-            "after = \"move:{}\"\nquarantine = \"{}\"",
-            done.display(),
-            tmp.path().join("q").display()
-        ),
+    let extra = format!(
+        "after = \"move:{}\"\nquarantine = \"{}\"",
+        done.display(),
+        tmp.path().join("q").display()
     );
+    let cfg = write_config(tmp.path(), &sb, &drop, None, &extra);
     let good = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
@@ -85,20 +39,17 @@ async fn a_misspelled_socket_holds_the_folder_until_the_config_is_fixed() {
     .unwrap();
     append(
         &cfg,
-        &format!("\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[notify]]\nurl = \"{hook}\"\n"),
+        &format!(
+            "\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[notify]]\nurl = \"{}\"\n",
+            hook.url
+        ),
     );
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     let addr = metrics_addr(&agent).await;
 
-    let held = alert(&alerts, "folder_held").await;
+    let held = hook.wait_for("folder_held").await;
     assert_eq!(held["state"], "held");
-    assert!(
-        held["reason"]
-            .as_str()
-            .unwrap()
-            .contains("'lesion-cuont' is not an existing socket"),
-        "{held}"
-    );
+    says(&held, "reason", "'lesion-cuont' is not an existing socket");
     // The case is ready, and waits: the log says so once, nothing is quarantined or moved.
     agent
         .wait_log("ready, held: the platform does not have what folder[0]", 1)
@@ -117,13 +68,11 @@ async fn a_misspelled_socket_holds_the_folder_until_the_config_is_fixed() {
         "{status}"
     );
     let metrics = fetch(format!("http://{addr}/metrics")).await;
-    assert!(
-        metrics.contains(&format!(
-            "gc_hotfolder_folder_held{{folder=\"{}\"}} 1\n",
-            drop.display()
-        )),
-        "{metrics}"
+    let gauge = format!(
+        "gc_hotfolder_folder_held{{folder=\"{}\"}} 1\n",
+        drop.display()
     );
+    assert!(metrics.contains(&gauge), "{metrics}");
     assert!(drop.join("patient-001").is_dir());
     assert!(receipts(&tmp.path().join("state/receipts")).is_empty());
     assert!(items_of(&state(&sb).await, "demo-archive").is_empty());
@@ -155,22 +104,21 @@ async fn a_misspelled_socket_holds_the_folder_until_the_config_is_fixed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_drop_folder_is_flagged_once_and_delivered_from_when_it_is_back() {
     let sb = sandbox().await;
-    let (hook, alerts) = receiver().await;
+    let hook = receiver(false).await;
     let tmp = tempfile::tempdir().unwrap();
     let drop = tmp.path().join("share/drop");
     let cfg = write_config(tmp.path(), &sb, &drop, None, "poll_interval = \"200ms\"");
     append(
         &cfg,
-        &format!("\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[notify]]\nurl = \"{hook}\"\n"),
+        &format!(
+            "\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[notify]]\nurl = \"{}\"\n",
+            hook.url
+        ),
     );
 
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{said}");
+    let out = gc("check", &cfg).run();
+    let said = out.stdout.clone();
+    out.expect(1);
     assert!(
         said.contains(
             "warning: folder[0].path: does not exist (a network share that is not mounted?)"
@@ -180,27 +128,19 @@ async fn a_missing_drop_folder_is_flagged_once_and_delivered_from_when_it_is_bac
 
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     let addr = metrics_addr(&agent).await;
-    let missing = alert(&alerts, "folder_missing").await;
-    assert!(
-        missing["reason"]
-            .as_str()
-            .unwrap()
-            .contains("does not exist"),
-        "{missing}"
-    );
+    let missing = hook.wait_for("folder_missing").await;
+    says(&missing, "reason", "does not exist");
     let text = status_text(&cfg);
     assert!(
         text.contains("drop folder missing: it does not exist"),
         "{text}"
     );
     let metrics = fetch(format!("http://{addr}/metrics")).await;
-    assert!(
-        metrics.contains(&format!(
-            "gc_hotfolder_folder_missing{{folder=\"{}\"}} 1\n",
-            drop.display()
-        )),
-        "{metrics}"
+    let gauge = format!(
+        "gc_hotfolder_folder_missing{{folder=\"{}\"}} 1\n",
+        drop.display()
     );
+    assert!(metrics.contains(&gauge), "{metrics}");
     // Many polls later, the error is still said once.
     eventually(Duration::from_secs(20), "ten polls", async || {
         let m = fetch(format!("http://{addr}/metrics")).await;
@@ -229,18 +169,7 @@ async fn a_missing_drop_folder_is_flagged_once_and_delivered_from_when_it_is_bac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_folder_shows_its_waiting_cases_and_a_restart_says_it_is_paused() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
-    let out = bin()
-        .args(["pause", "--config"])
-        .arg(&cfg)
-        .arg(&drop)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let (Site { sb: _sb, tmp, drop }, cfg) = paused_site().await;
 
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     agent
@@ -266,13 +195,7 @@ async fn a_paused_folder_shows_its_waiting_cases_and_a_restart_says_it_is_paused
         "{text}"
     );
 
-    let out = bin()
-        .args(["resume", "--config"])
-        .arg(&cfg)
-        .arg(&drop)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    gc("resume", &cfg).arg(&drop).run().expect(0);
     let r = receipt_for(&tmp.path().join("state"), "patient-001").await;
     assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
     let log = agent.log();

@@ -11,8 +11,8 @@ use common::*;
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
+use gc_content::samples::{self, DicomSeriesIds};
 use gc_hotfolder::receipt::{FileReceipt, Outcome, Receipt};
-use gc_hotfolder::samples::{self, DicomSeriesIds};
 use sha2::Digest;
 
 const NAME: &str = "DOE^JANE";
@@ -61,9 +61,7 @@ fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dicom_leaves_only_de_identified_and_bad_dicom_is_stopped_before_the_platform() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let state_dir = tmp.path().join("state");
     std::fs::create_dir_all(&drop).unwrap();
 
@@ -100,14 +98,9 @@ async fn dicom_leaves_only_de_identified_and_bad_dicom_is_stopped_before_the_pla
 
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     // `check` points out the folder named after its patient among the cases present, and only that one.
-    let check = bin()
-        .arg("check")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{said}");
+    let check = gc("check", &cfg).run();
+    let said = check.stdout.clone();
+    check.expect(0);
     assert!(
         said.contains(
             "case DOE_JANE: WARNING: the title includes the case's folder name at depth 1, which \
@@ -134,12 +127,7 @@ async fn dicom_leaves_only_de_identified_and_bad_dicom_is_stopped_before_the_pla
         "{:?}",
         jane.deidentification
     );
-    let files = &jane
-        .sockets
-        .iter()
-        .find(|s| s.slug == "generic-medical-image")
-        .unwrap()
-        .files;
+    let files = &socket_of(jane, "generic-medical-image").files;
     assert_eq!(files.len(), 4);
     for f in files {
         assert!(f.deidentified, "{f:?}");
@@ -164,19 +152,7 @@ async fn dicom_leaves_only_de_identified_and_bad_dicom_is_stopped_before_the_pla
         jane.warnings
     );
     let st = state(&sb).await;
-    let item = items_of(&st, "demo-archive")
-        .into_iter()
-        .find(|i| i["title"] == "DOE_JANE")
-        .cloned()
-        .unwrap();
-    let stored: Vec<String> = item["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|v| v["image"].is_object())
-        .flat_map(|v| v["image"]["files"].as_array().unwrap().clone())
-        .map(|f| f["sha256"].as_str().unwrap().to_owned())
-        .collect();
+    let stored = stored_image_shas(item_titled(&st, "demo-archive", "DOE_JANE"));
     let mut sent: Vec<String> = files.iter().map(|f| f.sent_sha256.clone()).collect();
     let mut stored_sorted = stored.clone();
     sent.sort();
@@ -244,23 +220,15 @@ async fn dicom_leaves_only_de_identified_and_bad_dicom_is_stopped_before_the_pla
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_that_opts_out_is_warned_about_and_sends_dicom_as_it_is() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let state_dir = tmp.path().join("state");
     drop_atomically(&drop, "case", |d| {
         patient_series(d, 2, 4);
     });
     let cfg = write_config(tmp.path(), &sb, &drop, None, "deidentify = false");
 
-    let check = bin()
-        .arg("check")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&check.stdout).to_string()
-        + &String::from_utf8_lossy(&check.stderr);
+    let check = gc("check", &cfg).run();
+    let said = check.stdout.clone() + &check.stderr.clone();
     assert!(
         said.contains("identifiable data will leave this machine"),
         "check says:\n{said}"
@@ -295,7 +263,7 @@ async fn a_folder_that_opts_out_is_warned_about_and_sends_dicom_as_it_is() {
 /// with exactly the bytes the receipt names, not a mix of two copies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_de_identified_upload_killed_midway_resumes_with_the_same_bytes() {
-    use gc_hotfolder::sandbox::faults::{FaultAction, FaultRule};
+    use gc_sandbox::faults::{FaultAction, FaultRule};
     let sb = sandbox_with(|o| {
         o.faults.push(FaultRule {
             method: Some("PUT".into()),
@@ -361,19 +329,7 @@ async fn a_de_identified_upload_killed_midway_resumes_with_the_same_bytes() {
     let f = &r.sockets[0].files[0];
     assert!(f.deidentified);
     let st = state(&sb).await;
-    let item = items_of(&st, "demo-archive")
-        .into_iter()
-        .find(|i| i["title"] == "big")
-        .cloned()
-        .unwrap();
-    let stored: Vec<String> = item["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|v| v["image"].is_object())
-        .flat_map(|v| v["image"]["files"].as_array().unwrap().clone())
-        .map(|f| f["sha256"].as_str().unwrap().to_owned())
-        .collect();
+    let stored = stored_image_shas(item_titled(&st, "demo-archive", "big"));
     assert_eq!(
         stored,
         vec![f.sent_sha256.clone()],
@@ -383,15 +339,11 @@ async fn a_de_identified_upload_killed_midway_resumes_with_the_same_bytes() {
 
 /// The files of one socket in a receipt.
 fn files_of(r: &Receipt, socket: &str) -> Vec<FileReceipt> {
-    r.sockets
-        .iter()
-        .find(|s| s.slug == socket)
-        .map(|s| s.files.clone())
-        .unwrap_or_else(|| panic!("{}: no socket {socket} in the receipt", r.case))
+    socket_of(r, socket).files.clone()
 }
 
 /// SHA-256 of every file the sandbox stored.
-fn stored_hashes(sb: &gc_hotfolder::sandbox::Sandbox) -> Vec<String> {
+fn stored_hashes(sb: &gc_sandbox::Sandbox) -> Vec<String> {
     let mut kept = Vec::new();
     all_files(sb.data_dir(), &mut kept);
     kept.iter()
@@ -405,9 +357,7 @@ fn stored_hashes(sb: &gc_hotfolder::sandbox::Sandbox) -> Vec<String> {
 /// journal is the record), and for an update made by `upload`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_revision_states_what_was_sent_also_for_files_an_update_did_not_send_again() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let state_dir = tmp.path().join("state");
     let log = tmp.path().join("agent.log");
     drop_atomically(&drop, "case-1", |d| {
@@ -484,22 +434,7 @@ async fn every_revision_states_what_was_sent_also_for_files_an_update_did_not_se
     // Another late file, delivered by `upload`: revision 3 carries over both earlier revisions.
     std::fs::write(drop.join("case-1/count.json"), "4").unwrap();
     let case = drop.join("case-1");
-    let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .arg("upload")
-            .arg("--config")
-            .arg(&cfg)
-            .arg(&case)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gc("upload", &cfg).arg(&case).run_async().await.expect(0);
     let r3 = receipts(&state_dir.join("receipts")).remove(0);
     assert_eq!(
         (r3.outcome, r3.revision),
@@ -623,22 +558,7 @@ async fn no_identifier_or_original_uid_leaves_in_any_request() {
         secrets.extend(scanner_series(d, 22));
     });
     let case = drop.join("scan-0002");
-    let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .arg("upload")
-            .arg("--config")
-            .arg(&cfg)
-            .arg(&case)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gc("upload", &cfg).arg(&case).run_async().await.expect(0);
     let by_upload = receipt_for(&state_dir, "scan-0002").await;
 
     // Delivered, as de-identified copies under neutral names; the platform holds those names.
@@ -665,7 +585,7 @@ async fn no_identifier_or_original_uid_leaves_in_any_request() {
     }
 
     // Every request, whole: none carries a secret, and the search does see the series that was sent.
-    let records = gc_hotfolder::sandbox::recorder::read(&requests).unwrap();
+    let records = gc_sandbox::recorder::read(&requests).unwrap();
     let (mut part_puts, mut new_uids) = (0, 0);
     for r in &records {
         let line = r.request_line();
@@ -677,7 +597,7 @@ async fn no_identifier_or_original_uid_leaves_in_any_request() {
             assert!(found.is_empty(), "{line}: {found:?} left the machine");
         }
         part_puts += usize::from(line.starts_with("PUT /s3/"));
-        new_uids += usize::from(contains(&body, gc_hotfolder::deidentify::ROOT_UID));
+        new_uids += usize::from(contains(&body, gc_content::deidentify::ROOT_UID));
     }
     assert!(
         part_puts >= 6 && new_uids >= 6,

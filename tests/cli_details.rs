@@ -56,44 +56,31 @@ fn every_command_has_a_manual_page_with_exit_status_environment_and_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_outside_every_drop_folder_and_unknown_targets_are_usage_errors() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     std::fs::create_dir_all(&drop).unwrap();
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let elsewhere = tmp.path().join("elsewhere/case-1");
     archive_case(&elsewhere, 0);
 
-    let out = bin()
-        .args(["explain", "--config"])
-        .arg(&cfg)
-        .arg(&elsewhere)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let out = gc("explain", &cfg).arg(&elsewhere).run();
+    let said = out.stdout.clone();
+    out.expect(2);
     assert!(said.contains("not inside any drop folder"), "{said}");
 
-    let out = bin()
-        .args(["upload", "--config"])
-        .arg(&cfg)
-        .arg(&elsewhere)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let out = gc("upload", &cfg).arg(&elsewhere).run();
+    let said = out.stderr.clone();
+    out.expect(2);
     assert!(said.contains("is not inside any [[folder]]"), "{said}");
     assert!(items_of(&state(&sb).await, "demo-archive").is_empty());
 
     let dest = tmp.path().join("pulled");
-    let out = bin()
-        .args(["pull", "--archive", "demo-archvie", "--config"])
-        .arg(&cfg)
+    let out = gc("pull", &cfg)
+        .arg("--archive")
+        .arg("demo-archvie")
         .arg(&dest)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+        .run();
+    let said = out.stderr.clone();
+    out.expect(2);
     assert!(said.contains("demo-archvie"), "{said}");
     assert!(
         !dest.exists(),
@@ -129,9 +116,7 @@ fn the_sandbox_names_its_sockets_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_list_what_a_case_held_and_logs_say_where_a_case_went() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let done = tmp.path().join("done");
     // No image at all: the receipt lists what the case held instead.
     drop_atomically(&drop, "no-image", |d| {
@@ -144,17 +129,12 @@ async fn receipts_list_what_a_case_held_and_logs_say_where_a_case_went() {
         archive_case(d, 0);
         std::fs::write(d.join("notes.docx"), b"left behind").unwrap();
     });
-    let cfg = write_config(
-        tmp.path(),
-        &sb,
-        &drop,
-        None,
-        &format!(
-            "after = \"move:{}\"\nquarantine = \"{}\"",
-            done.display(),
-            tmp.path().join("quarantine").display()
-        ),
+    let extra = format!(
+        "after = \"move:{}\"\nquarantine = \"{}\"",
+        done.display(),
+        tmp.path().join("quarantine").display()
     );
+    let cfg = write_config(tmp.path(), &sb, &drop, None, &extra);
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     let state_dir = tmp.path().join("state");
     let rs = wait_receipts(&state_dir, 2, Duration::from_secs(60)).await;
@@ -210,4 +190,92 @@ async fn receipts_list_what_a_case_held_and_logs_say_where_a_case_went() {
         tmp.path().join("quarantine/no-image").display().to_string()
     );
     agent.stop();
+}
+
+/// `gc-hotfolder sandbox`: its help documents faults and recording, the flags apply, SIGTERM stops it.
+#[test]
+fn the_sandbox_command_serves_until_sigterm() {
+    let bin = env!("CARGO_BIN_EXE_gc-hotfolder");
+    let help = std::process::Command::new(bin)
+        .args(["sandbox", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    assert!(
+        help.contains("--fault")
+            && help.contains("retry-after=SECONDS")
+            && help.contains("--import-delay")
+            && help.contains("--record <DIR>")
+            && help.contains("REQUEST RECORDING"),
+        "{help}"
+    );
+    let requests = tempfile::tempdir().unwrap();
+
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--import-delay",
+            "10ms",
+            "--fault",
+            "GET /api/v1/gcapi/ 503 times=1",
+            "--record",
+        ])
+        .arg(requests.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut base = None;
+    let mut saw_token = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(url) = line.strip_prefix("Grand Challenge sandbox: ") {
+            base = Some(url.trim().to_string());
+        }
+        saw_token |= line.contains(gc_sandbox::DEMO_TOKEN);
+        if line.starts_with("Stop with") {
+            break;
+        }
+    }
+    let base = base.expect("the base URL is printed");
+    assert!(
+        saw_token,
+        "the demo tokens are printed for the demo fixture"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = gc_testkit::http::client();
+        let gcapi = async || http.get(format!("{base}gcapi/")).send().await.unwrap();
+        assert_eq!(gcapi().await.status(), 503, "--fault applies");
+        assert_eq!(gcapi().await.status(), 200);
+    });
+    let recorded: Vec<String> = gc_sandbox::recorder::read(requests.path())
+        .unwrap()
+        .iter()
+        .map(|r| r.request_line())
+        .collect();
+    assert_eq!(
+        recorded,
+        ["GET /api/v1/gcapi/ HTTP/1.1", "GET /api/v1/gcapi/ HTTP/1.1"],
+        "--record writes every request"
+    );
+    // SIGTERM → graceful stop, exit 0.
+    let pid = child.id() as libc::pid_t;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
 }

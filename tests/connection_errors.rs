@@ -42,12 +42,16 @@ fn run(args: &[&str], config: &Path, env_token: Option<&str>) -> (Output, Durati
     (out, t0.elapsed())
 }
 
-fn text(out: &Output) -> String {
-    format!(
+/// What a run that must have failed on the platform (exit 3) printed, stdout then stderr.
+#[track_caller]
+fn platform_failure(out: &Output) -> String {
+    let t = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    )
+    );
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    t
 }
 
 /// The default retry policy would take half a minute to give up on a failure it retries.
@@ -58,16 +62,12 @@ async fn https_to_a_plain_http_server_says_so_at_once() {
     let sb = sandbox().await;
     let tmp = tempfile::tempdir().unwrap();
     let url = sb.base_url().as_str().replace("http://", "https://");
-    let token = format!(
-        "token = \"{}\"\n",
-        gc_hotfolder::sandbox::fixture::DEMO_TOKEN
-    );
+    let token = format!("token = \"{}\"\n", gc_sandbox::DEMO_TOKEN);
     let cfg = config(tmp.path(), &url, &token);
     let advice = "did not answer in TLS (received corrupt message of type InvalidContentType): it probably \
                   speaks plain http on this port; write the server URL with http://";
     let (out, took) = run(&["check", "--online"], &cfg, None);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{t}");
+    let t = platform_failure(&out);
     assert!(took < NO_RETRIES, "took {took:?}: {t}");
     assert!(t.contains(advice), "{t}");
     assert!(!t.contains("retrying"), "retried: {t}");
@@ -83,14 +83,10 @@ async fn an_untrusted_certificate_names_ca_cert() {
     let tls = tempfile::tempdir().unwrap();
     let sb = sandbox_with(|o| o.tls_dir = Some(tls.path().to_owned())).await;
     let tmp = tempfile::tempdir().unwrap();
-    let token = format!(
-        "token = \"{}\"\n",
-        gc_hotfolder::sandbox::fixture::DEMO_TOKEN
-    );
+    let token = format!("token = \"{}\"\n", gc_sandbox::DEMO_TOKEN);
     let cfg = config(tmp.path(), sb.base_url().as_str(), &token);
     let (out, took) = run(&["check", "--online"], &cfg, None);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{t}");
+    let t = platform_failure(&out);
     assert!(took < NO_RETRIES, "took {took:?}: {t}");
     assert!(
         t.contains("certificate is not accepted") && t.contains("server.ca_cert"),
@@ -104,7 +100,12 @@ async fn an_untrusted_certificate_names_ca_cert() {
         &format!("{token}ca_cert = \"{ca}\"\n"),
     );
     let (out, _) = run(&["check", "--online"], &cfg, None);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,15 +114,11 @@ async fn a_url_without_the_api_path_says_which_url_to_write() {
     let tmp = tempfile::tempdir().unwrap();
     let base = sb.base_url();
     let root = format!("{}://{}/", base.scheme(), base.authority());
-    let token = format!(
-        "token = \"{}\"\n",
-        gc_hotfolder::sandbox::fixture::DEMO_TOKEN
-    );
+    let token = format!("token = \"{}\"\n", gc_sandbox::DEMO_TOKEN);
     let cfg = config(tmp.path(), &root, &token);
     for args in [&["check", "--online"][..], &["run"][..]] {
         let (out, took) = run(args, &cfg, None);
-        let t = text(&out);
-        assert_eq!(out.status.code(), Some(3), "{args:?}: {t}");
+        let t = platform_failure(&out);
         assert!(took < NO_RETRIES, "{args:?} took {took:?}: {t}");
         assert!(
             t.contains(&format!(
@@ -147,8 +144,7 @@ async fn a_wrong_token_says_where_it_came_from_and_never_shows_it() {
     );
     for args in [&["check", "--online"][..], &["run"][..]] {
         let (out, _) = run(args, &cfg, None);
-        let t = text(&out);
-        assert_eq!(out.status.code(), Some(3), "{args:?}: {t}");
+        let t = platform_failure(&out);
         assert!(
             t.contains(&format!(
                 "refused the token from the file {} (server.token_file)",
@@ -161,8 +157,7 @@ async fn a_wrong_token_says_where_it_came_from_and_never_shows_it() {
 
     let cfg = config(tmp.path(), &url, "");
     let (out, _) = run(&["check", "--online"], &cfg, Some(WRONG_TOKEN));
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{t}");
+    let t = platform_failure(&out);
     assert!(
         t.contains("refused the token from the environment variable GRAND_CHALLENGE_AUTHORIZATION"),
         "{t}"
@@ -171,8 +166,7 @@ async fn a_wrong_token_says_where_it_came_from_and_never_shows_it() {
 
     let cfg = config(tmp.path(), &url, &format!("token = \"{WRONG_TOKEN}\"\n"));
     let (out, _) = run(&["check", "--online"], &cfg, None);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{t}");
+    let t = platform_failure(&out);
     assert!(
         t.contains(&format!(
             "refused the token from server.token in {}",

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use gc_content::samples::DicomSeriesIds;
 use gc_hotfolder::receipt::Outcome;
-use gc_hotfolder::samples::DicomSeriesIds;
-use gc_hotfolder::sandbox::Sandbox;
+use gc_sandbox::Sandbox;
 use serde_json::Value;
 
 const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";

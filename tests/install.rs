@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use gc_hotfolder::receipt::Outcome;
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
+use gc_sandbox::DEMO_TOKEN;
 
 /// The user the service runs as here: nobody, who owns nothing and is in no group of ours.
 const SERVICE_UID: u32 = 65534;
@@ -57,12 +57,7 @@ fn open_tempdir() -> tempfile::TempDir {
     tmp
 }
 
-fn config_text(
-    sb: &gc_hotfolder::sandbox::Sandbox,
-    state: &Path,
-    drop: &Path,
-    token: &str,
-) -> String {
+fn config_text(sb: &gc_sandbox::Sandbox, state: &Path, drop: &Path, token: &str) -> String {
     format!(
         "[server]\nurl = \"{}\"\n{token}state_dir = \"{}\"\n\n[[folder]]\npath = \"{}\"\narchive = \"demo-archive\"\n\
          quiet = \"1s\"\nafter = \"leave\"\n{ARCHIVE_RULES}\n",
@@ -84,7 +79,7 @@ struct Layout {
 /// `root`, with the folder and file modes given.
 fn layout(
     root: &Path,
-    sb: &gc_hotfolder::sandbox::Sandbox,
+    sb: &gc_sandbox::Sandbox,
     etc_mode: u32,
     config_mode: u32,
     token_line: bool,
@@ -143,13 +138,9 @@ async fn a_root_only_config_folder_is_flagged_by_check_and_stops_the_service() {
     assert!(stderr.contains("Permission denied"), "{stderr}");
 
     // `check` run by root reads everything, and says what the service would not.
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&l.config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let out = gc("check", &l.config).run();
+    let stdout = out.stdout.clone();
+    out.expect(0);
     let etc = l.etc.display().to_string();
     assert!(
         stdout.contains(&format!(
@@ -185,13 +176,9 @@ async fn the_documented_layout_runs_as_an_unprivileged_user_with_the_token_as_a_
     give_to_service(&creds);
     chmod(&creds, 0o500);
 
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&l.config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let out = gc("check", &l.config).run();
+    let stdout = out.stdout.clone();
+    out.expect(0);
     assert!(!stdout.contains("warning"), "{stdout}");
 
     let out = as_service()
@@ -287,7 +274,7 @@ async fn what_the_service_creates_is_readable_by_the_drop_folders_group() {
     std::fs::write(bad.join("count.json"), "3").unwrap();
     let ct = lung.join("case-a");
     std::fs::create_dir_all(&ct).unwrap();
-    gc_hotfolder::samples::write_mha(&ct.join("ct.mha"), [8, 8, 4], 1).unwrap();
+    gc_content::samples::write_mha(&ct.join("ct.mha"), [8, 8, 4], 1).unwrap();
     Command::new("chown")
         .args(["-R", &format!("0:{STAFF_GID}")])
         .arg(&srv)

@@ -1,14 +1,12 @@
 //! An algorithm job's outputs written into the outbox as one case folder, as `pull` writes an item:
 //! against the sandbox over loopback, compared byte for byte with what the sandbox holds.
 
-mod client_support;
-
 use std::time::Duration;
 
-use client_support::*;
-use gc_hotfolder::gc::{JobPolling, JobStatus};
-use gc_hotfolder::outbox::{self, Written};
-use gc_hotfolder::sandbox::FaultRule;
+use gc_client::{JobPolling, JobStatus};
+use gc_hotfolder::outbox::{self, Existing, Written};
+use gc_sandbox::FaultRule;
+use gc_testkit::client::*;
 use sha2::Digest;
 
 #[tokio::test]
@@ -16,8 +14,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     let sb = sandbox().await;
     let c = client(&sb);
     let dir = tempfile::tempdir().unwrap();
-    let mha = dir.path().join("ct.mha");
-    let created = job_on_an_uploaded_mha(&c, &mha, [6, 5, 4], 2).await;
+    let created = job_on_an_uploaded_mha(&c, dir.path(), [6, 5, 4], 2).await;
     let polling = JobPolling {
         first_poll: Duration::from_millis(20),
         max_poll: Duration::from_millis(200),
@@ -32,43 +29,29 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     // The platform's files are out of reach: nothing appears, nothing is left behind.
     sb.set_faults(vec!["GET /media/* 500".parse::<FaultRule>().unwrap()])
         .unwrap();
-    let err = outbox::write_case(
-        &c,
-        (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
-        "patient-1",
-        &job.outputs,
-        outbox::Existing::Keep,
-    )
-    .await
-    .unwrap_err();
+    let write = || {
+        let sharing = gc_hotfolder::share::Sharing::of(&box_dir, None);
+        outbox::write_case(
+            &c,
+            (&box_dir, sharing),
+            "patient-1",
+            &job.outputs,
+            Existing::Keep,
+        )
+    };
+    let err = write().await.unwrap_err();
     assert!(err.starts_with("output "), "{err}");
     assert!(!box_dir.join("patient-1").exists());
     sb.set_faults(Vec::new()).unwrap();
 
-    let written = outbox::write_case(
-        &c,
-        (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
-        "patient-1",
-        &job.outputs,
-        outbox::Existing::Keep,
-    )
-    .await
-    .unwrap();
+    let written = write().await.unwrap();
     let Written::New(mut files) = written else {
         panic!("{written:?}")
     };
     files.sort();
     let case = box_dir.join("patient-1");
     let state = sb.state();
-    let out = |slug: &str| {
-        state["algorithms"][0]["jobs"][0]["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["socket"] == slug)
-            .cloned()
-            .unwrap()
-    };
+    let out = |slug: &str| gc_testkit::http::first_job_output(&state, slug).clone();
     let image_name = out("generic-medical-image")["image"]["files"][0]["name"]
         .as_str()
         .unwrap()
@@ -92,7 +75,7 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     );
     assert_eq!(
         sha(&case.join("images/generic-medical-image").join(&image_name)),
-        sha(&mha),
+        sha(&dir.path().join("ct.mha")),
         "the image output is byte-identical"
     );
     let staging = box_dir.join(outbox::STAGING_DIR);

@@ -13,10 +13,11 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-use gc_hotfolder::gc::models::{TargetKind, ValueEntry, ValueSource};
-use gc_hotfolder::gc::{Client, ClientConfig, JobPolling, JobStatus, LocalFile, NoObserver, Token};
-use gc_hotfolder::sandbox::Sandbox;
-use gc_hotfolder::sandbox::fixture::{ArchiveSpec, DEMO_READER_TOKEN, DEMO_TOKEN};
+use gc_client::models::{TargetKind, ValueEntry, ValueSource};
+use gc_client::{Client, ClientConfig, JobPolling, JobStatus, LocalFile, NoObserver, Token};
+use gc_sandbox::Sandbox;
+use gc_sandbox::fixture::ArchiveSpec;
+use gc_sandbox::{DEMO_READER_TOKEN, DEMO_TOKEN};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -343,19 +344,7 @@ async fn pull_brings_back_the_uploaded_bytes_and_values_and_resumes_with_only_wh
 /// names and SHA-256 of the stored files.
 fn essence(v: &Value) -> Value {
     if v["image"].is_object() {
-        let mut files: Vec<(String, String)> = v["image"]["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| {
-                (
-                    f["name"].as_str().unwrap().to_owned(),
-                    f["sha256"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        files.sort();
-        json!({"image": files})
+        json!({"image": stored_files(v)})
     } else if v["file"].is_object() {
         json!({"file": v["file"]["sha256"]})
     } else {
@@ -521,14 +510,12 @@ async fn a_reader_study_pull_writes_one_folder_per_display_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dicom_image_set_is_skipped_with_its_reason_and_unusable_titles_fall_back_to_the_pk() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let case = drop.join("case-00");
     archive_case(&case, 0);
-    let ids = gc_hotfolder::samples::DicomSeriesIds::new(7);
+    let ids = gc_content::samples::DicomSeriesIds::new(7);
     std::fs::create_dir_all(case.join("series")).unwrap();
-    gc_hotfolder::samples::write_dicom_series(&case.join("series"), 3, 8, 8, &ids, 7).unwrap();
+    gc_content::samples::write_dicom_series(&case.join("series"), 3, 8, 8, &ids, 7).unwrap();
     let extra = "[[folder.socket]]\nslug = \"dicom-image-set\"\nfiles = \"series/*.dcm\"\nimage_name = \"series\"\n";
     let cfg = write_config(tmp.path(), &sb, &drop, None, extra);
     upload(&cfg, std::slice::from_ref(&case)).await;
@@ -806,7 +793,7 @@ async fn an_algorithm_pull_writes_each_succeeded_jobs_outputs_and_reports_the_ot
     let mut images = Vec::new();
     for (seed, dims) in [[6, 5, 4], [3, 3, 2]].into_iter().enumerate() {
         let mha = tmp.path().join(format!("ct-{seed}.mha"));
-        gc_hotfolder::samples::write_mha(&mha, dims, seed as u64).unwrap();
+        gc_content::samples::write_mha(&mha, dims, seed as u64).unwrap();
         succeeded.push(job_on_upload(&c, "lung-volume-estimator", &mha).await);
         images.push(mha);
     }
@@ -1025,7 +1012,7 @@ async fn an_algorithm_pull_killed_midway_resumes_with_only_the_rest() {
     let mut jobs = Vec::new();
     for seed in 0..5u64 {
         let mha = tmp.path().join(format!("ct-{seed}.mha"));
-        gc_hotfolder::samples::write_mha(&mha, [4, 4, 2 + seed as u32], seed).unwrap();
+        gc_content::samples::write_mha(&mha, [4, 4, 2 + seed as u32], seed).unwrap();
         jobs.push(job_on_upload(&c, "lung-volume-estimator", &mha).await);
     }
     let polling = JobPolling {

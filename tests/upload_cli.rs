@@ -9,77 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use gc_hotfolder::receipt::{Outcome, Receipt};
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
-use serde_json::Value;
-
-/// (name, sha256) of every file a socket value holds in the sandbox's state.
-fn stored_files(v: &Value) -> Vec<(String, String)> {
-    let files = if v["image"].is_object() {
-        v["image"]["files"].as_array().cloned()
-    } else {
-        None
-    };
-    let files = files
-        .or_else(|| v["file"].is_object().then(|| vec![v["file"].clone()]))
-        .unwrap_or_default();
-    let mut out: Vec<(String, String)> = files
-        .iter()
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap_or_default().to_owned(),
-                f["sha256"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-fn check_against_state(r: &Receipt, item: &Value) {
-    let values = item["values"].as_array().unwrap();
-    assert_eq!(
-        values.len(),
-        r.sockets.len(),
-        "{}: one value per planned socket: {item}",
-        r.case
-    );
-    for s in &r.sockets {
-        let v = values
-            .iter()
-            .find(|v| v["socket"] == s.slug.as_str())
-            .unwrap_or_else(|| panic!("{}: no {} in {item}", r.case, s.slug));
-        assert_eq!(
-            v["pk"].as_i64(),
-            s.value_pk,
-            "{}/{}: value pk",
-            r.case,
-            s.slug
-        );
-        if s.files.is_empty() || v.get("value").is_some_and(|x| !x.is_null()) {
-            assert_eq!(
-                Some(&v["value"]),
-                s.value.as_ref(),
-                "{}/{}: value",
-                r.case,
-                s.slug
-            );
-        } else {
-            let mut sent: Vec<(String, String)> = s
-                .files
-                .iter()
-                .map(|f| (f.upload_name.clone(), f.sent_sha256.clone()))
-                .collect();
-            sent.sort();
-            assert_eq!(
-                stored_files(v),
-                sent,
-                "{}/{}: the stored bytes are the sent bytes",
-                r.case,
-                s.slug
-            );
-        }
-    }
-}
+use gc_sandbox::DEMO_TOKEN;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() {
@@ -99,24 +29,10 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
     }
     let cfg = write_config(tmp.path(), &sb, &archive_drop, Some(&reader_drop), "");
 
-    let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .arg("upload")
-            .arg("--config")
-            .arg(&cfg)
-            .args(&cases)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status.code()
-    );
+    let out = gc("upload", &cfg).args(&cases).run_async().await;
+    let stdout = out.stdout.clone();
+    let stderr = out.stderr.clone();
+    out.expect(0);
     assert_eq!(
         stdout
             .lines()
@@ -150,7 +66,7 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
             .chain(sets.iter())
             .find(|i| i["pk"] == pk.as_str())
             .expect("the receipt's item exists");
-        check_against_state(r, item);
+        holds_exactly(item, r, true);
         let folder = Path::new(&r.case_path).parent().unwrap();
         let key = gc_hotfolder::receipt::CaseKey {
             folder,
@@ -167,44 +83,26 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
 
     // `receipts` lists every case, and prints one on request.
     let cfg = tmp.path().join("gc-hotfolder.toml");
-    let list = bin()
-        .args(["receipts", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let list = String::from_utf8_lossy(&list.stdout);
+    let list = gc("receipts", &cfg).run();
+    let list = list.stdout;
     assert_eq!(
         list.lines().filter(|l| l.contains("Delivered")).count(),
         20,
         "{list}"
     );
-    let one = bin()
-        .args(["receipts", "--config"])
-        .arg(&cfg)
-        .arg(archive_drop.join("case-03"))
-        .output()
-        .unwrap();
-    let one: Receipt = serde_json::from_slice(&one.stdout).unwrap();
+    let one = gc("receipts", &cfg).arg(archive_drop.join("case-03")).run();
+    let one: Receipt = serde_json::from_str(&one.stdout).unwrap();
     assert_eq!(one.case, "case-03");
 
     // Uploading the same cases again sends nothing: the journal knows them as delivered.
-    let again = bin()
-        .arg("upload")
-        .arg("--config")
-        .arg(&cfg)
+    let again = gc("upload", &cfg)
         .arg(archive_drop.join("case-00"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        again.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&again.stdout)
-    );
+        .run()
+        .expect(0);
     assert!(
-        String::from_utf8_lossy(&again.stdout).contains("already delivered case-00"),
+        again.stdout.contains("already delivered case-00"),
         "{}",
-        String::from_utf8_lossy(&again.stdout)
+        again.stdout.clone()
     );
     let st = state(&sb).await;
     assert_eq!(
@@ -220,44 +118,23 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
 fn upload_reports_config_errors_with_file_line_and_key_and_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
-        "[server]\nurl = \"http://127.0.0.1:1/api/v1/\"\nstate_dirr = \"x\"\n",
-    )
-    .unwrap();
-    let out = bin()
-        .arg("upload")
-        .arg("--config")
-        .arg(&cfg)
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("bad.toml:3:1: state_dirr: unknown field"),
-        "{err}"
-    );
-
-    // A value of the wrong type names its key, not the value.
-    std::fs::write(
-        &cfg,
-        "[server]\nurl = \"http://127.0.0.1:1/api/v1/\"\n\n[limits]\nparallel_cases = \"two\"\n",
-    )
-    .unwrap();
-    let out = bin()
-        .arg("upload")
-        .arg("--config")
-        .arg(&cfg)
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("bad.toml:5:18: limits.parallel_cases: "),
-        "{err}"
-    );
+    let server = "[server]\nurl = \"http://127.0.0.1:1/api/v1/\"\n";
+    for (text, said) in [
+        // An unknown key is named where it is.
+        (
+            "state_dirr = \"x\"\n",
+            "bad.toml:3:1: state_dirr: unknown field",
+        ),
+        // A value of the wrong type names its key, not the value.
+        (
+            "\n[limits]\nparallel_cases = \"two\"\n",
+            "bad.toml:5:18: limits.parallel_cases: ",
+        ),
+    ] {
+        std::fs::write(&cfg, format!("{server}{text}")).unwrap();
+        let err = gc("upload", &cfg).arg(tmp.path()).run().expect(2).stderr;
+        assert!(err.contains(said), "{err}");
+    }
 }
 
 #[test]
@@ -302,50 +179,29 @@ fn upload_with_a_refused_token_exits_3() {
         .unwrap()
         .replace(DEMO_TOKEN, &"0".repeat(64));
     std::fs::write(&cfg, text).unwrap();
-    let out = bin()
-        .arg("upload")
-        .arg("--config")
-        .arg(&cfg)
-        .arg(drop.join("p1"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = gc("upload", &cfg).arg(drop.join("p1")).run().expect(3);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Invalid token."),
+        out.stderr.contains("Invalid token."),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr.clone()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_socket_fails_the_case_before_anything_is_created() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     archive_case(&drop.join("p1"), 0);
     let extra = "[[folder.socket]]\nslug = \"no-such-socket\"\nvalue = 1\n";
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let text = std::fs::read_to_string(&cfg).unwrap() + extra;
     std::fs::write(&cfg, text).unwrap();
     let before = items_of(&state(&sb).await, "demo-archive").len();
-    let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .arg("upload")
-            .arg("--config")
-            .arg(&cfg)
-            .arg(drop.join("p1"))
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let out = gc("upload", &cfg)
+        .arg(drop.join("p1"))
+        .run_async()
+        .await
+        .expect(1);
+    let stdout = out.stdout.clone();
     assert!(
         stdout.contains("socket no-such-socket does not exist on the platform"),
         "{stdout}"
@@ -361,15 +217,13 @@ async fn an_unknown_socket_fails_the_case_before_anything_is_created() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_the_platform_would_refuse_is_quarantined_before_anything_is_created() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let text = drop.join("text-as-image");
     std::fs::create_dir_all(&text).unwrap();
     std::fs::write(text.join("image.mha"), b"hello, I am text").unwrap();
     let truncated = drop.join("truncated");
     std::fs::create_dir_all(&truncated).unwrap();
-    gc_hotfolder::samples::write_mha(&truncated.join("image.mha"), [8, 8, 4], 1).unwrap();
+    gc_content::samples::write_mha(&truncated.join("image.mha"), [8, 8, 4], 1).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(truncated.join("image.mha"))
@@ -387,19 +241,7 @@ async fn an_image_the_platform_would_refuse_is_quarantined_before_anything_is_cr
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let before = state(&sb).await;
     let cases: Vec<_> = [text, truncated].into_iter().chain(good).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .arg("upload")
-            .arg("--config")
-            .arg(&cfg)
-            .args(&cases)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    gc("upload", &cfg).args(&cases).run_async().await.expect(1);
 
     let rs = receipts(&tmp.path().join("state/receipts"));
     assert_eq!(rs.len(), 6, "{rs:?}");
@@ -440,29 +282,15 @@ async fn an_image_the_platform_would_refuse_is_quarantined_before_anything_is_cr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_and_the_agent_share_one_journal_and_upload_honours_after() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let done = tmp.path().join("done");
     archive_case(&drop.join("sent-by-upload"), 2);
     archive_case(&drop.join("left-alone"), 0);
-    let cfg = write_config(
-        tmp.path(),
-        &sb,
-        &drop,
-        None,
-        &format!("after = \"move:{}\"", done.display()),
-    );
+    let extra = format!("after = \"move:{}\"", done.display());
+    let cfg = write_config(tmp.path(), &sb, &drop, None, &extra);
     let upload = |case: &Path| {
-        let out = bin()
-            .arg("upload")
-            .arg("--config")
-            .arg(&cfg)
-            .arg(case)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let out = gc("upload", &cfg).arg(case).run().expect(0);
+        out.stdout.clone()
     };
     let case = drop.join("sent-by-upload");
     let out = tokio::task::block_in_place(|| upload(&case));
@@ -510,9 +338,9 @@ async fn a_long_series_goes_as_one_zip_and_the_platform_holds_its_de_identified_
     let tmp = tempfile::tempdir().unwrap();
     let drop = tmp.path().join("drop");
     let case = drop.join("series");
-    let ids = gc_hotfolder::samples::DicomSeriesIds::new(41);
+    let ids = gc_content::samples::DicomSeriesIds::new(41);
     std::fs::create_dir_all(case.join("dicom")).unwrap();
-    gc_hotfolder::samples::write_dicom_series(&case.join("dicom"), 40, 16, 16, &ids, 41).unwrap();
+    gc_content::samples::write_dicom_series(&case.join("dicom"), 40, 16, 16, &ids, 41).unwrap();
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let out = bin()
         .args(["upload", "--config"])
@@ -545,5 +373,5 @@ async fn a_long_series_goes_as_one_zip_and_the_platform_holds_its_de_identified_
     assert!(image.files.iter().all(|f| f.deidentified));
     // The image holds every slice under its own name, the de-identified bytes the receipt names.
     let items = items_of(&st, "demo-archive");
-    check_against_state(r, items[0]);
+    holds_exactly(items[0], r, true);
 }

@@ -108,7 +108,7 @@ mod tests {
         // Unpacked as the platform does it: the files under their upload names, unchanged.
         let files = vec![(one.filename.clone(), one.local.clone())];
         let unpacked =
-            crate::sandbox::imaging::unpack_zips(&files, &dir.path().join("scratch")).unwrap();
+            gc_content::imaging::unpack_zips(&files, &dir.path().join("scratch")).unwrap();
         let names: Vec<&str> = unpacked.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["dicom-0001.dcm", "dicom-0002.dcm"]);
         assert_eq!(std::fs::read(&unpacked[1].1).unwrap(), vec![7u8; 70_000]);

@@ -22,13 +22,13 @@ use super::{
     Checkpoints, Deidentified, DeliverError, Delivered, ItemStart, Privacy, Route, SocketResult,
     prepare, quarantine, route, upload_all, value_entries,
 };
-use crate::gc::algorithms::{Algorithm, Job, JobFilter, JobStatus, is_repeated_job};
-use crate::gc::models::ValueSource;
-use crate::gc::verify::{VerifyTiming, session_for};
-use crate::gc::{Client, GcError, Target, ValueEntry};
 use crate::journal::{JobStart, Step};
 use crate::outbox::Written;
 use crate::rules::Plan;
+use gc_client::algorithms::{Algorithm, Job, JobFilter, JobStatus, is_repeated_job};
+use gc_client::models::ValueSource;
+use gc_client::verify::{VerifyTiming, session_for};
+use gc_client::{Client, GcError, Target, ValueEntry};
 
 /// Requests to start jobs go out one at a time, so that after a crash at most one job of this process
 /// can be without its case.
@@ -76,8 +76,8 @@ pub struct OutputReceipt {
     pub file: Option<String>,
 }
 
-impl From<&crate::gc::ItemValue> for OutputReceipt {
-    fn from(v: &crate::gc::ItemValue) -> Self {
+impl From<&gc_client::ItemValue> for OutputReceipt {
+    fn from(v: &gc_client::ItemValue) -> Self {
         let SocketResult {
             slug,
             value_pk,
@@ -457,8 +457,8 @@ async fn failure(client: &Client, job: &Job, entries: &[ValueEntry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gc::ItemValue;
-    use crate::gc::models::InterfaceRef;
+    use gc_client::ItemValue;
+    use gc_client::models::InterfaceRef;
 
     fn job(status: JobStatus, inputs: &[(&str, serde_json::Value)]) -> Job {
         Job {

@@ -25,15 +25,15 @@ use futures_util::future::try_join_all;
 
 use std::sync::Mutex;
 
-use crate::deidentify::{PatientIdentifiers, Procedure, UidMap};
-use crate::gc::models::UserUpload;
-use crate::gc::uploads::{LocalFile, ResumeFrom, UploadObserver};
-use crate::gc::verify::{Awaiting, Expectation, VerifyTiming};
-use crate::gc::{
-    Client, GcError, Item, Socket, SuperKind, Target, ValueEntry, Verifier, models::ValueSource,
-};
 use crate::journal::{Step, TitleClaim};
 use crate::rules::{Plan, PlannedFile, Source};
+use gc_client::models::UserUpload;
+use gc_client::uploads::{LocalFile, ResumeFrom, UploadObserver};
+use gc_client::verify::{Awaiting, Expectation, VerifyTiming};
+use gc_client::{
+    Client, GcError, Item, Socket, SuperKind, Target, ValueEntry, Verifier, models::ValueSource,
+};
+use gc_content::deidentify::{PatientIdentifiers, Procedure, UidMap};
 
 pub mod bundle;
 pub mod job;
@@ -301,8 +301,8 @@ pub struct SocketResult {
     pub file: Option<String>,
 }
 
-impl From<&crate::gc::ItemValue> for SocketResult {
-    fn from(v: &crate::gc::ItemValue) -> Self {
+impl From<&gc_client::ItemValue> for SocketResult {
+    fn from(v: &gc_client::ItemValue) -> Self {
         SocketResult {
             slug: v.interface.slug().to_owned(),
             value_pk: v.pk,
@@ -458,7 +458,7 @@ fn route<'a>(
         }
         (Source::ValueFile(f), _) => {
             // A JSON kind stored as a file is validated by the platform after the item exists.
-            if crate::sandbox::schema::builtin_schema(&socket.kind).is_some() {
+            if gc_content::schema::builtin_schema(&socket.kind).is_some() {
                 let value = read_value_file(case_dir, f)?;
                 valid_for(socket, &value).map_err(|e| quarantine(format!("{}: {e}", f.path)))?;
             }
@@ -476,7 +476,7 @@ fn route<'a>(
 /// message, followed by the socket. A socket's custom schema is not served by the API (gc-protocol.md §3.1):
 /// only the platform can check that one.
 fn valid_for(socket: &Socket, value: &serde_json::Value) -> Result<(), String> {
-    crate::sandbox::schema::validate_value(&socket.kind, value).map_err(|e| {
+    gc_content::schema::validate_value(&socket.kind, value).map_err(|e| {
         format!(
             "{e} (socket {}, a {} socket); nothing was created on the platform",
             socket.slug, socket.kind
@@ -506,7 +506,7 @@ fn read_value_file(case_dir: &Path, f: &PlannedFile) -> Result<serde_json::Value
 
 /// Make the de-identified copies of every DICOM file (by content, however stored) that goes to an image
 /// socket, under `privacy.staging`. Fail closed: a file that is neither DICOM nor a recognised non-DICOM
-/// format ([`crate::deidentify::sniff`]), a file the procedure refuses, or one that cannot be read,
+/// format ([`gc_content::deidentify::sniff`]), a file the procedure refuses, or one that cannot be read,
 /// refuses the case: nothing has been created on the platform yet.
 pub fn stage(
     case_dir: &Path,
@@ -522,7 +522,7 @@ pub fn stage(
         .min(files.len().max(1));
     // Detached MetaImage data files have no signature: they pass because a header names them.
     let rels: Vec<&Path> = files.iter().map(|f| f.rel.as_path()).collect();
-    let named = crate::deidentify::sniff::named_data_files(case_dir, &rels);
+    let named = gc_content::deidentify::sniff::named_data_files(case_dir, &rels);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let mut results: Vec<(usize, Result<Option<StagedFile>, DeliverError>)> =
@@ -636,7 +636,7 @@ fn images_as_sent(
 /// platform), a DICOM image set's by the rules of the platform's DICOM import (readable, an SOP class
 /// its de-identification takes, one series of one study).
 fn precheck_images(images: &[SocketFiles]) -> Result<(), DeliverError> {
-    use crate::sandbox::imaging::{ImportError, Verdict, judge_dicom_image_set, judge_files};
+    use gc_content::imaging::{ImportError, Verdict, judge_dicom_image_set, judge_files};
     for socket in images {
         let uploads = socket.uploads();
         let problem = if socket.dicom_set {
@@ -676,9 +676,9 @@ fn image_problem(slug: &str, paths: &[&str], message: &str) -> String {
 fn dicom_set_problem(
     slug: &str,
     paths: &[&str],
-    fault: &crate::sandbox::imaging::DicomSetFault,
+    fault: &gc_content::imaging::DicomSetFault,
 ) -> String {
-    use crate::sandbox::imaging::DicomSetFault;
+    use gc_content::imaging::DicomSetFault;
     let path = |i: &usize| paths.get(*i).copied().unwrap_or("a file");
     let of = |i: &usize| format!("{} (socket {slug}, a DICOM image set)", path(i));
     match fault {
@@ -755,7 +755,7 @@ fn stage_one(
     privacy: &Privacy,
     procedure: &Procedure,
 ) -> Result<Option<StagedFile>, DeliverError> {
-    use crate::deidentify::sniff::{Verdict, judge};
+    use gc_content::deidentify::sniff::{Verdict, judge};
     let src = case_dir.join(&f.rel);
     match judge(case_dir, &f.rel, named)
         .map_err(|e| quarantine(format!("{}: cannot read: {e}", f.path)))?
@@ -778,7 +778,7 @@ fn stage_one(
             ))
         })?;
     }
-    let written = crate::deidentify::deidentify_file(procedure, &privacy.uids, &src, &dst)
+    let written = gc_content::deidentify::deidentify_file(procedure, &privacy.uids, &src, &dst)
         .map_err(|e| quarantine(format!("{}: {e}", f.path)))?;
     Ok(Some(StagedFile {
         staged: Staged {
@@ -794,7 +794,7 @@ fn stage_one(
 /// Warnings for the texts of a case that leave this machine (its title, the names of its DICOM image
 /// sets) and repeat a patient identifier its DICOM files hold.
 pub fn identifier_warnings(plan: &Plan, identifiers: &[PatientIdentifiers]) -> Vec<String> {
-    use crate::deidentify::Leaving;
+    use gc_content::deidentify::Leaving;
     let names: Vec<(String, &str)> = plan
         .sockets
         .iter()
@@ -816,7 +816,7 @@ pub fn identifier_warnings(plan: &Plan, identifiers: &[PatientIdentifiers]) -> V
         setting: "image_name",
         text,
     }));
-    crate::deidentify::title_warnings(&plan.case_path, &leaving, identifiers)
+    gc_content::deidentify::title_warnings(&plan.case_path, &leaving, identifiers)
 }
 
 /// Make the de-identified copies (with `privacy`) and refuse images the platform's importer would fail,
@@ -877,7 +877,7 @@ async fn prepare(
 
 /// Does this file hold DICOM, however stored? (An unreadable file is left to the steps that read it.)
 fn is_dicom(path: &Path) -> bool {
-    use crate::deidentify::sniff::{Content, HEAD, head, sniff};
+    use gc_content::deidentify::sniff::{Content, HEAD, head, sniff};
     head(path, HEAD).is_ok_and(|(bytes, len)| matches!(sniff(&bytes, len), Content::Dicom(_)))
 }
 
@@ -917,7 +917,7 @@ pub async fn send(
             GcError::NotFound(m) => quarantine(m),
             e => e.into(),
         })?;
-    if target.kind == crate::gc::TargetKind::Algorithm {
+    if target.kind == gc_client::TargetKind::Algorithm {
         let outbox = outbox.ok_or_else(|| {
             DeliverError::Local("an algorithm folder needs an outbox for its results".into())
         })?;
@@ -1475,8 +1475,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_creation_stays_in_doubt_until_its_item_is_adopted() {
-        use crate::gc::{ClientConfig, RetryPolicy, TargetKind, Token};
-        use crate::sandbox::{Fixture, Sandbox, SandboxOptions, fixture::DEMO_TOKEN};
+        use gc_client::{ClientConfig, RetryPolicy, TargetKind, Token};
+        use gc_sandbox::{DEMO_TOKEN, Fixture, Sandbox, SandboxOptions};
         use std::time::Duration;
         let sb = Sandbox::start(SandboxOptions::new(Fixture::demo()))
             .await
@@ -1519,7 +1519,7 @@ mod tests {
 
     #[test]
     fn a_failing_dicom_image_set_is_explained_with_the_case_s_files() {
-        use crate::sandbox::imaging::DicomSetFault;
+        use gc_content::imaging::DicomSetFault;
         let paths = ["ct/1.dcm", "ct/2.dcm", "ct/3.dcm", "ct/4.dcm", "ct/5.dcm"];
         let two_series = DicomSetFault::NotShared {
             keyword: "SeriesInstanceUID",

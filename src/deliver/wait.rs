@@ -6,8 +6,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::gc::GcError;
-use crate::gc::verify::{Awaiting, Expectation, VerifyTiming};
+use gc_client::GcError;
+use gc_client::verify::{Awaiting, Expectation, VerifyTiming};
 
 /// Waits shorter than this are not noted: most imports are done by then, and a note would only flicker.
 pub const NOTE_AFTER: Duration = Duration::from_secs(2);

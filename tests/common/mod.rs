@@ -4,16 +4,114 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gc_content::samples;
 use gc_hotfolder::receipt::{Outcome, Receipt};
-use gc_hotfolder::samples;
-use gc_hotfolder::sandbox::fixture::DEMO_TOKEN;
-use gc_hotfolder::sandbox::{Fixture, Sandbox, SandboxOptions};
+use gc_sandbox::DEMO_TOKEN;
+use gc_sandbox::{Fixture, Sandbox, SandboxOptions};
+pub use gc_testkit::eventually;
 use serde_json::Value;
 
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gc-hotfolder"))
+}
+
+/// A finished run of the binary: its exit code and what it printed.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Both streams, as the operator sees them.
+    pub fn said(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    /// The run, asserted to have ended with `code` (both streams shown if not).
+    #[track_caller]
+    pub fn expect(self, code: i32) -> Ran {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// `gc-hotfolder <command> --config <config>`, more arguments to add, then run to its end.
+pub fn gc(command: &str, config: &Path) -> GcCommand {
+    GcCommand {
+        args: vec![command.into(), "--config".into(), config.into()],
+    }
+}
+
+/// A command line of the binary being put together; see [`gc`].
+pub struct GcCommand {
+    args: Vec<std::ffi::OsString>,
+}
+
+impl GcCommand {
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> GcCommand {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<S: AsRef<std::ffi::OsStr>>(self, args: impl IntoIterator<Item = S>) -> GcCommand {
+        args.into_iter().fold(self, GcCommand::arg)
+    }
+
+    /// Run it to its end.
+    pub fn run(self) -> Ran {
+        let out = bin().args(&self.args).output().unwrap();
+        Ran {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// [`GcCommand::run`] off the async runtime, for tests whose sandbox runs on it.
+    pub async fn run_async(self) -> Ran {
+        tokio::task::spawn_blocking(move || self.run())
+            .await
+            .unwrap()
+    }
+}
+
+/// What nearly every end-to-end test starts with: a sandbox, a scratch folder, and the path of the drop
+/// folder in it (`drop`, not created).
+pub struct Site {
+    pub sb: Sandbox,
+    pub tmp: tempfile::TempDir,
+    pub drop: PathBuf,
+}
+
+pub async fn site() -> Site {
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    Site {
+        sb: sandbox().await,
+        tmp,
+        drop,
+    }
+}
+
+/// A [`site`] whose drop folder exists and is paused (`gc-hotfolder pause`), with its config.
+pub async fn paused_site() -> (Site, PathBuf) {
+    let site = site().await;
+    std::fs::create_dir_all(&site.drop).unwrap();
+    let cfg = write_config(site.tmp.path(), &site.sb, &site.drop, None, "");
+    gc("pause", &cfg).arg(&site.drop).run().expect(0);
+    (site, cfg)
 }
 
 pub async fn sandbox() -> Sandbox {
@@ -94,6 +192,80 @@ pub fn stored_files(value: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// What a receipt says about socket `slug`, which it must name.
+pub fn socket_of<'a>(r: &'a Receipt, slug: &str) -> &'a gc_hotfolder::receipt::SocketReceipt {
+    r.sockets
+        .iter()
+        .find(|s| s.slug == slug)
+        .unwrap_or_else(|| panic!("{}: no socket {slug} in the receipt", r.case))
+}
+
+/// The receipt has one socket per value of `item` (in the sandbox's state).
+#[track_caller]
+pub fn one_value_per_socket(r: &Receipt, item: &Value) {
+    let values = item["values"].as_array().unwrap();
+    let case = &r.case;
+    assert_eq!(
+        values.len(),
+        r.sockets.len(),
+        "{case}: one value per socket: {item}"
+    );
+}
+
+/// The item (in the sandbox's state) holds exactly what the receipt says was delivered: every socket,
+/// every byte, every value; with `pks`, under the value pks the receipt names.
+#[track_caller]
+pub fn holds_exactly(item: &Value, r: &Receipt, pks: bool) {
+    one_value_per_socket(r, item);
+    for s in &r.sockets {
+        let at = format!("{}/{}", r.case, s.slug);
+        let v = gc_testkit::http::find_by(&item["values"], &["socket"], &s.slug)
+            .unwrap_or_else(|| panic!("{at}: no value in {item}"));
+        if pks {
+            assert_eq!(v["pk"].as_i64(), s.value_pk, "{at}: value pk");
+        }
+        if s.files.is_empty() || v.get("value").is_some_and(|x| !x.is_null()) {
+            assert_eq!(Some(&v["value"]), s.value.as_ref(), "{at}: value");
+        } else {
+            assert_eq!(
+                stored_files(v),
+                sent_files(s),
+                "{at}: the stored bytes are the sent bytes"
+            );
+        }
+    }
+}
+
+/// (upload name, SHA-256) of every file a receipt says a socket sent, sorted like [`stored_files`]: what
+/// was sent, for DICOM the de-identified copy rather than the file in the case folder.
+pub fn sent_files(socket: &gc_hotfolder::receipt::SocketReceipt) -> Vec<(String, String)> {
+    let mut sent: Vec<(String, String)> = socket
+        .files
+        .iter()
+        .map(|f| (f.upload_name.clone(), f.sent_sha256.clone()))
+        .collect();
+    sent.sort();
+    sent
+}
+
+/// The SHA-256 of every file of every image value of an item or display set in the sandbox's state.
+pub fn stored_image_shas(item: &Value) -> Vec<String> {
+    item["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["image"].is_object())
+        .flat_map(|v| stored_files(v).into_iter().map(|(_, sha)| sha))
+        .collect()
+}
+
+/// `json[key]` is a text that contains `text` (an alert's reason, a status note).
+#[track_caller]
+pub fn says(json: &Value, key: &str, text: &str) {
+    let said = json[key].as_str().unwrap_or_default();
+    assert!(said.contains(text), "{key} of {json}");
+}
+
 /// Every display set of a reader study in the sandbox's state.
 pub fn display_sets_of<'a>(state: &'a Value, slug: &str) -> Vec<&'a Value> {
     let studies = state["reader_studies"]
@@ -104,25 +276,6 @@ pub fn display_sets_of<'a>(state: &'a Value, slug: &str) -> Vec<&'a Value> {
         .filter(|a| a["slug"] == slug)
         .flat_map(|a| a["display_sets"].as_array().into_iter().flatten())
         .collect()
-}
-
-/// Poll `f` until it returns Some, or panic after `limit` with `what`.
-pub async fn eventually<T>(
-    limit: Duration,
-    what: &str,
-    mut f: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Sockets used by the example cases, and the rules that find their files.
@@ -411,7 +564,7 @@ pub async fn receipt_for(state_dir: &Path, case: &str) -> Receipt {
 }
 
 /// Start the agent, kill it with SIGKILL after a random 400–2000 ms (xorshift from `seed`), and again,
-/// until `n` cases have delivered receipts or `rounds` kills were made. Returns the number of kills.
+/// until `n` cases have delivered receipts or 40 kills were made. Returns the number of kills.
 pub async fn kill_9_repeatedly(
     cfg: &Path,
     log: &Path,
@@ -419,14 +572,30 @@ pub async fn kill_9_repeatedly(
     n: usize,
     seed: u64,
 ) -> usize {
-    let mut rng = seed | 1;
-    let mut kills = 0;
-    for _ in 0..40 {
-        let done = receipts(&state_dir.join("receipts"))
+    let receipts_dir = state_dir.join("receipts");
+    kill_9_until(cfg, log, 40, seed, || {
+        receipts(&receipts_dir)
             .iter()
             .filter(|r| r.outcome == Outcome::Delivered)
-            .count();
-        if done == n {
+            .count()
+            == n
+    })
+    .await
+}
+
+/// Start the agent and kill it with SIGKILL after a random 400–2000 ms (xorshift from `seed`), again
+/// and again, until `done` or `rounds` kills. Returns the number of kills.
+pub async fn kill_9_until(
+    cfg: &Path,
+    log: &Path,
+    rounds: usize,
+    seed: u64,
+    done: impl Fn() -> bool,
+) -> usize {
+    let mut rng = seed | 1;
+    let mut kills = 0;
+    for _ in 0..rounds {
+        if done() {
             break;
         }
         let agent = Agent::start(cfg, log);
@@ -440,10 +609,9 @@ pub async fn kill_9_repeatedly(
     kills
 }
 
-/// Every file below `dir`, relative, with its SHA-256.
-pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    use sha2::Digest;
-    let mut out = std::collections::BTreeMap::new();
+/// Every file below `dir`, recursively.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
@@ -451,13 +619,24 @@ pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap()));
-                out.insert(rel, sha);
+                out.push(p);
             }
         }
     }
     out
+}
+
+/// Every file below `dir`, relative, with its SHA-256.
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::Digest;
+    files_below(dir)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap()));
+            (rel, sha)
+        })
+        .collect()
 }
 
 /// The metrics address the agent logged when it bound `127.0.0.1:0`.
@@ -489,6 +668,78 @@ pub fn edit(config: &Path, from: &str, to: &str) {
     let c = std::fs::read_to_string(config).unwrap();
     assert!(c.contains(from), "{from:?} in {c}");
     std::fs::write(config, c.replace(from, to)).unwrap();
+}
+
+/// Chat webhooks carry their key in the path: it must never be logged.
+pub const HOOK_PATH: &str = "/services/T0/s3cr3t-hook-key";
+
+/// A webhook receiver on loopback that records every alert it accepts. While `down`, it answers 503, as
+/// a receiver in maintenance would.
+pub struct Receiver {
+    pub url: String,
+    pub alerts: Arc<Mutex<Vec<Value>>>,
+    /// POSTs seen, accepted or not.
+    pub posts: Arc<AtomicU32>,
+    pub down: Arc<AtomicBool>,
+}
+
+pub async fn receiver(down: bool) -> Receiver {
+    use axum::routing::post;
+    let alerts: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let posts: Arc<AtomicU32> = Arc::default();
+    let down = Arc::new(AtomicBool::new(down));
+    let (a, p, d) = (alerts.clone(), posts.clone(), down.clone());
+    let app = axum::Router::new().route(
+        HOOK_PATH,
+        post(move |axum::Json(v): axum::Json<Value>| {
+            let (a, p, d) = (a.clone(), p.clone(), d.clone());
+            async move {
+                p.fetch_add(1, Ordering::SeqCst);
+                if d.load(Ordering::SeqCst) {
+                    return http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                a.lock().unwrap().push(v);
+                http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Receiver {
+        url: format!("http://{addr}{HOOK_PATH}"),
+        alerts,
+        posts,
+        down,
+    }
+}
+
+impl Receiver {
+    /// Wait until the agent tried at least `n` POSTs.
+    pub async fn wait_posts(&self, n: u32) {
+        eventually(
+            Duration::from_secs(30),
+            "POSTs to the webhook",
+            async || (self.posts.load(Ordering::SeqCst) >= n).then_some(()),
+        )
+        .await;
+    }
+
+    pub async fn wait_for(&self, event: &str) -> Value {
+        eventually(
+            Duration::from_secs(30),
+            &format!("a {event} alert"),
+            async || {
+                self.alerts
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|a| a["event"] == event)
+                    .cloned()
+            },
+        )
+        .await
+    }
 }
 
 /// The socket rule of a DICOM image set (`series/*.dcm`, named after the case), for `write_config`'s
@@ -534,19 +785,7 @@ pub fn set_sop_class(path: &Path, uid: &str) {
 
 /// `gc-hotfolder status` (with `args`, e.g. `--json`) for a config; its standard output.
 pub async fn status_of(config: &Path, args: &[&str]) -> String {
-    let config = config.to_owned();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        bin()
-            .args(["status", "--config"])
-            .arg(&config)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    gc("status", config).args(args).run_async().await.stdout
 }
 
 /// Are the tests running as root (needed to run commands as another user)?
