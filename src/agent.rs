@@ -182,9 +182,23 @@ pub async fn run(
     options: AgentOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let started = Instant::now();
     let journal = Arc::new(Journal::open(&config.server.state_dir)?);
-    let receipts = config.server.state_dir.join("receipts");
-    // De-identified copies left by a crash: every delivery makes its own again (the same bytes).
+    before_start(&config);
+    // Bound before anything else happens, so a taken port is a startup error, not a silent gap.
+    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let metrics_server = serve_metrics(&config, &journal, config_rx, started).await?;
+    let (mut loop_, mut inputs) = Loop::start(config, journal, client, options, started, config_tx);
+    loop_.start_preflight();
+    crate::service::ready(&status_line(&loop_.shared.journal));
+    loop_.serve(&mut inputs, stop).await?;
+    loop_.shut_down(inputs, metrics_server).await;
+    Ok(())
+}
+
+/// What a start does before the loop: de-identified copies left by a crash go (every delivery makes its
+/// own again, the same bytes), and folders that send DICOM as it is are named in the log.
+fn before_start(config: &Config) {
     crate::deliver::remove_staging(&config.server.state_dir.join("staging"));
     for f in config.folders.iter().filter(|f| !f.deidentify) {
         tracing::warn!(
@@ -192,176 +206,48 @@ pub async fn run(
             "deidentify = false: DICOM files of this folder are uploaded as they are, with patient names, IDs and dates: identifiable data will leave this machine"
         );
     }
-    let settle_rules: Vec<SettleRules> = config.folders.iter().map(SettleRules::of).collect();
-    let started = Instant::now();
-    // Bound before anything else happens, so a taken port is a startup error, not a silent gap.
-    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
-    let metrics_server = match &config.metrics {
-        None => None,
-        Some(m) => {
-            let listener = tokio::net::TcpListener::bind(m.listen)
-                .await
-                .map_err(|source| AgentError::Metrics {
-                    file: config.file.clone(),
-                    addr: m.listen,
-                    source,
-                })?;
-            let addr = listener.local_addr().unwrap_or(m.listen);
-            tracing::info!(%addr, "serving /metrics and /status");
-            if !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "/status names cases (their folder names) to anyone who can reach this address");
-            }
-            let sources = crate::metrics::Sources {
-                journal: journal.clone(),
-                config: config_rx,
-                started,
-            };
-            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
-                listener, sources,
-            ))))
-        }
+}
+
+/// The metrics and status endpoint, if the config asks for one; bound now, so that a taken port is an
+/// error at start.
+async fn serve_metrics(
+    config: &Config,
+    journal: &Arc<Journal>,
+    config_rx: tokio::sync::watch::Receiver<Arc<Config>>,
+    started: Instant,
+) -> Result<Option<AbortOnDrop>, AgentError> {
+    let Some(m) = &config.metrics else {
+        return Ok(None);
     };
-    let (notifier, senders) = Notifier::start(&config.notify, &journal);
-    let stopping = CancellationToken::new();
-    let shared = Arc::new(Shared {
-        lanes: Lanes::new(&config.limits),
-        verifier: Verifier::start(client.clone(), options.verify.clone()),
-        config,
-        journal,
-        client,
-        receipts,
-        options,
-        notifier,
-        stopping: stopping.clone(),
-    });
-    if let Err(e) = shared.journal.clear_held() {
-        tracing::error!("cannot clear the held folders of an earlier run: {e}");
+    let listener = tokio::net::TcpListener::bind(m.listen)
+        .await
+        .map_err(|source| AgentError::Metrics {
+            file: config.file.clone(),
+            addr: m.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(m.listen);
+    tracing::info!(%addr, "serving /metrics and /status");
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "/status names cases (their folder names) to anyone who can reach this address");
     }
-    let paused_folders = journal_paused(&shared.journal);
-    for f in shared
-        .config
-        .folders
-        .iter()
-        .filter(|f| paused_folders.contains(&f.path))
-    {
-        tracing::warn!(
-            folder = %f.path.display(),
-            "this drop folder is paused: its cases are watched but not delivered until `gc-hotfolder resume`"
-        );
-    }
-    let (preflight_tx, mut verdicts) = mpsc::unbounded_channel();
-    let (hint_tx, mut hints) = mpsc::unbounded_channel();
-    let mut watches = watch::start(
-        &shared.config.folders,
-        shared.options.reconcile_every,
-        hint_tx.clone(),
-    );
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| tracing::warn!("cannot listen for SIGHUP, reloading is off: {e}"))
-        .ok();
-    let mut loop_ = Loop {
-        shared: shared.clone(),
-        settle_rules,
+    let sources = crate::metrics::Sources {
+        journal: journal.clone(),
+        config: config_rx,
         started,
-        slots: HashMap::new(),
-        timers: BinaryHeap::new(),
-        tasks: JoinSet::new(),
-        paused: HashMap::new(),
-        paused_folders,
-        held: HashMap::new(),
-        missing: HashSet::new(),
-        misplaced: watch::MisplacedFiles::default(),
-        preflight: None,
-        generation: 0,
-        preflight_tx,
-        senders: Some(senders),
-        config_tx,
     };
-    drop(shared);
-    loop_.start_preflight();
-    crate::service::ready(&status_line(&loop_.shared.journal));
-    let mut heartbeat = tokio::time::interval(
-        crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)),
-    );
-    // Other processes (`pause`, `resume`, `retry`) leave requests in the journal; look for them often.
-    let mut requests = tokio::time::interval(REQUESTS_EVERY);
-    requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_status = String::new();
-    tokio::pin!(stop);
-    loop {
-        let next_timer = loop_
-            .timers
-            .peek()
-            .map(|Reverse((at, _))| loop_.started + *at);
-        tokio::select! {
-            _ = &mut stop => break,
-            Some(hint) = hints.recv() => {
-                // A drop folder that was missing at start gets its events once it exists.
-                if let Hint::Scan { folder, why: watch::ScanReason::Poll } = &hint
-                    && let Some(f) = loop_.shared.config.folders.iter().find(|f| &f.path == folder)
-                    && watches.appeared(f, loop_.shared.options.reconcile_every, &hint_tx)
-                {
-                    tracing::info!(folder = %folder.display(), "the drop folder appeared");
-                }
-                loop_.on_hint(hint)?
-            }
-            Some(done) = loop_.tasks.join_next(), if !loop_.tasks.is_empty() => match done {
-                Ok((case_dir, done)) => loop_.on_done(case_dir, done)?,
-                Err(e) => tracing::error!("a delivery task failed: {e}"),
-            },
-            _ = sleep_until(next_timer) => loop_.on_timers()?,
-            Some((generation, folder, verdict)) = verdicts.recv() => {
-                loop_.on_verdict(generation, folder, verdict, &hint_tx)?
-            }
-            Some(()) = hangup(&mut hangups) => {
-                crate::service::reloading();
-                if let Some(w) = loop_.reload(&hint_tx) {
-                    watches = w;
-                    loop_.start_preflight();
-                }
-                tracing::debug!(folders = watches.modes().len(), "watching");
-                crate::service::ready(&status_line(&loop_.shared.journal));
-            }
-            _ = requests.tick() => {
-                loop_.on_requests(&hint_tx);
-                crate::metrics::global().set_live(loop_.live());
-            }
-            _ = heartbeat.tick() => {
-                crate::service::watchdog();
-                let status = status_line(&loop_.shared.journal);
-                if status != last_status {
-                    crate::service::status(&status);
-                    last_status = status;
-                }
-            }
-        }
-    }
-    crate::service::stopping();
-    tracing::info!(
-        in_flight = loop_.tasks.len(),
-        "stopping: no new cases are taken"
-    );
-    stopping.cancel();
-    drop(watches);
-    let grace = tokio::time::sleep(loop_.shared.options.shutdown_grace);
-    tokio::pin!(grace);
-    while !loop_.tasks.is_empty() {
-        tokio::select! {
-            _ = &mut grace => {
-                tracing::warn!(in_flight = loop_.tasks.len(), "grace period over: cutting off deliveries; they resume at the next start");
-                loop_.tasks.abort_all();
-                break;
-            }
-            _ = loop_.tasks.join_next() => {}
-        }
-    }
-    drop(metrics_server);
-    let senders = loop_.senders.take();
-    drop(loop_);
-    if let Some(s) = senders {
-        s.finish(ALERT_GRACE).await;
-    }
-    Ok(())
+    let server = tokio::spawn(crate::metrics::serve(listener, sources));
+    Ok(Some(AbortOnDrop(server)))
+}
+
+/// What the loop listens to besides its own tasks and timers.
+struct Inputs {
+    hints: mpsc::UnboundedReceiver<Hint>,
+    /// For watches made later (a reload, a folder that appears) and for requeued cases.
+    hint_tx: mpsc::UnboundedSender<Hint>,
+    verdicts: mpsc::UnboundedReceiver<(u64, PathBuf, Verdict)>,
+    watches: watch::Watches,
+    hangups: Option<tokio::signal::unix::Signal>,
 }
 
 /// How often the journal is read for requests of other processes (`pause`, `resume`, `retry`).
@@ -447,6 +333,188 @@ struct Loop {
 }
 
 impl Loop {
+    /// The loop's state for a config, with its watches started and the channels it listens to.
+    fn start(
+        config: Config,
+        journal: Arc<Journal>,
+        client: Client,
+        options: AgentOptions,
+        started: Instant,
+        config_tx: tokio::sync::watch::Sender<Arc<Config>>,
+    ) -> (Loop, Inputs) {
+        let settle_rules: Vec<SettleRules> = config.folders.iter().map(SettleRules::of).collect();
+        let (notifier, senders) = Notifier::start(&config.notify, &journal);
+        let shared = Arc::new(Shared {
+            lanes: Lanes::new(&config.limits),
+            verifier: Verifier::start(client.clone(), options.verify.clone()),
+            receipts: config.server.state_dir.join("receipts"),
+            config,
+            journal,
+            client,
+            options,
+            notifier,
+            stopping: CancellationToken::new(),
+        });
+        if let Err(e) = shared.journal.clear_held() {
+            tracing::error!("cannot clear the held folders of an earlier run: {e}");
+        }
+        let paused_folders = journal_paused(&shared.journal);
+        for f in shared.config.folders.iter() {
+            if paused_folders.contains(&f.path) {
+                tracing::warn!(
+                    folder = %f.path.display(),
+                    "this drop folder is paused: its cases are watched but not delivered until `gc-hotfolder resume`"
+                );
+            }
+        }
+        let (preflight_tx, verdicts) = mpsc::unbounded_channel();
+        let (hint_tx, hints) = mpsc::unbounded_channel();
+        let watches = watch::start(
+            &shared.config.folders,
+            shared.options.reconcile_every,
+            hint_tx.clone(),
+        );
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| tracing::warn!("cannot listen for SIGHUP, reloading is off: {e}"))
+            .ok();
+        let loop_ = Loop {
+            shared,
+            settle_rules,
+            started,
+            slots: HashMap::new(),
+            timers: BinaryHeap::new(),
+            tasks: JoinSet::new(),
+            paused: HashMap::new(),
+            paused_folders,
+            held: HashMap::new(),
+            missing: HashSet::new(),
+            misplaced: watch::MisplacedFiles::default(),
+            preflight: None,
+            generation: 0,
+            preflight_tx,
+            senders: Some(senders),
+            config_tx,
+        };
+        let inputs = Inputs {
+            hints,
+            hint_tx,
+            verdicts,
+            watches,
+            hangups,
+        };
+        (loop_, inputs)
+    }
+
+    /// Take what comes (hints, finished deliveries, timers, verdicts, a reload, requests of other
+    /// processes, the watchdog's beat) until `stop` resolves.
+    async fn serve(
+        &mut self,
+        inputs: &mut Inputs,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        let mut heartbeat = tokio::time::interval(
+            crate::service::watchdog_interval().unwrap_or(Duration::from_secs(10)),
+        );
+        // Other processes (`pause`, `resume`, `retry`) leave requests in the journal; look for them often.
+        let mut requests = tokio::time::interval(REQUESTS_EVERY);
+        requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_status = String::new();
+        tokio::pin!(stop);
+        loop {
+            let next_timer = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _))| self.started + *at);
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                Some(hint) = inputs.hints.recv() => self.on_input_hint(hint, inputs)?,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok((case_dir, done)) => self.on_done(case_dir, done)?,
+                    Err(e) => tracing::error!("a delivery task failed: {e}"),
+                },
+                _ = sleep_until(next_timer) => self.on_timers()?,
+                Some((generation, folder, verdict)) = inputs.verdicts.recv() => {
+                    self.on_verdict(generation, folder, verdict, &inputs.hint_tx)?
+                }
+                Some(()) = hangup(&mut inputs.hangups) => self.on_hangup(inputs),
+                _ = requests.tick() => {
+                    self.on_requests(&inputs.hint_tx);
+                    crate::metrics::global().set_live(self.live());
+                }
+                _ = heartbeat.tick() => {
+                    crate::service::watchdog();
+                    let status = status_line(&self.shared.journal);
+                    if status != last_status {
+                        crate::service::status(&status);
+                        last_status = status;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A hint from the watches; a drop folder that was missing at start gets its events once it exists.
+    fn on_input_hint(&mut self, hint: Hint, inputs: &mut Inputs) -> Result<(), JournalError> {
+        if let Hint::Scan {
+            folder,
+            why: watch::ScanReason::Poll,
+        } = &hint
+            && let Some(f) = self
+                .shared
+                .config
+                .folders
+                .iter()
+                .find(|f| &f.path == folder)
+            && inputs
+                .watches
+                .appeared(f, self.shared.options.reconcile_every, &inputs.hint_tx)
+        {
+            tracing::info!(folder = %folder.display(), "the drop folder appeared");
+        }
+        self.on_hint(hint)
+    }
+
+    /// SIGHUP: the config is read again; a good one replaces the watches and is checked on the platform.
+    fn on_hangup(&mut self, inputs: &mut Inputs) {
+        crate::service::reloading();
+        if let Some(w) = self.reload(&inputs.hint_tx) {
+            inputs.watches = w;
+            self.start_preflight();
+        }
+        tracing::debug!(folders = inputs.watches.modes().len(), "watching");
+        crate::service::ready(&status_line(&self.shared.journal));
+    }
+
+    /// No new cases from here; deliveries in flight get the grace period to reach a checkpoint, queued
+    /// alerts a few seconds to go out.
+    async fn shut_down(mut self, inputs: Inputs, metrics_server: Option<AbortOnDrop>) {
+        crate::service::stopping();
+        tracing::info!(
+            in_flight = self.tasks.len(),
+            "stopping: no new cases are taken"
+        );
+        self.shared.stopping.cancel();
+        drop(inputs.watches);
+        let grace = tokio::time::sleep(self.shared.options.shutdown_grace);
+        tokio::pin!(grace);
+        while !self.tasks.is_empty() {
+            tokio::select! {
+                _ = &mut grace => {
+                    tracing::warn!(in_flight = self.tasks.len(), "grace period over: cutting off deliveries; they resume at the next start");
+                    self.tasks.abort_all();
+                    break;
+                }
+                _ = self.tasks.join_next() => {}
+            }
+        }
+        drop(metrics_server);
+        let senders = self.senders.take();
+        drop(self);
+        if let Some(s) = senders {
+            s.finish(ALERT_GRACE).await;
+        }
+    }
+
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
@@ -826,17 +894,88 @@ impl Loop {
     }
 
     /// Look at one case and decide what to do now.
+    /// Look at one case: whether it may be looked at now, what the journal already says of it, and what
+    /// its snapshot says about readiness; each of these a step of its own below.
     fn check(&mut self, folder_idx: usize, case_dir: &Path) -> Result<(), JournalError> {
         let now = self.now();
         let shared = self.shared.clone();
         let folder = &shared.config.folders[folder_idx];
         let rel = case_rel(folder, case_dir);
-        let case = rules::path_text(&rel);
+        let seen = Seen {
+            folder_idx,
+            folder,
+            case_dir,
+            case: rules::path_text(&rel),
+            rel,
+        };
+        if !self.may_look(&seen, now) {
+            return Ok(());
+        }
+        let snapshot = match crate::settle::snapshot(case_dir) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return self.vanished(&shared, &seen);
+            }
+            // A file where a case folder belongs: no case, now or later (a scan reports it again only
+            // if it comes back).
+            Err(_) if self.misplaced.is_misplaced(folder, case_dir) => {
+                self.slots.remove(case_dir);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(case = %seen.case, "cannot read the case folder: {e}");
+                self.schedule(now + folder.quiet, case_dir);
+                return Ok(());
+            }
+        };
+        // Only a read here: a case that is merely seen needs no durable record (after a restart it settles
+        // again anyway), so scanning thousands of folders costs no writes.
+        let known = shared.journal.get(&folder.path, &seen.rel)?;
+        let fp = snapshot.fingerprint();
+        if self.after_outcome(&shared, &seen, known.as_ref(), &fp)? == Go::Stop {
+            return Ok(());
+        }
+        let Some(slot) = self.slots.get_mut(case_dir) else {
+            return Ok(());
+        };
+        slot.pending_since.get_or_insert(now);
+        let decision = slot
+            .tracker
+            .observe(now, &snapshot, &self.settle_rules[folder_idx]);
+        match decision {
+            Decision::Ready
+                if self.paused_folders.contains(&folder.path)
+                    || self.held.contains_key(&folder.path) =>
+            {
+                self.hold(&shared, &seen)
+            }
+            Decision::Ready => self.start_delivery(&shared, &seen, snapshot, fp, now),
+            Decision::Wait { recheck_at, .. } => {
+                self.schedule(recheck_at, case_dir);
+                Ok(())
+            }
+            Decision::Stuck {
+                why,
+                waited,
+                first_report,
+            } => {
+                // From here on events and scans bring the news; no timer polls a stuck case.
+                match first_report {
+                    true => report_stuck(&shared, &seen, &why, waited),
+                    false => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Whether the case may be looked at now: not while a delivery owns it (it is looked at again when that
+    /// returns), not before a back-off ends (a timer is set for then). Makes the case's slot.
+    fn may_look(&mut self, seen: &Seen, now: Duration) -> bool {
         let slot = self
             .slots
-            .entry(case_dir.to_owned())
+            .entry(seen.case_dir.to_owned())
             .or_insert_with(|| Slot {
-                folder: folder_idx,
+                folder: seen.folder_idx,
                 tracker: Tracker::new(now),
                 in_flight: false,
                 dirty: false,
@@ -847,218 +986,130 @@ impl Loop {
             });
         if slot.in_flight {
             slot.dirty = true;
-            return Ok(());
+            return false;
         }
         if let Some(nb) = slot.not_before.filter(|nb| *nb > now) {
-            self.schedule(nb, case_dir);
-            return Ok(());
+            self.schedule(nb, seen.case_dir);
+            return false;
         }
-        let snapshot = match crate::settle::snapshot(case_dir) {
-            Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.slots.remove(case_dir);
-                match shared.journal.get(&folder.path, &rel)? {
-                    Some(rec)
-                        if rec.attempts == 0
-                            && matches!(rec.state, CaseState::Settling | CaseState::Ready) =>
-                    {
-                        tracing::info!(case = %case, "the case folder disappeared before it was delivered");
-                        shared.journal.forget(rec.id)?;
-                    }
-                    // Removed while a delivery was under way: say so in a receipt. The item (if any) stays
-                    // recorded, so the same case dropped again fills that item instead of a new one.
-                    Some(rec)
-                        if !matches!(rec.state, CaseState::Delivered | CaseState::Quarantined) =>
-                    {
-                        let reason = format!(
-                            "the case folder was removed while it was being delivered. {} Drop it again \
-                             to deliver it",
-                            left_by_journal(&rec, |pk| item_url(&shared.client, folder, pk)),
-                        );
-                        let reason = reason.as_str();
-                        tracing::warn!(case = %case, "{reason}");
-                        let item = rec.item_pk.as_ref().map(|pk| ItemRef {
-                            api_url: item_url(&shared.client, folder, pk),
-                            pk: pk.clone(),
-                        });
-                        let facts = CaseFacts {
-                            case_dir,
-                            plan: None,
-                            manifest: None,
-                            target: TargetRef {
-                                kind: folder.target,
-                                slug: folder.target_slug.clone(),
-                                pk: None,
-                                url: None,
-                            },
-                            case: case.clone(),
-                            skipped: vec![],
-                            readiness: readiness(folder),
-                            attempts: rec.attempts as u32,
-                            revision: rec.revision as u32,
-                            started: (crate::clock::now_rfc3339(), Instant::now()),
-                            // No plan: no files to say anything about.
-                            earlier: &[],
-                        };
-                        let key = CaseKey {
-                            folder: &folder.path,
-                            case: &rel,
-                        };
-                        if let Err(e) = crate::receipt::write(
-                            &shared.receipts,
-                            key,
-                            &Receipt::quarantined(facts, reason.into(), item),
-                        ) {
-                            tracing::error!(case = %case, "cannot write the receipt: {e}");
-                        }
-                        shared.quarantined(folder, rec.id, &case, reason)?;
-                    }
-                    _ => {}
-                }
-                return Ok(());
-            }
-            // A file where a case folder belongs: no case, now or later (a scan reports it again only
-            // if it comes back).
-            Err(_) if self.misplaced.is_misplaced(folder, case_dir) => {
-                self.slots.remove(case_dir);
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(case = %case, "cannot read the case folder: {e}");
-                self.schedule(now + folder.quiet, case_dir);
-                return Ok(());
-            }
-        };
-        // Only a read here: a case that is merely seen needs no durable record (after a restart it settles
-        // again anyway), so scanning thousands of folders costs no writes.
-        let known = shared.journal.get(&folder.path, &rel)?;
-        let fp = snapshot.fingerprint();
-        let state = known
-            .as_ref()
-            .map_or(CaseState::Settling, |r| r.state.clone());
-        let recorded_fp = known.as_ref().and_then(|r| r.fingerprint.clone());
-        let id = known.as_ref().map(|r| r.id);
-        match state {
-            CaseState::Quarantined
-                if recorded_fp.as_deref() == Some(&fp) || recorded_fp.is_none() =>
+        true
+    }
+
+    /// The case folder is gone: forgotten if nothing was sent yet, quarantined with a receipt if it went
+    /// while being delivered, left alone once delivered or quarantined.
+    fn vanished(&mut self, shared: &Shared, seen: &Seen) -> Result<(), JournalError> {
+        self.slots.remove(seen.case_dir);
+        match shared.journal.get(&seen.folder.path, &seen.rel)? {
+            Some(rec)
+                if rec.attempts == 0
+                    && matches!(rec.state, CaseState::Settling | CaseState::Ready) =>
             {
-                if let Some(slot) = self.slots.get_mut(case_dir) {
-                    slot.pending_since = None;
-                }
-                return Ok(());
+                tracing::info!(case = %seen.case, "the case folder disappeared before it was delivered");
+                shared.journal.forget(rec.id)
+            }
+            Some(rec) if !matches!(rec.state, CaseState::Delivered | CaseState::Quarantined) => {
+                removed_while_delivering(shared, seen, &rec)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// What an earlier outcome means for the case as it is now: a quarantined case is tried again only
+    /// once it changed; a delivered one is left (its post-action applied) unless it changed, and then
+    /// `on_change` decides.
+    fn after_outcome(
+        &mut self,
+        shared: &Shared,
+        seen: &Seen,
+        known: Option<&CaseRecord>,
+        fp: &str,
+    ) -> Result<Go, JournalError> {
+        let state = known.map_or(CaseState::Settling, |r| r.state.clone());
+        let recorded_fp = known.and_then(|r| r.fingerprint.as_deref());
+        let id = known.map(|r| r.id).unwrap_or_default();
+        match state {
+            CaseState::Quarantined if recorded_fp == Some(fp) || recorded_fp.is_none() => {
+                self.not_pending(seen.case_dir);
+                Ok(Go::Stop)
             }
             CaseState::Quarantined => {
-                tracing::info!(case = %case, "a quarantined case changed: trying it again");
-                shared.journal.requeue(id.unwrap_or_default())?;
+                tracing::info!(case = %seen.case, "a quarantined case changed: trying it again");
+                shared.journal.requeue(id)?;
+                Ok(Go::On)
             }
-            CaseState::Delivered if recorded_fp.as_deref() == Some(&fp) => {
-                if let Some(slot) = self.slots.get_mut(case_dir) {
-                    slot.pending_since = None;
-                }
-                apply_after(folder, case_dir, &rel, &shared.receipts);
-                return Ok(());
+            CaseState::Delivered if recorded_fp == Some(fp) => {
+                self.not_pending(seen.case_dir);
+                apply_after(seen.folder, seen.case_dir, &seen.rel, &shared.receipts);
+                Ok(Go::Stop)
             }
-            CaseState::Delivered => match folder.on_change {
-                OnChange::Ignore => {
-                    tracing::info!(case = %case, "files changed after delivery; ignored (on_change = \"ignore\")");
-                    shared
-                        .journal
-                        .set_fingerprint(id.unwrap_or_default(), &fp)?;
-                    return Ok(());
-                }
-                OnChange::Quarantine => {
-                    let reason =
-                        "files changed after the case was delivered (on_change = \"quarantine\")";
-                    shared
-                        .journal
-                        .set_fingerprint(id.unwrap_or_default(), &fp)?;
-                    shared.quarantined(folder, id.unwrap_or_default(), &case, reason)?;
-                    tracing::warn!(case = %case, "{reason}");
-                    return Ok(());
-                }
-                OnChange::Update => {}
-            },
-            _ => {}
+            CaseState::Delivered => changed_after_delivery(shared, seen, id, fp),
+            _ => Ok(Go::On),
         }
-        let Some(slot) = self.slots.get_mut(case_dir) else {
+    }
+
+    fn not_pending(&mut self, case_dir: &Path) {
+        if let Some(slot) = self.slots.get_mut(case_dir) {
+            slot.pending_since = None;
+        }
+    }
+
+    /// A ready case of a paused or held folder: said once, in the log and the journal, then kept.
+    fn hold(&mut self, shared: &Shared, seen: &Seen) -> Result<(), JournalError> {
+        let Some(slot) = self.slots.get_mut(seen.case_dir) else {
             return Ok(());
         };
-        slot.pending_since.get_or_insert(now);
-        match slot
-            .tracker
-            .observe(now, &snapshot, &self.settle_rules[folder_idx])
-        {
-            Decision::Ready
-                if self.paused_folders.contains(&folder.path)
-                    || self.held.contains_key(&folder.path) =>
-            {
-                if !slot.held {
-                    slot.held = true;
-                    let why = match self.held.get(&folder.path) {
-                        Some(Held::Unusable(why) | Held::Unknown(why)) => format!("held: {why}"),
-                        Some(Held::Checking) => {
-                            "held until its target and sockets are checked on the platform".into()
-                        }
-                        None => {
-                            "held while its folder is paused (`gc-hotfolder resume` delivers it)"
-                                .into()
-                        }
-                    };
-                    tracing::info!(case = %case, "ready, {why}");
-                    let rec = shared.journal.discover(&folder.path, &rel)?;
-                    shared.journal.note(rec.id, &format!("ready, {why}"))?;
-                }
-            }
-            Decision::Ready => {
-                let key = (folder.target, folder.target_slug.clone());
-                if let Some(until) = self.paused.get(&key).copied().filter(|u| *u > now) {
-                    self.schedule(until, case_dir);
-                    return Ok(());
-                }
-                tracing::info!(case = %case, "ready");
-                slot.held = false;
-                let rec = shared.journal.discover(&folder.path, &rel)?;
-                slot.in_flight = true;
-                slot.dirty = false;
-                let task = Delivery {
-                    shared,
-                    folder: folder_idx,
-                    case_dir: case_dir.to_owned(),
-                    case,
-                    rel,
-                    rec,
-                    snapshot,
-                    fp,
-                    settle: now.saturating_sub(slot.tracker.first_seen()),
-                };
-                self.tasks.spawn(task.run());
-            }
-            Decision::Wait { recheck_at, .. } => self.schedule(recheck_at, case_dir),
-            Decision::Stuck {
-                why,
-                waited,
-                first_report,
-            } => {
-                if first_report {
-                    let note = format!(
-                        "still not ready after {}: {}",
-                        humantime::format_duration(waited),
-                        describe(&why)
-                    );
-                    tracing::warn!(case = %case, "{note}");
-                    let rec = shared.journal.discover(&folder.path, &rel)?;
-                    shared.journal.note(rec.id, &note)?;
-                    shared.notifier.send(Alert::about_case(
-                        AlertKind::Stuck,
-                        folder,
-                        &case,
-                        "settling",
-                        &note,
-                    ));
-                }
-                // From here on events and scans bring the news; no timer polls a stuck case.
-            }
+        if slot.held {
+            return Ok(());
         }
+        slot.held = true;
+        let why = match self.held.get(&seen.folder.path) {
+            Some(Held::Unusable(why) | Held::Unknown(why)) => format!("held: {why}"),
+            Some(Held::Checking) => {
+                "held until its target and sockets are checked on the platform".into()
+            }
+            None => "held while its folder is paused (`gc-hotfolder resume` delivers it)".into(),
+        };
+        tracing::info!(case = %seen.case, "ready, {why}");
+        let rec = shared.journal.discover(&seen.folder.path, &seen.rel)?;
+        shared.journal.note(rec.id, &format!("ready, {why}"))
+    }
+
+    /// A ready case: delivered by a task of its own, unless its target is paused (looked at again then).
+    fn start_delivery(
+        &mut self,
+        shared: &Arc<Shared>,
+        seen: &Seen,
+        snapshot: Snapshot,
+        fp: String,
+        now: Duration,
+    ) -> Result<(), JournalError> {
+        let key = (seen.folder.target, seen.folder.target_slug.clone());
+        if let Some(until) = self.paused.get(&key).copied().filter(|u| *u > now) {
+            self.schedule(until, seen.case_dir);
+            return Ok(());
+        }
+        tracing::info!(case = %seen.case, "ready");
+        if let Some(slot) = self.slots.get_mut(seen.case_dir) {
+            slot.held = false;
+        }
+        let rec = shared.journal.discover(&seen.folder.path, &seen.rel)?;
+        let Some(slot) = self.slots.get_mut(seen.case_dir) else {
+            return Ok(());
+        };
+        slot.in_flight = true;
+        slot.dirty = false;
+        let task = Delivery {
+            shared: shared.clone(),
+            folder: seen.folder_idx,
+            case_dir: seen.case_dir.to_owned(),
+            case: seen.case.clone(),
+            rel: seen.rel.clone(),
+            rec,
+            snapshot,
+            fp,
+            settle: now.saturating_sub(slot.tracker.first_seen()),
+        };
+        self.tasks.spawn(task.run());
         Ok(())
     }
 
@@ -1119,6 +1170,121 @@ impl Loop {
         }
         Ok(())
     }
+}
+
+/// A case the loop looks at: its folder, where it is and what it is called.
+struct Seen<'a> {
+    folder_idx: usize,
+    folder: &'a Folder,
+    case_dir: &'a Path,
+    /// The case's path inside its drop folder.
+    rel: PathBuf,
+    /// `rel` as text, for people.
+    case: String,
+}
+
+/// Whether looking at a case goes on to its readiness.
+#[derive(Debug, PartialEq, Eq)]
+enum Go {
+    Stop,
+    On,
+}
+
+/// A delivered case whose files changed since: `on_change` says whether that is a new delivery into the
+/// same item, nothing, or a quarantine.
+fn changed_after_delivery(
+    shared: &Shared,
+    seen: &Seen,
+    id: i64,
+    fp: &str,
+) -> Result<Go, JournalError> {
+    match seen.folder.on_change {
+        OnChange::Update => Ok(Go::On),
+        OnChange::Ignore => {
+            tracing::info!(case = %seen.case, "files changed after delivery; ignored (on_change = \"ignore\")");
+            shared.journal.set_fingerprint(id, fp)?;
+            Ok(Go::Stop)
+        }
+        OnChange::Quarantine => {
+            let reason = "files changed after the case was delivered (on_change = \"quarantine\")";
+            shared.journal.set_fingerprint(id, fp)?;
+            shared.quarantined(seen.folder, id, &seen.case, reason)?;
+            tracing::warn!(case = %seen.case, "{reason}");
+            Ok(Go::Stop)
+        }
+    }
+}
+
+/// A case folder removed while a delivery was under way: a receipt says so and the case is quarantined.
+/// The item (if any) stays recorded, so the same case dropped again fills that item instead of a new one.
+fn removed_while_delivering(
+    shared: &Shared,
+    seen: &Seen,
+    rec: &CaseRecord,
+) -> Result<(), JournalError> {
+    let folder = seen.folder;
+    let reason = format!(
+        "the case folder was removed while it was being delivered. {} Drop it again to deliver it",
+        left_by_journal(rec, |pk| item_url(&shared.client, folder, pk)),
+    );
+    tracing::warn!(case = %seen.case, "{reason}");
+    let item = rec.item_pk.as_ref().map(|pk| ItemRef {
+        api_url: item_url(&shared.client, folder, pk),
+        pk: pk.clone(),
+    });
+    let facts = CaseFacts {
+        case_dir: seen.case_dir,
+        plan: None,
+        manifest: None,
+        target: TargetRef {
+            kind: folder.target,
+            slug: folder.target_slug.clone(),
+            pk: None,
+            url: None,
+        },
+        case: seen.case.clone(),
+        skipped: vec![],
+        readiness: readiness(folder),
+        attempts: rec.attempts as u32,
+        revision: rec.revision as u32,
+        started: (crate::clock::now_rfc3339(), Instant::now()),
+        // No plan: no files to say anything about.
+        earlier: &[],
+    };
+    let key = CaseKey {
+        folder: &folder.path,
+        case: &seen.rel,
+    };
+    let receipt = Receipt::quarantined(facts, reason.clone(), item);
+    if let Err(e) = crate::receipt::write(&shared.receipts, key, &receipt) {
+        tracing::error!(case = %seen.case, "cannot write the receipt: {e}");
+    }
+    shared.quarantined(folder, rec.id, &seen.case, &reason)
+}
+
+/// A case still not ready after `max_wait`: said once, in the log, the journal and an alert.
+fn report_stuck(
+    shared: &Shared,
+    seen: &Seen,
+    why: &Waiting,
+    waited: Duration,
+) -> Result<(), JournalError> {
+    let note = format!(
+        "still not ready after {}: {}",
+        humantime::format_duration(waited),
+        describe(why)
+    );
+    tracing::warn!(case = %seen.case, "{note}");
+    let rec = shared.journal.discover(&seen.folder.path, &seen.rel)?;
+    shared.journal.note(rec.id, &note)?;
+    shared.notifier.send(Alert::about_case(
+        AlertKind::Stuck,
+        seen.folder,
+        &seen.case,
+        "settling",
+        &note,
+    ));
+    Ok(())
 }
 
 fn describe(why: &Waiting) -> String {
