@@ -1321,43 +1321,7 @@ fn validate_socket(
         ));
     }
     let source = if let Some(files) = &s.files {
-        let patterns = match files.get_ref().clone() {
-            OneOrMany::One(p) => vec![p],
-            OneOrMany::Many(ps) => ps,
-        };
-        if patterns.is_empty() || patterns.iter().any(|p| p.trim().is_empty()) {
-            return Err(loc.err(
-                files.span(),
-                key("files"),
-                "needs at least one non-empty pattern",
-            ));
-        }
-        if let Some(p) = patterns
-            .iter()
-            .find(|p| p.starts_with('/') || p.split('/').any(|c| c == ".."))
-        {
-            return Err(loc.err(
-                files.span(),
-                key("files"),
-                format!("`{p}` must be relative to the case folder and stay inside it"),
-            ));
-        }
-        let matcher = globset(loc, files.span(), &key("files"), &patterns)?;
-        match &s.image_name {
-            Some(name) => {
-                check_template(name.get_ref())
-                    .map_err(|m| loc.err(name.span(), key("image_name"), m))?;
-                if name.get_ref().trim().is_empty() {
-                    return Err(loc.err(name.span(), key("image_name"), "may not be blank"));
-                }
-                RuleSource::DicomImageSet {
-                    patterns,
-                    matcher,
-                    image_name: name.get_ref().clone(),
-                }
-            }
-            None => RuleSource::Files { patterns, matcher },
-        }
+        files_source(loc, &key, files, s.image_name.as_ref())?
     } else if let Some(vf) = &s.value_file {
         if vf.get_ref().starts_with('/') || vf.get_ref().split('/').any(|c| c == "..") {
             return Err(loc.err(
@@ -1381,6 +1345,50 @@ fn validate_socket(
         slug,
         source,
         optional: s.optional,
+    })
+}
+
+/// A socket rule's `files` patterns (relative, inside the case folder): files for one socket, or a
+/// DICOM image set when the rule names its image.
+fn files_source(
+    loc: &Locator,
+    key: &dyn Fn(&str) -> String,
+    files: &Spanned<OneOrMany>,
+    image_name: Option<&Spanned<String>>,
+) -> Result<RuleSource, ConfigError> {
+    let patterns = match files.get_ref().clone() {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(ps) => ps,
+    };
+    if patterns.is_empty() || patterns.iter().any(|p| p.trim().is_empty()) {
+        return Err(loc.err(
+            files.span(),
+            key("files"),
+            "needs at least one non-empty pattern",
+        ));
+    }
+    if let Some(p) = patterns
+        .iter()
+        .find(|p| p.starts_with('/') || p.split('/').any(|c| c == ".."))
+    {
+        return Err(loc.err(
+            files.span(),
+            key("files"),
+            format!("`{p}` must be relative to the case folder and stay inside it"),
+        ));
+    }
+    let matcher = globset(loc, files.span(), &key("files"), &patterns)?;
+    let Some(name) = image_name else {
+        return Ok(RuleSource::Files { patterns, matcher });
+    };
+    check_template(name.get_ref()).map_err(|m| loc.err(name.span(), key("image_name"), m))?;
+    if name.get_ref().trim().is_empty() {
+        return Err(loc.err(name.span(), key("image_name"), "may not be blank"));
+    }
+    Ok(RuleSource::DicomImageSet {
+        patterns,
+        matcher,
+        image_name: name.get_ref().clone(),
     })
 }
 

@@ -140,43 +140,50 @@ pub async fn write_value(
                     "the value has no image (yet); the platform may still be importing it".into(),
                 )
             })?;
-            let image = client.get_image(url).await?;
-            if image.dicom_image_set.is_some() {
-                return Err(Problem::Skip(format!(
-                    "image {:?} is a DICOM image set, whose files cannot be downloaded through the API",
-                    image.name
-                )));
-            }
-            if image.files.is_empty() {
-                return Err(Problem::Skip(format!(
-                    "image {:?} has no files to download",
-                    image.name
-                )));
-            }
-            let mut names: Vec<String> = Vec::new();
-            for f in &image.files {
-                let name = file_name_from_url(&f.file).map_err(Problem::Skip)?;
-                if names.contains(&name) {
-                    return Err(Problem::Skip(format!(
-                        "image {:?} has two files named {name:?}",
-                        image.name
-                    )));
-                }
-                names.push(name);
-            }
             let staged = staged();
-            std::fs::create_dir(&staged)?;
-            for (f, name) in image.files.iter().zip(&names) {
-                if let Err(e) = client.download(&f.file, &staged.join(name)).await {
-                    let _ = remove_any(&staged);
-                    return Err(e.into());
-                }
-            }
-            sync_dir(&staged)?;
+            let names = download_image(client, url, &staged).await?;
             install(&staged, &dest, staging)?;
             Ok(names.iter().map(|n| format!("{path}/{n}")).collect())
         }
     }
+}
+
+/// An image's files downloaded into the folder `staged` (made here, synced, removed on failure): their
+/// names. A DICOM image set, an image without files or with two files of one name is skipped.
+async fn download_image(client: &Client, url: &str, staged: &Path) -> Result<Vec<String>, Problem> {
+    let image = client.get_image(url).await?;
+    if image.dicom_image_set.is_some() {
+        return Err(Problem::Skip(format!(
+            "image {:?} is a DICOM image set, whose files cannot be downloaded through the API",
+            image.name
+        )));
+    }
+    if image.files.is_empty() {
+        return Err(Problem::Skip(format!(
+            "image {:?} has no files to download",
+            image.name
+        )));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for f in &image.files {
+        let name = file_name_from_url(&f.file).map_err(Problem::Skip)?;
+        if names.contains(&name) {
+            return Err(Problem::Skip(format!(
+                "image {:?} has two files named {name:?}",
+                image.name
+            )));
+        }
+        names.push(name);
+    }
+    std::fs::create_dir(staged)?;
+    for (f, name) in image.files.iter().zip(&names) {
+        if let Err(e) = client.download(&f.file, &staged.join(name)).await {
+            let _ = remove_any(staged);
+            return Err(e.into());
+        }
+    }
+    sync_dir(staged)?;
+    Ok(names)
 }
 
 // ---- file system helpers ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{Folder, RuleSource};
+use crate::config::{Folder, RuleSource, SocketRule};
 use gc_client::TargetKind;
 
 /// The platform refuses longer upload file names (gc-protocol.md §2.2).
@@ -278,21 +278,7 @@ pub fn plan(folder: &Folder, case_path: &Path, files: &[CaseFile]) -> Result<Pla
     let mut taken: BTreeMap<&Path, &str> = BTreeMap::new();
     let mut sockets = Vec::new();
     for rule in &folder.sockets {
-        let matched: Vec<&CaseFile> = match &rule.source {
-            RuleSource::Files { matcher, .. } | RuleSource::DicomImageSet { matcher, .. } => {
-                candidates
-                    .iter()
-                    .copied()
-                    .filter(|f| matcher.is_match(&f.rel))
-                    .collect()
-            }
-            RuleSource::ValueFile(name) => candidates
-                .iter()
-                .copied()
-                .filter(|f| f.rel == Path::new(name))
-                .collect(),
-            RuleSource::Value(_) => vec![],
-        };
+        let matched = matching(rule, &candidates);
         for f in &matched {
             if let Some(first) = taken.insert(&f.rel, &rule.slug) {
                 return Err(PlanError::Ambiguous {
@@ -308,33 +294,8 @@ pub fn plan(folder: &Folder, case_path: &Path, files: &[CaseFile]) -> Result<Pla
             }
         }
         let planned = planned_files(&matched)?;
-        let source = match &rule.source {
-            RuleSource::Value(v) => Some(Source::Value(v.clone())),
-            _ if planned.is_empty() && rule.optional => None,
-            RuleSource::Files { patterns, .. } | RuleSource::DicomImageSet { patterns, .. }
-                if planned.is_empty() =>
-            {
-                return Err(PlanError::NoFiles {
-                    socket: rule.slug.clone(),
-                    patterns: patterns.clone(),
-                    found: candidates.iter().map(|f| lossy(&f.rel)).collect(),
-                });
-            }
-            RuleSource::ValueFile(name) if planned.is_empty() => {
-                return Err(PlanError::ValueFileMissing {
-                    socket: rule.slug.clone(),
-                    file: name.clone(),
-                    found: candidates.iter().map(|f| lossy(&f.rel)).collect(),
-                });
-            }
-            RuleSource::Files { .. } => Some(Source::Files(planned)),
-            RuleSource::DicomImageSet { image_name, .. } => Some(Source::DicomImageSet {
-                files: planned,
-                image_name: render(image_name, &case, &case_rel),
-            }),
-            RuleSource::ValueFile(_) => planned.into_iter().next().map(Source::ValueFile),
-        };
-        if let Some(source) = source {
+        let names = (case.as_str(), case_rel.as_str());
+        if let Some(source) = socket_source(rule, planned, &candidates, names)? {
             sockets.push(SocketPlan {
                 slug: rule.slug.clone(),
                 source,
@@ -354,6 +315,61 @@ pub fn plan(folder: &Folder, case_path: &Path, files: &[CaseFile]) -> Result<Pla
         target_slug: folder.target_slug.clone(),
         sockets,
         unmatched,
+    })
+}
+
+/// The case's files a socket rule takes (none for a rule with a value of its own).
+fn matching<'f>(rule: &SocketRule, candidates: &[&'f CaseFile]) -> Vec<&'f CaseFile> {
+    match &rule.source {
+        RuleSource::Files { matcher, .. } | RuleSource::DicomImageSet { matcher, .. } => candidates
+            .iter()
+            .copied()
+            .filter(|f| matcher.is_match(&f.rel))
+            .collect(),
+        RuleSource::ValueFile(name) => candidates
+            .iter()
+            .copied()
+            .filter(|f| f.rel == Path::new(name))
+            .collect(),
+        RuleSource::Value(_) => vec![],
+    }
+}
+
+/// What a socket gets from the files its rule took: `None` for an optional socket without files, an
+/// error for a required one (naming what the case holds). `names` are the case's name and path, for
+/// a DICOM image set's name.
+fn socket_source(
+    rule: &SocketRule,
+    planned: Vec<PlannedFile>,
+    candidates: &[&CaseFile],
+    (case, case_rel): (&str, &str),
+) -> Result<Option<Source>, PlanError> {
+    let found = || candidates.iter().map(|f| lossy(&f.rel)).collect();
+    Ok(match &rule.source {
+        RuleSource::Value(v) => Some(Source::Value(v.clone())),
+        _ if planned.is_empty() && rule.optional => None,
+        RuleSource::Files { patterns, .. } | RuleSource::DicomImageSet { patterns, .. }
+            if planned.is_empty() =>
+        {
+            return Err(PlanError::NoFiles {
+                socket: rule.slug.clone(),
+                patterns: patterns.clone(),
+                found: found(),
+            });
+        }
+        RuleSource::ValueFile(name) if planned.is_empty() => {
+            return Err(PlanError::ValueFileMissing {
+                socket: rule.slug.clone(),
+                file: name.clone(),
+                found: found(),
+            });
+        }
+        RuleSource::Files { .. } => Some(Source::Files(planned)),
+        RuleSource::DicomImageSet { image_name, .. } => Some(Source::DicomImageSet {
+            files: planned,
+            image_name: render(image_name, case, case_rel),
+        }),
+        RuleSource::ValueFile(_) => planned.into_iter().next().map(Source::ValueFile),
     })
 }
 

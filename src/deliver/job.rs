@@ -128,38 +128,7 @@ pub(super) async fn deliver_job(
             GcError::NotFound(m) => quarantine(m),
             e => e.into(),
         })?;
-
-    // Everything checkable is checked before a job exists: the sockets are the algorithm's inputs, the
-    // case's inputs make up one of its interfaces, the values and images are what those sockets take.
-    let mut routes = Vec::with_capacity(plan.sockets.len());
-    for sp in &plan.sockets {
-        let socket = algorithm
-            .interfaces
-            .iter()
-            .flat_map(|i| &i.inputs)
-            .find(|s| s.slug == sp.slug)
-            .ok_or_else(|| {
-                quarantine(format!(
-                    "socket {} is not an input of algorithm {}, which takes {}; no job was started",
-                    sp.slug,
-                    algorithm.slug,
-                    algorithm.describe_interfaces()
-                ))
-            })?;
-        routes.push((sp.slug.as_str(), route(case_dir, socket, &sp.source)?));
-    }
-    let Some(interface) = algorithm.interface_for(plan.sockets.iter().map(|s| s.slug.as_str()))
-    else {
-        let given: Vec<&str> = plan.sockets.iter().map(|s| s.slug.as_str()).collect();
-        return Err(quarantine(format!(
-            "the case's inputs [{}] match no interface of algorithm {}, which takes {}; no job was \
-             started",
-            given.join(", "),
-            algorithm.slug,
-            algorithm.describe_interfaces()
-        )));
-    };
-    let outputs: Vec<String> = interface.outputs.iter().map(|s| s.slug.clone()).collect();
+    let (routes, outputs) = checked_inputs(case_dir, plan, &algorithm)?;
     let mut deidentified = prepare(
         case_dir,
         plan,
@@ -195,9 +164,79 @@ pub(super) async fn deliver_job(
 
     cp.step(Step::Running).map_err(DeliverError::Checkpoint)?;
     let job = follow(client, &pk, timing, cp).await?;
-    let inputs = job.inputs.iter().map(SocketResult::from).collect();
+    succeeded(client, &job, &algorithm, &outputs, &entries).await?;
+    let (box_dir, files) = write_outputs(client, &job, plan, outbox, existing).await?;
+    Ok(Delivered {
+        item_api_url: job.api_url.clone(),
+        item_pk: job.pk.clone(),
+        target,
+        sockets: job.inputs.iter().map(SocketResult::from).collect(),
+        deidentified,
+        job: Some(JobDone {
+            url: job.url.clone(),
+            status: job.status.label().to_owned(),
+            exec_duration: job.exec_duration.clone(),
+            outbox: crate::rules::path_text(&box_dir),
+            files,
+            outputs: job.outputs.iter().map(OutputReceipt::from).collect(),
+            pk: job.pk,
+        }),
+    })
+}
+
+/// Each input socket's slug with what it sends.
+type Routes<'a> = Vec<(&'a str, Route<'a>)>;
+
+/// Everything checkable, checked before a job exists: the sockets are the algorithm's inputs, the
+/// case's inputs make up one of its interfaces, the values and images are what those sockets take.
+/// The routes of the inputs, and the outputs the interface promises.
+fn checked_inputs<'a>(
+    case_dir: &Path,
+    plan: &'a Plan,
+    algorithm: &'a Algorithm,
+) -> Result<(Routes<'a>, Vec<String>), DeliverError> {
+    let mut routes = Vec::with_capacity(plan.sockets.len());
+    for sp in &plan.sockets {
+        let socket = algorithm
+            .interfaces
+            .iter()
+            .flat_map(|i| &i.inputs)
+            .find(|s| s.slug == sp.slug)
+            .ok_or_else(|| {
+                quarantine(format!(
+                    "socket {} is not an input of algorithm {}, which takes {}; no job was started",
+                    sp.slug,
+                    algorithm.slug,
+                    algorithm.describe_interfaces()
+                ))
+            })?;
+        routes.push((sp.slug.as_str(), route(case_dir, socket, &sp.source)?));
+    }
+    let Some(interface) = algorithm.interface_for(plan.sockets.iter().map(|s| s.slug.as_str()))
+    else {
+        let given: Vec<&str> = plan.sockets.iter().map(|s| s.slug.as_str()).collect();
+        return Err(quarantine(format!(
+            "the case's inputs [{}] match no interface of algorithm {}, which takes {}; no job was \
+             started",
+            given.join(", "),
+            algorithm.slug,
+            algorithm.describe_interfaces()
+        )));
+    };
+    let outputs = interface.outputs.iter().map(|s| s.slug.clone()).collect();
+    Ok((routes, outputs))
+}
+
+/// A job that ended: quarantined unless it succeeded with every output its interface names.
+async fn succeeded(
+    client: &Client,
+    job: &Job,
+    algorithm: &Algorithm,
+    outputs: &[String],
+    entries: &[ValueEntry],
+) -> Result<(), DeliverError> {
     if job.status != JobStatus::Succeeded {
-        let why = failure(client, &job, &entries).await;
+        let why = failure(client, job, entries).await;
         return Err(quarantine(format!(
             "job {} of algorithm {} ended {}{why}. The platform shows the job, its error and its \
              logs on {}",
@@ -221,6 +260,18 @@ pub(super) async fn deliver_job(
             missing.join(", ")
         )));
     }
+    Ok(())
+}
+
+/// The job's outputs written to the case's folder in the outbox: that folder, and the files written
+/// (none when an earlier attempt wrote them).
+async fn write_outputs(
+    client: &Client,
+    job: &Job,
+    plan: &Plan,
+    outbox: crate::outbox::Outbox<'_>,
+    existing: crate::outbox::Existing,
+) -> Result<(std::path::PathBuf, Vec<String>), DeliverError> {
     // A case deeper in the drop folder (site-a/p1) keeps its place in the outbox, so that two cases of
     // one name in different sites never share a folder.
     let (box_dir, name) = match plan.case_path.rsplit_once('/') {
@@ -240,22 +291,7 @@ pub(super) async fn deliver_job(
         Written::New(files) => files,
         Written::AlreadyThere => vec![],
     };
-    Ok(Delivered {
-        item_api_url: job.api_url.clone(),
-        item_pk: job.pk.clone(),
-        target,
-        sockets: inputs,
-        deidentified,
-        job: Some(JobDone {
-            url: job.url.clone(),
-            status: job.status.label().to_owned(),
-            exec_duration: job.exec_duration.clone(),
-            outbox: crate::rules::path_text(&box_dir.join(name)),
-            files,
-            outputs: job.outputs.iter().map(OutputReceipt::from).collect(),
-            pk: job.pk,
-        }),
-    })
+    Ok((box_dir.join(name), files))
 }
 
 /// The case paths of every file the routes send.

@@ -937,12 +937,7 @@ pub async fn send(
     // Everything checkable is checked before the item exists.
     let mut routes = Vec::with_capacity(plan.sockets.len());
     for sp in &plan.sockets {
-        let socket = client.socket(&sp.slug).await.map_err(|e| match e {
-            GcError::NotFound(_) => {
-                quarantine(format!("socket {} does not exist on the platform", sp.slug))
-            }
-            e => e.into(),
-        })?;
+        let socket = platform_socket(client, &sp.slug).await?;
         routes.push((sp.slug.as_str(), route(case_dir, &socket, &sp.source)?));
     }
     Timings::add(&mut timings.prechecks, t);
@@ -953,15 +948,7 @@ pub async fn send(
         Some(dir) => bundle_series(dir, case_dir, &routes, &deidentified.staged).await?,
         None => vec![],
     };
-    cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
-    let (item, created) = match start {
-        ItemStart::New => (
-            create_or_adopt(client, &target, &plan.title, cp).await?,
-            true,
-        ),
-        ItemStart::Existing(pk) => (client.get_item(&target, &pk).await?, false),
-    };
-    cp.item(&item.pk).map_err(DeliverError::Checkpoint)?;
+    let (item, created) = the_item(client, &target, plan, start, cp).await?;
     Timings::add(&mut timings.upload, t);
     let out = Outgoing {
         case_dir,
@@ -977,6 +964,35 @@ pub async fn send(
         Ok(awaiting) => Ok(Sent::Awaiting(Box::new(awaiting))),
         Err(e) => Err(e),
     }
+}
+
+/// The platform's socket of a slug; a socket the platform does not have quarantines the case.
+async fn platform_socket(client: &Client, slug: &str) -> Result<Socket, DeliverError> {
+    client.socket(slug).await.map_err(|e| match e {
+        GcError::NotFound(_) => quarantine(format!("socket {slug} does not exist on the platform")),
+        e => e.into(),
+    })
+}
+
+/// The case's item: created (or adopted, when an earlier creation's answer was lost) for a new case,
+/// read for one whose item the journal has; recorded at once. Whether it was created now.
+async fn the_item(
+    client: &Client,
+    target: &Target,
+    plan: &Plan,
+    start: ItemStart,
+    cp: &dyn Checkpoints,
+) -> Result<(Item, bool), DeliverError> {
+    cp.step(Step::Creating).map_err(DeliverError::Checkpoint)?;
+    let (item, created) = match start {
+        ItemStart::New => (
+            create_or_adopt(client, target, &plan.title, cp).await?,
+            true,
+        ),
+        ItemStart::Existing(pk) => (client.get_item(target, &pk).await?, false),
+    };
+    cp.item(&item.pk).map_err(DeliverError::Checkpoint)?;
+    Ok((item, created))
 }
 
 /// Wait until the platform shows every value of a case whose values were set `waited` ago, and say what
