@@ -144,6 +144,9 @@ struct Slot {
     pending_since: Option<Duration>,
     /// The case is ready but its folder is paused or held, and the journal says so.
     held: bool,
+    /// What the journal was last told about why the case still settles, so that `status` lists it
+    /// with its reason while each check that finds the same reason writes nothing.
+    noted: Option<String>,
 }
 
 /// How a delivery task ended.
@@ -453,23 +456,28 @@ impl Loop {
         }
     }
 
-    /// A hint from the watches; a drop folder that was missing at start gets its events once it exists.
+    /// A hint from the watches. A scan first renews the folder's watch if the folder came or went: a
+    /// drop folder missing at start gets its events once it exists, one deleted and made again gets
+    /// them back.
     fn on_input_hint(&mut self, hint: Hint, inputs: &mut Inputs) -> Result<(), JournalError> {
-        if let Hint::Scan {
-            folder,
-            why: watch::ScanReason::Poll,
-        } = &hint
+        if let Hint::Scan { folder, .. } = &hint
             && let Some(f) = self
                 .shared
                 .config
                 .folders
                 .iter()
                 .find(|f| &f.path == folder)
-            && inputs
-                .watches
-                .appeared(f, self.shared.options.reconcile_every, &inputs.hint_tx)
         {
-            tracing::info!(folder = %folder.display(), "the drop folder appeared");
+            let every = self.shared.options.reconcile_every;
+            match inputs.watches.refresh(f, every, &inputs.hint_tx) {
+                Some(true) => {
+                    tracing::info!(folder = %folder.display(), "the drop folder appeared")
+                }
+                Some(false) => {
+                    tracing::warn!(folder = %folder.display(), "the drop folder is gone; it is polled until it is back")
+                }
+                None => {}
+            }
         }
         self.on_hint(hint)
     }
@@ -928,8 +936,8 @@ impl Loop {
                 return Ok(());
             }
         };
-        // Only a read here: a case that is merely seen needs no durable record (after a restart it settles
-        // again anyway), so scanning thousands of folders costs no writes.
+        // Only a read here: a delivered or quarantined case that is merely seen again needs no write, so
+        // scanning thousands of folders costs none; a new case is recorded once it is found settling.
         let known = shared.journal.get(&folder.path, &seen.rel)?;
         let fp = snapshot.fingerprint();
         if self.after_outcome(&shared, &seen, known.as_ref(), &fp)? == Go::Stop {
@@ -950,9 +958,15 @@ impl Loop {
                 self.hold(&shared, &seen)
             }
             Decision::Ready => self.start_delivery(&shared, &seen, snapshot, fp, now),
-            Decision::Wait { recheck_at, .. } => {
+            Decision::Wait { recheck_at, why } => {
                 self.schedule(recheck_at, case_dir);
-                Ok(())
+                let first_delivery = known.as_ref().is_none_or(|r| {
+                    !matches!(r.state, CaseState::Delivered | CaseState::Quarantined)
+                });
+                match first_delivery {
+                    true => self.note_settling(&shared, &seen, &why),
+                    false => Ok(()),
+                }
             }
             Decision::Stuck {
                 why,
@@ -983,6 +997,7 @@ impl Loop {
                 failures: 0,
                 pending_since: None,
                 held: false,
+                noted: None,
             });
         if slot.in_flight {
             slot.dirty = true;
@@ -1072,6 +1087,27 @@ impl Loop {
         tracing::info!(case = %seen.case, "ready, {why}");
         let rec = shared.journal.discover(&seen.folder.path, &seen.rel)?;
         shared.journal.note(rec.id, &format!("ready, {why}"))
+    }
+
+    /// A case that still settles, in the journal with why: `status` and the metrics know it from its
+    /// first sight, not only once it is ready. Written only when the reason changes.
+    fn note_settling(
+        &mut self,
+        shared: &Shared,
+        seen: &Seen,
+        why: &Waiting,
+    ) -> Result<(), JournalError> {
+        let Some(slot) = self.slots.get_mut(seen.case_dir) else {
+            return Ok(());
+        };
+        let note = format!("settling: {}", settling_reason(why, seen.folder));
+        if slot.noted.as_deref() == Some(note.as_str()) {
+            return Ok(());
+        }
+        let rec = shared.journal.discover(&seen.folder.path, &seen.rel)?;
+        shared.journal.note(rec.id, &note)?;
+        slot.noted = Some(note);
+        Ok(())
     }
 
     /// A ready case: delivered by a task of its own, unless its target is paused (looked at again then).
@@ -1285,6 +1321,23 @@ fn report_stuck(
         &note,
     ));
     Ok(())
+}
+
+/// Why a case still settles, for `status`: what it waits for, and what ends the wait.
+fn settling_reason(why: &Waiting, folder: &Folder) -> String {
+    let quiet = humantime::format_duration(folder.quiet);
+    match why {
+        Waiting::Changing => format!("waiting until its files have not changed for {quiet}"),
+        Waiting::TempFiles(_) => format!(
+            "{}; it is delivered {quiet} after they are gone",
+            describe(why)
+        ),
+        Waiting::NoMarker => match &folder.marker {
+            Some(m) => format!("waiting for its completion marker {m}"),
+            None => describe(why),
+        },
+        Waiting::Empty => format!("{}; waiting for files", describe(why)),
+    }
 }
 
 fn describe(why: &Waiting) -> String {

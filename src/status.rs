@@ -3,7 +3,7 @@
 //! metrics endpoint serves it; it only reads.
 
 use crate::config::Config;
-use crate::journal::{CaseState, Journal};
+use crate::journal::{CaseRecord, CaseState, Journal, Step};
 
 /// What `status` reports for one drop folder.
 #[derive(Debug, serde::Serialize)]
@@ -15,8 +15,8 @@ pub struct FolderStatus {
     pub oldest_waiting: Option<(String, String)>,
     pub last_delivery: Option<(String, String)>,
     pub quarantined: Vec<QuarantinedCase>,
-    /// Notes on cases not delivered yet: still changing after max_wait, a job's status, a wait for the
-    /// platform's import (with the item's page).
+    /// Every case not delivered yet, with why it waits: still settling (and for what), held, a job's
+    /// status, a wait for the platform's import (with the item's page).
     pub notes: Vec<(String, String)>,
     /// Paused with `gc-hotfolder pause`: cases are watched but not delivered.
     pub paused: bool,
@@ -84,9 +84,7 @@ pub fn folder_status(
                         reason: c.reason.clone().unwrap_or_default(),
                     })
                     .collect(),
-                notes: waiting
-                    .filter_map(|c| c.reason.clone().map(|r| (c.case_text(), r)))
-                    .collect(),
+                notes: waiting.map(|c| (c.case_text(), why_waiting(c))).collect(),
                 paused: paused.contains(&f.path),
                 target_paused: paused_targets
                     .iter()
@@ -134,5 +132,24 @@ pub fn status_report(config: &Config) -> Result<Vec<FolderStatus>, String> {
                 None => format!("{first}; read-only: {e}"),
             })
         }
+    }
+}
+
+/// Why a case not delivered yet waits: the agent's note, or else what its state says.
+fn why_waiting(c: &CaseRecord) -> String {
+    if let Some(reason) = &c.reason {
+        return reason.clone();
+    }
+    match &c.state {
+        CaseState::Settling => "settling: not looked at since the agent last started".into(),
+        CaseState::Ready => "ready: waiting for an upload slot".into(),
+        CaseState::Uploading { step } => match step {
+            Step::Creating => "being delivered: creating its item".into(),
+            Step::Uploading => "being delivered: uploading its files".into(),
+            Step::Patching => "being delivered: setting its values".into(),
+            Step::Verifying => "delivered, waiting for the platform to show every value".into(),
+            Step::Running => "its job is running".into(),
+        },
+        CaseState::Delivered | CaseState::Quarantined => c.state.name().into(),
     }
 }

@@ -35,6 +35,9 @@ pub enum ScanReason {
     /// A folder above the cases arrived (a patient's folder at `depth = 2`): what it already held when
     /// its watch was added sent no events.
     NewFolder,
+    /// The drop folder itself was removed or moved away: its watch is gone with it, so it is polled
+    /// until a folder of its name is back.
+    FolderGone,
 }
 
 impl ScanReason {
@@ -47,6 +50,7 @@ impl ScanReason {
             ScanReason::Overflow => "overflow",
             ScanReason::WatchFailed => "watch_failed",
             ScanReason::NewFolder => "new_folder",
+            ScanReason::FolderGone => "folder_gone",
         }
     }
 }
@@ -251,22 +255,27 @@ impl Watches {
         self.folders.iter().map(|f| &f.mode).collect()
     }
 
-    /// A poll found `folder` on disk: if it was missing when its watch started, watch it again, with
-    /// events where it can have them. Returns whether it did.
-    pub fn appeared(
+    /// A scan of `folder` is due: if the folder was missing when its watch started and is there now, or
+    /// was watched and is gone (its watch went with it), watch it afresh: with events once it is there,
+    /// polled until it appears. Returns whether it did, and whether the folder is there.
+    pub fn refresh(
         &mut self,
         folder: &Folder,
         reconcile_every: Duration,
         tx: &UnboundedSender<Hint>,
-    ) -> bool {
-        let Some(w) = self.folders.iter_mut().find(|w| w.path == folder.path) else {
-            return false;
+    ) -> Option<bool> {
+        let w = self.folders.iter_mut().find(|w| w.path == folder.path)?;
+        let there = folder.path.is_dir();
+        let stale = match w.mode {
+            Mode::Missing => there,
+            Mode::Events => !there,
+            Mode::Polling(_) => false,
         };
-        if w.mode != Mode::Missing || !folder.path.is_dir() {
-            return false;
+        if !stale {
+            return None;
         }
         *w = watch_one(folder, reconcile_every, tx);
-        true
+        Some(there)
     }
 }
 
@@ -394,7 +403,12 @@ fn watch_folder(
                     | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
             );
             for path in &event.paths {
-                if let Some(case_dir) = case_of(&f, path) {
+                if path == &f.path && !f.path.is_dir() {
+                    let _ = tx.send(Hint::Scan {
+                        folder: f.path.clone(),
+                        why: ScanReason::FolderGone,
+                    });
+                } else if let Some(case_dir) = case_of(&f, path) {
                     let _ = tx.send(Hint::Case { case_dir });
                 } else if arrived && is_above_cases(&f, path) {
                     let _ = tx.send(Hint::Scan {

@@ -1,0 +1,139 @@
+//! What an operator sees of cases that are not delivered yet: `status` lists every case the agent knows
+//! with why it waits, from its first sight, and the metrics agree with it; a drop folder deleted and
+//! made again is watched again without waiting for the next full scan.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use gc_hotfolder::receipt::Outcome;
+use serde_json::Value;
+
+/// One sample of a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The `status --json` note of `case`, once there is one that contains `text`.
+async fn status_note(cfg: &Path, case: &str, text: &str) -> String {
+    eventually(
+        Duration::from_secs(30),
+        &format!("a status note on {case} saying {text:?}"),
+        async || {
+            let out = gc("status", cfg).arg("--json").run_async().await;
+            let doc: Value = serde_json::from_str(&out.stdout).ok()?;
+            let notes = doc.as_array()?.first()?["notes"].as_array()?.clone();
+            notes.iter().find_map(|n| {
+                let note = n[1].as_str()?;
+                (n[0] == case && note.contains(text)).then(|| note.to_owned())
+            })
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_held_back_by_a_part_file_is_in_status_with_why_and_the_metrics_agree() {
+    let Site { sb, tmp, drop } = site().await;
+    std::fs::create_dir_all(&drop).unwrap();
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    append(&cfg, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let addr = metrics_addr(&agent).await;
+    agent.wait_log("startup scan done", 1).await;
+
+    // A copy that stopped half-way: the copy tool's temporary file stays.
+    archive_case(&drop.join("case-a"), 0);
+    std::fs::write(drop.join("case-a/series.dcm.part"), b"half a file").unwrap();
+    let note = status_note(&cfg, "case-a", "temporary files remain").await;
+    assert!(
+        note.starts_with("settling: ") && note.contains("series.dcm.part"),
+        "{note}"
+    );
+    let text = gc("status", &cfg).run_async().await.expect(0).stdout;
+    assert!(text.contains("1 settling"), "{text}");
+    assert!(
+        text.contains("note: case-a: settling: temporary files remain: series.dcm.part"),
+        "{text}"
+    );
+    // The journal's count and the loop's own count say the same.
+    let folder = drop.display().to_string();
+    let metrics = metrics_text(addr).await;
+    let settling = format!("gc_hotfolder_cases{{folder=\"{folder}\",state=\"settling\"}}");
+    assert_eq!(sample(&metrics, &settling), Some(1.0), "{metrics}");
+    let pending = eventually(Duration::from_secs(10), "cases_pending of 1", async || {
+        let m = metrics_text(addr).await;
+        (sample(&m, "gc_hotfolder_cases_pending") == Some(1.0)).then_some(m)
+    })
+    .await;
+    assert_eq!(sample(&pending, &settling), Some(1.0), "{pending}");
+
+    // The copy finishes: the note goes with the delivery.
+    std::fs::remove_file(drop.join("case-a/series.dcm.part")).unwrap();
+    let r = receipt_for(&tmp.path().join("state"), "case-a").await;
+    assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
+    let text = gc("status", &cfg).run_async().await.expect(0).stdout;
+    assert!(!text.contains("note: case-a"), "{text}");
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_case_is_in_status_from_its_first_sight_with_what_it_waits_for() {
+    let Site { sb, tmp, drop } = site().await;
+    std::fs::create_dir_all(&drop).unwrap();
+    // A long quiet window, so the case is seen settling long before it is ready.
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    edit(&cfg, "quiet = \"1s\"", "quiet = \"1h\"\nmax_wait = \"2h\"");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    agent.wait_log("startup scan done", 1).await;
+    archive_case(&drop.join("case-b"), 1);
+    let note = status_note(&cfg, "case-b", "settling").await;
+    assert_eq!(
+        note, "settling: waiting until its files have not changed for 1h",
+        "{note}"
+    );
+    // Looked at again and again while it settles, it is noted once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.stop();
+    let journal = rusqlite::Connection::open(tmp.path().join("state/journal.sqlite3")).unwrap();
+    let notes: i64 = journal
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE event = 'note'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(notes, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_folder_deleted_and_made_again_is_watched_again_at_once() {
+    let Site { sb, tmp, drop } = site().await;
+    std::fs::create_dir_all(&drop).unwrap();
+    // A full scan only every ten minutes: only the watch can find the new case in time.
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "poll_interval = \"1s\"");
+    edit(&cfg, "[agent]\n", "[agent]\nreconcile = \"10m\"\n");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    agent.wait_log("startup scan done", 1).await;
+
+    std::fs::remove_dir_all(&drop).unwrap();
+    agent.wait_log("the drop folder is gone", 1).await;
+    std::fs::create_dir_all(&drop).unwrap();
+    agent.wait_log("the drop folder appeared", 1).await;
+    archive_case(&drop.join("case-c"), 2);
+    let r = receipt_for(&tmp.path().join("state"), "case-c").await;
+    assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
+    agent.stop();
+}
