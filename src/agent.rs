@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{After, AlertKind, Config, Folder, OnChange};
+use crate::after::PostAction;
+use crate::config::{AlertKind, Config, Folder, OnChange};
 use crate::deliver::{
     AwaitingImport, Checkpoints, DeliverError, Delivered, EarlierUpload, ItemStart, Lanes, Privacy,
     Sent, Timings,
@@ -151,7 +152,10 @@ struct Slot {
 
 /// How a delivery task ended.
 enum Done {
-    Delivered,
+    /// Delivered; its post-action has failed this many times in a row (0: done, or none to do).
+    Delivered {
+        post_action_failures: u32,
+    },
     /// Nothing to upload: the content is what was delivered already.
     Unchanged,
     Quarantined,
@@ -167,7 +171,7 @@ impl Done {
     /// The name used in metrics.
     fn name(&self) -> &'static str {
         match self {
-            Done::Delivered => "delivered",
+            Done::Delivered { .. } => "delivered",
             Done::Unchanged => "unchanged",
             Done::Quarantined => "quarantined",
             Done::Later(_) => "postponed",
@@ -901,7 +905,6 @@ impl Loop {
         Ok(())
     }
 
-    /// Look at one case and decide what to do now.
     /// Look at one case: whether it may be looked at now, what the journal already says of it, and what
     /// its snapshot says about readiness; each of these a step of its own below.
     fn check(&mut self, folder_idx: usize, case_dir: &Path) -> Result<(), JournalError> {
@@ -983,7 +986,7 @@ impl Loop {
     }
 
     /// Whether the case may be looked at now: not while a delivery owns it (it is looked at again when that
-    /// returns), not before a back-off ends (a timer is set for then). Makes the case's slot.
+    /// returns), not before a back-off ends (a timer is set for then already). Makes the case's slot.
     fn may_look(&mut self, seen: &Seen, now: Duration) -> bool {
         let slot = self
             .slots
@@ -1003,11 +1006,9 @@ impl Loop {
             slot.dirty = true;
             return false;
         }
-        if let Some(nb) = slot.not_before.filter(|nb| *nb > now) {
-            self.schedule(nb, seen.case_dir);
-            return false;
-        }
-        true
+        // Whoever set `not_before` set a timer for then: another one here would only multiply the checks
+        // of a case that waits long (a post-action failing for days, seen again at every scan).
+        slot.not_before.is_none_or(|nb| nb <= now)
     }
 
     /// The case folder is gone: forgotten if nothing was sent yet, quarantined with a receipt if it went
@@ -1054,7 +1055,10 @@ impl Loop {
             }
             CaseState::Delivered if recorded_fp == Some(fp) => {
                 self.not_pending(seen.case_dir);
-                apply_after(seen.folder, seen.case_dir, &seen.rel, &shared.receipts);
+                let failures = post_action(shared, seen.folder, seen.case_dir, &seen.rel, id)?;
+                if failures > 0 {
+                    self.retry_post_action(seen.case_dir, failures);
+                }
                 Ok(Go::Stop)
             }
             CaseState::Delivered => changed_after_delivery(shared, seen, id, fp),
@@ -1066,6 +1070,16 @@ impl Loop {
         if let Some(slot) = self.slots.get_mut(case_dir) {
             slot.pending_since = None;
         }
+    }
+
+    /// A delivered case whose post-action failed `failures` times in a row: looked at again after a
+    /// back-off (sooner on `retry`, and at the next start).
+    fn retry_post_action(&mut self, case_dir: &Path, failures: u32) {
+        let at = self.now() + backoff(&self.shared.options, i64::from(failures));
+        if let Some(slot) = self.slots.get_mut(case_dir) {
+            slot.not_before = Some(at);
+        }
+        self.schedule(at, case_dir);
     }
 
     /// A ready case of a paused or held folder: said once, in the log and the journal, then kept.
@@ -1159,10 +1173,23 @@ impl Loop {
         let dirty = std::mem::take(&mut slot.dirty);
         crate::metrics::global().delivery_ended(done.name());
         match done {
-            Done::Delivered | Done::Unchanged | Done::Quarantined => {
+            Done::Delivered {
+                post_action_failures: 0,
+            }
+            | Done::Unchanged
+            | Done::Quarantined => {
                 slot.failures = 0;
                 slot.not_before = None;
                 slot.pending_since = None;
+            }
+            Done::Delivered {
+                post_action_failures: n,
+            } => {
+                slot.failures = 0;
+                slot.pending_since = None;
+                let at = now + backoff(&self.shared.options, i64::from(n));
+                slot.not_before = Some(at);
+                self.schedule(at, &case_dir);
             }
             Done::Later(wait) => {
                 slot.failures += 1;
@@ -1323,6 +1350,38 @@ fn report_stuck(
     Ok(())
 }
 
+/// The post-action of a delivered case, applied: how often it has failed in a row (0 when done or not
+/// due). Its first failure is alerted.
+fn post_action(
+    shared: &Shared,
+    folder: &Folder,
+    case_dir: &Path,
+    case: &Path,
+    id: i64,
+) -> Result<u32, JournalError> {
+    let c = crate::after::Delivered {
+        folder,
+        case_dir,
+        case,
+        id,
+    };
+    match crate::after::apply(&c, &shared.journal, &shared.receipts)? {
+        PostAction::Failed { failures, reason } => {
+            if failures == 1 {
+                shared.notifier.send(Alert::about_case(
+                    AlertKind::PostActionFailed,
+                    folder,
+                    &rules::path_text(case),
+                    "delivered",
+                    &reason,
+                ));
+            }
+            Ok(failures)
+        }
+        PostAction::Nothing | PostAction::Done => Ok(0),
+    }
+}
+
 /// Why a case still settles, for `status`: what it waits for, and what ends the wait.
 fn settling_reason(why: &Waiting, folder: &Folder) -> String {
     let quiet = humantime::format_duration(folder.quiet);
@@ -1392,57 +1451,6 @@ fn case_rel(folder: &Folder, case_dir: &Path) -> PathBuf {
         .strip_prefix(&folder.path)
         .unwrap_or(case_dir)
         .to_owned()
-}
-
-/// The post-action of a delivered case (the agent's and `upload`'s). Idempotent: a case already moved or
-/// deleted is simply gone. A moved case's receipt (in `receipts`) is told where it went.
-pub(crate) fn apply_after(folder: &Folder, case_dir: &Path, case: &Path, receipts: &Path) {
-    if !case_dir.exists() {
-        return;
-    }
-    let result = match &folder.after {
-        After::Leave => return,
-        After::Delete => std::fs::remove_dir_all(case_dir).map(|()| "deleted".to_owned()),
-        After::Move(dest) => move_case(case_dir, &dest.join(case), folder).map(|to| {
-            let key = CaseKey {
-                folder: &folder.path,
-                case,
-            };
-            if let Err(e) = crate::receipt::record_move(receipts, &folder.target_slug, key, &to) {
-                tracing::warn!(case = %rules::path_text(case), "cannot note the new place in the receipt: {e}");
-            }
-            format!("moved to {}", to.display())
-        }),
-    };
-    let case = rules::path_text(case);
-    match result {
-        Ok(done) => tracing::info!(case, "post-action done: {done}"),
-        Err(e) => tracing::error!(
-            case,
-            "post-action ({}) failed, the case stays where it is: {e}",
-            folder.after
-        ),
-    }
-}
-
-/// Move a case folder out of its drop folder, never over an existing one: a name taken in the
-/// destination gets a numbered suffix. The folders it creates on the way are shared with the drop
-/// folder's people; folders the move leaves empty in the drop folder go. Returns where it went.
-pub(crate) fn move_case(from: &Path, to: &Path, folder: &Folder) -> std::io::Result<PathBuf> {
-    if let Some(parent) = to.parent() {
-        folder.sharing().create_dir_all(parent)?;
-    }
-    let mut dest = to.to_owned();
-    let mut n = 1;
-    while dest.exists() {
-        n += 1;
-        let mut name = to.as_os_str().to_owned();
-        name.push(format!(".{n}"));
-        dest = PathBuf::from(name);
-    }
-    std::fs::rename(from, &dest)?;
-    crate::fsutil::remove_empty_parents(from, &folder.path);
-    Ok(dest)
 }
 
 /// One delivery attempt of one case, as a task.
@@ -1667,8 +1675,11 @@ impl Delivery {
                         plan.unmatched.join(", ")
                     );
                 }
-                apply_after(folder, &self.case_dir, &self.rel, &sh.receipts);
-                Ok(Done::Delivered)
+                let post_action_failures =
+                    post_action(sh, folder, &self.case_dir, &self.rel, self.rec.id)?;
+                Ok(Done::Delivered {
+                    post_action_failures,
+                })
             }
             Err(DeliverError::Quarantine(reason)) => {
                 let item = sh
@@ -1754,7 +1765,7 @@ impl Delivery {
         sh.journal.set_fingerprint(self.rec.id, &self.fp)?;
         sh.quarantined(folder, self.rec.id, &self.case, &reason)?;
         if let Some(q) = &folder.quarantine {
-            match move_case(&self.case_dir, &q.join(&self.rel), folder) {
+            match crate::after::move_case(&self.case_dir, &q.join(&self.rel), folder) {
                 Ok(to) => {
                     let key = CaseKey {
                         folder: &folder.path,

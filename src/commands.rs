@@ -243,6 +243,21 @@ fn retry_one(
     named: Option<PathBuf>,
 ) -> Result<(), String> {
     let home = c.folder.join(&c.case);
+    if c.state == CaseState::Delivered
+        && let Some((why, _, _)) = journal
+            .post_action_failures()
+            .map_err(|e| format!("{}: {e}", home.display()))?
+            .get(&c.id)
+    {
+        journal
+            .wake(c.id)
+            .map_err(|e| format!("{}: {e}", home.display()))?;
+        println!(
+            "{}: delivered; the running agent tries its post-action again now (it failed: {why})",
+            home.display()
+        );
+        return Ok(());
+    }
     let place = match named {
         Some(at) if at.is_dir() => Place::Elsewhere(at),
         Some(at) => {
@@ -510,6 +525,13 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
         }
         for q in &f.quarantined {
             println!("  quarantined: {} ({}): {}", q.case, q.case_id, q.reason);
+        }
+        for p in &f.post_action_failed {
+            println!(
+                "  post-action failed: {}: {} ({} time(s) since {}; tried again with back-off, and at once \
+                 with `gc-hotfolder retry`)",
+                p.case, p.reason, p.failures, p.since
+            );
         }
     }
     exit::OK

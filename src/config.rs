@@ -102,15 +102,18 @@ pub enum AlertKind {
     FolderHeld,
     /// A drop folder does not exist or cannot be listed (an unmounted share).
     FolderMissing,
+    /// A delivered case could not be moved or deleted as `after` says: it stays in the drop folder.
+    PostActionFailed,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 5] = [
+    pub const ALL: [AlertKind; 6] = [
         AlertKind::Quarantined,
         AlertKind::Stuck,
         AlertKind::AuthFailed,
         AlertKind::FolderHeld,
         AlertKind::FolderMissing,
+        AlertKind::PostActionFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -120,6 +123,7 @@ impl AlertKind {
             AlertKind::AuthFailed => "auth_failed",
             AlertKind::FolderHeld => "folder_held",
             AlertKind::FolderMissing => "folder_missing",
+            AlertKind::PostActionFailed => "post_action_failed",
         }
     }
 }

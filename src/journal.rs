@@ -290,6 +290,12 @@ CREATE TABLE IF NOT EXISTS wakeups (
     case_id INTEGER PRIMARY KEY,
     at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS post_actions (
+    case_id INTEGER PRIMARY KEY,
+    reason TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    since TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS paused_targets (
     kind TEXT NOT NULL,
     slug TEXT NOT NULL,
@@ -1304,6 +1310,65 @@ impl Journal {
             ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A delivered case's post-action failed (again): recorded with why; how often it has failed in a
+    /// row, this time included.
+    pub fn post_action_failed(&self, id: i64, reason: &str) -> Result<u32, JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO post_actions (case_id, reason, failures, since) VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT (case_id) DO UPDATE SET reason = ?2, failures = failures + 1",
+            params![id, reason, now()],
+        )?;
+        let failures: i64 = tx.query_row(
+            "SELECT failures FROM post_actions WHERE case_id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
+        if failures == 1 {
+            Journal::event(&tx, id, "post-action failed", Some(reason))?;
+        }
+        tx.commit()?;
+        Ok(failures as u32)
+    }
+
+    /// A case's post-action was done (or is no longer due): whether it had failed before.
+    pub fn post_action_done(&self, id: i64) -> Result<bool, JournalError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let removed = tx.execute("DELETE FROM post_actions WHERE case_id = ?1", params![id])?;
+        if removed > 0 {
+            Journal::event(&tx, id, "post-action done", None)?;
+        }
+        tx.commit()?;
+        Ok(removed > 0)
+    }
+
+    /// The cases whose post-action fails: by case id, why, how often in a row, and since when.
+    pub fn post_action_failures(
+        &self,
+    ) -> Result<std::collections::BTreeMap<i64, (String, u32, String)>, JournalError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT case_id, reason, failures, since FROM post_actions")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                (r.get(1)?, r.get::<_, i64>(2)? as u32, r.get(3)?),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Ask the running agent to look at a case again now (as `retry` does), without changing its state.
+    pub fn wake(&self, id: i64) -> Result<(), JournalError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO wakeups (case_id, at) VALUES (?1, ?2)",
+            params![id, now()],
+        )?;
+        Ok(())
     }
 
     /// The paused drop folders.

@@ -41,6 +41,7 @@
 //! - [`deliver`]  one planned case against the platform, step by step: sent under an upload slot, then
 //!   verified without one, with every other case waiting for the platform's import; for an algorithm
 //!   folder, one job followed to its end, its outputs written to the outbox.
+//! - [`after`]    a delivered case's post-action (leave, delete, move), its failures recorded and retried.
 //! - [`outbox`]   an algorithm job's outputs as a case folder, written as `pull` writes an item, whole.
 //! - [`item_folder`] an item's values as files in a folder: safe names and paths, each value written
 //!   whole; what `pull` and `outbox` both write.
@@ -66,6 +67,7 @@
 //! - [`service`]  systemd notifications: ready, status line, watchdog, stopping, reloading.
 
 pub mod access;
+pub mod after;
 pub mod agent;
 pub mod cli;
 pub mod clock;

@@ -461,6 +461,7 @@ mod tests {
             held: paused.then(|| ("2026-01-01T00:00:00Z".into(), "socket x".into())),
             missing: None,
             misplaced: vec![],
+            post_action_failed: vec![],
         }
     }
 

@@ -32,6 +32,10 @@ pub struct Receipt {
     /// `move:` post-action, or the quarantine folder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub now_at: Option<String>,
+    /// Why the `after` post-action (move or delete) failed, while it fails: the case was delivered but
+    /// stays in its drop folder, and the agent tries the post-action again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_action_error: Option<String>,
     /// The case folder relative to its drop folder (its name, for cases directly inside it).
     pub case: String,
     pub title: String,
@@ -276,7 +280,6 @@ fn retire_earlier_layout(dir: &Path, key: CaseKey<'_>, receipt: &Receipt) {
     }
 }
 
-/// Read a receipt back.
 /// Say in the latest receipt of a case where its folder went after the receipt was written.
 pub fn record_move(
     dir: &Path,
@@ -284,14 +287,41 @@ pub fn record_move(
     key: CaseKey<'_>,
     to: &Path,
 ) -> std::io::Result<()> {
+    amend(dir, target_slug, key, |r| {
+        r.now_at = Some(crate::rules::path_text(to));
+        r.post_action_error = None;
+    })
+}
+
+/// Say in the latest receipt of a case that its post-action failed, and why (or, with `None`, that it
+/// no longer fails).
+pub fn record_post_action(
+    dir: &Path,
+    target_slug: &str,
+    key: CaseKey<'_>,
+    error: Option<&str>,
+) -> std::io::Result<()> {
+    amend(dir, target_slug, key, |r| {
+        r.post_action_error = error.map(str::to_owned)
+    })
+}
+
+/// The latest receipt of a case, changed by `change` and written again whole.
+fn amend(
+    dir: &Path,
+    target_slug: &str,
+    key: CaseKey<'_>,
+    change: impl FnOnce(&mut Receipt),
+) -> std::io::Result<()> {
     let path = receipt_path(dir, target_slug, key);
     let mut receipt = read(&path)?;
-    receipt.now_at = Some(crate::rules::path_text(to));
+    change(&mut receipt);
     let mut json = serde_json::to_vec_pretty(&receipt).map_err(std::io::Error::other)?;
     json.push(b'\n');
     write_atomic(&path, &json)
 }
 
+/// Read a receipt back.
 pub fn read(path: &Path) -> std::io::Result<Receipt> {
     let bytes = std::fs::read(path)?;
     serde_json::from_slice(&bytes)
@@ -405,6 +435,7 @@ impl Receipt {
             outcome,
             case_path: crate::rules::path_text(f.case_dir),
             now_at: None,
+            post_action_error: None,
             case: f.case,
             title: f.plan.map(|p| p.title.clone()).unwrap_or_default(),
             target: f.target,
@@ -512,6 +543,7 @@ mod tests {
             outcome: Outcome::Delivered,
             case_path: "/drop/p1".into(),
             now_at: None,
+            post_action_error: None,
             case: "p1".into(),
             title: "p1".into(),
             target: TargetRef {

@@ -30,6 +30,18 @@ pub struct FolderStatus {
     /// Files lying where the folder expects case folders (relative to the drop folder): never
     /// delivered.
     pub misplaced: Vec<String>,
+    /// Delivered cases whose post-action (move, delete) fails: they stay in the drop folder.
+    pub post_action_failed: Vec<PostActionFailure>,
+}
+
+/// A delivered case whose post-action fails, in `status`.
+#[derive(Debug, serde::Serialize)]
+pub struct PostActionFailure {
+    pub case: String,
+    pub reason: String,
+    /// Failures in a row, and since when.
+    pub failures: u32,
+    pub since: String,
 }
 
 /// A quarantined case in `status`.
@@ -50,6 +62,7 @@ pub fn folder_status(
     let paused = journal.paused()?;
     let paused_targets = journal.paused_targets()?;
     let held = journal.held()?;
+    let post_actions = journal.post_action_failures()?;
     Ok(config
         .folders
         .iter()
@@ -98,6 +111,18 @@ pub fn folder_status(
                 held: held.get(&f.path).cloned(),
                 missing: crate::watch::folder_missing(&f.path),
                 misplaced: misplaced_files(f),
+                post_action_failed: cases
+                    .iter()
+                    .filter_map(|c| {
+                        let (reason, failures, since) = post_actions.get(&c.id)?.clone();
+                        Some(PostActionFailure {
+                            case: c.case_text(),
+                            reason,
+                            failures,
+                            since,
+                        })
+                    })
+                    .collect(),
             }
         })
         .collect())

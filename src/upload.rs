@@ -325,7 +325,9 @@ impl<'a> OneCase<'a> {
             return self.fail(e.to_string());
         }
         let item = self.rec.item_pk.as_deref().unwrap_or("?");
-        crate::agent::apply_after(self.folder, &self.case_dir, &self.rel, self.sh.receipts);
+        if let Err(e) = self.post_action() {
+            return self.fail(e.to_string());
+        }
         let receipt =
             crate::receipt::receipt_path(self.sh.receipts, &self.folder.target_slug, self.key());
         CaseOutcome {
@@ -337,6 +339,18 @@ impl<'a> OneCase<'a> {
             )),
             auth_failed: false,
         }
+    }
+
+    /// The folder's post-action, as the agent applies it; a failure is in the receipt and `status`, and
+    /// the agent tries it again.
+    fn post_action(&self) -> Result<crate::after::PostAction, JournalError> {
+        let c = crate::after::Delivered {
+            folder: self.folder,
+            case_dir: &self.case_dir,
+            case: &self.rel,
+            id: self.rec.id,
+        };
+        crate::after::apply(&c, self.sh.journal, self.sh.receipts)
     }
 
     /// The case's progress bar on a terminal; elsewhere a log line says that it is being uploaded.
@@ -471,7 +485,9 @@ impl<'a> OneCase<'a> {
             if let Err(e) = self.sh.journal.delivered_sent(self.rec.id, manifest, &sent) {
                 return self.fail(e.to_string());
             }
-            crate::agent::apply_after(self.folder, &self.case_dir, &self.rel, self.sh.receipts);
+            if let Err(e) = self.post_action() {
+                return self.fail(e.to_string());
+            }
         }
         outcome
     }

@@ -137,3 +137,94 @@ async fn a_drop_folder_deleted_and_made_again_is_watched_again_at_once() {
     assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
     agent.stop();
 }
+
+/// The failures in a row the journal counts for the post-action of a case (0 when none is recorded).
+fn post_action_failures(state_dir: &Path) -> i64 {
+    let journal = rusqlite::Connection::open(state_dir.join("journal.sqlite3")).unwrap();
+    journal
+        .query_row(
+            "SELECT COALESCE(MAX(failures), 0) FROM post_actions",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_post_action_is_shown_alerted_retried_with_back_off_and_on_retry() {
+    let Site { sb, tmp, drop } = site().await;
+    std::fs::create_dir_all(&drop).unwrap();
+    let hook = receiver(false).await;
+    // Where delivered cases go is blocked by a file of that name: the move fails, whoever runs it.
+    let done = tmp.path().join("done");
+    std::fs::write(&done, b"in the way").unwrap();
+    let after = format!("after = \"move:{}\"", done.display());
+    let cfg = write_config(tmp.path(), &sb, &drop, None, &after);
+    // Back-off from 2 s, doubling: 4 s, 8 s… (with jitter of at most an eighth).
+    edit(&cfg, "retry_first = \"300ms\"", "retry_first = \"2s\"");
+    edit(&cfg, "retry_max = \"3s\"", "retry_max = \"1h\"");
+    append(&cfg, &format!("\n[[notify]]\nurl = \"{}\"\n", hook.url));
+    let state_dir = tmp.path().join("state");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    agent.wait_log("startup scan done", 1).await;
+    archive_case(&drop.join("case-d"), 3);
+
+    let alert = hook.wait_for("post_action_failed").await;
+    assert_eq!(alert["state"], "delivered");
+    says(&alert, "reason", "post-action (move it to");
+    let r = receipt_for(&state_dir, "case-d").await;
+    assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
+    let error = r.post_action_error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("post-action (move it to")
+            && error.contains("the case stays where it is"),
+        "{error}"
+    );
+    let text = gc("status", &cfg).run_async().await.expect(0).stdout;
+    assert!(
+        text.contains("post-action failed: case-d: post-action (move it to"),
+        "{text}"
+    );
+    let json: Value =
+        serde_json::from_str(&gc("status", &cfg).arg("--json").run_async().await.stdout).unwrap();
+    assert_eq!(json[0]["post_action_failed"][0]["case"], "case-d", "{json}");
+
+    // Tried again after a back-off: a second failure about 4 s later, the next only 8 s after that.
+    eventually(Duration::from_secs(20), "a second failure", async || {
+        (post_action_failures(&state_dir) >= 2).then_some(())
+    })
+    .await;
+    std::fs::remove_file(&done).unwrap();
+    // Fixed: `retry` tries it at once, long before the next back-off ends.
+    let out = gc("retry", &cfg)
+        .arg(drop.join("case-d"))
+        .run_async()
+        .await
+        .expect(0);
+    assert!(
+        out.stdout.contains("tries its post-action again now"),
+        "{}",
+        out.stdout
+    );
+    let moved = done.join("case-d");
+    eventually(Duration::from_secs(20), "the case moved", async || {
+        moved.is_dir().then_some(())
+    })
+    .await;
+    // Moved by the retry, not by the back-off's next try.
+    agent.wait_log("post-action done", 1).await;
+    let log = agent.log();
+    let (asked, done_at) = (log.find("retry requested"), log.find("post-action done"));
+    assert!(asked.is_some() && asked < done_at, "{log}");
+    assert_eq!(post_action_failures(&state_dir), 0);
+    let r = receipt_for(&state_dir, "case-d").await;
+    assert_eq!(r.post_action_error, None);
+    assert_eq!(r.now_at.as_deref(), Some(moved.to_str().unwrap()));
+    let text = gc("status", &cfg).run_async().await.expect(0).stdout;
+    assert!(!text.contains("post-action failed"), "{text}");
+    // One alert, not one per try.
+    let alerts = hook.alerts.lock().unwrap().clone();
+    let failed = alerts.iter().filter(|a| a["event"] == "post_action_failed");
+    assert_eq!(failed.count(), 1, "{alerts:?}");
+    agent.stop();
+}
