@@ -1313,6 +1313,7 @@ fn removed_while_delivering(
         started: (crate::clock::now_rfc3339(), Instant::now()),
         // No plan: no files to say anything about.
         earlier: &[],
+        on_item: &[],
     };
     let key = CaseKey {
         folder: &folder.path,
@@ -1516,6 +1517,7 @@ impl Delivery {
             revision: revision as u32,
             started: begun.at.clone(),
             earlier: &begun.earlier,
+            on_item: &begun.on_item,
         }
     }
 
@@ -1528,7 +1530,9 @@ impl Delivery {
         let sh = &self.shared;
         let folder = &sh.config.folders[self.folder];
         let (attempts, revision) = (self.rec.attempts, self.rec.revision);
-        let plan = match rules::plan(folder, &self.case_dir, &self.snapshot.case_files()) {
+        let on_item: Vec<String> = started.on_item.iter().map(|s| s.slug.clone()).collect();
+        let files = self.snapshot.case_files();
+        let plan = match rules::plan_update(folder, &self.case_dir, &files, &on_item) {
             Ok(p) => p,
             Err(e) => {
                 let facts = self.facts(None, None, attempts, revision, started);
@@ -1588,6 +1592,12 @@ impl Delivery {
                 self.key(),
                 &self.rec,
             )?,
+            on_item: crate::receipt::on_item(
+                &sh.receipts,
+                &folder.target_slug,
+                self.key(),
+                &self.rec,
+            ),
         };
         let (plan, manifest) = match self.planned(&started, timings).await? {
             Ok(planned) => planned,
@@ -2001,11 +2011,12 @@ fn privacy(run: &CaseRun<'_>, staging: &Path) -> Result<Option<Privacy>, Journal
     }))
 }
 
-/// The journal as a delivery's checkpoints (the agent's and `upload`'s).
-/// When an attempt began, and what earlier revisions sent (for its receipts).
+/// When an attempt began, what earlier revisions sent and what the item holds (for its plan and
+/// receipts).
 struct Begun {
     at: (String, Instant),
     earlier: Vec<crate::receipt::SentFile>,
+    on_item: Vec<crate::receipt::SocketReceipt>,
 }
 
 /// What the platform holds once a sent case is verified: a job's outcome at once, an item's once its

@@ -321,6 +321,24 @@ fn amend(
     write_atomic(&path, &json)
 }
 
+/// For a case delivered before, the sockets its item holds, as the case's latest receipt says: what an
+/// update may leave out (the item keeps them). None for a first delivery, or when the latest receipt is
+/// not of a delivery (or cannot be read).
+pub fn on_item(
+    dir: &Path,
+    target_slug: &str,
+    key: CaseKey<'_>,
+    rec: &crate::journal::CaseRecord,
+) -> Vec<SocketReceipt> {
+    if rec.item_pk.is_none() || rec.delivered_hash.is_none() {
+        return Vec::new();
+    }
+    match read(&receipt_path(dir, target_slug, key)) {
+        Ok(r) if r.outcome == Outcome::Delivered => r.sockets,
+        _ => Vec::new(),
+    }
+}
+
 /// Read a receipt back.
 pub fn read(path: &Path) -> std::io::Result<Receipt> {
     let bytes = std::fs::read(path)?;
@@ -344,6 +362,9 @@ pub struct CaseFacts<'a> {
     /// What the platform holds from earlier revisions ([`earlier_sent`]): files of this plan that are
     /// unchanged since say what was sent for them then.
     pub earlier: &'a [SentFile],
+    /// The sockets the case's item holds from its earlier delivery ([`on_item`]): those this plan
+    /// leaves out are in a delivered receipt as they were, with the item's values.
+    pub on_item: &'a [SocketReceipt],
 }
 
 /// Fill in, for every file not sent (yet) by this revision, what an earlier revision sent for it, when
@@ -460,7 +481,15 @@ impl Receipt {
 
     /// The receipt of a verified delivery.
     pub fn delivered(facts: CaseFacts<'_>, d: &crate::deliver::Delivered) -> Receipt {
+        let on_item = facts.on_item;
         let mut r = Receipt::from_facts(facts, Outcome::Delivered);
+        // Sockets an update left out (the item keeps their values): as the earlier receipt said.
+        let kept: Vec<SocketReceipt> = on_item
+            .iter()
+            .filter(|k| !r.sockets.iter().any(|s| s.slug == k.slug))
+            .cloned()
+            .collect();
+        r.sockets.extend(kept);
         r.target.pk = Some(d.target.pk.clone());
         r.target.url = Some(d.target.url.clone());
         r.item = Some(ItemRef {

@@ -262,6 +262,19 @@ pub fn is_ignored(folder: &Folder, rel: &Path) -> bool {
 
 /// Map the files of a ready case to sockets.
 pub fn plan(folder: &Folder, case_path: &Path, files: &[CaseFile]) -> Result<Plan, PlanError> {
+    plan_update(folder, case_path, files, &[])
+}
+
+/// Map the files of a ready case to sockets, for an update of an item that already holds a value for
+/// each socket in `on_item`: such a socket may go without files now (the item keeps its value), as if
+/// it were optional. A late series that arrives in a folder of its own after the case was moved away
+/// thus updates the item instead of failing for want of what the first delivery sent.
+pub fn plan_update(
+    folder: &Folder,
+    case_path: &Path,
+    files: &[CaseFile],
+    on_item: &[String],
+) -> Result<Plan, PlanError> {
     let case = case_path
         .file_name()
         .map(|n| path_text(Path::new(n)))
@@ -295,7 +308,8 @@ pub fn plan(folder: &Folder, case_path: &Path, files: &[CaseFile]) -> Result<Pla
         }
         let planned = planned_files(&matched)?;
         let names = (case.as_str(), case_rel.as_str());
-        if let Some(source) = socket_source(rule, planned, &candidates, names)? {
+        let optional = rule.optional || on_item.contains(&rule.slug);
+        if let Some(source) = socket_source(rule, optional, planned, &candidates, names)? {
             sockets.push(SocketPlan {
                 slug: rule.slug.clone(),
                 source,
@@ -335,11 +349,12 @@ fn matching<'f>(rule: &SocketRule, candidates: &[&'f CaseFile]) -> Vec<&'f CaseF
     }
 }
 
-/// What a socket gets from the files its rule took: `None` for an optional socket without files, an
+/// What a socket gets from the files its rule took: `None` for an `optional` socket without files, an
 /// error for a required one (naming what the case holds). `names` are the case's name and path, for
 /// a DICOM image set's name.
 fn socket_source(
     rule: &SocketRule,
+    optional: bool,
     planned: Vec<PlannedFile>,
     candidates: &[&CaseFile],
     (case, case_rel): (&str, &str),
@@ -347,7 +362,7 @@ fn socket_source(
     let found = || candidates.iter().map(|f| lossy(&f.rel)).collect();
     Ok(match &rule.source {
         RuleSource::Value(v) => Some(Source::Value(v.clone())),
-        _ if planned.is_empty() && rule.optional => None,
+        _ if planned.is_empty() && optional => None,
         RuleSource::Files { patterns, .. } | RuleSource::DicomImageSet { patterns, .. }
             if planned.is_empty() =>
         {

@@ -19,7 +19,7 @@ use crate::config::Folder;
 use crate::deliver::Delivered;
 use crate::deliver::{DeliverError, Lanes, Timings};
 use crate::journal::{CaseRecord, CaseState, Journal, JournalError, SentFile};
-use crate::receipt::{CaseFacts, CaseKey, Receipt, TargetRef};
+use crate::receipt::{CaseFacts, CaseKey, Receipt, SocketReceipt, TargetRef};
 use crate::rules::{self, Manifest, Plan};
 use crate::settle::Snapshot;
 use gc_client::verify::VerifyTiming;
@@ -143,7 +143,9 @@ async fn upload_case(sh: &Shared<'_>, case_arg: PathBuf) -> CaseOutcome {
         Ok(c) => c,
         Err(outcome) => return outcome,
     };
-    let plan = match rules::plan(c.folder, &c.case_dir, &c.snapshot.case_files()) {
+    let on_item: Vec<String> = c.on_item.iter().map(|s| s.slug.clone()).collect();
+    let files = c.snapshot.case_files();
+    let plan = match rules::plan_update(c.folder, &c.case_dir, &files, &on_item) {
         Ok(p) => p,
         Err(e) => {
             if let Err(j) = c.quarantined(&e.to_string()) {
@@ -197,6 +199,8 @@ struct OneCase<'a> {
     case_rel: String,
     rec: CaseRecord,
     earlier: Vec<SentFile>,
+    /// What the case's item holds from an earlier delivery (an update may leave it out).
+    on_item: Vec<SocketReceipt>,
     started: (String, Instant),
 }
 
@@ -230,6 +234,7 @@ impl<'a> OneCase<'a> {
         let earlier =
             crate::receipt::earlier_sent(sh.journal, sh.receipts, &folder.target_slug, key, &rec)
                 .map_err(|e| failed(&case_dir, e.to_string()))?;
+        let on_item = crate::receipt::on_item(sh.receipts, &folder.target_slug, key, &rec);
         Ok(OneCase {
             sh,
             folder,
@@ -239,6 +244,7 @@ impl<'a> OneCase<'a> {
             snapshot,
             rec,
             earlier,
+            on_item,
             started,
         })
     }
@@ -282,6 +288,7 @@ impl<'a> OneCase<'a> {
             revision: self.rec.revision as u32 + 1,
             started: self.started.clone(),
             earlier: &self.earlier,
+            on_item: &self.on_item,
         }
     }
 

@@ -228,3 +228,92 @@ async fn a_failed_post_action_is_shown_alerted_retried_with_back_off_and_on_retr
     assert_eq!(failed.count(), 1, "{alerts:?}");
     agent.stop();
 }
+
+/// A case delivered and moved away by `after = "move:…"`, then a late file in a folder of the same
+/// name (a scanner node sending a late series recreates the study folder): the late folder is the same
+/// case, so it updates the delivered item, whether or not it holds the files of the required sockets.
+async fn late_files_update_the_delivered_item(every_socket_optional: bool) {
+    let Site { sb, tmp, drop } = site().await;
+    std::fs::create_dir_all(&drop).unwrap();
+    let done = tmp.path().join("done");
+    let after = format!("after = \"move:{}\"", done.display());
+    let cfg = write_config(tmp.path(), &sb, &drop, None, &after);
+    if every_socket_optional {
+        let files = "files = [\"image.mha\", \"image.mhd\", \"image.raw\", \"image.nii.gz\", \"dicom/*.dcm\"]";
+        edit(&cfg, files, &format!("{files}\n  optional = true"));
+    }
+    let state_dir = tmp.path().join("state");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    agent.wait_log("startup scan done", 1).await;
+    archive_case(&drop.join("case-f"), 0);
+    let first = receipt_for(&state_dir, "case-f").await;
+    assert_eq!(first.outcome, Outcome::Delivered, "{:?}", first.reason);
+    eventually(Duration::from_secs(20), "the case moved away", async || {
+        (done.join("case-f").is_dir() && !drop.join("case-f").exists()).then_some(())
+    })
+    .await;
+
+    // The late file alone, in a folder of the case's name: no image, which the first delivery sent.
+    drop_atomically(&drop, "case-f", |d| {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("results.json"), "{\"late\": true}").unwrap();
+    });
+    let updated = wait_receipts_until(&state_dir, Duration::from_secs(60), |r| {
+        r.iter().any(|r| r.case == "case-f" && r.revision == 2)
+    })
+    .await;
+    let second = updated.iter().find(|r| r.case == "case-f").unwrap();
+    assert_eq!(second.outcome, Outcome::Delivered, "{:?}", second.reason);
+    assert_eq!(second.item, first.item, "the same item, not a second one");
+    let state = sb.state();
+    let items = items_of(&state, "demo-archive");
+    assert_eq!(items.len(), 1, "{items:?}");
+    // The item keeps what the first delivery sent and gains the late value.
+    let late = value_of(items[0], "results-json");
+    assert_eq!(late["file"]["name"], "results.json", "{late}");
+    for kept in ["generic-medical-image", "report", "lesion-count"] {
+        let _ = value_of(items[0], kept);
+    }
+    holds_exactly(items[0], second, true);
+    // The late folder went where the first did, beside it.
+    eventually(
+        Duration::from_secs(20),
+        "the late folder moved",
+        async || {
+            done.join("case-f.2")
+                .join("results.json")
+                .is_file()
+                .then_some(())
+        },
+    )
+    .await;
+    // Another late file, later still: the receipt of the update names every value of the item, so
+    // this one updates it too.
+    drop_atomically(&drop, "case-f", |d| {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("count.json"), "9").unwrap();
+    });
+    let updated = wait_receipts_until(&state_dir, Duration::from_secs(60), |r| {
+        r.iter().any(|r| r.case == "case-f" && r.revision == 3)
+    })
+    .await;
+    let third = updated.iter().find(|r| r.case == "case-f").unwrap();
+    assert_eq!(third.outcome, Outcome::Delivered, "{:?}", third.reason);
+    assert_eq!(third.item, first.item);
+    let state = sb.state();
+    let items = items_of(&state, "demo-archive");
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(value_of(items[0], "lesion-count")["value"], 9);
+    holds_exactly(items[0], third, true);
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_files_without_a_required_socket_update_the_moved_case_s_item() {
+    late_files_update_the_delivered_item(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_files_of_a_folder_whose_sockets_are_all_optional_update_the_moved_case_s_item() {
+    late_files_update_the_delivered_item(true).await;
+}
