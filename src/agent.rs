@@ -284,9 +284,10 @@ fn status_line(journal: &Journal) -> String {
         Ok(c) => {
             let n = |k: &str| c.get(k).copied().unwrap_or(0);
             format!(
-                "{} waiting, {} uploading, {} quarantined, {} delivered",
+                "{} waiting, {} uploading, {} awaiting import, {} quarantined, {} delivered",
                 n("settling") + n("ready"),
                 n("uploading"),
+                n("awaiting_import"),
                 n("quarantined"),
                 n("delivered")
             )

@@ -485,7 +485,11 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
             f.target,
             if f.paused { " (paused)" } else { "" }
         );
-        let counts: Vec<String> = f.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        let counts: Vec<String> = f
+            .counts
+            .iter()
+            .map(|(k, v)| format!("{v} {}", k.replace('_', " ")))
+            .collect();
         println!(
             "  cases: {}",
             if counts.is_empty() {

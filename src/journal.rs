@@ -1382,7 +1382,10 @@ impl Journal {
     /// How many cases are in each state, by [`CaseState::name`].
     pub fn counts(&self) -> Result<std::collections::BTreeMap<String, i64>, JournalError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM cases GROUP BY state")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT CASE WHEN state = 'uploading' AND step = 'verifying' THEN 'awaiting_import' \
+             ELSE state END, COUNT(*) FROM cases GROUP BY 1",
+        )?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

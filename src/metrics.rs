@@ -243,7 +243,14 @@ fn render_folders(out: &mut Text, folders: &[FolderStatus]) {
         "Cases the journal knows, by drop folder and state.",
     );
     for f in folders {
-        for state in ["settling", "ready", "uploading", "delivered", "quarantined"] {
+        for state in [
+            "settling",
+            "ready",
+            "uploading",
+            "awaiting_import",
+            "delivered",
+            "quarantined",
+        ] {
             let n = f.counts.get(state).copied().unwrap_or(0);
             out.sample(
                 "gc_hotfolder_cases",

@@ -317,3 +317,44 @@ async fn late_files_without_a_required_socket_update_the_moved_case_s_item() {
 async fn late_files_of_a_folder_whose_sockets_are_all_optional_update_the_moved_case_s_item() {
     late_files_update_the_delivered_item(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_waiting_for_the_platform_s_import_is_counted_apart_from_uploads() {
+    // An import that takes long beside uploading a tiny case.
+    let sb = sandbox_with(|o| o.import_delay = Duration::from_secs(30)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    archive_case(&drop.join("case-g"), 0);
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    append(&cfg, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let addr = metrics_addr(&agent).await;
+    let text = eventually(
+        Duration::from_secs(30),
+        "the case awaiting its import",
+        async || {
+            let out = gc("status", &cfg).run_async().await;
+            out.stdout
+                .contains("1 awaiting import")
+                .then_some(out.stdout)
+        },
+    )
+    .await;
+    assert!(!text.contains("uploading"), "{text}");
+    assert!(text.contains("note: case-g: "), "{text}");
+    let folder = drop.display().to_string();
+    let metrics = metrics_text(addr).await;
+    let series =
+        |state: &str| format!("gc_hotfolder_cases{{folder=\"{folder}\",state=\"{state}\"}}");
+    assert_eq!(
+        sample(&metrics, &series("awaiting_import")),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, &series("uploading")),
+        Some(0.0),
+        "{metrics}"
+    );
+    agent.stop();
+}
