@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use super::app::App;
 use super::store::{
-    Civ, CivContent, ContainerKind, Item, Notification, SessionStatus, SessionTarget, StoredFile,
-    UploadStatus, UserId, World, base_name, concat_files, store_image_files,
+    Civ, CivContent, ContainerKind, Item, Notification, Session, SessionStatus, SessionTarget,
+    StoredFile, UploadStatus, UserId, World, base_name, concat_files, store_image_files,
 };
-use super::values::segmentation_error;
+use super::values::{Entry, Source, segmentation_error};
 use gc_content::imaging::{self, ImportError, ImportedImage};
 use gc_content::schema;
 
@@ -39,6 +39,70 @@ pub enum Job {
     },
     /// Import an algorithm job's uploaded inputs (jobs whose target is the job), then execute it.
     Algorithm { job: Uuid, inputs: Vec<Job> },
+}
+
+/// Bind one validated entry to `item` (an item, or an algorithm job's inputs): a JSON value or an
+/// existing image is bound at once and its socket value returned; uploads become the import that binds
+/// them later, pushed to `imports`.
+pub fn bind_entry(
+    w: &mut World,
+    item: Uuid,
+    user: UserId,
+    entry: Entry,
+    imports: &mut Vec<Job>,
+) -> Option<i64> {
+    match entry.source {
+        Source::Value(v) => return Some(w.civ_for_value(entry.socket, v)),
+        Source::Image(image) => return Some(w.civ_for_image(entry.socket, image)),
+        Source::UserUpload(upload) => imports.push(Job::File {
+            item,
+            socket: entry.socket,
+            upload,
+            user,
+        }),
+        Source::UserUploads(uploads) => {
+            let session = Uuid::new_v4();
+            let seq = w.next_seq();
+            w.sessions.insert(
+                session,
+                Session {
+                    pk: session,
+                    creator: user,
+                    status: SessionStatus::ReQueued,
+                    error_message: String::new(),
+                    uploads,
+                    image_set: Vec::new(),
+                    target: SessionTarget::Item {
+                        item,
+                        socket: entry.socket,
+                    },
+                    seq,
+                },
+            );
+            imports.push(Job::Session { session });
+        }
+        Source::Session(session) => {
+            if let Some(s) = w.sessions.get_mut(&session) {
+                s.status = SessionStatus::ReQueued;
+                s.target = SessionTarget::Item {
+                    item,
+                    socket: entry.socket,
+                };
+                imports.push(Job::Session { session });
+            }
+        }
+        Source::DicomImageSet {
+            uploads,
+            image_name,
+        } => imports.push(Job::Dicom {
+            item,
+            socket: entry.socket,
+            uploads,
+            image_name,
+            user,
+        }),
+    }
+    None
 }
 
 /// Run `job` after the import delay, on the blocking pool.
