@@ -681,6 +681,7 @@ impl PartJob<'_> {
         }
     }
 
+    /// The retry policy's decision on a PUT that brought no usable answer.
     fn decide_transport(&self, attempt: u32, failure: TransportFailure, message: &str) -> Decision {
         let outcome = Outcome::Transport { failure, message };
         self.client.inner.retry.decide(

@@ -372,6 +372,7 @@ impl<'w> EntryFields<'w> {
     }
 }
 
+/// An error of the entry as a whole (`non_field_errors`).
 fn non_field<T>(msg: String) -> Result<T, Json> {
     Err(json!({"non_field_errors": [msg]}))
 }
@@ -431,6 +432,7 @@ fn session_field(w: &World, user: UserId, v: &Json) -> Result<Option<Uuid>, Stri
         .ok_or_else(|| DOES_NOT_EXIST.into())
 }
 
+/// The user's own upload, whatever its status.
 fn user_upload_field(w: &World, user: UserId, v: &Json) -> Result<Option<Uuid>, String> {
     match hyperlink(v, upload_route)? {
         None => Ok(None),
