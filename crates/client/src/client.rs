@@ -158,99 +158,120 @@ pub(crate) fn check_pk(what: &str, pk: &str) -> Result<(), GcError> {
     }
 }
 
+/// The server URL as the API base: https (or http to a loopback address), a host, no credentials, no
+/// query or fragment, and a trailing slash so that relative API paths join under it.
+fn server_base(mut base: Url) -> Result<Url, GcError> {
+    match base.scheme() {
+        "https" => {}
+        "http" if is_loopback(&base) => {}
+        "http" => {
+            return Err(GcError::Config(format!(
+                "the server URL {base} uses plain http; the platform must be reached over https \
+                 (http is only allowed for a loopback address)"
+            )));
+        }
+        other => {
+            return Err(GcError::Config(format!(
+                "the server URL {base} has the unsupported scheme '{other}'"
+            )));
+        }
+    }
+    if base.host().is_none() || base.cannot_be_a_base() {
+        return Err(GcError::Config(format!(
+            "the server URL {base} has no host"
+        )));
+    }
+    if !base.username().is_empty() || base.password().is_some() {
+        return Err(GcError::Config(
+            "the server URL must not contain credentials".into(),
+        ));
+    }
+    base.set_query(None);
+    base.set_fragment(None);
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
+    Ok(base)
+}
+
+/// Part size, concurrency and retry settings that could never make progress.
+fn check_limits(config: &ClientConfig) -> Result<(), GcError> {
+    if config.part_size == 0 || config.part_size > MAX_PART_SIZE {
+        return Err(GcError::Config(format!(
+            "the part size {} is outside 1 byte … 5 GiB",
+            config.part_size
+        )));
+    }
+    if config.parallel_parts == 0 || config.parallel_files == 0 {
+        return Err(GcError::Config(
+            "parallel_parts and parallel_files must be at least 1".into(),
+        ));
+    }
+    if config.retry.max_attempts == 0 {
+        return Err(GcError::Config(
+            "the retry policy must allow at least one attempt".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The extra CA certificates to trust; a file given but holding none is a mistake, not "trust nothing extra".
+fn read_ca_certs(path: Option<&Path>) -> Result<Vec<reqwest::Certificate>, GcError> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        GcError::Config(format!(
+            "cannot read the CA certificate {}: {e}",
+            path.display()
+        ))
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        GcError::Config(format!("{} is not a PEM certificate: {e}", path.display()))
+    })?;
+    if certs.is_empty() {
+        return Err(GcError::Config(format!(
+            "{} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The API client (with a read timeout) and the storage client (without: an idle watchdog bounds parts).
+fn http_clients(
+    base: &Url,
+    certs: &[reqwest::Certificate],
+    timeout: Duration,
+) -> Result<(reqwest::Client, reqwest::Client), GcError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let builder = || {
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout)
+            .user_agent(concat!("gc-hotfolder/", env!("CARGO_PKG_VERSION")))
+            .https_only(base.scheme() == "https")
+            .tls_certs_merge(certs.to_vec());
+        if is_loopback(base) {
+            b = b.no_proxy();
+        }
+        b
+    };
+    let build_err =
+        |e: reqwest::Error| GcError::Config(format!("cannot set up the HTTP client: {e}"));
+    let api = builder().read_timeout(timeout).build().map_err(build_err)?;
+    let s3 = builder().build().map_err(build_err)?;
+    Ok((api, s3))
+}
+
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, GcError> {
-        let mut base = config.base_url;
-        match base.scheme() {
-            "https" => {}
-            "http" if is_loopback(&base) => {}
-            "http" => {
-                return Err(GcError::Config(format!(
-                    "the server URL {base} uses plain http; the platform must be reached over https \
-                     (http is only allowed for a loopback address)"
-                )));
-            }
-            other => {
-                return Err(GcError::Config(format!(
-                    "the server URL {base} has the unsupported scheme '{other}'"
-                )));
-            }
-        }
-        if base.host().is_none() || base.cannot_be_a_base() {
-            return Err(GcError::Config(format!(
-                "the server URL {base} has no host"
-            )));
-        }
-        if !base.username().is_empty() || base.password().is_some() {
-            return Err(GcError::Config(
-                "the server URL must not contain credentials".into(),
-            ));
-        }
-        base.set_query(None);
-        base.set_fragment(None);
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
-        if config.part_size == 0 || config.part_size > MAX_PART_SIZE {
-            return Err(GcError::Config(format!(
-                "the part size {} is outside 1 byte … 5 GiB",
-                config.part_size
-            )));
-        }
-        if config.parallel_parts == 0 || config.parallel_files == 0 {
-            return Err(GcError::Config(
-                "parallel_parts and parallel_files must be at least 1".into(),
-            ));
-        }
-        if config.retry.max_attempts == 0 {
-            return Err(GcError::Config(
-                "the retry policy must allow at least one attempt".into(),
-            ));
-        }
+        let base = server_base(config.base_url.clone())?;
+        check_limits(&config)?;
         let auth = config.token.header()?;
-
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let certs = match &config.ca_cert {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    GcError::Config(format!(
-                        "cannot read the CA certificate {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    GcError::Config(format!("{} is not a PEM certificate: {e}", path.display()))
-                })?;
-                if certs.is_empty() {
-                    return Err(GcError::Config(format!(
-                        "{} holds no PEM certificate",
-                        path.display()
-                    )));
-                }
-                certs
-            }
-            None => Vec::new(),
-        };
-        let builder = || {
-            let mut b = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(config.timeout)
-                .user_agent(concat!("gc-hotfolder/", env!("CARGO_PKG_VERSION")))
-                .https_only(base.scheme() == "https")
-                .tls_certs_merge(certs.clone());
-            if is_loopback(&base) {
-                b = b.no_proxy();
-            }
-            b
-        };
-        let build_err =
-            |e: reqwest::Error| GcError::Config(format!("cannot set up the HTTP client: {e}"));
-        let api = builder()
-            .read_timeout(config.timeout)
-            .build()
-            .map_err(build_err)?;
-        let s3 = builder().build().map_err(build_err)?;
+        let certs = read_ca_certs(config.ca_cert.as_deref())?;
+        let (api, s3) = http_clients(&base, &certs, config.timeout)?;
 
         Ok(Client {
             inner: Arc::new(Inner {
@@ -642,7 +663,7 @@ impl Client {
                     url.host_str().unwrap_or("?")
                 ))));
             }
-            let mut resp = req.send().await.map_err(DownloadError::Transport)?;
+            let resp = req.send().await.map_err(DownloadError::Transport)?;
             let status = resp.status();
             if status.is_redirection()
                 && let Some(next) = resp
@@ -663,52 +684,7 @@ impl Client {
                     body,
                 });
             }
-            // The network hands over many small chunks; a thread of its own writes them as they come, so
-            // that reading from the socket and writing to the disk overlap and no chunk is copied again.
-            let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(DOWNLOAD_QUEUE);
-            let path = tmp.to_owned();
-            let writer = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-                use std::io::Write;
-                let mut file = std::fs::File::create(&path)?;
-                let (mut written, mut flushed) = (0u64, 0u64);
-                while let Some(chunk) = rx.blocking_recv() {
-                    file.write_all(&chunk)?;
-                    written += chunk.len() as u64;
-                    if written - flushed >= WRITEBACK_STEP {
-                        start_writeback(&file, flushed, written - flushed);
-                        flushed = written;
-                    }
-                }
-                file.sync_all()?;
-                Ok(written)
-            });
-            let mut received = Ok(());
-            loop {
-                match resp.chunk().await {
-                    Ok(Some(chunk)) => {
-                        if chunks.send(chunk).await.is_err() {
-                            break; // the writer failed; its error is below
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        received = Err(e);
-                        break;
-                    }
-                }
-            }
-            drop(chunks);
-            let written = match writer.await {
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Err(DownloadError::Local(GcError::io(tmp, e))),
-                Err(e) => {
-                    return Err(DownloadError::Local(GcError::io(
-                        tmp,
-                        std::io::Error::other(e),
-                    )));
-                }
-            };
-            received.map_err(DownloadError::Transport)?;
+            let written = save_body(resp, tmp).await?;
             return Ok(DownloadStep::Done(written));
         }
         Err(DownloadError::Local(GcError::Protocol {
@@ -784,49 +760,11 @@ impl Client {
             )),
             None => None,
         };
-        let policy = &self.inner.retry;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self
-                .inner
-                .api
-                .request(method.clone(), url.clone())
-                .header(AUTHORIZATION, self.inner.auth.clone())
-                .header(ACCEPT, "application/json");
-            if let Some(b) = &body {
-                req = req.header(CONTENT_TYPE, "application/json").body(b.clone());
-            }
-            let result = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let headers = resp.headers().clone();
-                    read_limited(resp)
-                        .await
-                        .map(|bytes| (status, headers, bytes))
-                }
-                Err(e) => Err(e),
-            };
-            let decision = match &result {
-                Ok((status, headers, bytes)) => {
-                    let reply = reply_of(*status, headers, bytes);
-                    policy.decide(
-                        kind,
-                        attempt,
-                        &Outcome::Reply(reply),
-                        self.jitter(),
-                        SystemTime::now(),
-                    )
-                }
-                Err(e) => {
-                    let message = transport_message(e);
-                    let outcome = Outcome::Transport {
-                        failure: classify_transport(e),
-                        message: &message,
-                    };
-                    policy.decide(kind, attempt, &outcome, self.jitter(), SystemTime::now())
-                }
-            };
+            let result = self.exchange(&method, &url, body.as_ref()).await;
+            let decision = self.decide_attempt(kind, attempt, &result);
             match decision {
                 Decision::Accept => match result {
                     Ok((_, _, bytes)) => return Ok(bytes),
@@ -847,6 +785,60 @@ impl Client {
                     tokio::time::sleep(delay).await;
                 }
                 Decision::Fail(failure) => return Err(failure.into_error(context)),
+            }
+        }
+    }
+
+    /// One API request without retries: the answer's status, headers and (bounded) body.
+    async fn exchange(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: Option<&Bytes>,
+    ) -> Result<(u16, HeaderMap, Bytes), reqwest::Error> {
+        let mut req = self
+            .inner
+            .api
+            .request(method.clone(), url.clone())
+            .header(AUTHORIZATION, self.inner.auth.clone())
+            .header(ACCEPT, "application/json");
+        if let Some(b) = body {
+            req = req.header(CONTENT_TYPE, "application/json").body(b.clone());
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        read_limited(resp)
+            .await
+            .map(|bytes| (status, headers, bytes))
+    }
+
+    /// The retry policy's verdict on one attempt's answer or transport failure.
+    fn decide_attempt(
+        &self,
+        kind: RequestKind,
+        attempt: u32,
+        result: &Result<(u16, HeaderMap, Bytes), reqwest::Error>,
+    ) -> Decision {
+        let policy = &self.inner.retry;
+        match result {
+            Ok((status, headers, bytes)) => {
+                let reply = reply_of(*status, headers, bytes);
+                policy.decide(
+                    kind,
+                    attempt,
+                    &Outcome::Reply(reply),
+                    self.jitter(),
+                    SystemTime::now(),
+                )
+            }
+            Err(e) => {
+                let message = transport_message(e);
+                let outcome = Outcome::Transport {
+                    failure: classify_transport(e),
+                    message: &message,
+                };
+                policy.decide(kind, attempt, &outcome, self.jitter(), SystemTime::now())
             }
         }
     }
@@ -956,6 +948,57 @@ impl Client {
             .append_pair("offset", &offset.to_string());
         self.get_json(url, context).await
     }
+}
+
+/// Stream a download's body into `tmp` and make it durable; the bytes written.
+async fn save_body(mut resp: reqwest::Response, tmp: &Path) -> Result<u64, DownloadError> {
+    // The network hands over many small chunks; a thread of its own writes them as they come, so
+    // that reading from the socket and writing to the disk overlap and no chunk is copied again.
+    let (chunks, mut rx) = tokio::sync::mpsc::channel::<Bytes>(DOWNLOAD_QUEUE);
+    let path = tmp.to_owned();
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path)?;
+        let (mut written, mut flushed) = (0u64, 0u64);
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)?;
+            written += chunk.len() as u64;
+            if written - flushed >= WRITEBACK_STEP {
+                start_writeback(&file, flushed, written - flushed);
+                flushed = written;
+            }
+        }
+        file.sync_all()?;
+        Ok(written)
+    });
+    let mut received = Ok(());
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if chunks.send(chunk).await.is_err() {
+                    break; // the writer failed; its error is below
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                received = Err(e);
+                break;
+            }
+        }
+    }
+    drop(chunks);
+    let written = match writer.await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Err(DownloadError::Local(GcError::io(tmp, e))),
+        Err(e) => {
+            return Err(DownloadError::Local(GcError::io(
+                tmp,
+                std::io::Error::other(e),
+            )));
+        }
+    };
+    received.map_err(DownloadError::Transport)?;
+    Ok(written)
 }
 
 /// Start writing `len` bytes at `offset` of `file` to disk, without waiting for it (Linux

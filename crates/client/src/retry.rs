@@ -264,75 +264,28 @@ impl RetryPolicy {
         }
         let (message, body) = summarise(reply);
         let retry_after = reply.retry_after.and_then(|v| parse_retry_after(v, now));
-        let transient = if kind == RequestKind::Create {
-            matches!(status, 408 | 429 | 503)
-        } else {
-            matches!(status, 408 | 429 | 502 | 503 | 504 | 507)
-        } || (status == 500
-            && matches!(kind, RequestKind::Idempotent | RequestKind::PartPut))
-            || (status == 403 && kind == RequestKind::PartPut);
-        if transient {
-            if exhausted {
-                let message = after_attempts(&message, attempt);
-                return Decision::Fail(match status {
-                    403 => Failure::Rejected {
-                        status,
-                        message,
-                        body,
-                    },
-                    _ => Failure::Unavailable {
-                        message,
-                        retry_after,
-                    },
-                });
-            }
-            let delay = match retry_after {
-                Some(d) => d.min(self.max_delay),
-                None => self.backoff(attempt, jitter),
-            };
-            return Decision::Retry(delay);
+        if !is_transient(kind, status) {
+            return Decision::Fail(lasting_failure(kind, reply, message, body, retry_after));
         }
-        Decision::Fail(match (status, kind) {
-            (300..=399, _) => Failure::Rejected {
-                status,
-                message: format!(
-                    "the platform answered with a redirect to {}; the base URL must be the https API root \
-                     and every path must end in '/'",
-                    reply.location.unwrap_or("another address")
-                ),
-                body,
-            },
-            (500, RequestKind::UploadAction)
-            | (404, RequestKind::UploadAction | RequestKind::PartPut) => {
-                Failure::UploadDead(message)
-            }
-            (500, _) => Failure::Unavailable {
-                message: format!(
-                    "{message}; not repeated automatically because the request may have taken effect"
-                ),
-                retry_after,
-            },
-            (401, _) => Failure::Auth {
-                status,
-                detail: message,
-            },
-            (403, _) if message.contains(UPLOAD_LIMIT) => Failure::UploadLimit(message),
-            (403, _) => Failure::Auth {
-                status,
-                detail: message,
-            },
-            (404, _) => Failure::NotFound(message),
-            (400, _) if message.contains(TOO_MANY_UPLOADS) => Failure::TooManyUploads(message),
-            (400..=499, _) => Failure::Rejected {
-                status,
-                message,
-                body,
-            },
-            _ => Failure::Unavailable {
-                message,
-                retry_after,
-            },
-        })
+        if exhausted {
+            let message = after_attempts(&message, attempt);
+            return Decision::Fail(match status {
+                403 => Failure::Rejected {
+                    status,
+                    message,
+                    body,
+                },
+                _ => Failure::Unavailable {
+                    message,
+                    retry_after,
+                },
+            });
+        }
+        let delay = match retry_after {
+            Some(d) => d.min(self.max_delay),
+            None => self.backoff(attempt, jitter),
+        };
+        Decision::Retry(delay)
     }
 
     /// The exponential back-off before retry number `attempt` (1 for the first retry), with jitter.
@@ -351,6 +304,67 @@ impl RetryPolicy {
             Jitter::Full => ceiling.mul_f64(jitter),
             Jitter::Equal => ceiling / 2 + (ceiling / 2).mul_f64(jitter),
         }
+    }
+}
+
+/// Whether repeating a request of this kind after this status may succeed (and is safe).
+fn is_transient(kind: RequestKind, status: u16) -> bool {
+    let busy = if kind == RequestKind::Create {
+        matches!(status, 408 | 429 | 503)
+    } else {
+        matches!(status, 408 | 429 | 502 | 503 | 504 | 507)
+    };
+    busy || (status == 500 && matches!(kind, RequestKind::Idempotent | RequestKind::PartPut))
+        || (status == 403 && kind == RequestKind::PartPut)
+}
+
+/// The failure class of an error answer that repeating would not change.
+fn lasting_failure(
+    kind: RequestKind,
+    reply: &Reply<'_>,
+    message: String,
+    body: serde_json::Value,
+    retry_after: Option<Duration>,
+) -> Failure {
+    let status = reply.status;
+    match (status, kind) {
+        (300..=399, _) => Failure::Rejected {
+            status,
+            message: format!(
+                "the platform answered with a redirect to {}; the base URL must be the https API root \
+                 and every path must end in '/'",
+                reply.location.unwrap_or("another address")
+            ),
+            body,
+        },
+        (500, RequestKind::UploadAction)
+        | (404, RequestKind::UploadAction | RequestKind::PartPut) => Failure::UploadDead(message),
+        (500, _) => Failure::Unavailable {
+            message: format!(
+                "{message}; not repeated automatically because the request may have taken effect"
+            ),
+            retry_after,
+        },
+        (401, _) => Failure::Auth {
+            status,
+            detail: message,
+        },
+        (403, _) if message.contains(UPLOAD_LIMIT) => Failure::UploadLimit(message),
+        (403, _) => Failure::Auth {
+            status,
+            detail: message,
+        },
+        (404, _) => Failure::NotFound(message),
+        (400, _) if message.contains(TOO_MANY_UPLOADS) => Failure::TooManyUploads(message),
+        (400..=499, _) => Failure::Rejected {
+            status,
+            message,
+            body,
+        },
+        _ => Failure::Unavailable {
+            message,
+            retry_after,
+        },
     }
 }
 

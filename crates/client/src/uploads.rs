@@ -586,11 +586,20 @@ enum PutAttempt {
     },
 }
 
+impl PutAttempt {
+    /// The metrics label of a retried attempt.
+    fn retry_cause(&self) -> String {
+        match self {
+            PutAttempt::Reply { status, .. } => retry_cause(Some(*status), None),
+            PutAttempt::Transport { failure, .. } => retry_cause(None, Some(*failure)),
+        }
+    }
+}
+
 impl PartJob<'_> {
     /// PUT part `n` until S3 stores it, each attempt with a fresh URL. Returns the ETag verbatim.
     async fn put_part(&self, n: u32) -> Result<(u32, String), GcError> {
         let context = format!("uploading part {n} of {}", self.filename);
-        let policy = &self.client.inner.retry;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -605,70 +614,22 @@ impl PartJob<'_> {
                     .map_err(|_| GcError::Config("the client is shutting down".into()))?;
                 self.put_once(url, n).await?
             };
-            let decision = match &outcome {
-                PutAttempt::Reply {
-                    status,
-                    headers,
-                    body,
-                } => {
-                    let reply = reply_of(*status, headers, body);
-                    let d = policy.decide(
-                        RequestKind::PartPut,
-                        attempt,
-                        &Outcome::Reply(reply),
-                        self.client.jitter(),
-                        SystemTime::now(),
-                    );
-                    let etag = headers
-                        .get(ETAG)
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|e| !e.trim().is_empty());
-                    match (d, etag) {
-                        (Decision::Accept, Some(etag)) => {
-                            self.client
-                                .inner
-                                .observer
-                                .part_stored(self.layout.range(n).1);
-                            return Ok((n, etag.to_owned()));
-                        }
-                        // A 2xx without an ETag cannot be completed: treat it as a broken answer.
-                        (Decision::Accept, None) => {
-                            let outcome = Outcome::Transport {
-                                failure: TransportFailure::Other,
-                                message: "no ETag in the answer",
-                            };
-                            policy.decide(
-                                RequestKind::PartPut,
-                                attempt,
-                                &outcome,
-                                self.client.jitter(),
-                                SystemTime::now(),
-                            )
-                        }
-                        (d, _) => d,
-                    }
+            let decision = match self.judge(attempt, &outcome) {
+                Ok(etag) => {
+                    self.client
+                        .inner
+                        .observer
+                        .part_stored(self.layout.range(n).1);
+                    return Ok((n, etag));
                 }
-                PutAttempt::Transport { failure, message } => {
-                    let outcome = Outcome::Transport {
-                        failure: *failure,
-                        message,
-                    };
-                    policy.decide(
-                        RequestKind::PartPut,
-                        attempt,
-                        &outcome,
-                        self.client.jitter(),
-                        SystemTime::now(),
-                    )
-                }
+                Err(decision) => decision,
             };
             match decision {
                 Decision::Retry(delay) => {
-                    let cause = match &outcome {
-                        PutAttempt::Reply { status, .. } => retry_cause(Some(*status), None),
-                        PutAttempt::Transport { failure, .. } => retry_cause(None, Some(*failure)),
-                    };
-                    self.client.inner.observer.request_retried(&cause);
+                    self.client
+                        .inner
+                        .observer
+                        .request_retried(&outcome.retry_cause());
                     tracing::warn!(%context, attempt, ?delay, "part upload failed, retrying with a fresh URL");
                     tokio::time::sleep(delay).await;
                 }
@@ -683,30 +644,60 @@ impl PartJob<'_> {
         }
     }
 
+    /// The part's ETag if S3 stored it, else the retry policy's decision.
+    fn judge(&self, attempt: u32, outcome: &PutAttempt) -> Result<String, Decision> {
+        match outcome {
+            PutAttempt::Reply {
+                status,
+                headers,
+                body,
+            } => {
+                let reply = reply_of(*status, headers, body);
+                let d = self.client.inner.retry.decide(
+                    RequestKind::PartPut,
+                    attempt,
+                    &Outcome::Reply(reply),
+                    self.client.jitter(),
+                    SystemTime::now(),
+                );
+                let etag = headers
+                    .get(ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|e| !e.trim().is_empty());
+                match (d, etag) {
+                    (Decision::Accept, Some(etag)) => Ok(etag.to_owned()),
+                    // A 2xx without an ETag cannot be completed: treat it as a broken answer.
+                    (Decision::Accept, None) => Err(self.decide_transport(
+                        attempt,
+                        TransportFailure::Other,
+                        "no ETag in the answer",
+                    )),
+                    (d, _) => Err(d),
+                }
+            }
+            PutAttempt::Transport { failure, message } => {
+                Err(self.decide_transport(attempt, *failure, message))
+            }
+        }
+    }
+
+    /// The retry policy's decision on a PUT that brought no usable answer.
+    fn decide_transport(&self, attempt: u32, failure: TransportFailure, message: &str) -> Decision {
+        let outcome = Outcome::Transport { failure, message };
+        self.client.inner.retry.decide(
+            RequestKind::PartPut,
+            attempt,
+            &outcome,
+            self.client.jitter(),
+            SystemTime::now(),
+        )
+    }
+
     /// One PUT of part `n`, streamed from disk. Local problems (the file cannot be read or changed size)
     /// are errors; everything from the network is an attempt outcome for the retry policy.
     async fn put_once(&self, url: Url, n: u32) -> Result<PutAttempt, GcError> {
         let (offset, len) = self.layout.range(n);
-        let mut file = tokio::fs::File::open(self.path)
-            .await
-            .map_err(|e| GcError::io(self.path, e))?;
-        let now = file
-            .metadata()
-            .await
-            .map_err(|e| GcError::io(self.path, e))?
-            .len();
-        if now != self.size {
-            return Err(GcError::io(
-                self.path,
-                std::io::Error::other(format!(
-                    "the file changed size during the upload ({} → {now} bytes); it is still being written",
-                    self.size
-                )),
-            ));
-        }
-        file.seek(SeekFrom::Start(offset))
-            .await
-            .map_err(|e| GcError::io(self.path, e))?;
+        let file = self.open_at(offset).await?;
         let sent = Arc::new(AtomicU64::new(0));
         let body = if len == 0 {
             reqwest::Body::from(Bytes::new())
@@ -736,6 +727,41 @@ impl PartJob<'_> {
             let body = read_limited(resp).await?;
             Ok::<_, reqwest::Error>((status, headers, body))
         };
+        Ok(self.watch(exchange, &sent).await)
+    }
+
+    /// The file positioned at `offset`, provided it still has the size the upload was planned for.
+    async fn open_at(&self, offset: u64) -> Result<tokio::fs::File, GcError> {
+        let mut file = tokio::fs::File::open(self.path)
+            .await
+            .map_err(|e| GcError::io(self.path, e))?;
+        let now = file
+            .metadata()
+            .await
+            .map_err(|e| GcError::io(self.path, e))?
+            .len();
+        if now != self.size {
+            return Err(GcError::io(
+                self.path,
+                std::io::Error::other(format!(
+                    "the file changed size during the upload ({} → {now} bytes); it is still being written",
+                    self.size
+                )),
+            ));
+        }
+        file.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(|e| GcError::io(self.path, e))?;
+        Ok(file)
+    }
+
+    /// Run one PUT exchange, reporting the bytes `sent` as progress and giving up as a timeout once
+    /// nothing moved for the client's timeout.
+    async fn watch(
+        &self,
+        exchange: impl Future<Output = Result<(u16, HeaderMap, Bytes), reqwest::Error>>,
+        sent: &AtomicU64,
+    ) -> PutAttempt {
         tokio::pin!(exchange);
         let idle_limit = self.client.inner.timeout;
         let mut reported = 0u64;
@@ -748,10 +774,10 @@ impl PartJob<'_> {
                     if total > reported {
                         self.observer.progress(total - reported);
                     }
-                    return Ok(match result {
+                    return match result {
                         Ok((status, headers, body)) => PutAttempt::Reply { status, headers, body },
                         Err(e) => PutAttempt::Transport { failure: classify_transport(&e), message: transport_message(&e) },
-                    });
+                    };
                 }
                 _ = tick.tick() => {
                     let total = sent.load(Ordering::Relaxed);
@@ -760,10 +786,10 @@ impl PartJob<'_> {
                         reported = total;
                         last_change = Instant::now();
                     } else if last_change.elapsed() > idle_limit {
-                        return Ok(PutAttempt::Transport {
+                        return PutAttempt::Transport {
                             failure: TransportFailure::Timeout,
                             message: format!("no progress for {idle_limit:?}"),
-                        });
+                        };
                     }
                 }
             }

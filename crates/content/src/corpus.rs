@@ -39,6 +39,14 @@ pub fn write_corpus(root: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// A case of one file.
+fn one(name: &str, file: &str, bytes: Vec<u8>) -> Case {
+    Case {
+        name: name.into(),
+        files: vec![(file.into(), bytes)],
+    }
+}
+
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
@@ -127,10 +135,26 @@ impl Mha {
 }
 
 fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
-    let one = |name: &str, file: &str, bytes: Vec<u8>| Case {
-        name: name.into(),
-        files: vec![(file.into(), bytes)],
-    };
+    metaimage_sample_cases(out)?;
+
+    let u8_3d = noise(rng, 6 * 5 * 3, 200);
+    let base = Mha::new(&[6, 5, 3], "MET_UCHAR");
+    metaimage_type_cases(rng, out, &base, &u8_3d);
+    metaimage_size_cases(out, &base, &u8_3d);
+    let compressed = zlib(&u8_3d)?;
+    metaimage_compression_cases(rng, out, &base, &compressed);
+    metaimage_channel_cases(rng, out);
+    metaimage_spacing_and_text_cases(out, &base, &u8_3d);
+    metaimage_field_cases(out, &base, &u8_3d);
+    metaimage_window_cases(out, &base, &u8_3d);
+    metaimage_timepoint_cases(rng, out, &base, &u8_3d);
+    metaimage_not_header_cases(rng, out, &base, &u8_3d);
+    metaimage_detached_cases(out, &base, &u8_3d, &compressed);
+    Ok(())
+}
+
+/// The sample writers' MetaImage files, with and without their data file.
+fn metaimage_sample_cases(out: &mut Vec<Case>) -> io::Result<()> {
     let tmp = tempfile_dir()?;
     let good = tmp.join("good.mha");
     samples::write_mha(&good, [6, 5, 3], SEED)?;
@@ -145,10 +169,12 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
     });
     out.push(one("mhd-without-raw", "pair.mhd", std::fs::read(&mhd)?));
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
 
-    let u8_3d = noise(rng, 6 * 5 * 3, 200);
-    let base = Mha::new(&[6, 5, 3], "MET_UCHAR");
-    out.push(one("mha-u8-3d", "a.mha", base.local(&u8_3d)));
+/// Dimensions and element types.
+fn metaimage_type_cases(rng: &mut SampleRng, out: &mut Vec<Case>, base: &Mha, u8_3d: &[u8]) {
+    out.push(one("mha-u8-3d", "a.mha", base.local(u8_3d)));
     out.push(one(
         "mha-2d",
         "a.mha",
@@ -201,40 +227,52 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         "a.mha",
         Mha::new(&[3, 2, 2], "MET_WHATEVER").local(&[0u8; 12]),
     ));
+}
+
+/// Too little or too much voxel data, and sizes or types missing from the header.
+fn metaimage_size_cases(out: &mut Vec<Case>, base: &Mha, u8_3d: &[u8]) {
     out.push(one("mha-truncated-data", "a.mha", base.local(&u8_3d[..50])));
     out.push(one(
         "mha-extra-data",
         "a.mha",
-        base.local(&[u8_3d.as_slice(), &[1, 2, 3]].concat()),
+        base.local(&[u8_3d, &[1, 2, 3]].concat()),
     ));
     out.push(one(
         "mha-dimsize-mismatch",
         "a.mha",
-        base.clone().set("DimSize", "6 5").local(&u8_3d),
+        base.clone().set("DimSize", "6 5").local(u8_3d),
     ));
     out.push(one(
         "mha-no-dimsize",
         "a.mha",
-        base.clone().without("DimSize").local(&u8_3d),
+        base.clone().without("DimSize").local(u8_3d),
     ));
     out.push(one(
         "mha-zero-dimension",
         "a.mha",
-        base.clone().set("DimSize", "6 0 3").local(&u8_3d),
+        base.clone().set("DimSize", "6 0 3").local(u8_3d),
     ));
     out.push(one(
         "mha-no-element-type",
         "a.mha",
-        base.clone().without("ElementType").local(&u8_3d),
+        base.clone().without("ElementType").local(u8_3d),
     ));
-    let compressed = zlib(&u8_3d)?;
+}
+
+/// Compressed voxel data, whole, empty, damaged or cut.
+fn metaimage_compression_cases(
+    rng: &mut SampleRng,
+    out: &mut Vec<Case>,
+    base: &Mha,
+    compressed: &[u8],
+) {
     out.push(one(
         "mha-compressed",
         "a.mha",
         base.clone()
             .set("CompressedData", "True")
             .set("CompressedDataSize", &compressed.len().to_string())
-            .local(&compressed),
+            .local(compressed),
     ));
     out.push(one(
         "mha-compressed-empty",
@@ -258,6 +296,10 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
             .set("CompressedData", "True")
             .local(&compressed[..compressed.len() / 2]),
     ));
+}
+
+/// Colour images and channel counts the platform refuses.
+fn metaimage_channel_cases(rng: &mut SampleRng, out: &mut Vec<Case>) {
     out.push(one(
         "mha-rgb",
         "a.mha",
@@ -286,15 +328,19 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
             .set("ElementNumberOfChannels", "5")
             .local(&noise(rng, 60, 256)),
     ));
+}
+
+/// Spacings ITK refuses or takes, and voxels written as text.
+fn metaimage_spacing_and_text_cases(out: &mut Vec<Case>, base: &Mha, u8_3d: &[u8]) {
     out.push(one(
         "mha-zero-spacing",
         "a.mha",
-        base.clone().set("ElementSpacing", "0.5 0 1").local(&u8_3d),
+        base.clone().set("ElementSpacing", "0.5 0 1").local(u8_3d),
     ));
     out.push(one(
         "mha-negative-spacing",
         "a.mha",
-        base.clone().set("ElementSpacing", "0.5 -1 1").local(&u8_3d),
+        base.clone().set("ElementSpacing", "0.5 -1 1").local(u8_3d),
     ));
     out.push(one(
         "mha-ascii",
@@ -303,6 +349,10 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
             .set("BinaryData", "False")
             .local(b"1 2 3 4 5 6\n"),
     ));
+}
+
+/// Patient and study fields (not checked) and the additional fields panimg checks.
+fn metaimage_field_cases(out: &mut Vec<Case>, base: &Mha, u8_3d: &[u8]) {
     out.push(one(
         "mha-patient-metadata",
         "a.mha",
@@ -315,32 +365,36 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
             .set("StudyDate", "yesterday")
             .set("SeriesInstanceUID", "not-a-uid")
             .set("StudyDescription", "line\\two")
-            .local(&u8_3d),
+            .local(u8_3d),
     ));
     out.push(one(
         "mha-slice-thickness",
         "a.mha",
-        base.clone().set("SliceThickness", "1.25").local(&u8_3d),
+        base.clone().set("SliceThickness", "1.25").local(u8_3d),
     ));
     out.push(one(
         "mha-bad-slice-thickness",
         "a.mha",
-        base.clone().set("SliceThickness", "thick").local(&u8_3d),
+        base.clone().set("SliceThickness", "thick").local(u8_3d),
     ));
     out.push(one(
         "mha-laterality-too-long",
         "a.mha",
         base.clone()
             .set("Laterality", &"L".repeat(200))
-            .local(&u8_3d),
+            .local(u8_3d),
     ));
+}
+
+/// `WindowCenter` and `WindowWidth` as scalars and arrays.
+fn metaimage_window_cases(out: &mut Vec<Case>, base: &Mha, u8_3d: &[u8]) {
     out.push(one(
         "mha-window-scalars",
         "a.mha",
         base.clone()
             .set("WindowCenter", "40")
             .set("WindowWidth", "400")
-            .local(&u8_3d),
+            .local(u8_3d),
     ));
     out.push(one(
         "mha-window-arrays",
@@ -348,7 +402,7 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         base.clone()
             .set("WindowCenter", "[40, 50]")
             .set("WindowWidth", "[400, 350]")
-            .local(&u8_3d),
+            .local(u8_3d),
     ));
     out.push(one(
         "mha-window-arrays-unequal",
@@ -356,12 +410,12 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         base.clone()
             .set("WindowCenter", "[40, 50]")
             .set("WindowWidth", "[400]")
-            .local(&u8_3d),
+            .local(u8_3d),
     ));
     out.push(one(
         "mha-window-array-alone",
         "a.mha",
-        base.clone().set("WindowCenter", "[40, 50]").local(&u8_3d),
+        base.clone().set("WindowCenter", "[40, 50]").local(u8_3d),
     ));
     out.push(one(
         "mha-window-array-and-scalar",
@@ -369,13 +423,17 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         base.clone()
             .set("WindowCenter", "[40, 50]")
             .set("WindowWidth", "400")
-            .local(&u8_3d),
+            .local(u8_3d),
     ));
     out.push(one(
         "mha-window-not-float",
         "a.mha",
-        base.clone().set("WindowWidth", "wide").local(&u8_3d),
+        base.clone().set("WindowWidth", "wide").local(u8_3d),
     ));
+}
+
+/// `Exposures` and `ContentTimes`, one per timepoint.
+fn metaimage_timepoint_cases(rng: &mut SampleRng, out: &mut Vec<Case>, base: &Mha, u8_3d: &[u8]) {
     let t4 = Mha::new(&[4, 3, 2, 3], "MET_UCHAR");
     let v4 = noise(rng, 72, 9);
     out.push(one(
@@ -401,18 +459,22 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
     out.push(one(
         "mha-3d-one-exposure",
         "a.mha",
-        base.clone().set("Exposures", "5").local(&u8_3d),
+        base.clone().set("Exposures", "5").local(u8_3d),
     ));
     out.push(one(
         "mha-3d-two-exposures",
         "a.mha",
-        base.clone().set("Exposures", "5 6").local(&u8_3d),
+        base.clone().set("Exposures", "5 6").local(u8_3d),
     ));
     out.push(one(
         "mha-bad-content-time",
         "a.mha",
-        base.clone().set("ContentTimes", "250000").local(&u8_3d),
+        base.clone().set("ContentTimes", "250000").local(u8_3d),
     ));
+}
+
+/// Files that are no MetaImage header at all.
+fn metaimage_not_header_cases(rng: &mut SampleRng, out: &mut Vec<Case>, base: &Mha, u8_3d: &[u8]) {
     out.push(one("mha-not-a-header", "a.mha", noise(rng, 300, 256)));
     out.push(one(
         "mha-no-element-data-file",
@@ -425,19 +487,21 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         "a.mha",
         [
             b"ObjectType = Image\nComment = \xff\xfe\n".as_slice(),
-            &base.local(&u8_3d),
+            &base.local(u8_3d),
         ]
         .concat(),
     ));
+}
 
-    // Detached headers.
+/// Detached headers and their data files, and folders holding more than one image or none.
+fn metaimage_detached_cases(out: &mut Vec<Case>, base: &Mha, u8_3d: &[u8], compressed: &[u8]) {
     let mut hdr = base.clone();
     hdr.data_file = "vol.raw".into();
     out.push(Case {
         name: "mhd-raw".into(),
         files: vec![
             ("vol.mhd".into(), hdr.header()),
-            ("vol.raw".into(), u8_3d.clone()),
+            ("vol.raw".into(), u8_3d.to_vec()),
         ],
     });
     out.push(Case {
@@ -453,7 +517,7 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         name: "mhd-zraw".into(),
         files: vec![
             ("vol.mhd".into(), zhdr.header()),
-            ("vol.zraw".into(), compressed.clone()),
+            ("vol.zraw".into(), compressed.to_vec()),
         ],
     });
     let mut escape = base.clone();
@@ -462,7 +526,7 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         name: "mhd-data-outside".into(),
         files: vec![
             ("vol.mhd".into(), escape.header()),
-            ("vol.raw".into(), u8_3d.clone()),
+            ("vol.raw".into(), u8_3d.to_vec()),
         ],
     });
     let mut other_name = base.clone();
@@ -471,25 +535,24 @@ fn metaimage_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         name: "mhd-names-missing-raw".into(),
         files: vec![
             ("vol.mhd".into(), other_name.header()),
-            ("vol.raw".into(), u8_3d.clone()),
+            ("vol.raw".into(), u8_3d.to_vec()),
         ],
     });
     out.push(Case {
         name: "two-mha".into(),
         files: vec![
-            ("a.mha".into(), base.local(&u8_3d)),
-            ("b.mha".into(), base.local(&u8_3d)),
+            ("a.mha".into(), base.local(u8_3d)),
+            ("b.mha".into(), base.local(u8_3d)),
         ],
     });
     out.push(Case {
         name: "mha-and-text".into(),
         files: vec![
-            ("a.mha".into(), base.local(&u8_3d)),
+            ("a.mha".into(), base.local(u8_3d)),
             ("notes.txt".into(), b"case notes\n".to_vec()),
         ],
     });
     out.push(one("text-only", "notes.txt", b"no image here\n".to_vec()));
-    Ok(())
 }
 
 /// A private scratch folder for the sample writers that only write to disk.
@@ -582,10 +645,18 @@ fn nifti2(dims: &[i64], data: &[u8]) -> Vec<u8> {
 }
 
 fn nifti_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
-    let one = |name: &str, file: &str, bytes: Vec<u8>| Case {
-        name: name.into(),
-        files: vec![(file.into(), bytes)],
-    };
+    nifti_sample_cases(out)?;
+
+    let data = noise(rng, 6 * 5 * 3, 7);
+    let base = Nifti::new(&[6, 5, 3], 2, 8);
+    nifti_type_cases(rng, out, &base, &data)?;
+    nifti_damaged_cases(out, &base, &data)?;
+    nifti_name_and_version_cases(out, &base, &data)?;
+    Ok(())
+}
+
+/// The sample writer's gzipped NIfTI file.
+fn nifti_sample_cases(out: &mut Vec<Case>) -> io::Result<()> {
     let tmp = tempfile_dir()?;
     samples::write_nifti(&tmp.join("a.nii.gz"), [6, 5, 3], true, SEED)?;
     out.push(one(
@@ -594,11 +665,18 @@ fn nifti_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         std::fs::read(tmp.join("a.nii.gz"))?,
     ));
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
 
-    let data = noise(rng, 6 * 5 * 3, 7);
-    let base = Nifti::new(&[6, 5, 3], 2, 8);
-    out.push(one("nifti-u8", "a.nii", base.bytes(&data)));
-    out.push(one("nifti-u8-gz", "a.nii.gz", gzip(&base.bytes(&data))?));
+/// Dimensions, data types, compression and vector intents.
+fn nifti_type_cases(
+    rng: &mut SampleRng,
+    out: &mut Vec<Case>,
+    base: &Nifti,
+    data: &[u8],
+) -> io::Result<()> {
+    out.push(one("nifti-u8", "a.nii", base.bytes(data)));
+    out.push(one("nifti-u8-gz", "a.nii.gz", gzip(&base.bytes(data))?));
     out.push(one(
         "nifti-2d",
         "a.nii",
@@ -643,6 +721,11 @@ fn nifti_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         "a.nii",
         vector4.bytes(&[0u8; 48]),
     ));
+    Ok(())
+}
+
+/// Header fields and data the reader tolerates or refuses.
+fn nifti_damaged_cases(out: &mut Vec<Case>, base: &Nifti, data: &[u8]) -> io::Result<()> {
     let mut zero_dim = base.clone();
     zero_dim.dim[3] = 0;
     out.push(one(
@@ -652,38 +735,43 @@ fn nifti_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
     ));
     let mut zero_pix = base.clone();
     zero_pix.pixdim[2] = 0.0;
-    out.push(one("nifti-zero-pixdim", "a.nii", zero_pix.bytes(&data)));
+    out.push(one("nifti-zero-pixdim", "a.nii", zero_pix.bytes(data)));
     let mut bad_magic = base.clone();
     bad_magic.magic = *b"xyz\0";
-    out.push(one("nifti-bad-magic", "a.nii", bad_magic.bytes(&data)));
+    out.push(one("nifti-bad-magic", "a.nii", bad_magic.bytes(data)));
     out.push(one(
         "nifti-truncated",
         "a.nii",
-        cut(base.bytes(&data), 352 + 40),
+        cut(base.bytes(data), 352 + 40),
     ));
     out.push(one(
         "nifti-header-only",
         "a.nii",
-        cut(base.bytes(&data), 200),
+        cut(base.bytes(data), 200),
     ));
-    let gz = gzip(&base.bytes(&data))?;
+    let gz = gzip(&base.bytes(data))?;
     out.push(one(
         "nifti-gz-truncated",
         "a.nii.gz",
         gz[..gz.len() / 2].to_vec(),
     ));
-    out.push(one("nifti-wrong-extension", "a.nii1", base.bytes(&data)));
-    out.push(one("nifti-no-extension", "a", base.bytes(&data)));
+    Ok(())
+}
+
+/// Recognised by extension only; NIfTI-2 is not read.
+fn nifti_name_and_version_cases(out: &mut Vec<Case>, base: &Nifti, data: &[u8]) -> io::Result<()> {
+    out.push(one("nifti-wrong-extension", "a.nii1", base.bytes(data)));
+    out.push(one("nifti-no-extension", "a", base.bytes(data)));
     out.push(one(
         "nifti-unknown-datatype",
         "a.nii",
-        Nifti::new(&[6, 5, 3], 999, 8).bytes(&data),
+        Nifti::new(&[6, 5, 3], 999, 8).bytes(data),
     ));
-    out.push(one("nifti2-u8", "a.nii", nifti2(&[6, 5, 3], &data)));
+    out.push(one("nifti2-u8", "a.nii", nifti2(&[6, 5, 3], data)));
     out.push(one(
         "nifti2-u8-gz",
         "a.nii.gz",
-        gzip(&nifti2(&[6, 5, 3], &data))?,
+        gzip(&nifti2(&[6, 5, 3], data))?,
     ));
     Ok(())
 }
@@ -703,10 +791,6 @@ fn nrrd(version: &str, lines: &[&str], data: &[u8]) -> Vec<u8> {
 }
 
 fn nrrd_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
-    let one = |name: &str, file: &str, bytes: Vec<u8>| Case {
-        name: name.into(),
-        files: vec![(file.into(), bytes)],
-    };
     let data = noise(rng, 6 * 5 * 3, 200);
     let raw3 = [
         "type: uint8",
@@ -715,7 +799,15 @@ fn nrrd_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         "spacings: 0.5 0.5 2",
         "encoding: raw",
     ];
-    out.push(one("nrrd-raw-3d", "a.nrrd", nrrd("NRRD0004", &raw3, &data)));
+    nrrd_good_cases(out, &data, &raw3)?;
+    nrrd_data_cases(out, &data, &raw3);
+    nrrd_header_cases(out, &data, &raw3);
+    Ok(())
+}
+
+/// Raw and gzip data of 2 to 4 axes, and colour.
+fn nrrd_good_cases(out: &mut Vec<Case>, data: &[u8], raw3: &[&str]) -> io::Result<()> {
+    out.push(one("nrrd-raw-3d", "a.nrrd", nrrd("NRRD0004", raw3, data)));
     let gz3 = [
         "type: uint8",
         "dimension: 3",
@@ -725,7 +817,7 @@ fn nrrd_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
     out.push(one(
         "nrrd-gzip-3d",
         "a.nrrd",
-        nrrd("NRRD0004", &gz3, &gzip(&data)?),
+        nrrd("NRRD0004", &gz3, &gzip(data)?),
     ));
     out.push(one(
         "nrrd-2d-short",
@@ -771,10 +863,15 @@ fn nrrd_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
             &data[..60],
         ),
     ));
+    Ok(())
+}
+
+/// Short data and detached headers.
+fn nrrd_data_cases(out: &mut Vec<Case>, data: &[u8], raw3: &[&str]) {
     out.push(one(
         "nrrd-truncated",
         "a.nrrd",
-        nrrd("NRRD0004", &raw3, &data[..20]),
+        nrrd("NRRD0004", raw3, &data[..20]),
     ));
     out.push(one(
         "nrrd-detached",
@@ -808,13 +905,17 @@ fn nrrd_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
                     &[],
                 ),
             ),
-            ("a.raw".into(), data.clone()),
+            ("a.raw".into(), data.to_vec()),
         ],
     });
+}
+
+/// Versions and header fields the reader refuses.
+fn nrrd_header_cases(out: &mut Vec<Case>, data: &[u8], raw3: &[&str]) {
     out.push(one(
         "nrrd-version-9",
         "a.nrrd",
-        nrrd("NRRD0009", &raw3, &data),
+        nrrd("NRRD0009", raw3, data),
     ));
     out.push(one(
         "nrrd-no-type",
@@ -822,7 +923,7 @@ fn nrrd_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         nrrd(
             "NRRD0004",
             &["dimension: 3", "sizes: 6 5 3", "encoding: raw"],
-            &data,
+            data,
         ),
     ));
     out.push(one(
@@ -837,11 +938,10 @@ fn nrrd_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
                 "spacings: 0.5 0 2",
                 "encoding: raw",
             ],
-            &data,
+            data,
         ),
     ));
     out.push(one("nrrd-magic-only", "a.nrrd", b"NRRD0004\n".to_vec()));
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -988,7 +1088,53 @@ fn series(name: &str, files: Vec<Dicom>, edit: impl Fn(usize, Dicom) -> Dicom) -
     }
 }
 
+/// `n` grey single-frame slices of a series, in instance order.
+fn slices(ids: &DicomSeriesIds, n: u32, rng: &mut SampleRng) -> Vec<Dicom> {
+    (1..=n)
+        .map(|i| Dicom::image(ids, i, 6, 5, 1, rng))
+        .collect()
+}
+
+/// A series edit that changes nothing.
+fn same(_: usize, d: Dicom) -> Dicom {
+    d
+}
+
+/// 4-D: `n` slices of two per timepoint, each with its temporal position, content time and exposure.
+fn four_d(ids: &DicomSeriesIds, n: u32, rng: &mut SampleRng) -> Vec<Dicom> {
+    (0..n)
+        .map(|i| {
+            let t = i / 2 + 1;
+            Dicom::image(ids, i + 1, 6, 5, 1, rng)
+                .set(0x0020_9128, b"UL", &t.to_le_bytes())
+                .text(0x0020_0032, b"DS", &format!("0\\0\\{}", 2 * (i % 2)))
+                .text(0x0008_0033, b"TM", &format!("12000{t}"))
+                .text(0x0018_1152, b"IS", &(10 * t).to_string())
+        })
+        .collect()
+}
+
 fn dicom_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
+    dicom_sample_cases(out)?;
+
+    let ids = DicomSeriesIds::new(SEED + 1);
+    dicom_layout_cases(rng, out, &ids);
+    dicom_identifier_cases(rng, out, &ids);
+    dicom_pixel_data_cases(rng, out, &ids);
+    dicom_geometry_cases(rng, out, &ids);
+    dicom_field_cases(rng, out, &ids);
+    dicom_mixed_cases(rng, out, &ids);
+    dicom_pixel_format_cases(rng, out, &ids);
+    dicom_4d_cases(rng, out, &ids);
+    out.push(Case {
+        name: "dicom-not-dicom".into(),
+        files: vec![("a.dcm".into(), noise(rng, 400, 256))],
+    });
+    Ok(())
+}
+
+/// The sample writer's CT series.
+fn dicom_sample_cases(out: &mut Vec<Case>) -> io::Result<()> {
     let ids = DicomSeriesIds::new(SEED);
     let tmp = tempfile_dir()?;
     let written = samples::write_dicom_series(&tmp, 3, 6, 5, &ids, SEED)?;
@@ -1005,160 +1151,192 @@ fn dicom_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         name: "dicom-sample-series".into(),
         files,
     });
+    Ok(())
+}
 
-    let ids = DicomSeriesIds::new(SEED + 1);
-    let slices = |n: u32, rng: &mut SampleRng| -> Vec<Dicom> {
-        (1..=n)
-            .map(|i| Dicom::image(&ids, i, 6, 5, 1, rng))
-            .collect()
-    };
-    let same = |_: usize, d: Dicom| d;
-    out.push(series("dicom-single", slices(1, rng), same));
-    out.push(series("dicom-series", slices(4, rng), same));
+/// Single files, series, multi-frame files and files without the Part 10 preamble.
+fn dicom_layout_cases(rng: &mut SampleRng, out: &mut Vec<Case>, ids: &DicomSeriesIds) {
+    out.push(series("dicom-single", slices(ids, 1, rng), same));
+    out.push(series("dicom-series", slices(ids, 4, rng), same));
     out.push(series(
         "dicom-multiframe",
-        vec![Dicom::image(&ids, 1, 6, 5, 4, rng)],
+        vec![Dicom::image(ids, 1, 6, 5, 4, rng)],
         same,
     ));
     out.push(series(
         "dicom-multiframe-truncated",
-        vec![Dicom::image(&ids, 1, 6, 5, 4, rng)],
+        vec![Dicom::image(ids, 1, 6, 5, 4, rng)],
         |_, d| {
             let pixels = d.elements[&0x7FE0_0010].1.clone();
             d.set(0x7FE0_0010, b"OW", &pixels[..pixels.len() / 2])
         },
     ));
-    out.push(series("dicom-no-preamble", slices(2, rng), |_, mut d| {
-        d.preamble = false;
-        d
-    }));
-    out.push(series("dicom-no-sop-class", slices(2, rng), |_, d| {
+    out.push(series(
+        "dicom-no-preamble",
+        slices(ids, 2, rng),
+        |_, mut d| {
+            d.preamble = false;
+            d
+        },
+    ));
+}
+
+/// The identifiers that group the files into series and order their slices.
+fn dicom_identifier_cases(rng: &mut SampleRng, out: &mut Vec<Case>, ids: &DicomSeriesIds) {
+    out.push(series("dicom-no-sop-class", slices(ids, 2, rng), |_, d| {
         d.without(0x0008_0016)
     }));
-    out.push(series("dicom-no-study-uid", slices(1, rng), |_, d| {
+    out.push(series("dicom-no-study-uid", slices(ids, 1, rng), |_, d| {
         d.without(0x0020_000D)
     }));
-    out.push(series("dicom-no-series-uid", slices(1, rng), |_, d| {
-        d.without(0x0020_000E)
-    }));
+    out.push(series(
+        "dicom-no-series-uid",
+        slices(ids, 1, rng),
+        |_, d| d.without(0x0020_000E),
+    ));
     out.push(series(
         "dicom-no-instance-number",
-        slices(3, rng),
+        slices(ids, 3, rng),
         |_, d| d.without(0x0020_0013),
     ));
     out.push(series(
         "dicom-single-no-instance-number",
-        slices(1, rng),
+        slices(ids, 1, rng),
         |_, d| d.without(0x0020_0013),
     ));
-    out.push(series("dicom-no-pixel-data", slices(1, rng), |_, d| {
-        d.without(0x7FE0_0010)
-    }));
-    out.push(series("dicom-truncated-pixels", slices(2, rng), |_, d| {
-        d.set(0x7FE0_0010, b"OW", &[0u8; 10])
-    }));
-    let cut_file = slices(1, rng)[0].bytes();
+}
+
+/// Missing, short or cut pixel data, and no image size.
+fn dicom_pixel_data_cases(rng: &mut SampleRng, out: &mut Vec<Case>, ids: &DicomSeriesIds) {
+    out.push(series(
+        "dicom-no-pixel-data",
+        slices(ids, 1, rng),
+        |_, d| d.without(0x7FE0_0010),
+    ));
+    out.push(series(
+        "dicom-truncated-pixels",
+        slices(ids, 2, rng),
+        |_, d| d.set(0x7FE0_0010, b"OW", &[0u8; 10]),
+    ));
+    let cut_file = slices(ids, 1, rng)[0].bytes();
     out.push(Case {
         name: "dicom-cut-in-header".into(),
         files: vec![("a.dcm".into(), cut_file[..300].to_vec())],
     });
-    out.push(series("dicom-no-rows", slices(1, rng), |_, d| {
+    out.push(series("dicom-no-rows", slices(ids, 1, rng), |_, d| {
         d.without(0x0028_0010)
     }));
+}
+
+/// Pixel spacings and slice positions.
+fn dicom_geometry_cases(rng: &mut SampleRng, out: &mut Vec<Case>, ids: &DicomSeriesIds) {
     out.push(series(
         "dicom-zero-pixel-spacing",
-        slices(2, rng),
+        slices(ids, 2, rng),
         |_, d| d.text(0x0028_0030, b"DS", "0\\0.7"),
     ));
-    out.push(series("dicom-no-pixel-spacing", slices(2, rng), |_, d| {
-        d.without(0x0028_0030)
-    }));
-    out.push(series("dicom-same-position", slices(3, rng), |_, d| {
-        d.text(0x0020_0032, b"DS", "0\\0\\0")
-    }));
-    out.push(series("dicom-patient-metadata", slices(2, rng), |_, d| {
-        d.text(0x0010_0030, b"DA", "2020-01-01")
-            .text(0x0010_0040, b"CS", "x")
-            .text(0x0010_0020, b"LO", "A\\B")
-    }));
-    out.push(series("dicom-monochrome1", slices(2, rng), |_, d| {
+    out.push(series(
+        "dicom-no-pixel-spacing",
+        slices(ids, 2, rng),
+        |_, d| d.without(0x0028_0030),
+    ));
+    out.push(series(
+        "dicom-same-position",
+        slices(ids, 3, rng),
+        |_, d| d.text(0x0020_0032, b"DS", "0\\0\\0"),
+    ));
+}
+
+/// Patient fields, photometric interpretation, rescaling, windows and the whole-slide SOP class.
+fn dicom_field_cases(rng: &mut SampleRng, out: &mut Vec<Case>, ids: &DicomSeriesIds) {
+    out.push(series(
+        "dicom-patient-metadata",
+        slices(ids, 2, rng),
+        |_, d| {
+            d.text(0x0010_0030, b"DA", "2020-01-01")
+                .text(0x0010_0040, b"CS", "x")
+                .text(0x0010_0020, b"LO", "A\\B")
+        },
+    ));
+    out.push(series("dicom-monochrome1", slices(ids, 2, rng), |_, d| {
         d.text(0x0028_0004, b"CS", "MONOCHROME1")
     }));
-    out.push(series("dicom-rescaled", slices(2, rng), |_, d| {
+    out.push(series("dicom-rescaled", slices(ids, 2, rng), |_, d| {
         d.text(0x0028_1052, b"DS", "-1024")
             .text(0x0028_1053, b"DS", "1")
     }));
-    out.push(series("dicom-window-arrays", slices(2, rng), |_, d| {
-        d.text(0x0028_1050, b"DS", "40\\50")
-            .text(0x0028_1051, b"DS", "400")
-    }));
-    out.push(series("dicom-wsi-sop-class", slices(1, rng), |_, d| {
-        d.text(0x0008_0016, b"UI", WSI)
-    }));
+    out.push(series(
+        "dicom-window-arrays",
+        slices(ids, 2, rng),
+        |_, d| {
+            d.text(0x0028_1050, b"DS", "40\\50")
+                .text(0x0028_1051, b"DS", "400")
+        },
+    ));
+    out.push(series(
+        "dicom-wsi-sop-class",
+        slices(ids, 1, rng),
+        |_, d| d.text(0x0008_0016, b"UI", WSI),
+    ));
+}
+
+/// Folders holding two series, or slices of different sizes.
+fn dicom_mixed_cases(rng: &mut SampleRng, out: &mut Vec<Case>, ids: &DicomSeriesIds) {
     let other = DicomSeriesIds::new(SEED + 2);
-    let mut two = slices(2, rng);
+    let mut two = slices(ids, 2, rng);
     two.extend((1..=2).map(|i| Dicom::image(&other, i, 6, 5, 1, rng)));
     out.push(series("dicom-two-series", two, same));
-    let mut mixed = slices(2, rng);
-    mixed.push(Dicom::image(&ids, 3, 4, 5, 1, rng));
+    let mut mixed = slices(ids, 2, rng);
+    mixed.push(Dicom::image(ids, 3, 4, 5, 1, rng));
     out.push(series("dicom-mixed-sizes", mixed, same));
-    out.push(series("dicom-rgb-single", vec![rgb(&ids, 1, 1, rng)], same));
+}
+
+/// Colour pixels, single- and multi-frame, and 8-bit grey pixels.
+fn dicom_pixel_format_cases(rng: &mut SampleRng, out: &mut Vec<Case>, ids: &DicomSeriesIds) {
+    out.push(series("dicom-rgb-single", vec![rgb(ids, 1, 1, rng)], same));
     out.push(series(
         "dicom-rgb-series",
-        (1..=3).map(|i| rgb(&ids, i, 1, rng)).collect(),
+        (1..=3).map(|i| rgb(ids, i, 1, rng)).collect(),
         same,
     ));
     out.push(series(
         "dicom-rgb-multiframe",
-        vec![rgb(&ids, 1, 3, rng).text(0x0028_0008, b"IS", "3")],
+        vec![rgb(ids, 1, 3, rng).text(0x0028_0008, b"IS", "3")],
         same,
     ));
     out.push(series(
         "dicom-rgb-one-frame",
-        vec![rgb(&ids, 1, 1, rng).text(0x0028_0008, b"IS", "1")],
+        vec![rgb(ids, 1, 1, rng).text(0x0028_0008, b"IS", "1")],
         same,
     ));
-    out.push(series("dicom-8bit", slices(2, rng), |_, d| {
+    out.push(series("dicom-8bit", slices(ids, 2, rng), |_, d| {
         d.us(0x0028_0100, 8)
             .us(0x0028_0101, 8)
             .us(0x0028_0102, 7)
             .set(0x7FE0_0010, b"OW", &[3u8; 30])
     }));
+}
 
-    // 4-D: two timepoints of two slices each.
-    let four_d = |n: u32, rng: &mut SampleRng| -> Vec<Dicom> {
-        (0..n)
-            .map(|i| {
-                let t = i / 2 + 1;
-                Dicom::image(&ids, i + 1, 6, 5, 1, rng)
-                    .set(0x0020_9128, b"UL", &t.to_le_bytes())
-                    .text(0x0020_0032, b"DS", &format!("0\\0\\{}", 2 * (i % 2)))
-                    .text(0x0008_0033, b"TM", &format!("12000{t}"))
-                    .text(0x0018_1152, b"IS", &(10 * t).to_string())
-            })
-            .collect()
-    };
-    out.push(series("dicom-4d", four_d(4, rng), same));
-    out.push(series("dicom-4d-uneven", four_d(3, rng), same));
+/// 4-D series: timepoints, and the content time and exposure each needs.
+fn dicom_4d_cases(rng: &mut SampleRng, out: &mut Vec<Case>, ids: &DicomSeriesIds) {
+    out.push(series("dicom-4d", four_d(ids, 4, rng), same));
+    out.push(series("dicom-4d-uneven", four_d(ids, 3, rng), same));
     out.push(series(
         "dicom-4d-no-content-time",
-        four_d(4, rng),
+        four_d(ids, 4, rng),
         |_, d| d.without(0x0008_0033),
     ));
-    out.push(series("dicom-4d-no-exposure", four_d(4, rng), |_, d| {
-        d.without(0x0018_1152)
-    }));
-    out.push(series("dicom-4d-one-timepoint", four_d(2, rng), same));
+    out.push(series(
+        "dicom-4d-no-exposure",
+        four_d(ids, 4, rng),
+        |_, d| d.without(0x0018_1152),
+    ));
+    out.push(series("dicom-4d-one-timepoint", four_d(ids, 2, rng), same));
     out.push(series(
         "dicom-4d-bad-content-time",
-        four_d(4, rng),
+        four_d(ids, 4, rng),
         |_, d| d.text(0x0008_0033, b"TM", "99"),
     ));
-    out.push(Case {
-        name: "dicom-not-dicom".into(),
-        files: vec![("a.dcm".into(), noise(rng, 400, 256))],
-    });
-    Ok(())
 }
 
 fn rgb(ids: &DicomSeriesIds, instance: u32, frames: u32, rng: &mut SampleRng) -> Dicom {
@@ -1210,80 +1388,13 @@ impl TiffPage {
 }
 
 fn tiff(pages: &[TiffPage], big_endian: bool) -> Vec<u8> {
-    let u16b = |v: u16| {
-        if big_endian {
-            v.to_be_bytes()
-        } else {
-            v.to_le_bytes()
-        }
-    };
-    let u32b = |v: u32| {
-        if big_endian {
-            v.to_be_bytes()
-        } else {
-            v.to_le_bytes()
-        }
-    };
+    let order = ByteOrder { big_endian };
     let mut out: Vec<u8> = Vec::new();
     out.extend_from_slice(if big_endian { b"MM" } else { b"II" });
-    out.extend_from_slice(&u16b(42));
-    out.extend_from_slice(&u32b(8));
+    out.extend_from_slice(&order.u16(42));
+    out.extend_from_slice(&order.u32(8));
     for (p, page) in pages.iter().enumerate() {
-        let ifd_at = out.len() as u32;
-        let n = page.entries.len() as u32;
-        let mut extra_at = ifd_at + 2 + 12 * n + 4;
-        let mut ifd = Vec::new();
-        let mut extra = Vec::new();
-        ifd.extend_from_slice(&u16b(n as u16));
-        let pixels_at = extra_at
-            + page
-                .entries
-                .iter()
-                .map(|(_, typ, v)| {
-                    let size = if *typ == 3 { 2 } else { 4 } * v.len() as u32;
-                    if size > 4 { size } else { 0 }
-                })
-                .sum::<u32>();
-        for (tag, typ, values) in &page.entries {
-            let values: Vec<u32> = match tag {
-                273 => vec![pixels_at],
-                279 => vec![page.pixels.len() as u32],
-                _ => values.clone(),
-            };
-            let count = if *typ == 5 {
-                values.len() as u32 / 2
-            } else {
-                values.len() as u32
-            };
-            let mut bytes = Vec::new();
-            for v in &values {
-                if *typ == 3 {
-                    bytes.extend_from_slice(&u16b(*v as u16));
-                } else {
-                    bytes.extend_from_slice(&u32b(*v));
-                }
-            }
-            ifd.extend_from_slice(&u16b(*tag));
-            ifd.extend_from_slice(&u16b(*typ));
-            ifd.extend_from_slice(&u32b(count));
-            if bytes.len() <= 4 {
-                bytes.resize(4, 0);
-                ifd.extend_from_slice(&bytes);
-            } else {
-                ifd.extend_from_slice(&u32b(extra_at));
-                extra_at += bytes.len() as u32;
-                extra.extend_from_slice(&bytes);
-            }
-        }
-        let next = if p + 1 < pages.len() {
-            pixels_at + page.pixels.len() as u32
-        } else {
-            0
-        };
-        ifd.extend_from_slice(&u32b(next));
-        out.extend_from_slice(&ifd);
-        out.extend_from_slice(&extra);
-        out.extend_from_slice(&page.pixels);
+        write_tiff_page(&mut out, page, order, p + 1 < pages.len());
         if out.len() % 2 == 1 {
             out.push(0);
         }
@@ -1291,11 +1402,106 @@ fn tiff(pages: &[TiffPage], big_endian: bool) -> Vec<u8> {
     out
 }
 
-fn tiff_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
-    let one = |name: &str, file: &str, bytes: Vec<u8>| Case {
-        name: name.into(),
-        files: vec![(file.into(), bytes)],
+/// How a TIFF writes its numbers.
+#[derive(Clone, Copy)]
+struct ByteOrder {
+    big_endian: bool,
+}
+
+impl ByteOrder {
+    fn u16(self, v: u16) -> [u8; 2] {
+        if self.big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    }
+
+    fn u32(self, v: u32) -> [u8; 4] {
+        if self.big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    }
+}
+
+/// Append one page at the end of `out`: its IFD, the values that do not fit in it, its pixels.
+/// The strip offset and byte count entries are filled in here; `more` links the next page.
+fn write_tiff_page(out: &mut Vec<u8>, page: &TiffPage, order: ByteOrder, more: bool) {
+    let ifd_at = out.len() as u32;
+    let n = page.entries.len() as u32;
+    let mut extra_at = ifd_at + 2 + 12 * n + 4;
+    let mut ifd = Vec::new();
+    let mut extra = Vec::new();
+    ifd.extend_from_slice(&order.u16(n as u16));
+    let pixels_at = extra_at
+        + page
+            .entries
+            .iter()
+            .map(|(_, typ, v)| {
+                let size = if *typ == 3 { 2 } else { 4 } * v.len() as u32;
+                if size > 4 { size } else { 0 }
+            })
+            .sum::<u32>();
+    for (tag, typ, values) in &page.entries {
+        let values: Vec<u32> = match tag {
+            273 => vec![pixels_at],
+            279 => vec![page.pixels.len() as u32],
+            _ => values.clone(),
+        };
+        let count = if *typ == 5 {
+            values.len() as u32 / 2
+        } else {
+            values.len() as u32
+        };
+        let mut bytes = Vec::new();
+        for v in &values {
+            if *typ == 3 {
+                bytes.extend_from_slice(&order.u16(*v as u16));
+            } else {
+                bytes.extend_from_slice(&order.u32(*v));
+            }
+        }
+        ifd.extend_from_slice(&order.u16(*tag));
+        ifd.extend_from_slice(&order.u16(*typ));
+        ifd.extend_from_slice(&order.u32(count));
+        if bytes.len() <= 4 {
+            bytes.resize(4, 0);
+            ifd.extend_from_slice(&bytes);
+        } else {
+            ifd.extend_from_slice(&order.u32(extra_at));
+            extra_at += bytes.len() as u32;
+            extra.extend_from_slice(&bytes);
+        }
+    }
+    let next = if more {
+        pixels_at + page.pixels.len() as u32
+    } else {
+        0
     };
+    ifd.extend_from_slice(&order.u32(next));
+    out.extend_from_slice(&ifd);
+    out.extend_from_slice(&extra);
+    out.extend_from_slice(&page.pixels);
+}
+
+/// The grey 8×6 page most TIFF cases vary.
+fn gray_page(rng: &mut SampleRng) -> TiffPage {
+    tiff_page(8, 6, 1, 1, noise(rng, 48, 256))
+}
+
+fn tiff_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
+    tiff_sample_cases(out)?;
+    tiff_layout_cases(rng, out);
+    tiff_resolution_cases(rng, out);
+    tiff_photometric_cases(rng, out);
+    tiff_damaged_cases(rng, out);
+    Ok(())
+}
+
+/// The sample writer's TIFF file.
+fn tiff_sample_cases(out: &mut Vec<Case>) -> io::Result<()> {
     let tmp = tempfile_dir()?;
     samples::write_tiff(&tmp.join("a.tif"), 9, 7, SEED)?;
     out.push(one(
@@ -1304,13 +1510,16 @@ fn tiff_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         std::fs::read(tmp.join("a.tif"))?,
     ));
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
 
-    let gray = |rng: &mut SampleRng| tiff_page(8, 6, 1, 1, noise(rng, 48, 256));
-    out.push(one("tiff-gray", "a.tif", tiff(&[gray(rng)], false)));
+/// Byte orders, colour spaces and pages.
+fn tiff_layout_cases(rng: &mut SampleRng, out: &mut Vec<Case>) {
+    out.push(one("tiff-gray", "a.tif", tiff(&[gray_page(rng)], false)));
     out.push(one(
         "tiff-gray-big-endian",
         "a.tiff",
-        tiff(&[gray(rng)], true),
+        tiff(&[gray_page(rng)], true),
     ));
     out.push(one(
         "tiff-rgb",
@@ -1330,57 +1539,69 @@ fn tiff_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         "a.tif",
         tiff(
             &[
-                gray(rng),
+                gray_page(rng),
                 tiff_page(4, 3, 1, 1, noise(rng, 12, 256)),
                 tiff_page(2, 2, 1, 1, noise(rng, 4, 256)),
             ],
             false,
         ),
     ));
+}
+
+/// Resolutions and resolution units, which the importer requires.
+fn tiff_resolution_cases(rng: &mut SampleRng, out: &mut Vec<Case>) {
     out.push(one(
         "tiff-no-resolution",
         "a.tif",
-        tiff(&[gray(rng).without(282).without(283)], false),
+        tiff(&[gray_page(rng).without(282).without(283)], false),
     ));
     out.push(one(
         "tiff-resolution-unit-none",
         "a.tif",
-        tiff(&[gray(rng).set(296, 3, vec![1])], false),
+        tiff(&[gray_page(rng).set(296, 3, vec![1])], false),
     ));
     out.push(one(
         "tiff-resolution-centimeter",
         "a.tif",
-        tiff(&[gray(rng).set(296, 3, vec![3])], false),
+        tiff(&[gray_page(rng).set(296, 3, vec![3])], false),
     ));
     out.push(one(
         "tiff-zero-resolution",
         "a.tif",
-        tiff(&[gray(rng).set(282, 5, vec![0, 1])], false),
+        tiff(&[gray_page(rng).set(282, 5, vec![0, 1])], false),
     ));
     out.push(one(
         "tiff-no-resolution-unit",
         "a.tif",
-        tiff(&[gray(rng).without(296)], false),
+        tiff(&[gray_page(rng).without(296)], false),
     ));
+}
+
+/// Photometric interpretations and sample value ranges.
+fn tiff_photometric_cases(rng: &mut SampleRng, out: &mut Vec<Case>) {
     out.push(one(
         "tiff-palette",
         "a.tif",
-        tiff(&[gray(rng).set(262, 3, vec![3])], false),
+        tiff(&[gray_page(rng).set(262, 3, vec![3])], false),
     ));
     out.push(one(
         "tiff-white-is-zero",
         "a.tif",
-        tiff(&[gray(rng).set(262, 3, vec![0])], false),
+        tiff(&[gray_page(rng).set(262, 3, vec![0])], false),
     ));
     out.push(one(
         "tiff-min-max-sample",
         "a.tif",
         tiff(
-            &[gray(rng).set(280, 3, vec![0]).set(281, 3, vec![3])],
+            &[gray_page(rng).set(280, 3, vec![0]).set(281, 3, vec![3])],
             false,
         ),
     ));
-    let whole = tiff(&[gray(rng)], false);
+}
+
+/// Cut files and another extension.
+fn tiff_damaged_cases(rng: &mut SampleRng, out: &mut Vec<Case>) {
+    let whole = tiff(&[gray_page(rng)], false);
     out.push(one(
         "tiff-truncated-pixels",
         "a.tif",
@@ -1389,7 +1610,6 @@ fn tiff_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
     out.push(one("tiff-truncated-ifd", "a.tif", whole[..40].to_vec()));
     out.push(one("tiff-header-only", "a.tif", whole[..8].to_vec()));
     out.push(one("tiff-other-extension", "scan.dat", whole.clone()));
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1424,10 +1644,6 @@ fn jpeg(
 
 fn flat_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
     use image::ExtendedColorType as C;
-    let one = |name: &str, file: &str, bytes: Vec<u8>| Case {
-        name: name.into(),
-        files: vec![(file.into(), bytes)],
-    };
     let (w, h) = (9u32, 7u32);
     let px = |rng: &mut SampleRng, channels: u32| noise(rng, (w * h * channels) as usize, 256);
     let gray_png = png(w, h, C::L8, &px(rng, 1))?;
@@ -1524,15 +1740,24 @@ fn zip_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
     let dcm: Vec<Vec<u8>> = (1..=3)
         .map(|i| Dicom::image(&ids, i, 6, 5, 1, rng).bytes())
         .collect();
-    let one = |name: &str, file: &str, bytes: Vec<u8>| Case {
-        name: name.into(),
-        files: vec![(file.into(), bytes)],
-    };
-    out.push(one("zip-mha", "case.zip", zip(&[("ct.mha", &mha[..])])?));
+    zip_image_cases(out, &u8_3d, &mha, &mhd, &dcm)?;
+    zip_mixed_cases(out, &u8_3d, &mha, &mhd)?;
+    Ok(())
+}
+
+/// Archives of one image, in folders, split over folders and nested.
+fn zip_image_cases(
+    out: &mut Vec<Case>,
+    u8_3d: &[u8],
+    mha: &[u8],
+    mhd: &[u8],
+    dcm: &[Vec<u8>],
+) -> io::Result<()> {
+    out.push(one("zip-mha", "case.zip", zip(&[("ct.mha", mha)])?));
     out.push(one(
         "zip-mhd-raw",
         "case.zip",
-        zip(&[("vol.mhd", &mhd[..]), ("vol.raw", &u8_3d[..])])?,
+        zip(&[("vol.mhd", mhd), ("vol.raw", u8_3d)])?,
     ));
     out.push(one(
         "zip-dicom-series",
@@ -1565,23 +1790,28 @@ fn zip_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
     out.push(one(
         "zip-mhd-raw-split-folders",
         "case.zip",
-        zip(&[("h/vol.mhd", &mhd[..]), ("d/vol.raw", &u8_3d[..])])?,
+        zip(&[("h/vol.mhd", mhd), ("d/vol.raw", u8_3d)])?,
     ));
-    let inner = zip(&[("ct.mha", &mha[..])])?;
+    let inner = zip(&[("ct.mha", mha)])?;
     out.push(one(
         "zip-in-zip",
         "outer.zip",
         zip(&[("inner.zip", &inner[..])])?,
     ));
+    Ok(())
+}
+
+/// Archives of several images or none, damaged ones, and archives beside other uploads.
+fn zip_mixed_cases(out: &mut Vec<Case>, u8_3d: &[u8], mha: &[u8], mhd: &[u8]) -> io::Result<()> {
     out.push(one(
         "zip-two-images",
         "case.zip",
-        zip(&[("a.mha", &mha[..]), ("b.mha", &mha[..])])?,
+        zip(&[("a.mha", mha), ("b.mha", mha)])?,
     ));
     out.push(one(
         "zip-image-and-text",
         "case.zip",
-        zip(&[("a.mha", &mha[..]), ("readme.txt", &b"hello"[..])])?,
+        zip(&[("a.mha", mha), ("readme.txt", &b"hello"[..])])?,
     ));
     out.push(one("zip-empty", "case.zip", zip(&[][..])?));
     out.push(one(
@@ -1589,7 +1819,7 @@ fn zip_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         "case.zip",
         zip(&[("readme.txt", &b"hello"[..])])?,
     ));
-    let whole = zip(&[("ct.mha", &mha[..])])?;
+    let whole = zip(&[("ct.mha", mha)])?;
     out.push(one(
         "zip-truncated",
         "case.zip",
@@ -1600,14 +1830,14 @@ fn zip_cases(rng: &mut SampleRng, out: &mut Vec<Case>) -> io::Result<()> {
         name: "zip-and-image".into(),
         files: vec![
             ("case.zip".into(), whole.clone()),
-            ("other.mha".into(), mha.clone()),
+            ("other.mha".into(), mha.to_vec()),
         ],
     });
     out.push(Case {
         name: "zip-with-raw-for-outside-mhd".into(),
         files: vec![
-            ("vol.mhd".into(), mhd.clone()),
-            ("data.zip".into(), zip(&[("vol.raw", &u8_3d[..])])?),
+            ("vol.mhd".into(), mhd.to_vec()),
+            ("data.zip".into(), zip(&[("vol.raw", u8_3d)])?),
         ],
     });
     Ok(())

@@ -734,6 +734,50 @@ impl ImportedImage {
     }
 }
 
+/// An image of a voxel grid (MetaImage, NIfTI, NRRD) as panimg makes it: `dims` fastest axis first
+/// (width, height, then depth and time when present) and `spacing(k)` of axis `k`. The segments come
+/// from the voxel values, and a fourth axis counts as timepoints unless the image is a segmentation.
+fn grid_image(
+    name: &str,
+    dims: &[u64],
+    color_space: ColorSpace,
+    pt: PixelType,
+    voxel_values: Option<Vec<i64>>,
+    spacing: impl Fn(usize) -> f64,
+) -> ImportedImage {
+    let ndims = dims.len();
+    let segments = panimg_segments(
+        Some(pt),
+        color_space.components(),
+        ndims,
+        dims.get(3).copied(),
+        voxel_values.as_deref(),
+    );
+    let timepoints = if ndims == 4 && segments.is_none() {
+        dims.get(3).copied()
+    } else {
+        None
+    };
+    let mut image = new_image(
+        name.to_string(),
+        dims[0],
+        dims[1],
+        dims.get(2).copied(),
+        timepoints,
+        color_space,
+        ImageType::Mhd,
+    );
+    image.set_spacing(
+        Some(spacing(0)),
+        Some(spacing(1)),
+        (ndims >= 3).then(|| spacing(2)),
+    );
+    image.pixel_type = Some(pt);
+    image.voxel_values = voxel_values;
+    image.segments = segments;
+    image
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ColorSpace {
     Gray,
@@ -1190,198 +1234,24 @@ fn build_metaimage(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
 }
 
 fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built, Reject> {
-    let data_file = h.get("ElementDataFile").unwrap_or_default();
-    let (data_index, data_offset) = if data_file == "LOCAL" {
-        (i, h.data_offset)
-    } else {
-        if data_file.is_empty()
-            || data_file.contains('/')
-            || data_file == "."
-            || data_file == ".."
-            || data_file.starts_with("LIST")
-            || data_file.contains('%')
-        {
-            return Err(
-                "ElementDataFile references a file which is not in the uploaded data directory"
-                    .into(),
-            );
-        }
-        let j = uploads
-            .iter()
-            .position(|u| u.name == data_file)
-            .ok_or("Data container of mhd file is missing")?;
-        let header_size: i64 = match h.get("HeaderSize") {
-            Some(v) => v.parse().map_err(|_| "invalid HeaderSize")?,
-            None => 0,
-        };
-        // -1: the voxels are the last bytes of the file (resolved below).
-        (
-            j,
-            if header_size == -1 {
-                u64::MAX
-            } else {
-                header_size.max(0) as u64
-            },
-        )
+    let (data_index, data_offset) = metaimage_data_file(uploads, i, h)?;
+    let layout = MetaLayout::read(h)?;
+    let voxel_values = layout.voxel_values(uploads[data_index].path, data_offset)?;
+    let spacing = |k: usize| {
+        layout
+            .spacing
+            .as_ref()
+            .and_then(|s| s.get(k).copied())
+            .unwrap_or(1.0)
     };
-
-    let ndims: usize = h
-        .get("NDims")
-        .and_then(|v| v.parse().ok())
-        .ok_or("NDims missing or invalid")?;
-    if !(2..=4).contains(&ndims) {
-        return Err("only 2-D, 3-D and 4-D images are supported".into());
-    }
-    let dims: Vec<u64> = h
-        .get("DimSize")
-        .ok_or("DimSize missing")?
-        .split_whitespace()
-        .map(|v| v.parse::<u64>().ok())
-        .collect::<Option<_>>()
-        .ok_or("DimSize invalid")?;
-    // An empty image is read, but the platform's model of it raises (no minimum of no voxels).
-    if dims.contains(&0) {
-        return Err(Reject::Unexpected);
-    }
-    if dims.len() != ndims {
-        return Err("DimSize does not match NDims".into());
-    }
-    let pt = metaio_element_type(h.get("ElementType").ok_or("ElementType missing")?)
-        .ok_or("unsupported ElementType")?;
-    let components: u64 = match h.get("ElementNumberOfChannels") {
-        Some(v) => v.parse().map_err(|_| "invalid ElementNumberOfChannels")?,
-        None => 1,
-    };
-    if components > 4 {
-        return Err("Images with more than 4 channels not supported".into());
-    }
-    // Two channels pass the reader but not the platform's colour space model, which raises.
-    let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
-    let fields: Vec<(&str, &str)> = h
-        .order
-        .iter()
-        .map(|k| (k.as_str(), h.get(k).unwrap_or_default()))
-        .collect();
-    validate_additional_headers(&fields, if ndims == 4 { dims[3] } else { 1 })?;
-    let spacing: Option<Vec<f64>> = h
-        .get("ElementSpacing")
-        .or_else(|| h.get("ElementSize"))
-        .and_then(|v| v.split_whitespace().map(|s| s.parse().ok()).collect());
-    // ITK refuses an image with a zero spacing.
-    if spacing
-        .as_ref()
-        .is_some_and(|s| s.iter().take(ndims).any(|v| *v == 0.0))
-    {
-        return Err("SimpleITK could not open file.".into());
-    }
-    let big_endian = h
-        .flag("BinaryDataByteOrderMSB")
-        .or_else(|| h.flag("ElementByteOrderMSB"))
-        .unwrap_or(false);
-    let binary = h.flag("BinaryData").unwrap_or(true);
-    let compressed = h.flag("CompressedData").unwrap_or(false);
-
-    let n_elements = dims
-        .iter()
-        .try_fold(components, |acc, d| acc.checked_mul(*d))
-        .ok_or("image too large")?;
-    let expected = n_elements.checked_mul(pt.size()).ok_or("image too large")?;
-
-    let data_path = uploads[data_index].path;
-    let data_len = std::fs::metadata(data_path)
-        .map_err(|e| e.to_string())?
-        .len();
-    let data_offset = if data_offset == u64::MAX {
-        if compressed {
-            return Err("HeaderSize = -1 is not supported with compressed data".into());
-        }
-        data_len
-            .checked_sub(expected)
-            .ok_or("data not read completely")?
-    } else {
-        data_offset
-    };
-    let available = data_len.saturating_sub(data_offset);
-
-    let mut voxel_values = None;
-    if !binary {
-        // ASCII voxels: the reader parses text; nothing to check at header level.
-    } else if !compressed {
-        if available < expected {
-            return Err("data not read completely".into());
-        }
-        if pt.is_integer() && expected <= MAX_VOXEL_SCAN_BYTES {
-            let mut f = File::open(data_path).map_err(|e| e.to_string())?;
-            f.seek(SeekFrom::Start(data_offset))
-                .map_err(|e| e.to_string())?;
-            voxel_values = scan_voxels(&mut f, pt, big_endian, n_elements, ShortData::Unknown)
-                .map_err(|e| e.to_string())?;
-        }
-    } else {
-        // The reader tolerates a damaged or even missing compressed stream.
-        if pt.is_integer() && expected <= MAX_VOXEL_SCAN_BYTES {
-            let mut f = File::open(data_path).map_err(|e| e.to_string())?;
-            f.seek(SeekFrom::Start(data_offset))
-                .map_err(|e| e.to_string())?;
-            let mut first = [0u8; 2];
-            let got = fill(&mut f, &mut first).map_err(|e| e.to_string())?;
-            f.seek(SeekFrom::Start(data_offset))
-                .map_err(|e| e.to_string())?;
-            let raw = BufReader::new(f.take(available));
-            let mut decoder: Box<dyn Read> = if got == 2 && first == [0x1f, 0x8b] {
-                Box::new(flate2::bufread::GzDecoder::new(raw))
-            } else {
-                Box::new(flate2::bufread::ZlibDecoder::new(raw))
-            };
-            // A corrupt stream leaves the values unknown rather than failing the import.
-            voxel_values = scan_voxels(
-                &mut *decoder,
-                pt,
-                big_endian,
-                n_elements,
-                ShortData::Unknown,
-            )
-            .ok()
-            .flatten();
-        }
-    }
-
-    let width = dims[0];
-    let height = dims[1];
-    let depth = dims.get(2).copied();
-    let segments = panimg_segments(
-        Some(pt),
-        components,
-        ndims,
-        dims.get(3).copied(),
-        voxel_values.as_deref(),
+    let mut image = grid_image(
+        uploads[i].name,
+        &layout.dims,
+        layout.color_space,
+        layout.pt,
+        voxel_values,
+        spacing,
     );
-    let timepoints = if ndims == 4 && segments.is_none() {
-        dims.get(3).copied()
-    } else {
-        None
-    };
-    let mut image = new_image(
-        uploads[i].name.to_string(),
-        width,
-        height,
-        depth,
-        timepoints,
-        color_space,
-        ImageType::Mhd,
-    );
-    let sp = |k: usize| {
-        Some(
-            spacing
-                .as_ref()
-                .and_then(|s| s.get(k).copied())
-                .unwrap_or(1.0),
-        )
-    };
-    image.set_spacing(sp(0), sp(1), if ndims >= 3 { sp(2) } else { None });
-    image.pixel_type = Some(pt);
-    image.voxel_values = voxel_values;
-    image.segments = segments;
     image.metadata = metadata_from(|k| h.get(k).map(str::to_string));
     let mut consumed = vec![i];
     if data_index != i {
@@ -1392,6 +1262,213 @@ fn metaimage_image(uploads: &[Upload], i: usize, h: &MetaHeader) -> Result<Built
         .map(|&k| uploads[k].name.to_string())
         .collect();
     Ok(Built { image, consumed })
+}
+
+/// Which upload holds the voxels of the header at `i`, and where in it they start (`u64::MAX`: they
+/// are the last bytes of the file). A detached data file must be another upload of the same folder.
+fn metaimage_data_file(
+    uploads: &[Upload],
+    i: usize,
+    h: &MetaHeader,
+) -> Result<(usize, u64), Reject> {
+    let data_file = h.get("ElementDataFile").unwrap_or_default();
+    if data_file == "LOCAL" {
+        return Ok((i, h.data_offset));
+    }
+    if data_file.is_empty()
+        || data_file.contains('/')
+        || data_file == "."
+        || data_file == ".."
+        || data_file.starts_with("LIST")
+        || data_file.contains('%')
+    {
+        return Err(
+            "ElementDataFile references a file which is not in the uploaded data directory".into(),
+        );
+    }
+    let j = uploads
+        .iter()
+        .position(|u| u.name == data_file)
+        .ok_or("Data container of mhd file is missing")?;
+    let header_size: i64 = match h.get("HeaderSize") {
+        Some(v) => v.parse().map_err(|_| "invalid HeaderSize")?,
+        None => 0,
+    };
+    // -1: the voxels are the last bytes of the file (resolved once the data size is known).
+    Ok((
+        j,
+        if header_size == -1 {
+            u64::MAX
+        } else {
+            header_size.max(0) as u64
+        },
+    ))
+}
+
+/// What a MetaImage header says about its voxels.
+struct MetaLayout {
+    /// Axis sizes, fastest first.
+    dims: Vec<u64>,
+    pt: PixelType,
+    components: u64,
+    color_space: ColorSpace,
+    spacing: Option<Vec<f64>>,
+    big_endian: bool,
+    /// `false`: the voxels are ASCII text.
+    binary: bool,
+    compressed: bool,
+}
+
+impl MetaLayout {
+    /// The header's geometry, component type and encoding, checked as ITK and panimg check them.
+    fn read(h: &MetaHeader) -> Result<MetaLayout, Reject> {
+        let ndims: usize = h
+            .get("NDims")
+            .and_then(|v| v.parse().ok())
+            .ok_or("NDims missing or invalid")?;
+        if !(2..=4).contains(&ndims) {
+            return Err("only 2-D, 3-D and 4-D images are supported".into());
+        }
+        let dims: Vec<u64> = h
+            .get("DimSize")
+            .ok_or("DimSize missing")?
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().ok())
+            .collect::<Option<_>>()
+            .ok_or("DimSize invalid")?;
+        // An empty image is read, but the platform's model of it raises (no minimum of no voxels).
+        if dims.contains(&0) {
+            return Err(Reject::Unexpected);
+        }
+        if dims.len() != ndims {
+            return Err("DimSize does not match NDims".into());
+        }
+        let pt = metaio_element_type(h.get("ElementType").ok_or("ElementType missing")?)
+            .ok_or("unsupported ElementType")?;
+        let components: u64 = match h.get("ElementNumberOfChannels") {
+            Some(v) => v.parse().map_err(|_| "invalid ElementNumberOfChannels")?,
+            None => 1,
+        };
+        if components > 4 {
+            return Err("Images with more than 4 channels not supported".into());
+        }
+        // Two channels pass the reader but not the platform's colour space model, which raises.
+        let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
+        let fields: Vec<(&str, &str)> = h
+            .order
+            .iter()
+            .map(|k| (k.as_str(), h.get(k).unwrap_or_default()))
+            .collect();
+        validate_additional_headers(&fields, if ndims == 4 { dims[3] } else { 1 })?;
+        let spacing: Option<Vec<f64>> = h
+            .get("ElementSpacing")
+            .or_else(|| h.get("ElementSize"))
+            .and_then(|v| v.split_whitespace().map(|s| s.parse().ok()).collect());
+        // ITK refuses an image with a zero spacing.
+        if spacing
+            .as_ref()
+            .is_some_and(|s| s.iter().take(ndims).any(|v| *v == 0.0))
+        {
+            return Err("SimpleITK could not open file.".into());
+        }
+        Ok(MetaLayout {
+            dims,
+            pt,
+            components,
+            color_space,
+            spacing,
+            big_endian: h
+                .flag("BinaryDataByteOrderMSB")
+                .or_else(|| h.flag("ElementByteOrderMSB"))
+                .unwrap_or(false),
+            binary: h.flag("BinaryData").unwrap_or(true),
+            compressed: h.flag("CompressedData").unwrap_or(false),
+        })
+    }
+
+    /// Check the voxel data at `offset` of `path` (`u64::MAX`: the last bytes of the file) as the
+    /// reader does, and read its distinct values where the image is small enough.
+    fn voxel_values(&self, path: &Path, offset: u64) -> Result<Option<Vec<i64>>, Reject> {
+        let n_elements = self
+            .dims
+            .iter()
+            .try_fold(self.components, |acc, d| acc.checked_mul(*d))
+            .ok_or("image too large")?;
+        let expected = n_elements
+            .checked_mul(self.pt.size())
+            .ok_or("image too large")?;
+        let data_len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+        let offset = if offset == u64::MAX {
+            if self.compressed {
+                return Err("HeaderSize = -1 is not supported with compressed data".into());
+            }
+            data_len
+                .checked_sub(expected)
+                .ok_or("data not read completely")?
+        } else {
+            offset
+        };
+        let available = data_len.saturating_sub(offset);
+        let scanned = self.pt.is_integer() && expected <= MAX_VOXEL_SCAN_BYTES;
+        if !self.binary {
+            // ASCII voxels: the reader parses text; nothing to check at header level.
+            Ok(None)
+        } else if !self.compressed {
+            if available < expected {
+                return Err("data not read completely".into());
+            }
+            if !scanned {
+                return Ok(None);
+            }
+            let mut f = File::open(path).map_err(|e| e.to_string())?;
+            f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+            let values = scan_voxels(
+                &mut f,
+                self.pt,
+                self.big_endian,
+                n_elements,
+                ShortData::Unknown,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(values)
+        } else if scanned {
+            // The reader tolerates a damaged or even missing compressed stream.
+            self.compressed_values(path, offset, available, n_elements)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The distinct values of a zlib or gzip stream of `available` bytes at `offset`; a corrupt
+    /// stream leaves them unknown rather than failing the import.
+    fn compressed_values(
+        &self,
+        path: &Path,
+        offset: u64,
+        available: u64,
+        n_elements: u64,
+    ) -> Result<Option<Vec<i64>>, Reject> {
+        let mut f = File::open(path).map_err(|e| e.to_string())?;
+        f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+        let mut first = [0u8; 2];
+        let got = fill(&mut f, &mut first).map_err(|e| e.to_string())?;
+        f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+        let raw = BufReader::new(f.take(available));
+        let mut decoder: Box<dyn Read> = if got == 2 && first == [0x1f, 0x8b] {
+            Box::new(flate2::bufread::GzDecoder::new(raw))
+        } else {
+            Box::new(flate2::bufread::ZlibDecoder::new(raw))
+        };
+        Ok(scan_voxels(
+            &mut *decoder,
+            self.pt,
+            self.big_endian,
+            n_elements,
+            ShortData::Unknown,
+        )
+        .ok()
+        .flatten())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1506,6 +1583,58 @@ fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
     let got = fill(&mut *reader, &mut head).map_err(|e| e.to_string())?;
     let h = parse_nifti_header(&head[..got]).ok_or("Not a valid NifTI image file")?;
     let (mut pt, rgb_components) = nifti_datatype(h.datatype).ok_or("unsupported datatype")?;
+    let (dims, components) = nifti_axes(&h, rgb_components)?;
+    if components > 4 {
+        return Err("Images with more than 4 channels not supported".into());
+    }
+    // Two channels pass the reader but not the platform's colour space model, which raises.
+    let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
+    let rescaled =
+        h.scl_slope.is_finite() && h.scl_slope != 0.0 && (h.scl_slope != 1.0 || h.scl_inter != 0.0);
+    if rescaled {
+        pt = if pt == PixelType::F64 {
+            PixelType::F64
+        } else {
+            PixelType::F32
+        };
+    }
+
+    let n_elements = dims
+        .iter()
+        .try_fold(components, |acc, s| acc.checked_mul(*s))
+        .ok_or("image too large")?;
+    let voxel_bytes = n_elements.checked_mul(pt.size()).ok_or("image too large")?;
+    let mut voxel_values = None;
+    if pt.is_integer()
+        && voxel_bytes <= MAX_VOXEL_SCAN_BYTES
+        && h.vox_offset.is_finite()
+        && h.vox_offset >= 0.0
+    {
+        // The reader does not insist on complete voxel data; a short file leaves values unknown.
+        voxel_values = nifti_values(&head[..got], reader, &h, pt, n_elements)
+            .ok()
+            .flatten();
+    }
+
+    let spacing = |k: usize| {
+        let pixdim = h.pixdim[k + 1];
+        if pixdim.is_finite() && pixdim != 0.0 {
+            pixdim.abs()
+        } else {
+            1.0
+        }
+    };
+    let mut image = grid_image(upload.name, &dims, color_space, pt, voxel_values, spacing);
+    image.files = vec![upload.name.to_string()];
+    Ok(Built {
+        image,
+        consumed: vec![i],
+    })
+}
+
+/// The image axes as the reader sees them (sizes, fastest first) and the components per voxel. A 5th
+/// axis > 1 holds vector components; trailing singleton time and (for vectors) depth axes are dropped.
+fn nifti_axes(h: &NiftiHeader, rgb_components: u64) -> Result<(Vec<u64>, u64), Reject> {
     let d = h.dim;
     if !(1..=7).contains(&d[0]) || (1..=d[0] as usize).any(|k| d[k] < 0) {
         return Err("invalid dimensions".into());
@@ -1518,8 +1647,6 @@ fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
             1
         }
     };
-    // How the reader sees the dimensions: a 5th axis > 1 holds vector components; trailing
-    // singleton time and (for vectors) depth axes are dropped.
     let mut ndims = d[0] as usize;
     let mut components = rgb_components;
     if ndims >= 5 {
@@ -1548,91 +1675,29 @@ fn nifti_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
     if !(2..=4).contains(&ndims) {
         return Err("only 2-D, 3-D and 4-D images are supported".into());
     }
-    if components > 4 {
-        return Err("Images with more than 4 channels not supported".into());
-    }
-    // Two channels pass the reader but not the platform's colour space model, which raises.
-    let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
-    let rescaled =
-        h.scl_slope.is_finite() && h.scl_slope != 0.0 && (h.scl_slope != 1.0 || h.scl_inter != 0.0);
-    if rescaled {
-        pt = if pt == PixelType::F64 {
-            PixelType::F64
-        } else {
-            PixelType::F32
-        };
-    }
+    Ok(((1..=ndims).map(size).collect(), components))
+}
 
-    let n_elements = (1..=ndims)
-        .map(size)
-        .try_fold(components, |acc, s| acc.checked_mul(s))
-        .ok_or("image too large")?;
-    let voxel_bytes = n_elements.checked_mul(pt.size()).ok_or("image too large")?;
-    let mut voxel_values = None;
-    if pt.is_integer()
-        && voxel_bytes <= MAX_VOXEL_SCAN_BYTES
-        && h.vox_offset.is_finite()
-        && h.vox_offset >= 0.0
-    {
-        // The reader does not insist on complete voxel data; a short file leaves values unknown.
-        let header_len = got as u64;
-        let offset = h.vox_offset as u64;
-        let scanned = (|| -> io::Result<Option<Vec<i64>>> {
-            // The first bytes were read with the header; the voxels may start among them.
-            let start = offset.min(header_len) as usize;
-            let mut data = (&head[start..got]).chain(reader);
-            let gap = offset - start as u64;
-            let skipped = io::copy(&mut (&mut data).take(gap), &mut io::sink())?;
-            if skipped != gap {
-                // No voxel data at all: the reader zero-fills the whole image.
-                return Ok(Some(vec![0]));
-            }
-            scan_voxels(&mut data, pt, h.big_endian, n_elements, ShortData::Zero)
-        })();
-        voxel_values = scanned.ok().flatten();
+/// The distinct voxel values of a NIfTI image, `head` being the bytes read with its header and
+/// `reader` the rest of the file.
+fn nifti_values(
+    head: &[u8],
+    reader: Box<dyn Read>,
+    h: &NiftiHeader,
+    pt: PixelType,
+    n_elements: u64,
+) -> io::Result<Option<Vec<i64>>> {
+    let offset = h.vox_offset as u64;
+    // The voxels may start among the bytes read with the header.
+    let start = offset.min(head.len() as u64) as usize;
+    let mut data = (&head[start..]).chain(reader);
+    let gap = offset - start as u64;
+    let skipped = io::copy(&mut (&mut data).take(gap), &mut io::sink())?;
+    if skipped != gap {
+        // No voxel data at all: the reader zero-fills the whole image.
+        return Ok(Some(vec![0]));
     }
-
-    let segments = panimg_segments(
-        Some(pt),
-        components,
-        ndims,
-        (ndims == 4).then(|| size(4)),
-        voxel_values.as_deref(),
-    );
-    let timepoints = if ndims == 4 && segments.is_none() {
-        Some(size(4))
-    } else {
-        None
-    };
-    let mut image = new_image(
-        upload.name.to_string(),
-        size(1),
-        size(2),
-        (ndims >= 3).then(|| size(3)),
-        timepoints,
-        color_space,
-        ImageType::Mhd,
-    );
-    let spacing = |k: usize| {
-        Some(if h.pixdim[k].is_finite() && h.pixdim[k] != 0.0 {
-            h.pixdim[k].abs()
-        } else {
-            1.0
-        })
-    };
-    image.set_spacing(
-        spacing(1),
-        spacing(2),
-        if ndims >= 3 { spacing(3) } else { None },
-    );
-    image.pixel_type = Some(pt);
-    image.voxel_values = voxel_values;
-    image.segments = segments;
-    image.files = vec![upload.name.to_string()];
-    Ok(Built {
-        image,
-        consumed: vec![i],
-    })
+    scan_voxels(&mut data, pt, h.big_endian, n_elements, ShortData::Zero)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1730,127 +1795,151 @@ fn build_nrrd(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
 }
 
 fn nrrd_image(uploads: &[Upload], i: usize, h: &NrrdHeader) -> Result<Built, Reject> {
-    const INVALID: &str = "Not a valid NRRD image file";
-    let get = |k: &str| h.fields.get(k).map(String::as_str);
-    let pt = nrrd_type(get("type").ok_or(INVALID)?).ok_or(INVALID)?;
-    let dimension: usize = get("dimension")
-        .and_then(|v| v.parse().ok())
-        .ok_or(INVALID)?;
-    let sizes: Vec<u64> = get("sizes")
-        .ok_or(INVALID)?
-        .split_whitespace()
-        .map(|v| v.parse::<u64>().ok().filter(|s| *s > 0))
-        .collect::<Option<_>>()
-        .ok_or(INVALID)?;
-    if sizes.len() != dimension || dimension == 0 {
-        return Err(INVALID.into());
-    }
-    // An axis whose kind is not a domain holds the components of a pixel (the first one only).
-    let kinds: Vec<String> = get("kinds")
-        .map(|k| k.split_whitespace().map(str::to_ascii_lowercase).collect())
-        .unwrap_or_default();
-    let is_domain = |k: &str| matches!(k, "domain" | "space" | "time" | "none" | "???");
-    let (components, dims) = match kinds.first() {
-        Some(k) if !is_domain(k) => (sizes[0], sizes[1..].to_vec()),
-        _ => (1, sizes.clone()),
+    let layout = NrrdLayout::read(h)?;
+    let voxel_values = layout.voxel_values(uploads[i].path, h.data_offset)?;
+    let spacing = |k: usize| {
+        layout
+            .spacing
+            .as_ref()
+            .and_then(|s| s.get(k + layout.component_axes).copied())
+            .map_or(1.0, f64::abs)
     };
-    if !(2..=4).contains(&dims.len()) {
-        return Err("SimpleITK images with more than 4 dimensions are not supported".into());
-    }
-    if components > 4 {
-        return Err("Images with more than 4 channels not supported".into());
-    }
-    let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
-    let encoding = get("encoding").ok_or(INVALID)?.to_ascii_lowercase();
-    let big_endian = match get("endian") {
-        Some("big") => true,
-        Some("little") | None => false,
-        Some(_) => return Err(INVALID.into()),
-    };
-    if pt.size() > 1
-        && get("endian").is_none()
-        && matches!(encoding.as_str(), "raw" | "gzip" | "gz")
-    {
-        return Err(INVALID.into());
-    }
-    let spacing: Option<Vec<f64>> = get("spacings").and_then(|v| {
-        v.split_whitespace()
-            .filter(|s| !s.eq_ignore_ascii_case("nan"))
-            .map(|s| s.parse().ok())
-            .collect()
-    });
-    if spacing.as_ref().is_some_and(|s| s.contains(&0.0)) {
-        return Err(INVALID.into());
-    }
-
-    let n_elements = dims
-        .iter()
-        .try_fold(components, |acc, d| acc.checked_mul(*d))
-        .ok_or("image too large")?;
-    let expected = n_elements.checked_mul(pt.size()).ok_or("image too large")?;
-    let path = uploads[i].path;
-    let mut f = File::open(path).map_err(|e| e.to_string())?;
-    f.seek(SeekFrom::Start(h.data_offset))
-        .map_err(|e| e.to_string())?;
-    let mut data: Box<dyn Read> = match encoding.as_str() {
-        "raw" => Box::new(BufReader::new(f)),
-        "gzip" | "gz" => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))),
-        _ => return Err("unsupported NRRD encoding".into()),
-    };
-    // The reader needs every voxel: a short or damaged data stream is no image.
-    let voxel_values = if pt.is_integer() && expected <= MAX_VOXEL_SCAN_BYTES {
-        scan_voxels(&mut *data, pt, big_endian, n_elements, ShortData::Unknown)
-            .map_err(|_| INVALID)?
-            .ok_or(INVALID)
-            .map(Some)?
-    } else {
-        let read =
-            io::copy(&mut (&mut data).take(expected), &mut io::sink()).map_err(|_| INVALID)?;
-        if read < expected {
-            return Err(INVALID.into());
-        }
-        None
-    };
-
-    let ndims = dims.len();
-    let segments = panimg_segments(
-        Some(pt),
-        components,
-        ndims,
-        dims.get(3).copied(),
-        voxel_values.as_deref(),
+    let image = grid_image(
+        uploads[i].name,
+        &layout.dims,
+        layout.color_space,
+        layout.pt,
+        voxel_values,
+        spacing,
     );
-    let timepoints = if ndims == 4 && segments.is_none() {
-        dims.get(3).copied()
-    } else {
-        None
-    };
-    let mut image = new_image(
-        uploads[i].name.to_string(),
-        dims[0],
-        dims[1],
-        dims.get(2).copied(),
-        timepoints,
-        color_space,
-        ImageType::Mhd,
-    );
-    let offset = sizes.len() - dims.len();
-    let sp = |k: usize| {
-        Some(
-            spacing
-                .as_ref()
-                .and_then(|s| s.get(k + offset).copied())
-                .map_or(1.0, f64::abs),
-        )
-    };
-    image.set_spacing(sp(0), sp(1), if ndims >= 3 { sp(2) } else { None });
-    image.pixel_type = Some(pt);
-    image.voxel_values = voxel_values;
-    image.segments = segments;
     Ok(Built {
         image,
         consumed: vec![i],
     })
+}
+
+/// What an attached NRRD header says about its data.
+struct NrrdLayout {
+    pt: PixelType,
+    /// Domain axis sizes, fastest first.
+    dims: Vec<u64>,
+    components: u64,
+    /// Leading axes that hold the components of a pixel (0 or 1): the spacings skip them.
+    component_axes: usize,
+    color_space: ColorSpace,
+    /// Lower case, e.g. `raw` or `gzip`.
+    encoding: String,
+    big_endian: bool,
+    spacing: Option<Vec<f64>>,
+}
+
+/// Any structural problem in a NRRD header, as the reader words it.
+const NRRD_INVALID: &str = "Not a valid NRRD image file";
+
+impl NrrdLayout {
+    /// The header's type, axes, encoding and spacings, checked as the reader checks them.
+    fn read(h: &NrrdHeader) -> Result<NrrdLayout, Reject> {
+        let get = |k: &str| h.fields.get(k).map(String::as_str);
+        let pt = nrrd_type(get("type").ok_or(NRRD_INVALID)?).ok_or(NRRD_INVALID)?;
+        let dimension: usize = get("dimension")
+            .and_then(|v| v.parse().ok())
+            .ok_or(NRRD_INVALID)?;
+        let sizes: Vec<u64> = get("sizes")
+            .ok_or(NRRD_INVALID)?
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().ok().filter(|s| *s > 0))
+            .collect::<Option<_>>()
+            .ok_or(NRRD_INVALID)?;
+        if sizes.len() != dimension || dimension == 0 {
+            return Err(NRRD_INVALID.into());
+        }
+        // An axis whose kind is not a domain holds the components of a pixel (the first one only).
+        let kinds: Vec<String> = get("kinds")
+            .map(|k| k.split_whitespace().map(str::to_ascii_lowercase).collect())
+            .unwrap_or_default();
+        let is_domain = |k: &str| matches!(k, "domain" | "space" | "time" | "none" | "???");
+        let (components, dims) = match kinds.first() {
+            Some(k) if !is_domain(k) => (sizes[0], sizes[1..].to_vec()),
+            _ => (1, sizes.clone()),
+        };
+        if !(2..=4).contains(&dims.len()) {
+            return Err("SimpleITK images with more than 4 dimensions are not supported".into());
+        }
+        if components > 4 {
+            return Err("Images with more than 4 channels not supported".into());
+        }
+        let color_space = ColorSpace::from_components(components).ok_or(Reject::Unexpected)?;
+        let encoding = get("encoding").ok_or(NRRD_INVALID)?.to_ascii_lowercase();
+        let big_endian = match get("endian") {
+            Some("big") => true,
+            Some("little") | None => false,
+            Some(_) => return Err(NRRD_INVALID.into()),
+        };
+        if pt.size() > 1
+            && get("endian").is_none()
+            && matches!(encoding.as_str(), "raw" | "gzip" | "gz")
+        {
+            return Err(NRRD_INVALID.into());
+        }
+        let spacing: Option<Vec<f64>> = get("spacings").and_then(|v| {
+            v.split_whitespace()
+                .filter(|s| !s.eq_ignore_ascii_case("nan"))
+                .map(|s| s.parse().ok())
+                .collect()
+        });
+        if spacing.as_ref().is_some_and(|s| s.contains(&0.0)) {
+            return Err(NRRD_INVALID.into());
+        }
+        Ok(NrrdLayout {
+            pt,
+            component_axes: sizes.len() - dims.len(),
+            dims,
+            components,
+            color_space,
+            encoding,
+            big_endian,
+            spacing,
+        })
+    }
+
+    /// Read the data at `offset` of `path` through its encoding: the reader needs every voxel, so a
+    /// short or damaged data stream is no image. The distinct values where the image is small enough.
+    fn voxel_values(&self, path: &Path, offset: u64) -> Result<Option<Vec<i64>>, Reject> {
+        let pt = self.pt;
+        let n_elements = self
+            .dims
+            .iter()
+            .try_fold(self.components, |acc, d| acc.checked_mul(*d))
+            .ok_or("image too large")?;
+        let expected = n_elements.checked_mul(pt.size()).ok_or("image too large")?;
+        let mut f = File::open(path).map_err(|e| e.to_string())?;
+        f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+        let mut data: Box<dyn Read> = match self.encoding.as_str() {
+            "raw" => Box::new(BufReader::new(f)),
+            "gzip" | "gz" => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))),
+            _ => return Err("unsupported NRRD encoding".into()),
+        };
+        if pt.is_integer() && expected <= MAX_VOXEL_SCAN_BYTES {
+            scan_voxels(
+                &mut *data,
+                pt,
+                self.big_endian,
+                n_elements,
+                ShortData::Unknown,
+            )
+            .map_err(|_| NRRD_INVALID)?
+            .ok_or(NRRD_INVALID)
+            .map(Some)
+            .map_err(Reject::from)
+        } else {
+            let read = io::copy(&mut (&mut data).take(expected), &mut io::sink())
+                .map_err(|_| NRRD_INVALID)?;
+            if read < expected {
+                return Err(NRRD_INVALID.into());
+            }
+            Ok(None)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2167,6 +2256,42 @@ impl DicomReader<'_> {
         self.skip(u64::from(len))?;
         Ok(None)
     }
+
+    /// Read the data set's elements up to the pixel data into `header`: the wanted values, the
+    /// per-frame item count and where the pixel data is (unknown in a deflated file).
+    fn data_set(
+        &mut self,
+        header: &mut DicomHeader,
+        file_len: u64,
+        deflated: bool,
+    ) -> Result<(), String> {
+        // The data set may end without pixel data.
+        while let Ok(tag) = self.tag() {
+            let (vr, len) = self.vr_and_length(tag)?;
+            if tag >= TAG_PIXEL_DATA && tag >> 16 != 0xFFFE {
+                if tag == TAG_PIXEL_DATA {
+                    header.pixel_data_len = Some((len != UNDEFINED).then_some(u64::from(len)));
+                    header.bytes_after_pixel_header =
+                        (!deflated).then(|| file_len.saturating_sub(self.pos));
+                    header.pixel_data_offset = (!deflated).then_some(self.pos);
+                }
+                break;
+            }
+            if tag >> 16 == 0xFFFE {
+                return Err("unexpected item outside a sequence".into());
+            }
+            if WANTED_TAGS.contains(&tag) && len != UNDEFINED && len <= MAX_DICOM_VALUE {
+                let v = self.value(len)?;
+                header.values.insert(tag, v);
+            } else {
+                let items = self.element_body(tag, vr, len, 0)?;
+                if tag == TAG_PER_FRAME_GROUPS {
+                    header.per_frame_items = items;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Read the header of a DICOM Part 10 file up to its pixel data.
@@ -2183,9 +2308,40 @@ fn read_dicom_header(path: &Path) -> Result<DicomHeader, String> {
             "File is missing DICOM File Meta Information header or the 'DICM' prefix".into(),
         );
     }
+    let (transfer_syntax, pos) = read_file_meta(&mut buffered)?;
 
-    // File meta information: always explicit VR little endian, group 0002.
-    let mut header = DicomHeader::default();
+    let (explicit, big_endian, deflated) = match transfer_syntax.as_str() {
+        "1.2.840.10008.1.2" => (false, false, false),
+        "1.2.840.10008.1.2.2" => (true, true, false),
+        "1.2.840.10008.1.2.1.99" => (true, false, true),
+        _ => (true, false, false),
+    };
+    let mut header = DicomHeader {
+        big_endian,
+        native: matches!(
+            transfer_syntax.as_str(),
+            "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" | ""
+        ),
+        ..DicomHeader::default()
+    };
+    let r: Box<dyn Read> = if deflated {
+        Box::new(flate2::bufread::DeflateDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
+    let mut rd = DicomReader {
+        r,
+        pos,
+        explicit,
+        big_endian,
+    };
+    rd.data_set(&mut header, file_len, deflated)?;
+    Ok(header)
+}
+
+/// Read the file meta information (group 0002, always explicit VR little endian) after the preamble:
+/// the transfer syntax UID and the position where the data set starts.
+fn read_file_meta(buffered: &mut BufReader<File>) -> Result<(String, u64), String> {
     let mut pos: u64 = 132;
     let mut transfer_syntax = String::new();
     loop {
@@ -2194,7 +2350,7 @@ fn read_dicom_header(path: &Path) -> Result<DicomHeader, String> {
             break;
         }
         let mut meta = DicomReader {
-            r: Box::new(&mut buffered),
+            r: Box::new(&mut *buffered),
             pos,
             explicit: true,
             big_endian: false,
@@ -2214,55 +2370,7 @@ fn read_dicom_header(path: &Path) -> Result<DicomHeader, String> {
         }
         pos = meta.pos;
     }
-
-    let (explicit, big_endian, deflated) = match transfer_syntax.as_str() {
-        "1.2.840.10008.1.2" => (false, false, false),
-        "1.2.840.10008.1.2.2" => (true, true, false),
-        "1.2.840.10008.1.2.1.99" => (true, false, true),
-        _ => (true, false, false),
-    };
-    header.big_endian = big_endian;
-    header.native = matches!(
-        transfer_syntax.as_str(),
-        "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2" | ""
-    );
-    let r: Box<dyn Read> = if deflated {
-        Box::new(flate2::bufread::DeflateDecoder::new(buffered))
-    } else {
-        Box::new(buffered)
-    };
-    let mut rd = DicomReader {
-        r,
-        pos,
-        explicit,
-        big_endian,
-    };
-    // The data set may end without pixel data.
-    while let Ok(tag) = rd.tag() {
-        let (vr, len) = rd.vr_and_length(tag)?;
-        if tag >= TAG_PIXEL_DATA && tag >> 16 != 0xFFFE {
-            if tag == TAG_PIXEL_DATA {
-                header.pixel_data_len = Some((len != UNDEFINED).then_some(u64::from(len)));
-                header.bytes_after_pixel_header =
-                    (!deflated).then(|| file_len.saturating_sub(rd.pos));
-                header.pixel_data_offset = (!deflated).then_some(rd.pos);
-            }
-            break;
-        }
-        if tag >> 16 == 0xFFFE {
-            return Err("unexpected item outside a sequence".into());
-        }
-        if WANTED_TAGS.contains(&tag) && len != UNDEFINED && len <= MAX_DICOM_VALUE {
-            let v = rd.value(len)?;
-            header.values.insert(tag, v);
-        } else {
-            let items = rd.element_body(tag, vr, len, 0)?;
-            if tag == TAG_PER_FRAME_GROUPS {
-                header.per_frame_items = items;
-            }
-        }
-    }
-    Ok(header)
+    Ok((transfer_syntax, pos))
 }
 
 /// The distinct values of an uncompressed single-channel 8-bit series, as the platform loads it
@@ -2424,29 +2532,84 @@ fn build_dicom(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
 fn dicom_series_image(
     uploads: &[Upload],
     name: String,
-    mut members: Vec<(usize, DicomHeader)>,
+    members: Vec<(usize, DicomHeader)>,
 ) -> Result<Built, Reject> {
-    if members.len() > 1 {
-        let mut keyed = Vec::with_capacity(members.len());
-        for (i, h) in members {
-            let n: i64 = h
-                .text(TAG_INSTANCE_NUMBER)
-                .and_then(|v| v.parse().ok())
-                .ok_or(
-                    "Could not determine slice order due to missing or invalid InstanceNumber",
-                )?;
-            keyed.push((n, i, h));
-        }
-        // Stable, like Python's sort.
-        keyed.sort_by_key(|(n, _, _)| *n);
-        members = keyed.into_iter().map(|(_, i, h)| (i, h)).collect();
-    }
+    let members = in_slice_order(members)?;
     let reference = &members[0].1;
     let rows = reference.u16(TAG_ROWS).ok_or("no Rows")?;
     let cols = reference.u16(TAG_COLUMNS).ok_or("no Columns")?;
     let samples = u64::from(reference.u16(TAG_SAMPLES_PER_PIXEL).unwrap_or(1));
-    let frames_per_file = reference.frames();
-    for (_, h) in &members {
+    check_slices(&members, rows, cols, samples)?;
+    let layout = SeriesLayout::of(&members, samples)?;
+    let color_space = dicom_color_space(reference);
+    let mut image = new_image(
+        name,
+        u64::from(cols),
+        u64::from(rows),
+        Some(layout.depth),
+        None,
+        color_space,
+        ImageType::Mhd,
+    );
+    let z = slice_spacing(&members);
+    let (x, y) = reference.pixel_spacing().unwrap_or((1.0, 1.0));
+    // ITK refuses a zero spacing.
+    if [x, y, z].contains(&0.0) {
+        return Err("could not read file".into());
+    }
+    image.set_spacing(Some(x), Some(y), Some(z));
+    image.modality = reference.text(TAG_MODALITY).filter(|m| !m.is_empty());
+    image.pixel_type = dicom_pixel_type(&members.iter().map(|(_, h)| h).collect::<Vec<_>>());
+    let (four_d, n_time) = (layout.four_d, layout.n_time);
+    image.segments =
+        dicom_segments(uploads, &members, image.pixel_type, samples).and_then(|values| {
+            panimg_segments(
+                image.pixel_type,
+                1,
+                if four_d { 4 } else { 3 },
+                four_d.then_some(n_time),
+                Some(&values),
+            )
+        });
+    if four_d && image.segments.is_none() {
+        image.timepoints = Some(n_time);
+        image.shape.insert(0, n_time);
+    }
+    image.metadata = dicom_metadata(reference);
+    image.files = members
+        .iter()
+        .map(|(i, _)| uploads[*i].name.to_string())
+        .collect();
+    let consumed = members.iter().map(|(i, _)| *i).collect();
+    Ok(Built { image, consumed })
+}
+
+/// The files of a series ordered by their InstanceNumber, which every file of several needs.
+fn in_slice_order(members: Vec<(usize, DicomHeader)>) -> Result<Vec<(usize, DicomHeader)>, Reject> {
+    if members.len() < 2 {
+        return Ok(members);
+    }
+    let mut keyed = Vec::with_capacity(members.len());
+    for (i, h) in members {
+        let n: i64 = h
+            .text(TAG_INSTANCE_NUMBER)
+            .and_then(|v| v.parse().ok())
+            .ok_or("Could not determine slice order due to missing or invalid InstanceNumber")?;
+        keyed.push((n, i, h));
+    }
+    // Stable, like Python's sort.
+    keyed.sort_by_key(|(n, _, _)| *n);
+    Ok(keyed.into_iter().map(|(_, i, h)| (i, h)).collect())
+}
+
+/// Every slice has the reference's size and pixel data as long as its header promises.
+fn check_slices(
+    members: &[(usize, DicomHeader)],
+    rows: u16,
+    cols: u16,
+    samples: u64,
+) -> Result<(), Reject> {
+    for (_, h) in members {
         if h.u16(TAG_ROWS) != Some(rows) || h.u16(TAG_COLUMNS) != Some(cols) {
             return Err("slices differ in size".into());
         }
@@ -2469,50 +2632,65 @@ fn dicom_series_image(
             }
         }
     }
-    // 4-D: several temporal positions, each with the same number of slices, each with its content
-    // time and exposure (panimg writes them into the image).
-    let n_files = members.len() as u64;
-    let n_time = members
-        .iter()
-        .filter_map(|(_, h)| h.integer(TAG_TEMPORAL_POSITION_INDEX))
-        .collect::<BTreeSet<_>>()
-        .len() as u64;
-    let four_d = n_time >= 2;
-    if four_d && !n_files.is_multiple_of(n_time) {
-        return Err("Number of slices per time point differs".into());
-    }
-    let n_slices = n_files * frames_per_file / if four_d { n_time } else { 1 };
-    if four_d
-        && members.iter().enumerate().any(|(index, (_, h))| {
-            (frames_per_file > 1 || (index as u64).is_multiple_of(n_slices))
-                && !(h.has(TAG_CONTENT_TIME) && h.has(TAG_EXPOSURE))
+    Ok(())
+}
+
+/// How the slices of a series stack up: its depth, and its timepoints when it is 4-D.
+struct SeriesLayout {
+    depth: u64,
+    /// Distinct TemporalPositionIndex values.
+    n_time: u64,
+    four_d: bool,
+}
+
+impl SeriesLayout {
+    /// The layout of files in slice order, refused where panimg cannot read it.
+    fn of(members: &[(usize, DicomHeader)], samples: u64) -> Result<SeriesLayout, Reject> {
+        let frames_per_file = members[0].1.frames();
+        // 4-D: several temporal positions, each with the same number of slices, each with its
+        // content time and exposure (panimg writes them into the image).
+        let n_files = members.len() as u64;
+        let n_time = members
+            .iter()
+            .filter_map(|(_, h)| h.integer(TAG_TEMPORAL_POSITION_INDEX))
+            .collect::<BTreeSet<_>>()
+            .len() as u64;
+        let four_d = n_time >= 2;
+        if four_d && !n_files.is_multiple_of(n_time) {
+            return Err("Number of slices per time point differs".into());
+        }
+        let n_slices = n_files * frames_per_file / if four_d { n_time } else { 1 };
+        if four_d
+            && members.iter().enumerate().any(|(index, (_, h))| {
+                (frames_per_file > 1 || (index as u64).is_multiple_of(n_slices))
+                    && !(h.has(TAG_CONTENT_TIME) && h.has(TAG_EXPOSURE))
+            })
+        {
+            return Err("could not read file".into());
+        }
+        // Pixels of one frame per file come as a 2-D array per file for grey values but as a 3-D
+        // one for colour, which panimg takes for the whole volume of a 2-D image that cannot be
+        // oriented. Only a single multi-frame colour file makes an image.
+        if samples > 1 && (members.len() > 1 || frames_per_file < 2 || four_d) {
+            return Err("could not read file".into());
+        }
+        // A multi-frame file's pixels are a volume: panimg takes the first file's as the whole image.
+        let depth = if frames_per_file > 1 && !four_d {
+            frames_per_file
+        } else {
+            n_slices
+        };
+        Ok(SeriesLayout {
+            depth,
+            n_time,
+            four_d,
         })
-    {
-        return Err("could not read file".into());
     }
-    // Pixels of one frame per file come as a 2-D array per file for grey values but as a 3-D one
-    // for colour, which panimg takes for the whole volume of a 2-D image that cannot be oriented.
-    // Only a single multi-frame colour file makes an image.
-    if samples > 1 && (members.len() > 1 || frames_per_file < 2 || four_d) {
-        return Err("could not read file".into());
-    }
-    // A multi-frame file's pixels are a volume: panimg takes the first file's as the whole image.
-    let depth = if frames_per_file > 1 && !four_d {
-        frames_per_file
-    } else {
-        n_slices
-    };
-    let color_space = dicom_color_space(reference);
-    let mut image = new_image(
-        name,
-        u64::from(cols),
-        u64::from(rows),
-        Some(depth),
-        None,
-        color_space,
-        ImageType::Mhd,
-    );
-    // z spacing: the mean distance between distinct slice positions, as panimg computes it.
+}
+
+/// The z spacing: the mean distance between distinct slice positions, as panimg computes it, else
+/// the reference's SpacingBetweenSlices.
+fn slice_spacing(members: &[(usize, DicomHeader)]) -> f64 {
     let origins: Vec<[f64; 3]> = members
         .iter()
         .filter_map(|(_, h)| match h.numbers(TAG_IMAGE_POSITION)?.as_slice() {
@@ -2536,41 +2714,12 @@ fn dicom_series_image(
         }
         seen.push(*o);
     }
-    let z = if seen.len() > 1 {
+    if seen.len() > 1 {
         let n = (seen.len() - 1) as f64;
         (sum.iter().map(|s| (s / n) * (s / n)).sum::<f64>()).sqrt()
     } else {
-        reference.spacing_between_slices().unwrap_or(1.0)
-    };
-    let (x, y) = reference.pixel_spacing().unwrap_or((1.0, 1.0));
-    // ITK refuses a zero spacing.
-    if [x, y, z].contains(&0.0) {
-        return Err("could not read file".into());
+        members[0].1.spacing_between_slices().unwrap_or(1.0)
     }
-    image.set_spacing(Some(x), Some(y), Some(z));
-    image.modality = reference.text(TAG_MODALITY).filter(|m| !m.is_empty());
-    image.pixel_type = dicom_pixel_type(&members.iter().map(|(_, h)| h).collect::<Vec<_>>());
-    image.segments =
-        dicom_segments(uploads, &members, image.pixel_type, samples).and_then(|values| {
-            panimg_segments(
-                image.pixel_type,
-                1,
-                if four_d { 4 } else { 3 },
-                four_d.then_some(n_time),
-                Some(&values),
-            )
-        });
-    if four_d && image.segments.is_none() {
-        image.timepoints = Some(n_time);
-        image.shape.insert(0, n_time);
-    }
-    image.metadata = dicom_metadata(reference);
-    image.files = members
-        .iter()
-        .map(|(i, _)| uploads[*i].name.to_string())
-        .collect();
-    let consumed = members.iter().map(|(i, _)| *i).collect();
-    Ok(Built { image, consumed })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2710,85 +2859,30 @@ fn build_tiff(uploads: &[Upload], remaining: &[usize]) -> BuilderResult {
 }
 
 fn tiff_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
-    let file = File::open(uploads[i].path).map_err(|e| e.to_string())?;
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let mut t = Tiff {
-        file,
-        len,
-        big_endian: false,
-        big: false,
-    };
-    let head = t.read_at(0, 8).map_err(|_| "not a TIFF")?;
-    t.big_endian = match &head[0..2] {
-        b"II" => false,
-        b"MM" => true,
-        _ => return Err("not a TIFF".into()),
-    };
-    let first_ifd = match t.uint(&head[2..4]) {
-        42 => t.uint(&head[4..8]),
-        43 => {
-            t.big = true;
-            let more = t.read_at(8, 8)?;
-            if t.uint(&head[4..6]) != 8 {
-                return Err("unsupported BigTIFF offset size".into());
-            }
-            t.uint(&more)
-        }
-        _ => return Err("not a TIFF".into()),
-    };
-    let (tags, _) = t.ifd(first_ifd)?;
-
-    let get_int = |t: &mut Tiff, tag: u16| tags.get(&tag).and_then(|e| t.int(e));
-    let width = get_int(&mut t, 256)
+    let mut page = FirstPage::open(uploads[i].path)?;
+    let width = page
+        .int(256)
         .filter(|v| *v > 0)
         .ok_or("Image width could not be determined")? as u64;
-    let height = get_int(&mut t, 257)
+    let height = page
+        .int(257)
         .filter(|v| *v > 0)
         .ok_or("Image height could not be determined")? as u64;
-    let color_space = match get_int(&mut t, 262) {
+    let color_space = match page.int(262) {
         Some(1) => ColorSpace::Gray,
         Some(2) => ColorSpace::Rgb,
         Some(6) => ColorSpace::YCbCr,
         _ => return Err("Color space could not be determined".into()),
     };
-    let unit = get_int(&mut t, 296);
-    let mm_per_unit = match unit {
-        Some(2) => 25.4,
-        Some(3) => 10.0,
-        _ => return Err("Invalid resolution unit".into()),
+    let (x, y) = page.spacing()?;
+    let samples = page.int(277).unwrap_or(1);
+    let sample_format = page.int(339);
+    let segments = if samples == 1 && matches!(sample_format, None | Some(1) | Some(2)) {
+        page.segments()
+    } else {
+        None
     };
-    let mut spacing = |tag: u16| -> Result<f64, String> {
-        let (n, d) = tags
-            .get(&tag)
-            .and_then(|e| t.rational(e))
-            .ok_or("Voxel spacing could not be determined")?;
-        if n == 0.0 || d == 0.0 {
-            return Err("Invalid resolution in tiff file".into());
-        }
-        Ok(mm_per_unit / (n / d))
-    };
-    let x = spacing(282)?;
-    let y = spacing(283)?;
-
-    // Segments from the sample value range tags (panimg reads them, it never scans TIFF pixels).
-    let samples = get_int(&mut t, 277).unwrap_or(1);
-    let sample_format = get_int(&mut t, 339);
-    let mut segments = None;
-    if samples == 1 && matches!(sample_format, None | Some(1) | Some(2)) {
-        // panimg takes the first tag unless its value is 0, then the signed one.
-        let min = get_int(&mut t, 280)
-            .filter(|v| *v != 0)
-            .or_else(|| get_int(&mut t, 340));
-        let max = get_int(&mut t, 281)
-            .filter(|v| *v != 0)
-            .or_else(|| get_int(&mut t, 341));
-        if let (Some(min), Some(max)) = (min, max)
-            && max.saturating_sub(min) < MAX_SEGMENTS as i64
-        {
-            segments = Some((min..=max).collect());
-        }
-    }
-    let bits = get_int(&mut t, 258).unwrap_or(1);
+    let bits = page.int(258).unwrap_or(1);
     let pixel_type = match (bits, sample_format) {
         (8, None | Some(1)) => Some(PixelType::U8),
         (8, Some(2)) => Some(PixelType::I8),
@@ -2818,6 +2912,81 @@ fn tiff_image(uploads: &[Upload], i: usize) -> Result<Built, Reject> {
         image,
         consumed: vec![i],
     })
+}
+
+/// The tags of a TIFF's first page (the only one the platform's importer reads).
+struct FirstPage {
+    t: Tiff,
+    tags: BTreeMap<u16, TiffEntry>,
+}
+
+impl FirstPage {
+    /// Read the TIFF or BigTIFF header and the first IFD.
+    fn open(path: &Path) -> Result<FirstPage, Reject> {
+        let file = File::open(path).map_err(|e| e.to_string())?;
+        let len = file.metadata().map_err(|e| e.to_string())?.len();
+        let mut t = Tiff {
+            file,
+            len,
+            big_endian: false,
+            big: false,
+        };
+        let head = t.read_at(0, 8).map_err(|_| "not a TIFF")?;
+        t.big_endian = match &head[0..2] {
+            b"II" => false,
+            b"MM" => true,
+            _ => return Err("not a TIFF".into()),
+        };
+        let first_ifd = match t.uint(&head[2..4]) {
+            42 => t.uint(&head[4..8]),
+            43 => {
+                t.big = true;
+                let more = t.read_at(8, 8)?;
+                if t.uint(&head[4..6]) != 8 {
+                    return Err("unsupported BigTIFF offset size".into());
+                }
+                t.uint(&more)
+            }
+            _ => return Err("not a TIFF".into()),
+        };
+        let (tags, _) = t.ifd(first_ifd)?;
+        Ok(FirstPage { t, tags })
+    }
+
+    /// The first value of an integer tag.
+    fn int(&mut self, tag: u16) -> Option<i64> {
+        self.tags.get(&tag).and_then(|e| self.t.int(e))
+    }
+
+    /// The (x, y) pixel spacing in mm, from the resolution tags in inch or centimetre units.
+    fn spacing(&mut self) -> Result<(f64, f64), String> {
+        let mm_per_unit = match self.int(296) {
+            Some(2) => 25.4,
+            Some(3) => 10.0,
+            _ => return Err("Invalid resolution unit".into()),
+        };
+        let mut spacing = |tag: u16| -> Result<f64, String> {
+            let (n, d) = self
+                .tags
+                .get(&tag)
+                .and_then(|e| self.t.rational(e))
+                .ok_or("Voxel spacing could not be determined")?;
+            if n == 0.0 || d == 0.0 {
+                return Err("Invalid resolution in tiff file".into());
+            }
+            Ok(mm_per_unit / (n / d))
+        };
+        Ok((spacing(282)?, spacing(283)?))
+    }
+
+    /// Segments from the sample value range tags (panimg reads them, it never scans TIFF pixels).
+    fn segments(&mut self) -> Option<Vec<i64>> {
+        // panimg takes the first tag unless its value is 0, then the signed one.
+        let min = self.int(280).filter(|v| *v != 0).or_else(|| self.int(340));
+        let max = self.int(281).filter(|v| *v != 0).or_else(|| self.int(341));
+        let (min, max) = (min?, max?);
+        (max.saturating_sub(min) < MAX_SEGMENTS as i64).then(|| (min..=max).collect())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -359,29 +359,79 @@ pub fn write_dicom_series(
             "a DICOM series needs at least one slice of at least 1×1 pixels",
         ));
     }
-    let pixel_bytes = u32::from(rows) * u32::from(cols) * 2;
     let mut rng = SampleRng::new(seed);
     let tag = uid_tag(&series.series_instance_uid);
     let mut paths = Vec::with_capacity(n_slices as usize);
-    let [sx, _, sz] = SAMPLE_SPACING_MM;
     for i in 0..n_slices {
         let instance = i + 1;
-        let sop_instance_uid = uid(seed ^ u64::from(tag), 100 + u64::from(instance));
-        let z = f64::from(i) * sz;
+        let slice = CtSlice {
+            series,
+            sop_instance_uid: uid(seed ^ u64::from(tag), 100 + u64::from(instance)),
+            instance,
+            z: f64::from(i) * SAMPLE_SPACING_MM[2],
+            rows,
+            cols,
+        };
+        let meta = slice.file_meta();
+        let ds = slice.data_set();
 
+        let path = dir.join(format!("{tag:08x}-{instance:04}.dcm"));
+        let mut out = BufWriter::new(File::create(&path)?);
+        out.write_all(&[0u8; 128])?;
+        out.write_all(b"DICM")?;
+        let mut group_length = Vec::with_capacity(12);
+        dicom_element(
+            &mut group_length,
+            0x0002,
+            0x0000,
+            b"UL",
+            &(meta.len() as u32).to_le_bytes(),
+        );
+        out.write_all(&group_length)?;
+        out.write_all(&meta)?;
+        out.write_all(&ds)?;
+        write_ct_pixels(&mut out, rows, cols, &mut rng)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// One file of a sample CT series.
+struct CtSlice<'a> {
+    series: &'a DicomSeriesIds,
+    sop_instance_uid: String,
+    instance: u32,
+    /// The slice position along z, in mm.
+    z: f64,
+    rows: u16,
+    cols: u16,
+}
+
+impl CtSlice<'_> {
+    /// The file meta group's elements (its group length is written before them).
+    fn file_meta(&self) -> Vec<u8> {
         let mut meta = Vec::with_capacity(256);
         dicom_element(&mut meta, 0x0002, 0x0001, b"OB", &[0, 1]);
         dicom_str(&mut meta, 0x0002, 0x0002, b"UI", CT_IMAGE_STORAGE);
-        dicom_str(&mut meta, 0x0002, 0x0003, b"UI", &sop_instance_uid);
+        dicom_str(&mut meta, 0x0002, 0x0003, b"UI", &self.sop_instance_uid);
         dicom_str(&mut meta, 0x0002, 0x0010, b"UI", EXPLICIT_VR_LITTLE_ENDIAN);
         dicom_str(&mut meta, 0x0002, 0x0012, b"UI", "2.25.1234567890123456789");
         dicom_str(&mut meta, 0x0002, 0x0013, b"SH", "GCHOTFOLDER");
+        meta
+    }
 
+    /// The data set up to and including the Pixel Data element's header; the values follow, streamed.
+    fn data_set(&self) -> Vec<u8> {
+        let series = self.series;
+        let (rows, cols, z) = (self.rows, self.cols, self.z);
+        let [sx, _, sz] = SAMPLE_SPACING_MM;
+        let pixel_bytes = u32::from(rows) * u32::from(cols) * 2;
         let mut ds = Vec::with_capacity(1024);
         dicom_str(&mut ds, 0x0008, 0x0005, b"CS", "ISO_IR 100");
         dicom_str(&mut ds, 0x0008, 0x0008, b"CS", "ORIGINAL\\PRIMARY\\AXIAL");
         dicom_str(&mut ds, 0x0008, 0x0016, b"UI", CT_IMAGE_STORAGE);
-        dicom_str(&mut ds, 0x0008, 0x0018, b"UI", &sop_instance_uid);
+        dicom_str(&mut ds, 0x0008, 0x0018, b"UI", &self.sop_instance_uid);
         dicom_str(&mut ds, 0x0008, 0x0020, b"DA", &series.study_date);
         dicom_str(&mut ds, 0x0008, 0x0030, b"TM", "120000");
         dicom_str(&mut ds, 0x0008, 0x0050, b"SH", &series.accession_number);
@@ -405,7 +455,7 @@ pub fn write_dicom_series(
             &series.series_number.to_string(),
         );
         dicom_str(&mut ds, 0x0020, 0x0012, b"IS", "1");
-        dicom_str(&mut ds, 0x0020, 0x0013, b"IS", &instance.to_string());
+        dicom_str(&mut ds, 0x0020, 0x0013, b"IS", &self.instance.to_string());
         dicom_str(&mut ds, 0x0020, 0x0032, b"DS", &format!("0\\0\\{z}"));
         dicom_str(&mut ds, 0x0020, 0x0037, b"DS", "1\\0\\0\\0\\1\\0");
         dicom_str(
@@ -430,49 +480,40 @@ pub fn write_dicom_series(
         dicom_str(&mut ds, 0x0028, 0x1051, b"DS", "400");
         dicom_str(&mut ds, 0x0028, 0x1052, b"DS", "-1024");
         dicom_str(&mut ds, 0x0028, 0x1053, b"DS", "1");
-        // Pixel Data header; the values follow, streamed.
         ds.extend_from_slice(&0x7FE0u16.to_le_bytes());
         ds.extend_from_slice(&0x0010u16.to_le_bytes());
         ds.extend_from_slice(b"OW\0\0");
         ds.extend_from_slice(&pixel_bytes.to_le_bytes());
-
-        let path = dir.join(format!("{tag:08x}-{instance:04}.dcm"));
-        let mut out = BufWriter::new(File::create(&path)?);
-        out.write_all(&[0u8; 128])?;
-        out.write_all(b"DICM")?;
-        let mut group_length = Vec::with_capacity(12);
-        dicom_element(
-            &mut group_length,
-            0x0002,
-            0x0000,
-            b"UL",
-            &(meta.len() as u32).to_le_bytes(),
-        );
-        out.write_all(&group_length)?;
-        out.write_all(&meta)?;
-        out.write_all(&ds)?;
-        let (cr, cc) = (f64::from(rows) / 2.0, f64::from(cols) / 2.0);
-        let radius2 = (f64::from(rows.min(cols)) / 3.0).powi(2);
-        let mut row = Vec::with_capacity(usize::from(cols) * 2);
-        for r in 0..rows {
-            row.clear();
-            for c in 0..cols {
-                let (dr, dc) = (f64::from(r) - cr, f64::from(c) - cc);
-                // Stored 0..4095 → −1024..3071 HU: soft tissue in air.
-                let base: u64 = if dr * dr + dc * dc <= radius2 {
-                    1064
-                } else {
-                    24
-                };
-                let v = (base + rng.below(64)) as u16;
-                row.extend_from_slice(&v.to_le_bytes());
-            }
-            out.write_all(&row)?;
-        }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        paths.push(path);
+        ds
     }
-    Ok(paths)
+}
+
+/// Stream one slice of `rows × cols` unsigned 16-bit pixels: a disc of soft tissue in air, with noise.
+fn write_ct_pixels(
+    out: &mut impl Write,
+    rows: u16,
+    cols: u16,
+    rng: &mut SampleRng,
+) -> io::Result<()> {
+    let (cr, cc) = (f64::from(rows) / 2.0, f64::from(cols) / 2.0);
+    let radius2 = (f64::from(rows.min(cols)) / 3.0).powi(2);
+    let mut row = Vec::with_capacity(usize::from(cols) * 2);
+    for r in 0..rows {
+        row.clear();
+        for c in 0..cols {
+            let (dr, dc) = (f64::from(r) - cr, f64::from(c) - cc);
+            // Stored 0..4095 → −1024..3071 HU: soft tissue in air.
+            let base: u64 = if dr * dr + dc * dc <= radius2 {
+                1064
+            } else {
+                24
+            };
+            let v = (base + rng.below(64)) as u16;
+            row.extend_from_slice(&v.to_le_bytes());
+        }
+        out.write_all(&row)?;
+    }
+    Ok(())
 }
 
 /// Write a baseline uncompressed 8-bit grayscale TIFF (little endian, strips of at most 64 KiB,
@@ -481,94 +522,140 @@ pub fn write_tiff(path: &Path, width: u32, height: u32, seed: u64) -> io::Result
     if width == 0 || height == 0 {
         return Err(invalid("a TIFF needs at least 1×1 pixels"));
     }
-    let rows_per_strip = (65536 / width).clamp(1, height);
-    let n_strips = height.div_ceil(rows_per_strip);
-    let strip_bytes = |i: u32| -> u32 {
-        let rows = if i + 1 == n_strips {
-            height - rows_per_strip * i
-        } else {
-            rows_per_strip
-        };
-        rows * width
-    };
-
-    // Layout: header | IFD | XResolution | YResolution | strip offsets | strip counts | pixels.
-    const N_ENTRIES: u32 = 12;
-    let ifd_offset: u32 = 8;
-    let ifd_len = 2 + 12 * N_ENTRIES + 4;
-    let xres_at = ifd_offset + ifd_len;
-    let yres_at = xres_at + 8;
-    let arrays_out_of_line = n_strips > 1;
-    let offsets_at = yres_at + 8;
-    let counts_at = offsets_at + if arrays_out_of_line { 4 * n_strips } else { 0 };
-    let data_at = counts_at + if arrays_out_of_line { 4 * n_strips } else { 0 };
-    let total = u64::from(data_at) + u64::from(width) * u64::from(height);
-    if total > u64::from(u32::MAX) {
-        return Err(invalid("a classic TIFF is limited to 4 GiB"));
-    }
-
-    let mut head = Vec::with_capacity(data_at as usize);
-    head.extend_from_slice(b"II*\0");
-    head.extend_from_slice(&ifd_offset.to_le_bytes());
-    head.extend_from_slice(&(N_ENTRIES as u16).to_le_bytes());
-    let mut entry = |tag: u16, typ: u16, count: u32, value: u32| {
-        head.extend_from_slice(&tag.to_le_bytes());
-        head.extend_from_slice(&typ.to_le_bytes());
-        head.extend_from_slice(&count.to_le_bytes());
-        head.extend_from_slice(&value.to_le_bytes());
-    };
-    const SHORT: u16 = 3;
-    const LONG: u16 = 4;
-    const RATIONAL: u16 = 5;
-    entry(256, LONG, 1, width); // ImageWidth
-    entry(257, LONG, 1, height); // ImageLength
-    entry(258, SHORT, 1, 8); // BitsPerSample
-    entry(259, SHORT, 1, 1); // Compression: none
-    entry(262, SHORT, 1, 1); // PhotometricInterpretation: BlackIsZero
-    entry(
-        273,
-        LONG,
-        n_strips,
-        if arrays_out_of_line {
-            offsets_at
-        } else {
-            data_at
-        },
-    ); // StripOffsets
-    entry(277, SHORT, 1, 1); // SamplesPerPixel
-    entry(278, LONG, 1, rows_per_strip); // RowsPerStrip
-    entry(
-        279,
-        LONG,
-        n_strips,
-        if arrays_out_of_line {
-            counts_at
-        } else {
-            strip_bytes(0)
-        },
-    ); // StripByteCounts
-    entry(282, RATIONAL, 1, xres_at); // XResolution
-    entry(283, RATIONAL, 1, yres_at); // YResolution
-    entry(296, SHORT, 1, 2); // ResolutionUnit: inch
-    head.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
-    for _ in 0..2 {
-        head.extend_from_slice(&72u32.to_le_bytes());
-        head.extend_from_slice(&1u32.to_le_bytes());
-    }
-    if arrays_out_of_line {
-        for i in 0..n_strips {
-            head.extend_from_slice(&(data_at + i * rows_per_strip * width).to_le_bytes());
-        }
-        for i in 0..n_strips {
-            head.extend_from_slice(&strip_bytes(i).to_le_bytes());
-        }
-    }
-    debug_assert_eq!(head.len(), data_at as usize);
-
+    let layout = StripLayout::new(width, height)?;
+    let head = layout.head();
     let mut out = BufWriter::new(File::create(path)?);
     out.write_all(&head)?;
     write_phantom_u8(&mut out, [width, height, 1], seed)?;
     out.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+
+/// Where the parts of a one-page 8-bit strip TIFF go: header | IFD | XResolution | YResolution |
+/// strip offsets | strip counts | pixels. The offset and count arrays live in the IFD entries
+/// themselves when there is a single strip.
+struct StripLayout {
+    width: u32,
+    height: u32,
+    rows_per_strip: u32,
+    n_strips: u32,
+    xres_at: u32,
+    yres_at: u32,
+    offsets_at: u32,
+    counts_at: u32,
+    data_at: u32,
+}
+
+/// Where the IFD of [`write_tiff`]'s files starts: right after the 8-byte header.
+const TIFF_IFD_OFFSET: u32 = 8;
+/// The IFD entries [`StripLayout::head`] writes.
+const TIFF_ENTRIES: u32 = 12;
+
+impl StripLayout {
+    /// Strips of at most 64 KiB; a classic TIFF must stay below 4 GiB.
+    fn new(width: u32, height: u32) -> io::Result<StripLayout> {
+        let rows_per_strip = (65536 / width).clamp(1, height);
+        let n_strips = height.div_ceil(rows_per_strip);
+        let ifd_len = 2 + 12 * TIFF_ENTRIES + 4;
+        let xres_at = TIFF_IFD_OFFSET + ifd_len;
+        let yres_at = xres_at + 8;
+        let out_of_line = n_strips > 1;
+        let offsets_at = yres_at + 8;
+        let counts_at = offsets_at + if out_of_line { 4 * n_strips } else { 0 };
+        let data_at = counts_at + if out_of_line { 4 * n_strips } else { 0 };
+        let total = u64::from(data_at) + u64::from(width) * u64::from(height);
+        if total > u64::from(u32::MAX) {
+            return Err(invalid("a classic TIFF is limited to 4 GiB"));
+        }
+        Ok(StripLayout {
+            width,
+            height,
+            rows_per_strip,
+            n_strips,
+            xres_at,
+            yres_at,
+            offsets_at,
+            counts_at,
+            data_at,
+        })
+    }
+
+    fn arrays_out_of_line(&self) -> bool {
+        self.n_strips > 1
+    }
+
+    /// The bytes of strip `i`: the last one holds the rows left over.
+    fn strip_bytes(&self, i: u32) -> u32 {
+        let rows = if i + 1 == self.n_strips {
+            self.height - self.rows_per_strip * i
+        } else {
+            self.rows_per_strip
+        };
+        rows * self.width
+    }
+
+    /// Everything before the pixels: header, IFD, resolutions and the strip arrays.
+    fn head(&self) -> Vec<u8> {
+        let (width, height, data_at) = (self.width, self.height, self.data_at);
+        let out_of_line = self.arrays_out_of_line();
+        let mut head = Vec::with_capacity(data_at as usize);
+        head.extend_from_slice(b"II*\0");
+        head.extend_from_slice(&TIFF_IFD_OFFSET.to_le_bytes());
+        head.extend_from_slice(&(TIFF_ENTRIES as u16).to_le_bytes());
+        let mut entry = |tag: u16, typ: u16, count: u32, value: u32| {
+            head.extend_from_slice(&tag.to_le_bytes());
+            head.extend_from_slice(&typ.to_le_bytes());
+            head.extend_from_slice(&count.to_le_bytes());
+            head.extend_from_slice(&value.to_le_bytes());
+        };
+        const SHORT: u16 = 3;
+        const LONG: u16 = 4;
+        const RATIONAL: u16 = 5;
+        entry(256, LONG, 1, width); // ImageWidth
+        entry(257, LONG, 1, height); // ImageLength
+        entry(258, SHORT, 1, 8); // BitsPerSample
+        entry(259, SHORT, 1, 1); // Compression: none
+        entry(262, SHORT, 1, 1); // PhotometricInterpretation: BlackIsZero
+        entry(
+            273,
+            LONG,
+            self.n_strips,
+            if out_of_line {
+                self.offsets_at
+            } else {
+                data_at
+            },
+        ); // StripOffsets
+        entry(277, SHORT, 1, 1); // SamplesPerPixel
+        entry(278, LONG, 1, self.rows_per_strip); // RowsPerStrip
+        entry(
+            279,
+            LONG,
+            self.n_strips,
+            if out_of_line {
+                self.counts_at
+            } else {
+                self.strip_bytes(0)
+            },
+        ); // StripByteCounts
+        entry(282, RATIONAL, 1, self.xres_at); // XResolution
+        entry(283, RATIONAL, 1, self.yres_at); // YResolution
+        entry(296, SHORT, 1, 2); // ResolutionUnit: inch
+        head.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+        for _ in 0..2 {
+            head.extend_from_slice(&72u32.to_le_bytes());
+            head.extend_from_slice(&1u32.to_le_bytes());
+        }
+        if out_of_line {
+            for i in 0..self.n_strips {
+                head.extend_from_slice(&(data_at + i * self.rows_per_strip * width).to_le_bytes());
+            }
+            for i in 0..self.n_strips {
+                head.extend_from_slice(&self.strip_bytes(i).to_le_bytes());
+            }
+        }
+        debug_assert_eq!(head.len(), data_at as usize);
+        head
+    }
 }
 
 /// Write a minimal valid one-page PDF showing `text` (one line, Helvetica), with a correct

@@ -358,169 +358,15 @@ fn first_error<'v>(schema: &Value, instance: &'v Value) -> Option<SchemaError<'v
     };
     for (keyword, arg) in keywords {
         let found = match keyword.as_str() {
-            "type" => {
-                let types: Vec<&str> = match arg {
-                    Value::String(t) => vec![t.as_str()],
-                    Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-                    _ => continue,
-                };
-                if types.iter().any(|t| is_type(instance, t)) {
-                    None
-                } else {
-                    let listed: Vec<String> = types.iter().map(|t| py_repr_str(t)).collect();
-                    error(
-                        instance,
-                        format!("{} is not of type {}", py_repr(instance), listed.join(", ")),
-                    )
-                }
-            }
-            "enum" => {
-                let options = arg.as_array().map(Vec::as_slice).unwrap_or_default();
-                if options.iter().any(|o| json_equal(o, instance)) {
-                    None
-                } else {
-                    error(
-                        instance,
-                        format!("{} is not one of {}", py_repr(instance), py_repr(arg)),
-                    )
-                }
-            }
-            "properties" => {
-                let (Value::Object(props), Value::Object(obj)) = (arg, instance) else {
-                    continue;
-                };
-                props
-                    .iter()
-                    .filter_map(|(name, sub)| obj.get(name).and_then(|v| first_error(sub, v)))
-                    .next()
-            }
-            "required" => {
-                let (Value::Array(names), Value::Object(obj)) = (arg, instance) else {
-                    continue;
-                };
-                names
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .find(|n| !obj.contains_key(*n))
-                    .and_then(|n| {
-                        error(
-                            instance,
-                            format!("{} is a required property", py_repr_str(n)),
-                        )
-                    })
-            }
-            "additionalProperties" => {
-                let Value::Object(obj) = instance else {
-                    continue;
-                };
-                let declared = keywords.get("properties").and_then(Value::as_object);
-                let extras: Vec<&String> = obj
-                    .keys()
-                    .filter(|k| declared.is_none_or(|d| !d.contains_key(*k)))
-                    .collect();
-                match arg {
-                    Value::Bool(false) if !extras.is_empty() => {
-                        let listed: Vec<String> = extras.iter().map(|k| py_repr_str(k)).collect();
-                        let verb = if extras.len() == 1 { "was" } else { "were" };
-                        error(
-                            instance,
-                            format!(
-                                "Additional properties are not allowed ({} {verb} unexpected)",
-                                listed.join(", ")
-                            ),
-                        )
-                    }
-                    Value::Object(_) => extras
-                        .iter()
-                        .filter_map(|k| first_error(arg, &obj[k.as_str()]))
-                        .next(),
-                    _ => None,
-                }
-            }
-            "items" => {
-                let Value::Array(items) = instance else {
-                    continue;
-                };
-                match arg {
-                    Value::Array(tuple) => tuple
-                        .iter()
-                        .zip(items)
-                        .filter_map(|(s, v)| first_error(s, v))
-                        .next(),
-                    _ => items.iter().filter_map(|v| first_error(arg, v)).next(),
-                }
-            }
-            "minItems" | "maxItems" => {
-                let (Value::Array(items), Some(limit)) = (instance, arg.as_u64()) else {
-                    continue;
-                };
-                let n = items.len() as u64;
-                let repr = py_repr(instance);
-                match keyword.as_str() {
-                    "minItems" if n < limit => {
-                        let what = if limit == 1 {
-                            "should be non-empty"
-                        } else {
-                            "is too short"
-                        };
-                        error(instance, format!("{repr} {what}"))
-                    }
-                    "maxItems" if n > limit => {
-                        let what = if limit == 0 {
-                            "is expected to be empty"
-                        } else {
-                            "is too long"
-                        };
-                        error(instance, format!("{repr} {what}"))
-                    }
-                    _ => None,
-                }
-            }
-            "minimum" | "maximum" => {
-                let (Some(v), Some(limit)) = (instance.as_f64(), arg.as_f64()) else {
-                    continue;
-                };
-                if instance.is_boolean() {
-                    continue;
-                }
-                match keyword.as_str() {
-                    "minimum" if v < limit => error(
-                        instance,
-                        format!(
-                            "{} is less than the minimum of {}",
-                            py_repr(instance),
-                            py_repr(arg)
-                        ),
-                    ),
-                    "maximum" if v > limit => error(
-                        instance,
-                        format!(
-                            "{} is greater than the maximum of {}",
-                            py_repr(instance),
-                            py_repr(arg)
-                        ),
-                    ),
-                    _ => None,
-                }
-            }
-            "multipleOf" => {
-                let (Some(v), Some(d)) = (instance.as_f64(), arg.as_f64()) else {
-                    continue;
-                };
-                let q = v / d;
-                if d != 0.0 && q.is_finite() && q.fract() != 0.0 {
-                    error(
-                        instance,
-                        format!(
-                            "{} is not a multiple of {}",
-                            py_repr(instance),
-                            py_repr(arg)
-                        ),
-                    )
-                } else {
-                    None
-                }
-            }
+            "type" => type_error(arg, instance),
+            "enum" => enum_error(arg, instance),
+            "properties" => properties_error(arg, instance),
+            "required" => required_error(arg, instance),
+            "additionalProperties" => additional_properties_error(arg, keywords, instance),
+            "items" => items_error(arg, instance),
+            "minItems" | "maxItems" => length_error(keyword, arg, instance),
+            "minimum" | "maximum" => bound_error(keyword, arg, instance),
+            "multipleOf" => multiple_of_error(arg, instance),
             "allOf" => arg
                 .as_array()
                 .into_iter()
@@ -542,6 +388,188 @@ fn first_error<'v>(schema: &Value, instance: &'v Value) -> Option<SchemaError<'v
         }
     }
     None
+}
+
+/// `type`: one type name or a list of them.
+fn type_error<'v>(arg: &Value, instance: &'v Value) -> Option<SchemaError<'v>> {
+    let types: Vec<&str> = match arg {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => return None,
+    };
+    if types.iter().any(|t| is_type(instance, t)) {
+        return None;
+    }
+    let listed: Vec<String> = types.iter().map(|t| py_repr_str(t)).collect();
+    error(
+        instance,
+        format!("{} is not of type {}", py_repr(instance), listed.join(", ")),
+    )
+}
+
+fn enum_error<'v>(arg: &Value, instance: &'v Value) -> Option<SchemaError<'v>> {
+    let options = arg.as_array().map(Vec::as_slice).unwrap_or_default();
+    if options.iter().any(|o| json_equal(o, instance)) {
+        None
+    } else {
+        error(
+            instance,
+            format!("{} is not one of {}", py_repr(instance), py_repr(arg)),
+        )
+    }
+}
+
+/// `properties`: the first error of a present property, in the schema's order.
+fn properties_error<'v>(arg: &Value, instance: &'v Value) -> Option<SchemaError<'v>> {
+    let (Value::Object(props), Value::Object(obj)) = (arg, instance) else {
+        return None;
+    };
+    props
+        .iter()
+        .filter_map(|(name, sub)| obj.get(name).and_then(|v| first_error(sub, v)))
+        .next()
+}
+
+fn required_error<'v>(arg: &Value, instance: &'v Value) -> Option<SchemaError<'v>> {
+    let (Value::Array(names), Value::Object(obj)) = (arg, instance) else {
+        return None;
+    };
+    names
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|n| !obj.contains_key(*n))
+        .and_then(|n| {
+            error(
+                instance,
+                format!("{} is a required property", py_repr_str(n)),
+            )
+        })
+}
+
+/// `additionalProperties`: `false`, or a schema for the properties the sibling `properties` does
+/// not declare.
+fn additional_properties_error<'v>(
+    arg: &Value,
+    keywords: &Map<String, Value>,
+    instance: &'v Value,
+) -> Option<SchemaError<'v>> {
+    let Value::Object(obj) = instance else {
+        return None;
+    };
+    let declared = keywords.get("properties").and_then(Value::as_object);
+    let extras: Vec<&String> = obj
+        .keys()
+        .filter(|k| declared.is_none_or(|d| !d.contains_key(*k)))
+        .collect();
+    match arg {
+        Value::Bool(false) if !extras.is_empty() => {
+            let listed: Vec<String> = extras.iter().map(|k| py_repr_str(k)).collect();
+            let verb = if extras.len() == 1 { "was" } else { "were" };
+            error(
+                instance,
+                format!(
+                    "Additional properties are not allowed ({} {verb} unexpected)",
+                    listed.join(", ")
+                ),
+            )
+        }
+        Value::Object(_) => extras
+            .iter()
+            .filter_map(|k| first_error(arg, &obj[k.as_str()]))
+            .next(),
+        _ => None,
+    }
+}
+
+/// `items`: one schema for every element, or a tuple of schemas by position.
+fn items_error<'v>(arg: &Value, instance: &'v Value) -> Option<SchemaError<'v>> {
+    let Value::Array(items) = instance else {
+        return None;
+    };
+    match arg {
+        Value::Array(tuple) => tuple
+            .iter()
+            .zip(items)
+            .filter_map(|(s, v)| first_error(s, v))
+            .next(),
+        _ => items.iter().filter_map(|v| first_error(arg, v)).next(),
+    }
+}
+
+/// `minItems` and `maxItems`.
+fn length_error<'v>(keyword: &str, arg: &Value, instance: &'v Value) -> Option<SchemaError<'v>> {
+    let (Value::Array(items), Some(limit)) = (instance, arg.as_u64()) else {
+        return None;
+    };
+    let n = items.len() as u64;
+    let repr = py_repr(instance);
+    match keyword {
+        "minItems" if n < limit => {
+            let what = if limit == 1 {
+                "should be non-empty"
+            } else {
+                "is too short"
+            };
+            error(instance, format!("{repr} {what}"))
+        }
+        "maxItems" if n > limit => {
+            let what = if limit == 0 {
+                "is expected to be empty"
+            } else {
+                "is too long"
+            };
+            error(instance, format!("{repr} {what}"))
+        }
+        _ => None,
+    }
+}
+
+/// `minimum` and `maximum`; booleans are not numbers here.
+fn bound_error<'v>(keyword: &str, arg: &Value, instance: &'v Value) -> Option<SchemaError<'v>> {
+    let (Some(v), Some(limit)) = (instance.as_f64(), arg.as_f64()) else {
+        return None;
+    };
+    if instance.is_boolean() {
+        return None;
+    }
+    match keyword {
+        "minimum" if v < limit => error(
+            instance,
+            format!(
+                "{} is less than the minimum of {}",
+                py_repr(instance),
+                py_repr(arg)
+            ),
+        ),
+        "maximum" if v > limit => error(
+            instance,
+            format!(
+                "{} is greater than the maximum of {}",
+                py_repr(instance),
+                py_repr(arg)
+            ),
+        ),
+        _ => None,
+    }
+}
+
+fn multiple_of_error<'v>(arg: &Value, instance: &'v Value) -> Option<SchemaError<'v>> {
+    let (Some(v), Some(d)) = (instance.as_f64(), arg.as_f64()) else {
+        return None;
+    };
+    let q = v / d;
+    if d != 0.0 && q.is_finite() && q.fract() != 0.0 {
+        error(
+            instance,
+            format!(
+                "{} is not a multiple of {}",
+                py_repr(instance),
+                py_repr(arg)
+            ),
+        )
+    } else {
+        None
+    }
 }
 
 /// JSON equality as jsonschema compares: numbers by value, booleans never equal to numbers.

@@ -9,13 +9,14 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::algorithms::{
-    Job, JobStatus, STATUS_CODES, algorithm_image_json, algorithm_json, civs_write, job_json,
+    Algorithm, Job, JobStatus, STATUS_CODES, algorithm_image_json, algorithm_json, civs_write,
+    job_json,
 };
 use super::ctx::{Ctx, Handled};
 use super::http::Resp;
 use super::routes::Route;
-use super::store::{Session, SessionStatus, SessionTarget, World};
-use super::values::{self, Source, hyperlink};
+use super::store::{UserId, World};
+use super::values::{self, Entry, Source, hyperlink};
 use super::worker;
 
 const INVALID_CHOICE: &str =
@@ -163,95 +164,11 @@ fn algorithm_route(r: &Route) -> Option<String> {
 fn create_job(w: &mut World, ctx: &Ctx) -> Handled {
     let user = ctx.require_user()?;
     let obj = ctx.object()?;
-    let mut errors = Map::new();
-    let algorithm = match obj.get("algorithm") {
-        None => {
-            errors.insert("algorithm".into(), json!(["This field is required."]));
-            None
-        }
-        Some(v) => match hyperlink(v, algorithm_route) {
-            Ok(None) => {
-                errors.insert("algorithm".into(), json!(["This field may not be null."]));
-                None
-            }
-            Ok(Some(pk)) => {
-                let found = Uuid::parse_str(&pk).ok().filter(|pk| {
-                    w.algorithms
-                        .get(*pk)
-                        .is_some_and(|a| a.can_execute(Some(user)))
-                });
-                if found.is_none() {
-                    errors.insert("algorithm".into(), json!([values::DOES_NOT_EXIST]));
-                }
-                found
-            }
-            Err(e) => {
-                errors.insert("algorithm".into(), json!([e]));
-                None
-            }
-        },
-    };
-    let entries = match obj.get("inputs") {
-        None => {
-            errors.insert("inputs".into(), json!(["This field is required."]));
-            Vec::new()
-        }
-        Some(v) => match values::validate_values(w, user, v) {
-            Ok(e) => e,
-            Err(e) => {
-                errors.insert("inputs".into(), e);
-                Vec::new()
-            }
-        },
-    };
-    if !errors.is_empty() {
-        return Err(Resp::json(400, Json::Object(errors)));
-    }
+    let (algorithm, entries) = read_job_request(w, user, &obj)?;
     let Some(a) = algorithm.and_then(|pk| w.algorithms.get(pk)) else {
         return Err(Resp::html(500));
     };
-    let non_field = |msg: &str| Resp::json(400, json!({"non_field_errors": [msg]}));
-    let sockets: Vec<i64> = entries.iter().map(|e| e.socket).collect();
-    let Some(interface) = a.interface_for(&sockets) else {
-        return Err(non_field(
-            "The set of inputs provided does not match any of the algorithm's interfaces.",
-        ));
-    };
-    if let Some(max) = a.max_active_jobs_per_user
-        && w.algorithms.active_jobs(a.pk, user) >= max
-    {
-        return Err(non_field(&format!(
-            "You have {max} jobs of this algorithm that have not finished yet; please try again once one of them has finished."
-        )));
-    }
-    // A job whose inputs are all existing values or images can repeat an earlier job exactly.
-    let existing: Option<BTreeMap<i64, i64>> = entries
-        .iter()
-        .map(|e| {
-            let civ = match &e.source {
-                Source::Value(v) => w.civs.values().find(|c| {
-                    c.socket == e.socket
-                        && matches!(&c.content, super::store::CivContent::Value(x) if x == v)
-                }),
-                Source::Image(i) => w.civs.values().find(|c| {
-                    c.socket == e.socket
-                        && matches!(c.content, super::store::CivContent::Image(x) if x == *i)
-                }),
-                _ => None,
-            }?;
-            Some((e.socket, civ.pk))
-        })
-        .collect();
-    if let Some(inputs) = existing
-        && w.algorithms
-            .jobs
-            .values()
-            .any(|j| j.algorithm == a.pk && j.inputs == inputs)
-    {
-        return Err(non_field(
-            "A result for these inputs with the current image and model already exists.",
-        ));
-    }
+    let interface = check_job_inputs(w, a, user, &entries)?;
 
     // Everything is valid: create.
     let algorithm = a.pk;
@@ -260,60 +177,9 @@ fn create_job(w: &mut World, ctx: &Ctx) -> Handled {
     let mut inputs = BTreeMap::new();
     let mut imports = Vec::new();
     for entry in entries {
-        match entry.source {
-            Source::Value(v) => {
-                inputs.insert(entry.socket, w.civ_for_value(entry.socket, v));
-            }
-            Source::Image(image) => {
-                inputs.insert(entry.socket, w.civ_for_image(entry.socket, image));
-            }
-            Source::UserUpload(upload) => imports.push(worker::Job::File {
-                item: pk,
-                socket: entry.socket,
-                upload,
-                user,
-            }),
-            Source::UserUploads(uploads) => {
-                let session = Uuid::new_v4();
-                let seq = w.next_seq();
-                w.sessions.insert(
-                    session,
-                    Session {
-                        pk: session,
-                        creator: user,
-                        status: SessionStatus::ReQueued,
-                        error_message: String::new(),
-                        uploads,
-                        image_set: Vec::new(),
-                        target: SessionTarget::Item {
-                            item: pk,
-                            socket: entry.socket,
-                        },
-                        seq,
-                    },
-                );
-                imports.push(worker::Job::Session { session });
-            }
-            Source::Session(session) => {
-                if let Some(s) = w.sessions.get_mut(&session) {
-                    s.status = SessionStatus::ReQueued;
-                    s.target = SessionTarget::Item {
-                        item: pk,
-                        socket: entry.socket,
-                    };
-                    imports.push(worker::Job::Session { session });
-                }
-            }
-            Source::DicomImageSet {
-                uploads,
-                image_name,
-            } => imports.push(worker::Job::Dicom {
-                item: pk,
-                socket: entry.socket,
-                uploads,
-                image_name,
-                user,
-            }),
+        let socket = entry.socket;
+        if let Some(civ) = worker::bind_entry(w, pk, user, entry, &mut imports) {
+            inputs.insert(socket, civ);
         }
     }
     let job = Job {
@@ -344,4 +210,113 @@ fn create_job(w: &mut World, ctx: &Ctx) -> Handled {
             inputs: imports,
         }],
     ))
+}
+
+/// The request's fields: an algorithm the user may execute and valid inputs, or every field's error.
+fn read_job_request(
+    w: &World,
+    user: UserId,
+    obj: &Map<String, Json>,
+) -> Result<(Option<Uuid>, Vec<Entry>), Resp> {
+    let mut errors = Map::new();
+    let algorithm = match obj.get("algorithm") {
+        None => Err("This field is required.".to_string()),
+        Some(v) => job_algorithm(w, user, v),
+    };
+    let algorithm = match algorithm {
+        Ok(pk) => Some(pk),
+        Err(e) => {
+            errors.insert("algorithm".into(), json!([e]));
+            None
+        }
+    };
+    let entries = match obj.get("inputs") {
+        None => {
+            errors.insert("inputs".into(), json!(["This field is required."]));
+            Vec::new()
+        }
+        Some(v) => match values::validate_values(w, user, v) {
+            Ok(e) => e,
+            Err(e) => {
+                errors.insert("inputs".into(), e);
+                Vec::new()
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(Resp::json(400, Json::Object(errors)));
+    }
+    Ok((algorithm, entries))
+}
+
+/// The `algorithm` link: an algorithm the user may execute.
+fn job_algorithm(w: &World, user: UserId, v: &Json) -> Result<Uuid, String> {
+    let Some(pk) = hyperlink(v, algorithm_route)? else {
+        return Err("This field may not be null.".into());
+    };
+    Uuid::parse_str(&pk)
+        .ok()
+        .filter(|pk| {
+            w.algorithms
+                .get(*pk)
+                .is_some_and(|a| a.can_execute(Some(user)))
+        })
+        .ok_or_else(|| values::DOES_NOT_EXIST.into())
+}
+
+/// The inputs must match one of the algorithm's interfaces (returned), the user must have a job slot
+/// left, and no earlier job may have had exactly these inputs.
+fn check_job_inputs(
+    w: &World,
+    a: &Algorithm,
+    user: UserId,
+    entries: &[Entry],
+) -> Result<usize, Resp> {
+    let non_field = |msg: &str| Resp::json(400, json!({"non_field_errors": [msg]}));
+    let sockets: Vec<i64> = entries.iter().map(|e| e.socket).collect();
+    let Some(interface) = a.interface_for(&sockets) else {
+        return Err(non_field(
+            "The set of inputs provided does not match any of the algorithm's interfaces.",
+        ));
+    };
+    if let Some(max) = a.max_active_jobs_per_user
+        && w.algorithms.active_jobs(a.pk, user) >= max
+    {
+        return Err(non_field(&format!(
+            "You have {max} jobs of this algorithm that have not finished yet; please try again once one of them has finished."
+        )));
+    }
+    if let Some(inputs) = existing_inputs(w, entries)
+        && w.algorithms
+            .jobs
+            .values()
+            .any(|j| j.algorithm == a.pk && j.inputs == inputs)
+    {
+        return Err(non_field(
+            "A result for these inputs with the current image and model already exists.",
+        ));
+    }
+    Ok(interface)
+}
+
+/// The socket values of the inputs when all of them are existing values or images: such a job can
+/// repeat an earlier job exactly.
+fn existing_inputs(w: &World, entries: &[Entry]) -> Option<BTreeMap<i64, i64>> {
+    entries
+        .iter()
+        .map(|e| {
+            let civ = match &e.source {
+                Source::Value(v) => w.civs.values().find(|c| {
+                    c.socket == e.socket
+                        && matches!(&c.content, super::store::CivContent::Value(x) if x == v)
+                }),
+                Source::Image(i) => w.civs.values().find(|c| {
+                    c.socket == e.socket
+                        && matches!(c.content, super::store::CivContent::Image(x) if x == *i)
+                }),
+                _ => None,
+            }?;
+            Some((e.socket, civ.pk))
+        })
+        .collect()
 }

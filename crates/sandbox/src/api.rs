@@ -11,8 +11,8 @@ use super::ctx::{Ctx, Handled, done};
 use super::http::{Resp, py_str};
 use super::routes::Route;
 use super::store::{ContainerKind, Item, Session, SessionStatus, SessionTarget, UserId, World};
-use super::values::{self, Entry, Source, char_field, hyperlink};
-use super::worker::Job;
+use super::values::{self, Entry, char_field, hyperlink};
+use super::worker::{self, Job};
 
 const INVALID_CHOICE: &str =
     "Select a valid choice. That choice is not one of the available choices.";
@@ -436,20 +436,7 @@ fn update_item(w: &mut World, ctx: &Ctx, kind: ContainerKind, pk: &str, partial:
         ));
     }
     let entries = write.values.unwrap_or_default();
-    if kind == ContainerKind::Archive
-        && let Some(allowed) = w
-            .archive(container)
-            .and_then(|a| a.allowed_sockets.as_ref())
-        && let Some(bad) = entries.iter().find(|e| !allowed.contains(&e.socket))
-    {
-        let slug = w
-            .socket(bad.socket)
-            .map(|s| s.slug.clone())
-            .unwrap_or_default();
-        return Err(Resp::bare_error(&format!(
-            "Socket '{slug}' is not allowed for this archive."
-        )));
-    }
+    check_archive_sockets(w, kind, container, &entries)?;
 
     // Everything is valid: apply.
     let order = match write.order {
@@ -468,62 +455,8 @@ fn update_item(w: &mut World, ctx: &Ctx, kind: ContainerKind, pk: &str, partial:
     let mut jobs = Vec::new();
     let listed: HashSet<i64> = entries.iter().map(|e| e.socket).collect();
     for entry in entries {
-        match entry.source {
-            Source::Value(v) => {
-                let civ = w.civ_for_value(entry.socket, v);
-                w.attach(item_pk, civ);
-            }
-            Source::Image(image) => {
-                let civ = w.civ_for_image(entry.socket, image);
-                w.attach(item_pk, civ);
-            }
-            Source::UserUpload(upload) => jobs.push(Job::File {
-                item: item_pk,
-                socket: entry.socket,
-                upload,
-                user,
-            }),
-            Source::UserUploads(uploads) => {
-                let pk = Uuid::new_v4();
-                let seq = w.next_seq();
-                w.sessions.insert(
-                    pk,
-                    Session {
-                        pk,
-                        creator: user,
-                        status: SessionStatus::ReQueued,
-                        error_message: String::new(),
-                        uploads,
-                        image_set: Vec::new(),
-                        target: SessionTarget::Item {
-                            item: item_pk,
-                            socket: entry.socket,
-                        },
-                        seq,
-                    },
-                );
-                jobs.push(Job::Session { session: pk });
-            }
-            Source::Session(session) => {
-                if let Some(s) = w.sessions.get_mut(&session) {
-                    s.status = SessionStatus::ReQueued;
-                    s.target = SessionTarget::Item {
-                        item: item_pk,
-                        socket: entry.socket,
-                    };
-                    jobs.push(Job::Session { session });
-                }
-            }
-            Source::DicomImageSet {
-                uploads,
-                image_name,
-            } => jobs.push(Job::Dicom {
-                item: item_pk,
-                socket: entry.socket,
-                uploads,
-                image_name,
-                user,
-            }),
+        if let Some(civ) = worker::bind_entry(w, item_pk, user, entry, &mut jobs) {
+            w.attach(item_pk, civ);
         }
     }
     if !partial && let Some(item) = w.items.get_mut(&item_pk) {
@@ -531,6 +464,30 @@ fn update_item(w: &mut World, ctx: &Ctx, kind: ContainerKind, pk: &str, partial:
     }
     let item = &w.items[&item_pk];
     Ok((Resp::json(200, w.item_json(item, ctx.urls, true)), jobs))
+}
+
+/// An archive that limits its sockets takes values for those only.
+fn check_archive_sockets(
+    w: &World,
+    kind: ContainerKind,
+    container: Uuid,
+    entries: &[Entry],
+) -> Result<(), Resp> {
+    if kind == ContainerKind::Archive
+        && let Some(allowed) = w
+            .archive(container)
+            .and_then(|a| a.allowed_sockets.as_ref())
+        && let Some(bad) = entries.iter().find(|e| !allowed.contains(&e.socket))
+    {
+        let slug = w
+            .socket(bad.socket)
+            .map(|s| s.slug.clone())
+            .unwrap_or_default();
+        return Err(Resp::bare_error(&format!(
+            "Socket '{slug}' is not allowed for this archive."
+        )));
+    }
+    Ok(())
 }
 
 fn images(w: &World, ctx: &Ctx) -> Result<Resp, Resp> {
@@ -615,149 +572,9 @@ fn session(w: &World, ctx: &Ctx, pk: &str) -> Result<Resp, Resp> {
 fn create_session(w: &mut World, ctx: &Ctx) -> Handled {
     let user = ctx.require_user()?;
     let obj = ctx.object()?;
-    let mut errors = Map::new();
-    let null = Json::Null;
-    let get = |k: &str| obj.get(k).unwrap_or(&null);
-    let completed_own = |w: &World, pk: &str| {
-        Uuid::parse_str(pk)
-            .ok()
-            .filter(|pk| {
-                w.uploads.get(pk).is_some_and(|u| {
-                    u.owner == user && u.status == super::store::UploadStatus::Completed
-                })
-            })
-            .ok_or_else(|| values::DOES_NOT_EXIST.to_string())
-    };
-    let uploads = match obj.get("uploads") {
-        None => {
-            errors.insert("uploads".into(), json!(["This field is required."]));
-            Vec::new()
-        }
-        Some(v) => match values::upload_list(w, v, completed_own) {
-            Ok(Some(list)) if !list.is_empty() => list,
-            Ok(Some(_)) => {
-                errors.insert("uploads".into(), json!(["This list may not be empty."]));
-                Vec::new()
-            }
-            Ok(None) => {
-                errors.insert("uploads".into(), json!(["This field may not be null."]));
-                Vec::new()
-            }
-            Err(e) => {
-                errors.insert("uploads".into(), json!([e]));
-                Vec::new()
-            }
-        },
-    };
-    let archive = match obj.get("archive") {
-        None => None,
-        Some(Json::Null) => {
-            errors.insert("archive".into(), json!(["This field may not be null."]));
-            None
-        }
-        Some(v) => {
-            let slug = py_str(v);
-            let found = w
-                .archives
-                .iter()
-                .find(|a| a.slug == slug && w.can_upload_to_archive(Some(user), a))
-                .map(|a| a.pk);
-            if found.is_none() {
-                errors.insert(
-                    "archive".into(),
-                    json!([format!("Object with slug={slug} does not exist.")]),
-                );
-            }
-            found
-        }
-    };
-    let mut pk_target = |key: &str, kind: Option<ContainerKind>| -> Option<Uuid> {
-        let v = get(key);
-        if v.is_null() {
-            return None;
-        }
-        let text = py_str(v);
-        let found = kind.and_then(|kind| {
-            Uuid::parse_str(&text).ok().filter(|pk| {
-                w.items
-                    .get(pk)
-                    .is_some_and(|i| i.kind == kind && w.can_change_item(Some(user), i))
-            })
-        });
-        if found.is_none() {
-            errors.insert(
-                key.into(),
-                json!([format!("Invalid pk \"{text}\" - object does not exist.")]),
-            );
-        }
-        found
-    };
-    let archive_item = pk_target("archive_item", Some(ContainerKind::Archive));
-    let display_set = pk_target("display_set", Some(ContainerKind::ReaderStudy));
-    let answer = pk_target("answer", None);
-    let interface = match get("interface") {
-        Json::Null => None,
-        v => {
-            let slug = py_str(v);
-            let found = w.socket_by_slug(&slug).map(|s| s.pk);
-            if found.is_none() {
-                errors.insert(
-                    "interface".into(),
-                    json!([format!("Object with slug={slug} does not exist.")]),
-                );
-            }
-            found
-        }
-    };
-    let answer_given = !get("answer").is_null();
-    if !errors.is_empty() {
-        return Err(Resp::json(400, Json::Object(errors)));
-    }
-    let non_field = |msg: &str| Err(Resp::json(400, json!({"non_field_errors": [msg]})));
-    if uploads.len() > ctx.limits.max_files_per_session {
-        return non_field(&format!(
-            "Too many files uploaded. A maximum of {} files may be uploaded per session.",
-            ctx.limits.max_files_per_session
-        ));
-    }
-    let mut names = HashSet::new();
-    if !uploads
-        .iter()
-        .all(|u| names.insert(w.uploads[u].filename.as_str()))
-    {
-        return non_field("Filenames must be unique");
-    }
-    let targets = [
-        archive.is_some(),
-        archive_item.is_some(),
-        display_set.is_some(),
-        answer_given || answer.is_some(),
-    ];
-    if targets.iter().filter(|t| **t).count() > 1 {
-        return non_field("Only one of archive, archive item, answer or reader study can be set");
-    }
-    if interface.is_some() && archive.is_none() && archive_item.is_none() && display_set.is_none() {
-        return non_field(
-            "An interface can only be defined for archive, archive item or display set uploads.",
-        );
-    }
-    if archive_item.is_some() && interface.is_none() {
-        return non_field("An interface needs to be defined to upload to an archive item.");
-    }
-    if display_set.is_some() && interface.is_none() {
-        return non_field("An interface needs to be defined to upload to a display set.");
-    }
-    let target = if let Some(archive) = archive {
-        let socket = interface.or_else(|| w.socket_by_slug("generic-medical-image").map(|s| s.pk));
-        match socket {
-            Some(socket) => SessionTarget::Archive { archive, socket },
-            None => return Err(Resp::html(500)),
-        }
-    } else if let (Some(item), Some(socket)) = (archive_item.or(display_set), interface) {
-        SessionTarget::Item { item, socket }
-    } else {
-        SessionTarget::None
-    };
+    let request = SessionRequest::read(w, user, &obj)?;
+    request.check(w, ctx.limits.max_files_per_session)?;
+    let target = request.target(w)?;
     let pk = Uuid::new_v4();
     let seq = w.next_seq();
     let session = Session {
@@ -765,7 +582,7 @@ fn create_session(w: &mut World, ctx: &Ctx) -> Handled {
         creator: user,
         status: SessionStatus::Queued,
         error_message: String::new(),
-        uploads,
+        uploads: request.uploads,
         image_set: Vec::new(),
         target,
         seq,
@@ -780,4 +597,203 @@ fn create_session(w: &mut World, ctx: &Ctx) -> Handled {
     }
     w.sessions.insert(pk, session);
     Ok((Resp::json(201, body), jobs))
+}
+
+/// The fields of a new upload session.
+struct SessionRequest {
+    uploads: Vec<Uuid>,
+    archive: Option<Uuid>,
+    archive_item: Option<Uuid>,
+    display_set: Option<Uuid>,
+    answer: Option<Uuid>,
+    /// Any non-null `answer`, valid or not (answers are not modelled, so none is found).
+    answer_given: bool,
+    /// The socket.
+    interface: Option<i64>,
+}
+
+impl SessionRequest {
+    /// Read every field; `Err` is the 400 with every field's error.
+    fn read(w: &World, user: UserId, obj: &Map<String, Json>) -> Result<SessionRequest, Resp> {
+        let mut errors = Map::new();
+        let null = Json::Null;
+        let get = |k: &str| obj.get(k).unwrap_or(&null);
+        let uploads = match session_uploads(w, user, obj.get("uploads")) {
+            Ok(list) => list,
+            Err(e) => {
+                errors.insert("uploads".into(), json!([e]));
+                Vec::new()
+            }
+        };
+        let mut field = |key: &str, read: Result<Option<Uuid>, String>| match read {
+            Ok(found) => found,
+            Err(e) => {
+                errors.insert(key.into(), json!([e]));
+                None
+            }
+        };
+        let archive = field("archive", session_archive(w, user, obj.get("archive")));
+        let archive_item = field(
+            "archive_item",
+            session_item(w, user, get("archive_item"), Some(ContainerKind::Archive)),
+        );
+        let display_set = field(
+            "display_set",
+            session_item(
+                w,
+                user,
+                get("display_set"),
+                Some(ContainerKind::ReaderStudy),
+            ),
+        );
+        let answer = field("answer", session_item(w, user, get("answer"), None));
+        let interface = match get("interface") {
+            Json::Null => None,
+            v => {
+                let slug = py_str(v);
+                let found = w.socket_by_slug(&slug).map(|s| s.pk);
+                if found.is_none() {
+                    errors.insert(
+                        "interface".into(),
+                        json!([format!("Object with slug={slug} does not exist.")]),
+                    );
+                }
+                found
+            }
+        };
+        if !errors.is_empty() {
+            return Err(Resp::json(400, Json::Object(errors)));
+        }
+        Ok(SessionRequest {
+            uploads,
+            archive,
+            archive_item,
+            display_set,
+            answer,
+            answer_given: !get("answer").is_null(),
+            interface,
+        })
+    }
+
+    /// The rules across fields: the file count and names, one target at most, and a socket exactly
+    /// where the target needs one.
+    fn check(&self, w: &World, max_files: usize) -> Result<(), Resp> {
+        let non_field = |msg: &str| Err(Resp::json(400, json!({"non_field_errors": [msg]})));
+        if self.uploads.len() > max_files {
+            return non_field(&format!(
+                "Too many files uploaded. A maximum of {max_files} files may be uploaded per session."
+            ));
+        }
+        let mut names = HashSet::new();
+        if !self
+            .uploads
+            .iter()
+            .all(|u| names.insert(w.uploads[u].filename.as_str()))
+        {
+            return non_field("Filenames must be unique");
+        }
+        let targets = [
+            self.archive.is_some(),
+            self.archive_item.is_some(),
+            self.display_set.is_some(),
+            self.answer_given || self.answer.is_some(),
+        ];
+        if targets.iter().filter(|t| **t).count() > 1 {
+            return non_field(
+                "Only one of archive, archive item, answer or reader study can be set",
+            );
+        }
+        let item = self.archive_item.is_some() || self.display_set.is_some();
+        if self.interface.is_some() && self.archive.is_none() && !item {
+            return non_field(
+                "An interface can only be defined for archive, archive item or display set uploads.",
+            );
+        }
+        if self.archive_item.is_some() && self.interface.is_none() {
+            return non_field("An interface needs to be defined to upload to an archive item.");
+        }
+        if self.display_set.is_some() && self.interface.is_none() {
+            return non_field("An interface needs to be defined to upload to a display set.");
+        }
+        Ok(())
+    }
+
+    /// Where the imported image goes; an archive without a socket takes the generic medical image.
+    fn target(&self, w: &World) -> Result<SessionTarget, Resp> {
+        Ok(if let Some(archive) = self.archive {
+            let socket = self
+                .interface
+                .or_else(|| w.socket_by_slug("generic-medical-image").map(|s| s.pk));
+            match socket {
+                Some(socket) => SessionTarget::Archive { archive, socket },
+                None => return Err(Resp::html(500)),
+            }
+        } else if let (Some(item), Some(socket)) =
+            (self.archive_item.or(self.display_set), self.interface)
+        {
+            SessionTarget::Item { item, socket }
+        } else {
+            SessionTarget::None
+        })
+    }
+}
+
+/// The session's uploads: a non-empty list of the user's own completed uploads.
+fn session_uploads(w: &World, user: UserId, v: Option<&Json>) -> Result<Vec<Uuid>, String> {
+    let completed_own = |w: &World, pk: &str| {
+        Uuid::parse_str(pk)
+            .ok()
+            .filter(|pk| {
+                w.uploads.get(pk).is_some_and(|u| {
+                    u.owner == user && u.status == super::store::UploadStatus::Completed
+                })
+            })
+            .ok_or_else(|| values::DOES_NOT_EXIST.to_string())
+    };
+    match v {
+        None => Err("This field is required.".into()),
+        Some(v) => match values::upload_list(w, v, completed_own)? {
+            Some(list) if !list.is_empty() => Ok(list),
+            Some(_) => Err("This list may not be empty.".into()),
+            None => Err("This field may not be null.".into()),
+        },
+    }
+}
+
+/// An archive (by slug) the user may upload to.
+fn session_archive(w: &World, user: UserId, v: Option<&Json>) -> Result<Option<Uuid>, String> {
+    match v {
+        None => Ok(None),
+        Some(Json::Null) => Err("This field may not be null.".into()),
+        Some(v) => {
+            let slug = py_str(v);
+            w.archives
+                .iter()
+                .find(|a| a.slug == slug && w.can_upload_to_archive(Some(user), a))
+                .map(|a| Some(a.pk))
+                .ok_or_else(|| format!("Object with slug={slug} does not exist."))
+        }
+    }
+}
+
+/// An item of `kind` (by pk) the user may change; with no kind (answers), nothing is found.
+fn session_item(
+    w: &World,
+    user: UserId,
+    v: &Json,
+    kind: Option<ContainerKind>,
+) -> Result<Option<Uuid>, String> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let text = py_str(v);
+    kind.and_then(|kind| {
+        Uuid::parse_str(&text).ok().filter(|pk| {
+            w.items
+                .get(pk)
+                .is_some_and(|i| i.kind == kind && w.can_change_item(Some(user), i))
+        })
+    })
+    .map(Some)
+    .ok_or_else(|| format!("Invalid pk \"{text}\" - object does not exist."))
 }

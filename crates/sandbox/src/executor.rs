@@ -10,7 +10,7 @@ use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
 use super::store::{
-    Civ, CivContent, Image, Notification, SessionStatus, SessionTarget, StoredFile, World,
+    Civ, CivContent, Image, Notification, SessionStatus, SessionTarget, StoredFile, UserId, World,
     concat_files, store_image_files,
 };
 use super::worker;
@@ -180,10 +180,7 @@ fn voxels(meta: &ImportedImage) -> u64 {
 }
 
 /// The executor's pure part: outputs from inputs.
-fn derive(
-    inputs: &[(String, &'static str, Input)],
-    outputs: &[(i64, String, &'static str, SuperKind, String)],
-) -> Result<Vec<(i64, Output)>, String> {
+fn derive(inputs: &[NamedInput], outputs: &[OutputSocket]) -> Result<Vec<(i64, Output)>, String> {
     let first_image = inputs.iter().find_map(|(_, _, i)| match i {
         Input::Image { meta, files } => Some((meta, files)),
         _ => None,
@@ -252,8 +249,48 @@ fn derive(
 /// Gather the inputs, derive the outputs, store their bytes and attach them to the job; returns the
 /// job's stdout.
 fn produce_outputs(app: &App, job: Uuid) -> Result<String, String> {
-    let (inputs, outputs, creator) = {
-        let w = lock(app);
+    let JobSockets {
+        inputs,
+        outputs,
+        creator,
+    } = JobSockets::gather(&lock(app), job)?;
+    let mut stdout: String = inputs
+        .iter()
+        .map(|(slug, _, _)| format!("Reading input {slug}\n"))
+        .collect();
+    let made = derive(&inputs, &outputs)?;
+    let mut attach = Vec::new();
+    for (socket, out) in made {
+        let slug = outputs
+            .iter()
+            .find(|o| o.0 == socket)
+            .map(|o| o.1.clone())
+            .unwrap_or_default();
+        stdout.push_str(&format!("Writing output {slug}\n"));
+        let produced = store_output(app, creator, out).map_err(|e| {
+            tracing::warn!(error = %e, "cannot store a job output");
+            format!("Output {slug} could not be stored")
+        })?;
+        attach.push((socket, produced));
+    }
+    attach_outputs(&mut lock(app), job, attach);
+    Ok(stdout)
+}
+
+/// An input socket's slug and kind code, and its value.
+type NamedInput = (String, &'static str, Input);
+/// An output socket: pk, slug, kind code, super kind, relative path.
+type OutputSocket = (i64, String, &'static str, SuperKind, String);
+
+/// What a job reads and must write, taken from the world at once.
+struct JobSockets {
+    inputs: Vec<NamedInput>,
+    outputs: Vec<OutputSocket>,
+    creator: UserId,
+}
+
+impl JobSockets {
+    fn gather(w: &World, job: Uuid) -> Result<JobSockets, String> {
         let j = w
             .algorithms
             .jobs
@@ -286,7 +323,7 @@ fn produce_outputs(app: &App, job: Uuid) -> Result<String, String> {
             };
             inputs.push((socket.slug.clone(), socket.kind.code, input));
         }
-        let outputs: Vec<_> = interface
+        let outputs = interface
             .outputs
             .iter()
             .filter_map(|pk| w.socket(*pk))
@@ -300,87 +337,70 @@ fn produce_outputs(app: &App, job: Uuid) -> Result<String, String> {
                 )
             })
             .collect();
-        (inputs, outputs, j.creator)
-    };
-    let mut stdout: String = inputs
-        .iter()
-        .map(|(slug, _, _)| format!("Reading input {slug}\n"))
-        .collect();
-    let made = derive(&inputs, &outputs)?;
-    let data_dir = app.data_dir.clone();
-    let mut attach = Vec::new();
-    for (socket, out) in made {
-        let slug = outputs
-            .iter()
-            .find(|o| o.0 == socket)
-            .map(|o| o.1.clone())
-            .unwrap_or_default();
-        stdout.push_str(&format!("Writing output {slug}\n"));
-        let stored_err = |e: std::io::Error| {
-            tracing::warn!(error = %e, "cannot store a job output");
-            format!("Output {slug} could not be stored")
-        };
-        match out {
-            Output::Value(v) => attach.push((socket, Produced::Value(v))),
-            Output::Image { meta, files } => {
-                let pk = Uuid::new_v4();
-                let stored = store_image_files(&data_dir, pk, &meta, &files).map_err(stored_err)?;
-                attach.push((
-                    socket,
-                    Produced::Image(Box::new(Image {
-                        pk,
-                        name: meta.name.clone(),
-                        meta: *meta,
-                        files: stored,
-                        origin: None,
-                        creator: Some(creator),
-                        dicom_image_set_id: None,
-                    })),
-                ));
-            }
-            Output::Bytes { name, bytes } => {
-                let civ = lock(app).next_civ_pk();
-                let dest = data_dir.join("files").join(civ.to_string()).join(&name);
-                let scratch = dest.with_extension("partial");
-                let written = std::fs::create_dir_all(dest.parent().unwrap_or(&data_dir))
-                    .and_then(|_| std::fs::write(&scratch, &bytes))
-                    .and_then(|_| concat_files(std::slice::from_ref(&scratch), &dest));
-                let _ = std::fs::remove_file(&scratch);
-                let (size, sha256) = written.map_err(stored_err)?;
-                attach.push((
-                    socket,
-                    Produced::File(
-                        civ,
-                        StoredFile {
-                            name,
-                            path: dest,
-                            size,
-                            sha256,
-                        },
-                    ),
-                ));
-            }
-            Output::Copy(f) => {
-                let civ = lock(app).next_civ_pk();
-                let dest = data_dir.join("files").join(civ.to_string()).join(&f.name);
-                let (size, sha256) =
-                    concat_files(std::slice::from_ref(&f.path), &dest).map_err(stored_err)?;
-                attach.push((
-                    socket,
-                    Produced::File(
-                        civ,
-                        StoredFile {
-                            name: f.name,
-                            path: dest,
-                            size,
-                            sha256,
-                        },
-                    ),
-                ));
-            }
-        }
+        Ok(JobSockets {
+            inputs,
+            outputs,
+            creator: j.creator,
+        })
     }
-    let mut w = lock(app);
+}
+
+/// Store one output's bytes under the data folder, without the world lock held.
+fn store_output(app: &App, creator: UserId, out: Output) -> std::io::Result<Produced> {
+    let data_dir = &app.data_dir;
+    Ok(match out {
+        Output::Value(v) => Produced::Value(v),
+        Output::Image { meta, files } => {
+            let pk = Uuid::new_v4();
+            let stored = store_image_files(data_dir, pk, &meta, &files)?;
+            Produced::Image(Box::new(Image {
+                pk,
+                name: meta.name.clone(),
+                meta: *meta,
+                files: stored,
+                origin: None,
+                creator: Some(creator),
+                dicom_image_set_id: None,
+            }))
+        }
+        Output::Bytes { name, bytes } => {
+            let civ = lock(app).next_civ_pk();
+            let dest = data_dir.join("files").join(civ.to_string()).join(&name);
+            let scratch = dest.with_extension("partial");
+            let written = std::fs::create_dir_all(dest.parent().unwrap_or(data_dir))
+                .and_then(|_| std::fs::write(&scratch, &bytes))
+                .and_then(|_| concat_files(std::slice::from_ref(&scratch), &dest));
+            let _ = std::fs::remove_file(&scratch);
+            let (size, sha256) = written?;
+            Produced::File(
+                civ,
+                StoredFile {
+                    name,
+                    path: dest,
+                    size,
+                    sha256,
+                },
+            )
+        }
+        Output::Copy(f) => {
+            let civ = lock(app).next_civ_pk();
+            let dest = data_dir.join("files").join(civ.to_string()).join(&f.name);
+            let (size, sha256) = concat_files(std::slice::from_ref(&f.path), &dest)?;
+            Produced::File(
+                civ,
+                StoredFile {
+                    name: f.name,
+                    path: dest,
+                    size,
+                    sha256,
+                },
+            )
+        }
+    })
+}
+
+/// Make the stored outputs socket values and the job's outputs.
+fn attach_outputs(w: &mut World, job: Uuid, attach: Vec<(i64, Produced)>) {
     for (socket, produced) in attach {
         let civ = match produced {
             Produced::Value(v) => w.civ_for_value(socket, v),
@@ -405,7 +425,6 @@ fn produce_outputs(app: &App, job: Uuid) -> Result<String, String> {
             j.outputs.insert(socket, civ);
         }
     }
-    Ok(stdout)
 }
 
 enum Produced {

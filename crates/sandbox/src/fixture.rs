@@ -334,6 +334,121 @@ fn duration(text: &Option<String>, key: &str) -> anyhow::Result<Option<Duration>
         .transpose()
 }
 
+impl RawUser {
+    fn into_spec(self) -> UserSpec {
+        UserSpec {
+            username: self.username,
+            token: self.token,
+            staff: self.staff,
+            verified: self.verified,
+            active: self.active,
+        }
+    }
+}
+
+impl RawSocket {
+    /// The socket with its kind looked up by the platform's label.
+    fn into_spec(self) -> anyhow::Result<SocketSpec> {
+        let Some(kind) = kinds::by_label(&self.kind) else {
+            bail!(
+                "socket {:?}: unknown kind {:?} (use the labels of the platform, e.g. \"Image\", \"Integer\", \"PDF file\")",
+                self.slug,
+                self.kind
+            );
+        };
+        Ok(SocketSpec {
+            pk: self.pk,
+            slug: self.slug,
+            title: self.title,
+            description: self.description,
+            kind,
+            super_kind: self.super_kind,
+            relative_path: self.relative_path,
+            overlay_segments: self.overlay_segments,
+        })
+    }
+}
+
+impl RawArchive {
+    fn into_spec(self) -> ArchiveSpec {
+        ArchiveSpec {
+            pk: self.pk.unwrap_or_else(Uuid::new_v4),
+            slug: self.slug,
+            title: self.title,
+            description: self.description,
+            editors: self.editors,
+            uploaders: self.uploaders,
+            users: self.users,
+            public: self.public,
+            allowed_sockets: self.allowed_sockets,
+        }
+    }
+}
+
+impl RawReaderStudy {
+    fn into_spec(self) -> ReaderStudySpec {
+        ReaderStudySpec {
+            pk: self.pk.unwrap_or_else(Uuid::new_v4),
+            slug: self.slug,
+            title: self.title,
+            description: self.description,
+            editors: self.editors,
+            readers: self.readers,
+            public: self.public,
+        }
+    }
+}
+
+/// The values of an item, their paths taken against `base`.
+fn raw_values(raw: Vec<RawValue>, base: &Path) -> anyhow::Result<Vec<ValueSpec>> {
+    raw.into_iter().map(|v| raw_value(v, base)).collect()
+}
+
+impl RawArchiveItem {
+    fn into_spec(self, base: &Path) -> anyhow::Result<ItemSpec> {
+        Ok(ItemSpec {
+            pk: self.pk.unwrap_or_else(Uuid::new_v4),
+            container: self.archive,
+            title: self.title,
+            order: 0,
+            has_answers: false,
+            values: raw_values(self.value, base)?,
+        })
+    }
+}
+
+impl RawDisplaySet {
+    fn into_spec(self, base: &Path) -> anyhow::Result<ItemSpec> {
+        Ok(ItemSpec {
+            pk: self.pk.unwrap_or_else(Uuid::new_v4),
+            container: self.reader_study,
+            title: self.title,
+            order: self.order,
+            has_answers: self.has_answers,
+            values: raw_values(self.value, base)?,
+        })
+    }
+}
+
+impl RawSettings {
+    /// The settings with their durations parsed.
+    fn into_settings(self) -> anyhow::Result<FixtureSettings> {
+        Ok(FixtureSettings {
+            import_delay: duration(&self.import_delay, "import_delay")?,
+            min_part_size: self.min_part_size,
+            seed: self.seed,
+            upload_expiry: duration(&self.upload_expiry, "upload_expiry")?,
+            max_uploads_per_user: self.max_uploads_per_user,
+            upload_limit_unverified: self.upload_limit_unverified,
+            upload_limit_verified: self.upload_limit_verified,
+            presigned_url_lifetime: duration(
+                &self.presigned_url_lifetime,
+                "presigned_url_lifetime",
+            )?,
+        })
+    }
+}
+
 impl Fixture {
     /// Read and check a fixture file.
     pub fn load(path: &Path) -> anyhow::Result<Fixture> {
@@ -346,81 +461,26 @@ impl Fixture {
     /// Parse and check fixture text; relative paths are taken against `base_dir`.
     pub fn from_toml_str(text: &str, base_dir: &Path) -> anyhow::Result<Fixture> {
         let raw: RawFixture = toml::from_str(text)?;
-        let mut fixture = Fixture::default();
-        for u in raw.user {
-            fixture.users.push(UserSpec {
-                username: u.username,
-                token: u.token,
-                staff: u.staff,
-                verified: u.verified,
-                active: u.active,
-            });
-        }
-        for s in raw.socket {
-            let Some(kind) = kinds::by_label(&s.kind) else {
-                bail!(
-                    "socket {:?}: unknown kind {:?} (use the labels of the platform, e.g. \"Image\", \"Integer\", \"PDF file\")",
-                    s.slug,
-                    s.kind
-                );
-            };
-            fixture.sockets.push(SocketSpec {
-                pk: s.pk,
-                slug: s.slug,
-                title: s.title,
-                description: s.description,
-                kind,
-                super_kind: s.super_kind,
-                relative_path: s.relative_path,
-                overlay_segments: s.overlay_segments,
-            });
-        }
-        for a in raw.archive {
-            fixture.archives.push(ArchiveSpec {
-                pk: a.pk.unwrap_or_else(Uuid::new_v4),
-                slug: a.slug,
-                title: a.title,
-                description: a.description,
-                editors: a.editors,
-                uploaders: a.uploaders,
-                users: a.users,
-                public: a.public,
-                allowed_sockets: a.allowed_sockets,
-            });
-        }
-        for r in raw.reader_study {
-            fixture.reader_studies.push(ReaderStudySpec {
-                pk: r.pk.unwrap_or_else(Uuid::new_v4),
-                slug: r.slug,
-                title: r.title,
-                description: r.description,
-                editors: r.editors,
-                readers: r.readers,
-                public: r.public,
-            });
-        }
-        let values = |raw: Vec<RawValue>| -> anyhow::Result<Vec<ValueSpec>> {
-            raw.into_iter().map(|v| raw_value(v, base_dir)).collect()
+        let mut fixture = Fixture {
+            users: raw.user.into_iter().map(RawUser::into_spec).collect(),
+            sockets: raw
+                .socket
+                .into_iter()
+                .map(RawSocket::into_spec)
+                .collect::<anyhow::Result<_>>()?,
+            archives: raw.archive.into_iter().map(RawArchive::into_spec).collect(),
+            reader_studies: raw
+                .reader_study
+                .into_iter()
+                .map(RawReaderStudy::into_spec)
+                .collect(),
+            ..Fixture::default()
         };
         for i in raw.archive_item {
-            fixture.archive_items.push(ItemSpec {
-                pk: i.pk.unwrap_or_else(Uuid::new_v4),
-                container: i.archive,
-                title: i.title,
-                order: 0,
-                has_answers: false,
-                values: values(i.value)?,
-            });
+            fixture.archive_items.push(i.into_spec(base_dir)?);
         }
         for d in raw.display_set {
-            fixture.display_sets.push(ItemSpec {
-                pk: d.pk.unwrap_or_else(Uuid::new_v4),
-                container: d.reader_study,
-                title: d.title,
-                order: d.order,
-                has_answers: d.has_answers,
-                values: values(d.value)?,
-            });
+            fixture.display_sets.push(d.into_spec(base_dir)?);
         }
         for a in raw.algorithm {
             fixture
@@ -428,19 +488,7 @@ impl Fixture {
                 .push(super::algorithm_specs::AlgorithmSpec::from_raw(a)?);
         }
         if let Some(s) = raw.sandbox {
-            fixture.settings = FixtureSettings {
-                import_delay: duration(&s.import_delay, "import_delay")?,
-                min_part_size: s.min_part_size,
-                seed: s.seed,
-                upload_expiry: duration(&s.upload_expiry, "upload_expiry")?,
-                max_uploads_per_user: s.max_uploads_per_user,
-                upload_limit_unverified: s.upload_limit_unverified,
-                upload_limit_verified: s.upload_limit_verified,
-                presigned_url_lifetime: duration(
-                    &s.presigned_url_lifetime,
-                    "presigned_url_lifetime",
-                )?,
-            };
+            fixture.settings = s.into_settings()?;
         }
         for (i, f) in raw.fault.into_iter().enumerate() {
             fixture.faults.push(
@@ -455,6 +503,15 @@ impl Fixture {
     /// Cross-references and uniqueness: every name used is defined, every key unique, every value fits
     /// its socket.
     pub fn check(&self) -> anyhow::Result<()> {
+        let names = self.check_users()?;
+        let socket_slugs = self.check_sockets()?;
+        self.check_containers(&names, &socket_slugs)?;
+        self.check_items()?;
+        super::algorithm_specs::check(self)
+    }
+
+    /// Allowed, unique user names and unique plain tokens; returns the names.
+    fn check_users(&self) -> anyhow::Result<HashSet<&str>> {
         let mut names = HashSet::new();
         let mut tokens = HashSet::new();
         for u in &self.users {
@@ -474,13 +531,12 @@ impl Fixture {
                 bail!("user {:?}: the token is used by another user", u.username);
             }
         }
-        let known_user = |who: &str, name: &str| -> anyhow::Result<()> {
-            if names.contains(name) {
-                Ok(())
-            } else {
-                bail!("{who}: unknown user {name:?}")
-            }
-        };
+        Ok(names)
+    }
+
+    /// Unique slugs, pks and paths, kinds that fit their super kind, and overlay segments for every
+    /// segmentation; returns the slugs.
+    fn check_sockets(&self) -> anyhow::Result<HashSet<&str>> {
         let mut socket_slugs = HashSet::new();
         let mut socket_pks = HashSet::new();
         let mut paths = HashSet::new();
@@ -515,6 +571,22 @@ impl Fixture {
                 bail!("segmentation socket {:?} needs overlay_segments", s.slug);
             }
         }
+        Ok(socket_slugs)
+    }
+
+    /// Archives and reader studies: unique pks and slugs, known users and allowed sockets.
+    fn check_containers(
+        &self,
+        names: &HashSet<&str>,
+        socket_slugs: &HashSet<&str>,
+    ) -> anyhow::Result<()> {
+        let known_user = |who: &str, name: &str| -> anyhow::Result<()> {
+            if names.contains(name) {
+                Ok(())
+            } else {
+                bail!("{who}: unknown user {name:?}")
+            }
+        };
         let mut containers = HashSet::new();
         for a in &self.archives {
             if !containers.insert(a.pk) || a.slug.is_empty() {
@@ -543,6 +615,12 @@ impl Fixture {
         if has_duplicate(self.reader_studies.iter().map(|r| r.slug.as_str())) {
             bail!("two reader studies have the same slug");
         }
+        Ok(())
+    }
+
+    /// Archive items and display sets: unique pks, known containers, titles unique per container, no
+    /// negative order, and values that fit their sockets.
+    fn check_items(&self) -> anyhow::Result<()> {
         let mut item_pks = HashSet::new();
         let mut titles = HashSet::new();
         for (what, items, known) in [
@@ -584,43 +662,49 @@ impl Fixture {
                     bail!("{what} {}: negative order", item.pk);
                 }
                 for v in &item.values {
-                    let Some(socket) = self.sockets.iter().find(|s| s.slug == v.socket) else {
-                        bail!("{what} {}: unknown socket {:?}", item.pk, v.socket);
-                    };
-                    let fits = match (&v.source, socket.super_kind) {
-                        (ValueSourceSpec::Image { .. }, SuperKind::Image) => true,
-                        (ValueSourceSpec::File(_), SuperKind::File) => true,
-                        (ValueSourceSpec::Value(value), SuperKind::Value) => !value.is_null(),
-                        _ => false,
-                    };
-                    if !fits {
-                        bail!(
-                            "{what} {}: socket {:?} has super kind {} and needs {}",
-                            item.pk,
-                            v.socket,
-                            socket.super_kind.label(),
-                            match socket.super_kind {
-                                SuperKind::Image => "`image`",
-                                SuperKind::File => "`file`",
-                                SuperKind::Value => "`value`",
-                            }
-                        );
-                    }
-                    if let ValueSourceSpec::Value(value) = &v.source {
-                        gc_content::schema::validate_value(socket.kind.label, value).map_err(
-                            |e| anyhow::anyhow!("{what} {}: socket {:?}: {e}", item.pk, v.socket),
-                        )?;
-                    }
-                    if socket.kind.family == Family::DicomImageSet {
-                        bail!(
-                            "{what} {}: DICOM image set values cannot be seeded from a fixture",
-                            item.pk
-                        );
-                    }
+                    self.check_value(what, item, v)?;
                 }
             }
         }
-        super::algorithm_specs::check(self)
+        Ok(())
+    }
+
+    /// A seeded value: a known socket whose super kind its source fits, a JSON value valid for the
+    /// socket's kind, and no DICOM image set.
+    fn check_value(&self, what: &str, item: &ItemSpec, v: &ValueSpec) -> anyhow::Result<()> {
+        let Some(socket) = self.sockets.iter().find(|s| s.slug == v.socket) else {
+            bail!("{what} {}: unknown socket {:?}", item.pk, v.socket);
+        };
+        let fits = match (&v.source, socket.super_kind) {
+            (ValueSourceSpec::Image { .. }, SuperKind::Image) => true,
+            (ValueSourceSpec::File(_), SuperKind::File) => true,
+            (ValueSourceSpec::Value(value), SuperKind::Value) => !value.is_null(),
+            _ => false,
+        };
+        if !fits {
+            bail!(
+                "{what} {}: socket {:?} has super kind {} and needs {}",
+                item.pk,
+                v.socket,
+                socket.super_kind.label(),
+                match socket.super_kind {
+                    SuperKind::Image => "`image`",
+                    SuperKind::File => "`file`",
+                    SuperKind::Value => "`value`",
+                }
+            );
+        }
+        if let ValueSourceSpec::Value(value) = &v.source {
+            gc_content::schema::validate_value(socket.kind.label, value)
+                .map_err(|e| anyhow::anyhow!("{what} {}: socket {:?}: {e}", item.pk, v.socket))?;
+        }
+        if socket.kind.family == Family::DicomImageSet {
+            bail!(
+                "{what} {}: DICOM image set values cannot be seeded from a fixture",
+                item.pk
+            );
+        }
+        Ok(())
     }
 
     /// The built-in demo world: users "demo" (editor), "reader" (view-only) and "admin" (staff), one
@@ -634,109 +718,6 @@ impl Fixture {
             verified: true,
             active: true,
         };
-        let socket =
-            |slug: &str, title: &str, kind: &str, super_kind: SuperKind, path: &str| SocketSpec {
-                pk: None,
-                slug: slug.into(),
-                title: title.into(),
-                description: String::new(),
-                kind: kinds::by_label(kind).unwrap_or(kinds::KINDS[0]),
-                super_kind,
-                relative_path: path.into(),
-                overlay_segments: Vec::new(),
-            };
-        let mut sockets = vec![
-            socket(
-                "generic-medical-image",
-                "Generic Medical Image",
-                "Image",
-                SuperKind::Image,
-                "images/generic-medical-image",
-            ),
-            socket(
-                "ct-image",
-                "CT Image",
-                "Image",
-                SuperKind::Image,
-                "images/ct-image",
-            ),
-            socket(
-                "segmentation",
-                "Segmentation",
-                "Segmentation",
-                SuperKind::Image,
-                "images/segmentation",
-            ),
-            socket(
-                "dicom-image-set",
-                "DICOM Image Set",
-                "DICOM Image Set",
-                SuperKind::Image,
-                "images/dicom-image-set",
-            ),
-            socket(
-                "report",
-                "Report",
-                "PDF file",
-                SuperKind::File,
-                "report.pdf",
-            ),
-            socket(
-                "results-json",
-                "Results JSON",
-                "Anything",
-                SuperKind::File,
-                "results.json",
-            ),
-            socket("notes", "Notes", "String", SuperKind::Value, "notes.json"),
-            socket(
-                "lesion-count",
-                "Lesion Count",
-                "Integer",
-                SuperKind::Value,
-                "lesion-count.json",
-            ),
-            socket(
-                "lung-volume",
-                "Lung Volume",
-                "Float",
-                SuperKind::Value,
-                "lung-volume.json",
-            ),
-            socket(
-                "is-abnormal",
-                "Is Abnormal",
-                "Bool",
-                SuperKind::Value,
-                "is-abnormal.json",
-            ),
-            socket(
-                "metadata",
-                "Metadata",
-                "Anything",
-                SuperKind::Value,
-                "metadata.json",
-            ),
-            socket(
-                "nodule-box",
-                "Nodule Box",
-                "2D bounding box",
-                SuperKind::Value,
-                "nodule-box.json",
-            ),
-            socket(
-                "diagnosis",
-                "Diagnosis",
-                "Choice",
-                SuperKind::Value,
-                "diagnosis.json",
-            ),
-        ];
-        sockets[2].overlay_segments = vec![OverlaySegment {
-            name: "lesion".into(),
-            visible: true,
-            voxel_value: 1,
-        }];
         let uuid = |s: &str| Uuid::parse_str(s).unwrap_or_else(|_| Uuid::new_v4());
         Fixture {
             users: vec![
@@ -744,7 +725,7 @@ impl Fixture {
                 user("reader", DEMO_READER_TOKEN, false),
                 user("admin", DEMO_ADMIN_TOKEN, true),
             ],
-            sockets,
+            sockets: demo_sockets(),
             archives: vec![ArchiveSpec {
                 pk: uuid(DEMO_ARCHIVE_PK),
                 slug: "demo-archive".into(),
@@ -782,6 +763,120 @@ impl Fixture {
             faults: Vec::new(),
         }
     }
+}
+
+/// The demo world's sockets: slug, title, kind label, super kind, relative path.
+const DEMO_SOCKETS: [(&str, &str, &str, SuperKind, &str); 13] = [
+    (
+        "generic-medical-image",
+        "Generic Medical Image",
+        "Image",
+        SuperKind::Image,
+        "images/generic-medical-image",
+    ),
+    (
+        "ct-image",
+        "CT Image",
+        "Image",
+        SuperKind::Image,
+        "images/ct-image",
+    ),
+    (
+        "segmentation",
+        "Segmentation",
+        "Segmentation",
+        SuperKind::Image,
+        "images/segmentation",
+    ),
+    (
+        "dicom-image-set",
+        "DICOM Image Set",
+        "DICOM Image Set",
+        SuperKind::Image,
+        "images/dicom-image-set",
+    ),
+    (
+        "report",
+        "Report",
+        "PDF file",
+        SuperKind::File,
+        "report.pdf",
+    ),
+    (
+        "results-json",
+        "Results JSON",
+        "Anything",
+        SuperKind::File,
+        "results.json",
+    ),
+    ("notes", "Notes", "String", SuperKind::Value, "notes.json"),
+    (
+        "lesion-count",
+        "Lesion Count",
+        "Integer",
+        SuperKind::Value,
+        "lesion-count.json",
+    ),
+    (
+        "lung-volume",
+        "Lung Volume",
+        "Float",
+        SuperKind::Value,
+        "lung-volume.json",
+    ),
+    (
+        "is-abnormal",
+        "Is Abnormal",
+        "Bool",
+        SuperKind::Value,
+        "is-abnormal.json",
+    ),
+    (
+        "metadata",
+        "Metadata",
+        "Anything",
+        SuperKind::Value,
+        "metadata.json",
+    ),
+    (
+        "nodule-box",
+        "Nodule Box",
+        "2D bounding box",
+        SuperKind::Value,
+        "nodule-box.json",
+    ),
+    (
+        "diagnosis",
+        "Diagnosis",
+        "Choice",
+        SuperKind::Value,
+        "diagnosis.json",
+    ),
+];
+
+/// The sockets of [`DEMO_SOCKETS`]; the segmentation socket has one overlay segment, "lesion".
+fn demo_sockets() -> Vec<SocketSpec> {
+    DEMO_SOCKETS
+        .iter()
+        .map(|&(slug, title, kind, super_kind, path)| SocketSpec {
+            pk: None,
+            slug: slug.into(),
+            title: title.into(),
+            description: String::new(),
+            kind: kinds::by_label(kind).unwrap_or(kinds::KINDS[0]),
+            super_kind,
+            relative_path: path.into(),
+            overlay_segments: if slug == "segmentation" {
+                vec![OverlaySegment {
+                    name: "lesion".into(),
+                    visible: true,
+                    voxel_value: 1,
+                }]
+            } else {
+                Vec::new()
+            },
+        })
+        .collect()
 }
 
 fn has_duplicate<'a>(it: impl Iterator<Item = &'a str>) -> bool {

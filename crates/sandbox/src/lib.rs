@@ -81,7 +81,7 @@ use app::{App, Config};
 use faults::{Decision, FaultEngine, Terminal};
 use http::{Resp, RespBody};
 use routes::Route;
-use store::{Urls, World};
+use store::{Urls, UserId, World};
 
 const GIB: u64 = 1 << 30;
 
@@ -180,56 +180,9 @@ impl Sandbox {
             Some(dir) => Some(tls::setup(dir).context("cannot set up TLS")?),
             None => None,
         };
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let origin = match &options.public_url {
-            Some(u) => u.origin().ascii_serialization(),
-            None => {
-                let host = match addr.ip() {
-                    IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
-                    IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
-                    IpAddr::V4(ip) => ip.to_string(),
-                    IpAddr::V6(ip) => format!("[{ip}]"),
-                };
-                format!("{scheme}://{host}:{}", addr.port())
-            }
-        };
+        let origin = public_origin(options.public_url.as_ref(), addr, tls.is_some());
         let base_url = url::Url::parse(&format!("{origin}/api/v1/")).context("public URL")?;
-
-        let recorder = match &options.record {
-            Some(dir) => Some(
-                recorder::Recorder::new(dir)
-                    .with_context(|| format!("cannot record requests into {}", dir.display()))?,
-            ),
-            None => None,
-        };
-        let fixture = options.fixture.clone();
-        let dir = data_dir.clone();
-        let world =
-            tokio::task::spawn_blocking(move || World::from_fixture(&fixture, &dir)).await??;
-        let mut engine = FaultEngine::new(options.seed);
-        let mut rules = options.fixture.faults.clone();
-        rules.extend(options.faults.iter().cloned());
-        engine.set_rules(rules).map_err(anyhow::Error::msg)?;
-
-        let app = Arc::new(App {
-            world: Mutex::new(world),
-            faults: Mutex::new(engine),
-            config: Config {
-                import_delay: options.import_delay,
-            },
-            data_dir: data_dir.clone(),
-            urls: Urls { origin },
-            limits: app::Limits {
-                max_uploads_per_user: options.max_uploads_per_user,
-                upload_limit_unverified: options.upload_limit_unverified,
-                upload_limit_verified: options.upload_limit_verified,
-                max_files_per_session: 100,
-                min_part_size: options.min_part_size,
-            },
-            signer: s3::Signer::new(options.presigned_url_lifetime),
-            tasks: Mutex::new(Vec::new()),
-            recorder,
-        });
+        let app = Arc::new(new_app(&options, data_dir.clone(), origin).await?);
         let cleanup =
             tokio::spawn(expire_uploads(app.clone(), options.upload_expiry)).abort_handle();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -312,6 +265,66 @@ impl Drop for Sandbox {
         }
         self.abort_background();
     }
+}
+
+/// The origin of absolute URLs: the public URL's, else the bound address (a wildcard address answers
+/// on loopback).
+fn public_origin(public_url: Option<&url::Url>, addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    match public_url {
+        Some(u) => u.origin().ascii_serialization(),
+        None => {
+            let host = match addr.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+                IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            };
+            format!("{scheme}://{host}:{}", addr.port())
+        }
+    }
+}
+
+/// A sandbox's shared state: the recorder, the world seeded from the fixture, the fault rules of the
+/// fixture and the options, and the limits.
+async fn new_app(
+    options: &SandboxOptions,
+    data_dir: PathBuf,
+    origin: String,
+) -> anyhow::Result<App> {
+    let recorder = match &options.record {
+        Some(dir) => Some(
+            recorder::Recorder::new(dir)
+                .with_context(|| format!("cannot record requests into {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let fixture = options.fixture.clone();
+    let dir = data_dir.clone();
+    let world = tokio::task::spawn_blocking(move || World::from_fixture(&fixture, &dir)).await??;
+    let mut engine = FaultEngine::new(options.seed);
+    let mut rules = options.fixture.faults.clone();
+    rules.extend(options.faults.iter().cloned());
+    engine.set_rules(rules).map_err(anyhow::Error::msg)?;
+    Ok(App {
+        world: Mutex::new(world),
+        faults: Mutex::new(engine),
+        config: Config {
+            import_delay: options.import_delay,
+        },
+        data_dir,
+        urls: Urls { origin },
+        limits: app::Limits {
+            max_uploads_per_user: options.max_uploads_per_user,
+            upload_limit_unverified: options.upload_limit_unverified,
+            upload_limit_verified: options.upload_limit_verified,
+            max_files_per_session: 100,
+            min_part_size: options.min_part_size,
+        },
+        signer: s3::Signer::new(options.presigned_url_lifetime),
+        tasks: Mutex::new(Vec::new()),
+        recorder,
+    })
 }
 
 /// Delete uploads older than `expiry`, whatever their state (the platform's hourly cleanup).
@@ -461,8 +474,45 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         return response;
     }
 
-    let resp = match &route {
-        None => match slash_redirect(&path, parts.uri.query()) {
+    let resp = dispatch(
+        &app,
+        route.as_ref(),
+        &method,
+        &parts,
+        query,
+        body,
+        &decision,
+    )
+    .await;
+    let pattern = if route.is_none() && resp.status == 301 {
+        "(redirect)"
+    } else {
+        pattern
+    };
+    let (response, label) = match decision.after {
+        None => {
+            let label = resp.status.as_u16().to_string();
+            (resp.into_response().await, label)
+        }
+        Some(t @ Terminal::Status { .. }) => fault_response(t, &path).await,
+        Some(Terminal::Drop) => (cut_response(resp).await, "dropped".to_string()),
+    };
+    count(&app, &method, pattern, &label);
+    response
+}
+
+/// The answer of the handler for `route`: S3, media files or the API.
+async fn dispatch(
+    app: &Arc<App>,
+    route: Option<&Route>,
+    method: &str,
+    parts: &::http::request::Parts,
+    query: Vec<(String, String)>,
+    body: Body,
+    decision: &Decision,
+) -> Resp {
+    match route {
+        None => match slash_redirect(parts.uri.path(), parts.uri.query()) {
             Some(r) => r,
             None => Resp::html(404),
         },
@@ -488,29 +538,14 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
             }
         }
         Some(Route::MediaFile { civ, name }) if method == "GET" || method == "HEAD" => {
-            media_file(&app, civ, name)
+            media_file(app, civ, name)
         }
         Some(Route::MediaImage { image, file, name }) if method == "GET" || method == "HEAD" => {
-            media_image(&app, image, file, name)
+            media_image(app, image, file, name)
         }
         Some(Route::MediaFile { .. } | Route::MediaImage { .. }) => Resp::html(405),
-        Some(r) => api_request(&app, r, &method, &parts, query, body, &decision).await,
-    };
-    let pattern = if route.is_none() && resp.status == 301 {
-        "(redirect)"
-    } else {
-        pattern
-    };
-    let (response, label) = match decision.after {
-        None => {
-            let label = resp.status.as_u16().to_string();
-            (resp.into_response().await, label)
-        }
-        Some(t @ Terminal::Status { .. }) => fault_response(t, &path).await,
-        Some(Terminal::Drop) => (cut_response(resp).await, "dropped".to_string()),
-    };
-    count(&app, &method, pattern, &label);
-    response
+        Some(r) => api_request(app, r, method, parts, query, body, decision).await,
+    }
 }
 
 fn count(app: &App, method: &str, pattern: &str, status: &str) {
@@ -767,63 +802,17 @@ async fn api_request(
     ) {
         return r;
     }
-    let outcome = {
-        let w = app.world();
-        auth::authenticate(
-            parts
-                .headers
-                .get(::http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-            |token| {
-                w.users
-                    .iter()
-                    .find(|u| u.token == token)
-                    .map(|u| (u.pk, u.active))
-            },
-        )
-    };
-    let user = match outcome {
-        auth::Auth::Anonymous => None,
-        auth::Auth::User(u) => Some(u),
-        auth::Auth::Failed(msg) => return Resp::unauthorized(msg),
+    let user = match authenticated_user(app, parts) {
+        Ok(u) => u,
+        Err(r) => return r,
     };
     let effective = if method == "HEAD" { "GET" } else { method };
-    if effective == "OPTIONS" {
-        return Resp::json(
-            200,
-            serde_json::json!({
-                "name": route.pattern(),
-                "description": "",
-                "renders": ["application/json"],
-                "parses": ["application/json", "application/x-www-form-urlencoded", "multipart/form-data"],
-            }),
-        );
+    if let Some(r) = answer_without_handler(route, method, effective, user) {
+        return r;
     }
-    if !route.methods().contains(&effective) {
-        // Model permissions are checked before the method: deleting items is not allowed through the API.
-        if matches!(route, Route::Item(..)) && effective == "DELETE" {
-            return if user.is_some() {
-                Resp::forbidden()
-            } else {
-                Resp::not_authenticated()
-            };
-        }
-        let mut allowed: Vec<&str> = route.methods().to_vec();
-        allowed.extend(["HEAD", "OPTIONS"]);
-        return Resp::method_not_allowed(method, &allowed);
-    }
-    let bytes = if matches!(effective, "POST" | "PUT" | "PATCH") {
-        match axum::body::to_bytes(body, MAX_JSON_BODY).await {
-            Ok(b) => b,
-            Err(_) => {
-                return Resp::detail(
-                    400,
-                    "Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE.",
-                );
-            }
-        }
-    } else {
-        Bytes::new()
+    let bytes = match read_json_body(body, effective).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let path = parts.uri.path().to_string();
     let (resp, jobs) = {
@@ -853,4 +842,78 @@ async fn api_request(
         }
     }
     resp
+}
+
+/// The user of the request's token: `None` without one, `Err` for a token refused.
+fn authenticated_user(app: &App, parts: &::http::request::Parts) -> Result<Option<UserId>, Resp> {
+    let outcome = {
+        let w = app.world();
+        auth::authenticate(
+            parts
+                .headers
+                .get(::http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            |token| {
+                w.users
+                    .iter()
+                    .find(|u| u.token == token)
+                    .map(|u| (u.pk, u.active))
+            },
+        )
+    };
+    match outcome {
+        auth::Auth::Anonymous => Ok(None),
+        auth::Auth::User(u) => Ok(Some(u)),
+        auth::Auth::Failed(msg) => Err(Resp::unauthorized(msg)),
+    }
+}
+
+/// What is answered before any handler runs: OPTIONS, and methods the route does not take
+/// (`effective` is the method with HEAD taken as GET).
+fn answer_without_handler(
+    route: &Route,
+    method: &str,
+    effective: &str,
+    user: Option<UserId>,
+) -> Option<Resp> {
+    if effective == "OPTIONS" {
+        return Some(Resp::json(
+            200,
+            serde_json::json!({
+                "name": route.pattern(),
+                "description": "",
+                "renders": ["application/json"],
+                "parses": ["application/json", "application/x-www-form-urlencoded", "multipart/form-data"],
+            }),
+        ));
+    }
+    if route.methods().contains(&effective) {
+        return None;
+    }
+    // Model permissions are checked before the method: deleting items is not allowed through the API.
+    if matches!(route, Route::Item(..)) && effective == "DELETE" {
+        return Some(if user.is_some() {
+            Resp::forbidden()
+        } else {
+            Resp::not_authenticated()
+        });
+    }
+    let mut allowed: Vec<&str> = route.methods().to_vec();
+    allowed.extend(["HEAD", "OPTIONS"]);
+    Some(Resp::method_not_allowed(method, &allowed))
+}
+
+/// The body of a request that may carry one, up to [`MAX_JSON_BODY`].
+async fn read_json_body(body: Body, effective: &str) -> Result<Bytes, Resp> {
+    if !matches!(effective, "POST" | "PUT" | "PATCH") {
+        return Ok(Bytes::new());
+    }
+    axum::body::to_bytes(body, MAX_JSON_BODY)
+        .await
+        .map_err(|_| {
+            Resp::detail(
+                400,
+                "Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE.",
+            )
+        })
 }

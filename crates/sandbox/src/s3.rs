@@ -191,21 +191,12 @@ pub async fn put_part(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let dir = {
-        let w = match world.lock() {
-            Ok(w) => w,
-            Err(_) => {
-                return Resp::s3_error(
-                    500,
-                    "InternalError",
-                    "We encountered an internal error. Please try again.",
-                );
-            }
-        };
-        match open_upload(&w, user, upload, &upload_id) {
+    let dir = match world.lock() {
+        Ok(w) => match open_upload(&w, user, upload, &upload_id) {
             Ok(d) => d,
             Err(r) => return r,
-        }
+        },
+        Err(_) => return internal_error(),
     };
     let tmp = dir.join(format!("part-{number}.{}.tmp", Uuid::new_v4().simple()));
     let (size, md5) = match stream_to_file(body, &tmp).await {
@@ -220,51 +211,77 @@ pub async fn put_part(
             );
         }
     };
-    let etag = format!("\"{md5}\"");
-    let final_path = dir.join(format!("part-{number}"));
-    let mut w = match world.lock() {
-        Ok(w) => w,
-        Err(_) => {
-            return Resp::s3_error(
-                500,
-                "InternalError",
-                "We encountered an internal error. Please try again.",
-            );
-        }
+    let received = Received {
+        number,
+        etag: format!("\"{md5}\""),
+        size,
+        path: dir.join(format!("part-{number}")),
+        tmp,
     };
-    if let Err(r) = open_upload(&w, user, upload, &upload_id) {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(r) = record_part(world, user, upload, &upload_id, &received) {
         return r;
     }
-    if let Err(e) = std::fs::rename(&tmp, &final_path) {
-        let _ = std::fs::remove_file(&tmp);
+    Resp {
+        status: http::StatusCode::OK,
+        headers: vec![(http::header::ETAG, received.etag)],
+        body: super::http::RespBody::Empty,
+    }
+}
+
+fn internal_error() -> Resp {
+    Resp::s3_error(
+        500,
+        "InternalError",
+        "We encountered an internal error. Please try again.",
+    )
+}
+
+/// A part's bytes, streamed into a scratch file next to where the part goes.
+struct Received {
+    number: u32,
+    /// Quoted, as S3 answers it.
+    etag: String,
+    size: u64,
+    /// The part's place once recorded.
+    path: PathBuf,
+    tmp: PathBuf,
+}
+
+/// Move a received part into place and record it, provided the upload is still open (it may have been
+/// completed or aborted while the bytes came in); the scratch file is removed otherwise.
+fn record_part(
+    world: &std::sync::Mutex<World>,
+    user: &str,
+    upload: &str,
+    upload_id: &str,
+    received: &Received,
+) -> Result<(), Resp> {
+    let mut w = world.lock().map_err(|_| internal_error())?;
+    if let Err(r) = open_upload(&w, user, upload, upload_id) {
+        let _ = std::fs::remove_file(&received.tmp);
+        return Err(r);
+    }
+    if let Err(e) = std::fs::rename(&received.tmp, &received.path) {
+        let _ = std::fs::remove_file(&received.tmp);
         tracing::warn!(error = %e, "cannot store a part");
-        return Resp::s3_error(
-            500,
-            "InternalError",
-            "We encountered an internal error. Please try again.",
-        );
+        return Err(internal_error());
     }
     if let Some(u) = Uuid::parse_str(upload)
         .ok()
         .and_then(|pk| w.uploads.get_mut(&pk))
     {
         u.parts.insert(
-            number,
+            received.number,
             Part {
-                number,
-                etag: etag.clone(),
-                size,
-                path: final_path,
+                number: received.number,
+                etag: received.etag.clone(),
+                size: received.size,
+                path: received.path.clone(),
                 last_modified: OffsetDateTime::now_utc(),
             },
         );
     }
-    Resp {
-        status: http::StatusCode::OK,
-        headers: vec![(http::header::ETAG, etag)],
-        body: super::http::RespBody::Empty,
-    }
+    Ok(())
 }
 
 async fn stream_to_file(body: Body, path: &std::path::Path) -> std::io::Result<(u64, String)> {

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::fixture::{Fixture, ItemSpec, OverlaySegment, ValueSourceSpec};
+use super::fixture::{Fixture, ItemSpec, OverlaySegment, SocketSpec, ValueSourceSpec};
 use gc_content::imaging::{self, ImageType, ImportedImage};
 use gc_content::kinds::{Family, Kind, SuperKind};
 
@@ -313,6 +313,32 @@ pub fn base_name(path: &Path) -> String {
         .unwrap_or_else(|| "file".into())
 }
 
+/// The fixture's sockets in pk order; those without a pk get the next ones after the largest given.
+fn fixture_sockets(specs: &[SocketSpec]) -> Vec<Socket> {
+    let mut next_socket = specs.iter().filter_map(|s| s.pk).max().unwrap_or(0) + 1;
+    let mut sockets: Vec<Socket> = specs
+        .iter()
+        .map(|s| {
+            let pk = s.pk.unwrap_or_else(|| {
+                next_socket += 1;
+                next_socket - 1
+            });
+            Socket {
+                pk,
+                slug: s.slug.clone(),
+                title: s.title.clone(),
+                description: s.description.clone(),
+                kind: s.kind,
+                super_kind: s.super_kind,
+                relative_path: s.relative_path.clone(),
+                overlay_segments: s.overlay_segments.clone(),
+            }
+        })
+        .collect();
+    sockets.sort_by_key(|s| s.pk);
+    sockets
+}
+
 impl World {
     /// Build the world from a fixture; seeded images are imported and files copied into `data_dir`.
     pub fn from_fixture(fixture: &Fixture, data_dir: &Path) -> anyhow::Result<World> {
@@ -343,69 +369,9 @@ impl World {
                 active: u.active,
             });
         }
-        let mut next_socket = fixture
-            .sockets
-            .iter()
-            .filter_map(|s| s.pk)
-            .max()
-            .unwrap_or(0)
-            + 1;
-        for s in &fixture.sockets {
-            let pk = s.pk.unwrap_or_else(|| {
-                next_socket += 1;
-                next_socket - 1
-            });
-            world.sockets.push(Socket {
-                pk,
-                slug: s.slug.clone(),
-                title: s.title.clone(),
-                description: s.description.clone(),
-                kind: s.kind,
-                super_kind: s.super_kind,
-                relative_path: s.relative_path.clone(),
-                overlay_segments: s.overlay_segments.clone(),
-            });
-        }
-        world.sockets.sort_by_key(|s| s.pk);
-        let ids = |names: &[String], w: &World| -> HashSet<UserId> {
-            names
-                .iter()
-                .filter_map(|n| w.users.iter().find(|u| &u.username == n))
-                .map(|u| u.pk)
-                .collect()
-        };
+        world.sockets = fixture_sockets(&fixture.sockets);
         world.algorithms = super::algorithms::Algorithms::from_fixture(&world, fixture);
-        for a in &fixture.archives {
-            let allowed = a.allowed_sockets.as_ref().map(|slugs| {
-                slugs
-                    .iter()
-                    .filter_map(|s| world.socket_by_slug(s))
-                    .map(|s| s.pk)
-                    .collect::<HashSet<_>>()
-            });
-            world.archives.push(Archive {
-                pk: a.pk,
-                slug: a.slug.clone(),
-                title: a.title.clone(),
-                description: a.description.clone(),
-                editors: ids(&a.editors, &world),
-                uploaders: ids(&a.uploaders, &world),
-                users: ids(&a.users, &world),
-                public: a.public,
-                allowed_sockets: allowed,
-            });
-        }
-        for r in &fixture.reader_studies {
-            world.reader_studies.push(ReaderStudy {
-                pk: r.pk,
-                slug: r.slug.clone(),
-                title: r.title.clone(),
-                description: r.description.clone(),
-                editors: ids(&r.editors, &world),
-                readers: ids(&r.readers, &world),
-                public: r.public,
-            });
-        }
+        world.seed_containers(fixture);
         for spec in &fixture.archive_items {
             world.seed_item(spec, ContainerKind::Archive)?;
         }
@@ -413,6 +379,50 @@ impl World {
             world.seed_item(spec, ContainerKind::ReaderStudy)?;
         }
         Ok(world)
+    }
+
+    /// The fixture's archives and reader studies, with their users' and sockets' pks.
+    fn seed_containers(&mut self, fixture: &Fixture) {
+        let ids = |names: &[String], w: &World| -> HashSet<UserId> {
+            names
+                .iter()
+                .filter_map(|n| w.users.iter().find(|u| &u.username == n))
+                .map(|u| u.pk)
+                .collect()
+        };
+        for a in &fixture.archives {
+            let allowed = a.allowed_sockets.as_ref().map(|slugs| {
+                slugs
+                    .iter()
+                    .filter_map(|s| self.socket_by_slug(s))
+                    .map(|s| s.pk)
+                    .collect::<HashSet<_>>()
+            });
+            let archive = Archive {
+                pk: a.pk,
+                slug: a.slug.clone(),
+                title: a.title.clone(),
+                description: a.description.clone(),
+                editors: ids(&a.editors, self),
+                uploaders: ids(&a.uploaders, self),
+                users: ids(&a.users, self),
+                public: a.public,
+                allowed_sockets: allowed,
+            };
+            self.archives.push(archive);
+        }
+        for r in &fixture.reader_studies {
+            let study = ReaderStudy {
+                pk: r.pk,
+                slug: r.slug.clone(),
+                title: r.title.clone(),
+                description: r.description.clone(),
+                editors: ids(&r.editors, self),
+                readers: ids(&r.readers, self),
+                public: r.public,
+            };
+            self.reader_studies.push(study);
+        }
     }
 
     fn seed_item(&mut self, spec: &ItemSpec, kind: ContainerKind) -> anyhow::Result<()> {

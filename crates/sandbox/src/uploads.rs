@@ -286,91 +286,108 @@ fn action_on(
     }
     let upload_pk = upload.pk;
     match action {
-        UploadAction::GeneratePresignedUrls => {
-            let owner = w.user(upload.owner);
-            let limit = if owner.is_some_and(|u| u.verified) {
-                ctx.limits.upload_limit_verified
-            } else {
-                ctx.limits.upload_limit_unverified
-            };
-            let in_flight: u64 = upload.parts.values().map(|p| p.size).sum::<u64>()
-                + w.completed_bytes(upload.owner);
-            if upload.status != UploadStatus::Initialized || in_flight >= limit {
-                return Err(Resp::detail(403, "Upload limit reached"));
-            }
-            let obj = ctx.object()?;
-            let numbers = part_numbers(obj.get("part_numbers"))?;
-            let mut urls = Map::new();
-            for n in numbers {
-                urls.insert(
-                    n.to_string(),
-                    ctx.signer.presign(&ctx.urls.origin, upload, n).into(),
-                );
-            }
-            let mut body = w.upload_json(upload, ctx.urls);
-            body["presigned_urls"] = Json::Object(urls);
-            Ok(Resp::json(200, body))
-        }
-        UploadAction::ListParts => {
-            if upload.status != UploadStatus::Initialized {
-                return Err(Resp::html(500));
-            }
-            let parts: Vec<Json> = upload
-                .parts
-                .values()
-                .map(|p| {
-                    json!({
-                        "ETag": p.etag,
-                        "PartNumber": p.number,
-                        "LastModified": p.last_modified.replace_nanosecond(0).map(super::store::iso).unwrap_or_default().replace(".000000Z", "Z"),
-                        "Size": p.size,
-                    })
-                })
-                .collect();
-            let mut body = w.upload_json(upload, ctx.urls);
-            body["parts"] = Json::Array(parts);
-            Ok(Resp::json(200, body))
-        }
-        UploadAction::Complete => {
-            let obj = ctx.object()?;
-            let listed = complete_parts(obj.get("parts"))?;
-            if upload.status != UploadStatus::Initialized {
-                return Err(Resp::html(500));
-            }
-            let object =
-                check_complete(upload, &listed, ctx.limits.min_part_size).map_err(|reason| {
-                    tracing::debug!(upload = %upload_pk, %reason, "complete rejected");
-                    Resp::html(500)
-                })?;
-            let Some(upload) = w.uploads.get_mut(&upload_pk) else {
-                return Err(Resp::html(500));
-            };
-            // Parts not named in the complete call are discarded, as S3 does.
-            for (number, part) in &upload.parts {
-                if !listed.iter().any(|(n, _)| n == number) {
-                    let _ = std::fs::remove_file(&part.path);
-                }
-            }
-            upload.object = object;
-            upload.parts.clear();
-            upload.status = UploadStatus::Completed;
-            let body = w.upload_json(&w.uploads[&upload_pk], ctx.urls);
-            Ok(Resp::json(200, body))
-        }
-        UploadAction::Abort => {
-            if upload.status != UploadStatus::Initialized {
-                return Err(Resp::html(500));
-            }
-            let dir = upload.dir(&w.data_dir);
-            let _ = std::fs::remove_dir_all(dir);
-            let Some(upload) = w.uploads.get_mut(&upload_pk) else {
-                return Err(Resp::html(500));
-            };
-            upload.parts.clear();
-            upload.status = UploadStatus::Aborted;
-            upload.s3_upload_id = String::new();
-            let body = w.upload_json(&w.uploads[&upload_pk], ctx.urls);
-            Ok(Resp::json(200, body))
+        UploadAction::GeneratePresignedUrls => presigned_urls(w, ctx, upload),
+        UploadAction::ListParts => list_parts(w, ctx, upload),
+        UploadAction::Complete => complete(w, ctx, upload_pk),
+        UploadAction::Abort => abort(w, ctx, upload_pk),
+    }
+}
+
+/// Part URLs for the numbers asked, while the upload is open and the owner's byte quota not used up.
+fn presigned_urls(w: &World, ctx: &Ctx, upload: &Upload) -> Result<Resp, Resp> {
+    let owner = w.user(upload.owner);
+    let limit = if owner.is_some_and(|u| u.verified) {
+        ctx.limits.upload_limit_verified
+    } else {
+        ctx.limits.upload_limit_unverified
+    };
+    let in_flight: u64 =
+        upload.parts.values().map(|p| p.size).sum::<u64>() + w.completed_bytes(upload.owner);
+    if upload.status != UploadStatus::Initialized || in_flight >= limit {
+        return Err(Resp::detail(403, "Upload limit reached"));
+    }
+    let obj = ctx.object()?;
+    let numbers = part_numbers(obj.get("part_numbers"))?;
+    let mut urls = Map::new();
+    for n in numbers {
+        urls.insert(
+            n.to_string(),
+            ctx.signer.presign(&ctx.urls.origin, upload, n).into(),
+        );
+    }
+    let mut body = w.upload_json(upload, ctx.urls);
+    body["presigned_urls"] = Json::Object(urls);
+    Ok(Resp::json(200, body))
+}
+
+/// The parts stored so far, as S3 lists them; a closed upload is a 500, as on the platform.
+fn list_parts(w: &World, ctx: &Ctx, upload: &Upload) -> Result<Resp, Resp> {
+    if upload.status != UploadStatus::Initialized {
+        return Err(Resp::html(500));
+    }
+    let parts: Vec<Json> = upload
+        .parts
+        .values()
+        .map(|p| {
+            json!({
+                "ETag": p.etag,
+                "PartNumber": p.number,
+                "LastModified": p.last_modified.replace_nanosecond(0).map(super::store::iso).unwrap_or_default().replace(".000000Z", "Z"),
+                "Size": p.size,
+            })
+        })
+        .collect();
+    let mut body = w.upload_json(upload, ctx.urls);
+    body["parts"] = Json::Array(parts);
+    Ok(Resp::json(200, body))
+}
+
+/// Complete the upload from the parts listed (see [`check_complete`]); parts not listed are discarded.
+fn complete(w: &mut World, ctx: &Ctx, upload_pk: Uuid) -> Result<Resp, Resp> {
+    let obj = ctx.object()?;
+    let listed = complete_parts(obj.get("parts"))?;
+    let Some(upload) = w.uploads.get(&upload_pk) else {
+        return Err(Resp::html(500));
+    };
+    if upload.status != UploadStatus::Initialized {
+        return Err(Resp::html(500));
+    }
+    let object = check_complete(upload, &listed, ctx.limits.min_part_size).map_err(|reason| {
+        tracing::debug!(upload = %upload_pk, %reason, "complete rejected");
+        Resp::html(500)
+    })?;
+    let Some(upload) = w.uploads.get_mut(&upload_pk) else {
+        return Err(Resp::html(500));
+    };
+    // Parts not named in the complete call are discarded, as S3 does.
+    for (number, part) in &upload.parts {
+        if !listed.iter().any(|(n, _)| n == number) {
+            let _ = std::fs::remove_file(&part.path);
         }
     }
+    upload.object = object;
+    upload.parts.clear();
+    upload.status = UploadStatus::Completed;
+    let body = w.upload_json(&w.uploads[&upload_pk], ctx.urls);
+    Ok(Resp::json(200, body))
+}
+
+/// Abort an open upload: its parts are deleted and its S3 upload id forgotten.
+fn abort(w: &mut World, ctx: &Ctx, upload_pk: Uuid) -> Result<Resp, Resp> {
+    let Some(upload) = w.uploads.get(&upload_pk) else {
+        return Err(Resp::html(500));
+    };
+    if upload.status != UploadStatus::Initialized {
+        return Err(Resp::html(500));
+    }
+    let dir = upload.dir(&w.data_dir);
+    let _ = std::fs::remove_dir_all(dir);
+    let Some(upload) = w.uploads.get_mut(&upload_pk) else {
+        return Err(Resp::html(500));
+    };
+    upload.parts.clear();
+    upload.status = UploadStatus::Aborted;
+    upload.s3_upload_id = String::new();
+    let body = w.upload_json(&w.uploads[&upload_pk], ctx.urls);
+    Ok(Resp::json(200, body))
 }

@@ -203,186 +203,247 @@ pub fn validate_entry(w: &World, user: UserId, entry: &Json) -> Result<Entry, Js
             json!({"non_field_errors": [format!("Invalid data. Expected a dictionary, but got {}.", py_type(entry))]}),
         );
     };
-    let get = |k: &str| obj.get(k).unwrap_or(&Json::Null);
-    let mut errors = Map::new();
-    let mut err = |field: &str, msg: String| {
-        errors.insert(field.to_string(), json!([msg]));
-    };
-
-    let socket = match obj.get("interface") {
-        None => {
-            err("interface", "This field is required.".into());
-            None
-        }
-        Some(Json::Null) => {
-            err("interface", "This field may not be null.".into());
-            None
-        }
-        Some(v @ (Json::String(_) | Json::Number(_) | Json::Bool(_))) => {
-            let slug = py_str(v);
-            let found = w.socket_by_slug(&slug);
-            if found.is_none() {
-                err(
-                    "interface",
-                    format!("Object with slug={slug} does not exist."),
-                );
-            }
-            found
-        }
-        Some(_) => {
-            err("interface", "Invalid value.".into());
-            None
-        }
-    };
-    let value = match get("value") {
-        Json::Null => None,
-        v => Some(v.clone()),
-    };
-    let file = match get("file") {
-        Json::Null => false,
-        Json::String(s) if s.is_empty() => false,
-        _ => {
-            err(
-                "file",
-                "The submitted data was not a file. Check the encoding type on the form.".into(),
-            );
-            true
-        }
-    };
-    let image = match hyperlink(get("image"), image_route) {
-        Ok(None) => None,
-        Ok(Some(pk)) => {
-            let found = Uuid::parse_str(&pk).ok().filter(|pk| {
-                w.images
-                    .get(pk)
-                    .is_some_and(|i| w.can_view_image(Some(user), i))
-            });
-            if found.is_none() {
-                err("image", DOES_NOT_EXIST.into());
-            }
-            found
-        }
-        Err(e) => {
-            err("image", e);
-            None
-        }
-    };
-    let session = match hyperlink(get("upload_session"), session_route) {
-        Ok(None) => None,
-        Ok(Some(pk)) => {
-            let found = Uuid::parse_str(&pk).ok().filter(|pk| {
-                w.sessions
-                    .get(pk)
-                    .is_some_and(|s| s.creator == user && s.status == SessionStatus::Queued)
-            });
-            if found.is_none() {
-                err("upload_session", DOES_NOT_EXIST.into());
-            }
-            found
-        }
-        Err(e) => {
-            err("upload_session", e);
-            None
-        }
-    };
-    let user_upload = match hyperlink(get("user_upload"), upload_route) {
-        Ok(None) => None,
-        Ok(Some(pk)) => match own_upload(w, user, &pk) {
-            Ok(pk) => Some(pk),
-            Err(e) => {
-                err("user_upload", e);
-                None
-            }
-        },
-        Err(e) => {
-            err("user_upload", e);
-            None
-        }
-    };
-    let user_uploads = match upload_list(w, get("user_uploads"), |w, pk| own_upload(w, user, pk)) {
-        Ok(list) => list.filter(|l| !l.is_empty()),
-        Err(e) => {
-            err("user_uploads", e);
-            None
-        }
-    };
-    let image_name = match char_field(get("image_name"), 255, false) {
-        Ok(n) => n,
-        Err(e) => {
-            err("image_name", e);
-            None
-        }
-    };
-    if !errors.is_empty() {
-        return Err(Json::Object(errors));
-    }
-    let Some(socket) = socket else {
+    let fields = EntryFields::read(w, user, obj).map_err(Json::Object)?;
+    let Some(socket) = fields.socket else {
         return Err(json!({}));
     };
+    fields.check_one_source()?;
+    let source = fields.into_source(socket)?;
+    check_image_source(w, socket, &source)?;
+    Ok(Entry {
+        socket: socket.pk,
+        source,
+    })
+}
 
-    let non_field = |msg: String| Err(json!({"non_field_errors": [msg]}));
-    let provided = [
-        image.is_some(),
-        value.is_some(),
-        file,
-        user_upload.is_some(),
-        session.is_some(),
-        user_uploads.is_some() || image_name.is_some(),
-    ]
-    .iter()
-    .filter(|p| **p)
-    .count();
-    if provided == 0 {
-        return non_field(format!("You must provide at least one of {SOURCES}."));
+/// The fields of one entry, each read on its own: DRF reports every field's error at once.
+struct EntryFields<'w> {
+    socket: Option<&'w Socket>,
+    value: Option<Json>,
+    file: bool,
+    image: Option<Uuid>,
+    session: Option<Uuid>,
+    user_upload: Option<Uuid>,
+    user_uploads: Option<Vec<Uuid>>,
+    image_name: Option<String>,
+}
+
+/// `Ok`'s value, or `None` with the error recorded under `field`.
+fn keep<T>(errors: &mut Map<String, Json>, field: &str, read: Result<T, String>) -> Option<T> {
+    match read {
+        Ok(v) => Some(v),
+        Err(msg) => {
+            errors.insert(field.to_string(), json!([msg]));
+            None
+        }
     }
-    if provided > 1 {
-        return non_field(format!(
-            "You can only provide one of {SOURCES} for each socket."
-        ));
+}
+
+impl<'w> EntryFields<'w> {
+    /// Read every field; `Err` holds a message list per bad field.
+    fn read(
+        w: &'w World,
+        user: UserId,
+        obj: &Map<String, Json>,
+    ) -> Result<EntryFields<'w>, Map<String, Json>> {
+        let get = |k: &str| obj.get(k).unwrap_or(&Json::Null);
+        let mut errors = Map::new();
+        let socket = keep(
+            &mut errors,
+            "interface",
+            interface_field(w, obj.get("interface")),
+        );
+        let value = match get("value") {
+            Json::Null => None,
+            v => Some(v.clone()),
+        };
+        let file = keep(&mut errors, "file", file_field(get("file"))).unwrap_or(true);
+        let image = keep(&mut errors, "image", image_field(w, user, get("image"))).flatten();
+        let session = keep(
+            &mut errors,
+            "upload_session",
+            session_field(w, user, get("upload_session")),
+        )
+        .flatten();
+        let user_upload = keep(
+            &mut errors,
+            "user_upload",
+            user_upload_field(w, user, get("user_upload")),
+        )
+        .flatten();
+        let user_uploads = keep(
+            &mut errors,
+            "user_uploads",
+            upload_list(w, get("user_uploads"), |w, pk| own_upload(w, user, pk)),
+        )
+        .flatten()
+        .filter(|l| !l.is_empty());
+        let image_name = keep(
+            &mut errors,
+            "image_name",
+            char_field(get("image_name"), 255, false),
+        )
+        .flatten();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(EntryFields {
+            socket,
+            value,
+            file,
+            image,
+            session,
+            user_upload,
+            user_uploads,
+            image_name,
+        })
     }
-    let code = socket.kind.code;
-    let source = match (socket.super_kind, socket.kind.family) {
-        (SuperKind::Value, _) => match value {
-            Some(v) => {
-                if let Err(msg) = schema::validate_value(socket.kind.label, &v) {
-                    return Err(json!({"__all__": [msg]}));
+
+    /// Exactly one of the sources may be given.
+    fn check_one_source(&self) -> Result<(), Json> {
+        let provided = [
+            self.image.is_some(),
+            self.value.is_some(),
+            self.file,
+            self.user_upload.is_some(),
+            self.session.is_some(),
+            self.user_uploads.is_some() || self.image_name.is_some(),
+        ]
+        .iter()
+        .filter(|p| **p)
+        .count();
+        if provided == 0 {
+            return non_field(format!("You must provide at least one of {SOURCES}."));
+        }
+        if provided > 1 {
+            return non_field(format!(
+                "You can only provide one of {SOURCES} for each socket."
+            ));
+        }
+        Ok(())
+    }
+
+    /// The source the socket's super kind requires, a JSON value checked against its kind's schema.
+    fn into_source(self, socket: &Socket) -> Result<Source, Json> {
+        let code = socket.kind.code;
+        Ok(match (socket.super_kind, socket.kind.family) {
+            (SuperKind::Value, _) => match self.value {
+                Some(v) => {
+                    if let Err(msg) = schema::validate_value(socket.kind.label, &v) {
+                        return Err(json!({"__all__": [msg]}));
+                    }
+                    Source::Value(v)
                 }
-                Source::Value(v)
-            }
-            None => return non_field(format!("value is required for interface kind {code}")),
-        },
-        (SuperKind::File, _) => match user_upload {
-            Some(u) => Source::UserUpload(u),
-            None => {
-                return non_field(format!(
-                    "user_upload or file is required for interface kind {code}"
-                ));
-            }
-        },
-        (SuperKind::Image, Family::DicomImageSet) => match (image, user_uploads, image_name) {
-            (Some(i), _, _) => Source::Image(i),
-            (None, Some(uploads), Some(image_name)) => Source::DicomImageSet {
-                uploads,
-                image_name,
+                None => return non_field(format!("value is required for interface kind {code}")),
             },
-            _ => {
-                return non_field(format!(
-                    "either user_uploads with image_name, or image are required for interface kind {code}"
-                ));
+            (SuperKind::File, _) => match self.user_upload {
+                Some(u) => Source::UserUpload(u),
+                None => {
+                    return non_field(format!(
+                        "user_upload or file is required for interface kind {code}"
+                    ));
+                }
+            },
+            (SuperKind::Image, Family::DicomImageSet) => {
+                match (self.image, self.user_uploads, self.image_name) {
+                    (Some(i), _, _) => Source::Image(i),
+                    (None, Some(uploads), Some(image_name)) => Source::DicomImageSet {
+                        uploads,
+                        image_name,
+                    },
+                    _ => {
+                        return non_field(format!(
+                            "either user_uploads with image_name, or image are required for interface kind {code}"
+                        ));
+                    }
+                }
             }
-        },
-        (SuperKind::Image, _) => match (image, user_uploads, session) {
-            (Some(i), _, _) => Source::Image(i),
-            (None, Some(uploads), _) => Source::UserUploads(uploads),
-            (None, None, Some(s)) => Source::Session(s),
-            _ => {
-                return non_field(format!(
-                    "upload_session, user_uploads or image are required for interface kind {code}"
-                ));
-            }
-        },
+            (SuperKind::Image, _) => match (self.image, self.user_uploads, self.session) {
+                (Some(i), _, _) => Source::Image(i),
+                (None, Some(uploads), _) => Source::UserUploads(uploads),
+                (None, None, Some(s)) => Source::Session(s),
+                _ => {
+                    return non_field(format!(
+                        "upload_session, user_uploads or image are required for interface kind {code}"
+                    ));
+                }
+            },
+        })
+    }
+}
+
+/// An error of the entry as a whole (`non_field_errors`).
+fn non_field<T>(msg: String) -> Result<T, Json> {
+    Err(json!({"non_field_errors": [msg]}))
+}
+
+/// The socket named by `interface`: a slug (numbers and booleans are stringified, as DRF does).
+fn interface_field<'w>(w: &'w World, v: Option<&Json>) -> Result<&'w Socket, String> {
+    match v {
+        None => Err("This field is required.".into()),
+        Some(Json::Null) => Err("This field may not be null.".into()),
+        Some(v @ (Json::String(_) | Json::Number(_) | Json::Bool(_))) => {
+            let slug = py_str(v);
+            w.socket_by_slug(&slug)
+                .ok_or_else(|| format!("Object with slug={slug} does not exist."))
+        }
+        Some(_) => Err("Invalid value.".into()),
+    }
+}
+
+/// Files cannot come in a JSON body: anything but nothing is refused.
+fn file_field(v: &Json) -> Result<bool, String> {
+    match v {
+        Json::Null => Ok(false),
+        Json::String(s) if s.is_empty() => Ok(false),
+        _ => Err("The submitted data was not a file. Check the encoding type on the form.".into()),
+    }
+}
+
+/// An image the user may view.
+fn image_field(w: &World, user: UserId, v: &Json) -> Result<Option<Uuid>, String> {
+    let Some(pk) = hyperlink(v, image_route)? else {
+        return Ok(None);
     };
-    if let Source::Image(pk) = &source
+    Uuid::parse_str(&pk)
+        .ok()
+        .filter(|pk| {
+            w.images
+                .get(pk)
+                .is_some_and(|i| w.can_view_image(Some(user), i))
+        })
+        .map(Some)
+        .ok_or_else(|| DOES_NOT_EXIST.into())
+}
+
+/// The user's own upload session, still queued.
+fn session_field(w: &World, user: UserId, v: &Json) -> Result<Option<Uuid>, String> {
+    let Some(pk) = hyperlink(v, session_route)? else {
+        return Ok(None);
+    };
+    Uuid::parse_str(&pk)
+        .ok()
+        .filter(|pk| {
+            w.sessions
+                .get(pk)
+                .is_some_and(|s| s.creator == user && s.status == SessionStatus::Queued)
+        })
+        .map(Some)
+        .ok_or_else(|| DOES_NOT_EXIST.into())
+}
+
+/// The user's own upload, whatever its status.
+fn user_upload_field(w: &World, user: UserId, v: &Json) -> Result<Option<Uuid>, String> {
+    match hyperlink(v, upload_route)? {
+        None => Ok(None),
+        Some(pk) => own_upload(w, user, &pk).map(Some),
+    }
+}
+
+/// An existing image given for a socket: DICOM only for a DICOM image set socket, and a
+/// segmentation's voxel values among the socket's.
+fn check_image_source(w: &World, socket: &Socket, source: &Source) -> Result<(), Json> {
+    if let Source::Image(pk) = source
         && let Some(img) = w.images.get(pk)
     {
         let is_dicom = img.dicom_image_set_id.is_some();
@@ -396,10 +457,7 @@ pub fn validate_entry(w: &World, user: UserId, entry: &Json) -> Result<Entry, Js
             return Err(json!({"__all__": [msg]}));
         }
     }
-    Ok(Entry {
-        socket: socket.pk,
-        source,
-    })
+    Ok(())
 }
 
 /// Validate a whole `values` list: `Err` is the field's error value (a message list or one object per

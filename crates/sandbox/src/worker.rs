@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use super::app::App;
 use super::store::{
-    Civ, CivContent, ContainerKind, Item, Notification, SessionStatus, SessionTarget, StoredFile,
-    UploadStatus, UserId, World, base_name, concat_files, store_image_files,
+    Civ, CivContent, ContainerKind, Item, Notification, Session, SessionStatus, SessionTarget,
+    StoredFile, UploadStatus, UserId, World, base_name, concat_files, store_image_files,
 };
-use super::values::segmentation_error;
+use super::values::{Entry, Source, segmentation_error};
 use gc_content::imaging::{self, ImportError, ImportedImage};
 use gc_content::schema;
 
@@ -39,6 +39,70 @@ pub enum Job {
     },
     /// Import an algorithm job's uploaded inputs (jobs whose target is the job), then execute it.
     Algorithm { job: Uuid, inputs: Vec<Job> },
+}
+
+/// Bind one validated entry to `item` (an item, or an algorithm job's inputs): a JSON value or an
+/// existing image is bound at once and its socket value returned; uploads become the import that binds
+/// them later, pushed to `imports`.
+pub fn bind_entry(
+    w: &mut World,
+    item: Uuid,
+    user: UserId,
+    entry: Entry,
+    imports: &mut Vec<Job>,
+) -> Option<i64> {
+    match entry.source {
+        Source::Value(v) => return Some(w.civ_for_value(entry.socket, v)),
+        Source::Image(image) => return Some(w.civ_for_image(entry.socket, image)),
+        Source::UserUpload(upload) => imports.push(Job::File {
+            item,
+            socket: entry.socket,
+            upload,
+            user,
+        }),
+        Source::UserUploads(uploads) => {
+            let session = Uuid::new_v4();
+            let seq = w.next_seq();
+            w.sessions.insert(
+                session,
+                Session {
+                    pk: session,
+                    creator: user,
+                    status: SessionStatus::ReQueued,
+                    error_message: String::new(),
+                    uploads,
+                    image_set: Vec::new(),
+                    target: SessionTarget::Item {
+                        item,
+                        socket: entry.socket,
+                    },
+                    seq,
+                },
+            );
+            imports.push(Job::Session { session });
+        }
+        Source::Session(session) => {
+            if let Some(s) = w.sessions.get_mut(&session) {
+                s.status = SessionStatus::ReQueued;
+                s.target = SessionTarget::Item {
+                    item,
+                    socket: entry.socket,
+                };
+                imports.push(Job::Session { session });
+            }
+        }
+        Source::DicomImageSet {
+            uploads,
+            image_name,
+        } => imports.push(Job::Dicom {
+            item,
+            socket: entry.socket,
+            uploads,
+            image_name,
+            user,
+        }),
+    }
+    None
 }
 
 /// Run `job` after the import delay, on the blocking pool.
@@ -137,31 +201,15 @@ fn notify(app: &App, user: UserId, message: String) {
 }
 
 fn file_job(app: &App, item: Uuid, socket: i64, upload: Uuid, user: UserId) {
-    let (sources, filename, json_kind, civ) = {
-        let mut w = lock(app);
-        let Some(u) = w.uploads.get(&upload).filter(|u| u.owner == user) else {
-            drop(w);
-            return notify(
-                app,
-                user,
-                format!("The upload {upload} for a file socket no longer exists."),
-            );
-        };
-        if u.status != UploadStatus::Completed {
-            let msg = format!(
-                "The upload {} ({}) is not completed, so it cannot be used.",
-                u.pk, u.filename
-            );
-            drop(w);
-            return notify(app, user, msg);
-        }
-        let sources: Vec<PathBuf> = u.object.iter().map(|p| p.path.clone()).collect();
-        let filename = u.filename.clone();
-        let json_kind = w
-            .socket(socket)
-            .filter(|s| s.is_json_file())
-            .map(|s| s.kind.label);
-        (sources, filename, json_kind, w.next_civ_pk())
+    let prepared = FileUpload::take(&mut lock(app), upload, user, socket);
+    let FileUpload {
+        sources,
+        filename,
+        json_kind,
+        civ,
+    } = match prepared {
+        Ok(p) => p,
+        Err(msg) => return notify(app, user, msg),
     };
     let dest = app
         .data_dir
@@ -179,25 +227,15 @@ fn file_job(app: &App, item: Uuid, socket: i64, upload: Uuid, user: UserId) {
             );
         }
     };
-    if let Some(kind) = json_kind {
-        let parsed = std::fs::File::open(&dest)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                serde_json::from_reader::<_, serde_json::Value>(std::io::BufReader::new(f))
-                    .map_err(|e| e.to_string())
-            });
-        let verdict = match parsed {
-            Ok(value) => schema::validate_value(kind, &value),
-            Err(e) => Err(format!("The file {filename} is not valid JSON: {e}")),
-        };
-        if let Err(msg) = verdict {
-            let _ = std::fs::remove_dir_all(dest.parent().unwrap_or(&dest));
-            return notify(
-                app,
-                user,
-                format!("File for socket validation failed: {msg}"),
-            );
-        }
+    if let Some(kind) = json_kind
+        && let Err(msg) = check_json_file(&dest, &filename, kind)
+    {
+        let _ = std::fs::remove_dir_all(dest.parent().unwrap_or(&dest));
+        return notify(
+            app,
+            user,
+            format!("File for socket validation failed: {msg}"),
+        );
     }
     let mut w = lock(app);
     if !w.takes_values(item) || !w.uploads.contains_key(&upload) {
@@ -220,6 +258,58 @@ fn file_job(app: &App, item: Uuid, socket: i64, upload: Uuid, user: UserId) {
     );
     w.attach(item, civ);
     w.delete_upload(upload);
+}
+
+/// The completed upload a file socket value is copied from, and the socket value's pk to be.
+struct FileUpload {
+    sources: Vec<PathBuf>,
+    filename: String,
+    /// The socket's kind label when its files hold JSON, which is validated like a value.
+    json_kind: Option<&'static str>,
+    civ: i64,
+}
+
+impl FileUpload {
+    /// The user's completed upload; `Err` is the notification telling why there is none.
+    fn take(w: &mut World, upload: Uuid, user: UserId, socket: i64) -> Result<FileUpload, String> {
+        let Some(u) = w.uploads.get(&upload).filter(|u| u.owner == user) else {
+            return Err(format!(
+                "The upload {upload} for a file socket no longer exists."
+            ));
+        };
+        if u.status != UploadStatus::Completed {
+            return Err(format!(
+                "The upload {} ({}) is not completed, so it cannot be used.",
+                u.pk, u.filename
+            ));
+        }
+        let sources: Vec<PathBuf> = u.object.iter().map(|p| p.path.clone()).collect();
+        let filename = u.filename.clone();
+        let json_kind = w
+            .socket(socket)
+            .filter(|s| s.is_json_file())
+            .map(|s| s.kind.label);
+        Ok(FileUpload {
+            sources,
+            filename,
+            json_kind,
+            civ: w.next_civ_pk(),
+        })
+    }
+}
+
+/// A stored JSON file must parse and be valid for its socket's kind.
+fn check_json_file(path: &std::path::Path, filename: &str, kind: &str) -> Result<(), String> {
+    let parsed = std::fs::File::open(path)
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            serde_json::from_reader::<_, serde_json::Value>(std::io::BufReader::new(f))
+                .map_err(|e| e.to_string())
+        });
+    match parsed {
+        Ok(value) => schema::validate_value(kind, &value),
+        Err(e) => Err(format!("The file {filename} is not valid JSON: {e}")),
+    }
 }
 
 /// Concatenate each upload into `dir/<filename>`; `Err` is the session error message.
@@ -278,57 +368,19 @@ fn wrap_socket_error(w: &World, socket: i64, msg: &str) -> String {
 }
 
 fn session_job(app: &App, session: Uuid) {
-    let prepared = {
-        let w = lock(app);
-        let Some(s) = w
-            .sessions
-            .get(&session)
-            .filter(|s| s.status == SessionStatus::ReQueued)
-        else {
-            return;
-        };
-        let socket = match s.target {
-            SessionTarget::Item { socket, .. } | SessionTarget::Archive { socket, .. } => {
-                Some(socket)
-            }
-            SessionTarget::None => None,
-        };
-        collect_uploads(&w, s.creator, &s.uploads).map(|u| (u, s.creator, s.target, socket))
+    let Some(prepared) = QueuedSession::take(&lock(app), session) else {
+        return;
     };
-    let (uploads, creator, target, socket) = match prepared {
-        Ok(p) => p,
+    let queued = match prepared {
+        Ok(q) => q,
         Err(msg) => return fail_session(app, session, msg),
     };
-    let work = app.data_dir.join("work").join(session.to_string());
-    let unpacked = app
-        .data_dir
-        .join("work")
-        .join(format!("{session}.unpacked"));
-    let result = assemble(app, &uploads, &work).and_then(|uploaded| {
-        // ZIP uploads are unpacked first, as on the platform.
-        let (imported, files) =
-            imaging::import_uploads(&uploaded, &unpacked).map_err(|e| match e {
-                ImportError::Session(m) => m,
-                ImportError::Socket(m) => match socket {
-                    Some(s) => wrap_socket_error(&lock(app), s, &m),
-                    None => m,
-                },
-            })?;
-        let pk = Uuid::new_v4();
-        let stored = store_image_files(&app.data_dir, pk, &imported, &files).map_err(|e| {
-            tracing::warn!(error = %e, "cannot store an imported image");
-            "An unexpected error occurred".to_string()
-        })?;
-        Ok((pk, imported, stored))
-    });
-    let _ = std::fs::remove_dir_all(&work);
-    let _ = std::fs::remove_dir_all(&unpacked);
-    let (image_pk, meta, stored) = match result {
+    let (image_pk, meta, stored) = match import_session(app, session, &queued) {
         Ok(v) => v,
         Err(msg) => return fail_session(app, session, msg),
     };
     let mut w = lock(app);
-    let name = meta.name.clone();
+    let socket = queued.socket;
     let socket_error = socket.and_then(|s| {
         w.socket(s)
             .and_then(|sock| segmentation_error(sock, &meta))
@@ -341,11 +393,11 @@ fn session_job(app: &App, session: Uuid) {
         image_pk,
         super::store::Image {
             pk: image_pk,
-            name,
+            name: meta.name.clone(),
             meta,
             files: stored,
             origin: Some(session),
-            creator: Some(creator),
+            creator: Some(queued.creator),
             dicom_image_set_id: None,
         },
     );
@@ -375,6 +427,77 @@ fn session_job(app: &App, session: Uuid) {
         }
         return;
     }
+    bind_session_image(&mut w, queued.target, image_pk);
+}
+
+/// A session waiting for its import, with its uploads checked.
+struct QueuedSession {
+    uploads: Vec<(String, Vec<PathBuf>)>,
+    creator: UserId,
+    target: SessionTarget,
+    /// The target's socket, if any.
+    socket: Option<i64>,
+}
+
+impl QueuedSession {
+    /// `None` when the session is not waiting for its import; `Err` is the session's error message.
+    fn take(w: &World, session: Uuid) -> Option<Result<QueuedSession, String>> {
+        let s = w
+            .sessions
+            .get(&session)
+            .filter(|s| s.status == SessionStatus::ReQueued)?;
+        let socket = match s.target {
+            SessionTarget::Item { socket, .. } | SessionTarget::Archive { socket, .. } => {
+                Some(socket)
+            }
+            SessionTarget::None => None,
+        };
+        Some(
+            collect_uploads(w, s.creator, &s.uploads).map(|uploads| QueuedSession {
+                uploads,
+                creator: s.creator,
+                target: s.target,
+                socket,
+            }),
+        )
+    }
+}
+
+/// Assemble the session's uploads in a work folder, unpack ZIP uploads (as on the platform), import
+/// the image and store its files; the work folders are removed whatever the outcome.
+fn import_session(
+    app: &App,
+    session: Uuid,
+    queued: &QueuedSession,
+) -> Result<(Uuid, ImportedImage, Vec<super::store::ImageFile>), String> {
+    let work = app.data_dir.join("work").join(session.to_string());
+    let unpacked = app
+        .data_dir
+        .join("work")
+        .join(format!("{session}.unpacked"));
+    let result = assemble(app, &queued.uploads, &work).and_then(|uploaded| {
+        let (imported, files) =
+            imaging::import_uploads(&uploaded, &unpacked).map_err(|e| match e {
+                ImportError::Session(m) => m,
+                ImportError::Socket(m) => match queued.socket {
+                    Some(s) => wrap_socket_error(&lock(app), s, &m),
+                    None => m,
+                },
+            })?;
+        let pk = Uuid::new_v4();
+        let stored = store_image_files(&app.data_dir, pk, &imported, &files).map_err(|e| {
+            tracing::warn!(error = %e, "cannot store an imported image");
+            "An unexpected error occurred".to_string()
+        })?;
+        Ok((pk, imported, stored))
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&unpacked);
+    result
+}
+
+/// Give an accepted session image to its target: a value of an item, or a new archive item.
+fn bind_session_image(w: &mut World, target: SessionTarget, image_pk: Uuid) {
     match target {
         SessionTarget::Item { item, socket } => {
             let civ = w.civ_for_image(socket, image_pk);
