@@ -278,13 +278,7 @@ async fn at_the_limit_of_jobs_at_once_cases_wait_instead_of_failing() {
     .await;
     assert!(waiting.contains("note: w"), "{waiting}");
     let rs = wait_receipts(&tmp.path().join("state"), 3, Duration::from_secs(90)).await;
-    let addr = metrics_addr(&agent).await;
-    let metrics = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&agent).await;
     agent.stop();
     check_jobs(&sb.state(), &rs, &tmp.path().join("outbox"), 3);
     let retried = metrics

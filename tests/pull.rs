@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -122,15 +122,10 @@ async fn pull_refused(cfg: &Path, target: [&str; 2], dest: &Path, code: i32, say
 /// A [`pull`] with its output discarded, killed once its state file records at least 3 downloaded files;
 /// how many files it had recorded then.
 async fn pull_killed_midway(cfg: &Path, target: [&str; 2], dest: &Path) -> usize {
-    let mut child = bin()
-        .args(["pull", "--config"])
-        .arg(cfg)
+    let mut child = gc("pull", cfg)
         .args(target)
         .arg(dest)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        .spawn(Stdio::null(), Stdio::null());
     let state_file = dest.join(".gc-pull.json");
     eventually(
         Duration::from_secs(30),
@@ -284,13 +279,7 @@ fn check_archive_item(case: &Path, pulled: &Path) {
 
 async fn five_delivered_cases(sb: &Sandbox, tmp: &Path) -> (PathBuf, Vec<PathBuf>) {
     let drop = tmp.join("drop");
-    let cases: Vec<PathBuf> = (0..5u64)
-        .map(|i| {
-            let c = drop.join(format!("case-{i:02}"));
-            archive_case(&c, i);
-            c
-        })
-        .collect();
+    let cases = cases(&drop, 0..5, |i| format!("case-{i:02}"), archive_case);
     let cfg = write_config(tmp, sb, &drop, None, "");
     upload(&cfg, &cases).await;
     (cfg, cases)
@@ -349,13 +338,7 @@ async fn pull_brings_back_the_uploaded_bytes_and_values_and_resumes_with_only_wh
         .await
         .unwrap();
     let st = state(&sb).await;
-    let by_title = |t: &str| {
-        items_of(&st, "demo-archive")
-            .into_iter()
-            .find(|i| i["title"] == t)
-            .unwrap()
-            .clone()
-    };
+    let by_title = |t: &str| item_titled(&st, "demo-archive", t).clone();
     let (item0, item1) = (by_title("case-00"), by_title("case-01"));
     let image0 = item0["values"]
         .as_array()
@@ -540,13 +523,7 @@ async fn a_reader_study_pull_writes_one_folder_per_display_set() {
     let sb = sandbox().await;
     let tmp = tempfile::tempdir().unwrap();
     let (archive_drop, reader_drop) = (tmp.path().join("archive"), tmp.path().join("reader"));
-    let cases: Vec<PathBuf> = (0..4u64)
-        .map(|i| {
-            let c = reader_drop.join(format!("read-{i:02}"));
-            reader_case(&c, i);
-            c
-        })
-        .collect();
+    let cases = cases(&reader_drop, 0..4, |i| format!("read-{i:02}"), reader_case);
     let cfg = write_config(tmp.path(), &sb, &archive_drop, Some(&reader_drop), "");
     upload(&cfg, &cases).await;
 
