@@ -1,7 +1,7 @@
 //! The sandbox's algorithms over loopback HTTP: lookup, jobs with value and uploaded inputs, the
 //! executor's outputs, failures, filters, permissions, limits and faults.
 
-use gc_sandbox::{Fixture, SandboxOptions};
+use gc_sandbox::Fixture;
 use gc_testkit::http::*;
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -495,8 +495,7 @@ max_active_jobs_per_user = 1
   inputs = ["count"]
   outputs = ["doubled"]
 "#;
-    let fixture = Fixture::from_toml_str(&world, std::path::Path::new(".")).unwrap();
-    let env = start_with(SandboxOptions::new(fixture)).await;
+    let env = start_on(&world, std::path::Path::new(".")).await;
     let token = Some("runner-token");
     let algorithm =
         env.get("algorithms/?slug=slow", token).await.json()["results"][0]["api_url"].clone();
