@@ -187,6 +187,15 @@ pub fn item_titled<'a>(state: &'a Value, archive_slug: &str, title: &str) -> &'a
         .unwrap_or_else(|| panic!("no item titled {title} in {archive_slug}"))
 }
 
+/// How many requests the sandbox's state says it answered with one of `statuses` (e.g. `["503"]`).
+pub fn answered_with(state: &Value, statuses: &[&str]) -> u64 {
+    let requests = state["requests"].as_object().into_iter().flatten();
+    requests
+        .filter(|(k, _)| statuses.iter().any(|s| k.ends_with(&format!(" {s}"))))
+        .filter_map(|(_, v)| v.as_u64())
+        .sum()
+}
+
 /// Every archive item of an archive in the sandbox's state titled `title`.
 pub fn all_titled<'a>(state: &'a Value, archive_slug: &str, title: &str) -> Vec<&'a Value> {
     let mut items = items_of(state, archive_slug);
