@@ -10,10 +10,12 @@
 //! `GC_BENCH_DIR` (where the files go, default a temp dir).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 mod common;
+
+use common::{agent, log_events, wait_for};
 
 use gc_sandbox::DEMO_TOKEN;
 
@@ -21,13 +23,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let exe = env!("CARGO_BIN_EXE_gc-hotfolder");
     let tmp = common::scratch_dir();
     let (mut sandbox, base) = common::start_sandbox(&tmp.path().join("sandbox"));
     println!("sandbox: {base}");
-    readiness(exe, &base, &tmp.path().join("ready"));
-    idle(exe, &base, &tmp.path().join("idle"));
-    series(exe, &base, &tmp.path().join("series"));
+    readiness(&base, &tmp.path().join("ready"));
+    idle(&base, &tmp.path().join("idle"));
+    series(&base, &tmp.path().join("series"));
     let _ = sandbox.kill();
     let _ = sandbox.wait();
 }
@@ -45,55 +46,18 @@ fn config(dir: &Path, base: &str, drop: &Path, folder_extra: &str, rules: &str) 
     path
 }
 
-/// The agent with JSON logs into a file.
-fn agent(exe: &str, config: &Path, log: &Path) -> Child {
-    let out = std::fs::File::create(log).expect("log");
-    Command::new(exe)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(out)
-        .spawn()
-        .expect("agent")
-}
-
-/// JSON log lines with this message: (timestamp, fields).
-fn log_events(log: &Path, message: &str) -> Vec<(SystemTime, serde_json::Value)> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == message)
-        .filter_map(|v| {
-            let ts = time::OffsetDateTime::parse(
-                v["timestamp"].as_str()?,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .ok()?;
-            Some((SystemTime::from(ts), v["fields"].clone()))
-        })
-        .collect()
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 const RULES: &str = "  [[folder.socket]]\n  slug = \"generic-medical-image\"\n  files = [\"*.mha\", \"dicom/*.dcm\"]\n";
 
-fn readiness(exe: &str, base: &str, dir: &Path) {
+fn readiness(base: &str, dir: &Path) {
     let n = 60;
     let drop = dir.join("drop");
     let cfg = config(dir, base, &drop, "quiet = \"1s\"", RULES);
     let log = dir.join("agent.log");
-    let mut a = agent(exe, &cfg, &log);
+    let mut a = agent(&cfg, &log);
     wait_for("startup", Duration::from_secs(30), || {
         !log_events(&log, "startup scan done").is_empty()
     });
@@ -148,7 +112,7 @@ fn proc_stat(pid: u32) -> (u64, u64) {
     (rss, ticks)
 }
 
-fn idle(exe: &str, base: &str, dir: &Path) {
+fn idle(base: &str, dir: &Path) {
     let cases: usize = common::env_or("GC_BENCH_CASES", 10_000);
     let files: usize = common::env_or("GC_BENCH_FILES", 10);
     let drop = dir.join("drop");
@@ -178,7 +142,7 @@ fn idle(exe: &str, base: &str, dir: &Path) {
 
     let log = dir.join("agent.log");
     let t = Instant::now();
-    let mut a = agent(exe, &cfg, &log);
+    let mut a = agent(&cfg, &log);
     wait_for("the startup scan", Duration::from_secs(600), || {
         !log_events(&log, "startup scan done").is_empty()
     });
@@ -211,7 +175,7 @@ fn idle(exe: &str, base: &str, dir: &Path) {
     );
 }
 
-fn series(exe: &str, base: &str, dir: &Path) {
+fn series(base: &str, dir: &Path) {
     let n: usize = common::env_or("GC_BENCH_SERIES", 200);
     let drop = dir.join("drop");
     std::fs::create_dir_all(&drop).expect("drop");
@@ -231,7 +195,7 @@ fn series(exe: &str, base: &str, dir: &Path) {
         .expect("series");
     }
     let log = dir.join("agent.log");
-    let mut a = agent(exe, &cfg, &log);
+    let mut a = agent(&cfg, &log);
     wait_for("startup", Duration::from_secs(30), || {
         !log_events(&log, "startup scan done").is_empty()
     });

@@ -24,10 +24,11 @@
 //! temp dir).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 mod common;
+
+use common::{agent, log_events, wait_for};
 
 use gc_client::{Client, ClientConfig, JobStatus, LocalFile, NoObserver, Token};
 use gc_client::{ValueEntry, ValueSource};
@@ -46,12 +47,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let seconds: Vec<f64> = std::env::var("GC_BENCH_JOB_SECONDS")
-        .unwrap_or_else(|_| "1,3,10,30".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .filter(|s: &f64| *s >= 0.0)
-        .collect();
+    let mut seconds: Vec<f64> = common::env_list("GC_BENCH_JOB_SECONDS", "1,3,10,30");
+    seconds.retain(|s| *s >= 0.0);
     let jobs: usize = common::env_or("GC_BENCH_JOBS", 5).max(1);
     let durations: Vec<Duration> = seconds
         .iter()
@@ -270,11 +267,7 @@ fn through_agent(base: &str, dir: &Path, plan: &[Vec<Case>]) -> Vec<Vec<Run>> {
                         v["job"] == job.pk.as_str() && v["status"] == "Succeeded"
                     });
                     let finished = rfc3339(&r.finished);
-                    let exec = job
-                        .exec_duration
-                        .as_deref()
-                        .and_then(iso_seconds)
-                        .expect("the job's exec_duration");
+                    let exec = exec_seconds(job.exec_duration.as_deref());
                     Run {
                         total: secs(ready_at, finished),
                         exec,
@@ -293,36 +286,6 @@ fn receipts(state: &Path) -> Vec<Receipt> {
         .into_iter()
         .map(|(_, r)| r)
         .collect()
-}
-
-/// The agent with JSON logs into a file.
-fn agent(config: &Path, log: &Path) -> Child {
-    let out = std::fs::File::create(log).expect("log");
-    Command::new(env!("CARGO_BIN_EXE_gc-hotfolder"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(out)
-        .spawn()
-        .expect("agent")
-}
-
-/// JSON log lines with this message: (timestamp, fields).
-fn log_events(log: &Path, message: &str) -> Vec<(SystemTime, serde_json::Value)> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == message)
-        .filter_map(|v| Some((rfc3339(v["timestamp"].as_str()?), v["fields"].clone())))
-        .collect()
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 // ---- the bare round trip ---------------------------------------------------------------------------
@@ -397,11 +360,7 @@ async fn round_trip(
     .await
     .expect("outputs");
     let total = t.elapsed().as_secs_f64();
-    let exec = job
-        .exec_duration
-        .as_deref()
-        .and_then(iso_seconds)
-        .expect("the job's exec_duration");
+    let exec = exec_seconds(job.exec_duration.as_deref());
     Run {
         total,
         exec,
@@ -471,6 +430,13 @@ fn secs(from: SystemTime, to: SystemTime) -> f64 {
         Ok(d) => d.as_secs_f64(),
         Err(e) => -e.duration().as_secs_f64(),
     }
+}
+
+/// How long a job ran, from its `exec_duration` as the platform gives it.
+fn exec_seconds(exec_duration: Option<&str>) -> f64 {
+    exec_duration
+        .and_then(iso_seconds)
+        .expect("the job's exec_duration")
 }
 
 /// Seconds of an ISO-8601 duration as the platform writes them: "P0DT00H00M03.001234S", "PT3.5S".

@@ -38,42 +38,41 @@ struct Shape {
     gcapi_cases: PathBuf,
 }
 
-const SMALL_RULES: &str = r#"
-  [[folder.socket]]
-  slug = "ct-image"
-  files = "dicom/*.dcm"
-  [[folder.socket]]
-  slug = "report"
-  files = "report.pdf"
-  [[folder.socket]]
-  slug = "lesion-count"
-  value_file = "count.json"
-"#;
+/// A `[[folder.socket]]` rule: the socket's slug, and the key and value that find its file or value.
+macro_rules! socket_rule {
+    ($slug:literal, $key:literal, $value:literal) => {
+        concat!(
+            "  [[folder.socket]]\n  slug = \"",
+            $slug,
+            "\"\n  ",
+            $key,
+            " = \"",
+            $value,
+            "\"\n"
+        )
+    };
+}
 
-const LARGE_RULES: &str = r#"
-  [[folder.socket]]
-  slug = "ct-image"
-  files = "dicom/*.dcm"
-  [[folder.socket]]
-  slug = "generic-medical-image"
-  files = "image.mha"
-  [[folder.socket]]
-  slug = "report"
-  files = "report.pdf"
-  [[folder.socket]]
-  slug = "lesion-count"
-  value_file = "count.json"
-"#;
+const SMALL_RULES: &str = concat!(
+    "\n",
+    socket_rule!("ct-image", "files", "dicom/*.dcm"),
+    socket_rule!("report", "files", "report.pdf"),
+    socket_rule!("lesion-count", "value_file", "count.json"),
+);
+
+const LARGE_RULES: &str = concat!(
+    "\n",
+    socket_rule!("ct-image", "files", "dicom/*.dcm"),
+    socket_rule!("generic-medical-image", "files", "image.mha"),
+    socket_rule!("report", "files", "report.pdf"),
+    socket_rule!("lesion-count", "value_file", "count.json"),
+);
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let delays: Vec<u64> = std::env::var("GC_BENCH_DELAYS")
-        .unwrap_or_else(|_| "0,5,30".into())
-        .split(',')
-        .filter_map(|d| d.trim().parse().ok())
-        .collect();
+    let delays: Vec<u64> = common::env_list("GC_BENCH_DELAYS", "0,5,30");
     let n_small: usize = common::env_or("GC_BENCH_SMALL", 40);
     let n_large: usize = common::env_or("GC_BENCH_LARGE", 10);
     let python = gc_testkit::python::python_with(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -20,21 +20,12 @@ fn study(drop: &Path, patient: &str, date: &str, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_agent_is_refused_and_read_only_commands_keep_working() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
-    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let site = site().await;
+    let cfg = site.config("");
+    let agent = site.start_agent(&cfg);
     agent.wait_log("token accepted", 1).await;
 
-    let mut child = bin()
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = gc("run", &cfg).spawn(Stdio::null(), Stdio::piped());
     let deadline = Instant::now() + Duration::from_secs(15);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -49,31 +40,25 @@ async fn a_second_agent_is_refused_and_read_only_commands_keep_working() {
     assert!(
         said.contains("another agent")
             && said.contains(&format!("process {}", agent.pid()))
-            && said.contains(&tmp.path().join("state").display().to_string()),
+            && said.contains(&site.state_dir().display().to_string()),
         "{said}"
     );
     for command in ["status", "check"] {
-        let out = bin()
-            .arg(command)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{command}: {out:?}");
+        let ran = gc(command, &cfg).run();
+        assert_eq!(ran.code, Some(0), "{command}: {ran:?}");
     }
     agent.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_leave_no_empty_folders_and_receipts_are_found_where_the_case_went() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let (drop, done, quarantine) = (
-        tmp.path().join("drop"),
-        tmp.path().join("done"),
-        tmp.path().join("quarantine"),
+    let site = site().await;
+    let drop = &site.drop;
+    let (done, quarantine) = (
+        site.tmp.path().join("done"),
+        site.tmp.path().join("quarantine"),
     );
-    study(&drop, "P00123", "20240503", 0);
+    study(drop, "P00123", "20240503", 0);
     // No image: quarantined, and moved to the quarantine folder.
     let bad = drop.join("P00777");
     std::fs::create_dir_all(&bad).unwrap();
@@ -81,19 +66,13 @@ async fn moves_leave_no_empty_folders_and_receipts_are_found_where_the_case_went
         std::fs::create_dir_all(d).unwrap();
         std::fs::write(d.join("count.json"), "3").unwrap();
     });
-    let cfg = write_config(
-        tmp.path(),
-        &sb,
-        &drop,
-        None,
-        &format!(
-            "depth = 2\ntitle = \"{{hash}}\"\nafter = \"move:{}\"\nquarantine = \"{}\"",
-            done.display(),
-            quarantine.display()
-        ),
-    );
-    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
-    let rs = wait_receipts(&tmp.path().join("state"), 2, Duration::from_secs(60)).await;
+    let cfg = site.config(&format!(
+        "depth = 2\ntitle = \"{{hash}}\"\nafter = \"move:{}\"\nquarantine = \"{}\"",
+        done.display(),
+        quarantine.display()
+    ));
+    let agent = site.start_agent(&cfg);
+    let rs = wait_receipts(&site.state_dir(), 2, Duration::from_secs(60)).await;
     let good = rs.iter().find(|r| r.case == "P00123/20240503").unwrap();
     assert_eq!(good.outcome, Outcome::Delivered, "{:?}", good.reason);
     let moved = done.join("P00123/20240503");
@@ -104,7 +83,7 @@ async fn moves_leave_no_empty_folders_and_receipts_are_found_where_the_case_went
     agent.stop();
     // The patient folders the moves emptied are gone; the drop folder itself stays.
     assert!(drop.is_dir());
-    let left: Vec<_> = std::fs::read_dir(&drop).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(drop).unwrap().collect();
     assert!(left.is_empty(), "left in the drop folder: {left:?}");
 
     // `receipts` takes the path an admin sees under done/.
@@ -123,26 +102,17 @@ async fn moves_leave_no_empty_folders_and_receipts_are_found_where_the_case_went
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_into_a_closed_pipe_end_quietly() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let site = site().await;
     for n in 0..3 {
-        drop_atomically(&drop, &format!("case-{n}"), |d| archive_case(d, n));
+        drop_atomically(&site.drop, &format!("case-{n}"), |d| archive_case(d, n));
     }
-    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
-    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
-    wait_receipts(&tmp.path().join("state"), 3, Duration::from_secs(60)).await;
+    let cfg = site.config("");
+    let agent = site.start_agent(&cfg);
+    wait_receipts(&site.state_dir(), 3, Duration::from_secs(60)).await;
     agent.stop();
     for command in ["status", "receipts", "check"] {
         // The reading end is closed before the command writes a byte: every write meets EPIPE.
-        let mut child = bin()
-            .arg(command)
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = gc(command, &cfg).spawn(Stdio::piped(), Stdio::piped());
         std::mem::drop(child.stdout.take());
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -199,36 +169,24 @@ fn scanner_study(drop: &Path, patient: &str, date: &str, seed: u64) {
     });
 }
 
-/// A config for scanner exports at depth 2 (the image rule also takes `IM*`), with `title`.
-fn scanner_config(
-    dir: &Path,
-    sb: &gc_sandbox::Sandbox,
-    drop: &Path,
-    title: &str,
-) -> std::path::PathBuf {
-    let cfg = write_config(
-        dir,
-        sb,
-        drop,
-        None,
-        &format!("depth = 2\ntitle = \"{title}\""),
-    );
+/// A config of the site's drop folder for scanner exports at depth 2 (the image rule also takes `IM*`),
+/// with `title`.
+fn scanner_config(site: &Site, title: &str) -> std::path::PathBuf {
+    let cfg = site.config(&format!("depth = 2\ntitle = \"{title}\""));
     edit(&cfg, "\"dicom/*.dcm\"]", "\"dicom/*.dcm\", \"IM*\"]");
     cfg
 }
 
+/// What `gc-hotfolder check` printed on stdout.
 fn check_output(cfg: &Path) -> String {
-    let out = bin().args(["check", "--config"]).arg(cfg).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    gc("check", cfg).run().stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_title_that_carries_a_patient_id_from_any_folder_level_is_pointed_out() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    scanner_study(&drop, "P02003", "20240503", 1);
-    let cfg = scanner_config(tmp.path(), &sb, &drop, "{path}");
+    let site = site().await;
+    scanner_study(&site.drop, "P02003", "20240503", 1);
+    let cfg = scanner_config(&site, "{path}");
 
     // `check` says which folder level the template takes the Patient ID from, never the ID itself.
     let said = check_output(&cfg);
@@ -248,8 +206,8 @@ async fn a_title_that_carries_a_patient_id_from_any_folder_level_is_pointed_out(
     );
 
     // The delivery says so too, in the log and in the receipt.
-    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
-    let r = receipt_for(&tmp.path().join("state"), "P02003/20240503").await;
+    let agent = site.start_agent(&cfg);
+    let r = receipt_for(&site.state_dir(), "P02003/20240503").await;
     agent.stop();
     assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
     assert!(
@@ -271,12 +229,10 @@ async fn a_title_that_carries_a_patient_id_from_any_folder_level_is_pointed_out(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_patients_of_one_day_at_depth_2_are_told_to_use_a_hash_title() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    scanner_study(&drop, "P02003", "20240503", 1);
-    scanner_study(&drop, "P02004", "20240503", 2);
-    let cfg = scanner_config(tmp.path(), &sb, &drop, "{case}");
+    let site = site().await;
+    scanner_study(&site.drop, "P02003", "20240503", 1);
+    scanner_study(&site.drop, "P02004", "20240503", 2);
+    let cfg = scanner_config(&site, "{case}");
 
     // `check` sees the collision coming from the template and the depth alone.
     let said = check_output(&cfg);
@@ -287,8 +243,8 @@ async fn two_patients_of_one_day_at_depth_2_are_told_to_use_a_hash_title() {
     // The StudyDate as title repeats no identifier: no warning about one.
     assert!(!said.contains("Patient ID"), "{said}");
 
-    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
-    let rs = wait_receipts(&tmp.path().join("state"), 2, Duration::from_secs(60)).await;
+    let agent = site.start_agent(&cfg);
+    let rs = wait_receipts(&site.state_dir(), 2, Duration::from_secs(60)).await;
     agent.stop();
     let refused: Vec<_> = rs
         .iter()
@@ -304,23 +260,22 @@ async fn two_patients_of_one_day_at_depth_2_are_told_to_use_a_hash_title() {
     );
 }
 
+/// A site whose drop folder holds cases at depth 2 titled by hash, its config (with `more` appended), and
+/// its agent, done with its startup scan.
+async fn depth_2_site(more: &str) -> (Site, PathBuf, Agent) {
+    let site = site().await;
+    let cfg = site.config("depth = 2\ntitle = \"{hash}\"");
+    append(&cfg, more);
+    let agent = site.start_agent(&cfg);
+    agent.wait_log("startup scan done", 1).await;
+    (site, cfg, agent)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_where_case_folders_belong_are_reported_once_in_log_status_metrics_and_explain() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    let cfg = write_config(
-        tmp.path(),
-        &sb,
-        &drop,
-        None,
-        "depth = 2\ntitle = \"{hash}\"",
-    );
-    append(&cfg, "\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
-    let state_dir = tmp.path().join("state");
-    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
-    agent.wait_log("startup scan done", 1).await;
+    let metrics = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let (site, cfg, agent) = depth_2_site(metrics).await;
+    let (drop, state_dir) = (&site.drop, site.state_dir());
 
     // An export straight into the patient folder, while the agent watches: each file is an event.
     let patient = drop.join("P06001");
@@ -331,9 +286,9 @@ async fn files_where_case_folders_belong_are_reported_once_in_log_status_metrics
     std::fs::write(drop.join("stray.dcm"), vec![7u8; 300]).unwrap();
     // Two ordinary cases, one after the other: the time the second takes to settle and deliver is
     // several quiet periods, in which a file looked at again and again would be logged again.
-    study(&drop, "P06002", "20240503", 0);
+    study(drop, "P06002", "20240503", 0);
     wait_delivered(&state_dir, 1, Duration::from_secs(60)).await;
-    study(&drop, "P06003", "20240504", 2);
+    study(drop, "P06003", "20240504", 2);
     wait_delivered(&state_dir, 2, Duration::from_secs(60)).await;
     agent
         .wait_log("P06001/IM0006 is a file at depth 2", 1)
@@ -361,13 +316,7 @@ async fn files_where_case_folders_belong_are_reported_once_in_log_status_metrics
     let listed = json[0]["misplaced"].as_array().unwrap();
     assert_eq!(listed.len(), 7, "{json}");
     assert!(listed.iter().any(|p| p == "P06001/IM0001"), "{json}");
-    let addr = metrics_addr(&agent).await;
-    let metrics = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&agent).await;
     let line = format!(
         "gc_hotfolder_misplaced_files{{folder=\"{}\"}} 7",
         drop.display()
@@ -375,13 +324,7 @@ async fn files_where_case_folders_belong_are_reported_once_in_log_status_metrics
     assert!(metrics.contains(&line), "{metrics}");
     agent.stop();
 
-    let out = bin()
-        .args(["explain", "--config"])
-        .arg(&cfg)
-        .arg(patient.join("IM0001"))
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = gc("explain", &cfg).arg(patient.join("IM0001")).run().stdout;
     assert!(
         !said.contains("case P06001/IM0001"),
         "a file is no case: {said}"
@@ -395,24 +338,12 @@ async fn files_where_case_folders_belong_are_reported_once_in_log_status_metrics
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patient_folder_moved_in_whole_at_depth_2_is_delivered_without_waiting_for_a_scan() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    let cfg = write_config(
-        tmp.path(),
-        &sb,
-        &drop,
-        None,
-        "depth = 2\ntitle = \"{hash}\"",
-    );
-    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
-    agent.wait_log("startup scan done", 1).await;
+    let (site, _cfg, agent) = depth_2_site("").await;
     // Its study folder already inside: no event ever names it, only the patient folder's arrival.
-    let outside = tmp.path().join("export/P07001");
+    let outside = site.tmp.path().join("export/P07001");
     archive_case(&outside.join("20240601"), 0);
-    std::fs::rename(&outside, drop.join("P07001")).unwrap();
-    let r = receipt_for(&tmp.path().join("state"), "P07001/20240601").await;
+    std::fs::rename(&outside, site.drop.join("P07001")).unwrap();
+    let r = receipt_for(&site.state_dir(), "P07001/20240601").await;
     agent.stop();
     assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
 }
@@ -426,18 +357,16 @@ async fn status_as_an_operator_says_who_may_read_the_journal_and_works_for_a_rea
     }
     const OPERATOR: u32 = 65534;
     const OPERATORS_GROUP: u32 = 4242;
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let site = site().await;
     let chmod = |p: &Path, mode: u32| {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
     };
-    chmod(tmp.path(), 0o755);
-    let drop = tmp.path().join("drop");
-    drop_atomically(&drop, "case-1", |d| archive_case(d, 0));
-    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    chmod(site.tmp.path(), 0o755);
+    drop_atomically(&site.drop, "case-1", |d| archive_case(d, 0));
+    let cfg = site.config("");
     chmod(&cfg, 0o644);
-    let state = tmp.path().join("state");
-    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let state = site.state_dir();
+    let agent = site.start_agent(&cfg);
     wait_delivered(&state, 1, Duration::from_secs(60)).await;
     agent.stop();
 
@@ -489,35 +418,22 @@ fn bad_case(drop: &Path, name: &str, n: u32) {
     });
 }
 
+/// `gc-hotfolder retry` of `case`: its exit code, and both streams.
 fn retry(cfg: &Path, case: &Path) -> (Option<i32>, String) {
-    let out = bin()
-        .args(["retry", "--config"])
-        .arg(cfg)
-        .arg(case)
-        .output()
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), said)
+    let ran = gc("retry", cfg).arg(case).run();
+    (ran.code, ran.said())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_takes_the_folder_an_admin_sees_after_merging_a_case_quarantined_twice() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let (drop, quarantine) = (tmp.path().join("drop"), tmp.path().join("quarantine"));
-    let cfg = write_config(
-        tmp.path(),
-        &sb,
-        &drop,
-        None,
-        &format!("quarantine = \"{}\"", quarantine.display()),
-    );
+    let site = site().await;
+    let (drop, quarantine) = (&site.drop, site.tmp.path().join("quarantine"));
+    let cfg = site.config(&format!("quarantine = \"{}\"", quarantine.display()));
     // A writer that stalled: each case is quarantined, then comes back with the rest of its files and
     // is quarantined again, into a second folder.
-    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    let agent = site.start_agent(&cfg);
     for name in ["x", "y", "z"] {
-        bad_case(&drop, name, 1);
+        bad_case(drop, name, 1);
     }
     eventually(
         Duration::from_secs(60),
@@ -531,7 +447,7 @@ async fn retry_takes_the_folder_an_admin_sees_after_merging_a_case_quarantined_t
     )
     .await;
     for name in ["x", "y"] {
-        bad_case(&drop, name, 2);
+        bad_case(drop, name, 2);
     }
     eventually(
         Duration::from_secs(60),

@@ -278,13 +278,7 @@ async fn at_the_limit_of_jobs_at_once_cases_wait_instead_of_failing() {
     .await;
     assert!(waiting.contains("note: w"), "{waiting}");
     let rs = wait_receipts(&tmp.path().join("state"), 3, Duration::from_secs(90)).await;
-    let addr = metrics_addr(&agent).await;
-    let metrics = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&agent).await;
     agent.stop();
     check_jobs(&sb.state(), &rs, &tmp.path().join("outbox"), 3);
     let retried = metrics
@@ -337,15 +331,7 @@ async fn twenty_cases_under_kill_9_and_faults_make_twenty_jobs_and_complete_outb
     );
     let st = sb.state();
     check_jobs(&st, &rs, &tmp.path().join("outbox"), n as usize);
-    let faulted: u64 = st["requests"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(k, _)| k.ends_with(" 502") || k.ends_with(" 503") || k.ends_with(" 500"))
-                .filter_map(|(_, v)| v.as_u64())
-                .sum()
-        })
-        .unwrap_or(0);
+    let faulted = answered_with(&st, &["502", "503", "500"]);
     assert!(faulted > 0, "the faults fired: {}", st["requests"]);
 }
 

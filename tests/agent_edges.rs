@@ -88,10 +88,7 @@ async fn a_case_deleted_while_it_uploads_is_quarantined_with_the_reason() {
     // And it says exactly what is left on the platform: the item, empty.
     assert!(reason.contains("holds no values"), "{reason}");
     let st = state(&sb).await;
-    let left: Vec<_> = items_of(&st, "demo-archive")
-        .into_iter()
-        .filter(|i| i["title"] == "vanishing")
-        .collect();
+    let left = all_titled(&st, "demo-archive", "vanishing");
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["values"], serde_json::json!([]));
     assert_eq!(

@@ -64,13 +64,7 @@ async fn waiting_cases_hold_no_upload_slot_are_read_together_and_are_seen_done_w
     let tmp = tempfile::tempdir().unwrap();
     let drop = tmp.path().join("drop");
     let n = 20u64;
-    let cases: Vec<_> = (0..n)
-        .map(|i| {
-            let c = drop.join(format!("w{i:02}"));
-            archive_case(&c, i);
-            c
-        })
-        .collect();
+    let cases = cases(&drop, 0..n, |i| format!("w{i:02}"), archive_case);
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     // One upload slot: were it held while waiting, no two cases could wait at once.
     edit(&cfg, "[limits]\n", "[limits]\nparallel_cases = 1\n");

@@ -1,50 +1,35 @@
 //! An algorithm job's outputs written into the outbox as one case folder, as `pull` writes an item:
 //! against the sandbox over loopback, compared byte for byte with what the sandbox holds.
 
-use std::time::Duration;
-
-use gc_client::{JobPolling, JobStatus};
+use gc_client::JobStatus;
 use gc_hotfolder::outbox::{self, Existing, Written};
-use gc_sandbox::FaultRule;
 use gc_testkit::client::*;
 use sha2::Digest;
 
 #[tokio::test]
 async fn a_jobs_outputs_become_one_complete_case_folder() {
-    let sb = sandbox().await;
-    let c = client(&sb);
+    let (sb, c) = sandbox_and_client().await;
     let dir = tempfile::tempdir().unwrap();
     let created = job_on_an_uploaded_mha(&c, dir.path(), [6, 5, 4], 2).await;
-    let polling = JobPolling {
-        first_poll: Duration::from_millis(20),
-        max_poll: Duration::from_millis(200),
-        deadline: Duration::from_secs(20),
-    };
-    let job = c.await_job(&created.pk, &polling).await.unwrap();
+    let job = c.await_job(&created.pk, &job_polling()).await.unwrap();
     assert_eq!(job.status, JobStatus::Succeeded);
 
     let box_dir = dir.path().join("outbox");
     std::fs::create_dir(&box_dir).unwrap();
 
     // The platform's files are out of reach: nothing appears, nothing is left behind.
-    sb.set_faults(vec!["GET /media/* 500".parse::<FaultRule>().unwrap()])
-        .unwrap();
-    let write = || {
+    set_faults(&sb, &["GET /media/* 500"]);
+    // The job's outputs written as the case `name` of the outbox.
+    let write = |name: &'static str, existing: Existing| {
         let sharing = gc_hotfolder::share::Sharing::of(&box_dir, None);
-        outbox::write_case(
-            &c,
-            (&box_dir, sharing),
-            "patient-1",
-            &job.outputs,
-            Existing::Keep,
-        )
+        outbox::write_case(&c, (&box_dir, sharing), name, &job.outputs, existing)
     };
-    let err = write().await.unwrap_err();
+    let err = write("patient-1", Existing::Keep).await.unwrap_err();
     assert!(err.starts_with("output "), "{err}");
     assert!(!box_dir.join("patient-1").exists());
     sb.set_faults(Vec::new()).unwrap();
 
-    let written = write().await.unwrap();
+    let written = write("patient-1", Existing::Keep).await.unwrap();
     let Written::New(mut files) = written else {
         panic!("{written:?}")
     };
@@ -82,54 +67,20 @@ async fn a_jobs_outputs_become_one_complete_case_folder() {
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
 
     // Again (as after a crash before the journal noted it): the complete folder stays as it is.
-    let downloads = count(
-        &sb,
-        "GET /media/components/componentinterfacevalue/{pk}/{name} 200",
-    );
+    const DOWNLOAD: &str = "GET /media/components/componentinterfacevalue/{pk}/{name} 200";
+    let downloads = count(&sb, DOWNLOAD);
     assert_eq!(
-        outbox::write_case(
-            &c,
-            (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
-            "patient-1",
-            &job.outputs,
-            outbox::Existing::Keep
-        )
-        .await
-        .unwrap(),
+        write("patient-1", Existing::Keep).await.unwrap(),
         Written::AlreadyThere
     );
-    assert_eq!(
-        count(
-            &sb,
-            "GET /media/components/componentinterfacevalue/{pk}/{name} 200"
-        ),
-        downloads
-    );
+    assert_eq!(count(&sb, DOWNLOAD), downloads);
 
     // A later job's results replace the folder whole: nothing of the earlier one stays.
     std::fs::write(case.join("stale.txt"), "from an earlier job").unwrap();
-    let replaced = outbox::write_case(
-        &c,
-        (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
-        "patient-1",
-        &job.outputs,
-        outbox::Existing::Replace,
-    )
-    .await
-    .unwrap();
+    let replaced = write("patient-1", Existing::Replace).await.unwrap();
     assert!(matches!(replaced, Written::New(_)), "{replaced:?}");
     assert!(!case.join("stale.txt").exists());
     assert!(case.join("lung-volume.json").exists());
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
-    assert!(
-        outbox::write_case(
-            &c,
-            (&box_dir, gc_hotfolder::share::Sharing::of(&box_dir, None)),
-            "../escape",
-            &job.outputs,
-            outbox::Existing::Keep
-        )
-        .await
-        .is_err()
-    );
+    assert!(write("../escape", Existing::Keep).await.is_err());
 }

@@ -9,12 +9,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use common::*;
 use gc_client::models::{TargetKind, ValueEntry, ValueSource};
-use gc_client::{Client, ClientConfig, JobPolling, JobStatus, LocalFile, NoObserver, Token};
+use gc_client::{Client, ClientConfig, JobPolling, JobStatus, Token};
 use gc_sandbox::Sandbox;
 use gc_sandbox::fixture::ArchiveSpec;
 use gc_sandbox::{DEMO_READER_TOKEN, DEMO_TOKEN};
@@ -30,9 +30,9 @@ fn json_of(path: &Path) -> Value {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A pull resumed after a kill kept the `at_kill` files recorded before it and fetched the rest.
-fn assert_resumed(out: &Output, at_kill: usize, total: usize) {
-    let summary = stdout(out);
+/// A pull resumed after a kill kept the `at_kill` files recorded before it and fetched the rest, as its
+/// `summary` (what it printed) says.
+fn assert_resumed(summary: &str, at_kill: usize, total: usize) {
     let fetched = match total - at_kill {
         1 => "1 file".to_owned(),
         n => format!("{n} files"),
@@ -72,16 +72,131 @@ async fn upload(cfg: &Path, cases: &[PathBuf]) {
     assert!(out.status.success(), "upload: {}", text(&out));
 }
 
-async fn pull(cfg: &Path, flag: &str, slug: &str, dest: &Path) -> Output {
-    run(vec![
-        "pull".into(),
-        "--config".into(),
-        cfg.into(),
-        flag.into(),
-        slug.into(),
-        dest.into(),
-    ])
-    .await
+/// The demo world's targets as `pull` names them.
+const ARCHIVE: [&str; 2] = ["--archive", "demo-archive"];
+const READER_STUDY: [&str; 2] = ["--reader-study", "demo-reader-study"];
+const ESTIMATOR: [&str; 2] = ["--algorithm", "lung-volume-estimator"];
+
+/// `gc-hotfolder pull` of `target` (its flag and slug) into `dest`, run to its end.
+async fn pull(cfg: &Path, target: [&str; 2], dest: &Path) -> Output {
+    let mut args: Vec<std::ffi::OsString> = vec!["pull".into(), "--config".into(), cfg.into()];
+    args.extend(target.map(Into::into));
+    args.push(dest.into());
+    run(args).await
+}
+
+/// A [`pull`] that must succeed; what it printed on stdout.
+async fn pull_ok(cfg: &Path, target: [&str; 2], dest: &Path) -> String {
+    let out = pull(cfg, target, dest).await;
+    assert!(out.status.success(), "{}", text(&out));
+    stdout(&out)
+}
+
+/// A [`pull`] again into `dest`, which must download nothing and say so; what it printed, and the GETs
+/// of stored files the sandbox has answered (the same before and after it).
+async fn pull_fetching_nothing(
+    sb: &Sandbox,
+    cfg: &Path,
+    target: [&str; 2],
+    dest: &Path,
+) -> (String, u64) {
+    let gets = media_gets(sb).await;
+    let again = pull_ok(cfg, target, dest).await;
+    assert!(again.contains(" 0 files downloaded, "), "{again}");
+    assert!(again.contains("nothing to download"), "{again}");
+    assert_eq!(media_gets(sb).await, gets, "no file was fetched again");
+    (again, gets)
+}
+
+/// A [`pull`] that must exit with `code` and say `says` on stderr.
+async fn pull_refused(cfg: &Path, target: [&str; 2], dest: &Path, code: i32, says: &str) {
+    let out = pull(cfg, target, dest).await;
+    assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(says),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A [`pull`] with its output discarded, killed once its state file records at least 3 downloaded files;
+/// how many files it had recorded then.
+async fn pull_killed_midway(cfg: &Path, target: [&str; 2], dest: &Path) -> usize {
+    let mut child = gc("pull", cfg)
+        .args(target)
+        .arg(dest)
+        .spawn(Stdio::null(), Stdio::null());
+    let state_file = dest.join(".gc-pull.json");
+    eventually(
+        Duration::from_secs(30),
+        "some downloads recorded",
+        async || {
+            let state: Value = serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
+            (recorded_files(&state) >= 3).then_some(())
+        },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    recorded_files(&json_of(&state_file))
+}
+
+/// Nothing inside `folder`, if it was made, is hidden: no part of an unfinished download is left there.
+fn assert_no_dotfile_inside(folder: &Path) {
+    if folder.is_dir() {
+        assert!(
+            tree(folder)
+                .keys()
+                .all(|rel| !rel.split('/').any(|c| c.starts_with('.'))),
+            "no dotfile inside {}",
+            folder.display()
+        );
+    }
+}
+
+/// A pulled `folder` holds exactly `files` (relative path → SHA-256) and `values` (relative path →
+/// JSON), as failures name it `what`; its files (relative path → SHA-256).
+fn check_folder(
+    folder: &Path,
+    (files, values): &(BTreeMap<String, String>, BTreeMap<String, Value>),
+    what: &str,
+) -> BTreeMap<String, String> {
+    let got = tree(folder);
+    let mut want_paths: Vec<&String> = files.keys().chain(values.keys()).collect();
+    want_paths.sort();
+    let got_paths: Vec<&String> = got.keys().collect();
+    assert_eq!(got_paths, want_paths, "{what}: the files of the folder");
+    for (rel, sha) in files {
+        assert_eq!(&got[rel], sha, "{what}/{rel}: the stored bytes");
+    }
+    for (rel, v) in values {
+        assert_eq!(&json_of(&folder.join(rel)), v, "{what}/{rel}");
+    }
+    got
+}
+
+/// What the algorithm pulls start with: a scratch folder, a config in it against `sb` (its drop folder
+/// unused), and a client of the demo user.
+fn config_and_client(sb: &Sandbox) -> (tempfile::TempDir, PathBuf, Client) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), sb, &tmp.path().join("drop"), None, "");
+    (tmp, cfg, client(sb))
+}
+
+/// A value entry of `socket` set to `v`.
+fn value(socket: &str, v: Value) -> ValueEntry {
+    ValueEntry {
+        socket: socket.into(),
+        source: ValueSource::Value(v),
+    }
+}
+
+/// How these tests follow a job: quick polls, and 30 s for it to end.
+fn polling() -> JobPolling {
+    JobPolling {
+        deadline: Duration::from_secs(30),
+        ..gc_testkit::client::job_polling()
+    }
 }
 
 /// GETs of stored files (media) the sandbox has answered so far.
@@ -158,39 +273,13 @@ fn expected_archive_item(case: &Path) -> (BTreeMap<String, String>, BTreeMap<Str
 }
 
 fn check_archive_item(case: &Path, pulled: &Path) {
-    let (files, values) = expected_archive_item(case);
-    let got = tree(pulled);
-    let mut want_paths: Vec<&String> = files.keys().chain(values.keys()).collect();
-    want_paths.sort();
-    let got_paths: Vec<&String> = got.keys().collect();
-    assert_eq!(
-        got_paths,
-        want_paths,
-        "{}: the files of the item",
-        pulled.display()
-    );
-    for (rel, sha) in &files {
-        assert_eq!(
-            &got[rel],
-            sha,
-            "{}/{rel}: the uploaded bytes",
-            pulled.display()
-        );
-    }
-    for (rel, v) in &values {
-        assert_eq!(&json_of(&pulled.join(rel)), v, "{}/{rel}", pulled.display());
-    }
+    let expected = expected_archive_item(case);
+    check_folder(pulled, &expected, &pulled.display().to_string());
 }
 
 async fn five_delivered_cases(sb: &Sandbox, tmp: &Path) -> (PathBuf, Vec<PathBuf>) {
     let drop = tmp.join("drop");
-    let cases: Vec<PathBuf> = (0..5u64)
-        .map(|i| {
-            let c = drop.join(format!("case-{i:02}"));
-            archive_case(&c, i);
-            c
-        })
-        .collect();
+    let cases = cases(&drop, 0..5, |i| format!("case-{i:02}"), archive_case);
     let cfg = write_config(tmp, sb, &drop, None, "");
     upload(&cfg, &cases).await;
     (cfg, cases)
@@ -203,9 +292,7 @@ async fn pull_brings_back_the_uploaded_bytes_and_values_and_resumes_with_only_wh
     let (cfg, cases) = five_delivered_cases(&sb, tmp.path()).await;
     let dest = tmp.path().join("pulled");
 
-    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let first = stdout(&out);
+    let first = pull_ok(&cfg, ARCHIVE, &dest).await;
     assert!(first.contains(": 5 items, "), "{first}");
     assert!(first.contains(" 0 sockets skipped"), "{first}");
     for case in &cases {
@@ -239,15 +326,9 @@ async fn pull_brings_back_the_uploaded_bytes_and_values_and_resumes_with_only_wh
     assert_eq!(recorded["items"].as_object().unwrap().len(), 5);
 
     // Again: nothing is downloaded, and the output says so.
-    let gets = media_gets(&sb).await;
     let image = dest.join("case-00/images/generic-medical-image/image.mha");
     let inode = std::fs::metadata(&image).unwrap().ino();
-    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let second = stdout(&out);
-    assert!(second.contains(" 0 files downloaded, "), "{second}");
-    assert!(second.contains("nothing to download"), "{second}");
-    assert_eq!(media_gets(&sb).await, gets, "no file was fetched again");
+    let (_, gets) = pull_fetching_nothing(&sb, &cfg, ARCHIVE, &dest).await;
 
     // Two values change on the platform: a value, and an image (case-01's MetaImage pair becomes
     // case-00's single file). Only those two sockets are fetched again; the old image's files go.
@@ -257,13 +338,7 @@ async fn pull_brings_back_the_uploaded_bytes_and_values_and_resumes_with_only_wh
         .await
         .unwrap();
     let st = state(&sb).await;
-    let by_title = |t: &str| {
-        items_of(&st, "demo-archive")
-            .into_iter()
-            .find(|i| i["title"] == t)
-            .unwrap()
-            .clone()
-    };
+    let by_title = |t: &str| item_titled(&st, "demo-archive", t).clone();
     let (item0, item1) = (by_title("case-00"), by_title("case-01"));
     let image0 = item0["values"]
         .as_array()
@@ -313,9 +388,7 @@ async fn pull_brings_back_the_uploaded_bytes_and_values_and_resumes_with_only_wh
         },
     )
     .await;
-    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let third = stdout(&out);
+    let third = pull_ok(&cfg, ARCHIVE, &dest).await;
     assert!(third.contains(" 2 files downloaded, "), "{third}");
     assert!(third.contains("pulled case-00: 1 downloaded, "), "{third}");
     assert!(third.contains("pulled case-01: 1 downloaded, "), "{third}");
@@ -386,8 +459,7 @@ async fn a_pulled_folder_uploads_again_as_a_drop_folder_with_the_same_values() {
     let tmp = tempfile::tempdir().unwrap();
     let (cfg, cases) = five_delivered_cases(&sb, tmp.path()).await;
     let dest = tmp.path().join("pulled");
-    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
-    assert!(out.status.success(), "{}", text(&out));
+    pull_ok(&cfg, ARCHIVE, &dest).await;
 
     // The pulled folder as a drop folder: one rule per socket, at the socket's relative path. Its DICOM
     // files are what the platform holds, de-identified already: sent again as they are, they stay equal.
@@ -451,20 +523,13 @@ async fn a_reader_study_pull_writes_one_folder_per_display_set() {
     let sb = sandbox().await;
     let tmp = tempfile::tempdir().unwrap();
     let (archive_drop, reader_drop) = (tmp.path().join("archive"), tmp.path().join("reader"));
-    let cases: Vec<PathBuf> = (0..4u64)
-        .map(|i| {
-            let c = reader_drop.join(format!("read-{i:02}"));
-            reader_case(&c, i);
-            c
-        })
-        .collect();
+    let cases = cases(&reader_drop, 0..4, |i| format!("read-{i:02}"), reader_case);
     let cfg = write_config(tmp.path(), &sb, &archive_drop, Some(&reader_drop), "");
     upload(&cfg, &cases).await;
 
     let dest = tmp.path().join("pulled");
-    let out = pull(&cfg, "--reader-study", "demo-reader-study", &dest).await;
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(stdout(&out).contains(": 5 items, "), "{}", text(&out));
+    let s = pull_ok(&cfg, READER_STUDY, &dest).await;
+    assert!(s.contains(": 5 items, "), "{s}");
     // The fixture's own display set comes along.
     assert_eq!(
         tree(&dest.join("answered-case")).keys().collect::<Vec<_>>(),
@@ -513,9 +578,7 @@ async fn a_dicom_image_set_is_skipped_with_its_reason_and_unusable_titles_fall_b
     let Site { sb, tmp, drop } = site().await;
     let case = drop.join("case-00");
     archive_case(&case, 0);
-    let ids = gc_content::samples::DicomSeriesIds::new(7);
-    std::fs::create_dir_all(case.join("series")).unwrap();
-    gc_content::samples::write_dicom_series(&case.join("series"), 3, 8, 8, &ids, 7).unwrap();
+    write_series(&case, 3, &gc_content::samples::DicomSeriesIds::new(7), 7);
     let extra = "[[folder.socket]]\nslug = \"dicom-image-set\"\nfiles = \"series/*.dcm\"\nimage_name = \"series\"\n";
     let cfg = write_config(tmp.path(), &sb, &drop, None, extra);
     upload(&cfg, std::slice::from_ref(&case)).await;
@@ -529,22 +592,14 @@ async fn a_dicom_image_set_is_skipped_with_its_reason_and_unusable_titles_fall_b
     let mut fallback = Vec::new();
     for title in ["", "../up", "a/b"] {
         let item = c.create_item(&target, title).await.unwrap();
-        c.patch_values(
-            &target,
-            &item.pk,
-            &[ValueEntry {
-                socket: "lung-volume".into(),
-                source: ValueSource::Value(json!(1.5)),
-            }],
-        )
-        .await
-        .unwrap();
+        let volume = value("lung-volume", json!(1.5));
+        c.patch_values(&target, &item.pk, &[volume]).await.unwrap();
         fallback.push(item.pk);
     }
 
     let dest = tmp.path().join("pulled");
     for round in 0..2 {
-        let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
+        let out = pull(&cfg, ARCHIVE, &dest).await;
         assert_eq!(out.status.code(), Some(1), "round {round}: {}", text(&out));
         let s = stdout(&out);
         assert!(
@@ -616,29 +671,17 @@ async fn pull_refuses_bad_usage_an_unknown_target_and_a_folder_of_another_target
         assert_eq!(out.status.code(), Some(2), "{targets:?}: {}", text(&out));
     }
 
-    let unknown = pull(&cfg, "--archive", "no-such-archive", &dest).await;
-    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
-    assert!(
-        String::from_utf8_lossy(&unknown.stderr).contains("does not exist"),
-        "{}",
-        text(&unknown)
-    );
+    let unknown = ["--archive", "no-such-archive"];
+    pull_refused(&cfg, unknown, &dest, 2, "does not exist").await;
 
-    let ok = pull(&cfg, "--reader-study", "demo-reader-study", &dest).await;
-    assert!(ok.status.success(), "{}", text(&ok));
-    let other = pull(&cfg, "--archive", "demo-archive", &dest).await;
-    assert_eq!(other.status.code(), Some(2), "{}", text(&other));
-    assert!(
-        String::from_utf8_lossy(&other.stderr).contains("holds a pull of reader study"),
-        "{}",
-        text(&other)
-    );
+    pull_ok(&cfg, READER_STUDY, &dest).await;
+    pull_refused(&cfg, ARCHIVE, &dest, 2, "holds a pull of reader study").await;
 
     let text_cfg = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace(DEMO_TOKEN, &"0".repeat(64));
     std::fs::write(&cfg, text_cfg).unwrap();
-    let refused = pull(&cfg, "--reader-study", "demo-reader-study", &dest).await;
+    let refused = pull(&cfg, READER_STUDY, &dest).await;
     assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
 }
 
@@ -649,44 +692,12 @@ async fn a_pull_killed_midway_leaves_no_partial_files_and_the_next_one_fetches_o
     let (cfg, cases) = five_delivered_cases(&sb, tmp.path()).await;
     let dest = tmp.path().join("pulled");
 
-    let mut child = bin()
-        .args(["pull", "--config"])
-        .arg(&cfg)
-        .args(["--archive", "demo-archive"])
-        .arg(&dest)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let state_file = dest.join(".gc-pull.json");
-    eventually(
-        std::time::Duration::from_secs(30),
-        "some downloads recorded",
-        async || {
-            let state: Value = serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
-            (recorded_files(&state) >= 3).then_some(())
-        },
-    )
-    .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-
-    let at_kill = recorded_files(&json_of(&state_file));
+    let at_kill = pull_killed_midway(&cfg, ARCHIVE, &dest).await;
     for case in &cases {
-        let item = dest.join(case.file_name().unwrap());
-        if item.is_dir() {
-            assert!(
-                tree(&item)
-                    .keys()
-                    .all(|rel| !rel.split('/').any(|c| c.starts_with('.'))),
-                "no dotfile inside {}",
-                item.display()
-            );
-        }
+        assert_no_dotfile_inside(&dest.join(case.file_name().unwrap()));
     }
 
-    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
-    assert!(out.status.success(), "{}", text(&out));
+    let summary = pull_ok(&cfg, ARCHIVE, &dest).await;
     for case in &cases {
         check_archive_item(case, &dest.join(case.file_name().unwrap()));
     }
@@ -702,33 +713,14 @@ async fn a_pull_killed_midway_leaves_no_partial_files_and_the_next_one_fetches_o
         at_kill < total,
         "the kill came midway: {at_kill} of {total}"
     );
-    assert_resumed(&out, at_kill, total);
+    assert_resumed(&summary, at_kill, total);
 }
 
 /// Upload `path` and start a job of `algorithm` on it as its `ct-image`; the job's pk.
 async fn job_on_upload(c: &Client, algorithm: &str, path: &Path) -> String {
-    let upload = c
-        .upload_file(
-            &LocalFile {
-                path: path.to_path_buf(),
-                filename: path.file_name().unwrap().to_string_lossy().into_owned(),
-            },
-            None,
-            &NoObserver,
-        )
+    gc_testkit::client::job_on_upload(c, algorithm, path)
         .await
-        .unwrap();
-    let a = c.algorithm(algorithm).await.unwrap();
-    c.start_job(
-        &a,
-        &[ValueEntry {
-            socket: "ct-image".into(),
-            source: ValueSource::UserUploads(vec![upload.api_url]),
-        }],
-    )
-    .await
-    .unwrap()
-    .pk
+        .pk
 }
 
 /// What a job's folder must hold, from the sandbox's own record of its outputs: relative path → SHA-256
@@ -783,9 +775,7 @@ fn listing(dir: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_algorithm_pull_writes_each_succeeded_jobs_outputs_and_reports_the_other_jobs() {
     let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), &sb, &tmp.path().join("drop"), None, "");
-    let c = client(&sb);
+    let (tmp, cfg, c) = config_and_client(&sb);
 
     // Three jobs that succeed (two CT images of different sizes and a lesion count), one whose input
     // upload is no image (it fails), and one of an algorithm that always fails.
@@ -798,40 +788,25 @@ async fn an_algorithm_pull_writes_each_succeeded_jobs_outputs_and_reports_the_ot
         images.push(mha);
     }
     let estimator = c.algorithm("lung-volume-estimator").await.unwrap();
-    let counted = c
-        .start_job(
-            &estimator,
-            &[ValueEntry {
-                socket: "lesion-count".into(),
-                source: ValueSource::Value(json!(3)),
-            }],
-        )
-        .await
-        .unwrap();
+    let count = [value("lesion-count", json!(3))];
+    let counted = c.start_job(&estimator, &count).await.unwrap();
     succeeded.push(counted.pk);
     let junk = tmp.path().join("junk.mha");
     std::fs::write(&junk, b"not an image at all").unwrap();
     let broken = job_on_upload(&c, "lung-volume-estimator", &junk).await;
     let failing = job_on_upload(&c, "failing-algorithm", &images[0]).await;
 
-    let polling = JobPolling {
-        first_poll: Duration::from_millis(20),
-        max_poll: Duration::from_millis(200),
-        deadline: Duration::from_secs(30),
-    };
     for pk in &succeeded {
-        let job = c.await_job(pk, &polling).await.unwrap();
+        let job = c.await_job(pk, &polling()).await.unwrap();
         assert_eq!(job.status, JobStatus::Succeeded, "job {pk}");
     }
     for pk in [&broken, &failing] {
-        let job = c.await_job(pk, &polling).await.unwrap();
+        let job = c.await_job(pk, &polling()).await.unwrap();
         assert_eq!(job.status, JobStatus::Failed, "job {pk}");
     }
 
     let dest = tmp.path().join("results");
-    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let first = stdout(&out);
+    let first = pull_ok(&cfg, ESTIMATOR, &dest).await;
     assert!(first.contains(": 3 jobs, "), "{first}");
     assert!(first.contains(" 0 sockets skipped"), "{first}");
     assert!(
@@ -858,18 +833,8 @@ async fn an_algorithm_pull_writes_each_succeeded_jobs_outputs_and_reports_the_ot
     let outbox = tmp.path().join("outbox");
     std::fs::create_dir(&outbox).unwrap();
     for pk in &succeeded {
-        let folder = dest.join(pk);
-        let (files, values) = expected_job_folder(&c, &st, pk).await;
-        let got = tree(&folder);
-        let mut want_paths: Vec<&String> = files.keys().chain(values.keys()).collect();
-        want_paths.sort();
-        assert_eq!(got.keys().collect::<Vec<_>>(), want_paths, "job {pk}");
-        for (rel, sha) in &files {
-            assert_eq!(&got[rel], sha, "job {pk}: {rel} as the sandbox stores it");
-        }
-        for (rel, v) in &values {
-            assert_eq!(&json_of(&folder.join(rel)), v, "job {pk}: {rel}");
-        }
+        let expected = expected_job_folder(&c, &st, pk).await;
+        let got = check_folder(&dest.join(pk), &expected, &format!("job {pk}"));
         // The agent's outbox writes a job's outputs; pull writes them the same way.
         let job = c.job(pk).await.unwrap();
         gc_hotfolder::outbox::write_case(
@@ -901,23 +866,15 @@ async fn an_algorithm_pull_writes_each_succeeded_jobs_outputs_and_reports_the_ot
     );
 
     // Again: nothing is downloaded; the failed job is reported again.
-    let gets = media_gets(&sb).await;
-    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let second = stdout(&out);
-    assert!(second.contains(" 0 files downloaded, "), "{second}");
-    assert!(second.contains("nothing to download"), "{second}");
+    let (second, _) = pull_fetching_nothing(&sb, &cfg, ESTIMATOR, &dest).await;
     assert!(
         second.contains(&format!("not pulled: job {broken} is Failed")),
         "{second}"
     );
-    assert_eq!(media_gets(&sb).await, gets, "no file was fetched again");
 
     // An algorithm whose only job failed: reported, no folder, and no failure of the pull.
     let dest_failing = tmp.path().join("failing");
-    let out = pull(&cfg, "--algorithm", "failing-algorithm", &dest_failing).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let s = stdout(&out);
+    let s = pull_ok(&cfg, ["--algorithm", "failing-algorithm"], &dest_failing).await;
     assert!(
         s.contains(&format!("not pulled: job {failing} is Failed")),
         "{s}"
@@ -935,56 +892,31 @@ async fn an_algorithm_pull_writes_each_succeeded_jobs_outputs_and_reports_the_ot
     )
     .unwrap();
     let dest_reader = tmp.path().join("reader");
-    let out = pull(
-        &reader_cfg,
-        "--algorithm",
-        "lung-volume-estimator",
-        &dest_reader,
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out));
-    let s = stdout(&out);
+    let s = pull_ok(&reader_cfg, ESTIMATOR, &dest_reader).await;
     assert!(s.contains(": 0 jobs, ") && !s.contains("not pulled"), "{s}");
     assert_eq!(listing(&dest_reader), [".gc-pull.json", ".gc-pull.lock"]);
 
     // A misspelled slug: a usage error that names the algorithm, and no folder.
     let nowhere = tmp.path().join("nowhere");
-    let out = pull(&cfg, "--algorithm", "no-such-algorithm", &nowhere).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("algorithm 'no-such-algorithm' does not exist"),
-        "{}",
-        text(&out)
-    );
+    let misspelled = ["--algorithm", "no-such-algorithm"];
+    let says = "algorithm 'no-such-algorithm' does not exist";
+    pull_refused(&cfg, misspelled, &nowhere, 2, says).await;
     assert!(!nowhere.exists());
 
     // A folder holding another target's pull is not mixed with an algorithm's, either way round.
     let archive_dest = tmp.path().join("archive");
-    let out = pull(&cfg, "--archive", "demo-archive", &archive_dest).await;
-    assert!(out.status.success(), "{}", text(&out));
+    pull_ok(&cfg, ARCHIVE, &archive_dest).await;
     let before = std::fs::read(archive_dest.join(".gc-pull.json")).unwrap();
-    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &archive_dest).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("holds a pull of archive 'demo-archive'"),
-        "{}",
-        text(&out)
-    );
+    let says = "holds a pull of archive 'demo-archive'";
+    pull_refused(&cfg, ESTIMATOR, &archive_dest, 2, says).await;
     assert_eq!(
         std::fs::read(archive_dest.join(".gc-pull.json")).unwrap(),
         before,
         "the archive's state file is left as it was"
     );
     assert!(succeeded.iter().all(|pk| !archive_dest.join(pk).exists()));
-    let out = pull(&cfg, "--archive", "demo-archive", &dest).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("holds a pull of algorithm 'lung-volume-estimator'"),
-        "{}",
-        text(&out)
-    );
+    let says = "holds a pull of algorithm 'lung-volume-estimator'";
+    pull_refused(&cfg, ARCHIVE, &dest, 2, says).await;
 }
 
 /// Files recorded in a state file, over all items (jobs) and sockets.
@@ -1006,23 +938,16 @@ fn recorded_files(state: &Value) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_algorithm_pull_killed_midway_resumes_with_only_the_rest() {
     let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), &sb, &tmp.path().join("drop"), None, "");
-    let c = client(&sb);
+    let (tmp, cfg, c) = config_and_client(&sb);
     let mut jobs = Vec::new();
     for seed in 0..5u64 {
         let mha = tmp.path().join(format!("ct-{seed}.mha"));
         gc_content::samples::write_mha(&mha, [4, 4, 2 + seed as u32], seed).unwrap();
         jobs.push(job_on_upload(&c, "lung-volume-estimator", &mha).await);
     }
-    let polling = JobPolling {
-        first_poll: Duration::from_millis(20),
-        max_poll: Duration::from_millis(200),
-        deadline: Duration::from_secs(30),
-    };
     for pk in &jobs {
         assert_eq!(
-            c.await_job(pk, &polling).await.unwrap().status,
+            c.await_job(pk, &polling()).await.unwrap().status,
             JobStatus::Succeeded
         );
     }
@@ -1031,64 +956,25 @@ async fn an_algorithm_pull_killed_midway_resumes_with_only_the_rest() {
         .unwrap();
 
     let dest = tmp.path().join("results");
-    let mut child = bin()
-        .args(["pull", "--config"])
-        .arg(&cfg)
-        .args(["--algorithm", "lung-volume-estimator"])
-        .arg(&dest)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let state_file = dest.join(".gc-pull.json");
-    eventually(
-        Duration::from_secs(30),
-        "some downloads recorded",
-        async || {
-            let state: Value = serde_json::from_slice(&std::fs::read(&state_file).ok()?).ok()?;
-            (recorded_files(&state) >= 3).then_some(())
-        },
-    )
-    .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let at_kill = recorded_files(&json_of(&state_file));
+    let at_kill = pull_killed_midway(&cfg, ESTIMATOR, &dest).await;
     for pk in &jobs {
-        let folder = dest.join(pk);
-        if folder.is_dir() {
-            assert!(
-                tree(&folder)
-                    .keys()
-                    .all(|rel| !rel.split('/').any(|c| c.starts_with('.'))),
-                "no dotfile inside {}",
-                folder.display()
-            );
-        }
+        assert_no_dotfile_inside(&dest.join(pk));
     }
 
     sb.set_faults(Vec::new()).unwrap();
-    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
-    assert!(out.status.success(), "{}", text(&out));
+    let summary = pull_ok(&cfg, ESTIMATOR, &dest).await;
     let st = state(&sb).await;
     let mut total = 0;
     for pk in &jobs {
-        let (files, values) = expected_job_folder(&c, &st, pk).await;
-        let got = tree(&dest.join(pk));
-        assert_eq!(got.len(), files.len() + values.len(), "job {pk}: {got:?}");
-        for (rel, sha) in &files {
-            assert_eq!(got.get(rel), Some(sha), "job {pk}: {rel}");
-        }
-        for (rel, v) in &values {
-            assert_eq!(&json_of(&dest.join(pk).join(rel)), v, "job {pk}: {rel}");
-        }
-        total += got.len();
+        let expected = expected_job_folder(&c, &st, pk).await;
+        total += check_folder(&dest.join(pk), &expected, &format!("job {pk}")).len();
     }
     assert!(!dest.join(".gc-pull.tmp").exists(), "no staging left");
     assert!(
         at_kill < total,
         "the kill came midway: {at_kill} of {total}"
     );
-    assert_resumed(&out, at_kill, total);
+    assert_resumed(&summary, at_kill, total);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1100,30 +986,17 @@ async fn a_job_still_running_is_reported_and_pulled_by_a_later_run_once_it_succe
         }
     })
     .await;
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_config(tmp.path(), &sb, &tmp.path().join("drop"), None, "");
-    let c = client(&sb);
+    let (tmp, cfg, c) = config_and_client(&sb);
     let estimator = c.algorithm("lung-volume-estimator").await.unwrap();
     let dest = tmp.path().join("results");
 
     let started = std::time::Instant::now();
-    let job = c
-        .start_job(
-            &estimator,
-            &[ValueEntry {
-                socket: "lesion-count".into(),
-                source: ValueSource::Value(json!(4)),
-            }],
-        )
-        .await
-        .unwrap()
-        .pk;
-    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
-    assert!(out.status.success(), "{}", text(&out));
+    let count = [value("lesion-count", json!(4))];
+    let job = c.start_job(&estimator, &count).await.unwrap().pk;
+    let s = pull_ok(&cfg, ESTIMATOR, &dest).await;
     // A job cannot succeed sooner than its run time after it was started: a pull that ended within
     // that time saw it unfinished.
     if started.elapsed() < RUNS_FOR {
-        let s = stdout(&out);
         assert!(
             s.contains(&format!("not pulled: job {job} is "))
                 && s.contains("a later pull fetches it once it has succeeded"),
@@ -1142,18 +1015,12 @@ async fn a_job_still_running_is_reported_and_pulled_by_a_later_run_once_it_succe
         c.await_job(&job, &polling).await.unwrap().status,
         JobStatus::Succeeded
     );
-    let out = pull(&cfg, "--algorithm", "lung-volume-estimator", &dest).await;
-    assert!(out.status.success(), "{}", text(&out));
-    let s = stdout(&out);
+    let s = pull_ok(&cfg, ESTIMATOR, &dest).await;
     assert!(s.contains(": 1 job, "), "{s}");
     assert!(!s.contains("not pulled"), "{s}");
-    let (files, values) = expected_job_folder(&c, &state(&sb).await, &job).await;
-    assert!(files.is_empty(), "a lesion count gives values only");
-    let got = tree(&dest.join(&job));
-    assert_eq!(got.len(), values.len(), "{got:?}");
-    for (rel, v) in &values {
-        assert_eq!(&json_of(&dest.join(&job).join(rel)), v, "{rel}");
-    }
+    let expected = expected_job_folder(&c, &state(&sb).await, &job).await;
+    assert!(expected.0.is_empty(), "a lesion count gives values only");
+    check_folder(&dest.join(&job), &expected, &format!("job {job}"));
     assert_eq!(
         json_of(&dest.join(&job).join("is-abnormal.json")),
         json!(true),

@@ -16,17 +16,18 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
     let sb = sandbox().await;
     let tmp = tempfile::tempdir().unwrap();
     let (archive_drop, reader_drop) = (tmp.path().join("archive"), tmp.path().join("reader"));
-    let mut cases = Vec::new();
-    for i in 0..14u64 {
-        let c = archive_drop.join(format!("case-{i:02}"));
-        archive_case(&c, i);
-        cases.push(c);
-    }
-    for i in 0..6u64 {
-        let c = reader_drop.join(format!("read-{i:02}"));
-        reader_case(&c, i);
-        cases.push(c);
-    }
+    let mut cases = common::cases(
+        &archive_drop,
+        0..14,
+        |i| format!("case-{i:02}"),
+        archive_case,
+    );
+    cases.extend(common::cases(
+        &reader_drop,
+        0..6,
+        |i| format!("read-{i:02}"),
+        reader_case,
+    ));
     let cfg = write_config(tmp.path(), &sb, &archive_drop, Some(&reader_drop), "");
 
     let out = gc("upload", &cfg).args(&cases).run_async().await;
@@ -105,13 +106,7 @@ async fn upload_delivers_twenty_mixed_cases_and_its_receipts_match_the_server() 
         again.stdout.clone()
     );
     let st = state(&sb).await;
-    assert_eq!(
-        items_of(&st, "demo-archive")
-            .iter()
-            .filter(|i| i["title"] == "case-00")
-            .count(),
-        1
-    );
+    assert_eq!(all_titled(&st, "demo-archive", "case-00").len(), 1);
 }
 
 #[test]
@@ -140,10 +135,8 @@ fn upload_reports_config_errors_with_file_line_and_key_and_exit_2() {
 #[test]
 fn rust_log_sets_the_log_level_unless_gc_hotfolder_log_does() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let sb = rt.block_on(sandbox());
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let site = rt.block_on(site());
+    let (cfg, drop) = (site.config(""), &site.drop);
     let upload = |case: &str, env: &[(&str, &str)]| {
         archive_case(&drop.join(case), 2);
         let mut cmd = bin();
@@ -170,16 +163,11 @@ fn rust_log_sets_the_log_level_unless_gc_hotfolder_log_does() {
 #[test]
 fn upload_with_a_refused_token_exits_3() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let sb = rt.block_on(sandbox());
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
-    archive_case(&drop.join("p1"), 0);
-    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(DEMO_TOKEN, &"0".repeat(64));
-    std::fs::write(&cfg, text).unwrap();
-    let out = gc("upload", &cfg).arg(drop.join("p1")).run().expect(3);
+    let site = rt.block_on(site());
+    archive_case(&site.drop.join("p1"), 0);
+    let cfg = site.config("");
+    edit(&cfg, DEMO_TOKEN, &"0".repeat(64));
+    let out = gc("upload", &cfg).arg(site.drop.join("p1")).run().expect(3);
     assert!(
         out.stderr.contains("Invalid token."),
         "{}",
@@ -193,8 +181,7 @@ async fn an_unknown_socket_fails_the_case_before_anything_is_created() {
     archive_case(&drop.join("p1"), 0);
     let extra = "[[folder.socket]]\nslug = \"no-such-socket\"\nvalue = 1\n";
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
-    let text = std::fs::read_to_string(&cfg).unwrap() + extra;
-    std::fs::write(&cfg, text).unwrap();
+    append(&cfg, extra);
     let before = items_of(&state(&sb).await, "demo-archive").len();
     let out = gc("upload", &cfg)
         .arg(drop.join("p1"))
@@ -231,13 +218,7 @@ async fn an_image_the_platform_would_refuse_is_quarantined_before_anything_is_cr
         .set_len(200)
         .unwrap();
     // Valid images in every format the demo and the examples use still go through.
-    let good: Vec<_> = (0..4u64)
-        .map(|i| {
-            let c = drop.join(format!("good-{i}"));
-            archive_case(&c, i);
-            c
-        })
-        .collect();
+    let good = cases(&drop, 0..4, |i| format!("good-{i}"), archive_case);
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
     let before = state(&sb).await;
     let cases: Vec<_> = [text, truncated].into_iter().chain(good).collect();
@@ -318,13 +299,7 @@ async fn upload_and_the_agent_share_one_journal_and_upload_honours_after() {
         "nothing quarantined: {rs:?}"
     );
     let st = state(&sb).await;
-    assert_eq!(
-        items_of(&st, "demo-archive")
-            .iter()
-            .filter(|i| i["title"] == "sent-by-upload")
-            .count(),
-        1
-    );
+    assert_eq!(all_titled(&st, "demo-archive", "sent-by-upload").len(), 1);
     let log = std::fs::read_to_string(tmp.path().join("agent.log")).unwrap();
     assert!(
         !log.contains("already exists"),
@@ -334,25 +309,13 @@ async fn upload_and_the_agent_share_one_journal_and_upload_honours_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_series_goes_as_one_zip_and_the_platform_holds_its_de_identified_slices() {
-    let sb = sandbox().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let drop = tmp.path().join("drop");
+    let Site { sb, tmp, drop } = site().await;
     let case = drop.join("series");
     let ids = gc_content::samples::DicomSeriesIds::new(41);
     std::fs::create_dir_all(case.join("dicom")).unwrap();
     gc_content::samples::write_dicom_series(&case.join("dicom"), 40, 16, 16, &ids, 41).unwrap();
     let cfg = write_config(tmp.path(), &sb, &drop, None, "");
-    let out = bin()
-        .args(["upload", "--config"])
-        .arg(&cfg)
-        .arg(&case)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gc("upload", &cfg).arg(&case).run_async().await.expect(0);
     let st = state(&sb).await;
     // One upload for the forty slices, not forty: four requests, and one of the platform's 2000 upload
     // records while the import is pending.

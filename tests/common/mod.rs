@@ -79,6 +79,16 @@ impl GcCommand {
         }
     }
 
+    /// Start it with its standard output and error going to `stdout` and `stderr`.
+    pub fn spawn(self, stdout: Stdio, stderr: Stdio) -> Child {
+        bin()
+            .args(&self.args)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    }
+
     /// [`GcCommand::run`] off the async runtime, for tests whose sandbox runs on it.
     pub async fn run_async(self) -> Ran {
         tokio::task::spawn_blocking(move || self.run())
@@ -102,6 +112,25 @@ pub async fn site() -> Site {
         sb: sandbox().await,
         tmp,
         drop,
+    }
+}
+
+impl Site {
+    /// A config of the drop folder (created if missing) against the sandbox, with `extra` in its
+    /// `[[folder]]` (see [`write_config`]).
+    pub fn config(&self, extra: &str) -> PathBuf {
+        std::fs::create_dir_all(&self.drop).unwrap();
+        write_config(self.tmp.path(), &self.sb, &self.drop, None, extra)
+    }
+
+    /// The state folder [`Site::config`] names.
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    /// The agent on `config`, logging to `agent.log` in the scratch folder.
+    pub fn start_agent(&self, config: &Path) -> Agent {
+        Agent::start(config, &self.tmp.path().join("agent.log"))
     }
 }
 
@@ -156,6 +185,22 @@ pub fn item_titled<'a>(state: &'a Value, archive_slug: &str, title: &str) -> &'a
         .into_iter()
         .find(|i| i["title"] == title)
         .unwrap_or_else(|| panic!("no item titled {title} in {archive_slug}"))
+}
+
+/// How many requests the sandbox's state says it answered with one of `statuses` (e.g. `["503"]`).
+pub fn answered_with(state: &Value, statuses: &[&str]) -> u64 {
+    let requests = state["requests"].as_object().into_iter().flatten();
+    requests
+        .filter(|(k, _)| statuses.iter().any(|s| k.ends_with(&format!(" {s}"))))
+        .filter_map(|(_, v)| v.as_u64())
+        .sum()
+}
+
+/// Every archive item of an archive in the sandbox's state titled `title`.
+pub fn all_titled<'a>(state: &'a Value, archive_slug: &str, title: &str) -> Vec<&'a Value> {
+    let mut items = items_of(state, archive_slug);
+    items.retain(|i| i["title"] == title);
+    items
 }
 
 /// The value of `socket` of an item or display set in the sandbox's state, which must exist.
@@ -377,6 +422,23 @@ pub fn archive_case(dir: &Path, n: u64) {
             std::fs::write(dir.join("count.json"), "7").unwrap();
         }
     }
+}
+
+/// Cases `write` writes (e.g. [`archive_case`]), one for each of `numbers`, into `drop/<name(n)>`; their
+/// folders.
+pub fn cases(
+    drop: &Path,
+    numbers: std::ops::Range<u64>,
+    name: impl Fn(u64) -> String,
+    write: fn(&Path, u64),
+) -> Vec<PathBuf> {
+    numbers
+        .map(|n| {
+            let case = drop.join(name(n));
+            write(&case, n);
+            case
+        })
+        .collect()
 }
 
 /// A reader-study case, written into `dir` (created).
@@ -654,6 +716,17 @@ pub async fn metrics_addr(agent: &Agent) -> std::net::SocketAddr {
         .split_whitespace()
         .next();
     addr.unwrap().parse().unwrap()
+}
+
+/// The body of a GET of `url` (plain HTTP on loopback, e.g. the agent's `/metrics`).
+pub async fn fetch(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+/// The agent's `/metrics`, once it serves them.
+pub async fn metrics_of(agent: &Agent) -> String {
+    let addr = metrics_addr(agent).await;
+    fetch(&format!("http://{addr}/metrics")).await
 }
 
 /// Add `text` at the end of a config file.

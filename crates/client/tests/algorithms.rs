@@ -5,20 +5,11 @@
 use std::time::Duration;
 
 use gc_client::models::{ValueEntry, ValueSource};
-use gc_client::{GcError, JobFilter, JobPolling, JobStatus, LocalFile, NoObserver};
+use gc_client::{GcError, JobFilter, JobPolling, JobStatus};
 use gc_sandbox::DEMO_ADMIN_TOKEN;
-use gc_sandbox::FaultRule;
 use gc_testkit::client::*;
 use serde_json::json;
 use sha2::Digest;
-
-fn polling() -> JobPolling {
-    JobPolling {
-        first_poll: Duration::from_millis(20),
-        max_poll: Duration::from_millis(200),
-        deadline: Duration::from_secs(20),
-    }
-}
 
 fn value(socket: &str, v: serde_json::Value) -> ValueEntry {
     ValueEntry {
@@ -55,8 +46,7 @@ async fn algorithms_are_found_with_their_interfaces() {
 
 #[tokio::test]
 async fn a_job_on_an_uploaded_image_is_followed_and_its_outputs_downloaded() {
-    let sb = sandbox().await;
-    let c = client(&sb);
+    let (sb, c) = sandbox_and_client().await;
     let dir = tempfile::tempdir().unwrap();
     let created = job_on_an_uploaded_mha(&c, dir.path(), [12, 10, 3], 3).await;
     let a = c.algorithm("lung-volume-estimator").await.unwrap();
@@ -65,7 +55,7 @@ async fn a_job_on_an_uploaded_image_is_followed_and_its_outputs_downloaded() {
         JobStatus::Pending("Validating inputs".into())
     );
     assert!(created.inputs.is_empty(), "the image is imported later");
-    let job = c.await_job(&created.pk, &polling()).await.unwrap();
+    let job = c.await_job(&created.pk, &job_polling()).await.unwrap();
     assert_eq!(job.status, JobStatus::Succeeded);
     assert_eq!(job.algorithm, a.api_url);
     assert!(job.exec_duration.is_some());
@@ -117,8 +107,7 @@ async fn a_job_on_an_uploaded_image_is_followed_and_its_outputs_downloaded() {
 
 #[tokio::test]
 async fn jobs_are_listed_by_algorithm_and_by_how_they_ended() {
-    let sb = sandbox().await;
-    let c = client(&sb);
+    let (_sb, c) = sandbox_and_client().await;
     let estimator = c.algorithm("lung-volume-estimator").await.unwrap();
     let failing = c.algorithm("failing-algorithm").await.unwrap();
     let mut pks = Vec::new();
@@ -133,32 +122,12 @@ async fn jobs_are_listed_by_algorithm_and_by_how_they_ended() {
     let dir = tempfile::tempdir().unwrap();
     let mha = dir.path().join("small.mha");
     gc_content::samples::write_mha(&mha, [4, 4, 2], 1).unwrap();
-    let upload = c
-        .upload_file(
-            &LocalFile {
-                path: mha,
-                filename: "small.mha".into(),
-            },
-            None,
-            &NoObserver,
-        )
-        .await
-        .unwrap();
-    let bad = c
-        .start_job(
-            &failing,
-            &[ValueEntry {
-                socket: "ct-image".into(),
-                source: ValueSource::UserUploads(vec![upload.api_url]),
-            }],
-        )
-        .await
-        .unwrap();
+    let bad = job_on_upload(&c, "failing-algorithm", &mha).await;
     for pk in &pks {
-        let job = c.await_job(pk, &polling()).await.unwrap();
+        let job = c.await_job(pk, &job_polling()).await.unwrap();
         assert_eq!(job.status, JobStatus::Succeeded);
     }
-    let ended = c.await_job(&bad.pk, &polling()).await.unwrap();
+    let ended = c.await_job(&bad.pk, &job_polling()).await.unwrap();
     assert_eq!(ended.status, JobStatus::Failed);
     assert!(ended.outputs.is_empty());
     assert_eq!(
@@ -214,8 +183,7 @@ async fn jobs_are_listed_by_algorithm_and_by_how_they_ended() {
 
 #[tokio::test]
 async fn refusals_and_faults() {
-    let sb = sandbox().await;
-    let c = client(&sb);
+    let (sb, c) = sandbox_and_client().await;
     let a = c.algorithm("lung-volume-estimator").await.unwrap();
     const POST_JOB: &str = "POST /api/v1/algorithms/jobs/";
 
@@ -245,16 +213,14 @@ async fn refusals_and_faults() {
     }
 
     // Reads ride out a proxy's 503 and a dropped connection.
-    sb.set_faults(vec![
-        "GET /api/v1/algorithms/jobs/* 503 times=2"
-            .parse::<FaultRule>()
-            .unwrap(),
-        "GET /api/v1/algorithms/jobs/* drop times=1"
-            .parse::<FaultRule>()
-            .unwrap(),
-    ])
-    .unwrap();
-    let job = c.await_job(&first.pk, &polling()).await.unwrap();
+    set_faults(
+        &sb,
+        &[
+            "GET /api/v1/algorithms/jobs/* 503 times=2",
+            "GET /api/v1/algorithms/jobs/* drop times=1",
+        ],
+    );
+    let job = c.await_job(&first.pk, &job_polling()).await.unwrap();
     assert_eq!(job.status, JobStatus::Succeeded);
     assert_eq!(count(&sb, "GET /api/v1/algorithms/jobs/{pk}/ 503"), 2);
 
@@ -265,7 +231,7 @@ async fn refusals_and_faults() {
         .unwrap();
     let impatient = JobPolling {
         deadline: Duration::ZERO,
-        ..polling()
+        ..job_polling()
     };
     match c.await_job(&slow.pk, &impatient).await {
         Err(e @ GcError::VerifyTimeout { .. }) => assert!(e.to_string().contains(&slow.pk), "{e}"),
@@ -302,23 +268,13 @@ async fn jobs_are_found_again_by_their_values_and_existing_images() {
     let dir = tempfile::tempdir().unwrap();
     let mha = dir.path().join("ct.mha");
     gc_content::samples::write_mha(&mha, [3, 3, 3], 5).unwrap();
-    let upload = c
-        .upload_file(
-            &LocalFile {
-                path: mha,
-                filename: "ct.mha".into(),
-            },
-            None,
-            &NoObserver,
-        )
-        .await
-        .unwrap();
+    let upload = upload(&c, &mha).await;
     let uploaded = vec![ValueEntry {
         socket: "ct-image".into(),
         source: ValueSource::UserUploads(vec![upload.api_url]),
     }];
     let first = c.start_job(&a, &uploaded).await.unwrap();
-    let first = c.await_job(&first.pk, &polling()).await.unwrap();
+    let first = c.await_job(&first.pk, &job_polling()).await.unwrap();
     let image = first
         .output("generic-medical-image")
         .unwrap()

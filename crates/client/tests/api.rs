@@ -2,27 +2,14 @@
 //! with every kind of socket, verification, import failures, every error class, retries through injected
 //! faults, and HTTPS with an extra CA.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gc_client::models::{Target, TargetKind, UserUpload, ValueEntry, ValueSource};
-use gc_client::{
-    Awaiting, Client, ClientConfig, Expectation, GcError, LocalFile, NoObserver, Token,
-    VerifyTiming,
-};
+use gc_client::models::{Item, Target, TargetKind, ValueEntry, ValueSource};
+use gc_client::{Awaiting, Client, ClientConfig, Expectation, GcError, Token, VerifyTiming};
 use gc_content::samples;
-use gc_sandbox::FaultAction;
 use gc_sandbox::{DEMO_READER_TOKEN, DEMO_TOKEN};
 use gc_testkit::client::*;
 use serde_json::json;
-
-async fn upload(c: &Client, path: &Path) -> UserUpload {
-    let file = LocalFile {
-        path: path.to_path_buf(),
-        filename: path.file_name().unwrap().to_string_lossy().into_owned(),
-    };
-    c.upload_file(&file, None, &NoObserver).await.unwrap()
-}
 
 fn entry(socket: &str, source: ValueSource) -> ValueEntry {
     ValueEntry {
@@ -37,6 +24,52 @@ fn expect(socket: &str, awaiting: Awaiting) -> Expectation {
         previous_pk: None,
         awaiting,
     }
+}
+
+/// One value set on the item `pk` of `t` by a PATCH of its own.
+async fn patch_one(c: &Client, t: &Target, pk: &str, entry: ValueEntry) -> Result<Item, GcError> {
+    c.patch_values(t, pk, &[entry]).await
+}
+
+/// One value set on the item `pk` of `t` (a PATCH that must succeed), then a wait until the item shows
+/// what `expectation` awaits, or `timing` says to stop.
+async fn set_and_await(
+    c: &Client,
+    t: &Target,
+    pk: &str,
+    (entry, expectation): (ValueEntry, Expectation),
+    timing: &VerifyTiming,
+) -> Result<Item, GcError> {
+    patch_one(c, t, pk, entry).await.unwrap();
+    c.await_values(t, pk, &[expectation], timing).await
+}
+
+/// A new item titled `title` in `t`, and the URL of a completed upload of `bytes` as the file `name`
+/// (not yet a value of the item).
+async fn item_and_upload(
+    c: &Client,
+    t: &Target,
+    title: &str,
+    name: &str,
+    bytes: &[u8],
+) -> (Item, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let item = c.create_item(t, title).await.unwrap();
+    (item, upload(c, &path).await.api_url)
+}
+
+/// The item of `t` titled `title`, which must exist.
+async fn titled(c: &Client, t: &Target, title: &str) -> Item {
+    c.find_item_by_title(t, title).await.unwrap().unwrap()
+}
+
+/// A [`sandbox_and_client`] with the demo target of `kind`.
+async fn sandbox_client_target(kind: TargetKind) -> (gc_sandbox::Sandbox, Client, Target) {
+    let (sb, c) = sandbox_and_client().await;
+    let t = target(&c, kind).await;
+    (sb, c, t)
 }
 
 async fn target(c: &Client, kind: TargetKind) -> Target {
@@ -72,8 +105,7 @@ async fn whoami_checks_the_token() {
 
 #[tokio::test]
 async fn lookups_by_slug_are_cached_and_missing_ones_are_clear() {
-    let sb = sandbox().await;
-    let c = client(&sb);
+    let (sb, c) = sandbox_and_client().await;
     let s = c.socket("lesion-count").await.unwrap();
     assert_eq!(
         (s.kind.as_str(), s.super_kind),
@@ -127,9 +159,7 @@ async fn lookups_by_slug_are_cached_and_missing_ones_are_clear() {
 
 /// One item with a value for every demo socket, delivered in one PATCH and verified.
 async fn every_socket_kind_into(kind: TargetKind) {
-    let sb = sandbox().await;
-    let c = client(&sb);
-    let t = target(&c, kind).await;
+    let (sb, c, t) = sandbox_client_target(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
 
@@ -267,20 +297,11 @@ async fn every_socket_kind_into(kind: TargetKind) {
     // An existing image can be attached to another item by URL; it is set inside the PATCH.
     let image = done.value_for("ct-image").unwrap().image.clone().unwrap();
     let other = c.create_item(&t, "reuses-an-image").await.unwrap();
-    c.patch_values(
-        &t,
-        &other.pk,
-        &[entry("ct-image", ValueSource::Image(image.clone()))],
-    )
-    .await
-    .unwrap();
-    let reused = c
-        .await_values(
-            &t,
-            &other.pk,
-            &[expect("ct-image", Awaiting::ExistingImage(image.clone()))],
-            &timing(),
-        )
+    let by_url = (
+        entry("ct-image", ValueSource::Image(image.clone())),
+        expect("ct-image", Awaiting::ExistingImage(image.clone())),
+    );
+    let reused = set_and_await(&c, &t, &other.pk, by_url, &timing())
         .await
         .unwrap();
     assert_eq!(
@@ -291,24 +312,13 @@ async fn every_socket_kind_into(kind: TargetKind) {
     // Replacing an asynchronous value waits for the new one, not the old one still in place.
     let previous = done.value_for("report").unwrap().pk;
     let u2 = upload(&c, &pdf).await.api_url;
-    c.patch_values(
-        &t,
-        &item.pk,
-        &[entry("report", ValueSource::UserUpload(u2.clone()))],
-    )
-    .await
-    .unwrap();
-    let replaced = c
-        .await_values(
-            &t,
-            &item.pk,
-            &[Expectation {
-                socket: "report".into(),
-                previous_pk: Some(previous),
-                awaiting: Awaiting::File { upload: u2 },
-            }],
-            &timing(),
-        )
+    let new_report = Expectation {
+        socket: "report".into(),
+        previous_pk: Some(previous),
+        awaiting: Awaiting::File { upload: u2.clone() },
+    };
+    let new_report = (entry("report", ValueSource::UserUpload(u2)), new_report);
+    let replaced = set_and_await(&c, &t, &item.pk, new_report, &timing())
         .await
         .unwrap();
     assert_ne!(replaced.value_for("report").unwrap().pk, previous);
@@ -327,29 +337,16 @@ async fn every_socket_kind_into_a_reader_study() {
 
 #[tokio::test]
 async fn a_failed_image_import_is_reported_with_the_sessions_message() {
-    let sb = sandbox().await;
-    let c = client(&sb);
+    let (sb, c) = sandbox_and_client().await;
     for kind in [TargetKind::Archive, TargetKind::ReaderStudy] {
         let t = target(&c, kind).await;
-        let dir = tempfile::tempdir().unwrap();
-        let junk = dir.path().join("junk.mha");
-        std::fs::write(&junk, b"this is not an image").unwrap();
-        let item = c.create_item(&t, "broken-image").await.unwrap();
-        let u = upload(&c, &junk).await.api_url;
-        c.patch_values(
-            &t,
-            &item.pk,
-            &[entry("ct-image", ValueSource::UserUploads(vec![u.clone()]))],
-        )
-        .await
-        .unwrap();
-        let err = c
-            .await_values(
-                &t,
-                &item.pk,
-                &[expect("ct-image", Awaiting::Image { uploads: vec![u] })],
-                &timing(),
-            )
+        let junk = b"this is not an image";
+        let (item, u) = item_and_upload(&c, &t, "broken-image", "junk.mha", junk).await;
+        let image = (
+            entry("ct-image", ValueSource::UserUploads(vec![u.clone()])),
+            expect("ct-image", Awaiting::Image { uploads: vec![u] }),
+        );
+        let err = set_and_await(&c, &t, &item.pk, image, &timing())
             .await
             .unwrap_err();
         let GcError::ImportFailed { socket, message } = &err else {
@@ -363,33 +360,19 @@ async fn a_failed_image_import_is_reported_with_the_sessions_message() {
 
 #[tokio::test]
 async fn a_file_the_platform_never_accepts_is_reported_at_the_deadline() {
-    let sb = sandbox().await;
-    let c = client(&sb);
-    let t = target(&c, TargetKind::Archive).await;
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("results.json");
-    std::fs::write(&bad, b"{not json").unwrap();
-    let item = c.create_item(&t, "bad-json-file").await.unwrap();
-    let u = upload(&c, &bad).await.api_url;
-    c.patch_values(
-        &t,
-        &item.pk,
-        &[entry("results-json", ValueSource::UserUpload(u.clone()))],
-    )
-    .await
-    .unwrap();
+    let (sb, c, t) = sandbox_client_target(TargetKind::Archive).await;
+    let bad = b"{not json";
+    let (item, u) = item_and_upload(&c, &t, "bad-json-file", "results.json", bad).await;
+    let file = (
+        entry("results-json", ValueSource::UserUpload(u.clone())),
+        expect("results-json", Awaiting::File { upload: u }),
+    );
     let quick = VerifyTiming {
         file_deadline: Duration::from_millis(1500),
         ..timing()
     };
     let started = Instant::now();
-    let err = c
-        .await_values(
-            &t,
-            &item.pk,
-            &[expect("results-json", Awaiting::File { upload: u })],
-            &quick,
-        )
+    let err = set_and_await(&c, &t, &item.pk, file, &quick)
         .await
         .unwrap_err();
     let GcError::ImportFailed { socket, message } = &err else {
@@ -405,16 +388,12 @@ async fn a_file_the_platform_never_accepts_is_reported_at_the_deadline() {
         dicom_deadline: Duration::from_millis(300),
         ..timing()
     };
+    let set = [expect(
+        "dicom-image-set",
+        Awaiting::DicomImageSet { uploads: vec![] },
+    )];
     let err = c
-        .await_values(
-            &t,
-            &item.pk,
-            &[expect(
-                "dicom-image-set",
-                Awaiting::DicomImageSet { uploads: vec![] },
-            )],
-            &dicom,
-        )
+        .await_values(&t, &item.pk, &set, &dicom)
         .await
         .unwrap_err();
     assert!(
@@ -426,8 +405,7 @@ async fn a_file_the_platform_never_accepts_is_reported_at_the_deadline() {
 
 #[tokio::test]
 async fn duplicate_titles_are_recognised_and_the_item_is_found_by_paging() {
-    let sb = sandbox().await;
-    let c = client(&sb);
+    let (sb, c) = sandbox_and_client().await;
     for kind in [TargetKind::Archive, TargetKind::ReaderStudy] {
         let t = target(&c, kind).await;
         let first = c.create_item(&t, "case-0000").await.unwrap();
@@ -438,18 +416,8 @@ async fn duplicate_titles_are_recognised_and_the_item_is_found_by_paging() {
         let err = c.create_item(&t, "case-0000").await.unwrap_err();
         assert!(err.is_duplicate_title(), "{err}");
         assert!(matches!(err, GcError::Rejected { status: 400, .. }));
-        let found = c
-            .find_item_by_title(&t, "case-0000")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(found.pk, first.pk);
-        let last = c
-            .find_item_by_title(&t, "case-0105")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(last.title, "case-0105");
+        assert_eq!(titled(&c, &t, "case-0000").await.pk, first.pk);
+        assert_eq!(titled(&c, &t, "case-0105").await.title, "case-0105");
         assert!(
             c.find_item_by_title(&t, "case-9999")
                 .await
@@ -477,9 +445,7 @@ async fn duplicate_titles_are_recognised_and_the_item_is_found_by_paging() {
 
 #[tokio::test]
 async fn every_error_class_carries_the_platforms_words() {
-    let sb = sandbox().await;
-    let c = client(&sb);
-    let archive = target(&c, TargetKind::Archive).await;
+    let (sb, c, archive) = sandbox_client_target(TargetKind::Archive).await;
     let study = target(&c, TargetKind::ReaderStudy).await;
     let item = c.create_item(&archive, "errors").await.unwrap();
 
@@ -487,14 +453,8 @@ async fn every_error_class_carries_the_platforms_words() {
     let reader = client_as(&sb, DEMO_READER_TOKEN);
     let ra = target(&reader, TargetKind::Archive).await;
     reader.get_item(&ra, &item.pk).await.unwrap();
-    let err = reader
-        .patch_values(
-            &ra,
-            &item.pk,
-            &[entry("notes", ValueSource::Value(json!("x")))],
-        )
-        .await
-        .unwrap_err();
+    let notes = entry("notes", ValueSource::Value(json!("x")));
+    let err = patch_one(&reader, &ra, &item.pk, notes).await.unwrap_err();
     assert!(
         matches!(&err, GcError::Auth { status: 403, detail } if detail.contains("You do not have permission")),
         "{err}"
@@ -572,17 +532,9 @@ async fn every_error_class_carries_the_platforms_words() {
     );
 
     // 400 as a bare array: the answered display set is frozen.
-    let answered = c
-        .find_item_by_title(&study, "answered-case")
-        .await
-        .unwrap()
-        .unwrap();
-    let err = c
-        .patch_values(
-            &study,
-            &answered.pk,
-            &[entry("notes", ValueSource::Value(json!("x")))],
-        )
+    let answered = titled(&c, &study, "answered-case").await;
+    let notes = entry("notes", ValueSource::Value(json!("x")));
+    let err = patch_one(&c, &study, &answered.pk, notes)
         .await
         .unwrap_err();
     assert!(
@@ -600,34 +552,14 @@ async fn every_error_class_carries_the_platforms_words() {
 
 #[tokio::test]
 async fn html_500_is_retried_for_reads_but_not_for_writes() {
-    let sb = sandbox().await;
-    let c = client(&sb);
-    let t = target(&c, TargetKind::Archive).await;
+    let (sb, c, t) = sandbox_client_target(TargetKind::Archive).await;
     let item = c.create_item(&t, "five-hundred").await.unwrap();
 
-    sb.set_faults(vec![rule(
-        "GET",
-        "/api/v1/archives/items/*",
-        FaultAction::Status {
-            status: 500,
-            retry_after: None,
-        },
-        Some(2),
-    )])
-    .unwrap();
+    set_faults(&sb, &["GET /api/v1/archives/items/* 500 times=2"]);
     assert_eq!(c.get_item(&t, &item.pk).await.unwrap().pk, item.pk);
     assert_eq!(count(&sb, "GET /api/v1/archives/items/{pk}/ 500"), 2);
 
-    sb.set_faults(vec![rule(
-        "POST",
-        "/api/v1/archives/items/",
-        FaultAction::Status {
-            status: 500,
-            retry_after: None,
-        },
-        Some(1),
-    )])
-    .unwrap();
+    set_faults(&sb, &["POST /api/v1/archives/items/ 500 times=1"]);
     let err = c.create_item(&t, "not-repeated").await.unwrap_err();
     let GcError::Unavailable { message, .. } = &err else {
         panic!("{err}")
@@ -654,19 +586,8 @@ async fn html_500_is_retried_for_reads_but_not_for_writes() {
 #[tokio::test]
 async fn retry_after_is_honoured_then_the_request_succeeds() {
     let sb = sandbox().await;
-    let mut cfg = config(&sb, DEMO_TOKEN);
-    cfg.retry.max_delay = Duration::from_secs(5);
-    let c = Client::new(cfg).unwrap();
-    sb.set_faults(vec![rule(
-        "GET",
-        "/api/v1/archives/",
-        FaultAction::Status {
-            status: 429,
-            retry_after: Some(1),
-        },
-        Some(1),
-    )])
-    .unwrap();
+    let c = client_with(&sb, |cfg| cfg.retry.max_delay = Duration::from_secs(5));
+    set_faults(&sb, &["GET /api/v1/archives/ 429 retry-after=1 times=1"]);
     let started = Instant::now();
     let t = target(&c, TargetKind::Archive).await;
     assert!(
@@ -676,16 +597,10 @@ async fn retry_after_is_honoured_then_the_request_succeeds() {
     );
     assert_eq!(count(&sb, "GET /api/v1/archives/ 429"), 1);
 
-    sb.set_faults(vec![rule(
-        "POST",
-        "/api/v1/archives/items/",
-        FaultAction::Status {
-            status: 503,
-            retry_after: Some(1),
-        },
-        Some(1),
-    )])
-    .unwrap();
+    set_faults(
+        &sb,
+        &["POST /api/v1/archives/items/ 503 retry-after=1 times=1"],
+    );
     let started = Instant::now();
     c.create_item(&t, "after-503").await.unwrap();
     assert!(started.elapsed() >= Duration::from_secs(1));
@@ -693,16 +608,7 @@ async fn retry_after_is_honoured_then_the_request_succeeds() {
     assert_eq!(count(&sb, "POST /api/v1/archives/items/ 201"), 1);
 
     // A budget spent on 502s ends as Unavailable, retryable later.
-    sb.set_faults(vec![rule(
-        "GET",
-        "/api/v1/archives/items/*",
-        FaultAction::Status {
-            status: 502,
-            retry_after: None,
-        },
-        None,
-    )])
-    .unwrap();
+    set_faults(&sb, &["GET /api/v1/archives/items/* 502"]);
     let err = c.find_item_by_title(&t, "after-503").await.unwrap_err();
     assert!(
         matches!(&err, GcError::Unavailable { message, .. } if message.contains("502 Bad Gateway") && message.contains("after 5 attempts")),
@@ -714,29 +620,17 @@ async fn retry_after_is_honoured_then_the_request_succeeds() {
 
 #[tokio::test]
 async fn dropped_connections_are_retried() {
-    let sb = sandbox().await;
-    let c = client(&sb);
-    let t = target(&c, TargetKind::Archive).await;
+    let (sb, c, t) = sandbox_client_target(TargetKind::Archive).await;
     let item = c.create_item(&t, "dropped").await.unwrap();
 
     // Before the server handles the request, and in the middle of its answer.
-    let mut after = rule(
-        "PATCH",
-        "/api/v1/archives/items/*",
-        FaultAction::Drop,
-        Some(1),
+    set_faults(
+        &sb,
+        &[
+            "GET /api/v1/archives/items/* drop times=2",
+            "PATCH /api/v1/archives/items/* drop after times=1",
+        ],
     );
-    after.after = true;
-    sb.set_faults(vec![
-        rule(
-            "GET",
-            "/api/v1/archives/items/*",
-            FaultAction::Drop,
-            Some(2),
-        ),
-        after,
-    ])
-    .unwrap();
     c.get_item(&t, &item.pk).await.unwrap();
     assert_eq!(count(&sb, "GET /api/v1/archives/items/{pk}/ dropped"), 2);
     let entries = [entry("lesion-count", ValueSource::Value(json!(4)))];
@@ -755,17 +649,11 @@ async fn a_create_whose_answer_is_lost_is_not_repeated_and_a_second_meets_the_un
     // The server creates the item but the answer is cut. The client does not repeat it (a repeat could
     // not tell its own item from another's): the caller, which recorded the request, tries again and
     // meets the unique title, and looks the item up instead of creating a second one.
-    let sb = sandbox().await;
-    let c = client(&sb);
-    let t = target(&c, TargetKind::ReaderStudy).await;
-    let mut lost = rule(
-        "POST",
-        "/api/v1/reader-studies/display-sets/",
-        FaultAction::Drop,
-        Some(1),
+    let (sb, c, t) = sandbox_client_target(TargetKind::ReaderStudy).await;
+    set_faults(
+        &sb,
+        &["POST /api/v1/reader-studies/display-sets/ drop after times=1"],
     );
-    lost.after = true;
-    sb.set_faults(vec![lost]).unwrap();
     let err = c.create_item(&t, "once-only").await.unwrap_err();
     assert!(
         matches!(err, GcError::Unavailable { .. })
@@ -774,12 +662,7 @@ async fn a_create_whose_answer_is_lost_is_not_repeated_and_a_second_meets_the_un
     );
     let err = c.create_item(&t, "once-only").await.unwrap_err();
     assert!(err.is_duplicate_title(), "{err}");
-    let found = c
-        .find_item_by_title(&t, "once-only")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(found.title, "once-only");
+    assert_eq!(titled(&c, &t, "once-only").await.title, "once-only");
     let sets = &sb.state()["reader_studies"][0]["display_sets"];
     assert_eq!(
         sets.as_array()
@@ -838,16 +721,11 @@ async fn plain_http_is_refused_unless_on_loopback() {
 #[tokio::test]
 async fn a_stalled_answer_times_out_and_is_retried() {
     let sb = sandbox().await;
-    sb.set_faults(vec![rule(
-        "GET",
-        "/api/v1/profiles/users/self/",
-        FaultAction::Latency { ms: 3000 },
-        Some(1),
-    )])
-    .unwrap();
-    let mut cfg = config(&sb, DEMO_TOKEN);
-    cfg.timeout = Duration::from_millis(400);
-    let c = Client::new(cfg).unwrap();
+    set_faults(
+        &sb,
+        &["GET /api/v1/profiles/users/self/ latency=3000 times=1"],
+    );
+    let c = client_with(&sb, |cfg| cfg.timeout = Duration::from_millis(400));
     let started = Instant::now();
     assert_eq!(c.whoami().await.unwrap(), "demo");
     assert!(

@@ -2,6 +2,7 @@
 //! crash, fresh URLs after refused parts, dead uploads, quotas, concurrency limits, and the token never
 //! reaching the storage endpoint.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,11 +14,50 @@ use gc_client::{
 use gc_sandbox::FaultAction;
 use gc_testkit::client::*;
 
-fn local(path: &std::path::Path) -> LocalFile {
-    LocalFile {
-        path: path.to_path_buf(),
-        filename: path.file_name().unwrap().to_string_lossy().into_owned(),
+/// A scratch folder holding one file `name` of `len` pseudo-random bytes (see [`data_file`]), and the
+/// file's path.
+fn scratch_file(name: &str, len: usize, seed: u8) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = data_file(dir.path(), name, len, seed);
+    (dir, path)
+}
+
+/// `path` uploaded, which must fail; the error.
+async fn upload_fails(c: &Client, path: &Path, observer: &dyn UploadObserver) -> GcError {
+    c.upload_file(&local_file(path), None, observer)
+        .await
+        .unwrap_err()
+}
+
+/// A client that sends one part at a time, so that its observer hears the parts in order.
+fn one_part_at_a_time(sb: &gc_sandbox::Sandbox) -> Client {
+    client_with(sb, |c| c.parallel_parts = 1)
+}
+
+/// Where to resume `upload` from.
+fn resume_from(upload: &UserUpload) -> ResumeFrom {
+    ResumeFrom {
+        upload_pk: upload.pk.clone(),
+        s3_upload_id: upload.s3_upload_id.clone(),
     }
+}
+
+/// `file` uploaded as the continuation of `from`, which must succeed; the upload and what its observer
+/// heard.
+async fn resume(c: &Client, file: &LocalFile, from: &UserUpload) -> (UserUpload, Recorder) {
+    let rec = Recorder::default();
+    let done = c
+        .upload_file(file, Some(&resume_from(from)), &rec)
+        .await
+        .unwrap();
+    (done, rec)
+}
+
+/// The sandbox answers 500 to `complete-multipart-upload`, the first `times` times (or always).
+fn complete_fails(sb: &gc_sandbox::Sandbox, times: Option<u64>) {
+    let path = "/api/v1/uploads/*/complete-multipart-upload/";
+    sb.set_faults(vec![rule("PATCH", path, status(500), times)])
+        .unwrap();
 }
 
 /// Attach an upload to the `report` file socket of a new archive item and return the stored file's
@@ -62,14 +102,13 @@ async fn attach_as_report(
 
 #[tokio::test]
 async fn a_multipart_file_arrives_intact() {
-    let sb = sandbox().await;
-    let c = client(&sb);
+    let (sb, c) = sandbox_and_client().await;
     let dir = tempfile::tempdir().unwrap();
     let len = 4 * PART as usize + 1000;
     let path = data_file(dir.path(), "scan.bin", len, 7);
     let rec = Recorder::default();
 
-    let upload = c.upload_file(&local(&path), None, &rec).await.unwrap();
+    let upload = c.upload_file(&local_file(&path), None, &rec).await.unwrap();
 
     assert_eq!(upload.status, "Completed");
     assert_eq!(upload.filename, "scan.bin");
@@ -145,23 +184,13 @@ async fn a_multipart_file_arrives_intact() {
 
 #[tokio::test]
 async fn an_empty_file_is_one_empty_part() {
-    let sb = sandbox().await;
-    let c = client(&sb);
-    let dir = tempfile::tempdir().unwrap();
-    let path = data_file(dir.path(), "empty.pdf", 0, 0);
+    let (sb, c) = sandbox_and_client().await;
+    let (_dir, path) = scratch_file("empty.pdf", 0, 0);
     let rec = Recorder::default();
-    let upload = c.upload_file(&local(&path), None, &rec).await.unwrap();
+    let upload = c.upload_file(&local_file(&path), None, &rec).await.unwrap();
     assert_eq!(upload.status, "Completed");
     assert_eq!(count(&sb, &format!("{S3_PUT} 200")), 1);
-    assert_eq!(
-        rec.parts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|p| p.1)
-            .collect::<Vec<_>>(),
-        [1]
-    );
+    assert_eq!(rec.part_numbers(), [1]);
     let (size, sha) = attach_as_report(&sb, &c, &upload, "empty").await;
     assert_eq!(size, 0);
     assert_eq!(sha, sha256_hex(&path));
@@ -174,6 +203,29 @@ struct CrashAfter {
     after: usize,
     crash: tokio::sync::Notify,
     created: Mutex<Option<UserUpload>>,
+}
+
+impl CrashAfter {
+    fn new(after: usize) -> CrashAfter {
+        CrashAfter {
+            parts: AtomicUsize::new(0),
+            after,
+            crash: tokio::sync::Notify::new(),
+            created: Mutex::new(None),
+        }
+    }
+}
+
+/// Upload `file` until `after` parts are done, then stop, like a process that dies right then; the
+/// upload as its creation answered.
+async fn cut_short(c: &Client, file: &LocalFile, after: usize) -> UserUpload {
+    let crash = CrashAfter::new(after);
+    tokio::select! {
+        biased;
+        _ = crash.crash.notified() => {}
+        r = c.upload_file(file, None, &crash) => panic!("the upload should have been cut short: {r:?}"),
+    }
+    crash.created.lock().unwrap().clone().unwrap()
 }
 
 impl UploadObserver for CrashAfter {
@@ -190,38 +242,19 @@ impl UploadObserver for CrashAfter {
 #[tokio::test]
 async fn an_interrupted_upload_resumes_with_only_the_missing_parts() {
     let sb = sandbox().await;
-    let mut cfg = config(&sb, gc_sandbox::DEMO_TOKEN);
-    cfg.parallel_parts = 1;
-    let c = Client::new(cfg).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let c = one_part_at_a_time(&sb);
     let len = 4 * PART as usize + 123;
-    let path = data_file(dir.path(), "big.bin", len, 3);
-    let file = local(&path);
+    let (_dir, path) = scratch_file("big.bin", len, 3);
+    let file = local_file(&path);
 
-    let crash = CrashAfter {
-        parts: AtomicUsize::new(0),
-        after: 2,
-        crash: tokio::sync::Notify::new(),
-        created: Mutex::new(None),
-    };
-    tokio::select! {
-        biased;
-        _ = crash.crash.notified() => {}
-        r = c.upload_file(&file, None, &crash) => panic!("the upload should have been cut short: {r:?}"),
-    }
-    let first = crash.created.lock().unwrap().clone().unwrap();
+    let first = cut_short(&c, &file, 2).await;
     assert_eq!(count(&sb, &format!("{S3_PUT} 200")), 2);
     assert_eq!(
         upload_state(&sb, &first.pk).unwrap()["status"],
         "Initialized"
     );
 
-    let rec = Recorder::default();
-    let resume = ResumeFrom {
-        upload_pk: first.pk.clone(),
-        s3_upload_id: first.s3_upload_id.clone(),
-    };
-    let done = c.upload_file(&file, Some(&resume), &rec).await.unwrap();
+    let (done, rec) = resume(&c, &file, &first).await;
 
     assert_eq!(done.pk, first.pk, "the same upload was continued");
     assert!(
@@ -234,17 +267,12 @@ async fn an_interrupted_upload_resumes_with_only_the_missing_parts() {
         5,
         "parts 3, 4 and 5 only were sent again"
     );
-    let mut resent: Vec<u32> = rec.parts.lock().unwrap().iter().map(|p| p.1).collect();
-    resent.sort();
-    assert_eq!(resent, [3, 4, 5]);
+    assert_eq!(rec.part_numbers(), [3, 4, 5]);
     let (size, sha) = attach_as_report(&sb, &c, &done, "resumed").await;
     assert_eq!((size, sha), (len as u64, sha256_hex(&path)));
 
     // The file socket consumed that upload, so resuming it now starts a new one.
-    let again = c
-        .upload_file(&file, Some(&resume), &NoObserver)
-        .await
-        .unwrap();
+    let (again, _) = resume(&c, &file, &first).await;
     assert_ne!(again.pk, first.pk);
     sb.stop().await;
 }
@@ -252,41 +280,20 @@ async fn an_interrupted_upload_resumes_with_only_the_missing_parts() {
 #[tokio::test]
 async fn a_part_rewritten_since_the_interruption_is_sent_again() {
     let sb = sandbox().await;
-    let mut cfg = config(&sb, gc_sandbox::DEMO_TOKEN);
-    cfg.parallel_parts = 1;
-    let c = Client::new(cfg).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = data_file(dir.path(), "edited.bin", 3 * PART as usize, 6);
-    let file = local(&path);
-    let crash = CrashAfter {
-        parts: AtomicUsize::new(0),
-        after: 2,
-        crash: tokio::sync::Notify::new(),
-        created: Mutex::new(None),
-    };
-    tokio::select! {
-        biased;
-        _ = crash.crash.notified() => {}
-        r = c.upload_file(&file, None, &crash) => panic!("the upload should have been cut short: {r:?}"),
-    }
-    let first = crash.created.lock().unwrap().clone().unwrap();
+    let c = one_part_at_a_time(&sb);
+    let (_dir, path) = scratch_file("edited.bin", 3 * PART as usize, 6);
+    let file = local_file(&path);
+    let first = cut_short(&c, &file, 2).await;
 
     // Same size, different bytes in part 1.
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[10] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
 
-    let rec = Recorder::default();
-    let resume = ResumeFrom {
-        upload_pk: first.pk.clone(),
-        s3_upload_id: first.s3_upload_id.clone(),
-    };
-    let done = c.upload_file(&file, Some(&resume), &rec).await.unwrap();
+    let (done, rec) = resume(&c, &file, &first).await;
     assert_eq!(done.pk, first.pk);
-    let mut sent: Vec<u32> = rec.parts.lock().unwrap().iter().map(|p| p.1).collect();
-    sent.sort();
     assert_eq!(
-        sent,
+        rec.part_numbers(),
         [1, 3],
         "part 1 changed, part 2 did not, part 3 was missing"
     );
@@ -297,20 +304,13 @@ async fn a_part_rewritten_since_the_interruption_is_sent_again() {
 
 #[tokio::test]
 async fn resuming_a_completed_upload_returns_it_and_a_vanished_one_starts_over() {
-    let sb = sandbox().await;
-    let c = client(&sb);
-    let dir = tempfile::tempdir().unwrap();
-    let path = data_file(dir.path(), "a.bin", 2 * PART as usize, 1);
-    let file = local(&path);
-    let done = c.upload_file(&file, None, &NoObserver).await.unwrap();
+    let (sb, c) = sandbox_and_client().await;
+    let (_dir, path) = scratch_file("a.bin", 2 * PART as usize, 1);
+    let file = local_file(&path);
+    let done = upload(&c, &path).await;
     let puts = count(&sb, &format!("{S3_PUT} 200"));
 
-    let resume = ResumeFrom {
-        upload_pk: done.pk.clone(),
-        s3_upload_id: done.s3_upload_id.clone(),
-    };
-    let rec = Recorder::default();
-    let again = c.upload_file(&file, Some(&resume), &rec).await.unwrap();
+    let (again, rec) = resume(&c, &file, &done).await;
     assert_eq!(again.pk, done.pk);
     assert_eq!(
         count(&sb, &format!("{S3_PUT} 200")),
@@ -332,13 +332,9 @@ async fn resuming_a_completed_upload_returns_it_and_a_vanished_one_starts_over()
 async fn the_token_never_reaches_the_storage_endpoint() {
     // The sandbox's S3 endpoint answers 400 InvalidArgument to any request carrying Authorization, as S3
     // does; a client that leaked the token would fail here or be counted.
-    let sb = sandbox().await;
-    let c = client(&sb);
-    let dir = tempfile::tempdir().unwrap();
-    let path = data_file(dir.path(), "t.bin", 3 * PART as usize, 9);
-    c.upload_file(&local(&path), None, &NoObserver)
-        .await
-        .unwrap();
+    let (sb, c) = sandbox_and_client().await;
+    let (_dir, path) = scratch_file("t.bin", 3 * PART as usize, 9);
+    upload(&c, &path).await;
     assert_eq!(count(&sb, &format!("{S3_PUT} 200")), 3);
     assert_eq!(
         count_any(&sb, S3_PUT),
@@ -351,37 +347,19 @@ async fn the_token_never_reaches_the_storage_endpoint() {
 
 #[tokio::test]
 async fn refused_and_failed_parts_are_retried_with_fresh_urls() {
-    let sb = sandbox().await;
-    let c = client(&sb);
-    let dir = tempfile::tempdir().unwrap();
-    let path = data_file(dir.path(), "r.bin", 3 * PART as usize, 5);
+    let (sb, c) = sandbox_and_client().await;
+    let (_dir, path) = scratch_file("r.bin", 3 * PART as usize, 5);
     // An expired or refused URL (403), S3 slowing down (503), a connection cut mid-request.
     let faults = [
-        (
-            FaultAction::Status {
-                status: 403,
-                retry_after: None,
-            },
-            "403",
-        ),
-        (
-            FaultAction::Status {
-                status: 503,
-                retry_after: None,
-            },
-            "503",
-        ),
+        (status(403), "403"),
+        (status(503), "503"),
         (FaultAction::Drop, "dropped"),
     ];
     for (round, (action, label)) in faults.into_iter().enumerate() {
         let presigned_before = count(&sb, &format!("{PRESIGN} 200"));
         sb.set_faults(vec![rule("PUT", "/s3/*", action, Some(1))])
             .unwrap();
-        let upload = c
-            .upload_file(&local(&path), None, &NoObserver)
-            .await
-            .unwrap();
-        assert_eq!(upload.status, "Completed");
+        assert_eq!(upload(&c, &path).await.status, "Completed");
         assert_eq!(count(&sb, &format!("{S3_PUT} {label}")), 1, "{label}");
         assert_eq!(
             count(&sb, &format!("{S3_PUT} 200")),
@@ -400,22 +378,11 @@ async fn refused_and_failed_parts_are_retried_with_fresh_urls() {
 
 #[tokio::test]
 async fn a_dead_upload_is_aborted_and_started_again_once() {
-    let sb = sandbox().await;
-    sb.set_faults(vec![rule(
-        "PATCH",
-        "/api/v1/uploads/*/complete-multipart-upload/",
-        FaultAction::Status {
-            status: 500,
-            retry_after: None,
-        },
-        Some(1),
-    )])
-    .unwrap();
-    let c = client(&sb);
-    let dir = tempfile::tempdir().unwrap();
-    let path = data_file(dir.path(), "d.bin", 2 * PART as usize + 5, 2);
+    let (sb, c) = sandbox_and_client().await;
+    complete_fails(&sb, Some(1));
+    let (_dir, path) = scratch_file("d.bin", 2 * PART as usize + 5, 2);
     let rec = Recorder::default();
-    let upload = c.upload_file(&local(&path), None, &rec).await.unwrap();
+    let upload = c.upload_file(&local_file(&path), None, &rec).await.unwrap();
     let created = rec.created.lock().unwrap().clone();
     assert_eq!(created.len(), 2, "a second upload was created");
     assert_eq!(upload.pk, created[1].pk);
@@ -437,22 +404,11 @@ async fn a_dead_upload_is_aborted_and_started_again_once() {
 
 #[tokio::test]
 async fn an_upload_that_dies_twice_is_aborted_and_reported() {
-    let sb = sandbox().await;
-    sb.set_faults(vec![rule(
-        "PATCH",
-        "/api/v1/uploads/*/complete-multipart-upload/",
-        FaultAction::Status {
-            status: 500,
-            retry_after: None,
-        },
-        None,
-    )])
-    .unwrap();
-    let c = client(&sb);
-    let dir = tempfile::tempdir().unwrap();
-    let path = data_file(dir.path(), "dd.bin", 10, 2);
+    let (sb, c) = sandbox_and_client().await;
+    complete_fails(&sb, None);
+    let (_dir, path) = scratch_file("dd.bin", 10, 2);
     let rec = Recorder::default();
-    let err = c.upload_file(&local(&path), None, &rec).await.unwrap_err();
+    let err = upload_fails(&c, &path, &rec).await;
     assert!(matches!(err, GcError::UploadDead { .. }), "{err}");
     assert!(!err.to_string().contains("<html"), "{err}");
     for u in rec.created.lock().unwrap().iter() {
@@ -479,15 +435,9 @@ impl UploadObserver for Grow {
 #[tokio::test]
 async fn a_file_that_changes_size_during_the_upload_is_an_error() {
     let sb = sandbox().await;
-    let mut cfg = config(&sb, gc_sandbox::DEMO_TOKEN);
-    cfg.parallel_parts = 1;
-    let c = Client::new(cfg).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = data_file(dir.path(), "growing.bin", 3 * PART as usize, 4);
-    let err = c
-        .upload_file(&local(&path), None, &Grow(path.clone()))
-        .await
-        .unwrap_err();
+    let c = one_part_at_a_time(&sb);
+    let (_dir, path) = scratch_file("growing.bin", 3 * PART as usize, 4);
+    let err = upload_fails(&c, &path, &Grow(path.clone())).await;
     assert!(matches!(err, GcError::Io { .. }), "{err}");
     assert!(err.to_string().contains("changed size"), "{err}");
     let uploads = sb.state()["uploads"].as_array().unwrap().clone();
@@ -501,35 +451,24 @@ async fn a_file_that_changes_size_during_the_upload_is_an_error() {
 
 #[tokio::test]
 async fn too_many_uploads_is_a_wait_later_error() {
-    let sb = sandbox().await;
-    sb.set_faults(vec![rule(
-        "POST",
-        "/api/v1/uploads/",
-        FaultAction::TooManyUploads { threshold: 1 },
-        None,
-    )])
-    .unwrap();
-    let c = client(&sb);
-    let dir = tempfile::tempdir().unwrap();
-    let path = data_file(dir.path(), "q.bin", 10, 1);
-    c.upload_file(&local(&path), None, &NoObserver)
-        .await
+    let (sb, c) = sandbox_and_client().await;
+    let too_many = FaultAction::TooManyUploads { threshold: 1 };
+    sb.set_faults(vec![rule("POST", "/api/v1/uploads/", too_many, None)])
         .unwrap();
-    let err = c
-        .upload_file(&local(&path), None, &NoObserver)
-        .await
-        .unwrap_err();
+    let (_dir, path) = scratch_file("q.bin", 10, 1);
+    upload(&c, &path).await;
+    let err = upload_fails(&c, &path, &NoObserver).await;
+    assert_eq!(
+        count(&sb, "POST /api/v1/uploads/ 400"),
+        1,
+        "not retried by the client itself"
+    );
     assert!(matches!(err, GcError::TooManyUploads(_)), "{err}");
     assert!(err.is_retryable_later());
     assert!(
         err.to_string()
             .contains("You have created too many uploads"),
         "{err}"
-    );
-    assert_eq!(
-        count(&sb, "POST /api/v1/uploads/ 400"),
-        1,
-        "not retried by the client itself"
     );
     sb.stop().await;
 }
@@ -539,16 +478,14 @@ async fn the_byte_quota_is_a_wait_later_error() {
     let sb = sandbox_with(|o| o.upload_limit_verified = 3 * PART).await;
     let c = client(&sb);
     let dir = tempfile::tempdir().unwrap();
-    let first = data_file(dir.path(), "first.bin", 3 * PART as usize, 1);
-    c.upload_file(&local(&first), None, &NoObserver)
-        .await
-        .unwrap();
+    upload(
+        &c,
+        &data_file(dir.path(), "first.bin", 3 * PART as usize, 1),
+    )
+    .await;
     let second = data_file(dir.path(), "second.bin", PART as usize, 2);
     let rec = Recorder::default();
-    let err = c
-        .upload_file(&local(&second), None, &rec)
-        .await
-        .unwrap_err();
+    let err = upload_fails(&c, &second, &rec).await;
     assert!(matches!(err, GcError::UploadLimit(_)), "{err}");
     assert!(err.is_retryable_later());
     let pk = rec.created.lock().unwrap()[0].pk.clone();
@@ -559,10 +496,10 @@ async fn the_byte_quota_is_a_wait_later_error() {
 #[tokio::test]
 async fn files_in_flight_are_bounded_client_wide() {
     let sb = sandbox().await;
-    let mut cfg = config(&sb, gc_sandbox::DEMO_TOKEN);
-    cfg.parallel_files = 2;
-    cfg.parallel_parts = 3;
-    let c = Client::new(cfg).unwrap();
+    let c = client_with(&sb, |cfg| {
+        cfg.parallel_files = 2;
+        cfg.parallel_parts = 3;
+    });
     let dir = tempfile::tempdir().unwrap();
 
     /// Counts uploads between `created` and the end of `upload_file`.
@@ -577,7 +514,7 @@ async fn files_in_flight_are_bounded_client_wide() {
     let peak = Arc::new(AtomicUsize::new(0));
     let files: Vec<LocalFile> = (0..6)
         .map(|i| {
-            local(&data_file(
+            local_file(&data_file(
                 dir.path(),
                 &format!("f{i}.bin"),
                 2 * PART as usize + 1 + i,
@@ -616,24 +553,13 @@ async fn files_in_flight_are_bounded_client_wide() {
 #[tokio::test]
 async fn a_stalled_part_times_out_and_is_sent_again() {
     let sb = sandbox().await;
-    sb.set_faults(vec![rule(
-        "PUT",
-        "/s3/*",
-        FaultAction::Latency { ms: 3000 },
-        Some(1),
-    )])
-    .unwrap();
-    let mut cfg = config(&sb, gc_sandbox::DEMO_TOKEN);
-    cfg.timeout = Duration::from_millis(400);
-    let c = Client::new(cfg).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = data_file(dir.path(), "slow.bin", PART as usize, 1);
-    let started = std::time::Instant::now();
-    let upload = c
-        .upload_file(&local(&path), None, &NoObserver)
-        .await
+    let stall = FaultAction::Latency { ms: 3000 };
+    sb.set_faults(vec![rule("PUT", "/s3/*", stall, Some(1))])
         .unwrap();
-    assert_eq!(upload.status, "Completed");
+    let c = client_with(&sb, |cfg| cfg.timeout = Duration::from_millis(400));
+    let (_dir, path) = scratch_file("slow.bin", PART as usize, 1);
+    let started = std::time::Instant::now();
+    assert_eq!(upload(&c, &path).await.status, "Completed");
     assert!(
         started.elapsed() < Duration::from_millis(2500),
         "gave up on the stalled PUT instead of waiting it out: {:?}",

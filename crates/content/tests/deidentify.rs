@@ -111,19 +111,16 @@ fn pixel_module(rows: u16, cols: u16, bits: u16) -> Vec<DataElement<InMemDicomOb
     ]
 }
 
+/// The text of `tag` in `obj`, which must hold it.
+fn text(obj: &InMemDicomObject, tag: Tag) -> String {
+    obj.element(tag).unwrap().to_str().unwrap().to_string()
+}
+
 fn write(path: &Path, obj: InMemDicomObject, ts: &str) {
-    let class = obj
-        .element(tags::SOP_CLASS_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let inst = obj
-        .element(tags::SOP_INSTANCE_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let (class, inst) = (
+        text(&obj, tags::SOP_CLASS_UID),
+        text(&obj, tags::SOP_INSTANCE_UID),
+    );
     let file = obj
         .with_meta(
             FileMetaTableBuilder::new()
@@ -136,16 +133,38 @@ fn write(path: &Path, obj: InMemDicomObject, ts: &str) {
     file.write_to_file(path).unwrap();
 }
 
+/// The elements of an instance `sop` of `class` in the series `series` of the corpus's study, with its
+/// pixel module of `rows` × `cols` pixels of `bits` bits (its pixel data still to add).
+fn series_file(
+    (class, sop, modality): (&str, &str, &str),
+    (rows, cols, bits): (u16, u16, u16),
+    series: &str,
+) -> Vec<DataElement<InMemDicomObject>> {
+    let mut e = patient_and_study(class, sop, modality);
+    e.extend(pixel_module(rows, cols, bits));
+    e.push(el(tags::SERIES_INSTANCE_UID, VR::UI, series));
+    e
+}
+
+/// Pixel data of `bytes`, as OB.
+fn pixel_bytes(bytes: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
+    DataElement::new(tags::PIXEL_DATA, VR::OB, bytes.into())
+}
+
 /// The corpus: file name → what it is. Fixed content, so runs compare alike.
 fn write_corpus(dir: &Path) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).unwrap();
     let mut files = Vec::new();
+    // Each file written as `name` with the transfer syntax `ts`.
+    let mut save = |name: &str, elements, ts| {
+        let path = dir.join(name);
+        write(&path, item(elements), ts);
+        files.push(path);
+    };
     // A CT series of three native 16-bit slices, the second and third referring to the first.
     for i in 1..=3u16 {
         let sop = format!("1.2.999.7.2.{i}");
-        let mut e = patient_and_study(CT_CLASS, &sop, "CT");
-        e.extend(pixel_module(8, 8, 16));
-        e.push(el(tags::SERIES_INSTANCE_UID, VR::UI, CT_SERIES_UID));
+        let mut e = series_file((CT_CLASS, &sop, "CT"), (8, 8, 16), CT_SERIES_UID);
         e.push(el(tags::INSTANCE_NUMBER, VR::IS, &i.to_string()));
         e.push(el(tags::SLICE_THICKNESS, VR::DS, "1.25"));
         e.push(el(
@@ -189,15 +208,11 @@ fn write_corpus(dir: &Path) -> Vec<PathBuf> {
             VR::OW,
             PrimitiveValue::U16(pixels.into()),
         ));
-        let path = dir.join(format!("ct-{i}.dcm"));
-        write(&path, item(e), uids::EXPLICIT_VR_LITTLE_ENDIAN);
-        files.push(path);
+        save(&format!("ct-{i}.dcm"), e, uids::EXPLICIT_VR_LITTLE_ENDIAN);
     }
     // An MR slice in implicit VR, another series of the same study, 8-bit.
     {
-        let mut e = patient_and_study(MR_CLASS, "1.2.999.7.4.1", "MR");
-        e.extend(pixel_module(4, 4, 8));
-        e.push(el(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.999.7.4"));
+        let mut e = series_file((MR_CLASS, "1.2.999.7.4.1", "MR"), (4, 4, 8), "1.2.999.7.4");
         e.push(el(tags::ECHO_TIME, VR::DS, "4.2"));
         e.push(el(tags::OPERATORS_NAME, VR::PN, "OPERATOR^ONE"));
         e.push(seq(
@@ -208,21 +223,17 @@ fn write_corpus(dir: &Path) -> Vec<PathBuf> {
                 el(tags::CODE_MEANING, VR::LO, "Homo sapiens"),
             ])],
         ));
-        e.push(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OB,
-            PrimitiveValue::from((0..16u8).collect::<Vec<_>>()),
-        ));
-        let path = dir.join("mr.dcm");
-        write(&path, item(e), uids::IMPLICIT_VR_LITTLE_ENDIAN);
-        files.push(path);
+        e.push(pixel_bytes((0..16u8).collect::<Vec<_>>()));
+        save("mr.dcm", e, uids::IMPLICIT_VR_LITTLE_ENDIAN);
     }
     // A whole-slide image: multi-frame, encapsulated (JPEG baseline syntax; the fragments are opaque),
     // with kept, blanked (Z) and nested functional-group sequences.
     {
-        let mut e = patient_and_study(WSI_CLASS, "1.2.999.7.5.1", "SM");
-        e.extend(pixel_module(16, 16, 8));
-        e.push(el(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.999.7.5"));
+        let mut e = series_file(
+            (WSI_CLASS, "1.2.999.7.5.1", "SM"),
+            (16, 16, 8),
+            "1.2.999.7.5",
+        );
         e.push(el(tags::NUMBER_OF_FRAMES, VR::IS, "3"));
         e.push(el(tags::CONTAINER_IDENTIFIER, VR::LO, "SLIDE-JD-01"));
         e.push(seq(
@@ -265,23 +276,14 @@ fn write_corpus(dir: &Path) -> Vec<PathBuf> {
             VR::OB,
             PixelFragmentSequence::new(Vec::<u32>::new(), fragments),
         ));
-        let path = dir.join("slide.dcm");
-        write(&path, item(e), uids::JPEG_BASELINE8_BIT);
-        files.push(path);
+        save("slide.dcm", e, uids::JPEG_BASELINE8_BIT);
     }
     // A secondary capture: an SOP class the procedure does not support.
     {
-        let mut e = patient_and_study(SECONDARY_CAPTURE, "1.2.999.7.6.1", "OT");
-        e.extend(pixel_module(2, 2, 8));
-        e.push(el(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.999.7.6"));
-        e.push(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OB,
-            PrimitiveValue::from(vec![1u8, 2, 3, 4]),
-        ));
-        let path = dir.join("capture.dcm");
-        write(&path, item(e), uids::EXPLICIT_VR_LITTLE_ENDIAN);
-        files.push(path);
+        let capture = (SECONDARY_CAPTURE, "1.2.999.7.6.1", "OT");
+        let mut e = series_file(capture, (2, 2, 8), "1.2.999.7.6");
+        e.push(pixel_bytes(vec![1u8, 2, 3, 4]));
+        save("capture.dcm", e, uids::EXPLICIT_VR_LITTLE_ENDIAN);
     }
     files
 }
@@ -293,22 +295,21 @@ struct UidPairs {
     theirs_to_ours: BTreeMap<String, String>,
 }
 
+/// The partner `map` already holds for `uid`, if it is another than `partner` (else `partner` is
+/// recorded as its partner).
+fn other_partner(map: &mut BTreeMap<String, String>, uid: &str, partner: &str) -> Option<String> {
+    let known = map.entry(uid.into()).or_insert_with(|| partner.into());
+    (known != partner).then(|| known.clone())
+}
+
 impl UidPairs {
     fn pair(&mut self, at: &str, ours: &str, theirs: &str, diffs: &mut Vec<String>) {
-        let a = self
-            .ours_to_theirs
-            .entry(ours.into())
-            .or_insert_with(|| theirs.into());
-        if a != theirs {
+        if let Some(a) = other_partner(&mut self.ours_to_theirs, ours, theirs) {
             diffs.push(format!(
                 "{at}: our UID {ours} pairs with both {a} and {theirs}"
             ));
         }
-        let b = self
-            .theirs_to_ours
-            .entry(theirs.into())
-            .or_insert_with(|| ours.into());
-        if b != ours {
+        if let Some(b) = other_partner(&mut self.theirs_to_ours, theirs, ours) {
             diffs.push(format!(
                 "{at}: their UID {theirs} pairs with both {b} and {ours}"
             ));
@@ -423,17 +424,40 @@ fn reference(out: &Path, corpus: &[PathBuf]) -> BTreeMap<String, String> {
     serde_json::from_slice(&stdout).unwrap()
 }
 
-#[test]
-fn agrees_with_the_reference_de_identifier_tag_by_tag() {
+/// The built-in procedure, and a fresh UID map (a new case's secret).
+fn ours() -> (&'static Procedure, UidMap) {
+    (Procedure::builtin().unwrap(), UidMap::random())
+}
+
+/// The corpus ([`write_corpus`]) in `in/` of a scratch folder.
+fn scratch_corpus() -> (tempfile::TempDir, Vec<PathBuf>) {
     let scratch = tempfile::tempdir().unwrap();
     let corpus = write_corpus(&scratch.path().join("in"));
-    let out_py = scratch.path().join("py");
-    let verdicts = reference(&out_py, &corpus);
+    (scratch, corpus)
+}
 
-    let procedure = Procedure::builtin().unwrap();
-    let uids = UidMap::random();
-    let out_rs = scratch.path().join("rs");
+/// Both de-identifiers set up over `corpus`, below `scratch`: the reference run, its verdict of each
+/// file (see [`reference`]) and its copies in `py/`; and for ours an empty `rs/` and [`ours`].
+fn both_sides(
+    scratch: &Path,
+    corpus: &[PathBuf],
+) -> (
+    BTreeMap<String, String>,
+    PathBuf,
+    PathBuf,
+    (&'static Procedure, UidMap),
+) {
+    let out_py = scratch.join("py");
+    let verdicts = reference(&out_py, corpus);
+    let out_rs = scratch.join("rs");
     std::fs::create_dir_all(&out_rs).unwrap();
+    (verdicts, out_py, out_rs, ours())
+}
+
+#[test]
+fn agrees_with_the_reference_de_identifier_tag_by_tag() {
+    let (scratch, corpus) = scratch_corpus();
+    let (verdicts, out_py, out_rs, (procedure, uids)) = both_sides(scratch.path(), &corpus);
     let mut pairs = UidPairs::default();
     let mut diffs = Vec::new();
     let mut compared = 0;
@@ -575,10 +599,8 @@ fn the_shipped_procedure_is_the_packages_file_byte_for_byte() {
 
 #[test]
 fn bad_input_is_refused_with_the_cause() {
-    let scratch = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(&scratch.path().join("in"));
-    let procedure = Procedure::builtin().unwrap();
-    let uids = UidMap::random();
+    let (scratch, corpus) = scratch_corpus();
+    let (procedure, uids) = ours();
     let dst = scratch.path().join("out.dcm");
 
     let text = scratch.path().join("notes.dcm");
@@ -608,10 +630,8 @@ fn bad_input_is_refused_with_the_cause() {
 /// to upload. The copies depend only on the file and the case's secret.
 #[test]
 fn the_same_file_and_secret_give_the_same_bytes() {
-    let scratch = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(&scratch.path().join("in"));
-    let procedure = Procedure::builtin().unwrap();
-    let uids = UidMap::random();
+    let (scratch, corpus) = scratch_corpus();
+    let (procedure, uids) = ours();
     let again = UidMap::from_hex(&uids.secret_hex()).unwrap();
     for src in corpus.iter().filter(|p| !p.ends_with("capture.dcm")) {
         let (a, b, c) = (
@@ -636,8 +656,7 @@ fn the_same_file_and_secret_give_the_same_bytes() {
 #[test]
 fn nothing_after_the_pixel_data_is_sent() {
     let scratch = tempfile::tempdir().unwrap();
-    let procedure = Procedure::builtin().unwrap();
-    let uids = UidMap::random();
+    let (procedure, uids) = ours();
     let fragments = vec![
         vec![0xFFu8, 0xD8, 1, 2, 3, 4, 0xFF, 0xD9],
         vec![0xFF, 0xD8, 5, 6, 0xFF, 0xD9],
@@ -735,13 +754,7 @@ fn every_way_dicom_is_stored_is_de_identified_as_the_reference_does() {
     let encodings = gc_testkit::python::write_encodings(&gc_testkit::venvs!(), &input);
     assert_eq!(encodings.len(), 8, "{encodings:?}");
     let corpus: Vec<PathBuf> = encodings.keys().map(|n| input.join(n)).collect();
-    let out_py = scratch.path().join("py");
-    let verdicts = reference(&out_py, &corpus);
-
-    let procedure = Procedure::builtin().unwrap();
-    let uids = UidMap::random();
-    let out_rs = scratch.path().join("rs");
-    std::fs::create_dir_all(&out_rs).unwrap();
+    let (verdicts, out_py, out_rs, (procedure, uids)) = both_sides(scratch.path(), &corpus);
     let (mut pairs, mut diffs) = (UidPairs::default(), Vec::new());
     for (name, how) in &encodings {
         let src = input.join(name);
@@ -814,8 +827,7 @@ fn damaged_files_of_every_encoding_are_refused_quickly() {
     let scratch = tempfile::tempdir().unwrap();
     let input = scratch.path().join("in");
     let encodings = gc_testkit::python::write_encodings(&gc_testkit::venvs!(), &input);
-    let procedure = Procedure::builtin().unwrap();
-    let uids = UidMap::random();
+    let (procedure, uids) = ours();
     let (src, dst) = (
         scratch.path().join("damaged"),
         scratch.path().join("out.dcm"),

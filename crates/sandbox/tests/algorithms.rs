@@ -1,7 +1,7 @@
 //! The sandbox's algorithms over loopback HTTP: lookup, jobs with value and uploaded inputs, the
 //! executor's outputs, failures, filters, permissions, limits and faults.
 
-use gc_sandbox::{FaultRule, Fixture, SandboxOptions};
+use gc_sandbox::Fixture;
 use gc_testkit::http::*;
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -27,6 +27,33 @@ async fn start_job(env: &Env, token: Option<&str>, algorithm: &str, inputs: Valu
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     r.json()
+}
+
+/// Job inputs: `n` as the `lesion-count`.
+fn lesion_count(n: i64) -> Value {
+    json!([{"interface": "lesion-count", "value": n}])
+}
+
+/// Job inputs: the upload as the `ct-image`.
+fn ct_image(upload: &Value) -> Value {
+    json!([{"interface": "ct-image", "user_uploads": [upload["api_url"]]}])
+}
+
+/// A MetaImage of `dims` (written with `seed`) uploaded as `ct.mha` by the demo user: the upload, and
+/// the file's bytes.
+async fn upload_ct(env: &Env, dims: [u32; 3], seed: u64) -> (Value, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mha = dir.path().join("ct.mha");
+    gc_content::samples::write_mha(&mha, dims, seed).unwrap();
+    let bytes = std::fs::read(&mha).unwrap();
+    (env.upload(DEMO, "ct.mha", &bytes).await, bytes)
+}
+
+/// The jobs the demo user sees with the filter `query`: the page.
+async fn jobs_where(env: &Env, query: &str) -> Value {
+    env.get(&format!("algorithms/jobs/?{query}"), DEMO)
+        .await
+        .json()
 }
 
 /// Poll the job until it has ended; returns it and every status seen on the way.
@@ -170,13 +197,7 @@ async fn algorithms_are_looked_up_by_slug_with_their_interfaces() {
 #[tokio::test]
 async fn a_job_on_values_runs_through_the_statuses_and_derives_its_outputs() {
     let env = start().await;
-    let created = start_job(
-        &env,
-        DEMO,
-        ESTIMATOR_PK,
-        json!([{"interface": "lesion-count", "value": 4}]),
-    )
-    .await;
+    let created = start_job(&env, DEMO, ESTIMATOR_PK, lesion_count(4)).await;
     assert_eq!(keys(&created), ["pk", "inputs", "status"]);
     assert_eq!(created["status"], "Validating inputs");
     assert_eq!(created["inputs"][0]["interface"], "lesion-count");
@@ -269,18 +290,8 @@ async fn a_job_on_values_runs_through_the_statuses_and_derives_its_outputs() {
 #[tokio::test]
 async fn an_uploaded_image_becomes_a_volume_a_summary_file_and_a_copy() {
     let env = start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mha = dir.path().join("ct.mha");
-    gc_content::samples::write_mha(&mha, [12, 10, 3], 7).unwrap();
-    let bytes = std::fs::read(&mha).unwrap();
-    let upload = env.upload(DEMO, "ct.mha", &bytes).await;
-    let created = start_job(
-        &env,
-        DEMO,
-        ESTIMATOR_PK,
-        json!([{"interface": "ct-image", "user_uploads": [upload["api_url"]]}]),
-    )
-    .await;
+    let (upload, bytes) = upload_ct(&env, [12, 10, 3], 7).await;
+    let created = start_job(&env, DEMO, ESTIMATOR_PK, ct_image(&upload)).await;
     assert_eq!(created["inputs"], json!([]), "the image is imported later");
     let (job, _) = until_done(&env, created["pk"].as_str().unwrap()).await;
     assert_eq!(job["status"], "Succeeded", "{job}");
@@ -316,10 +327,7 @@ async fn an_uploaded_image_becomes_a_volume_a_summary_file_and_a_copy() {
         format!("image={input_pk}"),
         "status=4".to_string(),
     ] {
-        let page = env
-            .get(&format!("algorithms/jobs/?{query}"), DEMO)
-            .await
-            .json();
+        let page = jobs_where(&env, &query).await;
         assert_eq!(page["count"], 1, "{query}");
         assert_eq!(page["results"][0]["pk"], job["pk"]);
     }
@@ -327,14 +335,10 @@ async fn an_uploaded_image_becomes_a_volume_a_summary_file_and_a_copy() {
         format!("algorithm_image__algorithm={FAILING_PK}"),
         "status=3".to_string(),
     ] {
-        let page = env
-            .get(&format!("algorithms/jobs/?{query}"), DEMO)
-            .await
-            .json();
-        assert_eq!(page["count"], 0, "{query}");
+        assert_eq!(jobs_where(&env, &query).await["count"], 0, "{query}");
     }
     assert_eq!(
-        env.get("algorithms/jobs/?status=99", DEMO).await.json(),
+        jobs_where(&env, "status=99").await,
         json!({"status": ["Select a valid choice. 99 is not one of the available choices."]})
     );
 
@@ -350,19 +354,8 @@ async fn an_uploaded_image_becomes_a_volume_a_summary_file_and_a_copy() {
 #[tokio::test]
 async fn failures_end_the_job_with_the_message_in_the_state_and_a_notification() {
     let env = start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mha = dir.path().join("ct.mha");
-    gc_content::samples::write_mha(&mha, [4, 4, 2], 1).unwrap();
-    let upload = env
-        .upload(DEMO, "ct.mha", &std::fs::read(&mha).unwrap())
-        .await;
-    let created = start_job(
-        &env,
-        DEMO,
-        FAILING_PK,
-        json!([{"interface": "ct-image", "user_uploads": [upload["api_url"]]}]),
-    )
-    .await;
+    let (upload, _) = upload_ct(&env, [4, 4, 2], 1).await;
+    let created = start_job(&env, DEMO, FAILING_PK, ct_image(&upload)).await;
     let (job, _) = until_done(&env, created["pk"].as_str().unwrap()).await;
     assert_eq!(job["status"], "Failed");
     assert_eq!(job["outputs"], json!([]));
@@ -385,13 +378,7 @@ async fn failures_end_the_job_with_the_message_in_the_state_and_a_notification()
 
     // An input that cannot be imported fails the job with the importer's message.
     let junk = env.upload(DEMO, "junk.mha", b"not an image at all").await;
-    let created = start_job(
-        &env,
-        DEMO,
-        ESTIMATOR_PK,
-        json!([{"interface": "ct-image", "user_uploads": [junk["api_url"]]}]),
-    )
-    .await;
+    let created = start_job(&env, DEMO, ESTIMATOR_PK, ct_image(&junk)).await;
     let (job, seen) = until_done(&env, created["pk"].as_str().unwrap()).await;
     assert_eq!(job["status"], "Failed");
     assert!(!seen.contains(&"Executing".to_string()), "{seen:?}");
@@ -450,13 +437,7 @@ async fn requests_are_checked_before_anything_is_created() {
     assert_eq!(env.state().await["algorithms"][0]["jobs"], json!([]));
 
     // A user of the algorithm may run it; the editor sees the job, the creator's peers do not.
-    let job = start_job(
-        &env,
-        READER,
-        ESTIMATOR_PK,
-        json!([{"interface": "lesion-count", "value": 9}]),
-    )
-    .await;
+    let job = start_job(&env, READER, ESTIMATOR_PK, lesion_count(9)).await;
     let path = format!("algorithms/jobs/{}/", job["pk"].as_str().unwrap());
     assert_eq!(env.get(&path, READER).await.status, 200);
     assert_eq!(env.get(&path, DEMO).await.status, 200, "editors see jobs");
@@ -471,13 +452,18 @@ async fn requests_are_checked_before_anything_is_created() {
     assert_eq!(r.status, 405);
 }
 
-#[tokio::test]
-async fn faults_and_the_limit_of_unfinished_jobs() {
-    let fixture = Fixture::from_toml_str(
+/// A fixture's user `username` with `token`, its Integer socket `count` (in `count.json`), and one more
+/// value socket: `slug`, its `title` and `kind` (in `<slug>.json`).
+fn user_and_sockets(
+    username: &str,
+    token: &str,
+    (slug, title, kind): (&str, &str, &str),
+) -> String {
+    format!(
         r#"
 [[user]]
-username = "runner"
-token = "runner-token"
+username = "{username}"
+token = "{token}"
 [[socket]]
 slug = "count"
 title = "Count"
@@ -485,11 +471,20 @@ kind = "Integer"
 super_kind = "Value"
 relative_path = "count.json"
 [[socket]]
-slug = "doubled"
-title = "Doubled"
-kind = "Float"
+slug = "{slug}"
+title = "{title}"
+kind = "{kind}"
 super_kind = "Value"
-relative_path = "doubled.json"
+relative_path = "{slug}.json"
+"#
+    )
+}
+
+#[tokio::test]
+async fn faults_and_the_limit_of_unfinished_jobs() {
+    let doubled = ("doubled", "Doubled", "Float");
+    let world = user_and_sockets("runner", "runner-token", doubled)
+        + r#"
 [[algorithm]]
 slug = "slow"
 title = "Slow"
@@ -499,24 +494,15 @@ max_active_jobs_per_user = 1
   [[algorithm.interface]]
   inputs = ["count"]
   outputs = ["doubled"]
-"#,
-        std::path::Path::new("."),
-    )
-    .unwrap();
-    let env = start_with(SandboxOptions::new(fixture)).await;
+"#;
+    let env = start_on(&world, std::path::Path::new(".")).await;
     let token = Some("runner-token");
     let algorithm =
         env.get("algorithms/?slug=slow", token).await.json()["results"][0]["api_url"].clone();
     let body =
         |n: i64| json!({"algorithm": algorithm, "inputs": [{"interface": "count", "value": n}]});
 
-    env.sandbox
-        .set_faults(vec![
-            "POST /api/v1/algorithms/jobs/ 503 times=1"
-                .parse::<FaultRule>()
-                .unwrap(),
-        ])
-        .unwrap();
+    gc_testkit::client::set_faults(&env.sandbox, &["POST /api/v1/algorithms/jobs/ 503 times=1"]);
     let r = env.post("algorithms/jobs/", token, body(1)).await;
     assert_eq!(r.status, 503);
     assert_eq!(env.state().await["algorithms"][0]["jobs"], json!([]));
@@ -552,22 +538,8 @@ max_active_jobs_per_user = 1
 
 #[test]
 fn fixtures_refuse_outputs_the_executor_cannot_make() {
-    let base = r#"
-[[user]]
-username = "u"
-token = "t"
-[[socket]]
-slug = "count"
-title = "Count"
-kind = "Integer"
-super_kind = "Value"
-relative_path = "count.json"
-[[socket]]
-slug = "box"
-title = "Box"
-kind = "2D bounding box"
-super_kind = "Value"
-relative_path = "box.json"
+    let base = user_and_sockets("u", "t", ("box", "Box", "2D bounding box"))
+        + r#"
 [[algorithm]]
 slug = "a"
 title = "A"

@@ -1,8 +1,7 @@
 //! Conformance of the sandbox's REST API with gc-protocol.md, over loopback HTTP.
 
-use gc_sandbox::{Fixture, SandboxOptions};
 use gc_testkit::http::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn handshake_json_content_type_and_socket_shape() {
@@ -250,6 +249,16 @@ async fn archives_and_reader_studies_lookups() {
     );
 }
 
+/// A `PATCH` of the title of the archive item `pk` to `title`, as `token`'s user.
+async fn retitle(env: &Env, pk: &str, token: Option<&str>, title: Value) -> Reply {
+    env.patch(
+        &format!("archives/items/{pk}/"),
+        token,
+        json!({ "title": title }),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn pagination_counts_links_and_clamping() {
     let env = start().await;
@@ -493,13 +502,7 @@ async fn items_create_read_write_shapes_and_permissions() {
         r.json(),
         json!({"archive": ["Invalid hyperlink - Object does not exist."]})
     );
-    let r = env
-        .patch(
-            &format!("archives/items/{pk}/"),
-            READER,
-            json!({"title": "x"}),
-        )
-        .await;
+    let r = retitle(&env, pk, READER, json!("x")).await;
     assert_eq!(
         (r.status, r.json()),
         (
@@ -513,13 +516,7 @@ async fn items_create_read_write_shapes_and_permissions() {
             .status,
         200
     );
-    let r = env
-        .patch(
-            &format!("archives/items/{pk}/"),
-            ADMIN,
-            json!({"title": "x"}),
-        )
-        .await;
+    let r = retitle(&env, pk, ADMIN, json!("x")).await;
     assert_eq!(
         (r.status, r.json()),
         (
@@ -637,29 +634,11 @@ async fn titles_are_unique_per_container() {
     env.new_item("").await;
     env.new_item("").await;
     let other = env.new_item("other").await;
-    let r = env
-        .patch(
-            &format!("archives/items/{other}/"),
-            DEMO,
-            json!({"title": "same"}),
-        )
-        .await;
+    let r = retitle(&env, &other, DEMO, json!("same")).await;
     assert_eq!(r.status, 400);
-    let r = env
-        .patch(
-            &format!("archives/items/{first}/"),
-            DEMO,
-            json!({"title": "same"}),
-        )
-        .await;
+    let r = retitle(&env, &first, DEMO, json!("same")).await;
     assert_eq!(r.status, 200, "its own title is not a duplicate");
-    let r = env
-        .patch(
-            &format!("archives/items/{first}/"),
-            DEMO,
-            json!({"title": "x".repeat(256)}),
-        )
-        .await;
+    let r = retitle(&env, &first, DEMO, json!("x".repeat(256))).await;
     assert_eq!(
         r.json(),
         json!({"title": ["Ensure this field has no more than 255 characters."]})
@@ -923,10 +902,7 @@ async fn a_failing_patch_changes_nothing() {
 
 #[tokio::test]
 async fn phase_linked_archives_allow_only_their_sockets() {
-    let fixture = r#"
-[[user]]
-username = "u"
-token = "1111"
+    let sockets = r#"
 [[socket]]
 slug = "score"
 title = "Score"
@@ -946,14 +922,11 @@ title = "Phase"
 uploaders = ["u"]
 allowed_sockets = ["score"]
 "#;
-    let env = start_with(SandboxOptions::new(
-        Fixture::from_toml_str(fixture, std::path::Path::new(".")).unwrap(),
-    ))
-    .await;
-    let r = env.post("archives/items/", Some("1111"), json!({"archive": env.url("archives/3b1f2a6e-7c1d-4d5e-9f00-112233445566/"), "title": "t"})).await;
+    let env = start_on(&[ONE_USER, sockets].concat(), std::path::Path::new(".")).await;
+    let r = env.post("archives/items/", U, json!({"archive": env.url("archives/3b1f2a6e-7c1d-4d5e-9f00-112233445566/"), "title": "t"})).await;
     assert_eq!(r.status, 201, "uploaders may create items");
     let path = format!("archives/items/{}/", r.json()["pk"].as_str().unwrap());
-    let r = env.patch(&path, Some("1111"), json!({"title": "t2", "values": [{"interface": "score", "value": 1}, {"interface": "other", "value": 2}]})).await;
+    let r = env.patch(&path, U, json!({"title": "t2", "values": [{"interface": "score", "value": 1}, {"interface": "other", "value": 2}]})).await;
     assert_eq!(
         (r.status, r.json()),
         (
@@ -961,21 +934,13 @@ allowed_sockets = ["score"]
             json!(["Socket 'other' is not allowed for this archive."])
         )
     );
-    let now = env.get(&path, Some("1111")).await.json();
+    let now = env.get(&path, U).await.json();
     assert_eq!(
         (now["title"].clone(), now["values"].clone()),
         (json!("t"), json!([]))
     );
-    assert_eq!(
-        env.patch(
-            &path,
-            Some("1111"),
-            json!({"values": [{"interface": "score", "value": 1}]})
-        )
-        .await
-        .status,
-        200
-    );
+    let score = json!([{"interface": "score", "value": 1}]);
+    assert_eq!(env.set_values(&path, U, score).await.status, 200);
 }
 
 #[tokio::test]
@@ -992,7 +957,7 @@ async fn read_values_are_grouped_as_the_platform_sorts_them() {
         )
     };
     let fixture = [
-        "[[user]]\nusername = \"u\"\ntoken = \"1111\"\n".to_string(),
+        ONE_USER.to_string(),
         socket("a-image", "Image", "Image", "images/a"),
         socket("b-report", "PDF file", "File", "b.pdf"),
         socket("c-chart", "Chart", "Value", "c.json"),
@@ -1009,16 +974,10 @@ async fn read_values_are_grouped_as_the_platform_sorts_them() {
         "  [[archive_item.value]]\n  socket = \"f-count\"\n  value = 7\n".to_string(),
     ]
     .concat();
-    let env = start_with(SandboxOptions::new(
-        Fixture::from_toml_str(&fixture, dir.path()).unwrap(),
-    ))
-    .await;
-    let items = env.get("archives/items/", Some("1111")).await.json();
+    let env = start_on(&fixture, dir.path()).await;
+    let items = env.get("archives/items/", U).await.json();
     let pk = items["results"][0]["pk"].as_str().unwrap().to_string();
-    let read = env
-        .get(&format!("archives/items/{pk}/"), Some("1111"))
-        .await
-        .json();
+    let read = env.get(&format!("archives/items/{pk}/"), U).await.json();
     let slugs: Vec<&str> = read["values"]
         .as_array()
         .unwrap()

@@ -321,10 +321,7 @@ async fn seeded_probabilistic_faults_repeat() {
 
 #[tokio::test]
 async fn fixture_faults_apply_from_the_start() {
-    let fixture = r#"
-[[user]]
-username = "u"
-token = "1111"
+    let fault = r#"
 [[fault]]
 method = "GET"
 path = "/api/v1/gcapi/"
@@ -332,10 +329,7 @@ action = "status"
 status = 502
 times = 1
 "#;
-    let env = start_with(SandboxOptions::new(
-        Fixture::from_toml_str(fixture, std::path::Path::new(".")).unwrap(),
-    ))
-    .await;
+    let env = start_on(&[ONE_USER, fault].concat(), std::path::Path::new(".")).await;
     assert_eq!(env.get("gcapi/", None).await.status, 502);
     assert_eq!(env.get("gcapi/", None).await.status, 200);
 }

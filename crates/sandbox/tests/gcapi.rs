@@ -24,28 +24,43 @@ fn python_with_gcapi() -> PathBuf {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gcapi_round_trip() {
+/// A finished run of a gcapi script against the sandbox.
+struct GcapiRun {
+    /// The sandbox, on HTTPS as gcapi talks to the platform.
+    env: Env,
+    /// The script's `GC_WORKDIR`.
+    work: PathBuf,
+    /// The MetaImage it was given as `GC_IMAGE_FILES`.
+    image: PathBuf,
+    /// The JSON it printed on its last line.
+    summary: serde_json::Value,
+    _scratch: tempfile::TempDir,
+}
+
+/// The gcapi script `script` (of `interop/`) run as `token` against a sandbox on HTTPS (its certificate
+/// made in a scratch folder) with a quick import, given a 12 × 10 × 3 MetaImage written with `seed`;
+/// the script must succeed.
+async fn run_gcapi(script: &str, token: &str, seed: u64) -> GcapiRun {
     let scratch = tempfile::tempdir().unwrap();
     let python = tokio::task::spawn_blocking(python_with_gcapi)
         .await
         .unwrap();
-
     let mut options = SandboxOptions::new(Fixture::demo());
     options.tls_dir = Some(scratch.path().join("tls"));
     options.import_delay = std::time::Duration::from_millis(50);
     let env = start_with(options).await;
-    let script = gc_testkit::python::script("gcapi_roundtrip.py");
     let work = scratch.path().join("work");
     let image = scratch.path().join("ct.mha");
-    gc_content::samples::write_mha(&image, [12, 10, 3], 9).unwrap();
-    let output = tokio::process::Command::new(&python)
-        .arg(&script)
+    gc_content::samples::write_mha(&image, [12, 10, 3], seed).unwrap();
+    let output = tokio::process::Command::new(python)
+        .arg(gc_testkit::python::script(script))
         .env("GC_BASE_URL", &env.base)
-        .env("GC_TOKEN", DEMO_TOKEN)
+        .env("GC_TOKEN", token)
         .env("GC_WORKDIR", &work)
         .env("GC_IMAGE_FILES", &image)
         .env_remove("GRAND_CHALLENGE_AUTHORIZATION")
+        // The scripts import `gcapi_support.py` beside them: no `__pycache__` in the source tree.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .await
         .unwrap();
@@ -55,10 +70,21 @@ async fn gcapi_round_trip() {
         output.status.success(),
         "gcapi script failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    let summary = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    GcapiRun {
+        env,
+        work,
+        image,
+        summary,
+        _scratch: scratch,
+    }
+}
 
-    let state = env.state().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcapi_round_trip() {
+    let run = run_gcapi("gcapi_roundtrip.py", DEMO_TOKEN, 9).await;
+    let (summary, work, image) = (&run.summary, &run.work, &run.image);
+    let state = run.env.state().await;
     let items = state["archives"][0]["items"].as_array().unwrap();
     assert_eq!(
         items.len(),
@@ -69,13 +95,8 @@ async fn gcapi_round_trip() {
     assert_eq!(item["pk"], summary["archive_item"]);
     assert_eq!(item["title"], "gcapi-case-1-updated");
     let value = |slug: &str| {
-        item["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["socket"] == slug)
-            .cloned()
-            .unwrap_or_default()
+        let found = find_by(&item["values"], &["socket"], slug);
+        found.cloned().unwrap_or_default()
     };
     assert_eq!(value("lung-volume")["value"], 1.9);
     assert_eq!(value("lesion-count")["value"], 3);
@@ -95,7 +116,7 @@ async fn gcapi_round_trip() {
     let stored = &ct["image"]["files"][0];
     assert_eq!(
         stored["sha256"],
-        hex::encode(sha2::Sha256::digest(std::fs::read(&image).unwrap()))
+        hex::encode(sha2::Sha256::digest(std::fs::read(image).unwrap()))
     );
 
     let sets = state["reader_studies"][0]["display_sets"]
@@ -135,37 +156,9 @@ async fn gcapi_round_trip() {
 /// outputs with its own downloader; the sandbox's state must show the same job and outputs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcapi_runs_an_algorithm() {
-    let scratch = tempfile::tempdir().unwrap();
-    let python = tokio::task::spawn_blocking(python_with_gcapi)
-        .await
-        .unwrap();
-    let mut options = SandboxOptions::new(Fixture::demo());
-    options.tls_dir = Some(scratch.path().join("tls"));
-    options.import_delay = std::time::Duration::from_millis(50);
-    let env = start_with(options).await;
-    let script = gc_testkit::python::script("gcapi_algorithm.py");
-    let image = scratch.path().join("ct.mha");
-    gc_content::samples::write_mha(&image, [12, 10, 3], 4).unwrap();
-    let output = tokio::process::Command::new(&python)
-        .arg(&script)
-        .env("GC_BASE_URL", &env.base)
-        .env("GC_TOKEN", gc_sandbox::DEMO_READER_TOKEN)
-        .env("GC_WORKDIR", scratch.path().join("work"))
-        .env("GC_IMAGE_FILES", &image)
-        .env_remove("GRAND_CHALLENGE_AUTHORIZATION")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "gcapi script failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
-
-    let state = env.state().await;
+    let run = run_gcapi("gcapi_algorithm.py", gc_sandbox::DEMO_READER_TOKEN, 4).await;
+    let (summary, work, image) = (&run.summary, &run.work, &run.image);
+    let state = run.env.state().await;
     let jobs = state["algorithms"][0]["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 2, "the refused inputs created no job: {jobs:?}");
     let job = &jobs[0];
@@ -175,25 +168,21 @@ async fn gcapi_runs_an_algorithm() {
     let statuses = summary["statuses"].as_array().unwrap();
     assert_eq!(statuses.last().unwrap(), "Succeeded", "{statuses:?}");
     let out = |slug: &str| {
-        job["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["socket"] == slug)
+        let found = find_by(&job["outputs"], &["socket"], slug);
+        found
             .cloned()
             .unwrap_or_else(|| panic!("no output {slug}: {job}"))
     };
     assert_eq!(out("lung-volume")["value"], summary["lung_volume"]);
     assert_eq!(summary["lung_volume"], 360.0, "12 × 10 × 3 voxels");
-    let work = scratch.path().join("work/outputs");
-    let results = std::fs::read(work.join("results.json")).unwrap();
+    let results = std::fs::read(work.join("outputs/results.json")).unwrap();
     assert_eq!(
         out("results-json")["file"]["sha256"],
         hex::encode(sha2::Sha256::digest(&results))
     );
     assert_eq!(summary["summary"]["inputs"]["ct-image"]["voxels"], 360);
     let copy = out("generic-medical-image");
-    let input_sha = hex::encode(sha2::Sha256::digest(std::fs::read(&image).unwrap()));
+    let input_sha = hex::encode(sha2::Sha256::digest(std::fs::read(image).unwrap()));
     assert_eq!(copy["image"]["files"][0]["sha256"], input_sha.as_str());
     let downloaded: Vec<&serde_json::Value> = summary["image_files"]
         .as_object()

@@ -56,6 +56,20 @@ async fn complete(env: &Env, pk: &str, id: &str, parts: Value) -> Reply {
     env.complete(DEMO, pk, id, json!({"parts": parts})).await
 }
 
+/// `POST cases/upload-sessions/` of `body`, as `token`'s user.
+async fn new_session(env: &Env, token: Option<&str>, body: Value) -> Reply {
+    env.post("cases/upload-sessions/", token, body).await
+}
+
+/// The `parts` of a completion: each part's bytes (for its ETag) and its number.
+fn etags(list: &[(&[u8], u32)]) -> Value {
+    let parts: Vec<Value> = list
+        .iter()
+        .map(|(bytes, n)| json!({"ETag": md5_etag(bytes), "PartNumber": n}))
+        .collect();
+    Value::from(parts)
+}
+
 #[tokio::test]
 async fn multipart_lifecycle_and_s3_checks() {
     let env = start().await; // min part size 8 bytes
@@ -119,24 +133,12 @@ async fn multipart_lifecycle_and_s3_checks() {
         .await;
     assert_eq!((r.status, r.json()), (404, json!({"detail": "Not found."})));
 
-    let r = complete(
-        &env,
-        &pk,
-        &id,
-        json!([{"ETag": md5_etag(&a), "PartNumber": 1}, {"ETag": md5_etag(&b), "PartNumber": 2}]),
-    )
-    .await;
+    let r = complete(&env, &pk, &id, etags(&[(&a, 1), (&b, 2)])).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["status"], "Completed");
     assert!(r.json().get("parts").is_none(), "parts are write-only");
     // Wrong state now.
-    let again = complete(
-        &env,
-        &pk,
-        &id,
-        json!([{"ETag": md5_etag(&a), "PartNumber": 1}]),
-    )
-    .await;
+    let again = complete(&env, &pk, &id, etags(&[(&a, 1)])).await;
     assert_eq!(again.status, 500);
     assert_eq!(
         env.get(&format!("uploads/{pk}/{id}/list-parts/"), DEMO)
@@ -144,16 +146,7 @@ async fn multipart_lifecycle_and_s3_checks() {
             .status,
         500
     );
-    assert_eq!(
-        env.patch(
-            &format!("uploads/{pk}/{id}/abort-multipart-upload/"),
-            DEMO,
-            json!({})
-        )
-        .await
-        .status,
-        500
-    );
+    assert_eq!(env.abort(DEMO, &pk, &id).await.status, 500);
     let r = env.presign(DEMO, &pk, &id, &[1]).await;
     assert_eq!(
         (r.status, r.json()),
@@ -175,47 +168,23 @@ async fn multipart_lifecycle_and_s3_checks() {
     let urls = presign(&env, &pk, &id, json!([1, 2])).await;
     put(&env, urls["1"].as_str().unwrap(), b"tiny").await;
     put(&env, urls["2"].as_str().unwrap(), b"end").await;
-    let r = complete(&env, &pk, &id, json!([{"ETag": md5_etag(b"tiny"), "PartNumber": 1}, {"ETag": md5_etag(b"end"), "PartNumber": 2}])).await;
+    let r = complete(&env, &pk, &id, etags(&[(b"tiny", 1), (b"end", 2)])).await;
     assert_eq!(r.status, 500);
     // Abort: status Aborted, id emptied, the old id is gone.
-    let r = env
-        .patch(
-            &format!("uploads/{pk}/{id}/abort-multipart-upload/"),
-            DEMO,
-            json!({}),
-        )
-        .await;
+    let r = env.abort(DEMO, &pk, &id).await;
     assert_eq!(
         (r.json()["status"].clone(), r.json()["s3_upload_id"].clone()),
         (json!("Aborted"), json!(""))
     );
-    assert_eq!(
-        env.patch(
-            &format!("uploads/{pk}/{id}/abort-multipart-upload/"),
-            DEMO,
-            json!({})
-        )
-        .await
-        .status,
-        404
-    );
+    assert_eq!(env.abort(DEMO, &pk, &id).await.status, 404);
 
     // A zero-byte file: one empty part 1 completes.
     let (pk, id) = create(&env, "empty.txt").await;
     let urls = presign(&env, &pk, &id, json!([1])).await;
     let r = put(&env, urls["1"].as_str().unwrap(), b"").await;
     assert_eq!(r.headers()["etag"].to_str().unwrap(), md5_etag(b""));
-    assert_eq!(
-        complete(
-            &env,
-            &pk,
-            &id,
-            json!([{"ETag": md5_etag(b""), "PartNumber": 1}])
-        )
-        .await
-        .json()["status"],
-        "Completed"
-    );
+    let r = complete(&env, &pk, &id, etags(&[(b"", 1)])).await;
+    assert_eq!(r.json()["status"], "Completed");
 
     // Validation of part numbers and filenames.
     let (pk, id) = create(&env, "v.bin").await;
@@ -318,13 +287,13 @@ async fn file_sockets_are_attached_in_the_background() {
     let up = env.upload(DEMO, "report.pdf", &pdf).await;
     let json_ok = env.upload(DEMO, "results.json", br#"{"a": 1}"#).await;
     let r = env
-        .patch(
+        .set_values(
             &path,
             DEMO,
-            json!({"values": [
+            json!([
                 {"interface": "report", "user_upload": up["api_url"]},
                 {"interface": "results-json", "user_upload": json_ok["api_url"]},
-            ]}),
+            ]),
         )
         .await;
     assert_eq!(r.status, 200);
@@ -367,12 +336,8 @@ async fn file_sockets_are_attached_in_the_background() {
     // A new upload for the same socket: a new socket value with a new pk.
     let old_pk = report["pk"].clone();
     let up2 = env.upload(DEMO, "report.pdf", b"%PDF second").await;
-    env.patch(
-        &path,
-        DEMO,
-        json!({"values": [{"interface": "report", "user_upload": up2["api_url"]}]}),
-    )
-    .await;
+    let report = json!([{"interface": "report", "user_upload": up2["api_url"]}]);
+    env.set_values(&path, DEMO, report).await;
     eventually(10, "the replacement", || async {
         let v = env.get(&path, DEMO).await.json();
         let r = api_value(&v, "report")?;
@@ -390,10 +355,10 @@ async fn file_sockets_are_attached_in_the_background() {
     let item2 = env.new_item("bad files").await;
     let path2 = format!("archives/items/{item2}/");
     let r = env
-        .patch(
+        .set_values(
             &path2,
             DEMO,
-            json!({"values": [{"interface": "results-json", "user_upload": bad["api_url"]}, {"interface": "report", "user_upload": open["api_url"]}]}),
+            json!([{"interface": "results-json", "user_upload": bad["api_url"]}, {"interface": "report", "user_upload": open["api_url"]}]),
         )
         .await;
     assert_eq!(r.status, 200);
@@ -419,13 +384,8 @@ async fn image_imports_report_through_upload_sessions() {
     let item = env.new_item("image").await;
     let path = format!("archives/items/{item}/");
     let junk = env.upload(DEMO, "junk.mha", b"this is not an image").await;
-    let r = env
-        .patch(
-            &path,
-            DEMO,
-            json!({"values": [{"interface": "ct-image", "user_uploads": [junk["api_url"]]}]}),
-        )
-        .await;
+    let image = json!([{"interface": "ct-image", "user_uploads": [junk["api_url"]]}]);
+    let r = env.set_values(&path, DEMO, image).await;
     assert_eq!(r.status, 200);
     let sessions = env.get("cases/upload-sessions/", DEMO).await.json();
     assert_eq!(
@@ -477,7 +437,8 @@ async fn image_imports_report_through_upload_sessions() {
     // Duplicate filenames in one image value.
     let a = env.upload(DEMO, "same.dcm", b"a").await;
     let b = env.upload(DEMO, "same.dcm", b"b").await;
-    env.patch(&path, DEMO, json!({"values": [{"interface": "ct-image", "user_uploads": [a["api_url"], b["api_url"]]}]})).await;
+    let image = json!([{"interface": "ct-image", "user_uploads": [a["api_url"], b["api_url"]]}]);
+    env.set_values(&path, DEMO, image).await;
     eventually(10, "the duplicate failure", || async {
         let list = env.get("cases/upload-sessions/", DEMO).await.json();
         list["results"]
@@ -494,38 +455,21 @@ async fn image_imports_report_through_upload_sessions() {
 
     // An explicit session without target stays Queued until a values entry references it.
     let c = env.upload(DEMO, "c.mha", b"junk").await;
-    let r = env
-        .post(
-            "cases/upload-sessions/",
-            DEMO,
-            json!({"uploads": [c["api_url"]]}),
-        )
-        .await;
+    let r = new_session(&env, DEMO, json!({"uploads": [c["api_url"]]})).await;
     assert_eq!(r.status, 201, "{}", r.text);
     let explicit = r.json();
     assert_eq!(explicit["status"], "Queued");
     let epath = explicit["api_url"].as_str().unwrap().to_string();
     assert_eq!(env.get(&epath, DEMO).await.json()["status"], "Queued");
-    let r = env
-        .patch(
-            &path,
-            DEMO,
-            json!({"values": [{"interface": "ct-image", "upload_session": epath}]}),
-        )
-        .await;
+    let from_session = json!([{"interface": "ct-image", "upload_session": epath}]);
+    let r = env.set_values(&path, DEMO, from_session.clone()).await;
     assert_eq!(r.status, 200, "{}", r.text);
     eventually(10, "the referenced session to run", || async {
         (env.get(&epath, DEMO).await.json()["status"] == "Failed").then_some(())
     })
     .await;
     // No longer Queued: cannot be referenced again.
-    let r = env
-        .patch(
-            &path,
-            DEMO,
-            json!({"values": [{"interface": "ct-image", "upload_session": epath}]}),
-        )
-        .await;
+    let r = env.set_values(&path, DEMO, from_session).await;
     assert_eq!(
         r.json()["values"][0],
         json!({"upload_session": ["Invalid hyperlink - Object does not exist."]})
@@ -533,9 +477,8 @@ async fn image_imports_report_through_upload_sessions() {
 
     // DICOM image sets: uploads are deleted even when the import fails; the failure is a notification.
     let d = env.upload(DEMO, "d.dcm", b"not dicom").await;
-    let r = env
-        .patch(&path, DEMO, json!({"values": [{"interface": "dicom-image-set", "user_uploads": [d["api_url"]], "image_name": "Series 3"}]}))
-        .await;
+    let set = json!([{"interface": "dicom-image-set", "user_uploads": [d["api_url"]], "image_name": "Series 3"}]);
+    let r = env.set_values(&path, DEMO, set).await;
     assert_eq!(r.status, 200);
     eventually(10, "the DICOM upload to be deleted", || async {
         (env.get(&format!("uploads/{}/", d["pk"].as_str().unwrap()), DEMO)
@@ -598,29 +541,18 @@ async fn explicit_session_validation() {
         ),
     ];
     for (body, expected) in cases {
-        let r = env.post("cases/upload-sessions/", DEMO, body.clone()).await;
+        let r = new_session(&env, DEMO, body.clone()).await;
         assert_eq!((r.status, r.json()), (400, expected), "{body}");
     }
-    let r = env
-        .post(
-            "cases/upload-sessions/",
-            READER,
-            json!({"uploads": [a["api_url"]]}),
-        )
-        .await;
+    let r = new_session(&env, READER, json!({"uploads": [a["api_url"]]})).await;
     assert_eq!(
         r.json(),
         json!({"uploads": ["Invalid hyperlink - Object does not exist."]}),
         "other users' uploads"
     );
     // With a target the response still says Queued, the import starts at once.
-    let r = env
-        .post(
-            "cases/upload-sessions/",
-            DEMO,
-            json!({"uploads": [a["api_url"]], "archive_item": item, "interface": "ct-image"}),
-        )
-        .await;
+    let body = json!({"uploads": [a["api_url"]], "archive_item": item, "interface": "ct-image"});
+    let r = new_session(&env, DEMO, body).await;
     assert_eq!(
         (r.status, r.json()["status"].clone()),
         (201, json!("Queued"))

@@ -10,12 +10,12 @@ Prints one JSON object on the last line of stdout; any failed check raises.
 import hashlib
 import json
 import os
-import time
 import warnings
 from pathlib import Path
 
 import gcapi
 from gcapi import SocketValueSpec
+from gcapi_support import check, poll
 
 warnings.filterwarnings("ignore")  # self-signed certificate
 
@@ -23,26 +23,20 @@ BASE = os.environ["GC_BASE_URL"]
 TOKEN = os.environ["GC_TOKEN"]
 WORK = Path(os.environ["GC_WORKDIR"])
 IMAGES = [p for p in os.environ["GC_IMAGE_FILES"].split(os.pathsep) if p]
-DEADLINE_S = 30
-
-
-def check(condition, message):
-    if not condition:
-        raise AssertionError(message)
 
 
 def until_done(client, pk):
-    deadline = time.monotonic() + DEADLINE_S
     statuses = []
-    while True:
+
+    def fetch():
         job = client.algorithm_jobs.detail(pk=pk)
         if not statuses or statuses[-1] != job.status:
             statuses.append(job.status)
-        if job.status in ("Succeeded", "Failed", "Cancelled"):
-            return job, statuses
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {pk} never ended: {statuses}")
-        time.sleep(0.1)
+        return job
+
+    ended = lambda job: job.status in ("Succeeded", "Failed", "Cancelled")  # noqa: E731
+    job = poll(fetch, ended, lambda _: f"job {pk} never ended: {statuses}")
+    return job, statuses
 
 
 def main():

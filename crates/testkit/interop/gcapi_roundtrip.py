@@ -10,13 +10,13 @@ Prints one JSON object with the created pks on the last line of stdout; any fail
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import gcapi
 from gcapi import SocketValueSpec
 from gcapi.exceptions import SocketNotFound
+from gcapi_support import check, poll
 
 warnings.filterwarnings("ignore")  # self-signed certificate
 
@@ -24,13 +24,6 @@ BASE = os.environ["GC_BASE_URL"]
 TOKEN = os.environ["GC_TOKEN"]
 WORK = Path(os.environ["GC_WORKDIR"])
 IMAGES = [p for p in os.environ.get("GC_IMAGE_FILES", "").split(os.pathsep) if p]
-DEADLINE_S = 30
-
-
-def check(condition, message):
-    if not condition:
-        raise AssertionError(message)
-
 
 def slugs(item):
     # Write responses name the socket by slug, read responses embed the whole socket.
@@ -39,15 +32,9 @@ def slugs(item):
 
 def wait_for(fetch, sockets, what):
     """Poll until every socket in `sockets` has a value (the server attaches uploads asynchronously)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        item = fetch()
-        have = slugs(item)
-        if all(s in have for s in sockets):
-            return item
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: sockets {sorted(set(sockets) - set(have))} never got a value")
-        time.sleep(0.1)
+    has_all = lambda item: all(s in slugs(item) for s in sockets)  # noqa: E731
+    missing = lambda item: sorted(set(sockets) - set(slugs(item)))  # noqa: E731
+    return poll(fetch, has_all, lambda item: f"{what}: sockets {missing(item)} never got a value")
 
 
 def main():

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use gc_client::models::UserUpload;
-use gc_client::{Client, ClientConfig, Jitter, RetryPolicy, Token, UploadObserver, VerifyTiming};
+use gc_client::{
+    Client, ClientConfig, Jitter, LocalFile, RetryPolicy, Token, UploadObserver, VerifyTiming,
+};
 use gc_sandbox::{DEMO_TOKEN, FaultAction, FaultRule, Fixture, Sandbox, SandboxOptions};
 use serde_json::Value;
 
@@ -60,6 +62,21 @@ pub fn client_as(sb: &Sandbox, token: &str) -> Client {
     Client::new(config(sb, token)).unwrap()
 }
 
+/// A client of the demo user whose [`config`] `tweak` changes first (fewer parallel parts, a shorter
+/// timeout, ...).
+pub fn client_with(sb: &Sandbox, tweak: impl FnOnce(&mut ClientConfig)) -> Client {
+    let mut c = config(sb, DEMO_TOKEN);
+    tweak(&mut c);
+    Client::new(c).unwrap()
+}
+
+/// What nearly every client test starts with: a [`sandbox`] and a [`client`] of the demo user against it.
+pub async fn sandbox_and_client() -> (Sandbox, Client) {
+    let sb = sandbox().await;
+    let c = client(&sb);
+    (sb, c)
+}
+
 pub fn timing() -> VerifyTiming {
     VerifyTiming {
         first_poll: Duration::from_millis(20),
@@ -97,6 +114,26 @@ pub fn upload_state(sb: &Sandbox, pk: &str) -> Option<Value> {
         .and_then(|us| us.iter().find(|u| u["pk"] == pk).cloned())
 }
 
+/// Replace the sandbox's faults by `rules`, each in the sandbox's text form (e.g.
+/// `"GET /api/v1/archives/items/* 500 times=2"`, `"PUT /s3/* drop after times=1"`).
+pub fn set_faults(sb: &Sandbox, rules: &[&str]) {
+    let rules = rules
+        .iter()
+        .map(|r| r.parse().unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    sb.set_faults(rules).unwrap();
+}
+
+/// A fault answering `status` (no `Retry-After`), for [`rule`].
+pub fn status(status: u16) -> FaultAction {
+    FaultAction::Status {
+        status,
+        retry_after: None,
+    }
+}
+
+/// A fault rule on `method` requests to `path` (a glob) that always applies, the first `times` times
+/// (or every time with `None`).
 pub fn rule(method: &str, path: &str, action: FaultAction, times: Option<u64>) -> FaultRule {
     FaultRule {
         method: Some(method.into()),
@@ -123,12 +160,29 @@ pub fn sha256_hex(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
 
+/// `path` as the file to upload, under its own file name.
+pub fn local_file(path: &Path) -> LocalFile {
+    LocalFile {
+        path: path.to_path_buf(),
+        filename: path.file_name().unwrap().to_string_lossy().into_owned(),
+    }
+}
+
 /// Everything the observer heard, for assertions.
 #[derive(Default)]
 pub struct Recorder {
     pub created: Mutex<Vec<UserUpload>>,
     pub parts: Mutex<Vec<(String, u32, String)>>,
     pub bytes: Mutex<u64>,
+}
+
+impl Recorder {
+    /// The numbers of the parts it heard were done, sorted.
+    pub fn part_numbers(&self) -> Vec<u32> {
+        let mut numbers: Vec<u32> = self.parts.lock().unwrap().iter().map(|p| p.1).collect();
+        numbers.sort();
+        numbers
+    }
 }
 
 impl UploadObserver for Recorder {
@@ -156,18 +210,30 @@ pub async fn job_on_an_uploaded_mha(
 ) -> gc_client::CreatedJob {
     let path = &dir.join("ct.mha");
     gc_content::samples::write_mha(path, dims, seed).unwrap();
-    let upload = c
-        .upload_file(
-            &gc_client::LocalFile {
-                path: path.to_path_buf(),
-                filename: "ct.mha".into(),
-            },
-            None,
-            &gc_client::NoObserver,
-        )
+    job_on_upload(c, "lung-volume-estimator", path).await
+}
+
+/// `path` uploaded under its file name with no observer, which must succeed.
+pub async fn upload(c: &Client, path: &Path) -> UserUpload {
+    c.upload_file(&local_file(path), None, &gc_client::NoObserver)
         .await
-        .unwrap();
-    let a = c.algorithm("lung-volume-estimator").await.unwrap();
+        .unwrap()
+}
+
+/// How tests follow a job: quick polls, and 20 s for it to end.
+pub fn job_polling() -> gc_client::JobPolling {
+    gc_client::JobPolling {
+        first_poll: Duration::from_millis(20),
+        max_poll: Duration::from_millis(200),
+        deadline: Duration::from_secs(20),
+    }
+}
+
+/// `path` uploaded (under its file name), then a job of `algorithm` started on it as its `ct-image`;
+/// the job as its creation answered.
+pub async fn job_on_upload(c: &Client, algorithm: &str, path: &Path) -> gc_client::CreatedJob {
+    let upload = upload(c, path).await;
+    let a = c.algorithm(algorithm).await.unwrap();
     c.start_job(
         &a,
         &[gc_client::models::ValueEntry {

@@ -71,6 +71,17 @@ pub async fn start_with(options: SandboxOptions) -> Env {
     }
 }
 
+/// A sandbox on the world the fixture text `fixture` describes (its files relative to `dir`).
+pub async fn start_on(fixture: &str, dir: &std::path::Path) -> Env {
+    let fixture = Fixture::from_toml_str(fixture, dir).unwrap();
+    start_with(SandboxOptions::new(fixture)).await
+}
+
+/// The fixture text of one user, `u` with the token `1111` ([`U`]): how a test's own world starts.
+pub const ONE_USER: &str = "[[user]]\nusername = \"u\"\ntoken = \"1111\"\n";
+/// The token of [`ONE_USER`].
+pub const U: Option<&str> = Some("1111");
+
 pub async fn start() -> Env {
     let mut o = SandboxOptions::new(Fixture::demo());
     o.min_part_size = 8;
@@ -171,6 +182,18 @@ impl Env {
     pub async fn complete(&self, token: Option<&str>, pk: &str, id: &str, body: Value) -> Reply {
         let path = format!("uploads/{pk}/{id}/complete-multipart-upload/");
         self.patch(&path, token, body).await
+    }
+
+    /// `abort-multipart-upload` of the upload `pk` (S3 upload id `id`), as `token`'s user.
+    pub async fn abort(&self, token: Option<&str>, pk: &str, id: &str) -> Reply {
+        let path = format!("uploads/{pk}/{id}/abort-multipart-upload/");
+        self.patch(&path, token, json!({})).await
+    }
+
+    /// A `PATCH` of the item or display set at `path` that sets `values` (a list of values entries), as
+    /// `token`'s user.
+    pub async fn set_values(&self, path: &str, token: Option<&str>, values: Value) -> Reply {
+        self.patch(path, token, json!({ "values": values })).await
     }
 
     /// Create an archive item in the demo archive; returns its pk.
