@@ -479,66 +479,71 @@ pub fn status(args: crate::cli::StatusArgs) -> u8 {
         return exit::OK;
     }
     for f in &folders {
-        println!(
-            "{} → {}{}",
-            f.folder,
-            f.target,
-            if f.paused { " (paused)" } else { "" }
-        );
-        let counts: Vec<String> = f
-            .counts
-            .iter()
-            .map(|(k, v)| format!("{v} {}", k.replace('_', " ")))
-            .collect();
-        println!(
-            "  cases: {}",
-            if counts.is_empty() {
-                "none yet".into()
-            } else {
-                counts.join(", ")
-            }
-        );
-        if let Some(why) = &f.missing {
-            println!("  drop folder missing: it {why}; nothing is delivered from it");
-        }
-        if let Some(line) = misplaced_line(&f.misplaced) {
-            println!("  {line}");
-        }
-        if f.paused {
-            println!(
-                "  paused: its cases are watched but not delivered; `gc-hotfolder resume` delivers them"
-            );
-        }
-        if let Some((since, why)) = &f.held {
-            println!(
-                "  held since {since}: {why}; its cases wait here until the config names what exists \
-                 (then reload the service)"
-            );
-        }
-        if let Some((until, why)) = &f.target_paused {
-            println!("  target paused until {until}: {why}");
-        }
-        if let Some((case, since)) = &f.oldest_waiting {
-            println!("  oldest waiting: {case} (last change {since})");
-        }
-        if let Some((case, at)) = &f.last_delivery {
-            println!("  last delivery: {case} at {at}");
-        }
-        for (case, note) in &f.notes {
-            println!("  note: {case}: {note}");
-        }
-        for q in &f.quarantined {
-            println!("  quarantined: {} ({}): {}", q.case, q.case_id, q.reason);
-        }
-        for p in &f.post_action_failed {
-            println!(
-                "  post-action failed: {}: {} ({} time(s) since {}; tried again with back-off, and at once \
-                 with `gc-hotfolder retry`)",
-                p.case, p.reason, p.failures, p.since
-            );
-        }
+        print_folder_status(f);
     }
     exit::OK
+}
+
+/// One drop folder's part of `status`, as text for people.
+fn print_folder_status(f: &crate::status::FolderStatus) {
+    println!(
+        "{} → {}{}",
+        f.folder,
+        f.target,
+        if f.paused { " (paused)" } else { "" }
+    );
+    let counts: Vec<String> = f
+        .counts
+        .iter()
+        .map(|(k, v)| format!("{v} {}", k.replace('_', " ")))
+        .collect();
+    println!(
+        "  cases: {}",
+        if counts.is_empty() {
+            "none yet".into()
+        } else {
+            counts.join(", ")
+        }
+    );
+    if let Some(why) = &f.missing {
+        println!("  drop folder missing: it {why}; nothing is delivered from it");
+    }
+    if let Some(line) = misplaced_line(&f.misplaced) {
+        println!("  {line}");
+    }
+    if f.paused {
+        println!(
+            "  paused: its cases are watched but not delivered; `gc-hotfolder resume` delivers them"
+        );
+    }
+    if let Some((since, why)) = &f.held {
+        println!(
+            "  held since {since}: {why}; its cases wait here until the config names what exists \
+             (then reload the service)"
+        );
+    }
+    if let Some((until, why)) = &f.target_paused {
+        println!("  target paused until {until}: {why}");
+    }
+    if let Some((case, since)) = &f.oldest_waiting {
+        println!("  oldest waiting: {case} (last change {since})");
+    }
+    if let Some((case, at)) = &f.last_delivery {
+        println!("  last delivery: {case} at {at}");
+    }
+    for (case, note) in &f.notes {
+        println!("  note: {case}: {note}");
+    }
+    for q in &f.quarantined {
+        println!("  quarantined: {} ({}): {}", q.case, q.case_id, q.reason);
+    }
+    for p in &f.post_action_failed {
+        println!(
+            "  post-action failed: {}: {} ({} time(s) since {}; tried again with back-off, and at once \
+             with `gc-hotfolder retry`)",
+            p.case, p.reason, p.failures, p.since
+        );
+    }
 }
 
 /// The `status` line about files where case folders are expected: how many, the first few, the fix.
