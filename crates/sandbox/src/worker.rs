@@ -177,19 +177,17 @@ fn fail(app: &App, job: Job) {
         ),
         Job::Session { session } => fail_session(app, session, unexpected.into()),
         Job::Dicom { uploads, user, .. } => {
+            let message = format!("DICOM image set import failed: {unexpected}");
+            tracing::info!(%message, "import failed");
+            // One change of the world: whoever sees the uploads gone sees the notification too. DICOM
+            // uploads are deleted after de-identification, whatever the outcome.
             let mut w = lock(app);
-            // DICOM uploads are deleted after de-identification, whatever the outcome.
             for u in &uploads {
                 if w.uploads.get(u).is_some_and(|x| x.owner == user) {
                     w.delete_upload(*u);
                 }
             }
-            drop(w);
-            notify(
-                app,
-                user,
-                format!("DICOM image set import failed: {unexpected}"),
-            );
+            w.notifications.push(Notification { user, message });
         }
         Job::Algorithm { .. } => run(app, job),
     }
