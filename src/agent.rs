@@ -148,6 +148,9 @@ struct Slot {
     /// What the journal was last told about why the case still settles, so that `status` lists it
     /// with its reason while each check that finds the same reason writes nothing.
     noted: Option<String>,
+    /// An operator asked for a retry while a delivery owned the case: if that delivery ends in a
+    /// quarantine, the case goes back in line.
+    retry_requested: bool,
 }
 
 /// How a delivery task ended.
@@ -556,17 +559,38 @@ impl Loop {
         match self.shared.journal.take_wakeups() {
             Ok(cases) => {
                 for (folder, case) in cases {
-                    let case_dir = folder.join(&case);
-                    tracing::info!(case = %rules::path_text(&case), "retry requested");
-                    if let Some(slot) = self.slots.get_mut(&case_dir) {
-                        // An operator's retry starts afresh: no backoff left over from earlier failures.
-                        slot.not_before = None;
-                        slot.failures = 0;
+                    if let Err(e) = self.on_retry(&folder, &case) {
+                        tracing::error!(case = %rules::path_text(&case), "cannot take up the retry: {e}");
                     }
+                    let case_dir = folder.join(&case);
                     let _ = hint_tx.send(Hint::Case { case_dir });
                 }
             }
             Err(e) => tracing::error!("cannot read retry requests: {e}"),
+        }
+    }
+
+    /// An operator's retry of a case: it starts afresh, with no back-off left over from earlier
+    /// failures. A retry that came while the case was being delivered holds whatever that delivery ends
+    /// with: a quarantine written after the retry (its receipt is written first, so the operator may
+    /// have acted on it) is put back in line, at once or when the delivery returns.
+    fn on_retry(&mut self, folder: &Path, case: &Path) -> Result<(), JournalError> {
+        tracing::info!(case = %rules::path_text(case), "retry requested");
+        if let Some(slot) = self.slots.get_mut(&folder.join(case)) {
+            slot.not_before = None;
+            slot.failures = 0;
+            if slot.in_flight {
+                slot.retry_requested = true;
+                return Ok(());
+            }
+        }
+        let journal = &self.shared.journal;
+        match journal.get(folder, case)? {
+            Some(rec) if rec.state == CaseState::Quarantined => {
+                tracing::info!(case = %rec.case_text(), "quarantined while its retry was requested: trying it again");
+                journal.requeue(rec.id)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -1002,6 +1026,7 @@ impl Loop {
                 pending_since: None,
                 held: false,
                 noted: None,
+                retry_requested: false,
             });
         if slot.in_flight {
             slot.dirty = true;
@@ -1172,6 +1197,7 @@ impl Loop {
         slot.in_flight = false;
         let folder = slot.folder;
         let dirty = std::mem::take(&mut slot.dirty);
+        let retried = std::mem::take(&mut slot.retry_requested);
         crate::metrics::global().delivery_ended(done.name());
         match done {
             Done::Delivered {
@@ -1229,7 +1255,11 @@ impl Loop {
                 self.schedule(now, &case_dir);
             }
         }
-        if dirty {
+        if retried && let Some(f) = self.shared.config.folders.get(folder) {
+            let (drop_folder, case) = (f.path.clone(), case_rel(f, &case_dir));
+            self.on_retry(&drop_folder, &case)?;
+        }
+        if dirty || retried {
             self.check(folder, &case_dir)?;
         }
         Ok(())

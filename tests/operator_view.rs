@@ -358,3 +358,49 @@ async fn a_case_waiting_for_the_platform_s_import_is_counted_apart_from_uploads(
     );
     agent.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_during_a_delivery_that_ends_in_quarantine_is_not_lost() {
+    // The first PATCH's imports fail, a few seconds after it: the case is quarantined then. Later
+    // PATCHes import fine.
+    let fault = "PATCH /api/v1/archives/items/* import-fails times=1";
+    let sb = sandbox_with(|o| {
+        o.import_delay = Duration::from_secs(3);
+        o.faults = vec![fault.parse().unwrap()];
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    archive_case(&drop.join("case-h"), 0);
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
+    eventually(
+        Duration::from_secs(30),
+        "the case awaiting its import",
+        async || {
+            let out = gc("status", &cfg).run_async().await;
+            out.stdout.contains("1 awaiting import").then_some(())
+        },
+    )
+    .await;
+    // The operator retries while the delivery is still under way; it ends in a quarantine.
+    gc("retry", &cfg)
+        .arg(drop.join("case-h"))
+        .run_async()
+        .await
+        .expect(0);
+    let state_dir = tmp.path().join("state");
+    let rs = wait_receipts_until(&state_dir, Duration::from_secs(60), |r| {
+        r.iter()
+            .any(|r| r.case == "case-h" && r.outcome == Outcome::Delivered)
+    })
+    .await;
+    let r = rs.iter().find(|r| r.case == "case-h").unwrap();
+    assert!(r.attempts >= 2, "{r:?}");
+    let log = agent.log();
+    assert!(
+        log.contains("DICOM") || log.contains("quarantined"),
+        "{log}"
+    );
+    agent.stop();
+}
