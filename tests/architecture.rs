@@ -353,6 +353,62 @@ fn no_more_than_two_files_import_one_another_in_a_circle() {
     );
 }
 
+/// The agent crate's modules by layer, from the top (ARCHITECTURE.md, `src/lib.rs`): a module may import
+/// its own layer and those below, never one above.
+const AGENT_LAYERS: &[&[&str]] = &[
+    &[
+        "main",
+        "lib",
+        "commands",
+        "upload",
+        "pull",
+        "demo",
+        "sandbox_command",
+        "manual",
+    ],
+    &["start"],
+    &["agent"],
+    &["after"],
+    &["notify", "metrics", "status", "receipt", "preflight"],
+    &["deliver", "outbox", "item_folder"],
+    &["journal"],
+    &["rules", "settle", "watch", "access"],
+    &[
+        "config",
+        "cli",
+        "clock",
+        "fsutil",
+        "share",
+        "service",
+        "statelock",
+    ],
+];
+
+#[test]
+fn the_agent_s_modules_import_only_their_own_layer_and_those_below() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let layer_of = |file: &Path| {
+        let top = module_of(&src, file).first().cloned();
+        let name = top.unwrap_or_else(|| file.file_stem().unwrap().to_string_lossy().into_owned());
+        AGENT_LAYERS
+            .iter()
+            .position(|l| l.contains(&name.as_str()))
+            .unwrap_or_else(|| panic!("{} is in no layer of AGENT_LAYERS", file.display()))
+    };
+    let mut upward = Vec::new();
+    for (file, targets) in imports(&src) {
+        for t in targets {
+            if layer_of(&t) < layer_of(&file) {
+                upward.push((file.clone(), t));
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "modules importing a layer above their own: {upward:#?}"
+    );
+}
+
 #[test]
 fn the_import_reader_sees_circles_where_there_are_some() {
     // Three files, each naming the next: through `crate::`, `super::` and a re-export of the root.
