@@ -43,23 +43,11 @@ pub fn python_with(
     override_var: &str,
 ) -> Result<PathBuf, NoPython> {
     if let Ok(python) = std::env::var(override_var) {
-        let ok = Command::new(&python)
-            .args(["-c", &format!("import {import_check}")])
-            .status()
-            .is_ok_and(|s| s.success());
-        return if ok {
-            Ok(PathBuf::from(python))
-        } else {
-            Err(NoPython::BadOverride(format!(
-                "{override_var}={python} cannot import {import_check}; install it with `{python} -m pip install {}`",
-                requirements.join(" ")
-            )))
-        };
+        return overriding_python(python, requirements, import_check, override_var);
     }
-    let root = venvs;
-    std::fs::create_dir_all(root)
-        .map_err(|e| NoPython::NoVenv(format!("{}: {e}", root.display())))?;
-    let lock = File::create(root.join(format!("{name}.lock")))
+    std::fs::create_dir_all(venvs)
+        .map_err(|e| NoPython::NoVenv(format!("{}: {e}", venvs.display())))?;
+    let lock = File::create(venvs.join(format!("{name}.lock")))
         .map_err(|e| NoPython::NoVenv(format!("cannot create the venv lock: {e}")))?;
     // SAFETY: flock on a descriptor we own; the lock is released when `lock` is dropped.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
@@ -68,33 +56,62 @@ pub fn python_with(
             std::io::Error::last_os_error()
         )));
     }
-    let venv = root.join(name);
+    let venv = venvs.join(name);
     let python = venv.join("bin/python");
     let marker = venv.join(".installed");
     let wanted = requirements.join("\n");
     if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
         return Ok(python);
     }
-    let _ = std::fs::remove_dir_all(&venv);
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output();
-    match made {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            return Err(NoPython::NoVenv(format!(
-                "`python3 -m venv` failed (install python3-venv, or set {override_var}): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Err(e) => {
-            return Err(NoPython::NoVenv(format!(
-                "cannot run python3 (install it, or set {override_var}): {e}"
-            )));
-        }
+    make_venv(&venv, override_var)?;
+    pip_install(&python, requirements, override_var)?;
+    std::fs::write(&marker, &wanted)
+        .map_err(|e| NoPython::PipFailed(format!("cannot mark the venv complete: {e}")))?;
+    Ok(python)
+}
+
+/// The Python an environment variable names, if it can import what the tests need.
+fn overriding_python(
+    python: String,
+    requirements: &[&str],
+    import_check: &str,
+    override_var: &str,
+) -> Result<PathBuf, NoPython> {
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {import_check}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Ok(PathBuf::from(python));
     }
-    let installed = Command::new(&python)
+    Err(NoPython::BadOverride(format!(
+        "{override_var}={python} cannot import {import_check}; install it with `{python} -m pip install {}`",
+        requirements.join(" ")
+    )))
+}
+
+/// A fresh venv at `venv` (whatever was there goes).
+fn make_venv(venv: &Path, override_var: &str) -> Result<(), NoPython> {
+    let _ = std::fs::remove_dir_all(venv);
+    match Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv)
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(NoPython::NoVenv(format!(
+            "`python3 -m venv` failed (install python3-venv, or set {override_var}): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+        Err(e) => Err(NoPython::NoVenv(format!(
+            "cannot run python3 (install it, or set {override_var}): {e}"
+        ))),
+    }
+}
+
+/// `requirements` installed into the venv of `python`.
+fn pip_install(python: &Path, requirements: &[&str], override_var: &str) -> Result<(), NoPython> {
+    let installed = Command::new(python)
         .args([
             "-m",
             "pip",
@@ -105,19 +122,14 @@ pub fn python_with(
         .args(requirements)
         .output();
     match installed {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            return Err(NoPython::PipFailed(format!(
-                "`pip install {}` failed (no access to PyPI?); set {override_var} to a python that has it: {}",
-                requirements.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Err(e) => return Err(NoPython::PipFailed(format!("cannot run pip: {e}"))),
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(NoPython::PipFailed(format!(
+            "`pip install {}` failed (no access to PyPI?); set {override_var} to a python that has it: {}",
+            requirements.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+        Err(e) => Err(NoPython::PipFailed(format!("cannot run pip: {e}"))),
     }
-    std::fs::write(&marker, &wanted)
-        .map_err(|e| NoPython::PipFailed(format!("cannot mark the venv complete: {e}")))?;
-    Ok(python)
 }
 
 /// Run a Python reference tool to its end and return what it printed on stdout; a failure panics with
