@@ -98,7 +98,8 @@ async fn a_new_case_is_in_status_from_its_first_sight_with_what_it_waits_for() {
     edit(&cfg, "quiet = \"1s\"", "quiet = \"1h\"\nmax_wait = \"2h\"");
     let agent = Agent::start(&cfg, &tmp.path().join("agent.log"));
     agent.wait_log("startup scan done", 1).await;
-    archive_case(&drop.join("case-b"), 1);
+    // Dropped whole (written beside, then renamed in), so its first sight already sees every file.
+    drop_atomically(&drop, "case-b", |d| archive_case(d, 1));
     let note = status_note(&cfg, "case-b", "settling").await;
     assert_eq!(
         note, "settling: waiting until its files have not changed for 1h",
