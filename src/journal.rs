@@ -91,6 +91,18 @@ impl CaseState {
     pub fn name(&self) -> &'static str {
         self.to_db().0
     }
+
+    /// The name a case is counted under in `status`, the metrics and the systemd status line: its
+    /// state's, except that a case whose values are set and that waits for the platform's import is
+    /// counted apart from those still uploading (it holds no upload slot).
+    pub fn count_name(&self) -> &'static str {
+        match self {
+            CaseState::Uploading {
+                step: Step::Verifying,
+            } => "awaiting_import",
+            s => s.name(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1382,12 +1394,22 @@ impl Journal {
     /// How many cases are in each state, by [`CaseState::name`].
     pub fn counts(&self) -> Result<std::collections::BTreeMap<String, i64>, JournalError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT CASE WHEN state = 'uploading' AND step = 'verifying' THEN 'awaiting_import' \
-             ELSE state END, COUNT(*) FROM cases GROUP BY 1",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut stmt =
+            conn.prepare_cached("SELECT state, step, COUNT(*) FROM cases GROUP BY state, step")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut counts = std::collections::BTreeMap::new();
+        for row in rows {
+            let (state, step, n) = row?;
+            let name = CaseState::from_db(&state, step.as_deref())?.count_name();
+            *counts.entry(name.to_owned()).or_insert(0) += n;
+        }
+        Ok(counts)
     }
 
     /// The events of a case, oldest first: (time, event, detail).
@@ -1523,6 +1545,29 @@ mod tests {
         };
         j.delivered(id, &manifest).unwrap();
         assert!(j.awaited(id, "m1").unwrap().is_none());
+    }
+
+    #[test]
+    fn cases_waiting_for_their_import_are_counted_apart_from_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let folder = Path::new("/drop");
+        for (case, step) in [
+            ("a", Step::Uploading),
+            ("b", Step::Verifying),
+            ("c", Step::Verifying),
+        ] {
+            let c = j.discover(folder, Path::new(case)).unwrap();
+            j.step(c.id, step).unwrap();
+        }
+        j.discover(folder, Path::new("d")).unwrap();
+        let counts = j.counts().unwrap();
+        let expected: std::collections::BTreeMap<String, i64> =
+            [("settling", 1), ("uploading", 1), ("awaiting_import", 2)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+        assert_eq!(counts, expected);
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub fn folder_status(
             let cases: Vec<_> = all.iter().filter(|c| c.folder == f.path).collect();
             let mut counts = std::collections::BTreeMap::new();
             for c in &cases {
-                *counts.entry(count_name(&c.state).to_owned()).or_insert(0) += 1;
+                *counts.entry(c.state.count_name().to_owned()).or_insert(0) += 1;
             }
             let waiting = cases
                 .iter()
@@ -176,16 +176,5 @@ fn why_waiting(c: &CaseRecord) -> String {
             Step::Running => "its job is running".into(),
         },
         CaseState::Delivered | CaseState::Quarantined => c.state.name().into(),
-    }
-}
-
-/// The name a case is counted under: its state's, except that a case whose values are set and that
-/// waits for the platform's import is counted apart from those still uploading (it holds no upload slot).
-pub fn count_name(state: &CaseState) -> &'static str {
-    match state {
-        CaseState::Uploading {
-            step: Step::Verifying,
-        } => "awaiting_import",
-        s => s.name(),
     }
 }
