@@ -22,7 +22,7 @@ use crate::after::PostAction;
 use crate::config::{AlertKind, Config, Folder, OnChange};
 use crate::deliver::{
     AwaitingImport, Checkpoints, DeliverError, Delivered, EarlierUpload, ItemStart, Lanes, Privacy,
-    Sent, Timings,
+    Sent, Timings, UploadRecord,
 };
 use crate::journal::{CaseRecord, CaseState, Journal, JournalError, Planned, Step};
 use crate::notify::{Alert, Notifier};
@@ -2125,11 +2125,6 @@ impl Checkpoints for JournalCheckpoints<'_> {
             .create_refused(self.id)
             .map_err(|e| e.to_string())
     }
-    fn progress(&self, bytes: u64) {
-        if let Some(p) = self.progress.bytes {
-            p(bytes);
-        }
-    }
     fn item(&self, pk: &str) -> Result<(), String> {
         self.journal
             .item_created(self.id, pk)
@@ -2144,42 +2139,6 @@ impl Checkpoints for JournalCheckpoints<'_> {
         self.journal
             .awaiting_import(self.id, self.manifest, &json)
             .map_err(|e| e.to_string())
-    }
-    fn upload_created(&self, path: &str, u: &UserUpload) -> Result<(), String> {
-        self.journal
-            .upload_created(
-                self.id,
-                self.manifest,
-                path,
-                &u.pk,
-                &u.s3_upload_id,
-                &u.api_url,
-            )
-            .map_err(|e| e.to_string())
-    }
-    fn part_done(&self, upload_pk: &str, part: u32, etag: &str) -> Result<(), String> {
-        self.journal
-            .part_done(upload_pk, part, etag)
-            .map_err(|e| e.to_string())
-    }
-    fn upload_completed(&self, _path: &str, u: &UserUpload) -> Result<(), String> {
-        self.journal
-            .upload_completed(&u.pk)
-            .map_err(|e| e.to_string())
-    }
-    fn earlier_upload(&self, path: &str) -> Option<EarlierUpload> {
-        let u = self.earlier.iter().find(|u| u.path == path)?;
-        Some(if u.completed {
-            EarlierUpload::Completed {
-                upload_pk: u.upload_pk.clone(),
-                api_url: u.api_url.clone(),
-            }
-        } else {
-            EarlierUpload::Open(ResumeFrom {
-                upload_pk: u.upload_pk.clone(),
-                s3_upload_id: u.s3_upload_id.clone(),
-            })
-        })
     }
     fn job_starting(&self, slug: &str) -> Result<crate::journal::JobStart, String> {
         self.journal
@@ -2226,5 +2185,49 @@ impl Checkpoints for JournalCheckpoints<'_> {
             .ok()
             .as_deref()
             == Some(self.fingerprint)
+    }
+}
+
+impl UploadRecord for JournalCheckpoints<'_> {
+    fn progress(&self, bytes: u64) {
+        if let Some(p) = self.progress.bytes {
+            p(bytes);
+        }
+    }
+    fn upload_created(&self, path: &str, u: &UserUpload) -> Result<(), String> {
+        self.journal
+            .upload_created(
+                self.id,
+                self.manifest,
+                path,
+                &u.pk,
+                &u.s3_upload_id,
+                &u.api_url,
+            )
+            .map_err(|e| e.to_string())
+    }
+    fn part_done(&self, upload_pk: &str, part: u32, etag: &str) -> Result<(), String> {
+        self.journal
+            .part_done(upload_pk, part, etag)
+            .map_err(|e| e.to_string())
+    }
+    fn upload_completed(&self, _path: &str, u: &UserUpload) -> Result<(), String> {
+        self.journal
+            .upload_completed(&u.pk)
+            .map_err(|e| e.to_string())
+    }
+    fn earlier_upload(&self, path: &str) -> Option<EarlierUpload> {
+        let u = self.earlier.iter().find(|u| u.path == path)?;
+        Some(if u.completed {
+            EarlierUpload::Completed {
+                upload_pk: u.upload_pk.clone(),
+                api_url: u.api_url.clone(),
+            }
+        } else {
+            EarlierUpload::Open(ResumeFrom {
+                upload_pk: u.upload_pk.clone(),
+                s3_upload_id: u.s3_upload_id.clone(),
+            })
+        })
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Checkpoints, Deidentified, DeliverError, Delivered, ItemStart, Privacy, Route, SocketResult,
-    prepare, quarantine, route, upload_all, value_entries,
+    prepare, quarantine, route, sent_files, upload_all, value_entries,
 };
 use crate::journal::{JobStart, Step};
 use crate::outbox::Written;
@@ -134,6 +134,7 @@ pub(super) async fn deliver_job(
         plan,
         &routes,
         privacy,
+        None,
         &mut super::Timings::default(),
     )
     .await?;
@@ -294,15 +295,6 @@ async fn write_outputs(
     Ok((box_dir.join(name), files))
 }
 
-/// The case paths of every file the routes send.
-fn sent_files(routes: &[(&str, Route<'_>)]) -> Vec<String> {
-    routes
-        .iter()
-        .flat_map(|(_, r)| r.files())
-        .map(|f| f.path.clone())
-        .collect()
-}
-
 /// Starting a case's job.
 struct Started<'a> {
     client: &'a Client,
@@ -321,7 +313,7 @@ impl Started<'_> {
     ) -> Result<(String, Vec<ValueEntry>), DeliverError> {
         let (client, algorithm, cp) = (self.client, self.algorithm, self.cp);
         cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
-        let uploads = upload_all(client, self.case_dir, self.routes, &[], deidentified, cp).await?;
+        let uploads = upload_all(client, self.case_dir, self.routes, deidentified, cp).await?;
         let entries: Vec<ValueEntry> = value_entries(self.routes, &[], &uploads)
             .into_iter()
             .map(|(e, _)| e)

@@ -1,5 +1,5 @@
-//! Delivery of one planned case: check → item → uploads → one PATCH ([`send`]), then verify on the server
-//! ([`verify`]). The two are apart so that a case waiting for the platform's import holds no upload slot:
+//! Delivery of one planned case: check, uploads started while the case is de-identified and judged
+//! ([`uploads`]) → item → one PATCH ([`send`]), then verify on the server ([`verify`]). The two are apart so that a case waiting for the platform's import holds no upload slot:
 //! what verifying needs ([`AwaitingImport`]) is in the journal, and a restart waits on instead of sending
 //! the case again.
 //!
@@ -21,14 +21,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use futures_util::future::try_join_all;
-
-use std::sync::Mutex;
-
 use crate::journal::{Step, TitleClaim};
 use crate::rules::{Plan, PlannedFile, Source};
 use gc_client::models::UserUpload;
-use gc_client::uploads::{LocalFile, ResumeFrom, UploadObserver};
+use gc_client::uploads::LocalFile;
 use gc_client::verify::{Awaiting, Expectation, VerifyTiming};
 use gc_client::{
     Client, GcError, Item, Socket, SuperKind, Target, ValueEntry, Verifier, models::ValueSource,
@@ -38,10 +34,13 @@ use gc_content::deidentify::{PatientIdentifiers, Procedure, UidMap};
 pub mod bundle;
 pub mod job;
 pub mod lanes;
+mod uploads;
 pub mod wait;
 pub use bundle::Bundle;
 pub use job::JobDone;
 pub use lanes::Lanes;
+use uploads::Uploads;
+pub use uploads::{EarlierUpload, UploadRecord};
 pub use wait::ImportWait;
 
 /// Value files larger than this are refused: large structured values belong in file sockets.
@@ -49,7 +48,7 @@ pub const MAX_VALUE_FILE: u64 = 16 << 20;
 
 /// Where a delivery reports its progress, so that it can be resumed after a crash at any instant.
 /// Every hook is called after the platform confirmed the step and before the next step starts.
-pub trait Checkpoints: Send + Sync {
+pub trait Checkpoints: UploadRecord {
     /// Right before the request to create the item titled `title` is sent: take the title for this case
     /// and record that a create may be under way. The answer says whether another case holds the title,
     /// or whether an earlier attempt of this case already sent such a request. Without a journal nothing
@@ -73,22 +72,6 @@ pub trait Checkpoints: Send + Sync {
     /// needs, so that a restart waits on instead of sending the case again.
     fn awaiting(&self, _awaiting: &AwaitingImport) -> Result<(), String> {
         self.step(Step::Verifying)
-    }
-    /// An upload was created for the file at `path` (relative to the case); no part is sent yet.
-    fn upload_created(&self, _path: &str, _upload: &UserUpload) -> Result<(), String> {
-        Ok(())
-    }
-    fn part_done(&self, _upload_pk: &str, _part: u32, _etag: &str) -> Result<(), String> {
-        Ok(())
-    }
-    fn upload_completed(&self, _path: &str, _upload: &UserUpload) -> Result<(), String> {
-        Ok(())
-    }
-    /// Bytes just sent, for progress bars and metrics.
-    fn progress(&self, _bytes: u64) {}
-    /// An upload an earlier, interrupted attempt made for this file.
-    fn earlier_upload(&self, _path: &str) -> Option<EarlierUpload> {
-        None
     }
     /// Asked after the uploads, before the PATCH: is the case still exactly what was planned? A file
     /// rewritten during the upload must not end up on the platform half old, half new.
@@ -117,43 +100,7 @@ pub trait Checkpoints: Send + Sync {
 /// No journal: the one-shot upload without progress output.
 pub struct NoCheckpoints;
 impl Checkpoints for NoCheckpoints {}
-
-/// What an interrupted attempt left for one file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EarlierUpload {
-    /// Completed: reusable as long as the platform still has it (not consumed, not expired).
-    Completed { upload_pk: String, api_url: String },
-    /// Still open: resume it via list-parts.
-    Open(ResumeFrom),
-}
-
-/// Forwards one file's upload events to the case's checkpoints, keeping the first failure to record.
-struct FileObserver<'a> {
-    path: &'a str,
-    cp: &'a dyn Checkpoints,
-    failed: &'a Mutex<Option<String>>,
-}
-
-impl FileObserver<'_> {
-    fn keep(&self, r: Result<(), String>) {
-        if let Err(e) = r {
-            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            f.get_or_insert(e);
-        }
-    }
-}
-
-impl UploadObserver for FileObserver<'_> {
-    fn created(&self, upload: &UserUpload) {
-        self.keep(self.cp.upload_created(self.path, upload));
-    }
-    fn part_done(&self, upload_pk: &str, part: u32, etag: &str) {
-        self.keep(self.cp.part_done(upload_pk, part, etag));
-    }
-    fn progress(&self, bytes: u64) {
-        self.cp.progress(bytes);
-    }
-}
+impl UploadRecord for NoCheckpoints {}
 
 /// Where a delivery reads and writes on this machine. (No `Debug`: the UID map is a secret.)
 #[derive(Clone, Copy)]
@@ -198,6 +145,16 @@ pub struct Staged {
     pub upload_name: String,
     /// SHA-256 of the copy: what was sent.
     pub sha256: String,
+}
+
+impl Staged {
+    /// The copy as the client sends it.
+    fn local_file(&self) -> LocalFile {
+        LocalFile {
+            path: self.local.clone(),
+            filename: self.upload_name.clone(),
+        }
+    }
 }
 
 /// What de-identification did for a delivery.
@@ -336,6 +293,15 @@ pub enum DeliverError {
     /// writing an algorithm's results failed): try again later.
     #[error("{0}")]
     Local(String),
+}
+
+impl From<uploads::Failed> for DeliverError {
+    fn from(e: uploads::Failed) -> Self {
+        match e {
+            uploads::Failed::Platform(e) => e.into(),
+            uploads::Failed::Record(e) => DeliverError::Checkpoint(e),
+        }
+    }
 }
 
 impl From<GcError> for DeliverError {
@@ -505,13 +471,51 @@ fn read_value_file(case_dir: &Path, f: &PlannedFile) -> Result<serde_json::Value
 }
 
 /// Make the de-identified copies of every DICOM file (by content, however stored) that goes to an image
-/// socket, under `privacy.staging`. Fail closed: a file that is neither DICOM nor a recognised non-DICOM
-/// format ([`gc_content::deidentify::sniff`]), a file the procedure refuses, or one that cannot be read,
-/// refuses the case: nothing has been created on the platform yet.
+/// socket, under `privacy.staging`: [`gate`], then [`copy_all`].
 pub fn stage(
     case_dir: &Path,
     files: &[PlannedFile],
     privacy: &Privacy,
+) -> Result<Deidentified, DeliverError> {
+    let dicom = gate(case_dir, files)?;
+    copy_all(case_dir, files, &dicom, privacy, &|_| {})
+}
+
+/// Which of the files that go to image sockets hold DICOM (their indexes), judged by content before any
+/// file of the case leaves. Fail closed: a file that is neither DICOM nor a recognised non-DICOM format
+/// ([`gc_content::deidentify::sniff`]), or one that cannot be read, refuses the case.
+pub fn gate(case_dir: &Path, files: &[PlannedFile]) -> Result<Vec<usize>, DeliverError> {
+    use gc_content::deidentify::sniff::{Verdict, judge};
+    // Detached MetaImage data files have no signature: they pass because a header names them.
+    let rels: Vec<&Path> = files.iter().map(|f| f.rel.as_path()).collect();
+    let named = gc_content::deidentify::sniff::named_data_files(case_dir, &rels);
+    let mut dicom = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        match judge(case_dir, &f.rel, &named)
+            .map_err(|e| quarantine(format!("{}: cannot read: {e}", f.path)))?
+        {
+            Verdict::Dicom(_) => dicom.push(i),
+            Verdict::Plain(_) => {}
+            Verdict::Refused(why) => {
+                return Err(quarantine(format!(
+                    "{}: {why}; nothing was created on the platform",
+                    f.path
+                )));
+            }
+        }
+    }
+    Ok(dicom)
+}
+
+/// Make the de-identified copy of each of `files` that [`gate`] found DICOM (`dicom`), one worker per
+/// core, telling `made` of each as soon as it exists. Fail closed: a file the procedure refuses, or one
+/// that cannot be read, refuses the case and stops the others.
+pub fn copy_all(
+    case_dir: &Path,
+    files: &[PlannedFile],
+    dicom: &[usize],
+    privacy: &Privacy,
+    made: &(dyn Fn(&Staged) + Sync),
 ) -> Result<Deidentified, DeliverError> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let procedure = Procedure::builtin().map_err(quarantine)?;
@@ -519,36 +523,35 @@ pub fn stage(
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4)
-        .min(files.len().max(1));
-    // Detached MetaImage data files have no signature: they pass because a header names them.
-    let rels: Vec<&Path> = files.iter().map(|f| f.rel.as_path()).collect();
-    let named = gc_content::deidentify::sniff::named_data_files(case_dir, &rels);
+        .min(dicom.len().max(1));
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let mut results: Vec<(usize, Result<Option<StagedFile>, DeliverError>)> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut out = Vec::new();
-                        while !failed.load(Ordering::Relaxed) {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(f) = files.get(i) else { break };
-                            let r = stage_one(case_dir, (i, f), &named, privacy, procedure);
-                            if r.is_err() {
-                                failed.store(true, Ordering::Relaxed);
-                            }
-                            out.push((i, r));
+    let mut results: Vec<(usize, Result<StagedFile, DeliverError>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some(&i) = dicom.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                            break;
+                        };
+                        let Some(f) = files.get(i) else { break };
+                        let r = copy_one(case_dir, (i, f), privacy, procedure);
+                        match &r {
+                            Ok(s) => made(&s.staged),
+                            Err(_) => failed.store(true, Ordering::Relaxed),
                         }
-                        out
-                    })
+                        out.push((i, r));
+                    }
+                    out
                 })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
     // The same case gives the same answer: the first bad file in plan order, the copies in plan order.
     results.sort_by_key(|(i, _)| *i);
     let mut done = Deidentified {
@@ -557,17 +560,16 @@ pub fn stage(
     };
     let processed = results.len();
     for (_, r) in results {
-        if let Some(s) = r? {
-            done.identifiers.push(s.identifiers);
-            done.staged.push(s.staged);
-        }
+        let s = r?;
+        done.identifiers.push(s.identifiers);
+        done.staged.push(s.staged);
     }
     // Without a bad file every file was seen, unless a worker died: then nothing may go out, lest a
     // file that was never looked at be sent as it is.
-    if processed != files.len() {
+    if processed != dicom.len() {
         return Err(quarantine(format!(
             "de-identification failed unexpectedly after {processed} of {} files",
-            files.len()
+            dicom.len()
         )));
     }
     done.identifiers.sort();
@@ -747,28 +749,14 @@ pub fn neutral_name(index: usize) -> String {
     format!("dicom-{:04}.dcm", index + 1)
 }
 
-/// The de-identified copy of one file, or `None` for a file that is not DICOM (sent as it is).
-fn stage_one(
+/// The de-identified copy of one DICOM file.
+fn copy_one(
     case_dir: &Path,
     (index, f): (usize, &PlannedFile),
-    named: &HashSet<PathBuf>,
     privacy: &Privacy,
     procedure: &Procedure,
-) -> Result<Option<StagedFile>, DeliverError> {
-    use gc_content::deidentify::sniff::{Verdict, judge};
+) -> Result<StagedFile, DeliverError> {
     let src = case_dir.join(&f.rel);
-    match judge(case_dir, &f.rel, named)
-        .map_err(|e| quarantine(format!("{}: cannot read: {e}", f.path)))?
-    {
-        Verdict::Dicom(_) => {}
-        Verdict::Plain(_) => return Ok(None),
-        Verdict::Refused(why) => {
-            return Err(quarantine(format!(
-                "{}: {why}; nothing was created on the platform",
-                f.path
-            )));
-        }
-    }
     let dst = privacy.staging.join(&f.rel);
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent).map_err(|e| {
@@ -780,7 +768,7 @@ fn stage_one(
     }
     let written = gc_content::deidentify::deidentify_file(procedure, &privacy.uids, &src, &dst)
         .map_err(|e| quarantine(format!("{}: {e}", f.path)))?;
-    Ok(Some(StagedFile {
+    Ok(StagedFile {
         staged: Staged {
             path: f.path.clone(),
             local: dst,
@@ -788,7 +776,7 @@ fn stage_one(
             sha256: written.sha256,
         },
         identifiers: written.identifiers,
-    }))
+    })
 }
 
 /// Warnings for the texts of a case that leave this machine (its title, the names of its DICOM image
@@ -819,13 +807,23 @@ pub fn identifier_warnings(plan: &Plan, identifiers: &[PatientIdentifiers]) -> V
     gc_content::deidentify::title_warnings(&plan.case_path, &leaving, identifiers)
 }
 
+/// A delivery's uploads while its case is prepared, and the files that wait for their socket's ZIP.
+struct Sending<'u, 'a> {
+    uploads: &'u mut Uploads<'a>,
+    /// Case paths of the files that go inside a ZIP ([`bundled`]), sent once all its members exist.
+    held: HashSet<String>,
+}
+
 /// Make the de-identified copies (with `privacy`) and refuse images the platform's importer would fail,
-/// before anything is created on the platform.
+/// before anything is created on the platform. With `sending`, each file starts uploading as soon as it
+/// may: every file that goes as it is once the whole case has passed the [`gate`], each copy the moment
+/// it is made.
 async fn prepare(
     case_dir: &Path,
     plan: &Plan,
     routes: &[(&str, Route<'_>)],
     privacy: Option<&Privacy>,
+    mut sending: Option<Sending<'_, '_>>,
     timings: &mut Timings,
 ) -> Result<Deidentified, DeliverError> {
     // Image sockets without DICOM send their files as they are: they are judged first, so that a file
@@ -839,27 +837,14 @@ async fn prepare(
     let t = Instant::now();
     let deidentified = match privacy {
         Some(privacy) => {
-            // Only image sockets take DICOM: a file socket's .dcm is sent as it is.
-            let images: Vec<PlannedFile> = routes
-                .iter()
-                .filter(|(_, r)| matches!(r, Route::Image(_) | Route::DicomImageSet(..)))
-                .flat_map(|(_, r)| r.files().to_vec())
-                .collect();
-            let (dir, staging, uids) = (
-                case_dir.to_owned(),
-                privacy.staging.clone(),
-                privacy.uids.clone(),
-            );
-            // Reading and writing whole series is blocking work: off the async threads.
-            let mut done = tokio::task::spawn_blocking(move || {
-                stage(&dir, &images, &Privacy { staging, uids })
-            })
-            .await
-            .map_err(|e| quarantine(format!("de-identification failed: {e}")))??;
+            let mut done = deidentify(case_dir, routes, privacy, sending.as_mut()).await?;
             done.warnings = identifier_warnings(plan, &done.identifiers);
             done
         }
-        None => Deidentified::default(),
+        None => {
+            start_as_is(case_dir, routes, &HashSet::new(), sending.as_mut());
+            Deidentified::default()
+        }
     };
     Timings::add(&mut timings.deidentify, t);
     for w in &deidentified.warnings {
@@ -870,9 +855,110 @@ async fn prepare(
         .into_iter()
         .filter(|s| copied.iter().any(|c| c.slug == s.slug))
         .collect();
-    precheck(copied).await?;
+    match sending {
+        Some(s) => s.uploads.alongside(precheck(copied)).await??,
+        None => precheck(copied).await?,
+    }
     Timings::add(&mut timings.prechecks, t);
     Ok(deidentified)
+}
+
+/// The de-identified copies of the DICOM files of a case's image sockets (a file socket's `.dcm` is sent
+/// as it is), made off the async threads: reading and writing whole series is blocking work. With
+/// `sending`, the case's other files start once [`gate`] has passed them all, and each copy once made.
+async fn deidentify(
+    case_dir: &Path,
+    routes: &[(&str, Route<'_>)],
+    privacy: &Privacy,
+    sending: Option<&mut Sending<'_, '_>>,
+) -> Result<Deidentified, DeliverError> {
+    let images: Vec<PlannedFile> = routes
+        .iter()
+        .filter(|(_, r)| matches!(r, Route::Image(_) | Route::DicomImageSet(..)))
+        .flat_map(|(_, r)| r.files().to_vec())
+        .collect();
+    let (dir, staging, uids) = (
+        case_dir.to_owned(),
+        privacy.staging.clone(),
+        privacy.uids.clone(),
+    );
+    let (images, dicom) = tokio::task::spawn_blocking(move || {
+        let dicom = gate(&dir, &images)?;
+        Ok::<_, DeliverError>((images, dicom))
+    })
+    .await
+    .map_err(|e| quarantine(format!("de-identification failed: {e}")))??;
+    let copies: HashSet<String> = dicom
+        .iter()
+        .filter_map(|&i| images.get(i))
+        .map(|f| f.path.clone())
+        .collect();
+    let Some(sending) = sending else {
+        let dir = case_dir.to_owned();
+        let privacy = Privacy { staging, uids };
+        return tokio::task::spawn_blocking(move || {
+            copy_all(&dir, &images, &dicom, &privacy, &|_| {})
+        })
+        .await
+        .map_err(|e| quarantine(format!("de-identification failed: {e}")))?;
+    };
+    start_as_is(case_dir, routes, &copies, Some(&mut *sending));
+    let (made, mut copied) = tokio::sync::mpsc::unbounded_channel();
+    let dir = case_dir.to_owned();
+    let task = tokio::task::spawn_blocking(move || {
+        let tell = |s: &Staged| {
+            // Nobody listening means the delivery has stopped: the copies are left unsent.
+            let _ = made.send((s.path.clone(), s.local_file()));
+        };
+        copy_all(&dir, &images, &dicom, &Privacy { staging, uids }, &tell)
+    });
+    let held = &sending.held;
+    sending
+        .uploads
+        .start_each(&mut copied, |path| held.contains(path))
+        .await?;
+    task.await
+        .map_err(|e| quarantine(format!("de-identification failed: {e}")))?
+}
+
+/// Start the uploads of every file of the case that goes as it is: not one of `copies` (whose
+/// de-identified copies go instead), not one held for a ZIP.
+fn start_as_is(
+    case_dir: &Path,
+    routes: &[(&str, Route<'_>)],
+    copies: &HashSet<String>,
+    sending: Option<&mut Sending<'_, '_>>,
+) {
+    let Some(sending) = sending else { return };
+    for (key, local) in outgoing(case_dir, routes, &[]) {
+        if !copies.contains(&key) && !sending.held.contains(&key) {
+            sending.uploads.start(key, local);
+        }
+    }
+}
+
+/// Every file of the case as it is sent, by its path in the case: the de-identified copy where
+/// `staged` has one.
+fn outgoing(
+    case_dir: &Path,
+    routes: &[(&str, Route<'_>)],
+    staged: &[Staged],
+) -> Vec<(String, LocalFile)> {
+    let sent_from: BTreeMap<&str, &Staged> = staged.iter().map(|s| (s.path.as_str(), s)).collect();
+    routes
+        .iter()
+        .flat_map(|(_, r)| r.files())
+        .map(|f| {
+            let local = match sent_from.get(f.path.as_str()) {
+                Some(s) => s.local_file(),
+                None => LocalFile {
+                    path: case_dir.join(&f.rel),
+                    filename: f.upload_name.clone(),
+                },
+            };
+            (f.path.clone(), local)
+        })
+        .collect()
 }
 
 /// Does this file hold DICOM, however stored? (An unreadable file is left to the steps that read it.)
@@ -906,7 +992,7 @@ pub async fn send(
     let Local {
         case_dir,
         privacy,
-        staging,
+        staging: _,
         outbox,
     } = local;
     let t = Instant::now();
@@ -941,20 +1027,33 @@ pub async fn send(
         routes.push((sp.slug.as_str(), route(case_dir, &socket, &sp.source)?));
     }
     Timings::add(&mut timings.prechecks, t);
-    let deidentified = prepare(case_dir, plan, &routes, privacy, timings).await?;
 
-    let t = Instant::now();
-    let bundles = match staging {
-        Some(dir) => bundle_series(dir, case_dir, &routes, &deidentified.staged).await?,
-        None => vec![],
+    let mut uploads = Uploads::new(client, cp);
+    let began = Instant::now();
+    let first = Before {
+        local: &local,
+        plan,
+        routes: &routes,
+        target: &target,
+        start,
     };
-    let (item, created) = the_item(client, &target, plan, start, cp).await?;
-    Timings::add(&mut timings.upload, t);
+    let (deidentified, bundles, item, created) =
+        match first.values(client, &mut uploads, cp, timings).await {
+            Err(DeliverError::Quarantine(reason)) if uploads.started() > 0 => {
+                return Err(quarantine(format!(
+                    "{reason}. The {} uploads made for it so far are part of nothing; the platform \
+                     deletes them within a day",
+                    uploads.started()
+                )));
+            }
+            r => r?,
+        };
     let out = Outgoing {
-        case_dir,
         routes,
         bundles,
         deidentified,
+        uploads,
+        began,
     };
     match set_values(client, out, &target, &item, created, cp, timings).await {
         Err(DeliverError::Quarantine(reason)) => {
@@ -963,6 +1062,62 @@ pub async fn send(
         }
         Ok(awaiting) => Ok(Sent::Awaiting(Box::new(awaiting))),
         Err(e) => Err(e),
+    }
+}
+
+/// What a delivery does before its item exists.
+struct Before<'b> {
+    local: &'b Local<'b>,
+    plan: &'b Plan,
+    routes: &'b [(&'b str, Route<'b>)],
+    target: &'b Target,
+    start: ItemStart,
+}
+
+impl Before<'_> {
+    /// Check and de-identify the case while its files go ([`prepare`]), pack its ZIPs, then create (or
+    /// read) its item: nothing is created on the platform before every check has passed.
+    async fn values(
+        self,
+        client: &Client,
+        uploads: &mut Uploads<'_>,
+        cp: &dyn Checkpoints,
+        timings: &mut Timings,
+    ) -> Result<(Deidentified, Vec<Bundle>, Item, bool), DeliverError> {
+        let Before {
+            local,
+            plan,
+            routes,
+            target,
+            start,
+        } = self;
+        cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
+        let held = routes
+            .iter()
+            .filter(|(_, r)| bundled(local.staging, r))
+            .flat_map(|(_, r)| r.files())
+            .map(|f| f.path.clone())
+            .collect();
+        let sending = Sending { uploads, held };
+        let deidentified = prepare(
+            local.case_dir,
+            plan,
+            routes,
+            local.privacy,
+            Some(sending),
+            timings,
+        )
+        .await?;
+        let bundles = match local.staging {
+            Some(dir) => {
+                let packing = bundle_series(dir, local.case_dir, routes, &deidentified.staged);
+                uploads.alongside(packing).await??
+            }
+            None => vec![],
+        };
+        let item = uploads.alongside(the_item(client, target, plan, start, cp));
+        let (item, created) = item.await??;
+        Ok((deidentified, bundles, item, created))
     }
 }
 
@@ -1074,73 +1229,48 @@ pub async fn verify(
     Err(DeliverError::Quarantine(format!("{reason}. {left}")))
 }
 
-/// What goes into an item: the routes of its sockets, and the de-identified copies sent instead of files.
-struct Outgoing<'a> {
-    case_dir: &'a Path,
+/// What goes into an item: the routes of its sockets, the de-identified copies sent instead of files, and
+/// the uploads under way since `began`.
+struct Outgoing<'a, 'u> {
     routes: Vec<(&'a str, Route<'a>)>,
     /// Image sockets whose files go as one ZIP.
     bundles: Vec<Bundle>,
     deidentified: Deidentified,
+    uploads: Uploads<'u>,
+    began: Instant,
 }
 
-/// Upload every file of every socket (the de-identified copy where there is one; a socket's ZIP instead
-/// of its files where it has one), all at once: the client bounds files and parts in flight. Returns
-/// each upload by its key: a file's path in the case, or the ZIP's [`Bundle::key`].
+/// Upload every file of every socket (the de-identified copy where there is one), all at once: the client
+/// bounds files and parts in flight. Returns each upload by its file's path in the case.
 async fn upload_all(
     client: &Client,
     case_dir: &Path,
     routes: &[(&str, Route<'_>)],
-    bundles: &[Bundle],
     deidentified: &mut Deidentified,
     cp: &dyn Checkpoints,
 ) -> Result<Vec<(String, UserUpload)>, DeliverError> {
-    let sent_from: BTreeMap<&str, &Staged> = deidentified
-        .staged
-        .iter()
-        .map(|s| (s.path.as_str(), s))
-        .collect();
-    let bundled = |slug: &str| bundles.iter().any(|b| b.slug == slug);
-    let mut sends: Vec<(String, LocalFile)> = routes
-        .iter()
-        .filter(|(slug, _)| !bundled(slug))
-        .flat_map(|(_, r)| r.files())
-        .map(|f| {
-            let local = match sent_from.get(f.path.as_str()) {
-                Some(s) => LocalFile {
-                    path: s.local.clone(),
-                    filename: s.upload_name.clone(),
-                },
-                None => LocalFile {
-                    path: case_dir.join(&f.rel),
-                    filename: f.upload_name.clone(),
-                },
-            };
-            (f.path.clone(), local)
-        })
-        .collect();
-    sends.extend(bundles.iter().map(|b| {
-        let local = LocalFile {
-            path: b.local.clone(),
-            filename: b.filename.clone(),
-        };
-        (b.key.clone(), local)
-    }));
-    let failed = Mutex::new(None);
-    let uploads = try_join_all(
-        sends
-            .iter()
-            .map(|(key, local)| upload_one(client, local.clone(), key, cp, &failed)),
-    )
-    .await?;
-    if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return Err(DeliverError::Checkpoint(e));
+    let mut uploads = Uploads::new(client, cp);
+    for (key, local) in outgoing(case_dir, routes, &deidentified.staged) {
+        uploads.start(key, local);
     }
-    deidentified.sent = routes
+    let done = uploads.finish().await?;
+    deidentified.sent = sent_files(routes);
+    Ok(done)
+}
+
+/// Every file of the case (relative paths), whatever it was sent as.
+fn sent_files(routes: &[(&str, Route<'_>)]) -> Vec<String> {
+    routes
         .iter()
         .flat_map(|(_, r)| r.files())
         .map(|f| f.path.clone())
-        .collect();
-    Ok(sends.into_iter().map(|(key, _)| key).zip(uploads).collect())
+        .collect()
+}
+
+/// Does this socket's files go as one ZIP ([`bundle`])? Only with a staging folder to write it in, and
+/// never a DICOM image set's, which is imported as DICOM files, never from an archive.
+fn bundled(staging: Option<&Path>, route: &Route<'_>) -> bool {
+    staging.is_some() && matches!(route, Route::Image(fs) if fs.len() >= bundle::BUNDLE_FROM)
 }
 
 /// Pack the files of every image socket with many of them (as they will be sent: de-identified copies
@@ -1153,8 +1283,10 @@ async fn bundle_series(
 ) -> Result<Vec<Bundle>, DeliverError> {
     let many: Vec<(String, Vec<(String, PathBuf)>)> = images_as_sent(case_dir, routes, staged)
         .into_iter()
-        // A DICOM image set is imported as DICOM files, never from an archive.
-        .filter(|s| !s.dicom_set && s.files.len() >= bundle::BUNDLE_FROM)
+        .filter(|s| {
+            let route = routes.iter().find(|(slug, _)| *slug == s.slug);
+            route.is_some_and(|(_, r)| bundled(Some(staging), r))
+        })
         .map(|s| {
             let members = s.files.into_iter().map(|(_, name, local)| (name, local));
             (s.slug, members.collect())
@@ -1232,7 +1364,7 @@ fn value_entries(
 /// Upload the files into `item` and set every value with one PATCH; return what verifying awaits.
 async fn set_values(
     client: &Client,
-    out: Outgoing<'_>,
+    out: Outgoing<'_, '_>,
     target: &Target,
     item: &Item,
     created: bool,
@@ -1240,15 +1372,23 @@ async fn set_values(
     timings: &mut Timings,
 ) -> Result<AwaitingImport, DeliverError> {
     let Outgoing {
-        case_dir,
         routes,
         bundles,
         mut deidentified,
+        mut uploads,
+        began,
     } = out;
-    let t = Instant::now();
     cp.step(Step::Uploading).map_err(DeliverError::Checkpoint)?;
-    let uploads = upload_all(client, case_dir, &routes, &bundles, &mut deidentified, cp).await?;
-    Timings::add(&mut timings.upload, t);
+    for b in &bundles {
+        let local = LocalFile {
+            path: b.local.clone(),
+            filename: b.filename.clone(),
+        };
+        uploads.start(b.key.clone(), local);
+    }
+    let uploads = uploads.finish().await?;
+    deidentified.sent = sent_files(&routes);
+    Timings::add(&mut timings.upload, began);
     let mut entries = Vec::with_capacity(routes.len());
     let mut expectations = Vec::with_capacity(routes.len());
     for (entry, awaiting) in value_entries(&routes, &bundles, &uploads) {
@@ -1356,36 +1496,6 @@ async fn left_on_platform(
     }
 }
 
-/// Upload one file, reusing or resuming what an interrupted attempt left where the platform still has it.
-async fn upload_one(
-    client: &Client,
-    local: LocalFile,
-    key: &str,
-    cp: &dyn Checkpoints,
-    failed: &Mutex<Option<String>>,
-) -> Result<UserUpload, GcError> {
-    let observer = FileObserver {
-        path: key,
-        cp,
-        failed,
-    };
-    let resume = match cp.earlier_upload(key) {
-        Some(EarlierUpload::Completed { upload_pk, api_url }) => {
-            match client.get_upload(&upload_pk).await? {
-                Some(u) if u.status == "Completed" && u.api_url == api_url => return Ok(u),
-                _ => None,
-            }
-        }
-        Some(EarlierUpload::Open(r)) => Some(r),
-        None => None,
-    };
-    let upload = client
-        .upload_file(&local, resume.as_ref(), &observer)
-        .await?;
-    observer.keep(cp.upload_completed(key, &upload));
-    Ok(upload)
-}
-
 /// Are all these uploads gone from the platform (consumed by an import, or expired)?
 async fn all_consumed(client: &Client, uploads: &[UserUpload]) -> bool {
     for u in uploads {
@@ -1473,12 +1583,14 @@ async fn create_or_adopt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     /// A journal in which an earlier attempt's create request of the title is in doubt.
     #[derive(Default)]
     struct InDoubt {
         refused: Mutex<u32>,
     }
+    impl UploadRecord for InDoubt {}
     impl Checkpoints for InDoubt {
         fn creating(&self, _target: &Target, _title: &str) -> Result<TitleClaim, String> {
             Ok(TitleClaim::EarlierCreateInDoubt)
