@@ -190,8 +190,116 @@ fn dicom_series(rt: &tokio::runtime::Runtime, base: &str, dir: &Path) {
         "  rate with / without       {:8.2}×  (goal ≥ 0.5×)",
         plain / with
     );
+    // The same series delivered as a DICOM image set, each copy sent while the next are made.
+    let c = client(base);
+    let (as_is, private) = (0..RUNS)
+        .map(|run| {
+            let as_is = rt.block_on(deliver(
+                &c,
+                &series,
+                &planned,
+                None,
+                &format!("as-is-{run}"),
+            ));
+            let privacy = Privacy {
+                staging: staging.clone(),
+                uids: UidMap::random(),
+            };
+            let private = rt.block_on(deliver(
+                &c,
+                &series,
+                &planned,
+                Some(&privacy),
+                &format!("private-{run}"),
+            ));
+            (as_is, private)
+        })
+        .fold((f64::INFINITY, f64::INFINITY), |(a, p), (x, y)| {
+            (a.min(x), p.min(y))
+        });
+    println!("  delivered as a DICOM image set (item, uploads, PATCH; best of {RUNS}):");
+    println!(
+        "    as it is                {:8.1} MiB/s  ({as_is:.2} s)",
+        mb / as_is
+    );
+    println!(
+        "    de-identified           {:8.1} MiB/s  ({private:.2} s: copies sent while the rest are made)",
+        mb / private
+    );
+    println!(
+        "    rate with / without     {:8.2}×  (de-identifying first, then sending: {:.2}×)",
+        as_is / private,
+        plain / with
+    );
     let _ = std::fs::remove_dir_all(&series);
     let _ = std::fs::remove_dir_all(&staging);
+}
+
+/// Deliver the series as the DICOM image set of a new item titled `title` (with `privacy`, as
+/// de-identified copies) and return the seconds until its values were set; then wait, untimed, until the
+/// platform has imported it, so that its import does not run beside the next measurement.
+async fn deliver(
+    c: &Client,
+    case_dir: &Path,
+    files: &[gc_hotfolder::rules::PlannedFile],
+    privacy: Option<&gc_hotfolder::deliver::Privacy>,
+    title: &str,
+) -> f64 {
+    use gc_hotfolder::deliver::{self, ItemStart, Local, NoCheckpoints, Sent, Timings};
+    use gc_hotfolder::rules::{Plan, SocketPlan, Source};
+    let plan = Plan {
+        case: title.into(),
+        case_path: title.into(),
+        title: title.into(),
+        target: gc_client::TargetKind::Archive,
+        target_slug: "demo-archive".into(),
+        sockets: vec![SocketPlan {
+            slug: "dicom-image-set".into(),
+            source: Source::DicomImageSet {
+                files: files.to_vec(),
+                image_name: title.into(),
+            },
+        }],
+        unmatched: vec![],
+    };
+    let local = Local {
+        case_dir,
+        privacy,
+        staging: None,
+        outbox: None,
+    };
+    let timing = gc_client::VerifyTiming::default();
+    let t = Instant::now();
+    let sent = deliver::send(
+        c,
+        local,
+        &plan,
+        ItemStart::New,
+        &timing,
+        &NoCheckpoints,
+        &mut Timings::default(),
+    )
+    .await;
+    let secs = t.elapsed().as_secs_f64();
+    let Ok(Sent::Awaiting(awaiting)) = sent else {
+        panic!("the series was not delivered: {:?}", sent.err())
+    };
+    let verifier = gc_client::Verifier::start(c.clone(), timing.clone());
+    let waited = (*awaiting, Duration::ZERO);
+    deliver::verify(
+        c,
+        &verifier,
+        waited,
+        &timing,
+        &NoCheckpoints,
+        &mut Timings::default(),
+    )
+    .await
+    .expect("imported");
+    if let Some(p) = privacy {
+        gc_hotfolder::deliver::remove_staging(&p.staging);
+    }
+    secs
 }
 
 /// Upload the files as a delivery does: all at once, the client bounding files and parts in flight.

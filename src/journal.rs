@@ -35,10 +35,12 @@ pub enum CaseState {
 /// The steps of one delivery, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
-    /// About to create (or adopt) the item. A crash here may have left an item without a recorded pk.
-    Creating,
-    /// The item exists (pk recorded); files are being uploaded.
+    /// Files are being uploaded: from the start, while the case is de-identified and checked, and
+    /// again once the item exists (its pk recorded) until the last file is sent.
     Uploading,
+    /// Every check passed; about to create (or adopt) the item while the uploads go on. A crash here may
+    /// have left an item without a recorded pk.
+    Creating,
     /// The PATCH may have been sent.
     Patching,
     /// The PATCH was answered; waiting for the server to attach every value.

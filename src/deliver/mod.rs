@@ -1041,8 +1041,8 @@ pub async fn send(
         match first.values(client, &mut uploads, cp, timings).await {
             Err(DeliverError::Quarantine(reason)) if uploads.started() > 0 => {
                 return Err(quarantine(format!(
-                    "{reason}. The {} uploads made for it so far are part of nothing; the platform \
-                     deletes them within a day",
+                    "{reason}. {} of its files had started uploading; those uploads are part of \
+                     nothing, and the platform deletes them within a day",
                     uploads.started()
                 )));
             }
@@ -1643,6 +1643,180 @@ mod tests {
             .unwrap();
         assert_eq!(item.pk, lost.pk);
         assert_eq!(*cp.refused.lock().unwrap(), 0);
+    }
+
+    /// The order in which a delivery began its uploads and created its item.
+    #[derive(Default)]
+    struct Order(Mutex<Vec<String>>);
+
+    impl Order {
+        fn events(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl UploadRecord for Order {
+        // Asked as an upload begins, before its first request.
+        fn earlier_upload(&self, path: &str) -> Option<EarlierUpload> {
+            self.0.lock().unwrap().push(format!("upload {path}"));
+            None
+        }
+    }
+
+    impl Checkpoints for Order {
+        fn step(&self, step: Step) -> Result<(), String> {
+            if step == Step::Creating {
+                self.0.lock().unwrap().push("creating".into());
+            }
+            Ok(())
+        }
+    }
+
+    /// A case of a three-slice DICOM image set (`series/`) and a PDF report (`report.pdf`), planned for
+    /// the demo archive under `title`. Returns the plan and the series' files.
+    fn dicom_case(case: &Path, title: &str) -> (Plan, Vec<PathBuf>) {
+        use gc_content::samples::{DicomSeriesIds, write_dicom_series, write_pdf};
+        std::fs::create_dir_all(case.join("series")).unwrap();
+        let series =
+            write_dicom_series(&case.join("series"), 3, 16, 16, &DicomSeriesIds::new(5), 5)
+                .unwrap();
+        write_pdf(&case.join("report.pdf"), "findings").unwrap();
+        let planned = |path: &Path| {
+            let rel = path.strip_prefix(case).unwrap().to_owned();
+            PlannedFile {
+                path: rel.to_string_lossy().into_owned(),
+                upload_name: rel.file_name().unwrap().to_string_lossy().into_owned(),
+                size: std::fs::metadata(path).unwrap().len(),
+                rel,
+            }
+        };
+        let plan = Plan {
+            case: title.into(),
+            case_path: title.into(),
+            title: title.into(),
+            target: gc_client::TargetKind::Archive,
+            target_slug: "demo-archive".into(),
+            sockets: vec![
+                crate::rules::SocketPlan {
+                    slug: "dicom-image-set".into(),
+                    source: Source::DicomImageSet {
+                        files: series.iter().map(|f| planned(f)).collect(),
+                        image_name: "ct".into(),
+                    },
+                },
+                crate::rules::SocketPlan {
+                    slug: "report".into(),
+                    source: Source::Files(vec![planned(&case.join("report.pdf"))]),
+                },
+            ],
+            unmatched: vec![],
+        };
+        (plan, series)
+    }
+
+    /// Send a planned case with de-identification on, recording the order of its steps in `order`.
+    async fn send_private(
+        client: &Client,
+        case: &Path,
+        plan: &Plan,
+        order: &Order,
+    ) -> Result<Sent, DeliverError> {
+        let staging = case.with_extension("staging");
+        let privacy = Privacy {
+            staging: staging.clone(),
+            uids: UidMap::random(),
+        };
+        let local = Local {
+            case_dir: case,
+            privacy: Some(&privacy),
+            staging: Some(&staging),
+            outbox: None,
+        };
+        let timing = gc_testkit::client::timing();
+        let mut timings = Timings::default();
+        send(
+            client,
+            local,
+            plan,
+            ItemStart::New,
+            &timing,
+            order,
+            &mut timings,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn every_file_is_on_its_way_before_the_item_is_created() {
+        let (_sb, client) = gc_testkit::client::sandbox_and_client().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let case = tmp.path().join("case");
+        let (plan, series) = dicom_case(&case, "overlap");
+        let order = Order::default();
+        let Ok(Sent::Awaiting(awaiting)) = send_private(&client, &case, &plan, &order).await else {
+            panic!("the case was not sent")
+        };
+        let events = order.events();
+        let creating = events.iter().position(|e| e == "creating").unwrap();
+        // The report went at once, each copy as it was made: all before the item, which waited for
+        // every copy to be made and judged.
+        let mut before = events[..creating].to_vec();
+        before.sort_unstable();
+        let mut all: Vec<String> = series
+            .iter()
+            .map(|f| format!("upload {}", f.strip_prefix(&case).unwrap().display()))
+            .collect();
+        all.push("upload report.pdf".into());
+        all.sort_unstable();
+        assert_eq!(before, all, "{events:?}");
+        assert_eq!(awaiting.deidentified.staged.len(), 3);
+        let verifier = Verifier::start(client.clone(), gc_testkit::client::timing());
+        let timing = gc_testkit::client::timing();
+        let done = verify(
+            &client,
+            &verifier,
+            (*awaiting, Duration::ZERO),
+            &timing,
+            &order,
+            &mut Timings::default(),
+        )
+        .await
+        .unwrap();
+        let mut slugs: Vec<&str> = done.sockets.iter().map(|s| s.slug.as_str()).collect();
+        slugs.sort_unstable();
+        assert_eq!(slugs, ["dicom-image-set", "report"]);
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_fails_after_the_uploads_began_creates_no_item() {
+        let (_sb, client) = gc_testkit::client::sandbox_and_client().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let case = tmp.path().join("case");
+        let (plan, series) = dicom_case(&case, "broken");
+        // DICOM by its signature, but nothing after it: no copy can be made of it.
+        let mut cut = vec![0u8; 128];
+        cut.extend_from_slice(b"DICM\x02\x00");
+        std::fs::write(&series[2], cut).unwrap();
+        let order = Order::default();
+        let Err(DeliverError::Quarantine(reason)) =
+            send_private(&client, &case, &plan, &order).await
+        else {
+            panic!("the case was not refused")
+        };
+        let broken = series[2].strip_prefix(&case).unwrap().display().to_string();
+        assert!(reason.starts_with(&format!("{broken}: ")), "{reason}");
+        assert!(
+            reason.contains("had started uploading; those uploads are part of nothing"),
+            "{reason}"
+        );
+        assert!(order.events().contains(&"upload report.pdf".to_owned()));
+        assert!(!order.events().contains(&"creating".to_owned()));
+        let target = client
+            .resolve_target(gc_client::TargetKind::Archive, "demo-archive")
+            .await
+            .unwrap();
+        let items = client.list_items(&target).await.unwrap();
+        assert!(items.iter().all(|i| i.title != "broken"), "{items:?}");
     }
 
     #[test]

@@ -209,3 +209,73 @@ async fn upload_one(
     observer.keep(cp.upload_completed(key, &upload));
     Ok(upload)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gc_testkit::client::{data_file, local_file, sandbox_and_client};
+    use std::time::Duration;
+
+    /// The keys whose uploads the platform created, in order.
+    #[derive(Default)]
+    struct Created(Mutex<Vec<String>>);
+
+    impl UploadRecord for Created {
+        fn upload_created(&self, path: &str, _upload: &UserUpload) -> Result<(), String> {
+            self.0.lock().unwrap().push(path.to_owned());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_goes_out_before_the_next_one_is_made_and_a_held_one_waits() {
+        let (_sb, client) = sandbox_and_client().await;
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<LocalFile> = [("first", 1), ("second", 2), ("member", 3)]
+            .map(|(name, seed)| local_file(&data_file(dir.path(), name, 200_000, seed)))
+            .into();
+        let record = Created::default();
+        let mut uploads = Uploads::new(&client, &record);
+        let (made, mut copies) = tokio::sync::mpsc::unbounded_channel();
+        let maker = async {
+            made.send(("first".to_owned(), files[0].clone())).unwrap();
+            // The next copy only comes once the platform has the first one's upload: what is made
+            // goes out while the rest is still being made.
+            let first_out = async || record.0.lock().unwrap().first().cloned();
+            gc_testkit::eventually(Duration::from_secs(10), "the first upload", first_out).await;
+            made.send(("second".to_owned(), files[1].clone())).unwrap();
+            made.send(("member".to_owned(), files[2].clone())).unwrap();
+            drop(made);
+        };
+        let (started, ()) = tokio::join!(
+            uploads.start_each(&mut copies, |key| key == "member"),
+            maker
+        );
+        started.unwrap();
+        assert_eq!(
+            uploads.started(),
+            2,
+            "the ZIP's member is not sent on its own"
+        );
+        let done = uploads.finish().await.unwrap();
+        let mut keys: Vec<&str> = done.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["first", "second"]);
+        assert!(done.iter().all(|(_, u)| u.status == "Completed"));
+        assert_eq!(*record.0.lock().unwrap(), ["first", "second"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_ends_the_work_beside_it() {
+        let (sb, client) = sandbox_and_client().await;
+        sb.set_faults(vec!["POST /api/v1/uploads/ 403".parse().unwrap()])
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let record = Created::default();
+        let mut uploads = Uploads::new(&client, &record);
+        uploads.start("a".into(), local_file(&data_file(dir.path(), "a", 10, 1)));
+        // Work that would never end on its own: the failure must not wait for it.
+        let r = uploads.alongside(std::future::pending::<()>()).await;
+        assert!(matches!(r, Err(Failed::Platform(_))), "{r:?}");
+    }
+}
