@@ -196,7 +196,8 @@ pub struct Timings {
     /// Planning, hashing, the sockets looked up, values and images checked.
     pub prechecks: f64,
     pub deidentify: f64,
-    /// The item created (or read) and every file uploaded.
+    /// From the first file started until the last one sent, the item's creation included. Files go
+    /// while the case is de-identified and its copies checked, so this span overlaps those two.
     pub upload: f64,
     pub patch: f64,
     /// From the PATCH's answer until the platform showed every value (across restarts).

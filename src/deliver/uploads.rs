@@ -5,9 +5,9 @@
 //!
 //! Nothing is created on the platform meanwhile: the item is created, and values named, only after every
 //! copy is made and judged. A case refused at that point leaves uploads that no value names, which the
-//! platform deletes within a day (gc-protocol.md §2.9). No file leaves before every file of the case has
-//! been judged by its content ([`gc_content::deidentify::sniff`]), and no DICOM file leaves except as its
-//! de-identified copy.
+//! platform deletes within a day (gc-protocol.md §2.9). No file leaves before every file the case sends
+//! to an image socket has been judged by its content ([`super::gate`]), and none of those that hold
+//! DICOM leaves except as its de-identified copy.
 
 use std::future::Future;
 use std::pin::Pin;
