@@ -479,7 +479,7 @@ pub fn stage(
     privacy: &Privacy,
 ) -> Result<Deidentified, DeliverError> {
     let dicom = gate(case_dir, files)?;
-    copy_all(case_dir, files, &dicom, privacy, &|_| {})
+    copy_all(case_dir, files, &dicom, privacy, &|_| true)
 }
 
 /// Which of the files that go to image sockets hold DICOM (their indexes), judged by content before any
@@ -509,14 +509,15 @@ pub fn gate(case_dir: &Path, files: &[PlannedFile]) -> Result<Vec<usize>, Delive
 }
 
 /// Make the de-identified copy of each of `files` that [`gate`] found DICOM (`dicom`), one worker per
-/// core, telling `made` of each as soon as it exists. Fail closed: a file the procedure refuses, or one
-/// that cannot be read, refuses the case and stops the others.
+/// core, telling `made` of each as soon as it exists (`made` answering `false` stops the rest). Fail
+/// closed: a file the procedure refuses, or one that cannot be read, refuses the case and stops the
+/// others.
 pub fn copy_all(
     case_dir: &Path,
     files: &[PlannedFile],
     dicom: &[usize],
     privacy: &Privacy,
-    made: &(dyn Fn(&Staged) + Sync),
+    made: &(dyn Fn(&Staged) -> bool + Sync),
 ) -> Result<Deidentified, DeliverError> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let procedure = Procedure::builtin().map_err(quarantine)?;
@@ -538,9 +539,8 @@ pub fn copy_all(
                         };
                         let Some(f) = files.get(i) else { break };
                         let r = copy_one(case_dir, (i, f), privacy, procedure);
-                        match &r {
-                            Ok(s) => made(&s.staged),
-                            Err(_) => failed.store(true, Ordering::Relaxed),
+                        if !r.as_ref().is_ok_and(|s| made(&s.staged)) {
+                            failed.store(true, Ordering::Relaxed);
                         }
                         out.push((i, r));
                     }
@@ -894,32 +894,34 @@ async fn deidentify(
         .filter_map(|&i| images.get(i))
         .map(|f| f.path.clone())
         .collect();
-    let Some(sending) = sending else {
-        let dir = case_dir.to_owned();
-        let privacy = Privacy { staging, uids };
-        return tokio::task::spawn_blocking(move || {
-            copy_all(&dir, &images, &dicom, &privacy, &|_| {})
-        })
-        .await
-        .map_err(|e| quarantine(format!("de-identification failed: {e}")))?;
-    };
-    start_as_is(case_dir, routes, &copies, Some(&mut *sending));
     let (made, mut copied) = tokio::sync::mpsc::unbounded_channel();
     let dir = case_dir.to_owned();
     let task = tokio::task::spawn_blocking(move || {
-        let tell = |s: &Staged| {
-            // Nobody listening means the delivery has stopped: the copies are left unsent.
-            let _ = made.send((s.path.clone(), s.local_file()));
-        };
+        // Nobody listening means the delivery has stopped: so does the copying.
+        let tell = |s: &Staged| made.send((s.path.clone(), s.local_file())).is_ok();
         copy_all(&dir, &images, &dicom, &Privacy { staging, uids }, &tell)
     });
-    let held = &sending.held;
-    sending
-        .uploads
-        .start_each(&mut copied, |path| held.contains(path))
-        .await?;
-    task.await
-        .map_err(|e| quarantine(format!("de-identification failed: {e}")))?
+    let sent = match sending {
+        Some(sending) => {
+            start_as_is(case_dir, routes, &copies, Some(&mut *sending));
+            let held = &sending.held;
+            let each = sending
+                .uploads
+                .start_each(&mut copied, |path| held.contains(path));
+            each.await
+        }
+        None => Ok(()),
+    };
+    // An upload that failed stops the copying, which is waited for all the same: no copy may be written
+    // into a staging folder after the delivery has returned and its caller removed the folder.
+    if sent.is_err() {
+        copied.close();
+    }
+    let done = task
+        .await
+        .map_err(|e| quarantine(format!("de-identification failed: {e}")))?;
+    sent?;
+    done
 }
 
 /// Start the uploads of every file of the case that goes as it is: not one of `copies` (whose
@@ -1039,16 +1041,7 @@ pub async fn send(
         start,
     };
     let (deidentified, bundles, item, created) =
-        match first.values(client, &mut uploads, cp, timings).await {
-            Err(DeliverError::Quarantine(reason)) if uploads.started() > 0 => {
-                return Err(quarantine(format!(
-                    "{reason}. {} of its files had started uploading; those uploads are part of \
-                     nothing, and the platform deletes them within a day",
-                    uploads.started()
-                )));
-            }
-            r => r?,
-        };
+        first.values(client, &mut uploads, cp, timings).await?;
     let out = Outgoing {
         routes,
         bundles,
@@ -1076,9 +1069,29 @@ struct Before<'b> {
 }
 
 impl Before<'_> {
+    /// [`Before::item`]; a case refused on the way says what became of the uploads it had started.
+    async fn values(
+        self,
+        client: &Client,
+        uploads: &mut Uploads<'_>,
+        cp: &dyn Checkpoints,
+        timings: &mut Timings,
+    ) -> Result<(Deidentified, Vec<Bundle>, Item, bool), DeliverError> {
+        match self.item(client, uploads, cp, timings).await {
+            Err(DeliverError::Quarantine(reason)) if uploads.started() > 0 => {
+                Err(quarantine(format!(
+                    "{reason}. {} of its files had started uploading; those uploads are part of \
+                     nothing, and the platform deletes them within a day",
+                    uploads.started()
+                )))
+            }
+            r => r,
+        }
+    }
+
     /// Check and de-identify the case while its files go ([`prepare`]), pack its ZIPs, then create (or
     /// read) its item: nothing is created on the platform before every check has passed.
-    async fn values(
+    async fn item(
         self,
         client: &Client,
         uploads: &mut Uploads<'_>,
@@ -1362,6 +1375,30 @@ fn value_entries(
         .collect()
 }
 
+/// The PATCH's entries, and what verifying each awaits, with the pk of the value `item` holds for a
+/// file or image socket now (values are deduplicated platform-wide: the pk may legitimately stay the
+/// same).
+fn values_of(
+    item: &Item,
+    entries: Vec<(ValueEntry, Awaiting)>,
+) -> (Vec<ValueEntry>, Vec<Expectation>) {
+    entries
+        .into_iter()
+        .map(|(entry, awaiting)| {
+            let previous_pk = match awaiting {
+                Awaiting::Value(_) => None,
+                _ => item.value_for(&entry.socket).map(|v| v.pk),
+            };
+            let expectation = Expectation {
+                socket: entry.socket.clone(),
+                previous_pk,
+                awaiting,
+            };
+            (entry, expectation)
+        })
+        .unzip()
+}
+
 /// Upload the files into `item` and set every value with one PATCH; return what verifying awaits.
 async fn set_values(
     client: &Client,
@@ -1390,21 +1427,7 @@ async fn set_values(
     let uploads = uploads.finish().await?;
     deidentified.sent = sent_files(&routes);
     Timings::add(&mut timings.upload, began);
-    let mut entries = Vec::with_capacity(routes.len());
-    let mut expectations = Vec::with_capacity(routes.len());
-    for (entry, awaiting) in value_entries(&routes, &bundles, &uploads) {
-        // Values are deduplicated platform-wide: the pk may legitimately stay the same.
-        let previous_pk = match awaiting {
-            Awaiting::Value(_) => None,
-            _ => item.value_for(&entry.socket).map(|v| v.pk),
-        };
-        expectations.push(Expectation {
-            socket: entry.socket.clone(),
-            previous_pk,
-            awaiting,
-        });
-        entries.push(entry);
-    }
+    let (entries, expectations) = values_of(item, value_entries(&routes, &bundles, &uploads));
     let uploads: Vec<UserUpload> = uploads.into_iter().map(|(_, u)| u).collect();
 
     if !cp.unchanged() {
