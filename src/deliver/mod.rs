@@ -1,7 +1,7 @@
 //! Delivery of one planned case: check, uploads started while the case is de-identified and judged
-//! ([`uploads`]) → item → one PATCH ([`send`]), then verify on the server ([`verify`]). The two are apart so that a case waiting for the platform's import holds no upload slot:
-//! what verifying needs ([`AwaitingImport`]) is in the journal, and a restart waits on instead of sending
-//! the case again.
+//! (`uploads`) → item → one PATCH ([`send`]), then verify on the server ([`verify`]). The two are
+//! apart so that a case waiting for the platform's import holds no upload slot: what verifying needs
+//! ([`AwaitingImport`]) is in the journal, and a restart waits on instead of sending the case again.
 //!
 //! Everything that can be checked before anything is created on the platform is checked first (sockets
 //! exist and fit their rules, every JSON value is valid for its socket's kind by the platform's built-in
@@ -472,7 +472,7 @@ fn read_value_file(case_dir: &Path, f: &PlannedFile) -> Result<serde_json::Value
 }
 
 /// Make the de-identified copies of every DICOM file (by content, however stored) that goes to an image
-/// socket, under `privacy.staging`: [`gate`], then [`copy_all`].
+/// socket, under `privacy.staging`: `gate`, then `copy_all`.
 pub fn stage(
     case_dir: &Path,
     files: &[PlannedFile],
@@ -485,7 +485,7 @@ pub fn stage(
 /// Which of the files that go to image sockets hold DICOM (their indexes), judged by content before any
 /// file of the case leaves. Fail closed: a file that is neither DICOM nor a recognised non-DICOM format
 /// ([`gc_content::deidentify::sniff`]), or one that cannot be read, refuses the case.
-pub fn gate(case_dir: &Path, files: &[PlannedFile]) -> Result<Vec<usize>, DeliverError> {
+fn gate(case_dir: &Path, files: &[PlannedFile]) -> Result<Vec<usize>, DeliverError> {
     use gc_content::deidentify::sniff::{Verdict, judge};
     // Detached MetaImage data files have no signature: they pass because a header names them.
     let rels: Vec<&Path> = files.iter().map(|f| f.rel.as_path()).collect();
@@ -512,7 +512,7 @@ pub fn gate(case_dir: &Path, files: &[PlannedFile]) -> Result<Vec<usize>, Delive
 /// core, telling `made` of each as soon as it exists (`made` answering `false` stops the rest). Fail
 /// closed: a file the procedure refuses, or one that cannot be read, refuses the case and stops the
 /// others.
-pub fn copy_all(
+fn copy_all(
     case_dir: &Path,
     files: &[PlannedFile],
     dicom: &[usize],

@@ -21,7 +21,7 @@ use gc_client::uploads::{LocalFile, ResumeFrom, UploadObserver};
 use gc_client::{Client, GcError};
 
 /// Where a delivery records its uploads as they go, so that an interrupted one is resumed, not sent
-/// again. A hook that fails stops the delivery once its uploads end ([`Failed::Record`]).
+/// again. A hook that fails stops the delivery once its uploads end.
 pub trait UploadRecord: Send + Sync {
     /// An upload was created for the file at `path` (relative to the case); no part is sent yet.
     fn upload_created(&self, _path: &str, _upload: &UserUpload) -> Result<(), String> {
