@@ -337,6 +337,75 @@ async fn a_de_identified_upload_killed_midway_resumes_with_the_same_bytes() {
     );
 }
 
+/// `kill -9` after every file of a case went out, de-identified, while its item is being created (the
+/// files of a case go before its item exists): the restarted agent creates or adopts one item, and sends
+/// no file a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_its_item_is_created_a_case_is_delivered_once_without_sending_again() {
+    let sb = sandbox_with(|o| {
+        o.faults.push(
+            "POST /api/v1/archives/items/ latency=60000"
+                .parse()
+                .unwrap(),
+        )
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let drop = tmp.path().join("drop");
+    let state_dir = tmp.path().join("state");
+    drop_atomically(&drop, "early", |d| {
+        patient_series(d, 3, 21);
+        samples::write_pdf(&d.join("report.pdf"), "findings").unwrap();
+    });
+    let cfg = write_config(tmp.path(), &sb, &drop, None, "");
+    let log = tmp.path().join("agent.log");
+
+    let agent = Agent::start(&cfg, &log);
+    let journal = state_dir.join("journal.sqlite3");
+    eventually(
+        Duration::from_secs(60),
+        "every file uploaded, the item being created",
+        async || {
+            let db = rusqlite::Connection::open(&journal).ok()?;
+            let step: String = db
+                .query_row("SELECT step FROM cases", [], |r| r.get(0))
+                .ok()?;
+            let done: i64 = db
+                .query_row(
+                    "SELECT COUNT(*) FROM uploads WHERE completed = 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .ok()?;
+            (step == "creating" && done == 4).then_some(())
+        },
+    )
+    .await;
+    agent.kill9();
+    sb.set_faults(vec![]).unwrap();
+
+    let agent = Agent::start(&cfg, &log);
+    let r = receipt_for(&state_dir, "early").await;
+    agent.stop();
+    assert_eq!(r.outcome, Outcome::Delivered, "{:?}", r.reason);
+    let st = state(&sb).await;
+    let titled = items_of(&st, "demo-archive")
+        .into_iter()
+        .filter(|i| i["title"] == "early")
+        .count();
+    assert_eq!(titled, 1, "one item for the case");
+    assert_eq!(
+        st["requests"]["POST /api/v1/uploads/ 201"], 4,
+        "each file was uploaded once: {}",
+        st["requests"]
+    );
+    assert!(
+        files_of(&r, "generic-medical-image")
+            .iter()
+            .all(|f| f.deidentified)
+    );
+}
+
 /// The files of one socket in a receipt.
 fn files_of(r: &Receipt, socket: &str) -> Vec<FileReceipt> {
     socket_of(r, socket).files.clone()
