@@ -1330,12 +1330,7 @@ fn removed_while_delivering(
         case_dir: seen.case_dir,
         plan: None,
         manifest: None,
-        target: TargetRef {
-            kind: folder.target,
-            slug: folder.target_slug.clone(),
-            pk: None,
-            url: None,
-        },
+        target: TargetRef::named(folder.target, &folder.target_slug),
         case: seen.case.clone(),
         skipped: vec![],
         readiness: readiness(folder),
@@ -1530,19 +1525,9 @@ impl Delivery {
             case_dir: &self.case_dir,
             plan,
             manifest,
-            target: TargetRef {
-                kind: folder.target,
-                slug: folder.target_slug.clone(),
-                pk: None,
-                url: None,
-            },
+            target: TargetRef::named(folder.target, &folder.target_slug),
             case: self.case.clone(),
-            skipped: self
-                .snapshot
-                .skipped
-                .iter()
-                .map(|s| format!("{}: {}", s.rel.display(), s.why))
-                .collect(),
+            skipped: self.snapshot.skipped_lines(),
             readiness: readiness(folder),
             attempts: attempts as u32,
             revision: revision as u32,

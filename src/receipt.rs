@@ -83,6 +83,18 @@ pub struct TargetRef {
     pub url: Option<String>,
 }
 
+impl TargetRef {
+    /// The target a folder names, before the platform has been asked for its pk and URL.
+    pub fn named(kind: TargetKind, slug: &str) -> TargetRef {
+        TargetRef {
+            kind,
+            slug: slug.to_owned(),
+            pk: None,
+            url: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemRef {
     pub pk: String,

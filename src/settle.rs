@@ -35,6 +35,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The files left out of the case, each with why, as a receipt lists them.
+    pub fn skipped_lines(&self) -> Vec<String> {
+        self.skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.rel.display(), s.why))
+            .collect()
+    }
+
     /// A digest of every file's (path, size, mtime, ctime, inode): equal fingerprints mean nothing changed
     /// that a writer could have changed, without reading a byte of content.
     pub fn fingerprint(&self) -> String {

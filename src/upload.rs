@@ -270,19 +270,9 @@ impl<'a> OneCase<'a> {
             case_dir: &self.case_dir,
             plan,
             manifest,
-            target: TargetRef {
-                kind: self.folder.target,
-                slug: self.folder.target_slug.clone(),
-                pk: None,
-                url: None,
-            },
+            target: TargetRef::named(self.folder.target, &self.folder.target_slug),
             case: self.case_rel.clone(),
-            skipped: self
-                .snapshot
-                .skipped
-                .iter()
-                .map(|s| format!("{}: {}", s.rel.display(), s.why))
-                .collect(),
+            skipped: self.snapshot.skipped_lines(),
             readiness: "one-shot upload".into(),
             attempts: self.rec.attempts as u32 + 1,
             revision: self.rec.revision as u32 + 1,
