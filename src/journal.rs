@@ -401,7 +401,53 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute_batch(m)?;
         tx.pragma_update(None, "user_version", n as i64 + 1)?;
     }
+    // Journals made before cases had a de-identification secret get the column.
+    let has_secret: bool = tx.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('cases') WHERE name = 'deid_secret'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0;
+    if !has_secret {
+        tx.execute_batch("ALTER TABLE cases ADD COLUMN deid_secret TEXT")?;
+    }
     tx.commit()
+}
+
+/// How long a statement waits for another process's lock on the journal before it fails.
+const BUSY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Put the journal in WAL mode: a lasting property of the file, set by whichever process opens a new
+/// journal first. Converting needs the file to itself, and SQLite does not wait for that lock (its busy
+/// handler is not asked), so a process that meets another one converting or creating the journal tries
+/// again until the mode is WAL or [`BUSY`] is spent.
+fn wal(conn: &Connection) -> rusqlite::Result<()> {
+    let is_wal = |mode: &str| mode.eq_ignore_ascii_case("wal");
+    let deadline = std::time::Instant::now() + BUSY;
+    loop {
+        if is_wal(&conn.query_row::<String, _, _>("PRAGMA journal_mode", [], |r| r.get(0))?) {
+            return Ok(());
+        }
+        let tried: rusqlite::Result<String> =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0));
+        match tried {
+            Ok(mode) if is_wal(&mode) => return Ok(()),
+            // Another process has the file: it may be converting it right now.
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy => {}
+            Err(e) => return Err(e),
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some(
+                    "another process kept the journal locked: it could not be put in WAL mode"
+                        .into(),
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 fn now() -> String {
@@ -464,30 +510,17 @@ impl Journal {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let mut conn = Connection::open(&path).map_err(err)?;
+        // First of all: the agent, `status` and `upload` may open the journal at the same instant, and
+        // any statement below may meet another one's lock.
+        conn.busy_timeout(BUSY).map_err(err)?;
         // WAL with synchronous=FULL: a commit is on disk when it returns, and readers never block writers.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
+        wal(&conn).map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&mut conn).map_err(err)?;
-        // Journals made before cases had a de-identification secret get the column.
-        let has_secret: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('cases') WHERE name = 'deid_secret'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(err)?
-            > 0;
-        if !has_secret {
-            conn.execute_batch("ALTER TABLE cases ADD COLUMN deid_secret TEXT")
-                .map_err(err)?;
-        }
         Ok(Journal {
             conn: Mutex::new(conn),
         })
@@ -1952,5 +1985,33 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+}
+#[cfg(test)]
+mod opening {
+    use super::*;
+
+    /// The agent, `status` and `upload` opening a journal that does not exist yet, all at once.
+    #[test]
+    fn many_opening_a_new_journal_at_once_all_open_it() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Barrier::new(8);
+            let failures: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Journal::open(dir.path()).err().map(|e| e.to_string())
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .filter_map(|h| h.join().unwrap())
+                    .collect()
+            });
+            assert!(failures.is_empty(), "round {round}: {failures:?}");
+        }
     }
 }
