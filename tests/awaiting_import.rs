@@ -94,19 +94,29 @@ async fn waiting_cases_hold_no_upload_slot_are_read_together_and_are_seen_done_w
         most_at_once(&waits) >= n as usize / 2,
         "cases waited one after another: {waits:?}"
     );
-    // Seen done no later than a second after the import finished (a fifth of the wait would be less).
+    // Seen done no later than a second after the platform set the case's last value (a fifth of the
+    // wait would be less). That instant is the sandbox's own record: its imports of twenty cases at once
+    // on a busy machine may take a while after the import delay ends, which is no client's doing.
+    let st = state(&sb).await;
     for r in &rs {
         let waited = Duration::from_secs_f64(r.timings.unwrap().import_wait);
         assert!(
-            waited >= IMPORT_DELAY - Duration::from_millis(200)
-                && waited <= IMPORT_DELAY + Duration::from_secs(1),
+            waited >= IMPORT_DELAY - Duration::from_millis(200),
             "{}: waited {waited:?} for an import of {IMPORT_DELAY:?}",
+            r.case
+        );
+        let item = item_titled(&st, "demo-archive", &r.title);
+        let set = at(item["last_set"].as_str().expect("the sandbox says when"));
+        let seen = at(&r.finished);
+        let late = seen.duration_since(set).unwrap_or_default();
+        assert!(
+            late <= Duration::from_secs(1),
+            "{}: seen {late:?} after its import ended (waited {waited:?})",
             r.case
         );
     }
     // Looked at together: far fewer reads than looking at each item (and its image's session) on each
     // case's own schedule, a dozen times per case for a 3 s import.
-    let st = state(&sb).await;
     let reads = requests(&st, "GET /api/v1/archives/items/")
         + requests(&st, "GET /api/v1/cases/upload-sessions/");
     assert!(

@@ -406,6 +406,7 @@ fn create_item(w: &mut World, ctx: &Ctx, kind: ContainerKind) -> Result<Resp, Re
             has_answers: false,
             values: Default::default(),
             seq,
+            last_set: None,
         },
     );
     let item = &w.items[&pk];

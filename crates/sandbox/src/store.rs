@@ -101,6 +101,9 @@ pub struct Item {
     /// socket pk → socket value pk: at most one value per socket.
     pub values: BTreeMap<i64, i64>,
     pub seq: u64,
+    /// When a value was last set on it, by a request or by an import: what tests measure a client's
+    /// delay in seeing an import against. Not part of the platform's API; `GET /_sandbox/state` only.
+    pub last_set: Option<OffsetDateTime>,
 }
 
 /// A stored file with what the state endpoint reports about it.
@@ -491,6 +494,7 @@ impl World {
                 has_answers: spec.has_answers,
                 values,
                 seq,
+                last_set: None,
             },
         );
         if kind == ContainerKind::ReaderStudy && spec.order == 0 {
@@ -716,6 +720,7 @@ impl World {
         match self.items.get_mut(&item) {
             Some(item) => {
                 item.values.insert(socket, civ);
+                item.last_set = Some(OffsetDateTime::now_utc());
                 true
             }
             None => self.algorithms.attach_input(item, socket, civ),
@@ -1121,7 +1126,12 @@ impl World {
                 .values()
                 .filter_map(|pk| self.civ_state_json(*pk))
                 .collect();
-            let mut j = json!({"pk": item.pk, "title": item.title, "values": values});
+            let last_set = item.last_set.and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            });
+            let mut j =
+                json!({"pk": item.pk, "title": item.title, "values": values, "last_set": last_set});
             if item.kind == ContainerKind::ReaderStudy {
                 j["order"] = item.order.into();
                 j["has_answers"] = item.has_answers.into();

@@ -518,6 +518,7 @@ fn bind_session_image(w: &mut World, target: SessionTarget, image_pk: Uuid) {
                     has_answers: false,
                     values,
                     seq,
+                    last_set: Some(time::OffsetDateTime::now_utc()),
                 },
             );
         }
