@@ -1986,10 +1986,6 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
     }
-}
-#[cfg(test)]
-mod opening {
-    use super::*;
 
     /// The agent, `status` and `upload` opening a journal that does not exist yet, all at once.
     #[test]
