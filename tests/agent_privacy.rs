@@ -299,17 +299,9 @@ async fn a_de_identified_upload_killed_midway_resumes_with_the_same_bytes() {
         Duration::from_secs(60),
         "a part done, the upload open",
         async || {
-            let db = rusqlite::Connection::open(&journal).ok()?;
-            let parts: i64 = db
-                .query_row("SELECT COUNT(*) FROM parts", [], |r| r.get(0))
-                .ok()?;
-            let open: i64 = db
-                .query_row(
-                    "SELECT COUNT(*) FROM uploads WHERE completed = 0",
-                    [],
-                    |r| r.get(0),
-                )
-                .ok()?;
+            let parts: i64 = journal_value(&journal, "SELECT COUNT(*) FROM parts")?;
+            let open: i64 =
+                journal_value(&journal, "SELECT COUNT(*) FROM uploads WHERE completed = 0")?;
             (parts >= 1 && open == 1).then_some(())
         },
     )
@@ -366,17 +358,9 @@ async fn killed_while_its_item_is_created_a_case_is_delivered_once_without_sendi
         Duration::from_secs(60),
         "every file uploaded, the item being created",
         async || {
-            let db = rusqlite::Connection::open(&journal).ok()?;
-            let step: String = db
-                .query_row("SELECT step FROM cases", [], |r| r.get(0))
-                .ok()?;
-            let done: i64 = db
-                .query_row(
-                    "SELECT COUNT(*) FROM uploads WHERE completed = 1",
-                    [],
-                    |r| r.get(0),
-                )
-                .ok()?;
+            let step: String = journal_value(&journal, "SELECT step FROM cases")?;
+            let done: i64 =
+                journal_value(&journal, "SELECT COUNT(*) FROM uploads WHERE completed = 1")?;
             (step == "creating" && done == 4).then_some(())
         },
     )

@@ -1040,12 +1040,13 @@ pub async fn send(
         target: &target,
         start,
     };
-    let (deidentified, bundles, item, created) =
-        first.values(client, &mut uploads, cp, timings).await?;
+    let ready = first.item(client, &mut uploads, cp, timings).await;
+    let ready = ready.map_err(|e| part_of_nothing(e, uploads.started()))?;
+    let (item, created) = (ready.item, ready.created);
     let out = Outgoing {
         routes,
-        bundles,
-        deidentified,
+        bundles: ready.bundles,
+        deidentified: ready.deidentified,
         uploads,
         began,
     };
@@ -1059,6 +1060,26 @@ pub async fn send(
     }
 }
 
+/// A case refused before its item exists, told what became of the `started` uploads it had begun.
+fn part_of_nothing(e: DeliverError, started: usize) -> DeliverError {
+    match e {
+        DeliverError::Quarantine(reason) if started > 0 => quarantine(format!(
+            "{reason}. {started} of its files had started uploading; those uploads are part of \
+             nothing, and the platform deletes them within a day"
+        )),
+        e => e,
+    }
+}
+
+/// A case checked and de-identified, its ZIPs packed and its item there: what setting its values needs.
+struct ItemReady {
+    deidentified: Deidentified,
+    bundles: Vec<Bundle>,
+    item: Item,
+    /// The item was created by this delivery.
+    created: bool,
+}
+
 /// What a delivery does before its item exists.
 struct Before<'b> {
     local: &'b Local<'b>,
@@ -1069,26 +1090,6 @@ struct Before<'b> {
 }
 
 impl Before<'_> {
-    /// [`Before::item`]; a case refused on the way says what became of the uploads it had started.
-    async fn values(
-        self,
-        client: &Client,
-        uploads: &mut Uploads<'_>,
-        cp: &dyn Checkpoints,
-        timings: &mut Timings,
-    ) -> Result<(Deidentified, Vec<Bundle>, Item, bool), DeliverError> {
-        match self.item(client, uploads, cp, timings).await {
-            Err(DeliverError::Quarantine(reason)) if uploads.started() > 0 => {
-                Err(quarantine(format!(
-                    "{reason}. {} of its files had started uploading; those uploads are part of \
-                     nothing, and the platform deletes them within a day",
-                    uploads.started()
-                )))
-            }
-            r => r,
-        }
-    }
-
     /// Check and de-identify the case while its files go ([`prepare`]), pack its ZIPs, then create (or
     /// read) its item: nothing is created on the platform before every check has passed.
     async fn item(
@@ -1097,7 +1098,7 @@ impl Before<'_> {
         uploads: &mut Uploads<'_>,
         cp: &dyn Checkpoints,
         timings: &mut Timings,
-    ) -> Result<(Deidentified, Vec<Bundle>, Item, bool), DeliverError> {
+    ) -> Result<ItemReady, DeliverError> {
         let Before {
             local,
             plan,
@@ -1131,7 +1132,12 @@ impl Before<'_> {
         };
         let item = uploads.alongside(the_item(client, target, plan, start, cp));
         let (item, created) = item.await??;
-        Ok((deidentified, bundles, item, created))
+        Ok(ItemReady {
+            deidentified,
+            bundles,
+            item,
+            created,
+        })
     }
 }
 

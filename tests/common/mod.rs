@@ -883,3 +883,10 @@ pub fn as_user(uid: u32, gid: u32, groups: &[u32]) -> Command {
         .env_remove("CREDENTIALS_DIRECTORY");
     c
 }
+
+/// The one value `sql` reads from the agent's journal, or `None` while it cannot be read (not made yet,
+/// or the row not there yet): for polls with a deadline.
+pub fn journal_value<T: rusqlite::types::FromSql>(journal: &Path, sql: &str) -> Option<T> {
+    let db = rusqlite::Connection::open(journal).ok()?;
+    db.query_row(sql, [], |r| r.get(0)).ok()
+}
